@@ -1,0 +1,27 @@
+# Two commands matter: `make etl` and `make test`. Each sets up what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.requirements-installed
+
+.PHONY: etl test psql stop bench venv
+
+venv: $(READY)
+
+$(READY): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+etl: $(READY)
+	$(BIN)/python create_tables.py
+	$(BIN)/python etl.py
+
+test: $(READY)
+	$(BIN)/python -m pytest
+
+psql: $(READY)
+	$(BIN)/python db.py psql
+
+stop: $(READY)
+	$(BIN)/python db.py stop

@@ -1,0 +1,76 @@
+"""Drop and recreate the Sparkify tables: the star schema and the load bookkeeping.
+
+Only this project's tables are touched. Sessions that hold locks on them (an open notebook
+transaction, say) are ended first; a running etl.py is never interrupted: we refuse instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import psycopg2
+from psycopg2 import sql as pgsql
+
+import db
+import etl
+import sql_queries as sql
+
+
+def ensure_database(settings: db.Settings) -> None:
+    """The embedded server starts empty: create sparkifydb there. Elsewhere the URL's database
+    must exist already (we only create it on the embedded server)."""
+    if not settings.embedded:
+        return
+    conn = db.connect(settings, dbname="postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(db.DATABASE)))
+    finally:
+        conn.close()
+
+
+def create_tables(settings: db.Settings) -> None:
+    ensure_database(settings)
+    conn = db.connect(settings)
+    try:
+        etl.acquire_lock(conn)
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
+            cur.execute(sql.drop_tables)
+            for query in sql.create_table_queries:
+                cur.execute(query)
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Drop and recreate the Sparkify tables (songplays, users, songs, artists, "
+                    "time and the load manifest, runs and rejects).",
+        epilog="exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load is running")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL, then "
+                                               "PG* variables, then the embedded server)")
+    args = parser.parse_args(argv)
+    settings = db.Settings.from_env(args.database_url)
+    try:
+        create_tables(settings)
+    except db.DatabaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return etl.EXIT_ENVIRONMENT
+    except etl.LockedError as exc:
+        print(f"error: {exc}; tables left as they were", file=sys.stderr)
+        return etl.EXIT_LOCKED
+    except psycopg2.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"error: the database refused: {first}", file=sys.stderr)
+        return etl.EXIT_ENVIRONMENT
+    print(f"created tables {', '.join(sql.TABLES)} in {settings.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Every SQL statement of the project, one idea each.
+
+Data values never reach this text: they travel as COPY payloads or query parameters.
+"""
+
+# ---------------------------------------------------------------- schema: the star
+
+songs_table_create = """
+CREATE TABLE songs (
+    song_id     text PRIMARY KEY,
+    title       text NOT NULL,
+    artist_id   text NOT NULL REFERENCES artists (artist_id),
+    year        integer CHECK (year > 0),
+    duration    numeric NOT NULL
+)"""
+
+artists_table_create = """
+CREATE TABLE artists (
+    artist_id   text PRIMARY KEY,
+    name        text NOT NULL,
+    location    text,
+    latitude    double precision,
+    longitude   double precision
+)"""
+
+users_table_create = """
+CREATE TABLE users (
+    user_id     integer PRIMARY KEY,
+    first_name  text,
+    last_name   text,
+    gender      text,
+    level       text NOT NULL CHECK (level IN ('free', 'paid'))
+)"""
+
+time_table_create = """
+CREATE TABLE time (
+    start_time  timestamptz PRIMARY KEY,
+    hour        smallint NOT NULL,
+    day         smallint NOT NULL,
+    week        smallint NOT NULL,
+    month       smallint NOT NULL,
+    year        smallint NOT NULL,
+    weekday     smallint NOT NULL CHECK (weekday BETWEEN 1 AND 7)
+)"""
+
+songplays_table_create = """
+CREATE TABLE songplays (
+    songplay_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    start_time      timestamptz NOT NULL REFERENCES time (start_time),
+    user_id         integer NOT NULL REFERENCES users (user_id),
+    level           text NOT NULL CHECK (level IN ('free', 'paid')),
+    song_id         text REFERENCES songs (song_id),
+    artist_id       text REFERENCES artists (artist_id),
+    session_id      integer NOT NULL,
+    item_in_session integer NOT NULL,
+    location        text,
+    user_agent      text,
+    song_title      text NOT NULL,
+    artist_name     text,
+    song_length     numeric,
+    file_id         bigint NOT NULL REFERENCES load_manifest (file_id),
+    UNIQUE (user_id, session_id, item_in_session)
+)"""
+
+songplays_index_user_time = "CREATE INDEX songplays_user_time ON songplays (user_id, start_time)"
+songplays_index_file = "CREATE INDEX songplays_file ON songplays (file_id)"
+songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
+
+# ---------------------------------------------------------------- schema: load bookkeeping
+
+load_runs_table_create = """
+CREATE TABLE load_runs (
+    run_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    status      text NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+    data_dir    text NOT NULL
+)"""
+
+load_manifest_table_create = """
+CREATE TABLE load_manifest (
+    file_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    path        text NOT NULL UNIQUE,
+    kind        text NOT NULL CHECK (kind IN ('song', 'log')),
+    size_bytes  bigint NOT NULL,
+    mtime_ns    bigint NOT NULL,
+    sha256      text NOT NULL,
+    run_id      bigint NOT NULL REFERENCES load_runs (run_id),
+    records     integer NOT NULL,
+    loaded      integer NOT NULL,
+    skipped     integer NOT NULL,
+    duplicates  integer NOT NULL,
+    rejected    integer NOT NULL,
+    loaded_at   timestamptz NOT NULL DEFAULT now()
+)"""
+
+load_rejects_table_create = """
+CREATE TABLE load_rejects (
+    reject_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      bigint NOT NULL REFERENCES load_runs (run_id),
+    path        text NOT NULL,
+    line        integer,
+    reason      text NOT NULL,
+    raw         text
+)"""
+
+# Parents before children, so that each foreign key finds its table.
+create_table_queries = [
+    load_runs_table_create, load_manifest_table_create, load_rejects_table_create,
+    artists_table_create, songs_table_create, users_table_create, time_table_create,
+    songplays_table_create, songplays_index_user_time, songplays_index_file, songs_index_artist,
+]
+
+TABLES = ["songplays", "users", "songs", "artists", "time",
+          "load_rejects", "load_manifest", "load_runs"]
+STAR_TABLES = TABLES[:5]
+
+drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES) + " CASCADE"
+
+# Sessions of other clients that hold a lock on one of our tables (an open notebook transaction,
+# a psql session inside BEGIN) would make DROP wait forever: they are ended first.
+terminate_lock_holders = """
+SELECT pg_terminate_backend(l.pid)
+FROM pg_locks l
+WHERE l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)
+  AND l.pid <> pg_backend_pid()
+GROUP BY l.pid"""
+
+missing_tables = """
+SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
+
+# ---------------------------------------------------------------- one run at a time
+
+LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share it
+
+try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
+
+lock_holder = """
+SELECT a.pid, a.application_name, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+WHERE l.locktype = 'advisory' AND l.granted
+  AND (l.classid::bigint << 32) | l.objid::bigint = %(key)s
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
+# ---------------------------------------------------------------- runs and the manifest
+
+run_interrupted = """
+UPDATE load_runs SET status = 'interrupted' WHERE status = 'running'"""
+
+run_start = "INSERT INTO load_runs (data_dir) VALUES (%(data_dir)s) RETURNING run_id"
+
+run_finish = """
+UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(run_id)s"""
+
+manifest_known = "SELECT path, size_bytes, mtime_ns, sha256 FROM load_manifest WHERE kind = %(kind)s"
+
+manifest_touch = """
+UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s
+WHERE path = %(path)s"""
+
+full_refresh = "TRUNCATE songplays, users, time, songs, artists, load_manifest"
+
+# ---------------------------------------------------------------- staging (per connection)
+
+stage_songs_create = """
+CREATE TEMP TABLE stage_songs (
+    path text, line integer, song_id text, title text, artist_id text, year integer,
+    duration numeric, artist_name text, artist_location text,
+    artist_latitude double precision, artist_longitude double precision
+) ON COMMIT DELETE ROWS"""
+
+stage_plays_create = """
+CREATE TEMP TABLE stage_plays (
+    path text, start_time timestamptz, user_id integer, level text,
+    song_title text, artist_name text, song_length numeric, session_id integer,
+    item_in_session integer, location text, user_agent text
+) ON COMMIT DELETE ROWS"""
+
+stage_users_create = """
+CREATE TEMP TABLE stage_users (
+    user_id integer, first_name text, last_name text, gender text, level text,
+    start_time timestamptz, session_id integer, item_in_session integer
+) ON COMMIT DELETE ROWS"""
+
+stage_time_create = """
+CREATE TEMP TABLE stage_time (
+    start_time timestamptz, hour smallint, day smallint, week smallint, month smallint,
+    year smallint, weekday smallint
+) ON COMMIT DELETE ROWS"""
+
+stage_manifest_create = """
+CREATE TEMP TABLE stage_manifest (
+    path text, kind text, size_bytes bigint, mtime_ns bigint, sha256 text, records integer,
+    loaded integer, skipped integer, duplicates integer, rejected integer
+) ON COMMIT DELETE ROWS"""
+
+stage_rejects_create = """
+CREATE TEMP TABLE stage_rejects (path text, line integer, reason text, raw text)
+ON COMMIT DELETE ROWS"""
+
+stage_table_queries = [stage_songs_create, stage_plays_create, stage_users_create,
+                       stage_time_create, stage_manifest_create, stage_rejects_create]
+
+copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
+
+# ---------------------------------------------------------------- merging a batch
+
+manifest_upsert = """
+INSERT INTO load_manifest (path, kind, size_bytes, mtime_ns, sha256, run_id,
+                           records, loaded, skipped, duplicates, rejected)
+SELECT path, kind, size_bytes, mtime_ns, sha256, %(run_id)s,
+       records, loaded, skipped, duplicates, rejected
+FROM stage_manifest
+ON CONFLICT (path) DO UPDATE SET
+    kind = EXCLUDED.kind, size_bytes = EXCLUDED.size_bytes, mtime_ns = EXCLUDED.mtime_ns,
+    sha256 = EXCLUDED.sha256, run_id = EXCLUDED.run_id, records = EXCLUDED.records,
+    loaded = EXCLUDED.loaded, skipped = EXCLUDED.skipped, duplicates = EXCLUDED.duplicates,
+    rejected = EXCLUDED.rejected, loaded_at = now()"""
+
+rejects_insert = """
+INSERT INTO load_rejects (run_id, path, line, reason, raw)
+SELECT %(run_id)s, path, line, reason, raw FROM stage_rejects"""
+
+# An artist's attributes come from its song with the smallest song_id, whatever the order in
+# which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded.
+artists_update = """
+UPDATE artists a
+SET name = c.artist_name, location = c.artist_location,
+    latitude = c.artist_latitude, longitude = c.artist_longitude
+FROM (SELECT DISTINCT ON (artist_id) *
+      FROM stage_songs ORDER BY artist_id, song_id, path) c
+WHERE a.artist_id = c.artist_id
+  AND NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.song_id < c.song_id)
+  AND (a.name, a.location, a.latitude, a.longitude) IS DISTINCT FROM
+      (c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude)"""
+
+artists_insert = """
+INSERT INTO artists (artist_id, name, location, latitude, longitude)
+SELECT DISTINCT ON (artist_id)
+       artist_id, artist_name, artist_location, artist_latitude, artist_longitude
+FROM stage_songs
+ORDER BY artist_id, song_id, path
+ON CONFLICT (artist_id) DO NOTHING"""
+
+# A song_id found in several files: the file that sorts first wins within a batch, and a file
+# loaded later (a changed file) replaces what an earlier load wrote.
+songs_upsert = """
+INSERT INTO songs (song_id, title, artist_id, year, duration)
+SELECT DISTINCT ON (song_id) song_id, title, artist_id, year, duration
+FROM stage_songs
+ORDER BY song_id, path, line
+ON CONFLICT (song_id) DO UPDATE SET
+    title = EXCLUDED.title, artist_id = EXCLUDED.artist_id,
+    year = EXCLUDED.year, duration = EXCLUDED.duration
+WHERE (songs.title, songs.artist_id, songs.year, songs.duration) IS DISTINCT FROM
+      (EXCLUDED.title, EXCLUDED.artist_id, EXCLUDED.year, EXCLUDED.duration)"""
+
+# Songs that arrive after the plays that name them: resolve those plays now.
+songplays_resolve_new_songs = """
+UPDATE songplays p
+SET song_id = k.song_id, artist_id = k.artist_id
+FROM (SELECT DISTINCT ON (s.title, a.name, s.duration)
+             s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
+      FROM songs s JOIN artists a USING (artist_id)
+      WHERE s.song_id IN (SELECT song_id FROM stage_songs)
+      ORDER BY s.title, a.name, s.duration, s.song_id) k
+WHERE p.song_id IS NULL
+  AND p.song_title = k.title AND p.artist_name = k.artist_name AND p.song_length = k.duration"""
+
+time_insert = """
+INSERT INTO time (start_time, hour, day, week, month, year, weekday)
+SELECT start_time, hour, day, week, month, year, weekday FROM stage_time
+ON CONFLICT (start_time) DO NOTHING"""
+
+# A user's row reflects their latest play: a batch's row wins only if no later play is loaded.
+users_update = """
+UPDATE users u
+SET first_name = s.first_name, last_name = s.last_name, gender = s.gender, level = s.level
+FROM stage_users s
+WHERE u.user_id = s.user_id
+  AND NOT EXISTS (
+      SELECT 1 FROM songplays p
+      WHERE p.user_id = s.user_id
+        AND (p.start_time, p.session_id, p.item_in_session)
+            > (s.start_time, s.session_id, s.item_in_session))
+  AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
+      (s.first_name, s.last_name, s.gender, s.level)"""
+
+users_insert = """
+INSERT INTO users (user_id, first_name, last_name, gender, level)
+SELECT user_id, first_name, last_name, gender, level FROM stage_users
+ON CONFLICT (user_id) DO NOTHING"""
+
+# A changed log file is loaded again: first take back what its previous load contributed.
+songplays_delete_reloaded = """
+DELETE FROM songplays
+WHERE file_id IN (SELECT m.file_id FROM load_manifest m JOIN stage_manifest s USING (path))"""
+
+# Each play resolved in one join on (title, artist name, duration); counts per file come back.
+songplays_insert = """
+WITH song_keys AS (
+    SELECT DISTINCT ON (s.title, a.name, s.duration)
+           s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
+    FROM songs s JOIN artists a USING (artist_id)
+    ORDER BY s.title, a.name, s.duration, s.song_id
+), inserted AS (
+    INSERT INTO songplays (start_time, user_id, level, song_id, artist_id, session_id,
+                           item_in_session, location, user_agent, song_title, artist_name,
+                           song_length, file_id)
+    SELECT p.start_time, p.user_id, p.level, k.song_id, k.artist_id, p.session_id,
+           p.item_in_session, p.location, p.user_agent, p.song_title, p.artist_name,
+           p.song_length, m.file_id
+    FROM stage_plays p
+    JOIN load_manifest m ON m.path = p.path
+    LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
+                         AND k.duration = p.song_length
+    ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING
+    RETURNING file_id, song_id
+)
+SELECT m.path, count(*), count(i.song_id)
+FROM inserted i JOIN load_manifest m USING (file_id)
+GROUP BY m.path"""
+
+manifest_set_loaded = """
+UPDATE load_manifest
+SET loaded = %(loaded)s, duplicates = %(duplicates)s
+WHERE path = %(path)s"""
+
+# ---------------------------------------------------------------- the summary
+
+row_count = "SELECT count(*) FROM {table}"
+
+resolved_plays = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
+
+run_rejects = """
+SELECT path, line, reason FROM load_rejects WHERE run_id = %(run_id)s
+ORDER BY reject_id LIMIT %(limit)s"""
+
+# ---------------------------------------------------------------- post-load checks
+# Each returns the number of offending rows; zero passes.
+
+CHECKS = {
+    "songplays.songplay_id unique and not null":
+        "SELECT count(*) - count(DISTINCT songplay_id) FROM songplays",
+    "users.user_id unique and not null":
+        "SELECT count(*) - count(DISTINCT user_id) FROM users",
+    "songs.song_id unique and not null":
+        "SELECT count(*) - count(DISTINCT song_id) FROM songs",
+    "artists.artist_id unique and not null":
+        "SELECT count(*) - count(DISTINCT artist_id) FROM artists",
+    "time.start_time unique and not null":
+        "SELECT count(*) - count(DISTINCT start_time) FROM time",
+    "every songplay has its user":
+        "SELECT count(*) FROM songplays p LEFT JOIN users u USING (user_id) "
+        "WHERE u.user_id IS NULL",
+    "every songplay has its time":
+        "SELECT count(*) FROM songplays p LEFT JOIN time t USING (start_time) "
+        "WHERE t.start_time IS NULL",
+    "song_id and artist_id both null or both resolvable":
+        "SELECT count(*) FROM songplays p LEFT JOIN songs s USING (song_id) "
+        "WHERE (p.song_id IS NULL) <> (p.artist_id IS NULL) "
+        "OR (p.song_id IS NOT NULL AND (s.song_id IS NULL OR s.artist_id <> p.artist_id))",
+    "level in {free, paid}":
+        "SELECT (SELECT count(*) FROM users WHERE level NOT IN ('free', 'paid'))"
+        " + (SELECT count(*) FROM songplays WHERE level NOT IN ('free', 'paid'))",
+    "songplays per file match the manifest":
+        "SELECT count(*) FROM load_manifest m "
+        "LEFT JOIN (SELECT file_id, count(*) AS n FROM songplays GROUP BY file_id) p "
+        "USING (file_id) WHERE m.kind = 'log' AND m.loaded <> coalesce(p.n, 0)",
+}

@@ -1,0 +1,112 @@
+"""Shared fixtures: a real PostgreSQL (DATABASE_URL, or a throwaway embedded server) and ways to
+run the project's scripts the way a user does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import db
+
+PROJECT = Path(__file__).resolve().parents[1]
+SAMPLE = PROJECT / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def server():
+    """Tests never touch the user's own .pgdata: without DATABASE_URL they get a private
+    embedded server, stopped and deleted at the end (the tests drop and recreate tables)."""
+    if os.environ.get("DATABASE_URL"):
+        yield
+        return
+    home = Path(tempfile.mkdtemp(prefix="spk-"))
+    pgdata = home / "pg"
+    previous = os.environ.get("SPARKIFY_PGDATA")
+    os.environ["SPARKIFY_PGDATA"] = str(pgdata)
+    try:
+        db.start_server(pgdata)
+        yield
+    finally:
+        db.stop_server(pgdata)
+        shutil.rmtree(home, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("SPARKIFY_PGDATA", None)
+        else:
+            os.environ["SPARKIFY_PGDATA"] = previous
+
+
+@pytest.fixture
+def settings() -> db.Settings:
+    return db.Settings.from_env()
+
+
+def run_script(*args: str, env: dict | None = None, timeout: float = 600,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """python SCRIPT ARGS from the project folder, as a user types it."""
+    done = subprocess.run([sys.executable, *args], cwd=PROJECT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def query(sql: str, params=None) -> list[tuple]:
+    conn = db.connect(db.Settings.from_env())
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def scalar(sql: str, params=None):
+    return query(sql, params)[0][0]
+
+
+def table_contents() -> dict[str, list[tuple]]:
+    """Every star table, row for row, in a stable order (songplay_id left out: it numbers rows
+    in load order)."""
+    return {
+        "songplays": query("SELECT start_time, user_id, level, song_id, artist_id, session_id, "
+                           "item_in_session, location, user_agent, song_title, artist_name, "
+                           "song_length FROM songplays ORDER BY user_id, session_id, "
+                           "item_in_session"),
+        "users": query("SELECT * FROM users ORDER BY user_id"),
+        "songs": query("SELECT * FROM songs ORDER BY song_id"),
+        "artists": query("SELECT * FROM artists ORDER BY artist_id"),
+        "time": query("SELECT * FROM time ORDER BY start_time"),
+    }
+
+
+def counts() -> dict[str, int]:
+    return {t: scalar(f"SELECT count(*) FROM {t}")
+            for t in ("songplays", "users", "songs", "artists", "time")}
+
+
+@pytest.fixture
+def fresh_tables():
+    run_script("create_tables.py")
+
+
+@pytest.fixture(scope="session")
+def truth() -> dict:
+    return json.loads((SAMPLE / "truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    location = os.environ.get("SPARKIFY_REAL_DATA")
+    if not location:
+        pytest.skip("SPARKIFY_REAL_DATA is not set: the Udacity dataset is not on this machine "
+                    "(.ci/run sets it when ../shared/data/udacity exists)")
+    return Path(location)
+
+
