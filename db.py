@@ -205,6 +205,16 @@ def dsn(settings: Settings, dbname: str | None = None) -> str:
     return f"host={socket_dir} port={PORT} user={SUPERUSER} dbname={dbname or DATABASE}"
 
 
+def sqlalchemy_url(settings: Settings) -> str:
+    """The same database as a SQLAlchemy URL, for jupysql's %sql in the notebooks."""
+    if settings.url:
+        return "postgresql+psycopg2://" + settings.url.split("://", 1)[1]
+    if settings.libpq_env:
+        return "postgresql+psycopg2://"
+    socket_dir = start_server(settings.pgdata)
+    return f"postgresql+psycopg2://{SUPERUSER}@/{DATABASE}?host={socket_dir}&port={PORT}"
+
+
 def connect(settings: Settings, dbname: str | None = None, **kwargs):
     """A psycopg2 connection, or a DatabaseError whose message names the server without secrets."""
     try:
