@@ -1,0 +1,157 @@
+"""etl.py: the pure transforms on exact inputs, then whole loads of the sample data."""
+
+import json
+
+import pandas as pd
+import pytest
+
+import etl
+from conftest import SAMPLE, counts, query, run_script, scalar, table_contents
+
+PLAY = {"artist": "Des'ree", "auth": "Logged In", "firstName": "Kaylee", "gender": "F",
+        "itemInSession": 1, "lastName": "Summers", "length": 246.30812, "level": "free",
+        "location": "Phoenix-Mesa-Scottsdale, AZ", "method": "PUT", "page": "NextSong",
+        "registration": 1540344794796.0, "sessionId": 139, "song": "You Gotta Be",
+        "status": 200, "ts": 1541106106796, "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
+        "userId": "8"}
+SONG = {"num_songs": 1, "artist_id": "ARD7TVE1187B99BFB1", "artist_latitude": None,
+        "artist_longitude": None, "artist_location": "", "artist_name": "Casual",
+        "song_id": "SOMZWCG12A8C13C480", "title": "I Didn't Mean To", "duration": 218.93179,
+        "year": 0}
+
+
+def log_bytes(*events) -> bytes:
+    return b"\n".join(e if isinstance(e, bytes) else json.dumps(e).encode() for e in events)
+
+
+def events(*lines):
+    records, rejects = etl.parse_log_file(log_bytes(*lines), "log_data/x.json")
+    plays, invalid, skipped = etl.valid_events(records)
+    return plays, etl.reject_frame(rejects), invalid, skipped
+
+
+def test_repair_mojibake_peels_every_layer_of_double_encoded_utf8():
+    assert etl.repair_mojibake("Aliz\u00c3\u0083\u00c2\u00a9e") == "Alizée"
+    assert etl.repair_mojibake("S\u00c3\u0083\u00c2\u00a5ng") == "Sång"
+    assert etl.repair_mojibake("BjÃ¶rk") == "Björk"
+    assert etl.repair_mojibake("Sigur Rós") == "Sigur Rós"
+    assert etl.repair_mojibake("It’s “quoted”") == "It’s “quoted”"
+
+
+def test_play_rows_make_utc_instants_integer_ids_and_unquoted_user_agents():
+    plays, _, _, _ = events(PLAY)
+    row = etl.play_rows(plays).iloc[0]
+    assert row["start_time"] == pd.Timestamp("2018-11-01 21:01:46.796", tz="UTC")
+    assert (row["user_id"], row["session_id"], row["item_in_session"]) == (8, 139, 1)
+    assert row["user_agent"] == "Mozilla/5.0 (Windows NT 6.1)"
+    assert (row["song_title"], row["artist_name"], row["song_length"]) == (
+        "You Gotta Be", "Des'ree", 246.30812)
+
+
+def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
+    home = {**PLAY, "page": "Home", "userId": "", "song": None, "artist": None}
+    bad_user = {**PLAY, "userId": "", "itemInSession": 2}
+    text_ts = {**PLAY, "ts": "soon", "itemInSession": 3}
+    plays, parse_rejects, invalid, skipped = events(PLAY, home, bad_user, b"{oops", text_ts)
+    assert len(plays) == 1
+    assert skipped.to_dict() == {"log_data/x.json": 1}
+    assert parse_rejects[["line"]].values.tolist() == [[4]]
+    assert parse_rejects["reason"].iloc[0].startswith("malformed JSON")
+    assert invalid[["line", "reason"]].values.tolist() == [
+        [3, "userId missing on a play"], [5, "ts is not an integer"]]
+
+
+def test_valid_events_takes_the_fast_path_for_clean_files_with_the_same_result():
+    clean = log_bytes(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
+    frame = etl._fast_events(clean, "p")
+    assert frame is not None
+    plays, invalid, _ = etl.valid_events(frame)
+    assert len(plays) == 1
+    assert invalid[["line", "reason"]].values.tolist() == [[2, "level is not 'free' or 'paid'"]]
+
+
+def test_time_table_uses_utc_iso_week_and_monday_as_weekday_1():
+    rows = pd.DataFrame({"start_time": pd.to_datetime(
+        [1541106106796, 1541106106796, 1543622399000], unit="ms", utc=True)})
+    table = etl.time_table(rows)
+    assert table.drop(columns="start_time").values.tolist() == [
+        [21, 1, 44, 11, 2018, 4],   # Thursday 1 Nov 2018
+        [23, 30, 48, 11, 2018, 5],  # Friday 30 Nov 2018, 23:59:59 UTC
+    ]
+
+
+def test_users_table_keeps_each_users_latest_play_whatever_the_row_order():
+    plays, _, _, _ = events({**PLAY, "ts": 3, "level": "paid", "itemInSession": 5},
+                            {**PLAY, "ts": 1, "level": "free", "itemInSession": 9},
+                            {**PLAY, "ts": 3, "level": "free", "itemInSession": 4})
+    users = etl.users_table(etl.play_rows(plays))
+    assert users[["user_id", "level", "item_in_session"]].values.tolist() == [[8, "paid", 5]]
+
+
+def test_song_rows_turn_year_zero_and_empty_location_into_null():
+    records, rejects = etl.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
+    good, invalid = etl.valid_songs(etl.records_frame(records, etl.SONG_FIELDS))
+    row = etl.song_rows(good).iloc[0]
+    assert rejects == [] and invalid.empty
+    assert pd.isna(row["year"]) and pd.isna(row["artist_location"])
+    assert (row["song_id"], row["duration"]) == ("SOMZWCG12A8C13C480", 218.93179)
+
+
+def test_parse_song_file_reads_arrays_and_one_object_per_line():
+    two = [SONG, {**SONG, "song_id": "SOTWO"}]
+    as_array, _ = etl.parse_song_file(json.dumps(two).encode(), "s")
+    as_lines, _ = etl.parse_song_file(log_bytes(*two), "s")
+    assert [r["song_id"] for r in as_array] == ["SOMZWCG12A8C13C480", "SOTWO"]
+    assert [(r["song_id"], r["line"]) for r in as_lines] == [
+        ("SOMZWCG12A8C13C480", 1), ("SOTWO", 2)]
+
+
+def test_render_csv_distinguishes_null_from_empty_text_and_keeps_floats_exact():
+    frame = pd.DataFrame({"a": ["x,y", "", None], "b": [218.93179, 0.1, None]})
+    assert etl.render_csv(frame, ["a", "b"]) == b'"x,y",218.93179\n"",0.1\n,\n'
+
+
+# ---------------------------------------------------------------- whole loads of data/
+
+
+@pytest.fixture(scope="module")
+def sample_load():
+    run_script("create_tables.py")
+    return run_script("etl.py", "--no-progress")
+
+
+def test_sample_load_matches_the_generators_truth(sample_load, truth):
+    assert counts() == {"songplays": truth["songplays"], "users": truth["users"],
+                        "songs": truth["songs"], "artists": truth["artists"],
+                        "time": truth["time"]}
+    assert scalar("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL") == \
+        truth["songplays_resolved"]
+    assert dict(query("SELECT user_id::text, level FROM users")) == truth["levels"]
+    assert "checks: 10 passed, 0 failed" in sample_load.stdout
+
+
+def test_sample_load_resolves_a_non_ascii_play_to_its_song(sample_load, truth):
+    play = truth["example_resolved_play"]
+    assert query("SELECT song_id, artist_id, song_title, artist_name FROM songplays "
+                 "WHERE user_id = %s AND session_id = %s AND item_in_session = %s",
+                 (play["user_id"], play["session_id"], play["item_in_session"])) == [
+        (play["song_id"], play["artist_id"], play["title"], play["artist"])]
+
+
+def test_second_run_changes_nothing_and_says_so(sample_load):
+    before = table_contents()
+    again = run_script("etl.py", "--no-progress")
+    assert "nothing new" in again.stdout
+    assert table_contents() == before
+
+
+def test_every_script_has_help():
+    for script in ("etl.py", "create_tables.py", "db.py", "generate_data.py"):
+        assert "usage:" in run_script(script, "--help").stdout
+
+
+def test_sample_data_is_the_generators_output(tmp_path):
+    import generate_data
+    generate_data.main(["--out", str(tmp_path)])
+    for path in sorted(SAMPLE.rglob("*.json")):
+        assert (tmp_path / path.relative_to(SAMPLE)).read_bytes() == path.read_bytes(), path

@@ -1,0 +1,300 @@
+"""Tests for generate_data.py: format fidelity to the Udacity data and a truthful truth.json."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import ftfy
+import pandas as pd
+import pytest
+
+import generate_data
+
+SCRIPT = Path(generate_data.__file__).resolve()
+SMALL = {"songs": 80, "events": 4000, "seed": 7, "users": 60, "start": "2018-11-26", "days": 10}
+EPOCH = dt.date(1970, 1, 1)
+SONG_KEYS = ["num_songs", "artist_id", "artist_latitude", "artist_longitude", "artist_location",
+             "artist_name", "song_id", "title", "duration", "year"]
+LOG_KEYS = ["artist", "auth", "firstName", "gender", "itemInSession", "lastName", "length",
+            "level", "location", "method", "page", "registration", "sessionId", "song", "status",
+            "ts", "userAgent", "userId"]
+# A line copied byte for byte from the real log_data/2018/11/2018-11-02-events.json.
+REAL_LINE = (
+    r'{"artist":"Calle 13 Featuring Caf\u00c3\u0083\u00c2\u00a9 Tacuba","auth":"Logged In",'
+    r'"firstName":"Lily","gender":"F","itemInSession":37,"lastName":"Koch","length":293.32853,'
+    r'"level":"paid","location":"Chicago-Naperville-Elgin, IL-IN-WI","method":"PUT",'
+    r'"page":"NextSong","registration":1541048010796.0,"sessionId":172,'
+    r'"song":"No Hay Nadie Como T\u00c3\u0083\u00c2\u00ba","status":200,"ts":1541157637796,'
+    r'"userAgent":"\"Mozilla\/5.0 (X11; Linux x86_64) AppleWebKit\/537.36 (KHTML, like Gecko) '
+    r'Ubuntu Chromium\/36.0.1985.125 Chrome\/36.0.1985.125 Safari\/537.36\"","userId":"15"}')
+
+
+def log_format(record):
+    """How every real log line is serialized (verified on all 8056 real lines)."""
+    return json.dumps(record, separators=(",", ":")).replace("/", "\\/")
+
+
+def double_encode(text):
+    return text.encode("utf-8").decode("latin-1").encode("utf-8").decode("latin-1")
+
+
+def read_tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def song_paths(root):
+    return sorted((root / "song_data").glob("*/*/*/*.json"))
+
+
+def log_paths(root):
+    return sorted((root / "log_data").glob("*/*/*.json"))
+
+
+def read_logs(root):
+    return [json.loads(line) for p in log_paths(root)
+            for line in p.read_text(encoding="ascii").split("\n")]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small")
+    return out, generate_data.generate(str(out), **SMALL)
+
+
+def test_same_seed_gives_identical_bytes_even_in_another_process(tmp_path):
+    generate_data.generate(str(tmp_path / "a"), **SMALL)
+    args = [f"--{key}={value}" for key, value in SMALL.items()]
+    subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), *args],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    first, second = read_tree(tmp_path / "a"), read_tree(tmp_path / "b")
+    assert len(first) == SMALL["songs"] + SMALL["days"] + 1
+    assert first == second
+
+
+def test_other_seed_gives_other_data(tmp_path):
+    generate_data.generate(str(tmp_path / "a"), **SMALL)
+    generate_data.generate(str(tmp_path / "b"), **{**SMALL, "seed": 8})
+    first, second = read_tree(tmp_path / "a"), read_tree(tmp_path / "b")
+    assert set(first) != set(second)  # other track ids
+    assert first["log_data/2018/11/2018-11-26-events.json"] != \
+        second["log_data/2018/11/2018-11-26-events.json"]
+
+
+def test_only_song_data_log_data_and_truth_are_replaced(tmp_path):
+    (tmp_path / "song_data" / "Z").mkdir(parents=True)
+    (tmp_path / "song_data" / "Z" / "stale.json").write_text("{}")
+    (tmp_path / "truth.json").write_text("stale")
+    (tmp_path / "keep.txt").write_text("mine")
+    truth = generate_data.generate(str(tmp_path), **SMALL)
+    assert not (tmp_path / "song_data" / "Z").exists()
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+    assert json.loads((tmp_path / "truth.json").read_text()) == truth
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "log_data", "song_data",
+                                                         "truth.json"]
+
+
+def test_song_files_have_udacity_layout_and_bytes(small):
+    root, truth = small
+    paths = song_paths(root)
+    assert len(paths) == truth["song_files"] == SMALL["songs"]
+    by_artist = {}
+    for path in paths:
+        track = path.stem
+        assert re.fullmatch(r"TR[A-Z0-9]{16}", track)
+        assert path.relative_to(root).parts[:4] == ("song_data", track[2], track[3], track[4])
+        text = path.read_bytes().decode("ascii")
+        record = json.loads(text)
+        assert list(record) == SONG_KEYS
+        assert text == json.dumps(record)  # default separators, \u escapes, no newline
+        assert record["num_songs"] == 1
+        assert re.fullmatch(r"SO[A-Z0-9]{16}", record["song_id"])
+        assert re.fullmatch(r"AR[A-Z0-9]{16}", record["artist_id"])
+        assert re.fullmatch(r"\d+\.\d{1,5}", repr(record["duration"]))
+        artist = tuple(record[k] for k in SONG_KEYS[1:6])
+        assert by_artist.setdefault(record["artist_id"], artist) == artist
+    records = [json.loads(p.read_text()) for p in paths]
+    assert any(r["year"] == 0 for r in records)
+    assert any(r["artist_location"] == "" for r in records)
+    assert any(r["artist_latitude"] is None and r["artist_location"] for r in records)
+    assert any(not (r["title"] + r["artist_name"]).isascii() for r in records)
+    assert any('"' in r["title"] + r["artist_name"] for r in records)
+    assert len(by_artist) < len(records)  # some artists have several songs
+
+
+def test_log_files_have_udacity_layout_and_bytes(small):
+    root, _ = small
+    first = dt.date.fromisoformat(SMALL["start"])
+    days = [first + dt.timedelta(d) for d in range(SMALL["days"])]
+    expected = [f"log_data/{d:%Y}/{d:%m}/{d:%Y-%m-%d}-events.json" for d in days]
+    assert [p.relative_to(root).as_posix() for p in log_paths(root)] == expected
+    for path, day in zip(log_paths(root), days):
+        text = path.read_bytes().decode("ascii")
+        assert not text.endswith("\n")
+        stamps = []
+        for line in text.split("\n"):
+            record = json.loads(line)
+            assert list(record) == LOG_KEYS
+            assert line == log_format(record)
+            stamps.append(record["ts"])
+            assert type(record["ts"]) is int and type(record["sessionId"]) is int
+            assert type(record["itemInSession"]) is int and type(record["userId"]) is str
+            assert EPOCH + dt.timedelta(days=record["ts"] // 86_400_000) == day  # UTC date
+            if record["page"] == "NextSong":
+                assert record["auth"] == "Logged In" and record["method"] == "PUT"
+                assert type(record["length"]) is float and record["song"] and record["artist"]
+            else:
+                assert record["artist"] is record["song"] is record["length"] is None
+            if record["auth"] == "Logged Out":
+                assert record["userId"] == ""
+                assert {record[k] for k in ("firstName", "lastName", "gender", "location",
+                                            "userAgent", "registration")} == {None}
+            else:
+                assert record["userId"].isdigit()
+                assert type(record["registration"]) is float
+                agent = record["userAgent"]
+                assert (agent[0] == agent[-1] == '"') == ("," in agent)
+        assert stamps == sorted(stamps)
+
+
+def test_log_format_matches_a_real_udacity_line():
+    record = json.loads(REAL_LINE)
+    assert log_format(record) == REAL_LINE
+    assert ftfy.fix_text(record["song"]) == "No Hay Nadie Como Tú"
+    assert double_encode("No Hay Nadie Como Tú") == record["song"]
+
+
+def test_format_rules_hold_for_every_real_udacity_file(real_data):
+    songs = sorted(real_data.glob("song_data/*/*/*/*.json"))
+    logs = sorted(real_data.glob("log_data/*/*/*.json"))
+    assert (len(songs), len(logs)) == (71, 30)
+    for path in songs:
+        text = path.read_text(encoding="ascii")
+        assert text == json.dumps(json.loads(text))
+    for path in logs:
+        text = path.read_text(encoding="ascii")
+        assert not text.endswith("\n")
+        assert all(line == log_format(json.loads(line)) for line in text.split("\n"))
+
+
+def test_non_ascii_play_text_is_double_encoded_like_the_real_logs(small):
+    root, _ = small
+    texts = {r[k] for r in read_logs(root) if r["page"] == "NextSong" for k in ("song", "artist")}
+    broken = sorted(t for t in texts if not t.isascii())
+    assert len(broken) >= 5
+    for text in broken:
+        assert max(map(ord, text)) < 256 and "\u00c3" in text
+        assert double_encode(ftfy.fix_text(text)) == text
+
+
+def recompute(root):
+    """What an ETL built on pandas + ftfy loads from the files."""
+    songs = pd.DataFrame([json.loads(p.read_text()) for p in song_paths(root)])
+    logs = pd.DataFrame(read_logs(root))
+    plays = logs[logs.page == "NextSong"].copy()
+    plays["title"] = plays.song.map(ftfy.fix_text)
+    plays["artist_name"] = plays.artist.map(ftfy.fix_text)
+    plays = plays.merge(songs[["title", "artist_name", "duration", "song_id", "artist_id"]],
+                        how="left", left_on=["title", "artist_name", "length"],
+                        right_on=["title", "artist_name", "duration"])
+    plays = plays.sort_values(["ts", "sessionId", "itemInSession"])
+    levels = plays.groupby("userId")["level"].last()
+    return songs, logs, plays, levels
+
+
+def test_truth_matches_independent_recomputation_from_files(small):
+    root, truth = small
+    songs, logs, plays, levels = recompute(root)
+    resolved = plays[plays.song_id.notna()]
+    non_ascii = plays[~(plays.song + plays.artist).map(str.isascii)]
+    users_per_ts = plays.groupby("ts").userId.nunique()
+    levels_per_user = plays.groupby("userId")["level"].nunique()
+    assert {
+        "song_files": len(song_paths(root)), "log_files": len(log_paths(root)),
+        "log_records": len(logs), "nextsong_events": int((logs.page == "NextSong").sum()),
+        "songs": songs.song_id.nunique(), "artists": songs.artist_id.nunique(),
+        "songplays": len(plays), "songplays_resolved": len(resolved),
+        "time": plays.ts.nunique(), "users": plays.userId.nunique(),
+        "users_free": int((levels == "free").sum()), "users_paid": int((levels == "paid").sum()),
+        "logged_out_events": int((logs.userId == "").sum()),
+        "shared_ts": int((users_per_ts > 1).sum()),
+        "non_ascii_plays": len(non_ascii),
+        "non_ascii_resolved": int(non_ascii.song_id.notna().sum()),
+        "level_changed_users": int((levels_per_user > 1).sum()),
+        "levels": dict(sorted(levels.items(), key=lambda kv: int(kv[0]))),
+    } == {key: truth[key] for key in (
+        "song_files", "log_files", "log_records", "nextsong_events", "songs", "artists",
+        "songplays", "songplays_resolved", "time", "users", "users_free", "users_paid",
+        "logged_out_events", "shared_ts", "non_ascii_plays", "non_ascii_resolved",
+        "level_changed_users", "levels")}
+    assert list(truth["levels"]) == list(dict(sorted(levels.items(), key=lambda kv: int(kv[0]))))
+    assert truth["log_records"] == SMALL["events"]
+    assert not logs.duplicated(["userId", "sessionId", "itemInSession"]).any()
+    assert songs.duplicated(["title", "artist_name", "duration"]).sum() == 0
+    assert set(logs.userId) - set(plays.userId) - {""}  # users who never played
+    assert 0 < truth["non_ascii_resolved"] < truth["non_ascii_plays"]
+
+
+def test_truth_examples_are_real_rows(small):
+    root, truth = small
+    _, _, plays, _ = recompute(root)
+    example = truth["example_resolved_play"]
+    candidates = plays[plays.song_id.notna() & ~plays.title.map(str.isascii)]
+    row = candidates.iloc[0]  # the earliest, plays being sorted by the natural order
+    assert example == {
+        "user_id": row.userId, "session_id": int(row.sessionId),
+        "item_in_session": int(row.itemInSession), "ts": int(row.ts), "song_id": row.song_id,
+        "artist_id": row.artist_id, "title": row.title, "artist": row.artist_name,
+        "length": row.length}
+    assert not example["title"].isascii()
+
+    miss = truth["example_unresolved_play"]
+    row = plays[(plays.userId == miss["user_id"]) & (plays.sessionId == miss["session_id"])
+                & (plays.itemInSession == miss["item_in_session"])].iloc[0]
+    assert pd.isna(row.song_id) and row.length == miss["length"] and row.ts == miss["ts"]
+    assert (row.title, row.artist_name) == (miss["title"], miss["artist"])
+
+    user = truth["example_user"]
+    events = plays[plays.userId == user["user_id"]]
+    assert set(events.level) == {"free", "paid"}
+    assert events.iloc[-1].level == user["level"]
+    assert (events.firstName.iloc[0], events.lastName.iloc[0], events.gender.iloc[0]) == (
+        user["first_name"], user["last_name"], user["gender"])
+
+
+def test_default_sample_has_the_promised_quirks(tmp_path):
+    truth = generate_data.generate(str(tmp_path))
+    assert truth["params"] == {"seed": 42, "songs": 400, "events": 20000, "users": 100,
+                               "start": "2018-11-01", "days": 30}
+    assert truth["log_files"] == 30 and truth["log_records"] == 20000
+    songs = pd.DataFrame([json.loads(p.read_text()) for p in song_paths(tmp_path)])
+    assert (songs.artist_id.value_counts() >= 3).sum() >= 5
+    assert truth["songplays_resolved"] >= 1000
+    assert 0.8 < truth["nextsong_events"] / truth["log_records"] < 0.9
+    assert truth["level_changed_users"] >= 5
+    assert truth["shared_ts"] >= 5
+    assert truth["logged_out_events"] >= 200
+    assert truth["non_ascii_plays"] >= 50 and truth["non_ascii_resolved"] >= 10
+    assert truth["users_free"] >= 10 and truth["users_paid"] >= 10
+    stamps = pd.to_datetime(pd.Series([r["ts"] for r in read_logs(tmp_path)]), unit="ms")
+    assert stamps.dt.day_of_week.nunique() == 7 and stamps.dt.hour.nunique() == 24
+    assert sum(len(b) for b in read_tree(tmp_path).values()) < 10_000_000
+
+
+def test_help_lists_the_options():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"],
+                            capture_output=True, text=True, check=True)
+    for option in ("--out", "--songs", "--events", "--seed", "--users", "--start", "--days"):
+        assert option in result.stdout
+
+
+def test_cli_rejects_non_positive_sizes(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path),
+                             "--events", "0"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "positive" in result.stderr
+    assert list(tmp_path.iterdir()) == []
