@@ -1,0 +1,85 @@
+"""erd.py: the committed diagram matches the schema create_tables.py makes."""
+
+from __future__ import annotations
+
+import difflib
+import xml.etree.ElementTree as ET
+
+import pytest
+from conftest import PROJECT, run_script
+
+import db
+import sql_queries
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    run_script("create_tables.py")
+    out = tmp_path_factory.mktemp("erd")
+    run_script("erd.py", "--out", str(out))
+    return out
+
+
+def stale(name: str, fresh: str, committed: str) -> str:
+    diff = "".join(difflib.unified_diff(committed.splitlines(keepends=True),
+                                        fresh.splitlines(keepends=True),
+                                        f"ERD/{name} (committed)", f"{name} (from the schema)",
+                                        n=1))
+    return f"ERD/{name} is stale: run `python erd.py`\n{diff[:3000]}"
+
+
+def test_committed_mermaid_source_is_up_to_date(generated):
+    fresh = (generated / "schema.mmd").read_bytes()
+    committed = (PROJECT / "ERD" / "schema.mmd").read_bytes()
+    assert fresh == committed, stale("schema.mmd", fresh.decode(), committed.decode())
+
+
+def test_committed_svg_is_up_to_date(generated):
+    fresh = (generated / "schema.svg").read_bytes()
+    committed = (PROJECT / "ERD" / "schema.svg").read_bytes()
+    assert fresh == committed, stale("schema.svg", fresh.decode(), committed.decode())
+
+
+def test_mermaid_names_every_table_column_and_foreign_key(generated):
+    text = (generated / "schema.mmd").read_text()
+    assert text.splitlines()[2] == "erDiagram"
+    for table in sql_queries.TABLES:
+        assert f"    {table} {{" in text
+    assert "        bigint songplay_id PK" in text
+    assert '    users ||--o{ songplays : "user_id"' in text
+    assert '    songs |o--o{ songplays : "song_id"' in text  # nullable: zero or one song
+    assert '    load_runs ||--o{ load_manifest : "run_id"' in text
+
+
+def test_svg_is_well_formed_and_draws_every_table(generated):
+    for path in (generated / "schema.svg", PROJECT / "ERD" / "schema.svg"):
+        root = ET.parse(path).getroot()
+        assert root.tag == f"{SVG}svg"
+        groups = {g.get("id") for g in root.iter(f"{SVG}g")}
+        texts = {t.text for t in root.iter(f"{SVG}text")}
+        for table in sql_queries.TABLES:
+            assert f"table-{table}" in groups, f"{path.name}: no box for {table}"
+            assert table in texts, f"{path.name}: {table} not named"
+
+
+def test_help():
+    done = run_script("erd.py", "--help")
+    assert "--database-url" in done.stdout and "--out DIR" in done.stdout
+
+
+def test_missing_tables_are_reported(tmp_path):
+    conn = db.connect(db.Settings.from_env())
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql_queries.drop_tables)
+    finally:
+        conn.close()
+    try:
+        done = run_script("erd.py", "--out", str(tmp_path), check=False)
+        assert done.returncode == 3
+        assert "run `python create_tables.py` first" in done.stderr
+        assert not list(tmp_path.iterdir())
+    finally:
+        run_script("create_tables.py")
