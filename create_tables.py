@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import psycopg2
 from psycopg2 import sql as pgsql
 
 import db
-import etl
 import sql_queries as sql
 
 
@@ -33,11 +31,11 @@ def ensure_database(settings: db.Settings) -> None:
         conn.close()
 
 
-def create_tables(settings: db.Settings) -> None:
+def create_tables(settings: db.Settings) -> int:
     ensure_database(settings)
     conn = db.connect(settings)
     try:
-        etl.acquire_lock(conn)
+        db.acquire_lock(conn)
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
             cur.execute(sql.drop_tables)
@@ -45,6 +43,8 @@ def create_tables(settings: db.Settings) -> None:
                 cur.execute(query)
     finally:
         conn.close()
+    print(f"created tables {', '.join(sql.TABLES)} in {settings.describe()}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,20 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "PG* variables, then the embedded server)")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    try:
-        create_tables(settings)
-    except db.DatabaseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return etl.EXIT_ENVIRONMENT
-    except etl.LockedError as exc:
-        print(f"error: {exc}; tables left as they were", file=sys.stderr)
-        return etl.EXIT_LOCKED
-    except psycopg2.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"error: the database refused: {first}", file=sys.stderr)
-        return etl.EXIT_ENVIRONMENT
-    print(f"created tables {', '.join(sql.TABLES)} in {settings.describe()}")
-    return 0
+    return db.run_command(lambda: create_tables(settings))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+
+import sql_queries as sql
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DATABASE = "sparkifydb"
@@ -43,8 +46,23 @@ EMBEDDED_SETTINGS = {
 }
 
 
-class DatabaseError(Exception):
+EXIT_ENVIRONMENT, EXIT_LOCKED = 3, 4
+
+
+class UserError(Exception):
     """A problem the user must fix outside this program; its message is safe to print."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class DatabaseError(UserError):
+    """The database cannot be reached or is not ready for us."""
+
+
+class LockedError(UserError):
+    """Another load holds the load lock on this database."""
+
+    exit_code = EXIT_LOCKED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +92,9 @@ class Settings:
             return redact(self.url)
         if self.libpq_env:
             return "the server named by the PG* environment variables"
-        return f"the embedded server in {self.pgdata}"
+        where = self.pgdata.relative_to(PROJECT_DIR) if self.pgdata.is_relative_to(PROJECT_DIR) \
+            else self.pgdata
+        return f"the embedded server in {where}"
 
 
 def redact(url: str) -> str:
@@ -200,7 +220,9 @@ def dsn(settings: Settings, dbname: str | None = None) -> str:
             return settings.url
         return urlunsplit(urlsplit(settings.url)._replace(path=f"/{dbname}"))
     if settings.libpq_env:
-        return f"dbname={dbname}" if dbname else ("" if os.environ.get("PGDATABASE") else f"dbname={DATABASE}")
+        if dbname or not os.environ.get("PGDATABASE"):
+            return f"dbname={dbname or DATABASE}"
+        return ""
     socket_dir = start_server(settings.pgdata)
     return f"host={socket_dir} port={PORT} user={SUPERUSER} dbname={dbname or DATABASE}"
 
@@ -228,6 +250,41 @@ def connect(settings: Settings, dbname: str | None = None, **kwargs):
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first}") from None
 
 
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def run_command(action: Callable[[], int]) -> int:
+    """Run a script's work: a problem for the user becomes one line on stderr and an exit code,
+    with no traceback and no password."""
+    try:
+        return action()
+    except UserError as exc:
+        message, code = str(exc), exc.exit_code
+    except psycopg2.Error as exc:
+        message, code = f"the database refused: {first_line(exc)}", EXIT_ENVIRONMENT
+    except BrokenPipeError:
+        sys.stderr.close()  # output piped into `head`, say: nothing left to say
+        return 0
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def acquire_lock(conn) -> None:
+    """One load (or schema rebuild) at a time per database; the lock dies with the session, so
+    a killed run never leaves it behind."""
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.try_lock, {"key": sql.LOCK_KEY})
+        if cur.fetchone()[0]:
+            return
+        cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
+        holder = cur.fetchone()
+    who = f"{holder[1] or 'a client'} (server pid {holder[0]}, since {holder[2]:%H:%M:%S})" \
+        if holder else "another session"
+    raise LockedError(f"another load is running on this database: {who}; "
+                      "wait for it to finish and run again")
+
+
 @contextlib.contextmanager
 def managed_cursor(conn):
     """A cursor whose work commits on success and rolls back on any error."""
@@ -238,34 +295,35 @@ def managed_cursor(conn):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Manage the embedded PostgreSQL server, or open psql on the configured database.")
+        description="Manage the embedded PostgreSQL server, or open psql on the database.")
     parser.add_argument("command", choices=["start", "stop", "status", "psql", "url"],
                         help="start/stop/status: the embedded server; psql: open psql on the "
                              "database; url: print the connection string (no password)")
     parser.add_argument("--database-url", help="use this server instead (default: $DATABASE_URL)")
     args = parser.parse_args(argv)
     settings = Settings.from_env(args.database_url)
-    try:
-        if args.command in ("start", "stop", "status") and not settings.embedded:
-            print(f"not using the embedded server: connecting to {settings.describe()}")
-            return 0
-        if args.command == "start":
-            print(f"embedded PostgreSQL running, socket in {start_server(settings.pgdata)}")
-        elif args.command == "stop":
-            print("stopped" if stop_server(settings.pgdata) else "not running")
-        elif args.command == "status":
-            running = _postmaster(settings.pgdata)
-            print(f"running (pid {running[0]}, socket in {running[1]})" if running else "not running")
-            return 0 if running else 3
-        elif args.command == "url":
-            print(redact(dsn(settings)) if settings.url else dsn(settings))
-        else:
-            target = dsn(settings)
-            psql = pg_bin("psql")
-            os.execv(psql, [psql, target] if target else [psql])
-    except DatabaseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    return run_command(lambda: _command(args.command, settings))
+
+
+def _command(command: str, settings: Settings) -> int:
+    if command in ("start", "stop", "status") and not settings.embedded:
+        print(f"not using the embedded server: connecting to {settings.describe()}")
+        return 0
+    if command == "start":
+        print(f"embedded PostgreSQL running, socket in {start_server(settings.pgdata)}")
+    elif command == "stop":
+        print("stopped" if stop_server(settings.pgdata) else "not running")
+    elif command == "status":
+        running = _postmaster(settings.pgdata)
+        print(f"running (pid {running[0]}, socket in {running[1]})" if running
+              else "not running")
+        return 0 if running else EXIT_ENVIRONMENT
+    elif command == "url":
+        print(redact(dsn(settings)) if settings.url else dsn(settings))
+    else:
+        target = dsn(settings)
+        psql = pg_bin("psql")
+        os.execv(psql, [psql, target] if target else [psql])
     return 0
 
 

@@ -19,12 +19,10 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import psycopg2
 
 import db
 import sql_queries as sql
 
-EXIT_OK, EXIT_USAGE, EXIT_ENVIRONMENT = 0, 2, 3
 
 # ================================================================ the catalog
 
@@ -642,21 +640,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: ERD)")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
+    return db.run_command(lambda: report(settings, args.out))
+
+
+def report(settings: db.Settings, out_dir: Path) -> int:
     try:
-        mmd, image, schema = write(settings, args.out)
-    except db.DatabaseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
-    except psycopg2.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"error: the database refused: {first}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        mmd, image, schema = write(settings, out_dir)
     except OSError as exc:
-        print(f"error: cannot write to {args.out}: {exc.strerror}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        raise db.UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
     print(f"wrote {mmd} and {image}: {len(schema.tables)} tables, "
           f"{len(schema.foreign_keys)} foreign keys, from {settings.describe()}")
-    return EXIT_OK
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ A record's way from file to table:
   1. ``plan``            lists the files under song_data/ and log_data/ that the manifest has not
                          seen as they are now, and cuts them into batches;
   2. ``prepare_batch``   (in a worker process) reads each file, parses it (``parse_song_file``,
-                         ``parse_log_file``), checks every record (``valid_songs``, ``valid_events``),
-                         transforms (``song_rows``, ``play_rows``, ``time_table``, ``users_table``)
-                         and renders the staging tables as CSV;
+                         ``parse_log_file``), checks each record (``valid_songs``,
+                         ``valid_events``), transforms (``song_rows``, ``play_rows``,
+                         ``time_table``, ``users_table``) and renders staging tables as CSV;
   3. ``load_batch``      COPYs that CSV into temporary staging tables and merges it into the star
                          with set-based SQL from sql_queries.py, with the batch's manifest and
                          rejects, in one transaction;
@@ -47,7 +47,7 @@ REJECT_EXAMPLES = 5
 INT32 = (-(2**31), 2**31 - 1)
 TS_RANGE = (0, 253_402_300_799_999)  # epoch ms up to the end of year 9999
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_LOCKED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED = 0, 1
 
 # The log's song and artist text is UTF-8 decoded as Latin-1 and encoded again; repair only that,
 # leaving quotes, ligatures and Unicode normalisation exactly as recorded.
@@ -87,12 +87,8 @@ STAGE_COLUMNS = {
 }
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for; its message is printed as is."""
-
-
-class LockedError(Exception):
-    """Another run holds the load lock."""
+class UsageError(db.UserError):
+    """A problem with what the user asked for, such as a data folder that is not there."""
 
 
 # ================================================================ pure transforms
@@ -668,20 +664,6 @@ def post_load_checks(cur) -> dict[str, int]:
     return results
 
 
-def acquire_lock(conn) -> None:
-    """One load at a time per database; the lock dies with the session, so a kill frees it."""
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.try_lock, {"key": sql.LOCK_KEY})
-        if cur.fetchone()[0]:
-            return
-        cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
-        holder = cur.fetchone()
-    who = f"{holder[1] or 'a client'} (server pid {holder[0]}, since {holder[2]:%H:%M:%S})" \
-        if holder else "another session"
-    raise LockedError(f"another load is running on this database: {who}; "
-                      "wait for it to finish and run again")
-
-
 def require_tables(conn) -> None:
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.missing_tables, {"tables": sql.TABLES})
@@ -706,7 +688,7 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
     conn = db.connect(settings)
     try:
         require_tables(conn)
-        acquire_lock(conn)
+        db.acquire_lock(conn)
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.run_interrupted)
             cur.execute(sql.run_start, {"data_dir": str(data_dir.resolve())})
@@ -809,19 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    try:
-        return run(settings, args.data, full_refresh=args.full_refresh, strict=args.strict,
-                   jobs=args.jobs, progress=False if args.no_progress else None)
-    except (db.DatabaseError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
-    except LockedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except psycopg2.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"error: the database refused the load: {first}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+    return db.run_command(lambda: run(
+        settings, args.data, full_refresh=args.full_refresh, strict=args.strict, jobs=args.jobs,
+        progress=False if args.no_progress else None))
 
 
 if __name__ == "__main__":

@@ -153,7 +153,8 @@ run_start = "INSERT INTO load_runs (data_dir) VALUES (%(data_dir)s) RETURNING ru
 run_finish = """
 UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(run_id)s"""
 
-manifest_known = "SELECT path, size_bytes, mtime_ns, sha256 FROM load_manifest WHERE kind = %(kind)s"
+manifest_known = """
+SELECT path, size_bytes, mtime_ns, sha256 FROM load_manifest WHERE kind = %(kind)s"""
 
 manifest_touch = """
 UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s
