@@ -139,18 +139,23 @@ def _checked(column: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
     return pd.to_numeric(kept).astype("Int64" if kind == "int" else "float64"), wrong
 
 
-def _typed(records: pd.DataFrame, fields: dict) -> tuple[pd.DataFrame, dict, dict]:
-    """Typed columns plus, per field, masks of wrong-typed and of missing values."""
+def _typed(records: pd.DataFrame, fields: dict) -> tuple[pd.DataFrame, list, list]:
+    """Typed columns, and per field the rules every typed value obeys: present values of the
+    right type, text without NUL (which PostgreSQL cannot store)."""
     frame = records[["path", "line"]].copy()
-    wrong, missing = {}, {}
+    missing, problems = {}, []
     for field, spec in fields.items():
         raw = records[field] if field in records else pd.Series(None, index=records.index,
                                                                 dtype="object")
-        frame[field], wrong[field] = _checked(raw, spec[0])
-        missing[field] = frame[field].isna() & ~wrong[field]
+        frame[field], wrong = _checked(raw, spec[0])
+        missing[field] = frame[field].isna() & ~wrong
         if spec[0] == "text":
             missing[field] |= frame[field] == ""
-    return frame, wrong, missing
+        problems.append((field, f"{field} is not {_TYPE_NAMES[spec[0]]}", wrong))
+        if spec[0] == "text" and raw.dtype == object:
+            nul = frame[field].str.contains("\x00", regex=False).fillna(False)
+            problems.append((field, f"{field} contains a NUL character", nul))
+    return frame, missing, problems
 
 
 def _first_failure(index: pd.Index, rules: list[tuple[str, pd.Series]]) -> pd.Series:
@@ -170,13 +175,12 @@ def _split(frame, records, reason) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def valid_songs(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Typed song records that satisfy the schema, and rejects for the rest."""
-    frame, wrong, missing = _typed(records, SONG_FIELDS)
-    rules = []
-    for field, (kind, required) in SONG_FIELDS.items():
-        if required:
-            rules.append((f"{field} missing", missing[field]))
-        rules.append((f"{field} is not {_TYPE_NAMES[kind]}", wrong[field]))
-    rules.append(("duration is negative", frame["duration"] < 0))
+    frame, missing, problems = _typed(records, SONG_FIELDS)
+    rules = [(f"{field} missing", missing[field])
+             for field, (_, required) in SONG_FIELDS.items() if required]
+    rules += [(reason, failed) for _, reason, failed in problems]
+    rules += [("duration is negative", frame["duration"] < 0),
+              ("year out of range", ~frame["year"].between(*INT32).fillna(True))]
     good, rejects = _split(frame, records, _first_failure(frame.index, rules))
     return good.reset_index(drop=True), rejects
 
@@ -191,22 +195,19 @@ def song_rows(songs: pd.DataFrame) -> pd.DataFrame:
 
 def valid_events(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     """(typed plays, rejects, per path the events skipped by design: pages other than NextSong)."""
-    frame, wrong, missing = _typed(records, EVENT_FIELDS)
-    every, play = [], []
-    for field, (kind, on_every, on_play) in EVENT_FIELDS.items():
-        rules = every if on_every else play
-        if on_every:
-            rules.append((f"{field} missing", missing[field]))
-        elif on_play:
-            rules.append((f"{field} missing on a play", missing[field]))
-        rules.append((f"{field} is not {_TYPE_NAMES[kind]}", wrong[field]))
+    frame, missing, problems = _typed(records, EVENT_FIELDS)
+    every = [(f"{f} missing", missing[f]) for f, spec in EVENT_FIELDS.items() if spec[1]]
+    play = [(f"{f} missing on a play", missing[f])
+            for f, spec in EVENT_FIELDS.items() if spec[2] and not spec[1]]
+    for field, reason, failed in problems:
+        (every if EVENT_FIELDS[field][1] else play).append((reason, failed))
     every.append(("ts out of range", ~frame["ts"].between(*TS_RANGE).fillna(True)))
     play += [
         ("userId is not numeric", ~frame["userId"].str.fullmatch(r"\d{1,9}").fillna(True)),
         ("sessionId out of range", ~frame["sessionId"].between(*INT32).fillna(True)),
         ("itemInSession out of range", ~frame["itemInSession"].between(*INT32).fillna(True)),
         ("level is not 'free' or 'paid'",
-         ~frame["level"].isin(["free", "paid"]) & ~missing["level"] & ~wrong["level"]),
+         ~frame["level"].isin(["free", "paid"]) & ~missing["level"] & frame["level"].notna()),
     ]
     is_play = (frame["page"] == "NextSong").fillna(False).astype(bool)
     reason = _first_failure(frame.index, every)
@@ -351,6 +352,10 @@ def _fast_events(data: bytes, path: str) -> pd.DataFrame | None:
     if b"\\u0000" in data or b"\x00" in data or b"\\ud" in data.lower() or b"\r" in data:
         return None
     try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
         table = pyarrow.json.read_json(
             io.BytesIO(data),
             parse_options=pyarrow.json.ParseOptions(explicit_schema=EVENT_SCHEMA,
@@ -405,6 +410,7 @@ class FileResult:
 @dataclasses.dataclass
 class Batch:
     kind: str
+    tasks: list[FileTask]
     files: list[FileResult]
     copies: dict[str, bytes]
     file_problems: int
@@ -487,14 +493,32 @@ def prepare_batch(kind: str, tasks: list[FileTask]) -> Batch:
         r.accepted = int(accepted.get(r.path, 0))
         r.records = int(records_per_file.get(r.path, 0)) + r.rejected - int(
             invalid["path"].value_counts().get(r.path, 0))
+    copies["stage_manifest"] = manifest_csv(kind, loaded)
+    copies["stage_rejects"] = render_csv(rejects, REJECT_COLUMNS)
+    return Batch(kind, tasks, results, copies, int(rejects["line"].isna().sum()))
+
+
+def manifest_csv(kind: str, files: list[FileResult]) -> bytes:
     manifest = pd.DataFrame([{
         "path": r.path, "kind": kind, "size_bytes": r.size, "mtime_ns": r.mtime_ns,
         "sha256": r.sha256, "records": r.records, "loaded": r.accepted if kind == "song" else 0,
         "skipped": r.skipped, "duplicates": 0, "rejected": r.rejected,
-    } for r in loaded], columns=STAGE_COLUMNS["stage_manifest"])
-    copies["stage_manifest"] = render_csv(manifest, STAGE_COLUMNS["stage_manifest"])
-    copies["stage_rejects"] = render_csv(rejects, REJECT_COLUMNS)
-    return Batch(kind, results, copies, int(rejects["line"].isna().sum()))
+    } for r in files], columns=STAGE_COLUMNS["stage_manifest"])
+    return render_csv(manifest, STAGE_COLUMNS["stage_manifest"])
+
+
+def refused_batch(batch: Batch, error: str) -> Batch:
+    """A one-file batch the database refused: every record of the file is recorded as rejected,
+    so that one file never stops a run and the manifest does not retry it until it changes."""
+    problems = []
+    for r in batch.files:
+        if r.status in ("new", "changed"):
+            r.rejected, r.accepted, r.skipped = r.records, 0, 0
+            problems.append((r.path, None, f"the database refused this file: {error}", None))
+    loaded = [r for r in batch.files if r.status in ("new", "changed")]
+    copies = {"stage_manifest": manifest_csv(batch.kind, loaded),
+              "stage_rejects": render_csv(reject_frame(problems), REJECT_COLUMNS)}
+    return Batch(batch.kind, batch.tasks, batch.files, copies, len(problems))
 
 
 def _prepare(args: tuple[str, list[FileTask]]) -> Batch:
@@ -601,6 +625,20 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
             psycopg2.extras.execute_batch(cur, sql.manifest_set_loaded, updates)
         cur.execute(sql.rejects_insert, params)
     return resolved_plays
+
+
+def load_or_split(conn, run_id: int, batch: Batch) -> Iterator[tuple[Batch, int]]:
+    """Load a batch; one the database refuses (a value no check foresaw) is loaded again file by
+    file, and a single file it refuses is recorded as rejected whole."""
+    try:
+        yield batch, load_batch(conn, run_id, batch)
+    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+        if len(batch.tasks) > 1:
+            for task in batch.tasks:
+                yield from load_or_split(conn, run_id, prepare_batch(batch.kind, [task]))
+        else:
+            refused = refused_batch(batch, db.first_line(exc))
+            yield refused, load_batch(conn, run_id, refused)
 
 
 # ================================================================ the run
@@ -715,7 +753,8 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
                 for kind, batches in work}
         workers = default_jobs(all_batches) if jobs is None else jobs
         for batch in prepared(all_batches, workers):
-            summary.add(batch, load_batch(conn, run_id, batch))
+            for part, resolved in load_or_split(conn, run_id, batch):
+                summary.add(part, resolved)
             bars[batch.kind].update(len(batch.files))
         for bar in bars.values():
             bar.close()
