@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg2
 
@@ -321,9 +321,15 @@ def _command(command: str, settings: Settings) -> int:
     elif command == "url":
         print(redact(dsn(settings)) if settings.url else dsn(settings))
     else:
-        target = dsn(settings)
+        connect(settings).close()  # a clear one-line error rather than psql's
+        target, env = dsn(settings), dict(os.environ)
+        parts = urlsplit(target) if settings.url else None
+        if parts and parts.password is not None:  # argv is readable by every local user
+            env["PGPASSWORD"] = unquote(parts.password)
+            user, host = parts.netloc.rsplit("@", 1)
+            target = urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}"))
         psql = pg_bin("psql")
-        os.execv(psql, [psql, target] if target else [psql])
+        os.execve(psql, [psql, target] if target else [psql], env)
     return 0
 
 

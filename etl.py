@@ -23,6 +23,7 @@ import io
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -525,6 +526,15 @@ def _prepare(args: tuple[str, list[FileTask]]) -> Batch:
     return prepare_batch(*args)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a SIGKILLed etl.py leaves no orphan parsing on."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def prepared(batches: list[tuple[str, list[FileTask]]], jobs: int) -> Iterator[Batch]:
     """Batches in order; with jobs > 0 the next ones are parsed in worker processes while the
     current one loads, never more than jobs + 1 ahead (memory stays bounded)."""
@@ -532,7 +542,9 @@ def prepared(batches: list[tuple[str, list[FileTask]]], jobs: int) -> Iterator[B
         yield from map(_prepare, batches)
         return
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                                initializer=_exit_with_parent,
+                                                initargs=(os.getpid(),)) as pool:
         pending = []
         for item in batches:
             pending.append(pool.submit(_prepare, item))
@@ -623,6 +635,9 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
                 resolved_plays += resolved
                 updates.append({"path": path, "loaded": n, "duplicates": result.duplicates})
             psycopg2.extras.execute_batch(cur, sql.manifest_set_loaded, updates)
+            cur.execute(sql.users_relevel)
+            cur.execute(sql.users_delete_orphans)
+            cur.execute(sql.time_delete_orphans)
         cur.execute(sql.rejects_insert, params)
     return resolved_plays
 

@@ -200,8 +200,12 @@ stage_rejects_create = """
 CREATE TEMP TABLE stage_rejects (path text, line integer, reason text, raw text)
 ON COMMIT DELETE ROWS"""
 
+stage_gone_create = """
+CREATE TEMP TABLE stage_gone (start_time timestamptz, user_id integer) ON COMMIT DELETE ROWS"""
+
 stage_table_queries = [stage_songs_create, stage_plays_create, stage_users_create,
-                       stage_time_create, stage_manifest_create, stage_rejects_create]
+                       stage_time_create, stage_manifest_create, stage_rejects_create,
+                       stage_gone_create]
 
 copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 
@@ -295,8 +299,29 @@ ON CONFLICT (user_id) DO NOTHING"""
 
 # A changed log file is loaded again: first take back what its previous load contributed.
 songplays_delete_reloaded = """
-DELETE FROM songplays
-WHERE file_id IN (SELECT m.file_id FROM load_manifest m JOIN stage_manifest s USING (path))"""
+WITH gone AS (
+    DELETE FROM songplays
+    WHERE file_id IN (SELECT m.file_id FROM load_manifest m JOIN stage_manifest s USING (path))
+    RETURNING start_time, user_id)
+INSERT INTO stage_gone SELECT DISTINCT start_time, user_id FROM gone"""
+
+# What the plays taken back had set, once the batch's own plays are in.
+time_delete_orphans = """
+DELETE FROM time t USING (SELECT DISTINCT start_time FROM stage_gone) g
+WHERE t.start_time = g.start_time
+  AND NOT EXISTS (SELECT 1 FROM songplays p WHERE p.start_time = g.start_time)"""
+
+users_delete_orphans = """
+DELETE FROM users u
+WHERE u.user_id IN (SELECT user_id FROM stage_gone)
+  AND NOT EXISTS (SELECT 1 FROM songplays p WHERE p.user_id = u.user_id)"""
+
+users_relevel = """
+UPDATE users u SET level = p.level
+FROM (SELECT DISTINCT ON (user_id) user_id, level FROM songplays
+      WHERE user_id IN (SELECT user_id FROM stage_gone)
+      ORDER BY user_id, start_time DESC, session_id DESC, item_in_session DESC) p
+WHERE u.user_id = p.user_id AND u.level IS DISTINCT FROM p.level"""
 
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
 songplays_insert = """
