@@ -181,6 +181,7 @@ def valid_songs(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
              for field, (_, required) in SONG_FIELDS.items() if required]
     rules += [(reason, failed) for _, reason, failed in problems]
     rules += [("duration is negative", frame["duration"] < 0),
+              ("year is negative", frame["year"] < 0),
               ("year out of range", ~frame["year"].between(*INT32).fillna(True))]
     good, rejects = _split(frame, records, _first_failure(frame.index, rules))
     return good.reset_index(drop=True), rejects
