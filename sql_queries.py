@@ -58,7 +58,7 @@ CREATE TABLE songplays (
     song_title      text NOT NULL,
     artist_name     text,
     song_length     numeric,
-    file_id         bigint NOT NULL REFERENCES load_manifest (file_id),
+    file_id         bigint NOT NULL,
     UNIQUE (user_id, session_id, item_in_session)
 )"""
 
@@ -283,12 +283,14 @@ users_update = """
 UPDATE users u
 SET first_name = s.first_name, last_name = s.last_name, gender = s.gender, level = s.level
 FROM stage_users s
+LEFT JOIN LATERAL (  -- the user's latest loaded play: a short backward scan of songplays_user_time
+    SELECT p.start_time, p.session_id, p.item_in_session FROM songplays p
+    WHERE p.user_id = s.user_id
+    ORDER BY p.start_time DESC, p.session_id DESC, p.item_in_session DESC LIMIT 1) latest ON true
 WHERE u.user_id = s.user_id
-  AND NOT EXISTS (
-      SELECT 1 FROM songplays p
-      WHERE p.user_id = s.user_id
-        AND (p.start_time, p.session_id, p.item_in_session)
-            > (s.start_time, s.session_id, s.item_in_session))
+  AND (latest.start_time IS NULL
+       OR (latest.start_time, latest.session_id, latest.item_in_session)
+          <= (s.start_time, s.session_id, s.item_in_session))
   AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
       (s.first_name, s.last_name, s.gender, s.level)"""
 
