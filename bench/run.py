@@ -1,0 +1,720 @@
+"""Benchmark of the Sparkify ETL (issue 5): generated data, the real scripts run as a user runs
+them, against the limit of the machine and the classic row-at-a-time pipeline.
+
+    python bench/run.py                  # 1M events, 20k song files (make bench)
+    python bench/run.py --rss-scaling    # peak RSS of etl.py at 200k and at 2M events
+
+What it does, in order (every step prints what it measured):
+  1. generates the data with generate_data.generate (reused with --keep when it is there with the
+     same parameters);
+  2. full load: ``create_tables.py`` then ``etl.py --data DIR --no-progress``, each a subprocess,
+     timed, with the peak RSS of etl.py's process tree (main process and parse worker);
+  3. re-run with nothing new: ``etl.py`` again;
+  4. the limit: the fastest parse of the same files alone (orjson for song files,
+     pyarrow.json.read_json for log files, no validation), plus a bare COPY of the final rows
+     (exported from the loaded star tables) into plain tables without indexes or constraints;
+  5. stages: ``create_tables.py``, ``etl.py`` on a folder with song_data only, then ``etl.py`` on
+     the full folder (the songs are unchanged by then, so it loads the logs);
+  6. the classic pipeline (bench/classic.py) on a slice, extrapolated linearly to the full set;
+  7. a Markdown table of it all, and the targets.
+
+The benchmark drops and recreates the project's tables in the database it uses. Unless told
+otherwise (--database-url, DATABASE_URL, PG* variables, SPARKIFY_PGDATA) that is an embedded
+server of its own under the work folder, stopped at the end; never the project's .pgdata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pyarrow.json
+from psycopg2 import sql as pgsql
+
+BENCH = Path(__file__).resolve().parent
+PROJECT = BENCH.parent
+sys.path.insert(0, str(PROJECT))
+
+import db  # noqa: E402
+import generate_data  # noqa: E402
+import sql_queries as sql  # noqa: E402
+
+PY = sys.executable
+MB = 1024 * 1024
+LIMIT_SCHEMA = "bench_limit"
+CLASSIC_SCHEMA = "bench_classic"
+
+# Row labels of the main table, in order: tests/test_bench.py looks for each of them.
+ROWS = {
+    "create": "create_tables.py",
+    "full": "etl.py, full load (songs + logs)",
+    "etl": "ETL total (create_tables + full load)",
+    "rerun": "etl.py re-run, nothing new",
+    "songs": "song stage (etl.py on song_data only)",
+    "logs": "log stage (etl.py, songs already loaded)",
+    "parse_songs": "limit: parse song files (orjson)",
+    "parse_logs": "limit: parse log files (pyarrow.json)",
+    "copy": "limit: bare COPY of the final rows",
+    "limit": "limit total (parse + bare COPY)",
+    "classic": "classic pipeline (extrapolated)",
+}
+TARGETS = ["ETL / limit", "classic / ETL", "song stage files/s", "re-run / full load"]
+
+
+# ================================================================ measuring a subprocess
+
+
+@dataclasses.dataclass
+class Measured:
+    """A finished subprocess: wall time, exit code, output, peak memory."""
+
+    args: list[str]
+    wall: float
+    rc: int
+    stdout: str
+    stderr: str
+    rss_max: int    # bytes: peak RSS of the largest process of the tree (wait4's ru_maxrss)
+    rss_sum: int    # bytes: peak of the tree's summed RSS, polled every 20 ms
+    rss_by_pid: dict[int, int]
+
+    def check(self) -> Measured:
+        if self.rc != 0:
+            raise SystemExit(f"error: {' '.join(self.args)} exited {self.rc}\n"
+                             f"{self.stdout[-2000:]}\n{self.stderr[-2000:]}")
+        return self
+
+
+def run_measured(args: list[str], env: dict, poll: float = 0.02) -> Measured:
+    """Run args from the project folder; time it and follow the RSS of it and its children.
+
+    wait4() gives the exact peak RSS of the process and of its reaped descendants (the
+    worker that etl.py spawns), i.e. the largest single process; polling with psutil gives the
+    peak of their sum (shared pages counted once per process, so an upper bound)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)
+        by_pid: dict[int, int] = {}
+        peak_sum = [0]
+        done = threading.Event()
+
+        def follow() -> None:
+            try:
+                root = psutil.Process(proc.pid)
+            except psutil.NoSuchProcess:
+                return
+            while not done.is_set():
+                try:
+                    tree = [root, *root.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    return
+                total = 0
+                for p in tree:
+                    try:
+                        rss = p.memory_info().rss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                        continue
+                    by_pid[p.pid] = max(by_pid.get(p.pid, 0), rss)
+                    total += rss
+                peak_sum[0] = max(peak_sum[0], total)
+                done.wait(poll)
+
+        watcher = threading.Thread(target=follow, daemon=True)
+        watcher.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        done.set()
+        watcher.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Measured(args, wall, proc.returncode, out.read().decode(errors="replace"),
+                        err.read().decode(errors="replace"), usage.ru_maxrss * 1024,
+                        max(peak_sum[0], usage.ru_maxrss * 1024), by_pid)
+
+
+# ================================================================ data
+
+
+def data_dir(workdir: Path, events: int, songs: int, seed: int) -> Path:
+    return workdir / f"data-e{events}-s{songs}-seed{seed}"
+
+
+def ensure_data(workdir: Path, events: int, songs: int, seed: int, keep: bool) -> tuple[Path, dict]:
+    """The generated data set, and its truth; regenerated unless --keep finds the same one."""
+    out = data_dir(workdir, events, songs, seed)
+    truth_file = out / "truth.json"
+    complete = all((out / name).is_dir() for name in ("song_data", "log_data"))
+    if keep and truth_file.exists() and complete:
+        truth = json.loads(truth_file.read_text())
+        p = truth.get("params", {})
+        if (p.get("events"), p.get("songs"), p.get("seed")) == (events, songs, seed):
+            print(f"data: reusing {out} (--keep)", flush=True)
+            return out, truth
+    print(f"data: generating {events:,} events and {songs:,} song files in {out} ...", flush=True)
+    started = time.perf_counter()
+    truth = generate_data.generate(out, songs=songs, events=events, seed=seed)
+    print(f"data: generated in {time.perf_counter() - started:.1f} s: {truth['song_files']:,} "
+          f"song files, {truth['log_records']:,} events in {truth['log_files']} log files "
+          f"({dir_size(out) / MB:,.0f} MB)", flush=True)
+    return out, truth
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*.json"))
+
+
+def songs_only_dir(workdir: Path, data: Path) -> Path:
+    """A folder whose song_data is the data set's (a symlink) and which has no log_data: the
+    manifest's paths (relative to the folder) are the same as in the full folder."""
+    out = workdir / f"songs-only-{data.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    link = out / "song_data"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to((data / "song_data").resolve(), target_is_directory=True)
+    return out
+
+
+def classic_slice(workdir: Path, data: Path, events: int, song_files: int | None
+                  ) -> tuple[Path, dict]:
+    """A folder with the first song_files song files (all when None) and the first `events`
+    events of the logs in file order (whole files, then the first lines of the next one)."""
+    out = workdir / f"classic-slice-{data.name}"
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "log_data").mkdir(parents=True)
+    all_songs = sorted((data / "song_data").rglob("*.json"))
+    if song_files is None or song_files >= len(all_songs):
+        (out / "song_data").symlink_to((data / "song_data").resolve(), target_is_directory=True)
+        chosen = len(all_songs)
+    else:
+        for path in all_songs[:song_files]:
+            target = out / path.relative_to(data)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+        chosen = song_files
+    taken, files, partial = 0, 0, False
+    for path in sorted((data / "log_data").rglob("*.json")):
+        if taken >= events:
+            break
+        lines = path.read_bytes().split(b"\n")
+        lines = [line for line in lines if line.strip()]
+        keep = lines[:events - taken]
+        partial = partial or len(keep) < len(lines)
+        target = out / path.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"\n".join(keep))
+        taken += len(keep)
+        files += 1
+    return out, {"song_files": chosen, "events": taken, "log_files": files, "partial": partial}
+
+
+# ================================================================ the database
+
+
+def connect(settings: db.Settings):
+    return db.connect(settings)
+
+
+def star_counts(settings: db.Settings) -> dict[str, int]:
+    conn = connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            counts = {}
+            for table in sql.STAR_TABLES:
+                cur.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(table)))
+                counts[table] = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL")
+            counts["resolved"] = cur.fetchone()[0]
+            return counts
+    finally:
+        conn.close()
+
+
+def server_version(settings: db.Settings) -> str:
+    conn = connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def bare_copy(settings: db.Settings) -> tuple[float, dict[str, float], dict[str, int], int]:
+    """Export the loaded star tables into memory, then COPY them into plain tables of the same
+    columns (no key, index, constraint or default) created and committed beforehand; only the
+    COPYs and their commit are timed. Returns (seconds, seconds per table, rows, bytes)."""
+    conn = connect(settings)
+    schema = pgsql.Identifier(LIMIT_SCHEMA)
+    try:
+        payloads, columns, rows = {}, {}, {}
+        with conn.cursor() as cur:
+            for table in sql.STAR_TABLES:
+                cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
+                            "ORDER BY attnum", (table,))
+                columns[table] = cur.fetchall()
+                buffer = io.BytesIO()
+                cur.copy_expert(pgsql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(
+                    pgsql.Identifier(table)).as_string(conn), buffer)
+                payloads[table] = buffer.getvalue()
+                rows[table] = payloads[table].count(b"\n")
+            cur.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+            cur.execute(pgsql.SQL("CREATE SCHEMA {}").format(schema))
+            for table, cols in columns.items():
+                cur.execute(pgsql.SQL("CREATE TABLE {}.{} ({})").format(
+                    schema, pgsql.Identifier(table), pgsql.SQL(", ").join(
+                        pgsql.SQL("{} {}").format(pgsql.Identifier(name), pgsql.SQL(kind))
+                        for name, kind in cols)))
+        conn.commit()
+        per_table = {}
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            for table, payload in payloads.items():
+                t = time.perf_counter()
+                cur.copy_expert(pgsql.SQL("COPY {}.{} FROM STDIN").format(
+                    schema, pgsql.Identifier(table)).as_string(conn), io.BytesIO(payload))
+                per_table[table] = time.perf_counter() - t
+        conn.commit()
+        seconds = time.perf_counter() - started
+        with conn.cursor() as cur:
+            cur.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(schema))
+        conn.commit()
+        return seconds, per_table, rows, sum(len(p) for p in payloads.values())
+    finally:
+        conn.close()
+
+
+def drop_schema(settings: db.Settings, name: str) -> None:
+    conn = connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                pgsql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+# ================================================================ the limit: parsing alone
+
+
+def parse_limit(data: Path, repeat: int = 2) -> tuple[float, float]:
+    """Best of `repeat` (files in the page cache, as for the ETL which read them just before):
+    seconds to read and orjson.loads every song file, and to pyarrow.json.read_json every log
+    file (multi-threaded), without any validation."""
+    songs = sorted((data / "song_data").rglob("*.json"))
+    logs = sorted((data / "log_data").rglob("*.json"))
+    best_songs = best_logs = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for path in songs:
+            with open(path, "rb") as handle:
+                orjson.loads(handle.read())
+        best_songs = min(best_songs, time.perf_counter() - started)
+        started = time.perf_counter()
+        for path in logs:
+            pyarrow.json.read_json(path)
+        best_logs = min(best_logs, time.perf_counter() - started)
+    return best_songs, best_logs
+
+
+# ================================================================ the machine
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu": model,
+        "ram": f"{psutil.virtual_memory().total / 1024**3:.1f} GiB",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def code_version() -> str:
+    """The commit measured, and whether the working tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "etl.py", "db.py",
+                                "sql_queries.py", "create_tables.py"], cwd=PROJECT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + (" with local changes to " + ", ".join(
+        line[3:] for line in dirty.splitlines()) if dirty else "")
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ================================================================ formatting
+
+
+def fmt(value, digits: int = 0) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        return value
+    if digits == 0 and abs(value) < 10 and value != int(value):
+        digits = 1  # a rate like 0.4 files/s stays readable
+    return f"{value:,.{digits}f}"
+
+
+def rate(n, seconds) -> float | None:
+    return n / seconds if n and seconds else None
+
+
+def mb(measured: Measured | None) -> str:
+    if measured is None:
+        return ""
+    return f"{measured.rss_max / MB:,.0f} / {measured.rss_sum / MB:,.0f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    right = [i > 0 for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).rjust(w) if r else str(c).ljust(w)
+                                 for c, w, r in zip(cells, widths, right)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2))
+                         for w, r in zip(widths, right)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+# ================================================================ the runs
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.workdir = args.workdir.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        explicit = args.database_url or os.environ.get("DATABASE_URL") or any(
+            os.environ.get(k) for k in ("PGHOST", "PGHOSTADDR", "PGSERVICE"))
+        if not explicit and not os.environ.get("SPARKIFY_PGDATA"):
+            os.environ["SPARKIFY_PGDATA"] = str(self.workdir / "pgdata")
+        self.env = dict(os.environ)
+        self.settings = db.Settings.from_env(args.database_url)
+        self.url_args = ["--database-url", args.database_url] if args.database_url else []
+        self.started_server = False
+
+    def __enter__(self) -> Bench:
+        if self.settings.embedded:
+            status = subprocess.run([PY, str(PROJECT / "db.py"), "status"], env=self.env,
+                                    capture_output=True, text=True)
+            self.started_server = status.returncode != 0
+        print(f"database: {self.settings.describe()} (the benchmark drops and recreates the "
+              f"Sparkify tables there)", flush=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started_server:
+            subprocess.run([PY, str(PROJECT / "db.py"), "stop"], env=self.env,
+                           capture_output=True)
+
+    def script(self, name: str, *extra: str) -> Measured:
+        return run_measured([PY, str(PROJECT / name), *extra, *self.url_args], self.env).check()
+
+    def create_tables(self) -> Measured:
+        return self.script("create_tables.py")
+
+    def etl(self, data: Path) -> Measured:
+        return self.script("etl.py", "--data", str(data), "--no-progress")
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def main_benchmark(args: argparse.Namespace) -> int:
+    with Bench(args) as bench:
+        data, truth = ensure_data(bench.workdir, args.events, args.songs, args.seed, args.keep)
+        song_files, log_files = truth["song_files"], truth["log_files"]
+        events = truth["log_records"]
+
+        # ---- 2. the full load, as a user runs it
+        load_start = load_average()
+        create = bench.create_tables()
+        info = machine()
+        info["postgresql"] = server_version(bench.settings)
+        bench.say(f"machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, "
+                  f"Python {info['python']}, PostgreSQL {info['postgresql']}; "
+                  f"load average {load_start}")
+        bench.say(f"create_tables.py: {create.wall:.2f} s")
+        full = bench.etl(data)
+        full_counts = star_counts(bench.settings)
+        bench.say(f"etl.py full load: {full.wall:.1f} s, peak RSS {mb(full)} MB (max process / "
+                  f"sum of tree); rows {full_counts}")
+        mismatches = {k: (full_counts[k], truth[v]) for k, v in
+                      [("songplays", "songplays"), ("users", "users"), ("songs", "songs"),
+                       ("artists", "artists"), ("time", "time"), ("resolved", "songplays_resolved")]
+                      if full_counts[k] != truth[v]}
+        if mismatches:
+            bench.say(f"WARNING: rows differ from truth.json (loaded, expected): {mismatches}")
+
+        # ---- 3. nothing new
+        rerun = bench.etl(data)
+        bench.say(f"etl.py re-run: {rerun.wall:.2f} s")
+
+        # ---- 4. the limit
+        copy_s, copy_tables, copy_rows, copy_bytes = bare_copy(bench.settings)
+        bench.say(f"limit: bare COPY of {sum(copy_rows.values()):,} rows "
+                  f"({copy_bytes / MB:,.0f} MB) in {copy_s:.2f} s")
+        parse_songs_s, parse_logs_s = parse_limit(data)
+        bench.say(f"limit: parse {song_files:,} song files in {parse_songs_s:.2f} s, "
+                  f"{log_files} log files in {parse_logs_s:.2f} s")
+
+        # ---- 5. stages
+        stage_create = bench.create_tables()
+        songs_run = bench.etl(songs_only_dir(bench.workdir, data))
+        song_counts = star_counts(bench.settings)
+        logs_run = bench.etl(data)
+        log_counts = star_counts(bench.settings)
+        bench.say(f"stages: songs {songs_run.wall:.1f} s, logs {logs_run.wall:.1f} s "
+                  f"(create_tables {stage_create.wall:.2f} s)")
+
+        # ---- 6. classic
+        classic = None
+        if args.classic_events > 0:
+            classic_data, slice_info = classic_slice(bench.workdir, data, args.classic_events,
+                                                     args.classic_songs)
+            fill = [] if slice_info["song_files"] >= song_files else [
+                "--fill-songs-from", str(data / "song_data")]
+            bench.say(f"classic: running on {slice_info['song_files']:,} song files and "
+                      f"{slice_info['events']:,} events ...")
+            classic_run = run_measured(
+                [PY, str(BENCH / "classic.py"), "--data", str(classic_data), "--json",
+                 "--schema", CLASSIC_SCHEMA, "--drop-after", *fill, *bench.url_args],
+                bench.env).check()
+            classic = json.loads(classic_run.stdout.strip().splitlines()[-1])
+            classic["run"] = classic_run
+            classic["songs_full_s"] = classic["songs_s"] * song_files / classic["song_files"]
+            classic["logs_full_s"] = classic["logs_s"] * events / classic["log_records"]
+            classic["total_s"] = classic["schema_s"] + classic["songs_full_s"] + \
+                classic["logs_full_s"]
+            shutil.rmtree(classic_data, ignore_errors=True)
+        load_end = load_average()
+
+    # ---- 7. the report
+    etl_s = create.wall + full.wall
+    parse_s = parse_songs_s + parse_logs_s
+    limit_s = parse_s + copy_s
+    records = song_files + events
+    star_rows = {t: full_counts[t] for t in sql.STAR_TABLES}
+    rows_total = sum(star_rows.values())
+    song_rows = song_counts["songs"] + song_counts["artists"]
+    log_rows = sum(log_counts[t] - song_counts[t] for t in sql.STAR_TABLES)
+
+    def row(label, files, recs, rows_written, seconds, measured=None):
+        return [label, fmt(rate(files, seconds)), fmt(rate(recs, seconds)),
+                fmt(rate(rows_written, seconds)), fmt(seconds, 2), mb(measured)]
+
+    main_rows = [
+        row(ROWS["create"], None, None, None, create.wall, create),
+        row(ROWS["full"], song_files + log_files, records, rows_total, full.wall, full),
+        row(ROWS["etl"], song_files + log_files, records, rows_total, etl_s),
+        row(ROWS["rerun"], None, None, None, rerun.wall, rerun),
+        row(ROWS["songs"], song_files, song_files, song_rows, songs_run.wall, songs_run),
+        row(ROWS["logs"], log_files, events, log_rows, logs_run.wall, logs_run),
+        row(ROWS["parse_songs"], song_files, song_files, None, parse_songs_s),
+        row(ROWS["parse_logs"], log_files, events, None, parse_logs_s),
+        row(ROWS["copy"], None, None, sum(copy_rows.values()), copy_s),
+        row(ROWS["limit"], song_files + log_files, records, rows_total, limit_s),
+    ]
+    if classic:
+        main_rows.append(row(ROWS["classic"], song_files + log_files, records, rows_total,
+                             classic["total_s"], classic["run"]))
+
+    per_table = []
+    for t in sql.STAR_TABLES:
+        stage, wall = ("song stage", songs_run.wall) if t in ("songs", "artists") else \
+            ("log stage", logs_run.wall)
+        written = song_counts[t] if t in ("songs", "artists") else log_counts[t] - song_counts[t]
+        per_table.append([t, fmt(star_rows[t]), fmt(rate(star_rows[t], full.wall)), stage,
+                          fmt(rate(written, wall)), fmt(rate(copy_rows[t], copy_tables[t]))])
+
+    print()
+    print(f"## Sparkify ETL benchmark: {events:,} events in {log_files} log files, "
+          f"{song_files:,} song files (seed {args.seed})")
+    print()
+    print(table(["stage", "files/s", "records/s", "rows/s", "wall s",
+                 "peak RSS MB (max proc / sum)"], main_rows))
+    print()
+    print(table(["table", "rows", "rows/s in full load", "written in", "rows/s in its stage",
+                 "rows/s bare COPY"], per_table))
+    print()
+    print("Rates are counts over wall time of the whole subprocess (Python start-up included). "
+          "Peak RSS: the largest process (wait4) / the sum over etl.py and its worker (polled "
+          "every 20 ms); the PostgreSQL server is not counted.")
+    print()
+    ratio_limit = etl_s / limit_s
+    songs_fps = song_files / songs_run.wall
+    rerun_share = rerun.wall / full.wall
+    print("### Targets")
+    print()
+    targets = [
+        [TARGETS[0], f"{etl_s:.1f} s / {limit_s:.1f} s = {ratio_limit:.1f}x", "<= 2x",
+         verdict(ratio_limit <= 2)],
+    ]
+    if classic:
+        ratio_classic = classic["total_s"] / etl_s
+        targets.append([TARGETS[1], f"{classic['total_s']:,.0f} s / {etl_s:.1f} s = "
+                                    f"{ratio_classic:,.0f}x", ">= 50x",
+                        verdict(ratio_classic >= 50)])
+    else:
+        targets.append([TARGETS[1], "not run (--classic-events 0)", ">= 50x", ""])
+    targets += [
+        [TARGETS[2], f"{songs_fps:,.0f}", ">= 20,000", verdict(songs_fps >= 20_000)],
+        [TARGETS[3], f"{rerun.wall:.2f} s / {full.wall:.1f} s = {rerun_share:.1%}", "< 5%",
+         verdict(rerun_share < 0.05)],
+    ]
+    print(table(["target", "measured", "goal", "verdict"], targets))
+    print()
+    if classic:
+        print(f"Classic measured on {classic['log_records']:,} events ({classic['log_files']} log "
+              f"file(s), {classic['logs_s']:.1f} s) and {classic['song_files']:,} song files "
+              f"({classic['songs_s']:.1f} s), extrapolated linearly to {events:,} events and "
+              f"{song_files:,} song files: {classic['total_s']:,.0f} s "
+              f"(songs {classic['songs_full_s']:,.0f} s + logs {classic['logs_full_s']:,.0f} s). "
+              f"Its per-play song SELECTs searched a songs table of "
+              f"{classic['songs_at_lookup']:,} rows"
+              + (f" (the songs of all {classic['filled_song_files']:,} files were "
+                 "bulk-inserted, untimed, after its song stage)"
+                 if classic["filled_song_files"] else "")
+              + "; later inserts into bigger tables would cost a little more, so the "
+                "extrapolation flatters the classic pipeline.")
+        print()
+    print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
+          f"Python {info['python']}, PostgreSQL {info['postgresql']} "
+          f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
+          f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
+          f"Code: {code_version()}.")
+    if mismatches:
+        print(f"\nWARNING: the load's rows differ from truth.json: {mismatches}")
+    if not args.keep:
+        shutil.rmtree(data, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(bench.workdir / f"songs-only-{data.name}")
+    return 0
+
+
+def rss_scaling(args: argparse.Namespace) -> int:
+    """Peak RSS of etl.py (full load after create_tables) at two sizes of the same data shape."""
+    sizes = [args.rss_small, args.rss_large]
+    results = []
+    with Bench(args) as bench:
+        load_start = load_average()
+        for events in sizes:
+            data, truth = ensure_data(bench.workdir, events, args.songs, args.seed, args.keep)
+            bench.create_tables()
+            run = bench.etl(data)
+            bench.say(f"{events:,} events: etl.py {run.wall:.1f} s, peak RSS {mb(run)} MB "
+                      f"(max process / sum of tree); per process: "
+                      + ", ".join(f"{v / MB:,.0f}" for v in sorted(run.rss_by_pid.values(),
+                                                                     reverse=True)[:3]))
+            results.append((events, dir_size(data / "log_data"), run))
+            if not args.keep:
+                shutil.rmtree(data, ignore_errors=True)
+        load_end = load_average()
+    (small_events, _, small), (large_events, _, large) = results
+    print()
+    print(f"## Peak RSS of etl.py: {small_events:,} vs {large_events:,} events "
+          f"({args.songs:,} song files)")
+    print()
+    print(table(["events", "log MB", "wall s", "peak RSS MB, largest process",
+                 "peak RSS MB, sum of tree"],
+                [[fmt(e), fmt(size / MB), fmt(r.wall, 1), fmt(r.rss_max / MB),
+                  fmt(r.rss_sum / MB)] for e, size, r in results]))
+    ratio_max = large.rss_max / small.rss_max
+    ratio_sum = large.rss_sum / small.rss_sum
+    print()
+    print(table(["target", "measured", "goal", "verdict"], [
+        ["RSS ratio, largest process", f"{ratio_max:.2f}x", "<= 1.2x", verdict(ratio_max <= 1.2)],
+        ["RSS ratio, sum of tree", f"{ratio_sum:.2f}x", "<= 1.2x", verdict(ratio_sum <= 1.2)],
+        [f"RSS at {large_events:,} events, sum of tree", f"{large.rss_sum / MB:,.0f} MB",
+         "< 1024 MB", verdict(large.rss_sum < 1024 * MB)],
+    ]))
+    print()
+    print(f"Load average at start {load_start}, at end {load_end}.")
+    return 0
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the Sparkify ETL on generated data: full load, re-run, the "
+                    "machine's limit (parse + bare COPY), per-stage rates, and the classic "
+                    "row-at-a-time pipeline; or, with --rss-scaling, peak memory at two sizes.",
+        epilog="The Sparkify tables of the database used are dropped and recreated. By default "
+               "that is an embedded server of the benchmark's own under WORKDIR/pgdata, "
+               "stopped at the end (SPARKIFY_PGDATA, DATABASE_URL or --database-url choose "
+               "another).")
+    parser.add_argument("--events", type=positive, default=1_000_000,
+                        help="log events to generate (default: %(default)s)")
+    parser.add_argument("--songs", type=positive, default=20_000,
+                        help="song files to generate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="generator seed (default: 42)")
+    parser.add_argument("--workdir", type=Path, default=BENCH / "out",
+                        help="where data and the private server go (default: bench/out)")
+    parser.add_argument("--classic-events", type=int, default=20_000,
+                        help="events the classic pipeline runs on, from the start of the logs; "
+                             "0 skips it (default: %(default)s)")
+    parser.add_argument("--classic-songs", type=positive, default=2_000,
+                        help="song files the classic song stage runs on; the rest are "
+                             "bulk-inserted untimed so that its per-play lookups search the "
+                             "full songs table (default: %(default)s)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the generated data, and reuse it when its parameters match")
+    parser.add_argument("--database-url", help="benchmark on this PostgreSQL instead "
+                                               "(its Sparkify tables are dropped)")
+    parser.add_argument("--rss-scaling", action="store_true",
+                        help="instead: peak RSS of etl.py at --rss-small and --rss-large events")
+    parser.add_argument("--rss-small", type=positive, default=200_000,
+                        help="smaller size for --rss-scaling (default: %(default)s)")
+    parser.add_argument("--rss-large", type=positive, default=2_000_000,
+                        help="larger size for --rss-scaling (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        return rss_scaling(args) if args.rss_scaling else main_benchmark(args)
+    except db.DatabaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
