@@ -668,13 +668,6 @@ def rss_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the Sparkify ETL on generated data: full load, re-run, the "
@@ -684,9 +677,9 @@ def main(argv: list[str] | None = None) -> int:
                "that is an embedded server of the benchmark's own under WORKDIR/pgdata, "
                "stopped at the end (SPARKIFY_PGDATA, DATABASE_URL or --database-url choose "
                "another).")
-    parser.add_argument("--events", type=positive, default=1_000_000,
+    parser.add_argument("--events", type=generate_data.positive, default=1_000_000,
                         help="log events to generate (default: %(default)s)")
-    parser.add_argument("--songs", type=positive, default=20_000,
+    parser.add_argument("--songs", type=generate_data.positive, default=20_000,
                         help="song files to generate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default: 42)")
     parser.add_argument("--workdir", type=Path, default=BENCH / "out",
@@ -694,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classic-events", type=int, default=20_000,
                         help="events the classic pipeline runs on, from the start of the logs; "
                              "0 skips it (default: %(default)s)")
-    parser.add_argument("--classic-songs", type=positive, default=2_000,
+    parser.add_argument("--classic-songs", type=generate_data.positive, default=2_000,
                         help="song files the classic song stage runs on; the rest are "
                              "bulk-inserted untimed so that its per-play lookups search the "
                              "full songs table (default: %(default)s)")
@@ -704,9 +697,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "(its Sparkify tables are dropped)")
     parser.add_argument("--rss-scaling", action="store_true",
                         help="instead: peak RSS of etl.py at --rss-small and --rss-large events")
-    parser.add_argument("--rss-small", type=positive, default=200_000,
+    parser.add_argument("--rss-small", type=generate_data.positive, default=200_000,
                         help="smaller size for --rss-scaling (default: %(default)s)")
-    parser.add_argument("--rss-large", type=positive, default=2_000_000,
+    parser.add_argument("--rss-large", type=generate_data.positive, default=2_000_000,
                         help="larger size for --rss-scaling (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

@@ -48,6 +48,16 @@ DROP = object()  # as a value in event(...)/song(...): remove that field
 
 # ================================================================ building inputs
 
+def changed(record: dict, changes: dict) -> dict:
+    """The record with the changes applied; a DROP value removes the field."""
+    for key, value in changes.items():
+        if value is DROP:
+            del record[key]
+        else:
+            record[key] = value
+    return record
+
+
 def event(item: int, **changes) -> dict:
     """A NextSong event of the crafted user, in the real format; item numbers the play."""
     record = {
@@ -57,12 +67,7 @@ def event(item: int, **changes) -> dict:
         "registration": 1540919166796.0, "sessionId": SESSION, "song": "Face the Ashes",
         "status": 200, "ts": T0 + item * 1000, "userAgent": '"Mozilla/5.0"', "userId": str(USER),
     }
-    for key, value in changes.items():
-        if value is DROP:
-            del record[key]
-        else:
-            record[key] = value
-    return record
+    return changed(record, changes)
 
 
 def other_page(item: int, page: str, **changes) -> dict:
@@ -85,12 +90,7 @@ def song(n: int, **changes) -> dict:
               "artist_longitude": None, "artist_location": "", "artist_name": "Crafted",
               "song_id": f"SOZZZZZ12A8C{n:06d}", "title": f"Crafted song {n}",
               "duration": 100.5 + n, "year": 2001}
-    for key, value in changes.items():
-        if value is DROP:
-            del record[key]
-        else:
-            record[key] = value
-    return record
+    return changed(record, changes)
 
 
 def write(root: Path, rel: str, content: bytes) -> Path:
