@@ -166,12 +166,21 @@ def _server_lock(pgdata: Path):
 
 
 def _run(cmd: list[str], log: Path) -> None:
+    full = _as_server_user(cmd)
     with open(log, "a") as out:
-        done = subprocess.run(_as_server_user(cmd), stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            done = subprocess.run(full, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot run `{Path(full[0]).name}`: {exc.strerror}; as root the "
+                                "embedded server needs util-linux's unshare: run as a normal "
+                                "user, or set DATABASE_URL") from None
     if done.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
-        raise DatabaseError(f"`{Path(cmd[0]).name}` failed (see {log}):\n{tail}")
+        hint = "" if full[0] != "unshare" else (
+            "\n(as root the embedded server runs in a user namespace; where those are not "
+            "allowed, run as a normal user or set DATABASE_URL)")
+        raise DatabaseError(f"`{Path(cmd[0]).name}` failed (see {log}):\n{tail}{hint}")
 
 
 def start_server(pgdata: Path) -> Path:

@@ -1,0 +1,63 @@
+"""db.py: where the scripts connect, and the embedded server's corners."""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import db
+
+
+def test_redact_hides_only_the_password():
+    assert db.redact("postgresql://me:s3cret@host:5432/x?sslmode=require") == \
+        "postgresql://me:***@host:5432/x?sslmode=require"
+    assert db.redact("postgresql://me@host/x") == "postgresql://me@host/x"
+
+
+def test_settings_prefer_the_command_line_then_database_url_then_pg_variables(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://env/x")
+    monkeypatch.setenv("PGHOST", "elsewhere")
+    assert db.Settings.from_env("postgresql://cli/x").url == "postgresql://cli/x"
+    assert db.Settings.from_env().url == "postgresql://env/x"
+    monkeypatch.delenv("DATABASE_URL")
+    settings = db.Settings.from_env()
+    assert (settings.url, settings.libpq_env, settings.embedded) == (None, True, False)
+    assert db.dsn(settings) == "dbname=sparkifydb"
+    monkeypatch.delenv("PGHOST")
+    assert db.Settings.from_env().embedded
+
+
+def test_urls_keep_the_database_and_the_password_out_of_messages():
+    settings = db.Settings(url="postgresql://me:pw@h:1/mine", libpq_env=False, pgdata=Path("."))
+    assert db.dsn(settings, "postgres") == "postgresql://me:pw@h:1/postgres"
+    assert db.sqlalchemy_url(settings) == "postgresql+psycopg2://me:pw@h:1/mine"
+    assert settings.describe() == "postgresql://me:***@h:1/mine"
+
+
+def test_embedded_server_is_reached_through_a_private_socket_directory():
+    settings = db.Settings.from_env()
+    if not settings.embedded:
+        pytest.skip("DATABASE_URL is set: no embedded server in this run")
+    target = dict(part.split("=", 1) for part in db.dsn(settings).split())
+    socket_dir = Path(target["host"])
+    assert (target["port"], target["user"], target["dbname"]) == ("5432", "postgres", "sparkifydb")
+    assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((socket_dir / ".s.PGSQL.5432").stat().st_mode) == 0o700
+
+
+def test_a_missing_unshare_is_one_clear_error_not_a_traceback(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("only root runs the server through unshare")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(db.DatabaseError, match="cannot run `unshare`.*DATABASE_URL"):
+        db.start_server(tmp_path / "pg")
+
+
+def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    deep = tmp_path / ("d" * 120) / "pg"
+    folder = db._socket_dir(deep)
+    assert folder.parent == tmp_path and folder.name.startswith(f"sparkify-pg-{os.geteuid()}-")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert db._socket_dir(tmp_path / "pg") == tmp_path / "pg"
