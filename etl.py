@@ -364,7 +364,7 @@ def _fast_events(data: bytes, path: str) -> pd.DataFrame | None:
                                                     unexpected_field_behavior="ignore"))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    if table.num_rows != len(raw_lines(data)):
+    if table.num_rows != data.count(b"\n") + (not data.endswith(b"\n")):
         return None
     frame = table.to_pandas()
     frame["path"], frame["line"], frame["raw"] = path, range(1, len(frame) + 1), None
