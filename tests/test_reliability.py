@@ -224,6 +224,18 @@ def _records(content: bytes) -> int:
     return sum(1 for raw in content.split(b"\n") if raw.strip())
 
 
+def load_expecting_rejects(data: Path, path: str, expected: list) -> tuple:
+    """Run etl.py (exit 0); its rejects are the expected lines of path, with matching reasons.
+    Returns the run's output, id and rejects."""
+    done = expect(etl(data), 0)
+    run_id = last_run()
+    found = rejects(run_id)
+    assert [(p, ln) for p, ln, _, _ in found] == [(path, ln) for ln, _ in expected], found
+    for (_, _, reason, _), (_, pattern) in zip(found, expected):
+        assert re.search(pattern, reason), reason
+    return done, run_id, found
+
+
 @pytest.mark.parametrize("case", list(LOG_CASES))
 def test_bad_log_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
     content, expected, good = LOG_CASES[case]
@@ -231,12 +243,8 @@ def test_bad_log_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
     n_records, n_line_rejects = _records(content), sum(1 for ln, _ in expected if ln)
     whole_files = len(expected) - n_line_rejects
 
-    done = expect(etl(data), 0)
-    run_id = last_run()
-    found = rejects(run_id)
-    assert [(p, ln) for p, ln, _, _ in found] == [(BAD_LOG, ln) for ln, _ in expected], found
-    for (_, ln, reason, raw), (_, pattern) in zip(found, expected):
-        assert re.search(pattern, reason), reason
+    done, run_id, found = load_expecting_rejects(data, BAD_LOG, expected)
+    for _, ln, reason, raw in found:
         assert (raw is None) == (ln is None), raw
         shown = f"{data / BAD_LOG}:{ln if ln is not None else '-'}: {reason}"
         assert shown in done.stdout
@@ -283,12 +291,7 @@ def test_bad_song_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
     n_line_rejects = sum(1 for ln, _ in expected if ln)
     n_records = len(good) + n_line_rejects
 
-    done = expect(etl(data), 0)
-    run_id = last_run()
-    found = rejects(run_id)
-    assert [(p, ln) for p, ln, _, _ in found] == [(BAD_SONG, ln) for ln, _ in expected], found
-    for (_, _, reason, _), (_, pattern) in zip(found, expected):
-        assert re.search(pattern, reason), reason
+    done, run_id, found = load_expecting_rejects(data, BAD_SONG, expected)
     assert [r[0] for r in query("SELECT song_id FROM songs WHERE artist_id = %s ORDER BY 1",
                                 ("ARZZZZZ1187FB00001",))] == [song(n)["song_id"] for n in good]
     assert counts() == plus(songs=len(good), artists=1 if good else 0)
