@@ -252,7 +252,7 @@ def connect(settings: Settings, dbname: str | None = None, **kwargs):
         return psycopg2.connect(dsn(settings, dbname), application_name=Path(sys.argv[0]).name,
                                 **kwargs)
     except psycopg2.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or ["unknown error"])[0]
+        first = first_line(exc)
         if getattr(exc, "pgcode", None) == "3D000" or "does not exist" in first:
             raise DatabaseError(f"{first} on {settings.describe()}: run `python create_tables.py` "
                                 "first") from None

@@ -408,6 +408,11 @@ class FileResult:
     rejected: int = 0
     status: str = "new"  # new, changed, unchanged, unreadable
 
+    @property
+    def to_load(self) -> bool:
+        """Whether this file's content goes to the database (it is new or has changed)."""
+        return self.status in ("new", "changed")
+
 
 @dataclasses.dataclass
 class Batch:
@@ -493,7 +498,7 @@ def prepare_batch(kind: str, tasks: list[FileTask]) -> Batch:
     accepted = good["path"].value_counts().to_dict()
     invalid_per_file = invalid["path"].value_counts().to_dict()
     skipped = skipped.to_dict()
-    loaded = [r for r in results if r.status in ("new", "changed")]
+    loaded = [r for r in results if r.to_load]
     for r in loaded:
         r.rejected = int(line_rejects.get(r.path, 0))
         r.skipped = int(skipped.get(r.path, 0))
@@ -517,12 +522,11 @@ def manifest_csv(kind: str, files: list[FileResult]) -> bytes:
 def refused_batch(batch: Batch, error: str) -> Batch:
     """A one-file batch the database refused: every record of the file is recorded as rejected,
     so that one file never stops a run and the manifest does not retry it until it changes."""
+    loaded = [r for r in batch.files if r.to_load]
     problems = []
-    for r in batch.files:
-        if r.status in ("new", "changed"):
-            r.rejected, r.accepted, r.skipped = r.records, 0, 0
-            problems.append((r.path, None, f"the database refused this file: {error}", None))
-    loaded = [r for r in batch.files if r.status in ("new", "changed")]
+    for r in loaded:
+        r.rejected, r.accepted, r.skipped = r.records, 0, 0
+        problems.append((r.path, None, f"the database refused this file: {error}", None))
     copies = {"stage_manifest": manifest_csv(batch.kind, loaded),
               "stage_rejects": render_csv(reject_frame(problems), REJECT_COLUMNS)}
     return Batch(batch.kind, batch.tasks, batch.files, copies, len(problems))
@@ -563,15 +567,18 @@ def prepared(batches: list[tuple[str, list[FileTask]]], jobs: int) -> Iterator[B
 # ================================================================ planning (files in)
 
 
+FOLDERS = {"song": "song_data", "log": "log_data"}
+
+
 def walk(data_dir: Path, kind: str) -> list[Path]:
     """The JSON files of one kind, recursively, in sorted order."""
-    folder = data_dir / ("song_data" if kind == "song" else "log_data")
+    folder = data_dir / FOLDERS[kind]
     return [Path(p) for p in _scan(str(folder))] if folder.is_dir() else []
 
 
 def has_files(data_dir: Path, kind: str) -> bool:
     """Whether walk() would find anything, without listing (and sorting) the whole tree."""
-    folder = data_dir / ("song_data" if kind == "song" else "log_data")
+    folder = data_dir / FOLDERS[kind]
     return folder.is_dir() and next(folder.rglob("*.json"), None) is not None
 
 
@@ -596,7 +603,7 @@ def _scan(folder: str) -> list[str]:
 def plan(data_dir: Path, kind: str, known: dict[str, tuple[int, int, str]]):
     """(batches of files to read, files unchanged since their manifest entry by size and mtime)."""
     tasks, unchanged = [], 0
-    name = "song_data" if kind == "song" else "log_data"
+    name = FOLDERS[kind]
     folder = str(data_dir / name)
     for location in _scan(folder) if os.path.isdir(folder) else []:
         rel = name + "/" + location[len(folder) + 1:].replace(os.sep, "/")
@@ -637,7 +644,7 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
     """One transaction: staging, merge, manifest and rejects commit together or not at all.
     Returns how many plays it resolved to a song."""
     touched = [r for r in batch.files if r.status == "unchanged"]
-    loaded = {r.path: r for r in batch.files if r.status in ("new", "changed")}
+    loaded = {r.path: r for r in batch.files if r.to_load}
     resolved_plays = 0
     with db.managed_cursor(conn) as cur:
         for table, payload in batch.copies.items():
@@ -712,7 +719,7 @@ class Summary:
         files, counts = self.files[batch.kind], self.counts[batch.kind]
         for r in batch.files:
             files[r.status] = files.get(r.status, 0) + 1
-            if r.status in ("new", "changed"):
+            if r.to_load:
                 counts["records"] += r.records
                 counts["loaded"] += r.accepted - r.duplicates
                 counts["skipped"] += r.skipped
