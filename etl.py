@@ -32,6 +32,7 @@ import ftfy
 import orjson
 import pandas as pd
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 import pyarrow as pa
 import pyarrow.csv
@@ -661,7 +662,10 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
             cur.execute(sql.songplays_resolve_new_songs)
             resolved_plays = cur.rowcount
         else:
-            cur.execute(sql.songplays_delete_reloaded)
+            # Only a changed file can have plays loaded already; new files have none to take back.
+            reloading = any(r.status == "changed" for r in batch.files)
+            if reloading:
+                cur.execute(sql.songplays_delete_reloaded)
             cur.execute(sql.manifest_upsert, params)
             cur.execute(sql.time_insert)
             cur.execute(sql.users_update)
@@ -677,9 +681,10 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
                 resolved_plays += resolved
                 updates.append({"path": path, "loaded": n, "duplicates": result.duplicates})
             psycopg2.extras.execute_batch(cur, sql.manifest_set_loaded, updates)
-            cur.execute(sql.users_relevel)
-            cur.execute(sql.users_delete_orphans)
-            cur.execute(sql.time_delete_orphans)
+            if reloading:
+                cur.execute(sql.users_relevel)
+                cur.execute(sql.users_delete_orphans)
+                cur.execute(sql.time_delete_orphans)
         cur.execute(sql.rejects_insert, params)
     return resolved_plays
 
@@ -698,6 +703,43 @@ def load_or_split(conn, run_id: int, batch: Batch) -> Iterator[tuple[Batch, int]
             yield refused, load_batch(conn, run_id, refused)
 
 
+def set_aside_for_bulk_load(conn, log_bytes: int) -> bool:
+    """Drop songplays' foreign keys and file index when this run's log files are at least as
+    big as the table: checking each row as it goes in would cost as much as the insert. False
+    when they stay (a small load, or a session holding songplays that we do not interrupt)."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.songplays_size)
+        if log_bytes == 0 or log_bytes < cur.fetchone()[0]:
+            return False
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql.set_aside_lock_timeout)
+            for _, drop in sql.SONGPLAYS_SET_ASIDE.values():
+                cur.execute(drop)
+    except psycopg2.errors.LockNotAvailable:
+        return False
+    return True
+
+
+def restore_set_aside(conn) -> list[str]:
+    """Add back what a bulk load set aside, this run's or a killed run's: each foreign key is
+    checked over the whole table in one join, then the planner gets fresh statistics."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.set_aside_present, {"names": list(sql.SONGPLAYS_SET_ASIDE)})
+        present = {row[0] for row in cur.fetchall()}
+        missing = [name for name in sql.SONGPLAYS_SET_ASIDE if name not in present]
+        for name in missing:
+            create, _ = sql.SONGPLAYS_SET_ASIDE[name]
+            try:
+                cur.execute(create)
+            except psycopg2.IntegrityError as exc:
+                raise db.DatabaseError(f"songplays' {name} could not be added back after the "
+                                       f"bulk load: {db.first_line(exc)}") from None
+        if missing:
+            cur.execute(sql.analyze_after_bulk_load)
+    return missing
+
+
 # ================================================================ the run
 
 
@@ -714,6 +756,7 @@ class Summary:
         default_factory=lambda: {k: dict.fromkeys(COUNTS, 0) for k in ("song", "log")})
     file_problems: int = 0
     resolved_plays: int = 0
+    restored: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, batch: Batch, resolved_plays: int) -> None:
         files, counts = self.files[batch.kind], self.counts[batch.kind]
@@ -809,12 +852,15 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
                            file=sys.stderr, leave=False)
                 for kind, batches in work}
         workers = default_jobs(all_batches) if jobs is None else jobs
+        log_bytes = sum(t.size for kind, tasks in all_batches if kind == "log" for t in tasks)
+        set_aside_for_bulk_load(conn, log_bytes)
         for batch in prepared(all_batches, workers):
             for part, resolved in load_or_split(conn, run_id, batch):
                 summary.add(part, resolved)
             bars[batch.kind].update(len(batch.files))
         for bar in bars.values():
             bar.close()
+        summary.restored = restore_set_aside(conn)
         with db.managed_cursor(conn) as cur:
             after = table_counts(cur)
             checks = post_load_checks(cur) if summary.anything_loaded else None
@@ -853,6 +899,9 @@ def print_summary(out, settings, data_dir, run_id, summary: Summary, before, aft
                                      for t in sql.STAR_TABLES))
     p(f"  plays resolved to a song: {resolved_total} of {after['songplays']}"
       f" ({summary.resolved_plays} this run)")
+    if summary.restored:
+        p(f"  bulk load: songplays' {', '.join(summary.restored)} were set aside while loading "
+          "and are back, checked over every row")
     if summary.rejected:
         p(f"  rejected: {summary.rejected - summary.file_problems} records and "
           f"{summary.file_problems} whole files, kept in table load_rejects (run_id = {run_id}):")

@@ -26,7 +26,8 @@ import pytest
 
 import db
 import sql_queries
-from conftest import PROJECT, counts, query, run_script, scalar, table_contents
+from conftest import (PROJECT, counts, query, run_script, scalar, schema_objects,
+                      table_contents)
 
 # What the base sample below holds:
 # song_data/A/A/A: 11 songs by 11 artists; 2018-11-01 and 2018-11-03 logs: 15 + 111 events, of
@@ -427,6 +428,7 @@ def test_new_log_file_is_loaded_alone(data):
     assert set(before["songplays"]) < set(after["songplays"])
     assert query("SELECT path FROM load_manifest WHERE run_id = %s", (last_run(),)) == [
         ("log_data/2018/12/new.json",)]
+    assert "bulk load" not in done.stdout  # a small load checks each row as it goes in
 
 
 def test_appended_log_line_is_loaded_without_duplicating_plays(data):
@@ -547,6 +549,45 @@ def test_older_events_never_overwrite_a_newer_user_level(data):
     assert table_contents() == fresh_load_of(data)
 
 
+def test_first_load_sets_foreign_keys_aside_and_restores_them_as_created(data):
+    created = schema_objects()
+    done = expect(etl(data), 0)
+    assert ("bulk load: songplays' songplays_start_time_fkey, songplays_user_id_fkey, "
+            "songplays_song_id_fkey, songplays_artist_id_fkey, songplays_file were set aside "
+            "while loading and are back, checked over every row") in done.stdout
+    assert schema_objects() == created
+    with pytest.raises(psycopg2.errors.ForeignKeyViolation):
+        query("INSERT INTO songplays (start_time, user_id, level, session_id, item_in_session, "
+              "song_title, file_id) VALUES (now(), 1, 'free', 1, 1, 'x', 1)")
+
+
+def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
+    holder = db.connect(db.Settings.from_env())
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT count(*) FROM songplays")  # a transaction stays open
+        done = expect(etl(data), 0)
+        assert holder.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+    finally:
+        holder.close()
+    assert "bulk load" not in done.stdout
+    assert counts() == BASE
+
+
+def test_foreign_key_that_cannot_come_back_exits_3_naming_it(data):
+    """Someone removed a foreign key and wrote a play of an unknown user: the next run cannot
+    add the key back, and says so rather than report a healthy star."""
+    expect(etl(data), 0)
+    query("ALTER TABLE songplays DROP CONSTRAINT songplays_user_id_fkey; "
+          "INSERT INTO songplays (start_time, user_id, level, session_id, item_in_session, "
+          "song_title, file_id) SELECT start_time, 424242, 'free', 1, 1, 'x', 1 FROM time LIMIT 1"
+          " RETURNING 1")
+    done = expect(etl(data), 3)
+    assert re.match(r"error: songplays' songplays_user_id_fkey could not be added back after "
+                    r"the bulk load: insert or update on table \"songplays\" violates foreign "
+                    r"key constraint \"songplays_user_id_fkey\"$", one_error_line(done))
+
+
 # ================================================================ 4 and 5: a load that takes a while
 
 # The same etl.main in a real process, with 1 MB log batches instead of 32 MB: the test-sized
@@ -620,6 +661,8 @@ class Watcher:
 
 
 MANIFEST_ROWS = "SELECT count(*) FROM load_manifest"
+SONGPLAYS_FOREIGN_KEYS = \
+    "SELECT count(*) FROM pg_constraint WHERE conrelid = 'songplays'::regclass AND contype = 'f'"
 RUNS = "SELECT count(*) FROM load_runs"
 
 
@@ -674,10 +717,11 @@ def reap(pids: set[int]) -> None:
 
 def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, baseline):
     run_script("create_tables.py")
+    schema = schema_objects()
     total = files_in(big)
     songs = files_in(big, "song_data")
     watch = Watcher()
-    orphans, at_kill = set(), []
+    orphans, at_kill, foreign_keys = set(), [], []
     try:
         # 1: right after the first batch (the songs) committed, while logs are being loaded;
         # 2: a resumed run, once a few more log batches committed; 3: a resumed run that has
@@ -691,7 +735,9 @@ def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, bas
             watch.wait(sql, reached, proc)
             orphans |= kill_at(proc)
             at_kill.append(watch.value(MANIFEST_ROWS))
+            foreign_keys.append(watch.value(SONGPLAYS_FOREIGN_KEYS))
         assert 0 < at_kill[0] < at_kill[1] < total, at_kill
+        assert foreign_keys == [0, 0, 0]  # each killed in the middle of a bulk load
         assert at_kill[2] == at_kill[1]
         assert counts()["songplays"] < len(baseline["songplays"])
 
@@ -701,10 +747,12 @@ def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, bas
         assert proc.returncode == 0, out + err
         assert re.search(rf"log files: \d+ \({at_kill[1] - songs} unchanged, \d+ new\)", out), out
         assert "checks: 10 passed, 0 failed" in out
+        assert "bulk load: songplays' songplays_start_time_fkey, " in out
     finally:
         watch.close()
         reap(orphans)
     assert table_contents() == baseline
+    assert schema_objects() == schema
     assert query("SELECT status FROM load_runs ORDER BY run_id") == [
         ("interrupted",), ("interrupted",), ("interrupted",), ("succeeded",)]
     assert scalar("SELECT count(*) FROM load_manifest") == total
