@@ -44,6 +44,7 @@ import sql_queries as sql
 
 SONG_BATCH_FILES = 10_000
 LOG_BATCH_BYTES = 32 * 1024 * 1024
+PARSE_PIECE_BYTES = 4 * 1024 * 1024
 RAW_TEXT_LIMIT = 1000
 REJECT_EXAMPLES = 5
 INT32 = (-(2**31), 2**31 - 1)
@@ -358,18 +359,30 @@ def _fast_events(data: bytes, path: str) -> pd.DataFrame | None:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    try:
-        table = pyarrow.json.read_json(
-            io.BytesIO(data),
-            parse_options=pyarrow.json.ParseOptions(explicit_schema=EVENT_SCHEMA,
-                                                    unexpected_field_behavior="ignore"))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-    if table.num_rows != data.count(b"\n") + (not data.endswith(b"\n")):
-        return None
-    frame = table.to_pandas()
+    options = pyarrow.json.ParseOptions(explicit_schema=EVENT_SCHEMA,
+                                        unexpected_field_behavior="ignore")
+    frames = []
+    for piece in line_aligned_pieces(data, PARSE_PIECE_BYTES):
+        try:
+            table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=options)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        if table.num_rows != piece.count(b"\n") + (not piece.endswith(b"\n")):
+            return None
+        frames.append(table.to_pandas())
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     frame["path"], frame["line"], frame["raw"] = path, range(1, len(frame) + 1), None
     return frame
+
+
+def line_aligned_pieces(data: bytes, size: int) -> Iterator[bytes]:
+    """data cut after a newline every size bytes or so: a big file is parsed piece by piece,
+    so that its parse costs what a batch of small files costs."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start + size - 1) + 1 or len(data)
+        yield data[start:end]
+        start = end
 
 
 def parse_log_file(data: bytes, path: str) -> tuple[pd.DataFrame, list[tuple]]:

@@ -70,6 +70,22 @@ def test_valid_events_takes_the_fast_path_for_clean_files_with_the_same_result()
     assert invalid[["line", "reason"]].values.tolist() == [[2, "level is not 'free' or 'paid'"]]
 
 
+def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file(monkeypatch):
+    lines = [{**PLAY, "itemInSession": n, "ts": PLAY["ts"] + n} for n in range(1, 8)]
+    whole = etl._fast_events(log_bytes(*lines), "p")
+    piece = len(json.dumps(PLAY)) * 2  # two or three lines a piece
+    assert [p.count(b"\n") for p in etl.line_aligned_pieces(log_bytes(*lines), piece)] == [
+        2, 2, 2, 0]
+    monkeypatch.setattr(etl, "PARSE_PIECE_BYTES", piece)
+    pieces = etl._fast_events(log_bytes(*lines), "p")
+    assert pieces["line"].tolist() == list(range(1, 8))
+    assert pieces["itemInSession"].tolist() == list(range(1, 8))
+    pd.testing.assert_frame_equal(pieces, whole)
+    lines[5] = b'{"ts": 1, "page": "NextSong",'
+    _, parse_rejects, _, _ = events(*lines)
+    assert parse_rejects["line"].tolist() == [6]
+
+
 def test_time_table_uses_utc_iso_week_and_monday_as_weekday_1():
     rows = pd.DataFrame({"start_time": pd.to_datetime(
         [1541106106796, 1541106106796, 1543622399000], unit="ms", utc=True)})
