@@ -87,7 +87,7 @@ class Measured:
     rc: int
     stdout: str
     stderr: str
-    rss_max: int    # bytes: peak RSS of the largest process of the tree (wait4's ru_maxrss)
+    rss_max: int    # bytes: peak RSS of the largest process of the tree (its VmHWM)
     rss_sum: int    # bytes: peak of the tree's summed RSS, polled every 20 ms
     rss_by_pid: dict[int, int]
 
@@ -101,9 +101,10 @@ class Measured:
 def run_measured(args: list[str], env: dict, poll: float = 0.02) -> Measured:
     """Run args from the project folder; time it and follow the RSS of it and its children.
 
-    wait4() gives the exact peak RSS of the process and of its reaped descendants (the
-    worker that etl.py spawns), i.e. the largest single process; polling with psutil gives the
-    peak of their sum (shared pages counted once per process, so an upper bound)."""
+    Each process's own high-water mark (VmHWM in /proc, exact and kept from exec on) gives
+    the largest single process; not wait4()'s ru_maxrss, which starts from this benchmark's
+    own RSS at the fork. Polling gives the peak of their sum (shared pages counted once per
+    process, so an upper bound). Without /proc (macOS), polled RSS stands in for VmHWM."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=out, stderr=err,
@@ -128,14 +129,14 @@ def run_measured(args: list[str], env: dict, poll: float = 0.02) -> Measured:
                         rss = p.memory_info().rss
                     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                         continue
-                    by_pid[p.pid] = max(by_pid.get(p.pid, 0), rss)
+                    by_pid[p.pid] = max(by_pid.get(p.pid, 0), rss, high_water(p.pid))
                     total += rss
                 peak_sum[0] = max(peak_sum[0], total)
                 done.wait(poll)
 
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status = os.waitpid(proc.pid, 0)
         wall = time.perf_counter() - started
         done.set()
         watcher.join()
@@ -143,8 +144,20 @@ def run_measured(args: list[str], env: dict, poll: float = 0.02) -> Measured:
         out.seek(0)
         err.seek(0)
         return Measured(args, wall, proc.returncode, out.read().decode(errors="replace"),
-                        err.read().decode(errors="replace"), usage.ru_maxrss * 1024,
-                        max(peak_sum[0], usage.ru_maxrss * 1024), by_pid)
+                        err.read().decode(errors="replace"), max(by_pid.values(), default=0),
+                        peak_sum[0], by_pid)
+
+
+def high_water(pid: int) -> int:
+    """The process's peak RSS so far in bytes (0 where /proc has no VmHWM)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 # ================================================================ data
@@ -573,7 +586,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
                  "rows/s bare COPY"], per_table))
     print()
     print("Rates are counts over wall time of the whole subprocess (Python start-up included). "
-          "Peak RSS: the largest process (wait4) / the sum over etl.py and its worker (polled "
+          "Peak RSS: the largest process (its VmHWM) / the sum over etl.py and its worker (polled "
           "every 20 ms); the PostgreSQL server is not counted.")
     print()
     ratio_limit = etl_s / limit_s
