@@ -19,6 +19,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import multiprocessing
 import os
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import ftfy
 import orjson
-import pandas as pd
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
@@ -41,6 +41,22 @@ from tqdm import tqdm
 
 import db
 import sql_queries as sql
+
+
+def lazy_import(name: str):
+    """The module, executed on first use: a re-run with nothing new never pays pandas' import
+    (half a second, a third of such a run)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pd = lazy_import("pandas")
 
 SONG_BATCH_FILES = 10_000
 LOG_BATCH_BYTES = 32 * 1024 * 1024
@@ -875,7 +891,7 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
             bar.close()
         summary.restored = restore_set_aside(conn)
         with db.managed_cursor(conn) as cur:
-            after = table_counts(cur)
+            after = table_counts(cur) if summary.anything_loaded else before
             checks = post_load_checks(cur) if summary.anything_loaded else None
             cur.execute(sql.resolved_plays)
             resolved_total = cur.fetchone()[0]
