@@ -206,6 +206,9 @@ full_refresh = "TRUNCATE songplays, users, time, songs, artists, load_manifest"
 
 # ---------------------------------------------------------------- staging (per connection)
 
+# The staging CSV carries instants as UTC without a zone: this session reads them as such.
+session_time_zone = "SET TIME ZONE 'UTC'"
+
 stage_songs_create = """
 CREATE TEMP TABLE stage_songs (
     path text, line integer, song_id text, title text, artist_id text, year integer,
