@@ -950,8 +950,10 @@ def print_summary(out, settings, data_dir, run_id, summary: Summary, before, aft
     p(f"  plays resolved to a song: {resolved_total} of {after['songplays']}"
       f" ({summary.resolved_plays} this run)")
     if summary.restored:
-        p(f"  bulk load: songplays' {', '.join(summary.restored)} were set aside while loading "
-          "and are back, checked over every row")
+        what = "foreign keys and file_id index" if len(summary.restored) == len(
+            sql.SONGPLAYS_SET_ASIDE) else ", ".join(summary.restored)
+        p(f"  bulk load: set songplays' {what} aside while loading; back now, checked over "
+          "every row")
     if summary.rejected:
         p(f"  rejected: {summary.rejected - summary.file_problems} records and "
           f"{summary.file_problems} whole files, kept in table load_rejects (run_id = {run_id}):")

@@ -92,7 +92,7 @@ def schema_objects() -> list[tuple]:
     return query("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
                  "FROM pg_constraint WHERE conrelid::regclass::text = ANY (%(t)s) "
                  "UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes "
-                 "WHERE tablename = ANY (%(t)s) ORDER BY 1, 2", {"t": star})
+                 "WHERE tablename = ANY (%(t)s) ORDER BY 1, 2, 3", {"t": star})
 
 
 def counts() -> dict[str, int]:
