@@ -206,8 +206,8 @@ full_refresh = "TRUNCATE songplays, users, time, songs, artists, load_manifest"
 
 # ---------------------------------------------------------------- staging (per connection)
 
-# The staging CSV carries instants as UTC without a zone: this session reads them as such.
-session_time_zone = "SET TIME ZONE 'UTC'"
+# The staging CSV carries instants as UTC without a zone: a batch's transaction reads them so.
+staging_time_zone = "SET LOCAL TIME ZONE 'UTC'"
 
 stage_songs_create = """
 CREATE TEMP TABLE stage_songs (

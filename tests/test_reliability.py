@@ -527,6 +527,14 @@ def test_songs_arriving_after_their_plays_resolve_them(tmp_path):
     assert "checks: 10 passed, 0 failed" in done.stdout
 
 
+def test_instants_are_stored_exactly_whatever_the_sessions_time_zone(data):
+    write(data, "log_data/2018/12/tz.json", lines(G(0), G(1)))
+    run_script("etl.py", "--data", str(data), "--no-progress", env={"PGTZ": "Pacific/Chatham"})
+    assert query("SELECT extract(epoch FROM p.start_time) * 1000, t.hour, t.day "
+                 "FROM songplays p JOIN time t USING (start_time) WHERE p.user_id = %s "
+                 "ORDER BY 1", (USER,)) == [(Decimal(T0), 0, 1), (Decimal(T0 + 1000), 0, 1)]
+
+
 def test_older_events_never_overwrite_a_newer_user_level(data):
     def user():
         return query("SELECT first_name, level FROM users WHERE user_id = %s", (USER,))[0]
