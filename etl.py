@@ -262,7 +262,7 @@ def repair_mojibake(text: str) -> str:
 def repair_text(values: pd.Series) -> pd.Series:
     """Repair the log's text; only non-ASCII values pay for it, each distinct one once (titles
     recur from batch to batch, hence the cache on repair_mojibake)."""
-    suspect = ~values.str.isascii().fillna(True).astype(bool)
+    suspect = values.notna() & ~values.str.isascii().fillna(True).astype(bool)
     if not suspect.any():
         return values
     repaired = values.copy()

@@ -48,6 +48,18 @@ def test_play_rows_make_utc_instants_integer_ids_and_unquoted_user_agents():
         "You Gotta Be", "Des'ree", 246.30812)
 
 
+def test_play_rows_keep_a_play_without_artist_and_unquote_only_wrapping_quotes():
+    agents = ['"a\nb"', '"', '""', 'x "y"', None]
+    lines = [{**PLAY, "itemInSession": n, "artist": None if n == 0 else "BjÃ¶rk",
+              "userAgent": agent} for n, agent in enumerate(agents)]
+    plays, _, _, _ = events(*lines)
+    rows = etl.play_rows(plays)
+    assert [None if pd.isna(v) else v for v in rows["artist_name"]] == [
+        None, "Björk", "Björk", "Björk", "Björk"]
+    assert [None if pd.isna(v) else v for v in rows["user_agent"]] == [
+        "a\nb", '"', None, 'x "y"', None]
+
+
 def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
     home = {**PLAY, "page": "Home", "userId": "", "song": None, "artist": None}
     bad_user = {**PLAY, "userId": "", "itemInSession": 2}
