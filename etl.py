@@ -598,18 +598,18 @@ def _exit_with_parent(parent: int) -> None:
 def prepared(batches: list[tuple[str, list[FileTask]]], jobs: int) -> Iterator[Batch]:
     """Batches in order; with jobs > 0 the next ones are parsed in worker processes while the
     current one loads, never more than jobs + 1 ahead (memory stays bounded)."""
-    if jobs <= 0 or not batches:
+    if jobs <= 0:
         yield from map(_prepare, batches)
         return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
                                                 initializer=_exit_with_parent,
                                                 initargs=(os.getpid(),)) as pool:
-        pending = [pool.submit(_prepare, item) for item in batches[1:1 + jobs]]
-        yield _prepare(batches[0])  # parsed here while the workers start (about a second)
-        for item in batches[1 + jobs:]:
+        pending = []
+        for item in batches:
             pending.append(pool.submit(_prepare, item))
-            yield pending.pop(0).result()
+            if len(pending) > jobs:
+                yield pending.pop(0).result()
         for future in pending:
             yield future.result()
 

@@ -388,7 +388,6 @@ WITH song_keys AS (
     JOIN load_manifest m ON m.path = p.path
     LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
                          AND k.duration = p.song_length
-    ORDER BY p.user_id, p.session_id, p.item_in_session  -- walks the unique index in order
     ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING
     RETURNING file_id, song_id
 )
