@@ -45,11 +45,12 @@ import sql_queries as sql
 
 
 def lazy_import(name: str):
-    """The module, executed on first use: a re-run with nothing new never pays pandas' import
-    (half a second, a third of such a run)."""
+    """The module, executed on first use."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     spec.loader = importlib.util.LazyLoader(spec.loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -57,7 +58,14 @@ def lazy_import(name: str):
     return module
 
 
-pd = lazy_import("pandas")
+# Run as a command, etl.py imports pandas when a batch first needs it: a re-run with nothing new
+# never pays that half second, a third of such a run. Imported as a module (notebooks, tests,
+# the parse worker) it imports pandas as usual: before Python 3.12.3 a lazily loaded module is not
+# safe to touch from several threads while it loads.
+if __name__ == "__main__":
+    pd = lazy_import("pandas")
+else:
+    import pandas as pd
 
 SONG_BATCH_FILES = 10_000
 LOG_BATCH_BYTES = 32 * 1024 * 1024
@@ -753,41 +761,49 @@ def load_or_split(conn, run_id: int, batch: Batch) -> Iterator[tuple[Batch, int]
             yield refused, load_batch(conn, run_id, refused)
 
 
-def set_aside_for_bulk_load(conn, log_bytes: int) -> bool:
-    """Drop songplays' foreign keys and file index when this run's log files are at least as
+def set_aside_for_bulk_load(conn, new_log_bytes: int) -> bool:
+    """Drop songplays' foreign keys and file index when this run's new log files are at least as
     big as the table: checking each row as it goes in would cost as much as the insert. False
-    when they stay (a small load, or a session holding songplays that we do not interrupt)."""
+    when they stay: a small load, or other sessions holding the tables (never interrupted)."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.songplays_size)
-        if log_bytes == 0 or log_bytes < cur.fetchone()[0]:
+        if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
             return False
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.set_aside_lock_timeout)
             for _, drop in sql.SONGPLAYS_SET_ASIDE.values():
                 cur.execute(drop)
-    except psycopg2.errors.LockNotAvailable:
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
         return False
     return True
 
 
-def restore_set_aside(conn) -> list[str]:
-    """Add back what a bulk load set aside, this run's or a killed run's: each foreign key is
-    checked over the whole table in one join, then the planner gets fresh statistics."""
+def restore_set_aside(conn) -> tuple[list[str], list[str]]:
+    """Add back what a bulk load set aside, this run's or an interrupted run's, each in its own
+    transaction: every foreign key is checked over the whole table in one join. Returns (added
+    back, problems); what could not come back stays missing for the next run to try again."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.set_aside_present, {"names": list(sql.SONGPLAYS_SET_ASIDE)})
         present = {row[0] for row in cur.fetchall()}
-        missing = [name for name in sql.SONGPLAYS_SET_ASIDE if name not in present]
-        for name in missing:
-            create, _ = sql.SONGPLAYS_SET_ASIDE[name]
-            try:
+    restored, problems = [], []
+    for name, (create, _) in sql.SONGPLAYS_SET_ASIDE.items():
+        if name in present:
+            continue
+        try:
+            with db.managed_cursor(conn) as cur:
+                cur.execute(sql.restore_lock_timeout)
                 cur.execute(create)
-            except psycopg2.IntegrityError as exc:
-                raise db.DatabaseError(f"songplays' {name} could not be added back after the "
-                                       f"bulk load: {db.first_line(exc)}") from None
-        if missing:
+        except psycopg2.errors.LockNotAvailable:
+            problems.append(f"{name}: another session kept a conflicting lock on its tables")
+        except psycopg2.IntegrityError as exc:
+            problems.append(f"{name}: {db.first_line(exc)}")
+        else:
+            restored.append(name)
+    if restored:
+        with db.managed_cursor(conn) as cur:
             cur.execute(sql.analyze_after_bulk_load)
-    return missing
+    return restored, problems
 
 
 # ================================================================ the run
@@ -806,7 +822,9 @@ class Summary:
         default_factory=lambda: {k: dict.fromkeys(COUNTS, 0) for k in ("song", "log")})
     file_problems: int = 0
     resolved_plays: int = 0
+    set_aside: bool = False
     restored: list[str] = dataclasses.field(default_factory=list)
+    not_restored: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, batch: Batch, resolved_plays: int) -> None:
         files, counts = self.files[batch.kind], self.counts[batch.kind]
@@ -902,15 +920,16 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
                            file=sys.stderr, leave=False)
                 for kind, batches in work}
         workers = default_jobs(all_batches) if jobs is None else jobs
-        log_bytes = sum(t.size for kind, tasks in all_batches if kind == "log" for t in tasks)
-        set_aside_for_bulk_load(conn, log_bytes)
+        new_log_bytes = sum(t.size for kind, tasks in all_batches if kind == "log"
+                            for t in tasks if t.known_sha256 is None)
+        summary.set_aside = set_aside_for_bulk_load(conn, new_log_bytes)
         for batch in prepared(all_batches, workers):
             for part, resolved in load_or_split(conn, run_id, batch):
                 summary.add(part, resolved)
             bars[batch.kind].update(len(batch.files))
         for bar in bars.values():
             bar.close()
-        summary.restored = restore_set_aside(conn)
+        summary.restored, summary.not_restored = restore_set_aside(conn)
         with db.managed_cursor(conn) as cur:
             after = table_counts(cur) if summary.anything_loaded else before
             checks = post_load_checks(cur) if summary.anything_loaded else None
@@ -919,7 +938,7 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
             cur.execute(sql.run_rejects, {"run_id": run_id, "limit": REJECT_EXAMPLES})
             examples = cur.fetchall()
             failed = not (summary.reconciles("song") and summary.reconciles("log")) \
-                or bool(checks and any(checks.values()))
+                or bool(checks and any(checks.values())) or bool(summary.not_restored)
             cur.execute(sql.run_finish, {"run_id": run_id,
                                          "status": "failed" if failed else "succeeded"})
     finally:
@@ -952,8 +971,14 @@ def print_summary(out, settings, data_dir, run_id, summary: Summary, before, aft
     if summary.restored:
         what = "foreign keys and file_id index" if len(summary.restored) == len(
             sql.SONGPLAYS_SET_ASIDE) else ", ".join(summary.restored)
-        p(f"  bulk load: set songplays' {what} aside while loading; back now, checked over "
-          "every row")
+        if summary.set_aside:
+            p(f"  bulk load: set songplays' {what} aside while loading; back now, checked over "
+              "every row")
+        else:
+            p(f"  added back songplays' {what}, found missing (as an interrupted bulk load leaves "
+              "them); checked over every row")
+    for problem in summary.not_restored:
+        p(f"  NOT added back, the next run tries again: songplays' {problem}")
     if summary.rejected:
         p(f"  rejected: {summary.rejected - summary.file_problems} records and "
           f"{summary.file_problems} whole files, kept in table load_rejects (run_id = {run_id}):")

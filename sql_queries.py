@@ -68,10 +68,14 @@ songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 # ---------------------------------------------------------------- schema: set aside in a bulk load
 # PostgreSQL's "Populating a Database" advice: a foreign key checked row by row costs about as
 # much as the insert itself, while adding it afterwards checks every row in one join. etl.py
-# drops these before a load that at least doubles songplays and adds them back at its end (or
-# at the end of the next run, if that load was killed). name: (create, drop)
+# drops these before a load whose new log files are at least as big as songplays is on disk,
+# and adds them back at its end (or at the end of the next run, if that load was killed).
+# name: (create, drop); the index first, as it comes back whatever the data.
 
 SONGPLAYS_SET_ASIDE = {
+    "songplays_file": (  # used only when a changed log file is loaded again
+        "CREATE INDEX songplays_file ON songplays (file_id)",
+        "DROP INDEX IF EXISTS songplays_file"),
     "songplays_start_time_fkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_start_time_fkey "
         "FOREIGN KEY (start_time) REFERENCES time (start_time)",
@@ -88,9 +92,6 @@ SONGPLAYS_SET_ASIDE = {
         "ALTER TABLE songplays ADD CONSTRAINT songplays_artist_id_fkey "
         "FOREIGN KEY (artist_id) REFERENCES artists (artist_id)",
         "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_artist_id_fkey"),
-    "songplays_file": (  # used only when a changed log file is loaded again
-        "CREATE INDEX songplays_file ON songplays (file_id)",
-        "DROP INDEX IF EXISTS songplays_file"),
 }
 
 set_aside_present = """
@@ -104,6 +105,10 @@ songplays_size = "SELECT pg_table_size('songplays')"
 # A session still reading songplays (a notebook inside a transaction) would make the drop wait:
 # after this long the load goes on with everything in place instead.
 set_aside_lock_timeout = "SET LOCAL lock_timeout = '3s'"
+
+# Adding a key back waits for other sessions' open writes to its tables, but not forever: past
+# this, it is left for the next run.
+restore_lock_timeout = "SET LOCAL lock_timeout = '30s'"
 
 analyze_after_bulk_load = "ANALYZE songplays, time, users"
 
