@@ -796,13 +796,19 @@ def restore_set_aside(conn) -> tuple[list[str], list[str]]:
                 cur.execute(create)
         except psycopg2.errors.LockNotAvailable:
             problems.append(f"{name}: another session kept a conflicting lock on its tables")
+        except psycopg2.errors.DeadlockDetected:
+            problems.append(f"{name}: it deadlocked with another session's writes")
         except psycopg2.IntegrityError as exc:
             problems.append(f"{name}: {db.first_line(exc)}")
         else:
             restored.append(name)
     if restored:
-        with db.managed_cursor(conn) as cur:
-            cur.execute(sql.analyze_after_bulk_load)
+        try:
+            with db.managed_cursor(conn) as cur:
+                cur.execute(sql.restore_lock_timeout)
+                cur.execute(sql.analyze_after_bulk_load)
+        except psycopg2.errors.LockNotAvailable:
+            pass  # statistics only: autovacuum will gather them
     return restored, problems
 
 
@@ -997,7 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Load song_data/ and log_data/ JSON into the Sparkify star schema.",
         epilog="exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
-               "reconciliation failed, or --strict and records were rejected; 2 bad arguments; "
+               "reconciliation failed, a foreign key set aside for a bulk load could not be "
+               "added back, or --strict and records were rejected; 2 bad arguments; "
                "3 database or data folder problem; 4 another load is running")
     parser.add_argument("--data", type=Path, default=Path("data"),
                         help="folder holding song_data/ and log_data/ (default: data)")

@@ -619,6 +619,42 @@ def test_load_goes_on_with_keys_in_place_when_setting_them_aside_would_deadlock(
     assert counts() == BASE
 
 
+def test_foreign_key_that_would_deadlock_coming_back_is_left_for_the_next_run(data):
+    """A writer that touched time then writes songplays, while the load holds songplays and
+    waits for time to add a key back: the load notices the deadlock, names the key and fails
+    (exit 1) with its summary, and the next run adds the key back."""
+    created = schema_objects()
+    expect(etl(data), 0)
+    query("ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey; SELECT 1")
+    writer = db.connect(db.Settings.from_env())
+    watch = Watcher()
+    try:
+        with writer.cursor() as cur:
+            try:
+                cur.execute("SET deadlock_timeout = '60s'")
+            except psycopg2.errors.InsufficientPrivilege:
+                pytest.skip("setting deadlock_timeout needs a superuser (DATABASE_URL's is not)")
+            cur.execute("INSERT INTO time SELECT * FROM time LIMIT 0")
+            load = subprocess.Popen([sys.executable, "etl.py", "--data", str(data),
+                                     "--no-progress"], cwd=PROJECT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            watch.wait("SELECT count(*) FROM pg_locks "
+                       "WHERE NOT granted AND relation = 'time'::regclass", bool, load)
+            cur.execute("LOCK songplays IN ROW EXCLUSIVE MODE")  # as an INSERT would
+        writer.rollback()
+        out, err = load.communicate(timeout=60)
+    finally:
+        writer.close()
+        watch.close()
+    assert load.returncode == 1, out + err
+    assert ("  NOT added back, the next run tries again: songplays' songplays_start_time_fkey: "
+            "it deadlocked with another session's writes\n") in out
+    assert scalar("SELECT status FROM load_runs ORDER BY run_id DESC LIMIT 1") == "failed"
+    done = expect(etl(data), 0)
+    assert "added back songplays' songplays_start_time_fkey, found missing" in done.stdout
+    assert schema_objects() == created
+
+
 def test_foreign_key_that_cannot_come_back_fails_the_run_naming_it_and_the_rest_come_back(data):
     """Someone removed two foreign keys and wrote a play of an unknown user: the next run adds
     back the key the data allows, fails naming the other, and once the play is gone the run
