@@ -590,65 +590,53 @@ def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
     assert counts() == BASE
 
 
-def test_load_goes_on_with_keys_in_place_when_setting_them_aside_would_deadlock(data):
-    """A session that read time reads songplays while the load, holding songplays, waits for
-    time: a deadlock, of which the load is the one to notice (the session checks after 60 s).
-    The load goes on with the keys in place rather than fail."""
-    holder = db.connect(db.Settings.from_env())
+def load_into_a_deadlock(data: Path, first: str, then: str) -> subprocess.CompletedProcess:
+    """etl.py, while another session that ran `first` runs `then` as soon as the load waits for
+    a lock on time. If that closes a cycle, the load is the one to notice the deadlock: the
+    session only looks for one after 60 s."""
+    session = db.connect(db.Settings.from_env())
     watch = Watcher()
     try:
-        with holder.cursor() as cur:
+        with session.cursor() as cur:
             try:
                 cur.execute("SET deadlock_timeout = '60s'")
             except psycopg2.errors.InsufficientPrivilege:
                 pytest.skip("setting deadlock_timeout needs a superuser (DATABASE_URL's is not)")
-            cur.execute("SELECT count(*) FROM time")
+            cur.execute(first)
             load = subprocess.Popen([sys.executable, "etl.py", "--data", str(data),
                                      "--no-progress"], cwd=PROJECT, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
             watch.wait("SELECT count(*) FROM pg_locks "
                        "WHERE NOT granted AND relation = 'time'::regclass", bool, load)
-            cur.execute("SELECT count(*) FROM songplays")  # the load backs off: this goes on
-        holder.rollback()
+            cur.execute(then)
+        session.rollback()
         out, err = load.communicate(timeout=60)
     finally:
-        holder.close()
+        session.close()
         watch.close()
-    assert load.returncode == 0, out + err
-    assert "bulk load" not in out
+    return subprocess.CompletedProcess(load.args, load.returncode, out, err)
+
+
+def test_load_goes_on_with_keys_in_place_when_setting_them_aside_would_deadlock(data):
+    """A session that read time reads songplays while the load, holding songplays, waits for
+    time to set the keys aside: the load backs off and loads with the keys in place."""
+    done = expect(load_into_a_deadlock(data, "SELECT count(*) FROM time",
+                                       "SELECT count(*) FROM songplays"), 0)
+    assert "bulk load" not in done.stdout
     assert counts() == BASE
 
 
 def test_foreign_key_that_would_deadlock_coming_back_is_left_for_the_next_run(data):
     """A writer that touched time then writes songplays, while the load holds songplays and
-    waits for time to add a key back: the load notices the deadlock, names the key and fails
-    (exit 1) with its summary, and the next run adds the key back."""
+    waits for time to add a key back: the load names the key and fails (exit 1) with its
+    summary, and the next run adds the key back."""
     created = schema_objects()
     expect(etl(data), 0)
     query("ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey; SELECT 1")
-    writer = db.connect(db.Settings.from_env())
-    watch = Watcher()
-    try:
-        with writer.cursor() as cur:
-            try:
-                cur.execute("SET deadlock_timeout = '60s'")
-            except psycopg2.errors.InsufficientPrivilege:
-                pytest.skip("setting deadlock_timeout needs a superuser (DATABASE_URL's is not)")
-            cur.execute("INSERT INTO time SELECT * FROM time LIMIT 0")
-            load = subprocess.Popen([sys.executable, "etl.py", "--data", str(data),
-                                     "--no-progress"], cwd=PROJECT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-            watch.wait("SELECT count(*) FROM pg_locks "
-                       "WHERE NOT granted AND relation = 'time'::regclass", bool, load)
-            cur.execute("LOCK songplays IN ROW EXCLUSIVE MODE")  # as an INSERT would
-        writer.rollback()
-        out, err = load.communicate(timeout=60)
-    finally:
-        writer.close()
-        watch.close()
-    assert load.returncode == 1, out + err
+    done = expect(load_into_a_deadlock(data, "INSERT INTO time SELECT * FROM time LIMIT 0",
+                                       "LOCK songplays IN ROW EXCLUSIVE MODE"), 1)
     assert ("  NOT added back, the next run tries again: songplays' songplays_start_time_fkey: "
-            "it deadlocked with another session's writes\n") in out
+            "it deadlocked with another session's writes\n") in done.stdout
     assert scalar("SELECT status FROM load_runs ORDER BY run_id DESC LIMIT 1") == "failed"
     done = expect(etl(data), 0)
     assert "added back songplays' songplays_start_time_fkey, found missing" in done.stdout
