@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import db
+import sql_queries
 
 PROJECT = Path(__file__).resolve().parents[1]
 SAMPLE = PROJECT / "data"
@@ -88,16 +89,15 @@ def table_contents() -> dict[str, list[tuple]]:
 
 def schema_objects() -> list[tuple]:
     """The star tables' constraints and indexes, as the catalog defines them."""
-    star = ["songplays", "users", "songs", "artists", "time"]
     return query("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
                  "FROM pg_constraint WHERE conrelid::regclass::text = ANY (%(t)s) "
                  "UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes "
-                 "WHERE tablename = ANY (%(t)s) ORDER BY 1, 2, 3", {"t": star})
+                 "WHERE tablename = ANY (%(t)s) ORDER BY 1, 2, 3",
+                 {"t": sql_queries.STAR_TABLES})
 
 
 def counts() -> dict[str, int]:
-    return {t: scalar(f"SELECT count(*) FROM {t}")
-            for t in ("songplays", "users", "songs", "artists", "time")}
+    return {t: scalar(f"SELECT count(*) FROM {t}") for t in sql_queries.STAR_TABLES}
 
 
 @pytest.fixture

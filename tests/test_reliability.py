@@ -603,9 +603,7 @@ def load_into_a_deadlock(data: Path, first: str, then: str) -> subprocess.Comple
             except psycopg2.errors.InsufficientPrivilege:
                 pytest.skip("setting deadlock_timeout needs a superuser (DATABASE_URL's is not)")
             cur.execute(first)
-            load = subprocess.Popen([sys.executable, "etl.py", "--data", str(data),
-                                     "--no-progress"], cwd=PROJECT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+            load = start_load(data)
             watch.wait("SELECT count(*) FROM pg_locks "
                        "WHERE NOT granted AND relation = 'time'::regclass", bool, load)
             cur.execute(then)
