@@ -67,9 +67,17 @@ if __name__ == "__main__":
 else:
     import pandas as pd
 
-SONG_BATCH_FILES = 10_000
-LOG_BATCH_BYTES = 32 * 1024 * 1024
-PARSE_PIECE_BYTES = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How the work is cut: memory follows these bounds, not the size of the input."""
+
+    song_batch_files: int = 10_000       # song files per batch
+    log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch (unless one file is bigger)
+    parse_piece_bytes: int = 4 * 1024 * 1024  # a log file is parsed in line-aligned pieces
+
+
 RAW_TEXT_LIMIT = 1000
 REJECT_EXAMPLES = 5
 INT32 = (-(2**31), 2**31 - 1)
@@ -389,7 +397,8 @@ def parse_song_file(data: bytes, path: str) -> tuple[list[dict], list[tuple]]:
     return records, rejects
 
 
-def _fast_events(data: bytes, path: str) -> pd.DataFrame | None:
+def _fast_events(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes
+                 ) -> pd.DataFrame | None:
     """Arrow's multi-threaded JSON reader, when the file is clean enough for it to be exact."""
     if b"\\u0000" in data or b"\x00" in data or b"\\ud" in data.lower() or b"\r" in data:
         return None
@@ -400,7 +409,7 @@ def _fast_events(data: bytes, path: str) -> pd.DataFrame | None:
     options = pyarrow.json.ParseOptions(explicit_schema=EVENT_SCHEMA,
                                         unexpected_field_behavior="ignore")
     frames = []
-    for piece in line_aligned_pieces(data, PARSE_PIECE_BYTES):
+    for piece in line_aligned_pieces(data, piece_bytes):
         try:
             table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=options)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -423,9 +432,10 @@ def line_aligned_pieces(data: bytes, size: int) -> Iterator[bytes]:
         start = end
 
 
-def parse_log_file(data: bytes, path: str) -> tuple[pd.DataFrame, list[tuple]]:
+def parse_log_file(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes
+                   ) -> tuple[pd.DataFrame, list[tuple]]:
     """JSON lines of events; a file with any problem is re-read line by line to report each."""
-    frame = _fast_events(data, path) if data.strip() else None
+    frame = _fast_events(data, path, piece_bytes) if data.strip() else None
     if frame is not None:
         return frame, []
     records, rejects = _decode_lines(enumerate(raw_lines(data), 1), path)
@@ -519,7 +529,7 @@ def _fill_raw(rejects: pd.DataFrame, sources: dict[str, bytes]) -> pd.DataFrame:
     return rejects
 
 
-def prepare_batch(kind: str, tasks: list[FileTask]) -> Batch:
+def prepare_batch(kind: str, tasks: list[FileTask], limits: Limits = Limits()) -> Batch:
     """Everything between the files and the database for one batch; runs in a worker."""
     results, sources, parsed, problems = [], {}, [], []
     for task in tasks:
@@ -531,7 +541,10 @@ def prepare_batch(kind: str, tasks: list[FileTask]) -> Batch:
         if data is None:
             continue
         sources[task.path] = data
-        records, rejects = (parse_song_file if kind == "song" else parse_log_file)(data, task.path)
+        if kind == "song":
+            records, rejects = parse_song_file(data, task.path)
+        else:
+            records, rejects = parse_log_file(data, task.path, limits.parse_piece_bytes)
         parsed.append(records)
         problems += rejects
     if kind == "song":
@@ -590,7 +603,7 @@ def refused_batch(batch: Batch, error: str) -> Batch:
     return Batch(batch.kind, batch.tasks, batch.files, copies, len(problems))
 
 
-def _prepare(args: tuple[str, list[FileTask]]) -> Batch:
+def _prepare(args: tuple[str, list[FileTask], Limits]) -> Batch:
     return prepare_batch(*args)
 
 
@@ -658,7 +671,8 @@ def _scan(folder: str) -> list[str]:
     return sorted(found, key=lambda p: p.split(os.sep))
 
 
-def plan(data_dir: Path, kind: str, known: dict[str, tuple[int, int, str]]):
+def plan(data_dir: Path, kind: str, known: dict[str, tuple[int, int, str]],
+         limits: Limits = Limits()):
     """(batches of files to read, files unchanged since their manifest entry by size and mtime)."""
     tasks, unchanged = [], 0
     name = FOLDERS[kind]
@@ -675,18 +689,18 @@ def plan(data_dir: Path, kind: str, known: dict[str, tuple[int, int, str]]):
             continue
         tasks.append(FileTask(rel, str(location), st.st_size if st else 0,
                               st.st_mtime_ns if st else 0, seen[2] if seen else None))
-    # A log batch stays under LOG_BATCH_BYTES (unless one file alone is bigger): memory then
-    # depends on that bound, not on how big the files happen to be.
+    # A log batch stays under limits.log_batch_bytes (unless one file alone is bigger): memory
+    # then depends on that bound, not on how big the files happen to be.
     batches, current, size = [], [], 0
     for task in tasks:
-        if current and ((kind == "song" and len(current) >= SONG_BATCH_FILES) or
-                        (kind == "log" and size + task.size > LOG_BATCH_BYTES)):
-            batches.append((kind, current))
+        if current and ((kind == "song" and len(current) >= limits.song_batch_files) or
+                        (kind == "log" and size + task.size > limits.log_batch_bytes)):
+            batches.append((kind, current, limits))
             current, size = [], 0
         current.append(task)
         size += task.size
     if current:
-        batches.append((kind, current))
+        batches.append((kind, current, limits))
     return batches, unchanged
 
 
@@ -747,7 +761,8 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
     return resolved_plays
 
 
-def load_or_split(conn, run_id: int, batch: Batch) -> Iterator[tuple[Batch, int]]:
+def load_or_split(conn, run_id: int, batch: Batch, limits: Limits
+                  ) -> Iterator[tuple[Batch, int]]:
     """Load a batch; one the database refuses (a value no check foresaw) is loaded again file by
     file, and a single file it refuses is recorded as rejected whole."""
     try:
@@ -755,7 +770,8 @@ def load_or_split(conn, run_id: int, batch: Batch) -> Iterator[tuple[Batch, int]
     except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
         if len(batch.tasks) > 1:
             for task in batch.tasks:
-                yield from load_or_split(conn, run_id, prepare_batch(batch.kind, [task]))
+                yield from load_or_split(conn, run_id, prepare_batch(batch.kind, [task], limits),
+                                         limits)
         else:
             refused = refused_batch(batch, db.first_line(exc))
             yield refused, load_batch(conn, run_id, refused)
@@ -891,7 +907,8 @@ def default_jobs(batches: list) -> int:
 
 
 def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, strict: bool = False,
-        jobs: int | None = None, progress: bool | None = None, out=sys.stdout) -> int:
+        jobs: int | None = None, progress: bool | None = None, out=sys.stdout,
+        limits: Limits = Limits()) -> int:
     started = time.monotonic()
     if not data_dir.is_dir():
         raise UsageError(f"data folder {data_dir} not found (choose one with --data)")
@@ -917,20 +934,20 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
         summary = Summary()
         work = []
         for kind in ("song", "log"):
-            batches, unchanged = plan(data_dir, kind, known[kind])
+            batches, unchanged = plan(data_dir, kind, known[kind], limits)
             summary.files.setdefault(kind, {})["unchanged"] = unchanged
             work.append((kind, batches))
         all_batches = [b for _, batches in work for b in batches]
-        bars = {kind: tqdm(total=sum(len(t) for _, t in batches), desc=f"{kind} files",
+        bars = {kind: tqdm(total=sum(len(t) for _, t, _ in batches), desc=f"{kind} files",
                            unit="file", disable=not progress if progress is not None else None,
                            file=sys.stderr, leave=False)
                 for kind, batches in work}
         workers = default_jobs(all_batches) if jobs is None else jobs
-        new_log_bytes = sum(t.size for kind, tasks in all_batches if kind == "log"
+        new_log_bytes = sum(t.size for kind, tasks, _ in all_batches if kind == "log"
                             for t in tasks if t.known_sha256 is None)
         summary.set_aside = set_aside_for_bulk_load(conn, new_log_bytes)
         for batch in prepared(all_batches, workers):
-            for part, resolved in load_or_split(conn, run_id, batch):
+            for part, resolved in load_or_split(conn, run_id, batch, limits):
                 summary.add(part, resolved)
             bars[batch.kind].update(len(batch.files))
         for bar in bars.values():
@@ -1018,11 +1035,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes that parse while the database loads "
                              "(default: 1 when there is more than one batch, else 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--batch-mb", type=positive_int, default=Limits.log_batch_bytes >> 20,
+                        help="megabytes of log files per batch (one transaction each); memory "
+                             "follows it (default: %(default)s)")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     return db.run_command(lambda: run(
         settings, args.data, full_refresh=args.full_refresh, strict=args.strict, jobs=args.jobs,
-        progress=False if args.no_progress else None))
+        progress=False if args.no_progress else None,
+        limits=Limits(log_batch_bytes=args.batch_mb << 20)))
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
 
 
 if __name__ == "__main__":

@@ -88,8 +88,7 @@ def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file(monk
     piece = len(json.dumps(PLAY)) * 2  # two or three lines a piece
     assert [p.count(b"\n") for p in etl.line_aligned_pieces(log_bytes(*lines), piece)] == [
         2, 2, 2, 0]
-    monkeypatch.setattr(etl, "PARSE_PIECE_BYTES", piece)
-    pieces = etl._fast_events(log_bytes(*lines), "p")
+    pieces = etl._fast_events(log_bytes(*lines), "p", piece)
     assert pieces["line"].tolist() == list(range(1, 8))
     assert pieces["itemInSession"].tolist() == list(range(1, 8))
     pd.testing.assert_frame_equal(pieces, whole)

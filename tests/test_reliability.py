@@ -669,12 +669,9 @@ def test_foreign_key_that_cannot_come_back_fails_the_run_naming_it_and_the_rest_
 
 # ================================================================ 4 and 5: a load that takes a while
 
-# The same etl.main in a real process, with 1 MB log batches instead of 32 MB: the test-sized
-# data set then spans ~20 transactions and a worker process parses while the database loads.
-SMALL_BATCHES = ("import sys, etl\n"
-                 "assert hasattr(etl, 'LOG_BATCH_BYTES')\n"
-                 "etl.LOG_BATCH_BYTES = 1 << 20\n"
-                 "sys.exit(etl.main(sys.argv[1:]))")
+# etl.py with 1 MB log batches instead of 32 MB: the test-sized data set then spans ~20
+# transactions and a worker process parses while the database loads.
+SMALL_BATCHES = ("--batch-mb", "1")
 
 
 @pytest.fixture(scope="module")
@@ -694,7 +691,7 @@ def baseline(big) -> dict[str, list[tuple]]:
 
 
 def start_load(data: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SMALL_BATCHES, "--data", str(data),
+    return subprocess.Popen([sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(data),
                              "--no-progress"], cwd=PROJECT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
