@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import ftfy
 import orjson
@@ -108,6 +109,8 @@ EVENT_FIELDS = {  # field: (kind, required on every event, required on a play)
 }
 ARROW_TYPES = {"text": pa.string(), "int": pa.int64(), "number": pa.float64()}
 EVENT_SCHEMA = pa.schema([(name, ARROW_TYPES[spec[0]]) for name, spec in EVENT_FIELDS.items()])
+ARROW_OPTIONS = pyarrow.json.ParseOptions(explicit_schema=EVENT_SCHEMA,
+                                          unexpected_field_behavior="ignore")
 
 STAGE_COLUMNS = {
     "stage_songs": ["path", "line", "song_id", "title", "artist_id", "year", "duration",
@@ -149,80 +152,113 @@ def storable(raw) -> str | None:
     return raw[:RAW_TEXT_LIMIT].replace("\x00", "\\u0000")
 
 
-_TYPE_NAMES = {"text": "a string", "int": "an integer", "number": "a number"}
+KIND_DTYPES = {"text": "str", "int": "Int64", "number": "float64"}
+KIND_NAMES = {"text": "a string", "int": "an integer", "number": "a number"}
+INT64 = (-(2**63), 2**63 - 1)
 
 
-def _checked(column: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
-    """(values of the right type, mask of values present but of a wrong type).
+@dataclasses.dataclass(frozen=True)
+class Records:
+    """Records as validation reads them, whichever reader read them: ``values`` has path, line,
+    raw text, and each field in its kind's dtype (KIND_DTYPES), NA where the field is absent or
+    its value unusable; ``flaws`` says why a present value was unusable: a column per field that
+    has any such value, holding the reason (NA elsewhere)."""
 
-    Columns straight from Arrow are typed already; columns built from mixed JSON (the slow path
-    for a damaged file) hold Python objects, checked one by one."""
-    present = column.notna()
-    if kind == "text" and column.dtype != object:
-        return column.astype("str"), present & False
-    if kind != "text" and pd.api.types.is_numeric_dtype(column.dtype):
-        return column.astype("Int64" if kind == "int" else "float64"), present & False
+    values: pd.DataFrame
+    flaws: pd.DataFrame
+
+    @classmethod
+    def combined(cls, parts: list[Records], fields: dict) -> Records:
+        if not parts:
+            return records_from([], fields)
+        return cls(pd.concat([p.values for p in parts], ignore_index=True),
+                   pd.concat([p.flaws for p in parts], ignore_index=True))
+
+    def flaw(self, field: str) -> pd.Series | None:
+        return self.flaws[field] if field in self.flaws else None
+
+
+def _flaw(value, kind: str) -> str | None:
+    """Why a present JSON value cannot be a field of this kind (None when it can)."""
     if kind == "text":
-        good = column.map(lambda v: isinstance(v, str))
-    elif kind == "int":
-        good = column.map(lambda v: isinstance(v, int) and not isinstance(v, bool))
-    else:
-        good = column.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-    wrong = present & ~good.astype(bool)
-    kept = column.where(~wrong)
-    if kind == "text":
-        return kept.astype("str"), wrong
-    return pd.to_numeric(kept).astype("Int64" if kind == "int" else "float64"), wrong
+        if not isinstance(value, str):
+            return "is not a string"
+        return "contains a NUL character" if "\x00" in value else None
+    if isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float)):
+        return f"is not {KIND_NAMES[kind]}"
+    if kind == "int" and not INT64[0] <= value <= INT64[1]:
+        return "out of range"
+    return None
 
 
-def _typed(records: pd.DataFrame, fields: dict) -> tuple[pd.DataFrame, list, list]:
-    """Typed columns, and per field the rules every typed value obeys: present values of the
-    right type, text without NUL (which PostgreSQL cannot store)."""
-    frame = records[["path", "line"]].copy()
-    missing, problems = {}, []
-    for field, spec in fields.items():
-        raw = records[field] if field in records else pd.Series(None, index=records.index,
-                                                                dtype="object")
-        frame[field], wrong = _checked(raw, spec[0])
-        missing[field] = frame[field].isna() & ~wrong
-        if spec[0] == "text":
-            missing[field] |= frame[field] == ""
-        problems.append((field, f"{field} is not {_TYPE_NAMES[spec[0]]}", wrong))
-        if spec[0] == "text" and raw.dtype == object:
-            nul = frame[field].str.contains("\x00", regex=False).fillna(False)
-            problems.append((field, f"{field} contains a NUL character", nul))
-    return frame, missing, problems
+def records_from(objects: list[dict], fields: dict) -> Records:
+    """Decoded JSON objects (tagged with path, line and raw) as Records, judged one by one."""
+    values = {name: [o[name] for o in objects] for name in ("path", "line", "raw")}
+    flaws = {}
+    for field, (kind, *_) in fields.items():
+        column = [o.get(field) for o in objects]
+        for row, value in enumerate(column):
+            why = None if value is None else _flaw(value, kind)
+            if why:
+                flaws.setdefault(field, [None] * len(objects))[row] = f"{field} {why}"
+                column[row] = None
+        values[field] = column
+    frame = pd.DataFrame(values, columns=["path", "line", "raw", *fields])
+    return Records(frame.astype(_dtypes(fields)),
+                   pd.DataFrame(flaws, index=frame.index, dtype="object"))
 
 
-def _first_failure(index: pd.Index, rules: list[tuple[str, pd.Series]]) -> pd.Series:
-    """The first failing rule's reason per row ('' where all pass)."""
+def _dtypes(fields: dict) -> dict[str, str]:
+    return {"path": "object", "line": "int64", "raw": "object",
+            **{field: KIND_DTYPES[kind] for field, (kind, *_) in fields.items()}}
+
+
+def _rules(records: Records, fields: dict) -> tuple[dict[str, pd.Series], dict[str, tuple]]:
+    """Per field: whether it is missing (absent, null or empty text, but not flawed), and the
+    rule its flaws make (reasons, mask)."""
+    missing, flawed = {}, {}
+    for field, (kind, *_) in fields.items():
+        values, flaw = records.values[field], records.flaw(field)
+        missing[field] = values.isna() if flaw is None else values.isna() & flaw.isna()
+        if kind == "text":
+            missing[field] |= (values == "").fillna(False)
+        if flaw is not None:
+            flawed[field] = (flaw, flaw.notna())
+    return missing, flawed
+
+
+def _first_failure(index: pd.Index, rules: list[tuple[str | pd.Series, pd.Series]]
+                   ) -> pd.Series:
+    """The first failing rule's reason per row ('' where all pass); a rule's reason is a text,
+    or a text per row."""
     reason = pd.Series("", index=index, dtype="object")
     undecided = pd.Series(True, index=index)
     for text, failed in rules:
         hit = undecided & failed.fillna(False).astype(bool)
         if hit.any():
-            reason[hit] = text
+            reason[hit] = text if isinstance(text, str) else text[hit]
             undecided &= ~hit
     return reason
 
 
-def _split(frame, records, reason) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(frame: pd.DataFrame, reason: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     bad = reason != ""
-    rejects = pd.DataFrame({"path": records.loc[bad, "path"], "line": records.loc[bad, "line"],
-                            "reason": reason[bad], "raw": records.loc[bad, "raw"]})
-    return frame[~bad], reject_frame(rejects.itertuples(index=False))
+    rejects = pd.DataFrame({"path": frame.loc[bad, "path"], "line": frame.loc[bad, "line"],
+                            "reason": reason[bad], "raw": frame.loc[bad, "raw"]})
+    return frame[~bad].drop(columns="raw"), reject_frame(rejects.itertuples(index=False))
 
 
-def valid_songs(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Typed song records that satisfy the schema, and rejects for the rest."""
-    frame, missing, problems = _typed(records, SONG_FIELDS)
+def valid_songs(records: Records) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Song records that satisfy the schema, and rejects for the rest."""
+    frame = records.values
+    missing, flawed = _rules(records, SONG_FIELDS)
     rules = [(f"{field} missing", missing[field])
              for field, (_, required) in SONG_FIELDS.items() if required]
-    rules += [(reason, failed) for _, reason, failed in problems]
+    rules += list(flawed.values())
     rules += [("duration is negative", frame["duration"] < 0),
               ("year is negative", frame["year"] < 0),
               ("year out of range", ~frame["year"].between(*INT32).fillna(True))]
-    good, rejects = _split(frame, records, _first_failure(frame.index, rules))
+    good, rejects = _split(frame, _first_failure(frame.index, rules))
     return good.reset_index(drop=True), rejects
 
 
@@ -234,14 +270,15 @@ def song_rows(songs: pd.DataFrame) -> pd.DataFrame:
     return out[STAGE_COLUMNS["stage_songs"]]
 
 
-def valid_events(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """(typed plays, rejects, per path the events skipped by design: pages other than NextSong)."""
-    frame, missing, problems = _typed(records, EVENT_FIELDS)
+def valid_events(records: Records) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """(plays, rejects, per path the events skipped by design: pages other than NextSong)."""
+    frame = records.values
+    missing, flawed = _rules(records, EVENT_FIELDS)
     every = [(f"{f} missing", missing[f]) for f, spec in EVENT_FIELDS.items() if spec[1]]
     play = [(f"{f} missing on a play", missing[f])
             for f, spec in EVENT_FIELDS.items() if spec[2] and not spec[1]]
-    for field, reason, failed in problems:
-        (every if EVENT_FIELDS[field][1] else play).append((reason, failed))
+    for field, rule in flawed.items():
+        (every if EVENT_FIELDS[field][1] else play).append(rule)
     every.append(("ts out of range", ~frame["ts"].between(*TS_RANGE).fillna(True)))
     play += [
         ("userId is not numeric", ~frame["userId"].str.fullmatch(r"\d{1,9}").fillna(True)),
@@ -253,7 +290,7 @@ def valid_events(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     is_play = (frame["page"] == "NextSong").fillna(False).astype(bool)
     reason = _first_failure(frame.index, every)
     reason = reason.mask((reason == "") & is_play, _first_failure(frame.index, play))
-    good, rejects = _split(frame, records, reason)
+    good, rejects = _split(frame, reason)
     plays = good[is_play[good.index]].reset_index(drop=True)
     skipped = good.loc[~is_play[good.index], "path"].value_counts()
     return plays, rejects, skipped
@@ -375,51 +412,58 @@ def _decode_lines(lines: Iterable[tuple[int, bytes]], path: str) -> tuple[list[d
     return good, bad
 
 
-def records_frame(records: list[dict], fields: Iterable[str]) -> pd.DataFrame:
-    """Object columns, so that values of a wrong type survive to be reported."""
-    names = [*fields, "path", "line", "raw"]
-    return pd.DataFrame({f: pd.Series([r.get(f) for r in records], dtype="object")
-                         for f in names})
-
-
-def parse_song_file(data: bytes, path: str) -> tuple[list[dict], list[tuple]]:
+def parse_song_file(data: bytes, path: str) -> tuple[Records, list[tuple]]:
     """A song file holds one object; an array of objects, or one object per line, is read too."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        records, rejects = _decode_lines(enumerate(raw_lines(data), 1), path)
+        objects, rejects = _decode_lines(enumerate(raw_lines(data), 1), path)
     else:
         items = value if isinstance(value, list) else [value]
-        records, rejects = _decode_lines(
+        objects, rejects = _decode_lines(
             ((1, data if len(items) == 1 else orjson.dumps(item)) for item in items), path)
-    if not records and not rejects:
+    if not objects and not rejects:
+        rejects = [(path, None, "empty file", None)]
+    return records_from(objects, SONG_FIELDS), rejects
+
+
+def parse_log_file(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes
+                   ) -> tuple[Records, list[tuple]]:
+    """JSON lines of events, in line-aligned pieces: Arrow's reader takes a clean piece at once,
+    a piece with any problem is read line by line to judge each line on its own."""
+    parts, rejects, first_line = [], [], 1
+    for piece in line_aligned_pieces(data, piece_bytes):
+        part = _fast_events(piece, path, first_line)
+        if part is None:
+            objects, bad = _decode_lines(enumerate(raw_lines(piece), first_line), path)
+            part = records_from(objects, EVENT_FIELDS)
+            rejects += bad
+        parts.append(part)
+        first_line += piece.count(b"\n")
+    records = Records.combined(parts, EVENT_FIELDS)
+    if records.values.empty and not rejects:
         rejects = [(path, None, "empty file", None)]
     return records, rejects
 
 
-def _fast_events(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes
-                 ) -> pd.DataFrame | None:
-    """Arrow's multi-threaded JSON reader, when the file is clean enough for it to be exact."""
-    if b"\\u0000" in data or b"\x00" in data or b"\\ud" in data.lower() or b"\r" in data:
+def _fast_events(piece: bytes, path: str, first_line: int) -> Records | None:
+    """Arrow's multi-threaded JSON reader, where its reading is exactly the line-by-line one:
+    valid UTF-8 without NUL, lone surrogates, CR or blank lines, every value of its field's
+    type. None otherwise."""
+    if b"\\u0000" in piece or b"\x00" in piece or b"\\ud" in piece.lower() or b"\r" in piece:
         return None
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+        piece.decode("utf-8")
+        table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=ARROW_OPTIONS)
+    except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    options = pyarrow.json.ParseOptions(explicit_schema=EVENT_SCHEMA,
-                                        unexpected_field_behavior="ignore")
-    frames = []
-    for piece in line_aligned_pieces(data, piece_bytes):
-        try:
-            table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=options)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            return None
-        if table.num_rows != piece.count(b"\n") + (not piece.endswith(b"\n")):
-            return None
-        frames.append(table.to_pandas())
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    frame["path"], frame["line"], frame["raw"] = path, range(1, len(frame) + 1), None
-    return frame
+    if table.num_rows != piece.count(b"\n") + (not piece.endswith(b"\n")):
+        return None
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    frame.insert(0, "raw", None)
+    frame.insert(0, "line", range(first_line, first_line + len(frame)))
+    frame.insert(0, "path", path)
+    return Records(frame.astype(_dtypes(EVENT_FIELDS)), pd.DataFrame(index=frame.index))
 
 
 def line_aligned_pieces(data: bytes, size: int) -> Iterator[bytes]:
@@ -430,18 +474,6 @@ def line_aligned_pieces(data: bytes, size: int) -> Iterator[bytes]:
         end = data.find(b"\n", start + size - 1) + 1 or len(data)
         yield data[start:end]
         start = end
-
-
-def parse_log_file(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes
-                   ) -> tuple[pd.DataFrame, list[tuple]]:
-    """JSON lines of events; a file with any problem is re-read line by line to report each."""
-    frame = _fast_events(data, path, piece_bytes) if data.strip() else None
-    if frame is not None:
-        return frame, []
-    records, rejects = _decode_lines(enumerate(raw_lines(data), 1), path)
-    if not records and not rejects:
-        rejects = [(path, None, "empty file", None)]
-    return records_frame(records, EVENT_FIELDS), rejects
 
 
 # ================================================================ batches (worker side)
@@ -456,6 +488,9 @@ class FileTask:
     known_sha256: str | None
 
 
+FileStatus = Literal["new", "changed", "unchanged", "unreadable"]
+
+
 @dataclasses.dataclass
 class FileResult:
     path: str
@@ -468,7 +503,8 @@ class FileResult:
     skipped: int = 0
     duplicates: int = 0
     rejected: int = 0
-    status: str = "new"  # new, changed, unchanged, unreadable
+    status: FileStatus = "new"
+    error: str | None = None  # why an unreadable file could not be read
 
     @property
     def to_load(self) -> bool:
@@ -509,7 +545,7 @@ def read_file(task: FileTask, kind: str) -> tuple[FileResult, bytes | None]:
         with open(task.location, "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        result.status = f"unreadable: {exc.strerror}"
+        result.status, result.error = "unreadable", exc.strerror
         return result, None
     result.sha256 = hashlib.sha256(data).hexdigest()
     result.size = len(data)
@@ -531,13 +567,13 @@ def _fill_raw(rejects: pd.DataFrame, sources: dict[str, bytes]) -> pd.DataFrame:
 
 def prepare_batch(kind: str, tasks: list[FileTask], limits: Limits = Limits()) -> Batch:
     """Everything between the files and the database for one batch; runs in a worker."""
+    fields = SONG_FIELDS if kind == "song" else EVENT_FIELDS
     results, sources, parsed, problems = [], {}, [], []
     for task in tasks:
         result, data = read_file(task, kind)
         results.append(result)
-        if result.status.startswith("unreadable"):
-            problems.append((task.path, None, f"cannot read file: {result.status[12:]}", None))
-            result.status = "unreadable"
+        if result.status == "unreadable":
+            problems.append((task.path, None, f"cannot read file: {result.error}", None))
         if data is None:
             continue
         sources[task.path] = data
@@ -547,15 +583,13 @@ def prepare_batch(kind: str, tasks: list[FileTask], limits: Limits = Limits()) -
             records, rejects = parse_log_file(data, task.path, limits.parse_piece_bytes)
         parsed.append(records)
         problems += rejects
+    records = Records.combined(parsed, fields)
     if kind == "song":
-        records = records_frame([r for file in parsed for r in file], SONG_FIELDS)
         good, invalid = valid_songs(records)
         skipped = pd.Series(dtype="int64")
         rows = song_rows(good)
         copies = {"stage_songs": render_csv(rows, STAGE_COLUMNS["stage_songs"])}
     else:
-        records = pd.concat(parsed, ignore_index=True) if parsed else \
-            records_frame([], EVENT_FIELDS)
         good, invalid, skipped = valid_events(records)
         rows = dedupe_plays(play_rows(good))
         copies = {"stage_plays": render_csv(rows, STAGE_COLUMNS["stage_plays"]),
@@ -565,7 +599,7 @@ def prepare_batch(kind: str, tasks: list[FileTask], limits: Limits = Limits()) -
     # Counts per file, each counted once per batch and read from a dict: a value_counts() or a
     # Series lookup per file made a 10,000-file song batch cost seconds.
     line_rejects = rejects[rejects["line"].notna()]["path"].value_counts().to_dict()
-    records_per_file = records["path"].value_counts().to_dict()
+    records_per_file = records.values["path"].value_counts().to_dict()
     accepted = good["path"].value_counts().to_dict()
     invalid_per_file = invalid["path"].value_counts().to_dict()
     skipped = skipped.to_dict()

@@ -73,28 +73,34 @@ def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
         [3, "userId missing on a play"], [5, "ts is not an integer"]]
 
 
-def test_valid_events_takes_the_fast_path_for_clean_files_with_the_same_result():
+def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     clean = log_bytes(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
-    frame = etl._fast_events(clean, "p")
-    assert frame is not None
-    plays, invalid, _ = etl.valid_events(frame)
+    fast = etl._fast_events(clean, "p", 1)
+    assert fast is not None
+    slow, rejects = etl.parse_log_file(clean + b"\n{oops", "p")
+    assert rejects[0][1:3] == (3, "malformed JSON: unexpected character, expected a string key: "
+                                  "line 1 column 2 (char 1)")
+    pd.testing.assert_frame_equal(fast.values.drop(columns="raw"),
+                                  slow.values.drop(columns="raw"))
+    plays, invalid, _ = etl.valid_events(fast)
     assert len(plays) == 1
     assert invalid[["line", "reason"]].values.tolist() == [[2, "level is not 'free' or 'paid'"]]
 
 
-def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file(monkeypatch):
+def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
     lines = [{**PLAY, "itemInSession": n, "ts": PLAY["ts"] + n} for n in range(1, 8)]
-    whole = etl._fast_events(log_bytes(*lines), "p")
+    whole, _ = etl.parse_log_file(log_bytes(*lines), "p")
     piece = len(json.dumps(PLAY)) * 2  # two or three lines a piece
     assert [p.count(b"\n") for p in etl.line_aligned_pieces(log_bytes(*lines), piece)] == [
         2, 2, 2, 0]
-    pieces = etl._fast_events(log_bytes(*lines), "p", piece)
-    assert pieces["line"].tolist() == list(range(1, 8))
-    assert pieces["itemInSession"].tolist() == list(range(1, 8))
-    pd.testing.assert_frame_equal(pieces, whole)
+    pieces, _ = etl.parse_log_file(log_bytes(*lines), "p", piece)
+    assert pieces.values["line"].tolist() == list(range(1, 8))
+    assert pieces.values["itemInSession"].tolist() == list(range(1, 8))
+    pd.testing.assert_frame_equal(pieces.values, whole.values)
     lines[5] = b'{"ts": 1, "page": "NextSong",'
-    _, parse_rejects, _, _ = events(*lines)
-    assert parse_rejects["line"].tolist() == [6]
+    damaged, rejects = etl.parse_log_file(log_bytes(*lines), "p", piece)
+    assert [line for _, line, _, _ in rejects] == [6]
+    assert damaged.values["line"].tolist() == [1, 2, 3, 4, 5, 7]
 
 
 def test_time_table_uses_utc_iso_week_and_monday_as_weekday_1():
@@ -117,7 +123,7 @@ def test_users_table_keeps_each_users_latest_play_whatever_the_row_order():
 
 def test_song_rows_turn_year_zero_and_empty_location_into_null():
     records, rejects = etl.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
-    good, invalid = etl.valid_songs(etl.records_frame(records, etl.SONG_FIELDS))
+    good, invalid = etl.valid_songs(records)
     row = etl.song_rows(good).iloc[0]
     assert rejects == [] and invalid.empty
     assert pd.isna(row["year"]) and pd.isna(row["artist_location"])
@@ -128,9 +134,9 @@ def test_parse_song_file_reads_arrays_and_one_object_per_line():
     two = [SONG, {**SONG, "song_id": "SOTWO"}]
     as_array, _ = etl.parse_song_file(json.dumps(two).encode(), "s")
     as_lines, _ = etl.parse_song_file(log_bytes(*two), "s")
-    assert [r["song_id"] for r in as_array] == ["SOMZWCG12A8C13C480", "SOTWO"]
-    assert [(r["song_id"], r["line"]) for r in as_lines] == [
-        ("SOMZWCG12A8C13C480", 1), ("SOTWO", 2)]
+    assert as_array.values["song_id"].tolist() == ["SOMZWCG12A8C13C480", "SOTWO"]
+    assert as_lines.values[["song_id", "line"]].values.tolist() == [
+        ["SOMZWCG12A8C13C480", 1], ["SOTWO", 2]]
 
 
 def test_render_csv_distinguishes_null_from_empty_text_and_keeps_floats_exact():
