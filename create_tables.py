@@ -11,6 +11,7 @@ import sys
 
 from psycopg2 import sql as pgsql
 
+import cli
 import db
 import sql_queries as sql
 
@@ -24,9 +25,10 @@ def ensure_database(settings: db.Settings) -> None:
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.DATABASE,))
+            cur.execute(sql.database_exists, {"name": db.DATABASE})
             if cur.fetchone() is None:
-                cur.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(db.DATABASE)))
+                cur.execute(pgsql.SQL(sql.create_database).format(
+                    name=pgsql.Identifier(db.DATABASE)))
     finally:
         conn.close()
 
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "PG* variables, then the embedded server)")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    return db.run_command(lambda: create_tables(settings))
+    return cli.run_command(lambda: create_tables(settings))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 
+import cli
 import db
 import sql_queries as sql
 
@@ -640,14 +641,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: ERD)")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    return db.run_command(lambda: report(settings, args.out))
+    return cli.run_command(lambda: report(settings, args.out))
 
 
 def report(settings: db.Settings, out_dir: Path) -> int:
     try:
         mmd, image, schema = write(settings, out_dir)
     except OSError as exc:
-        raise db.UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
+        raise cli.UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
     print(f"wrote {mmd} and {image}: {len(schema.tables)} tables, "
           f"{len(schema.foreign_keys)} foreign keys, from {settings.describe()}")
     return 0

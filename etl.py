@@ -1,1053 +1,346 @@
 """Load Sparkify's song and log JSON into the star schema.
 
-A record's way from file to table:
-  1. ``plan``            lists the files under song_data/ and log_data/ that the manifest has not
-                         seen as they are now, and cuts them into batches;
-  2. ``prepare_batch``   (in a worker process) reads each file, parses it (``parse_song_file``,
-                         ``parse_log_file``), checks each record (``valid_songs``,
-                         ``valid_events``), transforms (``song_rows``, ``play_rows``,
-                         ``time_table``, ``users_table``) and renders staging tables as CSV;
-  3. ``load_batch``      COPYs that CSV into temporary staging tables and merges it into the star
-                         with set-based SQL from sql_queries.py, with the batch's manifest and
-                         rejects, in one transaction;
-  4. ``post_load_checks`` verifies keys, references and counts; ``print_summary`` reports.
+    python etl.py [--data DIR] [--database-url URL] [--full-refresh] [--strict] ...
+
+The pipeline, top to bottom (each stage is a module named for it):
+  1. extract.plan     lists the files the manifest has not seen as they are now, in batches;
+  2. prepare          reads a batch (extract), judges and shapes its records (transform) and
+                      renders the staging tables' COPY payloads, in parts of bounded size; in a
+                      worker process when there is more than a little to do;
+  3. load_batches     hands each part to load.load_part, one transaction per batch;
+  4. finish           runs the post-load checks and writes the run's Report (report.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import ctypes
 import dataclasses
-import functools
-import hashlib
-import importlib.util
-import io
+import itertools
 import multiprocessing
 import os
+import queue
+import signal
 import sys
-import threading
 import time
-from collections.abc import Iterable, Iterator
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
-import ftfy
-import orjson
+import pandas as pd
 import psycopg2
-import psycopg2.errors
-import psycopg2.extras
-import pyarrow as pa
-import pyarrow.csv
-import pyarrow.json
 from tqdm import tqdm
 
+import cli
 import db
+import extract
+import load
 import sql_queries as sql
+import transform
+from extract import KINDS, Batch, Limits, Records
+from load import FilePart, Loaded, Part
+from report import Report, Tally
 
-
-def lazy_import(name: str):
-    """The module, executed on first use."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# Run as a command, etl.py imports pandas when a batch first needs it: a re-run with nothing new
-# never pays that half second, a third of such a run. Imported as a module (notebooks, tests,
-# the parse worker) it imports pandas as usual: before Python 3.12.3 a lazily loaded module is not
-# safe to touch from several threads while it loads.
-if __name__ == "__main__":
-    pd = lazy_import("pandas")
-else:
-    import pandas as pd
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """How the work is cut: memory follows these bounds, not the size of the input."""
-
-    song_batch_files: int = 10_000       # song files per batch
-    log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch (unless one file is bigger)
-    parse_piece_bytes: int = 4 * 1024 * 1024  # a log file is parsed in line-aligned pieces
-
-
-RAW_TEXT_LIMIT = 1000
 REJECT_EXAMPLES = 5
-INT32 = (-(2**31), 2**31 - 1)
-TS_RANGE = (0, 253_402_300_799_999)  # epoch ms up to the end of year 9999
-
-EXIT_OK, EXIT_FAILED = 0, 1
-
-# The log's song and artist text is UTF-8 decoded as Latin-1 and encoded again; repair only that,
-# leaving quotes, ligatures and Unicode normalisation exactly as recorded.
-MOJIBAKE_ONLY = ftfy.TextFixerConfig(
-    unescape_html=False, remove_terminal_escapes=False, fix_latin_ligatures=False,
-    fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False,
-    remove_control_chars=False, normalization=None, explain=False)
-
-SONG_FIELDS = {  # field: (kind, required)
-    "song_id": ("text", True), "title": ("text", True), "artist_id": ("text", True),
-    "artist_name": ("text", True), "duration": ("number", True), "year": ("int", False),
-    "artist_location": ("text", False), "artist_latitude": ("number", False),
-    "artist_longitude": ("number", False),
-}
-EVENT_FIELDS = {  # field: (kind, required on every event, required on a play)
-    "ts": ("int", True, True), "page": ("text", True, True), "userId": ("text", False, True),
-    "sessionId": ("int", False, True), "itemInSession": ("int", False, True),
-    "level": ("text", False, True), "song": ("text", False, True), "artist": ("text", False, False),
-    "length": ("number", False, False), "firstName": ("text", False, False),
-    "lastName": ("text", False, False), "gender": ("text", False, False),
-    "location": ("text", False, False), "userAgent": ("text", False, False),
-}
-ARROW_TYPES = {"text": pa.string(), "int": pa.int64(), "number": pa.float64()}
-EVENT_SCHEMA = pa.schema([(name, ARROW_TYPES[spec[0]]) for name, spec in EVENT_FIELDS.items()])
-ARROW_OPTIONS = pyarrow.json.ParseOptions(explicit_schema=EVENT_SCHEMA,
-                                          unexpected_field_behavior="ignore")
-
-STAGE_COLUMNS = {
-    "stage_songs": ["path", "line", "song_id", "title", "artist_id", "year", "duration",
-                    "artist_name", "artist_location", "artist_latitude", "artist_longitude"],
-    "stage_plays": ["path", "start_time", "user_id", "level", "song_title", "artist_name",
-                    "song_length", "session_id", "item_in_session", "location", "user_agent"],
-    "stage_users": ["user_id", "first_name", "last_name", "gender", "level", "start_time",
-                    "session_id", "item_in_session"],
-    "stage_time": ["start_time", "hour", "day", "week", "month", "year", "weekday"],
-    "stage_manifest": ["path", "kind", "size_bytes", "mtime_ns", "sha256", "records", "loaded",
-                       "skipped", "duplicates", "rejected"],
-    "stage_rejects": ["path", "line", "reason", "raw"],
-}
 
 
-class UsageError(db.UserError):
+class UsageError(cli.UserError):
     """A problem with what the user asked for, such as a data folder that is not there."""
 
 
-# ================================================================ pure transforms
-
-REJECT_COLUMNS = ["path", "line", "reason", "raw"]
-
-
-def reject_frame(rows: Iterable[tuple]) -> pd.DataFrame:
-    """Rejects as rows of stage_rejects; line is None for a problem with a whole file."""
-    frame = pd.DataFrame(list(rows), columns=REJECT_COLUMNS)
-    frame["line"] = frame["line"].astype("Int64")
-    frame["raw"] = frame["raw"].astype("object").map(storable)
-    return frame
-
-
-def storable(raw) -> str | None:
-    """Raw text cut to a sane length; PostgreSQL text holds neither NUL nor invalid UTF-8."""
-    if raw is None or raw is pd.NA:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw[:RAW_TEXT_LIMIT * 4].decode("utf-8", errors="replace")
-    return raw[:RAW_TEXT_LIMIT].replace("\x00", "\\u0000")
-
-
-KIND_DTYPES = {"text": "str", "int": "Int64", "number": "float64"}
-KIND_NAMES = {"text": "a string", "int": "an integer", "number": "a number"}
-INT64 = (-(2**63), 2**63 - 1)
+# ================================================================ 2. prepare: files in, COPY out
 
 
 @dataclasses.dataclass(frozen=True)
-class Records:
-    """Records as validation reads them, whichever reader read them: ``values`` has path, line,
-    raw text, and each field in its kind's dtype (KIND_DTYPES), NA where the field is absent or
-    its value unusable; ``flaws`` says why a present value was unusable: a column per field that
-    has any such value, holding the reason (NA elsewhere)."""
+class Chunk:
+    """A file's content, or one part of a big file, parsed: where it starts and what it holds."""
 
-    values: pd.DataFrame
-    flaws: pd.DataFrame
-
-    @classmethod
-    def combined(cls, parts: list[Records], fields: dict) -> Records:
-        if not parts:
-            return records_from([], fields)
-        return cls(pd.concat([p.values for p in parts], ignore_index=True),
-                   pd.concat([p.flaws for p in parts], ignore_index=True))
-
-    def flaw(self, field: str) -> pd.Series | None:
-        return self.flaws[field] if field in self.flaws else None
+    file: FilePart
+    first_line: int
+    data: bytes
+    records: Records
+    rejects: list[tuple]
 
 
-def _flaw(value, kind: str) -> str | None:
-    """Why a present JSON value cannot be a field of this kind (None when it can)."""
-    if kind == "text":
-        if not isinstance(value, str):
-            return "is not a string"
-        return "contains a NUL character" if "\x00" in value else None
-    if isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float)):
-        return f"is not {KIND_NAMES[kind]}"
-    if kind == "int" and not INT64[0] <= value <= INT64[1]:
-        return "out of range"
-    return None
+def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
+    """The batch's parts: a batch of small files is one part; a file bigger than
+    limits.log_batch_bytes is read, parsed and shaped one part at a time."""
+    part_bytes = limits.log_batch_bytes if batch.kind == "log" else 1 << 62
+    chunks, problems, size, index = [], [], 0, 0
+    for task in batch.tasks:
+        read, contents = extract.read_file(task, part_bytes)
+        file = FilePart(task.path, task.mtime_ns, read)
+        if read.status == "unreadable":
+            problems.append((task.path, None, f"cannot read file: {read.error}", None))
+        first_line, anything = 1, False
+        for data in contents:
+            chunk = parse(file, data, first_line, limits)
+            anything = anything or not chunk.records.values.empty or bool(chunk.rejects)
+            chunks.append(chunk)
+            size += len(data)
+            first_line += data.count(b"\n")
+            file = dataclasses.replace(file, first=False)
+            if size >= part_bytes:
+                yield shape(batch.kind, number, index, False, chunks, problems)
+                chunks, problems, size, index = [], [], 0, index + 1
+        if read.status in ("new", "changed") and not anything:
+            problems.append((task.path, None, "empty file", None))
+        if file.first:  # nothing read: the file still counts, once
+            chunks.append(Chunk(file, 1, b"", Records.combined([], extract.FIELDS[batch.kind]),
+                                []))
+    yield shape(batch.kind, number, index, True, chunks, problems)
 
 
-def records_from(objects: list[dict], fields: dict) -> Records:
-    """Decoded JSON objects (tagged with path, line and raw) as Records, judged one by one."""
-    values = {name: [o[name] for o in objects] for name in ("path", "line", "raw")}
-    flaws = {}
-    for field, (kind, *_) in fields.items():
-        column = [o.get(field) for o in objects]
-        for row, value in enumerate(column):
-            why = None if value is None else _flaw(value, kind)
-            if why:
-                flaws.setdefault(field, [None] * len(objects))[row] = f"{field} {why}"
-                column[row] = None
-        values[field] = column
-    frame = pd.DataFrame(values, columns=["path", "line", "raw", *fields])
-    return Records(frame.astype(_dtypes(fields)),
-                   pd.DataFrame(flaws, index=frame.index, dtype="object"))
-
-
-def _dtypes(fields: dict) -> dict[str, str]:
-    return {"path": "object", "line": "int64", "raw": "object",
-            **{field: KIND_DTYPES[kind] for field, (kind, *_) in fields.items()}}
-
-
-def _rules(records: Records, fields: dict) -> tuple[dict[str, pd.Series], dict[str, tuple]]:
-    """Per field: whether it is missing (absent, null or empty text, but not flawed), and the
-    rule its flaws make (reasons, mask)."""
-    missing, flawed = {}, {}
-    for field, (kind, *_) in fields.items():
-        values, flaw = records.values[field], records.flaw(field)
-        missing[field] = values.isna() if flaw is None else values.isna() & flaw.isna()
-        if kind == "text":
-            missing[field] |= (values == "").fillna(False)
-        if flaw is not None:
-            flawed[field] = (flaw, flaw.notna())
-    return missing, flawed
-
-
-def _first_failure(index: pd.Index, rules: list[tuple[str | pd.Series, pd.Series]]
-                   ) -> pd.Series:
-    """The first failing rule's reason per row ('' where all pass); a rule's reason is a text,
-    or a text per row."""
-    reason = pd.Series("", index=index, dtype="object")
-    undecided = pd.Series(True, index=index)
-    for text, failed in rules:
-        hit = undecided & failed.fillna(False).astype(bool)
-        if hit.any():
-            reason[hit] = text if isinstance(text, str) else text[hit]
-            undecided &= ~hit
-    return reason
-
-
-def _split(frame: pd.DataFrame, reason: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
-    bad = reason != ""
-    rejects = pd.DataFrame({"path": frame.loc[bad, "path"], "line": frame.loc[bad, "line"],
-                            "reason": reason[bad], "raw": frame.loc[bad, "raw"]})
-    return frame[~bad].drop(columns="raw"), reject_frame(rejects.itertuples(index=False))
-
-
-def valid_songs(records: Records) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Song records that satisfy the schema, and rejects for the rest."""
-    frame = records.values
-    missing, flawed = _rules(records, SONG_FIELDS)
-    rules = [(f"{field} missing", missing[field])
-             for field, (_, required) in SONG_FIELDS.items() if required]
-    rules += list(flawed.values())
-    rules += [("duration is negative", frame["duration"] < 0),
-              ("year is negative", frame["year"] < 0),
-              ("year out of range", ~frame["year"].between(*INT32).fillna(True))]
-    good, rejects = _split(frame, _first_failure(frame.index, rules))
-    return good.reset_index(drop=True), rejects
-
-
-def song_rows(songs: pd.DataFrame) -> pd.DataFrame:
-    """Rows of stage_songs: year 0 means unknown, an empty location is no location."""
-    out = songs.copy()
-    out["year"] = out["year"].mask(out["year"] == 0)
-    out["artist_location"] = out["artist_location"].mask(out["artist_location"] == "")
-    return out[STAGE_COLUMNS["stage_songs"]]
-
-
-def valid_events(records: Records) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """(plays, rejects, per path the events skipped by design: pages other than NextSong)."""
-    frame = records.values
-    missing, flawed = _rules(records, EVENT_FIELDS)
-    every = [(f"{f} missing", missing[f]) for f, spec in EVENT_FIELDS.items() if spec[1]]
-    play = [(f"{f} missing on a play", missing[f])
-            for f, spec in EVENT_FIELDS.items() if spec[2] and not spec[1]]
-    for field, rule in flawed.items():
-        (every if EVENT_FIELDS[field][1] else play).append(rule)
-    every.append(("ts out of range", ~frame["ts"].between(*TS_RANGE).fillna(True)))
-    play += [
-        ("userId is not numeric", ~frame["userId"].str.fullmatch(r"\d{1,9}").fillna(True)),
-        ("sessionId out of range", ~frame["sessionId"].between(*INT32).fillna(True)),
-        ("itemInSession out of range", ~frame["itemInSession"].between(*INT32).fillna(True)),
-        ("level is not 'free' or 'paid'",
-         ~frame["level"].isin(["free", "paid"]) & ~missing["level"] & frame["level"].notna()),
-    ]
-    is_play = (frame["page"] == "NextSong").fillna(False).astype(bool)
-    reason = _first_failure(frame.index, every)
-    reason = reason.mask((reason == "") & is_play, _first_failure(frame.index, play))
-    good, rejects = _split(frame, reason)
-    plays = good[is_play[good.index]].reset_index(drop=True)
-    skipped = good.loc[~is_play[good.index], "path"].value_counts()
-    return plays, rejects, skipped
-
-
-@functools.lru_cache(maxsize=100_000)
-def repair_mojibake(text: str) -> str:
-    """Peel off every layer of UTF-8-read-as-Latin-1 (exact, so it goes first; ftfy calls a
-    lone 'Ã¥' plausible and stops a layer short), then let ftfy mend what else is broken
-    (Windows-1252 mix-ups and the like)."""
-    while True:
-        try:
-            peeled = text.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            break
-        if peeled == text:
-            break
-        text = peeled
-    return ftfy.fix_text(text, MOJIBAKE_ONLY)
-
-
-def repair_text(values: pd.Series) -> pd.Series:
-    """Repair the log's text; only non-ASCII values pay for it, each distinct one once (titles
-    recur from batch to batch, hence the cache on repair_mojibake)."""
-    suspect = values.notna() & ~values.str.isascii().fillna(True).astype(bool)
-    if not suspect.any():
-        return values
-    repaired = values.copy()
-    repaired[suspect] = values[suspect].map(repair_mojibake)
-    return repaired
-
-
-def unquoted(values: pd.Series) -> pd.Series:
-    """The log wraps user agents in double quotes: drop one pair where it wraps the value."""
-    quoted = (values.str.startswith('"') & values.str.endswith('"') & (values.str.len() > 1))
-    quoted = quoted.fillna(False).astype(bool)
-    return values.mask(quoted, values.str.slice(1, -1))
-
-
-def _blank_to_null(values: pd.Series) -> pd.Series:
-    return values.mask(values == "")
-
-
-def play_rows(plays: pd.DataFrame) -> pd.DataFrame:
-    """Rows of stage_plays (plus user names): UTC instants, integer ids, repaired song and artist
-    text, user agents without their wrapping quotes."""
-    return pd.DataFrame({
-        "path": plays["path"],
-        "start_time": pd.to_datetime(plays["ts"].astype("int64"), unit="ms", utc=True),
-        "user_id": plays["userId"].astype("int64"),
-        "level": plays["level"],
-        "song_title": repair_text(plays["song"]),
-        "artist_name": _blank_to_null(repair_text(plays["artist"])),
-        "song_length": plays["length"],
-        "session_id": plays["sessionId"].astype("int64"),
-        "item_in_session": plays["itemInSession"].astype("int64"),
-        "location": _blank_to_null(plays["location"]),
-        "user_agent": _blank_to_null(unquoted(plays["userAgent"])),
-        "first_name": _blank_to_null(plays["firstName"]),
-        "last_name": _blank_to_null(plays["lastName"]),
-        "gender": _blank_to_null(plays["gender"]),
-    })
-
-
-def time_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per distinct play instant, parts in UTC; week is ISO 8601, weekday 1 = Monday."""
-    start = pd.Series(rows["start_time"].unique()).sort_values(ignore_index=True)
-    iso = start.dt.isocalendar()
-    return pd.DataFrame({
-        "start_time": start, "hour": start.dt.hour, "day": start.dt.day,
-        "week": iso["week"].astype("int64"), "month": start.dt.month, "year": start.dt.year,
-        "weekday": iso["day"].astype("int64"),
-    })
-
-
-PLAY_ORDER = ["start_time", "session_id", "item_in_session"]
-PLAY_KEY = ["user_id", "session_id", "item_in_session"]
-
-
-def users_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Each user as of their latest play (by time, then session, then item), with that play's
-    position so the database can tell whether an already-loaded play is later still."""
-    latest = rows.sort_values(PLAY_ORDER, kind="stable").drop_duplicates("user_id", keep="last")
-    return latest[STAGE_COLUMNS["stage_users"]].sort_values("user_id", ignore_index=True)
-
-
-def dedupe_plays(rows: pd.DataFrame) -> pd.DataFrame:
-    """A play is (user, session, item): the first file in path order keeps it."""
-    return rows[~rows.duplicated(PLAY_KEY, keep="first")]
-
-
-# ================================================================ parsing files (bytes in)
-
-
-def raw_lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return lines
-
-
-def _decode_lines(lines: Iterable[tuple[int, bytes]], path: str) -> tuple[list[dict], list[tuple]]:
-    """JSON line by line: objects tagged with path, line and raw text; a reject for the rest."""
-    good, bad = [], []
-    for number, raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            reason = "not valid UTF-8" if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
-            bad.append((path, number, reason, raw))
-            continue
-        if not isinstance(value, dict):
-            bad.append((path, number, f"not a JSON object but {type(value).__name__}", raw))
-            continue
-        value.update(path=path, line=number, raw=raw)
-        good.append(value)
-    return good, bad
-
-
-def parse_song_file(data: bytes, path: str) -> tuple[Records, list[tuple]]:
-    """A song file holds one object; an array of objects, or one object per line, is read too."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        objects, rejects = _decode_lines(enumerate(raw_lines(data), 1), path)
+def parse(file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
+    if file.path.startswith(extract.FOLDERS["song"] + "/"):
+        records, rejects = extract.parse_song_file(data, file.path)
     else:
-        items = value if isinstance(value, list) else [value]
-        objects, rejects = _decode_lines(
-            ((1, data if len(items) == 1 else orjson.dumps(item)) for item in items), path)
-    if not objects and not rejects:
-        rejects = [(path, None, "empty file", None)]
-    return records_from(objects, SONG_FIELDS), rejects
+        records, rejects = extract.parse_log_file(data, file.path, limits.parse_piece_bytes,
+                                                  first_line)
+    return Chunk(file, first_line, data, records, rejects)
 
 
-def parse_log_file(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes
-                   ) -> tuple[Records, list[tuple]]:
-    """JSON lines of events, in line-aligned pieces: Arrow's reader takes a clean piece at once,
-    a piece with any problem is read line by line to judge each line on its own."""
-    parts, rejects, first_line = [], [], 1
-    for piece in line_aligned_pieces(data, piece_bytes):
-        part = _fast_events(piece, path, first_line)
-        if part is None:
-            objects, bad = _decode_lines(enumerate(raw_lines(piece), first_line), path)
-            part = records_from(objects, EVENT_FIELDS)
-            rejects += bad
-        parts.append(part)
-        first_line += piece.count(b"\n")
-    records = Records.combined(parts, EVENT_FIELDS)
-    if records.values.empty and not rejects:
-        rejects = [(path, None, "empty file", None)]
-    return records, rejects
-
-
-def _fast_events(piece: bytes, path: str, first_line: int) -> Records | None:
-    """Arrow's multi-threaded JSON reader, where its reading is exactly the line-by-line one:
-    valid UTF-8 without NUL, lone surrogates, CR or blank lines, every value of its field's
-    type. None otherwise."""
-    if b"\\u0000" in piece or b"\x00" in piece or b"\\ud" in piece.lower() or b"\r" in piece:
-        return None
-    try:
-        piece.decode("utf-8")
-        table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=ARROW_OPTIONS)
-    except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-    if table.num_rows != piece.count(b"\n") + (not piece.endswith(b"\n")):
-        return None
-    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-    frame.insert(0, "raw", None)
-    frame.insert(0, "line", range(first_line, first_line + len(frame)))
-    frame.insert(0, "path", path)
-    return Records(frame.astype(_dtypes(EVENT_FIELDS)), pd.DataFrame(index=frame.index))
-
-
-def line_aligned_pieces(data: bytes, size: int) -> Iterator[bytes]:
-    """data cut after a newline every size bytes or so: a big file is parsed piece by piece,
-    so that its parse costs what a batch of small files costs."""
-    start = 0
-    while start < len(data):
-        end = data.find(b"\n", start + size - 1) + 1 or len(data)
-        yield data[start:end]
-        start = end
-
-
-# ================================================================ batches (worker side)
-
-
-@dataclasses.dataclass
-class FileTask:
-    path: str          # relative to the data folder, with forward slashes
-    location: str      # where to read it
-    size: int
-    mtime_ns: int
-    known_sha256: str | None
-
-
-FileStatus = Literal["new", "changed", "unchanged", "unreadable"]
-
-
-@dataclasses.dataclass
-class FileResult:
-    path: str
-    kind: str
-    size: int
-    mtime_ns: int
-    sha256: str | None = None
-    records: int = 0
-    accepted: int = 0
-    skipped: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    status: FileStatus = "new"
-    error: str | None = None  # why an unreadable file could not be read
-
-    @property
-    def to_load(self) -> bool:
-        """Whether this file's content goes to the database (it is new or has changed)."""
-        return self.status in ("new", "changed")
-
-
-@dataclasses.dataclass
-class Batch:
-    kind: str
-    tasks: list[FileTask]
-    files: list[FileResult]
-    copies: dict[str, bytes]
-    file_problems: int
-
-
-def render_csv(frame: pd.DataFrame | None, columns: list[str]) -> bytes:
-    """COPY ... (FORMAT csv) input: NULL unquoted, empty string quoted, floats round-trip."""
-    if frame is None or frame.empty:
-        return b""
-    frame = frame[columns].copy()
-    for name in frame.columns:
-        # Instants go as naive UTC, read back as UTC (see load_batch): Arrow writes those ten
-        # times faster than zoned ones.
-        if isinstance(frame[name].dtype, pd.DatetimeTZDtype):
-            frame[name] = frame[name].dt.tz_convert("UTC").dt.tz_localize(None)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    out = io.BytesIO()
-    pyarrow.csv.write_csv(table, out, pyarrow.csv.WriteOptions(include_header=False))
-    return out.getvalue()
-
-
-def read_file(task: FileTask, kind: str) -> tuple[FileResult, bytes | None]:
-    """The file's bytes, unless it cannot be read or its content is what the manifest has."""
-    result = FileResult(task.path, kind, task.size, task.mtime_ns,
-                        status="new" if task.known_sha256 is None else "changed")
-    try:
-        with open(task.location, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        result.status, result.error = "unreadable", exc.strerror
-        return result, None
-    result.sha256 = hashlib.sha256(data).hexdigest()
-    result.size = len(data)
-    if result.sha256 == task.known_sha256:
-        result.status = "unchanged"
-        return result, None
-    return result, data
-
-
-def _fill_raw(rejects: pd.DataFrame, sources: dict[str, bytes]) -> pd.DataFrame:
-    """Rejects found in files read the fast way get their raw line from the file's bytes."""
-    need = rejects["raw"].isna() & rejects["line"].notna()
-    if need.any():
-        lines = {p: raw_lines(sources[p]) for p in rejects.loc[need, "path"].unique()}
-        rejects.loc[need, "raw"] = [storable(lines[p][n - 1]) for p, n in
-                                    rejects.loc[need, ["path", "line"]].itertuples(index=False)]
-    return rejects
-
-
-def prepare_batch(kind: str, tasks: list[FileTask], limits: Limits = Limits()) -> Batch:
-    """Everything between the files and the database for one batch; runs in a worker."""
-    fields = SONG_FIELDS if kind == "song" else EVENT_FIELDS
-    results, sources, parsed, problems = [], {}, [], []
-    for task in tasks:
-        result, data = read_file(task, kind)
-        results.append(result)
-        if result.status == "unreadable":
-            problems.append((task.path, None, f"cannot read file: {result.error}", None))
-        if data is None:
-            continue
-        sources[task.path] = data
-        if kind == "song":
-            records, rejects = parse_song_file(data, task.path)
-        else:
-            records, rejects = parse_log_file(data, task.path, limits.parse_piece_bytes)
-        parsed.append(records)
-        problems += rejects
-    records = Records.combined(parsed, fields)
+def shape(kind: str, number: int, index: int, last: bool, chunks: list[Chunk],
+          problems: list[tuple]) -> Part:
+    """Judge the chunks' records, shape the good ones into staging rows, count per file."""
+    records = Records.combined([c.records for c in chunks], extract.FIELDS[kind])
     if kind == "song":
-        good, invalid = valid_songs(records)
-        skipped = pd.Series(dtype="int64")
-        rows = song_rows(good)
-        copies = {"stage_songs": render_csv(rows, STAGE_COLUMNS["stage_songs"])}
+        good, invalid = transform.valid_songs(records)
+        skipped = {}
+        copies = {"stage_songs": stage_csv("stage_songs", transform.song_rows(good))}
     else:
-        good, invalid, skipped = valid_events(records)
-        rows = dedupe_plays(play_rows(good))
-        copies = {"stage_plays": render_csv(rows, STAGE_COLUMNS["stage_plays"]),
-                  "stage_users": render_csv(users_table(rows), STAGE_COLUMNS["stage_users"]),
-                  "stage_time": render_csv(time_table(rows), STAGE_COLUMNS["stage_time"])}
-    rejects = _fill_raw(pd.concat([reject_frame(problems), invalid], ignore_index=True), sources)
-    # Counts per file, each counted once per batch and read from a dict: a value_counts() or a
-    # Series lookup per file made a 10,000-file song batch cost seconds.
+        good, invalid, skipped_per_file = transform.valid_events(records)
+        skipped = skipped_per_file.to_dict()
+        rows = transform.dedupe_plays(transform.play_rows(good))
+        copies = {"stage_plays": stage_csv("stage_plays", rows),
+                  "stage_users": stage_csv("stage_users", transform.users_table(rows)),
+                  "stage_time": stage_csv("stage_time", transform.time_table(rows))}
+    parse_rejects = [r for c in chunks for r in c.rejects]
+    rejects = with_raw(pd.concat([transform.reject_frame(problems + parse_rejects), invalid],
+                                 ignore_index=True), chunks)
+    # Per-file counts read from dicts, once per part: a lookup per file in a Series made a
+    # 10,000-file song batch cost seconds.
     line_rejects = rejects[rejects["line"].notna()]["path"].value_counts().to_dict()
-    records_per_file = records.values["path"].value_counts().to_dict()
+    parsed = records.values["path"].value_counts().to_dict()
     accepted = good["path"].value_counts().to_dict()
     invalid_per_file = invalid["path"].value_counts().to_dict()
-    skipped = skipped.to_dict()
-    loaded = [r for r in results if r.to_load]
-    for r in loaded:
-        r.rejected = int(line_rejects.get(r.path, 0))
-        r.skipped = int(skipped.get(r.path, 0))
-        r.accepted = int(accepted.get(r.path, 0))
-        r.records = int(records_per_file.get(r.path, 0)) + r.rejected - int(
-            invalid_per_file.get(r.path, 0))
-    copies["stage_manifest"] = manifest_csv(kind, loaded)
-    copies["stage_rejects"] = render_csv(rejects, REJECT_COLUMNS)
-    return Batch(kind, tasks, results, copies, int(rejects["line"].isna().sum()))
+    files = tuple(dataclasses.replace(
+        c.file, rejected=line_rejects.get(c.file.path, 0), skipped=skipped.get(c.file.path, 0),
+        accepted=accepted.get(c.file.path, 0),
+        records=parsed.get(c.file.path, 0) + line_rejects.get(c.file.path, 0)
+        - invalid_per_file.get(c.file.path, 0)) for c in chunks)
+    copies["stage_manifest"] = manifest_csv(kind, files)
+    copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
+    return Part(kind, number, index, last, files, copies, int(rejects["line"].isna().sum()))
 
 
-def manifest_csv(kind: str, files: list[FileResult]) -> bytes:
-    manifest = pd.DataFrame([{
-        "path": r.path, "kind": kind, "size_bytes": r.size, "mtime_ns": r.mtime_ns,
-        "sha256": r.sha256, "records": r.records, "loaded": r.accepted if kind == "song" else 0,
-        "skipped": r.skipped, "duplicates": 0, "rejected": r.rejected,
-    } for r in files], columns=STAGE_COLUMNS["stage_manifest"])
-    return render_csv(manifest, STAGE_COLUMNS["stage_manifest"])
+def with_raw(rejects: pd.DataFrame, chunks: list[Chunk]) -> pd.DataFrame:
+    """Rejects found in pieces read the fast way get their raw line from the chunk's bytes."""
+    need = rejects["raw"].isna() & rejects["line"].notna()
+    if not need.any():
+        return rejects
+    starts = {c.file.path: c for c in chunks}
+    raw = [transform.storable(extract.raw_lines(starts[p].data)[n - starts[p].first_line])
+           for p, n in rejects.loc[need, ["path", "line"]].itertuples(index=False)]
+    return rejects.assign(raw=rejects["raw"].mask(need, pd.Series(raw, index=need[need].index)))
 
 
-def refused_batch(batch: Batch, error: str) -> Batch:
+def stage_csv(table: str, frame: pd.DataFrame) -> bytes:
+    return transform.render_csv(frame, sql.STAGE_COLUMNS[table])
+
+
+def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
+    return stage_csv("stage_manifest", pd.DataFrame([{
+        "path": f.path, "kind": kind, "first": f.first, "size_bytes": f.read.size,
+        "mtime_ns": f.mtime_ns, "sha256": f.read.sha256, "records": f.records,
+        "loaded": f.accepted if kind == "song" else 0, "skipped": f.skipped,
+        "rejected": f.rejected,
+    } for f in files if f.to_load], columns=sql.STAGE_COLUMNS["stage_manifest"]))
+
+
+def refused(batch: Batch, number: int, error: str, limits: Limits) -> Part:
     """A one-file batch the database refused: every record of the file is recorded as rejected,
     so that one file never stops a run and the manifest does not retry it until it changes."""
-    loaded = [r for r in batch.files if r.to_load]
-    problems = []
-    for r in loaded:
-        r.rejected, r.accepted, r.skipped = r.records, 0, 0
-        problems.append((r.path, None, f"the database refused this file: {error}", None))
-    copies = {"stage_manifest": manifest_csv(batch.kind, loaded),
-              "stage_rejects": render_csv(reject_frame(problems), REJECT_COLUMNS)}
-    return Batch(batch.kind, batch.tasks, batch.files, copies, len(problems))
+    files = [f for part in prepare(batch, number, limits) for f in part.files]
+    records = sum(f.records for f in files)
+    file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0,
+                               rejected=records)
+    problems = [(file.path, None, f"the database refused this file: {error}", None)]
+    return Part(batch.kind, number, 0, True, (file,),
+                {"stage_manifest": manifest_csv(batch.kind, (file,)),
+                 "stage_rejects": stage_csv("stage_rejects", transform.reject_frame(problems))},
+                file_problems=1)
 
 
-def _prepare(args: tuple[str, list[FileTask], Limits]) -> Batch:
-    return prepare_batch(*args)
+# ================================================================ parsing while the database loads
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: a SIGKILLed etl.py leaves no orphan parsing on."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def prepared(batches: list[tuple[str, list[FileTask]]], jobs: int) -> Iterator[Batch]:
-    """Batches in order; with jobs > 0 the next ones are parsed in worker processes while the
-    current one loads, never more than jobs + 1 ahead (memory stays bounded)."""
+def prepared(batches: list[Batch], limits: Limits, jobs: int) -> Iterator[Part]:
+    """Every batch's parts, in order. With jobs > 0, worker processes prepare them while the
+    database loads the current one; each worker keeps at most one part waiting, so memory stays
+    bounded whatever the size of the input."""
     if jobs <= 0:
-        yield from map(_prepare, batches)
+        for number, batch in enumerate(batches):
+            yield from prepare(batch, number, limits)
         return
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                                                initializer=_exit_with_parent,
-                                                initargs=(os.getpid(),)) as pool:
-        pending = []
-        for item in batches:
-            pending.append(pool.submit(_prepare, item))
-            if len(pending) > jobs:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
-
-
-# ================================================================ planning (files in)
-
-
-FOLDERS = {"song": "song_data", "log": "log_data"}
-
-
-def walk(data_dir: Path, kind: str) -> list[Path]:
-    """The JSON files of one kind, recursively, in sorted order."""
-    folder = data_dir / FOLDERS[kind]
-    return [Path(p) for p in _scan(str(folder))] if folder.is_dir() else []
-
-
-def has_files(data_dir: Path, kind: str) -> bool:
-    """Whether walk() would find anything, without listing (and sorting) the whole tree."""
-    folder = data_dir / FOLDERS[kind]
-    return folder.is_dir() and next(folder.rglob("*.json"), None) is not None
-
-
-def _scan(folder: str) -> list[str]:
-    """walk()'s files as strings, in the same order (by path components; symlinked folders are
-    not followed, as Path.rglob does not), without a Path object per file."""
-    found, stack = [], [folder]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                if entry.name.endswith(".json"):  # a folder named *.json too, as rglob finds it
-                    found.append(entry.path)
-    return sorted(found, key=lambda p: p.split(os.sep))
-
-
-def plan(data_dir: Path, kind: str, known: dict[str, tuple[int, int, str]],
-         limits: Limits = Limits()):
-    """(batches of files to read, files unchanged since their manifest entry by size and mtime)."""
-    tasks, unchanged = [], 0
-    name = FOLDERS[kind]
-    folder = str(data_dir / name)
-    for location in _scan(folder) if os.path.isdir(folder) else []:
-        rel = name + "/" + location[len(folder) + 1:].replace(os.sep, "/")
-        try:
-            st = os.stat(location)
-        except OSError:
-            st = None
-        seen = known.get(rel)
-        if st and seen and seen[0] == st.st_size and seen[1] == st.st_mtime_ns:
-            unchanged += 1
-            continue
-        tasks.append(FileTask(rel, str(location), st.st_size if st else 0,
-                              st.st_mtime_ns if st else 0, seen[2] if seen else None))
-    # A log batch stays under limits.log_batch_bytes (unless one file alone is bigger): memory
-    # then depends on that bound, not on how big the files happen to be.
-    batches, current, size = [], [], 0
-    for task in tasks:
-        if current and ((kind == "song" and len(current) >= limits.song_batch_files) or
-                        (kind == "log" and size + task.size > limits.log_batch_bytes)):
-            batches.append((kind, current, limits))
-            current, size = [], 0
-        current.append(task)
-        size += task.size
-    if current:
-        batches.append((kind, current, limits))
-    return batches, unchanged
-
-
-# ================================================================ loading (database side)
-
-
-def copy_stage(cur, table: str, payload: bytes) -> None:
-    if payload:
-        cur.copy_expert(sql.copy_into.format(table=table), io.BytesIO(payload))
-
-
-def load_batch(conn, run_id: int, batch: Batch) -> int:
-    """One transaction: staging, merge, manifest and rejects commit together or not at all.
-    Returns how many plays it resolved to a song."""
-    touched = [r for r in batch.files if r.status == "unchanged"]
-    loaded = {r.path: r for r in batch.files if r.to_load}
-    resolved_plays = 0
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.staging_time_zone)
-        for table, payload in batch.copies.items():
-            copy_stage(cur, table, payload)
-        if touched:
-            psycopg2.extras.execute_batch(cur, sql.manifest_touch, [
-                {"path": r.path, "size_bytes": r.size, "mtime_ns": r.mtime_ns} for r in touched])
-        params = {"run_id": run_id}
-        if batch.kind == "song":
-            cur.execute(sql.manifest_upsert, params)
-            cur.execute(sql.artists_update)
-            cur.execute(sql.artists_insert)
-            cur.execute(sql.songs_upsert)
-            cur.execute(sql.songplays_resolve_new_songs)
-            resolved_plays = cur.rowcount
-        else:
-            # Only a changed file can have plays loaded already; new files have none to take back.
-            reloading = any(r.status == "changed" for r in batch.files)
-            if reloading:
-                cur.execute(sql.songplays_delete_reloaded)
-            cur.execute(sql.manifest_upsert, params)
-            cur.execute(sql.time_insert)
-            cur.execute(sql.users_update)
-            cur.execute(sql.users_insert)
-            inserted = {}
-            if batch.copies.get("stage_plays"):
-                cur.execute(sql.songplays_insert)
-                inserted = {path: (n, resolved) for path, n, resolved in cur.fetchall()}
-            updates = []
-            for path, result in loaded.items():
-                n, resolved = inserted.get(path, (0, 0))
-                result.duplicates = result.accepted - n
-                resolved_plays += resolved
-                updates.append({"path": path, "loaded": n, "duplicates": result.duplicates})
-            psycopg2.extras.execute_batch(cur, sql.manifest_set_loaded, updates)
-            if reloading:
-                cur.execute(sql.users_relevel)
-                cur.execute(sql.users_delete_orphans)
-                cur.execute(sql.time_delete_orphans)
-        cur.execute(sql.rejects_insert, params)
-    return resolved_plays
-
-
-def load_or_split(conn, run_id: int, batch: Batch, limits: Limits
-                  ) -> Iterator[tuple[Batch, int]]:
-    """Load a batch; one the database refuses (a value no check foresaw) is loaded again file by
-    file, and a single file it refuses is recorded as rejected whole."""
+    outboxes = [context.Queue(maxsize=1) for _ in range(jobs)]
+    workers = [context.Process(target=_worker, daemon=True,
+                               args=(batches, k, jobs, limits, outboxes[k], os.getpid()))
+               for k in range(jobs)]
+    for worker in workers:
+        worker.start()
     try:
-        yield batch, load_batch(conn, run_id, batch)
-    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-        if len(batch.tasks) > 1:
-            for task in batch.tasks:
-                yield from load_or_split(conn, run_id, prepare_batch(batch.kind, [task], limits),
-                                         limits)
-        else:
-            refused = refused_batch(batch, db.first_line(exc))
-            yield refused, load_batch(conn, run_id, refused)
+        for number in range(len(batches)):
+            while True:
+                part = _receive(outboxes[number % jobs], workers[number % jobs])
+                yield part
+                if part.last:
+                    break
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.join()
 
 
-def set_aside_for_bulk_load(conn, new_log_bytes: int) -> bool:
-    """Drop songplays' foreign keys and file index when this run's new log files are at least as
-    big as the table: checking each row as it goes in would cost as much as the insert. False
-    when they stay: a small load, or other sessions holding the tables (never interrupted)."""
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.songplays_size)
-        if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
-            return False
+def _worker(batches, k: int, jobs: int, limits: Limits, outbox, parent: int) -> None:
+    _die_with(parent)
+    try:
+        for number in range(k, len(batches), jobs):
+            for part in prepare(batches[number], number, limits):
+                outbox.put(part)
+    except BaseException:
+        outbox.put(WorkerFailed(traceback.format_exc()))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerFailed:
+    traceback: str
+
+
+def _receive(outbox, worker) -> Part:
+    while True:
+        try:
+            item = outbox.get(timeout=1)
+        except queue.Empty:
+            if not worker.is_alive():
+                raise RuntimeError(f"the parse worker died (exit code {worker.exitcode})")
+            continue
+        if isinstance(item, WorkerFailed):
+            raise RuntimeError(f"the parse worker failed:\n{item.traceback}")
+        return item
+
+
+def _die_with(parent: int) -> None:
+    """A worker dies with etl.py, even with a kill -9 (Linux's parent-death signal)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+# ================================================================ 3. load: one transaction per batch
+
+
+def load_batches(conn, run_id: int, batches: list[Batch], parts: Iterator[Part],
+                 limits: Limits, progress: bool | None) -> Tally:
+    tally = Tally()
+    bars = {}
+    for number, batch_parts in itertools.groupby(parts, key=lambda p: p.batch):
+        batch = batches[number]
+        bar = bars.get(batch.kind) or bars.setdefault(batch.kind, tqdm(
+            total=sum(len(b.tasks) for b in batches if b.kind == batch.kind),
+            desc=f"{batch.kind} files", unit="file", leave=False, file=sys.stderr,
+            disable=None if progress is None else not progress))
+        for part, loaded in load_or_split(conn, run_id, batch, number, batch_parts, limits):
+            tally.add(part, loaded)
+        bar.update(len(batch.tasks))
+        if number + 1 == len(batches) or batches[number + 1].kind != batch.kind:
+            bar.close()
+    return tally
+
+
+def load_or_split(conn, run_id: int, batch: Batch, number: int, parts: Iterator[Part],
+                  limits: Limits) -> list[tuple[Part, Loaded]]:
+    """Load a batch in one transaction; one the database refuses (a value no check foresaw) is
+    loaded again file by file, and a single file it refuses is recorded as rejected whole."""
     try:
         with db.managed_cursor(conn) as cur:
-            cur.execute(sql.set_aside_lock_timeout)
-            for _, drop in sql.SONGPLAYS_SET_ASIDE.values():
-                cur.execute(drop)
-    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
-        return False
-    return True
+            return [(dataclasses.replace(part, copies={}), load.load_part(cur, run_id, part))
+                    for part in parts]
+    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+        if len(batch.tasks) > 1:
+            return [done for task in batch.tasks
+                    for done in load_or_split(conn, run_id, Batch(batch.kind, (task,)), number,
+                                              prepare(Batch(batch.kind, (task,)), number, limits),
+                                              limits)]
+        part = refused(batch, number, db.first_line(exc), limits)
+        with db.managed_cursor(conn) as cur:
+            return [(part, load.load_part(cur, run_id, part))]
 
 
-def restore_set_aside(conn) -> tuple[list[str], list[str]]:
-    """Add back what a bulk load set aside, this run's or an interrupted run's, each in its own
-    transaction: every foreign key is checked over the whole table in one join. Returns (added
-    back, problems); what could not come back stays missing for the next run to try again."""
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.set_aside_present, {"names": list(sql.SONGPLAYS_SET_ASIDE)})
-        present = {row[0] for row in cur.fetchall()}
-    restored, problems = [], []
-    for name, (create, _) in sql.SONGPLAYS_SET_ASIDE.items():
-        if name in present:
-            continue
-        try:
-            with db.managed_cursor(conn) as cur:
-                cur.execute(sql.restore_lock_timeout)
-                cur.execute(create)
-        except psycopg2.errors.LockNotAvailable:
-            problems.append(f"{name}: another session kept a conflicting lock on its tables")
-        except psycopg2.errors.DeadlockDetected:
-            problems.append(f"{name}: it deadlocked with another session's writes")
-        except psycopg2.IntegrityError as exc:
-            problems.append(f"{name}: {db.first_line(exc)}")
-        else:
-            restored.append(name)
-    if restored:
-        try:
-            with db.managed_cursor(conn) as cur:
-                cur.execute(sql.restore_lock_timeout)
-                cur.execute(sql.analyze_after_bulk_load)
-        except psycopg2.errors.LockNotAvailable:
-            pass  # statistics only: autovacuum will gather them
-    return restored, problems
+def default_jobs(batches: list[Batch], limits: Limits) -> int:
+    """A worker process costs about a second to start: it pays from a few parts on."""
+    parts = sum(max(1, sum(t.size for t in b.tasks) // limits.log_batch_bytes) for b in batches)
+    return 1 if parts >= 3 and (os.cpu_count() or 1) > 1 else 0
 
 
 # ================================================================ the run
 
 
-COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
-
-
-@dataclasses.dataclass
-class Summary:
-    """What a run read and did, per kind of file ('song', 'log')."""
-
-    files: dict[str, dict[str, int]] = dataclasses.field(
-        default_factory=lambda: {"song": {}, "log": {}})
-    counts: dict[str, dict[str, int]] = dataclasses.field(
-        default_factory=lambda: {k: dict.fromkeys(COUNTS, 0) for k in ("song", "log")})
-    file_problems: int = 0
-    resolved_plays: int = 0
-    set_aside: bool = False
-    restored: list[str] = dataclasses.field(default_factory=list)
-    not_restored: list[str] = dataclasses.field(default_factory=list)
-
-    def add(self, batch: Batch, resolved_plays: int) -> None:
-        files, counts = self.files[batch.kind], self.counts[batch.kind]
-        for r in batch.files:
-            files[r.status] = files.get(r.status, 0) + 1
-            if r.to_load:
-                counts["records"] += r.records
-                counts["loaded"] += r.accepted - r.duplicates
-                counts["skipped"] += r.skipped
-                counts["duplicates"] += r.duplicates
-                counts["rejected"] += r.rejected
-        self.file_problems += batch.file_problems
-        self.resolved_plays += resolved_plays
-
-    def reconciles(self, kind: str) -> bool:
-        """Records read = loaded + skipped by design + duplicates + rejected."""
-        c = self.counts[kind]
-        return c["records"] == c["loaded"] + c["skipped"] + c["duplicates"] + c["rejected"]
-
-    @property
-    def rejected(self) -> int:
-        return sum(c["rejected"] for c in self.counts.values()) + self.file_problems
-
-    @property
-    def anything_loaded(self) -> bool:
-        return any(n for f in self.files.values() for s, n in f.items() if s != "unchanged")
-
-
-def table_counts(cur) -> dict[str, int]:
-    counts = {}
-    for table in sql.STAR_TABLES:
-        cur.execute(sql.row_count.format(table=table))
-        counts[table] = cur.fetchone()[0]
-    return counts
-
-
-def post_load_checks(cur) -> dict[str, int]:
-    """Offending rows per check, in the spirit of dbt's tests."""
-    results = {}
-    for name, query in sql.CHECKS.items():
-        cur.execute(query)
-        results[name] = cur.fetchone()[0]
-    return results
-
-
-def require_tables(conn) -> None:
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.missing_tables, {"tables": sql.TABLES})
-        missing = [row[0] for row in cur.fetchall()]
-    if missing:
-        raise db.DatabaseError(f"table(s) {', '.join(missing)} missing: "
-                               "run `python create_tables.py` first")
-
-
-def default_jobs(batches: list) -> int:
-    """A worker process costs about a second to start: it pays from a few batches on."""
-    return 1 if len(batches) >= 3 and (os.cpu_count() or 1) > 1 else 0
-
-
-def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, strict: bool = False,
-        jobs: int | None = None, progress: bool | None = None, out=sys.stdout,
-        limits: Limits = Limits()) -> int:
+def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False,
+        jobs: int | None = None, progress: bool | None = None, limits: Limits = Limits(),
+        out=sys.stdout) -> Report:
+    """Load data_dir into the database, print the summary to out, and return the report."""
     started = time.monotonic()
-    if not data_dir.is_dir():
-        raise UsageError(f"data folder {data_dir} not found (choose one with --data)")
-    if not has_files(data_dir, "song") and not has_files(data_dir, "log"):
-        raise UsageError(f"no song_data/**/*.json or log_data/**/*.json under {data_dir}")
+    check_data_dir(data_dir)
     conn = db.connect(settings)
     try:
-        require_tables(conn)
+        load.require_tables(conn)
         db.acquire_lock(conn)
-        with db.managed_cursor(conn) as cur:
-            cur.execute(sql.run_interrupted)
-            cur.execute(sql.run_start, {"data_dir": str(data_dir.resolve())})
-            run_id = cur.fetchone()[0]
-            if full_refresh:
-                cur.execute(sql.full_refresh)
-            for query in sql.stage_table_queries:
-                cur.execute(query)
-            before = table_counts(cur)
-            known = {}
-            for kind in ("song", "log"):
-                cur.execute(sql.manifest_known, {"kind": kind})
-                known[kind] = {p: (size, mtime, sha) for p, size, mtime, sha in cur.fetchall()}
-        summary = Summary()
-        work = []
-        for kind in ("song", "log"):
-            batches, unchanged = plan(data_dir, kind, known[kind], limits)
-            summary.files.setdefault(kind, {})["unchanged"] = unchanged
-            work.append((kind, batches))
-        all_batches = [b for _, batches in work for b in batches]
-        bars = {kind: tqdm(total=sum(len(t) for _, t, _ in batches), desc=f"{kind} files",
-                           unit="file", disable=not progress if progress is not None else None,
-                           file=sys.stderr, leave=False)
-                for kind, batches in work}
-        workers = default_jobs(all_batches) if jobs is None else jobs
-        new_log_bytes = sum(t.size for kind, tasks, _ in all_batches if kind == "log"
-                            for t in tasks if t.known_sha256 is None)
-        summary.set_aside = set_aside_for_bulk_load(conn, new_log_bytes)
-        for batch in prepared(all_batches, workers):
-            for part, resolved in load_or_split(conn, run_id, batch, limits):
-                summary.add(part, resolved)
-            bars[batch.kind].update(len(batch.files))
-        for bar in bars.values():
-            bar.close()
-        summary.restored, summary.not_restored = restore_set_aside(conn)
-        with db.managed_cursor(conn) as cur:
-            after = table_counts(cur) if summary.anything_loaded else before
-            checks = post_load_checks(cur) if summary.anything_loaded else None
-            cur.execute(sql.resolved_plays)
-            resolved_total = cur.fetchone()[0]
-            cur.execute(sql.run_rejects, {"run_id": run_id, "limit": REJECT_EXAMPLES})
-            examples = cur.fetchall()
-            failed = not (summary.reconciles("song") and summary.reconciles("log")) \
-                or bool(checks and any(checks.values())) or bool(summary.not_restored)
-            cur.execute(sql.run_finish, {"run_id": run_id,
-                                         "status": "failed" if failed else "succeeded"})
+        start = load.start_run(conn, data_dir, full_refresh)
+        plans = {kind: extract.plan(data_dir, kind, start.known[kind], limits) for kind in KINDS}
+        batches = [batch for kind in KINDS for batch in plans[kind][0]]
+        set_aside = load.set_aside_for_bulk_load(
+            conn, sum(b.new_bytes for b in batches if b.kind == "log"))
+        workers = default_jobs(batches, limits) if jobs is None else jobs
+        tally = load_batches(conn, start.run_id, batches, prepared(batches, limits, workers),
+                             limits, progress)
+        for kind in KINDS:
+            tally.add_unchanged(kind, plans[kind][1])
+        restored, not_restored = load.restore_set_aside(conn)
+        report = finish(conn, start, tally, settings, data_dir, started, set_aside, restored,
+                        not_restored)
     finally:
         conn.close()
-    print_summary(out, settings, data_dir, run_id, summary, before, after, resolved_total,
-                  checks, examples, time.monotonic() - started)
-    return EXIT_FAILED if failed or (strict and summary.rejected) else EXIT_OK
+    print("\n".join(report.lines()), file=out)
+    return report
 
 
-def print_summary(out, settings, data_dir, run_id, summary: Summary, before, after,
-                  resolved_total, checks, examples, seconds) -> None:
-    def p(text: str) -> None:
-        print(text, file=out)
+def check_data_dir(data_dir: Path) -> None:
+    if not data_dir.is_dir():
+        raise UsageError(f"data folder {data_dir} not found (choose one with --data)")
+    if not any(extract.find(data_dir, kind) for kind in KINDS):
+        raise UsageError(f"no song_data/**/*.json or log_data/**/*.json under {data_dir}")
 
-    p(f"Loaded {data_dir} into {settings.describe()} in {seconds:.1f} s (run {run_id})")
-    if not summary.anything_loaded:
-        p("  nothing new: every file is unchanged since it was loaded")
-    for kind in ("song", "log"):
-        f, c = summary.files[kind], summary.counts[kind]
-        states = ", ".join(f"{n} {s}" for s, n in f.items() if n) or "none"
-        skipped = f" + {c['skipped']} skipped (not NextSong) + {c['duplicates']} duplicates" \
-            if kind == "log" else ""
-        p(f"  {kind} files: {sum(f.values())} ({states}); records: {c['records']} = "
-          f"{c['loaded']} loaded{skipped} + {c['rejected']} rejected "
-          f"[{'reconciled' if summary.reconciles(kind) else 'MISMATCH'}]")
-    p("  rows written: " + ", ".join(f"{t} +{after[t] - before[t]} (= {after[t]})"
-                                     for t in sql.STAR_TABLES))
-    p(f"  plays resolved to a song: {resolved_total} of {after['songplays']}"
-      f" ({summary.resolved_plays} this run)")
-    if summary.restored:
-        what = "foreign keys and file_id index" if len(summary.restored) == len(
-            sql.SONGPLAYS_SET_ASIDE) else ", ".join(summary.restored)
-        if summary.set_aside:
-            p(f"  bulk load: set songplays' {what} aside while loading; back now, checked over "
-              "every row")
-        else:
-            p(f"  added back songplays' {what}, found missing (as an interrupted bulk load leaves "
-              "them); checked over every row")
-    for problem in summary.not_restored:
-        p(f"  NOT added back, the next run tries again: songplays' {problem}")
-    if summary.rejected:
-        p(f"  rejected: {summary.rejected - summary.file_problems} records and "
-          f"{summary.file_problems} whole files, kept in table load_rejects (run_id = {run_id}):")
-        for path, line, reason in examples:
-            p(f"    {Path(data_dir, path)}:{line if line is not None else '-'}: {reason}")
-    if checks is None:
-        p("  checks: not run, nothing changed since the last run")
-    else:
-        failed = [name for name, bad in checks.items() if bad]
-        p(f"  checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
-        for name, bad in checks.items():
-            p(f"    [{'FAIL' if bad else 'pass'}] {name}" + (f" ({bad} rows)" if bad else ""))
+
+def finish(conn, start: load.RunStart, tally: Tally, settings: db.Settings, data_dir: Path,
+           started: float, set_aside: bool, restored: list[str], not_restored: list[str]
+           ) -> Report:
+    """Count, check and record the run's outcome."""
+    with db.managed_cursor(conn) as cur:
+        after = load.table_counts(cur) if tally.anything_loaded else start.before
+        checks = load.post_load_checks(cur) if tally.anything_loaded else None
+        cur.execute(sql.resolved_plays)
+        resolved_total = cur.fetchone()[0]
+        cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
+        examples = cur.fetchall()
+        report = Report(settings.describe(), data_dir, start.run_id, 0.0, tally, start.before,
+                        after, resolved_total, checks, examples, set_aside, restored,
+                        not_restored)
+        cur.execute(sql.run_finish, {"run_id": start.run_id,
+                                     "status": "failed" if report.failed else "succeeded"})
+    return dataclasses.replace(report, seconds=time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1065,26 +358,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="empty the star and the manifest first, then load every file")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when any record or file was rejected")
-    parser.add_argument("--jobs", type=int, default=None,
+    parser.add_argument("--jobs", type=cli.natural, default=None,
                         help="worker processes that parse while the database loads "
-                             "(default: 1 when there is more than one batch, else 0)")
+                             "(default: 1 when there are three parts or more, else 0)")
+    parser.add_argument("--batch-mb", type=cli.positive, default=Limits.log_batch_bytes >> 20,
+                        help="megabytes of log files per batch, and per part of a bigger file; "
+                             "memory follows it (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--batch-mb", type=positive_int, default=Limits.log_batch_bytes >> 20,
-                        help="megabytes of log files per batch (one transaction each); memory "
-                             "follows it (default: %(default)s)")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    return db.run_command(lambda: run(
-        settings, args.data, full_refresh=args.full_refresh, strict=args.strict, jobs=args.jobs,
-        progress=False if args.no_progress else None,
-        limits=Limits(log_batch_bytes=args.batch_mb << 20)))
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
-    return value
+    limits = Limits(log_batch_bytes=args.batch_mb << 20)
+    return cli.run_command(lambda: run(
+        settings, args.data, full_refresh=args.full_refresh, jobs=args.jobs, limits=limits,
+        progress=False if args.no_progress else None).exit_code(args.strict))
 
 
 if __name__ == "__main__":

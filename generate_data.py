@@ -20,6 +20,8 @@ import shutil
 import string
 import sys
 
+import cli
+
 ALNUM = string.ascii_uppercase + string.digits
 DAY = 86400
 MS_SUFFIX = 796  # every real ts and registration ends in 796 ms
@@ -585,13 +587,6 @@ def generate(out: str | os.PathLike = "data", songs: int = 400, events: int = 20
     return truth
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _day(text):
     try:
         dt.date.fromisoformat(text)
@@ -608,16 +603,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="data",
                         help="output directory; only its song_data, log_data and truth.json "
                              "are replaced (default: %(default)s)")
-    parser.add_argument("--songs", type=positive, default=400,
+    parser.add_argument("--songs", type=cli.positive, default=400,
                         help="song files (default: %(default)s)")
-    parser.add_argument("--events", type=positive, default=20000,
+    parser.add_argument("--events", type=cli.positive, default=20000,
                         help="log records in total (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
-    parser.add_argument("--users", type=positive,
+    parser.add_argument("--users", type=cli.positive,
                         help="user accounts (default: max(100, events // 2000))")
     parser.add_argument("--start", type=_day, default="2018-11-01",
                         help="first day, YYYY-MM-DD (default: %(default)s)")
-    parser.add_argument("--days", type=positive, default=30,
+    parser.add_argument("--days", type=cli.positive, default=30,
                         help="days of logs, one file per day (default: %(default)s)")
     args = parser.parse_args(argv)
     truth = generate(args.out, args.songs, args.events, args.seed, args.users, args.start,

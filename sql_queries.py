@@ -174,6 +174,10 @@ WHERE l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[
   AND l.pid <> pg_backend_pid()
 GROUP BY l.pid"""
 
+# On the embedded server, create_tables.py creates the database first.
+database_exists = "SELECT 1 FROM pg_database WHERE datname = %(name)s"
+create_database = "CREATE DATABASE {name}"
+
 missing_tables = """
 SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
 
@@ -214,64 +218,69 @@ full_refresh = "TRUNCATE songplays, users, time, songs, artists, load_manifest"
 # The staging CSV carries instants as UTC without a zone: a batch's transaction reads them so.
 staging_time_zone = "SET LOCAL TIME ZONE 'UTC'"
 
-stage_songs_create = """
-CREATE TEMP TABLE stage_songs (
-    path text, line integer, song_id text, title text, artist_id text, year integer,
-    duration numeric, artist_name text, artist_location text,
-    artist_latitude double precision, artist_longitude double precision
-) ON COMMIT DELETE ROWS"""
+# Each staging table's columns and types, declared once: etl.py renders its COPY payloads in
+# this order. Rows live until the batch's transaction ends.
+STAGING = {
+    "stage_songs": {
+        "path": "text", "line": "integer", "song_id": "text", "title": "text",
+        "artist_id": "text", "year": "integer", "duration": "numeric", "artist_name": "text",
+        "artist_location": "text", "artist_latitude": "double precision",
+        "artist_longitude": "double precision"},
+    "stage_plays": {
+        "path": "text", "start_time": "timestamptz", "user_id": "integer", "level": "text",
+        "song_title": "text", "artist_name": "text", "song_length": "numeric",
+        "session_id": "integer", "item_in_session": "integer", "location": "text",
+        "user_agent": "text"},
+    "stage_users": {
+        "user_id": "integer", "first_name": "text", "last_name": "text", "gender": "text",
+        "level": "text", "start_time": "timestamptz", "session_id": "integer",
+        "item_in_session": "integer"},
+    "stage_time": {
+        "start_time": "timestamptz", "hour": "smallint", "day": "smallint", "week": "smallint",
+        "month": "smallint", "year": "smallint", "weekday": "smallint"},
+    # first: the file's first part in this batch (a later part of a big file adds to its counts)
+    "stage_manifest": {
+        "path": "text", "kind": "text", "first": "boolean", "size_bytes": "bigint",
+        "mtime_ns": "bigint", "sha256": "text", "records": "integer", "loaded": "integer",
+        "skipped": "integer", "rejected": "integer"},
+    "stage_rejects": {"path": "text", "line": "integer", "reason": "text", "raw": "text"},
+    "stage_gone": {"start_time": "timestamptz", "user_id": "integer"},
+}
+STAGE_COLUMNS = {table: list(columns) for table, columns in STAGING.items()}
 
-stage_plays_create = """
-CREATE TEMP TABLE stage_plays (
-    path text, start_time timestamptz, user_id integer, level text,
-    song_title text, artist_name text, song_length numeric, session_id integer,
-    item_in_session integer, location text, user_agent text
-) ON COMMIT DELETE ROWS"""
+stage_table_queries = [
+    f"CREATE TEMP TABLE {table} ("
+    + ", ".join(f"{name} {kind}" for name, kind in columns.items())
+    + ") ON COMMIT DELETE ROWS"
+    for table, columns in STAGING.items()]
 
-stage_users_create = """
-CREATE TEMP TABLE stage_users (
-    user_id integer, first_name text, last_name text, gender text, level text,
-    start_time timestamptz, session_id integer, item_in_session integer
-) ON COMMIT DELETE ROWS"""
-
-stage_time_create = """
-CREATE TEMP TABLE stage_time (
-    start_time timestamptz, hour smallint, day smallint, week smallint, month smallint,
-    year smallint, weekday smallint
-) ON COMMIT DELETE ROWS"""
-
-stage_manifest_create = """
-CREATE TEMP TABLE stage_manifest (
-    path text, kind text, size_bytes bigint, mtime_ns bigint, sha256 text, records integer,
-    loaded integer, skipped integer, duplicates integer, rejected integer
-) ON COMMIT DELETE ROWS"""
-
-stage_rejects_create = """
-CREATE TEMP TABLE stage_rejects (path text, line integer, reason text, raw text)
-ON COMMIT DELETE ROWS"""
-
-stage_gone_create = """
-CREATE TEMP TABLE stage_gone (start_time timestamptz, user_id integer) ON COMMIT DELETE ROWS"""
-
-stage_table_queries = [stage_songs_create, stage_plays_create, stage_users_create,
-                       stage_time_create, stage_manifest_create, stage_rejects_create,
-                       stage_gone_create]
+stage_truncate = "TRUNCATE " + ", ".join(STAGING)
 
 copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 
 # ---------------------------------------------------------------- merging a batch
 
+# A file's first part in a batch writes its manifest row whole; a later part of a big file adds
+# its counts. loaded and duplicates of a log file are added once its plays are in.
 manifest_upsert = """
 INSERT INTO load_manifest (path, kind, size_bytes, mtime_ns, sha256, run_id,
                            records, loaded, skipped, duplicates, rejected)
 SELECT path, kind, size_bytes, mtime_ns, sha256, %(run_id)s,
-       records, loaded, skipped, duplicates, rejected
+       records, loaded, skipped, 0, rejected
 FROM stage_manifest
+WHERE first
 ON CONFLICT (path) DO UPDATE SET
     kind = EXCLUDED.kind, size_bytes = EXCLUDED.size_bytes, mtime_ns = EXCLUDED.mtime_ns,
     sha256 = EXCLUDED.sha256, run_id = EXCLUDED.run_id, records = EXCLUDED.records,
     loaded = EXCLUDED.loaded, skipped = EXCLUDED.skipped, duplicates = EXCLUDED.duplicates,
     rejected = EXCLUDED.rejected, loaded_at = now()"""
+
+manifest_add_part = """
+UPDATE load_manifest m
+SET records = m.records + s.records, loaded = m.loaded + s.loaded,
+    skipped = m.skipped + s.skipped, rejected = m.rejected + s.rejected
+FROM stage_manifest s
+WHERE m.path = s.path AND NOT s.first"""
 
 rejects_insert = """
 INSERT INTO load_rejects (run_id, path, line, reason, raw)
@@ -353,7 +362,8 @@ ON CONFLICT (user_id) DO NOTHING"""
 songplays_delete_reloaded = """
 WITH gone AS (
     DELETE FROM songplays
-    WHERE file_id IN (SELECT m.file_id FROM load_manifest m JOIN stage_manifest s USING (path))
+    WHERE file_id IN (SELECT m.file_id FROM load_manifest m JOIN stage_manifest s USING (path)
+                      WHERE s.first)
     RETURNING start_time, user_id)
 INSERT INTO stage_gone SELECT DISTINCT start_time, user_id FROM gone"""
 
@@ -400,9 +410,9 @@ SELECT m.path, count(*), count(i.song_id)
 FROM inserted i JOIN load_manifest m USING (file_id)
 GROUP BY m.path"""
 
-manifest_set_loaded = """
+manifest_add_loaded = """
 UPDATE load_manifest
-SET loaded = %(loaded)s, duplicates = %(duplicates)s
+SET loaded = loaded + %(loaded)s, duplicates = duplicates + %(duplicates)s
 WHERE path = %(path)s"""
 
 # ---------------------------------------------------------------- the summary

@@ -49,6 +49,7 @@ BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
 sys.path.insert(0, str(PROJECT))
 
+import cli  # noqa: E402
 import db  # noqa: E402
 import generate_data  # noqa: E402
 import sql_queries as sql  # noqa: E402
@@ -690,9 +691,9 @@ def main(argv: list[str] | None = None) -> int:
                "that is an embedded server of the benchmark's own under WORKDIR/pgdata, "
                "stopped at the end (SPARKIFY_PGDATA, DATABASE_URL or --database-url choose "
                "another).")
-    parser.add_argument("--events", type=generate_data.positive, default=1_000_000,
+    parser.add_argument("--events", type=cli.positive, default=1_000_000,
                         help="log events to generate (default: %(default)s)")
-    parser.add_argument("--songs", type=generate_data.positive, default=20_000,
+    parser.add_argument("--songs", type=cli.positive, default=20_000,
                         help="song files to generate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default: 42)")
     parser.add_argument("--workdir", type=Path, default=BENCH / "out",
@@ -700,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classic-events", type=int, default=20_000,
                         help="events the classic pipeline runs on, from the start of the logs; "
                              "0 skips it (default: %(default)s)")
-    parser.add_argument("--classic-songs", type=generate_data.positive, default=2_000,
+    parser.add_argument("--classic-songs", type=cli.positive, default=2_000,
                         help="song files the classic song stage runs on; the rest are "
                              "bulk-inserted untimed so that its per-play lookups search the "
                              "full songs table (default: %(default)s)")
@@ -710,9 +711,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "(its Sparkify tables are dropped)")
     parser.add_argument("--rss-scaling", action="store_true",
                         help="instead: peak RSS of etl.py at --rss-small and --rss-large events")
-    parser.add_argument("--rss-small", type=generate_data.positive, default=200_000,
+    parser.add_argument("--rss-small", type=cli.positive, default=200_000,
                         help="smaller size for --rss-scaling (default: %(default)s)")
-    parser.add_argument("--rss-large", type=generate_data.positive, default=2_000_000,
+    parser.add_argument("--rss-large", type=cli.positive, default=2_000_000,
                         help="larger size for --rss-scaling (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

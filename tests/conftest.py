@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import db
+import embedded
 import sql_queries
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -32,10 +33,10 @@ def server():
     previous = os.environ.get("SPARKIFY_PGDATA")
     os.environ["SPARKIFY_PGDATA"] = str(pgdata)
     try:
-        db.start_server(pgdata)
+        embedded.start(pgdata)
         yield
     finally:
-        db.stop_server(pgdata)
+        embedded.stop(pgdata)
         shutil.rmtree(home, ignore_errors=True)
         if previous is None:
             os.environ.pop("SPARKIFY_PGDATA", None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import db
+import embedded
 
 
 def test_redact_hides_only_the_password():
@@ -50,14 +51,15 @@ def test_a_missing_unshare_is_one_clear_error_not_a_traceback(tmp_path, monkeypa
     if os.geteuid() != 0:
         pytest.skip("only root runs the server through unshare")
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(db.DatabaseError, match="cannot run `unshare`.*DATABASE_URL"):
-        db.start_server(tmp_path / "pg")
+    with pytest.raises(embedded.ServerError, match="cannot run `unshare`.*DATABASE_URL"):
+        embedded.start(tmp_path / "pg")
 
 
 def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     deep = tmp_path / ("d" * 120) / "pg"
-    folder = db._socket_dir(deep)
+    folder = embedded.make_socket_dir(deep)
+    assert folder == embedded.socket_dir(deep)
     assert folder.parent == tmp_path and folder.name.startswith(f"sparkify-pg-{os.geteuid()}-")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert db._socket_dir(tmp_path / "pg") == tmp_path / "pg"
+    assert embedded.socket_dir(tmp_path / "pg") == tmp_path / "pg"

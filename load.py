@@ -1,0 +1,223 @@
+"""Load: stage a part's rows with COPY and merge them into the star with set-based SQL.
+
+Everything here talks to PostgreSQL; every statement comes from sql_queries.py, and data travels
+only as COPY payloads or query parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+
+import db
+import sql_queries as sql
+from extract import FileRead, Kind
+
+
+@dataclasses.dataclass(frozen=True)
+class FilePart:
+    """One file's share of a part: how the file was read, and what became of its records here."""
+
+    path: str
+    mtime_ns: int
+    read: FileRead
+    first: bool = True  # the file's first part: its status counts once
+    records: int = 0
+    accepted: int = 0   # passed validation (plays, or songs); a play may still be a duplicate
+    skipped: int = 0
+    rejected: int = 0
+
+    @property
+    def to_load(self) -> bool:
+        """Whether this file's content goes to the database (it is new or has changed)."""
+        return self.read.status in ("new", "changed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """What one transaction receives at a time: COPY payloads per staging table, and the files
+    they come from. A batch is one part, or several when one big file is read in parts; the
+    batch's transaction commits after its last part."""
+
+    kind: Kind
+    batch: int
+    index: int   # the part's place in its batch, from 0
+    last: bool
+    files: tuple[FilePart, ...]
+    copies: dict[str, bytes]
+    file_problems: int  # files rejected whole (unreadable, empty, refused)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """What the database did with a part: plays inserted per file, plays resolved to a song."""
+
+    inserted: dict[str, int]
+    resolved: int
+
+
+# ================================================================ a run's bookkeeping
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    run_id: int
+    before: dict[str, int]
+    known: dict[Kind, dict[str, tuple[int, int, str]]]
+
+
+def require_tables(conn) -> None:
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.missing_tables, {"tables": sql.TABLES})
+        missing = [row[0] for row in cur.fetchall()]
+    if missing:
+        raise db.DatabaseError(f"table(s) {', '.join(missing)} missing: "
+                               "run `python create_tables.py` first")
+
+
+def start_run(conn, data_dir: Path, full_refresh: bool) -> RunStart:
+    """Mark an earlier run that never finished as interrupted, record this one, empty the star
+    for a full refresh, create the session's staging tables, and read the manifest."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.run_interrupted)
+        cur.execute(sql.run_start, {"data_dir": str(data_dir.resolve())})
+        run_id = cur.fetchone()[0]
+        if full_refresh:
+            cur.execute(sql.full_refresh)
+        for query in sql.stage_table_queries:
+            cur.execute(query)
+        before = table_counts(cur)
+        known = {}
+        for kind in ("song", "log"):
+            cur.execute(sql.manifest_known, {"kind": kind})
+            known[kind] = {p: (size, mtime, sha) for p, size, mtime, sha in cur.fetchall()}
+    return RunStart(run_id, before, known)
+
+
+def table_counts(cur) -> dict[str, int]:
+    counts = {}
+    for table in sql.STAR_TABLES:
+        cur.execute(sql.row_count.format(table=table))
+        counts[table] = cur.fetchone()[0]
+    return counts
+
+
+def post_load_checks(cur) -> dict[str, int]:
+    """Offending rows per check, in the spirit of dbt's tests."""
+    results = {}
+    for name, query in sql.CHECKS.items():
+        cur.execute(query)
+        results[name] = cur.fetchone()[0]
+    return results
+
+
+# ================================================================ one part
+
+
+def load_part(cur, run_id: int, part: Part) -> Loaded:
+    """Stage the part and merge it, inside the batch's transaction (the caller's cursor)."""
+    if part.index:
+        cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
+    cur.execute(sql.staging_time_zone)
+    for table, payload in part.copies.items():
+        if payload:
+            cur.copy_expert(sql.copy_into.format(table=table), io.BytesIO(payload))
+    touched = [f for f in part.files if f.read.status == "unchanged"]
+    if touched:
+        psycopg2.extras.execute_batch(cur, sql.manifest_touch, [
+            {"path": f.path, "size_bytes": f.read.size, "mtime_ns": f.mtime_ns}
+            for f in touched])
+    params = {"run_id": run_id}
+    inserted, resolved = {}, 0
+    if part.kind == "song":
+        cur.execute(sql.manifest_upsert, params)
+        cur.execute(sql.manifest_add_part)
+        cur.execute(sql.artists_update)
+        cur.execute(sql.artists_insert)
+        cur.execute(sql.songs_upsert)
+        cur.execute(sql.songplays_resolve_new_songs)
+        resolved = cur.rowcount
+    else:
+        # Only a changed file can have plays loaded already; new files have none to take back.
+        reloading = any(f.read.status == "changed" and f.first for f in part.files)
+        if reloading:
+            cur.execute(sql.songplays_delete_reloaded)
+        cur.execute(sql.manifest_upsert, params)
+        cur.execute(sql.manifest_add_part)
+        cur.execute(sql.time_insert)
+        cur.execute(sql.users_update)
+        cur.execute(sql.users_insert)
+        if part.copies.get("stage_plays"):
+            cur.execute(sql.songplays_insert)
+            for path, n, matched in cur.fetchall():
+                inserted[path] = n
+                resolved += matched
+        psycopg2.extras.execute_batch(cur, sql.manifest_add_loaded, [
+            {"path": f.path, "loaded": inserted.get(f.path, 0),
+             "duplicates": f.accepted - inserted.get(f.path, 0)}
+            for f in part.files if f.to_load])
+        if reloading:
+            cur.execute(sql.users_relevel)
+            cur.execute(sql.users_delete_orphans)
+            cur.execute(sql.time_delete_orphans)
+    cur.execute(sql.rejects_insert, params)
+    return Loaded(inserted, resolved)
+
+
+# ================================================================ bulk loads
+
+
+def set_aside_for_bulk_load(conn, new_log_bytes: int) -> bool:
+    """Drop songplays' foreign keys and file index when this run's new log files are at least as
+    big as the table: checking each row as it goes in would cost as much as the insert. False
+    when they stay: a small load, or other sessions holding the tables (never interrupted)."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.songplays_size)
+        if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
+            return False
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql.set_aside_lock_timeout)
+            for _, drop in sql.SONGPLAYS_SET_ASIDE.values():
+                cur.execute(drop)
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
+        return False
+    return True
+
+
+def restore_set_aside(conn) -> tuple[list[str], list[str]]:
+    """Add back what a bulk load set aside, this run's or an interrupted run's, each in its own
+    transaction: every foreign key is checked over the whole table in one join. Returns (added
+    back, problems); what could not come back stays missing for the next run to try again."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.set_aside_present, {"names": list(sql.SONGPLAYS_SET_ASIDE)})
+        present = {row[0] for row in cur.fetchall()}
+    restored, problems = [], []
+    for name, (create, _) in sql.SONGPLAYS_SET_ASIDE.items():
+        if name in present:
+            continue
+        try:
+            with db.managed_cursor(conn) as cur:
+                cur.execute(sql.restore_lock_timeout)
+                cur.execute(create)
+        except psycopg2.errors.LockNotAvailable:
+            problems.append(f"{name}: another session kept a conflicting lock on its tables")
+        except psycopg2.errors.DeadlockDetected:
+            problems.append(f"{name}: it deadlocked with another session's writes")
+        except psycopg2.IntegrityError as exc:
+            problems.append(f"{name}: {db.first_line(exc)}")
+        else:
+            restored.append(name)
+    if restored:
+        try:
+            with db.managed_cursor(conn) as cur:
+                cur.execute(sql.restore_lock_timeout)
+                cur.execute(sql.analyze_after_bulk_load)
+        except psycopg2.errors.LockNotAvailable:
+            pass  # statistics only: autovacuum will gather them
+    return restored, problems
