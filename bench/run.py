@@ -1,5 +1,5 @@
-"""Benchmark of the Sparkify ETL (issue 5): generated data, the real scripts run as a user runs
-them, against the limit of the machine and the classic row-at-a-time pipeline.
+"""Benchmark of the Sparkify ETL: generated data, the real scripts run as a user runs them,
+against the limit of the machine and the classic row-at-a-time pipeline.
 
     python bench/run.py                  # 1M events, 20k song files (make bench)
     python bench/run.py --rss-scaling    # peak RSS of etl.py at 200k and at 2M events

@@ -5,21 +5,8 @@ import re
 
 from conftest import run_script
 
-LABELS = [
-    "create_tables.py",
-    "etl.py, full load (songs + logs)",
-    "ETL total (create_tables + full load)",
-    "etl.py re-run, nothing new",
-    "song stage (etl.py on song_data only)",
-    "log stage (etl.py, songs already loaded)",
-    "limit: parse song files (orjson)",
-    "limit: parse log files (pyarrow.json)",
-    "limit: bare COPY of the final rows",
-    "limit total (parse + bare COPY)",
-    "classic pipeline (extrapolated)",
-]
-TARGETS = ["ETL / limit", "classic / ETL", "song stage files/s", "re-run / full load"]
-TABLES = ["songplays", "users", "songs", "artists", "time"]
+import sql_queries
+from bench.run import ROWS, TARGETS
 
 
 def test_tiny_benchmark_prints_every_row(tmp_path):
@@ -27,9 +14,9 @@ def test_tiny_benchmark_prints_every_row(tmp_path):
                       "--classic-events", "500", "--classic-songs", "50",
                       "--workdir", str(tmp_path), timeout=120)
     out = done.stdout
-    for label in LABELS + TARGETS:
+    for label in [*ROWS.values(), *TARGETS]:
         assert re.search(r"^\| " + re.escape(label) + r" +\|", out, re.MULTILINE), label
-    for name in TABLES:
+    for name in sql_queries.STAR_TABLES:
         assert re.search(r"^\| " + name + r" +\| +[\d,]+ \|", out, re.MULTILINE), name
     assert "classic measured on 500 events" in out.lower()
     assert "extrapolated linearly" in out
