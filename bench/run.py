@@ -16,7 +16,14 @@ What it does, in order (every step prints what it measured):
   5. stages: ``create_tables.py``, ``etl.py`` on a folder with song_data only, then ``etl.py`` on
      the full folder (the songs are unchanged by then, so it loads the logs);
   6. the classic pipeline (bench/classic.py) on a slice, extrapolated linearly to the full set;
-  7. a Markdown table of it all, and the targets.
+  7. a peer: dlt (installed in a virtualenv of its own under the work folder, never the
+     project's) lands the same files raw, in two tables of its own schema, with its csv loader
+     (COPY), run by bench/dlt_peer.py; skipped with --no-peers, or with the reason when dlt
+     cannot be installed;
+  8. a Markdown table of it all, and the targets (also saved as WORKDIR/report.md).
+
+With --growth it instead loads each of --growth-sizes (generated on demand) with create_tables.py
+and etl.py, and shows how time, memory and the limit grow (WORKDIR/growth.md and growth.png).
 
 The benchmark drops and recreates the project's tables in the database it uses. Unless told
 otherwise (--database-url, DATABASE_URL, PG* variables, SPARKIFY_PGDATA) that is an embedded
@@ -32,6 +39,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -39,9 +47,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import orjson
 import psutil
+import psycopg2
 import pyarrow.json
 from psycopg2 import sql as pgsql
 
@@ -57,6 +67,9 @@ PY = sys.executable
 MB = 1024 * 1024
 LIMIT_SCHEMA = "bench_limit"
 CLASSIC_SCHEMA = "bench_classic"
+DLT_SCHEMA = "bench_dlt"
+DLT_VERSION = "1.31.0"
+DLT_TABLES = {"song_data": "song files", "log_data": "events"}  # as bench/dlt_peer.py names them
 
 # Row labels of the main table, in order: tests/test_bench.py looks for each of them.
 ROWS = {
@@ -71,6 +84,7 @@ ROWS = {
     "copy": "limit: bare COPY of the final rows",
     "limit": "limit total (parse + bare COPY)",
     "classic": "classic pipeline (extrapolated)",
+    "dlt": "peer: dlt, raw files into 2 tables (csv)",
 }
 TARGETS = ["ETL / limit", "classic / ETL", "song stage files/s", "re-run / full load"]
 
@@ -347,6 +361,113 @@ def parse_limit(data: Path, repeat: int = 2) -> tuple[float, float]:
     return best_songs, best_logs
 
 
+# ================================================================ the peer: dlt
+
+
+def libpq_url(settings: db.Settings) -> str:
+    """The benchmark's database as a postgresql:// URL (dlt takes nothing else): --database-url
+    or DATABASE_URL as given (a key=value string is turned into a URL), the PG* variables as
+    query parameters, or the embedded server's socket."""
+    if settings.url:
+        if "://" in settings.url:
+            return settings.url
+        pairs = re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", settings.url)
+        params = {k: re.sub(r"\\(.)", r"\1", v[1:-1]) if v.startswith("'") else v
+                  for k, v in pairs}
+        return "postgresql:///?" + urlencode(params)
+    if settings.libpq_env:
+        params = {key: os.environ[var] for key, var in (
+            ("host", "PGHOST"), ("hostaddr", "PGHOSTADDR"), ("port", "PGPORT"),
+            ("service", "PGSERVICE")) if os.environ.get(var)}
+        return (f"postgresql:///{quote(os.environ.get('PGDATABASE') or db.DATABASE)}?"
+                + urlencode(params))
+    socket_dir = db.start_server(settings.pgdata)
+    return (f"postgresql://{db.SUPERUSER}@/{db.DATABASE}?"
+            + urlencode({"host": str(socket_dir), "port": db.PORT}))
+
+
+def dlt_python(workdir: Path, version: str) -> tuple[Path | None, str]:
+    """The python of WORKDIR/dlt-venv with dlt[postgres]==version, installed there when missing;
+    or (None, why it cannot be had)."""
+    venv = workdir / "dlt-venv"
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import dlt, orjson; print(dlt.__version__)"]
+    if python.exists():
+        found = subprocess.run(probe, capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip() == version:
+            return python, ""
+    print(f"peer: installing dlt[postgres]=={version} in {venv} ...", flush=True)
+    started = time.perf_counter()
+    try:
+        made = subprocess.run([PY, "-m", "venv", "--clear", str(venv)], capture_output=True,
+                              text=True, timeout=300)
+        if made.returncode != 0:
+            return None, "cannot create its virtualenv: " + last_line(made.stderr or made.stdout)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--no-input", "--retries", "1", "--timeout", "30", f"dlt[postgres]=={version}",
+             "orjson"], capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"cannot install dlt[postgres]=={version}: {exc}"
+    if done.returncode != 0:
+        return None, (f"pip could not install dlt[postgres]=={version} (no network?): "
+                      + last_line(done.stderr or done.stdout))
+    found = subprocess.run(probe, capture_output=True, text=True)
+    if found.returncode != 0:
+        return None, f"dlt was installed but does not import: {last_line(found.stderr)}"
+    print(f"peer: dlt {found.stdout.strip()} installed in {time.perf_counter() - started:.0f} s",
+          flush=True)
+    return python, ""
+
+
+def last_line(text: str) -> str:
+    """The last line of a tool's output that says something (pip's ERROR: line, say)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def run_dlt_peer(bench: Bench, data: Path, version: str) -> dict:
+    """dlt loads the data folder raw (bench/dlt_peer.py in dlt's virtualenv), timed like the
+    other rows. Returns the peer's JSON with "run" (Measured) and "rows" per table, or
+    {"skipped": why}. Its schema and working folder are removed afterwards."""
+    python, reason = dlt_python(bench.workdir, version)
+    if python is None:
+        return {"skipped": reason}
+    pipelines = bench.workdir / "dlt-pipelines"
+    shutil.rmtree(pipelines, ignore_errors=True)
+    for schema in (DLT_SCHEMA, DLT_SCHEMA + "_staging"):
+        drop_schema(bench.settings, schema)
+    env = {**bench.env, "SPARKIFY_DLT_URL": libpq_url(bench.settings),
+           "RUNTIME__DLTHUB_TELEMETRY": "false", "DLT_DATA_DIR": str(pipelines)}
+    bench.say(f"peer: dlt {version} loading {data.name} raw into schema {DLT_SCHEMA} ...")
+    try:
+        run = run_measured([str(python), str(BENCH / "dlt_peer.py"), "--data", str(data),
+                            "--dataset", DLT_SCHEMA, "--pipelines-dir", str(pipelines),
+                            "--json"], env)
+        if run.rc != 0:
+            return {"skipped": f"failed, dlt_peer.py exited {run.rc}: {last_line(run.stderr)}"}
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        result["run"] = run
+        result["rows"] = {}
+        conn = connect(bench.settings)
+        try:
+            with conn, conn.cursor() as cur:
+                for table in DLT_TABLES:
+                    cur.execute(pgsql.SQL("SELECT count(*) FROM {}.{}").format(
+                        pgsql.Identifier(DLT_SCHEMA), pgsql.Identifier(table)))
+                    result["rows"][table] = cur.fetchone()[0]
+        finally:
+            conn.close()
+        return result
+    except (ValueError, IndexError, psycopg2.Error) as exc:
+        return {"skipped": f"failed: {db.first_line(exc)}"}
+    finally:
+        for schema in (DLT_SCHEMA, DLT_SCHEMA + "_staging"):
+            drop_schema(bench.settings, schema)
+        shutil.rmtree(pipelines, ignore_errors=True)
+
+
 # ================================================================ the machine
 
 
@@ -535,9 +656,20 @@ def main_benchmark(args: argparse.Namespace) -> int:
             classic["total_s"] = classic["schema_s"] + classic["songs_full_s"] + \
                 classic["logs_full_s"]
             shutil.rmtree(classic_data, ignore_errors=True)
+
+        # ---- 7. the peer
+        if args.no_peers:
+            peer = {"skipped": "--no-peers"}
+        else:
+            peer = run_dlt_peer(bench, data, args.dlt_version)
+        if "run" in peer:
+            bench.say(f"peer: dlt {peer['dlt']}: {peer['run'].wall:.1f} s, peak RSS "
+                      f"{mb(peer['run'])} MB; rows {peer['rows']}")
+        else:
+            bench.say(f"peer: dlt skipped: {peer['skipped']}")
         load_end = load_average()
 
-    # ---- 7. the report
+    # ---- 8. the report
     etl_s = create.wall + full.wall
     parse_s = parse_songs_s + parse_logs_s
     limit_s = parse_s + copy_s
@@ -566,6 +698,11 @@ def main_benchmark(args: argparse.Namespace) -> int:
     if classic:
         main_rows.append(row(ROWS["classic"], song_files + log_files, records, rows_total,
                              classic["total_s"], classic["run"]))
+    if "run" in peer:
+        main_rows.append(row(ROWS["dlt"], song_files + log_files, records,
+                             sum(peer["rows"].values()), peer["run"].wall, peer["run"]))
+    else:
+        main_rows.append([ROWS["dlt"], "", "", "", "skipped", ""])
 
     per_table = []
     for t in sql.STAR_TABLES:
@@ -626,6 +763,22 @@ def main_benchmark(args: argparse.Namespace) -> int:
               + "; later inserts into bigger tables would cost a little more, so the "
                 "extrapolation flatters the classic pipeline.")
         print()
+    if "run" in peer:
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in peer["steps"].items())
+        print(f"Peer: dlt {peer['dlt']} with its {peer['loader_file_format']} loader file format "
+              f"(COPY) landed the same files raw in two tables of schema {DLT_SCHEMA}, "
+              + ", ".join(f"{table} {peer['rows'][table]:,} rows" for table in DLT_TABLES)
+              + f", with dlt's own columns and no star schema, in {peer['run'].wall:.1f} s "
+              f"({steps}; the rest is Python start-up and importing dlt): "
+              f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s), which also "
+              "deduplicates, resolves songs and checks its star schema. Its rows/s count those "
+              "raw rows; its peak RSS is bench/dlt_peer.py's process tree.")
+        expected = {"song_data": song_files, "log_data": events}
+        if peer["rows"] != expected:
+            print(f"\nWARNING: dlt loaded {peer['rows']} rows, expected {expected}")
+    else:
+        print(f"Peer: the dlt row was skipped: {peer['skipped']}.")
+    print()
     print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
           f"Python {info['python']}, PostgreSQL {info['postgresql']} "
           f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
@@ -708,6 +861,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the generated data, and reuse it when its parameters match")
     parser.add_argument("--database-url", help="benchmark on this PostgreSQL instead "
                                                "(its Sparkify tables are dropped)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip the peer row (dlt, installed on first use in "
+                             "WORKDIR/dlt-venv from PyPI)")
+    parser.add_argument("--dlt-version", default=DLT_VERSION,
+                        help="dlt release for the peer row (default: %(default)s)")
     parser.add_argument("--rss-scaling", action="store_true",
                         help="instead: peak RSS of etl.py at --rss-small and --rss-large events")
     parser.add_argument("--rss-small", type=generate_data.positive, default=200_000,
