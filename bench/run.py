@@ -69,6 +69,7 @@ LIMIT_SCHEMA = "bench_limit"
 CLASSIC_SCHEMA = "bench_classic"
 DLT_SCHEMA = "bench_dlt"
 DLT_VERSION = "1.31.0"
+GROWTH_SIZES = [1_000_000, 3_000_000, 10_000_000]
 DLT_TABLES = {"song_data": "song files", "log_data": "events"}  # as bench/dlt_peer.py names them
 
 # Row labels of the main table, in order: tests/test_bench.py looks for each of them.
@@ -273,12 +274,68 @@ def star_counts(settings: db.Settings) -> dict[str, int]:
         conn.close()
 
 
+def truth_mismatches(counts: dict[str, int], truth: dict) -> dict[str, tuple[int, int]]:
+    """Counts that differ from the generator's truth.json: {name: (loaded, expected)}."""
+    return {k: (counts[k], truth[v]) for k, v in
+            [("songplays", "songplays"), ("users", "users"), ("songs", "songs"),
+             ("artists", "artists"), ("time", "time"), ("resolved", "songplays_resolved")]
+            if counts[k] != truth[v]}
+
+
 def server_version(settings: db.Settings) -> str:
     conn = connect(settings)
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SHOW server_version")
             return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def database_version(settings: db.Settings) -> str:
+    """"18.6", or "16.4 with Citus 12.1" on a Citus coordinator."""
+    citus = citus_version(settings)
+    return server_version(settings) + (f" with Citus {citus}" if citus else "")
+
+
+def citus_version(settings: db.Settings) -> str | None:
+    """The Citus extension's version when the database is a Citus coordinator, else None."""
+    conn = connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
+            found = cur.fetchone()
+            return found[0] if found else None
+    finally:
+        conn.close()
+
+
+def star_size(settings: db.Settings) -> int:
+    """Bytes of the star tables with their indexes and TOAST. A table that Citus distributes (or
+    replicates) lives in shards on the workers, and pg_total_relation_size would measure only the
+    coordinator's empty shell: for those, citus_total_relation_size."""
+    conn = connect(settings)
+    conn.autocommit = True
+    total = 0
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+            citus = cur.fetchone()[0]
+            for table in sql.STAR_TABLES:
+                size = None
+                if citus:
+                    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition "
+                                "WHERE logicalrelid = to_regclass(%s))", (table,))
+                    if cur.fetchone()[0]:
+                        with contextlib.suppress(psycopg2.Error):
+                            cur.execute("SELECT citus_total_relation_size(%s::regclass)",
+                                        (table,))
+                            size = cur.fetchone()[0]
+                if size is None:
+                    cur.execute("SELECT pg_total_relation_size(%s::regclass)", (table,))
+                    size = cur.fetchone()[0]
+                total += size or 0
+        return total
     finally:
         conn.close()
 
@@ -545,6 +602,29 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def saved_report(path: Path):
+    """What is printed inside goes to stdout as usual, and is also saved in path."""
+    copy = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, copy)):
+        yield
+    path.write_text(copy.getvalue())
+
+
 # ================================================================ the runs
 
 
@@ -599,7 +679,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
         load_start = load_average()
         create = bench.create_tables()
         info = machine()
-        info["postgresql"] = server_version(bench.settings)
+        info["postgresql"] = database_version(bench.settings)
         bench.say(f"machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, "
                   f"Python {info['python']}, PostgreSQL {info['postgresql']}; "
                   f"load average {load_start}")
@@ -608,10 +688,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
         full_counts = star_counts(bench.settings)
         bench.say(f"etl.py full load: {full.wall:.1f} s, peak RSS {mb(full)} MB (max process / "
                   f"sum of tree); rows {full_counts}")
-        mismatches = {k: (full_counts[k], truth[v]) for k, v in
-                      [("songplays", "songplays"), ("users", "users"), ("songs", "songs"),
-                       ("artists", "artists"), ("time", "time"), ("resolved", "songplays_resolved")]
-                      if full_counts[k] != truth[v]}
+        mismatches = truth_mismatches(full_counts, truth)
         if mismatches:
             bench.say(f"WARNING: rows differ from truth.json (loaded, expected): {mismatches}")
 
@@ -712,80 +789,83 @@ def main_benchmark(args: argparse.Namespace) -> int:
         per_table.append([t, fmt(star_rows[t]), fmt(rate(star_rows[t], full.wall)), stage,
                           fmt(rate(written, wall)), fmt(rate(copy_rows[t], copy_tables[t]))])
 
-    print()
-    print(f"## Sparkify ETL benchmark: {events:,} events in {log_files} log files, "
-          f"{song_files:,} song files (seed {args.seed})")
-    print()
-    print(table(["stage", "files/s", "records/s", "rows/s", "wall s",
-                 "peak RSS MB (max proc / sum)"], main_rows))
-    print()
-    print(table(["table", "rows", "rows/s in full load", "written in", "rows/s in its stage",
-                 "rows/s bare COPY"], per_table))
-    print()
-    print("Rates are counts over wall time of the whole subprocess (Python start-up included). "
-          "Peak RSS: the largest process (its VmHWM) / the sum over etl.py and its worker (polled "
-          "every 20 ms); the PostgreSQL server is not counted.")
-    print()
-    ratio_limit = etl_s / limit_s
-    songs_fps = song_files / songs_run.wall
-    rerun_share = rerun.wall / full.wall
-    print("### Targets")
-    print()
-    targets = [
-        [TARGETS[0], f"{etl_s:.1f} s / {limit_s:.1f} s = {ratio_limit:.1f}x", "<= 2x",
-         verdict(ratio_limit <= 2)],
-    ]
-    if classic:
-        ratio_classic = classic["total_s"] / etl_s
-        targets.append([TARGETS[1], f"{classic['total_s']:,.0f} s / {etl_s:.1f} s = "
-                                    f"{ratio_classic:,.0f}x", ">= 50x",
-                        verdict(ratio_classic >= 50)])
-    else:
-        targets.append([TARGETS[1], "not run (--classic-events 0)", ">= 50x", ""])
-    targets += [
-        [TARGETS[2], f"{songs_fps:,.0f}", ">= 20,000", verdict(songs_fps >= 20_000)],
-        [TARGETS[3], f"{rerun.wall:.2f} s / {full.wall:.1f} s = {rerun_share:.1%}", "< 5%",
-         verdict(rerun_share < 0.05)],
-    ]
-    print(table(["target", "measured", "goal", "verdict"], targets))
-    print()
-    if classic:
-        print(f"Classic measured on {classic['log_records']:,} events ({classic['log_files']} log "
-              f"file(s), {classic['logs_s']:.1f} s) and {classic['song_files']:,} song files "
-              f"({classic['songs_s']:.1f} s), extrapolated linearly to {events:,} events and "
-              f"{song_files:,} song files: {classic['total_s']:,.0f} s "
-              f"(songs {classic['songs_full_s']:,.0f} s + logs {classic['logs_full_s']:,.0f} s). "
-              f"Its per-play song SELECTs searched a songs table of "
-              f"{classic['songs_at_lookup']:,} rows"
-              + (f" (the songs of all {classic['filled_song_files']:,} files were "
-                 "bulk-inserted, untimed, after its song stage)"
-                 if classic["filled_song_files"] else "")
-              + "; later inserts into bigger tables would cost a little more, so the "
-                "extrapolation flatters the classic pipeline.")
+    with saved_report(bench.workdir / "report.md"):
         print()
-    if "run" in peer:
-        steps = ", ".join(f"{k} {v:.1f} s" for k, v in peer["steps"].items())
-        print(f"Peer: dlt {peer['dlt']} with its {peer['loader_file_format']} loader file format "
-              f"(COPY) landed the same files raw in two tables of schema {DLT_SCHEMA}, "
-              + ", ".join(f"{table} {peer['rows'][table]:,} rows" for table in DLT_TABLES)
-              + f", with dlt's own columns and no star schema, in {peer['run'].wall:.1f} s "
-              f"({steps}; the rest is Python start-up and importing dlt): "
-              f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s), which also "
-              "deduplicates, resolves songs and checks its star schema. Its rows/s count those "
-              "raw rows; its peak RSS is bench/dlt_peer.py's process tree.")
-        expected = {"song_data": song_files, "log_data": events}
-        if peer["rows"] != expected:
-            print(f"\nWARNING: dlt loaded {peer['rows']} rows, expected {expected}")
-    else:
-        print(f"Peer: the dlt row was skipped: {peer['skipped']}.")
-    print()
-    print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
-          f"Python {info['python']}, PostgreSQL {info['postgresql']} "
-          f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
-          f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
-          f"Code: {code_version()}.")
-    if mismatches:
-        print(f"\nWARNING: the load's rows differ from truth.json: {mismatches}")
+        print(f"## Sparkify ETL benchmark: {events:,} events in {log_files} log files, "
+              f"{song_files:,} song files (seed {args.seed})")
+        print()
+        print(table(["stage", "files/s", "records/s", "rows/s", "wall s",
+                     "peak RSS MB (max proc / sum)"], main_rows))
+        print()
+        print(table(["table", "rows", "rows/s in full load", "written in", "rows/s in its stage",
+                     "rows/s bare COPY"], per_table))
+        print()
+        print("Rates are counts over wall time of the whole subprocess (Python start-up "
+              "included). Peak RSS: the largest process (its VmHWM) / the sum over etl.py and its "
+              "worker (polled every 20 ms); the PostgreSQL server is not counted.")
+        print()
+        ratio_limit = etl_s / limit_s
+        songs_fps = song_files / songs_run.wall
+        rerun_share = rerun.wall / full.wall
+        print("### Targets")
+        print()
+        targets = [
+            [TARGETS[0], f"{etl_s:.1f} s / {limit_s:.1f} s = {ratio_limit:.1f}x", "<= 2x",
+             verdict(ratio_limit <= 2)],
+        ]
+        if classic:
+            ratio_classic = classic["total_s"] / etl_s
+            targets.append([TARGETS[1], f"{classic['total_s']:,.0f} s / {etl_s:.1f} s = "
+                                        f"{ratio_classic:,.0f}x", ">= 50x",
+                            verdict(ratio_classic >= 50)])
+        else:
+            targets.append([TARGETS[1], "not run (--classic-events 0)", ">= 50x", ""])
+        targets += [
+            [TARGETS[2], f"{songs_fps:,.0f}", ">= 20,000", verdict(songs_fps >= 20_000)],
+            [TARGETS[3], f"{rerun.wall:.2f} s / {full.wall:.1f} s = {rerun_share:.1%}", "< 5%",
+             verdict(rerun_share < 0.05)],
+        ]
+        print(table(["target", "measured", "goal", "verdict"], targets))
+        print()
+        if classic:
+            print(f"Classic measured on {classic['log_records']:,} events "
+                  f"({classic['log_files']} log file(s), {classic['logs_s']:.1f} s) and "
+                  f"{classic['song_files']:,} song files ({classic['songs_s']:.1f} s), "
+                  f"extrapolated linearly to {events:,} events and {song_files:,} song files: "
+                  f"{classic['total_s']:,.0f} s (songs {classic['songs_full_s']:,.0f} s + logs "
+                  f"{classic['logs_full_s']:,.0f} s). "
+                  f"Its per-play song SELECTs searched a songs table of "
+                  f"{classic['songs_at_lookup']:,} rows"
+                  + (f" (the songs of all {classic['filled_song_files']:,} files were "
+                     "bulk-inserted, untimed, after its song stage)"
+                     if classic["filled_song_files"] else "")
+                  + "; later inserts into bigger tables would cost a little more, so the "
+                    "extrapolation flatters the classic pipeline.")
+            print()
+        if "run" in peer:
+            steps = ", ".join(f"{k} {v:.1f} s" for k, v in peer["steps"].items())
+            print(f"Peer: dlt {peer['dlt']} with its {peer['loader_file_format']} loader file "
+                  f"format (COPY) landed the same files raw in two tables of schema "
+                  f"{DLT_SCHEMA}, "
+                  + ", ".join(f"{name} {peer['rows'][name]:,} rows" for name in DLT_TABLES)
+                  + f", with dlt's own columns and no star schema, in {peer['run'].wall:.1f} s "
+                  f"({steps}; the rest is Python start-up and importing dlt): "
+                  f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s), which also "
+                  "deduplicates, resolves songs and checks its star schema. Its rows/s count "
+                  "those raw rows; its peak RSS is bench/dlt_peer.py's process tree.")
+            expected = {"song_data": song_files, "log_data": events}
+            if peer["rows"] != expected:
+                print(f"\nWARNING: dlt loaded {peer['rows']} rows, expected {expected}")
+        else:
+            print(f"Peer: the dlt row was skipped: {peer['skipped']}.")
+        print()
+        print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
+              f"Python {info['python']}, PostgreSQL {info['postgresql']} "
+              f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
+              f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
+              f"Code: {code_version()}.")
+        if mismatches:
+            print(f"\nWARNING: the load's rows differ from truth.json: {mismatches}")
     if not args.keep:
         shutil.rmtree(data, ignore_errors=True)
     with contextlib.suppress(OSError):
@@ -834,15 +914,147 @@ def rss_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def growth(args: argparse.Namespace) -> int:
+    """How the full load's cost grows: create_tables.py + etl.py at each of --growth-sizes, with
+    the limit (fastest parse + bare COPY) at the same size."""
+    results = []
+    with Bench(args) as bench:
+        load_start = load_average()
+        info = machine()
+        for events in args.growth_sizes:
+            data, truth = ensure_data(bench.workdir, events, args.songs, args.seed, args.keep)
+            create = bench.create_tables()
+            if "postgresql" not in info:
+                info["postgresql"] = database_version(bench.settings)
+            full = bench.etl(data)
+            counts = star_counts(bench.settings)
+            mismatches = truth_mismatches(counts, truth)
+            star_bytes = star_size(bench.settings)
+            copy_s = bare_copy(bench.settings)[0]
+            parse_s = sum(parse_limit(data))
+            result = {
+                "events": truth["log_records"], "song_files": truth["song_files"],
+                "log_files": truth["log_files"], "log_bytes": dir_size(data / "log_data"),
+                "etl_s": create.wall + full.wall, "full": full,
+                "rows": sum(counts[t] for t in sql.STAR_TABLES), "star_bytes": star_bytes,
+                "parse_s": parse_s, "copy_s": copy_s, "limit_s": parse_s + copy_s,
+                "mismatches": mismatches}
+            results.append(result)
+            bench.say(f"{result['events']:,} events: ETL {result['etl_s']:.1f} s, peak RSS "
+                      f"{mb(full)} MB (max process / sum of tree); limit {result['limit_s']:.1f} s "
+                      f"(parse {parse_s:.1f} s + bare COPY {copy_s:.1f} s); star tables "
+                      f"{star_bytes / MB:,.0f} MB")
+            if mismatches:
+                bench.say(f"WARNING: rows differ from truth.json (loaded, expected): {mismatches}")
+            if not args.keep:
+                shutil.rmtree(data, ignore_errors=True)
+        load_end = load_average()
+
+    first, last = results[0], results[-1]
+    plot = plot_growth(results, bench.workdir / "growth.png")
+    with saved_report(bench.workdir / "growth.md"):
+        print()
+        counted = ", ".join(f"{r['events']:,}" for r in results)
+        print(f"## How the full load grows: {counted} events ({args.songs:,} song files, "
+              f"seed {args.seed})")
+        print()
+        print(table(["events", "log MB", "wall s", "s per 1M events", "rows/s",
+                     "peak RSS MB (max proc / sum)", "limit s", "ETL / limit", "star tables MB"],
+                    [[fmt(r["events"]), fmt(r["log_bytes"] / MB), fmt(r["etl_s"], 1),
+                      fmt(r["etl_s"] / r["events"] * 1e6, 1), fmt(rate(r["rows"], r["etl_s"])),
+                      mb(r["full"]), fmt(r["limit_s"], 1), f"{r['etl_s'] / r['limit_s']:.1f}x",
+                      fmt(r["star_bytes"] / MB)] for r in results]))
+        print()
+        print("Wall s: create_tables.py + etl.py (full load), whole subprocesses, Python start-up "
+              "included; rows/s: star rows written over that time. Peak RSS: the largest process "
+              "(its VmHWM) / the sum over etl.py and its worker; the PostgreSQL server is not "
+              "counted. Limit: the fastest parse of the same files (orjson, pyarrow.json) plus a "
+              "bare COPY of the final rows into tables without keys or indexes. Star tables: "
+              "their size in the database, indexes included.")
+        if len(results) > 1:
+            print()
+            grow = last["events"] / first["events"]
+            print(f"From {first['events']:,} to {last['events']:,} events ({grow:.1f}x): wall "
+                  f"{last['etl_s'] / first['etl_s']:.2f}x, limit "
+                  f"{last['limit_s'] / first['limit_s']:.2f}x, peak RSS "
+                  f"{last['full'].rss_max / first['full'].rss_max:.2f}x (largest process) and "
+                  f"{last['full'].rss_sum / first['full'].rss_sum:.2f}x (sum of tree), star "
+                  f"tables {last['star_bytes'] / max(first['star_bytes'], 1):.2f}x. A load that "
+                  f"grows linearly takes the same seconds per 1M events at every size.")
+        print()
+        print(f"![How the full load grows]({plot.name})" if plot else
+              "No plot: matplotlib is not installed.")
+        print()
+        print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
+              f"Python {info['python']}, PostgreSQL {info['postgresql']} "
+              f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
+              f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
+              f"Code: {code_version()}.")
+        for r in results:
+            if r["mismatches"]:
+                print(f"\nWARNING: at {r['events']:,} events the load's rows differ from "
+                      f"truth.json: {r['mismatches']}")
+    print(f"\n(saved in {bench.workdir / 'growth.md'}"
+          + (f" and {plot}" if plot else "") + ")")
+    return 0
+
+
+def plot_growth(results: list[dict], path: Path) -> Path | None:
+    """A small PNG: seconds (ETL, limit, linear from the first size) and peak RSS, over events."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    events = [r["events"] / 1e6 for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    left.plot(events, [r["etl_s"] for r in results], "o-", label="ETL (create_tables + etl.py)")
+    left.plot(events, [r["limit_s"] for r in results], "s-", label="limit (parse + bare COPY)")
+    per_event = results[0]["etl_s"] / events[0]
+    left.plot(events, [per_event * e for e in events], ":", color="grey",
+              label="ETL, linear from the first size")
+    left.set(xlabel="events (millions)", ylabel="wall s", title="Time")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize="small")
+    right.plot(events, [r["full"].rss_max / MB for r in results], "o-", label="largest process")
+    right.plot(events, [r["full"].rss_sum / MB for r in results], "s-", label="sum of tree")
+    right.set(xlabel="events (millions)", ylabel="peak RSS MB", title="Memory of etl.py")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize="small")
+    for axis in (left, right):
+        axis.set_xlim(left=0)
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sizes(text: str) -> list[int]:
+    """--growth-sizes: positive event counts, comma-separated (1000000 or 1_000_000)."""
+    try:
+        values = [generate_data.positive(part.strip()) for part in text.split(",")
+                  if part.strip()]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, "
+                                         f"got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no size given")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the Sparkify ETL on generated data: full load, re-run, the "
-                    "machine's limit (parse + bare COPY), per-stage rates, and the classic "
-                    "row-at-a-time pipeline; or, with --rss-scaling, peak memory at two sizes.",
+                    "machine's limit (parse + bare COPY), per-stage rates, the classic "
+                    "row-at-a-time pipeline, and a peer (dlt loading the same files raw); or, "
+                    "with --rss-scaling, peak memory at two sizes; or, with --growth, how the "
+                    "full load grows with the data. See bench/README.md.",
         epilog="The Sparkify tables of the database used are dropped and recreated. By default "
                "that is an embedded server of the benchmark's own under WORKDIR/pgdata, "
                "stopped at the end (SPARKIFY_PGDATA, DATABASE_URL or --database-url choose "
-               "another).")
+               "another: any PostgreSQL, a Citus coordinator included).")
     parser.add_argument("--events", type=generate_data.positive, default=1_000_000,
                         help="log events to generate (default: %(default)s)")
     parser.add_argument("--songs", type=generate_data.positive, default=20_000,
@@ -872,8 +1084,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="smaller size for --rss-scaling (default: %(default)s)")
     parser.add_argument("--rss-large", type=generate_data.positive, default=2_000_000,
                         help="larger size for --rss-scaling (default: %(default)s)")
+    parser.add_argument("--growth", action="store_true",
+                        help="instead: how the full load grows, at each of --growth-sizes "
+                             "(WORKDIR/growth.md and growth.png)")
+    parser.add_argument("--growth-sizes", type=sizes, default=GROWTH_SIZES, metavar="N,N,...",
+                        help="events at each size for --growth, each in 30 daily log files "
+                             "with --songs song files (default: "
+                             + ",".join(str(n) for n in GROWTH_SIZES) + ")")
     args = parser.parse_args(argv)
+    if args.growth and args.rss_scaling:
+        parser.error("--growth and --rss-scaling are two different runs: choose one")
     try:
+        if args.growth:
+            return growth(args)
         return rss_scaling(args) if args.rss_scaling else main_benchmark(args)
     except db.DatabaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
