@@ -638,8 +638,9 @@ class Bench:
         if not explicit and not os.environ.get("SPARKIFY_PGDATA"):
             os.environ["SPARKIFY_PGDATA"] = str(self.workdir / "pgdata")
         self.env = dict(os.environ)
+        if args.database_url:  # in the scripts' environment, not on their command lines (which
+            self.env["DATABASE_URL"] = args.database_url  # every local user can read)
         self.settings = db.Settings.from_env(args.database_url)
-        self.url_args = ["--database-url", args.database_url] if args.database_url else []
         self.started_server = False
 
     def __enter__(self) -> Bench:
@@ -657,7 +658,7 @@ class Bench:
                            capture_output=True)
 
     def script(self, name: str, *extra: str) -> Measured:
-        return run_measured([PY, str(PROJECT / name), *extra, *self.url_args], self.env).check()
+        return run_measured([PY, str(PROJECT / name), *extra], self.env).check()
 
     def create_tables(self) -> Measured:
         return self.script("create_tables.py")
@@ -724,7 +725,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
                       f"{slice_info['events']:,} events ...")
             classic_run = run_measured(
                 [PY, str(BENCH / "classic.py"), "--data", str(classic_data), "--json",
-                 "--schema", CLASSIC_SCHEMA, "--drop-after", *fill, *bench.url_args],
+                 "--schema", CLASSIC_SCHEMA, "--drop-after", *fill],
                 bench.env).check()
             classic = json.loads(classic_run.stdout.strip().splitlines()[-1])
             classic["run"] = classic_run
