@@ -16,10 +16,11 @@ What it does, in order (every step prints what it measured):
   5. stages: ``create_tables.py``, ``etl.py`` on a folder with song_data only, then ``etl.py`` on
      the full folder (the songs are unchanged by then, so it loads the logs);
   6. the classic pipeline (bench/classic.py) on a slice, extrapolated linearly to the full set;
-  7. a peer: dlt (installed in a virtualenv of its own under the work folder, never the
+  7. the peers: dlt (installed in a virtualenv of its own under the work folder, never the
      project's) lands the same files raw, in two tables of its own schema, with its csv loader
-     (COPY), run by bench/dlt_peer.py; skipped with --no-peers, or with the reason when dlt
-     cannot be installed;
+     (COPY), run by bench/dlt_peer.py: once from Arrow tables (dlt's fast path) and once from
+     dicts (the usual way); skipped with --no-peers, or with the reason when dlt cannot be
+     installed;
   8. a Markdown table of it all, and the targets (also saved as WORKDIR/report.md).
 
 With --growth it instead loads each of --growth-sizes (generated on demand) with create_tables.py
@@ -70,7 +71,7 @@ CLASSIC_SCHEMA = "bench_classic"
 DLT_SCHEMA = "bench_dlt"
 DLT_VERSION = "1.31.0"
 GROWTH_SIZES = [1_000_000, 3_000_000, 10_000_000]
-DLT_TABLES = {"song_data": "song files", "log_data": "events"}  # as bench/dlt_peer.py names them
+DLT_TABLES = {"song_data": "song file", "log_data": "event"}  # as bench/dlt_peer.py names them
 
 # Row labels of the main table, in order: tests/test_bench.py looks for each of them.
 ROWS = {
@@ -85,8 +86,10 @@ ROWS = {
     "copy": "limit: bare COPY of the final rows",
     "limit": "limit total (parse + bare COPY)",
     "classic": "classic pipeline (extrapolated)",
-    "dlt": "peer: dlt, raw files into 2 tables (csv)",
+    "dlt_arrow": "peer: dlt, raw, from Arrow tables (csv)",
+    "dlt_dicts": "peer: dlt, raw, from dicts (csv)",
 }
+DLT_ITEMS = ("arrow", "dicts")  # bench/dlt_peer.py --items, one peer row each
 TARGETS = ["ETL / limit", "classic / ETL", "song stage files/s", "re-run / full load"]
 
 
@@ -484,16 +487,16 @@ def libpq_url(settings: db.Settings) -> str:
 
 
 def dlt_python(workdir: Path, version: str) -> tuple[Path | None, str]:
-    """The python of WORKDIR/dlt-venv with dlt[postgres]==version, installed there when missing;
-    or (None, why it cannot be had)."""
+    """The python of WORKDIR/dlt-venv with dlt[postgres,parquet]==version (the parquet extra
+    brings pyarrow), installed there when missing; or (None, why it cannot be had)."""
     venv = workdir / "dlt-venv"
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import dlt, orjson; print(dlt.__version__)"]
+    probe = [str(python), "-c", "import dlt, orjson, pyarrow; print(dlt.__version__)"]
     if python.exists():
         found = subprocess.run(probe, capture_output=True, text=True)
         if found.returncode == 0 and found.stdout.strip() == version:
             return python, ""
-    print(f"peer: installing dlt[postgres]=={version} in {venv} ...", flush=True)
+    print(f"peer: installing dlt[postgres,parquet]=={version} in {venv} ...", flush=True)
     started = time.perf_counter()
     try:
         made = subprocess.run([PY, "-m", "venv", "--clear", str(venv)], capture_output=True,
@@ -502,12 +505,12 @@ def dlt_python(workdir: Path, version: str) -> tuple[Path | None, str]:
             return None, "cannot create its virtualenv: " + last_line(made.stderr or made.stdout)
         done = subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-input", "--retries", "1", "--timeout", "30", f"dlt[postgres]=={version}",
+             "--no-input", "--retries", "1", "--timeout", "30", f"dlt[postgres,parquet]=={version}",
              "orjson"], capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"cannot install dlt[postgres]=={version}: {exc}"
+        return None, f"cannot install dlt[postgres,parquet]=={version}: {exc}"
     if done.returncode != 0:
-        return None, (f"pip could not install dlt[postgres]=={version} (no network?): "
+        return None, (f"pip could not install dlt[postgres,parquet]=={version} (no network?): "
                       + last_line(done.stderr or done.stdout))
     found = subprocess.run(probe, capture_output=True, text=True)
     if found.returncode != 0:
@@ -524,24 +527,44 @@ def last_line(text: str) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
-def run_dlt_peer(bench: Bench, data: Path, version: str) -> dict:
-    """dlt loads the data folder raw (bench/dlt_peer.py in dlt's virtualenv), timed like the
-    other rows. Returns the peer's JSON with "run" (Measured) and "rows" per table, or
-    {"skipped": why}. Its schema and working folder are removed afterwards."""
+def run_dlt_peers(bench: Bench, data: Path, version: str, chosen: list[str]) -> dict:
+    """Each peer of DLT_ITEMS: {items: result, see run_dlt_peer, or {"skipped": why}}."""
+    if not chosen:
+        return {items: {"skipped": "--no-peers"} for items in DLT_ITEMS}
     python, reason = dlt_python(bench.workdir, version)
-    if python is None:
-        return {"skipped": reason}
+    peers = {}
+    for items in DLT_ITEMS:
+        if items not in chosen:
+            peers[items] = {"skipped": f"--dlt-items {','.join(chosen)}"}
+        elif python is None:
+            peers[items] = {"skipped": reason}
+        else:
+            peers[items] = run_dlt_peer(bench, python, data, version, items)
+        peer = peers[items]
+        if "run" in peer:
+            bench.say(f"peer: dlt {peer['dlt']} from {items}: {peer['run'].wall:.1f} s, peak "
+                      f"RSS {mb(peer['run'])} MB; rows {peer['rows']}")
+        else:
+            bench.say(f"peer: dlt from {items} skipped: {peer['skipped']}")
+    return peers
+
+
+def run_dlt_peer(bench: Bench, python: Path, data: Path, version: str, items: str) -> dict:
+    """dlt loads the data folder raw (bench/dlt_peer.py --items ITEMS in dlt's virtualenv),
+    timed like the other rows. Returns the peer's JSON with "run" (Measured) and "rows" per
+    table, or {"skipped": why}. Its schema and working folder are removed afterwards."""
     pipelines = bench.workdir / "dlt-pipelines"
     shutil.rmtree(pipelines, ignore_errors=True)
     for schema in (DLT_SCHEMA, DLT_SCHEMA + "_staging"):
         drop_schema(bench.settings, schema)
     env = {**bench.env, "SPARKIFY_DLT_URL": libpq_url(bench.settings),
            "RUNTIME__DLTHUB_TELEMETRY": "false", "DLT_DATA_DIR": str(pipelines)}
-    bench.say(f"peer: dlt {version} loading {data.name} raw into schema {DLT_SCHEMA} ...")
+    bench.say(f"peer: dlt {version} loading {data.name} raw from {items} into schema "
+              f"{DLT_SCHEMA} ...")
     try:
         run = run_measured([str(python), str(BENCH / "dlt_peer.py"), "--data", str(data),
-                            "--dataset", DLT_SCHEMA, "--pipelines-dir", str(pipelines),
-                            "--json"], env)
+                            "--items", items, "--dataset", DLT_SCHEMA, "--pipelines-dir",
+                            str(pipelines), "--json"], env)
         if run.rc != 0:
             return {"skipped": f"failed, dlt_peer.py exited {run.rc}: {last_line(run.stderr)}"}
         result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -775,16 +798,9 @@ def main_benchmark(args: argparse.Namespace) -> int:
                 classic["logs_full_s"]
             shutil.rmtree(classic_data, ignore_errors=True)
 
-        # ---- 7. the peer
-        if args.no_peers:
-            peer = {"skipped": "--no-peers"}
-        else:
-            peer = run_dlt_peer(bench, data, args.dlt_version)
-        if "run" in peer:
-            bench.say(f"peer: dlt {peer['dlt']}: {peer['run'].wall:.1f} s, peak RSS "
-                      f"{mb(peer['run'])} MB; rows {peer['rows']}")
-        else:
-            bench.say(f"peer: dlt skipped: {peer['skipped']}")
+        # ---- 7. the peers
+        peers = run_dlt_peers(bench, data, args.dlt_version,
+                              [] if args.no_peers else args.dlt_items)
         load_end = load_average()
 
     # ---- 8. the report
@@ -816,11 +832,12 @@ def main_benchmark(args: argparse.Namespace) -> int:
     if classic:
         main_rows.append(row(ROWS["classic"], song_files + log_files, records, rows_total,
                              classic["total_s"], classic["run"]))
-    if "run" in peer:
-        main_rows.append(row(ROWS["dlt"], song_files + log_files, records,
-                             sum(peer["rows"].values()), peer["run"].wall, peer["run"]))
-    else:
-        main_rows.append([ROWS["dlt"], "", "", "", "skipped", ""])
+    for items, peer in peers.items():
+        if "run" in peer:
+            main_rows.append(row(ROWS[f"dlt_{items}"], song_files + log_files, records,
+                                 sum(peer["rows"].values()), peer["run"].wall, peer["run"]))
+        else:
+            main_rows.append([ROWS[f"dlt_{items}"], "", "", "", "skipped", ""])
 
     per_table = []
     for t in sql.STAR_TABLES:
@@ -886,22 +903,31 @@ def main_benchmark(args: argparse.Namespace) -> int:
                   + "; later inserts into bigger tables would cost a little more, so the "
                     "extrapolation flatters the classic pipeline.")
             print()
-        if "run" in peer:
-            steps = ", ".join(f"{k} {v:.1f} s" for k, v in peer["steps"].items())
-            print(f"Peer: dlt {peer['dlt']} with its {peer['loader_file_format']} loader file "
-                  f"format (COPY) landed the same files raw in two tables of schema "
-                  f"{DLT_SCHEMA}, "
-                  + ", ".join(f"{name} {peer['rows'][name]:,} rows" for name in DLT_TABLES)
-                  + f", with dlt's own columns and no star schema, in {peer['run'].wall:.1f} s "
-                  f"({steps}; the rest is Python start-up and importing dlt): "
-                  f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s), which also "
-                  "deduplicates, resolves songs and checks its star schema. Its rows/s count "
-                  "those raw rows; its peak RSS is bench/dlt_peer.py's process tree.")
-            expected = {"song_data": song_files, "log_data": events}
-            if peer["rows"] != expected:
-                print(f"\nWARNING: dlt loaded {peer['rows']} rows, expected {expected}")
-        else:
-            print(f"Peer: the dlt row was skipped: {peer['skipped']}.")
+        ran = {items: peer for items, peer in peers.items() if "run" in peer}
+        if ran:
+            some = next(iter(ran.values()))
+            print(f"Peers: dlt {some['dlt']} landed the same files raw, with its "
+                  f"{some['loader_file_format']} loader file format (COPY), in two tables of "
+                  f"schema {DLT_SCHEMA} ("
+                  + ", ".join(f"{name}: one row per {what}" for name, what in DLT_TABLES.items())
+                  + "): no star schema, no deduplication, no song lookup, no checks. "
+                  "Their rows/s count those raw rows; their peak RSS is bench/dlt_peer.py's "
+                  "process tree; the rest of their wall time, beyond dlt's own steps, is Python "
+                  "start-up and importing dlt.")
+        for items, peer in peers.items():
+            if "run" in peer:
+                steps = ", ".join(f"{k} {v:.1f} s" for k, v in peer["steps"].items())
+                how = ("Arrow tables (pyarrow.json per log file), written to csv by pyarrow"
+                       if items == "arrow" else
+                       "pages of orjson-parsed dicts, through dlt's row-by-row normalizer")
+                print(f"- From {how}: {peer['run'].wall:.1f} s ({steps}), "
+                      f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s).")
+                expected = {"song_data": song_files, "log_data": events}
+                if peer["rows"] != expected:
+                    print(f"\nWARNING: dlt from {items} loaded {peer['rows']} rows, expected "
+                          f"{expected}")
+            else:
+                print(f"- The dlt row from {items} was skipped: {peer['skipped']}.")
         print()
         print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
               f"Python {info['python']}, PostgreSQL {info['postgresql']} "
@@ -1075,6 +1101,14 @@ def plot_growth(results: list[dict], path: Path) -> Path | None:
     return path
 
 
+def dlt_items(text: str) -> list[str]:
+    """--dlt-items: a comma-separated choice among DLT_ITEMS."""
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    if not chosen or any(part not in DLT_ITEMS for part in chosen):
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(DLT_ITEMS)}, got {text!r}")
+    return chosen
+
+
 def sizes(text: str) -> list[int]:
     """--growth-sizes: positive event counts, comma-separated (1000000 or 1_000_000)."""
     try:
@@ -1118,10 +1152,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="benchmark on this PostgreSQL instead "
                                                "(its Sparkify tables are dropped)")
     parser.add_argument("--no-peers", action="store_true",
-                        help="skip the peer row (dlt, installed on first use in "
+                        help="skip the peer rows (dlt, installed on first use in "
                              "WORKDIR/dlt-venv from PyPI)")
+    parser.add_argument("--dlt-items", type=dlt_items, default=list(DLT_ITEMS),
+                        metavar="arrow,dicts",
+                        help="which peer rows to run: dlt fed Arrow tables, dicts, or both "
+                             "(default: arrow,dicts)")
     parser.add_argument("--dlt-version", default=DLT_VERSION,
-                        help="dlt release for the peer row (default: %(default)s)")
+                        help="dlt release for the peer rows (default: %(default)s)")
     parser.add_argument("--rss-scaling", action="store_true",
                         help="instead: peak RSS of etl.py at --rss-small and --rss-large events")
     parser.add_argument("--rss-small", type=generate_data.positive, default=200_000,

@@ -1,6 +1,6 @@
 """bench/run.py end to end on tiny data sets: it runs, and prints every row of its reports.
-No timing is asserted (the numbers of a tiny run mean nothing). The dlt peer row is skipped
-(--no-peers): it installs dlt from PyPI, which a test must not depend on."""
+No timing is asserted (the numbers of a tiny run mean nothing). The dlt peer rows are skipped
+(--no-peers): they install dlt from PyPI, which a test must not depend on."""
 
 import re
 
@@ -25,8 +25,9 @@ def test_tiny_benchmark_prints_every_row(tmp_path):
         assert re.search(r"^\| " + name + r" +\| +[\d,]+ \|", out, re.MULTILINE), name
     assert "classic measured on 500 events" in out.lower()
     assert "extrapolated linearly" in out
-    assert re.search(row(ROWS["dlt"]) + r"(?: +\|)* +skipped \|", out, re.MULTILINE)
-    assert "the dlt row was skipped: --no-peers" in out
+    for items in ("arrow", "dicts"):
+        assert re.search(row(ROWS[f"dlt_{items}"]) + r"(?: +\|)* +skipped \|", out, re.MULTILINE)
+        assert f"The dlt row from {items} was skipped: --no-peers." in out
     assert "Machine:" in out and "PostgreSQL" in out
     assert "WARNING" not in out  # the loaded rows match the generator's truth.json
     # The report is also saved in the work folder.
