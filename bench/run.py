@@ -3,6 +3,9 @@ against the limit of the machine and the classic row-at-a-time pipeline.
 
     python bench/run.py                  # 1M events, 20k song files (make bench)
     python bench/run.py --rss-scaling    # peak RSS of etl.py at 200k and at 2M events
+    python bench/run.py --growth         # the full load at 1M, 3M and 10M events
+
+See bench/README.md for every option and how to read the report.
 
 What it does, in order (every step prints what it measured):
   1. generates the data with generate_data.generate (reused with --keep when it is there with the
