@@ -1,8 +1,11 @@
-"""Benchmark of the Sparkify ETL (issue 5): generated data, the real scripts run as a user runs
-them, against the limit of the machine and the classic row-at-a-time pipeline.
+"""Benchmark of the Sparkify ETL: generated data, the real scripts run as a user runs them,
+against the limit of the machine and the classic row-at-a-time pipeline.
 
     python bench/run.py                  # 1M events, 20k song files (make bench)
     python bench/run.py --rss-scaling    # peak RSS of etl.py at 200k and at 2M events
+    python bench/run.py --growth         # the full load at 1M, 3M and 10M events
+
+See bench/README.md for every option and how to read the report.
 
 What it does, in order (every step prints what it measured):
   1. generates the data with generate_data.generate (reused with --keep when it is there with the
@@ -16,7 +19,15 @@ What it does, in order (every step prints what it measured):
   5. stages: ``create_tables.py``, ``etl.py`` on a folder with song_data only, then ``etl.py`` on
      the full folder (the songs are unchanged by then, so it loads the logs);
   6. the classic pipeline (bench/classic.py) on a slice, extrapolated linearly to the full set;
-  7. a Markdown table of it all, and the targets.
+  7. the peers: dlt (installed in a virtualenv of its own under the work folder, never the
+     project's) lands the same files raw, in two tables of its own schema, with its csv loader
+     (COPY), run by bench/dlt_peer.py: once from Arrow tables (dlt's fast path) and once from
+     dicts (the usual way); skipped with --no-peers, or with the reason when dlt cannot be
+     installed;
+  8. a Markdown table of it all, and the targets (also saved as WORKDIR/report.md).
+
+With --growth it instead loads each of --growth-sizes (generated on demand) with create_tables.py
+and etl.py, and shows how time, memory and the limit grow (WORKDIR/growth.md and growth.png).
 
 The benchmark drops and recreates the project's tables in the database it uses. Unless told
 otherwise (--database-url, DATABASE_URL, PG* variables, SPARKIFY_PGDATA) that is an embedded
@@ -32,6 +43,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -39,9 +51,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import orjson
 import psutil
+import psycopg2
 import pyarrow.json
 from psycopg2 import sql as pgsql
 
@@ -51,6 +65,7 @@ sys.path.insert(0, str(PROJECT))
 
 import cli  # noqa: E402
 import db  # noqa: E402
+import embedded  # noqa: E402
 import generate_data  # noqa: E402
 import sql_queries as sql  # noqa: E402
 
@@ -58,6 +73,10 @@ PY = sys.executable
 MB = 1024 * 1024
 LIMIT_SCHEMA = "bench_limit"
 CLASSIC_SCHEMA = "bench_classic"
+DLT_SCHEMA = "bench_dlt"
+DLT_VERSION = "1.31.0"
+GROWTH_SIZES = [1_000_000, 3_000_000, 10_000_000]
+DLT_TABLES = {"song_data": "song file", "log_data": "event"}  # as bench/dlt_peer.py names them
 
 # Row labels of the main table, in order: tests/test_bench.py looks for each of them.
 ROWS = {
@@ -72,7 +91,10 @@ ROWS = {
     "copy": "limit: bare COPY of the final rows",
     "limit": "limit total (parse + bare COPY)",
     "classic": "classic pipeline (extrapolated)",
+    "dlt_arrow": "peer: dlt, raw, from Arrow tables (csv)",
+    "dlt_dicts": "peer: dlt, raw, from dicts (csv)",
 }
+DLT_ITEMS = ("arrow", "dicts")  # bench/dlt_peer.py --items, one peer row each
 TARGETS = ["ETL / limit", "classic / ETL", "song stage files/s", "re-run / full load"]
 
 
@@ -260,6 +282,14 @@ def star_counts(settings: db.Settings) -> dict[str, int]:
         conn.close()
 
 
+def truth_mismatches(counts: dict[str, int], truth: dict) -> dict[str, tuple[int, int]]:
+    """Counts that differ from the generator's truth.json: {name: (loaded, expected)}."""
+    return {k: (counts[k], truth[v]) for k, v in
+            [("songplays", "songplays"), ("users", "users"), ("songs", "songs"),
+             ("artists", "artists"), ("time", "time"), ("resolved", "songplays_resolved")]
+            if counts[k] != truth[v]}
+
+
 def server_version(settings: db.Settings) -> str:
     conn = connect(settings)
     try:
@@ -270,10 +300,61 @@ def server_version(settings: db.Settings) -> str:
         conn.close()
 
 
-def bare_copy(settings: db.Settings) -> tuple[float, dict[str, float], dict[str, int], int]:
+def database_version(settings: db.Settings) -> str:
+    """"18.6", or "16.4 with Citus 12.1" on a Citus coordinator."""
+    citus = citus_version(settings)
+    return server_version(settings) + (f" with Citus {citus}" if citus else "")
+
+
+def citus_version(settings: db.Settings) -> str | None:
+    """The Citus extension's version when the database is a Citus coordinator, else None."""
+    conn = connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
+            found = cur.fetchone()
+            return found[0] if found else None
+    finally:
+        conn.close()
+
+
+def star_size(settings: db.Settings) -> int:
+    """Bytes of the star tables with their indexes and TOAST. A table that Citus distributes (or
+    replicates) lives in shards on the workers, and pg_total_relation_size would measure only the
+    coordinator's empty shell: for those, citus_total_relation_size."""
+    conn = connect(settings)
+    conn.autocommit = True
+    total = 0
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+            citus = cur.fetchone()[0]
+            for table in sql.STAR_TABLES:
+                size = None
+                if citus:
+                    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition "
+                                "WHERE logicalrelid = to_regclass(%s))", (table,))
+                    if cur.fetchone()[0]:
+                        with contextlib.suppress(psycopg2.Error):
+                            cur.execute("SELECT citus_total_relation_size(%s::regclass)",
+                                        (table,))
+                            size = cur.fetchone()[0]
+                if size is None:
+                    cur.execute("SELECT pg_total_relation_size(%s::regclass)", (table,))
+                    size = cur.fetchone()[0]
+                total += size or 0
+        return total
+    finally:
+        conn.close()
+
+
+def bare_copy(settings: db.Settings
+              ) -> tuple[float, dict[str, float], dict[str, int], int, list[str]]:
     """Export the loaded star tables into memory, then COPY them into plain tables of the same
     columns (no key, index, constraint or default) created and committed beforehand; only the
-    COPYs and their commit are timed. Returns (seconds, seconds per table, rows, bytes)."""
+    COPYs and their commit are timed. On a Citus coordinator the plain tables are distributed
+    (or replicated) as the star tables are. Returns (seconds, seconds per table, rows, bytes,
+    the tables laid out by Citus)."""
     conn = connect(settings)
     schema = pgsql.Identifier(LIMIT_SCHEMA)
     try:
@@ -297,6 +378,7 @@ def bare_copy(settings: db.Settings) -> tuple[float, dict[str, float], dict[str,
                         pgsql.SQL("{} {}").format(pgsql.Identifier(name), pgsql.SQL(kind))
                         for name, kind in cols)))
         conn.commit()
+        on_citus = distribute_like(conn, LIMIT_SCHEMA, list(columns))
         per_table = {}
         started = time.perf_counter()
         with conn.cursor() as cur:
@@ -310,9 +392,45 @@ def bare_copy(settings: db.Settings) -> tuple[float, dict[str, float], dict[str,
         with conn.cursor() as cur:
             cur.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(schema))
         conn.commit()
-        return seconds, per_table, rows, sum(len(p) for p in payloads.values())
+        return seconds, per_table, rows, sum(len(p) for p in payloads.values()), on_citus
     finally:
         conn.close()
+
+
+def distribute_like(conn, schema: str, tables: list[str]) -> list[str]:
+    """On a Citus coordinator, distribute (or replicate) each table of schema as the star table of
+    the same name is, so that a COPY into it goes to the shards as the load's did. Returns the
+    tables so laid out; elsewhere, or where Citus refuses, they stay plain local tables."""
+    done = []
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return done
+            for table in tables:
+                cur.execute("SELECT partmethod, repmodel, CASE WHEN partkey IS NOT NULL THEN "
+                            "column_to_column_name(logicalrelid, partkey) END "
+                            "FROM pg_catalog.pg_dist_partition "
+                            "WHERE logicalrelid = to_regclass(%s)", (table,))
+                found = cur.fetchone()
+                target = pgsql.SQL("{}.{}").format(pgsql.Identifier(schema),
+                                                   pgsql.Identifier(table)).as_string(conn)
+                try:
+                    if found and found[0] == "h" and found[2]:
+                        cur.execute("SELECT create_distributed_table(%s, %s)", (target, found[2]))
+                    elif found and found[0] == "n" and found[1] == "t":
+                        cur.execute("SELECT create_reference_table(%s)", (target,))
+                    else:
+                        continue
+                except psycopg2.Error as exc:
+                    print(f"limit: {target} stays a local table: {cli.first_line(exc)}",
+                          flush=True)
+                    continue
+                done.append(table)
+        return done
+    finally:
+        conn.autocommit = False
 
 
 def drop_schema(settings: db.Settings, name: str) -> None:
@@ -348,6 +466,133 @@ def parse_limit(data: Path, repeat: int = 2) -> tuple[float, float]:
     return best_songs, best_logs
 
 
+# ================================================================ the peer: dlt
+
+
+def libpq_url(settings: db.Settings) -> str:
+    """The benchmark's database as a postgresql:// URL (dlt takes nothing else): --database-url
+    or DATABASE_URL as given (a key=value string is turned into a URL), the PG* variables as
+    query parameters, or the embedded server's socket."""
+    if settings.url:
+        if "://" in settings.url:
+            return settings.url
+        pairs = re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", settings.url)
+        params = {k: re.sub(r"\\(.)", r"\1", v[1:-1]) if v.startswith("'") else v
+                  for k, v in pairs}
+        return "postgresql:///?" + urlencode(params)
+    if settings.libpq_env:
+        params = {key: os.environ[var] for key, var in (
+            ("host", "PGHOST"), ("hostaddr", "PGHOSTADDR"), ("port", "PGPORT"),
+            ("service", "PGSERVICE")) if os.environ.get(var)}
+        return (f"postgresql:///{quote(os.environ.get('PGDATABASE') or db.DATABASE)}?"
+                + urlencode(params))
+    socket_dir = embedded.start(settings.pgdata)
+    return (f"postgresql://{embedded.SUPERUSER}@/{db.DATABASE}?"
+            + urlencode({"host": str(socket_dir), "port": embedded.PORT}))
+
+
+def dlt_python(workdir: Path, version: str) -> tuple[Path | None, str]:
+    """The python of WORKDIR/dlt-venv with dlt[postgres,parquet]==version (the parquet extra
+    brings pyarrow), installed there when missing; or (None, why it cannot be had)."""
+    venv = workdir / "dlt-venv"
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import dlt, orjson, pyarrow; print(dlt.__version__)"]
+    if python.exists():
+        found = subprocess.run(probe, capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip() == version:
+            return python, ""
+    print(f"peer: installing dlt[postgres,parquet]=={version} in {venv} ...", flush=True)
+    started = time.perf_counter()
+    try:
+        made = subprocess.run([PY, "-m", "venv", "--clear", str(venv)], capture_output=True,
+                              text=True, timeout=300)
+        if made.returncode != 0:
+            return None, "cannot create its virtualenv: " + last_line(made.stderr or made.stdout)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--no-input", "--retries", "1", "--timeout", "30", f"dlt[postgres,parquet]=={version}",
+             "orjson"], capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"cannot install dlt[postgres,parquet]=={version}: {exc}"
+    if done.returncode != 0:
+        return None, (f"pip could not install dlt[postgres,parquet]=={version} (no network?): "
+                      + last_line(done.stderr or done.stdout))
+    found = subprocess.run(probe, capture_output=True, text=True)
+    if found.returncode != 0:
+        return None, f"dlt was installed but does not import: {last_line(found.stderr)}"
+    print(f"peer: dlt {found.stdout.strip()} installed in {time.perf_counter() - started:.0f} s",
+          flush=True)
+    return python, ""
+
+
+def last_line(text: str) -> str:
+    """The last line of a tool's output that says something (pip's ERROR: line, say)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def run_dlt_peers(bench: Bench, data: Path, version: str, chosen: list[str]) -> dict:
+    """Each peer of DLT_ITEMS: {items: result, see run_dlt_peer, or {"skipped": why}}."""
+    if not chosen:
+        return {items: {"skipped": "--no-peers"} for items in DLT_ITEMS}
+    python, reason = dlt_python(bench.workdir, version)
+    peers = {}
+    for items in DLT_ITEMS:
+        if items not in chosen:
+            peers[items] = {"skipped": f"--dlt-items {','.join(chosen)}"}
+        elif python is None:
+            peers[items] = {"skipped": reason}
+        else:
+            peers[items] = run_dlt_peer(bench, python, data, version, items)
+        peer = peers[items]
+        if "run" in peer:
+            bench.say(f"peer: dlt {peer['dlt']} from {items}: {peer['run'].wall:.1f} s, peak "
+                      f"RSS {mb(peer['run'])} MB; rows {peer['rows']}")
+        else:
+            bench.say(f"peer: dlt from {items} skipped: {peer['skipped']}")
+    return peers
+
+
+def run_dlt_peer(bench: Bench, python: Path, data: Path, version: str, items: str) -> dict:
+    """dlt loads the data folder raw (bench/dlt_peer.py --items ITEMS in dlt's virtualenv),
+    timed like the other rows. Returns the peer's JSON with "run" (Measured) and "rows" per
+    table, or {"skipped": why}. Its schema and working folder are removed afterwards."""
+    pipelines = bench.workdir / "dlt-pipelines"
+    shutil.rmtree(pipelines, ignore_errors=True)
+    for schema in (DLT_SCHEMA, DLT_SCHEMA + "_staging"):
+        drop_schema(bench.settings, schema)
+    env = {**bench.env, "SPARKIFY_DLT_URL": libpq_url(bench.settings),
+           "RUNTIME__DLTHUB_TELEMETRY": "false", "DLT_DATA_DIR": str(pipelines)}
+    bench.say(f"peer: dlt {version} loading {data.name} raw from {items} into schema "
+              f"{DLT_SCHEMA} ...")
+    try:
+        run = run_measured([str(python), str(BENCH / "dlt_peer.py"), "--data", str(data),
+                            "--items", items, "--dataset", DLT_SCHEMA, "--pipelines-dir",
+                            str(pipelines), "--json"], env)
+        if run.rc != 0:
+            return {"skipped": f"failed, dlt_peer.py exited {run.rc}: {last_line(run.stderr)}"}
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        result["run"] = run
+        result["rows"] = {}
+        conn = connect(bench.settings)
+        try:
+            with conn, conn.cursor() as cur:
+                for table in DLT_TABLES:
+                    cur.execute(pgsql.SQL("SELECT count(*) FROM {}.{}").format(
+                        pgsql.Identifier(DLT_SCHEMA), pgsql.Identifier(table)))
+                    result["rows"][table] = cur.fetchone()[0]
+        finally:
+            conn.close()
+        return result
+    except (ValueError, IndexError, psycopg2.Error) as exc:
+        return {"skipped": f"failed: {cli.first_line(exc)}"}
+    finally:
+        for schema in (DLT_SCHEMA, DLT_SCHEMA + "_staging"):
+            drop_schema(bench.settings, schema)
+        shutil.rmtree(pipelines, ignore_errors=True)
+
+
 # ================================================================ the machine
 
 
@@ -372,8 +617,7 @@ def code_version() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT,
                                 capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "etl.py", "db.py",
-                                "sql_queries.py", "create_tables.py"], cwd=PROJECT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "*.py"], cwd=PROJECT,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
@@ -425,6 +669,29 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def saved_report(path: Path):
+    """What is printed inside goes to stdout as usual, and is also saved in path."""
+    copy = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, copy)):
+        yield
+    path.write_text(copy.getvalue())
+
+
 # ================================================================ the runs
 
 
@@ -438,8 +705,9 @@ class Bench:
         if not explicit and not os.environ.get("SPARKIFY_PGDATA"):
             os.environ["SPARKIFY_PGDATA"] = str(self.workdir / "pgdata")
         self.env = dict(os.environ)
+        if args.database_url:  # in the scripts' environment, not on their command lines (which
+            self.env["DATABASE_URL"] = args.database_url  # every local user can read)
         self.settings = db.Settings.from_env(args.database_url)
-        self.url_args = ["--database-url", args.database_url] if args.database_url else []
         self.started_server = False
 
     def __enter__(self) -> Bench:
@@ -457,7 +725,7 @@ class Bench:
                            capture_output=True)
 
     def script(self, name: str, *extra: str) -> Measured:
-        return run_measured([PY, str(PROJECT / name), *extra, *self.url_args], self.env).check()
+        return run_measured([PY, str(PROJECT / name), *extra], self.env).check()
 
     def create_tables(self) -> Measured:
         return self.script("create_tables.py")
@@ -479,7 +747,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
         load_start = load_average()
         create = bench.create_tables()
         info = machine()
-        info["postgresql"] = server_version(bench.settings)
+        info["postgresql"] = database_version(bench.settings)
         bench.say(f"machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, "
                   f"Python {info['python']}, PostgreSQL {info['postgresql']}; "
                   f"load average {load_start}")
@@ -488,10 +756,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
         full_counts = star_counts(bench.settings)
         bench.say(f"etl.py full load: {full.wall:.1f} s, peak RSS {mb(full)} MB (max process / "
                   f"sum of tree); rows {full_counts}")
-        mismatches = {k: (full_counts[k], truth[v]) for k, v in
-                      [("songplays", "songplays"), ("users", "users"), ("songs", "songs"),
-                       ("artists", "artists"), ("time", "time"), ("resolved", "songplays_resolved")]
-                      if full_counts[k] != truth[v]}
+        mismatches = truth_mismatches(full_counts, truth)
         if mismatches:
             bench.say(f"WARNING: rows differ from truth.json (loaded, expected): {mismatches}")
 
@@ -500,7 +765,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
         bench.say(f"etl.py re-run: {rerun.wall:.2f} s")
 
         # ---- 4. the limit
-        copy_s, copy_tables, copy_rows, copy_bytes = bare_copy(bench.settings)
+        copy_s, copy_tables, copy_rows, copy_bytes, copy_citus = bare_copy(bench.settings)
         bench.say(f"limit: bare COPY of {sum(copy_rows.values()):,} rows "
                   f"({copy_bytes / MB:,.0f} MB) in {copy_s:.2f} s")
         parse_songs_s, parse_logs_s = parse_limit(data)
@@ -527,7 +792,7 @@ def main_benchmark(args: argparse.Namespace) -> int:
                       f"{slice_info['events']:,} events ...")
             classic_run = run_measured(
                 [PY, str(BENCH / "classic.py"), "--data", str(classic_data), "--json",
-                 "--schema", CLASSIC_SCHEMA, "--drop-after", *fill, *bench.url_args],
+                 "--schema", CLASSIC_SCHEMA, "--drop-after", *fill],
                 bench.env).check()
             classic = json.loads(classic_run.stdout.strip().splitlines()[-1])
             classic["run"] = classic_run
@@ -536,9 +801,13 @@ def main_benchmark(args: argparse.Namespace) -> int:
             classic["total_s"] = classic["schema_s"] + classic["songs_full_s"] + \
                 classic["logs_full_s"]
             shutil.rmtree(classic_data, ignore_errors=True)
+
+        # ---- 7. the peers
+        peers = run_dlt_peers(bench, data, args.dlt_version,
+                              [] if args.no_peers else args.dlt_items)
         load_end = load_average()
 
-    # ---- 7. the report
+    # ---- 8. the report
     etl_s = create.wall + full.wall
     parse_s = parse_songs_s + parse_logs_s
     limit_s = parse_s + copy_s
@@ -567,6 +836,12 @@ def main_benchmark(args: argparse.Namespace) -> int:
     if classic:
         main_rows.append(row(ROWS["classic"], song_files + log_files, records, rows_total,
                              classic["total_s"], classic["run"]))
+    for items, peer in peers.items():
+        if "run" in peer:
+            main_rows.append(row(ROWS[f"dlt_{items}"], song_files + log_files, records,
+                                 sum(peer["rows"].values()), peer["run"].wall, peer["run"]))
+        else:
+            main_rows.append([ROWS[f"dlt_{items}"], "", "", "", "skipped", ""])
 
     per_table = []
     for t in sql.STAR_TABLES:
@@ -576,64 +851,95 @@ def main_benchmark(args: argparse.Namespace) -> int:
         per_table.append([t, fmt(star_rows[t]), fmt(rate(star_rows[t], full.wall)), stage,
                           fmt(rate(written, wall)), fmt(rate(copy_rows[t], copy_tables[t]))])
 
-    print()
-    print(f"## Sparkify ETL benchmark: {events:,} events in {log_files} log files, "
-          f"{song_files:,} song files (seed {args.seed})")
-    print()
-    print(table(["stage", "files/s", "records/s", "rows/s", "wall s",
-                 "peak RSS MB (max proc / sum)"], main_rows))
-    print()
-    print(table(["table", "rows", "rows/s in full load", "written in", "rows/s in its stage",
-                 "rows/s bare COPY"], per_table))
-    print()
-    print("Rates are counts over wall time of the whole subprocess (Python start-up included). "
-          "Peak RSS: the largest process (its VmHWM) / the sum over etl.py and its worker (polled "
-          "every 20 ms); the PostgreSQL server is not counted.")
-    print()
-    ratio_limit = etl_s / limit_s
-    songs_fps = song_files / songs_run.wall
-    rerun_share = rerun.wall / full.wall
-    print("### Targets")
-    print()
-    targets = [
-        [TARGETS[0], f"{etl_s:.1f} s / {limit_s:.1f} s = {ratio_limit:.1f}x", "<= 2x",
-         verdict(ratio_limit <= 2)],
-    ]
-    if classic:
-        ratio_classic = classic["total_s"] / etl_s
-        targets.append([TARGETS[1], f"{classic['total_s']:,.0f} s / {etl_s:.1f} s = "
-                                    f"{ratio_classic:,.0f}x", ">= 50x",
-                        verdict(ratio_classic >= 50)])
-    else:
-        targets.append([TARGETS[1], "not run (--classic-events 0)", ">= 50x", ""])
-    targets += [
-        [TARGETS[2], f"{songs_fps:,.0f}", ">= 20,000", verdict(songs_fps >= 20_000)],
-        [TARGETS[3], f"{rerun.wall:.2f} s / {full.wall:.1f} s = {rerun_share:.1%}", "< 5%",
-         verdict(rerun_share < 0.05)],
-    ]
-    print(table(["target", "measured", "goal", "verdict"], targets))
-    print()
-    if classic:
-        print(f"Classic measured on {classic['log_records']:,} events ({classic['log_files']} log "
-              f"file(s), {classic['logs_s']:.1f} s) and {classic['song_files']:,} song files "
-              f"({classic['songs_s']:.1f} s), extrapolated linearly to {events:,} events and "
-              f"{song_files:,} song files: {classic['total_s']:,.0f} s "
-              f"(songs {classic['songs_full_s']:,.0f} s + logs {classic['logs_full_s']:,.0f} s). "
-              f"Its per-play song SELECTs searched a songs table of "
-              f"{classic['songs_at_lookup']:,} rows"
-              + (f" (the songs of all {classic['filled_song_files']:,} files were "
-                 "bulk-inserted, untimed, after its song stage)"
-                 if classic["filled_song_files"] else "")
-              + "; later inserts into bigger tables would cost a little more, so the "
-                "extrapolation flatters the classic pipeline.")
+    with saved_report(bench.workdir / "report.md"):
         print()
-    print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
-          f"Python {info['python']}, PostgreSQL {info['postgresql']} "
-          f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
-          f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
-          f"Code: {code_version()}.")
-    if mismatches:
-        print(f"\nWARNING: the load's rows differ from truth.json: {mismatches}")
+        print(f"## Sparkify ETL benchmark: {events:,} events in {log_files} log files, "
+              f"{song_files:,} song files (seed {args.seed})")
+        print()
+        print(table(["stage", "files/s", "records/s", "rows/s", "wall s",
+                     "peak RSS MB (max proc / sum)"], main_rows))
+        print()
+        print(table(["table", "rows", "rows/s in full load", "written in", "rows/s in its stage",
+                     "rows/s bare COPY"], per_table))
+        print()
+        print("Rates are counts over wall time of the whole subprocess (Python start-up "
+              "included). Peak RSS: the largest process (its VmHWM) / the sum over etl.py and its "
+              "worker (polled every 20 ms); the PostgreSQL server is not counted."
+              + (f" On Citus the bare COPY wrote to tables distributed or replicated as the "
+                 f"star tables are ({', '.join(copy_citus)}); the others were plain tables on "
+                 "the coordinator." if copy_citus else ""))
+        print()
+        ratio_limit = etl_s / limit_s
+        songs_fps = song_files / songs_run.wall
+        rerun_share = rerun.wall / full.wall
+        print("### Targets")
+        print()
+        targets = [
+            [TARGETS[0], f"{etl_s:.1f} s / {limit_s:.1f} s = {ratio_limit:.1f}x", "<= 2x",
+             verdict(ratio_limit <= 2)],
+        ]
+        if classic:
+            ratio_classic = classic["total_s"] / etl_s
+            targets.append([TARGETS[1], f"{classic['total_s']:,.0f} s / {etl_s:.1f} s = "
+                                        f"{ratio_classic:,.0f}x", ">= 50x",
+                            verdict(ratio_classic >= 50)])
+        else:
+            targets.append([TARGETS[1], "not run (--classic-events 0)", ">= 50x", ""])
+        targets += [
+            [TARGETS[2], f"{songs_fps:,.0f}", ">= 20,000", verdict(songs_fps >= 20_000)],
+            [TARGETS[3], f"{rerun.wall:.2f} s / {full.wall:.1f} s = {rerun_share:.1%}", "< 5%",
+             verdict(rerun_share < 0.05)],
+        ]
+        print(table(["target", "measured", "goal", "verdict"], targets))
+        print()
+        if classic:
+            print(f"Classic measured on {classic['log_records']:,} events "
+                  f"({classic['log_files']} log file(s), {classic['logs_s']:.1f} s) and "
+                  f"{classic['song_files']:,} song files ({classic['songs_s']:.1f} s), "
+                  f"extrapolated linearly to {events:,} events and {song_files:,} song files: "
+                  f"{classic['total_s']:,.0f} s (songs {classic['songs_full_s']:,.0f} s + logs "
+                  f"{classic['logs_full_s']:,.0f} s). "
+                  f"Its per-play song SELECTs searched a songs table of "
+                  f"{classic['songs_at_lookup']:,} rows"
+                  + (f" (the songs of all {classic['filled_song_files']:,} files were "
+                     "bulk-inserted, untimed, after its song stage)"
+                     if classic["filled_song_files"] else "")
+                  + "; later inserts into bigger tables would cost a little more, so the "
+                    "extrapolation flatters the classic pipeline.")
+            print()
+        ran = {items: peer for items, peer in peers.items() if "run" in peer}
+        if ran:
+            some = next(iter(ran.values()))
+            print(f"Peers: dlt {some['dlt']} landed the same files raw, with its "
+                  f"{some['loader_file_format']} loader file format (COPY), in two tables of "
+                  f"schema {DLT_SCHEMA} ("
+                  + ", ".join(f"{name}: one row per {what}" for name, what in DLT_TABLES.items())
+                  + "): no star schema, no deduplication, no song lookup, no checks. "
+                  "Their rows/s count those raw rows; their peak RSS is bench/dlt_peer.py's "
+                  "process tree; the rest of their wall time, beyond dlt's own steps, is Python "
+                  "start-up and importing dlt.")
+        for items, peer in peers.items():
+            if "run" in peer:
+                steps = ", ".join(f"{k} {v:.1f} s" for k, v in peer["steps"].items())
+                how = ("Arrow tables (pyarrow.json per log file), written to csv by pyarrow"
+                       if items == "arrow" else
+                       "pages of orjson-parsed dicts, through dlt's row-by-row normalizer")
+                print(f"- From {how}: {peer['run'].wall:.1f} s ({steps}), "
+                      f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s).")
+                expected = {"song_data": song_files, "log_data": events}
+                if peer["rows"] != expected:
+                    print(f"\nWARNING: dlt from {items} loaded {peer['rows']} rows, expected "
+                          f"{expected}")
+            else:
+                print(f"- The dlt row from {items} was skipped: {peer['skipped']}.")
+        print()
+        print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
+              f"Python {info['python']}, PostgreSQL {info['postgresql']} "
+              f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
+              f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
+              f"Code: {code_version()}.")
+        if mismatches:
+            print(f"\nWARNING: the load's rows differ from truth.json: {mismatches}")
     if not args.keep:
         shutil.rmtree(data, ignore_errors=True)
     with contextlib.suppress(OSError):
@@ -682,15 +988,155 @@ def rss_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def growth(args: argparse.Namespace) -> int:
+    """How the full load's cost grows: create_tables.py + etl.py at each of --growth-sizes, with
+    the limit (fastest parse + bare COPY) at the same size."""
+    results = []
+    with Bench(args) as bench:
+        load_start = load_average()
+        info = machine()
+        for events in args.growth_sizes:
+            data, truth = ensure_data(bench.workdir, events, args.songs, args.seed, args.keep)
+            create = bench.create_tables()
+            if "postgresql" not in info:
+                info["postgresql"] = database_version(bench.settings)
+            full = bench.etl(data)
+            counts = star_counts(bench.settings)
+            mismatches = truth_mismatches(counts, truth)
+            star_bytes = star_size(bench.settings)
+            copy_s = bare_copy(bench.settings)[0]
+            parse_s = sum(parse_limit(data))
+            result = {
+                "events": truth["log_records"], "song_files": truth["song_files"],
+                "log_files": truth["log_files"], "log_bytes": dir_size(data / "log_data"),
+                "etl_s": create.wall + full.wall, "full": full,
+                "rows": sum(counts[t] for t in sql.STAR_TABLES), "star_bytes": star_bytes,
+                "parse_s": parse_s, "copy_s": copy_s, "limit_s": parse_s + copy_s,
+                "mismatches": mismatches}
+            results.append(result)
+            bench.say(f"{result['events']:,} events: ETL {result['etl_s']:.1f} s, peak RSS "
+                      f"{mb(full)} MB (max process / sum of tree); limit {result['limit_s']:.1f} s "
+                      f"(parse {parse_s:.1f} s + bare COPY {copy_s:.1f} s); star tables "
+                      f"{star_bytes / MB:,.0f} MB")
+            if mismatches:
+                bench.say(f"WARNING: rows differ from truth.json (loaded, expected): {mismatches}")
+            if not args.keep:
+                shutil.rmtree(data, ignore_errors=True)
+        load_end = load_average()
+
+    first, last = results[0], results[-1]
+    plot = plot_growth(results, bench.workdir / "growth.png")
+    with saved_report(bench.workdir / "growth.md"):
+        print()
+        counted = ", ".join(f"{r['events']:,}" for r in results)
+        print(f"## How the full load grows: {counted} events ({args.songs:,} song files, "
+              f"seed {args.seed})")
+        print()
+        print(table(["events", "log MB", "wall s", "s per 1M events", "rows/s",
+                     "peak RSS MB (max proc / sum)", "limit s", "ETL / limit", "star tables MB"],
+                    [[fmt(r["events"]), fmt(r["log_bytes"] / MB), fmt(r["etl_s"], 1),
+                      fmt(r["etl_s"] / r["events"] * 1e6, 1), fmt(rate(r["rows"], r["etl_s"])),
+                      mb(r["full"]), fmt(r["limit_s"], 1), f"{r['etl_s'] / r['limit_s']:.1f}x",
+                      fmt(r["star_bytes"] / MB)] for r in results]))
+        print()
+        print("Wall s: create_tables.py + etl.py (full load), whole subprocesses, Python start-up "
+              "included; rows/s: star rows written over that time. Peak RSS: the largest process "
+              "(its VmHWM) / the sum over etl.py and its worker; the PostgreSQL server is not "
+              "counted. Limit: the fastest parse of the same files (orjson, pyarrow.json) plus a "
+              "bare COPY of the final rows into tables without keys or indexes. Star tables: "
+              "their size in the database, indexes included.")
+        if len(results) > 1:
+            print()
+            grow = last["events"] / first["events"]
+            print(f"From {first['events']:,} to {last['events']:,} events ({grow:.1f}x): wall "
+                  f"{last['etl_s'] / first['etl_s']:.2f}x, limit "
+                  f"{last['limit_s'] / first['limit_s']:.2f}x, peak RSS "
+                  f"{last['full'].rss_max / first['full'].rss_max:.2f}x (largest process) and "
+                  f"{last['full'].rss_sum / first['full'].rss_sum:.2f}x (sum of tree), star "
+                  f"tables {last['star_bytes'] / max(first['star_bytes'], 1):.2f}x. A load that "
+                  f"grows linearly takes the same seconds per 1M events at every size.")
+        print()
+        print(f"![How the full load grows]({plot.name})" if plot else
+              "No plot: matplotlib is not installed.")
+        print()
+        print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
+              f"Python {info['python']}, PostgreSQL {info['postgresql']} "
+              f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
+              f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
+              f"Code: {code_version()}.")
+        for r in results:
+            if r["mismatches"]:
+                print(f"\nWARNING: at {r['events']:,} events the load's rows differ from "
+                      f"truth.json: {r['mismatches']}")
+    print(f"\n(saved in {bench.workdir / 'growth.md'}"
+          + (f" and {plot}" if plot else "") + ")")
+    return 0
+
+
+def plot_growth(results: list[dict], path: Path) -> Path | None:
+    """A small PNG: seconds (ETL, limit, linear from the first size) and peak RSS, over events."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    events = [r["events"] / 1e6 for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    left.plot(events, [r["etl_s"] for r in results], "o-", label="ETL (create_tables + etl.py)")
+    left.plot(events, [r["limit_s"] for r in results], "s-", label="limit (parse + bare COPY)")
+    per_event = results[0]["etl_s"] / events[0]
+    left.plot(events, [per_event * e for e in events], ":", color="grey",
+              label="ETL, linear from the first size")
+    left.set(xlabel="events (millions)", ylabel="wall s", title="Time")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize="small")
+    right.plot(events, [r["full"].rss_max / MB for r in results], "o-", label="largest process")
+    right.plot(events, [r["full"].rss_sum / MB for r in results], "s-", label="sum of tree")
+    right.set(xlabel="events (millions)", ylabel="peak RSS MB", title="Memory of etl.py")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize="small")
+    for axis in (left, right):
+        axis.set_xlim(left=0)
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def dlt_items(text: str) -> list[str]:
+    """--dlt-items: a comma-separated choice among DLT_ITEMS."""
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    if not chosen or any(part not in DLT_ITEMS for part in chosen):
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(DLT_ITEMS)}, got {text!r}")
+    return chosen
+
+
+def sizes(text: str) -> list[int]:
+    """--growth-sizes: positive event counts, comma-separated (1000000 or 1_000_000)."""
+    try:
+        values = [cli.positive(part.strip()) for part in text.split(",")
+                  if part.strip()]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, "
+                                         f"got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no size given")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the Sparkify ETL on generated data: full load, re-run, the "
-                    "machine's limit (parse + bare COPY), per-stage rates, and the classic "
-                    "row-at-a-time pipeline; or, with --rss-scaling, peak memory at two sizes.",
+                    "machine's limit (parse + bare COPY), per-stage rates, the classic "
+                    "row-at-a-time pipeline, and a peer (dlt loading the same files raw); or, "
+                    "with --rss-scaling, peak memory at two sizes; or, with --growth, how the "
+                    "full load grows with the data. See bench/README.md.",
         epilog="The Sparkify tables of the database used are dropped and recreated. By default "
                "that is an embedded server of the benchmark's own under WORKDIR/pgdata, "
                "stopped at the end (SPARKIFY_PGDATA, DATABASE_URL or --database-url choose "
-               "another).")
+               "another: any PostgreSQL, a Citus coordinator included).")
     parser.add_argument("--events", type=cli.positive, default=1_000_000,
                         help="log events to generate (default: %(default)s)")
     parser.add_argument("--songs", type=cli.positive, default=20_000,
@@ -709,14 +1155,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the generated data, and reuse it when its parameters match")
     parser.add_argument("--database-url", help="benchmark on this PostgreSQL instead "
                                                "(its Sparkify tables are dropped)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip the peer rows (dlt, installed on first use in "
+                             "WORKDIR/dlt-venv from PyPI)")
+    parser.add_argument("--dlt-items", type=dlt_items, default=list(DLT_ITEMS),
+                        metavar="arrow,dicts",
+                        help="which peer rows to run: dlt fed Arrow tables, dicts, or both "
+                             "(default: arrow,dicts)")
+    parser.add_argument("--dlt-version", default=DLT_VERSION,
+                        help="dlt release for the peer rows (default: %(default)s)")
     parser.add_argument("--rss-scaling", action="store_true",
                         help="instead: peak RSS of etl.py at --rss-small and --rss-large events")
     parser.add_argument("--rss-small", type=cli.positive, default=200_000,
                         help="smaller size for --rss-scaling (default: %(default)s)")
     parser.add_argument("--rss-large", type=cli.positive, default=2_000_000,
                         help="larger size for --rss-scaling (default: %(default)s)")
+    parser.add_argument("--growth", action="store_true",
+                        help="instead: how the full load grows, at each of --growth-sizes "
+                             "(WORKDIR/growth.md and growth.png)")
+    parser.add_argument("--growth-sizes", type=sizes, default=GROWTH_SIZES, metavar="N,N,...",
+                        help="events at each size for --growth, each in 30 daily log files "
+                             "with --songs song files (default: "
+                             + ",".join(str(n) for n in GROWTH_SIZES) + ")")
     args = parser.parse_args(argv)
+    if args.growth and args.rss_scaling:
+        parser.error("--growth and --rss-scaling are two different runs: choose one")
     try:
+        if args.growth:
+            return growth(args)
         return rss_scaling(args) if args.rss_scaling else main_benchmark(args)
     except db.DatabaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
