@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -69,13 +70,16 @@ class Settings:
 
 
 def redact(url: str) -> str:
-    """Hide the password of a connection URL."""
+    """Hide the password of a connection URL (in its user part or its query), or of a libpq
+    key=value connection string."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    parts = parts._replace(query=re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query))
+    if parts.password is not None:
+        user = (parts.username or "") + ":***"
+        parts = parts._replace(netloc=f"{user}@{parts.netloc.rsplit('@', 1)[-1]}")
+    return urlunsplit(parts)
 
 
 def dsn(settings: Settings, dbname: str | None = None) -> str:
@@ -88,7 +92,7 @@ def dsn(settings: Settings, dbname: str | None = None) -> str:
         if dbname or not os.environ.get("PGDATABASE"):
             return f"dbname={dbname or DATABASE}"
         return ""
-    return (f"host={embedded.socket_dir(settings.pgdata)} port={embedded.PORT} "
+    return (f"host={embedded.socket_of(settings.pgdata)} port={embedded.PORT} "
             f"user={embedded.SUPERUSER} dbname={dbname or DATABASE}")
 
 
@@ -99,7 +103,7 @@ def sqlalchemy_url(settings: Settings) -> str:
     if settings.libpq_env:
         return "postgresql+psycopg2://"
     return (f"postgresql+psycopg2://{embedded.SUPERUSER}@/{DATABASE}"
-            f"?host={embedded.socket_dir(settings.pgdata)}&port={embedded.PORT}")
+            f"?host={embedded.socket_of(settings.pgdata)}&port={embedded.PORT}")
 
 
 def start_embedded(settings: Settings) -> None:
@@ -118,8 +122,9 @@ def connect(settings: Settings, dbname: str | None = None, **kwargs):
     except psycopg2.OperationalError as exc:
         first = first_line(exc)
         if getattr(exc, "pgcode", None) == "3D000" or "does not exist" in first:
-            raise DatabaseError(f"{first} on {settings.describe()}: run `python create_tables.py` "
-                                "first") from None
+            todo = "run `python create_tables.py` first" if settings.embedded else \
+                "create it first (e.g. `createdb`): only the embedded server's is made for you"
+            raise DatabaseError(f"{first} on {settings.describe()}: {todo}") from None
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first}") from None
 
 
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "status", "psql", "url"],
                         help="start/stop/status: the embedded server; psql: open psql on the "
                              "database; url: print the connection string (no password)")
-    parser.add_argument("--database-url", help="use this server instead (default: $DATABASE_URL)")
+    parser.add_argument("--database-url", help="use this server instead (default: $DATABASE_URL, "
+                                               "then PG* variables, then the embedded server)")
     args = parser.parse_args(argv)
     settings = Settings.from_env(args.database_url)
     return run_command(lambda: _command(args.command, settings))

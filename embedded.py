@@ -64,6 +64,13 @@ def socket_dir(pgdata: Path) -> Path:
     return base / f"sparkify-pg-{os.geteuid()}-{tag}"
 
 
+def socket_of(pgdata: Path) -> Path:
+    """Where the server on pgdata listens: as its postmaster.pid says when it runs, else where
+    start() will put it."""
+    server = running(pgdata)
+    return server[1] if server else socket_dir(pgdata)
+
+
 def make_socket_dir(pgdata: Path) -> Path:
     """socket_dir(pgdata), created private to this user where it is not the data directory."""
     path = socket_dir(pgdata)

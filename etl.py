@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit 1 when any record or file was rejected")
     parser.add_argument("--jobs", type=cli.natural, default=None,
                         help="worker processes that parse while the database loads "
-                             "(default: 1 when there are three parts or more, else 0)")
+                             "(default: 1 when there are three parts or more and more than "
+                             "one CPU, else 0)")
     parser.add_argument("--batch-mb", type=cli.positive, default=Limits.log_batch_bytes >> 20,
                         help="megabytes of log files per batch, and per part of a bigger file; "
                              "memory follows it (default: %(default)s)")

@@ -163,7 +163,9 @@ TABLES = ["songplays", "users", "songs", "artists", "time",
           "load_rejects", "load_manifest", "load_runs"]
 STAR_TABLES = TABLES[:5]
 
-drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES) + " CASCADE"
+# Without CASCADE: a view of the user's over these tables stops the drop with a clear error
+# instead of vanishing with them.
+drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES)
 
 # Sessions of other clients that hold a lock on one of our tables (an open notebook transaction,
 # a psql session inside BEGIN) would make DROP wait forever: they are ended first.
