@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import psycopg2.errors
 from psycopg2 import sql as pgsql
 
 import cli
@@ -40,7 +41,11 @@ def create_tables(settings: db.Settings) -> int:
         db.acquire_lock(conn)
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
-            cur.execute(sql.drop_tables)
+            try:
+                cur.execute(sql.drop_tables)
+            except psycopg2.errors.DependentObjectsStillExist as exc:
+                raise db.DatabaseError(f"cannot drop the tables: {exc.diag.message_detail}; drop "
+                                       "or change that first (nothing was dropped)") from None
             for query in sql.create_table_queries:
                 cur.execute(query)
     finally:

@@ -14,6 +14,11 @@ def test_redact_hides_only_the_password():
     assert db.redact("postgresql://me:s3cret@host:5432/x?sslmode=require") == \
         "postgresql://me:***@host:5432/x?sslmode=require"
     assert db.redact("postgresql://me@host/x") == "postgresql://me@host/x"
+    assert db.redact("postgresql://host/x?sslmode=require&password=s3cret") == \
+        "postgresql://host/x?sslmode=require&password=***"
+    assert db.redact("host=h password=s3cret dbname=x") == "host=h password=*** dbname=x"
+    assert db.redact("host=h password = 'it\\'s s3cret' dbname=x") == \
+        "host=h password = *** dbname=x"
 
 
 def test_settings_prefer_the_command_line_then_database_url_then_pg_variables(monkeypatch):
@@ -63,3 +68,19 @@ def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(tmp_path, mo
     assert folder.parent == tmp_path and folder.name.startswith(f"sparkify-pg-{os.geteuid()}-")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert embedded.socket_dir(tmp_path / "pg") == tmp_path / "pg"
+
+
+def test_create_tables_refuses_to_drop_a_users_view_and_leaves_everything_in_place():
+    from conftest import query, run_script
+
+    run_script("create_tables.py")
+    query("CREATE VIEW my_plays AS SELECT user_id FROM songplays; SELECT 1")
+    try:
+        done = run_script("create_tables.py", check=False)
+        assert done.returncode == 3
+        assert done.stderr == ("error: cannot drop the tables: view my_plays depends on table "
+                               "songplays; drop or change that first (nothing was dropped)\n")
+        assert query("SELECT to_regclass('my_plays') IS NOT NULL, "
+                     "to_regclass('songplays') IS NOT NULL") == [(True, True)]
+    finally:
+        query("DROP VIEW my_plays; SELECT 1")
