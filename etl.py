@@ -58,8 +58,9 @@ class Chunk:
     file: FilePart
     first_line: int
     data: bytes
-    records: Records
+    records: Records | None  # a log's; a song file's records are made for its whole part
     rejects: list[tuple]
+    objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
 
 
 def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
@@ -75,7 +76,8 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
         first_line, anything = 1, False
         for data in contents:
             chunk = parse(file, data, first_line, limits)
-            anything = anything or not chunk.records.values.empty or bool(chunk.rejects)
+            anything = anything or bool(chunk.objects or chunk.rejects) or (
+                chunk.records is not None and not chunk.records.values.empty)
             chunks.append(chunk)
             size += len(data)
             first_line += data.count(b"\n")
@@ -86,24 +88,26 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
         if read.status in ("new", "changed") and not anything:
             problems.append((task.path, None, "empty file", None))
         if file.first:  # nothing read: the file still counts, once
-            chunks.append(Chunk(file, 1, b"", Records.combined([], extract.FIELDS[batch.kind]),
-                                []))
+            chunks.append(Chunk(file, 1, b"", None, []))
     yield shape(batch.kind, number, index, True, chunks, problems)
 
 
 def parse(file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
     if file.path.startswith(extract.FOLDERS["song"] + "/"):
-        records, rejects = extract.parse_song_file(data, file.path)
-    else:
-        records, rejects = extract.parse_log_file(data, file.path, limits.parse_piece_bytes,
-                                                  first_line)
+        objects, rejects = extract.decode_song_file(data, file.path)
+        return Chunk(file, first_line, data, None, rejects, objects)
+    records, rejects = extract.parse_log_file(data, file.path, limits.parse_piece_bytes,
+                                              first_line)
     return Chunk(file, first_line, data, records, rejects)
 
 
 def shape(kind: str, number: int, index: int, last: bool, chunks: list[Chunk],
           problems: list[tuple]) -> Part:
     """Judge the chunks' records, shape the good ones into staging rows, count per file."""
-    records = Records.combined([c.records for c in chunks], extract.FIELDS[kind])
+    fields = extract.FIELDS[kind]
+    objects = [o for c in chunks for o in c.objects]
+    records = Records.combined([c.records for c in chunks if c.records is not None]
+                               + [extract.records_from(objects, fields)], fields)
     if kind == "song":
         good, invalid = transform.valid_songs(records)
         skipped = {}

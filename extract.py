@@ -287,6 +287,13 @@ def _decode_lines(lines: Iterable[tuple[int, bytes]], path: str) -> tuple[list[d
 
 def parse_song_file(data: bytes, path: str) -> tuple[Records, list[tuple]]:
     """A song file holds one object; an array of objects, or one object per line, is read too."""
+    objects, rejects = decode_song_file(data, path)
+    return records_from(objects, SONG_FIELDS), rejects
+
+
+def decode_song_file(data: bytes, path: str) -> tuple[list[dict], list[tuple]]:
+    """parse_song_file's objects before they become Records: a batch of many small song files
+    makes its Records at once (a DataFrame per file would cost more than the files)."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -296,7 +303,7 @@ def parse_song_file(data: bytes, path: str) -> tuple[Records, list[tuple]]:
         objects, rejects = _decode_lines(
             ((1, orjson.dumps(item) if isinstance(value, list) else data) for item in items),
             path)
-    return records_from(objects, SONG_FIELDS), rejects
+    return objects, rejects
 
 
 def parse_log_file(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes,
