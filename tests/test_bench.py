@@ -23,9 +23,20 @@ TABLES = ["songplays", "users", "songs", "artists", "time"]
 
 
 def test_tiny_benchmark_prints_every_row(tmp_path):
-    done = run_script("bench/run.py", "--events", "3000", "--songs", "100",
-                      "--classic-events", "500", "--classic-songs", "50",
-                      "--workdir", str(tmp_path), timeout=120)
+    done = run_script(
+        "bench/run.py",
+        "--events",
+        "3000",
+        "--songs",
+        "100",
+        "--classic-events",
+        "500",
+        "--classic-songs",
+        "50",
+        "--workdir",
+        str(tmp_path),
+        timeout=120,
+    )
     out = done.stdout
     for label in LABELS + TARGETS:
         assert re.search(r"^\| " + re.escape(label) + r" +\|", out, re.MULTILINE), label

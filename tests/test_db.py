@@ -11,8 +11,10 @@ import embedded
 
 
 def test_redact_hides_only_the_password():
-    assert db.redact("postgresql://me:s3cret@host:5432/x?sslmode=require") == \
-        "postgresql://me:***@host:5432/x?sslmode=require"
+    assert (
+        db.redact("postgresql://me:s3cret@host:5432/x?sslmode=require")
+        == "postgresql://me:***@host:5432/x?sslmode=require"
+    )
     assert db.redact("postgresql://me@host/x") == "postgresql://me@host/x"
 
 

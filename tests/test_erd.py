@@ -23,10 +23,15 @@ def generated(tmp_path_factory):
 
 
 def stale(name: str, fresh: str, committed: str) -> str:
-    diff = "".join(difflib.unified_diff(committed.splitlines(keepends=True),
-                                        fresh.splitlines(keepends=True),
-                                        f"ERD/{name} (committed)", f"{name} (from the schema)",
-                                        n=1))
+    diff = "".join(
+        difflib.unified_diff(
+            committed.splitlines(keepends=True),
+            fresh.splitlines(keepends=True),
+            f"ERD/{name} (committed)",
+            f"{name} (from the schema)",
+            n=1,
+        )
+    )
     return f"ERD/{name} is stale: run `python erd.py`\n{diff[:3000]}"
 
 

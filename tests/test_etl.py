@@ -4,22 +4,43 @@ import json
 
 import pandas as pd
 import pytest
-
-import etl
-import transform
-import extract
 from conftest import SAMPLE, counts, query, run_script, scalar, table_contents
 
-PLAY = {"artist": "Des'ree", "auth": "Logged In", "firstName": "Kaylee", "gender": "F",
-        "itemInSession": 1, "lastName": "Summers", "length": 246.30812, "level": "free",
-        "location": "Phoenix-Mesa-Scottsdale, AZ", "method": "PUT", "page": "NextSong",
-        "registration": 1540344794796.0, "sessionId": 139, "song": "You Gotta Be",
-        "status": 200, "ts": 1541106106796, "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
-        "userId": "8"}
-SONG = {"num_songs": 1, "artist_id": "ARD7TVE1187B99BFB1", "artist_latitude": None,
-        "artist_longitude": None, "artist_location": "", "artist_name": "Casual",
-        "song_id": "SOMZWCG12A8C13C480", "title": "I Didn't Mean To", "duration": 218.93179,
-        "year": 0}
+import extract
+import transform
+
+PLAY = {
+    "artist": "Des'ree",
+    "auth": "Logged In",
+    "firstName": "Kaylee",
+    "gender": "F",
+    "itemInSession": 1,
+    "lastName": "Summers",
+    "length": 246.30812,
+    "level": "free",
+    "location": "Phoenix-Mesa-Scottsdale, AZ",
+    "method": "PUT",
+    "page": "NextSong",
+    "registration": 1540344794796.0,
+    "sessionId": 139,
+    "song": "You Gotta Be",
+    "status": 200,
+    "ts": 1541106106796,
+    "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
+    "userId": "8",
+}
+SONG = {
+    "num_songs": 1,
+    "artist_id": "ARD7TVE1187B99BFB1",
+    "artist_latitude": None,
+    "artist_longitude": None,
+    "artist_location": "",
+    "artist_name": "Casual",
+    "song_id": "SOMZWCG12A8C13C480",
+    "title": "I Didn't Mean To",
+    "duration": 218.93179,
+    "year": 0,
+}
 
 
 def log_bytes(*events) -> bytes:
@@ -47,19 +68,34 @@ def test_play_rows_make_utc_instants_integer_ids_and_unquoted_user_agents():
     assert (row["user_id"], row["session_id"], row["item_in_session"]) == (8, 139, 1)
     assert row["user_agent"] == "Mozilla/5.0 (Windows NT 6.1)"
     assert (row["song_title"], row["artist_name"], row["song_length"]) == (
-        "You Gotta Be", "Des'ree", 246.30812)
+        "You Gotta Be",
+        "Des'ree",
+        246.30812,
+    )
 
 
 def test_play_rows_keep_a_play_without_artist_and_unquote_only_wrapping_quotes():
     agents = ['"a\nb"', '"', '""', 'x "y"', None]
-    lines = [{**PLAY, "itemInSession": n, "artist": None if n == 0 else "BjÃ¶rk",
-              "userAgent": agent} for n, agent in enumerate(agents)]
+    lines = [
+        {**PLAY, "itemInSession": n, "artist": None if n == 0 else "BjÃ¶rk", "userAgent": agent}
+        for n, agent in enumerate(agents)
+    ]
     plays, _, _, _ = events(*lines)
     rows = transform.play_rows(plays)
     assert [None if pd.isna(v) else v for v in rows["artist_name"]] == [
-        None, "Björk", "Björk", "Björk", "Björk"]
+        None,
+        "Björk",
+        "Björk",
+        "Björk",
+        "Björk",
+    ]
     assert [None if pd.isna(v) else v for v in rows["user_agent"]] == [
-        "a\nb", '"', None, 'x "y"', None]
+        "a\nb",
+        '"',
+        None,
+        'x "y"',
+        None,
+    ]
 
 
 def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
@@ -72,7 +108,9 @@ def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
     assert parse_rejects[["line"]].values.tolist() == [[4]]
     assert parse_rejects["reason"].iloc[0].startswith("malformed JSON")
     assert invalid[["line", "reason"]].values.tolist() == [
-        [3, "userId missing on a play"], [5, "ts is not an integer"]]
+        [3, "userId missing on a play"],
+        [5, "ts is not an integer"],
+    ]
 
 
 def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
@@ -80,10 +118,11 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     fast = extract._fast_events(clean, "p", 1)
     assert fast is not None
     slow, rejects = extract.parse_log_file(clean + b"\n{oops", "p")
-    assert rejects[0][1:3] == (3, "malformed JSON: unexpected character, expected a string key: "
-                                  "line 1 column 2 (char 1)")
-    pd.testing.assert_frame_equal(fast.values.drop(columns="raw"),
-                                  slow.values.drop(columns="raw"))
+    assert rejects[0][1:3] == (
+        3,
+        "malformed JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
+    )
+    pd.testing.assert_frame_equal(fast.values.drop(columns="raw"), slow.values.drop(columns="raw"))
     plays, invalid, _ = transform.valid_events(fast)
     assert len(plays) == 1
     assert invalid[["line", "reason"]].values.tolist() == [[2, "level is not 'free' or 'paid'"]]
@@ -94,7 +133,11 @@ def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
     whole, _ = extract.parse_log_file(log_bytes(*lines), "p")
     piece = len(json.dumps(PLAY)) * 2  # two or three lines a piece
     assert [p.count(b"\n") for p in extract.line_aligned_pieces(log_bytes(*lines), piece)] == [
-        2, 2, 2, 0]
+        2,
+        2,
+        2,
+        0,
+    ]
     pieces, _ = extract.parse_log_file(log_bytes(*lines), "p", piece)
     assert pieces.values["line"].tolist() == list(range(1, 8))
     assert pieces.values["itemInSession"].tolist() == list(range(1, 8))
@@ -106,19 +149,26 @@ def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
 
 
 def test_time_table_uses_utc_iso_week_and_monday_as_weekday_1():
-    rows = pd.DataFrame({"start_time": pd.to_datetime(
-        [1541106106796, 1541106106796, 1543622399000], unit="ms", utc=True)})
+    rows = pd.DataFrame(
+        {
+            "start_time": pd.to_datetime(
+                [1541106106796, 1541106106796, 1543622399000], unit="ms", utc=True
+            )
+        }
+    )
     table = transform.time_table(rows)
     assert table.drop(columns="start_time").values.tolist() == [
-        [21, 1, 44, 11, 2018, 4],   # Thursday 1 Nov 2018
+        [21, 1, 44, 11, 2018, 4],  # Thursday 1 Nov 2018
         [23, 30, 48, 11, 2018, 5],  # Friday 30 Nov 2018, 23:59:59 UTC
     ]
 
 
 def test_users_table_keeps_each_users_latest_play_whatever_the_row_order():
-    plays, _, _, _ = events({**PLAY, "ts": 3, "level": "paid", "itemInSession": 5},
-                            {**PLAY, "ts": 1, "level": "free", "itemInSession": 9},
-                            {**PLAY, "ts": 3, "level": "free", "itemInSession": 4})
+    plays, _, _, _ = events(
+        {**PLAY, "ts": 3, "level": "paid", "itemInSession": 5},
+        {**PLAY, "ts": 1, "level": "free", "itemInSession": 9},
+        {**PLAY, "ts": 3, "level": "free", "itemInSession": 4},
+    )
     users = transform.users_table(transform.play_rows(plays))
     assert users[["user_id", "level", "item_in_session"]].values.tolist() == [[8, "paid", 5]]
 
@@ -138,7 +188,9 @@ def test_parse_song_file_reads_arrays_and_one_object_per_line():
     as_lines, _ = extract.parse_song_file(log_bytes(*two), "s")
     assert as_array.values["song_id"].tolist() == ["SOMZWCG12A8C13C480", "SOTWO"]
     assert as_lines.values[["song_id", "line"]].values.tolist() == [
-        ["SOMZWCG12A8C13C480", 1], ["SOTWO", 2]]
+        ["SOMZWCG12A8C13C480", 1],
+        ["SOTWO", 2],
+    ]
 
 
 def test_render_csv_distinguishes_null_from_empty_text_and_keeps_floats_exact():
@@ -156,21 +208,28 @@ def sample_load():
 
 
 def test_sample_load_matches_the_generators_truth(sample_load, truth):
-    assert counts() == {"songplays": truth["songplays"], "users": truth["users"],
-                        "songs": truth["songs"], "artists": truth["artists"],
-                        "time": truth["time"]}
-    assert scalar("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL") == \
-        truth["songplays_resolved"]
+    assert counts() == {
+        "songplays": truth["songplays"],
+        "users": truth["users"],
+        "songs": truth["songs"],
+        "artists": truth["artists"],
+        "time": truth["time"],
+    }
+    assert (
+        scalar("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL")
+        == truth["songplays_resolved"]
+    )
     assert dict(query("SELECT user_id::text, level FROM users")) == truth["levels"]
     assert "checks: 10 passed, 0 failed" in sample_load.stdout
 
 
 def test_sample_load_resolves_a_non_ascii_play_to_its_song(sample_load, truth):
     play = truth["example_resolved_play"]
-    assert query("SELECT song_id, artist_id, song_title, artist_name FROM songplays "
-                 "WHERE user_id = %s AND session_id = %s AND item_in_session = %s",
-                 (play["user_id"], play["session_id"], play["item_in_session"])) == [
-        (play["song_id"], play["artist_id"], play["title"], play["artist"])]
+    assert query(
+        "SELECT song_id, artist_id, song_title, artist_name FROM songplays "
+        "WHERE user_id = %s AND session_id = %s AND item_in_session = %s",
+        (play["user_id"], play["session_id"], play["item_in_session"]),
+    ) == [(play["song_id"], play["artist_id"], play["title"], play["artist"])]
 
 
 def test_second_run_changes_nothing_and_says_so(sample_load):
@@ -187,6 +246,7 @@ def test_every_script_has_help():
 
 def test_sample_data_is_the_generators_output(tmp_path):
     import generate_data
+
     generate_data.main(["--out", str(tmp_path)])
     for path in sorted(SAMPLE.rglob("*.json")):
         assert (tmp_path / path.relative_to(SAMPLE)).read_bytes() == path.read_bytes(), path

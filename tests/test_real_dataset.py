@@ -11,10 +11,13 @@ def test_real_dataset_loads_exact_counts_and_stays_the_same_on_a_second_run(real
     assert "checks: 10 passed, 0 failed" in first.stdout
     assert counts() == EXPECTED
     assert query("SELECT level, count(*) FROM users GROUP BY level ORDER BY level") == [
-        ("free", 74), ("paid", 22)]
-    assert query("SELECT song_title, artist_name, song_id, artist_id FROM songplays "
-                 "WHERE song_id IS NOT NULL") == [
-        ("Setanta matins", "Elena", "SOZCTXZ12AB0182364", "AR5KOSW1187FB35FF4")]
+        ("free", 74),
+        ("paid", 22),
+    ]
+    assert query(
+        "SELECT song_title, artist_name, song_id, artist_id FROM songplays "
+        "WHERE song_id IS NOT NULL"
+    ) == [("Setanta matins", "Elena", "SOZCTXZ12AB0182364", "AR5KOSW1187FB35FF4")]
     before = table_contents()
 
     second = run_script("etl.py", "--data", str(real_data), "--no-progress")
@@ -29,8 +32,18 @@ def test_real_dataset_loads_exact_counts_and_stays_the_same_on_a_second_run(real
 def test_real_dataset_double_encoded_titles_are_repaired(real_data):
     run_script("create_tables.py")
     run_script("etl.py", "--data", str(real_data), "--no-progress")
-    assert scalar("SELECT count(*) FROM songplays WHERE song_title = %s AND artist_name = %s",
-                  ("No Hay Nadie Como Tú", "Calle 13 Featuring Café Tacuba")) > 0
-    assert scalar("SELECT count(*) FROM songplays WHERE song_title LIKE %s "
-                  "OR artist_name LIKE %s", ("%Ã%", "%Ã%")) == 0
+    assert (
+        scalar(
+            "SELECT count(*) FROM songplays WHERE song_title = %s AND artist_name = %s",
+            ("No Hay Nadie Como Tú", "Calle 13 Featuring Café Tacuba"),
+        )
+        > 0
+    )
+    assert (
+        scalar(
+            "SELECT count(*) FROM songplays WHERE song_title LIKE %s OR artist_name LIKE %s",
+            ("%Ã%", "%Ã%"),
+        )
+        == 0
+    )
     assert scalar("SELECT count(*) FROM songplays WHERE user_agent LIKE '\"%%'") == 0

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from conftest import PROJECT, counts, query, run_script, scalar, schema_objects, table_contents
 
 import db
 import embedded
 import sql_queries
-from conftest import (PROJECT, counts, query, run_script, scalar, schema_objects,
-                      table_contents)
 
 # What the base sample below holds:
 # song_data/A/A/A: 11 songs by 11 artists; 2018-11-01 and 2018-11-03 logs: 15 + 111 events, of
@@ -41,12 +40,16 @@ BASE_LOG_RECORDS, BASE_SKIPPED = 126, 15
 # The crafted plays: one user unknown to the sample, after every real event.
 USER, SESSION, T0 = 900, 9000, 1_543_622_400_000  # T0 = 2018-12-01 00:00:00 UTC
 # This song is in song_data/A/A/A: a play of it resolves.
-FACE = {"song_id": "SOFSOCN12A8C143F5D", "artist_id": "ARXR32B1187FB57099",
-        "file": "TRAAAFD128F92F423A.json"}
+FACE = {
+    "song_id": "SOFSOCN12A8C143F5D",
+    "artist_id": "ARXR32B1187FB57099",
+    "file": "TRAAAFD128F92F423A.json",
+}
 DROP = object()  # as a value in event(...)/song(...): remove that field
 
 
 # ================================================================ building inputs
+
 
 def changed(record: dict, changes: dict) -> dict:
     """The record with the changes applied; a DROP value removes the field."""
@@ -61,11 +64,24 @@ def changed(record: dict, changes: dict) -> dict:
 def event(item: int, **changes) -> dict:
     """A NextSong event of the crafted user, in the real format; item numbers the play."""
     record = {
-        "artist": "Gob", "auth": "Logged In", "firstName": "Ada", "gender": "F",
-        "itemInSession": item, "lastName": "Lovelace", "length": 209.60608, "level": "paid",
-        "location": "London", "method": "PUT", "page": "NextSong",
-        "registration": 1540919166796.0, "sessionId": SESSION, "song": "Face the Ashes",
-        "status": 200, "ts": T0 + item * 1000, "userAgent": '"Mozilla/5.0"', "userId": str(USER),
+        "artist": "Gob",
+        "auth": "Logged In",
+        "firstName": "Ada",
+        "gender": "F",
+        "itemInSession": item,
+        "lastName": "Lovelace",
+        "length": 209.60608,
+        "level": "paid",
+        "location": "London",
+        "method": "PUT",
+        "page": "NextSong",
+        "registration": 1540919166796.0,
+        "sessionId": SESSION,
+        "song": "Face the Ashes",
+        "status": 200,
+        "ts": T0 + item * 1000,
+        "userAgent": '"Mozilla/5.0"',
+        "userId": str(USER),
     }
     return changed(record, changes)
 
@@ -86,10 +102,18 @@ def lines(*records) -> bytes:
 
 def song(n: int, **changes) -> dict:
     """A song of an artist unknown to the sample."""
-    record = {"num_songs": 1, "artist_id": "ARZZZZZ1187FB00001", "artist_latitude": None,
-              "artist_longitude": None, "artist_location": "", "artist_name": "Crafted",
-              "song_id": f"SOZZZZZ12A8C{n:06d}", "title": f"Crafted song {n}",
-              "duration": 100.5 + n, "year": 2001}
+    record = {
+        "num_songs": 1,
+        "artist_id": "ARZZZZZ1187FB00001",
+        "artist_latitude": None,
+        "artist_longitude": None,
+        "artist_location": "",
+        "artist_name": "Crafted",
+        "song_id": f"SOZZZZZ12A8C{n:06d}",
+        "title": f"Crafted song {n}",
+        "duration": 100.5 + n,
+        "year": 2001,
+    }
     return changed(record, changes)
 
 
@@ -102,22 +126,48 @@ def write(root: Path, rel: str, content: bytes) -> Path:
 
 def face_song() -> bytes:
     """The base song that the crafted plays ("Face the Ashes" by "Gob", 209.60608 s) match."""
-    return json.dumps(song(0, artist_id=FACE["artist_id"], artist_name="Gob",
-                           song_id=FACE["song_id"], title="Face the Ashes", duration=209.60608,
-                           year=2007, artist_location="")).encode()
+    return json.dumps(
+        song(
+            0,
+            artist_id=FACE["artist_id"],
+            artist_name="Gob",
+            song_id=FACE["song_id"],
+            title="Face the Ashes",
+            duration=209.60608,
+            year=2007,
+            artist_location="",
+        )
+    ).encode()
 
 
 def base_logs(day: int, plays: int, others: int) -> bytes:
     """A day of real-format events before T0: plays of users 1..12 (one second apart, each a
     title no song has), then other pages, the first of them logged out."""
     start = T0 - (31 - day) * 86_400_000
-    records = [event(i, userId=str(1 + i % 12), sessionId=day * 100 + 1 + i % 12,
-                     ts=start + i * 1000, song=f"Base tune {day}-{i}", artist="Base band",
-                     length=100.0 + i, firstName=f"User{1 + i % 12}", level="free")
-               for i in range(plays)]
-    records += [other_page(plays + k, "Home", ts=start + (plays + k) * 1000,
-                           userId="" if k == 0 else "1", sessionId=day * 100 + 1)
-                for k in range(others)]
+    records = [
+        event(
+            i,
+            userId=str(1 + i % 12),
+            sessionId=day * 100 + 1 + i % 12,
+            ts=start + i * 1000,
+            song=f"Base tune {day}-{i}",
+            artist="Base band",
+            length=100.0 + i,
+            firstName=f"User{1 + i % 12}",
+            level="free",
+        )
+        for i in range(plays)
+    ]
+    records += [
+        other_page(
+            plays + k,
+            "Home",
+            ts=start + (plays + k) * 1000,
+            userId="" if k == 0 else "1",
+            sessionId=day * 100 + 1,
+        )
+        for k in range(others)
+    ]
     return lines(*records)
 
 
@@ -126,8 +176,13 @@ def base_sample(root: Path, songs: bool = True) -> Path:
     if songs:
         write(root, f"{BASE_SONG_DIR}/{FACE['file']}", face_song())
         for n in range(1, 11):
-            write(root, f"{BASE_SONG_DIR}/TRAAABASE{n:09d}.json", json.dumps(
-                song(n, artist_id=f"ARBASE{n:012d}", song_id=f"SOBASE{n:012d}")).encode())
+            write(
+                root,
+                f"{BASE_SONG_DIR}/TRAAABASE{n:09d}.json",
+                json.dumps(
+                    song(n, artist_id=f"ARBASE{n:012d}", song_id=f"SOBASE{n:012d}")
+                ).encode(),
+            )
     write(root, f"log_data/2018/11/{BASE_LOGS[0]}", base_logs(1, 11, 4))
     write(root, f"log_data/2018/11/{BASE_LOGS[1]}", base_logs(3, 100, 11))
     return root
@@ -142,26 +197,33 @@ def data(tmp_path) -> Path:
 
 # ================================================================ running and reading back
 
+
 def etl(data: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_script("etl.py", "--data", str(data), "--no-progress", *extra, check=False)
 
 
 def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.CompletedProcess:
-    assert done.returncode == code, (f"exit {done.returncode}, expected {code}\n"
-                                     f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+    assert done.returncode == code, (
+        f"exit {done.returncode}, expected {code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
     return done
 
 
 def rejects(run_id: int | None = None) -> list[tuple]:
     where, params = ("WHERE run_id = %s", (run_id,)) if run_id else ("", None)
-    return query(f"SELECT path, line, reason, raw FROM load_rejects {where} ORDER BY reject_id",
-                 params)
+    return query(
+        f"SELECT path, line, reason, raw FROM load_rejects {where} ORDER BY reject_id", params
+    )
 
 
 def manifest() -> dict[str, tuple]:
     """path: (records, loaded, skipped, duplicates, rejected)."""
-    return {row[0]: tuple(row[1:]) for row in query(
-        "SELECT path, records, loaded, skipped, duplicates, rejected FROM load_manifest")}
+    return {
+        row[0]: tuple(row[1:])
+        for row in query(
+            "SELECT path, records, loaded, skipped, duplicates, rejected FROM load_manifest"
+        )
+    }
 
 
 def last_run() -> int:
@@ -169,8 +231,13 @@ def last_run() -> int:
 
 
 def crafted_items() -> list[int]:
-    return [r[0] for r in query("SELECT item_in_session FROM songplays WHERE user_id = %s "
-                                "ORDER BY item_in_session", (USER,))]
+    return [
+        r[0]
+        for r in query(
+            "SELECT item_in_session FROM songplays WHERE user_id = %s ORDER BY item_in_session",
+            (USER,),
+        )
+    ]
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:
@@ -194,31 +261,61 @@ BAD_LOG = "log_data/bad/bad.json"
 LOG_CASES = {
     "malformed JSON on a middle line": (
         lines(G(0), b'{"ts": 1543622401000, "page": "NextSong",', G(2)),
-        [(2, r"^malformed JSON: ")], [0, 2]),
+        [(2, r"^malformed JSON: ")],
+        [0, 2],
+    ),
     "truncated file, last line cut mid-object": (
         lines(G(0), G(1)) + line(G(2))[:60],
-        [(3, r"^malformed JSON: ")], [0, 1]),
+        [(3, r"^malformed JSON: ")],
+        [0, 1],
+    ),
     "empty log file": (b"", [(None, r"^empty file$")], []),
     "non-UTF-8 byte inside a string": (
         lines(G(0), line(G(1)).replace(b"London", b"Lon\xffdon"), G(2)),
-        [(2, r"^not valid UTF-8$")], [0, 2]),
+        [(2, r"^not valid UTF-8$")],
+        [0, 2],
+    ),
     "a line that is a JSON array": (
-        lines(G(0), b"[1,2]", G(2)), [(2, r"^not a JSON object but list$")], [0, 2]),
+        lines(G(0), b"[1,2]", G(2)),
+        [(2, r"^not a JSON object but list$")],
+        [0, 2],
+    ),
     "a line that is a JSON string": (
-        lines(G(0), b'"x"', G(2)), [(2, r"^not a JSON object but str$")], [0, 2]),
+        lines(G(0), b'"x"', G(2)),
+        [(2, r"^not a JSON object but str$")],
+        [0, 2],
+    ),
     "ts absent": (lines(G(0), G(1, ts=DROP), G(2)), [(2, r"^ts missing$")], [0, 2]),
     'userId "" on a NextSong': (
-        lines(G(0), G(1, userId=""), G(2)), [(2, r"^userId missing on a play$")], [0, 2]),
+        lines(G(0), G(1, userId=""), G(2)),
+        [(2, r"^userId missing on a play$")],
+        [0, 2],
+    ),
     'ts as text "abc"': (
-        lines(G(0), G(1, ts="abc"), G(2)), [(2, r"^ts is not an integer$")], [0, 2]),
+        lines(G(0), G(1, ts="abc"), G(2)),
+        [(2, r"^ts is not an integer$")],
+        [0, 2],
+    ),
     "userId null on a play": (
-        lines(G(0), G(1, userId=None), G(2)), [(2, r"^userId missing on a play$")], [0, 2]),
+        lines(G(0), G(1, userId=None), G(2)),
+        [(2, r"^userId missing on a play$")],
+        [0, 2],
+    ),
     'userId "abc" on a play': (
-        lines(G(0), G(1, userId="abc"), G(2)), [(2, r"^userId is not numeric$")], [0, 2]),
+        lines(G(0), G(1, userId="abc"), G(2)),
+        [(2, r"^userId is not numeric$")],
+        [0, 2],
+    ),
     'length as text "12.5"': (
-        lines(G(0), G(1, length="12.5"), G(2)), [(2, r"^length is not a number$")], [0, 2]),
+        lines(G(0), G(1, length="12.5"), G(2)),
+        [(2, r"^length is not a number$")],
+        [0, 2],
+    ),
     r"NUL escape \u0000 inside a string": (
-        lines(G(0), G(1, location="Lon\u0000don"), G(2)), [(2, r"\bNUL\b")], [0, 2]),
+        lines(G(0), G(1, location="Lon\u0000don"), G(2)),
+        [(2, r"\bNUL\b")],
+        [0, 2],
+    ),
 }
 
 
@@ -233,7 +330,7 @@ def load_expecting_rejects(data: Path, path: str, expected: list) -> tuple:
     run_id = last_run()
     found = rejects(run_id)
     assert [(p, ln) for p, ln, _, _ in found] == [(path, ln) for ln, _ in expected], found
-    for (_, _, reason, _), (_, pattern) in zip(found, expected):
+    for (_, _, reason, _), (_, pattern) in zip(found, expected, strict=True):
         assert re.search(pattern, reason), reason
     return done, run_id, found
 
@@ -253,11 +350,15 @@ def test_bad_log_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
     assert crafted_items() == good
     assert counts() == plus(songplays=len(good), users=1 if good else 0, time=len(good))
     assert manifest()[BAD_LOG] == (n_records, len(good), 0, 0, n_line_rejects)
-    assert (f"log files: 3 (3 new); records: {BASE_LOG_RECORDS + n_records} = "
-            f"{BASE['songplays'] + len(good)} loaded + {BASE_SKIPPED} skipped (not NextSong) + "
-            f"0 duplicates + {n_line_rejects} rejected [reconciled]") in done.stdout
-    assert (f"rejected: {n_line_rejects} records and {whole_files} whole files, kept in table "
-            f"load_rejects (run_id = {run_id})") in done.stdout
+    assert (
+        f"log files: 3 (3 new); records: {BASE_LOG_RECORDS + n_records} = "
+        f"{BASE['songplays'] + len(good)} loaded + {BASE_SKIPPED} skipped (not NextSong) + "
+        f"0 duplicates + {n_line_rejects} rejected [reconciled]"
+    ) in done.stdout
+    assert (
+        f"rejected: {n_line_rejects} records and {whole_files} whole files, kept in table "
+        f"load_rejects (run_id = {run_id})"
+    ) in done.stdout
     assert "checks: 10 passed, 0 failed" in done.stdout
 
     loaded = table_contents()
@@ -277,12 +378,19 @@ SONG_CASES = {
     "a JSON array of two songs": (json.dumps([song(1), song(2)]).encode(), [], [1, 2]),
     "one bad line among songs one per line": (
         lines(song(1), song(2, duration="12.5"), song(3)),
-        [(2, r"^duration is not a number$")], [1, 3]),
+        [(2, r"^duration is not a number$")],
+        [1, 3],
+    ),
     "non-UTF-8 byte inside a song": (
         lines(song(1), line(song(2)).replace(b"Crafted song", b"Crafted\xff song"), song(3)),
-        [(2, r"^not valid UTF-8$")], [1, 3]),
+        [(2, r"^not valid UTF-8$")],
+        [1, 3],
+    ),
     r"NUL escape \u0000 inside a title": (
-        lines(song(1), song(2, title="Crafted\u0000song"), song(3)), [(2, r"\bNUL\b")], [1, 3]),
+        lines(song(1), song(2, title="Crafted\u0000song"), song(3)),
+        [(2, r"\bNUL\b")],
+        [1, 3],
+    ),
 }
 
 
@@ -294,15 +402,23 @@ def test_bad_song_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
     n_records = len(good) + n_line_rejects
 
     done, run_id, found = load_expecting_rejects(data, BAD_SONG, expected)
-    assert [r[0] for r in query("SELECT song_id FROM songs WHERE artist_id = %s ORDER BY 1",
-                                ("ARZZZZZ1187FB00001",))] == [song(n)["song_id"] for n in good]
+    assert [
+        r[0]
+        for r in query(
+            "SELECT song_id FROM songs WHERE artist_id = %s ORDER BY 1", ("ARZZZZZ1187FB00001",)
+        )
+    ] == [song(n)["song_id"] for n in good]
     assert counts() == plus(songs=len(good), artists=1 if good else 0)
     assert manifest()[BAD_SONG] == (n_records, len(good), 0, 0, n_line_rejects)
-    assert (f"song files: 12 (12 new); records: {11 + n_records} = {11 + len(good)} loaded + "
-            f"{n_line_rejects} rejected [reconciled]") in done.stdout
+    assert (
+        f"song files: 12 (12 new); records: {11 + n_records} = {11 + len(good)} loaded + "
+        f"{n_line_rejects} rejected [reconciled]"
+    ) in done.stdout
     if expected:
-        assert (f"rejected: {n_line_rejects} records and {len(expected) - n_line_rejects} whole "
-                f"files, kept in table load_rejects (run_id = {run_id})") in done.stdout
+        assert (
+            f"rejected: {n_line_rejects} records and {len(expected) - n_line_rejects} whole "
+            f"files, kept in table load_rejects (run_id = {run_id})"
+        ) in done.stdout
     else:
         assert "rejected:" not in done.stdout
     assert "checks: 10 passed, 0 failed" in done.stdout
@@ -347,12 +463,14 @@ def test_unreadable_file_is_rejected_whole_and_the_others_load(data, case):
         done = expect(etl(data), 0)
         run_id = last_run()
         assert [r[:3] for r in rejects(run_id)] == [
-            ("log_data/bad/x.json", None, f"cannot read file: {error}")]
+            ("log_data/bad/x.json", None, f"cannot read file: {error}")
+        ]
         assert counts() == BASE
         assert "log_data/bad/x.json" not in manifest()
         assert "log files: 3 (2 new, 1 unreadable)" in done.stdout
-        assert (f"rejected: 0 records and 1 whole files, kept in table load_rejects "
-                f"(run_id = {run_id})") in done.stdout
+        assert (
+            f"rejected: 0 records and 1 whole files, kept in table load_rejects (run_id = {run_id})"
+        ) in done.stdout
         assert f"{path}:-: cannot read file: {error}" in done.stdout
         expect(etl(data, "--strict"), 1)
     finally:
@@ -362,21 +480,35 @@ def test_unreadable_file_is_rejected_whole_and_the_others_load(data, case):
 
 # ================================================================ 2. reconciliation
 
+
 def test_summary_and_manifest_reconcile_every_record(data):
-    a = [G(0), G(1), other_page(2, "Home", userId=""), G(1), b'{"page":', G(3, userId="abc"),
-         other_page(5, "Logout"), G(4)]
+    a = [
+        G(0),
+        G(1),
+        other_page(2, "Home", userId=""),
+        G(1),
+        b'{"page":',
+        G(3, userId="abc"),
+        other_page(5, "Logout"),
+        G(4),
+    ]
     b = [G(4), G(6)]  # item 4 is already in a.json: a duplicate across files
     write(data, "log_data/2018/12/a.json", lines(*a))
     write(data, "log_data/2018/12/b.json", lines(*b))
 
     done = expect(etl(data), 0)
-    assert ("log files: 4 (4 new); records: 136 = 115 loaded + 17 skipped (not NextSong) + "
-            "2 duplicates + 2 rejected [reconciled]") in done.stdout
-    assert "song files: 11 (11 new); records: 11 = 11 loaded + 0 rejected [reconciled]" \
-        in done.stdout
+    assert (
+        "log files: 4 (4 new); records: 136 = 115 loaded + 17 skipped (not NextSong) + "
+        "2 duplicates + 2 rejected [reconciled]"
+    ) in done.stdout
+    assert (
+        "song files: 11 (11 new); records: 11 = 11 loaded + 0 rejected [reconciled]" in done.stdout
+    )
     assert manifest() == {
-        **{f"{BASE_SONG_DIR}/{f.name}": (1, 1, 0, 0, 0)
-           for f in (data / BASE_SONG_DIR).glob("*.json")},
+        **{
+            f"{BASE_SONG_DIR}/{f.name}": (1, 1, 0, 0, 0)
+            for f in (data / BASE_SONG_DIR).glob("*.json")
+        },
         "log_data/2018/11/2018-11-01-events.json": (15, 11, 4, 0, 0),
         "log_data/2018/11/2018-11-03-events.json": (111, 100, 11, 0, 0),
         "log_data/2018/12/a.json": (8, 3, 2, 1, 2),
@@ -385,17 +517,27 @@ def test_summary_and_manifest_reconcile_every_record(data):
     for path, (records, loaded, skipped, duplicates, rejected) in manifest().items():
         assert records == loaded + skipped + duplicates + rejected, path
     assert crafted_items() == [0, 1, 4, 6]
-    assert [r[:2] for r in rejects()] == [("log_data/2018/12/a.json", 5),
-                                          ("log_data/2018/12/a.json", 6)]
-    assert scalar("SELECT count(*) FROM songplays p JOIN load_manifest m USING (file_id) "
-                  "WHERE m.path = 'log_data/2018/12/a.json'") == 3
+    assert [r[:2] for r in rejects()] == [
+        ("log_data/2018/12/a.json", 5),
+        ("log_data/2018/12/a.json", 6),
+    ]
+    assert (
+        scalar(
+            "SELECT count(*) FROM songplays p JOIN load_manifest m USING (file_id) "
+            "WHERE m.path = 'log_data/2018/12/a.json'"
+        )
+        == 3
+    )
 
 
 # ================================================================ 3. re-runs and incremental loads
 
+
 def bookkeeping() -> list[tuple]:
-    return query("SELECT path, size_bytes, mtime_ns, sha256, run_id, records, loaded, skipped, "
-                 "duplicates, rejected, loaded_at FROM load_manifest ORDER BY path")
+    return query(
+        "SELECT path, size_bytes, mtime_ns, sha256, run_id, records, loaded, skipped, "
+        "duplicates, rejected, loaded_at FROM load_manifest ORDER BY path"
+    )
 
 
 def test_touched_files_with_unchanged_content_set_nothing_aside(data):
@@ -428,16 +570,21 @@ def test_new_log_file_is_loaded_alone(data):
     write(data, "log_data/2018/12/new.json", lines(G(0), G(1), other_page(2, "Home"), G(3)))
 
     done = expect(etl(data), 0)
-    assert ("log files: 3 (2 unchanged, 1 new); records: 4 = 3 loaded + 1 skipped (not NextSong)"
-            " + 0 duplicates + 0 rejected [reconciled]") in done.stdout
+    assert (
+        "log files: 3 (2 unchanged, 1 new); records: 4 = 3 loaded + 1 skipped (not NextSong)"
+        " + 0 duplicates + 0 rejected [reconciled]"
+    ) in done.stdout
     assert "song files: 11 (11 unchanged); records: 0 = 0 loaded" in done.stdout
-    assert "rows written: songplays +3 (= 114), users +1 (= 13), songs +0 (= 11), " \
-           "artists +0 (= 11), time +3 (= 114)" in done.stdout
+    assert (
+        "rows written: songplays +3 (= 114), users +1 (= 13), songs +0 (= 11), "
+        "artists +0 (= 11), time +3 (= 114)" in done.stdout
+    )
     after = table_contents()
     assert {t: len(rows) for t, rows in after.items()} == plus(songplays=3, users=1, time=3)
     assert set(before["songplays"]) < set(after["songplays"])
     assert query("SELECT path FROM load_manifest WHERE run_id = %s", (last_run(),)) == [
-        ("log_data/2018/12/new.json",)]
+        ("log_data/2018/12/new.json",)
+    ]
     assert "bulk load" not in done.stdout  # a small load checks each row as it goes in
 
 
@@ -448,13 +595,16 @@ def test_appended_log_line_is_loaded_without_duplicating_plays(data):
         f.write(lines(G(2)))
 
     done = expect(etl(data), 0)
-    assert ("log files: 3 (2 unchanged, 1 changed); records: 3 = 3 loaded + 0 skipped "
-            "(not NextSong) + 0 duplicates + 0 rejected [reconciled]") in done.stdout
+    assert (
+        "log files: 3 (2 unchanged, 1 changed); records: 3 = 3 loaded + 0 skipped "
+        "(not NextSong) + 0 duplicates + 0 rejected [reconciled]"
+    ) in done.stdout
     assert crafted_items() == [0, 1, 2]
     assert counts() == plus(songplays=3, users=1, time=3)
-    assert query("SELECT records, loaded, duplicates, size_bytes, sha256, run_id "
-                 "FROM load_manifest WHERE path = 'log_data/2018/12/new.json'") == [
-        (3, 3, 0, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest(), last_run())]
+    assert query(
+        "SELECT records, loaded, duplicates, size_bytes, sha256, run_id "
+        "FROM load_manifest WHERE path = 'log_data/2018/12/new.json'"
+    ) == [(3, 3, 0, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest(), last_run())]
     assert "checks: 10 passed, 0 failed" in done.stdout
 
 
@@ -467,18 +617,23 @@ def fresh_load_of(data: Path) -> dict[str, list[tuple]]:
 def test_edited_log_event_is_reloaded_and_the_new_value_wins(data):
     path = write(data, "log_data/2018/12/new.json", lines(G(0), G(1), G(2)))
     expect(etl(data), 0)
-    assert scalar("SELECT song_id FROM songplays WHERE user_id = %s AND item_in_session = 1",
-                  (USER,)) == FACE["song_id"]
-    path.write_bytes(lines(G(0), G(1, song="Another Song", artist="Nobody", length=100.0),
-                           G(2)))
+    assert (
+        scalar("SELECT song_id FROM songplays WHERE user_id = %s AND item_in_session = 1", (USER,))
+        == FACE["song_id"]
+    )
+    path.write_bytes(lines(G(0), G(1, song="Another Song", artist="Nobody", length=100.0), G(2)))
 
     done = expect(etl(data), 0)
     assert "log files: 3 (2 unchanged, 1 changed); records: 3 = 3 loaded" in done.stdout
-    assert query("SELECT item_in_session, song_title, artist_name, song_length, song_id "
-                 "FROM songplays WHERE user_id = %s ORDER BY 1", (USER,)) == [
+    assert query(
+        "SELECT item_in_session, song_title, artist_name, song_length, song_id "
+        "FROM songplays WHERE user_id = %s ORDER BY 1",
+        (USER,),
+    ) == [
         (0, "Face the Ashes", "Gob", Decimal("209.60608"), FACE["song_id"]),
         (1, "Another Song", "Nobody", Decimal("100"), None),
-        (2, "Face the Ashes", "Gob", Decimal("209.60608"), FACE["song_id"])]
+        (2, "Face the Ashes", "Gob", Decimal("209.60608"), FACE["song_id"]),
+    ]
     assert manifest()["log_data/2018/12/new.json"] == (3, 3, 0, 0, 0)
     assert table_contents() == fresh_load_of(data)
 
@@ -497,10 +652,13 @@ def test_play_removed_from_a_changed_log_file_takes_its_contributions_with_it(da
     assert crafted_items() == [0, 1]
     problems = {
         "user level still set by the removed play": scalar(
-            "SELECT level FROM users WHERE user_id = %s", (USER,)) != "free",
+            "SELECT level FROM users WHERE user_id = %s", (USER,)
+        )
+        != "free",
         "time row of the removed play left behind": scalar(
-            "SELECT count(*) FROM time WHERE start_time = to_timestamp(%s / 1000.0)",
-            (T0 + 2000,)) != 0,
+            "SELECT count(*) FROM time WHERE start_time = to_timestamp(%s / 1000.0)", (T0 + 2000,)
+        )
+        != 0,
     }
     assert not [name for name, found in problems.items() if found]
     reloaded = table_contents()
@@ -514,8 +672,10 @@ def test_full_refresh_reloads_everything_to_identical_tables(data):
 
     done = expect(etl(data, "--full-refresh"), 0)
     assert "song files: 11 (11 new); records: 11 = 11 loaded + 0 rejected" in done.stdout
-    assert ("log files: 3 (3 new); records: 129 = 114 loaded + 15 skipped (not NextSong) + "
-            "0 duplicates + 0 rejected [reconciled]") in done.stdout
+    assert (
+        "log files: 3 (3 new); records: 129 = 114 loaded + 15 skipped (not NextSong) + "
+        "0 duplicates + 0 rejected [reconciled]"
+    ) in done.stdout
     assert table_contents() == before
     assert len(manifest()) == 14
 
@@ -525,24 +685,30 @@ def test_songs_arriving_after_their_plays_resolve_them(tmp_path):
     data = base_sample(tmp_path / "data", songs=False)
     write(data, "log_data/2018/12/new.json", lines(G(0), G(1, song="Unknown")))
     expect(etl(data), 0)
-    assert query("SELECT song_id, artist_id FROM songplays WHERE user_id = %s ORDER BY "
-                 "item_in_session", (USER,)) == [(None, None), (None, None)]
+    assert query(
+        "SELECT song_id, artist_id FROM songplays WHERE user_id = %s ORDER BY item_in_session",
+        (USER,),
+    ) == [(None, None), (None, None)]
 
     write(data, f"{BASE_SONG_DIR}/{FACE['file']}", face_song())
     done = expect(etl(data), 0)
     assert "plays resolved to a song: 1 of 113 (1 this run)" in done.stdout
-    assert query("SELECT song_id, artist_id FROM songplays WHERE user_id = %s ORDER BY "
-                 "item_in_session", (USER,)) == [(FACE["song_id"], FACE["artist_id"]),
-                                                 (None, None)]
+    assert query(
+        "SELECT song_id, artist_id FROM songplays WHERE user_id = %s ORDER BY item_in_session",
+        (USER,),
+    ) == [(FACE["song_id"], FACE["artist_id"]), (None, None)]
     assert "checks: 10 passed, 0 failed" in done.stdout
 
 
 def test_instants_are_stored_exactly_whatever_the_sessions_time_zone(data):
     write(data, "log_data/2018/12/tz.json", lines(G(0), G(1)))
     run_script("etl.py", "--data", str(data), "--no-progress", env={"PGTZ": "Pacific/Chatham"})
-    assert query("SELECT extract(epoch FROM p.start_time) * 1000, t.hour, t.day "
-                 "FROM songplays p JOIN time t USING (start_time) WHERE p.user_id = %s "
-                 "ORDER BY 1", (USER,)) == [(Decimal(T0), 0, 1), (Decimal(T0 + 1000), 0, 1)]
+    assert query(
+        "SELECT extract(epoch FROM p.start_time) * 1000, t.hour, t.day "
+        "FROM songplays p JOIN time t USING (start_time) WHERE p.user_id = %s "
+        "ORDER BY 1",
+        (USER,),
+    ) == [(Decimal(T0), 0, 1), (Decimal(T0 + 1000), 0, 1)]
 
 
 def test_older_events_never_overwrite_a_newer_user_level(data):
@@ -557,8 +723,9 @@ def test_older_events_never_overwrite_a_newer_user_level(data):
     write(data, "log_data/2018/12/a-older.json", lines(G(0, level="free", firstName="Old")))
     expect(etl(data), 0)
     assert user() == ("Ada", "paid")
-    assert query("SELECT item_in_session, level FROM songplays WHERE user_id = %s ORDER BY 1",
-                 (USER,)) == [(0, "free"), (10, "paid")]
+    assert query(
+        "SELECT item_in_session, level FROM songplays WHERE user_id = %s ORDER BY 1", (USER,)
+    ) == [(0, "free"), (10, "paid")]
 
     # Loaded later and newer: it wins.
     write(data, "log_data/2018/12/c-newest.json", lines(G(20, level="free", firstName="New")))
@@ -570,12 +737,16 @@ def test_older_events_never_overwrite_a_newer_user_level(data):
 def test_first_load_sets_foreign_keys_aside_and_restores_them_as_created(data):
     created = schema_objects()
     done = expect(etl(data), 0)
-    assert ("bulk load: set songplays' foreign keys and file_id index aside while loading; back "
-            "now, checked over every row") in done.stdout
+    assert (
+        "bulk load: set songplays' foreign keys and file_id index aside while loading; back "
+        "now, checked over every row"
+    ) in done.stdout
     assert schema_objects() == created
     with pytest.raises(psycopg2.errors.ForeignKeyViolation):
-        query("INSERT INTO songplays (start_time, user_id, level, session_id, item_in_session, "
-              "song_title, file_id) VALUES (now(), 1, 'free', 1, 1, 'x', 1)")
+        query(
+            "INSERT INTO songplays (start_time, user_id, level, session_id, item_in_session, "
+            "song_title, file_id) VALUES (now(), 1, 'free', 1, 1, 'x', 1)"
+        )
 
 
 def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
@@ -605,8 +776,11 @@ def load_into_a_deadlock(data: Path, first: str, then: str) -> subprocess.Comple
                 pytest.skip("setting deadlock_timeout needs a superuser (DATABASE_URL's is not)")
             cur.execute(first)
             load = start_load(data)
-            watch.wait("SELECT count(*) FROM pg_locks "
-                       "WHERE NOT granted AND relation = 'time'::regclass", bool, load)
+            watch.wait(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'time'::regclass",
+                bool,
+                load,
+            )
             cur.execute(then)
         session.rollback()
         out, err = load.communicate(timeout=60)
@@ -619,8 +793,9 @@ def load_into_a_deadlock(data: Path, first: str, then: str) -> subprocess.Comple
 def test_load_goes_on_with_keys_in_place_when_setting_them_aside_would_deadlock(data):
     """A session that read time reads songplays while the load, holding songplays, waits for
     time to set the keys aside: the load backs off and loads with the keys in place."""
-    done = expect(load_into_a_deadlock(data, "SELECT count(*) FROM time",
-                                       "SELECT count(*) FROM songplays"), 0)
+    done = expect(
+        load_into_a_deadlock(data, "SELECT count(*) FROM time", "SELECT count(*) FROM songplays"), 0
+    )
     assert "bulk load" not in done.stdout
     assert counts() == BASE
 
@@ -632,10 +807,18 @@ def test_foreign_key_that_would_deadlock_coming_back_is_left_for_the_next_run(da
     created = schema_objects()
     expect(etl(data), 0)
     query("ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey; SELECT 1")
-    done = expect(load_into_a_deadlock(data, "INSERT INTO time SELECT * FROM time LIMIT 0",
-                                       "LOCK songplays IN ROW EXCLUSIVE MODE"), 1)
-    assert ("  NOT added back, the next run tries again: songplays' songplays_start_time_fkey: "
-            "it deadlocked with another session's writes\n") in done.stdout
+    done = expect(
+        load_into_a_deadlock(
+            data,
+            "INSERT INTO time SELECT * FROM time LIMIT 0",
+            "LOCK songplays IN ROW EXCLUSIVE MODE",
+        ),
+        1,
+    )
+    assert (
+        "  NOT added back, the next run tries again: songplays' songplays_start_time_fkey: "
+        "it deadlocked with another session's writes\n"
+    ) in done.stdout
     assert scalar("SELECT status FROM load_runs ORDER BY run_id DESC LIMIT 1") == "failed"
     done = expect(etl(data), 0)
     assert "added back songplays' songplays_start_time_fkey, found missing" in done.stdout
@@ -648,17 +831,21 @@ def test_foreign_key_that_cannot_come_back_fails_the_run_naming_it_and_the_rest_
     after it adds that one back too."""
     created = schema_objects()
     expect(etl(data), 0)
-    query("ALTER TABLE songplays DROP CONSTRAINT songplays_user_id_fkey, "
-          "DROP CONSTRAINT songplays_start_time_fkey; "
-          "INSERT INTO songplays (start_time, user_id, level, session_id, item_in_session, "
-          "song_title, file_id) SELECT start_time, 424242, 'free', 1, 1, 'x', 1 FROM time LIMIT 1"
-          " RETURNING 1")
+    query(
+        "ALTER TABLE songplays DROP CONSTRAINT songplays_user_id_fkey, "
+        "DROP CONSTRAINT songplays_start_time_fkey; "
+        "INSERT INTO songplays (start_time, user_id, level, session_id, item_in_session, "
+        "song_title, file_id) SELECT start_time, 424242, 'free', 1, 1, 'x', 1 FROM time LIMIT 1"
+        " RETURNING 1"
+    )
     done = expect(etl(data), 1)
-    assert ("  added back songplays' songplays_start_time_fkey, found missing (as an interrupted "
-            "bulk load leaves them); checked over every row\n"
-            "  NOT added back, the next run tries again: songplays' songplays_user_id_fkey: "
-            'insert or update on table "songplays" violates foreign key constraint '
-            '"songplays_user_id_fkey"\n') in done.stdout
+    assert (
+        "  added back songplays' songplays_start_time_fkey, found missing (as an interrupted "
+        "bulk load leaves them); checked over every row\n"
+        "  NOT added back, the next run tries again: songplays' songplays_user_id_fkey: "
+        'insert or update on table "songplays" violates foreign key constraint '
+        '"songplays_user_id_fkey"\n'
+    ) in done.stdout
     assert scalar("SELECT status FROM load_runs ORDER BY run_id DESC LIMIT 1") == "failed"
     assert len(schema_objects()) == len(created) - 1
 
@@ -668,7 +855,7 @@ def test_foreign_key_that_cannot_come_back_fails_the_run_naming_it_and_the_rest_
     assert schema_objects() == created
 
 
-# ================================================================ 4 and 5: a load that takes a while
+# ======================================================== 4 and 5: a load that takes a while
 
 # etl.py with 1 MB log batches instead of 32 MB: the test-sized data set then spans ~20
 # transactions and a worker process parses while the database loads.
@@ -678,6 +865,7 @@ SMALL_BATCHES = ("--batch-mb", "1")
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     import generate_data
+
     root = tmp_path_factory.mktemp("big") / "data"
     generate_data.generate(out=str(root), songs=200, events=40_000, seed=4, days=20)
     return root
@@ -692,14 +880,21 @@ def baseline(big) -> dict[str, list[tuple]]:
 
 
 def start_load(data: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(data),
-                             "--no-progress"], cwd=PROJECT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(data), "--no-progress"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def files_in(data: Path, *folders: str) -> int:
-    return sum(1 for folder in folders or ("song_data", "log_data")
-               for _ in (data / folder).rglob("*.json"))
+    return sum(
+        1
+        for folder in folders or ("song_data", "log_data")
+        for _ in (data / folder).rglob("*.json")
+    )
 
 
 class Watcher:
@@ -721,8 +916,10 @@ class Watcher:
             if test(value):
                 return value
             if proc.poll() is not None:
-                raise AssertionError(f"the load ended (exit {proc.returncode}) before the "
-                                     f"awaited point: {proc.communicate()}")
+                raise AssertionError(
+                    f"the load ended (exit {proc.returncode}) before the "
+                    f"awaited point: {proc.communicate()}"
+                )
             time.sleep(0.01)
         raise AssertionError(f"timeout waiting on {sql}")
 
@@ -738,8 +935,9 @@ class Watcher:
 
 
 MANIFEST_ROWS = "SELECT count(*) FROM load_manifest"
-SONGPLAYS_FOREIGN_KEYS = \
+SONGPLAYS_FOREIGN_KEYS = (
     "SELECT count(*) FROM pg_constraint WHERE conrelid = 'songplays'::regclass AND contype = 'f'"
+)
 RUNS = "SELECT count(*) FROM load_runs"
 
 
@@ -803,9 +1001,11 @@ def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, bas
         # 1: right after the first batch (the songs) committed, while logs are being loaded;
         # 2: a resumed run, once a few more log batches committed; 3: a resumed run that has
         # started its run row but committed nothing yet.
-        points = [(MANIFEST_ROWS, lambda n: n > 0),
-                  (MANIFEST_ROWS, lambda n, s=songs: n >= s + 6),
-                  (RUNS, lambda n: n >= 3)]
+        points = [
+            (MANIFEST_ROWS, lambda n: n > 0),
+            (MANIFEST_ROWS, lambda n, s=songs: n >= s + 6),
+            (RUNS, lambda n: n >= 3),
+        ]
         for sql, reached in points:
             watch.lock_free()
             proc = start_load(big)
@@ -831,7 +1031,11 @@ def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, bas
     assert table_contents() == baseline
     assert schema_objects() == schema
     assert query("SELECT status FROM load_runs ORDER BY run_id") == [
-        ("interrupted",), ("interrupted",), ("interrupted",), ("succeeded",)]
+        ("interrupted",),
+        ("interrupted",),
+        ("interrupted",),
+        ("succeeded",),
+    ]
     assert scalar("SELECT count(*) FROM load_manifest") == total
 
 
@@ -848,8 +1052,10 @@ def test_killed_load_leaves_no_worker_process_behind(big):
         deadline = time.monotonic() + 10
         while alive(workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                for pid in alive(workers)}
+        left = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            for pid in alive(workers)
+        }
         assert not left, f"still running 10 s after the load was killed: {left}"
     finally:
         watch.close()
@@ -859,13 +1065,17 @@ def test_killed_load_leaves_no_worker_process_behind(big):
 def test_two_loads_at_once_one_loads_and_the_other_exits_4(big, baseline):
     run_script("create_tables.py")
     first, second = start_load(big), start_load(big)
-    results = [(p.returncode, out, err) for p in (first, second)
-               for out, err in [p.communicate(timeout=300)]]
+    results = [
+        (p.returncode, out, err)
+        for p in (first, second)
+        for out, err in [p.communicate(timeout=300)]
+    ]
     assert sorted(code for code, _, _ in results) == [0, 4], results
     loser = next(r for r in results if r[0] == 4)
     err = loser[2].strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and \
-        "another load is running" in err[0], loser
+    assert len(err) == 1 and err[0].startswith("error: ") and "another load is running" in err[0], (
+        loser
+    )
     assert loser[1] == ""
     assert table_contents() == baseline
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
@@ -904,8 +1114,10 @@ def test_create_tables_ends_a_session_holding_an_open_transaction_on_songplays(d
 
         done = run_script("create_tables.py", timeout=60, check=False)
         assert done.returncode == 0, done
-        with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)), \
-                holder.cursor() as cur:
+        with (
+            pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)),
+            holder.cursor() as cur,
+        ):
             cur.execute("SELECT 1")
     finally:
         holder.close()
@@ -923,13 +1135,23 @@ UNREACHABLE = "postgresql://u:s3cret@127.0.0.1:1/x"
 
 def run_plain(*args: str, env: dict) -> subprocess.CompletedProcess:
     """Like run_script, with nothing on stdin (psql must not wait for input)."""
-    return subprocess.run([sys.executable, *args], cwd=PROJECT, capture_output=True, text=True,
-                          env={**os.environ, **env}, stdin=subprocess.DEVNULL, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("command", [["etl.py", "--data", "{data}"], ["create_tables.py"],
-                                     ["db.py", "psql"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "command",
+    [["etl.py", "--data", "{data}"], ["create_tables.py"], ["db.py", "psql"]],
+    ids=" ".join,
+)
 def test_unreachable_server_is_one_clear_error_line_without_the_password(tmp_path, command):
     data = base_sample(tmp_path / "data")
     done = run_plain(*[a.format(data=data) for a in command], env={"DATABASE_URL": UNREACHABLE})
@@ -957,9 +1179,14 @@ def embedded_socket_dir() -> Path:
 def test_psql_gets_no_password_on_its_command_line():
     """Any local user can read another process's command line (ps)."""
     url = f"postgresql://postgres:s3cret@/{db.DATABASE}?host={embedded_socket_dir()}&port={embedded.PORT}"
-    proc = subprocess.Popen([sys.executable, "db.py", "psql"], cwd=PROJECT,
-                            env={**os.environ, "DATABASE_URL": url}, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "db.py", "psql"],
+        cwd=PROJECT,
+        env={**os.environ, "DATABASE_URL": url},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -1009,8 +1236,9 @@ def test_missing_database_exits_3_naming_create_tables(tmp_path):
 def test_missing_data_folder_exits_3_naming_it(tmp_path):
     missing = tmp_path / "nowhere"
     done = expect(etl(missing), 3)
-    assert one_error_line(done) == (f"error: data folder {missing} not found "
-                                    "(choose one with --data)")
+    assert one_error_line(done) == (
+        f"error: data folder {missing} not found (choose one with --data)"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     done = expect(etl(empty), 3)
@@ -1019,8 +1247,9 @@ def test_missing_data_folder_exits_3_naming_it(tmp_path):
 
 # ================================================================ 7. security
 
-SOURCES = sorted(p.name for p in PROJECT.glob("*.py")
-                 if re.search(r"\.(execute|copy_expert)\(", p.read_text()))
+SOURCES = sorted(
+    p.name for p in PROJECT.glob("*.py") if re.search(r"\.(execute|copy_expert)\(", p.read_text())
+)
 EXECUTORS = {"execute", "executemany", "copy_expert", "mogrify"}
 TABLE_TEMPLATES = {"copy_into", "row_count"}  # the only templates: a {table} placeholder
 
@@ -1052,10 +1281,14 @@ def test_sql_text_is_never_built_from_values(source):
             continue  # psycopg2.sql with Identifier()s
         if isinstance(arg, ast.Name):
             continue  # a loop over sql_queries lists (checked: the loop's source)
-        assert isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) \
-            and arg.func.attr == "format" and ast.unparse(arg.func.value) in {
-                f"sql.{t}" for t in TABLE_TEMPLATES} and not arg.args \
-            and [k.arg for k in arg.keywords] == ["table"], where
+        assert (
+            isinstance(arg, ast.Call)
+            and isinstance(arg.func, ast.Attribute)
+            and arg.func.attr == "format"
+            and ast.unparse(arg.func.value) in {f"sql.{t}" for t in TABLE_TEMPLATES}
+            and not arg.args
+            and [k.arg for k in arg.keywords] == ["table"]
+        ), where
     text = (PROJECT / source).read_text()
     assert not re.search(r"execute\(\s*f[\"']", text)
     assert not re.search(r"execute\([^)]*[\"']\s*%\s*[\w(]", text)
@@ -1066,12 +1299,21 @@ def test_sql_queries_is_fixed_text_built_from_its_own_constants_only():
     nothing, so every statement is fixed when the module loads; the only placeholders are the
     table-name templates and psycopg2.sql's identifier template."""
     tree = ast.parse((PROJECT / "sql_queries.py").read_text())
-    assert not [n for n in ast.walk(tree) if isinstance(
-        n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Import, ast.ImportFrom))]
-    assert not [n for n in ast.walk(tree) if isinstance(n, ast.BinOp)
-                and isinstance(n.op, ast.Mod)], "a % format"
-    templates = {name: re.findall(r"\{(\w+)\}", value) for name, value in vars(sql_queries).items()
-                 if isinstance(value, str) and re.search(r"\{\w+\}", value)}
+    assert not [
+        n
+        for n in ast.walk(tree)
+        if isinstance(
+            n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Import, ast.ImportFrom)
+        )
+    ]
+    assert not [
+        n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod)
+    ], "a % format"
+    templates = {
+        name: re.findall(r"\{(\w+)\}", value)
+        for name, value in vars(sql_queries).items()
+        if isinstance(value, str) and re.search(r"\{\w+\}", value)
+    }
     assert templates == {**{t: ["table"] for t in TABLE_TEMPLATES}, "create_database": ["name"]}
 
 
