@@ -59,6 +59,7 @@ def run_script(
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,  # nothing waits for input (psql would)
         timeout=timeout,
     )
     if check and done.returncode != 0:
@@ -72,6 +73,16 @@ def query(sql: str, params=None) -> list[tuple]:
         with conn, conn.cursor() as cur:
             cur.execute(sql, params)
             return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def drop_tables() -> None:
+    """Drop every table of the project, as if create_tables.py had never run."""
+    conn = db.connect(db.Settings.from_env())
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql_queries.drop_tables)
     finally:
         conn.close()
 
@@ -115,6 +126,15 @@ def counts() -> dict[str, int]:
 @pytest.fixture
 def fresh_tables():
     run_script("create_tables.py")
+
+
+@pytest.fixture
+def data(fresh_tables, tmp_path) -> Path:
+    """Fresh tables and a small data folder: 11 song files and 2 log files in the real format
+    (builders.base_sample)."""
+    from builders import base_sample  # builders imports this module: imported when needed
+
+    return base_sample(tmp_path / "data")
 
 
 @pytest.fixture(scope="session")
