@@ -110,6 +110,11 @@ def lines(*records) -> bytes:
     return b"".join((r if isinstance(r, bytes) else line(r)) + b"\n" for r in records)
 
 
+def log_file(*records) -> bytes:
+    """A log file as the real ones are written: JSON lines, no newline after the last."""
+    return lines(*records).removesuffix(b"\n")
+
+
 def write(root: Path, rel: str, content: bytes) -> Path:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)

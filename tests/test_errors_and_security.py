@@ -25,6 +25,11 @@ from report import EXIT_FAILED, EXIT_OK
 UNREACHABLE = "postgresql://u:s3cret@127.0.0.1:1/x"
 
 
+def test_every_script_has_help():
+    for script in ("etl.py", "create_tables.py", "db.py", "generate_data.py"):
+        assert "usage:" in run_script(script, "--help").stdout
+
+
 def test_exit_codes_keep_the_numbers_the_help_documents():
     assert (EXIT_OK, EXIT_FAILED, EXIT_ENVIRONMENT, EXIT_LOCKED) == (0, 1, 3, 4)
     documented = " ".join(run_script("etl.py", "--help").stdout.split())

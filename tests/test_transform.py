@@ -1,10 +1,10 @@
-"""etl.py: the pure transforms on exact inputs, then whole loads of the sample data."""
+"""Extract and transform on exact inputs, no database: parsing log and song files into Records,
+judging records, shaping the staging rows, and rendering COPY payloads."""
 
 import json
 
 import pandas as pd
-import pytest
-from conftest import SAMPLE, counts, query, run_script, scalar, table_contents
+from builders import line, log_file
 
 import extract
 import transform
@@ -43,12 +43,8 @@ SONG = {
 }
 
 
-def log_bytes(*events) -> bytes:
-    return b"\n".join(e if isinstance(e, bytes) else json.dumps(e).encode() for e in events)
-
-
 def events(*lines):
-    records, rejects = extract.parse_log_file(log_bytes(*lines), "log_data/x.json")
+    records, rejects = extract.parse_log_file(log_file(*lines), "log_data/x.json")
     plays, invalid, skipped = transform.valid_events(records)
     return plays, transform.reject_frame(rejects), invalid, skipped
 
@@ -114,7 +110,7 @@ def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
 
 
 def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
-    clean = log_bytes(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
+    clean = log_file(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
     fast = extract._fast_events(clean, "p", 1)
     assert fast is not None
     slow, rejects = extract.parse_log_file(clean + b"\n{oops", "p")
@@ -130,20 +126,20 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
 
 def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
     lines = [{**PLAY, "itemInSession": n, "ts": PLAY["ts"] + n} for n in range(1, 8)]
-    whole, _ = extract.parse_log_file(log_bytes(*lines), "p")
-    piece = len(json.dumps(PLAY)) * 2  # two or three lines a piece
-    assert [p.count(b"\n") for p in extract.line_aligned_pieces(log_bytes(*lines), piece)] == [
+    whole, _ = extract.parse_log_file(log_file(*lines), "p")
+    piece = len(line(PLAY)) * 2  # two or three lines a piece
+    assert [p.count(b"\n") for p in extract.line_aligned_pieces(log_file(*lines), piece)] == [
         2,
         2,
         2,
         0,
     ]
-    pieces, _ = extract.parse_log_file(log_bytes(*lines), "p", piece)
+    pieces, _ = extract.parse_log_file(log_file(*lines), "p", piece)
     assert pieces.values["line"].tolist() == list(range(1, 8))
     assert pieces.values["itemInSession"].tolist() == list(range(1, 8))
     pd.testing.assert_frame_equal(pieces.values, whole.values)
     lines[5] = b'{"ts": 1, "page": "NextSong",'
-    damaged, rejects = extract.parse_log_file(log_bytes(*lines), "p", piece)
+    damaged, rejects = extract.parse_log_file(log_file(*lines), "p", piece)
     assert [line for _, line, _, _ in rejects] == [6]
     assert damaged.values["line"].tolist() == [1, 2, 3, 4, 5, 7]
 
@@ -185,7 +181,7 @@ def test_song_rows_turn_year_zero_and_empty_location_into_null():
 def test_parse_song_file_reads_arrays_and_one_object_per_line():
     two = [SONG, {**SONG, "song_id": "SOTWO"}]
     as_array, _ = extract.parse_song_file(json.dumps(two).encode(), "s")
-    as_lines, _ = extract.parse_song_file(log_bytes(*two), "s")
+    as_lines, _ = extract.parse_song_file(log_file(*two), "s")
     assert as_array.values["song_id"].tolist() == ["SOMZWCG12A8C13C480", "SOTWO"]
     assert as_lines.values[["song_id", "line"]].values.tolist() == [
         ["SOMZWCG12A8C13C480", 1],
@@ -196,57 +192,3 @@ def test_parse_song_file_reads_arrays_and_one_object_per_line():
 def test_render_csv_distinguishes_null_from_empty_text_and_keeps_floats_exact():
     frame = pd.DataFrame({"a": ["x,y", "", None], "b": [218.93179, 0.1, None]})
     assert transform.render_csv(frame, ["a", "b"]) == b'"x,y",218.93179\n"",0.1\n,\n'
-
-
-# ---------------------------------------------------------------- whole loads of data/
-
-
-@pytest.fixture(scope="module")
-def sample_load():
-    run_script("create_tables.py")
-    return run_script("etl.py", "--no-progress")
-
-
-def test_sample_load_matches_the_generators_truth(sample_load, truth):
-    assert counts() == {
-        "songplays": truth["songplays"],
-        "users": truth["users"],
-        "songs": truth["songs"],
-        "artists": truth["artists"],
-        "time": truth["time"],
-    }
-    assert (
-        scalar("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL")
-        == truth["songplays_resolved"]
-    )
-    assert dict(query("SELECT user_id::text, level FROM users")) == truth["levels"]
-    assert "checks: 10 passed, 0 failed" in sample_load.stdout
-
-
-def test_sample_load_resolves_a_non_ascii_play_to_its_song(sample_load, truth):
-    play = truth["example_resolved_play"]
-    assert query(
-        "SELECT song_id, artist_id, song_title, artist_name FROM songplays "
-        "WHERE user_id = %s AND session_id = %s AND item_in_session = %s",
-        (play["user_id"], play["session_id"], play["item_in_session"]),
-    ) == [(play["song_id"], play["artist_id"], play["title"], play["artist"])]
-
-
-def test_second_run_changes_nothing_and_says_so(sample_load):
-    before = table_contents()
-    again = run_script("etl.py", "--no-progress")
-    assert "nothing new" in again.stdout
-    assert table_contents() == before
-
-
-def test_every_script_has_help():
-    for script in ("etl.py", "create_tables.py", "db.py", "generate_data.py"):
-        assert "usage:" in run_script(script, "--help").stdout
-
-
-def test_sample_data_is_the_generators_output(tmp_path):
-    import generate_data
-
-    generate_data.main(["--out", str(tmp_path)])
-    for path in sorted(SAMPLE.rglob("*.json")):
-        assert (tmp_path / path.relative_to(SAMPLE)).read_bytes() == path.read_bytes(), path
