@@ -37,12 +37,16 @@ from report import EXIT_FAILED, EXIT_OK
 G = event  # a short name for the tables below
 BAD_LOG = "log_data/bad/bad.json"
 
+
+def play_line_2(bad, reason: str) -> tuple:
+    """A log case: a bad line 2 between two good plays (items 0 and 2), which load."""
+    return lines(G(0), bad, G(2)), [(2, reason)], [0, 2]
+
+
 # id: (file content, expected rejects as (line or None, reason pattern), good plays in the file)
 LOG_CASES = {
-    "malformed JSON on a middle line": (
-        lines(G(0), b'{"ts": 1543622401000, "page": "NextSong",', G(2)),
-        [(2, r"^malformed JSON: ")],
-        [0, 2],
+    "malformed JSON on a middle line": play_line_2(
+        b'{"ts": 1543622401000, "page": "NextSong",', r"^malformed JSON: "
     ),
     "truncated file, last line cut mid-object": (
         lines(G(0), G(1)) + line(G(2))[:60],
@@ -50,52 +54,18 @@ LOG_CASES = {
         [0, 1],
     ),
     "empty log file": (b"", [(None, r"^empty file$")], []),
-    "non-UTF-8 byte inside a string": (
-        lines(G(0), line(G(1)).replace(b"London", b"Lon\xffdon"), G(2)),
-        [(2, r"^not valid UTF-8$")],
-        [0, 2],
+    "non-UTF-8 byte inside a string": play_line_2(
+        line(G(1)).replace(b"London", b"Lon\xffdon"), r"^not valid UTF-8$"
     ),
-    "a line that is a JSON array": (
-        lines(G(0), b"[1,2]", G(2)),
-        [(2, r"^not a JSON object but list$")],
-        [0, 2],
-    ),
-    "a line that is a JSON string": (
-        lines(G(0), b'"x"', G(2)),
-        [(2, r"^not a JSON object but str$")],
-        [0, 2],
-    ),
-    "ts absent": (lines(G(0), G(1, ts=DROP), G(2)), [(2, r"^ts missing$")], [0, 2]),
-    'userId "" on a NextSong': (
-        lines(G(0), G(1, userId=""), G(2)),
-        [(2, r"^userId missing on a play$")],
-        [0, 2],
-    ),
-    'ts as text "abc"': (
-        lines(G(0), G(1, ts="abc"), G(2)),
-        [(2, r"^ts is not an integer$")],
-        [0, 2],
-    ),
-    "userId null on a play": (
-        lines(G(0), G(1, userId=None), G(2)),
-        [(2, r"^userId missing on a play$")],
-        [0, 2],
-    ),
-    'userId "abc" on a play': (
-        lines(G(0), G(1, userId="abc"), G(2)),
-        [(2, r"^userId is not numeric$")],
-        [0, 2],
-    ),
-    'length as text "12.5"': (
-        lines(G(0), G(1, length="12.5"), G(2)),
-        [(2, r"^length is not a number$")],
-        [0, 2],
-    ),
-    r"NUL escape \u0000 inside a string": (
-        lines(G(0), G(1, location="Lon\u0000don"), G(2)),
-        [(2, r"\bNUL\b")],
-        [0, 2],
-    ),
+    "a line that is a JSON array": play_line_2(b"[1,2]", r"^not a JSON object but list$"),
+    "a line that is a JSON string": play_line_2(b'"x"', r"^not a JSON object but str$"),
+    "ts absent": play_line_2(G(1, ts=DROP), r"^ts missing$"),
+    'userId "" on a NextSong': play_line_2(G(1, userId=""), r"^userId missing on a play$"),
+    'ts as text "abc"': play_line_2(G(1, ts="abc"), r"^ts is not an integer$"),
+    "userId null on a play": play_line_2(G(1, userId=None), r"^userId missing on a play$"),
+    'userId "abc" on a play': play_line_2(G(1, userId="abc"), r"^userId is not numeric$"),
+    'length as text "12.5"': play_line_2(G(1, length="12.5"), r"^length is not a number$"),
+    r"NUL escape \u0000 inside a string": play_line_2(G(1, location="Lon\u0000don"), r"\bNUL\b"),
 }
 
 
@@ -149,26 +119,26 @@ def test_bad_log_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
 
 BAD_SONG = "song_data/Z/bad.json"
 
+
+def song_line_2(bad, reason: str) -> tuple:
+    """A song case, one song per line: a bad line 2 between songs 1 and 3, which load."""
+    return lines(song(1), bad, song(3)), [(2, reason)], [1, 3]
+
+
 # id: (file content, expected rejects, song numbers that load)
 SONG_CASES = {
     "empty song file": (b"", [(None, r"^empty file$")], []),
     "song without song_id": (line(song(1, song_id=DROP)), [(1, r"^song_id missing$")], []),
     "several songs, one object per line": (lines(song(1), song(2), song(3)), [], [1, 2, 3]),
     "a JSON array of two songs": (json.dumps([song(1), song(2)]).encode(), [], [1, 2]),
-    "one bad line among songs one per line": (
-        lines(song(1), song(2, duration="12.5"), song(3)),
-        [(2, r"^duration is not a number$")],
-        [1, 3],
+    "one bad line among songs one per line": song_line_2(
+        song(2, duration="12.5"), r"^duration is not a number$"
     ),
-    "non-UTF-8 byte inside a song": (
-        lines(song(1), line(song(2)).replace(b"Crafted song", b"Crafted\xff song"), song(3)),
-        [(2, r"^not valid UTF-8$")],
-        [1, 3],
+    "non-UTF-8 byte inside a song": song_line_2(
+        line(song(2)).replace(b"Crafted song", b"Crafted\xff song"), r"^not valid UTF-8$"
     ),
-    r"NUL escape \u0000 inside a title": (
-        lines(song(1), song(2, title="Crafted\u0000song"), song(3)),
-        [(2, r"\bNUL\b")],
-        [1, 3],
+    r"NUL escape \u0000 inside a title": song_line_2(
+        song(2, title="Crafted\u0000song"), r"\bNUL\b"
     ),
 }
 

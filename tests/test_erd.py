@@ -6,6 +6,7 @@ import difflib
 import xml.etree.ElementTree as ET
 
 import pytest
+from builders import one_error_line
 from conftest import PROJECT, drop_tables, run_script
 
 import sql_queries
@@ -79,7 +80,7 @@ def test_missing_tables_are_reported_and_nothing_is_written(tmp_path):
     try:
         done = run_script("erd.py", "--out", str(tmp_path), check=False)
         assert done.returncode == EXIT_ENVIRONMENT
-        assert "run `python create_tables.py` first" in done.stderr
+        assert "run `python create_tables.py` first" in one_error_line(done)
         assert not list(tmp_path.iterdir())
     finally:
         run_script("create_tables.py")

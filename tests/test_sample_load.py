@@ -34,7 +34,7 @@ def test_sample_load_resolves_a_non_ascii_play_to_its_song(sample_load, truth):
     ) == [(play["song_id"], play["artist_id"], play["title"], play["artist"])]
 
 
-def test_second_run_changes_nothing_and_says_so(sample_load):
+def test_second_load_of_the_sample_changes_nothing_and_says_so(sample_load):
     before = table_contents()
     assert parse_summary(run_script("etl.py", "--no-progress").stdout).nothing_new
     assert table_contents() == before
