@@ -15,7 +15,8 @@ from report import FILE_STATES
 
 class Counts(NamedTuple):
     """Records of a file (load_manifest) or of a kind (the summary): every record read is
-    loaded, skipped by design, a duplicate or rejected."""
+    loaded, skipped by design, a duplicate or rejected. Songs are never skipped or duplicates:
+    their line in the summary leaves those out."""
 
     records: int
     loaded: int
@@ -36,8 +37,7 @@ class Rejected(NamedTuple):
 
 @dataclasses.dataclass
 class Summary:
-    """etl.py's summary read back into numbers and names, so that a test compares counts rather
-    than sentences. Every line must be one the summary is known to print."""
+    """What one summary says; parse_summary makes it."""
 
     run_id: int
     nothing_new: bool = False
@@ -89,7 +89,7 @@ SUMMARY_LINES = {
     ),
     "checks not run": re.compile(r"  checks: not run, nothing changed since the last run"),
     "checks": re.compile(r"  checks: (?P<passed>\d+) passed, (?P<failed>\d+) failed"),
-    "check": re.compile(r"    \[(?:pass|FAIL)\] (?P<name>.+?)(?: \((?P<bad>\d+) rows\))?"),
+    "check": re.compile(r"    \[(?P<verdict>pass|FAIL)\] (?P<name>.+?)(?: \((?P<bad>\d+) rows\))?"),
     "example": re.compile(r"    (?P<example>\S.*)"),
 }
 
@@ -108,10 +108,7 @@ def parse_summary(text: str) -> Summary:
         if m := SUMMARY_KIND.fullmatch(row):
             _read_kind(summary, m)
             continue
-        name, m = next(
-            ((n, p.fullmatch(row)) for n, p in SUMMARY_LINES.items() if p.fullmatch(row)),
-            (None, None),
-        )
+        name, m = _match(row)
         if name == "nothing new":
             summary.nothing_new = True
         elif name == "rows":
@@ -133,6 +130,7 @@ def parse_summary(text: str) -> Summary:
         elif name == "checks":
             summary.checks, told, section = {}, (int(m["passed"]), int(m["failed"])), name
         elif name == "check" and section == "checks":
+            assert (m["verdict"] == "FAIL") == bool(m["bad"] and int(m["bad"])), row
             summary.checks[m["name"]] = int(m["bad"] or 0)
         elif name in ("check", "example") and section == "rejected":
             summary.examples.append(row.strip())
@@ -145,6 +143,14 @@ def parse_summary(text: str) -> Summary:
         failed = sum(1 for bad in summary.checks.values() if bad)
         assert told == (len(summary.checks) - failed, failed), text
     return summary
+
+
+def _match(row: str) -> tuple[str | None, re.Match | None]:
+    """Which kind of line row is, and its fields."""
+    for name, pattern in SUMMARY_LINES.items():
+        if m := pattern.fullmatch(row):
+            return name, m
+    return None, None
 
 
 def _read_kind(summary: Summary, m: re.Match) -> None:
