@@ -49,11 +49,19 @@ def settings() -> db.Settings:
     return db.Settings.from_env()
 
 
-def run_script(*args: str, env: dict | None = None, timeout: float = 600,
-               check: bool = True) -> subprocess.CompletedProcess:
+def run_script(
+    *args: str, env: dict | None = None, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess:
     """python SCRIPT ARGS from the project folder, as a user types it."""
-    done = subprocess.run([sys.executable, *args], cwd=PROJECT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,  # nothing waits for input (psql would)
+        timeout=timeout,
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"{args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
@@ -69,6 +77,16 @@ def query(sql: str, params=None) -> list[tuple]:
         conn.close()
 
 
+def drop_tables() -> None:
+    """Drop every table of the project, as if create_tables.py had never run."""
+    conn = db.connect(db.Settings.from_env())
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql_queries.drop_tables)
+    finally:
+        conn.close()
+
+
 def scalar(sql: str, params=None):
     return query(sql, params)[0][0]
 
@@ -77,10 +95,12 @@ def table_contents() -> dict[str, list[tuple]]:
     """Every star table, row for row, in a stable order (songplay_id left out: it numbers rows
     in load order)."""
     return {
-        "songplays": query("SELECT start_time, user_id, level, song_id, artist_id, session_id, "
-                           "item_in_session, location, user_agent, song_title, artist_name, "
-                           "song_length FROM songplays ORDER BY user_id, session_id, "
-                           "item_in_session"),
+        "songplays": query(
+            "SELECT start_time, user_id, level, song_id, artist_id, session_id, "
+            "item_in_session, location, user_agent, song_title, artist_name, "
+            "song_length FROM songplays ORDER BY user_id, session_id, "
+            "item_in_session"
+        ),
         "users": query("SELECT * FROM users ORDER BY user_id"),
         "songs": query("SELECT * FROM songs ORDER BY song_id"),
         "artists": query("SELECT * FROM artists ORDER BY artist_id"),
@@ -90,11 +110,13 @@ def table_contents() -> dict[str, list[tuple]]:
 
 def schema_objects() -> list[tuple]:
     """The star tables' constraints and indexes, as the catalog defines them."""
-    return query("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
-                 "FROM pg_constraint WHERE conrelid::regclass::text = ANY (%(t)s) "
-                 "UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes "
-                 "WHERE tablename = ANY (%(t)s) ORDER BY 1, 2, 3",
-                 {"t": sql_queries.STAR_TABLES})
+    return query(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+        "FROM pg_constraint WHERE conrelid::regclass::text = ANY (%(t)s) "
+        "UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes "
+        "WHERE tablename = ANY (%(t)s) ORDER BY 1, 2, 3",
+        {"t": sql_queries.STAR_TABLES},
+    )
 
 
 def counts() -> dict[str, int]:
@@ -106,6 +128,15 @@ def fresh_tables():
     run_script("create_tables.py")
 
 
+@pytest.fixture
+def data(fresh_tables, tmp_path) -> Path:
+    """Fresh tables and a small data folder: 11 song files and 2 log files in the real format
+    (builders.base_sample)."""
+    from builders import base_sample  # builders imports this module: imported when needed
+
+    return base_sample(tmp_path / "data")
+
+
 @pytest.fixture(scope="session")
 def truth() -> dict:
     return json.loads((SAMPLE / "truth.json").read_text())
@@ -115,8 +146,8 @@ def truth() -> dict:
 def real_data() -> Path:
     location = os.environ.get("SPARKIFY_REAL_DATA")
     if not location:
-        pytest.skip("SPARKIFY_REAL_DATA is not set: the Udacity dataset is not on this machine "
-                    "(.ci/run sets it when ../shared/data/udacity exists)")
+        pytest.skip(
+            "SPARKIFY_REAL_DATA is not set: the Udacity dataset is not on this machine "
+            "(.ci/run sets it when ../shared/data/udacity exists)"
+        )
     return Path(location)
-
-

@@ -11,8 +11,10 @@ import embedded
 
 
 def test_redact_hides_only_the_password():
-    assert db.redact("postgresql://me:s3cret@host:5432/x?sslmode=require") == \
-        "postgresql://me:***@host:5432/x?sslmode=require"
+    assert (
+        db.redact("postgresql://me:s3cret@host:5432/x?sslmode=require")
+        == "postgresql://me:***@host:5432/x?sslmode=require"
+    )
     assert db.redact("postgresql://me@host/x") == "postgresql://me@host/x"
     assert db.redact("postgresql://host/x?sslmode=require&password=s3cret") == \
         "postgresql://host/x?sslmode=require&password=***"
@@ -29,7 +31,7 @@ def test_settings_prefer_the_command_line_then_database_url_then_pg_variables(mo
     monkeypatch.delenv("DATABASE_URL")
     settings = db.Settings.from_env()
     assert (settings.url, settings.libpq_env, settings.embedded) == (None, True, False)
-    assert db.dsn(settings) == "dbname=sparkifydb"
+    assert db.dsn(settings) == f"dbname={db.DATABASE}"
     monkeypatch.delenv("PGHOST")
     assert db.Settings.from_env().embedded
 
@@ -41,18 +43,21 @@ def test_urls_keep_the_database_and_the_password_out_of_messages():
     assert settings.describe() == "postgresql://me:***@h:1/mine"
 
 
-def test_embedded_server_is_reached_through_a_private_socket_directory():
+def test_embedded_server_is_reached_through_the_socket_directory_it_runs_with():
+    """That directory is private: see test_errors_and_security."""
     settings = db.Settings.from_env()
     if not settings.embedded:
         pytest.skip("DATABASE_URL is set: no embedded server in this run")
     target = dict(part.split("=", 1) for part in db.dsn(settings).split())
-    socket_dir = Path(target["host"])
-    assert (target["port"], target["user"], target["dbname"]) == ("5432", "postgres", "sparkifydb")
-    assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
-    assert stat.S_IMODE((socket_dir / ".s.PGSQL.5432").stat().st_mode) == 0o700
+    assert Path(target["host"]) == embedded.running(settings.pgdata)[1]
+    assert (target["port"], target["user"], target["dbname"]) == (
+        str(embedded.PORT),
+        embedded.SUPERUSER,
+        db.DATABASE,
+    )
 
 
-def test_a_missing_unshare_is_one_clear_error_not_a_traceback(tmp_path, monkeypatch):
+def test_missing_unshare_is_one_clear_error_not_a_traceback(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("only root runs the server through unshare")
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -6,10 +6,11 @@ import difflib
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import PROJECT, run_script
+from builders import one_error_line
+from conftest import PROJECT, drop_tables, run_script
 
-import db
 import sql_queries
+from cli import EXIT_ENVIRONMENT
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -23,10 +24,15 @@ def generated(tmp_path_factory):
 
 
 def stale(name: str, fresh: str, committed: str) -> str:
-    diff = "".join(difflib.unified_diff(committed.splitlines(keepends=True),
-                                        fresh.splitlines(keepends=True),
-                                        f"ERD/{name} (committed)", f"{name} (from the schema)",
-                                        n=1))
+    diff = "".join(
+        difflib.unified_diff(
+            committed.splitlines(keepends=True),
+            fresh.splitlines(keepends=True),
+            f"ERD/{name} (committed)",
+            f"{name} (from the schema)",
+            n=1,
+        )
+    )
     return f"ERD/{name} is stale: run `python erd.py`\n{diff[:3000]}"
 
 
@@ -64,22 +70,17 @@ def test_svg_is_well_formed_and_draws_every_table(generated):
             assert table in texts, f"{path.name}: {table} not named"
 
 
-def test_help():
+def test_help_names_the_options():
     done = run_script("erd.py", "--help")
     assert "--database-url" in done.stdout and "--out DIR" in done.stdout
 
 
-def test_missing_tables_are_reported(tmp_path):
-    conn = db.connect(db.Settings.from_env())
-    try:
-        with db.managed_cursor(conn) as cur:
-            cur.execute(sql_queries.drop_tables)
-    finally:
-        conn.close()
+def test_missing_tables_are_reported_and_nothing_is_written(tmp_path):
+    drop_tables()
     try:
         done = run_script("erd.py", "--out", str(tmp_path), check=False)
-        assert done.returncode == 3
-        assert "run `python create_tables.py` first" in done.stderr
+        assert done.returncode == EXIT_ENVIRONMENT
+        assert "run `python create_tables.py` first" in one_error_line(done)
         assert not list(tmp_path.iterdir())
     finally:
         run_script("create_tables.py")

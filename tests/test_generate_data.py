@@ -1,4 +1,5 @@
 """Tests for generate_data.py: format fidelity to the Udacity data and a truthful truth.json."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,11 +19,38 @@ import generate_data
 SCRIPT = Path(generate_data.__file__).resolve()
 SMALL = {"songs": 80, "events": 4000, "seed": 7, "users": 60, "start": "2018-11-26", "days": 10}
 EPOCH = dt.date(1970, 1, 1)
-SONG_KEYS = ["num_songs", "artist_id", "artist_latitude", "artist_longitude", "artist_location",
-             "artist_name", "song_id", "title", "duration", "year"]
-LOG_KEYS = ["artist", "auth", "firstName", "gender", "itemInSession", "lastName", "length",
-            "level", "location", "method", "page", "registration", "sessionId", "song", "status",
-            "ts", "userAgent", "userId"]
+SONG_KEYS = [
+    "num_songs",
+    "artist_id",
+    "artist_latitude",
+    "artist_longitude",
+    "artist_location",
+    "artist_name",
+    "song_id",
+    "title",
+    "duration",
+    "year",
+]
+LOG_KEYS = [
+    "artist",
+    "auth",
+    "firstName",
+    "gender",
+    "itemInSession",
+    "lastName",
+    "length",
+    "level",
+    "location",
+    "method",
+    "page",
+    "registration",
+    "sessionId",
+    "song",
+    "status",
+    "ts",
+    "userAgent",
+    "userId",
+]
 # A line copied byte for byte from the real log_data/2018/11/2018-11-02-events.json.
 REAL_LINE = (
     r'{"artist":"Calle 13 Featuring Caf\u00c3\u0083\u00c2\u00a9 Tacuba","auth":"Logged In",'
@@ -31,7 +59,8 @@ REAL_LINE = (
     r'"page":"NextSong","registration":1541048010796.0,"sessionId":172,'
     r'"song":"No Hay Nadie Como T\u00c3\u0083\u00c2\u00ba","status":200,"ts":1541157637796,'
     r'"userAgent":"\"Mozilla\/5.0 (X11; Linux x86_64) AppleWebKit\/537.36 (KHTML, like Gecko) '
-    r'Ubuntu Chromium\/36.0.1985.125 Chrome\/36.0.1985.125 Safari\/537.36\"","userId":"15"}')
+    r'Ubuntu Chromium\/36.0.1985.125 Chrome\/36.0.1985.125 Safari\/537.36\"","userId":"15"}'
+)
 
 
 def log_format(record):
@@ -44,8 +73,11 @@ def double_encode(text):
 
 
 def read_tree(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def song_paths(root):
@@ -57,8 +89,11 @@ def log_paths(root):
 
 
 def read_logs(root):
-    return [json.loads(line) for p in log_paths(root)
-            for line in p.read_text(encoding="ascii").split("\n")]
+    return [
+        json.loads(line)
+        for p in log_paths(root)
+        for line in p.read_text(encoding="ascii").split("\n")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +105,12 @@ def small(tmp_path_factory):
 def test_same_seed_gives_identical_bytes_even_in_another_process(tmp_path):
     generate_data.generate(str(tmp_path / "a"), **SMALL)
     args = [f"--{key}={value}" for key, value in SMALL.items()]
-    subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), *args],
-                   check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), *args],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    )
     first, second = read_tree(tmp_path / "a"), read_tree(tmp_path / "b")
     assert len(first) == SMALL["songs"] + SMALL["days"] + 1
     assert first == second
@@ -82,8 +121,10 @@ def test_other_seed_gives_other_data(tmp_path):
     generate_data.generate(str(tmp_path / "b"), **{**SMALL, "seed": 8})
     first, second = read_tree(tmp_path / "a"), read_tree(tmp_path / "b")
     assert set(first) != set(second)  # other track ids
-    assert first["log_data/2018/11/2018-11-26-events.json"] != \
-        second["log_data/2018/11/2018-11-26-events.json"]
+    assert (
+        first["log_data/2018/11/2018-11-26-events.json"]
+        != second["log_data/2018/11/2018-11-26-events.json"]
+    )
 
 
 def test_only_song_data_log_data_and_truth_are_replaced(tmp_path):
@@ -95,8 +136,12 @@ def test_only_song_data_log_data_and_truth_are_replaced(tmp_path):
     assert not (tmp_path / "song_data" / "Z").exists()
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert json.loads((tmp_path / "truth.json").read_text()) == truth
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "log_data", "song_data",
-                                                         "truth.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "keep.txt",
+        "log_data",
+        "song_data",
+        "truth.json",
+    ]
 
 
 def test_song_files_have_udacity_layout_and_bytes(small):
@@ -133,7 +178,7 @@ def test_log_files_have_udacity_layout_and_bytes(small):
     days = [first + dt.timedelta(d) for d in range(SMALL["days"])]
     expected = [f"log_data/{d:%Y}/{d:%m}/{d:%Y-%m-%d}-events.json" for d in days]
     assert [p.relative_to(root).as_posix() for p in log_paths(root)] == expected
-    for path, day in zip(log_paths(root), days):
+    for path, day in zip(log_paths(root), days, strict=True):
         text = path.read_bytes().decode("ascii")
         assert not text.endswith("\n")
         stamps = []
@@ -152,8 +197,17 @@ def test_log_files_have_udacity_layout_and_bytes(small):
                 assert record["artist"] is record["song"] is record["length"] is None
             if record["auth"] == "Logged Out":
                 assert record["userId"] == ""
-                assert {record[k] for k in ("firstName", "lastName", "gender", "location",
-                                            "userAgent", "registration")} == {None}
+                assert {
+                    record[k]
+                    for k in (
+                        "firstName",
+                        "lastName",
+                        "gender",
+                        "location",
+                        "userAgent",
+                        "registration",
+                    )
+                } == {None}
             else:
                 assert record["userId"].isdigit()
                 assert type(record["registration"]) is float
@@ -199,9 +253,12 @@ def recompute(root):
     plays = logs[logs.page == "NextSong"].copy()
     plays["title"] = plays.song.map(ftfy.fix_text)
     plays["artist_name"] = plays.artist.map(ftfy.fix_text)
-    plays = plays.merge(songs[["title", "artist_name", "duration", "song_id", "artist_id"]],
-                        how="left", left_on=["title", "artist_name", "length"],
-                        right_on=["title", "artist_name", "duration"])
+    plays = plays.merge(
+        songs[["title", "artist_name", "duration", "song_id", "artist_id"]],
+        how="left",
+        left_on=["title", "artist_name", "length"],
+        right_on=["title", "artist_name", "duration"],
+    )
     plays = plays.sort_values(["ts", "sessionId", "itemInSession"])
     levels = plays.groupby("userId")["level"].last()
     return songs, logs, plays, levels
@@ -215,23 +272,47 @@ def test_truth_matches_independent_recomputation_from_files(small):
     users_per_ts = plays.groupby("ts").userId.nunique()
     levels_per_user = plays.groupby("userId")["level"].nunique()
     assert {
-        "song_files": len(song_paths(root)), "log_files": len(log_paths(root)),
-        "log_records": len(logs), "nextsong_events": int((logs.page == "NextSong").sum()),
-        "songs": songs.song_id.nunique(), "artists": songs.artist_id.nunique(),
-        "songplays": len(plays), "songplays_resolved": len(resolved),
-        "time": plays.ts.nunique(), "users": plays.userId.nunique(),
-        "users_free": int((levels == "free").sum()), "users_paid": int((levels == "paid").sum()),
+        "song_files": len(song_paths(root)),
+        "log_files": len(log_paths(root)),
+        "log_records": len(logs),
+        "nextsong_events": int((logs.page == "NextSong").sum()),
+        "songs": songs.song_id.nunique(),
+        "artists": songs.artist_id.nunique(),
+        "songplays": len(plays),
+        "songplays_resolved": len(resolved),
+        "time": plays.ts.nunique(),
+        "users": plays.userId.nunique(),
+        "users_free": int((levels == "free").sum()),
+        "users_paid": int((levels == "paid").sum()),
         "logged_out_events": int((logs.userId == "").sum()),
         "shared_ts": int((users_per_ts > 1).sum()),
         "non_ascii_plays": len(non_ascii),
         "non_ascii_resolved": int(non_ascii.song_id.notna().sum()),
         "level_changed_users": int((levels_per_user > 1).sum()),
         "levels": dict(sorted(levels.items(), key=lambda kv: int(kv[0]))),
-    } == {key: truth[key] for key in (
-        "song_files", "log_files", "log_records", "nextsong_events", "songs", "artists",
-        "songplays", "songplays_resolved", "time", "users", "users_free", "users_paid",
-        "logged_out_events", "shared_ts", "non_ascii_plays", "non_ascii_resolved",
-        "level_changed_users", "levels")}
+    } == {
+        key: truth[key]
+        for key in (
+            "song_files",
+            "log_files",
+            "log_records",
+            "nextsong_events",
+            "songs",
+            "artists",
+            "songplays",
+            "songplays_resolved",
+            "time",
+            "users",
+            "users_free",
+            "users_paid",
+            "logged_out_events",
+            "shared_ts",
+            "non_ascii_plays",
+            "non_ascii_resolved",
+            "level_changed_users",
+            "levels",
+        )
+    }
     assert list(truth["levels"]) == list(dict(sorted(levels.items(), key=lambda kv: int(kv[0]))))
     assert truth["log_records"] == SMALL["events"]
     assert not logs.duplicated(["userId", "sessionId", "itemInSession"]).any()
@@ -247,15 +328,24 @@ def test_truth_examples_are_real_rows(small):
     candidates = plays[plays.song_id.notna() & ~plays.title.map(str.isascii)]
     row = candidates.iloc[0]  # the earliest, plays being sorted by the natural order
     assert example == {
-        "user_id": row.userId, "session_id": int(row.sessionId),
-        "item_in_session": int(row.itemInSession), "ts": int(row.ts), "song_id": row.song_id,
-        "artist_id": row.artist_id, "title": row.title, "artist": row.artist_name,
-        "length": row.length}
+        "user_id": row.userId,
+        "session_id": int(row.sessionId),
+        "item_in_session": int(row.itemInSession),
+        "ts": int(row.ts),
+        "song_id": row.song_id,
+        "artist_id": row.artist_id,
+        "title": row.title,
+        "artist": row.artist_name,
+        "length": row.length,
+    }
     assert not example["title"].isascii()
 
     miss = truth["example_unresolved_play"]
-    row = plays[(plays.userId == miss["user_id"]) & (plays.sessionId == miss["session_id"])
-                & (plays.itemInSession == miss["item_in_session"])].iloc[0]
+    row = plays[
+        (plays.userId == miss["user_id"])
+        & (plays.sessionId == miss["session_id"])
+        & (plays.itemInSession == miss["item_in_session"])
+    ].iloc[0]
     assert pd.isna(row.song_id) and row.length == miss["length"] and row.ts == miss["ts"]
     assert (row.title, row.artist_name) == (miss["title"], miss["artist"])
 
@@ -264,13 +354,22 @@ def test_truth_examples_are_real_rows(small):
     assert set(events.level) == {"free", "paid"}
     assert events.iloc[-1].level == user["level"]
     assert (events.firstName.iloc[0], events.lastName.iloc[0], events.gender.iloc[0]) == (
-        user["first_name"], user["last_name"], user["gender"])
+        user["first_name"],
+        user["last_name"],
+        user["gender"],
+    )
 
 
 def test_default_sample_has_the_promised_quirks(tmp_path):
     truth = generate_data.generate(str(tmp_path))
-    assert truth["params"] == {"seed": 42, "songs": 400, "events": 20000, "users": 100,
-                               "start": "2018-11-01", "days": 30}
+    assert truth["params"] == {
+        "seed": 42,
+        "songs": 400,
+        "events": 20000,
+        "users": 100,
+        "start": "2018-11-01",
+        "days": 30,
+    }
     assert truth["log_files"] == 30 and truth["log_records"] == 20000
     songs = pd.DataFrame([json.loads(p.read_text()) for p in song_paths(tmp_path)])
     assert (songs.artist_id.value_counts() >= 3).sum() >= 5
@@ -287,14 +386,19 @@ def test_default_sample_has_the_promised_quirks(tmp_path):
 
 
 def test_help_lists_the_options():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    )
     for option in ("--out", "--songs", "--events", "--seed", "--users", "--start", "--days"):
         assert option in result.stdout
 
 
 def test_cli_rejects_non_positive_sizes(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path),
-                             "--events", "0"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--events", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2 and "positive" in result.stderr
     assert list(tmp_path.iterdir()) == []

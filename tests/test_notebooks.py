@@ -34,12 +34,18 @@ def execute(name: str) -> float:
     notebook = nbformat.read(PROJECT / name, as_version=4)
     with tempfile.TemporaryDirectory(prefix="nb-") as sockets:
         client = nbclient.NotebookClient(
-            notebook, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=120,
-            allow_errors=False, resources={"metadata": {"path": str(PROJECT)}},
+            notebook,
+            kernel_name="python3",
+            timeout=CELL_TIMEOUT,
+            startup_timeout=120,
+            allow_errors=False,
+            resources={"metadata": {"path": str(PROJECT)}},
             # Unix sockets in a private folder rather than TCP on localhost: nothing else on
             # the machine can listen in, and nothing is left in the project folder.
-            config=Config({"KernelManager": {"transport": "ipc",
-                                             "ip": os.path.join(sockets, "kernel")}}))
+            config=Config(
+                {"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}}
+            ),
+        )
         started = time.monotonic()
         client.execute()  # raises CellExecutionError, with the cell and its traceback
         return time.monotonic() - started
@@ -51,7 +57,8 @@ def test_the_kernel_is_this_python():
     command = manager.KernelManager(kernel_name="python3").format_kernel_cmd()
     assert command[0] == sys.executable, (
         f"the python3 kernel runs {command[0]}, not {sys.executable}: "
-        "`jupyter kernelspec list` shows which kernelspec wins")
+        "`jupyter kernelspec list` shows which kernelspec wins"
+    )
 
 
 def test_etl_notebook_runs(loaded):
@@ -75,7 +82,10 @@ def test_committed_notebooks_carry_outputs_and_no_errors():
         assert all(counts) and counts == sorted(counts), f"{name}: not executed top to bottom"
         errors = [o for c in code for o in c.outputs if o.output_type == "error"]
         assert not errors, f"{name}: committed with an error output"
-    charts = sum("image/png" in o.get("data", {}) for c in
-                 nbformat.read(PROJECT / "test.ipynb", as_version=4).cells
-                 if c.cell_type == "code" for o in c.outputs)
+    charts = sum(
+        "image/png" in o.get("data", {})
+        for c in nbformat.read(PROJECT / "test.ipynb", as_version=4).cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert charts >= 5, "test.ipynb: the charts are missing from the committed outputs"

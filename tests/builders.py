@@ -1,0 +1,306 @@
+"""What the whole-load tests share: a small data folder in the real format, crafted records whose
+every outcome is known in advance, etl.py run as a user runs it, and what it left in the
+database read back (its summary: summary.py).
+
+The base sample (base_sample) holds 11 song files and 2 daily log files, written here; nothing
+depends on the Udacity data, which the project cannot ship.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import PROJECT, query, run_script, scalar
+from summary import Counts
+
+import db
+from report import EXIT_OK
+
+# ================================================================ the base sample
+
+# song_data/A/A/A: 11 songs by 11 artists; 2018-11-01 and 2018-11-03 logs: 15 + 111 events, of
+# which 11 + 100 NextSong plays by 12 users at 111 distinct instants, none matching those songs.
+BASE_SONG_DIR = "song_data/A/A/A"
+BASE_LOGS = ["2018-11-01-events.json", "2018-11-03-events.json"]
+BASE = {"songplays": 111, "users": 12, "songs": 11, "artists": 11, "time": 111}
+BASE_LOG_RECORDS, BASE_SKIPPED = 126, 15
+
+# The crafted plays: one user unknown to the sample, after every real event.
+USER, SESSION, T0 = 900, 9000, 1_543_622_400_000  # T0 = 2018-12-01 00:00:00 UTC
+# This song is in song_data/A/A/A: a play of it resolves.
+FACE = {
+    "song_id": "SOFSOCN12A8C143F5D",
+    "artist_id": "ARXR32B1187FB57099",
+    "file": "TRAAAFD128F92F423A.json",
+}
+CRAFTED_ARTIST = "ARZZZZZ1187FB00001"  # the artist of song(n)
+DROP = object()  # as a value in event(...)/song(...): remove that field
+
+
+# ================================================================ building inputs
+
+
+def changed(record: dict, changes: dict) -> dict:
+    """The record with the changes applied; a DROP value removes the field."""
+    for key, value in changes.items():
+        if value is DROP:
+            del record[key]
+        else:
+            record[key] = value
+    return record
+
+
+def event(item: int, **changes) -> dict:
+    """A NextSong event of the crafted user, in the real format; item numbers the play."""
+    record = {
+        "artist": "Gob",
+        "auth": "Logged In",
+        "firstName": "Ada",
+        "gender": "F",
+        "itemInSession": item,
+        "lastName": "Lovelace",
+        "length": 209.60608,
+        "level": "paid",
+        "location": "London",
+        "method": "PUT",
+        "page": "NextSong",
+        "registration": 1540919166796.0,
+        "sessionId": SESSION,
+        "song": "Face the Ashes",
+        "status": 200,
+        "ts": T0 + item * 1000,
+        "userAgent": '"Mozilla/5.0"',
+        "userId": str(USER),
+    }
+    return changed(record, changes)
+
+
+def other_page(item: int, page: str, **changes) -> dict:
+    """A non-NextSong event (skipped by design)."""
+    return event(item, page=page, method="GET", song=None, artist=None, length=None, **changes)
+
+
+def song(n: int, **changes) -> dict:
+    """A song of an artist unknown to the sample."""
+    record = {
+        "num_songs": 1,
+        "artist_id": CRAFTED_ARTIST,
+        "artist_latitude": None,
+        "artist_longitude": None,
+        "artist_location": "",
+        "artist_name": "Crafted",
+        "song_id": f"SOZZZZZ12A8C{n:06d}",
+        "title": f"Crafted song {n}",
+        "duration": 100.5 + n,
+        "year": 2001,
+    }
+    return changed(record, changes)
+
+
+def line(record) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def lines(*records) -> bytes:
+    """JSON lines, each ended by a newline; bytes are taken as they are."""
+    return b"".join((r if isinstance(r, bytes) else line(r)) + b"\n" for r in records)
+
+
+def log_file(*records) -> bytes:
+    """A log file as the real ones are written: JSON lines, no newline after the last."""
+    return lines(*records).removesuffix(b"\n")
+
+
+def write(root: Path, rel: str, content: bytes) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def face_song() -> bytes:
+    """The base song that the crafted plays ("Face the Ashes" by "Gob", 209.60608 s) match."""
+    return json.dumps(
+        song(
+            0,
+            artist_id=FACE["artist_id"],
+            artist_name="Gob",
+            song_id=FACE["song_id"],
+            title="Face the Ashes",
+            duration=209.60608,
+            year=2007,
+            artist_location="",
+        )
+    ).encode()
+
+
+def base_logs(day: int, plays: int, others: int) -> bytes:
+    """A day of real-format events before T0: plays of users 1..12 (one second apart, each a
+    title no song has), then other pages, the first of them logged out."""
+    start = T0 - (31 - day) * 86_400_000
+    records = [
+        event(
+            i,
+            userId=str(1 + i % 12),
+            sessionId=day * 100 + 1 + i % 12,
+            ts=start + i * 1000,
+            song=f"Base tune {day}-{i}",
+            artist="Base band",
+            length=100.0 + i,
+            firstName=f"User{1 + i % 12}",
+            level="free",
+        )
+        for i in range(plays)
+    ]
+    records += [
+        other_page(
+            plays + k,
+            "Home",
+            ts=start + (plays + k) * 1000,
+            userId="" if k == 0 else "1",
+            sessionId=day * 100 + 1,
+        )
+        for k in range(others)
+    ]
+    return lines(*records)
+
+
+def base_sample(root: Path, songs: bool = True) -> Path:
+    """11 songs (one of them FACE's) and two days of logs, in the real layout."""
+    if songs:
+        write(root, f"{BASE_SONG_DIR}/{FACE['file']}", face_song())
+        for n in range(1, 11):
+            write(
+                root,
+                f"{BASE_SONG_DIR}/TRAAABASE{n:09d}.json",
+                json.dumps(
+                    song(n, artist_id=f"ARBASE{n:012d}", song_id=f"SOBASE{n:012d}")
+                ).encode(),
+            )
+    write(root, f"log_data/2018/11/{BASE_LOGS[0]}", base_logs(1, 11, 4))
+    write(root, f"log_data/2018/11/{BASE_LOGS[1]}", base_logs(3, 100, 11))
+    return root
+
+
+# ================================================================ running etl.py
+
+# 1 MB log batches instead of 32 MB: a test-sized data set then spans many transactions, and a
+# worker process parses while the database loads.
+SMALL_BATCHES = ("--batch-mb", "1")
+
+
+def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.CompletedProcess:
+    assert done.returncode == code, (
+        f"exit {done.returncode}, expected {code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
+    return done
+
+
+def etl(
+    data: Path, *extra: str, exit_code: int = EXIT_OK, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """etl.py on the data folder, as a user runs it; it must end with exit_code."""
+    done = run_script("etl.py", "--data", str(data), "--no-progress", *extra, env=env, check=False)
+    return expect(done, exit_code)
+
+
+def start_load(data: Path) -> subprocess.Popen:
+    """etl.py in the background, in small batches, for tests that act while it loads."""
+    return subprocess.Popen(
+        [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(data), "--no-progress"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The clear-error contract: exactly one line on stderr, starting with 'error:'."""
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    return err[0]
+
+
+class Watcher:
+    """A connection that polls the load's progress while it runs."""
+
+    def __init__(self):
+        self.conn = db.connect(db.Settings.from_env())
+        self.conn.autocommit = True
+
+    def value(self, sql: str):
+        with self.conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+
+    def wait(self, sql: str, test, proc: subprocess.Popen, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.value(sql)
+            if test(value):
+                return value
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"the load ended (exit {proc.returncode}) before the "
+                    f"awaited point: {proc.communicate()}"
+                )
+            time.sleep(0.01)
+        raise AssertionError(f"timeout waiting on {sql}")
+
+    def lock_free(self, timeout: float = 15) -> None:
+        """After a SIGKILL, the server ends the killed backend when it next talks to it."""
+        deadline = time.monotonic() + timeout
+        while self.value("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"):
+            assert time.monotonic() < deadline, "the killed load's advisory lock stays held"
+            time.sleep(0.05)
+
+    def close(self):
+        self.conn.close()
+
+
+# ================================================================ reading back
+
+
+def rejects(run_id: int | None = None) -> list[tuple]:
+    where, params = ("WHERE run_id = %s", (run_id,)) if run_id else ("", None)
+    return query(
+        f"SELECT path, line, reason, raw FROM load_rejects {where} ORDER BY reject_id", params
+    )
+
+
+def manifest() -> dict[str, Counts]:
+    return {
+        row[0]: Counts(*row[1:])
+        for row in query(
+            "SELECT path, records, loaded, skipped, duplicates, rejected FROM load_manifest"
+        )
+    }
+
+
+def last_run() -> int:
+    return scalar("SELECT max(run_id) FROM load_runs")
+
+
+def last_run_status() -> str:
+    return scalar("SELECT status FROM load_runs ORDER BY run_id DESC LIMIT 1")
+
+
+def crafted_items() -> list[int]:
+    return [
+        r[0]
+        for r in query(
+            "SELECT item_in_session FROM songplays WHERE user_id = %s ORDER BY item_in_session",
+            (USER,),
+        )
+    ]
+
+
+def plus(**extra) -> dict[str, int]:
+    """The base sample's row counts, plus some."""
+    return {t: BASE[t] + extra.get(t, 0) for t in BASE}

@@ -1,0 +1,269 @@
+"""Bad input: a bad record or file is rejected with its reason, the rest loads, and every record
+read is accounted for (loaded + skipped + duplicates + rejected), in the summary and per file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from builders import (
+    BASE,
+    BASE_LOG_RECORDS,
+    BASE_SKIPPED,
+    BASE_SONG_DIR,
+    CRAFTED_ARTIST,
+    DROP,
+    crafted_items,
+    etl,
+    event,
+    last_run,
+    line,
+    lines,
+    manifest,
+    other_page,
+    plus,
+    rejects,
+    song,
+    write,
+)
+from conftest import counts, query, scalar, table_contents
+from summary import CHECKS_PASSED, Counts, parse_summary
+
+from report import EXIT_FAILED, EXIT_OK
+
+G = event  # a short name for the tables below
+BAD_LOG = "log_data/bad/bad.json"
+
+
+def play_line_2(bad, reason: str) -> tuple:
+    """A log case: a bad line 2 between two good plays (items 0 and 2), which load."""
+    return lines(G(0), bad, G(2)), [(2, reason)], [0, 2]
+
+
+# id: (file content, expected rejects as (line or None, reason pattern), good plays in the file)
+LOG_CASES = {
+    "malformed JSON on a middle line": play_line_2(
+        b'{"ts": 1543622401000, "page": "NextSong",', r"^malformed JSON: "
+    ),
+    "truncated file, last line cut mid-object": (
+        lines(G(0), G(1)) + line(G(2))[:60],
+        [(3, r"^malformed JSON: ")],
+        [0, 1],
+    ),
+    "empty log file": (b"", [(None, r"^empty file$")], []),
+    "non-UTF-8 byte inside a string": play_line_2(
+        line(G(1)).replace(b"London", b"Lon\xffdon"), r"^not valid UTF-8$"
+    ),
+    "a line that is a JSON array": play_line_2(b"[1,2]", r"^not a JSON object but list$"),
+    "a line that is a JSON string": play_line_2(b'"x"', r"^not a JSON object but str$"),
+    "ts absent": play_line_2(G(1, ts=DROP), r"^ts missing$"),
+    'userId "" on a NextSong': play_line_2(G(1, userId=""), r"^userId missing on a play$"),
+    'ts as text "abc"': play_line_2(G(1, ts="abc"), r"^ts is not an integer$"),
+    "userId null on a play": play_line_2(G(1, userId=None), r"^userId missing on a play$"),
+    'userId "abc" on a play': play_line_2(G(1, userId="abc"), r"^userId is not numeric$"),
+    'length as text "12.5"': play_line_2(G(1, length="12.5"), r"^length is not a number$"),
+    r"NUL escape \u0000 inside a string": play_line_2(G(1, location="Lon\u0000don"), r"\bNUL\b"),
+}
+
+
+def load_expecting_rejects(data: Path, path: str, expected: list) -> tuple:
+    """Run etl.py (exit 0); its rejects are the expected lines of path, with matching reasons.
+    Returns the run's summary, id and rejects."""
+    done = etl(data)
+    run_id = last_run()
+    found = rejects(run_id)
+    assert [(p, ln) for p, ln, _, _ in found] == [(path, ln) for ln, _ in expected], found
+    for (_, _, reason, _), (_, pattern) in zip(found, expected, strict=True):
+        assert re.search(pattern, reason), reason
+    summary = parse_summary(done.stdout)
+    assert summary.run_id == run_id
+    return summary, run_id, found
+
+
+@pytest.mark.parametrize("case", list(LOG_CASES))
+def test_bad_log_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
+    content, expected, good = LOG_CASES[case]
+    write(data, BAD_LOG, content)
+    n_records = sum(1 for raw in content.split(b"\n") if raw.strip())
+    n_line_rejects = sum(1 for ln, _ in expected if ln)
+    whole_files = len(expected) - n_line_rejects
+
+    summary, run_id, found = load_expecting_rejects(data, BAD_LOG, expected)
+    for _, ln, reason, raw in found:
+        assert (raw is None) == (ln is None), raw
+        assert f"{data / BAD_LOG}:{ln if ln is not None else '-'}: {reason}" in summary.examples
+    assert crafted_items() == good
+    assert counts() == plus(songplays=len(good), users=1 if good else 0, time=len(good))
+    assert manifest()[BAD_LOG] == Counts(n_records, len(good), rejected=n_line_rejects)
+    assert summary.files["log"] == {"new": 3}
+    assert summary.records["log"] == Counts(
+        records=BASE_LOG_RECORDS + n_records,
+        loaded=BASE["songplays"] + len(good),
+        skipped=BASE_SKIPPED,
+        duplicates=0,
+        rejected=n_line_rejects,
+    )
+    assert summary.reconciled["log"]
+    assert summary.rejected == (n_line_rejects, whole_files, run_id)
+    assert summary.checks == CHECKS_PASSED
+
+    loaded = table_contents()
+    strict = parse_summary(etl(data, "--full-refresh", "--strict", exit_code=EXIT_FAILED).stdout)
+    assert [r[:3] for r in rejects(last_run())] == [r[:3] for r in found]
+    assert strict.records["log"].rejected == n_line_rejects and strict.reconciled["log"]
+    assert table_contents() == loaded
+
+
+BAD_SONG = "song_data/Z/bad.json"
+
+
+def song_line_2(bad, reason: str) -> tuple:
+    """A song case, one song per line: a bad line 2 between songs 1 and 3, which load."""
+    return lines(song(1), bad, song(3)), [(2, reason)], [1, 3]
+
+
+# id: (file content, expected rejects, song numbers that load)
+SONG_CASES = {
+    "empty song file": (b"", [(None, r"^empty file$")], []),
+    "song without song_id": (line(song(1, song_id=DROP)), [(1, r"^song_id missing$")], []),
+    "several songs, one object per line": (lines(song(1), song(2), song(3)), [], [1, 2, 3]),
+    "a JSON array of two songs": (json.dumps([song(1), song(2)]).encode(), [], [1, 2]),
+    "one bad line among songs one per line": song_line_2(
+        song(2, duration="12.5"), r"^duration is not a number$"
+    ),
+    "non-UTF-8 byte inside a song": song_line_2(
+        line(song(2)).replace(b"Crafted song", b"Crafted\xff song"), r"^not valid UTF-8$"
+    ),
+    r"NUL escape \u0000 inside a title": song_line_2(
+        song(2, title="Crafted\u0000song"), r"\bNUL\b"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SONG_CASES))
+def test_bad_song_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
+    content, expected, good = SONG_CASES[case]
+    write(data, BAD_SONG, content)
+    n_line_rejects = sum(1 for ln, _ in expected if ln)
+    n_records = len(good) + n_line_rejects
+
+    summary, run_id, found = load_expecting_rejects(data, BAD_SONG, expected)
+    crafted = query("SELECT song_id FROM songs WHERE artist_id = %s ORDER BY 1", (CRAFTED_ARTIST,))
+    assert [r[0] for r in crafted] == [song(n)["song_id"] for n in good]
+    assert counts() == plus(songs=len(good), artists=1 if good else 0)
+    assert manifest()[BAD_SONG] == Counts(n_records, len(good), rejected=n_line_rejects)
+    assert summary.files["song"] == {"new": 12}
+    assert summary.records["song"] == Counts(
+        records=BASE["songs"] + n_records,
+        loaded=BASE["songs"] + len(good),
+        rejected=n_line_rejects,
+    )
+    assert summary.reconciled["song"]
+    if expected:
+        assert summary.rejected == (n_line_rejects, len(expected) - n_line_rejects, run_id)
+    else:
+        assert summary.rejected is None
+    assert summary.checks == CHECKS_PASSED
+
+    loaded = table_contents()
+    etl(data, "--full-refresh", "--strict", exit_code=EXIT_FAILED if expected else EXIT_OK)
+    assert [r[:3] for r in rejects(last_run())] == [r[:3] for r in found]
+    assert table_contents() == loaded
+
+
+def _dangling_symlink(path: Path) -> None:
+    path.symlink_to(path.parent / "missing.json")
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _no_permission(path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads a chmod 000 file: the other two cases cover 'cannot read file'")
+    path.write_bytes(lines(G(0)))
+    path.chmod(0)
+
+
+# A log path the walk finds (*.json) but that cannot be read. As root (CI), chmod 000 does not
+# stop reading; a dangling symlink and a directory named *.json fail the same way for everyone.
+UNREADABLE = {
+    "dangling symlink": (_dangling_symlink, "No such file or directory"),
+    "directory named x.json": (_directory, "Is a directory"),
+    "chmod 000 (not as root)": (_no_permission, "Permission denied"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_unreadable_file_is_rejected_whole_and_the_others_load(data, case):
+    make, error = UNREADABLE[case]
+    path = data / "log_data/bad/x.json"
+    path.parent.mkdir(parents=True)
+    make(path)
+    try:
+        summary = parse_summary(etl(data).stdout)
+        run_id = last_run()
+        assert [r[:3] for r in rejects(run_id)] == [
+            ("log_data/bad/x.json", None, f"cannot read file: {error}")
+        ]
+        assert counts() == BASE
+        assert "log_data/bad/x.json" not in manifest()
+        assert summary.files["log"] == {"new": 2, "unreadable": 1}
+        assert summary.rejected == (0, 1, run_id)
+        assert f"{path}:-: cannot read file: {error}" in summary.examples
+        etl(data, "--strict", exit_code=EXIT_FAILED)
+    finally:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
+
+
+def test_summary_and_manifest_reconcile_every_record(data):
+    a = [
+        G(0),
+        G(1),
+        other_page(2, "Home", userId=""),
+        G(1),
+        b'{"page":',
+        G(3, userId="abc"),
+        other_page(5, "Logout"),
+        G(4),
+    ]
+    b = [G(4), G(6)]  # item 4 is already in a.json: a duplicate across files
+    write(data, "log_data/2018/12/a.json", lines(*a))
+    write(data, "log_data/2018/12/b.json", lines(*b))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.files == {"song": {"new": 11}, "log": {"new": 4}}
+    assert summary.records == {
+        "song": Counts(records=11, loaded=11, rejected=0),
+        "log": Counts(records=136, loaded=115, skipped=17, duplicates=2, rejected=2),
+    }
+    assert summary.reconciled == {"song": True, "log": True}
+    assert manifest() == {
+        **{
+            f"{BASE_SONG_DIR}/{f.name}": (1, 1, 0, 0, 0)
+            for f in (data / BASE_SONG_DIR).glob("*.json")
+        },
+        "log_data/2018/11/2018-11-01-events.json": (15, 11, 4, 0, 0),
+        "log_data/2018/11/2018-11-03-events.json": (111, 100, 11, 0, 0),
+        "log_data/2018/12/a.json": (8, 3, 2, 1, 2),
+        "log_data/2018/12/b.json": (2, 1, 0, 1, 0),
+    }
+    for path, (records, loaded, skipped, duplicates, rejected) in manifest().items():
+        assert records == loaded + skipped + duplicates + rejected, path
+    assert crafted_items() == [0, 1, 4, 6]
+    assert [r[:2] for r in rejects()] == [
+        ("log_data/2018/12/a.json", 5),
+        ("log_data/2018/12/a.json", 6),
+    ]
+    assert (
+        scalar(
+            "SELECT count(*) FROM songplays p JOIN load_manifest m USING (file_id) "
+            "WHERE m.path = 'log_data/2018/12/a.json'"
+        )
+        == 3
+    )

@@ -1,0 +1,232 @@
+"""Incremental loads: a re-run loads only what is new or changed (new, appended and edited files),
+a full refresh reloads everything to the same tables, songs arriving late resolve earlier plays,
+an older event never overwrites a newer user level, and instants do not depend on time zones."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from decimal import Decimal
+from pathlib import Path
+
+from builders import (
+    BASE_SONG_DIR,
+    FACE,
+    T0,
+    USER,
+    base_sample,
+    crafted_items,
+    etl,
+    event,
+    face_song,
+    last_run,
+    lines,
+    manifest,
+    other_page,
+    plus,
+    rejects,
+    write,
+)
+from conftest import counts, query, run_script, scalar, table_contents
+from summary import CHECKS_PASSED, Counts, parse_summary
+
+G = event
+
+
+def bookkeeping() -> list[tuple]:
+    return query(
+        "SELECT path, size_bytes, mtime_ns, sha256, run_id, records, loaded, skipped, "
+        "duplicates, rejected, loaded_at FROM load_manifest ORDER BY path"
+    )
+
+
+def fresh_load_of(data: Path) -> dict[str, list[tuple]]:
+    """The tables after a load of the files as they are now into empty tables."""
+    run_script("create_tables.py")
+    etl(data)
+    return table_contents()
+
+
+def test_touched_files_with_unchanged_content_set_nothing_aside(data):
+    etl(data)
+    for path in data.rglob("*.json"):
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    summary = parse_summary(etl(data).stdout)
+    assert summary.nothing_new
+    assert summary.keys_left_alone
+
+
+def test_second_run_with_nothing_new_changes_nothing(data):
+    etl(data)
+    tables, files, n_rejects = table_contents(), bookkeeping(), len(rejects())
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.nothing_new
+    assert summary.files == {"song": {"unchanged": 11}, "log": {"unchanged": 2}}
+    assert summary.records == {"song": Counts(0, 0), "log": Counts(0, 0)}
+    assert summary.checks is None  # not run: nothing changed
+    assert table_contents() == tables
+    assert bookkeeping() == files
+    assert len(rejects()) == n_rejects
+    assert query("SELECT status FROM load_runs ORDER BY run_id") == [("succeeded",)] * 2
+
+
+def test_new_log_file_is_loaded_alone(data):
+    etl(data)
+    before = table_contents()
+    write(data, "log_data/2018/12/new.json", lines(G(0), G(1), other_page(2, "Home"), G(3)))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.files == {"song": {"unchanged": 11}, "log": {"unchanged": 2, "new": 1}}
+    assert summary.records == {
+        "song": Counts(0, 0),
+        "log": Counts(records=4, loaded=3, skipped=1, duplicates=0, rejected=0),
+    }
+    assert summary.reconciled["log"]
+    assert summary.rows == {
+        "songplays": (3, 114),
+        "users": (1, 13),
+        "songs": (0, 11),
+        "artists": (0, 11),
+        "time": (3, 114),
+    }
+    after = table_contents()
+    assert {t: len(rows) for t, rows in after.items()} == plus(songplays=3, users=1, time=3)
+    assert set(before["songplays"]) < set(after["songplays"])
+    assert query("SELECT path FROM load_manifest WHERE run_id = %s", (last_run(),)) == [
+        ("log_data/2018/12/new.json",)
+    ]
+    assert summary.keys_left_alone  # a small load checks each row as it goes in
+
+
+def test_appended_log_line_is_loaded_without_duplicating_plays(data):
+    path = write(data, "log_data/2018/12/new.json", lines(G(0), G(1)))
+    etl(data)
+    with path.open("ab") as f:
+        f.write(lines(G(2)))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.files["log"] == {"unchanged": 2, "changed": 1}
+    assert summary.records["log"] == Counts(3, 3, skipped=0, duplicates=0, rejected=0)
+    assert summary.reconciled["log"]
+    assert crafted_items() == [0, 1, 2]
+    assert counts() == plus(songplays=3, users=1, time=3)
+    assert query(
+        "SELECT records, loaded, duplicates, size_bytes, sha256, run_id "
+        "FROM load_manifest WHERE path = 'log_data/2018/12/new.json'"
+    ) == [(3, 3, 0, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest(), last_run())]
+    assert summary.checks == CHECKS_PASSED
+
+
+def test_edited_log_event_is_reloaded_and_the_new_value_wins(data):
+    path = write(data, "log_data/2018/12/new.json", lines(G(0), G(1), G(2)))
+    etl(data)
+    resolved = "SELECT song_id FROM songplays WHERE user_id = %s AND item_in_session = 1"
+    assert scalar(resolved, (USER,)) == FACE["song_id"]
+    path.write_bytes(lines(G(0), G(1, song="Another Song", artist="Nobody", length=100.0), G(2)))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.files["log"] == {"unchanged": 2, "changed": 1}
+    assert summary.records["log"][:2] == (3, 3)
+    assert query(
+        "SELECT item_in_session, song_title, artist_name, song_length, song_id "
+        "FROM songplays WHERE user_id = %s ORDER BY 1",
+        (USER,),
+    ) == [
+        (0, "Face the Ashes", "Gob", Decimal("209.60608"), FACE["song_id"]),
+        (1, "Another Song", "Nobody", Decimal("100"), None),
+        (2, "Face the Ashes", "Gob", Decimal("209.60608"), FACE["song_id"]),
+    ]
+    assert manifest()["log_data/2018/12/new.json"] == Counts(3, 3)
+    assert table_contents() == fresh_load_of(data)
+
+
+def test_play_removed_from_a_changed_log_file_takes_its_contributions_with_it(data):
+    """A changed file that no longer holds a play: the play, its instant in time and the user
+    level it set go, as a fresh load of the files as they are now would have it."""
+    write(data, "log_data/2018/12/a.json", lines(G(0, level="free"), G(1, level="free")))
+    path = write(data, "log_data/2018/12/b.json", lines(G(2, level="paid")))
+    etl(data)
+    assert scalar("SELECT level FROM users WHERE user_id = %s", (USER,)) == "paid"
+    path.write_bytes(lines(G(3, userId="901")))  # another user's play now
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.files["log"] == {"unchanged": 3, "changed": 1}
+    assert summary.records["log"][:2] == (1, 1)
+    assert crafted_items() == [0, 1]
+    problems = {
+        "user level still set by the removed play": scalar(
+            "SELECT level FROM users WHERE user_id = %s", (USER,)
+        )
+        != "free",
+        "time row of the removed play left behind": scalar(
+            "SELECT count(*) FROM time WHERE start_time = to_timestamp(%s / 1000.0)", (T0 + 2000,)
+        )
+        != 0,
+    }
+    assert not [name for name, found in problems.items() if found]
+    assert table_contents() == fresh_load_of(data)
+
+
+def test_full_refresh_reloads_everything_to_identical_tables(data):
+    write(data, "log_data/2018/12/new.json", lines(G(0), G(1), G(2)))
+    etl(data)
+    before = table_contents()
+
+    summary = parse_summary(etl(data, "--full-refresh").stdout)
+    assert summary.files == {"song": {"new": 11}, "log": {"new": 3}}
+    assert summary.records == {
+        "song": Counts(records=11, loaded=11, rejected=0),
+        "log": Counts(records=129, loaded=114, skipped=15, duplicates=0, rejected=0),
+    }
+    assert summary.reconciled["log"]
+    assert table_contents() == before
+    assert len(manifest()) == 14
+
+
+def test_songs_arriving_after_their_plays_resolve_them(fresh_tables, tmp_path):
+    data = base_sample(tmp_path / "data", songs=False)
+    write(data, "log_data/2018/12/new.json", lines(G(0), G(1, song="Unknown")))
+    etl(data)
+    crafted = "SELECT song_id, artist_id FROM songplays WHERE user_id = %s ORDER BY item_in_session"
+    assert query(crafted, (USER,)) == [(None, None), (None, None)]
+
+    write(data, f"{BASE_SONG_DIR}/{FACE['file']}", face_song())
+    summary = parse_summary(etl(data).stdout)
+    assert summary.resolved == (1, 113, 1)
+    assert query(crafted, (USER,)) == [(FACE["song_id"], FACE["artist_id"]), (None, None)]
+    assert summary.checks == CHECKS_PASSED
+
+
+def test_instants_are_stored_exactly_whatever_the_sessions_time_zone(data):
+    write(data, "log_data/2018/12/tz.json", lines(G(0), G(1)))
+    etl(data, env={"PGTZ": "Pacific/Chatham"})
+    assert query(
+        "SELECT extract(epoch FROM p.start_time) * 1000, t.hour, t.day "
+        "FROM songplays p JOIN time t USING (start_time) WHERE p.user_id = %s "
+        "ORDER BY 1",
+        (USER,),
+    ) == [(Decimal(T0), 0, 1), (Decimal(T0 + 1000), 0, 1)]
+
+
+def test_older_events_never_overwrite_a_newer_user_level(data):
+    def user():
+        return query("SELECT first_name, level FROM users WHERE user_id = %s", (USER,))[0]
+
+    write(data, "log_data/2018/12/b-newer.json", lines(G(10, level="paid")))
+    etl(data)
+    assert user() == ("Ada", "paid")
+
+    # Loaded later, but older: it must not win.
+    write(data, "log_data/2018/12/a-older.json", lines(G(0, level="free", firstName="Old")))
+    etl(data)
+    assert user() == ("Ada", "paid")
+    assert query(
+        "SELECT item_in_session, level FROM songplays WHERE user_id = %s ORDER BY 1", (USER,)
+    ) == [(0, "free"), (10, "paid")]
+
+    # Loaded later and newer: it wins.
+    write(data, "log_data/2018/12/c-newest.json", lines(G(20, level="free", firstName="New")))
+    etl(data)
+    assert user() == ("New", "free")
+    assert table_contents() == fresh_load_of(data)

@@ -1,0 +1,237 @@
+"""Kills and concurrency: a load killed with SIGKILL anywhere resumes to the tables an
+uninterrupted load makes and leaves no worker process behind; of two loads at once one loads and
+the other is refused; create_tables.py refuses while a load runs, and ends other sessions that
+hold the tables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+from builders import BASE, Watcher, etl, one_error_line, start_load
+from conftest import counts, query, run_script, scalar, schema_objects, table_contents
+from summary import ALL_SET_ASIDE, CHECKS_PASSED, parse_summary
+
+import db
+from cli import EXIT_LOCKED
+from extract import FOLDERS
+from report import EXIT_OK
+
+MANIFEST_ROWS = "SELECT count(*) FROM load_manifest"
+SONGPLAYS_FOREIGN_KEYS = (
+    "SELECT count(*) FROM pg_constraint WHERE conrelid = 'songplays'::regclass AND contype = 'f'"
+)
+RUNS = "SELECT count(*) FROM load_runs"
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """Generated data that, in small batches, takes many transactions and a worker process."""
+    import generate_data
+
+    root = tmp_path_factory.mktemp("big") / "data"
+    generate_data.generate(out=str(root), songs=200, events=40_000, seed=4, days=20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def baseline(big) -> dict[str, list[tuple]]:
+    """The tables after one uninterrupted, plain `python etl.py`."""
+    run_script("create_tables.py")
+    etl(big)
+    return table_contents()
+
+
+def files_in(data: Path, *kinds: str) -> int:
+    return sum(1 for kind in kinds or FOLDERS for _ in (data / FOLDERS[kind]).rglob("*.json"))
+
+
+def descendants(pid: int) -> set[int]:
+    """Live processes below pid, from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """pids still running (zombies count as gone)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+def kill(proc: subprocess.Popen) -> set[int]:
+    """SIGKILL the load; returns the processes it had started."""
+    children = descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()  # not communicate(): orphans would keep the pipes open
+    proc.stderr.close()
+    return children
+
+
+def reap(pids: set[int]) -> None:
+    """Orphans of a killed test load (ours, by pid) are stopped so they do not outlive the test."""
+    for pid in alive(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, baseline):
+    run_script("create_tables.py")
+    schema = schema_objects()
+    total = files_in(big)
+    songs = files_in(big, "song")
+    watch = Watcher()
+    orphans, at_kill, foreign_keys = set(), [], []
+    try:
+        # 1: right after the first batch (the songs) committed, while logs are being loaded;
+        # 2: a resumed run, once a few more log batches committed; 3: a resumed run that has
+        # started its run row but committed nothing yet.
+        points = [
+            (MANIFEST_ROWS, lambda n: n > 0),
+            (MANIFEST_ROWS, lambda n, s=songs: n >= s + 6),
+            (RUNS, lambda n: n >= 3),
+        ]
+        for sql, reached in points:
+            watch.lock_free()
+            proc = start_load(big)
+            watch.wait(sql, reached, proc)
+            orphans |= kill(proc)
+            at_kill.append(watch.value(MANIFEST_ROWS))
+            foreign_keys.append(watch.value(SONGPLAYS_FOREIGN_KEYS))
+        assert 0 < at_kill[0] < at_kill[1] < total, at_kill
+        assert foreign_keys == [0, 0, 0]  # each killed in the middle of a bulk load
+        assert at_kill[2] == at_kill[1]
+        assert counts()["songplays"] < len(baseline["songplays"])
+
+        watch.lock_free()
+        proc = start_load(big)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == EXIT_OK, out + err
+        summary = parse_summary(out)
+        assert list(summary.files["log"]) == ["unchanged", "new"]
+        assert summary.files["log"]["unchanged"] == at_kill[1] - songs
+        assert summary.checks == CHECKS_PASSED
+        assert summary.added_back == ALL_SET_ASIDE
+    finally:
+        watch.close()
+        reap(orphans)
+    assert table_contents() == baseline
+    assert schema_objects() == schema
+    assert query("SELECT status FROM load_runs ORDER BY run_id") == [
+        ("interrupted",),
+        ("interrupted",),
+        ("interrupted",),
+        ("succeeded",),
+    ]
+    assert scalar(MANIFEST_ROWS) == total
+
+
+def test_killed_load_leaves_no_worker_process_behind(big):
+    run_script("create_tables.py")
+    watch = Watcher()
+    workers = set()
+    try:
+        watch.lock_free()
+        proc = start_load(big)
+        watch.wait(MANIFEST_ROWS, lambda n: n > 0, proc)
+        workers = descendants(proc.pid)
+        assert workers, "the load had started no worker process: nothing to check"
+        kill(proc)
+        deadline = time.monotonic() + 10
+        while alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            for pid in alive(workers)
+        }
+        assert not left, f"still running 10 s after the load was killed: {left}"
+    finally:
+        watch.close()
+        reap(workers)
+
+
+def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, baseline):
+    run_script("create_tables.py")
+    loads = [start_load(big), start_load(big)]
+    results = [
+        subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        for p in loads
+        for out, err in [p.communicate(timeout=300)]
+    ]
+    assert sorted(r.returncode for r in results) == [EXIT_OK, EXIT_LOCKED], results
+    loser = next(r for r in results if r.returncode == EXIT_LOCKED)
+    assert "another load is running" in one_error_line(loser)
+    assert loser.stdout == ""
+    assert table_contents() == baseline
+    assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+def test_create_tables_refuses_while_a_load_runs_and_leaves_tables_alone(big, baseline):
+    run_script("create_tables.py")
+    watch = Watcher()
+    try:
+        proc = start_load(big)
+        watch.wait(MANIFEST_ROWS, lambda n: n > 0, proc)
+        refused = run_script("create_tables.py", check=False)
+        still_running = proc.poll() is None
+        out, err = proc.communicate(timeout=300)
+    finally:
+        watch.close()
+    assert still_running, "the load ended before create_tables.py ran: the test proves nothing"
+    assert refused.returncode == EXIT_LOCKED, refused
+    assert "another load is running" in one_error_line(refused)
+    assert proc.returncode == EXIT_OK, out + err
+    assert table_contents() == baseline
+    assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+def test_create_tables_ends_a_session_holding_an_open_transaction_on_songplays(data):
+    etl(data)
+    holder = db.connect(db.Settings.from_env())
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT count(*) FROM songplays")  # psycopg2 opened a transaction
+            assert cur.fetchone()[0] == BASE["songplays"]
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        assert holder.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+
+        done = run_script("create_tables.py", timeout=60, check=False)
+        assert done.returncode == EXIT_OK, done
+        with (
+            pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)),
+            holder.cursor() as cur,
+        ):
+            cur.execute("SELECT 1")
+    finally:
+        holder.close()
+    deadline = time.monotonic() + 5
+    while scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)):
+        assert time.monotonic() < deadline, "the session holding songplays is still there"
+        time.sleep(0.05)
+    assert counts() == dict.fromkeys(BASE, 0)

@@ -1,0 +1,79 @@
+"""report.py on exact inputs, no database: the summary states every number of the run's report,
+and the run fails when its counts do not reconcile, a check fails or a key could not come back."""
+
+from pathlib import Path
+
+from summary import Counts, parse_summary
+
+import sql_queries
+from report import EXIT_FAILED, EXIT_OK, Report, Tally
+
+TALLY = {  # the songs do not reconcile: 8 read, 5 + 2 accounted for
+    "song": Counts(records=8, loaded=5, rejected=2),
+    "log": Counts(records=40, loaded=20, skipped=9, duplicates=3, rejected=8),
+}
+
+
+def tally(songs_read: int = TALLY["song"].records) -> Tally:
+    counts = {kind: c._asdict() for kind, c in TALLY.items()}
+    counts["song"]["records"] = songs_read
+    return Tally(
+        files={"song": {"new": 4}, "log": {"unchanged": 1, "changed": 2, "unreadable": 1}},
+        counts=counts,
+        file_problems=1,
+        resolved_plays=6,
+    )
+
+
+def report(**changes) -> Report:
+    fields = {
+        "target": "the test server",
+        "data_dir": Path("/data"),
+        "run_id": 12,
+        "seconds": 1.5,
+        "tally": tally(),
+        "before": {t: n for n, t in enumerate(sql_queries.STAR_TABLES)},
+        "after": {t: 100 + n for n, t in enumerate(sql_queries.STAR_TABLES)},
+        "resolved_total": 11,
+        "checks": {name: n for n, name in enumerate(sql_queries.CHECKS)},
+        "examples": [("log_data/a.json", 3, "ts missing"), ("log_data/b.json", None, "empty file")],
+        "set_aside": False,
+        "restored": ["songplays_file"],
+        "not_restored": ["songplays_user_id_fkey: a reason"],
+    }
+    return Report(**{**fields, **changes})
+
+
+def test_summary_states_every_number_of_the_report():
+    summary = parse_summary("\n".join(report().lines()))
+    assert summary.run_id == 12
+    assert summary.files == {
+        "song": {"new": 4},
+        "log": {"unchanged": 1, "changed": 2, "unreadable": 1},
+    }
+    assert summary.records == TALLY
+    assert summary.reconciled == {"song": False, "log": True}
+    assert summary.rows == {t: (100, 100 + n) for n, t in enumerate(sql_queries.STAR_TABLES)}
+    assert summary.resolved == (11, 100, 6)
+    assert (summary.set_aside, summary.added_back) == (False, ["songplays_file"])
+    assert summary.not_added_back == {"songplays_user_id_fkey": "a reason"}
+    assert summary.rejected == (10, 1, 12)
+    assert summary.examples == [
+        "/data/log_data/a.json:3: ts missing",
+        "/data/log_data/b.json:-: empty file",
+    ]
+    assert summary.checks == {name: n for n, name in enumerate(sql_queries.CHECKS)}
+
+
+def test_a_run_fails_on_a_mismatch_a_failed_check_or_a_key_that_did_not_come_back():
+    good = {
+        "tally": tally(songs_read=7),
+        "checks": dict.fromkeys(sql_queries.CHECKS, 0),
+        "not_restored": [],
+    }
+    assert report(**good).exit_code(strict=False) == EXIT_OK
+    assert report(**good).exit_code(strict=True) == EXIT_FAILED  # records were rejected
+    assert report(**{**good, "tally": tally()}).exit_code(strict=False) == EXIT_FAILED
+    assert report(**{**good, "checks": None}).exit_code(strict=False) == EXIT_OK  # not run
+    assert report(**{**good, "checks": report().checks}).exit_code(strict=False) == EXIT_FAILED
+    assert report(**{**good, "not_restored": ["k: why"]}).exit_code(strict=False) == EXIT_FAILED

@@ -1,0 +1,48 @@
+"""The shipped sample (data/): it is what generate_data.py writes, and `python etl.py` loads it to
+exactly the numbers of its truth.json, then changes nothing on a second run."""
+
+import pytest
+from conftest import SAMPLE, counts, query, run_script, scalar, table_contents
+from summary import CHECKS_PASSED, parse_summary
+
+from sql_queries import STAR_TABLES
+
+
+@pytest.fixture(scope="module")
+def sample_load():
+    """The summary of `python etl.py` (data/ by default) into fresh tables."""
+    run_script("create_tables.py")
+    return parse_summary(run_script("etl.py", "--no-progress").stdout)
+
+
+def test_sample_load_matches_the_generators_truth(sample_load, truth):
+    assert counts() == {table: truth[table] for table in STAR_TABLES}
+    assert (
+        scalar("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL")
+        == truth["songplays_resolved"]
+    )
+    assert dict(query("SELECT user_id::text, level FROM users")) == truth["levels"]
+    assert sample_load.checks == CHECKS_PASSED
+
+
+def test_sample_load_resolves_a_non_ascii_play_to_its_song(sample_load, truth):
+    play = truth["example_resolved_play"]
+    assert query(
+        "SELECT song_id, artist_id, song_title, artist_name FROM songplays "
+        "WHERE user_id = %s AND session_id = %s AND item_in_session = %s",
+        (play["user_id"], play["session_id"], play["item_in_session"]),
+    ) == [(play["song_id"], play["artist_id"], play["title"], play["artist"])]
+
+
+def test_second_load_of_the_sample_changes_nothing_and_says_so(sample_load):
+    before = table_contents()
+    assert parse_summary(run_script("etl.py", "--no-progress").stdout).nothing_new
+    assert table_contents() == before
+
+
+def test_sample_data_is_the_generators_output(tmp_path):
+    import generate_data
+
+    generate_data.main(["--out", str(tmp_path)])
+    for path in sorted(SAMPLE.rglob("*.json")):
+        assert (tmp_path / path.relative_to(SAMPLE)).read_bytes() == path.read_bytes(), path

@@ -1,0 +1,194 @@
+"""Extract and transform on exact inputs, no database: parsing log and song files into Records,
+judging records, shaping the staging rows, and rendering COPY payloads."""
+
+import json
+
+import pandas as pd
+from builders import line, log_file
+
+import extract
+import transform
+
+PLAY = {
+    "artist": "Des'ree",
+    "auth": "Logged In",
+    "firstName": "Kaylee",
+    "gender": "F",
+    "itemInSession": 1,
+    "lastName": "Summers",
+    "length": 246.30812,
+    "level": "free",
+    "location": "Phoenix-Mesa-Scottsdale, AZ",
+    "method": "PUT",
+    "page": "NextSong",
+    "registration": 1540344794796.0,
+    "sessionId": 139,
+    "song": "You Gotta Be",
+    "status": 200,
+    "ts": 1541106106796,
+    "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
+    "userId": "8",
+}
+SONG = {
+    "num_songs": 1,
+    "artist_id": "ARD7TVE1187B99BFB1",
+    "artist_latitude": None,
+    "artist_longitude": None,
+    "artist_location": "",
+    "artist_name": "Casual",
+    "song_id": "SOMZWCG12A8C13C480",
+    "title": "I Didn't Mean To",
+    "duration": 218.93179,
+    "year": 0,
+}
+
+
+def events(*lines):
+    records, rejects = extract.parse_log_file(log_file(*lines), "log_data/x.json")
+    plays, invalid, skipped = transform.valid_events(records)
+    return plays, transform.reject_frame(rejects), invalid, skipped
+
+
+def test_repair_mojibake_peels_every_layer_of_double_encoded_utf8():
+    assert transform.repair_mojibake("Aliz\u00c3\u0083\u00c2\u00a9e") == "Alizée"
+    assert transform.repair_mojibake("S\u00c3\u0083\u00c2\u00a5ng") == "Sång"
+    assert transform.repair_mojibake("BjÃ¶rk") == "Björk"
+    assert transform.repair_mojibake("Sigur Rós") == "Sigur Rós"
+    assert transform.repair_mojibake("It’s “quoted”") == "It’s “quoted”"
+
+
+def test_play_rows_make_utc_instants_integer_ids_and_unquoted_user_agents():
+    plays, _, _, _ = events(PLAY)
+    row = transform.play_rows(plays).iloc[0]
+    assert row["start_time"] == pd.Timestamp("2018-11-01 21:01:46.796", tz="UTC")
+    assert (row["user_id"], row["session_id"], row["item_in_session"]) == (8, 139, 1)
+    assert row["user_agent"] == "Mozilla/5.0 (Windows NT 6.1)"
+    assert (row["song_title"], row["artist_name"], row["song_length"]) == (
+        "You Gotta Be",
+        "Des'ree",
+        246.30812,
+    )
+
+
+def test_play_rows_keep_a_play_without_artist_and_unquote_only_wrapping_quotes():
+    agents = ['"a\nb"', '"', '""', 'x "y"', None]
+    lines = [
+        {**PLAY, "itemInSession": n, "artist": None if n == 0 else "BjÃ¶rk", "userAgent": agent}
+        for n, agent in enumerate(agents)
+    ]
+    plays, _, _, _ = events(*lines)
+    rows = transform.play_rows(plays)
+    assert [None if pd.isna(v) else v for v in rows["artist_name"]] == [
+        None,
+        "Björk",
+        "Björk",
+        "Björk",
+        "Björk",
+    ]
+    assert [None if pd.isna(v) else v for v in rows["user_agent"]] == [
+        "a\nb",
+        '"',
+        None,
+        'x "y"',
+        None,
+    ]
+
+
+def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
+    home = {**PLAY, "page": "Home", "userId": "", "song": None, "artist": None}
+    bad_user = {**PLAY, "userId": "", "itemInSession": 2}
+    text_ts = {**PLAY, "ts": "soon", "itemInSession": 3}
+    plays, parse_rejects, invalid, skipped = events(PLAY, home, bad_user, b"{oops", text_ts)
+    assert len(plays) == 1
+    assert skipped.to_dict() == {"log_data/x.json": 1}
+    assert parse_rejects[["line"]].values.tolist() == [[4]]
+    assert parse_rejects["reason"].iloc[0].startswith("malformed JSON")
+    assert invalid[["line", "reason"]].values.tolist() == [
+        [3, "userId missing on a play"],
+        [5, "ts is not an integer"],
+    ]
+
+
+def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
+    clean = log_file(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
+    fast = extract._fast_events(clean, "p", 1)
+    assert fast is not None
+    slow, rejects = extract.parse_log_file(clean + b"\n{oops", "p")
+    assert rejects[0][1:3] == (
+        3,
+        "malformed JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
+    )
+    pd.testing.assert_frame_equal(fast.values.drop(columns="raw"), slow.values.drop(columns="raw"))
+    plays, invalid, _ = transform.valid_events(fast)
+    assert len(plays) == 1
+    assert invalid[["line", "reason"]].values.tolist() == [[2, "level is not 'free' or 'paid'"]]
+
+
+def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
+    lines = [{**PLAY, "itemInSession": n, "ts": PLAY["ts"] + n} for n in range(1, 8)]
+    whole, _ = extract.parse_log_file(log_file(*lines), "p")
+    piece = len(line(PLAY)) * 2  # two or three lines a piece
+    assert [p.count(b"\n") for p in extract.line_aligned_pieces(log_file(*lines), piece)] == [
+        2,
+        2,
+        2,
+        0,
+    ]
+    pieces, _ = extract.parse_log_file(log_file(*lines), "p", piece)
+    assert pieces.values["line"].tolist() == list(range(1, 8))
+    assert pieces.values["itemInSession"].tolist() == list(range(1, 8))
+    pd.testing.assert_frame_equal(pieces.values, whole.values)
+    lines[5] = b'{"ts": 1, "page": "NextSong",'
+    damaged, rejects = extract.parse_log_file(log_file(*lines), "p", piece)
+    assert [line for _, line, _, _ in rejects] == [6]
+    assert damaged.values["line"].tolist() == [1, 2, 3, 4, 5, 7]
+
+
+def test_time_table_uses_utc_iso_week_and_monday_as_weekday_1():
+    rows = pd.DataFrame(
+        {
+            "start_time": pd.to_datetime(
+                [1541106106796, 1541106106796, 1543622399000], unit="ms", utc=True
+            )
+        }
+    )
+    table = transform.time_table(rows)
+    assert table.drop(columns="start_time").values.tolist() == [
+        [21, 1, 44, 11, 2018, 4],  # Thursday 1 Nov 2018
+        [23, 30, 48, 11, 2018, 5],  # Friday 30 Nov 2018, 23:59:59 UTC
+    ]
+
+
+def test_users_table_keeps_each_users_latest_play_whatever_the_row_order():
+    plays, _, _, _ = events(
+        {**PLAY, "ts": 3, "level": "paid", "itemInSession": 5},
+        {**PLAY, "ts": 1, "level": "free", "itemInSession": 9},
+        {**PLAY, "ts": 3, "level": "free", "itemInSession": 4},
+    )
+    users = transform.users_table(transform.play_rows(plays))
+    assert users[["user_id", "level", "item_in_session"]].values.tolist() == [[8, "paid", 5]]
+
+
+def test_song_rows_turn_year_zero_and_empty_location_into_null():
+    records, rejects = extract.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
+    good, invalid = transform.valid_songs(records)
+    row = transform.song_rows(good).iloc[0]
+    assert rejects == [] and invalid.empty
+    assert pd.isna(row["year"]) and pd.isna(row["artist_location"])
+    assert (row["song_id"], row["duration"]) == ("SOMZWCG12A8C13C480", 218.93179)
+
+
+def test_parse_song_file_reads_arrays_and_one_object_per_line():
+    two = [SONG, {**SONG, "song_id": "SOTWO"}]
+    as_array, _ = extract.parse_song_file(json.dumps(two).encode(), "s")
+    as_lines, _ = extract.parse_song_file(log_file(*two), "s")
+    assert as_array.values["song_id"].tolist() == ["SOMZWCG12A8C13C480", "SOTWO"]
+    assert as_lines.values[["song_id", "line"]].values.tolist() == [
+        ["SOMZWCG12A8C13C480", 1],
+        ["SOTWO", 2],
+    ]
+
+
+def test_render_csv_distinguishes_null_from_empty_text_and_keeps_floats_exact():
+    frame = pd.DataFrame({"a": ["x,y", "", None], "b": [218.93179, 0.1, None]})
+    assert transform.render_csv(frame, ["a", "b"]) == b'"x,y",218.93179\n"",0.1\n,\n'
