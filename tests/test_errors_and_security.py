@@ -114,14 +114,16 @@ def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
         run_script("create_tables.py")
 
 
-def test_missing_database_is_one_error_naming_it_and_create_tables(tmp_path):
+def test_missing_database_on_a_named_server_is_one_error_saying_to_create_it(tmp_path):
     data = base_sample(tmp_path / "data")
     url = (
         f"postgresql://{embedded.SUPERUSER}@/no_such_db"
         f"?host={embedded_socket_dir()}&port={embedded.PORT}"
     )
     message = one_error_line(etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT))
-    assert "no_such_db" in message and "create_tables.py" in message
+    assert 'database "no_such_db" does not exist' in message
+    assert message.endswith("create it first (e.g. `createdb`): only the embedded server's is "
+                            "made for you")
 
 
 def test_missing_or_empty_data_folder_is_one_error_naming_it(tmp_path):
