@@ -15,6 +15,7 @@ From Python (the tests): ``cluster = start(folder, ports)``, ``cluster.url``, ``
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -23,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg2
@@ -84,6 +84,12 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
         raise ClusterError(f"`{Path(cmd[0]).name} {cmd[1]}` failed (see {log}): {tail[0]}")
 
 
+def _running(data: Path) -> bool:
+    return (data / "postmaster.pid").exists() and subprocess.run(
+        _as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]), cwd=data.parent,
+        capture_output=True).returncode == 0
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -108,21 +114,26 @@ class Cluster:
         return [(n, p, self.dir / n) for n, p in zip(names, self.ports)]
 
     def running(self) -> dict[str, bool]:
-        return {name: subprocess.run(_as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D",
-                                                      str(data)]), cwd=self.dir,
-                                     capture_output=True).returncode == 0
-                for name, _, data in self.nodes()}
+        return {name: _running(data) for name, _, data in self.nodes()}
 
     def stop(self, remove: bool | None = None) -> None:
         """Fast shutdown of every node; the folder goes too if start() made it (or remove)."""
-        for name, _, data in self.nodes():
+        def stop_node(node: tuple[str, int, Path]) -> None:
+            name, _, data = node
             if (data / "postmaster.pid").exists():
                 _run([str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w",
                       "-t", "60"], self.dir, self.dir / f"{name}.log")
+        _each(stop_node, self.nodes())
         if remove if remove is not None else self.temporary:
             shutil.rmtree(self.dir, ignore_errors=True)
             if _last_dir() == self.dir:
                 LAST.unlink(missing_ok=True)
+
+
+def _each(action, items: list) -> None:
+    """action on every item at once (the nodes start, set up and stop side by side)."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(items))) as pool:
+        list(pool.map(action, items))
 
 
 def connect(port: int, dbname: str):
@@ -168,28 +179,42 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
     (cluster.dir / STATE).write_text(json.dumps(dataclasses.asdict(cluster), default=str) + "\n")
     _own(cluster.dir)
     os.chmod(cluster.dir, 0o700)
+    if subprocess.run(_as_server_user(["test", "-w", str(cluster.dir)])).returncode != 0:
+        raise ClusterError(f"the {SUPERUSER} user cannot write to {cluster.dir}: choose a --dir "
+                           "it can reach (under /tmp, say)")
+
+    def start_node(node: tuple[str, int, Path]) -> None:
+        name, port, data = node
+        if _running(data):
+            return
+        if not _port_free(port):
+            raise ClusterError(f"port {port} on {HOST} is in use: choose others with --port")
+        log = cluster.dir / f"{name}.log"
+        if not (data / "PG_VERSION").exists():  # a throwaway cluster: no fsync of initdb's files
+            _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
+                  "--encoding=UTF8", "--no-locale", "--no-instructions", "--no-sync"],
+                 cluster.dir, log)
+            with open(data / "postgresql.conf", "a") as conf:
+                conf.writelines(f"{k} = '{v}'\n" for k, v in
+                                {**SETTINGS, "port": str(port)}.items())
+            (data / "pg_hba.conf").write_text(HBA)
+        _run([str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l",
+              str(log)], cluster.dir, log)
+
+    def set_up(port: int) -> None:  # each step is a no-op when done already
+        _create_database(port)
+        _sql(port, DATABASE, ("CREATE EXTENSION IF NOT EXISTS citus",))
+
     try:
-        for name, port, data in cluster.nodes():
-            if (data / "postmaster.pid").exists() and cluster.running()[name]:
-                continue
-            if not _port_free(port):
-                raise ClusterError(f"port {port} on {HOST} is in use: choose others with --port")
-            log = cluster.dir / f"{name}.log"
-            if not (data / "PG_VERSION").exists():
-                _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                      "--encoding=UTF8", "--no-locale", "--no-instructions"], cluster.dir, log)
-                with open(data / "postgresql.conf", "a") as conf:
-                    conf.writelines(f"{k} = '{v}'\n" for k, v in
-                                    {**SETTINGS, "port": str(port)}.items())
-                (data / "pg_hba.conf").write_text(HBA)
-            _run([str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l",
-                  str(log)], cluster.dir, log)
-        for port in cluster.ports:  # each step is a no-op when done already
-            _create_database(port)
-            _sql(port, DATABASE, ("CREATE EXTENSION IF NOT EXISTS citus",))
+        _each(start_node, cluster.nodes())
+        _each(set_up, cluster.ports)
+        coordinator = (HOST, cluster.ports[0])
         _sql(cluster.ports[0], DATABASE,
-             ("SELECT citus_set_coordinator_host(%s, %s)", (HOST, cluster.ports[0])),
-             *(("SELECT citus_add_node(%s, %s)", (HOST, p)) for p in cluster.ports[1:]))
+             ("SELECT citus_set_coordinator_host(%s, %s)", coordinator),
+             *(("SELECT citus_add_node(%s, %s)", (HOST, p)) for p in cluster.ports[1:]),
+             *([] if cluster.ports[1:] else  # no worker: the coordinator holds the shards
+               [("SELECT citus_set_node_property(%s, %s, 'shouldhaveshards', true)",
+                 coordinator)]))
     except BaseException:
         cluster.stop()
         raise
@@ -224,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
                              "stop: stop them (a temporary folder is removed); status: each "
                              "node's state; url: print the coordinator's URL")
     parser.add_argument("--dir", help="folder holding the nodes' data directories (start: "
-                                      "default a new temporary folder; others: default the "
-                                      "cluster started last)")
+                                      "default a new temporary folder, and a folder that holds "
+                                      "a cluster starts it again on its ports; others: default "
+                                      "the cluster started last)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="start: the coordinator's port; workers take the next ones "
                              f"(default {DEFAULT_PORT})")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"start: number of workers (default {DEFAULT_WORKERS})")
+                        help=f"start: number of workers (default {DEFAULT_WORKERS}; 0: the "
+                             "coordinator holds the shards itself)")
     parser.add_argument("--remove", action="store_true",
                         help="stop: also delete the folder (a temporary one always is)")
     args = parser.parse_args(argv)
