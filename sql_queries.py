@@ -45,7 +45,7 @@ CREATE TABLE time (
 
 songplays_table_create = """
 CREATE TABLE songplays (
-    songplay_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    songplay_id     bigint GENERATED ALWAYS AS IDENTITY,
     start_time      timestamptz NOT NULL,
     user_id         integer NOT NULL,
     level           text NOT NULL CHECK (level IN ('free', 'paid')),
@@ -59,6 +59,7 @@ CREATE TABLE songplays (
     artist_name     text,
     song_length     numeric,
     file_id         bigint NOT NULL,
+    PRIMARY KEY (user_id, songplay_id),  -- user_id first: Citus keeps a user's plays together
     UNIQUE (user_id, session_id, item_in_session)
 )"""  # its foreign keys: SONGPLAYS_SET_ASIDE, below
 
