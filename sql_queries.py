@@ -152,19 +152,22 @@ CREATE TABLE load_rejects (
     raw         text
 )"""
 
-# Parents before children, so that each foreign key finds its table.
+# Parents before children, so that each foreign key finds its table. songplays' own foreign
+# keys and file index come last (songplays_keys_create), after the tables are placed on Citus.
 create_table_queries = [
     load_runs_table_create, load_manifest_table_create, load_rejects_table_create,
     artists_table_create, songs_table_create, users_table_create, time_table_create,
     songplays_table_create, songplays_index_user_time, songs_index_artist,
-    *(create for create, _ in SONGPLAYS_SET_ASIDE.values()),
 ]
+songplays_keys_create = [create for create, _ in SONGPLAYS_SET_ASIDE.values()]
 
 TABLES = ["songplays", "users", "songs", "artists", "time",
           "load_rejects", "load_manifest", "load_runs"]
 STAR_TABLES = TABLES[:5]
 
-drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES) + " CASCADE"
+CITUS_STAGING = ["stage_plays_citus"]  # made only on Citus (below)
+
+drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + CITUS_STAGING) + " CASCADE"
 
 # Sessions of other clients that hold a lock on one of our tables (an open notebook transaction,
 # a psql session inside BEGIN) would make DROP wait forever: they are ended first.
@@ -177,6 +180,51 @@ GROUP BY l.pid"""
 
 missing_tables = """
 SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
+
+# ---------------------------------------------------------------- schema: on a Citus cluster
+# Citus (distributed PostgreSQL) is an extension: where the database has it (a Citus
+# coordinator), create_tables.py places the tables once they exist, before songplays' keys come:
+# songplays and users hash-distributed on user_id into the same shards (a user's plays sit beside
+# the user, so joins and merges on user_id run on each worker), the small dimensions copied to
+# every node as reference tables (any shard joins them where it is), and the load bookkeeping
+# left as plain tables on the coordinator. Referenced tables first, for the foreign keys.
+# Elsewhere none of this runs: the same schema, the same statements, on one server.
+
+citus_present = "SELECT count(*) > 0 FROM pg_extension WHERE extname = 'citus'"
+
+# Asked only where citus_present: the statements below are for a distributed songplays.
+songplays_distributed = """
+SELECT count(*) > 0 FROM pg_dist_partition WHERE logicalrelid = to_regclass('songplays')"""
+
+# Plays are staged where they are merged: in a table distributed like songplays, so that the
+# merge (songplays_insert_citus) runs as one INSERT ... SELECT per shard on the workers instead of
+# pulling every row through the coordinator. UNLOGGED: it only ever holds a batch in flight.
+# songplay_id is taken from songplays' own sequence as rows are copied in (on the coordinator, in
+# file order), so the merge calls no volatile function, which would keep it from the workers.
+stage_plays_citus_create = """
+CREATE UNLOGGED TABLE stage_plays_citus (
+    songplay_id bigint NOT NULL DEFAULT nextval('songplays_songplay_id_seq'),
+    path text, start_time timestamptz, user_id integer, level text,
+    song_title text, artist_name text, song_length numeric, session_id integer,
+    item_in_session integer, location text, user_agent text
+)"""
+
+citus_distribute_queries = [
+    "SELECT create_reference_table('artists')",
+    "SELECT create_reference_table('songs')",
+    "SELECT create_reference_table('time')",
+    "SELECT create_distributed_table('users', 'user_id')",
+    "SELECT create_distributed_table('songplays', 'user_id', colocate_with => 'users')",
+    stage_plays_citus_create,
+    "SELECT create_distributed_table('stage_plays_citus', 'user_id', colocate_with => 'users')",
+]
+
+# On Citus, a transaction that writes a reference table (time, songs, artists) after a
+# multi-shard statement on songplays (or another table of its shards) must run all of them over
+# one connection per worker: else "cannot modify table ... because there was a parallel
+# operation on a distributed table".
+citus_sequential = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
+
 
 # ---------------------------------------------------------------- one run at a time
 
