@@ -714,8 +714,7 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
         params = {"run_id": run_id}
         if batch.kind == "song":
             cur.execute(sql.manifest_upsert, params)
-            cur.execute(sql.artists_update)
-            cur.execute(sql.artists_insert)
+            cur.execute(sql.artists_upsert)
             cur.execute(sql.songs_upsert)
             cur.execute(sql.songplays_resolve_new_songs)
             resolved_plays = cur.rowcount

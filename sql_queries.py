@@ -232,10 +232,12 @@ LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share 
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
+# Exactly our key: a bigint key is (classid, objid) with objsubid 1; Citus, among others, takes
+# advisory locks of its own (objsubid 2 for a pair of integers, its own numbers above that).
 lock_holder = """
 SELECT a.pid, a.application_name, a.backend_start
 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-WHERE l.locktype = 'advisory' AND l.granted
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND (l.classid::bigint << 32) | l.objid::bigint = %(key)s
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
 
@@ -327,25 +329,20 @@ INSERT INTO load_rejects (run_id, path, line, reason, raw)
 SELECT %(run_id)s, path, line, reason, raw FROM stage_rejects"""
 
 # An artist's attributes come from its song with the smallest song_id, whatever the order in
-# which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded.
-artists_update = """
-UPDATE artists a
-SET name = c.artist_name, location = c.artist_location,
-    latitude = c.artist_latitude, longitude = c.artist_longitude
+# which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded
+# (a new artist has no song loaded yet). One INSERT ... ON CONFLICT: on Citus a reference table
+# cannot be updated FROM a TEMP table.
+artists_upsert = """
+INSERT INTO artists (artist_id, name, location, latitude, longitude)
+SELECT c.artist_id, c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude
 FROM (SELECT DISTINCT ON (artist_id) *
       FROM stage_songs ORDER BY artist_id, song_id, path) c
-WHERE a.artist_id = c.artist_id
-  AND NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.song_id < c.song_id)
-  AND (a.name, a.location, a.latitude, a.longitude) IS DISTINCT FROM
-      (c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude)"""
-
-artists_insert = """
-INSERT INTO artists (artist_id, name, location, latitude, longitude)
-SELECT DISTINCT ON (artist_id)
-       artist_id, artist_name, artist_location, artist_latitude, artist_longitude
-FROM stage_songs
-ORDER BY artist_id, song_id, path
-ON CONFLICT (artist_id) DO NOTHING"""
+WHERE NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.song_id < c.song_id)
+ON CONFLICT (artist_id) DO UPDATE SET
+    name = EXCLUDED.name, location = EXCLUDED.location,
+    latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude
+WHERE (artists.name, artists.location, artists.latitude, artists.longitude) IS DISTINCT FROM
+      (EXCLUDED.name, EXCLUDED.location, EXCLUDED.latitude, EXCLUDED.longitude)"""
 
 # A song_id found in several files: the file that sorts first wins within a batch, and a file
 # loaded later (a changed file) replaces what an earlier load wrote.
@@ -393,9 +390,12 @@ WHERE u.user_id = s.user_id
   AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
       (s.first_name, s.last_name, s.gender, s.level)"""
 
+# Only the batch's new users are sent: on Citus the rows of an INSERT ... ON CONFLICT from the
+# coordinator go to every shard (and NOT EXISTS may not join a TEMP table to a distributed one).
 users_insert = """
 INSERT INTO users (user_id, first_name, last_name, gender, level)
 SELECT user_id, first_name, last_name, gender, level FROM stage_users
+WHERE user_id NOT IN (SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM stage_users))
 ON CONFLICT (user_id) DO NOTHING"""
 
 # A changed log file is loaded again: first take back what its previous load contributed.
@@ -406,11 +406,14 @@ WITH gone AS (
     RETURNING start_time, user_id)
 INSERT INTO stage_gone SELECT DISTINCT start_time, user_id FROM gone"""
 
-# What the plays taken back had set, once the batch's own plays are in.
+# What the plays taken back had set, once the batch's own plays are in. Uncorrelated: on Citus a
+# reference table's DELETE may not be correlated with a distributed table.
 time_delete_orphans = """
-DELETE FROM time t USING (SELECT DISTINCT start_time FROM stage_gone) g
-WHERE t.start_time = g.start_time
-  AND NOT EXISTS (SELECT 1 FROM songplays p WHERE p.start_time = g.start_time)"""
+DELETE FROM time
+WHERE start_time IN (
+    SELECT start_time FROM stage_gone
+    EXCEPT
+    SELECT start_time FROM songplays WHERE start_time IN (SELECT start_time FROM stage_gone))"""
 
 users_delete_orphans = """
 DELETE FROM users u
