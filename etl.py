@@ -706,8 +706,15 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
     resolved_plays = 0
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.staging_time_zone)
+        distributed = db.distributed(cur)
+        if distributed and batch.kind == "log":
+            cur.execute(sql.citus_sequential)  # reference table writes follow shard writes
         for table, payload in batch.copies.items():
-            copy_stage(cur, table, payload)
+            if distributed and table == "stage_plays":
+                if payload:
+                    cur.copy_expert(sql.stage_plays_copy_citus, io.BytesIO(payload))
+            else:
+                copy_stage(cur, table, payload)
         if touched:
             psycopg2.extras.execute_batch(cur, sql.manifest_touch, [
                 {"path": r.path, "size_bytes": r.size, "mtime_ns": r.mtime_ns} for r in touched])
@@ -724,13 +731,18 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
             if reloading:
                 cur.execute(sql.songplays_delete_reloaded)
             cur.execute(sql.manifest_upsert, params)
-            cur.execute(sql.time_insert)
-            cur.execute(sql.users_update)
+            time_insert = sql.time_insert_citus if distributed else sql.time_insert
+            cur.execute(time_insert)
+            users_update = sql.users_update_citus if distributed else sql.users_update
+            cur.execute(users_update)
             cur.execute(sql.users_insert)
             inserted = {}
             if batch.copies.get("stage_plays"):
-                cur.execute(sql.songplays_insert)
-                inserted = {path: (n, resolved) for path, n, resolved in cur.fetchall()}
+                if distributed:
+                    inserted = merge_plays_citus(cur, list(loaded))
+                else:
+                    cur.execute(sql.songplays_insert)
+                    inserted = {path: (n, resolved) for path, n, resolved in cur.fetchall()}
             updates = []
             for path, result in loaded.items():
                 n, resolved = inserted.get(path, (0, 0))
@@ -744,6 +756,18 @@ def load_batch(conn, run_id: int, batch: Batch) -> int:
                 cur.execute(sql.time_delete_orphans)
         cur.execute(sql.rejects_insert, params)
     return resolved_plays
+
+
+def merge_plays_citus(cur, paths: list[str]) -> dict[str, tuple[int, int]]:
+    """songplays_insert on Citus, run on the shards from stage_plays_citus: (plays inserted, of
+    them resolved to a song) per path. The staged plays go with the batch's transaction."""
+    cur.execute(sql.manifest_file_ids, {"paths": paths})
+    paths, file_ids = zip(*cur.fetchall())
+    cur.execute(sql.songplays_insert_citus, {"paths": list(paths), "file_ids": list(file_ids)})
+    cur.execute(sql.songplays_inserted_citus)
+    inserted = {path: (n, resolved) for path, n, resolved in cur.fetchall()}
+    cur.execute(sql.stage_plays_done_citus)
+    return inserted
 
 
 def load_or_split(conn, run_id: int, batch: Batch) -> Iterator[tuple[Batch, int]]:
@@ -765,12 +789,16 @@ def set_aside_for_bulk_load(conn, new_log_bytes: int) -> bool:
     big as the table: checking each row as it goes in would cost as much as the insert. False
     when they stay: a small load, or other sessions holding the tables (never interrupted)."""
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.songplays_size)
+        distributed = db.distributed(cur)
+        size = sql.songplays_size_citus if distributed else sql.songplays_size
+        cur.execute(size)
         if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
             return False
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.set_aside_lock_timeout)
+            if distributed:
+                cur.execute(sql.citus_sequential)
             for _, drop in sql.SONGPLAYS_SET_ASIDE.values():
                 cur.execute(drop)
     except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
@@ -785,6 +813,7 @@ def restore_set_aside(conn) -> tuple[list[str], list[str]]:
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.set_aside_present, {"names": list(sql.SONGPLAYS_SET_ASIDE)})
         present = {row[0] for row in cur.fetchall()}
+        distributed = db.distributed(cur)
     restored, problems = [], []
     for name, (create, _) in sql.SONGPLAYS_SET_ASIDE.items():
         if name in present:
@@ -805,6 +834,8 @@ def restore_set_aside(conn) -> tuple[list[str], list[str]]:
         try:
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.restore_lock_timeout)
+                if distributed:
+                    cur.execute(sql.citus_sequential)  # songplays' shards, then time's
                 cur.execute(sql.analyze_after_bulk_load)
         except psycopg2.errors.LockNotAvailable:
             pass  # statistics only: autovacuum will gather them
@@ -906,6 +937,8 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False, st
             run_id = cur.fetchone()[0]
             if full_refresh:
                 cur.execute(sql.full_refresh)
+            if db.distributed(cur):
+                cur.execute(sql.stage_plays_clear_citus)
             for query in sql.stage_table_queries:
                 cur.execute(query)
             before = table_counts(cur)

@@ -102,6 +102,7 @@ WHERE to_regclass(n) IS NOT NULL
               WHERE c.conrelid = 'songplays'::regclass AND c.conname = n)"""
 
 songplays_size = "SELECT pg_table_size('songplays')"
+songplays_size_citus = "SELECT citus_table_size('songplays')"  # pg_table_size: the empty shell
 
 # A session still reading songplays (a notebook inside a transaction) would make the drop wait:
 # after this long the load goes on with everything in place instead.
@@ -374,6 +375,15 @@ INSERT INTO time (start_time, hour, day, week, month, year, weekday)
 SELECT start_time, hour, day, week, month, year, weekday FROM stage_time
 ON CONFLICT (start_time) DO NOTHING"""
 
+# On Citus, rows written with ON CONFLICT into a reference table travel as intermediate results
+# to every node and are merged there: five times slower than a plain insert, which is copied
+# straight in. Only the new instants are inserted, with nothing to conflict: the load is the only
+# writer of time (one load at a time: the advisory lock).
+time_insert_citus = """
+INSERT INTO time (start_time, hour, day, week, month, year, weekday)
+SELECT start_time, hour, day, week, month, year, weekday FROM stage_time s
+WHERE NOT EXISTS (SELECT 1 FROM time t WHERE t.start_time = s.start_time)"""
+
 # A user's row reflects their latest play: a batch's row wins only if no later play is loaded.
 users_update = """
 UPDATE users u
@@ -387,6 +397,22 @@ WHERE u.user_id = s.user_id
   AND (latest.start_time IS NULL
        OR (latest.start_time, latest.session_id, latest.item_in_session)
           <= (s.start_time, s.session_id, s.item_in_session))
+  AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
+      (s.first_name, s.last_name, s.gender, s.level)"""
+
+# The same on Citus, where a LATERAL subquery may not join a TEMP table to the shards: "no later
+# play of the user", each shard checking its own plays (one pass over them, in parallel). On one
+# server that pass over all of songplays would cost more than the LATERAL's index probes.
+users_update_citus = """
+UPDATE users u
+SET first_name = s.first_name, last_name = s.last_name, gender = s.gender, level = s.level
+FROM stage_users s
+WHERE u.user_id = s.user_id
+  AND NOT EXISTS (
+      SELECT 1 FROM songplays p
+      WHERE p.user_id = u.user_id
+        AND (p.start_time, p.session_id, p.item_in_session)
+            > (s.start_time, s.session_id, s.item_in_session))
   AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
       (s.first_name, s.last_name, s.gender, s.level)"""
 
@@ -451,6 +477,46 @@ WITH song_keys AS (
 SELECT m.path, count(*), count(i.song_id)
 FROM inserted i JOIN load_manifest m USING (file_id)
 GROUP BY m.path"""
+
+# The same merge on Citus, from stage_plays_citus: on each shard, on its worker. Such a pushed-down
+# INSERT ... SELECT may not call a volatile function (songplay_id was taken as rows were staged),
+# hold a CTE in a subquery, or join a table of the coordinator (the batch's file ids come as
+# parameters: paths and file_ids, in the same order).
+stage_plays_copy_citus = """
+COPY stage_plays_citus (path, start_time, user_id, level, song_title, artist_name, song_length,
+                        session_id, item_in_session, location, user_agent)
+FROM STDIN WITH (FORMAT csv)"""
+
+manifest_file_ids = "SELECT path, file_id FROM load_manifest WHERE path = ANY (%(paths)s)"
+
+songplays_insert_citus = """
+INSERT INTO songplays (songplay_id, start_time, user_id, level, song_id, artist_id, session_id,
+                       item_in_session, location, user_agent, song_title, artist_name,
+                       song_length, file_id)
+OVERRIDING SYSTEM VALUE
+SELECT p.songplay_id, p.start_time, p.user_id, p.level, k.song_id, k.artist_id, p.session_id,
+       p.item_in_session, p.location, p.user_agent, p.song_title, p.artist_name,
+       p.song_length, f.file_id
+FROM stage_plays_citus p
+JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
+LEFT JOIN (SELECT DISTINCT ON (s.title, a.name, s.duration)
+                  s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
+           FROM songs s JOIN artists a USING (artist_id)
+           ORDER BY s.title, a.name, s.duration, s.song_id) k
+       ON k.title = p.song_title AND k.artist_name = p.artist_name AND k.duration = p.song_length
+ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING"""
+
+# Counts per file: a staged play went in if its songplay_id did (the primary key, per shard).
+songplays_inserted_citus = """
+SELECT p.path, count(*), count(s.song_id)
+FROM stage_plays_citus p
+JOIN songplays s ON s.user_id = p.user_id AND s.songplay_id = p.songplay_id
+GROUP BY p.path"""
+
+# A batch's staged plays go with its transaction; a run starts by clearing what anything else
+# may have left (one load at a time: the advisory lock).
+stage_plays_done_citus = "DELETE FROM stage_plays_citus"
+stage_plays_clear_citus = "TRUNCATE stage_plays_citus"
 
 manifest_set_loaded = """
 UPDATE load_manifest
