@@ -529,7 +529,8 @@ def svg(schema: Schema, star: list[str]) -> str:
            (f'<text class="title" x="{MARGIN}" y="{MARGIN + 20}">Sparkify: the star schema '
             f'and its load bookkeeping</text>'),
            (f'<text class="subtitle" x="{MARGIN}" y="{MARGIN + 42}">PostgreSQL tables as the '
-            f'database catalog describes them{CITUS_NOTE if citus else ""}; drawn by erd.py</text>')]
+            f'database catalog describes them{CITUS_NOTE if citus else ""}; drawn by erd.py'
+            '</text>')]
     out += legend(width - MARGIN, MARGIN + 8)
 
     # Both panels span the same width: the boxes and every vertical segment of a line.
