@@ -218,7 +218,6 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
     except BaseException:
         cluster.stop()
         raise
-    LAST.write_text(str(cluster.dir) + "\n")
     return cluster
 
 
@@ -266,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             cluster = start(args.dir, list(range(args.port, args.port + args.workers + 1)))
+            LAST.write_text(str(cluster.dir) + "\n")  # for stop, status and url without --dir
             print(cluster.url)
             print(f"nodes in {cluster.dir}; stop with: python citus_cluster.py stop"
                   + (f" --dir {cluster.dir}" if args.dir else ""), file=sys.stderr)
