@@ -143,6 +143,16 @@ def acquire_lock(conn) -> None:
                       "wait for it to finish and run again")
 
 
+def distributed(cur) -> bool:
+    """Whether songplays is a Citus distributed table, as create_tables.py makes it where the
+    database has the citus extension: etl.py then stages and merges plays the Citus way."""
+    cur.execute(sql.citus_present)
+    if not cur.fetchone()[0]:
+        return False
+    cur.execute(sql.songplays_distributed)
+    return cur.fetchone()[0]
+
+
 @contextlib.contextmanager
 def managed_cursor(conn):
     """A cursor whose work commits on success and rolls back on any error."""

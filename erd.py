@@ -1,7 +1,9 @@
 """Draw the entity-relationship diagram of the Sparkify tables from the live database catalog.
 
 Reads tables, columns, types, NOT NULL, primary, unique and foreign keys of the project's tables
-(sql_queries.TABLES) from pg_catalog and writes, in the output folder:
+(sql_queries.TABLES) from pg_catalog, and on a Citus coordinator where each table lives (hash-
+distributed on a column, reference table copied to every node, or local to the coordinator,
+from pg_dist_partition), and writes, in the output folder:
 
   schema.mmd  Mermaid ``erDiagram`` source (deterministic: same schema, same bytes)
   schema.svg  the diagram, laid out and drawn here in plain Python: the star (the fact table in
@@ -50,6 +52,16 @@ LEFT JOIN pg_class ref ON ref.oid = con.confrelid
 WHERE con.conrelid = ANY (SELECT to_regclass(t) FROM unnest(%(tables)s::text[]) AS t)
   AND con.contype IN ('p', 'u', 'f')"""
 
+# On Citus: how each of the tables is placed (tables not in pg_dist_partition stay local).
+PLACEMENT_QUERY = """
+SELECT t.name,
+       CASE WHEN p.partmethod = 'h'
+            THEN 'distributed on ' || column_to_column_name(p.logicalrelid, p.partkey)
+            WHEN p.repmodel = 't' THEN 'reference table'
+            ELSE 'local to the coordinator' END
+FROM unnest(%(tables)s::text[]) AS t (name)
+LEFT JOIN pg_dist_partition p ON p.logicalrelid = to_regclass(t.name)"""
+
 # Short, one-word names (Mermaid types cannot hold spaces).
 TYPE_NAMES = {
     "timestamp with time zone": "timestamptz",
@@ -97,6 +109,7 @@ class Table:
     columns: list[Column]
     foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)
     composite_uniques: list[list[str]] = dataclasses.field(default_factory=list)
+    placement: str | None = None  # on Citus only, e.g. "distributed on user_id"
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -129,7 +142,12 @@ def read_schema(conn, tables: list[str]) -> Schema:
         columns = cur.fetchall()
         cur.execute(CONSTRAINTS_QUERY, {"tables": tables})
         constraints = cur.fetchall()
-    schema = Schema({name: Table(name, []) for name in tables})
+        cur.execute(sql.citus_present)
+        placements = {}
+        if cur.fetchone()[0]:
+            cur.execute(PLACEMENT_QUERY, {"tables": tables})
+            placements = dict(cur.fetchall())
+    schema = Schema({name: Table(name, [], placement=placements.get(name)) for name in tables})
     for table, name, type_, not_null in columns:
         schema.tables[table].columns.append(Column(name, short_type(type_), not_null))
     # Deterministic whatever order the catalog returns: by kind, then by column position.
@@ -161,6 +179,8 @@ def mermaid(schema: Schema) -> str:
              "%% database catalog: do not edit; run `python erd.py` after changing the schema.",
              "erDiagram"]
     for table in schema.tables.values():
+        if table.placement:
+            lines.append(f"    %% {table.name} on Citus: {table.placement}")
         lines.append(f"    {table.name} {{")
         for col in table.columns:
             notes = [] if col.not_null or col.pk else ["nullable"]
@@ -224,10 +244,16 @@ def natural_width(table: Table) -> float:
     names = max(len(c.name) for c in table.columns)
     types = max(len(c.type) + (0 if c.not_null or c.pk else 1) for c in table.columns)
     rows = PAD + BADGE + (names + types) * CHAR + TYPE_GAP + PAD
-    header = PAD + len(table.name) * FONT * 1.15 * 0.62 + 100 + PAD  # name + role tag
+    tag = max(100, len(box_tag("bookkeeping", table)) * CHAR * 0.8)  # the longest role
+    header = PAD + len(table.name) * FONT * 1.15 * 0.62 + tag + PAD  # name + role tag
     footers = max((PAD * 2 + len(footer_text(u)) * CHAR * 0.9 for u in table.composite_uniques),
                   default=0)
     return max(rows, header, footers, 200)
+
+
+def box_tag(role: str, table: Table) -> str:
+    """What a box's header says of its table: its role, and on Citus its placement."""
+    return f"{role} · {table.placement}" if table.placement else role
 
 
 def footer_text(columns: list[str]) -> str:
@@ -483,7 +509,11 @@ text { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, 'DejaVu Sans', 
 """
 
 
+CITUS_NOTE = " (on Citus, with where each table lives)"
+
+
 def svg(schema: Schema, star: list[str]) -> str:
+    citus = any(t.placement for t in schema.tables.values())
     boxes = place(schema, star)
     links = route(schema, boxes)
     star_boxes = [b for b in boxes if b.role != "bookkeeping"]
@@ -500,7 +530,8 @@ def svg(schema: Schema, star: list[str]) -> str:
            (f'<text class="title" x="{MARGIN}" y="{MARGIN + 20}">Sparkify: the star schema '
             f'and its load bookkeeping</text>'),
            (f'<text class="subtitle" x="{MARGIN}" y="{MARGIN + 42}">PostgreSQL tables as the '
-            f'database catalog describes them; drawn by erd.py</text>')]
+            f'database catalog describes them{CITUS_NOTE if citus else ""}; drawn by erd.py'
+            '</text>')]
     out += legend(width - MARGIN, MARGIN + 8)
 
     # Both panels span the same width: the boxes and every vertical segment of a line.
@@ -547,7 +578,7 @@ def draw_box(box: Box) -> list[str]:
            (f'<text class="table-name" x="{x + PAD:.1f}" y="{y + 22:.1f}" fill="{text}">'
             f'{escape(box.table.name)}</text>'),
            (f'<text class="tag" x="{x + w - PAD:.1f}" y="{y + 22:.1f}" fill="{tag}" '
-            f'text-anchor="end">{box.role}</text>')]
+            f'text-anchor="end">{escape(box_tag(box.role, box.table))}</text>')]
     for i, col in enumerate(box.table.columns):
         top = y + HEADER + i * ROW
         if i % 2 and top + ROW < box.bottom - 0.5:
@@ -651,6 +682,9 @@ def report(settings: db.Settings, out_dir: Path) -> int:
         raise cli.UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
     print(f"wrote {mmd} and {image}: {len(schema.tables)} tables, "
           f"{len(schema.foreign_keys)} foreign keys, from {settings.describe()}")
+    for table in schema.tables.values():
+        if table.placement:
+            print(f"  {table.name}: {table.placement}")
     return 0
 
 

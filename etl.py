@@ -246,7 +246,7 @@ def _die_with(parent: int) -> None:
 # ================================================================ 3. load: one transaction per batch
 
 
-def load_batches(conn, run_id: int, batches: list[Batch], parts: Iterator[Part],
+def load_batches(conn, start: load.RunStart, batches: list[Batch], parts: Iterator[Part],
                  limits: Limits, progress: bool | None) -> Tally:
     tally = Tally()
     bars = {}
@@ -256,7 +256,7 @@ def load_batches(conn, run_id: int, batches: list[Batch], parts: Iterator[Part],
             total=sum(len(b.tasks) for b in batches if b.kind == batch.kind),
             desc=f"{batch.kind} files", unit="file", leave=False, file=sys.stderr,
             disable=None if progress is None else not progress))
-        for part, loaded in load_or_split(conn, run_id, batch, number, batch_parts, limits):
+        for part, loaded in load_or_split(conn, start, batch, number, batch_parts, limits):
             tally.add(part, loaded)
         bar.update(len(batch.tasks))
         if number + 1 == len(batches) or batches[number + 1].kind != batch.kind:
@@ -264,23 +264,24 @@ def load_batches(conn, run_id: int, batches: list[Batch], parts: Iterator[Part],
     return tally
 
 
-def load_or_split(conn, run_id: int, batch: Batch, number: int, parts: Iterator[Part],
+def load_or_split(conn, start: load.RunStart, batch: Batch, number: int, parts: Iterator[Part],
                   limits: Limits) -> list[tuple[Part, Loaded]]:
     """Load a batch in one transaction; one the database refuses (a value no check foresaw) is
     loaded again file by file, and a single file it refuses is recorded as rejected whole."""
     try:
         with db.managed_cursor(conn) as cur:
-            return [(dataclasses.replace(part, copies={}), load.load_part(cur, run_id, part))
+            return [(dataclasses.replace(part, copies={}),
+                     load.load_part(cur, start.run_id, part, start.distributed))
                     for part in parts]
     except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
         if len(batch.tasks) > 1:
             return [done for task in batch.tasks
-                    for done in load_or_split(conn, run_id, Batch(batch.kind, (task,)), number,
+                    for done in load_or_split(conn, start, Batch(batch.kind, (task,)), number,
                                               prepare(Batch(batch.kind, (task,)), number, limits),
                                               limits)]
         part = refused(batch, number, db.first_line(exc), limits)
         with db.managed_cursor(conn) as cur:
-            return [(part, load.load_part(cur, run_id, part))]
+            return [(part, load.load_part(cur, start.run_id, part, start.distributed))]
 
 
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
@@ -306,13 +307,13 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False,
         plans = {kind: extract.plan(data_dir, kind, start.known[kind], limits) for kind in KINDS}
         batches = [batch for kind in KINDS for batch in plans[kind][0]]
         set_aside = load.set_aside_for_bulk_load(
-            conn, sum(b.new_bytes for b in batches if b.kind == "log"))
+            conn, sum(b.new_bytes for b in batches if b.kind == "log"), start.distributed)
         workers = default_jobs(batches, limits) if jobs is None else jobs
-        tally = load_batches(conn, start.run_id, batches, prepared(batches, limits, workers),
-                             limits, progress)
+        tally = load_batches(conn, start, batches, prepared(batches, limits, workers), limits,
+                             progress)
         for kind in KINDS:
             tally.add_unchanged(kind, plans[kind][1])
-        restored, not_restored = load.restore_set_aside(conn)
+        restored, not_restored = load.restore_set_aside(conn, start.distributed)
         report = finish(conn, start, tally, settings, data_dir, started, set_aside, restored,
                         not_restored)
     finally:

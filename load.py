@@ -69,6 +69,7 @@ class RunStart:
     run_id: int
     before: dict[str, int]
     known: dict[Kind, dict[str, tuple[int, int, str]]]
+    distributed: bool  # songplays is a Citus distributed table: plays merge on the workers
 
 
 def require_tables(conn) -> None:
@@ -87,8 +88,11 @@ def start_run(conn, data_dir: Path, full_refresh: bool) -> RunStart:
         cur.execute(sql.run_interrupted)
         cur.execute(sql.run_start, {"data_dir": str(data_dir.resolve())})
         run_id = cur.fetchone()[0]
+        distributed = db.distributed(cur)
         if full_refresh:
             cur.execute(sql.full_refresh)
+        if distributed:
+            cur.execute(sql.stage_plays_clear_citus)
         for query in sql.stage_table_queries:
             cur.execute(query)
         before = table_counts(cur)
@@ -96,7 +100,7 @@ def start_run(conn, data_dir: Path, full_refresh: bool) -> RunStart:
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
             known[kind] = {p: (size, mtime, sha) for p, size, mtime, sha in cur.fetchall()}
-    return RunStart(run_id, before, known)
+    return RunStart(run_id, before, known, distributed)
 
 
 def table_counts(cur) -> dict[str, int]:
@@ -119,14 +123,21 @@ def post_load_checks(cur) -> dict[str, int]:
 # ================================================================ one part
 
 
-def load_part(cur, run_id: int, part: Part) -> Loaded:
-    """Stage the part and merge it, inside the batch's transaction (the caller's cursor)."""
+def load_part(cur, run_id: int, part: Part, distributed: bool = False) -> Loaded:
+    """Stage the part and merge it, inside the batch's transaction (the caller's cursor). On
+    Citus (distributed) plays are staged in a table sharded like songplays and merged on the
+    workers, and the statements that Citus runs otherwise take their Citus form."""
     if part.index:
         cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
     cur.execute(sql.staging_time_zone)
+    if distributed and part.kind == "log":
+        cur.execute(sql.citus_sequential)  # reference tables are written after the shards
     for table, payload in part.copies.items():
-        if payload:
-            cur.copy_expert(sql.copy_into.format(table=table), io.BytesIO(payload))
+        if not payload:
+            continue
+        copy = sql.stage_plays_copy_citus if distributed and table == "stage_plays" \
+            else sql.copy_into.format(table=table)
+        cur.copy_expert(copy, io.BytesIO(payload))
     touched = [f for f in part.files if f.read.status == "unchanged"]
     if touched:
         psycopg2.extras.execute_batch(cur, sql.manifest_touch, [
@@ -137,8 +148,7 @@ def load_part(cur, run_id: int, part: Part) -> Loaded:
     if part.kind == "song":
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        cur.execute(sql.artists_update)
-        cur.execute(sql.artists_insert)
+        cur.execute(sql.artists_upsert)
         cur.execute(sql.songs_upsert)
         cur.execute(sql.songplays_resolve_new_songs)
         resolved = cur.rowcount
@@ -149,12 +159,12 @@ def load_part(cur, run_id: int, part: Part) -> Loaded:
             cur.execute(sql.songplays_delete_reloaded)
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        cur.execute(sql.time_insert)
-        cur.execute(sql.users_update)
+        cur.execute(sql.time_insert_citus if distributed else sql.time_insert)
+        cur.execute(sql.users_update_citus if distributed else sql.users_update)
         cur.execute(sql.users_insert)
         if part.copies.get("stage_plays"):
-            cur.execute(sql.songplays_insert)
-            for path, n, matched in cur.fetchall():
+            for path, n, matched in (_merge_plays_citus(cur, part) if distributed
+                                     else _merge_plays(cur)):
                 inserted[path] = n
                 resolved += matched
         psycopg2.extras.execute_batch(cur, sql.manifest_add_loaded, [
@@ -169,20 +179,40 @@ def load_part(cur, run_id: int, part: Part) -> Loaded:
     return Loaded(inserted, resolved)
 
 
+def _merge_plays(cur) -> list[tuple[str, int, int]]:
+    """(path, plays inserted, of them resolved to a song) per file."""
+    cur.execute(sql.songplays_insert)
+    return cur.fetchall()
+
+
+def _merge_plays_citus(cur, part: Part) -> list[tuple[str, int, int]]:
+    """_merge_plays on Citus: the merge runs on each shard, with the part's file ids as
+    parameters (a pushed-down merge cannot join the coordinator's manifest)."""
+    cur.execute(sql.manifest_file_ids, {"paths": [f.path for f in part.files if f.to_load]})
+    paths, file_ids = zip(*cur.fetchall())
+    cur.execute(sql.songplays_insert_citus, {"paths": list(paths), "file_ids": list(file_ids)})
+    cur.execute(sql.songplays_inserted_citus)
+    counts = cur.fetchall()
+    cur.execute(sql.stage_plays_done_citus)
+    return counts
+
+
 # ================================================================ bulk loads
 
 
-def set_aside_for_bulk_load(conn, new_log_bytes: int) -> bool:
+def set_aside_for_bulk_load(conn, new_log_bytes: int, distributed: bool = False) -> bool:
     """Drop songplays' foreign keys and file index when this run's new log files are at least as
     big as the table: checking each row as it goes in would cost as much as the insert. False
     when they stay: a small load, or other sessions holding the tables (never interrupted)."""
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.songplays_size)
+        cur.execute(sql.songplays_size_citus if distributed else sql.songplays_size)
         if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
             return False
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.set_aside_lock_timeout)
+            if distributed:
+                cur.execute(sql.citus_sequential)
             for _, drop in sql.SONGPLAYS_SET_ASIDE.values():
                 cur.execute(drop)
     except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
@@ -190,7 +220,7 @@ def set_aside_for_bulk_load(conn, new_log_bytes: int) -> bool:
     return True
 
 
-def restore_set_aside(conn) -> tuple[list[str], list[str]]:
+def restore_set_aside(conn, distributed: bool = False) -> tuple[list[str], list[str]]:
     """Add back what a bulk load set aside, this run's or an interrupted run's, each in its own
     transaction: every foreign key is checked over the whole table in one join. Returns (added
     back, problems); what could not come back stays missing for the next run to try again."""
@@ -217,6 +247,8 @@ def restore_set_aside(conn) -> tuple[list[str], list[str]]:
         try:
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.restore_lock_timeout)
+                if distributed:
+                    cur.execute(sql.citus_sequential)  # songplays' shards, then time's
                 cur.execute(sql.analyze_after_bulk_load)
         except psycopg2.errors.LockNotAvailable:
             pass  # statistics only: autovacuum will gather them

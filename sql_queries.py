@@ -45,7 +45,7 @@ CREATE TABLE time (
 
 songplays_table_create = """
 CREATE TABLE songplays (
-    songplay_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    songplay_id     bigint GENERATED ALWAYS AS IDENTITY,
     start_time      timestamptz NOT NULL,
     user_id         integer NOT NULL,
     level           text NOT NULL CHECK (level IN ('free', 'paid')),
@@ -59,6 +59,7 @@ CREATE TABLE songplays (
     artist_name     text,
     song_length     numeric,
     file_id         bigint NOT NULL,
+    PRIMARY KEY (user_id, songplay_id),  -- user_id first: Citus keeps a user's plays together
     UNIQUE (user_id, session_id, item_in_session)
 )"""  # its foreign keys: SONGPLAYS_SET_ASIDE, below
 
@@ -101,6 +102,7 @@ WHERE to_regclass(n) IS NOT NULL
               WHERE c.conrelid = 'songplays'::regclass AND c.conname = n)"""
 
 songplays_size = "SELECT pg_table_size('songplays')"
+songplays_size_citus = "SELECT citus_table_size('songplays')"  # pg_table_size: the empty shell
 
 # A session still reading songplays (a notebook inside a transaction) would make the drop wait:
 # after this long the load goes on with everything in place instead.
@@ -151,21 +153,24 @@ CREATE TABLE load_rejects (
     raw         text
 )"""
 
-# Parents before children, so that each foreign key finds its table.
+# Parents before children, so that each foreign key finds its table. songplays' own foreign
+# keys and file index come last (songplays_keys_create), after the tables are placed on Citus.
 create_table_queries = [
     load_runs_table_create, load_manifest_table_create, load_rejects_table_create,
     artists_table_create, songs_table_create, users_table_create, time_table_create,
     songplays_table_create, songplays_index_user_time, songs_index_artist,
-    *(create for create, _ in SONGPLAYS_SET_ASIDE.values()),
 ]
+songplays_keys_create = [create for create, _ in SONGPLAYS_SET_ASIDE.values()]
 
 TABLES = ["songplays", "users", "songs", "artists", "time",
           "load_rejects", "load_manifest", "load_runs"]
 STAR_TABLES = TABLES[:5]
 
+CITUS_STAGING = ["stage_plays_citus"]  # made only on Citus (below)
+
 # Without CASCADE: a view of the user's over these tables stops the drop with a clear error
 # instead of vanishing with them.
-drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES)
+drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + CITUS_STAGING)
 
 # Sessions of other clients that hold a lock on one of our tables (an open notebook transaction,
 # a psql session inside BEGIN) would make DROP wait forever: they are ended first.
@@ -183,16 +188,63 @@ create_database = "CREATE DATABASE {name}"
 missing_tables = """
 SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
 
+# ---------------------------------------------------------------- schema: on a Citus cluster
+# Citus (distributed PostgreSQL) is an extension: where the database has it (a Citus
+# coordinator), create_tables.py places the tables once they exist, before songplays' keys come:
+# songplays and users hash-distributed on user_id into the same shards (a user's plays sit beside
+# the user, so joins and merges on user_id run on each worker), the small dimensions copied to
+# every node as reference tables (any shard joins them where it is), and the load bookkeeping
+# left as plain tables on the coordinator. Referenced tables first, for the foreign keys.
+# Elsewhere none of this runs: the same schema, the same statements, on one server.
+
+citus_present = "SELECT count(*) > 0 FROM pg_extension WHERE extname = 'citus'"
+
+# Asked only where citus_present: the statements below are for a distributed songplays.
+songplays_distributed = """
+SELECT count(*) > 0 FROM pg_dist_partition WHERE logicalrelid = to_regclass('songplays')"""
+
+# Plays are staged where they are merged: in a table distributed like songplays, so that the
+# merge (songplays_insert_citus) runs as one INSERT ... SELECT per shard on the workers instead of
+# pulling every row through the coordinator. UNLOGGED: it only ever holds a batch in flight.
+# songplay_id is taken from songplays' own sequence as rows are copied in (on the coordinator, in
+# file order), so the merge calls no volatile function, which would keep it from the workers.
+stage_plays_citus_create = """
+CREATE UNLOGGED TABLE stage_plays_citus (
+    songplay_id bigint NOT NULL DEFAULT nextval('songplays_songplay_id_seq'),
+    path text, start_time timestamptz, user_id integer, level text,
+    song_title text, artist_name text, song_length numeric, session_id integer,
+    item_in_session integer, location text, user_agent text
+)"""
+
+citus_distribute_queries = [
+    "SELECT create_reference_table('artists')",
+    "SELECT create_reference_table('songs')",
+    "SELECT create_reference_table('time')",
+    "SELECT create_distributed_table('users', 'user_id')",
+    "SELECT create_distributed_table('songplays', 'user_id', colocate_with => 'users')",
+    stage_plays_citus_create,
+    "SELECT create_distributed_table('stage_plays_citus', 'user_id', colocate_with => 'users')",
+]
+
+# On Citus, a transaction that writes a reference table (time, songs, artists) after a
+# multi-shard statement on songplays (or another table of its shards) must run all of them over
+# one connection per worker: else "cannot modify table ... because there was a parallel
+# operation on a distributed table".
+citus_sequential = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
+
+
 # ---------------------------------------------------------------- one run at a time
 
 LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share it
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
+# Exactly our key: a bigint key is (classid, objid) with objsubid 1; Citus, among others, takes
+# advisory locks of its own (objsubid 2 for a pair of integers, its own numbers above that).
 lock_holder = """
 SELECT a.pid, a.application_name, a.backend_start
 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-WHERE l.locktype = 'advisory' AND l.granted
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND (l.classid::bigint << 32) | l.objid::bigint = %(key)s
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
 
@@ -289,25 +341,20 @@ INSERT INTO load_rejects (run_id, path, line, reason, raw)
 SELECT %(run_id)s, path, line, reason, raw FROM stage_rejects"""
 
 # An artist's attributes come from its song with the smallest song_id, whatever the order in
-# which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded.
-artists_update = """
-UPDATE artists a
-SET name = c.artist_name, location = c.artist_location,
-    latitude = c.artist_latitude, longitude = c.artist_longitude
+# which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded
+# (a new artist has no song loaded yet). One INSERT ... ON CONFLICT: on Citus a reference table
+# cannot be updated FROM a TEMP table.
+artists_upsert = """
+INSERT INTO artists (artist_id, name, location, latitude, longitude)
+SELECT c.artist_id, c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude
 FROM (SELECT DISTINCT ON (artist_id) *
       FROM stage_songs ORDER BY artist_id, song_id, path) c
-WHERE a.artist_id = c.artist_id
-  AND NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.song_id < c.song_id)
-  AND (a.name, a.location, a.latitude, a.longitude) IS DISTINCT FROM
-      (c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude)"""
-
-artists_insert = """
-INSERT INTO artists (artist_id, name, location, latitude, longitude)
-SELECT DISTINCT ON (artist_id)
-       artist_id, artist_name, artist_location, artist_latitude, artist_longitude
-FROM stage_songs
-ORDER BY artist_id, song_id, path
-ON CONFLICT (artist_id) DO NOTHING"""
+WHERE NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.song_id < c.song_id)
+ON CONFLICT (artist_id) DO UPDATE SET
+    name = EXCLUDED.name, location = EXCLUDED.location,
+    latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude
+WHERE (artists.name, artists.location, artists.latitude, artists.longitude) IS DISTINCT FROM
+      (EXCLUDED.name, EXCLUDED.location, EXCLUDED.latitude, EXCLUDED.longitude)"""
 
 # A song_id found in several files: the file that sorts first wins within a batch, and a file
 # loaded later (a changed file) replaces what an earlier load wrote.
@@ -339,6 +386,15 @@ INSERT INTO time (start_time, hour, day, week, month, year, weekday)
 SELECT start_time, hour, day, week, month, year, weekday FROM stage_time
 ON CONFLICT (start_time) DO NOTHING"""
 
+# On Citus, rows written with ON CONFLICT into a reference table travel as intermediate results
+# to every node and are merged there: five times slower than a plain insert, which is copied
+# straight in. Only the new instants are inserted, with nothing to conflict: the load is the only
+# writer of time (one load at a time: the advisory lock).
+time_insert_citus = """
+INSERT INTO time (start_time, hour, day, week, month, year, weekday)
+SELECT start_time, hour, day, week, month, year, weekday FROM stage_time s
+WHERE NOT EXISTS (SELECT 1 FROM time t WHERE t.start_time = s.start_time)"""
+
 # A user's row reflects their latest play: a batch's row wins only if no later play is loaded.
 users_update = """
 UPDATE users u
@@ -355,9 +411,28 @@ WHERE u.user_id = s.user_id
   AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
       (s.first_name, s.last_name, s.gender, s.level)"""
 
+# The same on Citus, where a LATERAL subquery may not join a TEMP table to the shards: "no later
+# play of the user", each shard checking its own plays (one pass over them, in parallel). On one
+# server that pass over all of songplays would cost more than the LATERAL's index probes.
+users_update_citus = """
+UPDATE users u
+SET first_name = s.first_name, last_name = s.last_name, gender = s.gender, level = s.level
+FROM stage_users s
+WHERE u.user_id = s.user_id
+  AND NOT EXISTS (
+      SELECT 1 FROM songplays p
+      WHERE p.user_id = u.user_id
+        AND (p.start_time, p.session_id, p.item_in_session)
+            > (s.start_time, s.session_id, s.item_in_session))
+  AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
+      (s.first_name, s.last_name, s.gender, s.level)"""
+
+# Only the batch's new users are sent: on Citus the rows of an INSERT ... ON CONFLICT from the
+# coordinator go to every shard (and NOT EXISTS may not join a TEMP table to a distributed one).
 users_insert = """
 INSERT INTO users (user_id, first_name, last_name, gender, level)
 SELECT user_id, first_name, last_name, gender, level FROM stage_users
+WHERE user_id NOT IN (SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM stage_users))
 ON CONFLICT (user_id) DO NOTHING"""
 
 # A changed log file is loaded again: first take back what its previous load contributed.
@@ -369,11 +444,14 @@ WITH gone AS (
     RETURNING start_time, user_id)
 INSERT INTO stage_gone SELECT DISTINCT start_time, user_id FROM gone"""
 
-# What the plays taken back had set, once the batch's own plays are in.
+# What the plays taken back had set, once the batch's own plays are in. Uncorrelated: on Citus a
+# reference table's DELETE may not be correlated with a distributed table.
 time_delete_orphans = """
-DELETE FROM time t USING (SELECT DISTINCT start_time FROM stage_gone) g
-WHERE t.start_time = g.start_time
-  AND NOT EXISTS (SELECT 1 FROM songplays p WHERE p.start_time = g.start_time)"""
+DELETE FROM time
+WHERE start_time IN (
+    SELECT start_time FROM stage_gone
+    EXCEPT
+    SELECT start_time FROM songplays WHERE start_time IN (SELECT start_time FROM stage_gone))"""
 
 users_delete_orphans = """
 DELETE FROM users u
@@ -411,6 +489,46 @@ WITH song_keys AS (
 SELECT m.path, count(*), count(i.song_id)
 FROM inserted i JOIN load_manifest m USING (file_id)
 GROUP BY m.path"""
+
+# The same merge on Citus, from stage_plays_citus: on each shard, on its worker. Such a pushed-down
+# INSERT ... SELECT may not call a volatile function (songplay_id was taken as rows were staged),
+# hold a CTE in a subquery, or join a table of the coordinator (the batch's file ids come as
+# parameters: paths and file_ids, in the same order).
+stage_plays_copy_citus = """
+COPY stage_plays_citus (path, start_time, user_id, level, song_title, artist_name, song_length,
+                        session_id, item_in_session, location, user_agent)
+FROM STDIN WITH (FORMAT csv)"""
+
+manifest_file_ids = "SELECT path, file_id FROM load_manifest WHERE path = ANY (%(paths)s)"
+
+songplays_insert_citus = """
+INSERT INTO songplays (songplay_id, start_time, user_id, level, song_id, artist_id, session_id,
+                       item_in_session, location, user_agent, song_title, artist_name,
+                       song_length, file_id)
+OVERRIDING SYSTEM VALUE
+SELECT p.songplay_id, p.start_time, p.user_id, p.level, k.song_id, k.artist_id, p.session_id,
+       p.item_in_session, p.location, p.user_agent, p.song_title, p.artist_name,
+       p.song_length, f.file_id
+FROM stage_plays_citus p
+JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
+LEFT JOIN (SELECT DISTINCT ON (s.title, a.name, s.duration)
+                  s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
+           FROM songs s JOIN artists a USING (artist_id)
+           ORDER BY s.title, a.name, s.duration, s.song_id) k
+       ON k.title = p.song_title AND k.artist_name = p.artist_name AND k.duration = p.song_length
+ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING"""
+
+# Counts per file: a staged play went in if its songplay_id did (the primary key, per shard).
+songplays_inserted_citus = """
+SELECT p.path, count(*), count(s.song_id)
+FROM stage_plays_citus p
+JOIN songplays s ON s.user_id = p.user_id AND s.songplay_id = p.songplay_id
+GROUP BY p.path"""
+
+# A batch's staged plays go with its transaction; a run starts by clearing what anything else
+# may have left (one load at a time: the advisory lock).
+stage_plays_done_citus = "DELETE FROM stage_plays_citus"
+stage_plays_clear_citus = "TRUNCATE stage_plays_citus"
 
 manifest_add_loaded = """
 UPDATE load_manifest

@@ -1,0 +1,291 @@
+"""A local Citus cluster for trying and testing the ETL on distributed PostgreSQL.
+
+A coordinator and N workers (default 2), each a PostgreSQL 15 data directory under one folder,
+listening on 127.0.0.1 only (default ports 9700, 9701, 9702), trust authentication on loopback,
+database sparkifydb with the citus extension on every node, the workers added to the coordinator.
+As root the servers run as the ``postgres`` system user; otherwise as the caller.
+
+    python citus_cluster.py start [--dir DIR] [--port 9700] [--workers 2]   # prints the URL
+    DATABASE_URL=$(python citus_cluster.py url) python create_tables.py
+    python citus_cluster.py stop
+
+From Python (the tests): ``cluster = start(folder, ports)``, ``cluster.url``, ``cluster.stop()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql as pgsql
+
+PG_BIN = Path(os.environ.get("CITUS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+DATABASE, SUPERUSER, HOST = "sparkifydb", "postgres", "127.0.0.1"
+DEFAULT_PORT, DEFAULT_WORKERS = 9700, 2
+STATE = "cluster.json"
+LAST = Path(tempfile.gettempdir()) / f"sparkify-citus-{os.geteuid()}.last"
+SETTINGS = {  # beside initdb's defaults; the embedded server's sizes, per node
+    "listen_addresses": HOST, "unix_socket_directories": "",
+    "shared_preload_libraries": "citus", "max_connections": "200",
+    "shared_buffers": "128MB", "work_mem": "64MB", "maintenance_work_mem": "256MB",
+    "max_wal_size": "4GB", "log_min_messages": "warning",
+}
+HBA = f"# trust on loopback only: this is a local test cluster\nhost all all {HOST}/32 trust\n"
+
+
+class ClusterError(Exception):
+    """A problem the user must fix; its message is one line and safe to print."""
+
+
+def check_installed() -> None:
+    if not (PG_BIN / "postgres").exists():
+        raise ClusterError(f"PostgreSQL 15 not found in {PG_BIN}: install it "
+                           "(apt-get install postgresql-15) or set CITUS_PG_BIN")
+    libdir = subprocess.run([str(PG_BIN / "pg_config"), "--pkglibdir"], capture_output=True,
+                            text=True).stdout.strip()
+    if not (Path(libdir) / "citus.so").exists():
+        raise ClusterError(f"the citus extension is not installed in PostgreSQL 15 ({libdir}): "
+                           "run `sh ../shared/citus/install.sh` as root, or install Citus's "
+                           "packages for PostgreSQL 15")
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: root runs it as the postgres system user."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("runuser"):
+        return ["runuser", "-u", SUPERUSER, "--", *cmd]
+    return ["setpriv", f"--reuid={SUPERUSER}", f"--regid={SUPERUSER}", "--init-groups", *cmd]
+
+
+def _own(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, SUPERUSER, SUPERUSER)
+
+
+def _run(cmd: list[str], cwd: Path, log: Path) -> None:
+    log.touch()
+    _own(log)  # pg_ctl, running as the server's user, appends to it too
+    with open(log, "a") as out:
+        done = subprocess.run(_as_server_user(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise ClusterError(f"`{Path(cmd[0]).name} {cmd[1]}` failed (see {log}): {tail[0]}")
+
+
+def _running(data: Path) -> bool:
+    return (data / "postmaster.pid").exists() and subprocess.run(
+        _as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]), cwd=data.parent,
+        capture_output=True).returncode == 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclasses.dataclass
+class Cluster:
+    dir: Path
+    ports: list[int]  # the coordinator's first
+    temporary: bool = False  # a folder start() made: stop() removes it
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{SUPERUSER}@{HOST}:{self.ports[0]}/{DATABASE}"
+
+    def nodes(self) -> list[tuple[str, int, Path]]:
+        names = ["coordinator"] + [f"worker{i}" for i in range(1, len(self.ports))]
+        return [(n, p, self.dir / n) for n, p in zip(names, self.ports)]
+
+    def running(self) -> dict[str, bool]:
+        return {name: _running(data) for name, _, data in self.nodes()}
+
+    def stop(self, remove: bool | None = None) -> None:
+        """Fast shutdown of every node; the folder goes too if start() made it (or remove)."""
+        def stop_node(node: tuple[str, int, Path]) -> None:
+            name, _, data = node
+            if (data / "postmaster.pid").exists():
+                _run([str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w",
+                      "-t", "60"], self.dir, self.dir / f"{name}.log")
+        _each(stop_node, self.nodes())
+        if remove if remove is not None else self.temporary:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if _last_dir() == self.dir:
+                LAST.unlink(missing_ok=True)
+
+
+def _each(action, items: list) -> None:
+    """action on every item at once (the nodes start, set up and stop side by side)."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(items))) as pool:
+        list(pool.map(action, items))
+
+
+def connect(port: int, dbname: str):
+    return psycopg2.connect(host=HOST, port=port, user=SUPERUSER, dbname=dbname,
+                            connect_timeout=10, application_name="citus_cluster.py")
+
+
+def _sql(port: int, dbname: str, *statements: tuple) -> None:
+    conn = connect(port, dbname)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(*statement)
+    finally:
+        conn.close()
+
+
+def _create_database(port: int) -> None:
+    conn = connect(port, "postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(DATABASE)))
+    finally:
+        conn.close()
+
+
+def start(folder: Path | str | None = None, ports: list[int] | None = None) -> Cluster:
+    """Start (creating them the first time) the nodes under folder; a new temporary folder
+    when None. Returns the running cluster."""
+    check_installed()
+    ports = list(ports or range(DEFAULT_PORT, DEFAULT_PORT + DEFAULT_WORKERS + 1))
+    if folder is None:
+        cluster = Cluster(Path(tempfile.mkdtemp(prefix="sparkify-citus-")), ports, True)
+    else:
+        folder = Path(folder).resolve()
+        saved = json.loads((folder / STATE).read_text()) if (folder / STATE).exists() else None
+        cluster = Cluster(folder, saved["ports"] if saved else ports)
+        folder.mkdir(parents=True, exist_ok=True)
+    (cluster.dir / STATE).write_text(json.dumps(dataclasses.asdict(cluster), default=str) + "\n")
+    _own(cluster.dir)
+    os.chmod(cluster.dir, 0o700)
+    if subprocess.run(_as_server_user(["test", "-w", str(cluster.dir)])).returncode != 0:
+        raise ClusterError(f"the {SUPERUSER} user cannot write to {cluster.dir}: choose a --dir "
+                           "it can reach (under /tmp, say)")
+
+    def start_node(node: tuple[str, int, Path]) -> None:
+        name, port, data = node
+        if _running(data):
+            return
+        if not _port_free(port):
+            raise ClusterError(f"port {port} on {HOST} is in use: choose others with --port")
+        log = cluster.dir / f"{name}.log"
+        if not (data / "PG_VERSION").exists():  # a throwaway cluster: no fsync of initdb's files
+            _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
+                  "--encoding=UTF8", "--no-locale", "--no-instructions", "--no-sync"],
+                 cluster.dir, log)
+            with open(data / "postgresql.conf", "a") as conf:
+                conf.writelines(f"{k} = '{v}'\n" for k, v in
+                                {**SETTINGS, "port": str(port)}.items())
+            (data / "pg_hba.conf").write_text(HBA)
+        _run([str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l",
+              str(log)], cluster.dir, log)
+
+    def set_up(port: int) -> None:  # each step is a no-op when done already
+        _create_database(port)
+        _sql(port, DATABASE, ("CREATE EXTENSION IF NOT EXISTS citus",))
+
+    try:
+        _each(start_node, cluster.nodes())
+        _each(set_up, cluster.ports)
+        coordinator = (HOST, cluster.ports[0])
+        _sql(cluster.ports[0], DATABASE,
+             ("SELECT citus_set_coordinator_host(%s, %s)", coordinator),
+             *(("SELECT citus_add_node(%s, %s)", (HOST, p)) for p in cluster.ports[1:]),
+             *([] if cluster.ports[1:] else  # no worker: the coordinator holds the shards
+               [("SELECT citus_set_node_property(%s, %s, 'shouldhaveshards', true)",
+                 coordinator)]))
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _last_dir() -> Path | None:
+    try:
+        return Path(LAST.read_text().strip())
+    except OSError:
+        return None
+
+
+def find(folder: Path | str | None = None) -> Cluster:
+    """The cluster in folder, or the one started last."""
+    where = Path(folder).resolve() if folder else _last_dir()
+    if where is None or not (where / STATE).exists():
+        raise ClusterError(f"no cluster in {where}" if where else
+                           "no cluster started: run `python citus_cluster.py start` (or --dir)")
+    saved = json.loads((where / STATE).read_text())
+    return Cluster(where, saved["ports"], saved["temporary"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Start, stop or inspect a local Citus cluster (PostgreSQL 15 + citus): a "
+                    "coordinator and workers on 127.0.0.1, database sparkifydb.",
+        epilog="exit codes: 0 done (status: all nodes running); 3 a problem, said in one line")
+    parser.add_argument("command", choices=["start", "stop", "status", "url"],
+                        help="start: create/start the nodes and print the coordinator's URL; "
+                             "stop: stop them (a temporary folder is removed); status: each "
+                             "node's state; url: print the coordinator's URL")
+    parser.add_argument("--dir", help="folder holding the nodes' data directories (start: "
+                                      "default a new temporary folder, and a folder that holds "
+                                      "a cluster starts it again on its ports; others: default "
+                                      "the cluster started last)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="start: the coordinator's port; workers take the next ones "
+                             f"(default {DEFAULT_PORT})")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"start: number of workers (default {DEFAULT_WORKERS}; 0: the "
+                             "coordinator holds the shards itself)")
+    parser.add_argument("--remove", action="store_true",
+                        help="stop: also delete the folder (a temporary one always is)")
+    args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error("--workers must be 0 or more")
+    try:
+        if args.command == "start":
+            cluster = start(args.dir, list(range(args.port, args.port + args.workers + 1)))
+            LAST.write_text(str(cluster.dir) + "\n")  # for stop, status and url without --dir
+            print(cluster.url)
+            print(f"nodes in {cluster.dir}; stop with: python citus_cluster.py stop"
+                  + (f" --dir {cluster.dir}" if args.dir else ""), file=sys.stderr)
+            return 0
+        cluster = find(args.dir)
+        if args.command == "stop":
+            cluster.stop(remove=True if args.remove else None)
+            print(f"stopped the cluster in {cluster.dir}")
+        elif args.command == "url":
+            print(cluster.url)
+        else:
+            states = cluster.running()
+            for name, port, _ in cluster.nodes():
+                print(f"{name}: {'running' if states[name] else 'stopped'} on {HOST}:{port}")
+            return 0 if all(states.values()) else 3
+        return 0
+    except (ClusterError, psycopg2.Error) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""The same ETL on Citus (distributed PostgreSQL), on a real local cluster: a coordinator and two
+workers started by citus_cluster.py for this module and stopped (folder removed) at its end.
+
+Every load is compared row for row (songplay_id aside) with the same load on plain PostgreSQL,
+the server the other tests use (conftest's). Skipped where PostgreSQL 15 or the citus extension
+is not installed (`sh ../shared/citus/install.sh` installs the extension; .ci/run does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+import citus_cluster
+import sql_queries
+from conftest import PROJECT, SAMPLE, query, run_script, schema_objects, table_contents
+
+GENERATED = {"events": 200_000, "songs": 2000}
+
+
+# ================================================================ the cluster
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def processes_using(folder: Path) -> list[str]:
+    """Command lines of live processes that name folder (a server left running would)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if entry.name.isdigit() and str(folder) in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        citus_cluster.check_installed()
+    except citus_cluster.ClusterError as exc:
+        pytest.skip(f"Citus tests need PostgreSQL 15 with the citus extension: {exc}")
+    folder = Path(tempfile.mkdtemp(prefix="spk-citus-"))
+    started = None
+    try:
+        started = citus_cluster.start(folder, free_ports(3))
+        yield started
+    finally:
+        if started:
+            started.stop(remove=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        left = processes_using(folder)
+        assert not left, f"the cluster left processes behind: {left}"
+        assert not folder.exists()
+
+
+@contextlib.contextmanager
+def on(url: str | None):
+    """conftest's readers (query, table_contents, ...) on another database for a while; None:
+    the plain PostgreSQL server of the other tests."""
+    previous = os.environ.get("DATABASE_URL")
+    if url:
+        os.environ["DATABASE_URL"] = url
+    else:
+        os.environ.pop("DATABASE_URL", None)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+
+
+def plain_url() -> str | None:
+    """The plain PostgreSQL of the other tests: conftest's embedded server, or DATABASE_URL."""
+    return os.environ.get("DATABASE_URL")
+
+
+def etl(url: str | None, data: Path, *extra: str, check: bool = True):
+    with on(url):
+        return run_script("etl.py", "--data", str(data), "--no-progress", *extra, check=check)
+
+
+def fresh_load(url: str | None, data: Path, *extra: str) -> tuple[dict, str]:
+    """create_tables.py, then etl.py: (the star's contents, etl.py's output)."""
+    with on(url):
+        run_script("create_tables.py")
+        done = etl(url, data, *extra)
+        return table_contents(), done.stdout
+
+
+def copy_of(data: Path, tmp: Path) -> Path:
+    target = tmp / "data"
+    shutil.copytree(data, target)
+    return target
+
+
+# ================================================================ the cluster and the schema
+
+
+def test_cluster_command_reports_every_node_running_and_the_url_without_a_password(cluster):
+    status = run_script("citus_cluster.py", "status", "--dir", str(cluster.dir))
+    names = ["coordinator", "worker1", "worker2"]
+    assert status.stdout.splitlines() == [
+        f"{n}: running on 127.0.0.1:{p}" for n, p in zip(names, cluster.ports)]
+    url = run_script("citus_cluster.py", "url", "--dir", str(cluster.dir)).stdout
+    assert url == f"postgresql://postgres@127.0.0.1:{cluster.ports[0]}/sparkifydb\n"
+    help_text = run_script("citus_cluster.py", "--help").stdout
+    for option in ("--dir", "--port", "--workers", "--remove", "start", "stop", "status", "url"):
+        assert option in help_text
+    with on(cluster.url):
+        assert query("SELECT nodeport, shouldhaveshards FROM pg_dist_node ORDER BY nodeid") == [
+            (cluster.ports[0], False), (cluster.ports[1], True), (cluster.ports[2], True)]
+
+
+def test_cluster_command_without_postgresql_15_is_one_clear_error_line():
+    done = run_script("citus_cluster.py", "start", env={"CITUS_PG_BIN": "/nonexistent/bin"},
+                      check=False)
+    assert done.returncode == 3
+    assert done.stderr == ("error: PostgreSQL 15 not found in /nonexistent/bin: install it "
+                           "(apt-get install postgresql-15) or set CITUS_PG_BIN\n")
+
+
+OURS = "ANY (SELECT to_regclass(t) FROM unnest(%(t)s::text[]) AS t)"
+CHECK_CONSTRAINTS = ("SELECT conrelid::regclass::text, pg_get_constraintdef(oid) "
+                     f"FROM pg_constraint WHERE contype = 'c' AND conrelid = {OURS} ORDER BY 1, 2")
+COLUMNS = ("SELECT attrelid::regclass::text, attname, format_type(atttypid, atttypmod), "
+           "attnotnull, attidentity FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped "
+           f"AND attrelid = {OURS} ORDER BY 1, attnum")
+
+
+def keys_and_indexes() -> list[tuple]:
+    """schema_objects() less PostgreSQL 18's catalogued NOT NULLs (compared as columns)."""
+    return [row for row in schema_objects() if not row[2].startswith("NOT NULL ")]
+
+
+def test_create_tables_distributes_the_star_and_keeps_every_key_and_check(cluster):
+    run_script("create_tables.py")
+    plain = keys_and_indexes()
+    plain_columns = query(COLUMNS, {"t": sql_queries.TABLES})
+    done = run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    assert "on Citus: songplays and users distributed on user_id (co-located)" in done.stdout
+    with on(cluster.url):
+        placed = query("SELECT logicalrelid::text, partmethod, repmodel, "
+                       "column_to_column_name(logicalrelid, partkey), colocationid "
+                       "FROM pg_dist_partition ORDER BY 1")
+        assert keys_and_indexes() == plain  # primary, unique and foreign keys, indexes
+        assert query(COLUMNS, {"t": sql_queries.TABLES}) == plain_columns
+        checks = query(CHECK_CONSTRAINTS, {"t": sql_queries.TABLES})
+    with on(plain_url()):
+        assert checks == query(CHECK_CONSTRAINTS, {"t": sql_queries.TABLES})
+    free_or_paid = "CHECK ((level = ANY (ARRAY['free'::text, 'paid'::text])))"
+    assert checks == [
+        ('"time"', "CHECK (((weekday >= 1) AND (weekday <= 7)))"),
+        ("load_manifest", "CHECK ((kind = ANY (ARRAY['song'::text, 'log'::text])))"),
+        ("load_runs", "CHECK ((status = ANY (ARRAY['running'::text, 'succeeded'::text, "
+                      "'failed'::text, 'interrupted'::text])))"),
+        ("songplays", free_or_paid), ("songs", "CHECK ((year > 0))"), ("users", free_or_paid)]
+    colocation = {row[0]: row[4] for row in placed}
+    assert [row[:4] for row in placed] == [
+        ('"time"', "n", "t", None),  # n, t: a reference table; h: hash-distributed
+        ("artists", "n", "t", None),
+        ("songplays", "h", "s", "user_id"),
+        ("songs", "n", "t", None),
+        ("stage_plays_citus", "h", "s", "user_id"),
+        ("users", "h", "s", "user_id"),
+    ]
+    assert colocation["songplays"] == colocation["users"] == colocation["stage_plays_citus"]
+    assert ("songplays", "songplays_pkey", "PRIMARY KEY (user_id, songplay_id)") in plain
+
+
+def test_erd_names_distributed_and_reference_tables_on_citus(cluster, tmp_path):
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    done = run_script("erd.py", "--out", str(tmp_path), env={"DATABASE_URL": cluster.url})
+    assert done.stdout.splitlines()[1:] == [
+        "  songplays: distributed on user_id", "  users: distributed on user_id",
+        "  songs: reference table", "  artists: reference table", "  time: reference table",
+        "  load_rejects: local to the coordinator", "  load_manifest: local to the coordinator",
+        "  load_runs: local to the coordinator"]
+    mermaid = (tmp_path / "schema.mmd").read_text()
+    assert "    %% songplays on Citus: distributed on user_id\n    songplays {" in mermaid
+    assert "    %% time on Citus: reference table\n    time {" in mermaid
+    assert "fact · distributed on user_id" in (tmp_path / "schema.svg").read_text()
+
+
+# ================================================================ the merge runs on the workers
+
+
+def test_songplays_merge_is_pushed_down_to_the_shards_not_pulled_to_the_coordinator(cluster):
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    conn = psycopg2.connect(cluster.url)
+    try:
+        with conn.cursor() as cur:
+            cur.copy_expert(sql_queries.stage_plays_copy_citus, io.BytesIO(
+                b"log_data/a.json,2018-11-01 00:00:00,7,free,Tune,Band,100.5,1,1,Here,Agent\n"))
+            cur.execute("EXPLAIN " + sql_queries.songplays_insert_citus,
+                        {"paths": ["log_data/a.json"], "file_ids": [1]})
+            plan = "\n".join(row[0] for row in cur.fetchall())
+            cur.execute("SELECT songplay_id FROM stage_plays_citus")
+            taken = cur.fetchall()
+            cur.execute("SELECT last_value FROM songplays_songplay_id_seq")
+            sequence = cur.fetchone()[0]
+        conn.rollback()
+    finally:
+        conn.close()
+    assert "pull to coordinator" not in plan and "INSERT/SELECT method" not in plan, plan
+    assert plan.splitlines()[0].startswith("Custom Scan (Citus Adaptive)"), plan
+    assert "  Task Count: 32" in plan, plan
+    assert "->  Insert on songplays_" in plan, plan  # each task inserts into its own shard
+    assert taken == [(sequence,)]  # songplay_id taken from songplays' sequence as it was staged
+
+
+# ================================================================ same star, plain and Citus
+
+
+@pytest.fixture(scope="module")
+def sample_plain() -> dict:
+    """data/ loaded on plain PostgreSQL."""
+    return fresh_load(plain_url(), SAMPLE)[0]
+
+
+def test_sample_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluster, sample_plain,
+                                                                         truth):
+    citus, out = fresh_load(cluster.url, SAMPLE)
+    assert citus == sample_plain
+    assert {t: len(rows) for t, rows in citus.items()} == {
+        t: truth[t] for t in sql_queries.STAR_TABLES}
+    assert "checks: 10 passed, 0 failed" in out
+
+
+def test_udacity_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluster, real_data):
+    plain, _ = fresh_load(plain_url(), real_data)
+    citus, out = fresh_load(cluster.url, real_data)
+    assert citus == plain
+    assert {t: len(rows) for t, rows in citus.items()} == {
+        "songplays": 6820, "users": 96, "songs": 71, "artists": 69, "time": 6813}
+    assert "checks: 10 passed, 0 failed" in out
+    assert "bulk load: set songplays' foreign keys and file_id index aside" in out
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    import generate_data
+    root = tmp_path_factory.mktemp("generated") / "data"
+    generate_data.generate(out=str(root), **GENERATED)
+    return root
+
+
+@pytest.fixture(scope="module")
+def generated_plain(generated) -> dict:
+    """The generated set loaded on plain PostgreSQL: what every Citus load of it must give."""
+    started = time.monotonic()
+    contents, out = fresh_load(plain_url(), generated)
+    print(f"\n200k events on plain PostgreSQL: {time.monotonic() - started:.1f} s; {out[:120]}")
+    return contents
+
+
+def test_generated_200k_events_give_the_same_star_on_citus_as_on_plain_postgresql(
+        cluster, generated, generated_plain):
+    truth = json.loads((generated / "truth.json").read_text())
+    started = time.monotonic()
+    citus, out = fresh_load(cluster.url, generated)
+    print(f"\n200k events on Citus: {time.monotonic() - started:.1f} s; {out[:120]}")
+    assert citus == generated_plain
+    assert {t: len(rows) for t, rows in citus.items()} == {
+        t: truth[t] for t in sql_queries.STAR_TABLES}
+    assert truth["log_records"] == GENERATED["events"]
+    assert f"plays resolved to a song: {truth['songplays_resolved']} of {truth['songplays']}" \
+        in out
+    assert "checks: 10 passed, 0 failed" in out
+    assert "bulk load: set songplays' foreign keys and file_id index aside" in out
+
+
+# ================================================================ re-runs, reloads, refreshes
+
+
+def test_citus_rerun_with_nothing_new_changes_nothing(cluster):
+    before, _ = fresh_load(cluster.url, SAMPLE)
+    again = etl(cluster.url, SAMPLE)
+    assert "nothing new: every file is unchanged since it was loaded" in again.stdout
+    with on(cluster.url):
+        assert table_contents() == before
+        assert query("SELECT status FROM load_runs ORDER BY run_id") == [("succeeded",)] * 2
+        assert query("SELECT count(*) FROM stage_plays_citus") == [(0,)]
+
+
+def test_citus_full_refresh_gives_identical_tables(cluster):
+    before, _ = fresh_load(cluster.url, SAMPLE)
+    done = etl(cluster.url, SAMPLE, "--full-refresh")
+    assert "log files: 30 (30 new); records: 20000 = 17071 loaded" in done.stdout
+    assert "checks: 10 passed, 0 failed" in done.stdout
+    with on(cluster.url):
+        assert table_contents() == before
+
+
+def edit_log(path: Path) -> None:
+    """Drop every third play of a log file and rename the song of the first kept play: plays
+    go, with their instants and the user levels they set; one play no longer resolves."""
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    plays = [i for i, e in enumerate(events) if e["page"] == "NextSong"]
+    gone = set(plays[::3])
+    kept = [e for i, e in enumerate(events) if i not in gone]
+    first = next(e for e in kept if e["page"] == "NextSong")
+    first["song"], first["artist"], first["length"] = "Renamed", "Nobody", 1.5
+    path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+
+def test_citus_changed_log_file_reloads_to_what_plain_postgresql_loads_fresh(cluster, tmp_path):
+    data = copy_of(SAMPLE, tmp_path)
+    fresh_load(cluster.url, data)
+    log = sorted((data / "log_data").rglob("*.json"))[-1]
+    edit_log(log)
+    done = etl(cluster.url, data)
+    assert "log files: 30 (29 unchanged, 1 changed)" in done.stdout
+    assert "checks: 10 passed, 0 failed" in done.stdout
+    with on(cluster.url):
+        reloaded = table_contents()
+    plain, _ = fresh_load(plain_url(), data)
+    assert reloaded == plain
+    assert len(plain["songplays"]) < 17071
+
+
+def test_citus_songs_arriving_after_their_plays_resolve_them_as_plain_postgresql_does(
+        cluster, sample_plain, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE / "log_data", data / "log_data")
+    fresh_load(cluster.url, data)
+    with on(cluster.url):
+        assert query("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL") == [(0,)]
+    shutil.copytree(SAMPLE / "song_data", data / "song_data")
+    done = etl(cluster.url, data)
+    assert "plays resolved to a song: 5965 of 17071 (5965 this run)" in done.stdout
+    with on(cluster.url):
+        assert table_contents() == sample_plain
+
+
+# ================================================================ kills and concurrent runs
+
+
+LOCK_HELD = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+             "AND (classid::bigint << 32) | objid::bigint = %s")
+
+
+def start_load(url: str, data: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "etl.py", "--data", str(data), "--no-progress"],
+                            cwd=PROJECT, env={**os.environ, "DATABASE_URL": url},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(conn, sql: str, params, until, proc: subprocess.Popen | None = None,
+             timeout: float = 120):
+    """Poll sql until its value passes until; the load (proc) must still be running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            value = cur.fetchone()[0]
+        if until(value):
+            return value
+        assert proc is None or proc.poll() is None, \
+            f"the load ended before the awaited point: {proc.communicate()}"
+        time.sleep(0.05)
+    raise AssertionError(f"timeout waiting on {sql}")
+
+
+def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
+        cluster, generated, generated_plain):
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    with on(cluster.url):
+        schema = schema_objects()
+    watch = psycopg2.connect(cluster.url)
+    watch.autocommit = True
+    try:
+        proc = start_load(cluster.url, generated)
+        # Once the songs and the first log batch have committed, while the next batch loads.
+        wait_for(watch, "SELECT count(*) FROM load_manifest WHERE kind = 'log'", None,
+                 lambda n: n > 0, proc)
+        children = {int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)],
+                                                   capture_output=True, text=True).stdout.split()}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        # the coordinator ends the killed session (and its lock) when it notices
+        wait_for(watch, LOCK_HELD, (sql_queries.LOCK_KEY,), lambda n: n == 0, timeout=30)
+        with watch.cursor() as cur:
+            cur.execute("SELECT count(*) FROM load_manifest WHERE kind = 'log'")
+            logs_at_kill = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM pg_constraint "
+                        "WHERE conrelid = 'songplays'::regclass AND contype = 'f'")
+            foreign_keys_at_kill = cur.fetchone()[0]
+    finally:
+        watch.close()
+    assert 0 < logs_at_kill < 30
+    assert foreign_keys_at_kill == 0  # killed in the middle of a bulk load
+
+    done = etl(cluster.url, generated)
+    assert f"log files: 30 ({logs_at_kill} unchanged, {30 - logs_at_kill} new)" in done.stdout
+    assert "checks: 10 passed, 0 failed" in done.stdout
+    with on(cluster.url):
+        assert table_contents() == generated_plain
+        assert schema_objects() == schema
+        assert query("SELECT status FROM load_runs ORDER BY run_id") == [
+            ("interrupted",), ("succeeded",)]
+        assert query("SELECT count(*) FROM stage_plays_citus") == [(0,)]
+
+
+def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generated,
+                                                               generated_plain):
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    watch = psycopg2.connect(cluster.url)
+    watch.autocommit = True
+    try:
+        first = start_load(cluster.url, generated)
+        wait_for(watch, LOCK_HELD, (sql_queries.LOCK_KEY,), lambda n: n == 1, first)
+        second = start_load(cluster.url, generated)
+        results = [(p.returncode, out, err) for p in (first, second)
+                   for out, err in [p.communicate(timeout=600)]]
+    finally:
+        watch.close()
+    assert [code for code, _, _ in results] == [0, 4], results
+    _, out, err = results[1]
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: another load is running on this database: etl.py (server pid "), err
+    with on(cluster.url):
+        assert table_contents() == generated_plain
+        assert query("SELECT status FROM load_runs") == [("succeeded",)]
