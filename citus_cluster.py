@@ -29,16 +29,23 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql as pgsql
 
+import sql_queries as sql
+
 PG_BIN = Path(os.environ.get("CITUS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DATABASE, SUPERUSER, HOST = "sparkifydb", "postgres", "127.0.0.1"
 DEFAULT_PORT, DEFAULT_WORKERS = 9700, 2
 STATE = "cluster.json"
 LAST = Path(tempfile.gettempdir()) / f"sparkify-citus-{os.geteuid()}.last"
 SETTINGS = {  # beside initdb's defaults; the embedded server's sizes, per node
-    "listen_addresses": HOST, "unix_socket_directories": "",
-    "shared_preload_libraries": "citus", "max_connections": "200",
-    "shared_buffers": "128MB", "work_mem": "64MB", "maintenance_work_mem": "256MB",
-    "max_wal_size": "4GB", "log_min_messages": "warning",
+    "listen_addresses": HOST,
+    "unix_socket_directories": "",
+    "shared_preload_libraries": "citus",
+    "max_connections": "200",
+    "shared_buffers": "128MB",
+    "work_mem": "64MB",
+    "maintenance_work_mem": "256MB",
+    "max_wal_size": "4GB",
+    "log_min_messages": "warning",
 }
 HBA = f"# trust on loopback only: this is a local test cluster\nhost all all {HOST}/32 trust\n"
 
@@ -49,14 +56,19 @@ class ClusterError(Exception):
 
 def check_installed() -> None:
     if not (PG_BIN / "postgres").exists():
-        raise ClusterError(f"PostgreSQL 15 not found in {PG_BIN}: install it "
-                           "(apt-get install postgresql-15) or set CITUS_PG_BIN")
-    libdir = subprocess.run([str(PG_BIN / "pg_config"), "--pkglibdir"], capture_output=True,
-                            text=True).stdout.strip()
+        raise ClusterError(
+            f"PostgreSQL 15 not found in {PG_BIN}: install it "
+            "(apt-get install postgresql-15) or set CITUS_PG_BIN"
+        )
+    libdir = subprocess.run(
+        [str(PG_BIN / "pg_config"), "--pkglibdir"], capture_output=True, text=True
+    ).stdout.strip()
     if not (Path(libdir) / "citus.so").exists():
-        raise ClusterError(f"the citus extension is not installed in PostgreSQL 15 ({libdir}): "
-                           "run `sh ../shared/citus/install.sh` as root, or install Citus's "
-                           "packages for PostgreSQL 15")
+        raise ClusterError(
+            f"the citus extension is not installed in PostgreSQL 15 ({libdir}): "
+            "run `sh ../shared/citus/install.sh` as root, or install Citus's "
+            "packages for PostgreSQL 15"
+        )
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:
@@ -77,8 +89,14 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
     log.touch()
     _own(log)  # pg_ctl, running as the server's user, appends to it too
     with open(log, "a") as out:
-        done = subprocess.run(_as_server_user(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+        done = subprocess.run(
+            _as_server_user(cmd),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     if done.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise ClusterError(f"`{Path(cmd[0]).name} {cmd[1]}` failed (see {log}): {tail[0]}")
@@ -86,8 +104,10 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
 
 def _running(data: Path) -> bool:
     return (data / "postmaster.pid").exists() and subprocess.run(
-        _as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]), cwd=data.parent,
-        capture_output=True).returncode == 0
+        _as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]),
+        cwd=data.parent,
+        capture_output=True,
+    ).returncode == 0
 
 
 def _port_free(port: int) -> bool:
@@ -118,11 +138,26 @@ class Cluster:
 
     def stop(self, remove: bool | None = None) -> None:
         """Fast shutdown of every node; the folder goes too if start() made it (or remove)."""
+
         def stop_node(node: tuple[str, int, Path]) -> None:
             name, _, data = node
             if (data / "postmaster.pid").exists():
-                _run([str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w",
-                      "-t", "60"], self.dir, self.dir / f"{name}.log")
+                _run(
+                    [
+                        str(PG_BIN / "pg_ctl"),
+                        "stop",
+                        "-D",
+                        str(data),
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "60",
+                    ],
+                    self.dir,
+                    self.dir / f"{name}.log",
+                )
+
         _each(stop_node, self.nodes())
         if remove if remove is not None else self.temporary:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -137,19 +172,14 @@ def _each(action, items: list) -> None:
 
 
 def connect(port: int, dbname: str):
-    return psycopg2.connect(host=HOST, port=port, user=SUPERUSER, dbname=dbname,
-                            connect_timeout=10, application_name="citus_cluster.py")
-
-
-def _sql(port: int, dbname: str, *statements: tuple) -> None:
-    conn = connect(port, dbname)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(*statement)
-    finally:
-        conn.close()
+    return psycopg2.connect(
+        host=HOST,
+        port=port,
+        user=SUPERUSER,
+        dbname=dbname,
+        connect_timeout=10,
+        application_name="citus_cluster.py",
+    )
 
 
 def _create_database(port: int) -> None:
@@ -157,9 +187,34 @@ def _create_database(port: int) -> None:
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+            cur.execute(sql.database_exists, {"name": DATABASE})
             if cur.fetchone() is None:
-                cur.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(DATABASE)))
+                cur.execute(pgsql.SQL(sql.create_database).format(name=pgsql.Identifier(DATABASE)))
+    finally:
+        conn.close()
+
+
+def _create_extension(port: int) -> None:
+    conn = connect(port, DATABASE)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.cluster_create_extension)
+    finally:
+        conn.close()
+
+
+def _add_nodes(ports: list[int]) -> None:
+    """Register the coordinator and each worker on the coordinator (ports[0])."""
+    conn = connect(ports[0], DATABASE)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.cluster_set_coordinator, {"host": HOST, "port": ports[0]})
+            for port in ports[1:]:
+                cur.execute(sql.cluster_add_worker, {"host": HOST, "port": port})
+            if not ports[1:]:  # no worker: the coordinator holds the shards
+                cur.execute(sql.cluster_coordinator_holds_shards, {"host": HOST, "port": ports[0]})
     finally:
         conn.close()
 
@@ -180,8 +235,10 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
     _own(cluster.dir)
     os.chmod(cluster.dir, 0o700)
     if subprocess.run(_as_server_user(["test", "-w", str(cluster.dir)])).returncode != 0:
-        raise ClusterError(f"the {SUPERUSER} user cannot write to {cluster.dir}: choose a --dir "
-                           "it can reach (under /tmp, say)")
+        raise ClusterError(
+            f"the {SUPERUSER} user cannot write to {cluster.dir}: choose a --dir "
+            "it can reach (under /tmp, say)"
+        )
 
     def start_node(node: tuple[str, int, Path]) -> None:
         name, port, data = node
@@ -191,30 +248,41 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
             raise ClusterError(f"port {port} on {HOST} is in use: choose others with --port")
         log = cluster.dir / f"{name}.log"
         if not (data / "PG_VERSION").exists():  # a throwaway cluster: no fsync of initdb's files
-            _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                  "--encoding=UTF8", "--no-locale", "--no-instructions", "--no-sync"],
-                 cluster.dir, log)
+            _run(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                    "--no-sync",
+                ],
+                cluster.dir,
+                log,
+            )
             with open(data / "postgresql.conf", "a") as conf:
-                conf.writelines(f"{k} = '{v}'\n" for k, v in
-                                {**SETTINGS, "port": str(port)}.items())
+                conf.writelines(
+                    f"{k} = '{v}'\n" for k, v in {**SETTINGS, "port": str(port)}.items()
+                )
             (data / "pg_hba.conf").write_text(HBA)
-        _run([str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l",
-              str(log)], cluster.dir, log)
+        _run(
+            [str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(log)],
+            cluster.dir,
+            log,
+        )
 
     def set_up(port: int) -> None:  # each step is a no-op when done already
         _create_database(port)
-        _sql(port, DATABASE, ("CREATE EXTENSION IF NOT EXISTS citus",))
+        _create_extension(port)
 
     try:
         _each(start_node, cluster.nodes())
         _each(set_up, cluster.ports)
-        coordinator = (HOST, cluster.ports[0])
-        _sql(cluster.ports[0], DATABASE,
-             ("SELECT citus_set_coordinator_host(%s, %s)", coordinator),
-             *(("SELECT citus_add_node(%s, %s)", (HOST, p)) for p in cluster.ports[1:]),
-             *([] if cluster.ports[1:] else  # no worker: the coordinator holds the shards
-               [("SELECT citus_set_node_property(%s, %s, 'shouldhaveshards', true)",
-                 coordinator)]))
+        _add_nodes(cluster.ports)
     except BaseException:
         cluster.stop()
         raise
@@ -232,8 +300,11 @@ def find(folder: Path | str | None = None) -> Cluster:
     """The cluster in folder, or the one started last."""
     where = Path(folder).resolve() if folder else _last_dir()
     if where is None or not (where / STATE).exists():
-        raise ClusterError(f"no cluster in {where}" if where else
-                           "no cluster started: run `python citus_cluster.py start` (or --dir)")
+        raise ClusterError(
+            f"no cluster in {where}"
+            if where
+            else "no cluster started: run `python citus_cluster.py start` (or --dir)"
+        )
     saved = json.loads((where / STATE).read_text())
     return Cluster(where, saved["ports"], saved["temporary"])
 
@@ -241,24 +312,41 @@ def find(folder: Path | str | None = None) -> Cluster:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Start, stop or inspect a local Citus cluster (PostgreSQL 15 + citus): a "
-                    "coordinator and workers on 127.0.0.1, database sparkifydb.",
-        epilog="exit codes: 0 done (status: all nodes running); 3 a problem, said in one line")
-    parser.add_argument("command", choices=["start", "stop", "status", "url"],
-                        help="start: create/start the nodes and print the coordinator's URL; "
-                             "stop: stop them (a temporary folder is removed); status: each "
-                             "node's state; url: print the coordinator's URL")
-    parser.add_argument("--dir", help="folder holding the nodes' data directories (start: "
-                                      "default a new temporary folder, and a folder that holds "
-                                      "a cluster starts it again on its ports; others: default "
-                                      "the cluster started last)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="start: the coordinator's port; workers take the next ones "
-                             f"(default {DEFAULT_PORT})")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"start: number of workers (default {DEFAULT_WORKERS}; 0: the "
-                             "coordinator holds the shards itself)")
-    parser.add_argument("--remove", action="store_true",
-                        help="stop: also delete the folder (a temporary one always is)")
+        "coordinator and workers on 127.0.0.1, database sparkifydb.",
+        epilog="exit codes: 0 done (status: all nodes running); 3 a problem, said in one line",
+    )
+    parser.add_argument(
+        "command",
+        choices=["start", "stop", "status", "url"],
+        help="start: create/start the nodes and print the coordinator's URL; "
+        "stop: stop them (a temporary folder is removed); status: each "
+        "node's state; url: print the coordinator's URL",
+    )
+    parser.add_argument(
+        "--dir",
+        help="folder holding the nodes' data directories (start: "
+        "default a new temporary folder, and a folder that holds "
+        "a cluster starts it again on its ports; others: default "
+        "the cluster started last)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"start: the coordinator's port; workers take the next ones (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"start: number of workers (default {DEFAULT_WORKERS}; 0: the "
+        "coordinator holds the shards itself)",
+    )
+    parser.add_argument(
+        "--remove",
+        action="store_true",
+        help="stop: also delete the folder (a temporary one always is)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be 0 or more")
@@ -267,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster = start(args.dir, list(range(args.port, args.port + args.workers + 1)))
             LAST.write_text(str(cluster.dir) + "\n")  # for stop, status and url without --dir
             print(cluster.url)
-            print(f"nodes in {cluster.dir}; stop with: python citus_cluster.py stop"
-                  + (f" --dir {cluster.dir}" if args.dir else ""), file=sys.stderr)
+            print(
+                f"nodes in {cluster.dir}; stop with: python citus_cluster.py stop"
+                + (f" --dir {cluster.dir}" if args.dir else ""),
+                file=sys.stderr,
+            )
             return 0
         cluster = find(args.dir)
         if args.command == "stop":

@@ -31,8 +31,9 @@ def ensure_database(settings: db.Settings) -> None:
         with conn.cursor() as cur:
             cur.execute(sql.database_exists, {"name": db.DATABASE})
             if cur.fetchone() is None:
-                cur.execute(pgsql.SQL(sql.create_database).format(
-                    name=pgsql.Identifier(db.DATABASE)))
+                cur.execute(
+                    pgsql.SQL(sql.create_database).format(name=pgsql.Identifier(db.DATABASE))
+                )
     finally:
         conn.close()
 
@@ -47,8 +48,10 @@ def create_tables(settings: db.Settings) -> int:
             try:
                 cur.execute(sql.drop_tables)
             except psycopg2.errors.DependentObjectsStillExist as exc:
-                raise db.DatabaseError(f"cannot drop the tables: {exc.diag.message_detail}; drop "
-                                       "or change that first (nothing was dropped)") from None
+                raise db.DatabaseError(
+                    f"cannot drop the tables: {exc.diag.message_detail}; drop "
+                    "or change that first (nothing was dropped)"
+                ) from None
             for query in sql.create_table_queries:
                 cur.execute(query)
             cur.execute(sql.citus_present)
@@ -62,18 +65,24 @@ def create_tables(settings: db.Settings) -> int:
         conn.close()
     print(f"created tables {', '.join(sql.TABLES)} in {settings.describe()}")
     if citus:
-        print("  on Citus: songplays and users distributed on user_id (co-located); songs, "
-              "artists, time reference tables; load_* local on the coordinator")
+        print(
+            "  on Citus: songplays and users distributed on user_id (co-located); songs, "
+            "artists, time reference tables; load_* local on the coordinator"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Drop and recreate the Sparkify tables (songplays, users, songs, artists, "
-                    "time and the load manifest, runs and rejects).",
-        epilog="exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load is running")
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL, then "
-                                               "PG* variables, then the embedded server)")
+        "time and the load manifest, runs and rejects).",
+        epilog="exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load is running",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (default: $DATABASE_URL, then "
+        "PG* variables, then the embedded server)",
+    )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     return cli.run_command(lambda: create_tables(settings))

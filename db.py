@@ -64,8 +64,11 @@ class Settings:
             return redact(self.url)
         if self.libpq_env:
             return "the server named by the PG* environment variables"
-        where = self.pgdata.relative_to(PROJECT_DIR) if self.pgdata.is_relative_to(PROJECT_DIR) \
+        where = (
+            self.pgdata.relative_to(PROJECT_DIR)
+            if self.pgdata.is_relative_to(PROJECT_DIR)
             else self.pgdata
+        )
         return f"the embedded server in {where}"
 
 
@@ -92,8 +95,10 @@ def dsn(settings: Settings, dbname: str | None = None) -> str:
         if dbname or not os.environ.get("PGDATABASE"):
             return f"dbname={dbname or DATABASE}"
         return ""
-    return (f"host={embedded.socket_of(settings.pgdata)} port={embedded.PORT} "
-            f"user={embedded.SUPERUSER} dbname={dbname or DATABASE}")
+    return (
+        f"host={embedded.socket_of(settings.pgdata)} port={embedded.PORT} "
+        f"user={embedded.SUPERUSER} dbname={dbname or DATABASE}"
+    )
 
 
 def sqlalchemy_url(settings: Settings) -> str:
@@ -102,8 +107,10 @@ def sqlalchemy_url(settings: Settings) -> str:
         return "postgresql+psycopg2://" + settings.url.split("://", 1)[1]
     if settings.libpq_env:
         return "postgresql+psycopg2://"
-    return (f"postgresql+psycopg2://{embedded.SUPERUSER}@/{DATABASE}"
-            f"?host={embedded.socket_of(settings.pgdata)}&port={embedded.PORT}")
+    return (
+        f"postgresql+psycopg2://{embedded.SUPERUSER}@/{DATABASE}"
+        f"?host={embedded.socket_of(settings.pgdata)}&port={embedded.PORT}"
+    )
 
 
 def start_embedded(settings: Settings) -> None:
@@ -117,13 +124,17 @@ def connect(settings: Settings, dbname: str | None = None, **kwargs):
     DatabaseError whose message names the server without secrets."""
     start_embedded(settings)
     try:
-        return psycopg2.connect(dsn(settings, dbname), application_name=Path(sys.argv[0]).name,
-                                **kwargs)
+        return psycopg2.connect(
+            dsn(settings, dbname), application_name=Path(sys.argv[0]).name, **kwargs
+        )
     except psycopg2.OperationalError as exc:
         first = first_line(exc)
         if getattr(exc, "pgcode", None) == "3D000" or "does not exist" in first:
-            todo = "run `python create_tables.py` first" if settings.embedded else \
-                "create it first (e.g. `createdb`): only the embedded server's is made for you"
+            todo = (
+                "run `python create_tables.py` first"
+                if settings.embedded
+                else "create it first (e.g. `createdb`): only the embedded server's is made for you"
+            )
             raise DatabaseError(f"{first} on {settings.describe()}: {todo}") from None
         raise DatabaseError(f"cannot connect to {settings.describe()}: {first}") from None
 
@@ -137,10 +148,14 @@ def acquire_lock(conn) -> None:
             return
         cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
         holder = cur.fetchone()
-    who = f"{holder[1] or 'a client'} (server pid {holder[0]}, since {holder[2]:%H:%M:%S})" \
-        if holder else "another session"
-    raise LockedError(f"another load is running on this database: {who}; "
-                      "wait for it to finish and run again")
+    who = (
+        f"{holder[1] or 'a client'} (server pid {holder[0]}, since {holder[2]:%H:%M:%S})"
+        if holder
+        else "another session"
+    )
+    raise LockedError(
+        f"another load is running on this database: {who}; wait for it to finish and run again"
+    )
 
 
 def distributed(cur) -> bool:
@@ -163,12 +178,19 @@ def managed_cursor(conn):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Manage the embedded PostgreSQL server, or open psql on the database.")
-    parser.add_argument("command", choices=["start", "stop", "status", "psql", "url"],
-                        help="start/stop/status: the embedded server; psql: open psql on the "
-                             "database; url: print the connection string (no password)")
-    parser.add_argument("--database-url", help="use this server instead (default: $DATABASE_URL, "
-                                               "then PG* variables, then the embedded server)")
+        description="Manage the embedded PostgreSQL server, or open psql on the database."
+    )
+    parser.add_argument(
+        "command",
+        choices=["start", "stop", "status", "psql", "url"],
+        help="start/stop/status: the embedded server; psql: open psql on the "
+        "database; url: print the connection string (no password)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="use this server instead (default: $DATABASE_URL, "
+        "then PG* variables, then the embedded server)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env(args.database_url)
     return run_command(lambda: _command(args.command, settings))
@@ -184,8 +206,7 @@ def _command(command: str, settings: Settings) -> int:
         print("stopped" if embedded.stop(settings.pgdata) else "not running")
     elif command == "status":
         running = embedded.running(settings.pgdata)
-        print(f"running (pid {running[0]}, socket in {running[1]})" if running
-              else "not running")
+        print(f"running (pid {running[0]}, socket in {running[1]})" if running else "not running")
         return 0 if running else EXIT_ENVIRONMENT
     elif command == "url":
         print(redact(dsn(settings)) if settings.url else dsn(settings))

@@ -113,17 +113,29 @@ def _run(cmd: list[str], log: Path) -> None:
     full = _as_server_user(cmd)
     with open(log, "a") as out:
         try:
-            done = subprocess.run(full, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            done = subprocess.run(
+                full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as exc:
-            raise ServerError(f"cannot run `{Path(full[0]).name}`: {exc.strerror}; as root the "
-                              "embedded server needs util-linux's unshare: run as a normal "
-                              "user, or set DATABASE_URL") from None
+            raise ServerError(
+                f"cannot run `{Path(full[0]).name}`: {exc.strerror}; as root the "
+                "embedded server needs util-linux's unshare: run as a normal "
+                "user, or set DATABASE_URL"
+            ) from None
     if done.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
-        hint = "" if full[0] != "unshare" else (
-            "\n(as root the embedded server runs in a user namespace; where those are not "
-            "allowed, run as a normal user or set DATABASE_URL)")
+        hint = (
+            ""
+            if full[0] != "unshare"
+            else (
+                "\n(as root the embedded server runs in a user namespace; where those are not "
+                "allowed, run as a normal user or set DATABASE_URL)"
+            )
+        )
         raise ServerError(f"`{Path(cmd[0]).name}` failed (see {log}):\n{tail}{hint}")
 
 
@@ -136,14 +148,45 @@ def start(pgdata: Path) -> Path:
         log = pgdata.parent / f"{pgdata.name}.log"
         if not (pgdata / "PG_VERSION").exists():
             pgdata.mkdir(mode=0o700, exist_ok=True)
-            _run([pg_bin("initdb"), "-D", str(pgdata), "-U", SUPERUSER, "--auth=trust",
-                  "--encoding=UTF8", "--no-locale", "--no-instructions"], log)
+            _run(
+                [
+                    pg_bin("initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                ],
+                log,
+            )
         sockets = make_socket_dir(pgdata)
-        options = " ".join(f"-c {k}='{v}'" for k, v in
-                           {**SETTINGS, "unix_socket_directories": str(sockets),
-                            "port": str(PORT)}.items())
-        _run([pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(log),
-              "-o", options, "start"], log)
+        options = " ".join(
+            f"-c {k}='{v}'"
+            for k, v in {
+                **SETTINGS,
+                "unix_socket_directories": str(sockets),
+                "port": str(PORT),
+            }.items()
+        )
+        _run(
+            [
+                pg_bin("pg_ctl"),
+                "-D",
+                str(pgdata),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "start",
+            ],
+            log,
+        )
         return sockets
 
 

@@ -76,8 +76,11 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
         first_line, anything = 1, False
         for data in contents:
             chunk = parse(file, data, first_line, limits)
-            anything = anything or bool(chunk.objects or chunk.rejects) or (
-                chunk.records is not None and not chunk.records.values.empty)
+            anything = (
+                anything
+                or bool(chunk.objects or chunk.rejects)
+                or (chunk.records is not None and not chunk.records.values.empty)
+            )
             chunks.append(chunk)
             size += len(data)
             first_line += data.count(b"\n")
@@ -96,18 +99,21 @@ def parse(file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk
     if file.path.startswith(extract.FOLDERS["song"] + "/"):
         objects, rejects = extract.decode_song_file(data, file.path)
         return Chunk(file, first_line, data, None, rejects, objects)
-    records, rejects = extract.parse_log_file(data, file.path, limits.parse_piece_bytes,
-                                              first_line)
+    records, rejects = extract.parse_log_file(data, file.path, limits.parse_piece_bytes, first_line)
     return Chunk(file, first_line, data, records, rejects)
 
 
-def shape(kind: str, number: int, index: int, last: bool, chunks: list[Chunk],
-          problems: list[tuple]) -> Part:
+def shape(
+    kind: str, number: int, index: int, last: bool, chunks: list[Chunk], problems: list[tuple]
+) -> Part:
     """Judge the chunks' records, shape the good ones into staging rows, count per file."""
     fields = extract.FIELDS[kind]
     objects = [o for c in chunks for o in c.objects]
-    records = Records.combined([c.records for c in chunks if c.records is not None]
-                               + [extract.records_from(objects, fields)], fields)
+    records = Records.combined(
+        [c.records for c in chunks if c.records is not None]
+        + [extract.records_from(objects, fields)],
+        fields,
+    )
     if kind == "song":
         good, invalid = transform.valid_songs(records)
         skipped = {}
@@ -116,23 +122,34 @@ def shape(kind: str, number: int, index: int, last: bool, chunks: list[Chunk],
         good, invalid, skipped_per_file = transform.valid_events(records)
         skipped = skipped_per_file.to_dict()
         rows = transform.dedupe_plays(transform.play_rows(good))
-        copies = {"stage_plays": stage_csv("stage_plays", rows),
-                  "stage_users": stage_csv("stage_users", transform.users_table(rows)),
-                  "stage_time": stage_csv("stage_time", transform.time_table(rows))}
+        copies = {
+            "stage_plays": stage_csv("stage_plays", rows),
+            "stage_users": stage_csv("stage_users", transform.users_table(rows)),
+            "stage_time": stage_csv("stage_time", transform.time_table(rows)),
+        }
     parse_rejects = [r for c in chunks for r in c.rejects]
-    rejects = with_raw(pd.concat([transform.reject_frame(problems + parse_rejects), invalid],
-                                 ignore_index=True), chunks)
+    rejects = with_raw(
+        pd.concat([transform.reject_frame(problems + parse_rejects), invalid], ignore_index=True),
+        chunks,
+    )
     # Per-file counts read from dicts, once per part: a lookup per file in a Series made a
     # 10,000-file song batch cost seconds.
     line_rejects = rejects[rejects["line"].notna()]["path"].value_counts().to_dict()
     parsed = records.values["path"].value_counts().to_dict()
     accepted = good["path"].value_counts().to_dict()
     invalid_per_file = invalid["path"].value_counts().to_dict()
-    files = tuple(dataclasses.replace(
-        c.file, rejected=line_rejects.get(c.file.path, 0), skipped=skipped.get(c.file.path, 0),
-        accepted=accepted.get(c.file.path, 0),
-        records=parsed.get(c.file.path, 0) + line_rejects.get(c.file.path, 0)
-        - invalid_per_file.get(c.file.path, 0)) for c in chunks)
+    files = tuple(
+        dataclasses.replace(
+            c.file,
+            rejected=line_rejects.get(c.file.path, 0),
+            skipped=skipped.get(c.file.path, 0),
+            accepted=accepted.get(c.file.path, 0),
+            records=parsed.get(c.file.path, 0)
+            + line_rejects.get(c.file.path, 0)
+            - invalid_per_file.get(c.file.path, 0),
+        )
+        for c in chunks
+    )
     copies["stage_manifest"] = manifest_csv(kind, files)
     copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
     return Part(kind, number, index, last, files, copies, int(rejects["line"].isna().sum()))
@@ -144,8 +161,10 @@ def with_raw(rejects: pd.DataFrame, chunks: list[Chunk]) -> pd.DataFrame:
     if not need.any():
         return rejects
     starts = {c.file.path: c for c in chunks}
-    raw = [transform.storable(extract.raw_lines(starts[p].data)[n - starts[p].first_line])
-           for p, n in rejects.loc[need, ["path", "line"]].itertuples(index=False)]
+    raw = [
+        transform.storable(extract.raw_lines(starts[p].data)[n - starts[p].first_line])
+        for p, n in rejects.loc[need, ["path", "line"]].itertuples(index=False)
+    ]
     return rejects.assign(raw=rejects["raw"].mask(need, pd.Series(raw, index=need[need].index)))
 
 
@@ -154,12 +173,28 @@ def stage_csv(table: str, frame: pd.DataFrame) -> bytes:
 
 
 def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
-    return stage_csv("stage_manifest", pd.DataFrame([{
-        "path": f.path, "kind": kind, "first": f.first, "size_bytes": f.read.size,
-        "mtime_ns": f.mtime_ns, "sha256": f.read.sha256, "records": f.records,
-        "loaded": f.accepted if kind == "song" else 0, "skipped": f.skipped,
-        "rejected": f.rejected,
-    } for f in files if f.to_load], columns=sql.STAGE_COLUMNS["stage_manifest"]))
+    return stage_csv(
+        "stage_manifest",
+        pd.DataFrame(
+            [
+                {
+                    "path": f.path,
+                    "kind": kind,
+                    "first": f.first,
+                    "size_bytes": f.read.size,
+                    "mtime_ns": f.mtime_ns,
+                    "sha256": f.read.sha256,
+                    "records": f.records,
+                    "loaded": f.accepted if kind == "song" else 0,
+                    "skipped": f.skipped,
+                    "rejected": f.rejected,
+                }
+                for f in files
+                if f.to_load
+            ],
+            columns=sql.STAGE_COLUMNS["stage_manifest"],
+        ),
+    )
 
 
 def refused(batch: Batch, number: int, error: str, limits: Limits) -> Part:
@@ -167,13 +202,20 @@ def refused(batch: Batch, number: int, error: str, limits: Limits) -> Part:
     so that one file never stops a run and the manifest does not retry it until it changes."""
     files = [f for part in prepare(batch, number, limits) for f in part.files]
     records = sum(f.records for f in files)
-    file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0,
-                               rejected=records)
+    file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0, rejected=records)
     problems = [(file.path, None, f"the database refused this file: {error}", None)]
-    return Part(batch.kind, number, 0, True, (file,),
-                {"stage_manifest": manifest_csv(batch.kind, (file,)),
-                 "stage_rejects": stage_csv("stage_rejects", transform.reject_frame(problems))},
-                file_problems=1)
+    return Part(
+        batch.kind,
+        number,
+        0,
+        True,
+        (file,),
+        {
+            "stage_manifest": manifest_csv(batch.kind, (file,)),
+            "stage_rejects": stage_csv("stage_rejects", transform.reject_frame(problems)),
+        },
+        file_problems=1,
+    )
 
 
 # ================================================================ parsing while the database loads
@@ -189,9 +231,12 @@ def prepared(batches: list[Batch], limits: Limits, jobs: int) -> Iterator[Part]:
         return
     context = multiprocessing.get_context("spawn")
     outboxes = [context.Queue(maxsize=1) for _ in range(jobs)]
-    workers = [context.Process(target=_worker, daemon=True,
-                               args=(batches, k, jobs, limits, outboxes[k], os.getpid()))
-               for k in range(jobs)]
+    workers = [
+        context.Process(
+            target=_worker, daemon=True, args=(batches, k, jobs, limits, outboxes[k], os.getpid())
+        )
+        for k in range(jobs)
+    ]
     for worker in workers:
         worker.start()
     try:
@@ -228,7 +273,7 @@ def _receive(outbox, worker) -> Part:
             item = outbox.get(timeout=1)
         except queue.Empty:
             if not worker.is_alive():
-                raise RuntimeError(f"the parse worker died (exit code {worker.exitcode})")
+                raise RuntimeError(f"the parse worker died (exit code {worker.exitcode})") from None
             continue
         if isinstance(item, WorkerFailed):
             raise RuntimeError(f"the parse worker failed:\n{item.traceback}")
@@ -243,19 +288,32 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-# ================================================================ 3. load: one transaction per batch
+# ======================================================== 3. load: one transaction per batch
 
 
-def load_batches(conn, start: load.RunStart, batches: list[Batch], parts: Iterator[Part],
-                 limits: Limits, progress: bool | None) -> Tally:
+def load_batches(
+    conn,
+    start: load.RunStart,
+    batches: list[Batch],
+    parts: Iterator[Part],
+    limits: Limits,
+    progress: bool | None,
+) -> Tally:
     tally = Tally()
     bars = {}
     for number, batch_parts in itertools.groupby(parts, key=lambda p: p.batch):
         batch = batches[number]
-        bar = bars.get(batch.kind) or bars.setdefault(batch.kind, tqdm(
-            total=sum(len(b.tasks) for b in batches if b.kind == batch.kind),
-            desc=f"{batch.kind} files", unit="file", leave=False, file=sys.stderr,
-            disable=None if progress is None else not progress))
+        bar = bars.get(batch.kind) or bars.setdefault(
+            batch.kind,
+            tqdm(
+                total=sum(len(b.tasks) for b in batches if b.kind == batch.kind),
+                desc=f"{batch.kind} files",
+                unit="file",
+                leave=False,
+                file=sys.stderr,
+                disable=None if progress is None else not progress,
+            ),
+        )
         for part, loaded in load_or_split(conn, start, batch, number, batch_parts, limits):
             tally.add(part, loaded)
         bar.update(len(batch.tasks))
@@ -264,21 +322,34 @@ def load_batches(conn, start: load.RunStart, batches: list[Batch], parts: Iterat
     return tally
 
 
-def load_or_split(conn, start: load.RunStart, batch: Batch, number: int, parts: Iterator[Part],
-                  limits: Limits) -> list[tuple[Part, Loaded]]:
+def load_or_split(
+    conn, start: load.RunStart, batch: Batch, number: int, parts: Iterator[Part], limits: Limits
+) -> list[tuple[Part, Loaded]]:
     """Load a batch in one transaction; one the database refuses (a value no check foresaw) is
     loaded again file by file, and a single file it refuses is recorded as rejected whole."""
     try:
         with db.managed_cursor(conn) as cur:
-            return [(dataclasses.replace(part, copies={}),
-                     load.load_part(cur, start.run_id, part, start.distributed))
-                    for part in parts]
+            return [
+                (
+                    dataclasses.replace(part, copies={}),
+                    load.load_part(cur, start.run_id, part, start.distributed),
+                )
+                for part in parts
+            ]
     except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
         if len(batch.tasks) > 1:
-            return [done for task in batch.tasks
-                    for done in load_or_split(conn, start, Batch(batch.kind, (task,)), number,
-                                              prepare(Batch(batch.kind, (task,)), number, limits),
-                                              limits)]
+            return [
+                done
+                for task in batch.tasks
+                for done in load_or_split(
+                    conn,
+                    start,
+                    Batch(batch.kind, (task,)),
+                    number,
+                    prepare(Batch(batch.kind, (task,)), number, limits),
+                    limits,
+                )
+            ]
         part = refused(batch, number, db.first_line(exc), limits)
         with db.managed_cursor(conn) as cur:
             return [(part, load.load_part(cur, start.run_id, part, start.distributed))]
@@ -293,9 +364,16 @@ def default_jobs(batches: list[Batch], limits: Limits) -> int:
 # ================================================================ the run
 
 
-def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False,
-        jobs: int | None = None, progress: bool | None = None, limits: Limits = Limits(),
-        out=sys.stdout) -> Report:
+def run(
+    settings: db.Settings,
+    data_dir: Path,
+    *,
+    full_refresh: bool = False,
+    jobs: int | None = None,
+    progress: bool | None = None,
+    limits: Limits = Limits(),
+    out=sys.stdout,
+) -> Report:
     """Load data_dir into the database, print the summary to out, and return the report."""
     started = time.monotonic()
     check_data_dir(data_dir)
@@ -307,15 +385,18 @@ def run(settings: db.Settings, data_dir: Path, *, full_refresh: bool = False,
         plans = {kind: extract.plan(data_dir, kind, start.known[kind], limits) for kind in KINDS}
         batches = [batch for kind in KINDS for batch in plans[kind][0]]
         set_aside = load.set_aside_for_bulk_load(
-            conn, sum(b.new_bytes for b in batches if b.kind == "log"), start.distributed)
+            conn, sum(b.new_bytes for b in batches if b.kind == "log"), start.distributed
+        )
         workers = default_jobs(batches, limits) if jobs is None else jobs
-        tally = load_batches(conn, start, batches, prepared(batches, limits, workers), limits,
-                             progress)
+        tally = load_batches(
+            conn, start, batches, prepared(batches, limits, workers), limits, progress
+        )
         for kind in KINDS:
             tally.add_unchanged(kind, plans[kind][1])
         restored, not_restored = load.restore_set_aside(conn, start.distributed)
-        report = finish(conn, start, tally, settings, data_dir, started, set_aside, restored,
-                        not_restored)
+        report = finish(
+            conn, start, tally, settings, data_dir, started, set_aside, restored, not_restored
+        )
     finally:
         conn.close()
     print("\n".join(report.lines()), file=out)
@@ -329,9 +410,17 @@ def check_data_dir(data_dir: Path) -> None:
         raise UsageError(f"no song_data/**/*.json or log_data/**/*.json under {data_dir}")
 
 
-def finish(conn, start: load.RunStart, tally: Tally, settings: db.Settings, data_dir: Path,
-           started: float, set_aside: bool, restored: list[str], not_restored: list[str]
-           ) -> Report:
+def finish(
+    conn,
+    start: load.RunStart,
+    tally: Tally,
+    settings: db.Settings,
+    data_dir: Path,
+    started: float,
+    set_aside: bool,
+    restored: list[str],
+    not_restored: list[str],
+) -> Report:
     """Count, check and record the run's outcome."""
     with db.managed_cursor(conn) as cur:
         after = load.table_counts(cur) if tally.anything_loaded else start.before
@@ -340,11 +429,25 @@ def finish(conn, start: load.RunStart, tally: Tally, settings: db.Settings, data
         resolved_total = cur.fetchone()[0]
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
         examples = cur.fetchall()
-        report = Report(settings.describe(), data_dir, start.run_id, 0.0, tally, start.before,
-                        after, resolved_total, checks, examples, set_aside, restored,
-                        not_restored)
-        cur.execute(sql.run_finish, {"run_id": start.run_id,
-                                     "status": "failed" if report.failed else "succeeded"})
+        report = Report(
+            settings.describe(),
+            data_dir,
+            start.run_id,
+            0.0,
+            tally,
+            start.before,
+            after,
+            resolved_total,
+            checks,
+            examples,
+            set_aside,
+            restored,
+            not_restored,
+        )
+        cur.execute(
+            sql.run_finish,
+            {"run_id": start.run_id, "status": "failed" if report.failed else "succeeded"},
+        )
     return dataclasses.replace(report, seconds=time.monotonic() - started)
 
 
@@ -352,31 +455,58 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Load song_data/ and log_data/ JSON into the Sparkify star schema.",
         epilog="exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
-               "reconciliation failed, a foreign key set aside for a bulk load could not be "
-               "added back, or --strict and records were rejected; 2 bad arguments; "
-               "3 database or data folder problem; 4 another load is running")
-    parser.add_argument("--data", type=Path, default=Path("data"),
-                        help="folder holding song_data/ and log_data/ (default: data)")
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL, then "
-                                               "PG* variables, then the embedded server)")
-    parser.add_argument("--full-refresh", action="store_true",
-                        help="empty the star and the manifest first, then load every file")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when any record or file was rejected")
-    parser.add_argument("--jobs", type=cli.natural, default=None,
-                        help="worker processes that parse while the database loads "
-                             "(default: 1 when there are three parts or more and more than "
-                             "one CPU, else 0)")
-    parser.add_argument("--batch-mb", type=cli.positive, default=Limits.log_batch_bytes >> 20,
-                        help="megabytes of log files per batch, and per part of a bigger file; "
-                             "memory follows it (default: %(default)s)")
+        "reconciliation failed, a foreign key set aside for a bulk load could not be "
+        "added back, or --strict and records were rejected; 2 bad arguments; "
+        "3 database or data folder problem; 4 another load is running",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data"),
+        help="folder holding song_data/ and log_data/ (default: data)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (default: $DATABASE_URL, then "
+        "PG* variables, then the embedded server)",
+    )
+    parser.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="empty the star and the manifest first, then load every file",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when any record or file was rejected"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=cli.natural,
+        default=None,
+        help="worker processes that parse while the database loads "
+        "(default: 1 when there are three parts or more and more than "
+        "one CPU, else 0)",
+    )
+    parser.add_argument(
+        "--batch-mb",
+        type=cli.positive,
+        default=Limits.log_batch_bytes >> 20,
+        help="megabytes of log files per batch, and per part of a bigger file; "
+        "memory follows it (default: %(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     limits = Limits(log_batch_bytes=args.batch_mb << 20)
-    return cli.run_command(lambda: run(
-        settings, args.data, full_refresh=args.full_refresh, jobs=args.jobs, limits=limits,
-        progress=False if args.no_progress else None).exit_code(args.strict))
+    return cli.run_command(
+        lambda: run(
+            settings,
+            args.data,
+            full_refresh=args.full_refresh,
+            jobs=args.jobs,
+            limits=limits,
+            progress=False if args.no_progress else None,
+        ).exit_code(args.strict)
+    )
 
 
 if __name__ == "__main__":

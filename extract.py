@@ -24,18 +24,31 @@ KINDS: tuple[Kind, ...] = ("song", "log")
 FOLDERS = {"song": "song_data", "log": "log_data"}
 
 SONG_FIELDS = {  # field: (kind, required)
-    "song_id": ("text", True), "title": ("text", True), "artist_id": ("text", True),
-    "artist_name": ("text", True), "duration": ("number", True), "year": ("int", False),
-    "artist_location": ("text", False), "artist_latitude": ("number", False),
+    "song_id": ("text", True),
+    "title": ("text", True),
+    "artist_id": ("text", True),
+    "artist_name": ("text", True),
+    "duration": ("number", True),
+    "year": ("int", False),
+    "artist_location": ("text", False),
+    "artist_latitude": ("number", False),
     "artist_longitude": ("number", False),
 }
 EVENT_FIELDS = {  # field: (kind, required on every event, required on a play)
-    "ts": ("int", True, True), "page": ("text", True, True), "userId": ("text", False, True),
-    "sessionId": ("int", False, True), "itemInSession": ("int", False, True),
-    "level": ("text", False, True), "song": ("text", False, True), "artist": ("text", False, False),
-    "length": ("number", False, False), "firstName": ("text", False, False),
-    "lastName": ("text", False, False), "gender": ("text", False, False),
-    "location": ("text", False, False), "userAgent": ("text", False, False),
+    "ts": ("int", True, True),
+    "page": ("text", True, True),
+    "userId": ("text", False, True),
+    "sessionId": ("int", False, True),
+    "itemInSession": ("int", False, True),
+    "level": ("text", False, True),
+    "song": ("text", False, True),
+    "artist": ("text", False, False),
+    "length": ("number", False, False),
+    "firstName": ("text", False, False),
+    "lastName": ("text", False, False),
+    "gender": ("text", False, False),
+    "location": ("text", False, False),
+    "userAgent": ("text", False, False),
 }
 FIELDS = {"song": SONG_FIELDS, "log": EVENT_FIELDS}
 
@@ -50,15 +63,16 @@ UNLIKE_JSON = (b"\\u0000", b"\x00", b"\r", b"\xef\xbb\xbf", b"NaN", b"Infinity")
 ARROW_TYPES = {"text": pa.string(), "int": pa.int64(), "number": pa.float64()}
 ARROW_OPTIONS = pyarrow.json.ParseOptions(
     explicit_schema=pa.schema([(f, ARROW_TYPES[spec[0]]) for f, spec in EVENT_FIELDS.items()]),
-    unexpected_field_behavior="ignore")
+    unexpected_field_behavior="ignore",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """How the work is cut: memory follows these bounds, not the size of the input."""
 
-    song_batch_files: int = 10_000            # song files per batch (one transaction)
-    log_batch_bytes: int = 32 * 1024 * 1024   # log bytes per batch, and per part of a bigger file
+    song_batch_files: int = 10_000  # song files per batch (one transaction)
+    log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch, and per part of a bigger file
     parse_piece_bytes: int = 4 * 1024 * 1024  # Arrow's reader takes a log this much at a time
 
 
@@ -107,15 +121,16 @@ def find(data_dir: Path, kind: Kind) -> list[str]:
     return sorted(found, key=lambda p: p.split(os.sep))
 
 
-def plan(data_dir: Path, kind: Kind, known: dict[str, tuple[int, int, str]],
-         limits: Limits = Limits()) -> tuple[list[Batch], int]:
+def plan(
+    data_dir: Path, kind: Kind, known: dict[str, tuple[int, int, str]], limits: Limits = Limits()
+) -> tuple[list[Batch], int]:
     """(batches of files to read, how many files are unchanged since their manifest entry by
     size and mtime). A log batch stays under limits.log_batch_bytes unless one file alone is
     bigger, which then makes a batch of its own, read in parts."""
     folder = str(data_dir / FOLDERS[kind])
     tasks, unchanged = [], 0
     for location in find(data_dir, kind):
-        rel = FOLDERS[kind] + "/" + location[len(folder) + 1:].replace(os.sep, "/")
+        rel = FOLDERS[kind] + "/" + location[len(folder) + 1 :].replace(os.sep, "/")
         try:
             st = os.stat(location)
         except OSError:
@@ -124,12 +139,21 @@ def plan(data_dir: Path, kind: Kind, known: dict[str, tuple[int, int, str]],
         if st and seen and seen[0] == st.st_size and seen[1] == st.st_mtime_ns:
             unchanged += 1
             continue
-        tasks.append(FileTask(rel, location, st.st_size if st else 0,
-                              st.st_mtime_ns if st else 0, seen[2] if seen else None))
+        tasks.append(
+            FileTask(
+                rel,
+                location,
+                st.st_size if st else 0,
+                st.st_mtime_ns if st else 0,
+                seen[2] if seen else None,
+            )
+        )
     batches, current, size = [], [], 0
     for task in tasks:
-        if current and ((kind == "song" and len(current) >= limits.song_batch_files) or
-                        (kind == "log" and size + task.size > limits.log_batch_bytes)):
+        if current and (
+            (kind == "song" and len(current) >= limits.song_batch_files)
+            or (kind == "log" and size + task.size > limits.log_batch_bytes)
+        ):
             batches.append(Batch(kind, tuple(current)))
             current, size = [], 0
         current.append(task)
@@ -223,8 +247,10 @@ class Records:
     def combined(cls, parts: list[Records], fields: dict) -> Records:
         if not parts:
             return records_from([], fields)
-        return cls(pd.concat([p.values for p in parts], ignore_index=True),
-                   pd.concat([p.flaws for p in parts], ignore_index=True))
+        return cls(
+            pd.concat([p.values for p in parts], ignore_index=True),
+            pd.concat([p.flaws for p in parts], ignore_index=True),
+        )
 
     def flaw(self, field: str) -> pd.Series | None:
         return self.flaws[field] if field in self.flaws else None
@@ -244,8 +270,12 @@ def _flaw(value, kind: str) -> str | None:
 
 
 def _dtypes(fields: dict) -> dict[str, str]:
-    return {"path": "object", "line": "int64", "raw": "object",
-            **{field: KIND_DTYPES[kind] for field, (kind, *_) in fields.items()}}
+    return {
+        "path": "object",
+        "line": "int64",
+        "raw": "object",
+        **{field: KIND_DTYPES[kind] for field, (kind, *_) in fields.items()},
+    }
 
 
 def records_from(objects: list[dict], fields: dict) -> Records:
@@ -261,8 +291,9 @@ def records_from(objects: list[dict], fields: dict) -> Records:
                 column[row] = None
         values[field] = column
     frame = pd.DataFrame(values, columns=["path", "line", "raw", *fields])
-    return Records(frame.astype(_dtypes(fields)),
-                   pd.DataFrame(flaws, index=frame.index, dtype="object"))
+    return Records(
+        frame.astype(_dtypes(fields)), pd.DataFrame(flaws, index=frame.index, dtype="object")
+    )
 
 
 def _decode_lines(lines: Iterable[tuple[int, bytes]], path: str) -> tuple[list[dict], list[tuple]]:
@@ -301,13 +332,14 @@ def decode_song_file(data: bytes, path: str) -> tuple[list[dict], list[tuple]]:
     else:
         items = value if isinstance(value, list) else [value]
         objects, rejects = _decode_lines(
-            ((1, orjson.dumps(item) if isinstance(value, list) else data) for item in items),
-            path)
+            ((1, orjson.dumps(item) if isinstance(value, list) else data) for item in items), path
+        )
     return objects, rejects
 
 
-def parse_log_file(data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes,
-                   first_line: int = 1) -> tuple[Records, list[tuple]]:
+def parse_log_file(
+    data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes, first_line: int = 1
+) -> tuple[Records, list[tuple]]:
     """JSON lines of events (the whole file, or a part starting at first_line), in line-aligned
     pieces: Arrow's reader takes a clean piece at once, a piece with any problem is read line by
     line to judge each line on its own. Both give the same Records."""
@@ -329,8 +361,12 @@ def _fast_events(piece: bytes, path: str, first_line: int) -> Records | None:
     surrogates, CR, NaN or Infinity (Arrow accepts those, JSON does not), one object on each
     line and no blank line, every value of its field's type. None otherwise."""
     lines = piece.count(b"\n") + (not piece.endswith(b"\n"))
-    if any(b in piece for b in UNLIKE_JSON) or b"\\ud" in piece.lower() \
-            or not piece.startswith(b"{") or piece.count(b"\n{") != lines - 1:
+    if (
+        any(b in piece for b in UNLIKE_JSON)
+        or b"\\ud" in piece.lower()
+        or not piece.startswith(b"{")
+        or piece.count(b"\n{") != lines - 1
+    ):
         return None  # also: a line not starting with "{", such as a blank one (Arrow skips it)
     try:
         piece.decode("utf-8")

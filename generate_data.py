@@ -27,25 +27,50 @@ DAY = 86400
 MS_SUFFIX = 796  # every real ts and registration ends in 796 ms
 
 # Real format: compact separators, ASCII-escaped, "/" escaped, fixed key order.
-LINE = ('{"artist":%s,"auth":"%s","firstName":%s,"gender":%s,"itemInSession":%d,'
-        '"lastName":%s,"length":%s,"level":"%s","location":%s,"method":"%s",'
-        '"page":"%s","registration":%s,"sessionId":%d,"song":%s,"status":%d,'
-        '"ts":%d,"userAgent":%s,"userId":"%s"}')
+LINE = (
+    '{"artist":%s,"auth":"%s","firstName":%s,"gender":%s,"itemInSession":%d,'
+    '"lastName":%s,"length":%s,"level":"%s","location":%s,"method":"%s",'
+    '"page":"%s","registration":%s,"sessionId":%d,"song":%s,"status":%d,'
+    '"ts":%d,"userAgent":%s,"userId":"%s"}'
+)
 
 # (page, method, status, logged out); guest pages carry userId "".
 KINDS = (
-    ("NextSong", "PUT", 200, False), ("Home", "GET", 200, False),
-    ("Settings", "GET", 200, False), ("Save Settings", "PUT", 307, False),
-    ("Help", "GET", 200, False), ("About", "GET", 200, False),
-    ("Error", "GET", 404, False), ("Upgrade", "GET", 200, False),
-    ("Submit Upgrade", "PUT", 307, False), ("Downgrade", "GET", 200, False),
-    ("Submit Downgrade", "PUT", 307, False), ("Logout", "PUT", 307, False),
-    ("Home", "GET", 200, True), ("Help", "GET", 200, True),
-    ("About", "GET", 200, True), ("Login", "PUT", 307, True),
+    ("NextSong", "PUT", 200, False),
+    ("Home", "GET", 200, False),
+    ("Settings", "GET", 200, False),
+    ("Save Settings", "PUT", 307, False),
+    ("Help", "GET", 200, False),
+    ("About", "GET", 200, False),
+    ("Error", "GET", 404, False),
+    ("Upgrade", "GET", 200, False),
+    ("Submit Upgrade", "PUT", 307, False),
+    ("Downgrade", "GET", 200, False),
+    ("Submit Downgrade", "PUT", 307, False),
+    ("Logout", "PUT", 307, False),
+    ("Home", "GET", 200, True),
+    ("Help", "GET", 200, True),
+    ("About", "GET", 200, True),
+    ("Login", "PUT", 307, True),
 )
-(NEXT_SONG, HOME, SETTINGS, SAVE_SETTINGS, HELP, ABOUT, ERROR, UPGRADE,
- SUBMIT_UPGRADE, DOWNGRADE, SUBMIT_DOWNGRADE, LOGOUT,
- GUEST_HOME, GUEST_HELP, GUEST_ABOUT, LOGIN) = range(len(KINDS))
+(
+    NEXT_SONG,
+    HOME,
+    SETTINGS,
+    SAVE_SETTINGS,
+    HELP,
+    ABOUT,
+    ERROR,
+    UPGRADE,
+    SUBMIT_UPGRADE,
+    DOWNGRADE,
+    SUBMIT_DOWNGRADE,
+    LOGOUT,
+    GUEST_HOME,
+    GUEST_HELP,
+    GUEST_ABOUT,
+    LOGIN,
+) = range(len(KINDS))
 
 
 def _cumulative(weights):
@@ -63,39 +88,155 @@ def _table(weighted):
 
 # Non-song pages, by level: free users look at Upgrade, paid ones at Downgrade.
 BROWSE = {
-    "free": _table(((HOME, 60), (SETTINGS, 5), (SAVE_SETTINGS, 1.5), (HELP, 5),
-                    (ABOUT, 3), (ERROR, 1), (UPGRADE, 4))),
-    "paid": _table(((HOME, 60), (SETTINGS, 5), (SAVE_SETTINGS, 1.5), (HELP, 5),
-                    (ABOUT, 3), (ERROR, 1), (DOWNGRADE, 7))),
+    "free": _table(
+        (
+            (HOME, 60),
+            (SETTINGS, 5),
+            (SAVE_SETTINGS, 1.5),
+            (HELP, 5),
+            (ABOUT, 3),
+            (ERROR, 1),
+            (UPGRADE, 4),
+        )
+    ),
+    "paid": _table(
+        (
+            (HOME, 60),
+            (SETTINGS, 5),
+            (SAVE_SETTINGS, 1.5),
+            (HELP, 5),
+            (ABOUT, 3),
+            (ERROR, 1),
+            (DOWNGRADE, 7),
+        )
+    ),
 }
 GUEST_BROWSE = _table(((GUEST_HOME, 8), (GUEST_HELP, 1), (GUEST_ABOUT, 1)))
-SONG_SHARE = 0.9        # of logged-in events; gives ~85% NextSong overall
-CATALOG_SHARE = 0.35    # of plays; the rest are songs missing from song_data
-HOUR_WEIGHTS = (3, 2, 1.5, 1, 1, 1, 1.5, 2.5, 3.5, 4, 4.5, 5,
-                5.5, 5.5, 6, 6.5, 7, 7.5, 7.5, 7, 6, 5, 4.5, 3.5)
+SONG_SHARE = 0.9  # of logged-in events; gives ~85% NextSong overall
+CATALOG_SHARE = 0.35  # of plays; the rest are songs missing from song_data
+HOUR_WEIGHTS = (
+    3,
+    2,
+    1.5,
+    1,
+    1,
+    1,
+    1.5,
+    2.5,
+    3.5,
+    4,
+    4.5,
+    5,
+    5.5,
+    5.5,
+    6,
+    6.5,
+    7,
+    7.5,
+    7.5,
+    7,
+    6,
+    5,
+    4.5,
+    3.5,
+)
 
-FIRST_F = ("Kaylee", "Lily", "Jacqueline", "Chloe", "Tegan", "Aleena", "Cienna",
-           "Jayden", "Rylan", "Ava", "Layla", "Harper", "Sienna", "Morris",
-           "Jizelle", "Anabelle", "Katherine", "Stephanie", "Emily", "Zoe")
-FIRST_M = ("Walter", "Ryan", "Jacob", "Mohammad", "Lucas", "Kevin", "Theodore",
-           "Brayden", "Noah", "Wyatt", "Sean", "Connar", "Liam", "Evan",
-           "Aiden", "Elijah", "Dustin", "Matthew", "Samuel", "Owen")
-LAST = ("Frye", "Summers", "Koch", "Lynch", "Cuevas", "Levine", "Kirby", "Smith",
-        "Harris", "O'Connor", "Williams", "Benjamin", "Moreno", "Johnson",
-        "Hoffman", "Thompson", "Raymond", "Vaughn", "Klein", "Jones", "Garrison",
-        "D'Angelo", "Carter", "Ortiz", "Zimmerman")
+FIRST_F = (
+    "Kaylee",
+    "Lily",
+    "Jacqueline",
+    "Chloe",
+    "Tegan",
+    "Aleena",
+    "Cienna",
+    "Jayden",
+    "Rylan",
+    "Ava",
+    "Layla",
+    "Harper",
+    "Sienna",
+    "Morris",
+    "Jizelle",
+    "Anabelle",
+    "Katherine",
+    "Stephanie",
+    "Emily",
+    "Zoe",
+)
+FIRST_M = (
+    "Walter",
+    "Ryan",
+    "Jacob",
+    "Mohammad",
+    "Lucas",
+    "Kevin",
+    "Theodore",
+    "Brayden",
+    "Noah",
+    "Wyatt",
+    "Sean",
+    "Connar",
+    "Liam",
+    "Evan",
+    "Aiden",
+    "Elijah",
+    "Dustin",
+    "Matthew",
+    "Samuel",
+    "Owen",
+)
+LAST = (
+    "Frye",
+    "Summers",
+    "Koch",
+    "Lynch",
+    "Cuevas",
+    "Levine",
+    "Kirby",
+    "Smith",
+    "Harris",
+    "O'Connor",
+    "Williams",
+    "Benjamin",
+    "Moreno",
+    "Johnson",
+    "Hoffman",
+    "Thompson",
+    "Raymond",
+    "Vaughn",
+    "Klein",
+    "Jones",
+    "Garrison",
+    "D'Angelo",
+    "Carter",
+    "Ortiz",
+    "Zimmerman",
+)
 USER_LOCATIONS = (
-    "San Francisco-Oakland-Hayward, CA", "Portland-South Portland, ME",
-    "Lansing-East Lansing, MI", "Chicago-Naperville-Elgin, IL-IN-WI",
-    "Atlanta-Sandy Springs-Roswell, GA", "Waterloo-Cedar Falls, IA",
-    "Tampa-St. Petersburg-Clearwater, FL", "New York-Newark-Jersey City, NY-NJ-PA",
-    "Nashville-Davidson--Murfreesboro--Franklin, TN", "Houston-The Woodlands-Sugar Land, TX",
-    "Phoenix-Mesa-Scottsdale, AZ", "Los Angeles-Long Beach-Anaheim, CA",
-    "Janesville-Beloit, WI", "Birmingham-Hoover, AL", "Eugene, OR",
-    "Philadelphia-Camden-Wilmington, PA-NJ-DE-MD", "Augusta-Richmond County, GA-SC",
-    "Minneapolis-St. Paul-Bloomington, MN-WI", "Red Bluff, CA", "Columbia, SC",
-    "Miami-Fort Lauderdale-West Palm Beach, FL", "Detroit-Warren-Dearborn, MI",
-    "Myrtle Beach-Conway-North Myrtle Beach, SC-NC", "Dallas-Fort Worth-Arlington, TX",
+    "San Francisco-Oakland-Hayward, CA",
+    "Portland-South Portland, ME",
+    "Lansing-East Lansing, MI",
+    "Chicago-Naperville-Elgin, IL-IN-WI",
+    "Atlanta-Sandy Springs-Roswell, GA",
+    "Waterloo-Cedar Falls, IA",
+    "Tampa-St. Petersburg-Clearwater, FL",
+    "New York-Newark-Jersey City, NY-NJ-PA",
+    "Nashville-Davidson--Murfreesboro--Franklin, TN",
+    "Houston-The Woodlands-Sugar Land, TX",
+    "Phoenix-Mesa-Scottsdale, AZ",
+    "Los Angeles-Long Beach-Anaheim, CA",
+    "Janesville-Beloit, WI",
+    "Birmingham-Hoover, AL",
+    "Eugene, OR",
+    "Philadelphia-Camden-Wilmington, PA-NJ-DE-MD",
+    "Augusta-Richmond County, GA-SC",
+    "Minneapolis-St. Paul-Bloomington, MN-WI",
+    "Red Bluff, CA",
+    "Columbia, SC",
+    "Miami-Fort Lauderdale-West Palm Beach, FL",
+    "Detroit-Warren-Dearborn, MI",
+    "Myrtle Beach-Conway-North Myrtle Beach, SC-NC",
+    "Dallas-Fort Worth-Arlington, TX",
 )
 # Real agents containing a comma are wrapped in literal double quotes, others are not.
 USER_AGENTS = (
@@ -113,35 +254,126 @@ USER_AGENTS = (
     "Mozilla/5.0 (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko",
 )
 
-ADJ = ("Electric", "Silent", "Broken", "Golden", "Midnight", "Lonely", "Crazy",
-       "Sweet", "Wild", "Blue", "Burning", "Velvet", "Hollow", "Neon", "Paper",
-       "Crystal", "Frozen", "Restless", "Sacred", "Lost", "Little", "Dirty")
-NOUN = ("Heart", "River", "Highway", "Dream", "Fire", "Rain", "Summer", "City",
-        "Angel", "Road", "Moon", "Ocean", "Letter", "Garden", "Shadow", "Thunder",
-        "Mirror", "Train", "Window", "Sky", "Diamond", "Ghost", "Wolf", "Tiger")
+ADJ = (
+    "Electric",
+    "Silent",
+    "Broken",
+    "Golden",
+    "Midnight",
+    "Lonely",
+    "Crazy",
+    "Sweet",
+    "Wild",
+    "Blue",
+    "Burning",
+    "Velvet",
+    "Hollow",
+    "Neon",
+    "Paper",
+    "Crystal",
+    "Frozen",
+    "Restless",
+    "Sacred",
+    "Lost",
+    "Little",
+    "Dirty",
+)
+NOUN = (
+    "Heart",
+    "River",
+    "Highway",
+    "Dream",
+    "Fire",
+    "Rain",
+    "Summer",
+    "City",
+    "Angel",
+    "Road",
+    "Moon",
+    "Ocean",
+    "Letter",
+    "Garden",
+    "Shadow",
+    "Thunder",
+    "Mirror",
+    "Train",
+    "Window",
+    "Sky",
+    "Diamond",
+    "Ghost",
+    "Wolf",
+    "Tiger",
+)
 VERB = ("Stop", "Leave", "Break", "Call", "Touch", "Forget", "Wake", "Save")
 # Each string gets at most one of these.  All are repaired exactly by ftfy.fix_text
 # after double encoding; a few look-alikes (e.g. 'Håkan', 'š') are not and are left out.
-NON_ASCII_WORDS = ("Mañana", "Déjà Vu", "Café", "Für Elise", "Straße", "Niño",
-                   "Señorita", "Garçon", "Noël", "Crème Brûlée", "Über", "Ça Va",
-                   "Você", "Corazón", "Canción", "Smörgåsbord", "Jalapeño",
-                   "Fiancée", "Naïve", "Zürich", "Kärlek", "¿Dónde?", "Cœur",
-                   "Fußball", "Mädchen", "Ragnarök")
-NON_ASCII_NAMES = ("Björk Sørensen", "José González", "Zoë Ångström", "Renée Fleming",
-                   "Anaïs Mitchell", "Chloé Dubois", "Björn Ulvaeus", "Sébastien Tellier",
-                   "Mónica Naranjo", "Łukasz Dvořák", "Ramón Nuñez", "Jürgen Müller",
-                   "Sigurður Þór", "Ólafur Arnalds", "Françoise Hardy", "Mötley Crüe",
-                   "Alizée", "Beyoncé Knowles", "Michael Bublé", "Röyksopp")
+NON_ASCII_WORDS = (
+    "Mañana",
+    "Déjà Vu",
+    "Café",
+    "Für Elise",
+    "Straße",
+    "Niño",
+    "Señorita",
+    "Garçon",
+    "Noël",
+    "Crème Brûlée",
+    "Über",
+    "Ça Va",
+    "Você",
+    "Corazón",
+    "Canción",
+    "Smörgåsbord",
+    "Jalapeño",
+    "Fiancée",
+    "Naïve",
+    "Zürich",
+    "Kärlek",
+    "¿Dónde?",
+    "Cœur",
+    "Fußball",
+    "Mädchen",
+    "Ragnarök",
+)
+NON_ASCII_NAMES = (
+    "Björk Sørensen",
+    "José González",
+    "Zoë Ångström",
+    "Renée Fleming",
+    "Anaïs Mitchell",
+    "Chloé Dubois",
+    "Björn Ulvaeus",
+    "Sébastien Tellier",
+    "Mónica Naranjo",
+    "Łukasz Dvořák",
+    "Ramón Nuñez",
+    "Jürgen Müller",
+    "Sigurður Þór",
+    "Ólafur Arnalds",
+    "Françoise Hardy",
+    "Mötley Crüe",
+    "Alizée",
+    "Beyoncé Knowles",
+    "Michael Bublé",
+    "Röyksopp",
+)
 ARTIST_LOCATIONS = (  # (location, latitude, longitude)
-    ("Nashville, TN.", 36.16778, -86.77836), ("London, England", 51.50632, -0.12714),
-    ("California - SF", 37.77916, -122.42005), ("Hell's Kitchen, NY", 40.76462, -73.99256),
-    ("München, Germany", 48.13641, 11.57754), ("São Paulo, Brazil", -23.5504, -46.63414),
+    ("Nashville, TN.", 36.16778, -86.77836),
+    ("London, England", 51.50632, -0.12714),
+    ("California - SF", 37.77916, -122.42005),
+    ("Hell's Kitchen, NY", 40.76462, -73.99256),
+    ("München, Germany", 48.13641, 11.57754),
+    ("São Paulo, Brazil", -23.5504, -46.63414),
     ("Reykjavík, Iceland", 64.13548, -21.89541),
     ('"The Big Easy", New Orleans, LA', 29.95369, -90.07771),
-    ("Montréal, Québec", 45.51228, -73.55439), ("Detroit, MI", 42.33168, -83.04792),
-    ("Kingston, Jamaica", 17.99702, -76.79358), ("Brooklyn, NY", 40.65507, -73.94888),
-    ("Seattle, WA", 47.60356, -122.32944), ("Stockholm, Sweden", 59.33217, 18.06243),
-    ("Austin, TX", 30.26759, -97.74299), ("Dublin, Ireland", 53.34376, -6.24953),
+    ("Montréal, Québec", 45.51228, -73.55439),
+    ("Detroit, MI", 42.33168, -83.04792),
+    ("Kingston, Jamaica", 17.99702, -76.79358),
+    ("Brooklyn, NY", 40.65507, -73.94888),
+    ("Seattle, WA", 47.60356, -122.32944),
+    ("Stockholm, Sweden", 59.33217, 18.06243),
+    ("Austin, TX", 30.26759, -97.74299),
+    ("Dublin, Ireland", 53.34376, -6.24953),
 )
 
 
@@ -219,7 +451,7 @@ def _duration(rng):
 def _catalog(rng, n_songs):
     """Song files: unique (title, artist, duration) so every resolved play has one song_id."""
     # Real track ids of the sample share a prefix; spread files over ~10 per leaf folder.
-    letters = string.ascii_uppercase[:max(1, min(26, round((n_songs / 10) ** (1 / 3))))]
+    letters = string.ascii_uppercase[: max(1, min(26, round((n_songs / 10) ** (1 / 3))))]
     taken, names, triples, songs = set(), set(), set(), []
     while len(songs) < n_songs:
         name = _artist_name(rng)
@@ -238,8 +470,16 @@ def _catalog(rng, n_songs):
                 continue
             triples.add((title, name, duration))
             track = _new_id(rng, "TR", taken, "".join(rng.choices(letters, k=3)))
-            songs.append((track, artist, _new_id(rng, "SO", taken), title, duration,
-                          0 if rng.random() < 0.4 else rng.randint(1965, 2010)))
+            songs.append(
+                (
+                    track,
+                    artist,
+                    _new_id(rng, "SO", taken),
+                    title,
+                    duration,
+                    0 if rng.random() < 0.4 else rng.randint(1965, 2010),
+                )
+            )
     return songs, triples
 
 
@@ -283,7 +523,7 @@ def _budgets(total, weights):
     raw = [w * scale for w in weights]
     out = [int(x) for x in raw]
     by_remainder = sorted(range(len(raw)), key=lambda i: (out[i] - raw[i], i))
-    for i in by_remainder[:total - sum(out)]:
+    for i in by_remainder[: total - sum(out)]:
         out[i] += 1
     return out
 
@@ -296,17 +536,27 @@ def _users(rng, n_users, window_start):
         female = rng.random() < 0.55
         level = "paid" if rng.random() < 0.3 else "free"
         agent = rng.choice(USER_AGENTS)
-        users.append({
-            "uid": str(uid), "first": rng.choice(FIRST_F if female else FIRST_M),
-            "last": rng.choice(LAST), "gender": "F" if female else "M",
-            "location": rng.choice(USER_LOCATIONS),
-            "agent": f'"{agent}"' if "," in agent else agent,
-            "registration": float((window_start - rng.randint(DAY, 120 * DAY)) * 1000 + MS_SUFFIX),
-            "level": level, "changes": rng.random() < (0.1 if level == "paid" else 0.25),
-            "browser": i in browsers,
-            "weight": (rng.lognormvariate(0, 0.8) * (2.5 if level == "paid" else 1)
-                       * (0.15 if i in browsers else 1)),
-        })
+        users.append(
+            {
+                "uid": str(uid),
+                "first": rng.choice(FIRST_F if female else FIRST_M),
+                "last": rng.choice(LAST),
+                "gender": "F" if female else "M",
+                "location": rng.choice(USER_LOCATIONS),
+                "agent": f'"{agent}"' if "," in agent else agent,
+                "registration": float(
+                    (window_start - rng.randint(DAY, 120 * DAY)) * 1000 + MS_SUFFIX
+                ),
+                "level": level,
+                "changes": rng.random() < (0.1 if level == "paid" else 0.25),
+                "browser": i in browsers,
+                "weight": (
+                    rng.lognormvariate(0, 0.8)
+                    * (2.5 if level == "paid" else 1)
+                    * (0.15 if i in browsers else 1)
+                ),
+            }
+        )
     return users
 
 
@@ -384,9 +634,18 @@ def _write_songs(out, songs):
         if folder not in folders:
             os.makedirs(folder, exist_ok=True)
             folders.add(folder)
-        record = {"num_songs": 1, "artist_id": artist_id, "artist_latitude": lat,
-                  "artist_longitude": lon, "artist_location": location, "artist_name": name,
-                  "song_id": song_id, "title": title, "duration": duration, "year": year}
+        record = {
+            "num_songs": 1,
+            "artist_id": artist_id,
+            "artist_latitude": lat,
+            "artist_longitude": lon,
+            "artist_location": location,
+            "artist_name": name,
+            "song_id": song_id,
+            "title": title,
+            "duration": duration,
+            "year": year,
+        }
         with open(os.path.join(folder, track + ".json"), "w", encoding="ascii") as f:
             f.write(json.dumps(record))
 
@@ -394,14 +653,27 @@ def _write_songs(out, songs):
 def _write_logs(out, placed, people, tracks, catalog, first_day, days):
     """Write one file per day sorted by ts, tallying what a correct ETL must load."""
     guest = ("null",) * 6 + ("",)
-    profiles = [(_log_str(u["first"]), _log_str(u["gender"]), _log_str(u["last"]),
-                 _log_str(u["location"]), repr(u["registration"]), _log_str(u["agent"]),
-                 u["uid"]) for u in people]
-    kinds = [("Logged Out" if logged_out else "Logged In", method, page, status, logged_out)
-             for page, method, status, logged_out in KINDS]
+    profiles = [
+        (
+            _log_str(u["first"]),
+            _log_str(u["gender"]),
+            _log_str(u["last"]),
+            _log_str(u["location"]),
+            repr(u["registration"]),
+            _log_str(u["agent"]),
+            u["uid"],
+        )
+        for u in people
+    ]
+    kinds = [
+        ("Logged Out" if logged_out else "Logged In", method, page, status, logged_out)
+        for page, method, status, logged_out in KINDS
+    ]
     no_song = ("null", "null", "null")
-    song_parts = [(_log_str(_double_encode(artist)), repr(duration),
-                   _log_str(_double_encode(title))) for title, artist, duration in tracks]
+    song_parts = [
+        (_log_str(_double_encode(artist)), repr(duration), _log_str(_double_encode(title)))
+        for title, artist, duration in tracks
+    ]
     non_ascii = [not (title + artist).isascii() for title, artist, _ in tracks]
     n_catalog = len(catalog)
     catalog_pairs = {(title, artist[4]) for _, artist, _, title, _, _ in catalog}
@@ -432,11 +704,37 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
                 ts = base_ms + (begin + off) * 1000
                 auth, method, page, status, logged_out = kinds[kind]
                 first, gender, last, location, registration, agent, uid = (
-                    guest if logged_out else profile)
+                    guest if logged_out else profile
+                )
                 artist, length, song = song_parts[track] if track >= 0 else no_song
-                rows.append((ts, sid, item, LINE % (
-                    artist, auth, first, gender, item, last, length, level, location, method,
-                    page, registration, sid, song, status, ts, agent, uid)))
+                rows.append(
+                    (
+                        ts,
+                        sid,
+                        item,
+                        LINE
+                        % (
+                            artist,
+                            auth,
+                            first,
+                            gender,
+                            item,
+                            last,
+                            length,
+                            level,
+                            location,
+                            method,
+                            page,
+                            registration,
+                            sid,
+                            song,
+                            status,
+                            ts,
+                            agent,
+                            uid,
+                        ),
+                    )
+                )
                 if logged_out:
                     guests += 1
                 if kind != NEXT_SONG:
@@ -454,18 +752,43 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
                 if non_ascii[track]:
                     non_ascii_plays += 1
                     non_ascii_resolved += in_catalog
-                if in_catalog and not title.isascii() and (
-                        resolved_example is None or key < resolved_example[0]):
+                if (
+                    in_catalog
+                    and not title.isascii()
+                    and (resolved_example is None or key < resolved_example[0])
+                ):
                     song = catalog[track]
-                    resolved_example = (key, {
-                        "user_id": uid, "session_id": sid, "item_in_session": item, "ts": ts,
-                        "song_id": song[2], "artist_id": song[1][0], "title": title,
-                        "artist": name, "length": duration})
-                elif not in_catalog and (title, name) in catalog_pairs and (
-                        near_miss_example is None or key < near_miss_example[0]):
-                    near_miss_example = (key, {
-                        "user_id": uid, "session_id": sid, "item_in_session": item, "ts": ts,
-                        "title": title, "artist": name, "length": duration})
+                    resolved_example = (
+                        key,
+                        {
+                            "user_id": uid,
+                            "session_id": sid,
+                            "item_in_session": item,
+                            "ts": ts,
+                            "song_id": song[2],
+                            "artist_id": song[1][0],
+                            "title": title,
+                            "artist": name,
+                            "length": duration,
+                        },
+                    )
+                elif (
+                    not in_catalog
+                    and (title, name) in catalog_pairs
+                    and (near_miss_example is None or key < near_miss_example[0])
+                ):
+                    near_miss_example = (
+                        key,
+                        {
+                            "user_id": uid,
+                            "session_id": sid,
+                            "item_in_session": item,
+                            "ts": ts,
+                            "title": title,
+                            "artist": name,
+                            "length": duration,
+                        },
+                    )
         active = unfinished
         distinct_ts += len(owner)
         shared += len(shared_today)
@@ -474,8 +797,9 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
             date = first_day + dt.timedelta(day)
             folder = os.path.join(out, "log_data", f"{date:%Y}", f"{date:%m}")
             os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"{date:%Y-%m-%d}-events.json"), "w",
-                      encoding="ascii") as f:
+            with open(
+                os.path.join(folder, f"{date:%Y-%m-%d}-events.json"), "w", encoding="ascii"
+            ) as f:
                 f.write("\n".join(row[3] for row in rows))
             files += 1
             records += len(rows)
@@ -486,9 +810,13 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
     example_user = None
     if changed:
         user = people[changed[0]]
-        example_user = {"user_id": user["uid"], "first_name": user["first"],
-                        "last_name": user["last"], "gender": user["gender"],
-                        "level": levels[user["uid"]]}
+        example_user = {
+            "user_id": user["uid"],
+            "first_name": user["first"],
+            "last_name": user["last"],
+            "gender": user["gender"],
+            "level": levels[user["uid"]],
+        }
     return {
         "log_files": files,
         "log_records": records,
@@ -510,9 +838,15 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
     }
 
 
-def generate(out: str | os.PathLike = "data", songs: int = 400, events: int = 20000,
-             seed: int = 42, users: int | None = None, start: str = "2018-11-01",
-             days: int = 30) -> dict:
+def generate(
+    out: str | os.PathLike = "data",
+    songs: int = 400,
+    events: int = 20000,
+    seed: int = 42,
+    users: int | None = None,
+    start: str = "2018-11-01",
+    days: int = 30,
+) -> dict:
     """Write song_data/, log_data/ and truth.json under out; return the truth.
 
     Only those three entries of out are replaced.  Same arguments, same bytes.
@@ -537,8 +871,9 @@ def generate(out: str | os.PathLike = "data", songs: int = 400, events: int = 20
             return _pick(catalog_cum, rng)
         return n_catalog + _pick(pool_cum, rng)
 
-    day_cum = _cumulative(0.65 if (first_day + dt.timedelta(d)).weekday() >= 5 else 1
-                          for d in range(days))
+    day_cum = _cumulative(
+        0.65 if (first_day + dt.timedelta(d)).weekday() >= 5 else 1 for d in range(days)
+    )
     hour_cum = _cumulative(HOUR_WEIGHTS)
 
     def draw_start():
@@ -572,8 +907,14 @@ def generate(out: str | os.PathLike = "data", songs: int = 400, events: int = 20
 
     logs = _write_logs(out, placed, people, tracks, catalog, first_day, days)
     truth = {
-        "params": {"seed": seed, "songs": songs, "events": events, "users": n_users,
-                   "start": start, "days": days},
+        "params": {
+            "seed": seed,
+            "songs": songs,
+            "events": events,
+            "users": n_users,
+            "start": start,
+            "days": days,
+        },
         "song_files": len(catalog),
         "log_files": logs.pop("log_files"),
         "log_records": logs.pop("log_records"),
@@ -598,28 +939,49 @@ def _day(text):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Write a deterministic Sparkify data set (song_data/, log_data/) in the "
-                    "exact format of the Udacity data, plus truth.json with the row counts "
-                    "and values a correct ETL must produce from it.")
-    parser.add_argument("--out", default="data",
-                        help="output directory; only its song_data, log_data and truth.json "
-                             "are replaced (default: %(default)s)")
-    parser.add_argument("--songs", type=cli.positive, default=400,
-                        help="song files (default: %(default)s)")
-    parser.add_argument("--events", type=cli.positive, default=20000,
-                        help="log records in total (default: %(default)s)")
+        "exact format of the Udacity data, plus truth.json with the row counts "
+        "and values a correct ETL must produce from it."
+    )
+    parser.add_argument(
+        "--out",
+        default="data",
+        help="output directory; only its song_data, log_data and truth.json "
+        "are replaced (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--songs", type=cli.positive, default=400, help="song files (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--events",
+        type=cli.positive,
+        default=20000,
+        help="log records in total (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
-    parser.add_argument("--users", type=cli.positive,
-                        help="user accounts (default: max(100, events // 2000))")
-    parser.add_argument("--start", type=_day, default="2018-11-01",
-                        help="first day, YYYY-MM-DD (default: %(default)s)")
-    parser.add_argument("--days", type=cli.positive, default=30,
-                        help="days of logs, one file per day (default: %(default)s)")
+    parser.add_argument(
+        "--users", type=cli.positive, help="user accounts (default: max(100, events // 2000))"
+    )
+    parser.add_argument(
+        "--start",
+        type=_day,
+        default="2018-11-01",
+        help="first day, YYYY-MM-DD (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--days",
+        type=cli.positive,
+        default=30,
+        help="days of logs, one file per day (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    truth = generate(args.out, args.songs, args.events, args.seed, args.users, args.start,
-                     args.days)
-    print(f"{args.out}: {truth['song_files']} song files, {truth['log_records']} events in "
-          f"{truth['log_files']} log files, {truth['songplays_resolved']}/{truth['songplays']} "
-          f"plays resolve")
+    truth = generate(
+        args.out, args.songs, args.events, args.seed, args.users, args.start, args.days
+    )
+    print(
+        f"{args.out}: {truth['song_files']} song files, {truth['log_records']} events in "
+        f"{truth['log_files']} log files, {truth['songplays_resolved']}/{truth['songplays']} "
+        f"plays resolve"
+    )
     return 0
 
 

@@ -28,7 +28,7 @@ class FilePart:
     read: FileRead
     first: bool = True  # the file's first part: its status counts once
     records: int = 0
-    accepted: int = 0   # passed validation (plays, or songs); a play may still be a duplicate
+    accepted: int = 0  # passed validation (plays, or songs); a play may still be a duplicate
     skipped: int = 0
     rejected: int = 0
 
@@ -46,7 +46,7 @@ class Part:
 
     kind: Kind
     batch: int
-    index: int   # the part's place in its batch, from 0
+    index: int  # the part's place in its batch, from 0
     last: bool
     files: tuple[FilePart, ...]
     copies: dict[str, bytes]
@@ -77,8 +77,9 @@ def require_tables(conn) -> None:
         cur.execute(sql.missing_tables, {"tables": sql.TABLES})
         missing = [row[0] for row in cur.fetchall()]
     if missing:
-        raise db.DatabaseError(f"table(s) {', '.join(missing)} missing: "
-                               "run `python create_tables.py` first")
+        raise db.DatabaseError(
+            f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
+        )
 
 
 def start_run(conn, data_dir: Path, full_refresh: bool) -> RunStart:
@@ -135,14 +136,19 @@ def load_part(cur, run_id: int, part: Part, distributed: bool = False) -> Loaded
     for table, payload in part.copies.items():
         if not payload:
             continue
-        copy = sql.stage_plays_copy_citus if distributed and table == "stage_plays" \
-            else sql.copy_into.format(table=table)
-        cur.copy_expert(copy, io.BytesIO(payload))
+        cur.copy_expert(
+            sql.stage_plays_copy_citus
+            if distributed and table == "stage_plays"
+            else sql.copy_into.format(table=table),
+            io.BytesIO(payload),
+        )
     touched = [f for f in part.files if f.read.status == "unchanged"]
     if touched:
-        psycopg2.extras.execute_batch(cur, sql.manifest_touch, [
-            {"path": f.path, "size_bytes": f.read.size, "mtime_ns": f.mtime_ns}
-            for f in touched])
+        psycopg2.extras.execute_batch(
+            cur,
+            sql.manifest_touch,
+            [{"path": f.path, "size_bytes": f.read.size, "mtime_ns": f.mtime_ns} for f in touched],
+        )
     params = {"run_id": run_id}
     inserted, resolved = {}, 0
     if part.kind == "song":
@@ -163,14 +169,24 @@ def load_part(cur, run_id: int, part: Part, distributed: bool = False) -> Loaded
         cur.execute(sql.users_update_citus if distributed else sql.users_update)
         cur.execute(sql.users_insert)
         if part.copies.get("stage_plays"):
-            for path, n, matched in (_merge_plays_citus(cur, part) if distributed
-                                     else _merge_plays(cur)):
+            for path, n, matched in (
+                _merge_plays_citus(cur, part) if distributed else _merge_plays(cur)
+            ):
                 inserted[path] = n
                 resolved += matched
-        psycopg2.extras.execute_batch(cur, sql.manifest_add_loaded, [
-            {"path": f.path, "loaded": inserted.get(f.path, 0),
-             "duplicates": f.accepted - inserted.get(f.path, 0)}
-            for f in part.files if f.to_load])
+        psycopg2.extras.execute_batch(
+            cur,
+            sql.manifest_add_loaded,
+            [
+                {
+                    "path": f.path,
+                    "loaded": inserted.get(f.path, 0),
+                    "duplicates": f.accepted - inserted.get(f.path, 0),
+                }
+                for f in part.files
+                if f.to_load
+            ],
+        )
         if reloading:
             cur.execute(sql.users_relevel)
             cur.execute(sql.users_delete_orphans)

@@ -19,9 +19,11 @@ class Tally:
     """Files and records per kind ('song', 'log'), added up part by part as the run loads."""
 
     files: dict[str, dict[str, int]] = dataclasses.field(
-        default_factory=lambda: {kind: {} for kind in KINDS})
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
     counts: dict[str, dict[str, int]] = dataclasses.field(
-        default_factory=lambda: {kind: dict.fromkeys(COUNTS, 0) for kind in KINDS})
+        default_factory=lambda: {kind: dict.fromkeys(COUNTS, 0) for kind in KINDS}
+    )
     file_problems: int = 0
     resolved_plays: int = 0
 
@@ -31,8 +33,9 @@ class Tally:
             if f.first:
                 files[f.read.status] = files.get(f.read.status, 0) + 1
             if f.to_load:
-                duplicates = f.accepted - loaded.inserted.get(f.path, 0) \
-                    if part.kind == "log" else 0
+                duplicates = (
+                    f.accepted - loaded.inserted.get(f.path, 0) if part.kind == "log" else 0
+                )
                 counts["records"] += f.records
                 counts["loaded"] += f.accepted - duplicates
                 counts["skipped"] += f.skipped
@@ -62,7 +65,7 @@ class Tally:
 class Report:
     """Everything the summary says about one run."""
 
-    target: str                    # where it loaded, without a password
+    target: str  # where it loaded, without a password
     data_dir: Path
     run_id: int
     seconds: float
@@ -71,66 +74,95 @@ class Report:
     after: dict[str, int]
     resolved_total: int
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
-    examples: list[tuple]          # (path, line, reason) of the first rejects
-    set_aside: bool                # songplays' keys were set aside for this bulk load
-    restored: list[str]            # set-aside keys added back by this run
-    not_restored: list[str]        # those that could not come back, and why
+    examples: list[tuple]  # (path, line, reason) of the first rejects
+    set_aside: bool  # songplays' keys were set aside for this bulk load
+    restored: list[str]  # set-aside keys added back by this run
+    not_restored: list[str]  # those that could not come back, and why
 
     @property
     def failed(self) -> bool:
-        return not all(self.tally.reconciles(kind) for kind in KINDS) \
-            or bool(self.checks and any(self.checks.values())) or bool(self.not_restored)
+        return (
+            not all(self.tally.reconciles(kind) for kind in KINDS)
+            or bool(self.checks and any(self.checks.values()))
+            or bool(self.not_restored)
+        )
 
     def exit_code(self, strict: bool) -> int:
         return EXIT_FAILED if self.failed or (strict and self.tally.rejected) else EXIT_OK
 
     def lines(self) -> list[str]:
         t = self.tally
-        out = [f"Loaded {self.data_dir} into {self.target} in {self.seconds:.1f} s "
-               f"(run {self.run_id})"]
+        out = [
+            f"Loaded {self.data_dir} into {self.target} in {self.seconds:.1f} s (run {self.run_id})"
+        ]
         if not t.anything_loaded:
             out.append("  nothing new: every file is unchanged since it was loaded")
         for kind in KINDS:
             f, c = t.files[kind], t.counts[kind]
             states = ", ".join(f"{f[s]} {s}" for s in FILE_STATES if f.get(s)) or "none"
-            skipped = f" + {c['skipped']} skipped (not NextSong) + {c['duplicates']} duplicates" \
-                if kind == "log" else ""
-            out.append(f"  {kind} files: {sum(f.values())} ({states}); records: {c['records']} = "
-                       f"{c['loaded']} loaded{skipped} + {c['rejected']} rejected "
-                       f"[{'reconciled' if t.reconciles(kind) else 'MISMATCH'}]")
-        out.append("  rows written: " + ", ".join(
-            f"{table} +{self.after[table] - self.before[table]} (= {self.after[table]})"
-            for table in sql.STAR_TABLES))
-        out.append(f"  plays resolved to a song: {self.resolved_total} of "
-                   f"{self.after['songplays']} ({t.resolved_plays} this run)")
+            skipped = (
+                f" + {c['skipped']} skipped (not NextSong) + {c['duplicates']} duplicates"
+                if kind == "log"
+                else ""
+            )
+            out.append(
+                f"  {kind} files: {sum(f.values())} ({states}); records: {c['records']} = "
+                f"{c['loaded']} loaded{skipped} + {c['rejected']} rejected "
+                f"[{'reconciled' if t.reconciles(kind) else 'MISMATCH'}]"
+            )
+        out.append(
+            "  rows written: "
+            + ", ".join(
+                f"{table} +{self.after[table] - self.before[table]} (= {self.after[table]})"
+                for table in sql.STAR_TABLES
+            )
+        )
+        out.append(
+            f"  plays resolved to a song: {self.resolved_total} of "
+            f"{self.after['songplays']} ({t.resolved_plays} this run)"
+        )
         out += self._set_aside_lines()
         if t.rejected:
-            out.append(f"  rejected: {t.rejected - t.file_problems} records and "
-                       f"{t.file_problems} whole files, kept in table load_rejects "
-                       f"(run_id = {self.run_id}):")
-            out += [f"    {Path(self.data_dir, path)}:{line if line is not None else '-'}: "
-                    f"{reason}" for path, line, reason in self.examples]
+            out.append(
+                f"  rejected: {t.rejected - t.file_problems} records and "
+                f"{t.file_problems} whole files, kept in table load_rejects "
+                f"(run_id = {self.run_id}):"
+            )
+            out += [
+                f"    {Path(self.data_dir, path)}:{line if line is not None else '-'}: {reason}"
+                for path, line, reason in self.examples
+            ]
         if self.checks is None:
             out.append("  checks: not run, nothing changed since the last run")
         else:
             failed = [name for name, bad in self.checks.items() if bad]
             out.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} failed")
-            out += [f"    [{'FAIL' if bad else 'pass'}] {name}" + (f" ({bad} rows)" if bad else "")
-                    for name, bad in self.checks.items()]
+            out += [
+                f"    [{'FAIL' if bad else 'pass'}] {name}" + (f" ({bad} rows)" if bad else "")
+                for name, bad in self.checks.items()
+            ]
         return out
 
     def _set_aside_lines(self) -> list[str]:
         out = []
         if self.restored:
-            what = "foreign keys and file_id index" \
-                if len(self.restored) == len(sql.SONGPLAYS_SET_ASIDE) \
+            what = (
+                "foreign keys and file_id index"
+                if len(self.restored) == len(sql.SONGPLAYS_SET_ASIDE)
                 else ", ".join(self.restored)
+            )
             if self.set_aside:
-                out.append(f"  bulk load: set songplays' {what} aside while loading; back now, "
-                           "checked over every row")
+                out.append(
+                    f"  bulk load: set songplays' {what} aside while loading; back now, "
+                    "checked over every row"
+                )
             else:
-                out.append(f"  added back songplays' {what}, found missing (as an interrupted "
-                           "bulk load leaves them); checked over every row")
-        out += [f"  NOT added back, the next run tries again: songplays' {problem}"
-                for problem in self.not_restored]
+                out.append(
+                    f"  added back songplays' {what}, found missing (as an interrupted "
+                    "bulk load leaves them); checked over every row"
+                )
+        out += [
+            f"  NOT added back, the next run tries again: songplays' {problem}"
+            for problem in self.not_restored
+        ]
         return out

@@ -76,23 +76,28 @@ songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 SONGPLAYS_SET_ASIDE = {
     "songplays_file": (  # used only when a changed log file is loaded again
         "CREATE INDEX songplays_file ON songplays (file_id)",
-        "DROP INDEX IF EXISTS songplays_file"),
+        "DROP INDEX IF EXISTS songplays_file",
+    ),
     "songplays_start_time_fkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_start_time_fkey "
         "FOREIGN KEY (start_time) REFERENCES time (start_time)",
-        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_start_time_fkey"),
+        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_start_time_fkey",
+    ),
     "songplays_user_id_fkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_user_id_fkey "
         "FOREIGN KEY (user_id) REFERENCES users (user_id)",
-        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_user_id_fkey"),
+        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_user_id_fkey",
+    ),
     "songplays_song_id_fkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_song_id_fkey "
         "FOREIGN KEY (song_id) REFERENCES songs (song_id)",
-        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_song_id_fkey"),
+        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_song_id_fkey",
+    ),
     "songplays_artist_id_fkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_artist_id_fkey "
         "FOREIGN KEY (artist_id) REFERENCES artists (artist_id)",
-        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_artist_id_fkey"),
+        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_artist_id_fkey",
+    ),
 }
 
 set_aside_present = """
@@ -156,14 +161,29 @@ CREATE TABLE load_rejects (
 # Parents before children, so that each foreign key finds its table. songplays' own foreign
 # keys and file index come last (songplays_keys_create), after the tables are placed on Citus.
 create_table_queries = [
-    load_runs_table_create, load_manifest_table_create, load_rejects_table_create,
-    artists_table_create, songs_table_create, users_table_create, time_table_create,
-    songplays_table_create, songplays_index_user_time, songs_index_artist,
+    load_runs_table_create,
+    load_manifest_table_create,
+    load_rejects_table_create,
+    artists_table_create,
+    songs_table_create,
+    users_table_create,
+    time_table_create,
+    songplays_table_create,
+    songplays_index_user_time,
+    songs_index_artist,
 ]
 songplays_keys_create = [create for create, _ in SONGPLAYS_SET_ASIDE.values()]
 
-TABLES = ["songplays", "users", "songs", "artists", "time",
-          "load_rejects", "load_manifest", "load_runs"]
+TABLES = [
+    "songplays",
+    "users",
+    "songs",
+    "artists",
+    "time",
+    "load_rejects",
+    "load_manifest",
+    "load_runs",
+]
 STAR_TABLES = TABLES[:5]
 
 CITUS_STAGING = ["stage_plays_citus"]  # made only on Citus (below)
@@ -196,6 +216,13 @@ SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
 # every node as reference tables (any shard joins them where it is), and the load bookkeeping
 # left as plain tables on the coordinator. Referenced tables first, for the foreign keys.
 # Elsewhere none of this runs: the same schema, the same statements, on one server.
+
+# citus_cluster.py, setting up a local cluster: each step is a no-op when done already.
+cluster_create_extension = "CREATE EXTENSION IF NOT EXISTS citus"
+cluster_set_coordinator = "SELECT citus_set_coordinator_host(%(host)s, %(port)s)"
+cluster_add_worker = "SELECT citus_add_node(%(host)s, %(port)s)"
+cluster_coordinator_holds_shards = """
+SELECT citus_set_node_property(%(host)s, %(port)s, 'shouldhaveshards', true)"""
 
 citus_present = "SELECT count(*) > 0 FROM pg_extension WHERE extname = 'citus'"
 
@@ -276,27 +303,63 @@ staging_time_zone = "SET LOCAL TIME ZONE 'UTC'"
 # this order. Rows live until the batch's transaction ends.
 STAGING = {
     "stage_songs": {
-        "path": "text", "line": "integer", "song_id": "text", "title": "text",
-        "artist_id": "text", "year": "integer", "duration": "numeric", "artist_name": "text",
-        "artist_location": "text", "artist_latitude": "double precision",
-        "artist_longitude": "double precision"},
+        "path": "text",
+        "line": "integer",
+        "song_id": "text",
+        "title": "text",
+        "artist_id": "text",
+        "year": "integer",
+        "duration": "numeric",
+        "artist_name": "text",
+        "artist_location": "text",
+        "artist_latitude": "double precision",
+        "artist_longitude": "double precision",
+    },
     "stage_plays": {
-        "path": "text", "start_time": "timestamptz", "user_id": "integer", "level": "text",
-        "song_title": "text", "artist_name": "text", "song_length": "numeric",
-        "session_id": "integer", "item_in_session": "integer", "location": "text",
-        "user_agent": "text"},
+        "path": "text",
+        "start_time": "timestamptz",
+        "user_id": "integer",
+        "level": "text",
+        "song_title": "text",
+        "artist_name": "text",
+        "song_length": "numeric",
+        "session_id": "integer",
+        "item_in_session": "integer",
+        "location": "text",
+        "user_agent": "text",
+    },
     "stage_users": {
-        "user_id": "integer", "first_name": "text", "last_name": "text", "gender": "text",
-        "level": "text", "start_time": "timestamptz", "session_id": "integer",
-        "item_in_session": "integer"},
+        "user_id": "integer",
+        "first_name": "text",
+        "last_name": "text",
+        "gender": "text",
+        "level": "text",
+        "start_time": "timestamptz",
+        "session_id": "integer",
+        "item_in_session": "integer",
+    },
     "stage_time": {
-        "start_time": "timestamptz", "hour": "smallint", "day": "smallint", "week": "smallint",
-        "month": "smallint", "year": "smallint", "weekday": "smallint"},
+        "start_time": "timestamptz",
+        "hour": "smallint",
+        "day": "smallint",
+        "week": "smallint",
+        "month": "smallint",
+        "year": "smallint",
+        "weekday": "smallint",
+    },
     # first: the file's first part in this batch (a later part of a big file adds to its counts)
     "stage_manifest": {
-        "path": "text", "kind": "text", "first": "boolean", "size_bytes": "bigint",
-        "mtime_ns": "bigint", "sha256": "text", "records": "integer", "loaded": "integer",
-        "skipped": "integer", "rejected": "integer"},
+        "path": "text",
+        "kind": "text",
+        "first": "boolean",
+        "size_bytes": "bigint",
+        "mtime_ns": "bigint",
+        "sha256": "text",
+        "records": "integer",
+        "loaded": "integer",
+        "skipped": "integer",
+        "rejected": "integer",
+    },
     "stage_rejects": {"path": "text", "line": "integer", "reason": "text", "raw": "text"},
     "stage_gone": {"start_time": "timestamptz", "user_id": "integer"},
 }
@@ -306,7 +369,8 @@ stage_table_queries = [
     f"CREATE TEMP TABLE {table} ("
     + ", ".join(f"{name} {kind}" for name, kind in columns.items())
     + ") ON COMMIT DELETE ROWS"
-    for table, columns in STAGING.items()]
+    for table, columns in STAGING.items()
+]
 
 stage_truncate = "TRUNCATE " + ", ".join(STAGING)
 
@@ -549,31 +613,32 @@ ORDER BY reject_id LIMIT %(limit)s"""
 # Each returns the number of offending rows; zero passes.
 
 CHECKS = {
-    "songplays.songplay_id unique and not null":
-        "SELECT count(*) - count(DISTINCT songplay_id) FROM songplays",
-    "users.user_id unique and not null":
-        "SELECT count(*) - count(DISTINCT user_id) FROM users",
-    "songs.song_id unique and not null":
-        "SELECT count(*) - count(DISTINCT song_id) FROM songs",
-    "artists.artist_id unique and not null":
-        "SELECT count(*) - count(DISTINCT artist_id) FROM artists",
-    "time.start_time unique and not null":
-        "SELECT count(*) - count(DISTINCT start_time) FROM time",
-    "every songplay has its user":
-        "SELECT count(*) FROM songplays p LEFT JOIN users u USING (user_id) "
-        "WHERE u.user_id IS NULL",
-    "every songplay has its time":
-        "SELECT count(*) FROM songplays p LEFT JOIN time t USING (start_time) "
-        "WHERE t.start_time IS NULL",
-    "song_id and artist_id both null or both resolvable":
-        "SELECT count(*) FROM songplays p LEFT JOIN songs s USING (song_id) "
-        "WHERE (p.song_id IS NULL) <> (p.artist_id IS NULL) "
-        "OR (p.song_id IS NOT NULL AND (s.song_id IS NULL OR s.artist_id <> p.artist_id))",
-    "level in {free, paid}":
-        "SELECT (SELECT count(*) FROM users WHERE level NOT IN ('free', 'paid'))"
-        " + (SELECT count(*) FROM songplays WHERE level NOT IN ('free', 'paid'))",
-    "songplays per file match the manifest":
-        "SELECT count(*) FROM load_manifest m "
-        "LEFT JOIN (SELECT file_id, count(*) AS n FROM songplays GROUP BY file_id) p "
-        "USING (file_id) WHERE m.kind = 'log' AND m.loaded <> coalesce(p.n, 0)",
+    "songplays.songplay_id unique and not null": """
+        SELECT count(*) - count(DISTINCT songplay_id) FROM songplays""",
+    "users.user_id unique and not null": """
+        SELECT count(*) - count(DISTINCT user_id) FROM users""",
+    "songs.song_id unique and not null": """
+        SELECT count(*) - count(DISTINCT song_id) FROM songs""",
+    "artists.artist_id unique and not null": """
+        SELECT count(*) - count(DISTINCT artist_id) FROM artists""",
+    "time.start_time unique and not null": """
+        SELECT count(*) - count(DISTINCT start_time) FROM time""",
+    "every songplay has its user": """
+        SELECT count(*) FROM songplays p LEFT JOIN users u USING (user_id)
+        WHERE u.user_id IS NULL""",
+    "every songplay has its time": """
+        SELECT count(*) FROM songplays p LEFT JOIN time t USING (start_time)
+        WHERE t.start_time IS NULL""",
+    "song_id and artist_id both null or both resolvable": """
+        SELECT count(*) FROM songplays p LEFT JOIN songs s USING (song_id)
+        WHERE (p.song_id IS NULL) <> (p.artist_id IS NULL)
+           OR (p.song_id IS NOT NULL AND (s.song_id IS NULL OR s.artist_id <> p.artist_id))""",
+    "level in {free, paid}": """
+        SELECT (SELECT count(*) FROM users WHERE level NOT IN ('free', 'paid'))
+             + (SELECT count(*) FROM songplays WHERE level NOT IN ('free', 'paid'))""",
+    "songplays per file match the manifest": """
+        SELECT count(*) FROM load_manifest m
+        LEFT JOIN (SELECT file_id, count(*) AS n FROM songplays GROUP BY file_id) p
+            USING (file_id)
+        WHERE m.kind = 'log' AND m.loaded <> coalesce(p.n, 0)""",
 }

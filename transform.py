@@ -26,11 +26,19 @@ TS_RANGE = (0, 253_402_300_799_999)  # epoch ms up to the end of year 9999
 # The log's song and artist text is UTF-8 decoded as Latin-1 and encoded again; repair only that,
 # leaving quotes, ligatures and Unicode normalisation exactly as recorded.
 MOJIBAKE_ONLY = ftfy.TextFixerConfig(
-    unescape_html=False, remove_terminal_escapes=False, fix_latin_ligatures=False,
-    fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False,
-    remove_control_chars=False, normalization=None, explain=False)
+    unescape_html=False,
+    remove_terminal_escapes=False,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    uncurl_quotes=False,
+    fix_line_breaks=False,
+    remove_control_chars=False,
+    normalization=None,
+    explain=False,
+)
 
 # ================================================================ judging records
+
 
 def _rules(records: Records, fields: dict) -> tuple[dict[str, pd.Series], dict[str, tuple]]:
     """Per field: whether it is missing (absent, null or empty text, but not flawed), and the
@@ -46,8 +54,7 @@ def _rules(records: Records, fields: dict) -> tuple[dict[str, pd.Series], dict[s
     return missing, flawed
 
 
-def _first_failure(index: pd.Index, rules: list[tuple[str | pd.Series, pd.Series]]
-                   ) -> pd.Series:
+def _first_failure(index: pd.Index, rules: list[tuple[str | pd.Series, pd.Series]]) -> pd.Series:
     """The first failing rule's reason per row ('' where all pass); a rule's reason is a text,
     or a text per row."""
     reason = pd.Series("", index=index, dtype="object")
@@ -62,8 +69,14 @@ def _first_failure(index: pd.Index, rules: list[tuple[str | pd.Series, pd.Series
 
 def _split(frame: pd.DataFrame, reason: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
     bad = reason != ""
-    rejects = pd.DataFrame({"path": frame.loc[bad, "path"], "line": frame.loc[bad, "line"],
-                            "reason": reason[bad], "raw": frame.loc[bad, "raw"]})
+    rejects = pd.DataFrame(
+        {
+            "path": frame.loc[bad, "path"],
+            "line": frame.loc[bad, "line"],
+            "reason": reason[bad],
+            "raw": frame.loc[bad, "raw"],
+        }
+    )
     return frame[~bad].drop(columns="raw"), reject_frame(rejects.itertuples(index=False))
 
 
@@ -71,12 +84,17 @@ def valid_songs(records: Records) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Song records that satisfy the schema, and rejects for the rest."""
     frame = records.values
     missing, flawed = _rules(records, SONG_FIELDS)
-    rules = [(f"{field} missing", missing[field])
-             for field, (_, required) in SONG_FIELDS.items() if required]
+    rules = [
+        (f"{field} missing", missing[field])
+        for field, (_, required) in SONG_FIELDS.items()
+        if required
+    ]
     rules += list(flawed.values())
-    rules += [("duration is negative", frame["duration"] < 0),
-              ("year is negative", frame["year"] < 0),
-              ("year out of range", ~frame["year"].between(*INT32).fillna(True))]
+    rules += [
+        ("duration is negative", frame["duration"] < 0),
+        ("year is negative", frame["year"] < 0),
+        ("year out of range", ~frame["year"].between(*INT32).fillna(True)),
+    ]
     good, rejects = _split(frame, _first_failure(frame.index, rules))
     return good.reset_index(drop=True), rejects
 
@@ -94,8 +112,11 @@ def valid_events(records: Records) -> tuple[pd.DataFrame, pd.DataFrame, pd.Serie
     frame = records.values
     missing, flawed = _rules(records, EVENT_FIELDS)
     every = [(f"{f} missing", missing[f]) for f, spec in EVENT_FIELDS.items() if spec[1]]
-    play = [(f"{f} missing on a play", missing[f])
-            for f, spec in EVENT_FIELDS.items() if spec[2] and not spec[1]]
+    play = [
+        (f"{f} missing on a play", missing[f])
+        for f, spec in EVENT_FIELDS.items()
+        if spec[2] and not spec[1]
+    ]
     for field, rule in flawed.items():
         (every if EVENT_FIELDS[field][1] else play).append(rule)
     every.append(("ts out of range", ~frame["ts"].between(*TS_RANGE).fillna(True)))
@@ -103,8 +124,10 @@ def valid_events(records: Records) -> tuple[pd.DataFrame, pd.DataFrame, pd.Serie
         ("userId is not numeric", ~frame["userId"].str.fullmatch(r"\d{1,9}").fillna(True)),
         ("sessionId out of range", ~frame["sessionId"].between(*INT32).fillna(True)),
         ("itemInSession out of range", ~frame["itemInSession"].between(*INT32).fillna(True)),
-        ("level is not 'free' or 'paid'",
-         ~frame["level"].isin(["free", "paid"]) & ~missing["level"] & frame["level"].notna()),
+        (
+            "level is not 'free' or 'paid'",
+            ~frame["level"].isin(["free", "paid"]) & ~missing["level"] & frame["level"].notna(),
+        ),
     ]
     is_play = (frame["page"] == "NextSong").fillna(False).astype(bool)
     reason = _first_failure(frame.index, every)
@@ -144,7 +167,7 @@ def repair_text(values: pd.Series) -> pd.Series:
 
 def unquoted(values: pd.Series) -> pd.Series:
     """The log wraps user agents in double quotes: drop one pair where it wraps the value."""
-    quoted = (values.str.startswith('"') & values.str.endswith('"') & (values.str.len() > 1))
+    quoted = values.str.startswith('"') & values.str.endswith('"') & (values.str.len() > 1)
     quoted = quoted.fillna(False).astype(bool)
     return values.mask(quoted, values.str.slice(1, -1))
 
@@ -156,33 +179,41 @@ def _blank_to_null(values: pd.Series) -> pd.Series:
 def play_rows(plays: pd.DataFrame) -> pd.DataFrame:
     """Rows of stage_plays (plus user names): UTC instants, integer ids, repaired song and artist
     text, user agents without their wrapping quotes."""
-    return pd.DataFrame({
-        "path": plays["path"],
-        "start_time": pd.to_datetime(plays["ts"].astype("int64"), unit="ms", utc=True),
-        "user_id": plays["userId"].astype("int64"),
-        "level": plays["level"],
-        "song_title": repair_text(plays["song"]),
-        "artist_name": _blank_to_null(repair_text(plays["artist"])),
-        "song_length": plays["length"],
-        "session_id": plays["sessionId"].astype("int64"),
-        "item_in_session": plays["itemInSession"].astype("int64"),
-        "location": _blank_to_null(plays["location"]),
-        "user_agent": _blank_to_null(unquoted(plays["userAgent"])),
-        "first_name": _blank_to_null(plays["firstName"]),
-        "last_name": _blank_to_null(plays["lastName"]),
-        "gender": _blank_to_null(plays["gender"]),
-    })
+    return pd.DataFrame(
+        {
+            "path": plays["path"],
+            "start_time": pd.to_datetime(plays["ts"].astype("int64"), unit="ms", utc=True),
+            "user_id": plays["userId"].astype("int64"),
+            "level": plays["level"],
+            "song_title": repair_text(plays["song"]),
+            "artist_name": _blank_to_null(repair_text(plays["artist"])),
+            "song_length": plays["length"],
+            "session_id": plays["sessionId"].astype("int64"),
+            "item_in_session": plays["itemInSession"].astype("int64"),
+            "location": _blank_to_null(plays["location"]),
+            "user_agent": _blank_to_null(unquoted(plays["userAgent"])),
+            "first_name": _blank_to_null(plays["firstName"]),
+            "last_name": _blank_to_null(plays["lastName"]),
+            "gender": _blank_to_null(plays["gender"]),
+        }
+    )
 
 
 def time_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct play instant, parts in UTC; week is ISO 8601, weekday 1 = Monday."""
     start = pd.Series(rows["start_time"].unique()).sort_values(ignore_index=True)
     iso = start.dt.isocalendar()
-    return pd.DataFrame({
-        "start_time": start, "hour": start.dt.hour, "day": start.dt.day,
-        "week": iso["week"].astype("int64"), "month": start.dt.month, "year": start.dt.year,
-        "weekday": iso["day"].astype("int64"),
-    })
+    return pd.DataFrame(
+        {
+            "start_time": start,
+            "hour": start.dt.hour,
+            "day": start.dt.day,
+            "week": iso["week"].astype("int64"),
+            "month": start.dt.month,
+            "year": start.dt.year,
+            "weekday": iso["day"].astype("int64"),
+        }
+    )
 
 
 PLAY_ORDER = ["start_time", "session_id", "item_in_session"]
@@ -203,6 +234,7 @@ def dedupe_plays(rows: pd.DataFrame) -> pd.DataFrame:
 
 # ================================================================ rendering
 
+
 def reject_frame(rows: Iterable[tuple]) -> pd.DataFrame:
     """Rejects as rows of stage_rejects; line is None for a problem with a whole file."""
     frame = pd.DataFrame(list(rows), columns=sql.STAGE_COLUMNS["stage_rejects"])
@@ -216,7 +248,7 @@ def storable(raw) -> str | None:
     if raw is None or raw is pd.NA:
         return None
     if isinstance(raw, bytes):
-        raw = raw[:RAW_TEXT_LIMIT * 4].decode("utf-8", errors="replace")
+        raw = raw[: RAW_TEXT_LIMIT * 4].decode("utf-8", errors="replace")
     return raw[:RAW_TEXT_LIMIT].replace("\x00", "\\u0000")
 
 

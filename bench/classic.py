@@ -86,8 +86,13 @@ SELECT songs.song_id, artists.artist_id
 FROM songs JOIN artists ON songs.artist_id = artists.artist_id
 WHERE songs.title = %s AND artists.name = %s AND songs.duration = %s"""
 
-create_table_queries = [songplay_table_create, user_table_create, song_table_create,
-                        artist_table_create, time_table_create]
+create_table_queries = [
+    songplay_table_create,
+    user_table_create,
+    song_table_create,
+    artist_table_create,
+    time_table_create,
+]
 TABLES = ["songplays", "users", "songs", "artists", "time"]
 
 
@@ -108,8 +113,11 @@ def process_song_file(cur, filepath):
     df = pd.read_json(filepath, lines=True)
     song_data = df[["song_id", "title", "artist_id", "year", "duration"]].values[0].tolist()
     cur.execute(song_table_insert, song_data)
-    artist_data = df[["artist_id", "artist_name", "artist_location", "artist_latitude",
-                      "artist_longitude"]].values[0].tolist()
+    artist_data = (
+        df[["artist_id", "artist_name", "artist_location", "artist_latitude", "artist_longitude"]]
+        .values[0]
+        .tolist()
+    )
     cur.execute(artist_table_insert, artist_data)
     return 1
 
@@ -119,8 +127,15 @@ def process_log_file(cur, filepath):
     events = len(df)
     df = df[df["page"] == "NextSong"]
     t = pd.to_datetime(df["ts"], unit="ms")
-    time_data = (t, t.dt.hour, t.dt.day, t.dt.isocalendar().week, t.dt.month, t.dt.year,
-                 t.dt.day_of_week)
+    time_data = (
+        t,
+        t.dt.hour,
+        t.dt.day,
+        t.dt.isocalendar().week,
+        t.dt.month,
+        t.dt.year,
+        t.dt.day_of_week,
+    )
     column_labels = ("start_time", "hour", "day", "week", "month", "year", "weekday")
     time_df = pd.DataFrame(dict(zip(column_labels, time_data)))
     for i, row in time_df.iterrows():
@@ -135,8 +150,16 @@ def process_log_file(cur, filepath):
             songid, artistid = results
         else:
             songid, artistid = None, None
-        songplay_data = (pd.to_datetime(row.ts, unit="ms"), row.userId, row.level, songid,
-                         artistid, row.sessionId, row.location, row.userAgent)
+        songplay_data = (
+            pd.to_datetime(row.ts, unit="ms"),
+            row.userId,
+            row.level,
+            songid,
+            artistid,
+            row.sessionId,
+            row.location,
+            row.userAgent,
+        )
         cur.execute(songplay_table_insert, songplay_data)
     return events
 
@@ -183,34 +206,63 @@ def fill_songs(cur, conn, song_data: Path) -> tuple[int, float]:
     paths = sorted(song_data.rglob("*.json"))
     for path in paths:
         record = json.loads(path.read_bytes())
-        songs.append((record["song_id"], record["title"], record["artist_id"], record["year"],
-                      record["duration"]))
-        artists.append((record["artist_id"], record["artist_name"], record["artist_location"],
-                        record["artist_latitude"], record["artist_longitude"]))
+        songs.append(
+            (
+                record["song_id"],
+                record["title"],
+                record["artist_id"],
+                record["year"],
+                record["duration"],
+            )
+        )
+        artists.append(
+            (
+                record["artist_id"],
+                record["artist_name"],
+                record["artist_location"],
+                record["artist_latitude"],
+                record["artist_longitude"],
+            )
+        )
     psycopg2.extras.execute_values(
-        cur, "INSERT INTO songs (song_id, title, artist_id, year, duration) VALUES %s "
-             "ON CONFLICT (song_id) DO NOTHING", songs, page_size=5000)
+        cur,
+        "INSERT INTO songs (song_id, title, artist_id, year, duration) VALUES %s "
+        "ON CONFLICT (song_id) DO NOTHING",
+        songs,
+        page_size=5000,
+    )
     psycopg2.extras.execute_values(
-        cur, "INSERT INTO artists (artist_id, name, location, latitude, longitude) VALUES %s "
-             "ON CONFLICT (artist_id) DO NOTHING", artists, page_size=5000)
+        cur,
+        "INSERT INTO artists (artist_id, name, location, latitude, longitude) VALUES %s "
+        "ON CONFLICT (artist_id) DO NOTHING",
+        artists,
+        page_size=5000,
+    )
     conn.commit()
     return len(paths), time.perf_counter() - started
 
 
-def run(settings: db.Settings, data: Path, schema: str = "classic", drop_after: bool = False,
-        fill_from: Path | None = None) -> dict:
+def run(
+    settings: db.Settings,
+    data: Path,
+    schema: str = "classic",
+    drop_after: bool = False,
+    fill_from: Path | None = None,
+) -> dict:
     _adapt_numpy()
     conn = db.connect(settings)
     try:
         schema_s = create_schema(conn, schema)
         cur = conn.cursor()
-        song_files, song_records, songs_s = process_data(cur, conn, str(data / "song_data"),
-                                                         process_song_file)
+        song_files, song_records, songs_s = process_data(
+            cur, conn, str(data / "song_data"), process_song_file
+        )
         filled_files, fill_s = fill_songs(cur, conn, fill_from) if fill_from else (0, 0.0)
         cur.execute("SELECT count(*) FROM songs")
         songs_at_lookup = cur.fetchone()[0]
-        log_files, log_records, logs_s = process_data(cur, conn, str(data / "log_data"),
-                                                      process_log_file)
+        log_files, log_records, logs_s = process_data(
+            cur, conn, str(data / "log_data"), process_log_file
+        )
         rows = {}
         for table in TABLES:
             cur.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(table)))
@@ -223,44 +275,64 @@ def run(settings: db.Settings, data: Path, schema: str = "classic", drop_after: 
             conn.commit()
     finally:
         conn.close()
-    return {"schema_s": schema_s, "song_files": song_files, "song_records": song_records,
-            "songs_s": songs_s, "log_files": log_files, "log_records": log_records,
-            "logs_s": logs_s, "rows": rows, "resolved_plays": resolved,
-            "filled_song_files": filled_files, "fill_s": fill_s, "songs_at_lookup": songs_at_lookup}
+    return {
+        "schema_s": schema_s,
+        "song_files": song_files,
+        "song_records": song_records,
+        "songs_s": songs_s,
+        "log_files": log_files,
+        "log_records": log_records,
+        "logs_s": logs_s,
+        "rows": rows,
+        "resolved_plays": resolved,
+        "filled_song_files": filled_files,
+        "fill_s": fill_s,
+        "songs_at_lookup": songs_at_lookup,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="The classic row-at-a-time Sparkify ETL (pd.read_json, iterrows, one INSERT "
-                    "and one song SELECT per row, a commit per file), in its own schema: the "
-                    "baseline of bench/run.py.")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="folder holding song_data/ and log_data/")
-    parser.add_argument("--schema", default="classic",
-                        help="schema for its tables, dropped and recreated (default: classic)")
+        "and one song SELECT per row, a commit per file), in its own schema: the "
+        "baseline of bench/run.py."
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder holding song_data/ and log_data/"
+    )
+    parser.add_argument(
+        "--schema",
+        default="classic",
+        help="schema for its tables, dropped and recreated (default: classic)",
+    )
     parser.add_argument("--drop-after", action="store_true", help="drop the schema at the end")
-    parser.add_argument("--fill-songs-from", type=Path, metavar="SONG_DATA",
-                        help="after the (timed) song stage, bulk-insert, untimed, the songs of "
-                             "every file under this folder, so that the play lookups search a "
-                             "songs table of full size when the song stage ran on a slice")
+    parser.add_argument(
+        "--fill-songs-from",
+        type=Path,
+        metavar="SONG_DATA",
+        help="after the (timed) song stage, bulk-insert, untimed, the songs of "
+        "every file under this folder, so that the play lookups search a "
+        "songs table of full size when the song stage ran on a slice",
+    )
     parser.add_argument("--database-url", help="PostgreSQL URL (default: as db.py chooses)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     try:
-        result = run(settings, args.data, args.schema, args.drop_after,
-                     args.fill_songs_from)
+        result = run(settings, args.data, args.schema, args.drop_after, args.fill_songs_from)
     except db.DatabaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"classic: {result['song_files']} song files in {result['songs_s']:.1f} s, "
-              f"{result['log_records']} events in {result['log_files']} log files in "
-              f"{result['logs_s']:.1f} s (songs table: {result['songs_at_lookup']} rows); "
-              f"rows {result['rows']}, "
-              f"{result['resolved_plays']} plays resolved")
+        print(
+            f"classic: {result['song_files']} song files in {result['songs_s']:.1f} s, "
+            f"{result['log_records']} events in {result['log_files']} log files in "
+            f"{result['logs_s']:.1f} s (songs table: {result['songs_at_lookup']} rows); "
+            f"rows {result['rows']}, "
+            f"{result['resolved_plays']} plays resolved"
+        )
     return 0
 
 

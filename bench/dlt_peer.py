@@ -50,16 +50,38 @@ ITEMS = ("arrow", "dicts")
 
 # The files' fields and their types, for the Arrow tables: the same types whatever a file or a
 # page happens to hold (a page whose latitudes are all null is still a float column).
-SONG_FIELDS = [("num_songs", "int64"), ("artist_id", "string"), ("artist_latitude", "float64"),
-               ("artist_longitude", "float64"), ("artist_location", "string"),
-               ("artist_name", "string"), ("song_id", "string"), ("title", "string"),
-               ("duration", "float64"), ("year", "int64")]
-LOG_FIELDS = [("artist", "string"), ("auth", "string"), ("firstName", "string"),
-              ("gender", "string"), ("itemInSession", "int64"), ("lastName", "string"),
-              ("length", "float64"), ("level", "string"), ("location", "string"),
-              ("method", "string"), ("page", "string"), ("registration", "float64"),
-              ("sessionId", "int64"), ("song", "string"), ("status", "int64"), ("ts", "int64"),
-              ("userAgent", "string"), ("userId", "string")]
+SONG_FIELDS = [
+    ("num_songs", "int64"),
+    ("artist_id", "string"),
+    ("artist_latitude", "float64"),
+    ("artist_longitude", "float64"),
+    ("artist_location", "string"),
+    ("artist_name", "string"),
+    ("song_id", "string"),
+    ("title", "string"),
+    ("duration", "float64"),
+    ("year", "int64"),
+]
+LOG_FIELDS = [
+    ("artist", "string"),
+    ("auth", "string"),
+    ("firstName", "string"),
+    ("gender", "string"),
+    ("itemInSession", "int64"),
+    ("lastName", "string"),
+    ("length", "float64"),
+    ("level", "string"),
+    ("location", "string"),
+    ("method", "string"),
+    ("page", "string"),
+    ("registration", "float64"),
+    ("sessionId", "int64"),
+    ("song", "string"),
+    ("status", "int64"),
+    ("ts", "int64"),
+    ("userAgent", "string"),
+    ("userId", "string"),
+]
 
 
 def song_pages(song_data: Path):
@@ -81,7 +103,7 @@ def log_pages(log_data: Path):
         with open(path, "rb") as handle:
             lines = [line for line in handle.read().splitlines() if line.strip()]
         for start in range(0, len(lines), PAGE):
-            yield [orjson.loads(line) for line in lines[start:start + PAGE]]
+            yield [orjson.loads(line) for line in lines[start : start + PAGE]]
 
 
 def song_tables(song_data: Path):
@@ -99,7 +121,8 @@ def log_tables(log_data: Path):
     import pyarrow.json
 
     options = pyarrow.json.ParseOptions(
-        explicit_schema=pa.schema([(name, kind) for name, kind in LOG_FIELDS]))
+        explicit_schema=pa.schema([(name, kind) for name, kind in LOG_FIELDS])
+    )
     for path in sorted(log_data.rglob("*.json")):
         yield pyarrow.json.read_json(path, parse_options=options)
 
@@ -117,45 +140,70 @@ def complete_url(url: str) -> str:
     path = parts.path
     if path in ("", "/"):
         path = "/" + quote(query.get("dbname") or os.environ.get("PGDATABASE") or user, safe="")
-    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{hostport or 'localhost'}",
-                                     path=path))
+    return urlunsplit(
+        parts._replace(netloc=f"{user}:{password}@{hostport or 'localhost'}", path=path)
+    )
 
 
 def run(data: Path, url: str, dataset: str, pipelines_dir: Path, items: str = "arrow") -> dict:
-    read_songs, read_logs = (song_tables, log_tables) if items == "arrow" else \
-        (song_pages, log_pages)
-    songs = dlt.resource(read_songs(data / "song_data"), name=TABLES[0],
-                         write_disposition="append")
-    logs = dlt.resource(read_logs(data / "log_data"), name=TABLES[1],
-                        write_disposition="append")
-    pipeline = dlt.pipeline(pipeline_name="sparkify_bench", pipelines_dir=str(pipelines_dir),
-                            destination=dlt.destinations.postgres(credentials=complete_url(url)),
-                            dataset_name=dataset)
+    read_songs, read_logs = (
+        (song_tables, log_tables) if items == "arrow" else (song_pages, log_pages)
+    )
+    songs = dlt.resource(read_songs(data / "song_data"), name=TABLES[0], write_disposition="append")
+    logs = dlt.resource(read_logs(data / "log_data"), name=TABLES[1], write_disposition="append")
+    pipeline = dlt.pipeline(
+        pipeline_name="sparkify_bench",
+        pipelines_dir=str(pipelines_dir),
+        destination=dlt.destinations.postgres(credentials=complete_url(url)),
+        dataset_name=dataset,
+    )
     started = time.perf_counter()
     pipeline.run([songs, logs], loader_file_format="csv")
     seconds = time.perf_counter() - started
     trace = pipeline.last_trace
-    steps = {step.step: (step.finished_at - step.started_at).total_seconds()
-             for step in trace.steps
-             if step.step != "run" and step.started_at and step.finished_at}
-    return {"dlt": dlt.__version__, "items": items, "loader_file_format": "csv",
-            "dataset": dataset, "tables": list(TABLES), "run_s": seconds, "steps": steps}
+    steps = {
+        step.step: (step.finished_at - step.started_at).total_seconds()
+        for step in trace.steps
+        if step.step != "run" and step.started_at and step.finished_at
+    }
+    return {
+        "dlt": dlt.__version__,
+        "items": items,
+        "loader_file_format": "csv",
+        "dataset": dataset,
+        "tables": list(TABLES),
+        "run_s": seconds,
+        "steps": steps,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="dlt loads the song files and log events of a Sparkify data folder, raw, "
-                    "into two tables (song_data, log_data) of its own dataset, with the csv "
-                    "loader file format (COPY): the peer rows of bench/run.py.")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="folder holding song_data/ and log_data/")
-    parser.add_argument("--items", choices=ITEMS, default="arrow",
-                        help="what the resources yield: Arrow tables (dlt's fast path) or "
-                             "lists of dicts (default: %(default)s)")
-    parser.add_argument("--dataset", default="bench_dlt",
-                        help="dataset (PostgreSQL schema) to load into (default: %(default)s)")
-    parser.add_argument("--pipelines-dir", type=Path, required=True,
-                        help="dlt's working folder for this pipeline (its state and load files)")
+        "into two tables (song_data, log_data) of its own dataset, with the csv "
+        "loader file format (COPY): the peer rows of bench/run.py."
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder holding song_data/ and log_data/"
+    )
+    parser.add_argument(
+        "--items",
+        choices=ITEMS,
+        default="arrow",
+        help="what the resources yield: Arrow tables (dlt's fast path) or "
+        "lists of dicts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="bench_dlt",
+        help="dataset (PostgreSQL schema) to load into (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pipelines-dir",
+        type=Path,
+        required=True,
+        help="dlt's working folder for this pipeline (its state and load files)",
+    )
     parser.add_argument("--database-url", help=f"PostgreSQL URL (default: ${URL_VARIABLE})")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
     args = parser.parse_args(argv)
@@ -166,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"dlt {result['dlt']} ({args.items}): loaded {', '.join(TABLES)} into "
-              f"{args.dataset} in "
-              f"{result['run_s']:.1f} s ("
-              + ", ".join(f"{k} {v:.1f} s" for k, v in result["steps"].items())
-              + ")")
+        print(
+            f"dlt {result['dlt']} ({args.items}): loaded {', '.join(TABLES)} into "
+            f"{args.dataset} in "
+            f"{result['run_s']:.1f} s ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in result["steps"].items())
+            + ")"
+        )
     return 0
 
 

@@ -110,14 +110,16 @@ class Measured:
     rc: int
     stdout: str
     stderr: str
-    rss_max: int    # bytes: peak RSS of the largest process of the tree (its VmHWM)
-    rss_sum: int    # bytes: peak of the tree's summed RSS, polled every 20 ms
+    rss_max: int  # bytes: peak RSS of the largest process of the tree (its VmHWM)
+    rss_sum: int  # bytes: peak of the tree's summed RSS, polled every 20 ms
     rss_by_pid: dict[int, int]
 
     def check(self) -> Measured:
         if self.rc != 0:
-            raise SystemExit(f"error: {' '.join(self.args)} exited {self.rc}\n"
-                             f"{self.stdout[-2000:]}\n{self.stderr[-2000:]}")
+            raise SystemExit(
+                f"error: {' '.join(self.args)} exited {self.rc}\n"
+                f"{self.stdout[-2000:]}\n{self.stderr[-2000:]}"
+            )
         return self
 
 
@@ -130,8 +132,9 @@ def run_measured(args: list[str], env: dict, poll: float = 0.02) -> Measured:
     process, so an upper bound). Without /proc (macOS), polled RSS stands in for VmHWM."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, cwd=PROJECT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+        )
         by_pid: dict[int, int] = {}
         peak_sum = [0]
         done = threading.Event()
@@ -166,9 +169,16 @@ def run_measured(args: list[str], env: dict, poll: float = 0.02) -> Measured:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Measured(args, wall, proc.returncode, out.read().decode(errors="replace"),
-                        err.read().decode(errors="replace"), max(by_pid.values(), default=0),
-                        peak_sum[0], by_pid)
+        return Measured(
+            args,
+            wall,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            max(by_pid.values(), default=0),
+            peak_sum[0],
+            by_pid,
+        )
 
 
 def high_water(pid: int) -> int:
@@ -204,9 +214,12 @@ def ensure_data(workdir: Path, events: int, songs: int, seed: int, keep: bool) -
     print(f"data: generating {events:,} events and {songs:,} song files in {out} ...", flush=True)
     started = time.perf_counter()
     truth = generate_data.generate(out, songs=songs, events=events, seed=seed)
-    print(f"data: generated in {time.perf_counter() - started:.1f} s: {truth['song_files']:,} "
-          f"song files, {truth['log_records']:,} events in {truth['log_files']} log files "
-          f"({dir_size(out) / MB:,.0f} MB)", flush=True)
+    print(
+        f"data: generated in {time.perf_counter() - started:.1f} s: {truth['song_files']:,} "
+        f"song files, {truth['log_records']:,} events in {truth['log_files']} log files "
+        f"({dir_size(out) / MB:,.0f} MB)",
+        flush=True,
+    )
     return out, truth
 
 
@@ -226,8 +239,9 @@ def songs_only_dir(workdir: Path, data: Path) -> Path:
     return out
 
 
-def classic_slice(workdir: Path, data: Path, events: int, song_files: int | None
-                  ) -> tuple[Path, dict]:
+def classic_slice(
+    workdir: Path, data: Path, events: int, song_files: int | None
+) -> tuple[Path, dict]:
     """A folder with the first song_files song files (all when None) and the first `events`
     events of the logs in file order (whole files, then the first lines of the next one)."""
     out = workdir / f"classic-slice-{data.name}"
@@ -250,7 +264,7 @@ def classic_slice(workdir: Path, data: Path, events: int, song_files: int | None
             break
         lines = path.read_bytes().split(b"\n")
         lines = [line for line in lines if line.strip()]
-        keep = lines[:events - taken]
+        keep = lines[: events - taken]
         partial = partial or len(keep) < len(lines)
         target = out / path.relative_to(data)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -284,10 +298,18 @@ def star_counts(settings: db.Settings) -> dict[str, int]:
 
 def truth_mismatches(counts: dict[str, int], truth: dict) -> dict[str, tuple[int, int]]:
     """Counts that differ from the generator's truth.json: {name: (loaded, expected)}."""
-    return {k: (counts[k], truth[v]) for k, v in
-            [("songplays", "songplays"), ("users", "users"), ("songs", "songs"),
-             ("artists", "artists"), ("time", "time"), ("resolved", "songplays_resolved")]
-            if counts[k] != truth[v]}
+    return {
+        k: (counts[k], truth[v])
+        for k, v in [
+            ("songplays", "songplays"),
+            ("users", "users"),
+            ("songs", "songs"),
+            ("artists", "artists"),
+            ("time", "time"),
+            ("resolved", "songplays_resolved"),
+        ]
+        if counts[k] != truth[v]
+    }
 
 
 def server_version(settings: db.Settings) -> str:
@@ -301,7 +323,7 @@ def server_version(settings: db.Settings) -> str:
 
 
 def database_version(settings: db.Settings) -> str:
-    """"18.6", or "16.4 with Citus 12.1" on a Citus coordinator."""
+    """ "18.6", or "16.4 with Citus 12.1" on a Citus coordinator."""
     citus = citus_version(settings)
     return server_version(settings) + (f" with Citus {citus}" if citus else "")
 
@@ -332,12 +354,14 @@ def star_size(settings: db.Settings) -> int:
             for table in sql.STAR_TABLES:
                 size = None
                 if citus:
-                    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition "
-                                "WHERE logicalrelid = to_regclass(%s))", (table,))
+                    cur.execute(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition "
+                        "WHERE logicalrelid = to_regclass(%s))",
+                        (table,),
+                    )
                     if cur.fetchone()[0]:
                         with contextlib.suppress(psycopg2.Error):
-                            cur.execute("SELECT citus_total_relation_size(%s::regclass)",
-                                        (table,))
+                            cur.execute("SELECT citus_total_relation_size(%s::regclass)", (table,))
                             size = cur.fetchone()[0]
                 if size is None:
                     cur.execute("SELECT pg_total_relation_size(%s::regclass)", (table,))
@@ -348,8 +372,9 @@ def star_size(settings: db.Settings) -> int:
         conn.close()
 
 
-def bare_copy(settings: db.Settings
-              ) -> tuple[float, dict[str, float], dict[str, int], int, list[str]]:
+def bare_copy(
+    settings: db.Settings,
+) -> tuple[float, dict[str, float], dict[str, int], int, list[str]]:
     """Export the loaded star tables into memory, then COPY them into plain tables of the same
     columns (no key, index, constraint or default) created and committed beforehand; only the
     COPYs and their commit are timed. On a Citus coordinator the plain tables are distributed
@@ -361,22 +386,35 @@ def bare_copy(settings: db.Settings
         payloads, columns, rows = {}, {}, {}
         with conn.cursor() as cur:
             for table in sql.STAR_TABLES:
-                cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
-                            "ORDER BY attnum", (table,))
+                cur.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
+                    "ORDER BY attnum",
+                    (table,),
+                )
                 columns[table] = cur.fetchall()
                 buffer = io.BytesIO()
-                cur.copy_expert(pgsql.SQL("COPY (SELECT * FROM {}) TO STDOUT").format(
-                    pgsql.Identifier(table)).as_string(conn), buffer)
+                cur.copy_expert(
+                    pgsql.SQL("COPY (SELECT * FROM {}) TO STDOUT")
+                    .format(pgsql.Identifier(table))
+                    .as_string(conn),
+                    buffer,
+                )
                 payloads[table] = buffer.getvalue()
                 rows[table] = payloads[table].count(b"\n")
             cur.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
             cur.execute(pgsql.SQL("CREATE SCHEMA {}").format(schema))
             for table, cols in columns.items():
-                cur.execute(pgsql.SQL("CREATE TABLE {}.{} ({})").format(
-                    schema, pgsql.Identifier(table), pgsql.SQL(", ").join(
-                        pgsql.SQL("{} {}").format(pgsql.Identifier(name), pgsql.SQL(kind))
-                        for name, kind in cols)))
+                cur.execute(
+                    pgsql.SQL("CREATE TABLE {}.{} ({})").format(
+                        schema,
+                        pgsql.Identifier(table),
+                        pgsql.SQL(", ").join(
+                            pgsql.SQL("{} {}").format(pgsql.Identifier(name), pgsql.SQL(kind))
+                            for name, kind in cols
+                        ),
+                    )
+                )
         conn.commit()
         on_citus = distribute_like(conn, LIMIT_SCHEMA, list(columns))
         per_table = {}
@@ -384,8 +422,12 @@ def bare_copy(settings: db.Settings
         with conn.cursor() as cur:
             for table, payload in payloads.items():
                 t = time.perf_counter()
-                cur.copy_expert(pgsql.SQL("COPY {}.{} FROM STDIN").format(
-                    schema, pgsql.Identifier(table)).as_string(conn), io.BytesIO(payload))
+                cur.copy_expert(
+                    pgsql.SQL("COPY {}.{} FROM STDIN")
+                    .format(schema, pgsql.Identifier(table))
+                    .as_string(conn),
+                    io.BytesIO(payload),
+                )
                 per_table[table] = time.perf_counter() - t
         conn.commit()
         seconds = time.perf_counter() - started
@@ -409,13 +451,19 @@ def distribute_like(conn, schema: str, tables: list[str]) -> list[str]:
             if not cur.fetchone()[0]:
                 return done
             for table in tables:
-                cur.execute("SELECT partmethod, repmodel, CASE WHEN partkey IS NOT NULL THEN "
-                            "column_to_column_name(logicalrelid, partkey) END "
-                            "FROM pg_catalog.pg_dist_partition "
-                            "WHERE logicalrelid = to_regclass(%s)", (table,))
+                cur.execute(
+                    "SELECT partmethod, repmodel, CASE WHEN partkey IS NOT NULL THEN "
+                    "column_to_column_name(logicalrelid, partkey) END "
+                    "FROM pg_catalog.pg_dist_partition "
+                    "WHERE logicalrelid = to_regclass(%s)",
+                    (table,),
+                )
                 found = cur.fetchone()
-                target = pgsql.SQL("{}.{}").format(pgsql.Identifier(schema),
-                                                   pgsql.Identifier(table)).as_string(conn)
+                target = (
+                    pgsql.SQL("{}.{}")
+                    .format(pgsql.Identifier(schema), pgsql.Identifier(table))
+                    .as_string(conn)
+                )
                 try:
                     if found and found[0] == "h" and found[2]:
                         cur.execute("SELECT create_distributed_table(%s, %s)", (target, found[2]))
@@ -424,8 +472,7 @@ def distribute_like(conn, schema: str, tables: list[str]) -> list[str]:
                     else:
                         continue
                 except psycopg2.Error as exc:
-                    print(f"limit: {target} stays a local table: {cli.first_line(exc)}",
-                          flush=True)
+                    print(f"limit: {target} stays a local table: {cli.first_line(exc)}", flush=True)
                     continue
                 done.append(table)
         return done
@@ -437,8 +484,9 @@ def drop_schema(settings: db.Settings, name: str) -> None:
     conn = connect(settings)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                pgsql.Identifier(name)))
+            cur.execute(
+                pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(name))
+            )
     finally:
         conn.close()
 
@@ -477,18 +525,26 @@ def libpq_url(settings: db.Settings) -> str:
         if "://" in settings.url:
             return settings.url
         pairs = re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", settings.url)
-        params = {k: re.sub(r"\\(.)", r"\1", v[1:-1]) if v.startswith("'") else v
-                  for k, v in pairs}
+        params = {k: re.sub(r"\\(.)", r"\1", v[1:-1]) if v.startswith("'") else v for k, v in pairs}
         return "postgresql:///?" + urlencode(params)
     if settings.libpq_env:
-        params = {key: os.environ[var] for key, var in (
-            ("host", "PGHOST"), ("hostaddr", "PGHOSTADDR"), ("port", "PGPORT"),
-            ("service", "PGSERVICE")) if os.environ.get(var)}
-        return (f"postgresql:///{quote(os.environ.get('PGDATABASE') or db.DATABASE)}?"
-                + urlencode(params))
+        params = {
+            key: os.environ[var]
+            for key, var in (
+                ("host", "PGHOST"),
+                ("hostaddr", "PGHOSTADDR"),
+                ("port", "PGPORT"),
+                ("service", "PGSERVICE"),
+            )
+            if os.environ.get(var)
+        }
+        return f"postgresql:///{quote(os.environ.get('PGDATABASE') or db.DATABASE)}?" + urlencode(
+            params
+        )
     socket_dir = embedded.start(settings.pgdata)
-    return (f"postgresql://{embedded.SUPERUSER}@/{db.DATABASE}?"
-            + urlencode({"host": str(socket_dir), "port": embedded.PORT}))
+    return f"postgresql://{embedded.SUPERUSER}@/{db.DATABASE}?" + urlencode(
+        {"host": str(socket_dir), "port": embedded.PORT}
+    )
 
 
 def dlt_python(workdir: Path, version: str) -> tuple[Path | None, str]:
@@ -504,24 +560,46 @@ def dlt_python(workdir: Path, version: str) -> tuple[Path | None, str]:
     print(f"peer: installing dlt[postgres,parquet]=={version} in {venv} ...", flush=True)
     started = time.perf_counter()
     try:
-        made = subprocess.run([PY, "-m", "venv", "--clear", str(venv)], capture_output=True,
-                              text=True, timeout=300)
+        made = subprocess.run(
+            [PY, "-m", "venv", "--clear", str(venv)], capture_output=True, text=True, timeout=300
+        )
         if made.returncode != 0:
             return None, "cannot create its virtualenv: " + last_line(made.stderr or made.stdout)
         done = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-input", "--retries", "1", "--timeout", "30", f"dlt[postgres,parquet]=={version}",
-             "orjson"], capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--retries",
+                "1",
+                "--timeout",
+                "30",
+                f"dlt[postgres,parquet]=={version}",
+                "orjson",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"cannot install dlt[postgres,parquet]=={version}: {exc}"
     if done.returncode != 0:
-        return None, (f"pip could not install dlt[postgres,parquet]=={version} (no network?): "
-                      + last_line(done.stderr or done.stdout))
+        return None, (
+            f"pip could not install dlt[postgres,parquet]=={version} (no network?): "
+            + last_line(done.stderr or done.stdout)
+        )
     found = subprocess.run(probe, capture_output=True, text=True)
     if found.returncode != 0:
         return None, f"dlt was installed but does not import: {last_line(found.stderr)}"
-    print(f"peer: dlt {found.stdout.strip()} installed in {time.perf_counter() - started:.0f} s",
-          flush=True)
+    print(
+        f"peer: dlt {found.stdout.strip()} installed in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     return python, ""
 
 
@@ -547,8 +625,10 @@ def run_dlt_peers(bench: Bench, data: Path, version: str, chosen: list[str]) -> 
             peers[items] = run_dlt_peer(bench, python, data, version, items)
         peer = peers[items]
         if "run" in peer:
-            bench.say(f"peer: dlt {peer['dlt']} from {items}: {peer['run'].wall:.1f} s, peak "
-                      f"RSS {mb(peer['run'])} MB; rows {peer['rows']}")
+            bench.say(
+                f"peer: dlt {peer['dlt']} from {items}: {peer['run'].wall:.1f} s, peak "
+                f"RSS {mb(peer['run'])} MB; rows {peer['rows']}"
+            )
         else:
             bench.say(f"peer: dlt from {items} skipped: {peer['skipped']}")
     return peers
@@ -562,14 +642,32 @@ def run_dlt_peer(bench: Bench, python: Path, data: Path, version: str, items: st
     shutil.rmtree(pipelines, ignore_errors=True)
     for schema in (DLT_SCHEMA, DLT_SCHEMA + "_staging"):
         drop_schema(bench.settings, schema)
-    env = {**bench.env, "SPARKIFY_DLT_URL": libpq_url(bench.settings),
-           "RUNTIME__DLTHUB_TELEMETRY": "false", "DLT_DATA_DIR": str(pipelines)}
-    bench.say(f"peer: dlt {version} loading {data.name} raw from {items} into schema "
-              f"{DLT_SCHEMA} ...")
+    env = {
+        **bench.env,
+        "SPARKIFY_DLT_URL": libpq_url(bench.settings),
+        "RUNTIME__DLTHUB_TELEMETRY": "false",
+        "DLT_DATA_DIR": str(pipelines),
+    }
+    bench.say(
+        f"peer: dlt {version} loading {data.name} raw from {items} into schema {DLT_SCHEMA} ..."
+    )
     try:
-        run = run_measured([str(python), str(BENCH / "dlt_peer.py"), "--data", str(data),
-                            "--items", items, "--dataset", DLT_SCHEMA, "--pipelines-dir",
-                            str(pipelines), "--json"], env)
+        run = run_measured(
+            [
+                str(python),
+                str(BENCH / "dlt_peer.py"),
+                "--data",
+                str(data),
+                "--items",
+                items,
+                "--dataset",
+                DLT_SCHEMA,
+                "--pipelines-dir",
+                str(pipelines),
+                "--json",
+            ],
+            env,
+        )
         if run.rc != 0:
             return {"skipped": f"failed, dlt_peer.py exited {run.rc}: {last_line(run.stderr)}"}
         result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -579,8 +677,11 @@ def run_dlt_peer(bench: Bench, python: Path, data: Path, version: str, items: st
         try:
             with conn, conn.cursor() as cur:
                 for table in DLT_TABLES:
-                    cur.execute(pgsql.SQL("SELECT count(*) FROM {}.{}").format(
-                        pgsql.Identifier(DLT_SCHEMA), pgsql.Identifier(table)))
+                    cur.execute(
+                        pgsql.SQL("SELECT count(*) FROM {}.{}").format(
+                            pgsql.Identifier(DLT_SCHEMA), pgsql.Identifier(table)
+                        )
+                    )
                     result["rows"][table] = cur.fetchone()[0]
         finally:
             conn.close()
@@ -615,14 +716,27 @@ def machine() -> dict[str, str]:
 def code_version() -> str:
     """The commit measured, and whether the working tree differs from it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "*.py"], cwd=PROJECT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "*.py"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
-    return commit + (" with local changes to " + ", ".join(
-        line[3:] for line in dirty.splitlines()) if dirty else "")
+    return commit + (
+        " with local changes to " + ", ".join(line[3:] for line in dirty.splitlines())
+        if dirty
+        else ""
+    )
 
 
 def load_average() -> str:
@@ -657,11 +771,19 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     right = [i > 0 for i in range(len(header))]
 
     def line(cells):
-        return "| " + " | ".join(str(c).rjust(w) if r else str(c).ljust(w)
-                                 for c, w, r in zip(cells, widths, right)) + " |"
+        return (
+            "| "
+            + " | ".join(
+                str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)
+            )
+            + " |"
+        )
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2))
-                         for w, r in zip(widths, right)) + "|"
+    sep = (
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right))
+        + "|"
+    )
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
@@ -700,8 +822,11 @@ class Bench:
         self.args = args
         self.workdir = args.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        explicit = args.database_url or os.environ.get("DATABASE_URL") or any(
-            os.environ.get(k) for k in ("PGHOST", "PGHOSTADDR", "PGSERVICE"))
+        explicit = (
+            args.database_url
+            or os.environ.get("DATABASE_URL")
+            or any(os.environ.get(k) for k in ("PGHOST", "PGHOSTADDR", "PGSERVICE"))
+        )
         if not explicit and not os.environ.get("SPARKIFY_PGDATA"):
             os.environ["SPARKIFY_PGDATA"] = str(self.workdir / "pgdata")
         self.env = dict(os.environ)
@@ -712,17 +837,20 @@ class Bench:
 
     def __enter__(self) -> Bench:
         if self.settings.embedded:
-            status = subprocess.run([PY, str(PROJECT / "db.py"), "status"], env=self.env,
-                                    capture_output=True, text=True)
+            status = subprocess.run(
+                [PY, str(PROJECT / "db.py"), "status"], env=self.env, capture_output=True, text=True
+            )
             self.started_server = status.returncode != 0
-        print(f"database: {self.settings.describe()} (the benchmark drops and recreates the "
-              f"Sparkify tables there)", flush=True)
+        print(
+            f"database: {self.settings.describe()} (the benchmark drops and recreates the "
+            f"Sparkify tables there)",
+            flush=True,
+        )
         return self
 
     def __exit__(self, *exc) -> None:
         if self.started_server:
-            subprocess.run([PY, str(PROJECT / "db.py"), "stop"], env=self.env,
-                           capture_output=True)
+            subprocess.run([PY, str(PROJECT / "db.py"), "stop"], env=self.env, capture_output=True)
 
     def script(self, name: str, *extra: str) -> Measured:
         return run_measured([PY, str(PROJECT / name), *extra], self.env).check()
@@ -748,14 +876,18 @@ def main_benchmark(args: argparse.Namespace) -> int:
         create = bench.create_tables()
         info = machine()
         info["postgresql"] = database_version(bench.settings)
-        bench.say(f"machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, "
-                  f"Python {info['python']}, PostgreSQL {info['postgresql']}; "
-                  f"load average {load_start}")
+        bench.say(
+            f"machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, "
+            f"Python {info['python']}, PostgreSQL {info['postgresql']}; "
+            f"load average {load_start}"
+        )
         bench.say(f"create_tables.py: {create.wall:.2f} s")
         full = bench.etl(data)
         full_counts = star_counts(bench.settings)
-        bench.say(f"etl.py full load: {full.wall:.1f} s, peak RSS {mb(full)} MB (max process / "
-                  f"sum of tree); rows {full_counts}")
+        bench.say(
+            f"etl.py full load: {full.wall:.1f} s, peak RSS {mb(full)} MB (max process / "
+            f"sum of tree); rows {full_counts}"
+        )
         mismatches = truth_mismatches(full_counts, truth)
         if mismatches:
             bench.say(f"WARNING: rows differ from truth.json (loaded, expected): {mismatches}")
@@ -766,11 +898,15 @@ def main_benchmark(args: argparse.Namespace) -> int:
 
         # ---- 4. the limit
         copy_s, copy_tables, copy_rows, copy_bytes, copy_citus = bare_copy(bench.settings)
-        bench.say(f"limit: bare COPY of {sum(copy_rows.values()):,} rows "
-                  f"({copy_bytes / MB:,.0f} MB) in {copy_s:.2f} s")
+        bench.say(
+            f"limit: bare COPY of {sum(copy_rows.values()):,} rows "
+            f"({copy_bytes / MB:,.0f} MB) in {copy_s:.2f} s"
+        )
         parse_songs_s, parse_logs_s = parse_limit(data)
-        bench.say(f"limit: parse {song_files:,} song files in {parse_songs_s:.2f} s, "
-                  f"{log_files} log files in {parse_logs_s:.2f} s")
+        bench.say(
+            f"limit: parse {song_files:,} song files in {parse_songs_s:.2f} s, "
+            f"{log_files} log files in {parse_logs_s:.2f} s"
+        )
 
         # ---- 5. stages
         stage_create = bench.create_tables()
@@ -778,33 +914,53 @@ def main_benchmark(args: argparse.Namespace) -> int:
         song_counts = star_counts(bench.settings)
         logs_run = bench.etl(data)
         log_counts = star_counts(bench.settings)
-        bench.say(f"stages: songs {songs_run.wall:.1f} s, logs {logs_run.wall:.1f} s "
-                  f"(create_tables {stage_create.wall:.2f} s)")
+        bench.say(
+            f"stages: songs {songs_run.wall:.1f} s, logs {logs_run.wall:.1f} s "
+            f"(create_tables {stage_create.wall:.2f} s)"
+        )
 
         # ---- 6. classic
         classic = None
         if args.classic_events > 0:
-            classic_data, slice_info = classic_slice(bench.workdir, data, args.classic_events,
-                                                     args.classic_songs)
-            fill = [] if slice_info["song_files"] >= song_files else [
-                "--fill-songs-from", str(data / "song_data")]
-            bench.say(f"classic: running on {slice_info['song_files']:,} song files and "
-                      f"{slice_info['events']:,} events ...")
+            classic_data, slice_info = classic_slice(
+                bench.workdir, data, args.classic_events, args.classic_songs
+            )
+            fill = (
+                []
+                if slice_info["song_files"] >= song_files
+                else ["--fill-songs-from", str(data / "song_data")]
+            )
+            bench.say(
+                f"classic: running on {slice_info['song_files']:,} song files and "
+                f"{slice_info['events']:,} events ..."
+            )
             classic_run = run_measured(
-                [PY, str(BENCH / "classic.py"), "--data", str(classic_data), "--json",
-                 "--schema", CLASSIC_SCHEMA, "--drop-after", *fill],
-                bench.env).check()
+                [
+                    PY,
+                    str(BENCH / "classic.py"),
+                    "--data",
+                    str(classic_data),
+                    "--json",
+                    "--schema",
+                    CLASSIC_SCHEMA,
+                    "--drop-after",
+                    *fill,
+                ],
+                bench.env,
+            ).check()
             classic = json.loads(classic_run.stdout.strip().splitlines()[-1])
             classic["run"] = classic_run
             classic["songs_full_s"] = classic["songs_s"] * song_files / classic["song_files"]
             classic["logs_full_s"] = classic["logs_s"] * events / classic["log_records"]
-            classic["total_s"] = classic["schema_s"] + classic["songs_full_s"] + \
-                classic["logs_full_s"]
+            classic["total_s"] = (
+                classic["schema_s"] + classic["songs_full_s"] + classic["logs_full_s"]
+            )
             shutil.rmtree(classic_data, ignore_errors=True)
 
         # ---- 7. the peers
-        peers = run_dlt_peers(bench, data, args.dlt_version,
-                              [] if args.no_peers else args.dlt_items)
+        peers = run_dlt_peers(
+            bench, data, args.dlt_version, [] if args.no_peers else args.dlt_items
+        )
         load_end = load_average()
 
     # ---- 8. the report
@@ -818,8 +974,14 @@ def main_benchmark(args: argparse.Namespace) -> int:
     log_rows = sum(log_counts[t] - song_counts[t] for t in sql.STAR_TABLES)
 
     def row(label, files, recs, rows_written, seconds, measured=None):
-        return [label, fmt(rate(files, seconds)), fmt(rate(recs, seconds)),
-                fmt(rate(rows_written, seconds)), fmt(seconds, 2), mb(measured)]
+        return [
+            label,
+            fmt(rate(files, seconds)),
+            fmt(rate(recs, seconds)),
+            fmt(rate(rows_written, seconds)),
+            fmt(seconds, 2),
+            mb(measured),
+        ]
 
     main_rows = [
         row(ROWS["create"], None, None, None, create.wall, create),
@@ -834,40 +996,97 @@ def main_benchmark(args: argparse.Namespace) -> int:
         row(ROWS["limit"], song_files + log_files, records, rows_total, limit_s),
     ]
     if classic:
-        main_rows.append(row(ROWS["classic"], song_files + log_files, records, rows_total,
-                             classic["total_s"], classic["run"]))
+        main_rows.append(
+            row(
+                ROWS["classic"],
+                song_files + log_files,
+                records,
+                rows_total,
+                classic["total_s"],
+                classic["run"],
+            )
+        )
     for items, peer in peers.items():
         if "run" in peer:
-            main_rows.append(row(ROWS[f"dlt_{items}"], song_files + log_files, records,
-                                 sum(peer["rows"].values()), peer["run"].wall, peer["run"]))
+            main_rows.append(
+                row(
+                    ROWS[f"dlt_{items}"],
+                    song_files + log_files,
+                    records,
+                    sum(peer["rows"].values()),
+                    peer["run"].wall,
+                    peer["run"],
+                )
+            )
         else:
             main_rows.append([ROWS[f"dlt_{items}"], "", "", "", "skipped", ""])
 
     per_table = []
     for t in sql.STAR_TABLES:
-        stage, wall = ("song stage", songs_run.wall) if t in ("songs", "artists") else \
-            ("log stage", logs_run.wall)
+        stage, wall = (
+            ("song stage", songs_run.wall)
+            if t in ("songs", "artists")
+            else ("log stage", logs_run.wall)
+        )
         written = song_counts[t] if t in ("songs", "artists") else log_counts[t] - song_counts[t]
-        per_table.append([t, fmt(star_rows[t]), fmt(rate(star_rows[t], full.wall)), stage,
-                          fmt(rate(written, wall)), fmt(rate(copy_rows[t], copy_tables[t]))])
+        per_table.append(
+            [
+                t,
+                fmt(star_rows[t]),
+                fmt(rate(star_rows[t], full.wall)),
+                stage,
+                fmt(rate(written, wall)),
+                fmt(rate(copy_rows[t], copy_tables[t])),
+            ]
+        )
 
     with saved_report(bench.workdir / "report.md"):
         print()
-        print(f"## Sparkify ETL benchmark: {events:,} events in {log_files} log files, "
-              f"{song_files:,} song files (seed {args.seed})")
+        print(
+            f"## Sparkify ETL benchmark: {events:,} events in {log_files} log files, "
+            f"{song_files:,} song files (seed {args.seed})"
+        )
         print()
-        print(table(["stage", "files/s", "records/s", "rows/s", "wall s",
-                     "peak RSS MB (max proc / sum)"], main_rows))
+        print(
+            table(
+                [
+                    "stage",
+                    "files/s",
+                    "records/s",
+                    "rows/s",
+                    "wall s",
+                    "peak RSS MB (max proc / sum)",
+                ],
+                main_rows,
+            )
+        )
         print()
-        print(table(["table", "rows", "rows/s in full load", "written in", "rows/s in its stage",
-                     "rows/s bare COPY"], per_table))
+        print(
+            table(
+                [
+                    "table",
+                    "rows",
+                    "rows/s in full load",
+                    "written in",
+                    "rows/s in its stage",
+                    "rows/s bare COPY",
+                ],
+                per_table,
+            )
+        )
         print()
-        print("Rates are counts over wall time of the whole subprocess (Python start-up "
-              "included). Peak RSS: the largest process (its VmHWM) / the sum over etl.py and its "
-              "worker (polled every 20 ms); the PostgreSQL server is not counted."
-              + (f" On Citus the bare COPY wrote to tables distributed or replicated as the "
-                 f"star tables are ({', '.join(copy_citus)}); the others were plain tables on "
-                 "the coordinator." if copy_citus else ""))
+        print(
+            "Rates are counts over wall time of the whole subprocess (Python start-up "
+            "included). Peak RSS: the largest process (its VmHWM) / the sum over etl.py and its "
+            "worker (polled every 20 ms); the PostgreSQL server is not counted."
+            + (
+                f" On Citus the bare COPY wrote to tables distributed or replicated as the "
+                f"star tables are ({', '.join(copy_citus)}); the others were plain tables on "
+                "the coordinator."
+                if copy_citus
+                else ""
+            )
+        )
         print()
         ratio_limit = etl_s / limit_s
         songs_fps = song_files / songs_run.wall
@@ -875,69 +1094,97 @@ def main_benchmark(args: argparse.Namespace) -> int:
         print("### Targets")
         print()
         targets = [
-            [TARGETS[0], f"{etl_s:.1f} s / {limit_s:.1f} s = {ratio_limit:.1f}x", "<= 2x",
-             verdict(ratio_limit <= 2)],
+            [
+                TARGETS[0],
+                f"{etl_s:.1f} s / {limit_s:.1f} s = {ratio_limit:.1f}x",
+                "<= 2x",
+                verdict(ratio_limit <= 2),
+            ],
         ]
         if classic:
             ratio_classic = classic["total_s"] / etl_s
-            targets.append([TARGETS[1], f"{classic['total_s']:,.0f} s / {etl_s:.1f} s = "
-                                        f"{ratio_classic:,.0f}x", ">= 50x",
-                            verdict(ratio_classic >= 50)])
+            targets.append(
+                [
+                    TARGETS[1],
+                    f"{classic['total_s']:,.0f} s / {etl_s:.1f} s = {ratio_classic:,.0f}x",
+                    ">= 50x",
+                    verdict(ratio_classic >= 50),
+                ]
+            )
         else:
             targets.append([TARGETS[1], "not run (--classic-events 0)", ">= 50x", ""])
         targets += [
             [TARGETS[2], f"{songs_fps:,.0f}", ">= 20,000", verdict(songs_fps >= 20_000)],
-            [TARGETS[3], f"{rerun.wall:.2f} s / {full.wall:.1f} s = {rerun_share:.1%}", "< 5%",
-             verdict(rerun_share < 0.05)],
+            [
+                TARGETS[3],
+                f"{rerun.wall:.2f} s / {full.wall:.1f} s = {rerun_share:.1%}",
+                "< 5%",
+                verdict(rerun_share < 0.05),
+            ],
         ]
         print(table(["target", "measured", "goal", "verdict"], targets))
         print()
         if classic:
-            print(f"Classic measured on {classic['log_records']:,} events "
-                  f"({classic['log_files']} log file(s), {classic['logs_s']:.1f} s) and "
-                  f"{classic['song_files']:,} song files ({classic['songs_s']:.1f} s), "
-                  f"extrapolated linearly to {events:,} events and {song_files:,} song files: "
-                  f"{classic['total_s']:,.0f} s (songs {classic['songs_full_s']:,.0f} s + logs "
-                  f"{classic['logs_full_s']:,.0f} s). "
-                  f"Its per-play song SELECTs searched a songs table of "
-                  f"{classic['songs_at_lookup']:,} rows"
-                  + (f" (the songs of all {classic['filled_song_files']:,} files were "
-                     "bulk-inserted, untimed, after its song stage)"
-                     if classic["filled_song_files"] else "")
-                  + "; later inserts into bigger tables would cost a little more, so the "
-                    "extrapolation flatters the classic pipeline.")
+            print(
+                f"Classic measured on {classic['log_records']:,} events "
+                f"({classic['log_files']} log file(s), {classic['logs_s']:.1f} s) and "
+                f"{classic['song_files']:,} song files ({classic['songs_s']:.1f} s), "
+                f"extrapolated linearly to {events:,} events and {song_files:,} song files: "
+                f"{classic['total_s']:,.0f} s (songs {classic['songs_full_s']:,.0f} s + logs "
+                f"{classic['logs_full_s']:,.0f} s). "
+                f"Its per-play song SELECTs searched a songs table of "
+                f"{classic['songs_at_lookup']:,} rows"
+                + (
+                    f" (the songs of all {classic['filled_song_files']:,} files were "
+                    "bulk-inserted, untimed, after its song stage)"
+                    if classic["filled_song_files"]
+                    else ""
+                )
+                + "; later inserts into bigger tables would cost a little more, so the "
+                "extrapolation flatters the classic pipeline."
+            )
             print()
         ran = {items: peer for items, peer in peers.items() if "run" in peer}
         if ran:
             some = next(iter(ran.values()))
-            print(f"Peers: dlt {some['dlt']} landed the same files raw, with its "
-                  f"{some['loader_file_format']} loader file format (COPY), in two tables of "
-                  f"schema {DLT_SCHEMA} ("
-                  + ", ".join(f"{name}: one row per {what}" for name, what in DLT_TABLES.items())
-                  + "): no star schema, no deduplication, no song lookup, no checks. "
-                  "Their rows/s count those raw rows; their peak RSS is bench/dlt_peer.py's "
-                  "process tree; the rest of their wall time, beyond dlt's own steps, is Python "
-                  "start-up and importing dlt.")
+            print(
+                f"Peers: dlt {some['dlt']} landed the same files raw, with its "
+                f"{some['loader_file_format']} loader file format (COPY), in two tables of "
+                f"schema {DLT_SCHEMA} ("
+                + ", ".join(f"{name}: one row per {what}" for name, what in DLT_TABLES.items())
+                + "): no star schema, no deduplication, no song lookup, no checks. "
+                "Their rows/s count those raw rows; their peak RSS is bench/dlt_peer.py's "
+                "process tree; the rest of their wall time, beyond dlt's own steps, is Python "
+                "start-up and importing dlt."
+            )
         for items, peer in peers.items():
             if "run" in peer:
                 steps = ", ".join(f"{k} {v:.1f} s" for k, v in peer["steps"].items())
-                how = ("Arrow tables (pyarrow.json per log file), written to csv by pyarrow"
-                       if items == "arrow" else
-                       "pages of orjson-parsed dicts, through dlt's row-by-row normalizer")
-                print(f"- From {how}: {peer['run'].wall:.1f} s ({steps}), "
-                      f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s).")
+                how = (
+                    "Arrow tables (pyarrow.json per log file), written to csv by pyarrow"
+                    if items == "arrow"
+                    else "pages of orjson-parsed dicts, through dlt's row-by-row normalizer"
+                )
+                print(
+                    f"- From {how}: {peer['run'].wall:.1f} s ({steps}), "
+                    f"{peer['run'].wall / etl_s:.1f}x the ETL total ({etl_s:.1f} s)."
+                )
                 expected = {"song_data": song_files, "log_data": events}
                 if peer["rows"] != expected:
-                    print(f"\nWARNING: dlt from {items} loaded {peer['rows']} rows, expected "
-                          f"{expected}")
+                    print(
+                        f"\nWARNING: dlt from {items} loaded {peer['rows']} rows, expected "
+                        f"{expected}"
+                    )
             else:
                 print(f"- The dlt row from {items} was skipped: {peer['skipped']}.")
         print()
-        print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
-              f"Python {info['python']}, PostgreSQL {info['postgresql']} "
-              f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
-              f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
-              f"Code: {code_version()}.")
+        print(
+            f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
+            f"Python {info['python']}, PostgreSQL {info['postgresql']} "
+            f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
+            f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
+            f"Code: {code_version()}."
+        )
         if mismatches:
             print(f"\nWARNING: the load's rows differ from truth.json: {mismatches}")
     if not args.keep:
@@ -957,32 +1204,67 @@ def rss_scaling(args: argparse.Namespace) -> int:
             data, truth = ensure_data(bench.workdir, events, args.songs, args.seed, args.keep)
             bench.create_tables()
             run = bench.etl(data)
-            bench.say(f"{events:,} events: etl.py {run.wall:.1f} s, peak RSS {mb(run)} MB "
-                      f"(max process / sum of tree); per process: "
-                      + ", ".join(f"{v / MB:,.0f}" for v in sorted(run.rss_by_pid.values(),
-                                                                     reverse=True)[:3]))
+            bench.say(
+                f"{events:,} events: etl.py {run.wall:.1f} s, peak RSS {mb(run)} MB "
+                f"(max process / sum of tree); per process: "
+                + ", ".join(
+                    f"{v / MB:,.0f}" for v in sorted(run.rss_by_pid.values(), reverse=True)[:3]
+                )
+            )
             results.append((events, dir_size(data / "log_data"), run))
             if not args.keep:
                 shutil.rmtree(data, ignore_errors=True)
         load_end = load_average()
     (small_events, _, small), (large_events, _, large) = results
     print()
-    print(f"## Peak RSS of etl.py: {small_events:,} vs {large_events:,} events "
-          f"({args.songs:,} song files)")
+    print(
+        f"## Peak RSS of etl.py: {small_events:,} vs {large_events:,} events "
+        f"({args.songs:,} song files)"
+    )
     print()
-    print(table(["events", "log MB", "wall s", "peak RSS MB, largest process",
-                 "peak RSS MB, sum of tree"],
-                [[fmt(e), fmt(size / MB), fmt(r.wall, 1), fmt(r.rss_max / MB),
-                  fmt(r.rss_sum / MB)] for e, size, r in results]))
+    print(
+        table(
+            [
+                "events",
+                "log MB",
+                "wall s",
+                "peak RSS MB, largest process",
+                "peak RSS MB, sum of tree",
+            ],
+            [
+                [fmt(e), fmt(size / MB), fmt(r.wall, 1), fmt(r.rss_max / MB), fmt(r.rss_sum / MB)]
+                for e, size, r in results
+            ],
+        )
+    )
     ratio_max = large.rss_max / small.rss_max
     ratio_sum = large.rss_sum / small.rss_sum
     print()
-    print(table(["target", "measured", "goal", "verdict"], [
-        ["RSS ratio, largest process", f"{ratio_max:.2f}x", "<= 1.2x", verdict(ratio_max <= 1.2)],
-        ["RSS ratio, sum of tree", f"{ratio_sum:.2f}x", "<= 1.2x", verdict(ratio_sum <= 1.2)],
-        [f"RSS at {large_events:,} events, sum of tree", f"{large.rss_sum / MB:,.0f} MB",
-         "< 1024 MB", verdict(large.rss_sum < 1024 * MB)],
-    ]))
+    print(
+        table(
+            ["target", "measured", "goal", "verdict"],
+            [
+                [
+                    "RSS ratio, largest process",
+                    f"{ratio_max:.2f}x",
+                    "<= 1.2x",
+                    verdict(ratio_max <= 1.2),
+                ],
+                [
+                    "RSS ratio, sum of tree",
+                    f"{ratio_sum:.2f}x",
+                    "<= 1.2x",
+                    verdict(ratio_sum <= 1.2),
+                ],
+                [
+                    f"RSS at {large_events:,} events, sum of tree",
+                    f"{large.rss_sum / MB:,.0f} MB",
+                    "< 1024 MB",
+                    verdict(large.rss_sum < 1024 * MB),
+                ],
+            ],
+        )
+    )
     print()
     print(f"Load average at start {load_start}, at end {load_end}.")
     return 0
@@ -1007,17 +1289,26 @@ def growth(args: argparse.Namespace) -> int:
             copy_s = bare_copy(bench.settings)[0]
             parse_s = sum(parse_limit(data))
             result = {
-                "events": truth["log_records"], "song_files": truth["song_files"],
-                "log_files": truth["log_files"], "log_bytes": dir_size(data / "log_data"),
-                "etl_s": create.wall + full.wall, "full": full,
-                "rows": sum(counts[t] for t in sql.STAR_TABLES), "star_bytes": star_bytes,
-                "parse_s": parse_s, "copy_s": copy_s, "limit_s": parse_s + copy_s,
-                "mismatches": mismatches}
+                "events": truth["log_records"],
+                "song_files": truth["song_files"],
+                "log_files": truth["log_files"],
+                "log_bytes": dir_size(data / "log_data"),
+                "etl_s": create.wall + full.wall,
+                "full": full,
+                "rows": sum(counts[t] for t in sql.STAR_TABLES),
+                "star_bytes": star_bytes,
+                "parse_s": parse_s,
+                "copy_s": copy_s,
+                "limit_s": parse_s + copy_s,
+                "mismatches": mismatches,
+            }
             results.append(result)
-            bench.say(f"{result['events']:,} events: ETL {result['etl_s']:.1f} s, peak RSS "
-                      f"{mb(full)} MB (max process / sum of tree); limit {result['limit_s']:.1f} s "
-                      f"(parse {parse_s:.1f} s + bare COPY {copy_s:.1f} s); star tables "
-                      f"{star_bytes / MB:,.0f} MB")
+            bench.say(
+                f"{result['events']:,} events: ETL {result['etl_s']:.1f} s, peak RSS "
+                f"{mb(full)} MB (max process / sum of tree); limit {result['limit_s']:.1f} s "
+                f"(parse {parse_s:.1f} s + bare COPY {copy_s:.1f} s); star tables "
+                f"{star_bytes / MB:,.0f} MB"
+            )
             if mismatches:
                 bench.say(f"WARNING: rows differ from truth.json (loaded, expected): {mismatches}")
             if not args.keep:
@@ -1029,47 +1320,82 @@ def growth(args: argparse.Namespace) -> int:
     with saved_report(bench.workdir / "growth.md"):
         print()
         counted = ", ".join(f"{r['events']:,}" for r in results)
-        print(f"## How the full load grows: {counted} events ({args.songs:,} song files, "
-              f"seed {args.seed})")
+        print(
+            f"## How the full load grows: {counted} events ({args.songs:,} song files, "
+            f"seed {args.seed})"
+        )
         print()
-        print(table(["events", "log MB", "wall s", "s per 1M events", "rows/s",
-                     "peak RSS MB (max proc / sum)", "limit s", "ETL / limit", "star tables MB"],
-                    [[fmt(r["events"]), fmt(r["log_bytes"] / MB), fmt(r["etl_s"], 1),
-                      fmt(r["etl_s"] / r["events"] * 1e6, 1), fmt(rate(r["rows"], r["etl_s"])),
-                      mb(r["full"]), fmt(r["limit_s"], 1), f"{r['etl_s'] / r['limit_s']:.1f}x",
-                      fmt(r["star_bytes"] / MB)] for r in results]))
+        print(
+            table(
+                [
+                    "events",
+                    "log MB",
+                    "wall s",
+                    "s per 1M events",
+                    "rows/s",
+                    "peak RSS MB (max proc / sum)",
+                    "limit s",
+                    "ETL / limit",
+                    "star tables MB",
+                ],
+                [
+                    [
+                        fmt(r["events"]),
+                        fmt(r["log_bytes"] / MB),
+                        fmt(r["etl_s"], 1),
+                        fmt(r["etl_s"] / r["events"] * 1e6, 1),
+                        fmt(rate(r["rows"], r["etl_s"])),
+                        mb(r["full"]),
+                        fmt(r["limit_s"], 1),
+                        f"{r['etl_s'] / r['limit_s']:.1f}x",
+                        fmt(r["star_bytes"] / MB),
+                    ]
+                    for r in results
+                ],
+            )
+        )
         print()
-        print("Wall s: create_tables.py + etl.py (full load), whole subprocesses, Python start-up "
-              "included; rows/s: star rows written over that time. Peak RSS: the largest process "
-              "(its VmHWM) / the sum over etl.py and its worker; the PostgreSQL server is not "
-              "counted. Limit: the fastest parse of the same files (orjson, pyarrow.json) plus a "
-              "bare COPY of the final rows into tables without keys or indexes. Star tables: "
-              "their size in the database, indexes included.")
+        print(
+            "Wall s: create_tables.py + etl.py (full load), whole subprocesses, Python start-up "
+            "included; rows/s: star rows written over that time. Peak RSS: the largest process "
+            "(its VmHWM) / the sum over etl.py and its worker; the PostgreSQL server is not "
+            "counted. Limit: the fastest parse of the same files (orjson, pyarrow.json) plus a "
+            "bare COPY of the final rows into tables without keys or indexes. Star tables: "
+            "their size in the database, indexes included."
+        )
         if len(results) > 1:
             print()
             grow = last["events"] / first["events"]
-            print(f"From {first['events']:,} to {last['events']:,} events ({grow:.1f}x): wall "
-                  f"{last['etl_s'] / first['etl_s']:.2f}x, limit "
-                  f"{last['limit_s'] / first['limit_s']:.2f}x, peak RSS "
-                  f"{last['full'].rss_max / first['full'].rss_max:.2f}x (largest process) and "
-                  f"{last['full'].rss_sum / first['full'].rss_sum:.2f}x (sum of tree), star "
-                  f"tables {last['star_bytes'] / max(first['star_bytes'], 1):.2f}x. A load that "
-                  f"grows linearly takes the same seconds per 1M events at every size.")
+            print(
+                f"From {first['events']:,} to {last['events']:,} events ({grow:.1f}x): wall "
+                f"{last['etl_s'] / first['etl_s']:.2f}x, limit "
+                f"{last['limit_s'] / first['limit_s']:.2f}x, peak RSS "
+                f"{last['full'].rss_max / first['full'].rss_max:.2f}x (largest process) and "
+                f"{last['full'].rss_sum / first['full'].rss_sum:.2f}x (sum of tree), star "
+                f"tables {last['star_bytes'] / max(first['star_bytes'], 1):.2f}x. A load that "
+                f"grows linearly takes the same seconds per 1M events at every size."
+            )
         print()
-        print(f"![How the full load grows]({plot.name})" if plot else
-              "No plot: matplotlib is not installed.")
+        print(
+            f"![How the full load grows]({plot.name})"
+            if plot
+            else "No plot: matplotlib is not installed."
+        )
         print()
-        print(f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
-              f"Python {info['python']}, PostgreSQL {info['postgresql']} "
-              f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
-              f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
-              f"Code: {code_version()}.")
+        print(
+            f"Machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']}, "
+            f"Python {info['python']}, PostgreSQL {info['postgresql']} "
+            f"({'embedded, db.py settings' if bench.settings.embedded else 'external server'}). "
+            f"Load average (1, 5, 15 min) at start {load_start}, at end {load_end}. "
+            f"Code: {code_version()}."
+        )
         for r in results:
             if r["mismatches"]:
-                print(f"\nWARNING: at {r['events']:,} events the load's rows differ from "
-                      f"truth.json: {r['mismatches']}")
-    print(f"\n(saved in {bench.workdir / 'growth.md'}"
-          + (f" and {plot}" if plot else "") + ")")
+                print(
+                    f"\nWARNING: at {r['events']:,} events the load's rows differ from "
+                    f"truth.json: {r['mismatches']}"
+                )
+    print(f"\n(saved in {bench.workdir / 'growth.md'}" + (f" and {plot}" if plot else "") + ")")
     return 0
 
 
@@ -1077,6 +1403,7 @@ def plot_growth(results: list[dict], path: Path) -> Path | None:
     """A small PNG: seconds (ETL, limit, linear from the first size) and peak RSS, over events."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -1086,8 +1413,13 @@ def plot_growth(results: list[dict], path: Path) -> Path | None:
     left.plot(events, [r["etl_s"] for r in results], "o-", label="ETL (create_tables + etl.py)")
     left.plot(events, [r["limit_s"] for r in results], "s-", label="limit (parse + bare COPY)")
     per_event = results[0]["etl_s"] / events[0]
-    left.plot(events, [per_event * e for e in events], ":", color="grey",
-              label="ETL, linear from the first size")
+    left.plot(
+        events,
+        [per_event * e for e in events],
+        ":",
+        color="grey",
+        label="ETL, linear from the first size",
+    )
     left.set(xlabel="events (millions)", ylabel="wall s", title="Time")
     left.set_ylim(bottom=0)
     left.legend(fontsize="small")
@@ -1116,11 +1448,11 @@ def dlt_items(text: str) -> list[str]:
 def sizes(text: str) -> list[int]:
     """--growth-sizes: positive event counts, comma-separated (1000000 or 1_000_000)."""
     try:
-        values = [cli.positive(part.strip()) for part in text.split(",")
-                  if part.strip()]
+        values = [cli.positive(part.strip()) for part in text.split(",") if part.strip()]
     except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, got {text!r}"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("no size given")
     return values
@@ -1129,54 +1461,106 @@ def sizes(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the Sparkify ETL on generated data: full load, re-run, the "
-                    "machine's limit (parse + bare COPY), per-stage rates, the classic "
-                    "row-at-a-time pipeline, and a peer (dlt loading the same files raw); or, "
-                    "with --rss-scaling, peak memory at two sizes; or, with --growth, how the "
-                    "full load grows with the data. See bench/README.md.",
+        "machine's limit (parse + bare COPY), per-stage rates, the classic "
+        "row-at-a-time pipeline, and a peer (dlt loading the same files raw); or, "
+        "with --rss-scaling, peak memory at two sizes; or, with --growth, how the "
+        "full load grows with the data. See bench/README.md.",
         epilog="The Sparkify tables of the database used are dropped and recreated. By default "
-               "that is an embedded server of the benchmark's own under WORKDIR/pgdata, "
-               "stopped at the end (SPARKIFY_PGDATA, DATABASE_URL or --database-url choose "
-               "another: any PostgreSQL, a Citus coordinator included).")
-    parser.add_argument("--events", type=cli.positive, default=1_000_000,
-                        help="log events to generate (default: %(default)s)")
-    parser.add_argument("--songs", type=cli.positive, default=20_000,
-                        help="song files to generate (default: %(default)s)")
+        "that is an embedded server of the benchmark's own under WORKDIR/pgdata, "
+        "stopped at the end (SPARKIFY_PGDATA, DATABASE_URL or --database-url choose "
+        "another: any PostgreSQL, a Citus coordinator included).",
+    )
+    parser.add_argument(
+        "--events",
+        type=cli.positive,
+        default=1_000_000,
+        help="log events to generate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--songs",
+        type=cli.positive,
+        default=20_000,
+        help="song files to generate (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default: 42)")
-    parser.add_argument("--workdir", type=Path, default=BENCH / "out",
-                        help="where data and the private server go (default: bench/out)")
-    parser.add_argument("--classic-events", type=int, default=20_000,
-                        help="events the classic pipeline runs on, from the start of the logs; "
-                             "0 skips it (default: %(default)s)")
-    parser.add_argument("--classic-songs", type=cli.positive, default=2_000,
-                        help="song files the classic song stage runs on; the rest are "
-                             "bulk-inserted untimed so that its per-play lookups search the "
-                             "full songs table (default: %(default)s)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the generated data, and reuse it when its parameters match")
-    parser.add_argument("--database-url", help="benchmark on this PostgreSQL instead "
-                                               "(its Sparkify tables are dropped)")
-    parser.add_argument("--no-peers", action="store_true",
-                        help="skip the peer rows (dlt, installed on first use in "
-                             "WORKDIR/dlt-venv from PyPI)")
-    parser.add_argument("--dlt-items", type=dlt_items, default=list(DLT_ITEMS),
-                        metavar="arrow,dicts",
-                        help="which peer rows to run: dlt fed Arrow tables, dicts, or both "
-                             "(default: arrow,dicts)")
-    parser.add_argument("--dlt-version", default=DLT_VERSION,
-                        help="dlt release for the peer rows (default: %(default)s)")
-    parser.add_argument("--rss-scaling", action="store_true",
-                        help="instead: peak RSS of etl.py at --rss-small and --rss-large events")
-    parser.add_argument("--rss-small", type=cli.positive, default=200_000,
-                        help="smaller size for --rss-scaling (default: %(default)s)")
-    parser.add_argument("--rss-large", type=cli.positive, default=2_000_000,
-                        help="larger size for --rss-scaling (default: %(default)s)")
-    parser.add_argument("--growth", action="store_true",
-                        help="instead: how the full load grows, at each of --growth-sizes "
-                             "(WORKDIR/growth.md and growth.png)")
-    parser.add_argument("--growth-sizes", type=sizes, default=GROWTH_SIZES, metavar="N,N,...",
-                        help="events at each size for --growth, each in 30 daily log files "
-                             "with --songs song files (default: "
-                             + ",".join(str(n) for n in GROWTH_SIZES) + ")")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=BENCH / "out",
+        help="where data and the private server go (default: bench/out)",
+    )
+    parser.add_argument(
+        "--classic-events",
+        type=int,
+        default=20_000,
+        help="events the classic pipeline runs on, from the start of the logs; "
+        "0 skips it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--classic-songs",
+        type=cli.positive,
+        default=2_000,
+        help="song files the classic song stage runs on; the rest are "
+        "bulk-inserted untimed so that its per-play lookups search the "
+        "full songs table (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the generated data, and reuse it when its parameters match",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="benchmark on this PostgreSQL instead (its Sparkify tables are dropped)",
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip the peer rows (dlt, installed on first use in WORKDIR/dlt-venv from PyPI)",
+    )
+    parser.add_argument(
+        "--dlt-items",
+        type=dlt_items,
+        default=list(DLT_ITEMS),
+        metavar="arrow,dicts",
+        help="which peer rows to run: dlt fed Arrow tables, dicts, or both (default: arrow,dicts)",
+    )
+    parser.add_argument(
+        "--dlt-version",
+        default=DLT_VERSION,
+        help="dlt release for the peer rows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rss-scaling",
+        action="store_true",
+        help="instead: peak RSS of etl.py at --rss-small and --rss-large events",
+    )
+    parser.add_argument(
+        "--rss-small",
+        type=cli.positive,
+        default=200_000,
+        help="smaller size for --rss-scaling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rss-large",
+        type=cli.positive,
+        default=2_000_000,
+        help="larger size for --rss-scaling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="instead: how the full load grows, at each of --growth-sizes "
+        "(WORKDIR/growth.md and growth.png)",
+    )
+    parser.add_argument(
+        "--growth-sizes",
+        type=sizes,
+        default=GROWTH_SIZES,
+        metavar="N,N,...",
+        help="events at each size for --growth, each in 30 daily log files "
+        "with --songs song files (default: " + ",".join(str(n) for n in GROWTH_SIZES) + ")",
+    )
     args = parser.parse_args(argv)
     if args.growth and args.rss_scaling:
         parser.error("--growth and --rss-scaling are two different runs: choose one")

@@ -15,9 +15,21 @@ def row(label: str) -> str:
 
 
 def test_tiny_benchmark_prints_every_row(tmp_path):
-    done = run_script("bench/run.py", "--events", "3000", "--songs", "100",
-                      "--classic-events", "500", "--classic-songs", "50", "--no-peers",
-                      "--workdir", str(tmp_path), timeout=120)
+    done = run_script(
+        "bench/run.py",
+        "--events",
+        "3000",
+        "--songs",
+        "100",
+        "--classic-events",
+        "500",
+        "--classic-songs",
+        "50",
+        "--no-peers",
+        "--workdir",
+        str(tmp_path),
+        timeout=120,
+    )
     out = done.stdout
     for label in [*ROWS.values(), *TARGETS]:
         assert re.search(row(label), out, re.MULTILINE), label
@@ -38,8 +50,18 @@ def test_tiny_benchmark_prints_every_row(tmp_path):
 
 
 def test_growth_at_two_tiny_sizes(tmp_path):
-    done = run_script("bench/run.py", "--growth", "--growth-sizes", "2000,4000",
-                      "--songs", "100", "--no-peers", "--workdir", str(tmp_path), timeout=120)
+    done = run_script(
+        "bench/run.py",
+        "--growth",
+        "--growth-sizes",
+        "2000,4000",
+        "--songs",
+        "100",
+        "--no-peers",
+        "--workdir",
+        str(tmp_path),
+        timeout=120,
+    )
     out = done.stdout
     assert "## How the full load grows: 2,000, 4,000 events" in out
     for events in ("2,000", "4,000"):

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from conftest import PROJECT, SAMPLE, query, run_script, schema_objects, table_contents
 
 import citus_cluster
 import sql_queries
-from conftest import PROJECT, SAMPLE, query, run_script, schema_objects, table_contents
 
 GENERATED = {"events": 200_000, "songs": 2000}
 
@@ -127,7 +127,8 @@ def test_cluster_command_reports_every_node_running_and_the_url_without_a_passwo
     status = run_script("citus_cluster.py", "status", "--dir", str(cluster.dir))
     names = ["coordinator", "worker1", "worker2"]
     assert status.stdout.splitlines() == [
-        f"{n}: running on 127.0.0.1:{p}" for n, p in zip(names, cluster.ports)]
+        f"{n}: running on 127.0.0.1:{p}" for n, p in zip(names, cluster.ports)
+    ]
     url = run_script("citus_cluster.py", "url", "--dir", str(cluster.dir)).stdout
     assert url == f"postgresql://postgres@127.0.0.1:{cluster.ports[0]}/sparkifydb\n"
     help_text = run_script("citus_cluster.py", "--help").stdout
@@ -135,23 +136,33 @@ def test_cluster_command_reports_every_node_running_and_the_url_without_a_passwo
         assert option in help_text
     with on(cluster.url):
         assert query("SELECT nodeport, shouldhaveshards FROM pg_dist_node ORDER BY nodeid") == [
-            (cluster.ports[0], False), (cluster.ports[1], True), (cluster.ports[2], True)]
+            (cluster.ports[0], False),
+            (cluster.ports[1], True),
+            (cluster.ports[2], True),
+        ]
 
 
 def test_cluster_command_without_postgresql_15_is_one_clear_error_line():
-    done = run_script("citus_cluster.py", "start", env={"CITUS_PG_BIN": "/nonexistent/bin"},
-                      check=False)
+    done = run_script(
+        "citus_cluster.py", "start", env={"CITUS_PG_BIN": "/nonexistent/bin"}, check=False
+    )
     assert done.returncode == 3
-    assert done.stderr == ("error: PostgreSQL 15 not found in /nonexistent/bin: install it "
-                           "(apt-get install postgresql-15) or set CITUS_PG_BIN\n")
+    assert done.stderr == (
+        "error: PostgreSQL 15 not found in /nonexistent/bin: install it "
+        "(apt-get install postgresql-15) or set CITUS_PG_BIN\n"
+    )
 
 
 OURS = "ANY (SELECT to_regclass(t) FROM unnest(%(t)s::text[]) AS t)"
-CHECK_CONSTRAINTS = ("SELECT conrelid::regclass::text, pg_get_constraintdef(oid) "
-                     f"FROM pg_constraint WHERE contype = 'c' AND conrelid = {OURS} ORDER BY 1, 2")
-COLUMNS = ("SELECT attrelid::regclass::text, attname, format_type(atttypid, atttypmod), "
-           "attnotnull, attidentity FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped "
-           f"AND attrelid = {OURS} ORDER BY 1, attnum")
+CHECK_CONSTRAINTS = (
+    "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) "
+    f"FROM pg_constraint WHERE contype = 'c' AND conrelid = {OURS} ORDER BY 1, 2"
+)
+COLUMNS = (
+    "SELECT attrelid::regclass::text, attname, format_type(atttypid, atttypmod), "
+    "attnotnull, attidentity FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped "
+    f"AND attrelid = {OURS} ORDER BY 1, attnum"
+)
 
 
 def keys_and_indexes() -> list[tuple]:
@@ -166,9 +177,11 @@ def test_create_tables_distributes_the_star_and_keeps_every_key_and_check(cluste
     done = run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
     assert "on Citus: songplays and users distributed on user_id (co-located)" in done.stdout
     with on(cluster.url):
-        placed = query("SELECT logicalrelid::text, partmethod, repmodel, "
-                       "column_to_column_name(logicalrelid, partkey), colocationid "
-                       "FROM pg_dist_partition ORDER BY 1")
+        placed = query(
+            "SELECT logicalrelid::text, partmethod, repmodel, "
+            "column_to_column_name(logicalrelid, partkey), colocationid "
+            "FROM pg_dist_partition ORDER BY 1"
+        )
         assert keys_and_indexes() == plain  # primary, unique and foreign keys, indexes
         assert query(COLUMNS, {"t": sql_queries.TABLES}) == plain_columns
         checks = query(CHECK_CONSTRAINTS, {"t": sql_queries.TABLES})
@@ -178,9 +191,15 @@ def test_create_tables_distributes_the_star_and_keeps_every_key_and_check(cluste
     assert checks == [
         ('"time"', "CHECK (((weekday >= 1) AND (weekday <= 7)))"),
         ("load_manifest", "CHECK ((kind = ANY (ARRAY['song'::text, 'log'::text])))"),
-        ("load_runs", "CHECK ((status = ANY (ARRAY['running'::text, 'succeeded'::text, "
-                      "'failed'::text, 'interrupted'::text])))"),
-        ("songplays", free_or_paid), ("songs", "CHECK ((year > 0))"), ("users", free_or_paid)]
+        (
+            "load_runs",
+            "CHECK ((status = ANY (ARRAY['running'::text, 'succeeded'::text, "
+            "'failed'::text, 'interrupted'::text])))",
+        ),
+        ("songplays", free_or_paid),
+        ("songs", "CHECK ((year > 0))"),
+        ("users", free_or_paid),
+    ]
     colocation = {row[0]: row[4] for row in placed}
     assert [row[:4] for row in placed] == [
         ('"time"', "n", "t", None),  # n, t: a reference table; h: hash-distributed
@@ -198,10 +217,15 @@ def test_erd_names_distributed_and_reference_tables_on_citus(cluster, tmp_path):
     run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
     done = run_script("erd.py", "--out", str(tmp_path), env={"DATABASE_URL": cluster.url})
     assert done.stdout.splitlines()[1:] == [
-        "  songplays: distributed on user_id", "  users: distributed on user_id",
-        "  songs: reference table", "  artists: reference table", "  time: reference table",
-        "  load_rejects: local to the coordinator", "  load_manifest: local to the coordinator",
-        "  load_runs: local to the coordinator"]
+        "  songplays: distributed on user_id",
+        "  users: distributed on user_id",
+        "  songs: reference table",
+        "  artists: reference table",
+        "  time: reference table",
+        "  load_rejects: local to the coordinator",
+        "  load_manifest: local to the coordinator",
+        "  load_runs: local to the coordinator",
+    ]
     mermaid = (tmp_path / "schema.mmd").read_text()
     assert "    %% songplays on Citus: distributed on user_id\n    songplays {" in mermaid
     assert "    %% time on Citus: reference table\n    time {" in mermaid
@@ -216,10 +240,16 @@ def test_songplays_merge_is_pushed_down_to_the_shards_not_pulled_to_the_coordina
     conn = psycopg2.connect(cluster.url)
     try:
         with conn.cursor() as cur:
-            cur.copy_expert(sql_queries.stage_plays_copy_citus, io.BytesIO(
-                b"log_data/a.json,2018-11-01 00:00:00,7,free,Tune,Band,100.5,1,1,Here,Agent\n"))
-            cur.execute("EXPLAIN " + sql_queries.songplays_insert_citus,
-                        {"paths": ["log_data/a.json"], "file_ids": [1]})
+            cur.copy_expert(
+                sql_queries.stage_plays_copy_citus,
+                io.BytesIO(
+                    b"log_data/a.json,2018-11-01 00:00:00,7,free,Tune,Band,100.5,1,1,Here,Agent\n"
+                ),
+            )
+            cur.execute(
+                "EXPLAIN " + sql_queries.songplays_insert_citus,
+                {"paths": ["log_data/a.json"], "file_ids": [1]},
+            )
             plan = "\n".join(row[0] for row in cur.fetchall())
             cur.execute("SELECT songplay_id FROM stage_plays_citus")
             taken = cur.fetchall()
@@ -244,12 +274,14 @@ def sample_plain() -> dict:
     return fresh_load(plain_url(), SAMPLE)[0]
 
 
-def test_sample_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluster, sample_plain,
-                                                                         truth):
+def test_sample_data_gives_the_same_star_on_citus_as_on_plain_postgresql(
+    cluster, sample_plain, truth
+):
     citus, out = fresh_load(cluster.url, SAMPLE)
     assert citus == sample_plain
     assert {t: len(rows) for t, rows in citus.items()} == {
-        t: truth[t] for t in sql_queries.STAR_TABLES}
+        t: truth[t] for t in sql_queries.STAR_TABLES
+    }
     assert "checks: 10 passed, 0 failed" in out
 
 
@@ -258,7 +290,12 @@ def test_udacity_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluste
     citus, out = fresh_load(cluster.url, real_data)
     assert citus == plain
     assert {t: len(rows) for t, rows in citus.items()} == {
-        "songplays": 6820, "users": 96, "songs": 71, "artists": 69, "time": 6813}
+        "songplays": 6820,
+        "users": 96,
+        "songs": 71,
+        "artists": 69,
+        "time": 6813,
+    }
     assert "checks: 10 passed, 0 failed" in out
     assert "bulk load: set songplays' foreign keys and file_id index aside" in out
 
@@ -266,6 +303,7 @@ def test_udacity_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluste
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     import generate_data
+
     root = tmp_path_factory.mktemp("generated") / "data"
     generate_data.generate(out=str(root), **GENERATED)
     return root
@@ -281,17 +319,18 @@ def generated_plain(generated) -> dict:
 
 
 def test_generated_200k_events_give_the_same_star_on_citus_as_on_plain_postgresql(
-        cluster, generated, generated_plain):
+    cluster, generated, generated_plain
+):
     truth = json.loads((generated / "truth.json").read_text())
     started = time.monotonic()
     citus, out = fresh_load(cluster.url, generated)
     print(f"\n200k events on Citus: {time.monotonic() - started:.1f} s; {out[:120]}")
     assert citus == generated_plain
     assert {t: len(rows) for t, rows in citus.items()} == {
-        t: truth[t] for t in sql_queries.STAR_TABLES}
+        t: truth[t] for t in sql_queries.STAR_TABLES
+    }
     assert truth["log_records"] == GENERATED["events"]
-    assert f"plays resolved to a song: {truth['songplays_resolved']} of {truth['songplays']}" \
-        in out
+    assert f"plays resolved to a song: {truth['songplays_resolved']} of {truth['songplays']}" in out
     assert "checks: 10 passed, 0 failed" in out
     assert "bulk load: set songplays' foreign keys and file_id index aside" in out
 
@@ -346,7 +385,8 @@ def test_citus_changed_log_file_reloads_to_what_plain_postgresql_loads_fresh(clu
 
 
 def test_citus_songs_arriving_after_their_plays_resolve_them_as_plain_postgresql_does(
-        cluster, sample_plain, tmp_path):
+    cluster, sample_plain, tmp_path
+):
     data = tmp_path / "data"
     shutil.copytree(SAMPLE / "log_data", data / "log_data")
     fresh_load(cluster.url, data)
@@ -362,18 +402,26 @@ def test_citus_songs_arriving_after_their_plays_resolve_them_as_plain_postgresql
 # ================================================================ kills and concurrent runs
 
 
-LOCK_HELD = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
-             "AND (classid::bigint << 32) | objid::bigint = %s")
+LOCK_HELD = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+    "AND (classid::bigint << 32) | objid::bigint = %s"
+)
 
 
 def start_load(url: str, data: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "etl.py", "--data", str(data), "--no-progress"],
-                            cwd=PROJECT, env={**os.environ, "DATABASE_URL": url},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "etl.py", "--data", str(data), "--no-progress"],
+        cwd=PROJECT,
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def wait_for(conn, sql: str, params, until, proc: subprocess.Popen | None = None,
-             timeout: float = 120):
+def wait_for(
+    conn, sql: str, params, until, proc: subprocess.Popen | None = None, timeout: float = 120
+):
     """Poll sql until its value passes until; the load (proc) must still be running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -382,14 +430,16 @@ def wait_for(conn, sql: str, params, until, proc: subprocess.Popen | None = None
             value = cur.fetchone()[0]
         if until(value):
             return value
-        assert proc is None or proc.poll() is None, \
+        assert proc is None or proc.poll() is None, (
             f"the load ended before the awaited point: {proc.communicate()}"
+        )
         time.sleep(0.05)
     raise AssertionError(f"timeout waiting on {sql}")
 
 
 def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
-        cluster, generated, generated_plain):
+    cluster, generated, generated_plain
+):
     run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
     with on(cluster.url):
         schema = schema_objects()
@@ -398,10 +448,19 @@ def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
     try:
         proc = start_load(cluster.url, generated)
         # Once the songs and the first log batch have committed, while the next batch loads.
-        wait_for(watch, "SELECT count(*) FROM load_manifest WHERE kind = 'log'", None,
-                 lambda n: n > 0, proc)
-        children = {int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)],
-                                                   capture_output=True, text=True).stdout.split()}
+        wait_for(
+            watch,
+            "SELECT count(*) FROM load_manifest WHERE kind = 'log'",
+            None,
+            lambda n: n > 0,
+            proc,
+        )
+        children = {
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+        }
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         proc.stdout.close()
@@ -414,8 +473,10 @@ def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
         with watch.cursor() as cur:
             cur.execute("SELECT count(*) FROM load_manifest WHERE kind = 'log'")
             logs_at_kill = cur.fetchone()[0]
-            cur.execute("SELECT count(*) FROM pg_constraint "
-                        "WHERE conrelid = 'songplays'::regclass AND contype = 'f'")
+            cur.execute(
+                "SELECT count(*) FROM pg_constraint "
+                "WHERE conrelid = 'songplays'::regclass AND contype = 'f'"
+            )
             foreign_keys_at_kill = cur.fetchone()[0]
     finally:
         watch.close()
@@ -429,12 +490,13 @@ def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
         assert table_contents() == generated_plain
         assert schema_objects() == schema
         assert query("SELECT status FROM load_runs ORDER BY run_id") == [
-            ("interrupted",), ("succeeded",)]
+            ("interrupted",),
+            ("succeeded",),
+        ]
         assert query("SELECT count(*) FROM stage_plays_citus") == [(0,)]
 
 
-def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generated,
-                                                               generated_plain):
+def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generated, generated_plain):
     run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
     watch = psycopg2.connect(cluster.url)
     watch.autocommit = True
@@ -442,8 +504,11 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
         first = start_load(cluster.url, generated)
         wait_for(watch, LOCK_HELD, (sql_queries.LOCK_KEY,), lambda n: n == 1, first)
         second = start_load(cluster.url, generated)
-        results = [(p.returncode, out, err) for p in (first, second)
-                   for out, err in [p.communicate(timeout=600)]]
+        results = [
+            (p.returncode, out, err)
+            for p in (first, second)
+            for out, err in [p.communicate(timeout=600)]
+        ]
     finally:
         watch.close()
     assert [code for code, _, _ in results] == [0, 4], results
@@ -451,7 +516,8 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "error: another load is running on this database: etl.py (server pid "), err
+        "error: another load is running on this database: etl.py (server pid "
+    ), err
     with on(cluster.url):
         assert table_contents() == generated_plain
         assert query("SELECT status FROM load_runs") == [("succeeded",)]

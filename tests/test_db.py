@@ -16,11 +16,14 @@ def test_redact_hides_only_the_password():
         == "postgresql://me:***@host:5432/x?sslmode=require"
     )
     assert db.redact("postgresql://me@host/x") == "postgresql://me@host/x"
-    assert db.redact("postgresql://host/x?sslmode=require&password=s3cret") == \
-        "postgresql://host/x?sslmode=require&password=***"
+    assert (
+        db.redact("postgresql://host/x?sslmode=require&password=s3cret")
+        == "postgresql://host/x?sslmode=require&password=***"
+    )
     assert db.redact("host=h password=s3cret dbname=x") == "host=h password=*** dbname=x"
-    assert db.redact("host=h password = 'it\\'s s3cret' dbname=x") == \
-        "host=h password = *** dbname=x"
+    assert (
+        db.redact("host=h password = 'it\\'s s3cret' dbname=x") == "host=h password = *** dbname=x"
+    )
 
 
 def test_settings_prefer_the_command_line_then_database_url_then_pg_variables(monkeypatch):
@@ -83,9 +86,12 @@ def test_create_tables_refuses_to_drop_a_users_view_and_leaves_everything_in_pla
     try:
         done = run_script("create_tables.py", check=False)
         assert done.returncode == 3
-        assert done.stderr == ("error: cannot drop the tables: view my_plays depends on table "
-                               "songplays; drop or change that first (nothing was dropped)\n")
-        assert query("SELECT to_regclass('my_plays') IS NOT NULL, "
-                     "to_regclass('songplays') IS NOT NULL") == [(True, True)]
+        assert done.stderr == (
+            "error: cannot drop the tables: view my_plays depends on table "
+            "songplays; drop or change that first (nothing was dropped)\n"
+        )
+        assert query(
+            "SELECT to_regclass('my_plays') IS NOT NULL, to_regclass('songplays') IS NOT NULL"
+        ) == [(True, True)]
     finally:
         query("DROP VIEW my_plays; SELECT 1")

@@ -9,12 +9,26 @@ import pytest
 import extract
 import transform
 
-PLAY = {"artist": "Des'ree", "auth": "Logged In", "firstName": "Kaylee", "gender": "F",
-        "itemInSession": 1, "lastName": "Summers", "length": 246.30812, "level": "free",
-        "location": "Phoenix-Mesa-Scottsdale, AZ", "method": "PUT", "page": "NextSong",
-        "registration": 1540344794796.0, "sessionId": 139, "song": "You Gotta Be",
-        "status": 200, "ts": 1541106106796, "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
-        "userId": "8"}
+PLAY = {
+    "artist": "Des'ree",
+    "auth": "Logged In",
+    "firstName": "Kaylee",
+    "gender": "F",
+    "itemInSession": 1,
+    "lastName": "Summers",
+    "length": 246.30812,
+    "level": "free",
+    "location": "Phoenix-Mesa-Scottsdale, AZ",
+    "method": "PUT",
+    "page": "NextSong",
+    "registration": 1540344794796.0,
+    "sessionId": 139,
+    "song": "You Gotta Be",
+    "status": 200,
+    "ts": 1541106106796,
+    "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
+    "userId": "8",
+}
 DAMAGED = b'{"ts": 1, "page": "NextSong",\n'  # truncated: sends its piece to the line reader
 
 
@@ -26,10 +40,14 @@ def verdicts(data: bytes) -> tuple[list, list]:
     """(plays as (line, itemInSession, length), rejects as (line, reason)) of a file."""
     records, parse_rejects = extract.parse_log_file(data, "log_data/x.json")
     plays, invalid, _ = transform.valid_events(records)
-    rejects = sorted([(n, reason) for _, n, reason, _ in parse_rejects]
-                     + invalid[["line", "reason"]].values.tolist())
-    kept = [(n, item, None if pd.isna(length) else length) for n, item, length
-            in plays[["line", "itemInSession", "length"]].itertuples(index=False)]
+    rejects = sorted(
+        [(n, reason) for _, n, reason, _ in parse_rejects]
+        + invalid[["line", "reason"]].values.tolist()
+    )
+    kept = [
+        (n, item, None if pd.isna(length) else length)
+        for n, item, length in plays[["line", "itemInSession", "length"]].itertuples(index=False)
+    ]
     return kept, rejects
 
 
@@ -49,14 +67,16 @@ def test_an_odd_line_gets_the_same_verdict_beside_clean_lines_or_a_damaged_one(o
     plays_clean, rejects_clean = verdicts(clean)
     plays_damaged, rejects_damaged = verdicts(damaged)
     assert plays_clean == plays_damaged
-    assert rejects_damaged == sorted([*rejects_clean, (clean.count(b"\n") + 1,
-                                                        rejects_damaged[-1][1])])
+    assert rejects_damaged == sorted(
+        [*rejects_clean, (clean.count(b"\n") + 1, rejects_damaged[-1][1])]
+    )
     assert rejects_damaged[-1][1].startswith("malformed JSON")
 
 
 def test_odd_lines_are_judged_as_json_defines_them():
     assert verdicts(ODD_LINES["NaN where a number goes"] + line(2))[1][0][1].startswith(
-        "malformed JSON")
+        "malformed JSON"
+    )
     assert verdicts(ODD_LINES["a byte-order mark"])[1] == [(1, "not valid UTF-8")]
     plays, rejects = verdicts(line(1) + ODD_LINES["a blank line"] + line(3))
     assert [(n, item) for n, item, _ in plays] == [(1, 1), (3, 3)] and rejects == []
@@ -65,8 +85,14 @@ def test_odd_lines_are_judged_as_json_defines_them():
 
 
 def test_a_song_file_holding_an_array_of_one_song_is_read():
-    song = {"song_id": "SOA", "title": "T", "artist_id": "ARA", "artist_name": "N",
-            "duration": 1.5, "year": 0}
+    song = {
+        "song_id": "SOA",
+        "title": "T",
+        "artist_id": "ARA",
+        "artist_name": "N",
+        "duration": 1.5,
+        "year": 0,
+    }
     records, rejects = extract.parse_song_file(json.dumps([song]).encode(), "song_data/a.json")
     assert rejects == []
     assert records.values[["song_id", "line"]].values.tolist() == [["SOA", 1]]
