@@ -4,9 +4,10 @@
 
 The pipeline, top to bottom (each stage is a module named for it):
   1. extract.plan     lists the files the manifest has not seen as they are now, in batches;
-  2. prepare          reads a batch (extract), judges and shapes its records (transform) and
-                      renders the staging tables' COPY payloads, in parts of bounded size; in a
-                      worker process when there is more than a little to do;
+  2. prepared         has stage.prepare read each batch (extract), parse it (records), judge
+                      and shape its records (transform) and render the staging tables' COPY
+                      payloads, in parts of bounded size; in a worker process when there is
+                      more than a little to do;
   3. load_batches     hands each part to load.load_part, one transaction per batch;
   4. finish           runs the post-load checks and writes the run's Report (report.py).
 """
@@ -27,7 +28,6 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import psycopg2
 from tqdm import tqdm
 
@@ -36,9 +36,8 @@ import db
 import extract
 import load
 import sql_queries as sql
-import transform
-from extract import KINDS, Batch, Limits, Records
-from load import FilePart, Loaded, Part
+from extract import KINDS, Batch, Limits
+from load import Loaded, Part
 from report import Report, Tally
 
 REJECT_EXAMPLES = 5
@@ -48,177 +47,16 @@ class UsageError(cli.UserError):
     """A problem with what the user asked for, such as a data folder that is not there."""
 
 
-# ================================================================ 2. prepare: files in, COPY out
-
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    """A file's content, or one part of a big file, parsed: where it starts and what it holds."""
-
-    file: FilePart
-    first_line: int
-    data: bytes
-    records: Records | None  # a log's; a song file's records are made for its whole part
-    rejects: list[tuple]
-    objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
-
-
-def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
-    """The batch's parts: a batch of small files is one part; a file bigger than
-    limits.log_batch_bytes is read, parsed and shaped one part at a time."""
-    part_bytes = limits.log_batch_bytes if batch.kind == "log" else 1 << 62
-    chunks, problems, size, index = [], [], 0, 0
-    for task in batch.tasks:
-        read, contents = extract.read_file(task, part_bytes)
-        file = FilePart(task.path, task.mtime_ns, read)
-        if read.status == "unreadable":
-            problems.append((task.path, None, f"cannot read file: {read.error}", None))
-        first_line, anything = 1, False
-        for data in contents:
-            chunk = parse(file, data, first_line, limits)
-            anything = (
-                anything
-                or bool(chunk.objects or chunk.rejects)
-                or (chunk.records is not None and not chunk.records.values.empty)
-            )
-            chunks.append(chunk)
-            size += len(data)
-            first_line += data.count(b"\n")
-            file = dataclasses.replace(file, first=False)
-            if size >= part_bytes:
-                yield shape(batch.kind, number, index, False, chunks, problems)
-                chunks, problems, size, index = [], [], 0, index + 1
-        if read.status in ("new", "changed") and not anything:
-            problems.append((task.path, None, "empty file", None))
-        if file.first:  # nothing read: the file still counts, once
-            chunks.append(Chunk(file, 1, b"", None, []))
-    yield shape(batch.kind, number, index, True, chunks, problems)
-
-
-def parse(file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
-    if file.path.startswith(extract.FOLDERS["song"] + "/"):
-        objects, rejects = extract.decode_song_file(data, file.path)
-        return Chunk(file, first_line, data, None, rejects, objects)
-    records, rejects = extract.parse_log_file(data, file.path, limits.parse_piece_bytes, first_line)
-    return Chunk(file, first_line, data, records, rejects)
-
-
-def shape(
-    kind: str, number: int, index: int, last: bool, chunks: list[Chunk], problems: list[tuple]
-) -> Part:
-    """Judge the chunks' records, shape the good ones into staging rows, count per file."""
-    fields = extract.FIELDS[kind]
-    objects = [o for c in chunks for o in c.objects]
-    records = Records.combined(
-        [c.records for c in chunks if c.records is not None]
-        + [extract.records_from(objects, fields)],
-        fields,
-    )
-    if kind == "song":
-        good, invalid = transform.valid_songs(records)
-        skipped = {}
-        copies = {"stage_songs": stage_csv("stage_songs", transform.song_rows(good))}
-    else:
-        good, invalid, skipped_per_file = transform.valid_events(records)
-        skipped = skipped_per_file.to_dict()
-        rows = transform.dedupe_plays(transform.play_rows(good))
-        copies = {
-            "stage_plays": stage_csv("stage_plays", rows),
-            "stage_users": stage_csv("stage_users", transform.users_table(rows)),
-            "stage_time": stage_csv("stage_time", transform.time_table(rows)),
-        }
-    parse_rejects = [r for c in chunks for r in c.rejects]
-    rejects = with_raw(
-        pd.concat([transform.reject_frame(problems + parse_rejects), invalid], ignore_index=True),
-        chunks,
-    )
-    # Per-file counts read from dicts, once per part: a lookup per file in a Series made a
-    # 10,000-file song batch cost seconds.
-    line_rejects = rejects[rejects["line"].notna()]["path"].value_counts().to_dict()
-    parsed = records.values["path"].value_counts().to_dict()
-    accepted = good["path"].value_counts().to_dict()
-    invalid_per_file = invalid["path"].value_counts().to_dict()
-    files = tuple(
-        dataclasses.replace(
-            c.file,
-            rejected=line_rejects.get(c.file.path, 0),
-            skipped=skipped.get(c.file.path, 0),
-            accepted=accepted.get(c.file.path, 0),
-            records=parsed.get(c.file.path, 0)
-            + line_rejects.get(c.file.path, 0)
-            - invalid_per_file.get(c.file.path, 0),
-        )
-        for c in chunks
-    )
-    copies["stage_manifest"] = manifest_csv(kind, files)
-    copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
-    return Part(kind, number, index, last, files, copies, int(rejects["line"].isna().sum()))
-
-
-def with_raw(rejects: pd.DataFrame, chunks: list[Chunk]) -> pd.DataFrame:
-    """Rejects found in pieces read the fast way get their raw line from the chunk's bytes."""
-    need = rejects["raw"].isna() & rejects["line"].notna()
-    if not need.any():
-        return rejects
-    starts = {c.file.path: c for c in chunks}
-    raw = [
-        transform.storable(extract.raw_lines(starts[p].data)[n - starts[p].first_line])
-        for p, n in rejects.loc[need, ["path", "line"]].itertuples(index=False)
-    ]
-    return rejects.assign(raw=rejects["raw"].mask(need, pd.Series(raw, index=need[need].index)))
-
-
-def stage_csv(table: str, frame: pd.DataFrame) -> bytes:
-    return transform.render_csv(frame, sql.STAGE_COLUMNS[table])
-
-
-def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
-    return stage_csv(
-        "stage_manifest",
-        pd.DataFrame(
-            [
-                {
-                    "path": f.path,
-                    "kind": kind,
-                    "first": f.first,
-                    "size_bytes": f.read.size,
-                    "mtime_ns": f.mtime_ns,
-                    "sha256": f.read.sha256,
-                    "records": f.records,
-                    "loaded": f.accepted if kind == "song" else 0,
-                    "skipped": f.skipped,
-                    "rejected": f.rejected,
-                }
-                for f in files
-                if f.to_load
-            ],
-            columns=sql.STAGE_COLUMNS["stage_manifest"],
-        ),
-    )
-
-
-def refused(batch: Batch, number: int, error: str, limits: Limits) -> Part:
-    """A one-file batch the database refused: every record of the file is recorded as rejected,
-    so that one file never stops a run and the manifest does not retry it until it changes."""
-    files = [f for part in prepare(batch, number, limits) for f in part.files]
-    records = sum(f.records for f in files)
-    file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0, rejected=records)
-    problems = [(file.path, None, f"the database refused this file: {error}", None)]
-    return Part(
-        batch.kind,
-        number,
-        0,
-        True,
-        (file,),
-        {
-            "stage_manifest": manifest_csv(batch.kind, (file,)),
-            "stage_rejects": stage_csv("stage_rejects", transform.reject_frame(problems)),
-        },
-        file_problems=1,
-    )
-
-
 # ================================================================ parsing while the database loads
+
+
+def stage_module():
+    """stage.py, imported when there is something to prepare: it brings pandas and pyarrow, which
+    take 0.6 s to import, half of a run that finds nothing new (the one speed trick in this file;
+    bench/README.md has the measurement)."""
+    import stage
+
+    return stage
 
 
 def prepared(batches: list[Batch], limits: Limits, jobs: int) -> Iterator[Part]:
@@ -227,7 +65,7 @@ def prepared(batches: list[Batch], limits: Limits, jobs: int) -> Iterator[Part]:
     bounded whatever the size of the input."""
     if jobs <= 0:
         for number, batch in enumerate(batches):
-            yield from prepare(batch, number, limits)
+            yield from stage_module().prepare(batch, number, limits)
         return
     context = multiprocessing.get_context("spawn")
     outboxes = [context.Queue(maxsize=1) for _ in range(jobs)]
@@ -256,7 +94,7 @@ def _worker(batches, k: int, jobs: int, limits: Limits, outbox, parent: int) -> 
     _die_with(parent)
     try:
         for number in range(k, len(batches), jobs):
-            for part in prepare(batches[number], number, limits):
+            for part in stage_module().prepare(batches[number], number, limits):
                 outbox.put(part)
     except BaseException:
         outbox.put(WorkerFailed(traceback.format_exc()))
@@ -346,11 +184,11 @@ def load_or_split(
                     start,
                     Batch(batch.kind, (task,)),
                     number,
-                    prepare(Batch(batch.kind, (task,)), number, limits),
+                    stage_module().prepare(Batch(batch.kind, (task,)), number, limits),
                     limits,
                 )
             ]
-        part = refused(batch, number, db.first_line(exc), limits)
+        part = stage_module().refused(batch, number, cli.first_line(exc), limits)
         with db.managed_cursor(conn) as cur:
             return [(part, load.load_part(cur, start.run_id, part, start.distributed))]
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv
 
 import sql_queries as sql
-from extract import EVENT_FIELDS, SONG_FIELDS, Records
+from records import EVENT_FIELDS, SONG_FIELDS, Records
 
 RAW_TEXT_LIMIT = 1000
 INT32 = (-(2**31), 2**31 - 1)

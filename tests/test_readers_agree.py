@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-import extract
+import records
 import transform
 
 PLAY = {
@@ -38,8 +38,8 @@ def line(n: int, **changes) -> bytes:
 
 def verdicts(data: bytes) -> tuple[list, list]:
     """(plays as (line, itemInSession, length), rejects as (line, reason)) of a file."""
-    records, parse_rejects = extract.parse_log_file(data, "log_data/x.json")
-    plays, invalid, _ = transform.valid_events(records)
+    parsed, parse_rejects = records.parse_log_file(data, "log_data/x.json")
+    plays, invalid, _ = transform.valid_events(parsed)
     rejects = sorted(
         [(n, reason) for _, n, reason, _ in parse_rejects]
         + invalid[["line", "reason"]].values.tolist()
@@ -93,6 +93,6 @@ def test_a_song_file_holding_an_array_of_one_song_is_read():
         "duration": 1.5,
         "year": 0,
     }
-    records, rejects = extract.parse_song_file(json.dumps([song]).encode(), "song_data/a.json")
+    parsed, rejects = records.parse_song_file(json.dumps([song]).encode(), "song_data/a.json")
     assert rejects == []
-    assert records.values[["song_id", "line"]].values.tolist() == [["SOA", 1]]
+    assert parsed.values[["song_id", "line"]].values.tolist() == [["SOA", 1]]

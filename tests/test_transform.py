@@ -7,6 +7,7 @@ import pandas as pd
 from builders import line, log_file
 
 import extract
+import records
 import transform
 
 PLAY = {
@@ -44,8 +45,8 @@ SONG = {
 
 
 def events(*lines):
-    records, rejects = extract.parse_log_file(log_file(*lines), "log_data/x.json")
-    plays, invalid, skipped = transform.valid_events(records)
+    parsed, rejects = records.parse_log_file(log_file(*lines), "log_data/x.json")
+    plays, invalid, skipped = transform.valid_events(parsed)
     return plays, transform.reject_frame(rejects), invalid, skipped
 
 
@@ -111,9 +112,9 @@ def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
 
 def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     clean = log_file(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
-    fast = extract._fast_events(clean, "p", 1)
+    fast = records._fast_events(clean, "p", 1)
     assert fast is not None
-    slow, rejects = extract.parse_log_file(clean + b"\n{oops", "p")
+    slow, rejects = records.parse_log_file(clean + b"\n{oops", "p")
     assert rejects[0][1:3] == (
         3,
         "malformed JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
@@ -126,7 +127,7 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
 
 def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
     lines = [{**PLAY, "itemInSession": n, "ts": PLAY["ts"] + n} for n in range(1, 8)]
-    whole, _ = extract.parse_log_file(log_file(*lines), "p")
+    whole, _ = records.parse_log_file(log_file(*lines), "p")
     piece = len(line(PLAY)) * 2  # two or three lines a piece
     assert [p.count(b"\n") for p in extract.line_aligned_pieces(log_file(*lines), piece)] == [
         2,
@@ -134,12 +135,12 @@ def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
         2,
         0,
     ]
-    pieces, _ = extract.parse_log_file(log_file(*lines), "p", piece)
+    pieces, _ = records.parse_log_file(log_file(*lines), "p", piece)
     assert pieces.values["line"].tolist() == list(range(1, 8))
     assert pieces.values["itemInSession"].tolist() == list(range(1, 8))
     pd.testing.assert_frame_equal(pieces.values, whole.values)
     lines[5] = b'{"ts": 1, "page": "NextSong",'
-    damaged, rejects = extract.parse_log_file(log_file(*lines), "p", piece)
+    damaged, rejects = records.parse_log_file(log_file(*lines), "p", piece)
     assert [line for _, line, _, _ in rejects] == [6]
     assert damaged.values["line"].tolist() == [1, 2, 3, 4, 5, 7]
 
@@ -170,8 +171,8 @@ def test_users_table_keeps_each_users_latest_play_whatever_the_row_order():
 
 
 def test_song_rows_turn_year_zero_and_empty_location_into_null():
-    records, rejects = extract.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
-    good, invalid = transform.valid_songs(records)
+    parsed, rejects = records.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
+    good, invalid = transform.valid_songs(parsed)
     row = transform.song_rows(good).iloc[0]
     assert rejects == [] and invalid.empty
     assert pd.isna(row["year"]) and pd.isna(row["artist_location"])
@@ -180,8 +181,8 @@ def test_song_rows_turn_year_zero_and_empty_location_into_null():
 
 def test_parse_song_file_reads_arrays_and_one_object_per_line():
     two = [SONG, {**SONG, "song_id": "SOTWO"}]
-    as_array, _ = extract.parse_song_file(json.dumps(two).encode(), "s")
-    as_lines, _ = extract.parse_song_file(log_file(*two), "s")
+    as_array, _ = records.parse_song_file(json.dumps(two).encode(), "s")
+    as_lines, _ = records.parse_song_file(log_file(*two), "s")
     assert as_array.values["song_id"].tolist() == ["SOMZWCG12A8C13C480", "SOTWO"]
     assert as_lines.values[["song_id", "line"]].values.tolist() == [
         ["SOMZWCG12A8C13C480", 1],

@@ -1,0 +1,224 @@
+"""Records: the one representation every reader of the input produces.
+
+Arrow's JSON reader takes a clean piece of a log at once; orjson reads a damaged piece, or a song
+file, line by line. Both give Records with the same dtypes, and a value of the wrong type becomes
+a flaw of its own record, so that what validation decides about a record depends on that record
+alone: never on which reader read it or what stood beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from collections.abc import Iterable
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json
+
+from extract import Limits, line_aligned_pieces, raw_lines
+
+SONG_FIELDS = {  # field: (kind, required)
+    "song_id": ("text", True),
+    "title": ("text", True),
+    "artist_id": ("text", True),
+    "artist_name": ("text", True),
+    "duration": ("number", True),
+    "year": ("int", False),
+    "artist_location": ("text", False),
+    "artist_latitude": ("number", False),
+    "artist_longitude": ("number", False),
+}
+EVENT_FIELDS = {  # field: (kind, required on every event, required on a play)
+    "ts": ("int", True, True),
+    "page": ("text", True, True),
+    "userId": ("text", False, True),
+    "sessionId": ("int", False, True),
+    "itemInSession": ("int", False, True),
+    "level": ("text", False, True),
+    "song": ("text", False, True),
+    "artist": ("text", False, False),
+    "length": ("number", False, False),
+    "firstName": ("text", False, False),
+    "lastName": ("text", False, False),
+    "gender": ("text", False, False),
+    "location": ("text", False, False),
+    "userAgent": ("text", False, False),
+}
+FIELDS = {"song": SONG_FIELDS, "log": EVENT_FIELDS}
+
+KIND_DTYPES = {"text": "str", "int": "Int64", "number": "float64"}
+KIND_NAMES = {"text": "a string", "int": "an integer", "number": "a number"}
+INT64 = (-(2**63), 2**63 - 1)
+
+# What Arrow's reader and JSON (orjson) could read differently: a piece holding a NUL or CR byte,
+# or a NUL or surrogate escape, goes to the line-by-line reader. Rare in real logs; a false alarm
+# only costs speed. (One regex: a scan for each escape costs more than Arrow's parse of them.)
+UNLIKE_JSON_BYTES = (b"\x00", b"\r")
+UNLIKE_JSON_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89abAB])")
+
+ARROW_TYPES = {"text": pa.string(), "int": pa.int64(), "number": pa.float64()}
+ARROW_PANDAS_TYPES = {
+    pa.int64(): pd.Int64Dtype(),
+    pa.string(): pd.StringDtype("pyarrow", na_value=float("nan")),
+}
+ARROW_OPTIONS = pyarrow.json.ParseOptions(
+    explicit_schema=pa.schema([(f, ARROW_TYPES[spec[0]]) for f, spec in EVENT_FIELDS.items()]),
+    unexpected_field_behavior="ignore",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+    """Records as validation reads them, whichever reader read them: ``values`` has path, line,
+    raw text, and each field in its kind's dtype (KIND_DTYPES), NA where the field is absent or
+    its value unusable; ``flaws`` says why a present value was unusable: a column per field that
+    has any such value, holding the reason (NA elsewhere)."""
+
+    values: pd.DataFrame
+    flaws: pd.DataFrame
+
+    @classmethod
+    def combined(cls, parts: list[Records], fields: dict) -> Records:
+        if not parts:
+            return records_from([], fields)
+        return cls(
+            pd.concat([p.values for p in parts], ignore_index=True),
+            pd.concat([p.flaws for p in parts], ignore_index=True),
+        )
+
+    def flaw(self, field: str) -> pd.Series | None:
+        return self.flaws[field] if field in self.flaws else None
+
+
+def _flaw(value, kind: str) -> str | None:
+    """Why a present JSON value cannot be a field of this kind (None when it can)."""
+    if kind == "text":
+        if not isinstance(value, str):
+            return "is not a string"
+        return "contains a NUL character" if "\x00" in value else None
+    if isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float)):
+        return f"is not {KIND_NAMES[kind]}"
+    if kind == "int" and not INT64[0] <= value <= INT64[1]:
+        return "out of range"
+    return None
+
+
+def _dtypes(fields: dict) -> dict[str, str]:
+    return {
+        "path": "object",
+        "line": "int64",
+        "raw": "object",
+        **{field: KIND_DTYPES[kind] for field, (kind, *_) in fields.items()},
+    }
+
+
+def records_from(objects: list[dict], fields: dict) -> Records:
+    """Decoded JSON objects (tagged with path, line and raw) as Records, judged one by one."""
+    values = {name: [o[name] for o in objects] for name in ("path", "line", "raw")}
+    flaws = {}
+    for field, (kind, *_) in fields.items():
+        column = [o.get(field) for o in objects]
+        for row, value in enumerate(column):
+            why = None if value is None else _flaw(value, kind)
+            if why:
+                flaws.setdefault(field, [None] * len(objects))[row] = f"{field} {why}"
+                column[row] = None
+        values[field] = column
+    frame = pd.DataFrame(values, columns=["path", "line", "raw", *fields])
+    return Records(
+        frame.astype(_dtypes(fields)), pd.DataFrame(flaws, index=frame.index, dtype="object")
+    )
+
+
+def _decode_lines(lines: Iterable[tuple[int, bytes]], path: str) -> tuple[list[dict], list[tuple]]:
+    """JSON line by line: objects tagged with path, line and raw text; a reject for the rest."""
+    good, bad = [], []
+    for number, raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            reason = "not valid UTF-8" if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
+            bad.append((path, number, reason, raw))
+            continue
+        if not isinstance(value, dict):
+            bad.append((path, number, f"not a JSON object but {type(value).__name__}", raw))
+            continue
+        value.update(path=path, line=number, raw=raw)
+        good.append(value)
+    return good, bad
+
+
+def parse_song_file(data: bytes, path: str) -> tuple[Records, list[tuple]]:
+    """A song file holds one object; an array of objects, or one object per line, is read too."""
+    objects, rejects = decode_song_file(data, path)
+    return records_from(objects, SONG_FIELDS), rejects
+
+
+def decode_song_file(data: bytes, path: str) -> tuple[list[dict], list[tuple]]:
+    """parse_song_file's objects before they become Records: a batch of many small song files
+    makes its Records at once (a DataFrame per file would cost more than the files)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        objects, rejects = _decode_lines(enumerate(raw_lines(data), 1), path)
+    else:
+        items = value if isinstance(value, list) else [value]
+        objects, rejects = _decode_lines(
+            ((1, orjson.dumps(item) if isinstance(value, list) else data) for item in items), path
+        )
+    return objects, rejects
+
+
+def parse_log_file(
+    data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes, first_line: int = 1
+) -> tuple[Records, list[tuple]]:
+    """JSON lines of events (the whole file, or a part starting at first_line), in line-aligned
+    pieces: Arrow's reader takes a clean piece at once, a piece with any problem is read line by
+    line to judge each line on its own. Both give the same Records."""
+    parts, rejects = [], []
+    for piece in line_aligned_pieces(data, piece_bytes):
+        part = _fast_events(piece, path, first_line)
+        if part is None:
+            objects, bad = _decode_lines(enumerate(raw_lines(piece), first_line), path)
+            part = records_from(objects, EVENT_FIELDS)
+            rejects += bad
+        parts.append(part)
+        first_line += piece.count(b"\n")
+    return Records.combined(parts, EVENT_FIELDS), rejects
+
+
+def _fast_events(piece: bytes, path: str, first_line: int) -> Records | None:
+    """Arrow's multi-threaded JSON reader (several times faster than line by line), where its
+    reading is exactly the line-by-line one: valid UTF-8 without NUL, surrogate escapes or CR,
+    each line one object starting with "{" (a byte-order mark or a blank line, which Arrow
+    skips, is not), every value of its field's type and no NaN or Infinity (Arrow takes those
+    for numbers, JSON does not). None otherwise."""
+    lines = piece.count(b"\n") + (not piece.endswith(b"\n"))
+    if (
+        any(b in piece for b in UNLIKE_JSON_BYTES)
+        or UNLIKE_JSON_ESCAPES.search(piece)
+        or not piece.startswith(b"{")
+        or piece.count(b"\n{") != lines - 1
+    ):
+        return None
+    try:
+        piece.decode("utf-8")
+        table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=ARROW_OPTIONS)
+    except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    numbers = [table[f] for f, (kind, *_) in EVENT_FIELDS.items() if kind == "number"]
+    if table.num_rows != lines or any(
+        pc.any(pc.is_nan(c)).as_py() or pc.any(pc.is_inf(c)).as_py() for c in numbers
+    ):
+        return None  # a line holding two objects; NaN or Infinity
+    frame = table.to_pandas(types_mapper=ARROW_PANDAS_TYPES.get)
+    frame.insert(0, "raw", None)
+    frame.insert(0, "line", range(first_line, first_line + len(frame)))
+    frame.insert(0, "path", path)
+    return Records(frame.astype(_dtypes(EVENT_FIELDS)), pd.DataFrame(index=frame.index))
