@@ -799,7 +799,7 @@ def check_run(corpus: Corpus) -> None:
     )
 
 
-@hypothesis_settings(PROPERTY, max_examples=40)
+@hypothesis_settings(PROPERTY, max_examples=30)
 @given(corpus=log_runs())
 def test_damaged_log_lines_cost_exactly_themselves_whatever_the_files_batches_and_readers(corpus):
     check_run(corpus)
@@ -885,7 +885,7 @@ def file_and_neighbour(draw):
     return file, neighbour, draw(limits), draw(st.booleans())
 
 
-@hypothesis_settings(PROPERTY, max_examples=100)
+@hypothesis_settings(PROPERTY, max_examples=60)
 @given(case=file_and_neighbour())
 def test_a_log_file_gets_the_same_verdicts_and_values_from_either_reader_and_any_neighbour(case):
     file, neighbour, cut, neighbour_first = case
