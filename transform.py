@@ -121,7 +121,7 @@ def valid_events(records: Records) -> tuple[pd.DataFrame, pd.DataFrame, pd.Serie
         (every if EVENT_FIELDS[field][1] else play).append(rule)
     every.append(("ts out of range", ~frame["ts"].between(*TS_RANGE).fillna(True)))
     play += [
-        ("userId is not numeric", ~frame["userId"].str.fullmatch(r"\d{1,9}").fillna(True)),
+        ("userId is not numeric", ~frame["userId"].str.fullmatch(r"[0-9]{1,9}").fillna(True)),
         ("sessionId out of range", ~frame["sessionId"].between(*INT32).fillna(True)),
         ("itemInSession out of range", ~frame["itemInSession"].between(*INT32).fillna(True)),
         (

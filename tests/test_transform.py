@@ -110,6 +110,12 @@ def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
     ]
 
 
+def test_a_user_id_of_other_digits_than_ascii_ones_is_not_numeric():
+    plays, _, invalid, _ = events(PLAY, {**PLAY, "userId": "\u0661\u0662", "itemInSession": 2})
+    assert plays["userId"].tolist() == ["8"]
+    assert invalid[["line", "reason"]].values.tolist() == [[2, "userId is not numeric"]]
+
+
 def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     clean = log_file(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
     fast = records._fast_events(clean, "p", 1)
