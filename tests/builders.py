@@ -38,6 +38,27 @@ FACE = {
     "file": "TRAAAFD128F92F423A.json",
 }
 CRAFTED_ARTIST = "ARZZZZZ1187FB00001"  # the artist of song(n)
+# A real play from the logs, field for field, for the pure-function tests.
+PLAY = {
+    "artist": "Des'ree",
+    "auth": "Logged In",
+    "firstName": "Kaylee",
+    "gender": "F",
+    "itemInSession": 1,
+    "lastName": "Summers",
+    "length": 246.30812,
+    "level": "free",
+    "location": "Phoenix-Mesa-Scottsdale, AZ",
+    "method": "PUT",
+    "page": "NextSong",
+    "registration": 1540344794796.0,
+    "sessionId": 139,
+    "song": "You Gotta Be",
+    "status": 200,
+    "ts": 1541106106796,
+    "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
+    "userId": "8",
+}
 DROP = object()  # as a value in event(...)/song(...): remove that field
 
 

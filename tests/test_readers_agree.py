@@ -5,30 +5,11 @@ import json
 
 import pandas as pd
 import pytest
+from builders import PLAY
 
 import records
 import transform
 
-PLAY = {
-    "artist": "Des'ree",
-    "auth": "Logged In",
-    "firstName": "Kaylee",
-    "gender": "F",
-    "itemInSession": 1,
-    "lastName": "Summers",
-    "length": 246.30812,
-    "level": "free",
-    "location": "Phoenix-Mesa-Scottsdale, AZ",
-    "method": "PUT",
-    "page": "NextSong",
-    "registration": 1540344794796.0,
-    "sessionId": 139,
-    "song": "You Gotta Be",
-    "status": 200,
-    "ts": 1541106106796,
-    "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
-    "userId": "8",
-}
 DAMAGED = b'{"ts": 1, "page": "NextSong",\n'  # truncated: sends its piece to the line reader
 
 

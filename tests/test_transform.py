@@ -4,32 +4,12 @@ judging records, shaping the staging rows, and rendering COPY payloads."""
 import json
 
 import pandas as pd
-from builders import line, log_file
+from builders import PLAY, line, log_file
 
 import extract
 import records
 import transform
 
-PLAY = {
-    "artist": "Des'ree",
-    "auth": "Logged In",
-    "firstName": "Kaylee",
-    "gender": "F",
-    "itemInSession": 1,
-    "lastName": "Summers",
-    "length": 246.30812,
-    "level": "free",
-    "location": "Phoenix-Mesa-Scottsdale, AZ",
-    "method": "PUT",
-    "page": "NextSong",
-    "registration": 1540344794796.0,
-    "sessionId": 139,
-    "song": "You Gotta Be",
-    "status": 200,
-    "ts": 1541106106796,
-    "userAgent": '"Mozilla/5.0 (Windows NT 6.1)"',
-    "userId": "8",
-}
 SONG = {
     "num_songs": 1,
     "artist_id": "ARD7TVE1187B99BFB1",
