@@ -402,6 +402,7 @@ def bare_copy(
                 )
                 payloads[table] = buffer.getvalue()
                 rows[table] = payloads[table].count(b"\n")
+            conn.commit()  # on Citus, schema commands may not follow multi-shard reads
             cur.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
             cur.execute(pgsql.SQL("CREATE SCHEMA {}").format(schema))
             for table, cols in columns.items():
