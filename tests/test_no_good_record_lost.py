@@ -38,8 +38,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import builders
 import orjson
 import pytest
+from builders import SESSION, USER
 from conftest import query, run_script, scalar, table_contents
 from hypothesis import HealthCheck, event, given, note
 from hypothesis import settings as hypothesis_settings
@@ -232,27 +234,7 @@ def _event_damages() -> list[Damage]:
         for v in INT32_OUT_OF_RANGE
     ]
     for field, (kind, every, _) in records.EVENT_FIELDS.items():
-        on = "any" if every else "play"
-        out += [
-            Damage(
-                "wrong type",
-                f"{field} = {v!r}",
-                on,
-                ((field, v),),
-                reason=f"{field} is not {TYPE_NAMES[kind]}",
-            )
-            for v in WRONG_TYPES[kind]
-        ]
-        if kind == "text":
-            out.append(
-                Damage(
-                    "NUL",
-                    f"{field} with a NUL",
-                    on,
-                    ((field, "a\x00b"),),
-                    reason=f"{field} contains a NUL character",
-                )
-            )
+        out += _type_damages(field, kind, "any" if every else "play")
     out += [
         Damage(
             "unknown level",
@@ -276,6 +258,31 @@ def _event_damages() -> list[Damage]:
     return out + _line_damages("any", NOT_OBJECTS)
 
 
+def _type_damages(field: str, kind: str, on: str) -> list[Damage]:
+    """A value of each wrong type, and for text a NUL, in one field."""
+    out = [
+        Damage(
+            "wrong type",
+            f"{field} = {v!r}",
+            on,
+            ((field, v),),
+            reason=f"{field} is not {TYPE_NAMES[kind]}",
+        )
+        for v in WRONG_TYPES[kind]
+    ]
+    if kind == "text":
+        out.append(
+            Damage(
+                "NUL",
+                f"{field} with a NUL",
+                on,
+                ((field, "a\x00b"),),
+                reason=f"{field} contains a NUL character",
+            )
+        )
+    return out
+
+
 def _song_damages() -> list[Damage]:
     """From records.SONG_FIELDS = {field: (kind, required)}: every field's type is checked."""
     out = []
@@ -292,26 +299,7 @@ def _song_damages() -> list[Damage]:
                 for blank in [ABSENT, None] + ([""] if kind == "text" else [])
             ]
     for field, (kind, _) in records.SONG_FIELDS.items():
-        out += [
-            Damage(
-                "wrong type",
-                f"{field} = {v!r}",
-                "song",
-                ((field, v),),
-                reason=f"{field} is not {TYPE_NAMES[kind]}",
-            )
-            for v in WRONG_TYPES[kind]
-        ]
-        if kind == "text":
-            out.append(
-                Damage(
-                    "NUL",
-                    f"{field} with a NUL",
-                    "song",
-                    ((field, "a\x00b"),),
-                    reason=f"{field} contains a NUL character",
-                )
-            )
+        out += _type_damages(field, kind, "song")
     for field, values, reason in (
         ("duration", [-1, -0.001, -1e300], "duration is negative"),
         ("year", [-1, -2001, INT32_MIN - 1], "year is negative"),
@@ -915,36 +903,11 @@ def test_a_log_file_gets_the_same_verdicts_and_values_from_either_reader_and_any
 
 # ================================================================ every damage, by the table
 
-USER, SESSION = 900, 9000
-
-
-def good_play(item: int) -> dict:
-    return {
-        "artist": "Gob",
-        "auth": "Logged In",
-        "firstName": "Ada",
-        "gender": "F",
-        "itemInSession": item,
-        "lastName": "Lovelace",
-        "length": 209.60608,
-        "level": "paid",
-        "location": "London",
-        "method": "PUT",
-        "page": "NextSong",
-        "registration": 1540919166796.0,
-        "sessionId": SESSION,
-        "song": "Face the Ashes",
-        "status": 200,
-        "ts": 1_543_622_400_000 + item * 1000,
-        "userAgent": '"Mozilla/5.0"',
-        "userId": str(USER),
-    }
-
 
 def home_page(item: int) -> dict:
     """An event other than a play, as the logs have them: no song, no session position."""
     return {
-        **good_play(item),
+        **builders.event(item),
         "page": "Home",
         "method": "GET",
         "song": None,
@@ -979,8 +942,10 @@ def catalogue(path: str, damages: list[Damage], first: int) -> File:
             lines.append(Line(render(good_song(item)), "song", good_song(item)["song_id"]))
             victims = [good_song(item + 1)]
         else:
-            lines.append(Line(render(good_play(item)), "play", (USER, SESSION, item)))
-            victims = [good_play(item + 1)] + ([home_page(item + 2)] if damage.on == "any" else [])
+            lines.append(Line(render(builders.event(item)), "play", (USER, SESSION, item)))
+            victims = [builders.event(item + 1)] + (
+                [home_page(item + 2)] if damage.on == "any" else []
+            )
         lines += [
             Line(damage.apply(victim), "reject", reason=damage.reason, damage=damage.name)
             for victim in victims
@@ -995,7 +960,7 @@ def test_every_log_damage_is_rejected_for_its_own_reason_whichever_reader_reads_
     by_line = catalogue("log_data/by_line.json", EVENT_DAMAGES, 0)
 
     def arrow_reads(damage: Damage) -> bool:
-        two_lines = render(good_play(1)) + b"\n" + damage.apply(good_play(2)) + b"\n"
+        two_lines = render(builders.event(1)) + b"\n" + damage.apply(builders.event(2)) + b"\n"
         return fast_read(two_lines, "x") is not None
 
     fast = catalogue("log_data/fast.json", [d for d in EVENT_DAMAGES if arrow_reads(d)], 100_000)
@@ -1004,7 +969,7 @@ def test_every_log_damage_is_rejected_for_its_own_reason_whichever_reader_reads_
         [
             Line(render(home_page(k)), "skipped")
             if k % 3 == 0
-            else Line(render(good_play(k)), "play", (USER, SESSION, k))
+            else Line(render(builders.event(k)), "play", (USER, SESSION, k))
             for k in range(200_000, 200_009)
         ],
     )
