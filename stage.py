@@ -32,10 +32,13 @@ class Chunk:
     objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
 
 
+WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and counted, not weighed
+
+
 def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
     """The batch's parts: a batch of small files is one part; a file bigger than
     limits.log_batch_bytes is read, parsed and shaped one part at a time."""
-    part_bytes = limits.log_batch_bytes if batch.kind == "log" else 1 << 62
+    part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
     chunks, problems, size, index = [], [], 0, 0
     for task in batch.tasks:
         read, contents = extract.read_file(task, part_bytes)
@@ -44,7 +47,7 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
             problems.append((task.path, None, f"cannot read file: {read.error}", None))
         first_line, anything = 1, False
         for data in contents:
-            chunk = parse(file, data, first_line, limits)
+            chunk = parse(batch.kind, file, data, first_line, limits)
             anything = (
                 anything
                 or bool(chunk.objects or chunk.rejects)
@@ -64,8 +67,8 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
     yield shape(batch.kind, number, index, True, chunks, problems)
 
 
-def parse(file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
-    if file.path.startswith(extract.FOLDERS["song"] + "/"):
+def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
+    if kind == "song":
         objects, rejects = decode_song_file(data, file.path)
         return Chunk(file, first_line, data, None, rejects, objects)
     records, rejects = parse_log_file(data, file.path, limits.parse_piece_bytes, first_line)
