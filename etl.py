@@ -170,7 +170,7 @@ def load_or_split(
             return [
                 (
                     dataclasses.replace(part, copies={}),
-                    load.load_part(cur, start.run_id, part, start.distributed),
+                    load.load_part(cur, start, part),
                 )
                 for part in parts
             ]
@@ -190,7 +190,7 @@ def load_or_split(
             ]
         part = stage_module().refused(batch, number, cli.first_line(exc), limits)
         with db.managed_cursor(conn) as cur:
-            return [(part, load.load_part(cur, start.run_id, part, start.distributed))]
+            return [(part, load.load_part(cur, start, part))]
 
 
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
@@ -225,16 +225,16 @@ def run(
         set_aside = load.set_aside_for_bulk_load(
             conn, sum(b.new_bytes for b in batches if b.kind == "log"), start.distributed
         )
+        start = dataclasses.replace(start, missing=load.set_aside_missing(conn))
         workers = default_jobs(batches, limits) if jobs is None else jobs
         tally = load_batches(
             conn, start, batches, prepared(batches, limits, workers), limits, progress
         )
         for kind in KINDS:
             tally.add_unchanged(kind, plans[kind][1])
-        restored, not_restored = load.restore_set_aside(conn, start.distributed)
-        report = finish(
-            conn, start, tally, settings, data_dir, started, set_aside, restored, not_restored
-        )
+        restored = load.restore_set_aside(conn, start)
+        tally.add_removed_duplicates(restored.duplicates, restored.duplicates_resolved)
+        report = finish(conn, start, tally, settings, data_dir, started, set_aside, restored)
     finally:
         conn.close()
     print("\n".join(report.lines()), file=out)
@@ -256,8 +256,7 @@ def finish(
     data_dir: Path,
     started: float,
     set_aside: bool,
-    restored: list[str],
-    not_restored: list[str],
+    restored: load.Restored,
 ) -> Report:
     """Count, check and record the run's outcome."""
     with db.managed_cursor(conn) as cur:
@@ -279,8 +278,8 @@ def finish(
             checks,
             examples,
             set_aside,
-            restored,
-            not_restored,
+            restored.added,
+            restored.problems,
         )
         cur.execute(
             sql.run_finish,

@@ -70,6 +70,7 @@ class RunStart:
     before: dict[str, int]
     known: dict[Kind, dict[str, tuple[int, int, str]]]
     distributed: bool  # songplays is a Citus distributed table: plays merge on the workers
+    missing: frozenset[str] = frozenset()  # set-aside keys and indexes absent while it loads
 
 
 def require_tables(conn) -> None:
@@ -124,10 +125,12 @@ def post_load_checks(cur) -> dict[str, int]:
 # ================================================================ one part
 
 
-def load_part(cur, run_id: int, part: Part, distributed: bool = False) -> Loaded:
+def load_part(cur, start: RunStart, part: Part) -> Loaded:
     """Stage the part and merge it, inside the batch's transaction (the caller's cursor). On
     Citus (distributed) plays are staged in a table sharded like songplays and merged on the
-    workers, and the statements that Citus runs otherwise take their Citus form."""
+    workers, and the statements that Citus runs otherwise take their Citus form. Where a key is
+    set aside, its table is appended to, duplicates and all, until the key comes back."""
+    distributed = start.distributed
     if part.index:
         cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
     cur.execute(sql.staging_time_zone)
@@ -149,7 +152,7 @@ def load_part(cur, run_id: int, part: Part, distributed: bool = False) -> Loaded
             sql.manifest_touch,
             [{"path": f.path, "size_bytes": f.read.size, "mtime_ns": f.mtime_ns} for f in touched],
         )
-    params = {"run_id": run_id}
+    params = {"run_id": start.run_id}
     inserted, resolved = {}, 0
     if part.kind == "song":
         cur.execute(sql.manifest_upsert, params)
@@ -165,12 +168,20 @@ def load_part(cur, run_id: int, part: Part, distributed: bool = False) -> Loaded
             cur.execute(sql.songplays_delete_reloaded)
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        cur.execute(sql.time_insert_citus if distributed else sql.time_insert)
+        cur.execute(
+            sql.time_insert_citus
+            if distributed
+            else sql.time_append
+            if sql.TIME_KEY in start.missing
+            else sql.time_insert
+        )
         cur.execute(sql.users_update_citus if distributed else sql.users_update)
         cur.execute(sql.users_insert)
         if part.copies.get("stage_plays"):
             for path, n, matched in (
-                _merge_plays_citus(cur, part) if distributed else _merge_plays(cur)
+                _merge_plays_citus(cur, part)
+                if distributed
+                else _merge_plays(cur, sql.PLAYS_KEY not in start.missing)
             ):
                 inserted[path] = n
                 resolved += matched
@@ -195,9 +206,9 @@ def load_part(cur, run_id: int, part: Part, distributed: bool = False) -> Loaded
     return Loaded(inserted, resolved)
 
 
-def _merge_plays(cur) -> list[tuple[str, int, int]]:
+def _merge_plays(cur, keyed: bool) -> list[tuple[str, int, int]]:
     """(path, plays inserted, of them resolved to a song) per file."""
-    cur.execute(sql.songplays_insert)
+    cur.execute(sql.songplays_insert if keyed else sql.songplays_append)
     return cur.fetchall()
 
 
@@ -217,9 +228,10 @@ def _merge_plays_citus(cur, part: Part) -> list[tuple[str, int, int]]:
 
 
 def set_aside_for_bulk_load(conn, new_log_bytes: int, distributed: bool = False) -> bool:
-    """Drop songplays' foreign keys and file index when this run's new log files are at least as
-    big as the table: checking each row as it goes in would cost as much as the insert. False
-    when they stay: a small load, or other sessions holding the tables (never interrupted)."""
+    """Drop songplays' keys, foreign keys and file index, and time's key, when this run's new log
+    files are at least as big as the table: maintaining them row by row would cost more than
+    the insert. False when they stay: a small load, or other sessions holding the tables
+    (never interrupted)."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.songplays_size_citus if distributed else sql.songplays_size)
         if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
@@ -229,28 +241,63 @@ def set_aside_for_bulk_load(conn, new_log_bytes: int, distributed: bool = False)
             cur.execute(sql.set_aside_lock_timeout)
             if distributed:
                 cur.execute(sql.citus_sequential)
-            for _, drop in sql.SONGPLAYS_SET_ASIDE.values():
+            for drop in sql.SET_ASIDE_DROPS[distributed]:
                 cur.execute(drop)
     except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
         return False
     return True
 
 
-def restore_set_aside(conn, distributed: bool = False) -> tuple[list[str], list[str]]:
-    """Add back what a bulk load set aside, this run's or an interrupted run's, each in its own
-    transaction: every foreign key is checked over the whole table in one join. Returns (added
-    back, problems); what could not come back stays missing for the next run to try again."""
+def set_aside_missing(conn) -> frozenset[str]:
+    """The keys and indexes a bulk load sets aside that are absent now: this run's, or what an
+    interrupted run or a failed restore left out."""
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.set_aside_present, {"names": list(sql.SONGPLAYS_SET_ASIDE)})
+        cur.execute(sql.set_aside_present, {"names": list(sql.BULK_SET_ASIDE)})
         present = {row[0] for row in cur.fetchall()}
-    restored, problems = [], []
-    for name, (create, _) in sql.SONGPLAYS_SET_ASIDE.items():
-        if name in present:
+    return frozenset(sql.BULK_SET_ASIDE) - present
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What restore_set_aside did: what came back, what could not (and why), and this run's
+    plays removed as duplicates before songplays' key came back (of them resolved to a song)."""
+
+    added: list[str]
+    problems: list[str]
+    duplicates: int = 0
+    duplicates_resolved: int = 0
+
+
+def restore_set_aside(conn, start: RunStart) -> Restored:
+    """Add back what a bulk load set aside, this run's or an interrupted run's, each in its own
+    transaction: every key is built and every foreign key checked over the whole table in one
+    pass. A key that duplicates keep from coming back has them removed first, in the same
+    transaction (the first loaded stays). What could not come back stays missing for the next
+    run to try again."""
+    missing = set_aside_missing(conn)
+    added, problems, removed = [], [], (0, 0)
+    for name, (create, _) in sql.BULK_SET_ASIDE.items():
+        if name not in missing:
             continue
         try:
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.restore_lock_timeout)
-                cur.execute(create)
+                try:
+                    cur.execute(sql.restore_savepoint)
+                    cur.execute(create)
+                except psycopg2.errors.UniqueViolation:
+                    if name not in (sql.PLAYS_KEY, sql.TIME_KEY):
+                        raise
+                    cur.execute(sql.restore_rollback_to_savepoint)
+                    cur.execute(
+                        sql.songplays_duplicates_remove
+                        if name == sql.PLAYS_KEY
+                        else sql.time_duplicates_remove,
+                        {"run_id": start.run_id},
+                    )
+                    if name == sql.PLAYS_KEY:
+                        removed = cur.fetchone()
+                    cur.execute(create)
         except psycopg2.errors.LockNotAvailable:
             problems.append(f"{name}: another session kept a conflicting lock on its tables")
         except psycopg2.errors.DeadlockDetected:
@@ -258,14 +305,14 @@ def restore_set_aside(conn, distributed: bool = False) -> tuple[list[str], list[
         except psycopg2.IntegrityError as exc:
             problems.append(f"{name}: {db.first_line(exc)}")
         else:
-            restored.append(name)
-    if restored:
+            added.append(name)
+    if added:
         try:
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.restore_lock_timeout)
-                if distributed:
+                if start.distributed:
                     cur.execute(sql.citus_sequential)  # songplays' shards, then time's
                 cur.execute(sql.analyze_after_bulk_load)
         except psycopg2.errors.LockNotAvailable:
             pass  # statistics only: autovacuum will gather them
-    return restored, problems
+    return Restored(added, problems, *removed)

@@ -12,6 +12,12 @@ from load import Loaded, Part
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 FILE_STATES = ("unchanged", "new", "changed", "unreadable")
 EXIT_OK, EXIT_FAILED = 0, 1
+# What a bulk load sets aside, named whole: on one server, and on Citus (where the keys stay).
+SET_ASIDE_NAMES = {
+    tuple(sql.BULK_SET_ASIDE): "the keys of songplays and time, songplays' foreign keys and "
+    "file_id index",
+    tuple(sql.SONGPLAYS_SET_ASIDE): "songplays' foreign keys and file_id index",
+}
 
 
 @dataclasses.dataclass
@@ -43,6 +49,13 @@ class Tally:
                 counts["rejected"] += f.rejected
         self.file_problems += part.file_problems
         self.resolved_plays += loaded.resolved
+
+    def add_removed_duplicates(self, plays: int, resolved: int) -> None:
+        """Plays loaded while songplays' key was set aside, removed as duplicates before it came
+        back: they count as duplicates, not loaded."""
+        self.counts["log"]["loaded"] -= plays
+        self.counts["log"]["duplicates"] += plays
+        self.resolved_plays -= resolved
 
     def add_unchanged(self, kind: str, n: int) -> None:
         self.files[kind]["unchanged"] = self.files[kind].get("unchanged", 0) + n
@@ -146,23 +159,18 @@ class Report:
     def _set_aside_lines(self) -> list[str]:
         out = []
         if self.restored:
-            what = (
-                "foreign keys and file_id index"
-                if len(self.restored) == len(sql.SONGPLAYS_SET_ASIDE)
-                else ", ".join(self.restored)
-            )
+            what = SET_ASIDE_NAMES.get(tuple(self.restored), ", ".join(self.restored))
             if self.set_aside:
                 out.append(
-                    f"  bulk load: set songplays' {what} aside while loading; back now, "
-                    "checked over every row"
+                    f"  bulk load: set {what} aside while loading; back now, checked over every row"
                 )
             else:
                 out.append(
-                    f"  added back songplays' {what}, found missing (as an interrupted "
+                    f"  added back {what}, found missing (as an interrupted "
                     "bulk load leaves them); checked over every row"
                 )
         out += [
-            f"  NOT added back, the next run tries again: songplays' {problem}"
+            f"  NOT added back, the next run tries again: {problem}"
             for problem in self.not_restored
         ]
         return out

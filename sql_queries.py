@@ -67,11 +67,34 @@ songplays_index_user_time = "CREATE INDEX songplays_user_time ON songplays (user
 songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 
 # ---------------------------------------------------------------- schema: set aside in a bulk load
-# PostgreSQL's "Populating a Database" advice: a foreign key checked row by row costs about as
-# much as the insert itself, while adding it afterwards checks every row in one join. etl.py
-# drops these before a load whose new log files are at least as big as songplays is on disk,
-# and adds them back at its end (or at the end of the next run, if that load was killed).
-# name: (create, drop); the index first, as it comes back whatever the data.
+# PostgreSQL's "Populating a Database" advice: a key or foreign key maintained row by row costs
+# about as much as the insert itself, while building it afterwards takes one sort or one join.
+# etl.py drops these before a load whose new log files are at least as big as songplays is on
+# disk, and adds them back at its end (or at the end of the next run, if that load was killed).
+# name: (create, drop), in the order they come back (a foreign key needs the key it references);
+# they are dropped in the reverse order. songplays_user_time stays: the users merge reads it.
+
+# The keys that make the merge skip duplicates as they come. While they are away plays and
+# instants are appended (songplays_append, time_append), and duplicates are removed before their
+# key comes back (songplays_duplicates_remove, time_duplicates_remove). On Citus they stay.
+KEYS_SET_ASIDE = {
+    "time_pkey": (
+        "ALTER TABLE time ADD CONSTRAINT time_pkey PRIMARY KEY (start_time)",
+        "ALTER TABLE time DROP CONSTRAINT IF EXISTS time_pkey",
+    ),
+    "songplays_pkey": (
+        "ALTER TABLE songplays ADD CONSTRAINT songplays_pkey PRIMARY KEY (user_id, songplay_id)",
+        "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_pkey",
+    ),
+    "songplays_user_id_session_id_item_in_session_key": (
+        "ALTER TABLE songplays ADD CONSTRAINT songplays_user_id_session_id_item_in_session_key "
+        "UNIQUE (user_id, session_id, item_in_session)",
+        "ALTER TABLE songplays "
+        "DROP CONSTRAINT IF EXISTS songplays_user_id_session_id_item_in_session_key",
+    ),
+}
+PLAYS_KEY = "songplays_user_id_session_id_item_in_session_key"
+TIME_KEY = "time_pkey"
 
 SONGPLAYS_SET_ASIDE = {
     "songplays_file": (  # used only when a changed log file is loaded again
@@ -99,6 +122,41 @@ SONGPLAYS_SET_ASIDE = {
         "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_artist_id_fkey",
     ),
 }
+BULK_SET_ASIDE = {**KEYS_SET_ASIDE, **SONGPLAYS_SET_ASIDE}
+# What a bulk load drops, in order, by whether songplays is distributed: on Citus the keys stay
+# (its merge reads songplays' primary key).
+SET_ASIDE_DROPS = {
+    False: [drop for _, drop in reversed(BULK_SET_ASIDE.values())],
+    True: [drop for _, drop in reversed(SONGPLAYS_SET_ASIDE.values())],
+}
+
+# A play kept twice while the keys were away: the first loaded (smallest songplay_id) stays, as
+# ON CONFLICT DO NOTHING would have kept it; each file's manifest counts move the later ones
+# from loaded to duplicates. Returns the plays removed from this run's files, and of them the
+# resolved. Runs only when the key cannot come back as it is (a whole-table sort).
+songplays_duplicates_remove = """
+WITH removed AS (
+    DELETE FROM songplays p
+    USING (SELECT user_id, songplay_id,
+                  row_number() OVER (PARTITION BY user_id, session_id, item_in_session
+                                     ORDER BY songplay_id) AS n
+           FROM songplays) later
+    WHERE later.n > 1 AND p.user_id = later.user_id AND p.songplay_id = later.songplay_id
+    RETURNING p.file_id, p.song_id
+), per_file AS (
+    SELECT file_id, count(*) AS plays, count(song_id) AS resolved FROM removed GROUP BY file_id
+), moved AS (
+    UPDATE load_manifest m SET loaded = m.loaded - f.plays, duplicates = m.duplicates + f.plays
+    FROM per_file f
+    WHERE m.file_id = f.file_id
+    RETURNING m.run_id, f.plays, f.resolved
+)
+SELECT coalesce(sum(plays), 0)::bigint, coalesce(sum(resolved), 0)::bigint FROM moved
+WHERE run_id = %(run_id)s"""
+
+# Instants are the same row wherever they come from: one of each stays.
+time_duplicates_remove = """
+DELETE FROM time t USING time u WHERE t.start_time = u.start_time AND t.ctid > u.ctid"""
 
 set_aside_present = """
 SELECT n FROM unnest(%(names)s::text[]) AS n
@@ -118,6 +176,10 @@ set_aside_lock_timeout = "SET LOCAL lock_timeout = '3s'"
 restore_lock_timeout = "SET LOCAL lock_timeout = '30s'"
 
 analyze_after_bulk_load = "ANALYZE songplays, time, users"
+
+# A key that duplicates keep from coming back: back to before its build, remove them, build again.
+restore_savepoint = "SAVEPOINT restore_key"
+restore_rollback_to_savepoint = "ROLLBACK TO SAVEPOINT restore_key"
 
 # ---------------------------------------------------------------- schema: load bookkeeping
 
@@ -445,10 +507,11 @@ FROM (SELECT DISTINCT ON (s.title, a.name, s.duration)
 WHERE p.song_id IS NULL
   AND p.song_title = k.title AND p.artist_name = k.artist_name AND p.song_length = k.duration"""
 
-time_insert = """
+time_append = """
 INSERT INTO time (start_time, hour, day, week, month, year, weekday)
-SELECT start_time, hour, day, week, month, year, weekday FROM stage_time
-ON CONFLICT (start_time) DO NOTHING"""
+SELECT start_time, hour, day, week, month, year, weekday FROM stage_time"""
+
+time_insert = time_append + "\nON CONFLICT (start_time) DO NOTHING"
 
 # On Citus, rows written with ON CONFLICT into a reference table travel as intermediate results
 # to every node and are merged there: five times slower than a plain insert, which is copied
@@ -530,7 +593,9 @@ FROM (SELECT DISTINCT ON (user_id) user_id, level FROM songplays
 WHERE u.user_id = p.user_id AND u.level IS DISTINCT FROM p.level"""
 
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
-songplays_insert = """
+# songplays_insert skips a play whose key is loaded already; songplays_append, for when that key
+# is set aside, inserts them all (its duplicates are removed before the key comes back).
+_songplays_merge_select = """
 WITH song_keys AS (
     SELECT DISTINCT ON (s.title, a.name, s.duration)
            s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
@@ -546,13 +611,19 @@ WITH song_keys AS (
     FROM stage_plays p
     JOIN load_manifest m ON m.path = p.path
     LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
-                         AND k.duration = p.song_length
-    ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING
+                         AND k.duration = p.song_length"""
+_songplays_merge_counts = """
     RETURNING file_id, song_id
 )
 SELECT m.path, count(*), count(i.song_id)
 FROM inserted i JOIN load_manifest m USING (file_id)
 GROUP BY m.path"""
+songplays_insert = (
+    _songplays_merge_select
+    + "\n    ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING"
+    + _songplays_merge_counts
+)
+songplays_append = _songplays_merge_select + _songplays_merge_counts
 
 # The same merge on Citus, from stage_plays_citus: on each shard, on its worker. Such a pushed-down
 # INSERT ... SELECT may not call a volatile function (songplay_id was taken as rows were staged),

@@ -8,6 +8,7 @@ import dataclasses
 import re
 from typing import NamedTuple
 
+import report
 import sql_queries
 from extract import KINDS
 from report import FILE_STATES
@@ -26,7 +27,7 @@ class Counts(NamedTuple):
 
 
 CHECKS_PASSED = dict.fromkeys(sql_queries.CHECKS, 0)
-ALL_SET_ASIDE = list(sql_queries.SONGPLAYS_SET_ASIDE)
+ALL_SET_ASIDE = list(sql_queries.BULK_SET_ASIDE)
 
 
 class Rejected(NamedTuple):
@@ -73,15 +74,15 @@ SUMMARY_LINES = {
         r"  plays resolved to a song: (?P<total>\d+) of (?P<plays>\d+) \((?P<run>\d+) this run\)"
     ),
     "set aside": re.compile(
-        r"  bulk load: set songplays' (?P<keys>.+) aside while loading; back now, "
+        r"  bulk load: set (?P<keys>.+) aside while loading; back now, "
         r"checked over every row"
     ),
     "found missing": re.compile(
-        r"  added back songplays' (?P<keys>.+), found missing \(as an interrupted bulk load "
+        r"  added back (?P<keys>.+), found missing \(as an interrupted bulk load "
         r"leaves them\); checked over every row"
     ),
     "not added back": re.compile(
-        r"  NOT added back, the next run tries again: songplays' (?P<key>\w+): (?P<why>.+)"
+        r"  NOT added back, the next run tries again: (?P<key>\w+): (?P<why>.+)"
     ),
     "rejected": re.compile(
         r"  rejected: (?P<records>\d+) records and (?P<files>\d+) whole files, kept in table "
@@ -95,8 +96,10 @@ SUMMARY_LINES = {
 
 
 def _keys(named: str) -> list[str]:
-    """Set-aside keys as the summary names them: all of them, or a list."""
-    return ALL_SET_ASIDE if named == "foreign keys and file_id index" else named.split(", ")
+    """Set-aside keys as the summary names them: all of them (on one server or on Citus), or a
+    list."""
+    whole = {name: list(keys) for keys, name in report.SET_ASIDE_NAMES.items()}
+    return whole.get(named, named.split(", ") if named else [])
 
 
 def parse_summary(text: str) -> Summary:

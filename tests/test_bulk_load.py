@@ -1,19 +1,40 @@
-"""Bulk loads: songplays' foreign keys and file index are set aside for a big load and come back
-as created; a load backs off (keys in place) rather than wait on other sessions or deadlock with
-them, and a key that cannot come back fails the run naming it, for the next run to add back."""
+"""Bulk loads: the keys of songplays and time, songplays' foreign keys and file index are set
+aside for a big load and come back as created, with the duplicates loaded meanwhile removed as
+the keys would have skipped them; a load backs off (keys in place) rather than wait on other
+sessions or deadlock with them, and a key that cannot come back fails the run naming it, for the
+next run to add back."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
 import psycopg2
 import pytest
-from builders import BASE, Watcher, etl, expect, last_run_status, start_load
-from conftest import counts, query, schema_objects
-from summary import ALL_SET_ASIDE, parse_summary
+from builders import (
+    BASE,
+    SESSION,
+    SMALL_BATCHES,
+    T0,
+    USER,
+    Watcher,
+    crafted_items,
+    etl,
+    event,
+    expect,
+    last_run_status,
+    lines,
+    manifest,
+    other_page,
+    start_load,
+    write,
+)
+from conftest import counts, query, run_script, schema_objects, table_contents
+from summary import ALL_SET_ASIDE, Counts, parse_summary
 
 import db
+import sql_queries
 from report import EXIT_FAILED, EXIT_OK
 
 
@@ -30,15 +51,94 @@ def test_first_load_sets_foreign_keys_aside_and_restores_them_as_created(data):
         )
 
 
-def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
+def plays_with_repeats(rng: random.Random, n: int) -> list[dict]:
+    """Plays of three users whose keys (user, session, item) and instants repeat often: resent
+    plays, and keys reused at another instant."""
+    return [
+        event(
+            rng.randrange(6),
+            userId=str(USER + rng.randrange(3)),
+            sessionId=SESSION + rng.randrange(2),
+            ts=T0 + rng.randrange(8) * 1000,
+            level=rng.choice(["free", "paid"]),
+            firstName=rng.choice(["Ada", "Grace"]),
+        )
+        for _ in range(n)
+    ]
+
+
+def load_outcome(done: subprocess.CompletedProcess) -> tuple:
+    summary = parse_summary(done.stdout)
+    kept = query("SELECT songplay_id, user_id, session_id, item_in_session FROM songplays")
+    return summary.records, summary.resolved, sorted(kept), table_contents(), manifest()
+
+
+def with_songplays_held(action):
+    """action() while another session holds songplays: a load cannot set its keys aside."""
     holder = db.connect(db.Settings.from_env())
     try:
         with holder.cursor() as cur:
             cur.execute("SELECT count(*) FROM songplays")  # a transaction stays open
-        done = etl(data)
-        assert holder.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        return action()
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bulk_load_keeps_what_the_keys_would_have_kept(data, seed):
+    """Generated files full of repeated plays and instants, within and across files: a bulk
+    load (keys set aside, duplicates removed before they come back) leaves the same star, the
+    same songplay_ids, manifest and summary counts as a load with every key in place."""
+    rng = random.Random(seed)
+    created = schema_objects()
+    padding = [other_page(0, "Home")] * 3500  # over 1 MB: each file is a batch of its own
+    repeats_within_files = 0
+    for name in ("a", "b", "c"):
+        plays = plays_with_repeats(rng, 30)
+        keys = {(p["userId"], p["sessionId"], p["itemInSession"]) for p in plays}
+        repeats_within_files += len(plays) - len(keys)
+        write(data, f"log_data/2018/12/{name}.json", lines(*plays, *padding))
+    bulk = etl(data, *SMALL_BATCHES)
+    assert parse_summary(bulk.stdout).added_back == ALL_SET_ASIDE
+    # plays repeated across files reached songplays, and were removed as the key came back
+    assert parse_summary(bulk.stdout).records["log"].duplicates > repeats_within_files
+    assert query("SELECT count(*) - count(DISTINCT start_time) FROM time") == [(0,)]
+    outcome = load_outcome(bulk)
+
+    run_script("create_tables.py")
+    keyed = with_songplays_held(lambda: etl(data, *SMALL_BATCHES))
+    assert parse_summary(keyed.stdout).keys_left_alone
+    assert load_outcome(keyed) == outcome
+    assert schema_objects() == created
+
+
+def test_keys_found_missing_come_back_without_the_duplicates_loaded_meanwhile(data):
+    """An interrupted bulk load leaves the keys out; the next, small run appends a play and an
+    instant loaded before, and adds the keys back with those removed: the play counted as a
+    duplicate in its file's manifest row and in the summary, like the one its file repeats."""
+    created = schema_objects()
+    write(data, "log_data/2018/12/a.json", lines(event(1), event(2)))
+    etl(data)
+    query(
+        "ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey;"
+        "ALTER TABLE songplays DROP CONSTRAINT songplays_user_id_session_id_item_in_session_key;"
+        "ALTER TABLE time DROP CONSTRAINT time_pkey; SELECT 1"
+    )
+    write(data, "log_data/2018/12/b.json", lines(event(2), event(3), event(2, ts=T0 + 9000)))
+    summary = parse_summary(etl(data).stdout)
+    assert not summary.set_aside
+    assert summary.added_back == ["time_pkey", sql_queries.PLAYS_KEY, "songplays_start_time_fkey"]
+    assert summary.records["log"] == Counts(3, 1, duplicates=2)
+    assert summary.resolved[2] == 1  # event(3): the two removed resolved too
+    assert summary.rows["songplays"] == (1, BASE["songplays"] + 3)
+    assert summary.rows["time"] == (1, BASE["time"] + 3)
+    assert manifest()["log_data/2018/12/b.json"] == Counts(3, 1, 0, 2, 0)
+    assert crafted_items() == [1, 2, 3]
+    assert schema_objects() == created
+
+
+def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
+    done = with_songplays_held(lambda: etl(data))
     assert parse_summary(done.stdout).keys_left_alone
     assert counts() == BASE
 
