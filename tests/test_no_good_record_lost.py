@@ -830,7 +830,7 @@ def fast_read(content: bytes, path: str, piece_bytes: int = extract.Limits.parse
     piece (the line reader reads it)."""
     pieces, first_line = [], 1
     for piece in extract.line_aligned_pieces(content, piece_bytes):
-        fast = records._fast_events(piece, path, first_line)
+        fast = records._fast_events(piece, path, first_line, piece.count(b"\n"))
         if fast is None:
             return None
         pieces.append(fast)
