@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Load song_data/ and log_data/ JSON into the Sparkify star schema.",
         epilog="exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
-        "reconciliation failed, a foreign key set aside for a bulk load could not be "
+        "reconciliation failed, a key set aside for a bulk load could not be "
         "added back, or --strict and records were rejected; 2 bad arguments; "
         "3 database or data folder problem; 4 another load is running",
     )
