@@ -219,11 +219,17 @@ def run(
     try:
         load.require_tables(conn)
         db.acquire_lock(conn)
+        # Keys an interrupted bulk load left out come back first (its duplicates removed), so
+        # that this run appends only where it sets the keys aside itself.
+        found_missing = load.restore_set_aside(conn, sql.KEYS_SET_ASIDE)
         start = load.start_run(conn, data_dir, full_refresh)
         plans = {kind: extract.plan(data_dir, kind, start.known[kind], limits) for kind in KINDS}
         batches = [batch for kind in KINDS for batch in plans[kind][0]]
         set_aside = load.set_aside_for_bulk_load(
-            conn, sum(b.new_bytes for b in batches if b.kind == "log"), start.distributed
+            conn,
+            sum(b.new_bytes for b in batches if b.kind == "log"),
+            start.distributed,
+            reloading=any(t.known_sha256 for b in batches if b.kind == "log" for t in b.tasks),
         )
         start = dataclasses.replace(start, missing=load.set_aside_missing(conn))
         workers = default_jobs(batches, limits) if jobs is None else jobs
@@ -232,9 +238,11 @@ def run(
         )
         for kind in KINDS:
             tally.add_unchanged(kind, plans[kind][1])
-        restored = load.restore_set_aside(conn, start)
+        restored = load.restore_set_aside(conn, sql.BULK_SET_ASIDE, start.run_id, start.distributed)
         tally.add_removed_duplicates(restored.duplicates, restored.duplicates_resolved)
-        report = finish(conn, start, tally, settings, data_dir, started, set_aside, restored)
+        report = finish(
+            conn, start, tally, settings, data_dir, started, set_aside, found_missing, restored
+        )
     finally:
         conn.close()
     print("\n".join(report.lines()), file=out)
@@ -256,12 +264,14 @@ def finish(
     data_dir: Path,
     started: float,
     set_aside: bool,
+    found_missing: load.Restored,
     restored: load.Restored,
 ) -> Report:
     """Count, check and record the run's outcome."""
+    changed = tally.anything_loaded or bool(restored.added)
     with db.managed_cursor(conn) as cur:
-        after = load.table_counts(cur) if tally.anything_loaded else start.before
-        checks = load.post_load_checks(cur) if tally.anything_loaded else None
+        after = load.table_counts(cur) if changed else start.before
+        checks = load.post_load_checks(cur) if changed or found_missing.added else None
         cur.execute(sql.resolved_plays)
         resolved_total = cur.fetchone()[0]
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
@@ -278,6 +288,7 @@ def finish(
             checks,
             examples,
             set_aside,
+            found_missing.added,
             restored.added,
             restored.problems,
         )

@@ -227,21 +227,25 @@ def _merge_plays_citus(cur, part: Part) -> list[tuple[str, int, int]]:
 # ================================================================ bulk loads
 
 
-def set_aside_for_bulk_load(conn, new_log_bytes: int, distributed: bool = False) -> bool:
+def set_aside_for_bulk_load(
+    conn, new_log_bytes: int, distributed: bool = False, reloading: bool = False
+) -> bool:
     """Drop songplays' keys, foreign keys and file index, and time's key, when this run's new log
     files are at least as big as the table: maintaining them row by row would cost more than
-    the insert. False when they stay: a small load, or other sessions holding the tables
-    (never interrupted)."""
+    the insert. The keys stay on Citus, and when changed log files are to be loaded again (their
+    plays are taken back and merged with the keys in place). False when nothing is set aside: a
+    small load, or other sessions holding the tables (never interrupted)."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.songplays_size_citus if distributed else sql.songplays_size)
         if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
             return False
+    what = "foreign keys" if distributed or reloading else "everything"
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.set_aside_lock_timeout)
             if distributed:
                 cur.execute(sql.citus_sequential)
-            for drop in sql.SET_ASIDE_DROPS[distributed]:
+            for drop in sql.SET_ASIDE_DROPS[what]:
                 cur.execute(drop)
     except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
         return False
@@ -268,36 +272,28 @@ class Restored:
     duplicates_resolved: int = 0
 
 
-def restore_set_aside(conn, start: RunStart) -> Restored:
-    """Add back what a bulk load set aside, this run's or an interrupted run's, each in its own
-    transaction: every key is built and every foreign key checked over the whole table in one
-    pass. A key that duplicates keep from coming back has them removed first, in the same
-    transaction (the first loaded stays). What could not come back stays missing for the next
-    run to try again."""
+def restore_set_aside(
+    conn, names: dict[str, tuple[str, str]], run_id: int | None = None, distributed: bool = False
+) -> Restored:
+    """Add back those of names (sql.KEYS_SET_ASIDE, or sql.BULK_SET_ASIDE) that are missing,
+    this run's or an interrupted run's, each in its own transaction: every key is built and
+    every foreign key checked over the whole table in one pass. A key that duplicates keep from
+    coming back has them removed first, in the same transaction (the first loaded stays; the
+    plays removed from run_id's files are counted). What could not come back stays missing for
+    the next run to try again."""
     missing = set_aside_missing(conn)
     added, problems, removed = [], [], (0, 0)
-    for name, (create, _) in sql.BULK_SET_ASIDE.items():
+    for name, (create, _) in names.items():
         if name not in missing:
+            continue
+        needed = sql.SET_ASIDE_NEEDS.get(name)
+        if needed in missing and needed not in added:
+            problems.append(f"{name}: it needs {needed}, which is not back")
             continue
         try:
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.restore_lock_timeout)
-                try:
-                    cur.execute(sql.restore_savepoint)
-                    cur.execute(create)
-                except psycopg2.errors.UniqueViolation:
-                    if name not in (sql.PLAYS_KEY, sql.TIME_KEY):
-                        raise
-                    cur.execute(sql.restore_rollback_to_savepoint)
-                    cur.execute(
-                        sql.songplays_duplicates_remove
-                        if name == sql.PLAYS_KEY
-                        else sql.time_duplicates_remove,
-                        {"run_id": start.run_id},
-                    )
-                    if name == sql.PLAYS_KEY:
-                        removed = cur.fetchone()
-                    cur.execute(create)
+                without = _create_without_duplicates(cur, name, create, run_id)
         except psycopg2.errors.LockNotAvailable:
             problems.append(f"{name}: another session kept a conflicting lock on its tables")
         except psycopg2.errors.DeadlockDetected:
@@ -306,13 +302,36 @@ def restore_set_aside(conn, start: RunStart) -> Restored:
             problems.append(f"{name}: {db.first_line(exc)}")
         else:
             added.append(name)
+            if name == sql.PLAYS_KEY:
+                removed = without
     if added:
         try:
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.restore_lock_timeout)
-                if start.distributed:
+                if distributed:
                     cur.execute(sql.citus_sequential)  # songplays' shards, then time's
                 cur.execute(sql.analyze_after_bulk_load)
         except psycopg2.errors.LockNotAvailable:
             pass  # statistics only: autovacuum will gather them
     return Restored(added, problems, *removed)
+
+
+def _create_without_duplicates(cur, name: str, create: str, run_id: int | None) -> tuple:
+    """Run create; if duplicates stop a key, remove them and run it again. Returns the plays
+    removed from run_id's files, and of them those resolved to a song ((0, 0) for time)."""
+    try:
+        cur.execute(sql.restore_savepoint)
+        cur.execute(create)
+        return (0, 0)
+    except psycopg2.errors.UniqueViolation:
+        if name not in (sql.PLAYS_KEY, sql.TIME_KEY):
+            raise
+    cur.execute(sql.restore_rollback_to_savepoint)
+    if name == sql.TIME_KEY:
+        cur.execute(sql.time_duplicates_remove)
+        removed = (0, 0)
+    else:
+        cur.execute(sql.songplays_duplicates_remove, {"run_id": run_id})
+        removed = cur.fetchone()
+    cur.execute(create)
+    return removed

@@ -89,7 +89,8 @@ class Report:
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
     examples: list[tuple]  # (path, line, reason) of the first rejects
     set_aside: bool  # songplays' keys were set aside for this bulk load
-    restored: list[str]  # set-aside keys added back by this run
+    found_missing: list[str]  # keys an interrupted bulk load left out, added back first
+    restored: list[str]  # set-aside keys added back at the end of this run
     not_restored: list[str]  # those that could not come back, and why
 
     @property
@@ -158,19 +159,23 @@ class Report:
 
     def _set_aside_lines(self) -> list[str]:
         out = []
-        if self.restored:
-            what = SET_ASIDE_NAMES.get(tuple(self.restored), ", ".join(self.restored))
-            if self.set_aside:
-                out.append(
-                    f"  bulk load: set {what} aside while loading; back now, checked over every row"
-                )
-            else:
-                out.append(
-                    f"  added back {what}, found missing (as an interrupted "
-                    "bulk load leaves them); checked over every row"
-                )
+        found = [self.found_missing] + ([] if self.set_aside else [self.restored])
+        for names in filter(None, found):
+            out.append(
+                f"  added back {_named(names)}, found missing (as an interrupted "
+                "bulk load leaves them); checked over every row"
+            )
+        if self.set_aside and self.restored:
+            out.append(
+                f"  bulk load: set {_named(self.restored)} aside while loading; back now, "
+                "checked over every row"
+            )
         out += [
             f"  NOT added back, the next run tries again: {problem}"
             for problem in self.not_restored
         ]
         return out
+
+
+def _named(names: list[str]) -> str:
+    return SET_ASIDE_NAMES.get(tuple(names), ", ".join(names))

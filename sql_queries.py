@@ -123,12 +123,15 @@ SONGPLAYS_SET_ASIDE = {
     ),
 }
 BULK_SET_ASIDE = {**KEYS_SET_ASIDE, **SONGPLAYS_SET_ASIDE}
-# What a bulk load drops, in order, by whether songplays is distributed: on Citus the keys stay
-# (its merge reads songplays' primary key).
+# What a bulk load drops, in order: everything, or only the foreign keys and the file index
+# (on Citus, where the merge on the shards reads songplays' primary key; or when changed log files
+# are reloaded, whose plays are taken back and merged again with the keys in place).
 SET_ASIDE_DROPS = {
-    False: [drop for _, drop in reversed(BULK_SET_ASIDE.values())],
-    True: [drop for _, drop in reversed(SONGPLAYS_SET_ASIDE.values())],
+    "everything": [drop for _, drop in reversed(BULK_SET_ASIDE.values())],
+    "foreign keys": [drop for _, drop in reversed(SONGPLAYS_SET_ASIDE.values())],
 }
+# A foreign key comes back only once the key it references is back.
+SET_ASIDE_NEEDS = {"songplays_start_time_fkey": TIME_KEY}
 
 # A play kept twice while the keys were away: the first loaded (smallest songplay_id) stays, as
 # ON CONFLICT DO NOTHING would have kept it; each file's manifest counts move the later ones

@@ -112,10 +112,10 @@ def test_bulk_load_keeps_what_the_keys_would_have_kept(data, seed):
     assert schema_objects() == created
 
 
-def test_keys_found_missing_come_back_without_the_duplicates_loaded_meanwhile(data):
-    """An interrupted bulk load leaves the keys out; the next, small run appends a play and an
-    instant loaded before, and adds the keys back with those removed: the play counted as a
-    duplicate in its file's manifest row and in the summary, like the one its file repeats."""
+def test_keys_found_missing_come_back_before_the_run_loads(data):
+    """Keys left out (as by an interrupted bulk load) come back before a small run loads: its
+    play and instant loaded before are skipped as with every key in place, and the foreign key
+    comes back at its end."""
     created = schema_objects()
     write(data, "log_data/2018/12/a.json", lines(event(1), event(2)))
     etl(data)
@@ -135,6 +135,41 @@ def test_keys_found_missing_come_back_without_the_duplicates_loaded_meanwhile(da
     assert manifest()["log_data/2018/12/b.json"] == Counts(3, 1, 0, 2, 0)
     assert crafted_items() == [1, 2, 3]
     assert schema_objects() == created
+
+
+def test_a_bulk_load_killed_after_appending_duplicates_resumes_to_the_same_star(data):
+    """A bulk load killed after committing batches that repeat earlier batches' plays and
+    instants leaves the keys out and the duplicates in; the next run removes them as the keys
+    come back (counted in their files' manifest rows) and ends where an uninterrupted load
+    ends."""
+    padding = [other_page(0, "Home")] * 3500  # over 1 MB: each file is a batch of its own
+    plays = [event(item) for item in range(8)]
+    write(data, "log_data/2018/12/a.json", lines(*plays[:5], *padding))
+    write(data, "log_data/2018/12/b.json", lines(*plays[3:], *padding))  # items 3, 4 again
+    write(data, "log_data/2018/12/c.json", lines(event(20), *padding * 6))
+    etl(data, *SMALL_BATCHES)
+    uninterrupted = table_contents(), manifest()
+
+    run_script("create_tables.py")
+    load = start_load(data)
+    watch = Watcher()
+    try:
+        watch.wait("SELECT count(*) FROM load_manifest WHERE path LIKE '%/b.json'", bool, load)
+        load.kill()
+        load.communicate(timeout=30)
+        repeated = watch.value(
+            "SELECT count(*) - count(DISTINCT (user_id, session_id, item_in_session)) "
+            "FROM songplays"
+        )
+        watch.lock_free()
+    finally:
+        watch.close()
+    assert repeated == 2
+
+    summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
+    assert summary.added_back[:3] == list(sql_queries.KEYS_SET_ASIDE)  # first, then the rest
+    assert (table_contents(), manifest()) == uninterrupted
+    assert manifest()["log_data/2018/12/b.json"] == Counts(3505, 3, 3500, 2, 0)
 
 
 def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):

@@ -38,6 +38,7 @@ def report(**changes) -> Report:
         "checks": {name: n for n, name in enumerate(sql_queries.CHECKS)},
         "examples": [("log_data/a.json", 3, "ts missing"), ("log_data/b.json", None, "empty file")],
         "set_aside": False,
+        "found_missing": ["time_pkey"],
         "restored": ["songplays_file"],
         "not_restored": ["songplays_user_id_fkey: a reason"],
     }
@@ -55,7 +56,7 @@ def test_summary_states_every_number_of_the_report():
     assert summary.reconciled == {"song": False, "log": True}
     assert summary.rows == {t: (100, 100 + n) for n, t in enumerate(sql_queries.STAR_TABLES)}
     assert summary.resolved == (11, 100, 6)
-    assert (summary.set_aside, summary.added_back) == (False, ["songplays_file"])
+    assert (summary.set_aside, summary.added_back) == (False, ["time_pkey", "songplays_file"])
     assert summary.not_added_back == {"songplays_user_id_fkey": "a reason"}
     assert summary.rejected == (10, 1, 12)
     assert summary.examples == [
