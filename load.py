@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import psycopg2
@@ -273,17 +274,17 @@ class Restored:
 
 
 def restore_set_aside(
-    conn, names: dict[str, tuple[str, str]], run_id: int | None = None, distributed: bool = False
+    conn, names: Iterable[str], run_id: int | None = None, distributed: bool = False
 ) -> Restored:
-    """Add back those of names (sql.KEYS_SET_ASIDE, or sql.BULK_SET_ASIDE) that are missing,
-    this run's or an interrupted run's, each in its own transaction: every key is built and
-    every foreign key checked over the whole table in one pass. A key that duplicates keep from
-    coming back has them removed first, in the same transaction (the first loaded stays; the
-    plays removed from run_id's files are counted). What could not come back stays missing for
-    the next run to try again."""
-    missing = set_aside_missing(conn)
+    """Add back those of names (of sql.BULK_SET_ASIDE) that are missing, this run's or an
+    interrupted run's, each in its own transaction: every key is built and every foreign key
+    checked over the whole table in one pass. A key that duplicates keep from coming back has
+    them removed first, in the same transaction (the first loaded stays; the plays removed from
+    run_id's files are counted). What could not come back stays missing for the next run to try
+    again."""
+    missing = set_aside_missing(conn) & set(names)
     added, problems, removed = [], [], (0, 0)
-    for name, (create, _) in names.items():
+    for name, (create, _) in sql.BULK_SET_ASIDE.items():
         if name not in missing:
             continue
         needed = sql.SET_ASIDE_NEEDS.get(name)
@@ -293,7 +294,16 @@ def restore_set_aside(
         try:
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.restore_lock_timeout)
-                without = _create_without_duplicates(cur, name, create, run_id)
+                cur.execute(sql.restore_savepoint)
+                try:
+                    cur.execute(create)
+                    removed_here = (0, 0)
+                except psycopg2.errors.UniqueViolation:
+                    if name not in (sql.PLAYS_KEY, sql.TIME_KEY):
+                        raise
+                    cur.execute(sql.restore_rollback_to_savepoint)
+                    removed_here = _remove_duplicates(cur, name, run_id)
+                    cur.execute(create)
         except psycopg2.errors.LockNotAvailable:
             problems.append(f"{name}: another session kept a conflicting lock on its tables")
         except psycopg2.errors.DeadlockDetected:
@@ -303,7 +313,7 @@ def restore_set_aside(
         else:
             added.append(name)
             if name == sql.PLAYS_KEY:
-                removed = without
+                removed = removed_here
     if added:
         try:
             with db.managed_cursor(conn) as cur:
@@ -316,22 +326,11 @@ def restore_set_aside(
     return Restored(added, problems, *removed)
 
 
-def _create_without_duplicates(cur, name: str, create: str, run_id: int | None) -> tuple:
-    """Run create; if duplicates stop a key, remove them and run it again. Returns the plays
+def _remove_duplicates(cur, key: str, run_id: int | None) -> tuple[int, int]:
+    """What keeps the key from coming back: plays or instants loaded twice. Returns the plays
     removed from run_id's files, and of them those resolved to a song ((0, 0) for time)."""
-    try:
-        cur.execute(sql.restore_savepoint)
-        cur.execute(create)
-        return (0, 0)
-    except psycopg2.errors.UniqueViolation:
-        if name not in (sql.PLAYS_KEY, sql.TIME_KEY):
-            raise
-    cur.execute(sql.restore_rollback_to_savepoint)
-    if name == sql.TIME_KEY:
+    if key == sql.TIME_KEY:
         cur.execute(sql.time_duplicates_remove)
-        removed = (0, 0)
-    else:
-        cur.execute(sql.songplays_duplicates_remove, {"run_id": run_id})
-        removed = cur.fetchone()
-    cur.execute(create)
-    return removed
+        return (0, 0)
+    cur.execute(sql.songplays_duplicates_remove, {"run_id": run_id})
+    return cur.fetchone()
