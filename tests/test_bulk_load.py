@@ -172,6 +172,22 @@ def test_a_bulk_load_killed_after_appending_duplicates_resumes_to_the_same_star(
     assert manifest()["log_data/2018/12/b.json"] == Counts(3505, 3, 3500, 2, 0)
 
 
+def test_a_bulk_load_that_reloads_a_changed_file_keeps_the_keys(data):
+    """New files outweigh songplays, but a changed file is loaded again: only the foreign keys
+    and the index are set aside, so the changed file keeps the play a new file (read first)
+    repeats, as with every key in place."""
+    write(data, "log_data/2018/12/b.json", lines(event(1), event(2)))
+    etl(data)
+    write(data, "log_data/2018/12/b.json", lines(event(1), event(2), event(3)))
+    padding = [other_page(0, "Home")] * 3500  # over 1 MB: more than songplays holds
+    write(data, "log_data/2018/12/a.json", lines(event(2), *padding))
+    summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
+    assert summary.set_aside and summary.added_back == list(sql_queries.SONGPLAYS_SET_ASIDE)
+    assert manifest()["log_data/2018/12/a.json"] == Counts(3501, 0, 3500, 1, 0)
+    assert manifest()["log_data/2018/12/b.json"] == Counts(3, 3, 0, 0, 0)
+    assert crafted_items() == [1, 2, 3]
+
+
 def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
     done = with_songplays_held(lambda: etl(data))
     assert parse_summary(done.stdout).keys_left_alone
