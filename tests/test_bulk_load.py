@@ -51,6 +51,11 @@ def test_first_load_sets_foreign_keys_aside_and_restores_them_as_created(data):
         )
 
 
+# Skipped events, over 1 MB: a file holding them is a batch of its own in --batch-mb 1, and
+# outweighs the base sample's songplays (a bulk load).
+PADDING = [other_page(0, "Home")] * 3500
+
+
 def plays_with_repeats(rng: random.Random, n: int) -> list[dict]:
     """Plays of three users whose keys (user, session, item) and instants repeat often: resent
     plays, and keys reused at another instant."""
@@ -91,13 +96,12 @@ def test_bulk_load_keeps_what_the_keys_would_have_kept(data, seed):
     same songplay_ids, manifest and summary counts as a load with every key in place."""
     rng = random.Random(seed)
     created = schema_objects()
-    padding = [other_page(0, "Home")] * 3500  # over 1 MB: each file is a batch of its own
     repeats_within_files = 0
     for name in ("a", "b", "c"):
         plays = plays_with_repeats(rng, 30)
         keys = {(p["userId"], p["sessionId"], p["itemInSession"]) for p in plays}
         repeats_within_files += len(plays) - len(keys)
-        write(data, f"log_data/2018/12/{name}.json", lines(*plays, *padding))
+        write(data, f"log_data/2018/12/{name}.json", lines(*plays, *PADDING))
     bulk = etl(data, *SMALL_BATCHES)
     assert parse_summary(bulk.stdout).added_back == ALL_SET_ASIDE
     # plays repeated across files reached songplays, and were removed as the key came back
@@ -142,11 +146,10 @@ def test_a_bulk_load_killed_after_appending_duplicates_resumes_to_the_same_star(
     instants leaves the keys out and the duplicates in; the next run removes them as the keys
     come back (counted in their files' manifest rows) and ends where an uninterrupted load
     ends."""
-    padding = [other_page(0, "Home")] * 3500  # over 1 MB: each file is a batch of its own
     plays = [event(item) for item in range(8)]
-    write(data, "log_data/2018/12/a.json", lines(*plays[:5], *padding))
-    write(data, "log_data/2018/12/b.json", lines(*plays[3:], *padding))  # items 3, 4 again
-    write(data, "log_data/2018/12/c.json", lines(event(20), *padding * 6))
+    write(data, "log_data/2018/12/a.json", lines(*plays[:5], *PADDING))
+    write(data, "log_data/2018/12/b.json", lines(*plays[3:], *PADDING))  # items 3, 4 again
+    write(data, "log_data/2018/12/c.json", lines(event(20), *PADDING * 6))
     etl(data, *SMALL_BATCHES)
     uninterrupted = table_contents(), manifest()
 
@@ -179,8 +182,7 @@ def test_a_bulk_load_that_reloads_a_changed_file_keeps_the_keys(data):
     write(data, "log_data/2018/12/b.json", lines(event(1), event(2)))
     etl(data)
     write(data, "log_data/2018/12/b.json", lines(event(1), event(2), event(3)))
-    padding = [other_page(0, "Home")] * 3500  # over 1 MB: more than songplays holds
-    write(data, "log_data/2018/12/a.json", lines(event(2), *padding))
+    write(data, "log_data/2018/12/a.json", lines(event(2), *PADDING))
     summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
     assert summary.set_aside and summary.added_back == list(sql_queries.SONGPLAYS_SET_ASIDE)
     assert manifest()["log_data/2018/12/a.json"] == Counts(3501, 0, 3500, 1, 0)

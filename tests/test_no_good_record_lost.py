@@ -918,29 +918,14 @@ def home_page(item: int) -> dict:
     }
 
 
-def good_song(n: int) -> dict:
-    return {
-        "num_songs": 1,
-        "artist_id": "ARZZZZZ1187FB00001",
-        "artist_latitude": None,
-        "artist_longitude": None,
-        "artist_location": "",
-        "artist_name": "Crafted",
-        "song_id": f"SOZZZZZ12A8C{n:06d}",
-        "title": f"Crafted song {n}",
-        "duration": 100.5 + n,
-        "year": 2001,
-    }
-
-
 def catalogue(path: str, damages: list[Damage], first: int) -> File:
     """Each damage in turn, after a good record, on every kind of record it damages."""
     lines = []
     for n, damage in enumerate(damages):
         item = first + 10 * n
         if damage.on == "song":
-            lines.append(Line(render(good_song(item)), "song", good_song(item)["song_id"]))
-            victims = [good_song(item + 1)]
+            lines.append(Line(render(builders.song(item)), "song", builders.song(item)["song_id"]))
+            victims = [builders.song(item + 1)]
         else:
             lines.append(Line(render(builders.event(item)), "play", (USER, SESSION, item)))
             victims = [builders.event(item + 1)] + (
@@ -998,16 +983,19 @@ def test_every_song_damage_is_rejected_for_its_own_reason_beside_clean_song_file
     damaged = catalogue("song_data/B/damaged.json", SONG_DAMAGES, 0)
     one = File(
         "song_data/A/one.json",
-        [Line(render(good_song(900_001)), "song", good_song(900_001)["song_id"])],
+        [Line(render(builders.song(900_001)), "song", builders.song(900_001)["song_id"])],
     )
     array = File(
         "song_data/C/array.json",
-        [Line(b"", "song", good_song(k)["song_id"]) for k in (900_002, 900_003)],
-        document=json.dumps([good_song(900_002), good_song(900_003)]).encode(),
+        [Line(b"", "song", builders.song(k)["song_id"]) for k in (900_002, 900_003)],
+        document=json.dumps([builders.song(900_002), builders.song(900_003)]).encode(),
     )
     crlf = File(
         "song_data/D/crlf.json",
-        [Line(render(good_song(k)), "song", good_song(k)["song_id"]) for k in (900_004, 900_005)],
+        [
+            Line(render(builders.song(k)), "song", builders.song(k)["song_id"])
+            for k in (900_004, 900_005)
+        ],
         crlf=True,
         final_newline=False,
     )
@@ -1074,8 +1062,8 @@ def test_an_integer_of_2_to_the_63_or_more_is_rejected_out_of_range(field):
 
 
 def test_a_song_file_holding_an_array_of_one_song_loads_that_song():
-    batch = prepared("song", orjson.dumps([good_song(1)]), "song_data/x.json")
+    batch = prepared("song", orjson.dumps([builders.song(1)]), "song_data/x.json")
     assert staged_rejects(batch, "song_data/x.json") == []
     assert [row[2] for row in staged(batch, "stage_songs", "song_data/x.json")] == [
-        good_song(1)["song_id"]
+        builders.song(1)["song_id"]
     ]
