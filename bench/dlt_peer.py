@@ -70,6 +70,4 @@ def main(data: str, schema: str, pipelines_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    main(*sys.argv[1:])
+    main(*sys.argv[1:])  # run by bench/run.py only: DATA_DIR SCHEMA PIPELINES_DIR

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -107,12 +108,13 @@ def measure(args: list[str], env: dict) -> Run:
             args, cwd=PROJECT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
         )
         rss_max = rss_sum = 0
-        while proc.poll() is None:
+        exited = os.pidfd_open(proc.pid)  # readable the moment the process ends: an exact time
+        while not select.select([exited], [], [], 0.02)[0]:
             largest, total = tree_rss(proc.pid)
             rss_max, rss_sum = max(rss_max, largest), max(rss_sum, total)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(0.02)
         seconds = time.perf_counter() - started
+        os.close(exited)
+        proc.wait()
         for f in (out, err):
             f.seek(0)
         printed = [f.read().decode(errors="replace") for f in (out, err)]
