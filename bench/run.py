@@ -489,12 +489,12 @@ def report(r: dict) -> str:
         f"## Sparkify ETL benchmark: {d['events']:,} events in {d['log_files']} log files "
         f"({d['log_mb']:,} MB), {d['song_files']:,} song files (seed {r['params']['seed']})",
         table(["row", "files/s", "records/s", "rows/s", "wall s", "peak RSS MB (max / sum)"], main),
-        f"Each timed row is the fastest of {r['params']['rounds']} rounds, interleaved. Rates are "
-        "counts over the wall time of the whole subprocess, Python start-up included. Peak RSS: "
-        "the largest process (its VmHWM) / the peak sum over the process tree (polled every "
-        "20 ms); the PostgreSQL server is not counted. The increment loads the last day, "
-        f"{d['last_day']} ({d['last_day_events']:,} events), onto the songs and the other "
-        f"{d['log_files'] - 1} days; the last day alone loads it onto the songs, before any play.",
+        f"Each row gives its fastest of --rounds {r['params']['rounds']}, interleaved (the classic "
+        "and the peer run once). Rates are counts over the wall time of the whole subprocess, "
+        "Python start-up included. Peak RSS: the largest process (its VmHWM) / the peak sum over "
+        "the process tree (polled every 20 ms); the PostgreSQL server is not counted. The "
+        f"increment loads the last day, {d['last_day']} ({d['last_day_events']:,} events), onto "
+        f"the songs and the other {d['log_files'] - 1} days; the last day alone, onto the songs.",
         table(["rows", *(stage.replace("_", " ") for stage in stages)], counts),
         "### Targets",
         table(["target", "measured", "goal", "verdict"], goals),
@@ -531,7 +531,7 @@ def growth_report(r: dict) -> str:
         f"## How the full load grows ({r['params']['songs']:,} song files, "
         f"seed {r['params']['seed']})",
         table(header, lines),
-        f"Wall s: create_tables.py + etl.py, the fastest of {r['params']['rounds']} rounds "
+        f"Wall s: create_tables.py + etl.py, the fastest of --rounds {r['params']['rounds']}, "
         "interleaved with the limit's; a load growing linearly keeps its s per 1M events.",
     ]
     return "\n\n".join([*text, footer(r["machine"], r["sizes"])]) + "\n"
