@@ -28,7 +28,7 @@ psql: $(READY)
 stop: $(READY)
 	$(BIN)/python db.py stop
 
-# The benchmark (1M events, 20k song files; 6 to 10 minutes): see bench/README.md.
-# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--keep" or BENCH_ARGS="--rss-scaling".
+# The benchmark (1M events, 20k song files; 5 to 10 minutes): see bench/README.md.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--keep" or BENCH_ARGS="--growth".
 bench: $(READY)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

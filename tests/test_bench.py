@@ -1,74 +1,94 @@
-"""bench/run.py end to end on tiny data sets: it runs, and prints every row of its reports.
-No timing is asserted (the numbers of a tiny run mean nothing). The dlt peer rows are skipped
-(--no-peers): they install dlt from PyPI, which a test must not depend on."""
+"""bench/run.py end to end on tiny data sets: it runs, and WORKDIR/results.json (or growth.json)
+holds every figure. No timing is asserted beyond being positive (a tiny run's numbers mean
+nothing). The dlt peer is skipped (--no-peers): it installs dlt from PyPI, which a test must not
+depend on."""
 
-import re
+import json
 
 from conftest import run_script
 
 import sql_queries
-from bench.run import ROWS, TARGETS
+
+TIMED = ["create_tables", "full_load", "rerun", "song_stage", "increment", "day_alone"]
+LIMIT = ["parse_songs", "parse_logs", "bare_copy"]
 
 
-def row(label: str) -> str:
-    return r"^\| " + re.escape(label) + r" +\|"
+def truth_counts(folder) -> dict[str, int]:
+    """The rows the generator says a load of folder holds (its truth.json)."""
+    truth = json.loads((folder / "truth.json").read_text())
+    counts = {name: truth[name] for name in sql_queries.STAR_TABLES}
+    return counts | {"resolved": truth["songplays_resolved"]}
 
 
-def test_tiny_benchmark_prints_every_row(tmp_path):
-    done = run_script(
-        "bench/run.py",
-        "--events",
-        "3000",
-        "--songs",
-        "100",
-        "--classic-events",
-        "500",
-        "--classic-songs",
-        "50",
-        "--no-peers",
-        "--workdir",
-        str(tmp_path),
-        timeout=120,
+def test_tiny_benchmark_saves_every_figure(tmp_path):
+    args = ["--events", "3000", "--songs", "100", "--classic-events", "500"]
+    args += ["--classic-songs", "50", "--no-peers", "--keep", "--workdir", str(tmp_path)]
+    done = run_script("bench/run.py", *args, timeout=300)
+    results = json.loads((tmp_path / "results.json").read_text())
+    runs, rows = results["runs"], results["rows"]
+
+    for name in TIMED:  # the project's scripts: wall time and the peak RSS of their tree
+        assert runs[name]["seconds"] > 0, name
+        assert runs[name]["rss_max_mb"] > 0 and runs[name]["rss_sum_mb"] > 0, name
+    for name in LIMIT:
+        assert runs[name]["seconds"] > 0, name
+    assert runs["etl_total"]["seconds"] == round(
+        runs["create_tables"]["seconds"] + runs["full_load"]["seconds"], 4
     )
-    out = done.stdout
-    for label in [*ROWS.values(), *TARGETS]:
-        assert re.search(row(label), out, re.MULTILINE), label
-    for name in sql_queries.STAR_TABLES:
-        assert re.search(r"^\| " + name + r" +\| +[\d,]+ \|", out, re.MULTILINE), name
-    assert "classic measured on 500 events" in out.lower()
-    assert "extrapolated linearly" in out
-    for items in ("arrow", "dicts"):
-        assert re.search(row(ROWS[f"dlt_{items}"]) + r"(?: +\|)* +skipped \|", out, re.MULTILINE)
-        assert f"The dlt row from {items} was skipped: --no-peers." in out
-    assert "Machine:" in out and "PostgreSQL" in out
-    assert "WARNING" not in out  # the loaded rows match the generator's truth.json
-    # The report is also saved in the work folder.
-    assert "## Sparkify ETL benchmark" in (tmp_path / "report.md").read_text()
-    # Generated data is removed without --keep; the folder holds nothing big afterwards.
-    assert not list(tmp_path.glob("data-*"))
-    assert not (tmp_path / "dlt-venv").exists()
+    assert runs["limit_total"]["seconds"] == round(sum(runs[n]["seconds"] for n in LIMIT), 4)
+    assert runs["classic"]["measured"]["events"] == 500
+    assert runs["classic"]["measured"]["song_files"] == 50
+    assert runs["classic"]["measured"]["songs_at_lookup"] == 100  # the whole catalogue
+    assert runs["classic"]["seconds"] > 0
+    assert runs["dlt"] == {"skipped": "--no-peers"}
+
+    # The loaded rows are the generator's truth, after the full load and after the increment.
+    assert results["data"]["events"] == 3000 and results["data"]["song_files"] == 100
+    assert results["data"]["log_files"] == 30
+    assert rows["truth"] == truth_counts(tmp_path / "data-e3000-s100-seed42")
+    assert rows["full_load"] == rows["truth"]
+    assert rows["after_increment"] == rows["truth"]
+    assert rows["bare_copy"] == {t: rows["truth"][t] for t in sql_queries.STAR_TABLES}
+    # The last day alone: all the songs, and some of the plays.
+    assert rows["day_alone"]["songs"] == rows["truth"]["songs"]
+    assert 0 < rows["day_alone"]["songplays"] < rows["truth"]["songplays"]
+    assert results["data"]["last_day"] == "2018-11-30-events.json"
+
+    ratios = results["ratios"]
+    assert ratios["increment_over_alone"] == round(
+        runs["increment"]["seconds"] / runs["day_alone"]["seconds"], 4
+    )
+    for name in ("etl_over_limit", "rerun_over_full_load", "classic_over_etl"):
+        assert ratios[name] > 0, name
+    assert "dlt_over_etl" not in ratios
+    targets = results["targets"]
+    assert targets["increment / last day alone"]["value"] == ratios["increment_over_alone"]
+    assert targets["increment / last day alone"]["met"] == (ratios["increment_over_alone"] <= 1.5)
+    assert all(isinstance(t["met"], bool) for t in targets.values())
+
+    assert results["machine"]["cpus"] > 0 and results["machine"]["postgresql"]
+    assert results["machine"]["commit"]
+    assert results["params"]["rounds"] == 2
+    # The report is printed and saved; the data is kept (--keep), the folders of links are not.
+    assert "## Sparkify ETL benchmark" in done.stdout
+    assert "WARNING" not in done.stdout
+    assert (tmp_path / "report.md").read_text() in done.stdout
+    assert [p.name for p in tmp_path.glob("data-*")] == ["data-e3000-s100-seed42"]
+    assert not (tmp_path / "increment").exists() and not (tmp_path / "day-alone").exists()
 
 
 def test_growth_at_two_tiny_sizes(tmp_path):
-    done = run_script(
-        "bench/run.py",
-        "--growth",
-        "--growth-sizes",
-        "2000,4000",
-        "--songs",
-        "100",
-        "--no-peers",
-        "--workdir",
-        str(tmp_path),
-        timeout=120,
-    )
-    out = done.stdout
-    assert "## How the full load grows: 2,000, 4,000 events" in out
-    for events in ("2,000", "4,000"):
-        assert re.search(row(events) + r" +[\d.,]+ \|", out, re.MULTILINE), events
-    assert "From 2,000 to 4,000 events (2.0x): wall" in out
-    assert "WARNING" not in out
-    report = (tmp_path / "growth.md").read_text()
-    assert "![How the full load grows](growth.png)" in report
-    assert (tmp_path / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args = ["--growth", "--growth-sizes", "2000,4000", "--songs", "100", "--rounds", "1"]
+    done = run_script("bench/run.py", *args, "--workdir", str(tmp_path), timeout=300)
+    results = json.loads((tmp_path / "growth.json").read_text())
+    assert [size["data"]["events"] for size in results["sizes"]] == [2000, 4000]
+    for size in results["sizes"]:
+        assert size["rows"]["full_load"] == size["rows"]["truth"]
+        assert size["rows"]["truth"]["songs"] == 100
+        assert size["runs"]["full_load"]["seconds"] > 0
+        assert size["runs"]["full_load"]["rss_max_mb"] > 0
+        assert size["ratios"]["etl_over_limit"] > 0
+        assert "increment" not in size["runs"] and "targets" not in size
+    assert "## How the full load grows" in done.stdout
+    assert (tmp_path / "growth.md").read_text() in done.stdout
     assert not list(tmp_path.glob("data-*"))
