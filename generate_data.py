@@ -4,7 +4,8 @@ The real sample is too small (71 songs, 8k events, a single play that matches a
 song) to check an ETL's results or measure its speed.  This writes data of any
 size with the same layout, format and quirks, plus ``truth.json``: what a
 correct ETL must load from it, known from construction rather than re-parsing.
-Standard library only, so it runs anywhere the project does.
+Standard library only, so it runs anywhere the project does.  The names, words,
+places and user agents it draws from are in generate_data_words.json beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import shutil
 import string
 import sys
+from pathlib import Path
 
 import cli
 
@@ -141,240 +143,18 @@ HOUR_WEIGHTS = (
     3.5,
 )
 
-FIRST_F = (
-    "Kaylee",
-    "Lily",
-    "Jacqueline",
-    "Chloe",
-    "Tegan",
-    "Aleena",
-    "Cienna",
-    "Jayden",
-    "Rylan",
-    "Ava",
-    "Layla",
-    "Harper",
-    "Sienna",
-    "Morris",
-    "Jizelle",
-    "Anabelle",
-    "Katherine",
-    "Stephanie",
-    "Emily",
-    "Zoe",
-)
-FIRST_M = (
-    "Walter",
-    "Ryan",
-    "Jacob",
-    "Mohammad",
-    "Lucas",
-    "Kevin",
-    "Theodore",
-    "Brayden",
-    "Noah",
-    "Wyatt",
-    "Sean",
-    "Connar",
-    "Liam",
-    "Evan",
-    "Aiden",
-    "Elijah",
-    "Dustin",
-    "Matthew",
-    "Samuel",
-    "Owen",
-)
-LAST = (
-    "Frye",
-    "Summers",
-    "Koch",
-    "Lynch",
-    "Cuevas",
-    "Levine",
-    "Kirby",
-    "Smith",
-    "Harris",
-    "O'Connor",
-    "Williams",
-    "Benjamin",
-    "Moreno",
-    "Johnson",
-    "Hoffman",
-    "Thompson",
-    "Raymond",
-    "Vaughn",
-    "Klein",
-    "Jones",
-    "Garrison",
-    "D'Angelo",
-    "Carter",
-    "Ortiz",
-    "Zimmerman",
-)
-USER_LOCATIONS = (
-    "San Francisco-Oakland-Hayward, CA",
-    "Portland-South Portland, ME",
-    "Lansing-East Lansing, MI",
-    "Chicago-Naperville-Elgin, IL-IN-WI",
-    "Atlanta-Sandy Springs-Roswell, GA",
-    "Waterloo-Cedar Falls, IA",
-    "Tampa-St. Petersburg-Clearwater, FL",
-    "New York-Newark-Jersey City, NY-NJ-PA",
-    "Nashville-Davidson--Murfreesboro--Franklin, TN",
-    "Houston-The Woodlands-Sugar Land, TX",
-    "Phoenix-Mesa-Scottsdale, AZ",
-    "Los Angeles-Long Beach-Anaheim, CA",
-    "Janesville-Beloit, WI",
-    "Birmingham-Hoover, AL",
-    "Eugene, OR",
-    "Philadelphia-Camden-Wilmington, PA-NJ-DE-MD",
-    "Augusta-Richmond County, GA-SC",
-    "Minneapolis-St. Paul-Bloomington, MN-WI",
-    "Red Bluff, CA",
-    "Columbia, SC",
-    "Miami-Fort Lauderdale-West Palm Beach, FL",
-    "Detroit-Warren-Dearborn, MI",
-    "Myrtle Beach-Conway-North Myrtle Beach, SC-NC",
-    "Dallas-Fort Worth-Arlington, TX",
-)
+# The names, words, places and user agents drawn from, in a data file beside this module.
+_WORDS = json.loads(Path(__file__).with_name("generate_data_words.json").read_text("utf-8"))
+FIRST_F, FIRST_M = _WORDS["first_names_female"], _WORDS["first_names_male"]
+LAST = _WORDS["last_names"]
+USER_LOCATIONS = _WORDS["user_locations"]
 # Real agents containing a comma are wrapped in literal double quotes, others are not.
-USER_AGENTS = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_4) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/36.0.1985.143 Safari/537.36",
-    "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/35.0.1916.153 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_4) AppleWebKit/537.78.2 (KHTML, like Gecko) Version/7.0.6 Safari/537.78.2",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Ubuntu Chromium/36.0.1985.125 Chrome/36.0.1985.125 Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/37.0.2062.94 Safari/537.36",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 7_1_2 like Mac OS X) AppleWebKit/537.51.2 (KHTML, like Gecko) Version/7.0 Mobile/11D257 Safari/9537.53",
-    "Mozilla/5.0 (Windows NT 6.3; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/36.0.1985.143 Safari/537.36",
-    "Mozilla/5.0 (Windows NT 5.1; rv:31.0) Gecko/20100101 Firefox/31.0",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.9; rv:31.0) Gecko/20100101 Firefox/31.0",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:31.0) Gecko/20100101 Firefox/31.0",
-    "Mozilla/5.0 (compatible; MSIE 10.0; Windows NT 6.2; WOW64; Trident/6.0)",
-    "Mozilla/5.0 (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko",
-)
-
-ADJ = (
-    "Electric",
-    "Silent",
-    "Broken",
-    "Golden",
-    "Midnight",
-    "Lonely",
-    "Crazy",
-    "Sweet",
-    "Wild",
-    "Blue",
-    "Burning",
-    "Velvet",
-    "Hollow",
-    "Neon",
-    "Paper",
-    "Crystal",
-    "Frozen",
-    "Restless",
-    "Sacred",
-    "Lost",
-    "Little",
-    "Dirty",
-)
-NOUN = (
-    "Heart",
-    "River",
-    "Highway",
-    "Dream",
-    "Fire",
-    "Rain",
-    "Summer",
-    "City",
-    "Angel",
-    "Road",
-    "Moon",
-    "Ocean",
-    "Letter",
-    "Garden",
-    "Shadow",
-    "Thunder",
-    "Mirror",
-    "Train",
-    "Window",
-    "Sky",
-    "Diamond",
-    "Ghost",
-    "Wolf",
-    "Tiger",
-)
-VERB = ("Stop", "Leave", "Break", "Call", "Touch", "Forget", "Wake", "Save")
+USER_AGENTS = _WORDS["user_agents"]
+ADJ, NOUN, VERB = _WORDS["adjectives"], _WORDS["nouns"], _WORDS["verbs"]
 # Each string gets at most one of these.  All are repaired exactly by ftfy.fix_text
 # after double encoding; a few look-alikes (e.g. 'Håkan', 'š') are not and are left out.
-NON_ASCII_WORDS = (
-    "Mañana",
-    "Déjà Vu",
-    "Café",
-    "Für Elise",
-    "Straße",
-    "Niño",
-    "Señorita",
-    "Garçon",
-    "Noël",
-    "Crème Brûlée",
-    "Über",
-    "Ça Va",
-    "Você",
-    "Corazón",
-    "Canción",
-    "Smörgåsbord",
-    "Jalapeño",
-    "Fiancée",
-    "Naïve",
-    "Zürich",
-    "Kärlek",
-    "¿Dónde?",
-    "Cœur",
-    "Fußball",
-    "Mädchen",
-    "Ragnarök",
-)
-NON_ASCII_NAMES = (
-    "Björk Sørensen",
-    "José González",
-    "Zoë Ångström",
-    "Renée Fleming",
-    "Anaïs Mitchell",
-    "Chloé Dubois",
-    "Björn Ulvaeus",
-    "Sébastien Tellier",
-    "Mónica Naranjo",
-    "Łukasz Dvořák",
-    "Ramón Nuñez",
-    "Jürgen Müller",
-    "Sigurður Þór",
-    "Ólafur Arnalds",
-    "Françoise Hardy",
-    "Mötley Crüe",
-    "Alizée",
-    "Beyoncé Knowles",
-    "Michael Bublé",
-    "Röyksopp",
-)
-ARTIST_LOCATIONS = (  # (location, latitude, longitude)
-    ("Nashville, TN.", 36.16778, -86.77836),
-    ("London, England", 51.50632, -0.12714),
-    ("California - SF", 37.77916, -122.42005),
-    ("Hell's Kitchen, NY", 40.76462, -73.99256),
-    ("München, Germany", 48.13641, 11.57754),
-    ("São Paulo, Brazil", -23.5504, -46.63414),
-    ("Reykjavík, Iceland", 64.13548, -21.89541),
-    ('"The Big Easy", New Orleans, LA', 29.95369, -90.07771),
-    ("Montréal, Québec", 45.51228, -73.55439),
-    ("Detroit, MI", 42.33168, -83.04792),
-    ("Kingston, Jamaica", 17.99702, -76.79358),
-    ("Brooklyn, NY", 40.65507, -73.94888),
-    ("Seattle, WA", 47.60356, -122.32944),
-    ("Stockholm, Sweden", 59.33217, 18.06243),
-    ("Austin, TX", 30.26759, -97.74299),
-    ("Dublin, Ireland", 53.34376, -6.24953),
-)
+NON_ASCII_WORDS, NON_ASCII_NAMES = _WORDS["non_ascii_words"], _WORDS["non_ascii_names"]
+ARTIST_LOCATIONS = _WORDS["artist_locations"]  # [location, latitude, longitude]
 
 
 def _log_str(s):
