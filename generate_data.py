@@ -14,6 +14,7 @@ import argparse
 import bisect
 import calendar
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -21,6 +22,7 @@ import shutil
 import string
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import cli
 
@@ -36,111 +38,63 @@ LINE = (
     '"ts":%d,"userAgent":%s,"userId":"%s"}'
 )
 
-# (page, method, status, logged out); guest pages carry userId "".
-KINDS = (
-    ("NextSong", "PUT", 200, False),
-    ("Home", "GET", 200, False),
-    ("Settings", "GET", 200, False),
-    ("Save Settings", "PUT", 307, False),
-    ("Help", "GET", 200, False),
-    ("About", "GET", 200, False),
-    ("Error", "GET", 404, False),
-    ("Upgrade", "GET", 200, False),
-    ("Submit Upgrade", "PUT", 307, False),
-    ("Downgrade", "GET", 200, False),
-    ("Submit Downgrade", "PUT", 307, False),
-    ("Logout", "PUT", 307, False),
-    ("Home", "GET", 200, True),
-    ("Help", "GET", 200, True),
-    ("About", "GET", 200, True),
-    ("Login", "PUT", 307, True),
-)
-(
-    NEXT_SONG,
-    HOME,
-    SETTINGS,
-    SAVE_SETTINGS,
-    HELP,
-    ABOUT,
-    ERROR,
-    UPGRADE,
-    SUBMIT_UPGRADE,
-    DOWNGRADE,
-    SUBMIT_DOWNGRADE,
-    LOGOUT,
-    GUEST_HOME,
-    GUEST_HELP,
-    GUEST_ABOUT,
-    LOGIN,
-) = range(len(KINDS))
+
+class Kind(NamedTuple):
+    """What an event is: its page and request, and whether the user is logged out."""
+
+    page: str
+    method: str
+    status: int
+    logged_out: bool  # logged-out events carry no profile and userId ""
+
+
+NEXT_SONG = Kind("NextSong", "PUT", 200, False)
+HOME = Kind("Home", "GET", 200, False)
+SETTINGS = Kind("Settings", "GET", 200, False)
+SAVE_SETTINGS = Kind("Save Settings", "PUT", 307, False)
+HELP = Kind("Help", "GET", 200, False)
+ABOUT = Kind("About", "GET", 200, False)
+ERROR = Kind("Error", "GET", 404, False)
+UPGRADE = Kind("Upgrade", "GET", 200, False)
+SUBMIT_UPGRADE = Kind("Submit Upgrade", "PUT", 307, False)
+DOWNGRADE = Kind("Downgrade", "GET", 200, False)
+SUBMIT_DOWNGRADE = Kind("Submit Downgrade", "PUT", 307, False)
+LOGOUT = Kind("Logout", "PUT", 307, False)
+GUEST_HOME = Kind("Home", "GET", 200, True)
+GUEST_HELP = Kind("Help", "GET", 200, True)
+GUEST_ABOUT = Kind("About", "GET", 200, True)
+LOGIN = Kind("Login", "PUT", 307, True)
 
 
 def _cumulative(weights):
-    total, out = 0.0, []
-    for w in weights:
-        total += w
-        out.append(total)
-    return out
+    return list(itertools.accumulate(weights, initial=0.0))[1:]
 
 
-def _table(weighted):
-    """(kinds, cumulative weights) for _pick."""
-    return [kind for kind, _ in weighted], _cumulative(w for _, w in weighted)
+def _chooser(weighted):
+    """A weighted draw of a kind among (kind, weight) pairs: a function of the rng."""
+    kinds, cumulative = [kind for kind, _ in weighted], _cumulative(w for _, w in weighted)
+    return lambda rng: kinds[_pick(cumulative, rng)]
+
+
+def _pick(cumulative, rng):
+    """Weighted choice of an index; min() guards against random() * total rounding up to total."""
+    return min(bisect.bisect(cumulative, rng.random() * cumulative[-1]), len(cumulative) - 1)
 
 
 # Non-song pages, by level: free users look at Upgrade, paid ones at Downgrade.
+_ANY_LEVEL = ((HOME, 60), (SETTINGS, 5), (SAVE_SETTINGS, 1.5), (HELP, 5), (ABOUT, 3), (ERROR, 1))
 BROWSE = {
-    "free": _table(
-        (
-            (HOME, 60),
-            (SETTINGS, 5),
-            (SAVE_SETTINGS, 1.5),
-            (HELP, 5),
-            (ABOUT, 3),
-            (ERROR, 1),
-            (UPGRADE, 4),
-        )
-    ),
-    "paid": _table(
-        (
-            (HOME, 60),
-            (SETTINGS, 5),
-            (SAVE_SETTINGS, 1.5),
-            (HELP, 5),
-            (ABOUT, 3),
-            (ERROR, 1),
-            (DOWNGRADE, 7),
-        )
-    ),
+    "free": _chooser(_ANY_LEVEL + ((UPGRADE, 4),)),
+    "paid": _chooser(_ANY_LEVEL + ((DOWNGRADE, 7),)),
 }
-GUEST_BROWSE = _table(((GUEST_HOME, 8), (GUEST_HELP, 1), (GUEST_ABOUT, 1)))
+GUEST_BROWSE = _chooser(((GUEST_HOME, 8), (GUEST_HELP, 1), (GUEST_ABOUT, 1)))
 SONG_SHARE = 0.9  # of logged-in events; gives ~85% NextSong overall
 CATALOG_SHARE = 0.35  # of plays; the rest are songs missing from song_data
-HOUR_WEIGHTS = (
-    3,
-    2,
-    1.5,
-    1,
-    1,
-    1,
-    1.5,
-    2.5,
-    3.5,
-    4,
-    4.5,
-    5,
-    5.5,
-    5.5,
-    6,
-    6.5,
-    7,
-    7.5,
-    7.5,
-    7,
-    6,
-    5,
-    4.5,
-    3.5,
+HOUR_WEIGHTS = (  # of a session start, by hour (UTC)
+    (3, 2, 1.5, 1, 1, 1)  # 0 to 5
+    + (1.5, 2.5, 3.5, 4, 4.5, 5)  # 6 to 11
+    + (5.5, 5.5, 6, 6.5, 7, 7.5)  # 12 to 17
+    + (7.5, 7, 6, 5, 4.5, 3.5)  # 18 to 23
 )
 
 # The names, words, places and user agents drawn from, in a data file beside this module.
@@ -292,11 +246,6 @@ def _popularity(rng, n):
     return _cumulative(weights)
 
 
-def _pick(cumulative, rng):
-    """Weighted choice; min() guards against random() * total rounding up to total."""
-    return min(bisect.bisect(cumulative, rng.random() * cumulative[-1]), len(cumulative) - 1)
-
-
 def _budgets(total, weights):
     """Split total exactly in proportion to weights (largest remainder)."""
     scale = total / sum(weights)
@@ -381,8 +330,7 @@ def _user_sessions(rng, user, budget, pick_track, durations, limit):
                 events.append((off, NEXT_SONG, level, track))
                 off += int(durations[track])
             else:
-                kinds, cumulative = BROWSE[level]
-                events.append((off, kinds[_pick(cumulative, rng)], level, -1))
+                events.append((off, BROWSE[level](rng), level, -1))
                 off += _step(rng)
             left -= 1
         for kind in [LOGOUT] * (suffix > 0) + [GUEST_HOME] * (suffix - 1):
@@ -395,12 +343,11 @@ def _user_sessions(rng, user, budget, pick_track, durations, limit):
 
 def _guest_sessions(rng, budget):
     """Visitors who never log in: short sessions of logged-out pages, level free."""
-    kinds, cumulative = GUEST_BROWSE
     sessions = []
     while budget:
         events, off = [], 0
         for _ in range(min(budget, rng.randint(1, 3))):
-            events.append((off, kinds[_pick(cumulative, rng)], "free", -1))
+            events.append((off, GUEST_BROWSE(rng), "free", -1))
             off += _step(rng)
         sessions.append((events[-1][0], events))
         budget -= len(events)
@@ -445,10 +392,6 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
         )
         for u in people
     ]
-    kinds = [
-        ("Logged Out" if logged_out else "Logged In", method, page, status, logged_out)
-        for page, method, status, logged_out in KINDS
-    ]
     no_song = ("null", "null", "null")
     song_parts = [
         (_log_str(_double_encode(artist)), repr(duration), _log_str(_double_encode(title)))
@@ -482,7 +425,8 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
                     unfinished.append(entry)
                     break
                 ts = base_ms + (begin + off) * 1000
-                auth, method, page, status, logged_out = kinds[kind]
+                page, method, status, logged_out = kind
+                auth = "Logged Out" if logged_out else "Logged In"
                 first, gender, last, location, registration, agent, uid = (
                     guest if logged_out else profile
                 )
@@ -517,7 +461,7 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
                 )
                 if logged_out:
                     guests += 1
-                if kind != NEXT_SONG:
+                if kind is not NEXT_SONG:
                     continue
                 plays += 1
                 if owner.setdefault(ts, who) != who:
