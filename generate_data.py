@@ -111,6 +111,43 @@ NON_ASCII_WORDS, NON_ASCII_NAMES = _WORDS["non_ascii_words"], _WORDS["non_ascii_
 ARTIST_LOCATIONS = _WORDS["artist_locations"]  # [location, latitude, longitude]
 
 
+class Artist(NamedTuple):
+    """An artist's fields of a song file, named and ordered as there."""
+
+    artist_id: str
+    artist_latitude: float | None
+    artist_longitude: float | None
+    artist_location: str
+    artist_name: str
+
+
+class Song(NamedTuple):
+    """A song file's content; its track id names the file."""
+
+    track_id: str
+    artist: Artist
+    song_id: str
+    title: str
+    duration: float
+    year: int
+
+
+class User(NamedTuple):
+    """A user account.  The first seven fields are the profile of its log events, in order."""
+
+    first: str
+    gender: str
+    last: str
+    location: str
+    registration: float
+    agent: str
+    uid: str
+    level: str  # at the start; a user who "changes" switches level once
+    changes: bool
+    browser: bool  # never plays a song
+    weight: float  # relative share of the events
+
+
 def _log_str(s):
     """Serialize a string exactly like the real event logs do."""
     return json.dumps(s).replace("/", "\\/")
@@ -182,6 +219,15 @@ def _duration(rng):
     return round(min(1200.0, max(25.0, rng.gauss(240, 75))), 5)
 
 
+def _artist(rng, name, taken):
+    """An artist, often with a location, sometimes a location without coordinates."""
+    located = rng.random() < 0.6
+    location, lat, lon = rng.choice(ARTIST_LOCATIONS) if located else ("", None, None)
+    if located and rng.random() < 0.25:
+        lat = lon = None
+    return Artist(_new_id(rng, "AR", taken), lat, lon, location, name)
+
+
 def _catalog(rng, n_songs):
     """Song files: unique (title, artist, duration) so every resolved play has one song_id."""
     # Real track ids of the sample share a prefix; spread files over ~10 per leaf folder.
@@ -192,11 +238,7 @@ def _catalog(rng, n_songs):
         if name in names:
             continue
         names.add(name)
-        located = rng.random() < 0.6
-        location, lat, lon = rng.choice(ARTIST_LOCATIONS) if located else ("", None, None)
-        if located and rng.random() < 0.25:
-            lat = lon = None
-        artist = (_new_id(rng, "AR", taken), lat, lon, location, name)
+        artist = _artist(rng, name, taken)
         count = 1 if rng.random() < 0.65 else rng.randint(2, 8)
         for _ in range(min(count, n_songs - len(songs))):
             title, duration = _title(rng), _duration(rng)
@@ -204,32 +246,25 @@ def _catalog(rng, n_songs):
                 continue
             triples.add((title, name, duration))
             track = _new_id(rng, "TR", taken, "".join(rng.choices(letters, k=3)))
-            songs.append(
-                (
-                    track,
-                    artist,
-                    _new_id(rng, "SO", taken),
-                    title,
-                    duration,
-                    0 if rng.random() < 0.4 else rng.randint(1965, 2010),
-                )
-            )
+            song_id = _new_id(rng, "SO", taken)
+            year = 0 if rng.random() < 0.4 else rng.randint(1965, 2010)
+            songs.append(Song(track, artist, song_id, title, duration, year))
     return songs, triples
 
 
 def _unknown_songs(rng, songs, triples, count):
     """Plays of songs absent from song_data, including near misses that must not resolve."""
-    names = [s[1][4] for s in songs]
+    names = [song.artist.artist_name for song in songs]
     pool = []
     while len(pool) < count:
         r = rng.random()
         if r < 0.05:  # right title and artist, wrong duration
-            _, artist, _, title, duration, _ = rng.choice(songs)
+            song = rng.choice(songs)
             shift = rng.choice((-1, 1)) * rng.uniform(0.5, 5)
-            item = (title, artist[4], round(duration + shift, 5))
+            item = (song.title, song.artist.artist_name, round(song.duration + shift, 5))
         elif r < 0.1:  # right title and duration, other artist
-            _, _, _, title, duration, _ = rng.choice(songs)
-            item = (title, rng.choice(names), duration)
+            song = rng.choice(songs)
+            item = (song.title, rng.choice(names), song.duration)
         elif r < 0.35:  # known artist, song not in the catalog
             item = (_title(rng), rng.choice(names), _duration(rng))
         else:
@@ -258,6 +293,7 @@ def _budgets(total, weights):
 
 
 def _users(rng, n_users, window_start):
+    """The accounts in userId order; a few are browsers, some change level once."""
     uids = sorted(rng.sample(range(2, 2 * n_users + 2), n_users))
     browsers = set(rng.sample(range(n_users), n_users // 30))  # never play a song
     users = []
@@ -266,25 +302,23 @@ def _users(rng, n_users, window_start):
         level = "paid" if rng.random() < 0.3 else "free"
         agent = rng.choice(USER_AGENTS)
         users.append(
-            {
-                "uid": str(uid),
-                "first": rng.choice(FIRST_F if female else FIRST_M),
-                "last": rng.choice(LAST),
-                "gender": "F" if female else "M",
-                "location": rng.choice(USER_LOCATIONS),
-                "agent": f'"{agent}"' if "," in agent else agent,
-                "registration": float(
-                    (window_start - rng.randint(DAY, 120 * DAY)) * 1000 + MS_SUFFIX
-                ),
-                "level": level,
-                "changes": rng.random() < (0.1 if level == "paid" else 0.25),
-                "browser": i in browsers,
-                "weight": (
+            User(
+                uid=str(uid),
+                first=rng.choice(FIRST_F if female else FIRST_M),
+                last=rng.choice(LAST),
+                gender="F" if female else "M",
+                location=rng.choice(USER_LOCATIONS),
+                agent=f'"{agent}"' if "," in agent else agent,
+                registration=float((window_start - rng.randint(DAY, 120 * DAY)) * 1000 + MS_SUFFIX),
+                level=level,
+                changes=rng.random() < (0.1 if level == "paid" else 0.25),
+                browser=i in browsers,
+                weight=(
                     rng.lognormvariate(0, 0.8)
                     * (2.5 if level == "paid" else 1)
                     * (0.15 if i in browsers else 1)
                 ),
-            }
+            )
         )
     return users
 
@@ -300,9 +334,9 @@ def _user_sessions(rng, user, budget, pick_track, durations, limit):
     Generated in order so that a planned upgrade/downgrade changes the level of
     everything after it, as in the real logs (the Submit event keeps the old level).
     """
-    level = user["level"]
-    switch_at = int(budget * rng.uniform(0.25, 0.75)) if user["changes"] else None
-    song_share = 0.0 if user["browser"] else SONG_SHARE
+    level = user.level
+    switch_at = int(budget * rng.uniform(0.25, 0.75)) if user.changes else None
+    song_share = 0.0 if user.browser else SONG_SHARE
     sessions, used = [], 0
     while used < budget:
         n = min(budget - used, 1 + int(rng.expovariate(1 / 9)), 150)
@@ -380,17 +414,8 @@ def _write_songs(out, songs):
 def _write_logs(out, placed, people, tracks, catalog, first_day, days):
     """Write one file per day sorted by ts, tallying what a correct ETL must load."""
     guest = ("null",) * 6 + ("",)
-    profiles = [
-        (
-            _log_str(u["first"]),
-            _log_str(u["gender"]),
-            _log_str(u["last"]),
-            _log_str(u["location"]),
-            repr(u["registration"]),
-            _log_str(u["agent"]),
-            u["uid"],
-        )
-        for u in people
+    profiles = [  # firstName, gender, lastName, location, registration, userAgent, userId
+        (*map(_log_str, u[:4]), repr(u.registration), _log_str(u.agent), u.uid) for u in people
     ]
     no_song = ("null", "null", "null")
     song_parts = [
@@ -529,17 +554,17 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
             records += len(rows)
 
     players = sorted(latest)  # user index order is userId order
-    levels = {people[w]["uid"]: latest[w][1] for w in players}
+    levels = {people[w].uid: latest[w][1] for w in players}
     changed = [w for w in players if levels_seen[w] == 3]
     example_user = None
     if changed:
         user = people[changed[0]]
         example_user = {
-            "user_id": user["uid"],
-            "first_name": user["first"],
-            "last_name": user["last"],
-            "gender": user["gender"],
-            "level": levels[user["uid"]],
+            "user_id": user.uid,
+            "first_name": user.first,
+            "last_name": user.last,
+            "gender": user.gender,
+            "level": levels[user.uid],
         }
     return {
         "log_files": files,
@@ -605,7 +630,7 @@ def generate(
 
     people = _users(rng, n_users, window_start)
     guest_budget = events // 70
-    budgets = _budgets(events - guest_budget, [u["weight"] for u in people])
+    budgets = _budgets(events - guest_budget, [u.weight for u in people])
     limit = window - 2000  # keeps every session shorter than the window
     placed = []  # (start second in window, creation order, user index or -1, events)
     for index, (user, budget) in enumerate(zip(people, budgets)):
