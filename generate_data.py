@@ -64,6 +64,8 @@ GUEST_HOME = Kind("Home", "GET", 200, True)
 GUEST_HELP = Kind("Help", "GET", 200, True)
 GUEST_ABOUT = Kind("About", "GET", 200, True)
 LOGIN = Kind("Login", "PUT", 307, True)
+# The two events of a change of level, by the level before it.
+SWITCH = {"free": (UPGRADE, SUBMIT_UPGRADE), "paid": (DOWNGRADE, SUBMIT_DOWNGRADE)}
 
 
 def _cumulative(weights):
@@ -281,6 +283,22 @@ def _popularity(rng, n):
     return _cumulative(weights)
 
 
+def _track_picker(rng, n_catalog, tracks):
+    """A draw of a play: (track index, whole seconds it lasts); the catalog's tracks come first."""
+    catalog_cum = _popularity(rng, n_catalog)
+    unknown_cum = _popularity(rng, len(tracks) - n_catalog)
+    seconds = [int(duration) for _, _, duration in tracks]
+
+    def pick_track():
+        if rng.random() < CATALOG_SHARE:
+            track = _pick(catalog_cum, rng)
+        else:
+            track = n_catalog + _pick(unknown_cum, rng)
+        return track, seconds[track]
+
+    return pick_track
+
+
 def _budgets(total, weights):
     """Split total exactly in proportion to weights (largest remainder)."""
     scale = total / sum(weights)
@@ -328,8 +346,35 @@ def _step(rng):
     return 0 if rng.random() < 0.35 else rng.randint(1, 60)
 
 
-def _user_sessions(rng, user, budget, pick_track, durations, limit):
-    """The user's sessions in time order as (duration, [(offset, kind, level, track)]).
+class _Session:
+    """One session's events, (offset in seconds, kind, level, track or -1), added in order."""
+
+    __slots__ = ("rng", "events", "offset")
+
+    def __init__(self, rng):
+        self.rng, self.events, self.offset = rng, [], 0
+
+    def view(self, kind, level):
+        self.events.append((self.offset, kind, level, -1))
+        self.offset += _step(self.rng)
+
+    def play(self, track, seconds, level):
+        self.events.append((self.offset, NEXT_SONG, level, track))
+        self.offset += seconds
+
+
+def _logged_out_ends(rng, n):
+    """How many of a session's n events are guest pages + Login, and Logout + guest pages."""
+    start = end = 0
+    if n >= 3 and rng.random() < 0.08:  # starts logged out, then logs in
+        start = 1 + rng.randint(0, min(2, n - 2))
+    if n - start >= 2 and rng.random() < 0.12:  # logs out, may keep browsing as guest
+        end = 1 + rng.randint(0, min(2, n - start - 2))
+    return start, end
+
+
+def _user_sessions(rng, user, budget, pick_track, limit):
+    """The user's sessions in time order, each a list of events, budget events in all.
 
     Generated in order so that a planned upgrade/downgrade changes the level of
     everything after it, as in the real logs (the Submit event keeps the old level).
@@ -340,38 +385,28 @@ def _user_sessions(rng, user, budget, pick_track, durations, limit):
     sessions, used = [], 0
     while used < budget:
         n = min(budget - used, 1 + int(rng.expovariate(1 / 9)), 150)
-        events, off = [], 0
-        prefix = suffix = 0
-        if n >= 3 and rng.random() < 0.08:  # starts logged out, then logs in
-            prefix = 1 + rng.randint(0, min(2, n - 2))
-        if n - prefix >= 2 and rng.random() < 0.12:  # logs out, may keep browsing as guest
-            suffix = 1 + rng.randint(0, min(2, n - prefix - 2))
-        for kind in [GUEST_HOME] * (prefix - 1) + [LOGIN] * (prefix > 0):
-            events.append((off, kind, level, -1))
-            off += _step(rng)
-        left = n - prefix - suffix
-        while left and off < limit:
-            if switch_at is not None and used + len(events) >= switch_at and left >= 2:
-                paid = level == "paid"
-                events.append((off, DOWNGRADE if paid else UPGRADE, level, -1))
-                off += _step(rng)
-                events.append((off, SUBMIT_DOWNGRADE if paid else SUBMIT_UPGRADE, level, -1))
-                off += _step(rng)
-                level, switch_at, left = ("free" if paid else "paid"), None, left - 2
+        start, end = _logged_out_ends(rng, n)
+        session = _Session(rng)
+        for kind in [GUEST_HOME] * (start - 1) + [LOGIN] * (start > 0):
+            session.view(kind, level)
+        left = n - start - end
+        while left and session.offset < limit:
+            if switch_at is not None and used + len(session.events) >= switch_at and left >= 2:
+                for kind in SWITCH[level]:
+                    session.view(kind, level)
+                level = "free" if level == "paid" else "paid"
+                switch_at, left = None, left - 2
                 continue
             if rng.random() < song_share:
-                track = pick_track()
-                events.append((off, NEXT_SONG, level, track))
-                off += int(durations[track])
+                track, seconds = pick_track()
+                session.play(track, seconds, level)
             else:
-                events.append((off, BROWSE[level](rng), level, -1))
-                off += _step(rng)
+                session.view(BROWSE[level](rng), level)
             left -= 1
-        for kind in [LOGOUT] * (suffix > 0) + [GUEST_HOME] * (suffix - 1):
-            events.append((off, kind, level, -1))
-            off += _step(rng)
-        sessions.append((events[-1][0], events))
-        used += len(events)
+        for kind in [LOGOUT] * (end > 0) + [GUEST_HOME] * (end - 1):
+            session.view(kind, level)
+        sessions.append(session.events)
+        used += len(session.events)
     return sessions
 
 
@@ -379,13 +414,55 @@ def _guest_sessions(rng, budget):
     """Visitors who never log in: short sessions of logged-out pages, level free."""
     sessions = []
     while budget:
-        events, off = [], 0
+        session = _Session(rng)
         for _ in range(min(budget, rng.randint(1, 3))):
-            events.append((off, GUEST_BROWSE(rng), "free", -1))
-            off += _step(rng)
-        sessions.append((events[-1][0], events))
-        budget -= len(events)
+            session.view(GUEST_BROWSE(rng), "free")
+        sessions.append(session.events)
+        budget -= len(session.events)
     return sessions
+
+
+def _start_drawer(rng, first_day, days):
+    """A draw of a session start, seconds after the first midnight: fewer at weekends, at night."""
+    day_cum = _cumulative(
+        0.65 if (first_day + dt.timedelta(d)).weekday() >= 5 else 1 for d in range(days)
+    )
+    hour_cum = _cumulative(HOUR_WEIGHTS)
+
+    def draw_start():
+        return _pick(day_cum, rng) * DAY + _pick(hour_cum, rng) * 3600 + rng.randrange(3600)
+
+    return draw_start
+
+
+def _user_starts(rng, sessions, draw_start, window):
+    """Start seconds for one user's sessions in order: apart when the window has room."""
+    starts, prev_end = [], -DAY
+    for events, wanted in zip(sessions, sorted(draw_start() for _ in sessions)):
+        duration = events[-1][0]  # the last event's offset
+        begin = max(wanted, prev_end + rng.randint(600, 4 * 3600))
+        if begin + duration >= window:  # crowded timeline: overlap rather than overflow
+            begin = min(wanted, window - 1 - duration)
+        prev_end = max(prev_end, begin + duration)
+        starts.append(begin)
+    return starts
+
+
+def _timeline(rng, people, n_events, pick_track, draw_start, window):
+    """Every session as (start second, user index or -1 for a guest, events), sorted by start:
+    session ids follow session start, as in the real logs."""
+    guest_budget = n_events // 70
+    budgets = _budgets(n_events - guest_budget, [user.weight for user in people])
+    limit = window - 2000  # keeps every session shorter than the window
+    placed = []
+    for who, (user, budget) in enumerate(zip(people, budgets)):
+        sessions = _user_sessions(rng, user, budget, pick_track, limit)
+        for begin, events in zip(_user_starts(rng, sessions, draw_start, window), sessions):
+            placed.append((begin, who, events))
+    for events in _guest_sessions(rng, guest_budget):
+        placed.append((min(draw_start(), window - 1 - events[-1][0]), -1, events))
+    placed.sort(key=lambda session: session[0])  # stable: ties keep the order made
+    return placed
 
 
 def _write_songs(out, songs):
@@ -436,7 +513,7 @@ def _write_logs(out, placed, people, tracks, catalog, first_day, days):
     for day in range(days):
         end = (day + 1) * DAY
         while pos < len(placed) and placed[pos][0] < end:
-            begin, _, who, evts = placed[pos]
+            begin, who, evts = placed[pos]
             pos += 1
             active.append([begin, pos, who, evts, 0])  # session id = rank by start
         rows, owner, shared_today, unfinished = [], {}, set(), []
@@ -605,46 +682,15 @@ def generate(
     n_users = users or max(100, events // 2000)
     first_day = dt.date.fromisoformat(start)
     window_start = calendar.timegm(first_day.timetuple())
-    window = days * DAY
     rng = random.Random(seed)
 
     catalog, triples = _catalog(rng, songs)
-    pool = _unknown_songs(rng, catalog, triples, max(200, songs))
-    tracks = [(title, artist[4], duration) for _, artist, _, title, duration, _ in catalog] + pool
-    durations = [t[2] for t in tracks]
-    n_catalog = len(catalog)
-    catalog_cum, pool_cum = _popularity(rng, n_catalog), _popularity(rng, len(pool))
-
-    def pick_track():
-        if rng.random() < CATALOG_SHARE:
-            return _pick(catalog_cum, rng)
-        return n_catalog + _pick(pool_cum, rng)
-
-    day_cum = _cumulative(
-        0.65 if (first_day + dt.timedelta(d)).weekday() >= 5 else 1 for d in range(days)
-    )
-    hour_cum = _cumulative(HOUR_WEIGHTS)
-
-    def draw_start():
-        return _pick(day_cum, rng) * DAY + _pick(hour_cum, rng) * 3600 + rng.randrange(3600)
-
+    unknown = _unknown_songs(rng, catalog, triples, max(200, songs))
+    tracks = [(song.title, song.artist.artist_name, song.duration) for song in catalog] + unknown
+    pick_track = _track_picker(rng, len(catalog), tracks)
+    draw_start = _start_drawer(rng, first_day, days)
     people = _users(rng, n_users, window_start)
-    guest_budget = events // 70
-    budgets = _budgets(events - guest_budget, [u.weight for u in people])
-    limit = window - 2000  # keeps every session shorter than the window
-    placed = []  # (start second in window, creation order, user index or -1, events)
-    for index, (user, budget) in enumerate(zip(people, budgets)):
-        sessions = _user_sessions(rng, user, budget, pick_track, durations, limit)
-        prev_end = -DAY
-        for (duration, evts), wanted in zip(sessions, sorted(draw_start() for _ in sessions)):
-            begin = max(wanted, prev_end + rng.randint(600, 4 * 3600))
-            if begin + duration >= window:  # crowded timeline: overlap rather than overflow
-                begin = min(wanted, window - 1 - duration)
-            prev_end = max(prev_end, begin + duration)
-            placed.append((begin, len(placed), index, evts))
-    for duration, evts in _guest_sessions(rng, guest_budget):
-        placed.append((min(draw_start(), window - 1 - duration), len(placed), -1, evts))
-    placed.sort()  # session ids follow session start, as in the real logs
+    placed = _timeline(rng, people, events, pick_track, draw_start, days * DAY)
 
     for name in ("song_data", "log_data"):
         if os.path.isdir(os.path.join(out, name)):
