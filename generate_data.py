@@ -4,8 +4,12 @@ The real sample is too small (71 songs, 8k events, a single play that matches a
 song) to check an ETL's results or measure its speed.  This writes data of any
 size with the same layout, format and quirks, plus ``truth.json``: what a
 correct ETL must load from it, known from construction rather than re-parsing.
-Standard library only, so it runs anywhere the project does.  The names, words,
-places and user agents it draws from are in generate_data_words.json beside it.
+Standard library only, so it runs anywhere the project does.
+
+generate() runs five steps, every random draw from one seeded random.Random in a fixed order
+(same arguments, same bytes): the catalog (songs, and songs it lacks); the users and their
+sessions (lists of events); the timeline (a start for each session); the files (one per song,
+one per day of logs); the truth (tallied over the same events).  The sections below follow them.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import argparse
 import bisect
 import calendar
+import collections
 import datetime as dt
 import itertools
 import json
+import operator
 import os
 import random
 import shutil
@@ -37,6 +43,10 @@ LINE = (
     '"page":"%s","registration":%s,"sessionId":%d,"song":%s,"status":%d,'
     '"ts":%d,"userAgent":%s,"userId":"%s"}'
 )
+# The profile fields of a logged-out event (firstName to userAgent null, userId ""), and the
+# song fields (artist, length, song) of any page but NextSong.
+GUEST_PROFILE = ("null",) * 6 + ("",)
+NO_SONG = ("null",) * 3
 
 
 class Kind(NamedTuple):
@@ -168,6 +178,7 @@ def _new_id(rng, prefix, taken, head=""):
             return value
 
 
+# ---------------------------------------------------------------- 1. the catalog
 def _title(rng):
     adj, noun, other = rng.choice(ADJ), rng.choice(NOUN), rng.choice(NOUN)
     r = rng.random()
@@ -299,6 +310,7 @@ def _track_picker(rng, n_catalog, tracks):
     return pick_track
 
 
+# ---------------------------------------------------------------- 2. users and sessions
 def _budgets(total, weights):
     """Split total exactly in proportion to weights (largest remainder)."""
     scale = total / sum(weights)
@@ -422,6 +434,7 @@ def _guest_sessions(rng, budget):
     return sessions
 
 
+# ---------------------------------------------------------------- 3. the timeline
 def _start_drawer(rng, first_day, days):
     """A draw of a session start, seconds after the first midnight: fewer at weekends, at night."""
     day_cum = _cumulative(
@@ -465,205 +478,220 @@ def _timeline(rng, people, n_events, pick_track, draw_start, window):
     return placed
 
 
+# ---------------------------------------------------------------- 4. the files
+def _write_ascii(path, text):
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def _clear_outputs(out):
+    """Remove what an earlier run wrote to out (song_data, log_data, truth.json), nothing else."""
+    for name in ("song_data", "log_data"):
+        if os.path.isdir(os.path.join(out, name)):
+            shutil.rmtree(os.path.join(out, name))
+    if os.path.exists(os.path.join(out, "truth.json")):
+        os.remove(os.path.join(out, "truth.json"))
+    os.makedirs(out, exist_ok=True)
+
+
 def _write_songs(out, songs):
+    """One file per song, song_data/A/B/C/TRABC….json after the track id's 3rd to 5th letters."""
     folders = set()
-    for track, (artist_id, lat, lon, location, name), song_id, title, duration, year in songs:
+    for song in songs:
+        track = song.track_id
         folder = os.path.join(out, "song_data", track[2], track[3], track[4])
         if folder not in folders:
             os.makedirs(folder, exist_ok=True)
             folders.add(folder)
         record = {
             "num_songs": 1,
-            "artist_id": artist_id,
-            "artist_latitude": lat,
-            "artist_longitude": lon,
-            "artist_location": location,
-            "artist_name": name,
-            "song_id": song_id,
-            "title": title,
-            "duration": duration,
-            "year": year,
+            **song.artist._asdict(),
+            "song_id": song.song_id,
+            "title": song.title,
+            "duration": song.duration,
+            "year": song.year,
         }
-        with open(os.path.join(folder, track + ".json"), "w", encoding="ascii") as f:
-            f.write(json.dumps(record))
+        _write_ascii(os.path.join(folder, track + ".json"), json.dumps(record))
 
 
-def _write_logs(out, placed, people, tracks, catalog, first_day, days):
-    """Write one file per day sorted by ts, tallying what a correct ETL must load."""
-    guest = ("null",) * 6 + ("",)
+def _day_parts(sessions, days):
+    """For each day, the parts of the sessions on it: (session id, start second, user index,
+    events, the part's first and end index in events).  Session ids count from 1."""
+    by_day = [[] for _ in range(days)]
+    for sid, (begin, who, events) in enumerate(sessions, 1):
+        first = 0
+        while first < len(events):  # offsets never decrease: a day's events are a slice
+            day = (begin + events[first][0]) // DAY
+            next_day = (day + 1) * DAY - begin
+            stop = bisect.bisect_left(events, next_day, first, key=lambda event: event[0])
+            by_day[day].append((sid, begin, who, events, first, stop))
+            first = stop
+    return by_day
+
+
+# A log event: (ts, session id, item in session, user index, kind, level, track), by position.
+TS, SID, ITEM, WHO, KIND, LEVEL, TRACK = range(7)
+
+
+def _log_days(day_parts, base_ms):
+    """Each day's log events in file order, sorted: ts, session id and item set them apart."""
+    for parts in day_parts:
+        yield sorted(
+            (base_ms + (begin + offset) * 1000, sid, item, who, kind, level, track)
+            for sid, begin, who, events, first, stop in parts
+            for item, (offset, kind, level, track) in enumerate(events[first:stop], first)
+        )
+
+
+def _line_maker(people, tracks):
+    """The function giving an event's log line; every field's text is made once, up front."""
     profiles = [  # firstName, gender, lastName, location, registration, userAgent, userId
         (*map(_log_str, u[:4]), repr(u.registration), _log_str(u.agent), u.uid) for u in people
     ]
-    no_song = ("null", "null", "null")
-    song_parts = [
+    songs = [
         (_log_str(_double_encode(artist)), repr(duration), _log_str(_double_encode(title)))
         for title, artist, duration in tracks
     ]
-    non_ascii = [not (title + artist).isascii() for title, artist, _ in tracks]
-    n_catalog = len(catalog)
-    catalog_pairs = {(title, artist[4]) for _, artist, _, title, _, _ in catalog}
-    base_ms = calendar.timegm(first_day.timetuple()) * 1000 + MS_SUFFIX
 
-    files = records = plays = resolved = distinct_ts = shared = guests = 0
-    non_ascii_plays = non_ascii_resolved = 0
-    latest = {}  # user index -> ((ts, sessionId, itemInSession), level) of the last play
-    levels_seen = [0] * len(people)  # bit 1: played as free, bit 2: played as paid
-    resolved_example = near_miss_example = None
-    active, pos = [], 0
-    for day in range(days):
-        end = (day + 1) * DAY
-        while pos < len(placed) and placed[pos][0] < end:
-            begin, who, evts = placed[pos]
-            pos += 1
-            active.append([begin, pos, who, evts, 0])  # session id = rank by start
-        rows, owner, shared_today, unfinished = [], {}, set(), []
-        for entry in active:
-            begin, sid, who, evts, cursor = entry
-            profile = profiles[who] if who >= 0 else guest
-            for item in range(cursor, len(evts)):
-                off, kind, level, track = evts[item]
-                if begin + off >= end:
-                    entry[4] = item
-                    unfinished.append(entry)
-                    break
-                ts = base_ms + (begin + off) * 1000
-                page, method, status, logged_out = kind
-                auth = "Logged Out" if logged_out else "Logged In"
-                first, gender, last, location, registration, agent, uid = (
-                    guest if logged_out else profile
-                )
-                artist, length, song = song_parts[track] if track >= 0 else no_song
-                rows.append(
-                    (
-                        ts,
-                        sid,
-                        item,
-                        LINE
-                        % (
-                            artist,
-                            auth,
-                            first,
-                            gender,
-                            item,
-                            last,
-                            length,
-                            level,
-                            location,
-                            method,
-                            page,
-                            registration,
-                            sid,
-                            song,
-                            status,
-                            ts,
-                            agent,
-                            uid,
-                        ),
-                    )
-                )
-                if logged_out:
-                    guests += 1
-                if kind is not NEXT_SONG:
-                    continue
-                plays += 1
-                if owner.setdefault(ts, who) != who:
-                    shared_today.add(ts)
-                key = (ts, sid, item)
-                if who not in latest or key > latest[who][0]:
-                    latest[who] = (key, level)
-                levels_seen[who] |= 1 if level == "free" else 2
-                title, name, duration = tracks[track]
-                in_catalog = track < n_catalog
-                resolved += in_catalog
-                if non_ascii[track]:
-                    non_ascii_plays += 1
-                    non_ascii_resolved += in_catalog
-                if (
-                    in_catalog
-                    and not title.isascii()
-                    and (resolved_example is None or key < resolved_example[0])
-                ):
-                    song = catalog[track]
-                    resolved_example = (
-                        key,
-                        {
-                            "user_id": uid,
-                            "session_id": sid,
-                            "item_in_session": item,
-                            "ts": ts,
-                            "song_id": song[2],
-                            "artist_id": song[1][0],
-                            "title": title,
-                            "artist": name,
-                            "length": duration,
-                        },
-                    )
-                elif (
-                    not in_catalog
-                    and (title, name) in catalog_pairs
-                    and (near_miss_example is None or key < near_miss_example[0])
-                ):
-                    near_miss_example = (
-                        key,
-                        {
-                            "user_id": uid,
-                            "session_id": sid,
-                            "item_in_session": item,
-                            "ts": ts,
-                            "title": title,
-                            "artist": name,
-                            "length": duration,
-                        },
-                    )
-        active = unfinished
-        distinct_ts += len(owner)
-        shared += len(shared_today)
-        if rows:
-            rows.sort()
+    def line(event):
+        ts, sid, item, who, kind, level, track = event
+        page, method, status, logged_out = kind
+        auth = "Logged Out" if logged_out else "Logged In"
+        first, gender, last, location, registration, agent, uid = (
+            GUEST_PROFILE if logged_out else profiles[who]
+        )
+        artist, length, song = songs[track] if track >= 0 else NO_SONG
+        return LINE % (  # in the keys' order
+            (artist, auth, first, gender, item, last, length, level, location)
+            + (method, page, registration, sid, song, status, ts, agent, uid)
+        )
+
+    return line
+
+
+def _write_logs(out, sessions, people, tracks, catalog, first_day, days):
+    """Write one file per day with events, log_data/YYYY/MM/YYYY-MM-DD-events.json, a line
+    each in file order; return the tally of what they hold."""
+    line, tally = _line_maker(people, tracks), _Tally(tracks, catalog)
+    base_ms = calendar.timegm(first_day.timetuple()) * 1000 + MS_SUFFIX
+    for day, events in enumerate(_log_days(_day_parts(sessions, days), base_ms)):
+        if events:
             date = first_day + dt.timedelta(day)
             folder = os.path.join(out, "log_data", f"{date:%Y}", f"{date:%m}")
             os.makedirs(folder, exist_ok=True)
-            with open(
-                os.path.join(folder, f"{date:%Y-%m-%d}-events.json"), "w", encoding="ascii"
-            ) as f:
-                f.write("\n".join(row[3] for row in rows))
-            files += 1
-            records += len(rows)
+            path = os.path.join(folder, f"{date:%Y-%m-%d}-events.json")
+            _write_ascii(path, "\n".join(map(line, events)))
+        tally.add(events)
+    return tally
 
-    players = sorted(latest)  # user index order is userId order
-    levels = {people[w].uid: latest[w][1] for w in players}
-    changed = [w for w in players if levels_seen[w] == 3]
-    example_user = None
-    if changed:
-        user = people[changed[0]]
-        example_user = {
-            "user_id": user.uid,
-            "first_name": user.first,
-            "last_name": user.last,
-            "gender": user.gender,
-            "level": levels[user.uid],
-        }
+
+# ---------------------------------------------------------------- 5. the truth
+class _Tally:
+    """What a correct ETL loads from the logs, counted day by day in file order: so a user's
+    last play is the latest, and the first play that fits an example is the earliest."""
+
+    def __init__(self, tracks, catalog):
+        self.tracks, self.n_catalog = tracks, len(catalog)
+        self.catalog_pairs = {(song.title, song.artist.artist_name) for song in catalog}
+        self.non_ascii = [not (title + artist).isascii() for title, artist, _ in tracks]
+        self.counts = collections.Counter()  # by their names in truth.json
+        self.final_level = {}  # user index -> level of the user's last play
+        self.levels_played = set()  # (user index, level)
+        self.resolved = None  # the first resolved play with a non-ASCII title
+        self.near_miss = None  # the first unresolved play whose title and artist are in song_data
+
+    def add(self, events):
+        """Count one day's events, given in file order."""
+        tracks, n_catalog, non_ascii = self.tracks, self.n_catalog, self.non_ascii
+        ts_and_user, user_and_level = operator.itemgetter(TS, WHO), operator.itemgetter(WHO, LEVEL)
+        plays = [event for event in events if event[KIND] is NEXT_SONG]
+        resolved = [play for play in plays if play[TRACK] < n_catalog]
+        users_at = collections.Counter(ts for ts, _ in set(map(ts_and_user, plays)))
+        self.counts += collections.Counter(
+            log_files=1 if events else 0,
+            log_records=len(events),
+            logged_out_events=sum(event[KIND].logged_out for event in events),
+            songplays=len(plays),
+            songplays_resolved=len(resolved),
+            time=len(users_at),
+            shared_ts=sum(users > 1 for users in users_at.values()),
+            non_ascii_plays=sum(non_ascii[play[TRACK]] for play in plays),
+            non_ascii_resolved=sum(non_ascii[play[TRACK]] for play in resolved),
+        )
+        self.final_level.update(map(user_and_level, plays))
+        self.levels_played.update(map(user_and_level, plays))
+        if self.resolved is None:
+            firsts = (play for play in resolved if not tracks[play[TRACK]][0].isascii())
+            self.resolved = next(firsts, None)
+        if self.near_miss is None:
+            misses = (play for play in plays if play[TRACK] >= n_catalog)
+            firsts = (play for play in misses if tracks[play[TRACK]][:2] in self.catalog_pairs)
+            self.near_miss = next(firsts, None)
+
+
+def _example_play(play, people, tracks, catalog):
+    """A play as truth.json shows it, with its song's ids when it resolves."""
+    ts, sid, item, who, _, _, track = play
+    title, artist, length = tracks[track]
+    song = catalog[track] if track < len(catalog) else None
+    ids = {"song_id": song.song_id, "artist_id": song.artist.artist_id} if song else {}
     return {
-        "log_files": files,
-        "log_records": records,
-        "songplays": plays,
-        "songplays_resolved": resolved,
-        "time": distinct_ts,
+        "user_id": people[who].uid,
+        "session_id": sid,
+        "item_in_session": item,
+        "ts": ts,
+        **ids,
+        "title": title,
+        "artist": artist,
+        "length": length,
+    }
+
+
+def _example_user(user, level):
+    return {
+        "user_id": user.uid,
+        "first_name": user.first,
+        "last_name": user.last,
+        "gender": user.gender,
+        "level": level,
+    }
+
+
+def _truth(params, people, tracks, catalog, tally):
+    """What a correct ETL must load, in truth.json's order; users in userId order."""
+    counts, resolved, near_miss = tally.counts, tally.resolved, tally.near_miss
+    levels = {people[who].uid: level for who, level in sorted(tally.final_level.items())}
+    levels_per_user = collections.Counter(who for who, _ in tally.levels_played)
+    changed = sorted(who for who, count in levels_per_user.items() if count == 2)
+    return {
+        "params": params,
+        "song_files": len(catalog),
+        "log_files": counts["log_files"],
+        "log_records": counts["log_records"],
+        "nextsong_events": counts["songplays"],
+        "songs": len(catalog),
+        "artists": len({song.artist.artist_id for song in catalog}),
+        "songplays": counts["songplays"],
+        "songplays_resolved": counts["songplays_resolved"],
+        "time": counts["time"],
         "users": len(levels),
-        "users_free": sum(lv == "free" for lv in levels.values()),
-        "users_paid": sum(lv == "paid" for lv in levels.values()),
-        "logged_out_events": guests,
-        "shared_ts": shared,
-        "non_ascii_plays": non_ascii_plays,
-        "non_ascii_resolved": non_ascii_resolved,
+        "users_free": sum(level == "free" for level in levels.values()),
+        "users_paid": sum(level == "paid" for level in levels.values()),
+        "logged_out_events": counts["logged_out_events"],
+        "shared_ts": counts["shared_ts"],
+        "non_ascii_plays": counts["non_ascii_plays"],
+        "non_ascii_resolved": counts["non_ascii_resolved"],
         "level_changed_users": len(changed),
-        "example_resolved_play": resolved_example and resolved_example[1],
-        "example_unresolved_play": near_miss_example and near_miss_example[1],
-        "example_user": example_user,
+        "example_resolved_play": resolved and _example_play(resolved, people, tracks, catalog),
+        "example_unresolved_play": near_miss and _example_play(near_miss, people, tracks, catalog),
+        "example_user": (
+            _example_user(people[changed[0]], tally.final_level[changed[0]]) if changed else None
+        ),
         "levels": levels,
     }
 
 
+# ---------------------------------------------------------------- the run and the command
 def generate(
     out: str | os.PathLike = "data",
     songs: int = 400,
@@ -690,36 +718,14 @@ def generate(
     pick_track = _track_picker(rng, len(catalog), tracks)
     draw_start = _start_drawer(rng, first_day, days)
     people = _users(rng, n_users, window_start)
-    placed = _timeline(rng, people, events, pick_track, draw_start, days * DAY)
+    sessions = _timeline(rng, people, events, pick_track, draw_start, days * DAY)
 
-    for name in ("song_data", "log_data"):
-        if os.path.isdir(os.path.join(out, name)):
-            shutil.rmtree(os.path.join(out, name))
-    if os.path.exists(os.path.join(out, "truth.json")):
-        os.remove(os.path.join(out, "truth.json"))
-    os.makedirs(out, exist_ok=True)
+    _clear_outputs(out)
     _write_songs(out, catalog)
-
-    logs = _write_logs(out, placed, people, tracks, catalog, first_day, days)
-    truth = {
-        "params": {
-            "seed": seed,
-            "songs": songs,
-            "events": events,
-            "users": n_users,
-            "start": start,
-            "days": days,
-        },
-        "song_files": len(catalog),
-        "log_files": logs.pop("log_files"),
-        "log_records": logs.pop("log_records"),
-        "nextsong_events": logs["songplays"],
-        "songs": len(catalog),
-        "artists": len({s[1][0] for s in catalog}),
-        **logs,
-    }
-    with open(os.path.join(out, "truth.json"), "w", encoding="ascii") as f:
-        f.write(json.dumps(truth, indent=2) + "\n")
+    tally = _write_logs(out, sessions, people, tracks, catalog, first_day, days)
+    params = dict(seed=seed, songs=songs, events=events, users=n_users, start=start, days=days)
+    truth = _truth(params, people, tracks, catalog, tally)
+    _write_ascii(os.path.join(out, "truth.json"), json.dumps(truth, indent=2) + "\n")
     return truth
 
 
