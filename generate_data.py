@@ -737,11 +737,21 @@ def _day(text):
     return text
 
 
+DESCRIPTION = """\
+Write a deterministic Sparkify data set (song_data/, log_data/) in the exact
+format of the Udacity data, plus truth.json with the row counts and values a
+correct ETL must produce from it."""
+EPILOG = """\
+example (100,000 events and 2,000 song files, then load them):
+  python generate_data.py --out /tmp/sparkify --events 100000 --songs 2000
+  python etl.py --data /tmp/sparkify"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Write a deterministic Sparkify data set (song_data/, log_data/) in the "
-        "exact format of the Udacity data, plus truth.json with the row counts "
-        "and values a correct ETL must produce from it."
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--out",
@@ -775,9 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         help="days of logs, one file per day (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    truth = generate(
-        args.out, args.songs, args.events, args.seed, args.users, args.start, args.days
-    )
+    truth = generate(**vars(args))
     print(
         f"{args.out}: {truth['song_files']} song files, {truth['log_records']} events in "
         f"{truth['log_files']} log files, {truth['songplays_resolved']}/{truth['songplays']} "

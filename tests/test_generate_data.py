@@ -436,6 +436,28 @@ def test_help_lists_the_options():
         assert option in result.stdout
 
 
+def test_help_ends_with_an_example_that_generates_what_it_says_and_loads_that_folder(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    )
+    commands = [line.split() for line in result.stdout.splitlines() if line.startswith("  python")]
+    generate, load = commands
+    assert generate[:2] == ["python", "generate_data.py"] and load[:2] == ["python", "etl.py"]
+    options = dict(zip(generate[2::2], generate[3::2]))
+    assert load[2:] == ["--data", options["--out"]]
+    out = tmp_path / "example"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *generate[2:], "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    truth = json.loads((out / "truth.json").read_text())
+    assert (truth["log_records"], truth["song_files"]) == (100_000, 2000)
+    assert (int(options["--events"]), int(options["--songs"])) == (100_000, 2000)
+    assert run.stdout.startswith(f"{out}: 2000 song files, 100000 events in 30 log files, ")
+
+
 def test_cli_rejects_non_positive_sizes(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--events", "0"],
