@@ -5,6 +5,11 @@ song) to check an ETL's results or measure its speed.  This writes data of any
 size with the same layout, format and quirks, plus ``truth.json``: what a
 correct ETL must load from it, known from construction rather than re-parsing.
 Standard library only, so it runs anywhere the project does.
+
+generate() runs five steps, every random draw from one seeded random.Random in a fixed order
+(same arguments, same bytes): the catalog (songs, and songs it lacks); the users and their
+sessions (lists of events); the timeline (a start for each session); the files (one per song,
+one per day of logs); the truth (tallied over the same events).  The sections below follow them.
 """
 
 from __future__ import annotations
@@ -12,13 +17,18 @@ from __future__ import annotations
 import argparse
 import bisect
 import calendar
+import collections
 import datetime as dt
+import itertools
 import json
+import operator
 import os
 import random
 import shutil
 import string
 import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import cli
 
@@ -33,348 +43,121 @@ LINE = (
     '"page":"%s","registration":%s,"sessionId":%d,"song":%s,"status":%d,'
     '"ts":%d,"userAgent":%s,"userId":"%s"}'
 )
+# The profile fields of a logged-out event (firstName to userAgent null, userId ""), and the
+# song fields (artist, length, song) of any page but NextSong.
+GUEST_PROFILE = ("null",) * 6 + ("",)
+NO_SONG = ("null",) * 3
 
-# (page, method, status, logged out); guest pages carry userId "".
-KINDS = (
-    ("NextSong", "PUT", 200, False),
-    ("Home", "GET", 200, False),
-    ("Settings", "GET", 200, False),
-    ("Save Settings", "PUT", 307, False),
-    ("Help", "GET", 200, False),
-    ("About", "GET", 200, False),
-    ("Error", "GET", 404, False),
-    ("Upgrade", "GET", 200, False),
-    ("Submit Upgrade", "PUT", 307, False),
-    ("Downgrade", "GET", 200, False),
-    ("Submit Downgrade", "PUT", 307, False),
-    ("Logout", "PUT", 307, False),
-    ("Home", "GET", 200, True),
-    ("Help", "GET", 200, True),
-    ("About", "GET", 200, True),
-    ("Login", "PUT", 307, True),
-)
-(
-    NEXT_SONG,
-    HOME,
-    SETTINGS,
-    SAVE_SETTINGS,
-    HELP,
-    ABOUT,
-    ERROR,
-    UPGRADE,
-    SUBMIT_UPGRADE,
-    DOWNGRADE,
-    SUBMIT_DOWNGRADE,
-    LOGOUT,
-    GUEST_HOME,
-    GUEST_HELP,
-    GUEST_ABOUT,
-    LOGIN,
-) = range(len(KINDS))
+
+class Kind(NamedTuple):
+    """What an event is: its page and request, and whether the user is logged out."""
+
+    page: str
+    method: str
+    status: int
+    logged_out: bool  # logged-out events carry no profile and userId ""
+
+
+NEXT_SONG = Kind("NextSong", "PUT", 200, False)
+HOME = Kind("Home", "GET", 200, False)
+SETTINGS = Kind("Settings", "GET", 200, False)
+SAVE_SETTINGS = Kind("Save Settings", "PUT", 307, False)
+HELP = Kind("Help", "GET", 200, False)
+ABOUT = Kind("About", "GET", 200, False)
+ERROR = Kind("Error", "GET", 404, False)
+UPGRADE = Kind("Upgrade", "GET", 200, False)
+SUBMIT_UPGRADE = Kind("Submit Upgrade", "PUT", 307, False)
+DOWNGRADE = Kind("Downgrade", "GET", 200, False)
+SUBMIT_DOWNGRADE = Kind("Submit Downgrade", "PUT", 307, False)
+LOGOUT = Kind("Logout", "PUT", 307, False)
+GUEST_HOME = Kind("Home", "GET", 200, True)
+GUEST_HELP = Kind("Help", "GET", 200, True)
+GUEST_ABOUT = Kind("About", "GET", 200, True)
+LOGIN = Kind("Login", "PUT", 307, True)
+# The two events of a change of level, by the level before it.
+SWITCH = {"free": (UPGRADE, SUBMIT_UPGRADE), "paid": (DOWNGRADE, SUBMIT_DOWNGRADE)}
 
 
 def _cumulative(weights):
-    total, out = 0.0, []
-    for w in weights:
-        total += w
-        out.append(total)
-    return out
+    return list(itertools.accumulate(weights, initial=0.0))[1:]
 
 
-def _table(weighted):
-    """(kinds, cumulative weights) for _pick."""
-    return [kind for kind, _ in weighted], _cumulative(w for _, w in weighted)
+def _chooser(weighted):
+    """A weighted draw of a kind among (kind, weight) pairs: a function of the rng."""
+    kinds, cumulative = [kind for kind, _ in weighted], _cumulative(w for _, w in weighted)
+    return lambda rng: kinds[_pick(cumulative, rng)]
+
+
+def _pick(cumulative, rng):
+    """Weighted choice of an index; min() guards against random() * total rounding up to total."""
+    return min(bisect.bisect(cumulative, rng.random() * cumulative[-1]), len(cumulative) - 1)
 
 
 # Non-song pages, by level: free users look at Upgrade, paid ones at Downgrade.
+_ANY_LEVEL = ((HOME, 60), (SETTINGS, 5), (SAVE_SETTINGS, 1.5), (HELP, 5), (ABOUT, 3), (ERROR, 1))
 BROWSE = {
-    "free": _table(
-        (
-            (HOME, 60),
-            (SETTINGS, 5),
-            (SAVE_SETTINGS, 1.5),
-            (HELP, 5),
-            (ABOUT, 3),
-            (ERROR, 1),
-            (UPGRADE, 4),
-        )
-    ),
-    "paid": _table(
-        (
-            (HOME, 60),
-            (SETTINGS, 5),
-            (SAVE_SETTINGS, 1.5),
-            (HELP, 5),
-            (ABOUT, 3),
-            (ERROR, 1),
-            (DOWNGRADE, 7),
-        )
-    ),
+    "free": _chooser(_ANY_LEVEL + ((UPGRADE, 4),)),
+    "paid": _chooser(_ANY_LEVEL + ((DOWNGRADE, 7),)),
 }
-GUEST_BROWSE = _table(((GUEST_HOME, 8), (GUEST_HELP, 1), (GUEST_ABOUT, 1)))
+GUEST_BROWSE = _chooser(((GUEST_HOME, 8), (GUEST_HELP, 1), (GUEST_ABOUT, 1)))
 SONG_SHARE = 0.9  # of logged-in events; gives ~85% NextSong overall
 CATALOG_SHARE = 0.35  # of plays; the rest are songs missing from song_data
-HOUR_WEIGHTS = (
-    3,
-    2,
-    1.5,
-    1,
-    1,
-    1,
-    1.5,
-    2.5,
-    3.5,
-    4,
-    4.5,
-    5,
-    5.5,
-    5.5,
-    6,
-    6.5,
-    7,
-    7.5,
-    7.5,
-    7,
-    6,
-    5,
-    4.5,
-    3.5,
+HOUR_WEIGHTS = (  # of a session start, by hour (UTC)
+    (3, 2, 1.5, 1, 1, 1)  # 0 to 5
+    + (1.5, 2.5, 3.5, 4, 4.5, 5)  # 6 to 11
+    + (5.5, 5.5, 6, 6.5, 7, 7.5)  # 12 to 17
+    + (7.5, 7, 6, 5, 4.5, 3.5)  # 18 to 23
 )
 
-FIRST_F = (
-    "Kaylee",
-    "Lily",
-    "Jacqueline",
-    "Chloe",
-    "Tegan",
-    "Aleena",
-    "Cienna",
-    "Jayden",
-    "Rylan",
-    "Ava",
-    "Layla",
-    "Harper",
-    "Sienna",
-    "Morris",
-    "Jizelle",
-    "Anabelle",
-    "Katherine",
-    "Stephanie",
-    "Emily",
-    "Zoe",
-)
-FIRST_M = (
-    "Walter",
-    "Ryan",
-    "Jacob",
-    "Mohammad",
-    "Lucas",
-    "Kevin",
-    "Theodore",
-    "Brayden",
-    "Noah",
-    "Wyatt",
-    "Sean",
-    "Connar",
-    "Liam",
-    "Evan",
-    "Aiden",
-    "Elijah",
-    "Dustin",
-    "Matthew",
-    "Samuel",
-    "Owen",
-)
-LAST = (
-    "Frye",
-    "Summers",
-    "Koch",
-    "Lynch",
-    "Cuevas",
-    "Levine",
-    "Kirby",
-    "Smith",
-    "Harris",
-    "O'Connor",
-    "Williams",
-    "Benjamin",
-    "Moreno",
-    "Johnson",
-    "Hoffman",
-    "Thompson",
-    "Raymond",
-    "Vaughn",
-    "Klein",
-    "Jones",
-    "Garrison",
-    "D'Angelo",
-    "Carter",
-    "Ortiz",
-    "Zimmerman",
-)
-USER_LOCATIONS = (
-    "San Francisco-Oakland-Hayward, CA",
-    "Portland-South Portland, ME",
-    "Lansing-East Lansing, MI",
-    "Chicago-Naperville-Elgin, IL-IN-WI",
-    "Atlanta-Sandy Springs-Roswell, GA",
-    "Waterloo-Cedar Falls, IA",
-    "Tampa-St. Petersburg-Clearwater, FL",
-    "New York-Newark-Jersey City, NY-NJ-PA",
-    "Nashville-Davidson--Murfreesboro--Franklin, TN",
-    "Houston-The Woodlands-Sugar Land, TX",
-    "Phoenix-Mesa-Scottsdale, AZ",
-    "Los Angeles-Long Beach-Anaheim, CA",
-    "Janesville-Beloit, WI",
-    "Birmingham-Hoover, AL",
-    "Eugene, OR",
-    "Philadelphia-Camden-Wilmington, PA-NJ-DE-MD",
-    "Augusta-Richmond County, GA-SC",
-    "Minneapolis-St. Paul-Bloomington, MN-WI",
-    "Red Bluff, CA",
-    "Columbia, SC",
-    "Miami-Fort Lauderdale-West Palm Beach, FL",
-    "Detroit-Warren-Dearborn, MI",
-    "Myrtle Beach-Conway-North Myrtle Beach, SC-NC",
-    "Dallas-Fort Worth-Arlington, TX",
-)
+# The names, words, places and user agents drawn from, in a data file beside this module.
+_WORDS = json.loads(Path(__file__).with_name("generate_data_words.json").read_text("utf-8"))
+FIRST_F, FIRST_M = _WORDS["first_names_female"], _WORDS["first_names_male"]
+LAST = _WORDS["last_names"]
+USER_LOCATIONS = _WORDS["user_locations"]
 # Real agents containing a comma are wrapped in literal double quotes, others are not.
-USER_AGENTS = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_4) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/36.0.1985.143 Safari/537.36",
-    "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/35.0.1916.153 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_4) AppleWebKit/537.78.2 (KHTML, like Gecko) Version/7.0.6 Safari/537.78.2",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Ubuntu Chromium/36.0.1985.125 Chrome/36.0.1985.125 Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/37.0.2062.94 Safari/537.36",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 7_1_2 like Mac OS X) AppleWebKit/537.51.2 (KHTML, like Gecko) Version/7.0 Mobile/11D257 Safari/9537.53",
-    "Mozilla/5.0 (Windows NT 6.3; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/36.0.1985.143 Safari/537.36",
-    "Mozilla/5.0 (Windows NT 5.1; rv:31.0) Gecko/20100101 Firefox/31.0",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.9; rv:31.0) Gecko/20100101 Firefox/31.0",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:31.0) Gecko/20100101 Firefox/31.0",
-    "Mozilla/5.0 (compatible; MSIE 10.0; Windows NT 6.2; WOW64; Trident/6.0)",
-    "Mozilla/5.0 (Windows NT 6.1; WOW64; Trident/7.0; rv:11.0) like Gecko",
-)
-
-ADJ = (
-    "Electric",
-    "Silent",
-    "Broken",
-    "Golden",
-    "Midnight",
-    "Lonely",
-    "Crazy",
-    "Sweet",
-    "Wild",
-    "Blue",
-    "Burning",
-    "Velvet",
-    "Hollow",
-    "Neon",
-    "Paper",
-    "Crystal",
-    "Frozen",
-    "Restless",
-    "Sacred",
-    "Lost",
-    "Little",
-    "Dirty",
-)
-NOUN = (
-    "Heart",
-    "River",
-    "Highway",
-    "Dream",
-    "Fire",
-    "Rain",
-    "Summer",
-    "City",
-    "Angel",
-    "Road",
-    "Moon",
-    "Ocean",
-    "Letter",
-    "Garden",
-    "Shadow",
-    "Thunder",
-    "Mirror",
-    "Train",
-    "Window",
-    "Sky",
-    "Diamond",
-    "Ghost",
-    "Wolf",
-    "Tiger",
-)
-VERB = ("Stop", "Leave", "Break", "Call", "Touch", "Forget", "Wake", "Save")
+USER_AGENTS = _WORDS["user_agents"]
+ADJ, NOUN, VERB = _WORDS["adjectives"], _WORDS["nouns"], _WORDS["verbs"]
 # Each string gets at most one of these.  All are repaired exactly by ftfy.fix_text
 # after double encoding; a few look-alikes (e.g. 'Håkan', 'š') are not and are left out.
-NON_ASCII_WORDS = (
-    "Mañana",
-    "Déjà Vu",
-    "Café",
-    "Für Elise",
-    "Straße",
-    "Niño",
-    "Señorita",
-    "Garçon",
-    "Noël",
-    "Crème Brûlée",
-    "Über",
-    "Ça Va",
-    "Você",
-    "Corazón",
-    "Canción",
-    "Smörgåsbord",
-    "Jalapeño",
-    "Fiancée",
-    "Naïve",
-    "Zürich",
-    "Kärlek",
-    "¿Dónde?",
-    "Cœur",
-    "Fußball",
-    "Mädchen",
-    "Ragnarök",
-)
-NON_ASCII_NAMES = (
-    "Björk Sørensen",
-    "José González",
-    "Zoë Ångström",
-    "Renée Fleming",
-    "Anaïs Mitchell",
-    "Chloé Dubois",
-    "Björn Ulvaeus",
-    "Sébastien Tellier",
-    "Mónica Naranjo",
-    "Łukasz Dvořák",
-    "Ramón Nuñez",
-    "Jürgen Müller",
-    "Sigurður Þór",
-    "Ólafur Arnalds",
-    "Françoise Hardy",
-    "Mötley Crüe",
-    "Alizée",
-    "Beyoncé Knowles",
-    "Michael Bublé",
-    "Röyksopp",
-)
-ARTIST_LOCATIONS = (  # (location, latitude, longitude)
-    ("Nashville, TN.", 36.16778, -86.77836),
-    ("London, England", 51.50632, -0.12714),
-    ("California - SF", 37.77916, -122.42005),
-    ("Hell's Kitchen, NY", 40.76462, -73.99256),
-    ("München, Germany", 48.13641, 11.57754),
-    ("São Paulo, Brazil", -23.5504, -46.63414),
-    ("Reykjavík, Iceland", 64.13548, -21.89541),
-    ('"The Big Easy", New Orleans, LA', 29.95369, -90.07771),
-    ("Montréal, Québec", 45.51228, -73.55439),
-    ("Detroit, MI", 42.33168, -83.04792),
-    ("Kingston, Jamaica", 17.99702, -76.79358),
-    ("Brooklyn, NY", 40.65507, -73.94888),
-    ("Seattle, WA", 47.60356, -122.32944),
-    ("Stockholm, Sweden", 59.33217, 18.06243),
-    ("Austin, TX", 30.26759, -97.74299),
-    ("Dublin, Ireland", 53.34376, -6.24953),
-)
+NON_ASCII_WORDS, NON_ASCII_NAMES = _WORDS["non_ascii_words"], _WORDS["non_ascii_names"]
+ARTIST_LOCATIONS = _WORDS["artist_locations"]  # [location, latitude, longitude]
+
+
+class Artist(NamedTuple):
+    """An artist's fields of a song file, named and ordered as there."""
+
+    artist_id: str
+    artist_latitude: float | None
+    artist_longitude: float | None
+    artist_location: str
+    artist_name: str
+
+
+class Song(NamedTuple):
+    """A song file's content; its track id names the file."""
+
+    track_id: str
+    artist: Artist
+    song_id: str
+    title: str
+    duration: float
+    year: int
+
+
+class User(NamedTuple):
+    """A user account.  The first seven fields are the profile of its log events, in order."""
+
+    first: str
+    gender: str
+    last: str
+    location: str
+    registration: float
+    agent: str
+    uid: str
+    level: str  # at the start; a user who "changes" switches level once
+    changes: bool
+    browser: bool  # never plays a song
+    weight: float  # relative share of the events
 
 
 def _log_str(s):
@@ -395,6 +178,7 @@ def _new_id(rng, prefix, taken, head=""):
             return value
 
 
+# ---------------------------------------------------------------- 1. the catalog
 def _title(rng):
     adj, noun, other = rng.choice(ADJ), rng.choice(NOUN), rng.choice(NOUN)
     r = rng.random()
@@ -448,6 +232,15 @@ def _duration(rng):
     return round(min(1200.0, max(25.0, rng.gauss(240, 75))), 5)
 
 
+def _artist(rng, name, taken):
+    """An artist, often with a location, sometimes a location without coordinates."""
+    located = rng.random() < 0.6
+    location, lat, lon = rng.choice(ARTIST_LOCATIONS) if located else ("", None, None)
+    if located and rng.random() < 0.25:
+        lat = lon = None
+    return Artist(_new_id(rng, "AR", taken), lat, lon, location, name)
+
+
 def _catalog(rng, n_songs):
     """Song files: unique (title, artist, duration) so every resolved play has one song_id."""
     # Real track ids of the sample share a prefix; spread files over ~10 per leaf folder.
@@ -458,11 +251,7 @@ def _catalog(rng, n_songs):
         if name in names:
             continue
         names.add(name)
-        located = rng.random() < 0.6
-        location, lat, lon = rng.choice(ARTIST_LOCATIONS) if located else ("", None, None)
-        if located and rng.random() < 0.25:
-            lat = lon = None
-        artist = (_new_id(rng, "AR", taken), lat, lon, location, name)
+        artist = _artist(rng, name, taken)
         count = 1 if rng.random() < 0.65 else rng.randint(2, 8)
         for _ in range(min(count, n_songs - len(songs))):
             title, duration = _title(rng), _duration(rng)
@@ -470,32 +259,25 @@ def _catalog(rng, n_songs):
                 continue
             triples.add((title, name, duration))
             track = _new_id(rng, "TR", taken, "".join(rng.choices(letters, k=3)))
-            songs.append(
-                (
-                    track,
-                    artist,
-                    _new_id(rng, "SO", taken),
-                    title,
-                    duration,
-                    0 if rng.random() < 0.4 else rng.randint(1965, 2010),
-                )
-            )
+            song_id = _new_id(rng, "SO", taken)
+            year = 0 if rng.random() < 0.4 else rng.randint(1965, 2010)
+            songs.append(Song(track, artist, song_id, title, duration, year))
     return songs, triples
 
 
 def _unknown_songs(rng, songs, triples, count):
     """Plays of songs absent from song_data, including near misses that must not resolve."""
-    names = [s[1][4] for s in songs]
+    names = [song.artist.artist_name for song in songs]
     pool = []
     while len(pool) < count:
         r = rng.random()
         if r < 0.05:  # right title and artist, wrong duration
-            _, artist, _, title, duration, _ = rng.choice(songs)
+            song = rng.choice(songs)
             shift = rng.choice((-1, 1)) * rng.uniform(0.5, 5)
-            item = (title, artist[4], round(duration + shift, 5))
+            item = (song.title, song.artist.artist_name, round(song.duration + shift, 5))
         elif r < 0.1:  # right title and duration, other artist
-            _, _, _, title, duration, _ = rng.choice(songs)
-            item = (title, rng.choice(names), duration)
+            song = rng.choice(songs)
+            item = (song.title, rng.choice(names), song.duration)
         elif r < 0.35:  # known artist, song not in the catalog
             item = (_title(rng), rng.choice(names), _duration(rng))
         else:
@@ -512,11 +294,23 @@ def _popularity(rng, n):
     return _cumulative(weights)
 
 
-def _pick(cumulative, rng):
-    """Weighted choice; min() guards against random() * total rounding up to total."""
-    return min(bisect.bisect(cumulative, rng.random() * cumulative[-1]), len(cumulative) - 1)
+def _track_picker(rng, n_catalog, tracks):
+    """A draw of a play: (track index, whole seconds it lasts); the catalog's tracks come first."""
+    catalog_cum = _popularity(rng, n_catalog)
+    unknown_cum = _popularity(rng, len(tracks) - n_catalog)
+    seconds = [int(duration) for _, _, duration in tracks]
+
+    def pick_track():
+        if rng.random() < CATALOG_SHARE:
+            track = _pick(catalog_cum, rng)
+        else:
+            track = n_catalog + _pick(unknown_cum, rng)
+        return track, seconds[track]
+
+    return pick_track
 
 
+# ---------------------------------------------------------------- 2. users and sessions
 def _budgets(total, weights):
     """Split total exactly in proportion to weights (largest remainder)."""
     scale = total / sum(weights)
@@ -529,6 +323,7 @@ def _budgets(total, weights):
 
 
 def _users(rng, n_users, window_start):
+    """The accounts in userId order; a few are browsers, some change level once."""
     uids = sorted(rng.sample(range(2, 2 * n_users + 2), n_users))
     browsers = set(rng.sample(range(n_users), n_users // 30))  # never play a song
     users = []
@@ -537,25 +332,23 @@ def _users(rng, n_users, window_start):
         level = "paid" if rng.random() < 0.3 else "free"
         agent = rng.choice(USER_AGENTS)
         users.append(
-            {
-                "uid": str(uid),
-                "first": rng.choice(FIRST_F if female else FIRST_M),
-                "last": rng.choice(LAST),
-                "gender": "F" if female else "M",
-                "location": rng.choice(USER_LOCATIONS),
-                "agent": f'"{agent}"' if "," in agent else agent,
-                "registration": float(
-                    (window_start - rng.randint(DAY, 120 * DAY)) * 1000 + MS_SUFFIX
-                ),
-                "level": level,
-                "changes": rng.random() < (0.1 if level == "paid" else 0.25),
-                "browser": i in browsers,
-                "weight": (
+            User(
+                uid=str(uid),
+                first=rng.choice(FIRST_F if female else FIRST_M),
+                last=rng.choice(LAST),
+                gender="F" if female else "M",
+                location=rng.choice(USER_LOCATIONS),
+                agent=f'"{agent}"' if "," in agent else agent,
+                registration=float((window_start - rng.randint(DAY, 120 * DAY)) * 1000 + MS_SUFFIX),
+                level=level,
+                changes=rng.random() < (0.1 if level == "paid" else 0.25),
+                browser=i in browsers,
+                weight=(
                     rng.lognormvariate(0, 0.8)
                     * (2.5 if level == "paid" else 1)
                     * (0.15 if i in browsers else 1)
                 ),
-            }
+            )
         )
     return users
 
@@ -565,279 +358,340 @@ def _step(rng):
     return 0 if rng.random() < 0.35 else rng.randint(1, 60)
 
 
-def _user_sessions(rng, user, budget, pick_track, durations, limit):
-    """The user's sessions in time order as (duration, [(offset, kind, level, track)]).
+class _Session:
+    """One session's events, (offset in seconds, kind, level, track or -1), added in order."""
+
+    __slots__ = ("rng", "events", "offset")
+
+    def __init__(self, rng):
+        self.rng, self.events, self.offset = rng, [], 0
+
+    def view(self, kind, level):
+        self.events.append((self.offset, kind, level, -1))
+        self.offset += _step(self.rng)
+
+    def play(self, track, seconds, level):
+        self.events.append((self.offset, NEXT_SONG, level, track))
+        self.offset += seconds
+
+
+def _logged_out_ends(rng, n):
+    """How many of a session's n events are guest pages + Login, and Logout + guest pages."""
+    start = end = 0
+    if n >= 3 and rng.random() < 0.08:  # starts logged out, then logs in
+        start = 1 + rng.randint(0, min(2, n - 2))
+    if n - start >= 2 and rng.random() < 0.12:  # logs out, may keep browsing as guest
+        end = 1 + rng.randint(0, min(2, n - start - 2))
+    return start, end
+
+
+def _user_sessions(rng, user, budget, pick_track, limit):
+    """The user's sessions in time order, each a list of events, budget events in all.
 
     Generated in order so that a planned upgrade/downgrade changes the level of
     everything after it, as in the real logs (the Submit event keeps the old level).
     """
-    level = user["level"]
-    switch_at = int(budget * rng.uniform(0.25, 0.75)) if user["changes"] else None
-    song_share = 0.0 if user["browser"] else SONG_SHARE
+    level = user.level
+    switch_at = int(budget * rng.uniform(0.25, 0.75)) if user.changes else None
+    song_share = 0.0 if user.browser else SONG_SHARE
     sessions, used = [], 0
     while used < budget:
         n = min(budget - used, 1 + int(rng.expovariate(1 / 9)), 150)
-        events, off = [], 0
-        prefix = suffix = 0
-        if n >= 3 and rng.random() < 0.08:  # starts logged out, then logs in
-            prefix = 1 + rng.randint(0, min(2, n - 2))
-        if n - prefix >= 2 and rng.random() < 0.12:  # logs out, may keep browsing as guest
-            suffix = 1 + rng.randint(0, min(2, n - prefix - 2))
-        for kind in [GUEST_HOME] * (prefix - 1) + [LOGIN] * (prefix > 0):
-            events.append((off, kind, level, -1))
-            off += _step(rng)
-        left = n - prefix - suffix
-        while left and off < limit:
-            if switch_at is not None and used + len(events) >= switch_at and left >= 2:
-                paid = level == "paid"
-                events.append((off, DOWNGRADE if paid else UPGRADE, level, -1))
-                off += _step(rng)
-                events.append((off, SUBMIT_DOWNGRADE if paid else SUBMIT_UPGRADE, level, -1))
-                off += _step(rng)
-                level, switch_at, left = ("free" if paid else "paid"), None, left - 2
+        start, end = _logged_out_ends(rng, n)
+        session = _Session(rng)
+        for kind in [GUEST_HOME] * (start - 1) + [LOGIN] * (start > 0):
+            session.view(kind, level)
+        left = n - start - end
+        while left and session.offset < limit:
+            if switch_at is not None and used + len(session.events) >= switch_at and left >= 2:
+                for kind in SWITCH[level]:
+                    session.view(kind, level)
+                level = "free" if level == "paid" else "paid"
+                switch_at, left = None, left - 2
                 continue
             if rng.random() < song_share:
-                track = pick_track()
-                events.append((off, NEXT_SONG, level, track))
-                off += int(durations[track])
+                track, seconds = pick_track()
+                session.play(track, seconds, level)
             else:
-                kinds, cumulative = BROWSE[level]
-                events.append((off, kinds[_pick(cumulative, rng)], level, -1))
-                off += _step(rng)
+                session.view(BROWSE[level](rng), level)
             left -= 1
-        for kind in [LOGOUT] * (suffix > 0) + [GUEST_HOME] * (suffix - 1):
-            events.append((off, kind, level, -1))
-            off += _step(rng)
-        sessions.append((events[-1][0], events))
-        used += len(events)
+        for kind in [LOGOUT] * (end > 0) + [GUEST_HOME] * (end - 1):
+            session.view(kind, level)
+        sessions.append(session.events)
+        used += len(session.events)
     return sessions
 
 
 def _guest_sessions(rng, budget):
     """Visitors who never log in: short sessions of logged-out pages, level free."""
-    kinds, cumulative = GUEST_BROWSE
     sessions = []
     while budget:
-        events, off = [], 0
+        session = _Session(rng)
         for _ in range(min(budget, rng.randint(1, 3))):
-            events.append((off, kinds[_pick(cumulative, rng)], "free", -1))
-            off += _step(rng)
-        sessions.append((events[-1][0], events))
-        budget -= len(events)
+            session.view(GUEST_BROWSE(rng), "free")
+        sessions.append(session.events)
+        budget -= len(session.events)
     return sessions
 
 
+# ---------------------------------------------------------------- 3. the timeline
+def _start_drawer(rng, first_day, days):
+    """A draw of a session start, seconds after the first midnight: fewer at weekends, at night."""
+    day_cum = _cumulative(
+        0.65 if (first_day + dt.timedelta(d)).weekday() >= 5 else 1 for d in range(days)
+    )
+    hour_cum = _cumulative(HOUR_WEIGHTS)
+
+    def draw_start():
+        return _pick(day_cum, rng) * DAY + _pick(hour_cum, rng) * 3600 + rng.randrange(3600)
+
+    return draw_start
+
+
+def _user_starts(rng, sessions, draw_start, window):
+    """Start seconds for one user's sessions in order: apart when the window has room."""
+    starts, prev_end = [], -DAY
+    for events, wanted in zip(sessions, sorted(draw_start() for _ in sessions)):
+        duration = events[-1][0]  # the last event's offset
+        begin = max(wanted, prev_end + rng.randint(600, 4 * 3600))
+        if begin + duration >= window:  # crowded timeline: overlap rather than overflow
+            begin = min(wanted, window - 1 - duration)
+        prev_end = max(prev_end, begin + duration)
+        starts.append(begin)
+    return starts
+
+
+def _timeline(rng, people, n_events, pick_track, draw_start, window):
+    """Every session as (start second, user index or -1 for a guest, events), sorted by start:
+    session ids follow session start, as in the real logs."""
+    guest_budget = n_events // 70
+    budgets = _budgets(n_events - guest_budget, [user.weight for user in people])
+    limit = window - 2000  # keeps every session shorter than the window
+    placed = []
+    for who, (user, budget) in enumerate(zip(people, budgets)):
+        sessions = _user_sessions(rng, user, budget, pick_track, limit)
+        for begin, events in zip(_user_starts(rng, sessions, draw_start, window), sessions):
+            placed.append((begin, who, events))
+    for events in _guest_sessions(rng, guest_budget):
+        placed.append((min(draw_start(), window - 1 - events[-1][0]), -1, events))
+    placed.sort(key=lambda session: session[0])  # stable: ties keep the order made
+    return placed
+
+
+# ---------------------------------------------------------------- 4. the files
+def _write_ascii(path, text):
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def _clear_outputs(out):
+    """Remove what an earlier run wrote to out (song_data, log_data, truth.json), nothing else."""
+    for name in ("song_data", "log_data"):
+        if os.path.isdir(os.path.join(out, name)):
+            shutil.rmtree(os.path.join(out, name))
+    if os.path.exists(os.path.join(out, "truth.json")):
+        os.remove(os.path.join(out, "truth.json"))
+    os.makedirs(out, exist_ok=True)
+
+
 def _write_songs(out, songs):
+    """One file per song, song_data/A/B/C/TRABC….json after the track id's 3rd to 5th letters."""
     folders = set()
-    for track, (artist_id, lat, lon, location, name), song_id, title, duration, year in songs:
+    for song in songs:
+        track = song.track_id
         folder = os.path.join(out, "song_data", track[2], track[3], track[4])
         if folder not in folders:
             os.makedirs(folder, exist_ok=True)
             folders.add(folder)
         record = {
             "num_songs": 1,
-            "artist_id": artist_id,
-            "artist_latitude": lat,
-            "artist_longitude": lon,
-            "artist_location": location,
-            "artist_name": name,
-            "song_id": song_id,
-            "title": title,
-            "duration": duration,
-            "year": year,
+            **song.artist._asdict(),
+            "song_id": song.song_id,
+            "title": song.title,
+            "duration": song.duration,
+            "year": song.year,
         }
-        with open(os.path.join(folder, track + ".json"), "w", encoding="ascii") as f:
-            f.write(json.dumps(record))
+        _write_ascii(os.path.join(folder, track + ".json"), json.dumps(record))
 
 
-def _write_logs(out, placed, people, tracks, catalog, first_day, days):
-    """Write one file per day sorted by ts, tallying what a correct ETL must load."""
-    guest = ("null",) * 6 + ("",)
-    profiles = [
-        (
-            _log_str(u["first"]),
-            _log_str(u["gender"]),
-            _log_str(u["last"]),
-            _log_str(u["location"]),
-            repr(u["registration"]),
-            _log_str(u["agent"]),
-            u["uid"],
+def _day_parts(sessions, days):
+    """For each day, the parts of the sessions on it: (session id, start second, user index,
+    events, the part's first and end index in events).  Session ids count from 1."""
+    by_day = [[] for _ in range(days)]
+    for sid, (begin, who, events) in enumerate(sessions, 1):
+        first = 0
+        while first < len(events):  # offsets never decrease: a day's events are a slice
+            day = (begin + events[first][0]) // DAY
+            next_day = (day + 1) * DAY - begin
+            stop = bisect.bisect_left(events, next_day, first, key=lambda event: event[0])
+            by_day[day].append((sid, begin, who, events, first, stop))
+            first = stop
+    return by_day
+
+
+# A log event: (ts, session id, item in session, user index, kind, level, track), by position.
+TS, SID, ITEM, WHO, KIND, LEVEL, TRACK = range(7)
+
+
+def _log_days(day_parts, base_ms):
+    """Each day's log events in file order, sorted: ts, session id and item set them apart."""
+    for parts in day_parts:
+        yield sorted(
+            (base_ms + (begin + offset) * 1000, sid, item, who, kind, level, track)
+            for sid, begin, who, events, first, stop in parts
+            for item, (offset, kind, level, track) in enumerate(events[first:stop], first)
         )
-        for u in people
+
+
+def _line_maker(people, tracks):
+    """The function giving an event's log line; every field's text is made once, up front."""
+    profiles = [  # firstName, gender, lastName, location, registration, userAgent, userId
+        (*map(_log_str, u[:4]), repr(u.registration), _log_str(u.agent), u.uid) for u in people
     ]
-    kinds = [
-        ("Logged Out" if logged_out else "Logged In", method, page, status, logged_out)
-        for page, method, status, logged_out in KINDS
-    ]
-    no_song = ("null", "null", "null")
-    song_parts = [
+    songs = [
         (_log_str(_double_encode(artist)), repr(duration), _log_str(_double_encode(title)))
         for title, artist, duration in tracks
     ]
-    non_ascii = [not (title + artist).isascii() for title, artist, _ in tracks]
-    n_catalog = len(catalog)
-    catalog_pairs = {(title, artist[4]) for _, artist, _, title, _, _ in catalog}
-    base_ms = calendar.timegm(first_day.timetuple()) * 1000 + MS_SUFFIX
 
-    files = records = plays = resolved = distinct_ts = shared = guests = 0
-    non_ascii_plays = non_ascii_resolved = 0
-    latest = {}  # user index -> ((ts, sessionId, itemInSession), level) of the last play
-    levels_seen = [0] * len(people)  # bit 1: played as free, bit 2: played as paid
-    resolved_example = near_miss_example = None
-    active, pos = [], 0
-    for day in range(days):
-        end = (day + 1) * DAY
-        while pos < len(placed) and placed[pos][0] < end:
-            begin, _, who, evts = placed[pos]
-            pos += 1
-            active.append([begin, pos, who, evts, 0])  # session id = rank by start
-        rows, owner, shared_today, unfinished = [], {}, set(), []
-        for entry in active:
-            begin, sid, who, evts, cursor = entry
-            profile = profiles[who] if who >= 0 else guest
-            for item in range(cursor, len(evts)):
-                off, kind, level, track = evts[item]
-                if begin + off >= end:
-                    entry[4] = item
-                    unfinished.append(entry)
-                    break
-                ts = base_ms + (begin + off) * 1000
-                auth, method, page, status, logged_out = kinds[kind]
-                first, gender, last, location, registration, agent, uid = (
-                    guest if logged_out else profile
-                )
-                artist, length, song = song_parts[track] if track >= 0 else no_song
-                rows.append(
-                    (
-                        ts,
-                        sid,
-                        item,
-                        LINE
-                        % (
-                            artist,
-                            auth,
-                            first,
-                            gender,
-                            item,
-                            last,
-                            length,
-                            level,
-                            location,
-                            method,
-                            page,
-                            registration,
-                            sid,
-                            song,
-                            status,
-                            ts,
-                            agent,
-                            uid,
-                        ),
-                    )
-                )
-                if logged_out:
-                    guests += 1
-                if kind != NEXT_SONG:
-                    continue
-                plays += 1
-                if owner.setdefault(ts, who) != who:
-                    shared_today.add(ts)
-                key = (ts, sid, item)
-                if who not in latest or key > latest[who][0]:
-                    latest[who] = (key, level)
-                levels_seen[who] |= 1 if level == "free" else 2
-                title, name, duration = tracks[track]
-                in_catalog = track < n_catalog
-                resolved += in_catalog
-                if non_ascii[track]:
-                    non_ascii_plays += 1
-                    non_ascii_resolved += in_catalog
-                if (
-                    in_catalog
-                    and not title.isascii()
-                    and (resolved_example is None or key < resolved_example[0])
-                ):
-                    song = catalog[track]
-                    resolved_example = (
-                        key,
-                        {
-                            "user_id": uid,
-                            "session_id": sid,
-                            "item_in_session": item,
-                            "ts": ts,
-                            "song_id": song[2],
-                            "artist_id": song[1][0],
-                            "title": title,
-                            "artist": name,
-                            "length": duration,
-                        },
-                    )
-                elif (
-                    not in_catalog
-                    and (title, name) in catalog_pairs
-                    and (near_miss_example is None or key < near_miss_example[0])
-                ):
-                    near_miss_example = (
-                        key,
-                        {
-                            "user_id": uid,
-                            "session_id": sid,
-                            "item_in_session": item,
-                            "ts": ts,
-                            "title": title,
-                            "artist": name,
-                            "length": duration,
-                        },
-                    )
-        active = unfinished
-        distinct_ts += len(owner)
-        shared += len(shared_today)
-        if rows:
-            rows.sort()
+    def line(event):
+        ts, sid, item, who, kind, level, track = event
+        page, method, status, logged_out = kind
+        auth = "Logged Out" if logged_out else "Logged In"
+        first, gender, last, location, registration, agent, uid = (
+            GUEST_PROFILE if logged_out else profiles[who]
+        )
+        artist, length, song = songs[track] if track >= 0 else NO_SONG
+        return LINE % (  # in the keys' order
+            (artist, auth, first, gender, item, last, length, level, location)
+            + (method, page, registration, sid, song, status, ts, agent, uid)
+        )
+
+    return line
+
+
+def _write_logs(out, sessions, people, tracks, catalog, first_day, days):
+    """Write one file per day with events, log_data/YYYY/MM/YYYY-MM-DD-events.json, a line
+    each in file order; return the tally of what they hold."""
+    line, tally = _line_maker(people, tracks), _Tally(tracks, catalog)
+    base_ms = calendar.timegm(first_day.timetuple()) * 1000 + MS_SUFFIX
+    for day, events in enumerate(_log_days(_day_parts(sessions, days), base_ms)):
+        if events:
             date = first_day + dt.timedelta(day)
             folder = os.path.join(out, "log_data", f"{date:%Y}", f"{date:%m}")
             os.makedirs(folder, exist_ok=True)
-            with open(
-                os.path.join(folder, f"{date:%Y-%m-%d}-events.json"), "w", encoding="ascii"
-            ) as f:
-                f.write("\n".join(row[3] for row in rows))
-            files += 1
-            records += len(rows)
+            path = os.path.join(folder, f"{date:%Y-%m-%d}-events.json")
+            _write_ascii(path, "\n".join(map(line, events)))
+        tally.add(events)
+    return tally
 
-    players = sorted(latest)  # user index order is userId order
-    levels = {people[w]["uid"]: latest[w][1] for w in players}
-    changed = [w for w in players if levels_seen[w] == 3]
-    example_user = None
-    if changed:
-        user = people[changed[0]]
-        example_user = {
-            "user_id": user["uid"],
-            "first_name": user["first"],
-            "last_name": user["last"],
-            "gender": user["gender"],
-            "level": levels[user["uid"]],
-        }
+
+# ---------------------------------------------------------------- 5. the truth
+class _Tally:
+    """What a correct ETL loads from the logs, counted day by day in file order: so a user's
+    last play is the latest, and the first play that fits an example is the earliest."""
+
+    def __init__(self, tracks, catalog):
+        self.tracks, self.n_catalog = tracks, len(catalog)
+        self.catalog_pairs = {(song.title, song.artist.artist_name) for song in catalog}
+        self.non_ascii = [not (title + artist).isascii() for title, artist, _ in tracks]
+        self.counts = collections.Counter()  # by their names in truth.json
+        self.final_level = {}  # user index -> level of the user's last play
+        self.levels_played = set()  # (user index, level)
+        self.resolved = None  # the first resolved play with a non-ASCII title
+        self.near_miss = None  # the first unresolved play whose title and artist are in song_data
+
+    def add(self, events):
+        """Count one day's events, given in file order."""
+        tracks, n_catalog, non_ascii = self.tracks, self.n_catalog, self.non_ascii
+        ts_and_user, user_and_level = operator.itemgetter(TS, WHO), operator.itemgetter(WHO, LEVEL)
+        plays = [event for event in events if event[KIND] is NEXT_SONG]
+        resolved = [play for play in plays if play[TRACK] < n_catalog]
+        users_at = collections.Counter(ts for ts, _ in set(map(ts_and_user, plays)))
+        self.counts += collections.Counter(
+            log_files=1 if events else 0,
+            log_records=len(events),
+            logged_out_events=sum(event[KIND].logged_out for event in events),
+            songplays=len(plays),
+            songplays_resolved=len(resolved),
+            time=len(users_at),
+            shared_ts=sum(users > 1 for users in users_at.values()),
+            non_ascii_plays=sum(non_ascii[play[TRACK]] for play in plays),
+            non_ascii_resolved=sum(non_ascii[play[TRACK]] for play in resolved),
+        )
+        self.final_level.update(map(user_and_level, plays))
+        self.levels_played.update(map(user_and_level, plays))
+        if self.resolved is None:
+            firsts = (play for play in resolved if not tracks[play[TRACK]][0].isascii())
+            self.resolved = next(firsts, None)
+        if self.near_miss is None:
+            misses = (play for play in plays if play[TRACK] >= n_catalog)
+            firsts = (play for play in misses if tracks[play[TRACK]][:2] in self.catalog_pairs)
+            self.near_miss = next(firsts, None)
+
+
+def _example_play(play, people, tracks, catalog):
+    """A play as truth.json shows it, with its song's ids when it resolves."""
+    ts, sid, item, who, _, _, track = play
+    title, artist, length = tracks[track]
+    song = catalog[track] if track < len(catalog) else None
+    ids = {"song_id": song.song_id, "artist_id": song.artist.artist_id} if song else {}
     return {
-        "log_files": files,
-        "log_records": records,
-        "songplays": plays,
-        "songplays_resolved": resolved,
-        "time": distinct_ts,
+        "user_id": people[who].uid,
+        "session_id": sid,
+        "item_in_session": item,
+        "ts": ts,
+        **ids,
+        "title": title,
+        "artist": artist,
+        "length": length,
+    }
+
+
+def _example_user(user, level):
+    return {
+        "user_id": user.uid,
+        "first_name": user.first,
+        "last_name": user.last,
+        "gender": user.gender,
+        "level": level,
+    }
+
+
+def _truth(params, people, tracks, catalog, tally):
+    """What a correct ETL must load, in truth.json's order; users in userId order."""
+    counts, resolved, near_miss = tally.counts, tally.resolved, tally.near_miss
+    levels = {people[who].uid: level for who, level in sorted(tally.final_level.items())}
+    levels_per_user = collections.Counter(who for who, _ in tally.levels_played)
+    changed = sorted(who for who, count in levels_per_user.items() if count == 2)
+    return {
+        "params": params,
+        "song_files": len(catalog),
+        "log_files": counts["log_files"],
+        "log_records": counts["log_records"],
+        "nextsong_events": counts["songplays"],
+        "songs": len(catalog),
+        "artists": len({song.artist.artist_id for song in catalog}),
+        "songplays": counts["songplays"],
+        "songplays_resolved": counts["songplays_resolved"],
+        "time": counts["time"],
         "users": len(levels),
-        "users_free": sum(lv == "free" for lv in levels.values()),
-        "users_paid": sum(lv == "paid" for lv in levels.values()),
-        "logged_out_events": guests,
-        "shared_ts": shared,
-        "non_ascii_plays": non_ascii_plays,
-        "non_ascii_resolved": non_ascii_resolved,
+        "users_free": sum(level == "free" for level in levels.values()),
+        "users_paid": sum(level == "paid" for level in levels.values()),
+        "logged_out_events": counts["logged_out_events"],
+        "shared_ts": counts["shared_ts"],
+        "non_ascii_plays": counts["non_ascii_plays"],
+        "non_ascii_resolved": counts["non_ascii_resolved"],
         "level_changed_users": len(changed),
-        "example_resolved_play": resolved_example and resolved_example[1],
-        "example_unresolved_play": near_miss_example and near_miss_example[1],
-        "example_user": example_user,
+        "example_resolved_play": resolved and _example_play(resolved, people, tracks, catalog),
+        "example_unresolved_play": near_miss and _example_play(near_miss, people, tracks, catalog),
+        "example_user": (
+            _example_user(people[changed[0]], tally.final_level[changed[0]]) if changed else None
+        ),
         "levels": levels,
     }
 
 
+# ---------------------------------------------------------------- the run and the command
 def generate(
     out: str | os.PathLike = "data",
     songs: int = 400,
@@ -856,75 +710,22 @@ def generate(
     n_users = users or max(100, events // 2000)
     first_day = dt.date.fromisoformat(start)
     window_start = calendar.timegm(first_day.timetuple())
-    window = days * DAY
     rng = random.Random(seed)
 
     catalog, triples = _catalog(rng, songs)
-    pool = _unknown_songs(rng, catalog, triples, max(200, songs))
-    tracks = [(title, artist[4], duration) for _, artist, _, title, duration, _ in catalog] + pool
-    durations = [t[2] for t in tracks]
-    n_catalog = len(catalog)
-    catalog_cum, pool_cum = _popularity(rng, n_catalog), _popularity(rng, len(pool))
-
-    def pick_track():
-        if rng.random() < CATALOG_SHARE:
-            return _pick(catalog_cum, rng)
-        return n_catalog + _pick(pool_cum, rng)
-
-    day_cum = _cumulative(
-        0.65 if (first_day + dt.timedelta(d)).weekday() >= 5 else 1 for d in range(days)
-    )
-    hour_cum = _cumulative(HOUR_WEIGHTS)
-
-    def draw_start():
-        return _pick(day_cum, rng) * DAY + _pick(hour_cum, rng) * 3600 + rng.randrange(3600)
-
+    unknown = _unknown_songs(rng, catalog, triples, max(200, songs))
+    tracks = [(song.title, song.artist.artist_name, song.duration) for song in catalog] + unknown
+    pick_track = _track_picker(rng, len(catalog), tracks)
+    draw_start = _start_drawer(rng, first_day, days)
     people = _users(rng, n_users, window_start)
-    guest_budget = events // 70
-    budgets = _budgets(events - guest_budget, [u["weight"] for u in people])
-    limit = window - 2000  # keeps every session shorter than the window
-    placed = []  # (start second in window, creation order, user index or -1, events)
-    for index, (user, budget) in enumerate(zip(people, budgets)):
-        sessions = _user_sessions(rng, user, budget, pick_track, durations, limit)
-        prev_end = -DAY
-        for (duration, evts), wanted in zip(sessions, sorted(draw_start() for _ in sessions)):
-            begin = max(wanted, prev_end + rng.randint(600, 4 * 3600))
-            if begin + duration >= window:  # crowded timeline: overlap rather than overflow
-                begin = min(wanted, window - 1 - duration)
-            prev_end = max(prev_end, begin + duration)
-            placed.append((begin, len(placed), index, evts))
-    for duration, evts in _guest_sessions(rng, guest_budget):
-        placed.append((min(draw_start(), window - 1 - duration), len(placed), -1, evts))
-    placed.sort()  # session ids follow session start, as in the real logs
+    sessions = _timeline(rng, people, events, pick_track, draw_start, days * DAY)
 
-    for name in ("song_data", "log_data"):
-        if os.path.isdir(os.path.join(out, name)):
-            shutil.rmtree(os.path.join(out, name))
-    if os.path.exists(os.path.join(out, "truth.json")):
-        os.remove(os.path.join(out, "truth.json"))
-    os.makedirs(out, exist_ok=True)
+    _clear_outputs(out)
     _write_songs(out, catalog)
-
-    logs = _write_logs(out, placed, people, tracks, catalog, first_day, days)
-    truth = {
-        "params": {
-            "seed": seed,
-            "songs": songs,
-            "events": events,
-            "users": n_users,
-            "start": start,
-            "days": days,
-        },
-        "song_files": len(catalog),
-        "log_files": logs.pop("log_files"),
-        "log_records": logs.pop("log_records"),
-        "nextsong_events": logs["songplays"],
-        "songs": len(catalog),
-        "artists": len({s[1][0] for s in catalog}),
-        **logs,
-    }
-    with open(os.path.join(out, "truth.json"), "w", encoding="ascii") as f:
-        f.write(json.dumps(truth, indent=2) + "\n")
+    tally = _write_logs(out, sessions, people, tracks, catalog, first_day, days)
+    params = dict(seed=seed, songs=songs, events=events, users=n_users, start=start, days=days)
+    truth = _truth(params, people, tracks, catalog, tally)
+    _write_ascii(os.path.join(out, "truth.json"), json.dumps(truth, indent=2) + "\n")
     return truth
 
 
@@ -936,11 +737,21 @@ def _day(text):
     return text
 
 
+DESCRIPTION = """\
+Write a deterministic Sparkify data set (song_data/, log_data/) in the exact
+format of the Udacity data, plus truth.json with the row counts and values a
+correct ETL must produce from it."""
+EPILOG = """\
+example (100,000 events and 2,000 song files, then load them):
+  python generate_data.py --out /tmp/sparkify --events 100000 --songs 2000
+  python etl.py --data /tmp/sparkify"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Write a deterministic Sparkify data set (song_data/, log_data/) in the "
-        "exact format of the Udacity data, plus truth.json with the row counts "
-        "and values a correct ETL must produce from it."
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--out",
@@ -974,9 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         help="days of logs, one file per day (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    truth = generate(
-        args.out, args.songs, args.events, args.seed, args.users, args.start, args.days
-    )
+    truth = generate(**vars(args))
     print(
         f"{args.out}: {truth['song_files']} song files, {truth['log_records']} events in "
         f"{truth['log_files']} log files, {truth['songplays_resolved']}/{truth['songplays']} "

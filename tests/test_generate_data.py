@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,40 @@ import generate_data
 SCRIPT = Path(generate_data.__file__).resolve()
 SMALL = {"songs": 80, "events": 4000, "seed": 7, "users": 60, "start": "2018-11-26", "days": 10}
 EPOCH = dt.date(1970, 1, 1)
+# A small set that has every kind of row truth.json describes (a resolved non-ASCII play, a near
+# miss, a user whose level changes), spanning a leap day and a month end. Its digests were taken
+# from the generator's output; any byte it changes, for this set or any other, fails here.
+PINNED = {"songs": 6, "events": 2000, "seed": 1, "users": 5, "start": "2020-02-28", "days": 3}
+PINNED_SHA256 = {
+    "log_data/2020/02/2020-02-28-events.json": (
+        "a1e7119364b69d2ec456972a69f7edeeeac943a568be9762704811b631e4a822"
+    ),
+    "log_data/2020/02/2020-02-29-events.json": (
+        "a44add25e344da1baf81924d4f2dcb9ee3f906dd64efab77901a2f2ea304bc1e"
+    ),
+    "log_data/2020/03/2020-03-01-events.json": (
+        "061ffa1dae39913b98a26f8211bb0f695b1adfda7a621706e73f3e4a6765b385"
+    ),
+    "song_data/A/A/A/TRAAA187O67DW0K069.json": (
+        "859116402a781d915da2844de02a74bf89d8cccb9690bb8a7a7cd57a7601d5f0"
+    ),
+    "song_data/A/A/A/TRAAA8UG59ZSNMHYPG.json": (
+        "52be9fe8756cc9f00523dc94943b345e97ca8c307920ea549426aa69cab14d74"
+    ),
+    "song_data/A/A/A/TRAAAEFTJLSJMEI72Z.json": (
+        "a82911f6718a29452b2c78be1345af4d74e86ce9ae4e4d26d0515b3ba9e0a20c"
+    ),
+    "song_data/A/A/A/TRAAAJ098P9IOB8QSP.json": (
+        "c3073f6819e043b228e613c1d33853de500425740af3c2d24f32be99665787c3"
+    ),
+    "song_data/A/A/A/TRAAAN0QL4WUXGIAH7.json": (
+        "8506d59ee8798a4bccd2034fa2c3c4f66c218ffc8ed4391408cf6243b493ddef"
+    ),
+    "song_data/A/A/A/TRAAAT2LV2WTGDT47B.json": (
+        "66dca0927010c5cc684c3bccb772157268c4f4e2c3e0a1f0085e844ed64f3657"
+    ),
+    "truth.json": ("f49b87e6eccd1a1c0a40aa5563ba2de010ddbb7f786a0b4fecbdc6a39c2f00ed"),
+}
 SONG_KEYS = [
     "num_songs",
     "artist_id",
@@ -114,6 +149,14 @@ def test_same_seed_gives_identical_bytes_even_in_another_process(tmp_path):
     first, second = read_tree(tmp_path / "a"), read_tree(tmp_path / "b")
     assert len(first) == SMALL["songs"] + SMALL["days"] + 1
     assert first == second
+
+
+def test_every_byte_of_a_pinned_set_is_unchanged(tmp_path):
+    truth = generate_data.generate(str(tmp_path), **PINNED)
+    assert truth["example_resolved_play"] and truth["example_unresolved_play"]
+    assert truth["example_user"]
+    digests = {path: hashlib.sha256(data).hexdigest() for path, data in read_tree(tmp_path).items()}
+    assert digests == PINNED_SHA256
 
 
 def test_other_seed_gives_other_data(tmp_path):
@@ -391,6 +434,28 @@ def test_help_lists_the_options():
     )
     for option in ("--out", "--songs", "--events", "--seed", "--users", "--start", "--days"):
         assert option in result.stdout
+
+
+def test_help_ends_with_an_example_that_generates_what_it_says_and_loads_that_folder(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    )
+    commands = [line.split() for line in result.stdout.splitlines() if line.startswith("  python")]
+    generate, load = commands
+    assert generate[:2] == ["python", "generate_data.py"] and load[:2] == ["python", "etl.py"]
+    options = dict(zip(generate[2::2], generate[3::2]))
+    assert load[2:] == ["--data", options["--out"]]
+    out = tmp_path / "example"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *generate[2:], "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    truth = json.loads((out / "truth.json").read_text())
+    assert (truth["log_records"], truth["song_files"]) == (100_000, 2000)
+    assert (int(options["--events"]), int(options["--songs"])) == (100_000, 2000)
+    assert run.stdout.startswith(f"{out}: 2000 song files, 100000 events in 30 log files, ")
 
 
 def test_cli_rejects_non_positive_sizes(tmp_path):
