@@ -198,7 +198,11 @@ def unquoted(values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _null_where(values: pa.ChunkedArray, value) -> pa.ChunkedArray:
-    return pc.if_else(_yes(pc.equal(values, value)), pa.scalar(None, values.type), values)
+    """Null where the value is this one (the column as it is where it never is)."""
+    where = _yes(pc.equal(values, value))
+    if not pc.any(where).as_py():
+        return values
+    return pc.if_else(where, pa.scalar(None, values.type), values)
 
 
 def _blank_to_null(values: pa.ChunkedArray) -> pa.ChunkedArray:
