@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterable
 
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json
@@ -50,7 +49,6 @@ EVENT_FIELDS = {  # field: (kind, required on every event, required on a play)
 }
 FIELDS = {"song": SONG_FIELDS, "log": EVENT_FIELDS}
 
-KIND_DTYPES = {"text": "str", "int": "Int64", "number": "float64"}
 KIND_NAMES = {"text": "a string", "int": "an integer", "number": "a number"}
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -61,10 +59,6 @@ UNLIKE_JSON_BYTES = (b"\x00", b"\r")
 UNLIKE_JSON_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89abAB])")
 
 ARROW_TYPES = {"text": pa.string(), "int": pa.int64(), "number": pa.float64()}
-ARROW_PANDAS_TYPES = {
-    pa.int64(): pd.Int64Dtype(),
-    pa.string(): pd.StringDtype("pyarrow", na_value=float("nan")),
-}
 ARROW_OPTIONS = pyarrow.json.ParseOptions(
     explicit_schema=pa.schema([(f, ARROW_TYPES[spec[0]]) for f, spec in EVENT_FIELDS.items()]),
     unexpected_field_behavior="ignore",
@@ -74,24 +68,36 @@ ARROW_OPTIONS = pyarrow.json.ParseOptions(
 @dataclasses.dataclass(frozen=True)
 class Records:
     """Records as validation reads them, whichever reader read them: ``values`` has path, line,
-    raw text, and each field in its kind's dtype (KIND_DTYPES), NA where the field is absent or
-    its value unusable; ``flaws`` says why a present value was unusable: a column per field that
-    has any such value, holding the reason (NA elsewhere)."""
+    raw bytes (null where the fast reader read the line), and each field in its kind's Arrow type
+    (ARROW_TYPES), null where the field is absent or its value unusable; ``flaws`` says why a
+    present value was unusable: a text column per field that has any such value, holding the
+    reason (null elsewhere)."""
 
-    values: pd.DataFrame
-    flaws: pd.DataFrame
+    values: pa.Table
+    flaws: pa.Table
 
     @classmethod
     def combined(cls, parts: list[Records], fields: dict) -> Records:
         if not parts:
             return records_from([], fields)
+        flawed = [f for f in fields if any(f in p.flaws.column_names for p in parts)]
         return cls(
-            pd.concat([p.values for p in parts], ignore_index=True),
-            pd.concat([p.flaws for p in parts], ignore_index=True),
+            pa.concat_tables([p.values for p in parts]),
+            pa.concat_tables([_flaw_columns(p, flawed) for p in parts]),
         )
 
-    def flaw(self, field: str) -> pd.Series | None:
-        return self.flaws[field] if field in self.flaws else None
+    def flaw(self, field: str) -> pa.ChunkedArray | None:
+        return self.flaws[field] if field in self.flaws.column_names else None
+
+
+def _flaw_columns(records: Records, fields: list[str]) -> pa.Table:
+    """The records' flaws in these columns, null where a field has none."""
+    nulls = pa.nulls(records.values.num_rows, pa.string())
+    columns = {f: records.flaw(f) for f in fields}
+    return pa.table(
+        {f: nulls if flaws is None else flaws for f, flaws in columns.items()},
+        schema=pa.schema([(f, pa.string()) for f in fields]),
+    )
 
 
 def _flaw(value, kind: str) -> str | None:
@@ -107,13 +113,15 @@ def _flaw(value, kind: str) -> str | None:
     return None
 
 
-def _dtypes(fields: dict) -> dict[str, str]:
-    return {
-        "path": "object",
-        "line": "int64",
-        "raw": "object",
-        **{field: KIND_DTYPES[kind] for field, (kind, *_) in fields.items()},
-    }
+def schema(fields: dict) -> pa.Schema:
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("line", pa.int64()),
+            ("raw", pa.binary()),
+            *[(field, ARROW_TYPES[kind]) for field, (kind, *_) in fields.items()],
+        ]
+    )
 
 
 def records_from(objects: list[dict], fields: dict) -> Records:
@@ -127,10 +135,12 @@ def records_from(objects: list[dict], fields: dict) -> Records:
             if why:
                 flaws.setdefault(field, [None] * len(objects))[row] = f"{field} {why}"
                 column[row] = None
+            elif kind == "number" and value is not None:
+                column[row] = float(value)  # Arrow takes an integer only where it is exact
         values[field] = column
-    frame = pd.DataFrame(values, columns=["path", "line", "raw", *fields])
     return Records(
-        frame.astype(_dtypes(fields)), pd.DataFrame(flaws, index=frame.index, dtype="object")
+        pa.table(values, schema=schema(fields)),
+        pa.table(flaws, schema=pa.schema([(f, pa.string()) for f in flaws])),
     )
 
 
@@ -218,8 +228,7 @@ def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Rec
         pc.any(pc.is_nan(c)).as_py() or pc.any(pc.is_inf(c)).as_py() for c in numbers
     ):
         return None  # a line holding two objects; NaN or Infinity
-    frame = table.to_pandas(types_mapper=ARROW_PANDAS_TYPES.get)
-    frame.insert(0, "raw", None)
-    frame.insert(0, "line", range(first_line, first_line + len(frame)))
-    frame.insert(0, "path", path)
-    return Records(frame.astype(_dtypes(EVENT_FIELDS)), pd.DataFrame(index=frame.index))
+    table = table.add_column(0, "raw", pa.nulls(lines, pa.binary()))
+    table = table.add_column(0, "line", pa.array(range(first_line, first_line + lines), pa.int64()))
+    table = table.add_column(0, "path", pa.repeat(pa.scalar(path), lines))
+    return Records(table, pa.table({}))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 import extract
 import sql_queries as sql
@@ -51,7 +52,7 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
             anything = (
                 anything
                 or bool(chunk.objects or chunk.rejects)
-                or (chunk.records is not None and not chunk.records.values.empty)
+                or (chunk.records is not None and chunk.records.values.num_rows > 0)
             )
             chunks.append(chunk)
             size += len(data)
@@ -90,8 +91,7 @@ def shape(
         skipped = {}
         copies = {"stage_songs": stage_csv("stage_songs", transform.song_rows(good))}
     else:
-        good, invalid, skipped_per_file = transform.valid_events(records)
-        skipped = skipped_per_file.to_dict()
+        good, invalid, skipped = transform.valid_events(records)
         rows = transform.dedupe_plays(transform.play_rows(good))
         copies = {
             "stage_plays": stage_csv("stage_plays", rows),
@@ -100,53 +100,73 @@ def shape(
         }
     parse_rejects = [r for c in chunks for r in c.rejects]
     rejects = with_raw(
-        pd.concat([transform.reject_frame(problems + parse_rejects), invalid], ignore_index=True),
-        chunks,
+        pa.concat_tables([transform.reject_table(problems + parse_rejects), invalid]), chunks
     )
-    # Per-file counts read from dicts, once per part: a lookup per file in a Series made a
-    # 10,000-file song batch cost seconds.
-    line_rejects = rejects[rejects["line"].notna()]["path"].value_counts().to_dict()
-    parsed = records.values["path"].value_counts().to_dict()
-    accepted = good["path"].value_counts().to_dict()
-    invalid_per_file = invalid["path"].value_counts().to_dict()
+    line_rejects = transform.per_path(rejects.filter(pc.is_valid(rejects["line"])))
+    parsed = transform.per_path(records.values)
+    accepted, invalid_per_file = transform.per_path(good), transform.per_path(invalid)
+    # A file's counts go once per part, on its first chunk here: a file that gives the part
+    # several chunks is one row of the manifest, not one per chunk.
+    files_here = {}
+    for c in chunks:
+        files_here.setdefault(c.file.path, c.file)
     files = tuple(
         dataclasses.replace(
-            c.file,
-            rejected=line_rejects.get(c.file.path, 0),
-            skipped=skipped.get(c.file.path, 0),
-            accepted=accepted.get(c.file.path, 0),
-            records=parsed.get(c.file.path, 0)
-            + line_rejects.get(c.file.path, 0)
-            - invalid_per_file.get(c.file.path, 0),
+            file,
+            rejected=line_rejects.get(path, 0),
+            skipped=skipped.get(path, 0),
+            accepted=accepted.get(path, 0),
+            records=parsed.get(path, 0) + line_rejects.get(path, 0) - invalid_per_file.get(path, 0),
         )
-        for c in chunks
+        for path, file in files_here.items()
     )
     copies["stage_manifest"] = manifest_csv(kind, files)
     copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
-    return Part(kind, number, index, last, files, copies, int(rejects["line"].isna().sum()))
+    return Part(kind, number, index, last, files, copies, rejects["line"].null_count)
 
 
-def with_raw(rejects: pd.DataFrame, chunks: list[Chunk]) -> pd.DataFrame:
-    """Rejects found in pieces read the fast way get their raw line from the chunk's bytes."""
-    need = rejects["raw"].isna() & rejects["line"].notna()
-    if not need.any():
+def with_raw(rejects: pa.Table, chunks: list[Chunk]) -> pa.Table:
+    """Rejects found in pieces read the fast way get their raw line from the bytes of the chunk
+    holding the line (a chunk's lines split once)."""
+    need = pc.and_(pc.is_null(rejects["raw"]), pc.is_valid(rejects["line"]))
+    if not pc.any(need).as_py():
         return rejects
-    starts = {c.file.path: c for c in chunks}
-    raw = [
-        transform.storable(extract.raw_lines(starts[p].data)[n - starts[p].first_line])
-        for p, n in rejects.loc[need, ["path", "line"]].itertuples(index=False)
+    raw, lines = rejects["raw"].to_pylist(), {}
+    for row in pc.indices_nonzero(need).to_pylist():
+        path, line = rejects["path"][row].as_py(), rejects["line"][row].as_py()
+        chunk = max(
+            (c for c in chunks if c.file.path == path and c.first_line <= line),
+            key=lambda c: c.first_line,
+        )
+        if (path, chunk.first_line) not in lines:
+            lines[path, chunk.first_line] = extract.raw_lines(chunk.data)
+        raw[row] = transform.storable(lines[path, chunk.first_line][line - chunk.first_line])
+    return rejects.set_column(
+        rejects.schema.get_field_index("raw"), "raw", pa.array(raw, pa.string())
+    )
+
+
+def stage_csv(table: str, rows: pa.Table) -> bytes:
+    return transform.render_csv(rows, sql.STAGE_COLUMNS[table])
+
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("kind", pa.string()),
+        ("first", pa.bool_()),
+        ("size_bytes", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("sha256", pa.string()),
+        *[(name, pa.int64()) for name in ("records", "loaded", "skipped", "rejected")],
     ]
-    return rejects.assign(raw=rejects["raw"].mask(need, pd.Series(raw, index=need[need].index)))
-
-
-def stage_csv(table: str, frame: pd.DataFrame) -> bytes:
-    return transform.render_csv(frame, sql.STAGE_COLUMNS[table])
+)
 
 
 def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
     return stage_csv(
         "stage_manifest",
-        pd.DataFrame(
+        pa.Table.from_pylist(
             [
                 {
                     "path": f.path,
@@ -163,7 +183,7 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
                 for f in files
                 if f.to_load
             ],
-            columns=sql.STAGE_COLUMNS["stage_manifest"],
+            schema=MANIFEST_SCHEMA,
         ),
     )
 
@@ -183,7 +203,7 @@ def refused(batch: Batch, number: int, error: str, limits: Limits) -> Part:
         (file,),
         {
             "stage_manifest": manifest_csv(batch.kind, (file,)),
-            "stage_rejects": stage_csv("stage_rejects", transform.reject_frame(problems)),
+            "stage_rejects": stage_csv("stage_rejects", transform.reject_table(problems)),
         },
         file_problems=1,
     )

@@ -849,17 +849,13 @@ def verdicts(frame, decode_rejects: list[tuple]) -> tuple[list, list, int]:
     """What valid_events makes of one file's records: the rows of its plays, (line, reason) of
     its rejects, how many it skipped."""
     plays, invalid, skipped = transform.valid_events(frame)
-    rows = transform.play_rows(plays)
     return (
-        rows.astype(object).where(rows.notna(), None).values.tolist(),
+        [list(row.values()) for row in transform.play_rows(plays).to_pylist()],
         sorted(
             [(line, reason) for _, line, reason, _ in decode_rejects]
-            + [
-                (int(line), reason)
-                for line, reason in invalid[["line", "reason"]].itertuples(index=False)
-            ]
+            + [(row["line"], row["reason"]) for row in invalid.to_pylist()]
         ),
-        int(skipped.sum()),
+        sum(skipped.values()),
     )
 
 

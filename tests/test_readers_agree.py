@@ -3,7 +3,6 @@ piece with any problem), the line gets the same verdict and the same values."""
 
 import json
 
-import pandas as pd
 import pytest
 from builders import PLAY
 
@@ -23,12 +22,9 @@ def verdicts(data: bytes) -> tuple[list, list]:
     plays, invalid, _ = transform.valid_events(parsed)
     rejects = sorted(
         [(n, reason) for _, n, reason, _ in parse_rejects]
-        + invalid[["line", "reason"]].values.tolist()
+        + [[r["line"], r["reason"]] for r in invalid.to_pylist()]
     )
-    kept = [
-        (n, item, None if pd.isna(length) else length)
-        for n, item, length in plays[["line", "itemInSession", "length"]].itertuples(index=False)
-    ]
+    kept = [(r["line"], r["itemInSession"], r["length"]) for r in plays.to_pylist()]
     return kept, rejects
 
 
@@ -76,4 +72,4 @@ def test_a_song_file_holding_an_array_of_one_song_is_read():
     }
     parsed, rejects = records.parse_song_file(json.dumps([song]).encode(), "song_data/a.json")
     assert rejects == []
-    assert parsed.values[["song_id", "line"]].values.tolist() == [["SOA", 1]]
+    assert parsed.values.select(["song_id", "line"]).to_pylist() == [{"song_id": "SOA", "line": 1}]

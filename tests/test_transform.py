@@ -1,13 +1,19 @@
 """Extract and transform on exact inputs, no database: parsing log and song files into Records,
 judging records, shaping the staging rows, and rendering COPY payloads."""
 
+import csv
+import dataclasses
+import io
 import json
+from datetime import UTC, datetime
 
-import pandas as pd
-from builders import PLAY, line, log_file
+import pyarrow as pa
+from builders import PLAY, line, lines, log_file
 
 import extract
+import load
 import records
+import stage
 import transform
 
 SONG = {
@@ -27,7 +33,12 @@ SONG = {
 def events(*lines):
     parsed, rejects = records.parse_log_file(log_file(*lines), "log_data/x.json")
     plays, invalid, skipped = transform.valid_events(parsed)
-    return plays, transform.reject_frame(rejects), invalid, skipped
+    return plays, transform.reject_table(rejects), invalid, skipped
+
+
+def rows(table: pa.Table, *columns: str) -> list[list]:
+    """The table's values in these columns, row by row."""
+    return [[row[c] for c in columns] for row in table.select(list(columns)).to_pylist()]
 
 
 def test_repair_mojibake_peels_every_layer_of_double_encoded_utf8():
@@ -40,8 +51,8 @@ def test_repair_mojibake_peels_every_layer_of_double_encoded_utf8():
 
 def test_play_rows_make_utc_instants_integer_ids_and_unquoted_user_agents():
     plays, _, _, _ = events(PLAY)
-    row = transform.play_rows(plays).iloc[0]
-    assert row["start_time"] == pd.Timestamp("2018-11-01 21:01:46.796", tz="UTC")
+    row = transform.play_rows(plays).to_pylist()[0]
+    assert row["start_time"] == datetime(2018, 11, 1, 21, 1, 46, 796000, tzinfo=UTC)
     assert (row["user_id"], row["session_id"], row["item_in_session"]) == (8, 139, 1)
     assert row["user_agent"] == "Mozilla/5.0 (Windows NT 6.1)"
     assert (row["song_title"], row["artist_name"], row["song_length"]) == (
@@ -58,15 +69,15 @@ def test_play_rows_keep_a_play_without_artist_and_unquote_only_wrapping_quotes()
         for n, agent in enumerate(agents)
     ]
     plays, _, _, _ = events(*lines)
-    rows = transform.play_rows(plays)
-    assert [None if pd.isna(v) else v for v in rows["artist_name"]] == [
+    shaped = transform.play_rows(plays)
+    assert shaped["artist_name"].to_pylist() == [
         None,
         "Björk",
         "Björk",
         "Björk",
         "Björk",
     ]
-    assert [None if pd.isna(v) else v for v in rows["user_agent"]] == [
+    assert shaped["user_agent"].to_pylist() == [
         "a\nb",
         '"',
         None,
@@ -80,11 +91,11 @@ def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
     bad_user = {**PLAY, "userId": "", "itemInSession": 2}
     text_ts = {**PLAY, "ts": "soon", "itemInSession": 3}
     plays, parse_rejects, invalid, skipped = events(PLAY, home, bad_user, b"{oops", text_ts)
-    assert len(plays) == 1
-    assert skipped.to_dict() == {"log_data/x.json": 1}
-    assert parse_rejects[["line"]].values.tolist() == [[4]]
-    assert parse_rejects["reason"].iloc[0].startswith("malformed JSON")
-    assert invalid[["line", "reason"]].values.tolist() == [
+    assert plays.num_rows == 1
+    assert skipped == {"log_data/x.json": 1}
+    assert rows(parse_rejects, "line") == [[4]]
+    assert parse_rejects["reason"][0].as_py().startswith("malformed JSON")
+    assert rows(invalid, "line", "reason") == [
         [3, "userId missing on a play"],
         [5, "ts is not an integer"],
     ]
@@ -92,8 +103,8 @@ def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
 
 def test_a_user_id_of_other_digits_than_ascii_ones_is_not_numeric():
     plays, _, invalid, _ = events(PLAY, {**PLAY, "userId": "\u0661\u0662", "itemInSession": 2})
-    assert plays["userId"].tolist() == ["8"]
-    assert invalid[["line", "reason"]].values.tolist() == [[2, "userId is not numeric"]]
+    assert plays["userId"].to_pylist() == ["8"]
+    assert rows(invalid, "line", "reason") == [[2, "userId is not numeric"]]
 
 
 def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
@@ -105,10 +116,10 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
         3,
         "malformed JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
     )
-    pd.testing.assert_frame_equal(fast.values.drop(columns="raw"), slow.values.drop(columns="raw"))
+    assert fast.values.drop_columns("raw").equals(slow.values.drop_columns("raw"))
     plays, invalid, _ = transform.valid_events(fast)
-    assert len(plays) == 1
-    assert invalid[["line", "reason"]].values.tolist() == [[2, "level is not 'free' or 'paid'"]]
+    assert plays.num_rows == 1
+    assert rows(invalid, "line", "reason") == [[2, "level is not 'free' or 'paid'"]]
 
 
 def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
@@ -122,25 +133,21 @@ def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
         0,
     ]
     pieces, _ = records.parse_log_file(log_file(*lines), "p", piece)
-    assert pieces.values["line"].tolist() == list(range(1, 8))
-    assert pieces.values["itemInSession"].tolist() == list(range(1, 8))
-    pd.testing.assert_frame_equal(pieces.values, whole.values)
+    assert pieces.values["line"].to_pylist() == list(range(1, 8))
+    assert pieces.values["itemInSession"].to_pylist() == list(range(1, 8))
+    assert pieces.values.equals(whole.values)
     lines[5] = b'{"ts": 1, "page": "NextSong",'
     damaged, rejects = records.parse_log_file(log_file(*lines), "p", piece)
     assert [line for _, line, _, _ in rejects] == [6]
-    assert damaged.values["line"].tolist() == [1, 2, 3, 4, 5, 7]
+    assert damaged.values["line"].to_pylist() == [1, 2, 3, 4, 5, 7]
 
 
 def test_time_table_uses_utc_iso_week_and_monday_as_weekday_1():
-    rows = pd.DataFrame(
-        {
-            "start_time": pd.to_datetime(
-                [1541106106796, 1541106106796, 1543622399000], unit="ms", utc=True
-            )
-        }
+    instants = pa.array([1541106106796, 1541106106796, 1543622399000], pa.int64())
+    table = transform.time_table(
+        pa.table({"start_time": instants.cast(pa.timestamp("ms", tz="UTC"))})
     )
-    table = transform.time_table(rows)
-    assert table.drop(columns="start_time").values.tolist() == [
+    assert rows(table, "hour", "day", "week", "month", "year", "weekday") == [
         [21, 1, 44, 11, 2018, 4],  # Thursday 1 Nov 2018
         [23, 30, 48, 11, 2018, 5],  # Friday 30 Nov 2018, 23:59:59 UTC
     ]
@@ -153,15 +160,21 @@ def test_users_table_keeps_each_users_latest_play_whatever_the_row_order():
         {**PLAY, "ts": 3, "level": "free", "itemInSession": 4},
     )
     users = transform.users_table(transform.play_rows(plays))
-    assert users[["user_id", "level", "item_in_session"]].values.tolist() == [[8, "paid", 5]]
+    assert rows(users, "user_id", "level", "item_in_session") == [[8, "paid", 5]]
+
+
+def test_dedupe_plays_keeps_the_first_row_of_each_play():
+    plays, _, _, _ = events(PLAY, {**PLAY, "itemInSession": 2}, {**PLAY, "level": "paid"})
+    kept = transform.dedupe_plays(transform.play_rows(plays))
+    assert rows(kept, "item_in_session", "level") == [[1, "free"], [2, "free"]]
 
 
 def test_song_rows_turn_year_zero_and_empty_location_into_null():
     parsed, rejects = records.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
     good, invalid = transform.valid_songs(parsed)
-    row = transform.song_rows(good).iloc[0]
-    assert rejects == [] and invalid.empty
-    assert pd.isna(row["year"]) and pd.isna(row["artist_location"])
+    row = transform.song_rows(good).to_pylist()[0]
+    assert rejects == [] and invalid.num_rows == 0
+    assert row["year"] is None and row["artist_location"] is None
     assert (row["song_id"], row["duration"]) == ("SOMZWCG12A8C13C480", 218.93179)
 
 
@@ -169,13 +182,42 @@ def test_parse_song_file_reads_arrays_and_one_object_per_line():
     two = [SONG, {**SONG, "song_id": "SOTWO"}]
     as_array, _ = records.parse_song_file(json.dumps(two).encode(), "s")
     as_lines, _ = records.parse_song_file(log_file(*two), "s")
-    assert as_array.values["song_id"].tolist() == ["SOMZWCG12A8C13C480", "SOTWO"]
-    assert as_lines.values[["song_id", "line"]].values.tolist() == [
+    assert as_array.values["song_id"].to_pylist() == ["SOMZWCG12A8C13C480", "SOTWO"]
+    assert rows(as_lines.values, "song_id", "line") == [
         ["SOMZWCG12A8C13C480", 1],
         ["SOTWO", 2],
     ]
 
 
+def test_a_file_giving_a_part_two_chunks_is_counted_once_there_with_its_first_chunks_status():
+    first = lines(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
+    second = log_file({**PLAY, "itemInSession": 3, "page": "Home"}, {**PLAY, "itemInSession": 4})
+    read = extract.FileRead("new", len(first + second), "0" * 64)
+    file = load.FilePart("log_data/x.json", 0, read)
+    chunks = [
+        stage.parse("log", file, first, 1, extract.Limits()),
+        stage.parse("log", dataclasses.replace(file, first=False), second, 3, extract.Limits()),
+    ]
+    part = stage.shape("log", 0, 0, True, chunks, [])
+    counts = [(f.path, f.first, f.records, f.accepted, f.skipped, f.rejected) for f in part.files]
+    assert counts == [("log_data/x.json", True, 4, 2, 1, 1)]
+    manifest = list(csv.reader(io.StringIO(part.copies["stage_manifest"].decode())))
+    assert [row[:3] + row[6:] for row in manifest] == [
+        ["log_data/x.json", "log", "true", "4", "0", "1", "1"]
+    ]
+    rejects = list(csv.reader(io.StringIO(part.copies["stage_rejects"].decode())))
+    assert rejects == [
+        [
+            "log_data/x.json",
+            "2",
+            "level is not 'free' or 'paid'",
+            lines(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"}).split(b"\n")[1].decode(),
+        ]
+    ]
+
+
 def test_render_csv_distinguishes_null_from_empty_text_and_keeps_floats_exact():
-    frame = pd.DataFrame({"a": ["x,y", "", None], "b": [218.93179, 0.1, None]})
-    assert transform.render_csv(frame, ["a", "b"]) == b'"x,y",218.93179\n"",0.1\n,\n'
+    table = pa.table({"a": ["x,y", "", None], "b": [218.93179, 0.1, None]})
+    assert transform.render_csv(table, ["a", "b"]) == b'"x,y",218.93179\n"",0.1\n,\n'
+    after_nothing = pa.concat_tables([table.slice(0, 0), table])  # as a filter can leave it
+    assert transform.render_csv(after_nothing, ["a", "b"]) == b'"x,y",218.93179\n"",0.1\n,\n'
