@@ -44,22 +44,27 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
         read, contents = extract.read_file(task, part_bytes)
         file = FilePart(task.path, task.mtime_ns, read)
         if read.status == "unreadable":
-            problems.append((task.path, None, f"cannot read file: {read.error}", None))
+            problems.append((task.path, None, read.error, None))
         first_line, anything = 1, False
-        for data in contents:
-            chunk = parse(batch.kind, file, data, first_line, limits)
-            anything = (
-                anything
-                or bool(chunk.objects or chunk.rejects)
-                or (chunk.records is not None and not chunk.records.values.empty)
-            )
-            chunks.append(chunk)
-            size += len(data)
-            first_line += data.count(b"\n")
-            file = dataclasses.replace(file, first=False)
-            if size >= part_bytes:
-                yield shape(batch.kind, number, index, False, chunks, problems)
-                chunks, problems, size, index = [], [], 0, index + 1
+        try:
+            for data in contents:
+                chunk = parse(batch.kind, file, data, first_line, limits)
+                anything = (
+                    anything
+                    or bool(chunk.objects or chunk.rejects)
+                    or (chunk.records is not None and not chunk.records.values.empty)
+                )
+                chunks.append(chunk)
+                size += len(data)
+                first_line += data.count(b"\n")
+                file = dataclasses.replace(file, first=False)
+                if size >= part_bytes:
+                    yield shape(batch.kind, number, index, False, chunks, problems)
+                    chunks, problems, size, index = [], [], 0, index + 1
+        except extract.DamagedFile as exc:
+            where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
+            problems.append((task.path, None, f"{exc} {where}", None))
+            anything = True
         if read.status in ("new", "changed") and not anything:
             problems.append((task.path, None, "empty file", None))
         if file.first:  # nothing read: the file still counts, once
@@ -68,10 +73,13 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
 
 
 def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
+    encoding = file.read.encoding
     if kind == "song":
-        objects, rejects = decode_song_file(data, file.path)
+        objects, rejects = decode_song_file(data, file.path, encoding)
         return Chunk(file, first_line, data, None, rejects, objects)
-    records, rejects = parse_log_file(data, file.path, limits.parse_piece_bytes, first_line)
+    records, rejects = parse_log_file(
+        data, file.path, limits.parse_piece_bytes, first_line, encoding
+    )
     return Chunk(file, first_line, data, records, rejects)
 
 
@@ -111,31 +119,44 @@ def shape(
     invalid_per_file = invalid["path"].value_counts().to_dict()
     files = tuple(
         dataclasses.replace(
-            c.file,
-            rejected=line_rejects.get(c.file.path, 0),
-            skipped=skipped.get(c.file.path, 0),
-            accepted=accepted.get(c.file.path, 0),
-            records=parsed.get(c.file.path, 0)
-            + line_rejects.get(c.file.path, 0)
-            - invalid_per_file.get(c.file.path, 0),
+            file,
+            rejected=line_rejects.get(file.path, 0),
+            skipped=skipped.get(file.path, 0),
+            accepted=accepted.get(file.path, 0),
+            records=parsed.get(file.path, 0)
+            + line_rejects.get(file.path, 0)
+            - invalid_per_file.get(file.path, 0),
         )
-        for c in chunks
+        for file in files_of(chunks)
     )
     copies["stage_manifest"] = manifest_csv(kind, files)
     copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
     return Part(kind, number, index, last, files, copies, int(rejects["line"].isna().sum()))
 
 
+def files_of(chunks: list[Chunk]) -> list[FilePart]:
+    """Each file of the chunks once, as its first chunk here has it (whether this is the file's
+    first part): the counts of a part are per file, however many chunks of a file it holds."""
+    firsts = {}
+    for chunk in chunks:
+        firsts.setdefault(chunk.file.path, chunk.file)
+    return list(firsts.values())
+
+
 def with_raw(rejects: pd.DataFrame, chunks: list[Chunk]) -> pd.DataFrame:
-    """Rejects found in pieces read the fast way get their raw line from the chunk's bytes."""
+    """Rejects found in pieces read the fast way get their raw line from their chunk's bytes."""
     need = rejects["raw"].isna() & rejects["line"].notna()
     if not need.any():
         return rejects
-    starts = {c.file.path: c for c in chunks}
-    raw = [
-        transform.storable(extract.raw_lines(starts[p].data)[n - starts[p].first_line])
-        for p, n in rejects.loc[need, ["path", "line"]].itertuples(index=False)
-    ]
+    holding = {}  # path: its chunks, last first
+    for chunk in reversed(chunks):
+        holding.setdefault(chunk.file.path, []).append(chunk)
+    lines, raw = {}, []  # lines: each chunk's, split once
+    for path, number in rejects.loc[need, ["path", "line"]].itertuples(index=False):
+        chunk = next(c for c in holding[path] if c.first_line <= number)
+        if id(chunk) not in lines:
+            lines[id(chunk)] = extract.raw_lines(chunk.data)
+        raw.append(transform.storable(lines[id(chunk)][number - chunk.first_line]))
     return rejects.assign(raw=rejects["raw"].mask(need, pd.Series(raw, index=need[need].index)))
 
 
