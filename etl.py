@@ -287,8 +287,8 @@ def check_data_dir(data_dir: Path) -> None:
         raise UsageError(
             f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
         ) from None
-    listings = [extract.find(data_dir, kind) for kind in KINDS]
-    if not any(listing.files or listing.unlisted for listing in listings):
+    listed = [extract.listing(data_dir, kind) for kind in KINDS]
+    if not any(folder.files or folder.unlisted for folder in listed):
         raise UsageError(
             f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
         )

@@ -113,8 +113,13 @@ class Listing:
     ignored: list[tuple[str, str]]
 
 
-def find(data_dir: Path, kind: Kind) -> Listing:
-    """Everything under the kind's folder (none when it does not exist)."""
+def find(data_dir: Path, kind: Kind) -> list[str]:
+    """The data files under the kind's folder, sorted by path components."""
+    return listing(data_dir, kind).files
+
+
+def listing(data_dir: Path, kind: Kind) -> Listing:
+    """Everything under the kind's folder (nothing when it does not exist)."""
     top = os.path.join(data_dir, FOLDERS[kind])
     files, unlisted, ignored = [], [], []
     stack = [top] if os.path.lexists(top) else []
@@ -168,9 +173,9 @@ def plan(
 ) -> Plan:
     """A log batch stays under limits.log_batch_bytes unless one file alone is bigger, which then
     makes a batch of its own, read in parts."""
-    listing = find(data_dir, kind)
+    listed = listing(data_dir, kind)
     tasks, unchanged = [], 0
-    for location in listing.files:
+    for location in listed.files:
         rel = relative(data_dir, kind, location)
         try:
             st = os.stat(location)
@@ -191,7 +196,7 @@ def plan(
         )
     tasks += [
         FileTask(relative(data_dir, kind, location), location, 0, 0, None, problem)
-        for location, problem in listing.unlisted
+        for location, problem in listed.unlisted
     ]
     batches, current, size = [], [], 0
     for task in tasks:
@@ -205,15 +210,16 @@ def plan(
         size += task.size
     if current:
         batches.append(Batch(kind, tuple(current)))
-    ignored = [relative(data_dir, kind, location) + note for location, note in listing.ignored]
+    ignored = [relative(data_dir, kind, location) + note for location, note in listed.ignored]
     return Plan(batches, unchanged, ignored)
 
 
 def relative(data_dir: Path, kind: Kind, location: str) -> str:
-    """location's path under the data folder, as path_text writes it."""
-    return path_text(
-        "/".join([FOLDERS[kind], *Path(location).relative_to(data_dir / FOLDERS[kind]).parts])
-    )
+    """location's path under the data folder (found under the kind's folder), as path_text
+    writes it."""
+    folder = os.path.join(data_dir, FOLDERS[kind])
+    inside = location[len(folder) + 1 :].replace(os.sep, "/")
+    return path_text(f"{FOLDERS[kind]}/{inside}" if inside else FOLDERS[kind])
 
 
 # ================================================================ reading
