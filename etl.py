@@ -41,6 +41,8 @@ from load import Loaded, Part
 from report import Report, Tally
 
 REJECT_EXAMPLES = 5
+JOBS_PER_CPU = 4
+MAX_JOBS = JOBS_PER_CPU * (os.cpu_count() or 1)
 
 
 class UsageError(cli.UserError):
@@ -193,6 +195,17 @@ def load_or_split(
             return [(part, load.load_part(cur, start, part))]
 
 
+def job_count(text: str) -> int:
+    """argparse type of --jobs: a whole number from 0 to MAX_JOBS. Each worker holds a part in
+    memory; more workers than that would only take memory."""
+    jobs = cli.natural(text)
+    if jobs > MAX_JOBS:
+        raise argparse.ArgumentTypeError(
+            f"{jobs} is more than {MAX_JOBS} ({JOBS_PER_CPU} per CPU of this machine)"
+        )
+    return jobs
+
+
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
     """A worker process costs about a second to start: it pays from a few parts on."""
     parts = sum(max(1, sum(t.size for t in b.tasks) // limits.log_batch_bytes) for b in batches)
@@ -224,7 +237,7 @@ def run(
         found_missing = load.restore_set_aside(conn, sql.KEYS_SET_ASIDE)
         start = load.start_run(conn, data_dir, full_refresh)
         plans = {kind: extract.plan(data_dir, kind, start.known[kind], limits) for kind in KINDS}
-        batches = [batch for kind in KINDS for batch in plans[kind][0]]
+        batches = [batch for kind in KINDS for batch in plans[kind].batches]
         set_aside = load.set_aside_for_bulk_load(
             conn,
             sum(b.new_bytes for b in batches if b.kind == "log"),
@@ -232,16 +245,26 @@ def run(
             reloading=any(t.known_sha256 for b in batches if b.kind == "log" for t in b.tasks),
         )
         start = dataclasses.replace(start, missing=load.set_aside_missing(conn))
-        workers = default_jobs(batches, limits) if jobs is None else jobs
+        workers = min(default_jobs(batches, limits) if jobs is None else jobs, len(batches))
         tally = load_batches(
             conn, start, batches, prepared(batches, limits, workers), limits, progress
         )
         for kind in KINDS:
-            tally.add_unchanged(kind, plans[kind][1])
+            tally.add_unchanged(kind, plans[kind].unchanged)
         restored = load.restore_set_aside(conn, sql.BULK_SET_ASIDE, start.run_id, start.distributed)
         tally.add_removed_duplicates(restored.duplicates, restored.duplicates_resolved)
+        ignored = [path for kind in KINDS for path in plans[kind].ignored]
         report = finish(
-            conn, start, tally, settings, data_dir, started, set_aside, found_missing, restored
+            conn,
+            start,
+            tally,
+            settings,
+            data_dir,
+            started,
+            set_aside,
+            found_missing,
+            restored,
+            ignored,
         )
     finally:
         conn.close()
@@ -250,10 +273,25 @@ def run(
 
 
 def check_data_dir(data_dir: Path) -> None:
+    shown = extract.path_text(str(data_dir))
+    if not data_dir.exists():
+        raise UsageError(f"data folder {shown} not found (choose one with --data)")
     if not data_dir.is_dir():
-        raise UsageError(f"data folder {data_dir} not found (choose one with --data)")
-    if not any(extract.find(data_dir, kind) for kind in KINDS):
-        raise UsageError(f"no song_data/**/*.json or log_data/**/*.json under {data_dir}")
+        raise UsageError(
+            f"data folder {shown} is not a folder: choose the folder that holds song_data/ "
+            "and log_data/ with --data"
+        )
+    try:
+        str(data_dir.resolve()).encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
+        ) from None
+    listed = [extract.listing(data_dir, kind) for kind in KINDS]
+    if not any(folder.files or folder.unlisted for folder in listed):
+        raise UsageError(
+            f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
+        )
 
 
 def finish(
@@ -266,6 +304,7 @@ def finish(
     set_aside: bool,
     found_missing: load.Restored,
     restored: load.Restored,
+    ignored: list[str],
 ) -> Report:
     """Count, check and record the run's outcome."""
     changed = tally.anything_loaded or bool(restored.added)
@@ -291,6 +330,7 @@ def finish(
             found_missing.added,
             restored.added,
             restored.problems,
+            ignored,
         )
         cur.execute(
             sql.run_finish,
@@ -328,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--jobs",
-        type=cli.natural,
+        type=job_count,
         default=None,
-        help="worker processes that parse while the database loads "
+        help=f"worker processes that parse while the database loads: 0 to {MAX_JOBS} "
+        f"({JOBS_PER_CPU} per CPU), and never more than there are batches "
         "(default: 1 when there are three parts or more and more than "
         "one CPU, else 0)",
     )

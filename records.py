@@ -144,8 +144,11 @@ def records_from(objects: list[dict], fields: dict) -> Records:
     )
 
 
-def _decode_lines(lines: Iterable[tuple[int, bytes]], path: str) -> tuple[list[dict], list[tuple]]:
-    """JSON line by line: objects tagged with path, line and raw text; a reject for the rest."""
+def _decode_lines(
+    lines: Iterable[tuple[int, bytes]], path: str, encoding: str = "UTF-8"
+) -> tuple[list[dict], list[tuple]]:
+    """JSON line by line: objects tagged with path, line and raw text; a reject for the rest.
+    encoding: the file's, of which the lines are the UTF-8 rendering."""
     good, bad = [], []
     for number, raw in lines:
         if not raw.strip():
@@ -153,7 +156,7 @@ def _decode_lines(lines: Iterable[tuple[int, bytes]], path: str) -> tuple[list[d
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            reason = "not valid UTF-8" if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
+            reason = f"not valid {encoding}" if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
             bad.append((path, number, reason, raw))
             continue
         if not isinstance(value, dict):
@@ -170,13 +173,16 @@ def parse_song_file(data: bytes, path: str) -> tuple[Records, list[tuple]]:
     return records_from(objects, SONG_FIELDS), rejects
 
 
-def decode_song_file(data: bytes, path: str) -> tuple[list[dict], list[tuple]]:
+def decode_song_file(
+    data: bytes, path: str, encoding: str = "UTF-8"
+) -> tuple[list[dict], list[tuple]]:
     """parse_song_file's objects before they become Records: a batch of many small song files
-    makes its Records at once (a DataFrame per file would cost more than the files)."""
+    makes its Records at once (a DataFrame per file would cost more than the files). encoding:
+    the file's, of which data is the UTF-8 rendering."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        objects, rejects = _decode_lines(enumerate(raw_lines(data), 1), path)
+        objects, rejects = _decode_lines(enumerate(raw_lines(data), 1), path, encoding)
     else:
         items = value if isinstance(value, list) else [value]
         objects, rejects = _decode_lines(
@@ -186,17 +192,22 @@ def decode_song_file(data: bytes, path: str) -> tuple[list[dict], list[tuple]]:
 
 
 def parse_log_file(
-    data: bytes, path: str, piece_bytes: int = Limits.parse_piece_bytes, first_line: int = 1
+    data: bytes,
+    path: str,
+    piece_bytes: int = Limits.parse_piece_bytes,
+    first_line: int = 1,
+    encoding: str = "UTF-8",
 ) -> tuple[Records, list[tuple]]:
     """JSON lines of events (the whole file, or a part starting at first_line), in line-aligned
     pieces: Arrow's reader takes a clean piece at once, a piece with any problem is read line by
-    line to judge each line on its own. Both give the same Records."""
+    line to judge each line on its own. Both give the same Records. encoding: the file's, of
+    which data is the UTF-8 rendering (it names the file's invalid lines' reason)."""
     parts, rejects = [], []
     for piece in line_aligned_pieces(data, piece_bytes):
         newlines = piece.count(b"\n")
         part = _fast_events(piece, path, first_line, newlines)
         if part is None:
-            objects, bad = _decode_lines(enumerate(raw_lines(piece), first_line), path)
+            objects, bad = _decode_lines(enumerate(raw_lines(piece), first_line), path, encoding)
             part = records_from(objects, EVENT_FIELDS)
             rejects += bad
         parts.append(part)

@@ -6,10 +6,11 @@ import dataclasses
 from pathlib import Path
 
 import sql_queries as sql
-from extract import KINDS
+from extract import DATA_FILES, KINDS, path_text
 from load import Loaded, Part
 
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
+IGNORED_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "unreadable")
 EXIT_OK, EXIT_FAILED = 0, 1
 # What a bulk load sets aside, named whole: on one server, and on Citus (where the keys stay).
@@ -92,6 +93,7 @@ class Report:
     found_missing: list[str]  # keys an interrupted bulk load left out, added back first
     restored: list[str]  # set-aside keys added back at the end of this run
     not_restored: list[str]  # those that could not come back, and why
+    ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
 
     @property
     def failed(self) -> bool:
@@ -106,9 +108,8 @@ class Report:
 
     def lines(self) -> list[str]:
         t = self.tally
-        out = [
-            f"Loaded {self.data_dir} into {self.target} in {self.seconds:.1f} s (run {self.run_id})"
-        ]
+        data_dir = path_text(str(self.data_dir))
+        out = [f"Loaded {data_dir} into {self.target} in {self.seconds:.1f} s (run {self.run_id})"]
         if not t.anything_loaded:
             out.append("  nothing new: every file is unchanged since it was loaded")
         for kind in KINDS:
@@ -127,7 +128,7 @@ class Report:
         out.append(
             "  rows written: "
             + ", ".join(
-                f"{table} +{self.after[table] - self.before[table]} (= {self.after[table]})"
+                f"{table} {self.after[table] - self.before[table]:+d} (= {self.after[table]})"
                 for table in sql.STAR_TABLES
             )
         )
@@ -143,9 +144,15 @@ class Report:
                 f"(run_id = {self.run_id}):"
             )
             out += [
-                f"    {Path(self.data_dir, path)}:{line if line is not None else '-'}: {reason}"
+                f"    {data_dir}/{path}:{line if line is not None else '-'}: {reason}"
                 for path, line, reason in self.examples
             ]
+        if self.ignored:
+            out.append(
+                f"  ignored: {len(self.ignored)} entries that are not data files "
+                f"(only {DATA_FILES}, are read):"
+            )
+            out += [f"    {path}" for path in self.ignored[:IGNORED_EXAMPLES]]
         if self.checks is None:
             out.append("  checks: not run, nothing changed since the last run")
         else:

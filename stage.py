@@ -45,22 +45,27 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
         read, contents = extract.read_file(task, part_bytes)
         file = FilePart(task.path, task.mtime_ns, read)
         if read.status == "unreadable":
-            problems.append((task.path, None, f"cannot read file: {read.error}", None))
+            problems.append((task.path, None, read.error, None))
         first_line, anything = 1, False
-        for data in contents:
-            chunk = parse(batch.kind, file, data, first_line, limits)
-            anything = (
-                anything
-                or bool(chunk.objects or chunk.rejects)
-                or (chunk.records is not None and chunk.records.values.num_rows > 0)
-            )
-            chunks.append(chunk)
-            size += len(data)
-            first_line += data.count(b"\n")
-            file = dataclasses.replace(file, first=False)
-            if size >= part_bytes:
-                yield shape(batch.kind, number, index, False, chunks, problems)
-                chunks, problems, size, index = [], [], 0, index + 1
+        try:
+            for data in contents:
+                chunk = parse(batch.kind, file, data, first_line, limits)
+                anything = (
+                    anything
+                    or bool(chunk.objects or chunk.rejects)
+                    or (chunk.records is not None and chunk.records.values.num_rows > 0)
+                )
+                chunks.append(chunk)
+                size += len(data)
+                first_line += data.count(b"\n")
+                file = dataclasses.replace(file, first=False)
+                if size >= part_bytes:
+                    yield shape(batch.kind, number, index, False, chunks, problems)
+                    chunks, problems, size, index = [], [], 0, index + 1
+        except extract.DamagedFile as exc:
+            where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
+            problems.append((task.path, None, f"{exc} {where}", None))
+            anything = True
         if read.status in ("new", "changed") and not anything:
             problems.append((task.path, None, "empty file", None))
         if file.first:  # nothing read: the file still counts, once
@@ -69,10 +74,13 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
 
 
 def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
+    encoding = file.read.encoding
     if kind == "song":
-        objects, rejects = decode_song_file(data, file.path)
+        objects, rejects = decode_song_file(data, file.path, encoding)
         return Chunk(file, first_line, data, None, rejects, objects)
-    records, rejects = parse_log_file(data, file.path, limits.parse_piece_bytes, first_line)
+    records, rejects = parse_log_file(
+        data, file.path, limits.parse_piece_bytes, first_line, encoding
+    )
     return Chunk(file, first_line, data, records, rejects)
 
 

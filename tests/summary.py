@@ -52,6 +52,8 @@ class Summary:
     not_added_back: dict[str, str] = dataclasses.field(default_factory=dict)  # key: why
     rejected: Rejected | None = None
     examples: list[str] = dataclasses.field(default_factory=list)  # "path:line: reason"
+    ignored: int = 0  # entries that are not data files
+    ignored_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
     checks: dict[str, int] | None = None  # check: offending rows; None: not run
 
     @property
@@ -88,6 +90,10 @@ SUMMARY_LINES = {
         r"  rejected: (?P<records>\d+) records and (?P<files>\d+) whole files, kept in table "
         r"load_rejects \(run_id = (?P<run>\d+)\):"
     ),
+    "ignored": re.compile(
+        r"  ignored: (?P<n>\d+) entries that are not data files \(only \*\.json, \*\.ndjson "
+        r"and \*\.jsonl files, gzipped or not, are read\):"
+    ),
     "checks not run": re.compile(r"  checks: not run, nothing changed since the last run"),
     "checks": re.compile(r"  checks: (?P<passed>\d+) passed, (?P<failed>\d+) failed"),
     "check": re.compile(r"    \[(?P<verdict>pass|FAIL)\] (?P<name>.+?)(?: \((?P<bad>\d+) rows\))?"),
@@ -116,7 +122,7 @@ def parse_summary(text: str) -> Summary:
             summary.nothing_new = True
         elif name == "rows":
             for part in m["rows"].split(", "):
-                table, added, now = re.fullmatch(r"(\w+) \+(\d+) \(= (\d+)\)", part).groups()
+                table, added, now = re.fullmatch(r"(\w+) ([+-]\d+) \(= (\d+)\)", part).groups()
                 summary.rows[table] = (int(added), int(now))
         elif name == "resolved":
             summary.resolved = (int(m["total"]), int(m["plays"]), int(m["run"]))
@@ -128,6 +134,8 @@ def parse_summary(text: str) -> Summary:
         elif name == "rejected":
             summary.rejected = Rejected(int(m["records"]), int(m["files"]), int(m["run"]))
             section = name
+        elif name == "ignored":
+            summary.ignored, section = int(m["n"]), name
         elif name == "checks not run":
             section = name
         elif name == "checks":
@@ -137,11 +145,14 @@ def parse_summary(text: str) -> Summary:
             summary.checks[m["name"]] = int(m["bad"] or 0)
         elif name in ("check", "example") and section == "rejected":
             summary.examples.append(row.strip())
+        elif name in ("check", "example") and section == "ignored":
+            summary.ignored_examples.append(row.strip())
         else:
             raise AssertionError(f"a line the summary is not known to print: {row!r}\n{text}")
     assert set(summary.records) == set(KINDS), text
     assert list(summary.rows) == sql_queries.STAR_TABLES and summary.resolved, text
     assert section in ("checks", "checks not run"), f"no checks line last:\n{text}"
+    assert len(summary.ignored_examples) == min(summary.ignored, report.IGNORED_EXAMPLES), text
     if told:
         failed = sum(1 for bad in summary.checks.values() if bad)
         assert told == (len(summary.checks) - failed, failed), text

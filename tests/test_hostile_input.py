@@ -1,0 +1,917 @@
+"""Hostile input: whatever song_data/ and log_data/ hold, every entry ends loaded, rejected with
+its reason (in load_rejects, counted, --strict exits 1) or named in the summary as ignored; the
+good files load as they would alone, and nothing hangs a run.
+
+The property builds data folders of odd entries: names that are not UTF-8 or do not print, FIFOs,
+sockets, devices, links that lead nowhere or round in a loop, folders named like data files,
+files that are not data, folders that cannot be read; and data files gzipped or not, in UTF-8
+with or without a byte-order mark, UTF-16 or UTF-32, under any data extension in any case. The
+examples after it pin each class: paths as text, unreadable folders (as root too), gzip, files
+that grow while they are read, encodings, the summary's numbers and etl.py's arguments.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from builders import (
+    BASE,
+    BASE_LOG_RECORDS,
+    BASE_SKIPPED,
+    USER,
+    crafted_items,
+    event,
+    last_run,
+    line,
+    lines,
+    manifest,
+    other_page,
+    plus,
+    rejects,
+    song,
+    write,
+)
+from conftest import PROJECT, counts, query, run_script, table_contents
+from hypothesis import HealthCheck, given, note
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from summary import CHECKS_PASSED, Counts, Rejected, parse_summary
+
+import etl as etl_module
+import extract
+import stage
+from extract import Batch, FileRead, FileTask, Limits
+from load import FilePart
+from report import EXIT_FAILED, EXIT_OK
+
+TIMEOUT = 120  # seconds: a run that takes longer hangs
+EXIT_BAD_ARGUMENTS, EXIT_ENVIRONMENT = 2, 3
+GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
+PROPERTY = hypothesis_settings(
+    derandomize=True,
+    deadline=None,
+    print_blob=False,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# ================================================================ running etl.py
+
+# As root, file permissions do not stop reads: in a user namespace that maps an ordinary user to
+# root, they do (the embedded server runs as root the same way, embedded.py).
+UNPRIVILEGED = ["unshare", "--user", "--map-user=65534", "--map-group=65534", "--"]
+
+
+def unprivileged() -> list[str]:
+    """The command prefix under which file permissions apply to etl.py: none for an ordinary
+    user; as root, a user namespace, or a skip where one cannot be made."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("unshare") is None or subprocess.run([*UNPRIVILEGED, "true"]).returncode:
+        pytest.skip(
+            "root reads a folder whatever its permissions, and unshare cannot make an ordinary "
+            "user here: the root-proof unreadable-folder tests cover the rejection"
+        )
+    return UNPRIVILEGED
+
+
+def run_etl(
+    data: Path, *extra: str, exit_code: int = EXIT_OK, prefix: list[str] = ()
+) -> subprocess.CompletedProcess:
+    """etl.py on the data folder as a user runs it, under prefix; it must end with exit_code
+    within TIMEOUT (subprocess.run raises when it does not)."""
+    done = subprocess.run(
+        [*prefix, sys.executable, "etl.py", "--data", str(data), "--no-progress", *extra],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == exit_code, (done.returncode, done.stdout, done.stderr)
+    return done
+
+
+# ================================================================ paths as text
+
+
+def unescaped(text: str) -> bytes:
+    """A path as docs/data.md says the manifest writes it, back to the file's bytes: \\\\ is a
+    backslash, \\xHH a byte, anything else UTF-8."""
+    parts = re.split(r"(\\\\|\\x[0-9a-f]{2})", text)
+    return b"".join(
+        b"\\"
+        if part == "\\\\"
+        else bytes([int(part[2:], 16)])
+        if part.startswith("\\x")
+        else part.encode()
+        for part in parts
+    )
+
+
+@hypothesis_settings(PROPERTY, max_examples=300)
+@given(
+    name=st.one_of(
+        st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b),
+        st.text(min_size=1, max_size=40)
+        .filter(lambda t: "/" not in t and "\0" not in t)
+        .map(lambda t: t.encode("utf-8", "surrogatepass")),
+    )
+)
+def test_a_path_is_written_as_one_line_of_utf8_text_that_maps_back_to_its_bytes(name):
+    text = extract.path_text(os.fsdecode(name))
+    assert text.isprintable(), text  # one line: no newline, tab or other control character
+    text.encode("utf-8")  # storable: no lone surrogate
+    assert unescaped(text) == name
+    try:
+        readable = name.decode("utf-8").isprintable() and b"\\" not in name
+    except UnicodeDecodeError:
+        readable = False
+    assert (text == name.decode("utf-8")) if readable else True
+
+
+# ================================================================ the property
+
+# Names a data file may have (each gets a number and an extension): spaces, quotes, commas, a
+# newline, a tab, backslashes, leading dashes, bytes that are not UTF-8, NFC and NFD forms of
+# the same word, an invisible character, a very long name.
+STEMS = [
+    b"plain",
+    b"with space",
+    b'quote"d',
+    b"it's",
+    b"com,ma",
+    b"new\nline",
+    b"tab\there",
+    b"back\\slash",
+    b"\\x41 not an escape",
+    b"-leading-dash",
+    b"--",
+    b"caf\xc3\xa9",  # café, NFC
+    b"cafe\xcc\x81",  # café, NFD
+    b"caf\xe9",  # Latin-1: not UTF-8
+    b"\xff\xfe",
+    b"zero\xe2\x80\x8bwidth",
+    b"x" * 200,
+]
+FOLDER_NAMES = [b"", b"2018/11", b"d\xe9j\xe0", b"with space", b"new\nfolder"]
+DATA_EXTENSIONS = [b".json", b".JSON", b".Json", b".ndjson", b".jsonl"]
+ENCODINGS = {
+    "UTF-8": lambda text: text,
+    "UTF-8 with a byte-order mark": lambda text: codecs.BOM_UTF8 + text,
+    "UTF-16 little-endian": lambda text: codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le"),
+    "UTF-16 big-endian": lambda text: codecs.BOM_UTF16_BE + text.decode().encode("utf-16-be"),
+    "UTF-32": lambda text: text.decode().encode("utf-32"),
+}
+
+
+def _fifo(path: bytes) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: bytes) -> None:
+    with contextlib.chdir(os.path.dirname(path)), socket.socket(socket.AF_UNIX) as s:
+        s.bind(os.path.basename(path))
+
+
+def _link_to(target: bytes) -> Callable[[bytes], None]:
+    return lambda path: os.symlink(target, path)
+
+
+def _loop(path: bytes) -> None:
+    os.symlink(os.path.basename(path), path)
+
+
+# A data file's name, but not a file that can be read: rejected whole, with the reason.
+UNREADABLE = {
+    "FIFO": (_fifo, "cannot read file: a FIFO (named pipe), not a regular file"),
+    "socket": (_socket, "cannot read file: a socket, not a regular file"),
+    "link to a device": (
+        _link_to(b"/dev/null"),
+        "cannot read file: a character device, not a regular file",
+    ),
+    "dangling link": (_link_to(b"nowhere.json"), "cannot read file: No such file or directory"),
+    "link in a loop": (_loop, "cannot read file: Too many levels of symbolic links"),
+    "folder": (os.mkdir, "cannot read file: Is a directory"),
+}
+# Not data files: ignored, never opened (a FIFO named so would block a run that opened it).
+IGNORED = {
+    b"README.md": lambda path: Path(os.fsdecode(path)).write_text("# notes\n"),
+    b".DS_Store": lambda path: Path(os.fsdecode(path)).write_bytes(b"\0\0\0\1Bud1"),
+    b"backup.json~": lambda path: Path(os.fsdecode(path)).write_text("{}"),
+    b"events.json.bz2": lambda path: Path(os.fsdecode(path)).write_bytes(b"BZh9"),
+    b"pipe": _fifo,
+    b"linked": _link_to(b"../../../outside"),
+}
+LINKED_FOLDER_NOTE = " (a link to a folder: not followed)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """An entry of a generated data folder, and what must become of it: "loaded" (records: the
+    JSON objects it holds), "empty", "unreadable" (its reason) or "ignored"."""
+
+    path: bytes  # under the data folder
+    fate: str
+    make: Callable[[bytes], None]
+    records: tuple[dict, ...] = ()
+    reason: str = ""
+    note: str = ""  # what the summary adds to an ignored entry's name
+
+    @property
+    def kind(self) -> str:
+        return "song" if self.path.startswith(b"song_data/") else "log"
+
+    def counts(self) -> Counts:
+        if self.kind == "song":
+            return Counts(len(self.records), len(self.records))
+        plays = sum(1 for r in self.records if r["page"] == "NextSong")
+        return Counts(len(self.records), plays, len(self.records) - plays)
+
+
+def _written(content: bytes) -> Callable[[bytes], None]:
+    return lambda path: Path(os.fsdecode(path)).write_bytes(content)
+
+
+@st.composite
+def data_folders(draw) -> list[Entry]:
+    """Loaded files (each play its own item, so that no verdict depends on path order), empty
+    ones, unreadable entries and ignored ones, under odd folder names."""
+    entries, item, song_number = [], 0, 0
+    for n in range(draw(st.integers(2, 6))):
+        kind = "song" if n and draw(st.booleans()) else "log"
+        if kind == "log":
+            plays = draw(st.integers(1, 4))
+            records = tuple(
+                other_page(item + k, "Home") if draw(st.booleans()) and k else event(item + k)
+                for k in range(plays)
+            )
+            item += plays
+            text = lines(*records)
+        else:
+            song_number += 1
+            records = (song(song_number),)
+            text = json.dumps(records[0], indent=draw(st.sampled_from([None, 2]))).encode()
+        content = ENCODINGS[draw(st.sampled_from(list(ENCODINGS)))](text)
+        gzipped = draw(st.booleans())
+        extension = draw(st.sampled_from(DATA_EXTENSIONS)) + (
+            draw(st.sampled_from([b".gz", b".GZ"])) if gzipped else b""
+        )
+        folder = (
+            b"song_data/A" if kind == "song" else b"log_data/" + draw(st.sampled_from(FOLDER_NAMES))
+        )
+        path = os.path.join(folder, draw(st.sampled_from(STEMS)) + b"-%d" % n + extension)
+        data = gzip.compress(content, mtime=0) if gzipped else content
+        entries.append(Entry(path, "loaded", _written(data), records))
+    for n in range(draw(st.integers(0, 2))):
+        folder = draw(st.sampled_from([b"song_data/A", b"log_data/2018/11"]))
+        entries.append(Entry(b"%s/empty-%d.json" % (folder, n), "empty", _written(b"")))
+    for n, name in enumerate(draw(st.lists(st.sampled_from(list(UNREADABLE)), max_size=3))):
+        make, reason = UNREADABLE[name]
+        folder = draw(st.sampled_from([b"song_data", b"log_data"]))
+        entries.append(Entry(b"%s/bad-%d.json" % (folder, n), "unreadable", make, reason=reason))
+    for name in draw(st.lists(st.sampled_from(list(IGNORED)), max_size=3, unique=True)):
+        note_ = LINKED_FOLDER_NOTE if name == b"linked" else ""
+        entries.append(Entry(b"log_data/2018/" + name, "ignored", IGNORED[name], note=note_))
+    if draw(st.booleans()):
+        entries.append(
+            Entry(LOCKED, "unreadable", _locked, reason="cannot read folder: Permission denied")
+        )
+    return entries
+
+
+LOCKED = b"log_data/locked"
+
+
+def _locked(path: bytes) -> None:
+    """A folder no one may read, holding a data file that therefore is not read either."""
+    os.mkdir(path)
+    write(Path(os.fsdecode(path)), "hidden.json", lines(event(20_000)))
+    os.chmod(path, 0)
+
+
+def build(root: Path, entries: list[Entry]) -> Path:
+    data = os.fsencode(root / "data")
+    for entry in entries:
+        path = os.path.join(data, entry.path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        entry.make(path)
+    outside = root / "outside"  # where the link to a folder leads: a data file, not read
+    write(outside, "linked.json", lines(event(10_000)))
+    return root / "data"
+
+
+def clean_twin(root: Path, entries: list[Entry]) -> Path:
+    """The loaded files alone, plainly named and written: UTF-8 JSON, not gzipped."""
+    for n, entry in enumerate(e for e in entries if e.fate == "loaded"):
+        content = lines(*entry.records) if entry.kind == "log" else line(entry.records[0])
+        write(root / "clean", f"{entry.kind}_data/clean/{n}.json", content)
+    return root / "clean"
+
+
+def total(each) -> Counts:
+    return Counts(*(sum(column) for column in zip(*each, Counts(0, 0))))
+
+
+def run_rejects(run_id: int) -> list[tuple[bytes, int | None, str]]:
+    return sorted((unescaped(path), line_, reason) for path, line_, reason, _ in rejects(run_id))
+
+
+@hypothesis_settings(PROPERTY, max_examples=5)
+@given(entries=data_folders())
+def test_every_entry_is_loaded_rejected_or_ignored_and_the_good_files_load_as_alone(entries):
+    locked = any(e.path == LOCKED for e in entries)
+    prefix = unprivileged() if locked else []
+    run_script("create_tables.py")
+    with tempfile.TemporaryDirectory(prefix="spk-hostile-") as root:
+        data = build(Path(root), entries)
+        note("\n".join(f"{e.fate}: {e.path!r} {e.reason}" for e in entries))
+        try:
+            summary = parse_summary(run_etl(data, prefix=prefix).stdout)
+            run_id = last_run()
+            loaded = [e for e in entries if e.fate in ("loaded", "empty")]
+            unreadable = [e for e in entries if e.fate == "unreadable"]
+            ignored = [e for e in entries if e.fate == "ignored"]
+            stored = {unescaped(path): n for path, n in manifest().items()}
+            assert stored == {e.path: e.counts() for e in loaded}
+            assert all(path.isprintable() for path in manifest())
+            expected_rejects = sorted(
+                [(e.path, None, "empty file") for e in entries if e.fate == "empty"]
+                + [(e.path, None, e.reason) for e in unreadable]
+            )
+            assert run_rejects(run_id) == expected_rejects
+            for kind in ("song", "log"):
+                states = {
+                    "new": sum(1 for e in loaded if e.kind == kind),
+                    "unreadable": sum(1 for e in unreadable if e.kind == kind),
+                }
+                assert summary.files[kind] == {s: n for s, n in states.items() if n}
+                assert summary.records[kind] == total(e.counts() for e in loaded if e.kind == kind)
+            assert summary.rejected == (
+                Rejected(0, len(expected_rejects), run_id) if expected_rejects else None
+            )
+            assert summary.ignored == len(ignored)
+            assert sorted(summary.ignored_examples) == sorted(
+                extract.path_text(os.fsdecode(e.path)) + e.note for e in ignored
+            )
+            assert summary.checks == CHECKS_PASSED
+            tables = table_contents()
+
+            again = parse_summary(
+                run_etl(
+                    data,
+                    "--strict",
+                    prefix=prefix,
+                    exit_code=EXIT_FAILED if unreadable else EXIT_OK,
+                ).stdout
+            )
+            for kind in ("song", "log"):
+                assert again.files[kind].get("unchanged", 0) == sum(
+                    1 for e in loaded if e.kind == kind
+                )
+            assert {table: added for table, (added, _) in again.rows.items()} == dict.fromkeys(
+                again.rows, 0
+            )
+            assert run_rejects(last_run()) == sorted((e.path, None, e.reason) for e in unreadable)
+        finally:
+            if locked:
+                os.chmod(os.path.join(os.fsencode(data), LOCKED), 0o700)
+        run_etl(clean_twin(Path(root), entries), "--full-refresh")
+        assert table_contents() == tables
+
+
+# ================================================================ paths as text, by example
+
+
+def write_named(root: Path, folder: str, name: bytes, content: bytes) -> bytes:
+    """A file whose name is bytes (perhaps not UTF-8); its path under root, as bytes."""
+    where = os.path.join(os.fsencode(root), os.fsencode(folder))
+    os.makedirs(where, exist_ok=True)
+    with open(os.path.join(where, name), "wb") as file:
+        file.write(content)
+    return os.path.join(os.fsencode(folder), name)
+
+
+def test_a_name_that_is_not_utf8_loads_under_its_escaped_path_and_reruns_as_unchanged(data):
+    write_named(data, "log_data/2018/12", b"caf\xe9.json", lines(event(0), b'{"ts":', event(2)))
+    write_named(data, "song_data/Z", b"s\xff.json", json.dumps(song(1)).encode())
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert manifest()["log_data/2018/12/caf\\xe9.json"] == Counts(3, 2, rejected=1)
+    assert manifest()["song_data/Z/s\\xff.json"] == Counts(1, 1)
+    assert [r[:2] for r in rejects(last_run())] == [("log_data/2018/12/caf\\xe9.json", 2)]
+    assert summary.examples[0].startswith(f"{data}/log_data/2018/12/caf\\xe9.json:2: malformed")
+    assert crafted_items() == [0, 2]
+    assert counts() == plus(songplays=2, users=1, time=2, songs=1, artists=1)
+    assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+    again = parse_summary(run_etl(data).stdout)
+    assert again.nothing_new
+    assert again.files == {"song": {"unchanged": 12}, "log": {"unchanged": 3}}
+
+
+# name: how the manifest writes it (under log_data/odd/)
+ODD_NAMES = {
+    b"new\nline.json": "new\\x0aline.json",
+    b"tab\t.json": "tab\\x09.json",
+    b"back\\slash.json": "back\\\\slash.json",
+    b"\\x41.json": "\\\\x41.json",  # not the escape of "A"
+    b"A.json": "A.json",
+    b"caf\xc3\xa9.json": "caf\u00e9.json",  # NFC
+    b"cafe\xcc\x81.json": "cafe\u0301.json",  # NFD: another name, kept as it is
+    b"zero\xe2\x80\x8bwidth.json": "zero\\xe2\\x80\\x8bwidth.json",
+    b"q\"uote'd, with a comma.json": "q\"uote'd, with a comma.json",
+    b"-leading-dash.json": "-leading-dash.json",
+    b"x" * 250 + b".json": "x" * 250 + ".json",
+}
+
+
+def test_odd_names_are_stored_as_readable_text_and_reruns_see_them_unchanged(data):
+    for item, name in enumerate(ODD_NAMES):
+        write_named(data, "log_data/odd", name, lines(event(item)))
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert summary.files["log"] == {"new": 2 + len(ODD_NAMES)}
+    assert {p for p in manifest() if p.startswith("log_data/odd/")} == {
+        f"log_data/odd/{text}" for text in ODD_NAMES.values()
+    }
+    assert crafted_items() == list(range(len(ODD_NAMES)))
+    assert summary.checks == CHECKS_PASSED
+    assert parse_summary(run_etl(data).stdout).nothing_new
+
+
+# ================================================================ folders that cannot be read
+
+
+def _hidden_log(folder: Path) -> None:
+    write(folder, "hidden.json", lines(event(0)))
+
+
+@pytest.mark.parametrize("where", ["log_data/2018/locked", "log_data"])
+def test_a_folder_without_permission_is_rejected_counted_and_fails_strict(data, where):
+    prefix = unprivileged()
+    folder = data / where
+    _hidden_log(folder)
+    folder.chmod(0)
+    try:
+        summary = parse_summary(run_etl(data, prefix=prefix).stdout)
+        run_id = last_run()
+        assert [r[:3] for r in rejects(run_id)] == [
+            (where, None, "cannot read folder: Permission denied")
+        ]
+        assert summary.rejected == (0, 1, run_id)
+        assert f"{data}/{where}:-: cannot read folder: Permission denied" in summary.examples
+        base_logs = 0 if where == "log_data" else 2
+        assert (
+            summary.files["log"] == {"new": base_logs, "unreadable": 1}
+            if base_logs
+            else {"unreadable": 1}
+        )
+        assert crafted_items() == []
+        run_etl(data, "--strict", prefix=prefix, exit_code=EXIT_FAILED)
+    finally:
+        folder.chmod(0o700)
+
+
+def _file(path: Path) -> None:
+    path.write_text("{}")
+
+
+def _dangling(path: Path) -> None:
+    path.symlink_to("nowhere")
+
+
+def _loop_link(path: Path) -> None:
+    path.symlink_to(path.name)
+
+
+# log_data/ itself unreadable, whoever runs it (root too): (make it, reason)
+NOT_A_FOLDER = {
+    "a file": (_file, "cannot read folder: Not a directory"),
+    "a dangling link": (_dangling, "cannot read folder: No such file or directory"),
+    "a link in a loop": (_loop_link, "cannot read folder: Too many levels of symbolic links"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_A_FOLDER))
+def test_a_log_data_that_cannot_be_listed_is_rejected_and_the_songs_load(data, case):
+    make, reason = NOT_A_FOLDER[case]
+    shutil.rmtree(data / "log_data")
+    make(data / "log_data")
+
+    summary = parse_summary(run_etl(data).stdout)
+    run_id = last_run()
+    assert [r[:3] for r in rejects(run_id)] == [("log_data", None, reason)]
+    assert summary.files == {"song": {"new": 11}, "log": {"unreadable": 1}}
+    assert summary.rejected == (0, 1, run_id)
+    assert counts() == {**dict.fromkeys(BASE, 0), "songs": 11, "artists": 11}
+    run_etl(data, "--strict", exit_code=EXIT_FAILED)
+
+
+# ================================================================ entries that are not files
+
+
+def test_a_fifo_socket_or_device_named_as_data_is_rejected_unopened_and_others_are_ignored(data):
+    odd = data / "log_data/odd"
+    odd.mkdir()
+    os.mkfifo(odd / "fifo.json")  # opened, it would wait for a writer forever
+    _socket(os.fsencode(odd / "socket.json"))
+    (odd / "zero.json").symlink_to("/dev/zero")  # read, it would never end
+    os.mkfifo(odd / "pipe")  # not a data file's name: ignored, not opened either
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert sorted(r[:3] for r in rejects(last_run())) == [
+        (
+            "log_data/odd/fifo.json",
+            None,
+            "cannot read file: a FIFO (named pipe), not a regular file",
+        ),
+        ("log_data/odd/socket.json", None, "cannot read file: a socket, not a regular file"),
+        (
+            "log_data/odd/zero.json",
+            None,
+            "cannot read file: a character device, not a regular file",
+        ),
+    ]
+    assert summary.files["log"] == {"new": 2, "unreadable": 3}
+    assert (summary.ignored, summary.ignored_examples) == (1, ["log_data/odd/pipe"])
+    assert counts() == BASE
+    run_etl(data, "--strict", exit_code=EXIT_FAILED)
+
+
+def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(data):
+    write(data, "song_data/A/.DS_Store", b"\0\0\0\1Bud1")
+    write(data, "log_data/README.md", b"# logs\n")
+    write(data, "log_data/notes.txt", b"notes\n")
+    write(data, "log_data/events.json.bz2", b"BZh9")
+    write(data, "log_data/2018/x.json.bak", lines(event(0)))
+    write(data, "log_data/2018/x.json~", lines(event(1)))
+    (data / "log_data/linked").symlink_to(data / "song_data")
+
+    summary = parse_summary(run_etl(data, "--strict").stdout)
+    assert summary.ignored == 7
+    assert summary.ignored_examples == [
+        "song_data/A/.DS_Store",
+        "log_data/2018/x.json.bak",
+        "log_data/2018/x.json~",
+        "log_data/README.md",
+        "log_data/events.json.bz2",
+    ]
+    assert summary.rejected is None
+    assert summary.files == {"song": {"new": 11}, "log": {"new": 2}}
+    assert counts() == BASE
+
+    write(data, "log_data/linked.txt", b"")  # the last three of 8, the link among them
+    listed = parse_summary(run_etl(data).stdout)
+    assert listed.ignored == 8 and listed.nothing_new
+    (data / "log_data/README.md").unlink()
+    (data / "log_data/2018/x.json.bak").unlink()
+    (data / "log_data/2018/x.json~").unlink()
+    assert parse_summary(run_etl(data).stdout).ignored_examples == [
+        "song_data/A/.DS_Store",
+        "log_data/events.json.bz2",
+        "log_data/linked (a link to a folder: not followed)",
+        "log_data/linked.txt",
+        "log_data/notes.txt",
+    ]
+
+
+# ================================================================ gzip
+
+
+def gzipped_twin(plain: Path, twin: Path) -> Path:
+    """Every file of plain, gzipped, under its name + .gz."""
+    for path in plain.rglob("*.json"):
+        write(twin, f"{path.relative_to(plain)}.gz", gzip.compress(path.read_bytes(), mtime=0))
+    return twin
+
+
+def test_gzipped_files_load_like_their_plain_twins_and_the_manifest_has_their_bytes(data, tmp_path):
+    write(data, "log_data/2018/12/new.json", lines(*(event(i) for i in range(20))))
+    run_etl(data)
+    plain = table_contents()
+    twin = gzipped_twin(data, tmp_path / "gzipped")
+
+    summary = parse_summary(run_etl(twin, "--full-refresh").stdout)
+    assert table_contents() == plain
+    assert summary.records == {
+        "song": Counts(11, 11),
+        "log": Counts(BASE_LOG_RECORDS + 20, BASE["songplays"] + 20, BASE_SKIPPED),
+    }
+    on_disk = {
+        str(path.relative_to(twin)): (
+            path.stat().st_size,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+        )
+        for path in twin.rglob("*.gz")
+    }
+    assert {
+        path: (size, sha)
+        for path, size, sha in query("SELECT path, size_bytes, sha256 FROM load_manifest")
+    } == on_disk
+    assert parse_summary(run_etl(twin).stdout).nothing_new
+
+
+def test_a_big_gzipped_log_is_read_in_parts_like_its_plain_twin(fresh_tables, tmp_path):
+    content = lines(*(event(i) for i in range(8000)))  # 2.8 MB: three parts of 1 MB
+    write(tmp_path / "plain", "log_data/big.json", content)
+    write(tmp_path / "gzipped", "log_data/big.json.gz", gzip.compress(content, mtime=0))
+    run_etl(tmp_path / "plain", "--batch-mb", "1")
+    plain, plain_manifest = table_contents(), manifest()
+
+    summary = parse_summary(
+        run_etl(tmp_path / "gzipped", "--batch-mb", "1", "--full-refresh").stdout
+    )
+    assert table_contents() == plain
+    assert manifest() == {"log_data/big.json.gz": plain_manifest["log_data/big.json"]}
+    assert summary.records["log"] == Counts(8000, 8000)
+    assert summary.checks == CHECKS_PASSED
+
+
+def valid_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def test_damaged_gzip_is_rejected_naming_the_file_and_what_came_before_the_damage_loads(data):
+    content = lines(*(event(i) for i in range(2000)))
+    whole = gzip.compress(content, mtime=0)
+    cut = whole[: len(whole) // 2]
+    before = zlib.decompressobj(GZIP_FORMAT).decompress(cut)  # what the cut data holds
+    complete, partial = before.count(b"\n"), before[before.rfind(b"\n") + 1 :]
+    write(data, "log_data/z/cut.json.gz", cut)
+    intact = gzip.compress(lines(*(event(3000 + i) for i in range(5))), mtime=0)
+    damaged = bytearray(gzip.compress(lines(*(event(4000 + i) for i in range(5))), mtime=0))
+    damaged[-8] ^= 0xFF  # its check (CRC-32) fails: the member's content is not trusted
+    write(data, "log_data/z/crc.json.gz", intact + bytes(damaged))
+    write(data, "log_data/z/plain.json.gz", lines(event(5000)))  # not gzip data at all
+
+    summary = parse_summary(run_etl(data).stdout)
+    run_id = last_run()
+    found = sorted((r[:3] for r in rejects(run_id)), key=lambda r: (r[0], r[1] or 0))
+    assert [r for r in found if r[1] is None] == [
+        (
+            "log_data/z/crc.json.gz",
+            None,
+            "damaged gzip data (Error -3 while decompressing data: "
+            "incorrect data check) after line 5",
+        ),
+        ("log_data/z/cut.json.gz", None, f"gzip data cut short after line {complete}"),
+        (
+            "log_data/z/plain.json.gz",
+            None,
+            "damaged gzip data (Error -3 while decompressing "
+            "data: incorrect header check) before its first line",
+        ),
+    ]
+    last_loads = valid_json(partial)
+    assert [r[:2] for r in found if r[1] is not None] == (
+        [] if last_loads else [("log_data/z/cut.json.gz", complete + 1)]
+    )
+    loaded = complete + last_loads
+    assert crafted_items() == [*range(loaded), *range(3000, 3005)]
+    assert manifest()["log_data/z/cut.json.gz"] == Counts(
+        complete + bool(partial), loaded, rejected=bool(partial) and not last_loads
+    )
+    assert manifest()["log_data/z/crc.json.gz"] == Counts(5, 5)
+    assert manifest()["log_data/z/plain.json.gz"] == Counts(0, 0)
+    assert summary.files["log"] == {"new": 5}
+    assert summary.rejected.files == 3
+    assert summary.checks == CHECKS_PASSED
+    run_etl(data, "--strict", "--full-refresh", exit_code=EXIT_FAILED)
+
+
+# ================================================================ files that grow while read
+
+
+def test_a_file_in_many_chunks_of_one_part_is_counted_once_and_its_rejects_keep_their_lines():
+    read = FileRead("new", 1000, "0" * 64)
+    chunks = [
+        stage.parse(
+            "log",
+            FilePart("log_data/big.json", 0, read, first=item == 0),
+            lines(event(item, userId="abc" if item == 3 else "900")),
+            item + 1,
+            Limits(),
+        )
+        for item in range(10)
+    ]
+    part = stage.shape("log", 0, 0, True, chunks, [])
+    assert [(f.path, f.first, f.records, f.accepted, f.rejected) for f in part.files] == [
+        ("log_data/big.json", True, 10, 9, 1)
+    ]
+    [reject] = list(csv.reader(io.StringIO(part.copies["stage_rejects"].decode())))
+    assert reject == [
+        "log_data/big.json",
+        "4",
+        "userId is not numeric",
+        line(event(3, userId="abc")).decode(),
+    ]
+
+
+def test_a_file_appended_to_after_it_was_hashed_is_read_as_it_was_then(tmp_path):
+    before = lines(*(event(i) for i in range(3000)))  # about 1 MB: parts of 100 kB
+    path = write(tmp_path, "log_data/big.json", before)
+    task = FileTask("log_data/big.json", str(path), len(before), 0, None)
+    parts = stage.prepare(Batch("log", (task,)), 0, Limits(log_batch_bytes=100_000))
+
+    first = next(parts)  # the file is hashed, its first part read
+    with path.open("ab") as file:
+        file.write(lines(*(event(i) for i in range(3000, 4000))))
+    files = [f for part in [first, *parts] for f in part.files]
+    assert sum(f.records for f in files) == sum(f.accepted for f in files) == 3000
+    assert [f.first for f in files] == [True] + [False] * (len(files) - 1)
+    assert {(f.read.size, f.read.sha256) for f in files} == {
+        (len(before), hashlib.sha256(before).hexdigest())
+    }
+
+
+def test_a_log_growing_while_etl_reads_it_in_parts_is_counted_once_and_reloaded_next_run(data):
+    path = write(data, "log_data/2018/12/growing.json", lines(*(event(i) for i in range(6000))))
+    stop = threading.Event()
+
+    def append() -> None:  # until etl.py has ended: lines always come after it opened the file
+        item = 6000
+        with path.open("ab", buffering=0) as file:
+            while not stop.is_set():
+                file.write(lines(*(event(i) for i in range(item, item + 10))))
+                item += 10
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        summary = parse_summary(run_etl(data, "--batch-mb", "1").stdout)
+    finally:
+        stop.set()
+        writer.join()
+    read = manifest()["log_data/2018/12/growing.json"]
+    final = path.read_bytes().count(b"\n")
+    assert 6000 <= read.records < final
+    # what it held when opened, a last line perhaps cut short by a write under way
+    assert read.records == read.loaded + read.rejected and read.rejected <= 1
+    assert summary.records["log"] == Counts(
+        BASE_LOG_RECORDS + read.records,
+        BASE["songplays"] + read.loaded,
+        BASE_SKIPPED,
+        rejected=read.rejected,
+    )
+    assert summary.reconciled["log"]
+    assert summary.checks == CHECKS_PASSED  # songplays per file match the manifest among them
+
+    again = parse_summary(run_etl(data, "--batch-mb", "1").stdout)
+    assert again.files["log"] == {"unchanged": 2, "changed": 1}
+    assert manifest()["log_data/2018/12/growing.json"] == Counts(final, final)
+    assert crafted_items() == list(range(final))
+    assert again.checks == CHECKS_PASSED
+
+
+# ================================================================ reading, by parts
+
+
+def test_a_big_file_is_read_in_line_aligned_parts_whatever_its_encoding_or_compression(tmp_path):
+    text = lines(*(event(i, location="Łódź ☃") for i in range(6000)))  # 2.3 MB
+    longest = max(len(raw) + 1 for raw in text.splitlines())
+    part_bytes = 1 << 20
+    for name, encode in ENCODINGS.items():
+        for gzipped in (False, True):
+            content = encode(text)
+            on_disk = gzip.compress(content, mtime=0) if gzipped else content
+            path = write(tmp_path, f"{name}{'.gz' if gzipped else ''}", on_disk)
+            task = FileTask(path.name, str(path), len(on_disk), 0, None)
+            read, contents = extract.read_file(task, part_bytes)
+            parts = list(contents)
+            assert b"".join(parts) == text, (name, gzipped)
+            assert all(p.endswith(b"\n") and len(p) < part_bytes + longest for p in parts)
+            assert len(parts) == 3, (name, gzipped)
+            assert (read.size, read.sha256) == (len(on_disk), hashlib.sha256(on_disk).hexdigest())
+            assert read.encoding == name.split()[0]
+
+
+def before_its_last_line(part: bytes) -> int:
+    """How many bytes of a part come before its last line."""
+    return part.removesuffix(b"\n").rfind(b"\n") + 1
+
+
+@hypothesis_settings(PROPERTY, max_examples=60)
+@given(
+    n=st.integers(0, 40),
+    part_bytes=st.integers(1, 3000),
+    encoding=st.sampled_from(list(ENCODINGS)),
+    gzipped=st.booleans(),
+    newline_at_the_end=st.booleans(),
+)
+def test_a_file_is_read_as_its_utf8_text_in_line_aligned_parts(
+    n, part_bytes, encoding, gzipped, newline_at_the_end
+):
+    text = lines(*(event(i, location="Zürich") for i in range(n)))
+    text = text if newline_at_the_end else text.removesuffix(b"\n")
+    content = ENCODINGS[encoding](text)
+    on_disk = gzip.compress(content, mtime=0) if gzipped else content
+    with tempfile.TemporaryDirectory() as folder:
+        path = write(Path(folder), "x.json.gz" if gzipped else "x.json", on_disk)
+        read, contents = extract.read_file(FileTask("x", str(path), 0, 0, None), part_bytes)
+        parts = list(contents)
+    assert b"".join(parts) == text
+    assert all(p.endswith(b"\n") for p in parts[:-1])
+    assert all(before_its_last_line(p) < part_bytes for p in parts)  # it ends at the first chance
+    assert read.status == "new" and read.sha256 == hashlib.sha256(on_disk).hexdigest()
+
+
+# ================================================================ encodings
+
+
+def test_a_byte_order_mark_costs_no_record_and_utf16_or_utf32_loads_like_utf8(data):
+    for n, (name, encode) in enumerate(ENCODINGS.items()):
+        plays = lines(event(2 * n), event(2 * n + 1, location="Zürich"))
+        write(data, f"log_data/2018/12/{name}.json", encode(plays))
+        write(data, f"song_data/Z/{name}.json", encode(json.dumps(song(n), indent=2).encode()))
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert summary.rejected is None
+    assert crafted_items() == list(range(2 * len(ENCODINGS)))
+    assert query(
+        "SELECT item_in_session, location FROM songplays WHERE user_id = %s AND location <> %s "
+        "ORDER BY 1",
+        (USER, "London"),
+    ) == [(2 * n + 1, "Zürich") for n in range(len(ENCODINGS))]
+    n = len(ENCODINGS)
+    assert counts() == plus(songplays=2 * n, users=1, time=2 * n, songs=n, artists=1)
+
+
+def test_a_line_that_is_not_valid_utf16_is_rejected_alone(data):
+    def utf16(text: str) -> bytes:
+        return text.encode("utf-16-le", "surrogatepass")
+
+    content = (
+        codecs.BOM_UTF16_LE
+        + utf16(lines(event(0)).decode())
+        + utf16('{"ts": "\ud800"}\n')  # half a surrogate pair
+        + utf16(lines(event(2)).decode())
+        + b"{"  # a last odd byte: no UTF-16 character
+    )
+    write(data, "log_data/2018/12/u16.json", content)
+
+    parse_summary(run_etl(data).stdout)
+    assert [r[:3] for r in rejects(last_run())] == [
+        ("log_data/2018/12/u16.json", 2, "not valid UTF-16"),
+        ("log_data/2018/12/u16.json", 4, "not valid UTF-16"),
+    ]
+    assert crafted_items() == [0, 2]
+
+
+# ================================================================ the summary, the arguments
+
+
+def test_rows_a_run_takes_away_are_a_negative_number_in_the_summary(data):
+    path = write(data, "log_data/2018/12/s.json", lines(*(event(i) for i in range(5))))
+    run_etl(data)
+    path.write_bytes(lines(event(0), event(1)))
+
+    done = run_etl(data)
+    summary = parse_summary(done.stdout)
+    assert summary.rows["songplays"] == (-3, BASE["songplays"] + 2)
+    assert summary.rows["time"] == (-3, BASE["time"] + 2)
+    assert f"songplays -3 (= {BASE['songplays'] + 2})" in done.stdout
+
+
+def test_data_naming_a_file_says_it_is_not_a_folder(tmp_path):
+    path = write(tmp_path, "events.json", lines(event(0)))
+    done = run_etl(path, exit_code=EXIT_ENVIRONMENT)
+    assert done.stderr == (
+        f"error: data folder {path} is not a folder: choose the folder that holds song_data/ "
+        "and log_data/ with --data\n"
+    )
+
+
+def test_jobs_beyond_four_per_cpu_are_refused_and_help_says_so(tmp_path):
+    bound = etl_module.MAX_JOBS
+    done = run_etl(tmp_path, "--jobs", str(bound + 1), exit_code=EXIT_BAD_ARGUMENTS)
+    assert f"argument --jobs: {bound + 1} is more than {bound} (4 per CPU of this machine)" in (
+        done.stderr
+    )
+    help_text = " ".join(run_script("etl.py", "--help").stdout.split())
+    assert f"0 to {bound} (4 per CPU), and never more than there are batches" in help_text
