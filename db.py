@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
@@ -62,6 +62,7 @@ UNREADABLE = {
     "IPv6 host address": "an unclosed or empty [IPv6] host",
     "unexpected character": "an unexpected character after the host name",
 }
+NOT_UTF8 = "a %-escape that makes a value no UTF-8 text (write '%' itself as %25)"
 PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+")
 MISSING = re.compile(r'\b(role|database) ".*" does not exist')
 # SQLSTATEs after which the server has closed the session (class 08: connection exception;
@@ -102,23 +103,18 @@ class Settings:
 
     @property
     def secrets(self) -> frozenset[str]:
-        """Every text a message must not show: each password as written in url, as libpq reads
-        it and percent-encoded, PGPASSWORD, and url whole when libpq cannot read it (any part of
-        it may be the password); those shorter than MASKED_FROM left out."""
-        texts = [self.pgpassword]
+        """Every text a message must not show: each password as libpq reads it (from url or
+        PGPASSWORD) and percent-encoded, as written in url, and url whole when libpq cannot read
+        it (any part of it may be the password); those shorter than MASKED_FROM left out."""
+        read, written = [self.pgpassword], []
         if self.url:
             try:
-                texts += [self.url_options.get(option) for option in SECRET_OPTIONS]
+                read += [self.url_options.get(option) for option in SECRET_OPTIONS]
             except DatabaseError:
-                texts.append(self.url)
-            texts += written_passwords(self.url)
-        return frozenset(
-            form
-            for text in texts
-            if text
-            for form in (text, unquote(text), quote(text, safe=""))
-            if len(form) >= MASKED_FROM
-        )
+                written.append(self.url)
+            written += written_passwords(self.url)
+        texts = [*written, *read, *(quote(text, safe="") for text in read if text)]
+        return frozenset(text for text in texts if text and len(text) >= MASKED_FROM)
 
     def describe(self) -> str:
         """Where we connect, for messages: built from what libpq reads, never from url's text,
@@ -153,16 +149,16 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
             )
     try:
         return parse_dsn(text)
+    except UnicodeDecodeError:  # libpq read it, but a %-escape made a value that is not UTF-8
+        reason = NOT_UTF8
     except psycopg2.ProgrammingError as exc:
         reason = next((ours for theirs, ours in UNREADABLE.items() if theirs in str(exc)), None)
-        what = (
-            f"it has {reason}"
-            if reason
-            else "write it as postgresql://user:password@host:port/database or as key=value pairs"
-        )
-        raise DatabaseError(
-            f"{source} is not a connection string libpq can read: {what}; {HIDDEN}"
-        ) from None
+    what = (
+        f"it has {reason}"
+        if reason
+        else "write it as postgresql://user:password@host:port/database or as key=value pairs"
+    )
+    raise DatabaseError(f"{source} is not a connection string libpq can read: {what}; {HIDDEN}")
 
 
 def written_passwords(url: str) -> list[str]:
