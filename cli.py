@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Collection
 
-import psycopg2
-
-EXIT_ENVIRONMENT, EXIT_LOCKED = 3, 4
+EXIT_ENVIRONMENT, EXIT_LOCKED, EXIT_BUG = 3, 4, 1
+MASK = "***"
 
 
 class UserError(Exception):
@@ -22,18 +22,27 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def run_command(action: Callable[[], int]) -> int:
-    """Run a script's work and return its exit code."""
+def masked(text: str, secrets: Collection[str]) -> str:
+    """The text with every occurrence of each secret replaced by ***, the longest first (so a
+    secret holding another is masked whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def run_command(action: Callable[[], int], secrets: Collection[str] = ()) -> int:
+    """Run a script's work and return its exit code. Every message it ends with goes out here,
+    with the secrets masked: a UserError as one line, anything else (a bug) as its traceback."""
     try:
         return action()
     except UserError as exc:
-        message, code = str(exc), exc.exit_code
-    except psycopg2.Error as exc:
-        message, code = f"the database refused: {first_line(exc)}", EXIT_ENVIRONMENT
+        message, code = f"error: {exc}", exc.exit_code
     except BrokenPipeError:
         sys.stderr.close()  # output piped into `head`, say: nothing left to say
         return 0
-    print(f"error: {message}", file=sys.stderr)
+    except Exception:
+        message, code = traceback.format_exc().rstrip("\n"), EXIT_BUG
+    print(masked(message, secrets), file=sys.stderr)
     return code
 
 

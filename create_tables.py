@@ -15,7 +15,6 @@ import sys
 import psycopg2.errors
 from psycopg2 import sql as pgsql
 
-import cli
 import db
 import sql_queries as sql
 
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    return cli.run_command(lambda: create_tables(settings))
+    return db.run_command(settings, lambda: create_tables(settings))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import psycopg2
+from psycopg2.extensions import make_dsn, parse_dsn
 
+import cli
 import embedded
 import sql_queries as sql
-from cli import EXIT_ENVIRONMENT, EXIT_LOCKED, UserError, first_line, run_command
+from cli import EXIT_ENVIRONMENT, EXIT_LOCKED, MASK, UserError, first_line
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DATABASE = "sparkifydb"
@@ -37,13 +41,45 @@ class LockedError(UserError):
     exit_code = EXIT_LOCKED
 
 
+SECRET_OPTIONS = ("password", "sslpassword")
+URL_SCHEMES = ("postgresql://", "postgres://")
+# Shorter secrets are not masked inside other text: masking a one-letter password would garble
+# every message, and no message is built from a password anyway (describe, connect).
+MASKED_FROM = 4
+HIDDEN = "its text is not shown, as it may hold a password"
+# libpq's reasons for a connection string it cannot read quote the text around the problem,
+# which may be the password: we say what kind of problem it is in our own words.
+UNREADABLE = {
+    'missing "=" after': "a word without '=' (a URL starts with postgresql://; in key=value "
+    "form a value holding spaces goes in single quotes)",
+    "unterminated quoted string": "a quoted value that is not closed",
+    "invalid connection option": "an option name libpq does not know",
+    "invalid percent-encoded token": "a '%' not followed by two hex digits (write '%' itself "
+    "as %25)",
+    "forbidden value %00": "%00 in a value",
+    "URI query parameter": "a parameter that is not one key=value (inside a value write '&' "
+    "as %26 and '=' as %3D)",
+    "IPv6 host address": "an unclosed or empty [IPv6] host",
+    "unexpected character": "an unexpected character after the host name",
+}
+NOT_UTF8 = "a %-escape that makes a value no UTF-8 text (write '%' itself as %25)"
+PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+")
+MISSING = re.compile(r'\b(role|database) ".*" does not exist')
+# SQLSTATEs after which the server has closed the session (class 08: connection exception;
+# 57P01-57P05: terminated by an administrator, a crash, a restart, a dropped database, an idle
+# session timeout; 25P03: idle in transaction too long).
+SESSION_ENDED = ("08", "57P0", "25P03")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Connection settings read once from the environment (and the command line)."""
 
-    url: str | None
+    url: str | None = dataclasses.field(repr=False)  # as given: it may hold a password
     libpq_env: bool
     pgdata: Path
+    source: str = "--database-url"  # where url came from, for messages
+    pgpassword: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, url: str | None = None) -> Settings:
@@ -52,16 +88,42 @@ class Settings:
             url=url or env.get("DATABASE_URL") or None,
             libpq_env=any(env.get(k) for k in ("PGHOST", "PGHOSTADDR", "PGSERVICE")),
             pgdata=Path(env.get("SPARKIFY_PGDATA") or PROJECT_DIR / ".pgdata").resolve(),
+            source="--database-url" if url else "DATABASE_URL",
+            pgpassword=env.get("PGPASSWORD"),
         )
 
     @property
     def embedded(self) -> bool:
         return not (self.url or self.libpq_env)
 
-    def describe(self) -> str:
-        """Where we connect, for messages: never includes a password."""
+    @functools.cached_property
+    def url_options(self) -> dict[str, str]:
+        """libpq's reading of url, or a DatabaseError that does not show it."""
+        return read_connection_string(self.url, self.source)
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Every text a message must not show: each password as libpq reads it (from url or
+        PGPASSWORD) and percent-encoded, as written in url, and url whole when libpq cannot read
+        it (any part of it may be the password); those shorter than MASKED_FROM left out."""
+        read, written = [self.pgpassword], []
         if self.url:
-            return redact(self.url)
+            try:
+                read += [self.url_options.get(option) for option in SECRET_OPTIONS]
+            except DatabaseError:
+                written.append(self.url)
+            written += written_passwords(self.url)
+        texts = [*written, *read, *(quote(text, safe="") for text in read if text)]
+        return frozenset(text for text in texts if text and len(text) >= MASKED_FROM)
+
+    def describe(self) -> str:
+        """Where we connect, for messages: built from what libpq reads, never from url's text,
+        so no password shows, whatever its characters."""
+        if self.url:
+            try:
+                return redacted_url(self.url_options)
+            except DatabaseError:
+                return f"the server {self.source} names"
         if self.libpq_env:
             return "the server named by the PG* environment variables"
         where = (
@@ -72,45 +134,86 @@ class Settings:
         return f"the embedded server in {where}"
 
 
-def redact(url: str) -> str:
-    """Hide the password of a connection URL (in its user part or its query), or of a libpq
-    key=value connection string."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    parts = urlsplit(url)
-    parts = parts._replace(query=re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query))
-    if parts.password is not None:
-        user = (parts.username or "") + ":***"
-        parts = parts._replace(netloc=f"{user}@{parts.netloc.rsplit('@', 1)[-1]}")
-    return urlunsplit(parts)
+def read_connection_string(text: str, source: str) -> dict[str, str]:
+    """The options libpq reads in a postgresql:// URL or a key=value string. Refused, without
+    showing the text: what libpq cannot read, and a URL with an '@' libpq would not take for
+    the end of the password (it takes the first '@', or none after a '/'), which would put the
+    rest of the password in the host name, where messages show it."""
+    if text.startswith(URL_SCHEMES):
+        before, at, after = text.split("://", 1)[1].partition("@")
+        if at and ("@" in after or "/" in before):
+            raise DatabaseError(
+                f"{source} has an '@' that libpq would not read as the end of the password "
+                "(another '@' or a '/' comes before it): in a URL write '@' as %40 and '/' as "
+                f"%2F in the user name, the password and parameter values; {HIDDEN}"
+            )
+    try:
+        return parse_dsn(text)
+    except UnicodeDecodeError:  # libpq read it, but a %-escape made a value that is not UTF-8
+        reason = NOT_UTF8
+    except psycopg2.ProgrammingError as exc:
+        reason = next((ours for theirs, ours in UNREADABLE.items() if theirs in str(exc)), None)
+    what = (
+        f"it has {reason}"
+        if reason
+        else "write it as postgresql://user:password@host:port/database or as key=value pairs"
+    )
+    raise DatabaseError(f"{source} is not a connection string libpq can read: {what}; {HIDDEN}")
 
 
-def dsn(settings: Settings, dbname: str | None = None) -> str:
-    """A libpq connection string (nothing is started: see connect)."""
+def written_passwords(url: str) -> list[str]:
+    """The passwords of a postgresql:// URL as written (percent-encoded or not): after the ':'
+    of its user part, and as password= parameters."""
+    if not url.startswith(URL_SCHEMES):
+        return []
+    rest = url.split("://", 1)[1]
+    user_part = re.match(r"[^@/]*(?=@)", rest)
+    found = re.findall(r"[?&](?:ssl)?password=([^&]*)", rest)
+    if user_part and ":" in user_part[0]:
+        found.append(user_part[0].split(":", 1)[1])
+    return found
+
+
+def as_url(options: dict[str, str], scheme: str = "postgresql") -> str:
+    """The options as a URL that libpq and SQLAlchemy read back the same: user and password in
+    its user part, one plain host name and its port in its host part, the database as its path,
+    every other option (a socket folder, a list of hosts...) as a parameter."""
+    rest = dict(options)
+    user, password = rest.pop("user", ""), rest.pop("password", None)
+    user_part = quote(user, safe="") + ("" if password is None else f":{quote(password, safe='*')}")
+    netloc = f"{user_part}@" if user_part else ""
+    if PLAIN_HOST.fullmatch(rest.get("host", "")) and rest.get("port", "0").isdigit():
+        netloc += rest.pop("host") + (f":{rest.pop('port')}" if "port" in rest else "")
+    path = f"/{quote(rest.pop('dbname'), safe='')}" if "dbname" in rest else ""
+    query = "&".join(f"{key}={quote(value, safe='/,:*')}" for key, value in rest.items())
+    return f"{scheme}://{netloc}{path}{f'?{query}' if query else ''}"
+
+
+def redacted_url(options: dict[str, str]) -> str:
+    """as_url with every secret shown as ***."""
+    return as_url({k: MASK if k in SECRET_OPTIONS else v for k, v in options.items()})
+
+
+def options(settings: Settings, dbname: str | None = None) -> dict[str, str]:
+    """The libpq options to connect with (nothing is started: see connect); a DatabaseError when
+    the URL cannot be read."""
     if settings.url:
-        if dbname is None:
-            return settings.url
-        return urlunsplit(urlsplit(settings.url)._replace(path=f"/{dbname}"))
+        return {**settings.url_options, **({"dbname": dbname} if dbname else {})}
     if settings.libpq_env:
         if dbname or not os.environ.get("PGDATABASE"):
-            return f"dbname={dbname or DATABASE}"
-        return ""
-    return (
-        f"host={embedded.socket_of(settings.pgdata)} port={embedded.PORT} "
-        f"user={embedded.SUPERUSER} dbname={dbname or DATABASE}"
-    )
+            return {"dbname": dbname or DATABASE}
+        return {}
+    return {
+        "host": str(embedded.socket_of(settings.pgdata)),
+        "port": str(embedded.PORT),
+        "user": embedded.SUPERUSER,
+        "dbname": dbname or DATABASE,
+    }
 
 
 def sqlalchemy_url(settings: Settings) -> str:
     """The same database as a SQLAlchemy URL, for jupysql's %sql in the notebooks."""
-    if settings.url:
-        return "postgresql+psycopg2://" + settings.url.split("://", 1)[1]
-    if settings.libpq_env:
-        return "postgresql+psycopg2://"
-    return (
-        f"postgresql+psycopg2://{embedded.SUPERUSER}@/{DATABASE}"
-        f"?host={embedded.socket_of(settings.pgdata)}&port={embedded.PORT}"
-    )
+    return as_url(options(settings), "postgresql+psycopg2")
 
 
 def start_embedded(settings: Settings) -> None:
@@ -119,24 +222,78 @@ def start_embedded(settings: Settings) -> None:
         embedded.start(settings.pgdata)
 
 
-def connect(settings: Settings, dbname: str | None = None, **kwargs):
+def connect(settings: Settings, dbname: str | None = None):
     """A psycopg2 connection (starting the embedded server when it is the one to use), or a
-    DatabaseError whose message names the server without secrets."""
+    DatabaseError whose message names the server without secrets. libpq gets the options, never
+    the text of the URL, so its messages cannot quote that either."""
     start_embedded(settings)
+    target = options(settings, dbname)
     try:
-        return psycopg2.connect(
-            dsn(settings, dbname), application_name=Path(sys.argv[0]).name, **kwargs
-        )
+        return psycopg2.connect(**{**target, "application_name": Path(sys.argv[0]).name})
     except psycopg2.OperationalError as exc:
-        first = first_line(exc)
-        if getattr(exc, "pgcode", None) == "3D000" or "does not exist" in first:
-            todo = (
-                "run `python create_tables.py` first"
-                if settings.embedded
-                else "create it first (e.g. `createdb`): only the embedded server's is made for you"
-            )
-            raise DatabaseError(f"{first} on {settings.describe()}: {todo}") from None
-        raise DatabaseError(f"cannot connect to {settings.describe()}: {first}") from None
+        raise connect_error(exc, settings) from None
+
+
+def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> DatabaseError:
+    """What a failed connection attempt tells the user: a missing database or role by name (the
+    server reports either as FATAL ... does not exist), anything else as libpq says it."""
+    first = first_line(exc)
+    missing = MISSING.search(first)
+    if missing is None:
+        return DatabaseError(f"cannot connect to {settings.describe()}: {first}")
+    if missing[1] == "role":
+        todo = "connect as a role that exists there, or create this one (e.g. `createuser`)"
+    elif settings.embedded:
+        todo = "run `python create_tables.py` first"
+    else:
+        todo = "create it first (e.g. `createdb`): only the embedded server's is made for you"
+    return DatabaseError(f"{missing[0]} on {settings.describe()}: {todo}")
+
+
+def run_command(settings: Settings, action: Callable[[], int]) -> int:
+    """cli.run_command for a script that works on the database of settings: a database error
+    says what happened on which server, and no message shows a secret of the settings."""
+
+    def on_the_database() -> int:
+        try:
+            return action()
+        except psycopg2.Error as exc:
+            raise database_error(exc, settings) from None
+
+    return cli.run_command(on_the_database, settings.secrets)
+
+
+def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
+    """A database error after connecting: a lost connection says so (a rolled-back transaction
+    loses nothing committed: the next run resumes), anything else is a refusal."""
+    if not lost_connection(exc):
+        return DatabaseError(f"the database refused: {first_line(exc)}")
+    reason = first_line(first_cause(exc))
+    return DatabaseError(
+        f"the connection to {settings.describe()} was lost ({reason}): what was committed stays "
+        "(a load commits each batch whole), the rest was rolled back; run the command again to "
+        "resume"
+    )
+
+
+def first_cause(exc: BaseException) -> BaseException:
+    """The earliest database error in exc's chain: what happened, rather than the rollback that
+    then found the connection closed."""
+    found = exc
+    while (exc := exc.__cause__ or exc.__context__) is not None:
+        if isinstance(exc, psycopg2.Error):
+            found = exc
+    return found
+
+
+def lost_connection(exc: psycopg2.Error) -> bool:
+    """Whether the session is gone: psycopg2 found the connection closed, libpq lost it (an
+    error without SQLSTATE), or the server ended it."""
+    if isinstance(exc, psycopg2.InterfaceError):
+        return first_line(exc) == "connection already closed"
+    return isinstance(exc, psycopg2.OperationalError) and (
+        exc.pgcode is None or exc.pgcode.startswith(SESSION_ENDED)
+    )
 
 
 def acquire_lock(conn) -> None:
@@ -193,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = Settings.from_env(args.database_url)
-    return run_command(lambda: _command(args.command, settings))
+    return run_command(settings, lambda: _command(args.command, settings))
 
 
 def _command(command: str, settings: Settings) -> int:
@@ -209,17 +366,15 @@ def _command(command: str, settings: Settings) -> int:
         print(f"running (pid {running[0]}, socket in {running[1]})" if running else "not running")
         return 0 if running else EXIT_ENVIRONMENT
     elif command == "url":
-        print(redact(dsn(settings)) if settings.url else dsn(settings))
+        print(redacted_url(options(settings)))
     else:
         connect(settings).close()  # a clear one-line error rather than psql's
-        target, env = dsn(settings), dict(os.environ)
-        parts = urlsplit(target) if settings.url else None
-        if parts and parts.password is not None:  # argv is readable by every local user
-            env["PGPASSWORD"] = unquote(parts.password)
-            user, host = parts.netloc.rsplit("@", 1)
-            target = urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}"))
+        target, env = options(settings), dict(os.environ)
+        if "password" in target:  # argv is readable by every local user: the environment is not
+            env["PGPASSWORD"] = target["password"]
+        shown = {k: v for k, v in target.items() if k not in SECRET_OPTIONS}
         psql = embedded.pg_bin("psql")
-        os.execve(psql, [psql, target] if target else [psql], env)
+        os.execve(psql, [psql, make_dsn(**shown)] if shown else [psql], env)
     return 0
 
 

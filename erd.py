@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    return cli.run_command(lambda: report(settings, args.out))
+    return db.run_command(settings, lambda: report(settings, args.out))
 
 
 def report(settings: db.Settings, out_dir: Path) -> int:

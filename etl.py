@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     limits = Limits(log_batch_bytes=args.batch_mb << 20)
-    return cli.run_command(
+    return db.run_command(
+        settings,
         lambda: run(
             settings,
             args.data,
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs=args.jobs,
             limits=limits,
             progress=False if args.no_progress else None,
-        ).exit_code(args.strict)
+        ).exit_code(args.strict),
     )
 
 

@@ -10,19 +10,25 @@ import db
 import embedded
 
 
-def test_redact_hides_only_the_password():
+def describe(url: str) -> str:
+    return db.Settings(url=url, libpq_env=False, pgdata=Path(".")).describe()
+
+
+def test_describe_rebuilds_the_url_from_what_libpq_reads_with_every_password_as_stars():
     assert (
-        db.redact("postgresql://me:s3cret@host:5432/x?sslmode=require")
+        describe("postgresql://me:s3cret@host:5432/x?sslmode=require")
         == "postgresql://me:***@host:5432/x?sslmode=require"
     )
-    assert db.redact("postgresql://me@host/x") == "postgresql://me@host/x"
+    assert describe("postgresql://me@host/x") == "postgresql://me@host/x"
     assert (
-        db.redact("postgresql://host/x?sslmode=require&password=s3cret")
-        == "postgresql://host/x?sslmode=require&password=***"
+        describe("postgresql://host/x?sslmode=require&password=s3cret")
+        == "postgresql://:***@host/x?sslmode=require"
     )
-    assert db.redact("host=h password=s3cret dbname=x") == "host=h password=*** dbname=x"
+    assert describe("host=h password=s3cret dbname=x") == "postgresql://:***@h/x"
+    assert describe("host=h password = 'it\\'s s3cret' dbname=x") == "postgresql://:***@h/x"
     assert (
-        db.redact("host=h password = 'it\\'s s3cret' dbname=x") == "host=h password = *** dbname=x"
+        describe("postgres://me:p@h1,h2:5/x?sslpassword=k3y")
+        == "postgresql://me:***@/x?host=h1,h2&port=,5&sslpassword=***"
     )
 
 
@@ -34,14 +40,20 @@ def test_settings_prefer_the_command_line_then_database_url_then_pg_variables(mo
     monkeypatch.delenv("DATABASE_URL")
     settings = db.Settings.from_env()
     assert (settings.url, settings.libpq_env, settings.embedded) == (None, True, False)
-    assert db.dsn(settings) == f"dbname={db.DATABASE}"
+    assert db.options(settings) == {"dbname": db.DATABASE}
     monkeypatch.delenv("PGHOST")
     assert db.Settings.from_env().embedded
 
 
 def test_urls_keep_the_database_and_the_password_out_of_messages():
     settings = db.Settings(url="postgresql://me:pw@h:1/mine", libpq_env=False, pgdata=Path("."))
-    assert db.dsn(settings, "postgres") == "postgresql://me:pw@h:1/postgres"
+    assert db.options(settings, "postgres") == {
+        "user": "me",
+        "password": "pw",
+        "host": "h",
+        "port": "1",
+        "dbname": "postgres",
+    }
     assert db.sqlalchemy_url(settings) == "postgresql+psycopg2://me:pw@h:1/mine"
     assert settings.describe() == "postgresql://me:***@h:1/mine"
 
@@ -51,7 +63,7 @@ def test_embedded_server_is_reached_through_the_socket_directory_it_runs_with():
     settings = db.Settings.from_env()
     if not settings.embedded:
         pytest.skip("DATABASE_URL is set: no embedded server in this run")
-    target = dict(part.split("=", 1) for part in db.dsn(settings).split())
+    target = db.options(settings)
     assert Path(target["host"]) == embedded.running(settings.pgdata)[1]
     assert (target["port"], target["user"], target["dbname"]) == (
         str(embedded.PORT),

@@ -1,0 +1,525 @@
+"""Secrets: no output, message or table ever shows a password, whatever its characters and however
+the URL or key=value string around it is written, well or badly; a connection string libpq cannot
+read is refused in our words, without quoting it.
+
+Passwords are generated from every printable character and put through every form of connection
+string: in-process through the functions every script ends in (Settings.describe, connect and the
+exit point, each script's main), many examples; then a seeded handful through the real scripts,
+as a user runs them. A password shorter than 4 characters is not masked inside other text (a
+message would lose every 'e'), so for those the property is that the message is exactly the one
+any password gets: nothing is built from it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import re
+import string
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+import pytest
+from builders import BASE, Watcher, base_sample, etl, one_error_line
+from conftest import PROJECT, counts, query, run_script
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+from sqlalchemy.engine import make_url
+from summary import parse_summary
+from test_errors_and_security import embedded_socket_dir
+
+import cli
+import create_tables
+import db
+import embedded
+import etl as etl_script
+import sql_queries
+from cli import EXIT_ENVIRONMENT
+from report import EXIT_OK
+
+PROPERTY = hypothesis_settings(
+    derandomize=True,
+    deadline=None,
+    print_blob=False,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+MASKED_FROM = 4
+PRINTABLE = string.printable
+NO_WHITESPACE = "".join(c for c in string.printable if c not in string.whitespace)
+REFUSED = 'connection to server at "127.0.0.1", port 1 failed: Connection refused'
+NO_SOCKET = (
+    'connection to server on socket "/nonexistent/.s.PGSQL.1" failed: No such file or directory'
+)
+SERVER_CLOSED = "server closed the connection unexpectedly"
+HIDDEN = "its text is not shown, as it may hold a password"
+UNREADABLE = (
+    f"error: --database-url is not a connection string libpq can read: it has {{}}; {HIDDEN}"
+)
+MISREAD_AT = (
+    "error: --database-url has an '@' that libpq would not read as the end of the password "
+    "(another '@' or a '/' comes before it): in a URL write '@' as %40 and '/' as %2F in the "
+    f"user name, the password and parameter values; {HIDDEN}"
+)
+WORD_WITHOUT_EQUALS = (
+    "a word without '=' (a URL starts with postgresql://; in key=value form a value holding "
+    "spaces goes in single quotes)"
+)
+# Every refusal of a connection string, word for word: no part of the string is in any of them.
+REFUSALS = {
+    MISREAD_AT,
+    *(
+        UNREADABLE.format(reason)
+        for reason in (
+            WORD_WITHOUT_EQUALS,
+            "a quoted value that is not closed",
+            "an option name libpq does not know",
+            "a '%' not followed by two hex digits (write '%' itself as %25)",
+            "%00 in a value",
+            "a parameter that is not one key=value (inside a value write '&' as %26 and '=' as "
+            "%3D)",
+            "an unclosed or empty [IPv6] host",
+            "an unexpected character after the host name",
+            "a %-escape that makes a value no UTF-8 text (write '%' itself as %25)",
+        )
+    ),
+    f"error: --database-url is not a connection string libpq can read: write it as "
+    f"postgresql://user:password@host:port/database or as key=value pairs; {HIDDEN}",
+}
+
+
+def encoded(password: str) -> str:
+    return quote(password, safe="")
+
+
+def quoted(password: str) -> str:
+    """A key=value value in single quotes, its quotes and backslashes escaped."""
+    return "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def escaped(password: str) -> str:
+    """A key=value value without quotes: every character escaped with a backslash."""
+    return "".join("\\" + c for c in password)
+
+
+def forms_of(password: str) -> set[str]:
+    """The password as a message might show it: as is and percent-encoded."""
+    return {password, encoded(password)}
+
+
+def shows(text: str, password: str) -> bool:
+    """Whether text shows the password (a masked-length form of it, or the whole of a short one
+    where the rest of the text could not hold it by chance)."""
+    return any(len(form) >= MASKED_FROM and form in text for form in forms_of(password))
+
+
+@dataclass(frozen=True)
+class Form:
+    """A way to write a connection string around a password, and where it points."""
+
+    name: str
+    template: str  # {} is the password, as the form writes it
+    write: Callable[[str], str]  # how the form writes the password
+    shown: str | None = None  # the target as messages show it (well-formed forms)
+    refused: str = REFUSED  # libpq's first line when connecting there
+
+    def url(self, password: str) -> str:
+        return self.template.format(self.write(password))
+
+
+UNREACHABLE_URL = "postgresql://u:***@127.0.0.1:1/d"
+WELL_FORMED = [
+    Form("userinfo", "postgresql://u:{}@127.0.0.1:1/d", encoded, UNREACHABLE_URL),
+    Form("postgres scheme", "postgres://u:{}@127.0.0.1:1/d", encoded, UNREACHABLE_URL),
+    Form(
+        "password parameter", "postgresql://u@127.0.0.1:1/d?password={}", encoded, UNREACHABLE_URL
+    ),
+    Form(
+        "two hosts",
+        "postgresql://u:{}@127.0.0.1:1,127.0.0.1:2/d",
+        encoded,
+        "postgresql://u:***@/d?host=127.0.0.1,127.0.0.1&port=1,2",
+    ),
+    Form(
+        "socket folder",
+        "postgresql://u:{}@/d?host=/nonexistent&port=1",
+        encoded,
+        "postgresql://u:***@/d?host=/nonexistent&port=1",
+        NO_SOCKET,
+    ),
+    Form(
+        "key=value quoted",
+        "host=127.0.0.1 port=1 user=u password={} dbname=d",
+        quoted,
+        UNREACHABLE_URL,
+    ),
+    Form(
+        "key=value spaced",
+        "host=127.0.0.1 port = 1 user=u password = {} dbname=d",
+        quoted,
+        UNREACHABLE_URL,
+    ),
+    Form(
+        "key=value escaped",
+        "host=127.0.0.1 port=1 user=u password={} dbname=d",
+        escaped,
+        UNREACHABLE_URL,
+    ),
+]
+ILL_FORMED = [  # the password as typed, nothing encoded or quoted
+    Form("raw userinfo", "postgresql://u:{}@127.0.0.1:1/d", str),
+    Form("raw parameter", "postgresql://u@127.0.0.1:1/d?password={}", str),
+    Form("no ':' after the scheme", "postgresql//u:{}@127.0.0.1:1/d", str),
+    Form("no '//' after the scheme", "postgresql:u:{}@127.0.0.1:1/d", str),
+    Form("key=value unquoted", "host=127.0.0.1 port=1 user=u password={} dbname=d", str),
+    Form("key=value spaced unquoted", "host=127.0.0.1 port=1 password = {} dbname=d", str),
+    Form("key=value unterminated", "host=127.0.0.1 port=1 password='{} dbname=d", str),
+]
+
+
+def settings_of(url: str) -> db.Settings:
+    return db.Settings(url=url, libpq_env=False, pgdata=Path("."))
+
+
+def in_process(main, *argv: str) -> tuple[int, str, str]:
+    """A script's main with these arguments: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def every_script(url: str) -> list[tuple[int, str, str]]:
+    """etl.py, create_tables.py and `db.py url`, in-process, with --database-url url."""
+    return [
+        in_process(
+            etl_script.main, "--data", str(PROJECT / "data"), "--no-progress", "--database-url", url
+        ),
+        in_process(create_tables.main, "--database-url", url),
+        in_process(db.main, "url", "--database-url", url),
+    ]
+
+
+# ================================================================ generated passwords, in-process
+
+
+@hypothesis_settings(PROPERTY, max_examples=400)
+@given(password=st.text(PRINTABLE, min_size=1), form=st.sampled_from(WELL_FORMED))
+def test_a_well_formed_string_shows_its_target_the_same_whatever_the_password(password, form):
+    """The target is rebuilt from what libpq reads, so it is the same text for every password,
+    and every message is the one any password gets (masking aside, where the password happens to
+    be part of that text); the URL shown and the notebooks' SQLAlchemy URL read back the same."""
+    url = form.url(password)
+    settings = settings_of(url)
+    assert settings.describe() == form.shown
+    assert not shows(repr(settings), password)
+    reading = psycopg2.extensions.parse_dsn(url)
+    assert psycopg2.extensions.parse_dsn(db.as_url(reading)) == reading
+    _, connect_args = PGDialect_psycopg2().create_connect_args(
+        make_url(db.sqlalchemy_url(settings))
+    )
+    assert {k: str(v) for k, v in connect_args.items()} == reading  # the port comes as a number
+    message = f"error: cannot connect to {form.shown}: {form.refused}\n"
+    outputs = every_script(url)
+    assert [code for code, _, _ in outputs] == [EXIT_ENVIRONMENT, EXIT_ENVIRONMENT, 0]
+    url_printed = outputs[2][1]
+    assert url_printed == f"{form.shown}\n"
+    for _, out, err in outputs[:2]:
+        assert out == ""
+        assert not shows(err, password)
+        if not shows(message, password):
+            assert err == message
+
+
+# Passwords of words no output holds by chance (W1234z) between the characters that give a
+# connection string its structure: a string that splits the password leaks a word, which shows.
+WORD = st.integers(1000, 99999).map("W{}z".format)
+PUNCTUATION = st.text(string.punctuation + " ", min_size=1, max_size=2)
+WORDY = st.lists(st.one_of(WORD, PUNCTUATION), min_size=1, max_size=6).map("".join)
+
+
+def words_of(password: str) -> list[str]:
+    return re.findall(r"W\d+z", password)
+
+
+@hypothesis_settings(PROPERTY, max_examples=600)
+@given(
+    password=st.one_of(st.text(PRINTABLE, min_size=1), WORDY),
+    form=st.sampled_from(ILL_FORMED),
+)
+def test_an_ill_formed_string_is_refused_or_read_as_libpq_reads_it_never_shown(password, form):
+    """Typed raw, the password may break the string: it is then refused in words of ours (one of
+    REFUSALS, none quoting it), or read as libpq reads it, the password whole; either way no
+    output shows it, nor any piece of it."""
+    url = form.url(password)
+    assert not shows(repr(settings_of(url)), password)
+    for code, out, err in every_script(url):
+        assert not shows(out + err, password)
+        assert not [word for word in words_of(password) if word in out + err]
+        if code == 0:  # db.py url of a string libpq reads
+            assert out.startswith("postgresql://") and err == ""
+            continue
+        assert code == EXIT_ENVIRONMENT and out == ""
+        line = err.removesuffix("\n")
+        assert "\n" not in line
+        assert line in REFUSALS or line.startswith("error: cannot connect to "), line
+
+
+@hypothesis_settings(PROPERTY, max_examples=200)
+@given(password=st.text(PRINTABLE, min_size=MASKED_FROM), words=st.text(PRINTABLE))
+def test_the_exit_point_masks_every_secret_in_errors_and_in_a_bugs_traceback(password, words):
+    """Belt and braces: whatever a message holds, what leaves run_command has no secret."""
+
+    def refuse() -> int:
+        raise cli.UserError(f"{words}{password} or {encoded(password)}{words}")
+
+    def crash() -> int:
+        raise RuntimeError(f"{words}{password}{words}")
+
+    for action, code in ((refuse, EXIT_ENVIRONMENT), (crash, cli.EXIT_BUG)):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert cli.run_command(action, forms_of(password)) == code
+        assert not shows(err.getvalue(), password)
+
+
+def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreadable_string_whole():
+    assert settings_of("postgresql://u:Tk9%23Qz?w@h/d").secrets == {
+        "Tk9#Qz?w",
+        "Tk9%23Qz%3Fw",
+        "Tk9%23Qz?w",
+    }
+    assert settings_of("host=h password='it\\'s' sslpassword=k3y!").secrets == {
+        "it's",
+        "it%27s",
+        "k3y!",
+        "k3y%21",
+    }
+    unreadable = "host=x password=my secret"
+    assert settings_of(unreadable).secrets == {unreadable}
+    env = db.Settings(url=None, libpq_env=True, pgdata=Path("."), pgpassword="fr0m env")
+    assert env.secrets == {"fr0m env", "fr0m%20env"}
+
+
+# ================================================================ each kind of string, exactly
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u:Pa@ssW0rd@127.0.0.1:1/db", MISREAD_AT),  # libpq: host "ssW0rd@127.0.0.1"
+        ("postgresql://u:4321/Slash9@127.0.0.1/db", MISREAD_AT),  # libpq: host u, port 4321
+        ("postgresql://h/db?user=me@corp", MISREAD_AT),
+        ("postgresql//u:Zs3cr3t@127.0.0.1:1/db", UNREADABLE.format(WORD_WITHOUT_EQUALS)),
+        ("postgresql:u:Ms3cr3t@h/db", UNREADABLE.format(WORD_WITHOUT_EQUALS)),
+        ("host=127.0.0.1 password=my Ksecret dbname=d", UNREADABLE.format(WORD_WITHOUT_EQUALS)),
+        (
+            "host=h password='Unterm1nated dbname=x",
+            UNREADABLE.format("a quoted value that is not closed"),
+        ),
+        ("host=h password=ab Kc=def", UNREADABLE.format("an option name libpq does not know")),
+        (
+            "postgresql://u:Pw%zz9@127.0.0.1:1/db",
+            UNREADABLE.format("a '%' not followed by two hex digits (write '%' itself as %25)"),
+        ),
+        ("postgresql://u:Pw%009@h/db", UNREADABLE.format("%00 in a value")),
+        (
+            "postgresql://u:Pw%809@h/db",
+            UNREADABLE.format(
+                "a %-escape that makes a value no UTF-8 text (write '%' itself as %25)"
+            ),
+        ),
+        (
+            "postgresql://u@h/db?password=Qa&b",
+            UNREADABLE.format(
+                "a parameter that is not one key=value (inside a value write '&' as %26 and '=' "
+                "as %3D)"
+            ),
+        ),
+        ("postgresql://u:Pv6x@[::1/db", UNREADABLE.format("an unclosed or empty [IPv6] host")),
+        (
+            "postgresql://u:Pv6x@[::1]x/db",
+            UNREADABLE.format("an unexpected character after the host name"),
+        ),
+    ],
+)
+def test_a_string_libpq_would_misread_or_cannot_read_is_refused_without_quoting_it(url, message):
+    for code, out, err in every_script(url):
+        assert (code, out, err) == (EXIT_ENVIRONMENT, "", f"{message}\n")
+
+
+def test_a_refusal_names_database_url_when_the_string_came_from_there(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql//u:Zs3cr3t@127.0.0.1:1/db")
+    code, out, err = in_process(db.main, "url")
+    assert (code, out) == (EXIT_ENVIRONMENT, "")
+    assert (
+        err
+        == f"{UNREADABLE.format(WORD_WITHOUT_EQUALS).replace('--database-url', 'DATABASE_URL')}\n"
+    )
+
+
+# ================================================================ the scripts, seeded passwords
+
+RANDOM = random.Random(20240607)
+# Every 4 characters in a row of these are too rare to show by chance: one showing is a piece of
+# the password leaking.
+DISTINCTIVE = [
+    "Kq7v@Zt4m-Pw8x",  # raw in a URL, libpq would take Zt4m-Pw8x@127.0.0.1 for the host
+    "Rn2j/Ls5h?Vb6c#Hd3f:",  # ... and u for the host, Rn2j for the port
+    *("".join(RANDOM.choices(NO_WHITESPACE, k=RANDOM.randint(12, 16))) for _ in range(2)),
+]
+SEEDED = ["Tk9#Qz?w", "p/a@s:s%w?o#r&d=x", 'it\'s "q" \\ back', *DISTINCTIVE]
+
+
+def pieces(password: str) -> set[str]:
+    """The password, percent-encoded too, and for a distinctive one every 4 characters in a row
+    of it."""
+    runs = range(len(password) - MASKED_FROM + 1) if password in DISTINCTIVE else ()
+    return forms_of(password) | {password[i : i + MASKED_FROM] for i in runs}
+
+
+def assert_hidden(done: subprocess.CompletedProcess, password: str) -> None:
+    text = done.stdout + done.stderr
+    shown = {piece for piece in pieces(password) if piece in text}
+    assert not shown, (shown, text)
+
+
+def local_url(password: str, database: str = db.DATABASE) -> str:
+    """The test server, with a password: trust authentication lets any password in."""
+    return (
+        f"postgresql://{embedded.SUPERUSER}:{encoded(password)}@/{database}"
+        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
+    )
+
+
+def local_shown(database: str = db.DATABASE) -> str:
+    return (
+        f"postgresql://{embedded.SUPERUSER}:***@/{database}"
+        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
+    )
+
+
+def every_table_as_text() -> str:
+    return "\n".join(str(query(f"SELECT t::text FROM {table} t")) for table in sql_queries.TABLES)
+
+
+@pytest.mark.parametrize("password", SEEDED)
+def test_scripts_that_connect_with_a_password_show_only_stars_and_store_none(data, password):
+    url = local_url(password)
+    created = run_script("create_tables.py", "--database-url", url)
+    assert created.stdout == f"created tables {', '.join(sql_queries.TABLES)} in {local_shown()}\n"
+    loaded = etl(data, env={"DATABASE_URL": url})
+    assert loaded.stdout.startswith(f"Loaded {data} into {local_shown()} in ")
+    assert parse_summary(loaded.stdout).rows["songplays"] == (BASE["songplays"], BASE["songplays"])
+    printed = run_script("db.py", "url", env={"DATABASE_URL": url})
+    assert printed.stdout == f"{local_shown()}\n"
+    for done in (created, loaded, printed):
+        assert_hidden(done, password)
+    tables = every_table_as_text()
+    assert not [piece for piece in pieces(password) if piece in tables]
+
+
+@pytest.mark.parametrize("password", ["Tk9#Qz?w", *DISTINCTIVE[:3]])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "postgresql://u:{encoded}@127.0.0.1:1/d",
+        "postgresql//u:{encoded}@127.0.0.1:1/d",
+        "postgresql://u:{raw}@127.0.0.1:1/d",
+        "host=127.0.0.1 port=1 user=u password={raw} dbname=d",
+    ],
+    ids=["unreachable", "no ':'", "raw", "key=value raw"],
+)
+def test_every_script_failing_on_a_string_keeps_its_password_hidden(password, template):
+    url = template.format(encoded=encoded(password), raw=password)
+    runs = [
+        run_script("etl.py", "--no-progress", "--database-url", url, check=False, timeout=60),
+        run_script("create_tables.py", env={"DATABASE_URL": url}, check=False, timeout=60),
+        run_script("db.py", "psql", "--database-url", url, check=False, timeout=60),
+    ]
+    for done in runs:
+        assert done.returncode == EXIT_ENVIRONMENT, done
+        one_error_line(done)
+        assert_hidden(done, password)
+
+
+def test_pgpassword_never_shows():
+    password = SEEDED[-1]
+    env = {"PGHOST": "127.0.0.1", "PGPORT": "1", "PGPASSWORD": password}
+    for script in (["etl.py", "--no-progress"], ["create_tables.py"], ["db.py", "psql"]):
+        done = run_script(*script, env=env, check=False, timeout=60)
+        assert one_error_line(done) == (
+            "error: cannot connect to the server named by the PG* environment variables: "
+            'connection to server at "127.0.0.1", port 1 failed: Connection refused'
+        )
+        assert_hidden(done, password)
+
+
+# ================================================================ errors that say what happened
+
+
+def test_a_missing_role_is_named_with_the_server_not_sent_to_createdb(tmp_path):
+    data = base_sample(tmp_path / "data")
+    url = (
+        f"postgresql://no_such_role@/{db.DATABASE}"
+        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
+    )
+    message = one_error_line(etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT))
+    assert message == (
+        f'error: role "no_such_role" does not exist on {url}: connect as a role that exists '
+        "there, or create this one (e.g. `createuser`)"
+    )
+
+
+def test_a_connection_lost_mid_run_says_so_and_the_next_run_resumes(data):
+    """The load's backend is ended while the logs' batch waits to write users, which the test
+    holds locked (the bulk load's set-aside gives up on it first, after its lock timeout): the
+    song batch, committed before, stays; the logs' batch rolls back whole; the next run loads
+    it."""
+    watcher = Watcher()
+    holder = db.connect(db.Settings.from_env())
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE users IN SHARE MODE")  # reads go on, writes wait
+        proc = subprocess.Popen(
+            [sys.executable, "etl.py", "--data", str(data), "--no-progress"],
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pid = watcher.wait(
+            "SELECT max(pid) FROM pg_stat_activity WHERE application_name = 'etl.py' "
+            "AND wait_event_type = 'Lock' AND query LIKE '%UPDATE users%'",
+            lambda pid: pid is not None,
+            proc,
+        )
+        query("SELECT pg_terminate_backend(%s)", (pid,))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        holder.rollback()
+        holder.close()
+        watcher.close()
+    assert (proc.returncode, out) == (EXIT_ENVIRONMENT, "")
+    # libpq says either, as it reads the server's goodbye before the socket closes or not
+    assert err in [
+        f"error: the connection to {db.Settings.from_env().describe()} was lost ({reason}): "
+        "what was committed stays (a load commits each batch whole), the rest was rolled back; "
+        "run the command again to resume\n"
+        for reason in ("terminating connection due to administrator command", SERVER_CLOSED)
+    ]
+    assert counts() == {
+        **dict.fromkeys(BASE, 0),
+        "songs": BASE["songs"],
+        "artists": BASE["artists"],
+    }
+    resumed = parse_summary(etl(data, exit_code=EXIT_OK).stdout)
+    assert counts() == BASE
+    assert resumed.rows["songs"] == (0, BASE["songs"])
