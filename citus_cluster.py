@@ -313,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Start, stop or inspect a local Citus cluster (PostgreSQL 15 + citus): a "
         "coordinator and workers on 127.0.0.1, database sparkifydb.",
-        epilog="exit codes: 0 done (status: all nodes running); 3 a problem, said in one line",
+        epilog="example (a coordinator and two workers, the ETL on them, then stop):\n"
+        "  python citus_cluster.py start --dir /tmp/citus\n"
+        "  DATABASE_URL=$(python citus_cluster.py url) python create_tables.py\n"
+        "  DATABASE_URL=$(python citus_cluster.py url) python etl.py\n"
+        "  python citus_cluster.py stop\n\n"
+        "exit codes: 0 done (status: all nodes running); 3 a problem, said in one line",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "command",

@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Drop and recreate the Sparkify tables (songplays, users, songs, artists, "
         "time and the load manifest, runs and rejects).",
-        epilog="exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load is running",
+        epilog="example (the embedded server, or the one --database-url names):\n"
+        "  python create_tables.py\n\n"
+        "exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load is running",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--database-url",

@@ -335,7 +335,13 @@ def managed_cursor(conn):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Manage the embedded PostgreSQL server, or open psql on the database."
+        description="Manage the embedded PostgreSQL server, or open psql on the database.",
+        epilog="examples:\n"
+        "  python db.py status      # is the embedded server running?\n"
+        "  python db.py url         # where the scripts connect, the password as ***\n"
+        "  python db.py psql        # psql on the database\n\n"
+        "exit codes: 0 done; 2 bad arguments; 3 database problem (status: not running)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "command",

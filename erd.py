@@ -724,8 +724,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the entity-relationship diagram of the Sparkify tables, read from "
         "the live database catalog: DIR/schema.mmd (Mermaid erDiagram source) and "
         "DIR/schema.svg (drawn here, no external tools).",
-        epilog="exit codes: 0 written; 2 bad arguments; 3 database problem (tables missing: "
+        epilog="example (the diagram of the tables create_tables.py made, into /tmp/erd):\n"
+        "  python erd.py --out /tmp/erd\n\n"
+        "exit codes: 0 written; 2 bad arguments; 3 database problem (tables missing: "
         "run `python create_tables.py` first)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--database-url",

@@ -342,10 +342,14 @@ def finish(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Load song_data/ and log_data/ JSON into the Sparkify star schema.",
-        epilog="exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
+        epilog="examples:\n"
+        "  python etl.py                                  # data/ into the embedded server\n"
+        "  python etl.py --data data --strict --no-progress\n\n"
+        "exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
         "reconciliation failed, a key set aside for a bulk load could not be "
         "added back, or --strict and records were rejected; 2 bad arguments; "
         "3 database or data folder problem; 4 another load is running",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--data",

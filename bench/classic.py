@@ -108,7 +108,8 @@ def main(data: str, song_files: str, events: str) -> None:
     cur = conn.cursor()
     cur.execute(create_tables)
     songs = process_data(cur, conn, Path(data, "song_data"), process_song_file, int(song_files))
-    cur.execute(copy_catalogue + "; SELECT count(*) FROM songs")
+    cur.execute(copy_catalogue)
+    cur.execute("SELECT count(*) FROM songs")
     songs_at_lookup = cur.fetchone()[0]
     conn.commit()
     logs = process_data(cur, conn, Path(data, "log_data"), process_log_file, int(events))

@@ -572,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         "alone), the machine's limit (fastest parse + bare COPY), the classic row-at-a-time "
         "pipeline and a peer (dlt loading the same files raw). Prints a Markdown report, saved as "
         "WORKDIR/report.md, every figure in WORKDIR/results.json. See bench/README.md.",
-        epilog="A small day, a minute or two: python bench/run.py --events 100000 --songs 2000 "
-        "--no-peers",
+        epilog="example (a small day, a minute or two): python bench/run.py --events 100000 "
+        "--songs 2000 --no-peers",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for flag, settings, help_text in OPTIONS:
