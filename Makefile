@@ -1,10 +1,11 @@
-# Two commands matter: `make etl` and `make test`. Each sets up what it needs first.
+# Two commands matter: `make etl` and `make test` (`make check`: its fast part). Each sets up
+# what it needs first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.requirements-installed
 
-.PHONY: etl test psql stop bench venv
+.PHONY: etl test check psql stop bench venv
 
 venv: $(READY)
 
@@ -21,6 +22,12 @@ test: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# The fast loop while developing (about a minute): lint, and every test not marked slow.
+check: $(READY)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -m "not slow" -q
 
 psql: $(READY)
 	$(BIN)/python db.py psql

@@ -5,9 +5,12 @@ depend on."""
 
 import json
 
+import pytest
 from conftest import run_script
 
 import sql_queries
+
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
 TIMED = ["create_tables", "full_load", "rerun", "song_stage", "increment", "day_alone"]
 LIMIT = ["parse_songs", "parse_logs", "bare_copy"]

@@ -37,6 +37,8 @@ import db
 import sql_queries
 from report import EXIT_FAILED, EXIT_OK
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 
 def test_first_load_sets_foreign_keys_aside_and_restores_them_as_created(data):
     created = schema_objects()

@@ -28,6 +28,8 @@ from conftest import PROJECT, SAMPLE, query, run_script, schema_objects, table_c
 import citus_cluster
 import sql_queries
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 GENERATED = {"events": 200_000, "songs": 2000}
 
 

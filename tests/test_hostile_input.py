@@ -337,6 +337,7 @@ def run_rejects(run_id: int) -> list[tuple[bytes, int | None, str]]:
     return sorted((unescaped(path), line_, reason) for path, line_, reason, _ in rejects(run_id))
 
 
+@pytest.mark.slow
 @hypothesis_settings(PROPERTY, max_examples=5)
 @given(entries=data_folders())
 def test_every_entry_is_loaded_rejected_or_ignored_and_the_good_files_load_as_alone(entries):

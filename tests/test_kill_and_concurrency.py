@@ -23,6 +23,8 @@ from cli import EXIT_LOCKED
 from extract import FOLDERS
 from report import EXIT_OK
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 MANIFEST_ROWS = "SELECT count(*) FROM load_manifest"
 SONGPLAYS_FOREIGN_KEYS = (
     "SELECT count(*) FROM pg_constraint WHERE conrelid = 'songplays'::regclass AND contype = 'f'"

@@ -57,6 +57,8 @@ import transform
 from load import Part
 from report import EXIT_OK
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 PROPERTY = hypothesis_settings(
     derandomize=True,
     deadline=None,

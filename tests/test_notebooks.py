@@ -15,6 +15,8 @@ import time
 import pytest
 from conftest import PROJECT, run_script
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 nbformat = pytest.importorskip("nbformat", reason="notebook packages missing: run `make venv`")
 nbclient = pytest.importorskip("nbclient", reason="notebook packages missing: run `make venv`")
 manager = pytest.importorskip("jupyter_client.manager")
