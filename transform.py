@@ -228,8 +228,10 @@ def users_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def dedupe_plays(rows: pd.DataFrame) -> pd.DataFrame:
-    """A play is (user, session, item): the first file in path order keeps it."""
-    return rows[~rows.duplicated(PLAY_KEY, keep="first")]
+    """A play is (user, session, item): a file's first line of it stands for the file. Between
+    files the database decides, as it does for files of other batches (sql_queries'
+    settle_queries), and keeps every file's copy."""
+    return rows[~rows.duplicated(["path", *PLAY_KEY], keep="first")]
 
 
 # ================================================================ rendering
