@@ -343,7 +343,7 @@ def differences(incremental: dict, fresh: dict) -> str:
 
 # ================================================================ the property
 
-SEEDS, STEPS = range(4), 10
+SEEDS, STEPS = range(5), 10
 
 
 def sequence(seed: int) -> tuple[random.Random, Folder, list]:
