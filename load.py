@@ -10,6 +10,7 @@ import dataclasses
 import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg2
 import psycopg2.errors
@@ -179,7 +180,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             cur.execute(sql.copies_delete_reloaded)
             cur.execute(sql.reloaded_keys)
             if cur.rowcount:
-                _settle(cur)
+                _settle(cur)  # the copies promoted are other files': in the manifest only
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
         cur.execute(
@@ -198,27 +199,27 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                 if distributed
                 else _merge_plays(cur, sql.PLAYS_KEY not in start.missing, staged)
             )
+        inserted = {path: n for path, (n, _) in merged.items()}
+        resolved = sum(matched for _, matched in merged.values())
+        loading = [f for f in part.files if f.to_load]
         psycopg2.extras.execute_batch(
             cur,
             sql.manifest_add_loaded,
             [
                 {
                     "path": f.path,
-                    "loaded": merged.get(f.path, (0, 0))[0],
-                    "duplicates": f.accepted - merged.get(f.path, (0, 0))[0],
+                    "loaded": inserted.get(f.path, 0),
+                    "duplicates": f.accepted - inserted.get(f.path, 0),
                 }
-                for f in part.files
-                if f.to_load
+                for f in loading
             ],
         )
-        # The part's counts as settled: settle_manifest has moved the manifest's already.
-        inserted = {path: n for path, (n, _) in merged.items()}
-        resolved = sum(matched for _, matched in merged.values())
-        loading = {f.path for f in part.files if f.to_load}
-        for path, _, plays, matched in moved:
-            if path in loading:
-                inserted[path] = inserted.get(path, 0) + plays
-                resolved += matched
+        # What settling moved in or out of songplays: in the manifest already (settle_manifest),
+        # in this part's counts now.
+        for move in moved:
+            if move.path in {f.path for f in loading}:
+                inserted[move.path] = inserted.get(move.path, 0) + move.plays
+                resolved += move.resolved
         if reloading or moved:
             cur.execute(sql.users_refresh)
             cur.execute(sql.users_delete_orphans)
@@ -228,11 +229,19 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
 
 
 Merged = dict[str, tuple[int, int]]  # per path: plays inserted, of them resolved to a song
-Moved = list[tuple[str, int, int, int]]  # per file settled: path, run_id, plays in (+) or out (-),
-# of them resolved to a song
 
 
-def _merge_plays(cur, keyed: bool, staged: int) -> tuple[Merged, Moved]:
+class Moved(NamedTuple):
+    """A file of whose plays settling moved some into songplays (plays > 0) or out of it (< 0),
+    from or to songplay_copies."""
+
+    path: str
+    run_id: int
+    plays: int
+    resolved: int  # of those plays, the ones resolved to a song
+
+
+def _merge_plays(cur, keyed: bool, staged: int) -> tuple[Merged, list[Moved]]:
     """The staged plays into songplays; when the merge skipped some (their key is stored), the
     copies of those keys are settled."""
     cur.execute(sql.songplays_insert if keyed else sql.songplays_append)
@@ -244,7 +253,7 @@ def _merge_plays(cur, keyed: bool, staged: int) -> tuple[Merged, Moved]:
     return merged, _settle(cur)
 
 
-def _merge_plays_citus(cur, part: Part, staged: int) -> tuple[Merged, Moved]:
+def _merge_plays_citus(cur, part: Part, staged: int) -> tuple[Merged, list[Moved]]:
     """_merge_plays on Citus: the merge runs on each shard, with the part's file ids as
     parameters (a pushed-down merge cannot join the coordinator's manifest)."""
     cur.execute(sql.manifest_file_ids, {"paths": [f.path for f in part.files if f.to_load]})
@@ -262,14 +271,14 @@ def _merge_plays_citus(cur, part: Part, staged: int) -> tuple[Merged, Moved]:
     return merged, moved
 
 
-def _settle(cur) -> Moved:
+def _settle(cur) -> list[Moved]:
     """For each play of stage_keys (and the staged copies in stage_contest): songplays keeps the
     copy of the file first in path order, songplay_copies every other file's; the manifest's
-    counts follow. Returns what moved in or out of songplays, per file."""
+    counts follow. Returns, for every file that had a copy in the contest, what moved."""
     for query in sql.settle_queries:
         cur.execute(query)
     cur.execute(sql.settle_manifest)
-    moved = cur.fetchall()
+    moved = [Moved(*row) for row in cur.fetchall()]
     cur.execute(sql.settle_done)
     return moved
 
@@ -389,5 +398,5 @@ def _remove_duplicates(cur, key: str, run_id: int | None) -> tuple[int, int]:
     cur.execute(sql.users_refresh)
     cur.execute(sql.users_delete_orphans)
     cur.execute(sql.time_delete_orphans)
-    ours = [(plays, matched) for _, run, plays, matched in moved if run == run_id]
-    return (-sum(plays for plays, _ in ours), -sum(matched for _, matched in ours))
+    ours = [move for move in moved if move.run_id == run_id]
+    return (-sum(move.plays for move in ours), -sum(move.resolved for move in ours))
