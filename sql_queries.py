@@ -760,8 +760,8 @@ WHERE path = %(path)s"""
 # settle_queries puts the winner in songplays and the others in songplay_copies, adds the instants
 # of new winners to time, notes in stage_gone the plays whose users and instants to check, and
 # moves each file's manifest counts between loaded and duplicates. Every step runs on Citus too:
-# stage_contest is on the coordinator, and songplays and songplay_copies take rows from it the way
-# they take them from stage_gone.
+# stage_contest is a TEMP table on the coordinator, filled from the shards, and the shards are
+# written from it by uncorrelated statements (IN a subquery, INSERT ... SELECT).
 FILE_ORDER = "string_to_array(m.path, '/') COLLATE \"C\""
 
 _contest_columns = """start_time, user_id, level, first_name, last_name, gender, session_id,
