@@ -10,6 +10,7 @@ import dataclasses
 import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg2
 import psycopg2.errors
@@ -96,14 +97,19 @@ def start_run(conn, data_dir: Path, full_refresh: bool) -> RunStart:
             cur.execute(sql.full_refresh)
         if distributed:
             cur.execute(sql.stage_plays_clear_citus)
-        for query in sql.stage_table_queries:
-            cur.execute(query)
+        _create_staging(cur)
         before = table_counts(cur)
         known = {}
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
             known[kind] = {p: (size, mtime, sha) for p, size, mtime, sha in cur.fetchall()}
     return RunStart(run_id, before, known, distributed)
+
+
+def _create_staging(cur) -> None:
+    """The session's staging tables (TEMP), unless this session has them already."""
+    for query in sql.stage_table_queries:
+        cur.execute(query)
 
 
 def table_counts(cur) -> dict[str, int]:
@@ -137,6 +143,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
     cur.execute(sql.staging_time_zone)
     if distributed and part.kind == "log":
         cur.execute(sql.citus_sequential)  # reference tables are written after the shards
+    staged = 0
     for table, payload in part.copies.items():
         if not payload:
             continue
@@ -146,6 +153,8 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             else sql.copy_into.format(table=table),
             io.BytesIO(payload),
         )
+        if table == "stage_plays":
+            staged = cur.rowcount
     touched = [f for f in part.files if f.read.status == "unchanged"]
     if touched:
         psycopg2.extras.execute_batch(
@@ -160,13 +169,18 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         cur.execute(sql.manifest_add_part)
         cur.execute(sql.artists_upsert)
         cur.execute(sql.songs_upsert)
-        cur.execute(sql.songplays_resolve_new_songs)
-        resolved = cur.rowcount
+        cur.execute(sql.songplays_resolve_songs)
+        resolved = sum(change for (change,) in cur.fetchall())
     else:
         # Only a changed file can have plays loaded already; new files have none to take back.
+        # Where another file holds a copy of a play taken back, the best copy takes its place.
         reloading = any(f.read.status == "changed" and f.first for f in part.files)
         if reloading:
             cur.execute(sql.songplays_delete_reloaded)
+            cur.execute(sql.copies_delete_reloaded)
+            cur.execute(sql.reloaded_keys)
+            if cur.rowcount:
+                _settle(cur)  # the copies promoted are other files': in the manifest only
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
         cur.execute(
@@ -178,14 +192,16 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         )
         cur.execute(sql.users_update_citus if distributed else sql.users_update)
         cur.execute(sql.users_insert)
-        if part.copies.get("stage_plays"):
-            for path, n, matched in (
-                _merge_plays_citus(cur, part)
+        merged, moved = {}, []
+        if staged:
+            merged, moved = (
+                _merge_plays_citus(cur, part, staged)
                 if distributed
-                else _merge_plays(cur, sql.PLAYS_KEY not in start.missing)
-            ):
-                inserted[path] = n
-                resolved += matched
+                else _merge_plays(cur, sql.PLAYS_KEY not in start.missing, staged)
+            )
+        inserted = {path: n for path, (n, _) in merged.items()}
+        resolved = sum(matched for _, matched in merged.values())
+        loading = [f for f in part.files if f.to_load]
         psycopg2.extras.execute_batch(
             cur,
             sql.manifest_add_loaded,
@@ -195,34 +211,76 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                     "loaded": inserted.get(f.path, 0),
                     "duplicates": f.accepted - inserted.get(f.path, 0),
                 }
-                for f in part.files
-                if f.to_load
+                for f in loading
             ],
         )
-        if reloading:
-            cur.execute(sql.users_relevel)
+        # What settling moved in or out of songplays: in the manifest already (settle_manifest),
+        # in this part's counts now.
+        for move in moved:
+            if move.path in {f.path for f in loading}:
+                inserted[move.path] = inserted.get(move.path, 0) + move.plays
+                resolved += move.resolved
+        if reloading or moved:
+            cur.execute(sql.users_refresh)
             cur.execute(sql.users_delete_orphans)
             cur.execute(sql.time_delete_orphans)
     cur.execute(sql.rejects_insert, params)
     return Loaded(inserted, resolved)
 
 
-def _merge_plays(cur, keyed: bool) -> list[tuple[str, int, int]]:
-    """(path, plays inserted, of them resolved to a song) per file."""
+Merged = dict[str, tuple[int, int]]  # per path: plays inserted, of them resolved to a song
+
+
+class Moved(NamedTuple):
+    """A file of whose plays settling moved some into songplays (plays > 0) or out of it (< 0),
+    from or to songplay_copies."""
+
+    path: str
+    run_id: int
+    plays: int
+    resolved: int  # of those plays, the ones resolved to a song
+
+
+def _merge_plays(cur, keyed: bool, staged: int) -> tuple[Merged, list[Moved]]:
+    """The staged plays into songplays; when the merge skipped some (their key is stored), the
+    copies of those keys are settled."""
     cur.execute(sql.songplays_insert if keyed else sql.songplays_append)
-    return cur.fetchall()
+    merged = {path: (n, matched) for path, n, matched in cur.fetchall()}
+    if sum(n for n, _ in merged.values()) == staged:
+        return merged, []
+    cur.execute(sql.contest_staged)
+    cur.execute(sql.staged_keys)
+    return merged, _settle(cur)
 
 
-def _merge_plays_citus(cur, part: Part) -> list[tuple[str, int, int]]:
+def _merge_plays_citus(cur, part: Part, staged: int) -> tuple[Merged, list[Moved]]:
     """_merge_plays on Citus: the merge runs on each shard, with the part's file ids as
     parameters (a pushed-down merge cannot join the coordinator's manifest)."""
     cur.execute(sql.manifest_file_ids, {"paths": [f.path for f in part.files if f.to_load]})
     paths, file_ids = zip(*cur.fetchall())
-    cur.execute(sql.songplays_insert_citus, {"paths": list(paths), "file_ids": list(file_ids)})
+    files = {"paths": list(paths), "file_ids": list(file_ids)}
+    cur.execute(sql.songplays_insert_citus, files)
     cur.execute(sql.songplays_inserted_citus)
-    counts = cur.fetchall()
+    merged = {path: (n, matched) for path, n, matched in cur.fetchall()}
+    moved = []
+    if sum(n for n, _ in merged.values()) < staged:
+        cur.execute(sql.contest_staged_citus, files)
+        cur.execute(sql.staged_keys)
+        moved = _settle(cur)
     cur.execute(sql.stage_plays_done_citus)
-    return counts
+    return merged, moved
+
+
+def _settle(cur) -> list[Moved]:
+    """For each play of stage_keys (and the staged copies in stage_contest): songplays keeps the
+    copy of the file first in path order, songplay_copies every other file's; the manifest's
+    counts follow. Returns, for every file that had a copy in the contest, what moved."""
+    for query in sql.settle_queries:
+        cur.execute(query)
+    cur.execute(sql.settle_manifest)
+    moved = [Moved(*row) for row in cur.fetchall()]
+    cur.execute(sql.settle_done)
+    return moved
 
 
 # ================================================================ bulk loads
@@ -265,7 +323,8 @@ def set_aside_missing(conn) -> frozenset[str]:
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """What restore_set_aside did: what came back, what could not (and why), and this run's
-    plays removed as duplicates before songplays' key came back (of them resolved to a song)."""
+    plays that lost to another copy before songplays' key came back (of them resolved to a
+    song)."""
 
     added: list[str]
     problems: list[str]
@@ -279,9 +338,9 @@ def restore_set_aside(
     """Add back those of names (of sql.BULK_SET_ASIDE) that are missing, this run's or an
     interrupted run's, each in its own transaction: every key is built and every foreign key
     checked over the whole table in one pass. A key that duplicates keep from coming back has
-    them removed first, in the same transaction (the first loaded stays; the plays removed from
-    run_id's files are counted). What could not come back stays missing for the next run to try
-    again."""
+    them settled first, in the same transaction (the copy of the file first in path order stays,
+    as with the key in place; the plays of run_id's files that lost are counted). What could not
+    come back stays missing for the next run to try again."""
     missing = set_aside_missing(conn) & set(names)
     added, problems, removed = [], [], (0, 0)
     for name, (create, _) in sql.BULK_SET_ASIDE.items():
@@ -327,10 +386,17 @@ def restore_set_aside(
 
 
 def _remove_duplicates(cur, key: str, run_id: int | None) -> tuple[int, int]:
-    """What keeps the key from coming back: plays or instants loaded twice. Returns the plays
-    removed from run_id's files, and of them those resolved to a song ((0, 0) for time)."""
+    """What keeps the key from coming back: plays or instants loaded twice. Returns the plays of
+    run_id's files that lost to another copy, and of them those resolved to a song ((0, 0) for
+    time)."""
     if key == sql.TIME_KEY:
         cur.execute(sql.time_duplicates_remove)
         return (0, 0)
-    cur.execute(sql.songplays_duplicates_remove, {"run_id": run_id})
-    return cur.fetchone()
+    _create_staging(cur)  # at a run's start, before start_run
+    cur.execute(sql.plays_duplicated_keys)
+    moved = _settle(cur)
+    cur.execute(sql.users_refresh)
+    cur.execute(sql.users_delete_orphans)
+    cur.execute(sql.time_delete_orphans)
+    ours = [move for move in moved if move.run_id == run_id]
+    return (-sum(move.plays for move in ours), -sum(move.resolved for move in ours))

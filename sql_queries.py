@@ -49,6 +49,9 @@ CREATE TABLE songplays (
     start_time      timestamptz NOT NULL,
     user_id         integer NOT NULL,
     level           text NOT NULL CHECK (level IN ('free', 'paid')),
+    first_name      text,
+    last_name       text,
+    gender          text,
     song_id         text,
     artist_id       text,
     session_id      integer NOT NULL,
@@ -64,6 +67,30 @@ CREATE TABLE songplays (
 )"""  # its foreign keys: SONGPLAYS_SET_ASIDE, below
 
 songplays_index_user_time = "CREATE INDEX songplays_user_time ON songplays (user_id, start_time)"
+
+# Where several log files hold a play (user_id, session_id, item_in_session), songplays keeps the
+# copy of the file first in path order (FILE_ORDER), and this table the first copy of each other
+# file: a file loaded again, or a copy resent in an earlier folder, then settles which copy wins
+# from what the files hold, whatever order they came in (settle_queries). Normally tiny.
+songplay_copies_table_create = """
+CREATE TABLE songplay_copies (
+    user_id         integer NOT NULL,
+    session_id      integer NOT NULL,
+    item_in_session integer NOT NULL,
+    file_id         bigint NOT NULL,
+    start_time      timestamptz NOT NULL,
+    level           text NOT NULL,
+    first_name      text,
+    last_name       text,
+    gender          text,
+    location        text,
+    user_agent      text,
+    song_title      text NOT NULL,
+    artist_name     text,
+    song_length     numeric,
+    PRIMARY KEY (user_id, session_id, item_in_session, file_id)
+)"""
+songplay_copies_index_file = "CREATE INDEX songplay_copies_file ON songplay_copies (file_id)"
 songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 
 # ---------------------------------------------------------------- schema: set aside in a bulk load
@@ -75,8 +102,9 @@ songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 # they are dropped in the reverse order. songplays_user_time stays: the users merge reads it.
 
 # The keys that make the merge skip duplicates as they come. While they are away plays and
-# instants are appended (songplays_append, time_append), and duplicates are removed before their
-# key comes back (songplays_duplicates_remove, time_duplicates_remove). On Citus they stay.
+# instants are appended (songplays_append, time_append), and duplicates are settled before their
+# key comes back (plays_duplicated_keys and settle_queries, time_duplicates_remove). On Citus they
+# stay.
 KEYS_SET_ASIDE = {
     "time_pkey": (
         "ALTER TABLE time ADD CONSTRAINT time_pkey PRIMARY KEY (start_time)",
@@ -133,29 +161,13 @@ SET_ASIDE_DROPS = {
 # A foreign key comes back only once the key it references is back.
 SET_ASIDE_NEEDS = {"songplays_start_time_fkey": TIME_KEY}
 
-# A play kept twice while the keys were away: the first loaded (smallest songplay_id) stays, as
-# ON CONFLICT DO NOTHING would have kept it; each file's manifest counts move the later ones
-# from loaded to duplicates. Returns the plays removed from this run's files, and of them the
-# resolved. Runs only when the key cannot come back as it is (a whole-table sort).
-songplays_duplicates_remove = """
-WITH removed AS (
-    DELETE FROM songplays p
-    USING (SELECT user_id, songplay_id,
-                  row_number() OVER (PARTITION BY user_id, session_id, item_in_session
-                                     ORDER BY songplay_id) AS n
-           FROM songplays) later
-    WHERE later.n > 1 AND p.user_id = later.user_id AND p.songplay_id = later.songplay_id
-    RETURNING p.file_id, p.song_id
-), per_file AS (
-    SELECT file_id, count(*) AS plays, count(song_id) AS resolved FROM removed GROUP BY file_id
-), moved AS (
-    UPDATE load_manifest m SET loaded = m.loaded - f.plays, duplicates = m.duplicates + f.plays
-    FROM per_file f
-    WHERE m.file_id = f.file_id
-    RETURNING m.run_id, f.plays, f.resolved
-)
-SELECT coalesce(sum(plays), 0)::bigint, coalesce(sum(resolved), 0)::bigint FROM moved
-WHERE run_id = %(run_id)s"""
+# The plays a bulk load appended more than once, while the key was away: settle_queries keeps the
+# copy of the file first in path order, as a load with the key in place does. A whole-table sort:
+# it runs only when the key cannot come back as it is.
+plays_duplicated_keys = """
+INSERT INTO stage_keys (user_id, session_id, item_in_session)
+SELECT user_id, session_id, item_in_session FROM songplays
+GROUP BY user_id, session_id, item_in_session HAVING count(*) > 1"""
 
 # Instants are the same row wherever they come from: one of each stays.
 time_duplicates_remove = """
@@ -235,6 +247,8 @@ create_table_queries = [
     time_table_create,
     songplays_table_create,
     songplays_index_user_time,
+    songplay_copies_table_create,
+    songplay_copies_index_file,
     songs_index_artist,
 ]
 songplays_keys_create = [create for create, _ in SONGPLAYS_SET_ASIDE.values()]
@@ -245,6 +259,7 @@ TABLES = [
     "songs",
     "artists",
     "time",
+    "songplay_copies",
     "load_rejects",
     "load_manifest",
     "load_runs",
@@ -305,7 +320,8 @@ CREATE UNLOGGED TABLE stage_plays_citus (
     songplay_id bigint NOT NULL DEFAULT nextval('songplays_songplay_id_seq'),
     path text, start_time timestamptz, user_id integer, level text,
     song_title text, artist_name text, song_length numeric, session_id integer,
-    item_in_session integer, location text, user_agent text
+    item_in_session integer, location text, user_agent text,
+    first_name text, last_name text, gender text
 )"""
 
 citus_distribute_queries = [
@@ -314,6 +330,7 @@ citus_distribute_queries = [
     "SELECT create_reference_table('time')",
     "SELECT create_distributed_table('users', 'user_id')",
     "SELECT create_distributed_table('songplays', 'user_id', colocate_with => 'users')",
+    "SELECT create_distributed_table('songplay_copies', 'user_id', colocate_with => 'users')",
     stage_plays_citus_create,
     "SELECT create_distributed_table('stage_plays_citus', 'user_id', colocate_with => 'users')",
 ]
@@ -357,7 +374,7 @@ manifest_touch = """
 UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s
 WHERE path = %(path)s"""
 
-full_refresh = "TRUNCATE songplays, users, time, songs, artists, load_manifest"
+full_refresh = "TRUNCATE songplays, songplay_copies, users, time, songs, artists, load_manifest"
 
 # ---------------------------------------------------------------- staging (per connection)
 
@@ -392,6 +409,9 @@ STAGING = {
         "item_in_session": "integer",
         "location": "text",
         "user_agent": "text",
+        "first_name": "text",
+        "last_name": "text",
+        "gender": "text",
     },
     "stage_users": {
         "user_id": "integer",
@@ -426,12 +446,44 @@ STAGING = {
         "rejected": "integer",
     },
     "stage_rejects": {"path": "text", "line": "integer", "reason": "text", "raw": "text"},
-    "stage_gone": {"start_time": "timestamptz", "user_id": "integer"},
+    # Plays taken out of songplays (a changed file's, or a copy that lost): what they had set is
+    # checked once the batch's plays are in (orphaned instants and users, users' latest plays).
+    "stage_gone": {
+        "start_time": "timestamptz",
+        "user_id": "integer",
+        "session_id": "integer",
+        "item_in_session": "integer",
+    },
+    # settle_queries: the plays to settle, and every copy of them (source: 'songplays', 'copies' or
+    # 'staged'), with what becomes of each (outcome: 'win', 'lose' or 'drop').
+    "stage_keys": {"user_id": "integer", "session_id": "integer", "item_in_session": "integer"},
+    "stage_contest": {
+        "candidate": "bigint GENERATED ALWAYS AS IDENTITY",
+        "source": "text",
+        "songplay_id": "bigint",
+        "file_id": "bigint",
+        "start_time": "timestamptz",
+        "user_id": "integer",
+        "level": "text",
+        "first_name": "text",
+        "last_name": "text",
+        "gender": "text",
+        "session_id": "integer",
+        "item_in_session": "integer",
+        "location": "text",
+        "user_agent": "text",
+        "song_title": "text",
+        "artist_name": "text",
+        "song_length": "numeric",
+        "song_id": "text",
+        "artist_id": "text",
+        "outcome": "text",
+    },
 }
 STAGE_COLUMNS = {table: list(columns) for table, columns in STAGING.items()}
 
 stage_table_queries = [
-    f"CREATE TEMP TABLE {table} ("
+    f"CREATE TEMP TABLE IF NOT EXISTS {table} ("
     + ", ".join(f"{name} {kind}" for name, kind in columns.items())
     + ") ON COMMIT DELETE ROWS"
     for table, columns in STAGING.items()
@@ -498,17 +550,34 @@ ON CONFLICT (song_id) DO UPDATE SET
 WHERE (songs.title, songs.artist_id, songs.year, songs.duration) IS DISTINCT FROM
       (EXCLUDED.title, EXCLUDED.artist_id, EXCLUDED.year, EXCLUDED.duration)"""
 
-# Songs that arrive after the plays that name them: resolve those plays now.
-songplays_resolve_new_songs = """
+# A play's song: the smallest song_id of its title, artist name and duration.
+_song_keys = """
+SELECT DISTINCT ON (s.title, a.name, s.duration)
+       s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
+FROM songs s JOIN artists a USING (artist_id)
+ORDER BY s.title, a.name, s.duration, s.song_id"""
+
+# A song batch may add songs, and change a song or its artist: the plays resolved to one of them,
+# and those naming one of them now, are resolved again from scratch (to a song, another one, or
+# none), as a load of the files as they now are resolves them. Each returns +1 where it was
+# unresolved and is now resolved, -1 the other way round.
+songplays_resolve_songs = f"""
 UPDATE songplays p
 SET song_id = k.song_id, artist_id = k.artist_id
-FROM (SELECT DISTINCT ON (s.title, a.name, s.duration)
-             s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
-      FROM songs s JOIN artists a USING (artist_id)
-      WHERE s.song_id IN (SELECT song_id FROM stage_songs)
-      ORDER BY s.title, a.name, s.duration, s.song_id) k
-WHERE p.song_id IS NULL
-  AND p.song_title = k.title AND p.artist_name = k.artist_name AND p.song_length = k.duration"""
+FROM (SELECT q.user_id, q.songplay_id, q.song_id AS was, b.song_id, b.artist_id
+      FROM songplays q
+      LEFT JOIN ({_song_keys}) b
+             ON b.title = q.song_title AND b.artist_name = q.artist_name
+            AND b.duration = q.song_length
+      WHERE q.song_id IN (SELECT song_id FROM stage_songs)
+         OR q.artist_id IN (SELECT artist_id FROM stage_songs)
+         OR (q.song_title, q.artist_name, q.song_length) IN (
+             SELECT s.title, a.name, s.duration FROM songs s JOIN artists a USING (artist_id)
+             WHERE s.song_id IN (SELECT song_id FROM stage_songs)
+                OR s.artist_id IN (SELECT artist_id FROM stage_songs))) k
+WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
+  AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)
+RETURNING (k.was IS NULL)::integer - (p.song_id IS NULL)::integer"""
 
 time_append = """
 INSERT INTO time (start_time, hour, day, week, month, year, weekday)
@@ -565,16 +634,22 @@ SELECT user_id, first_name, last_name, gender, level FROM stage_users
 WHERE user_id NOT IN (SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM stage_users))
 ON CONFLICT (user_id) DO NOTHING"""
 
-# A changed log file is loaded again: first take back what its previous load contributed.
+# A changed log file is loaded again: first take back what its previous load contributed, its
+# plays (remembered in stage_gone) and its copies of other files' plays.
 songplays_delete_reloaded = """
 WITH gone AS (
     DELETE FROM songplays
     WHERE file_id IN (SELECT m.file_id FROM load_manifest m JOIN stage_manifest s USING (path)
                       WHERE s.first)
-    RETURNING start_time, user_id)
-INSERT INTO stage_gone SELECT DISTINCT start_time, user_id FROM gone"""
+    RETURNING start_time, user_id, session_id, item_in_session)
+INSERT INTO stage_gone SELECT start_time, user_id, session_id, item_in_session FROM gone"""
 
-# What the plays taken back had set, once the batch's own plays are in. Uncorrelated: on Citus a
+copies_delete_reloaded = """
+DELETE FROM songplay_copies
+WHERE file_id IN (SELECT m.file_id FROM load_manifest m JOIN stage_manifest s USING (path)
+                  WHERE s.first)"""
+
+# What the plays taken out had set, once the batch's own plays are in. Uncorrelated: on Citus a
 # reference table's DELETE may not be correlated with a distributed table.
 time_delete_orphans = """
 DELETE FROM time
@@ -588,29 +663,31 @@ DELETE FROM users u
 WHERE u.user_id IN (SELECT user_id FROM stage_gone)
   AND NOT EXISTS (SELECT 1 FROM songplays p WHERE p.user_id = u.user_id)"""
 
-users_relevel = """
-UPDATE users u SET level = p.level
-FROM (SELECT DISTINCT ON (user_id) user_id, level FROM songplays
+# Each user whose plays changed, as of their latest play now (each play keeps the user as it
+# recorded them).
+users_refresh = """
+UPDATE users u
+SET first_name = p.first_name, last_name = p.last_name, gender = p.gender, level = p.level
+FROM (SELECT DISTINCT ON (user_id) user_id, first_name, last_name, gender, level FROM songplays
       WHERE user_id IN (SELECT user_id FROM stage_gone)
       ORDER BY user_id, start_time DESC, session_id DESC, item_in_session DESC) p
-WHERE u.user_id = p.user_id AND u.level IS DISTINCT FROM p.level"""
+WHERE u.user_id = p.user_id
+  AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
+      (p.first_name, p.last_name, p.gender, p.level)"""
 
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
-# songplays_insert skips a play whose key is loaded already; songplays_append, for when that key
-# is set aside, inserts them all (its duplicates are removed before the key comes back).
-_songplays_merge_select = """
-WITH song_keys AS (
-    SELECT DISTINCT ON (s.title, a.name, s.duration)
-           s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
-    FROM songs s JOIN artists a USING (artist_id)
-    ORDER BY s.title, a.name, s.duration, s.song_id
+# songplays_insert skips a play whose key is loaded already (fewer inserted than staged: the
+# copies are then settled, settle_queries); songplays_append, for when that key is set aside,
+# inserts them all (they are settled before the key comes back).
+_songplays_merge_select = f"""
+WITH song_keys AS ({_song_keys}
 ), inserted AS (
-    INSERT INTO songplays (start_time, user_id, level, song_id, artist_id, session_id,
-                           item_in_session, location, user_agent, song_title, artist_name,
-                           song_length, file_id)
-    SELECT p.start_time, p.user_id, p.level, k.song_id, k.artist_id, p.session_id,
-           p.item_in_session, p.location, p.user_agent, p.song_title, p.artist_name,
-           p.song_length, m.file_id
+    INSERT INTO songplays (start_time, user_id, level, first_name, last_name, gender, song_id,
+                           artist_id, session_id, item_in_session, location, user_agent,
+                           song_title, artist_name, song_length, file_id)
+    SELECT p.start_time, p.user_id, p.level, p.first_name, p.last_name, p.gender, k.song_id,
+           k.artist_id, p.session_id, p.item_in_session, p.location, p.user_agent,
+           p.song_title, p.artist_name, p.song_length, m.file_id
     FROM stage_plays p
     JOIN load_manifest m ON m.path = p.path
     LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
@@ -634,25 +711,23 @@ songplays_append = _songplays_merge_select + _songplays_merge_counts
 # parameters: paths and file_ids, in the same order).
 stage_plays_copy_citus = """
 COPY stage_plays_citus (path, start_time, user_id, level, song_title, artist_name, song_length,
-                        session_id, item_in_session, location, user_agent)
+                        session_id, item_in_session, location, user_agent, first_name,
+                        last_name, gender)
 FROM STDIN WITH (FORMAT csv)"""
 
 manifest_file_ids = "SELECT path, file_id FROM load_manifest WHERE path = ANY (%(paths)s)"
 
-songplays_insert_citus = """
-INSERT INTO songplays (songplay_id, start_time, user_id, level, song_id, artist_id, session_id,
-                       item_in_session, location, user_agent, song_title, artist_name,
-                       song_length, file_id)
+songplays_insert_citus = f"""
+INSERT INTO songplays (songplay_id, start_time, user_id, level, first_name, last_name, gender,
+                       song_id, artist_id, session_id, item_in_session, location, user_agent,
+                       song_title, artist_name, song_length, file_id)
 OVERRIDING SYSTEM VALUE
-SELECT p.songplay_id, p.start_time, p.user_id, p.level, k.song_id, k.artist_id, p.session_id,
-       p.item_in_session, p.location, p.user_agent, p.song_title, p.artist_name,
-       p.song_length, f.file_id
+SELECT p.songplay_id, p.start_time, p.user_id, p.level, p.first_name, p.last_name, p.gender,
+       k.song_id, k.artist_id, p.session_id, p.item_in_session, p.location, p.user_agent,
+       p.song_title, p.artist_name, p.song_length, f.file_id
 FROM stage_plays_citus p
 JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
-LEFT JOIN (SELECT DISTINCT ON (s.title, a.name, s.duration)
-                  s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
-           FROM songs s JOIN artists a USING (artist_id)
-           ORDER BY s.title, a.name, s.duration, s.song_id) k
+LEFT JOIN ({_song_keys}) k
        ON k.title = p.song_title AND k.artist_name = p.artist_name AND k.duration = p.song_length
 ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING"""
 
@@ -672,6 +747,174 @@ manifest_add_loaded = """
 UPDATE load_manifest
 SET loaded = loaded + %(loaded)s, duplicates = duplicates + %(duplicates)s
 WHERE path = %(path)s"""
+
+# ---------------------------------------------------------------- settling copies of a play
+# Several log files may hold the same play (user_id, session_id, item_in_session): a file resent
+# whole in another folder, one repeating part of another (at-least-once delivery), maybe with
+# other values. songplays keeps the copy of the file first in path order (files are listed and
+# loaded sorted by path components; FILE_ORDER sorts their manifest paths the same way, by code
+# point), songplay_copies the first copy of each other file; a file's own later copies of a play
+# count as its duplicates only. When that changes (the merge skipped a staged play whose key is
+# stored from another file, a changed file's plays are taken back, a bulk load appended a play
+# twice), the keys concerned go to stage_keys, every copy of them to stage_contest, and
+# settle_queries puts the winner in songplays and the others in songplay_copies, adds the instants
+# of new winners to time, notes in stage_gone the plays whose users and instants to check, and
+# moves each file's manifest counts between loaded and duplicates. Every step runs on Citus too:
+# stage_contest is a TEMP table on the coordinator, filled from the shards, and the shards are
+# written from it by uncorrelated statements (IN a subquery, INSERT ... SELECT).
+FILE_ORDER = "string_to_array(m.path, '/') COLLATE \"C\""
+
+_contest_columns = """start_time, user_id, level, first_name, last_name, gender, session_id,
+    item_in_session, location, user_agent, song_title, artist_name, song_length"""
+
+# Each candidate comes with its song, as the merge resolves it (on Citus a TEMP table cannot be
+# updated from the songs, reference tables: it is resolved where it is read).
+_contest_song = f"""LEFT JOIN ({_song_keys}) k
+       ON k.title = p.song_title AND k.artist_name = p.artist_name AND k.duration = p.song_length"""
+
+# Staged plays the merge skipped: another file's copy is stored, or the file's own first copy
+# (from an earlier part of a big file) with other values. The play a merge inserted matches its
+# stored row, and is left out.
+_contest_staged_differs = """(s.file_id, s.start_time, s.level, s.first_name, s.last_name, s.gender,
+       s.location, s.user_agent, s.song_title, s.artist_name, s.song_length)
+      IS DISTINCT FROM"""
+
+contest_staged = f"""
+INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
+SELECT 'staged', m.file_id, k.song_id, k.artist_id, p.start_time, p.user_id, p.level,
+       p.first_name, p.last_name, p.gender, p.session_id, p.item_in_session, p.location,
+       p.user_agent, p.song_title, p.artist_name, p.song_length
+FROM stage_plays p
+JOIN load_manifest m ON m.path = p.path
+JOIN songplays s ON s.user_id = p.user_id AND s.session_id = p.session_id
+                AND s.item_in_session = p.item_in_session
+{_contest_song}
+WHERE {_contest_staged_differs}
+      (m.file_id, p.start_time, p.level, p.first_name, p.last_name, p.gender,
+       p.location, p.user_agent, p.song_title, p.artist_name, p.song_length)"""
+
+contest_staged_citus = f"""
+INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
+SELECT 'staged', f.file_id, k.song_id, k.artist_id, p.start_time, p.user_id, p.level,
+       p.first_name, p.last_name, p.gender, p.session_id, p.item_in_session, p.location,
+       p.user_agent, p.song_title, p.artist_name, p.song_length
+FROM stage_plays_citus p
+JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
+JOIN songplays s ON s.user_id = p.user_id AND s.session_id = p.session_id
+                AND s.item_in_session = p.item_in_session
+{_contest_song}
+WHERE {_contest_staged_differs}
+      (f.file_id, p.start_time, p.level, p.first_name, p.last_name, p.gender,
+       p.location, p.user_agent, p.song_title, p.artist_name, p.song_length)"""
+
+staged_keys = """
+INSERT INTO stage_keys (user_id, session_id, item_in_session)
+SELECT DISTINCT user_id, session_id, item_in_session FROM stage_contest"""
+
+# The plays a changed file took back that another file holds a copy of.
+reloaded_keys = """
+INSERT INTO stage_keys (user_id, session_id, item_in_session)
+SELECT DISTINCT user_id, session_id, item_in_session FROM songplay_copies
+WHERE (user_id, session_id, item_in_session) IN (
+    SELECT user_id, session_id, item_in_session FROM stage_gone)"""
+
+_settle_played = f"""
+INSERT INTO stage_contest (source, songplay_id, file_id, song_id, artist_id, {_contest_columns})
+SELECT 'songplays', songplay_id, file_id, song_id, artist_id, {_contest_columns}
+FROM songplays
+WHERE (user_id, session_id, item_in_session) IN (
+    SELECT user_id, session_id, item_in_session FROM stage_keys)"""
+
+_settle_copied = f"""
+INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
+SELECT 'copies', p.file_id, k.song_id, k.artist_id, p.start_time, p.user_id, p.level,
+       p.first_name, p.last_name, p.gender, p.session_id, p.item_in_session, p.location,
+       p.user_agent, p.song_title, p.artist_name, p.song_length
+FROM songplay_copies p
+{_contest_song}
+WHERE (p.user_id, p.session_id, p.item_in_session) IN (
+    SELECT user_id, session_id, item_in_session FROM stage_keys)"""
+
+# The winner of each key: the first file in path order; of a file's copies, the one stored before
+# (its first; a bulk load's appended copies: the first appended). Every other file's first copy
+# loses; a file's later copies drop.
+_settle_decide = f"""
+UPDATE stage_contest c
+SET outcome = CASE WHEN r.best = 1 THEN 'win' WHEN r.in_file = 1 THEN 'lose' ELSE 'drop' END
+FROM (SELECT c.candidate,
+             row_number() OVER (PARTITION BY c.user_id, c.session_id, c.item_in_session
+                                ORDER BY {FILE_ORDER}, c.source = 'staged', c.songplay_id)
+                 AS best,
+             row_number() OVER (PARTITION BY c.user_id, c.session_id, c.item_in_session,
+                                             c.file_id
+                                ORDER BY c.source = 'staged', c.songplay_id) AS in_file
+      FROM stage_contest c JOIN load_manifest m USING (file_id)) r
+WHERE c.candidate = r.candidate"""
+
+_settle_copies_add = f"""
+INSERT INTO songplay_copies (file_id, {_contest_columns})
+SELECT file_id, {_contest_columns} FROM stage_contest
+WHERE outcome = 'lose' AND source <> 'copies'"""
+
+_settle_copies_take = """
+DELETE FROM songplay_copies
+WHERE (user_id, session_id, item_in_session, file_id) IN (
+    SELECT user_id, session_id, item_in_session, file_id FROM stage_contest
+    WHERE source = 'copies' AND outcome = 'win')"""
+
+_settle_songplays_take = """
+DELETE FROM songplays
+WHERE (user_id, songplay_id) IN (
+    SELECT user_id, songplay_id FROM stage_contest
+    WHERE source = 'songplays' AND outcome <> 'win')"""
+
+# A new winner's instant, with its parts as transform.time_table computes them (UTC, ISO week
+# and weekday).
+_settle_time = """
+INSERT INTO time (start_time, hour, day, week, month, year, weekday)
+SELECT start_time, extract(hour FROM utc), extract(day FROM utc), extract(week FROM utc),
+       extract(month FROM utc), extract(year FROM utc), extract(isodow FROM utc)
+FROM (SELECT DISTINCT start_time, start_time AT TIME ZONE 'UTC' AS utc FROM stage_contest c
+      WHERE c.outcome = 'win' AND c.source <> 'songplays'
+        AND NOT EXISTS (SELECT 1 FROM time t WHERE t.start_time = c.start_time)) w"""
+
+_settle_songplays_add = f"""
+INSERT INTO songplays (file_id, song_id, artist_id, {_contest_columns})
+SELECT file_id, song_id, artist_id, {_contest_columns} FROM stage_contest
+WHERE outcome = 'win' AND source <> 'songplays'
+ORDER BY candidate"""
+
+_settle_gone = """
+INSERT INTO stage_gone (start_time, user_id, session_id, item_in_session)
+SELECT start_time, user_id, session_id, item_in_session FROM stage_contest"""
+
+settle_queries = [
+    _settle_played,
+    _settle_copied,
+    _settle_decide,
+    _settle_copies_add,
+    _settle_copies_take,
+    _settle_songplays_take,
+    _settle_time,
+    _settle_songplays_add,
+    _settle_gone,
+]
+
+# Each file's plays that went into songplays (+) or out of it (-), moved between its loaded and
+# duplicates; returned for every file that had a copy in the contest (so, a row at least), with
+# the file's path and run, and the same count of resolved plays.
+settle_manifest = """
+UPDATE load_manifest m SET loaded = m.loaded + d.moved, duplicates = m.duplicates - d.moved
+FROM (SELECT file_id,
+             count(*) FILTER (WHERE source <> 'songplays' AND outcome = 'win')
+             - count(*) FILTER (WHERE source = 'songplays' AND outcome <> 'win') AS moved,
+             count(song_id) FILTER (WHERE source <> 'songplays' AND outcome = 'win')
+             - count(song_id) FILTER (WHERE source = 'songplays' AND outcome <> 'win') AS resolved
+      FROM stage_contest GROUP BY file_id) d
+WHERE m.file_id = d.file_id
+RETURNING m.path, m.run_id, d.moved, d.resolved"""
+
+settle_done = "TRUNCATE stage_keys, stage_contest"
 
 # ---------------------------------------------------------------- the summary
 

@@ -270,8 +270,11 @@ def users_table(rows: pa.Table) -> pa.Table:
 
 
 def dedupe_plays(rows: pa.Table) -> pa.Table:
-    """A play is (user, session, item): the first file in path order keeps it."""
-    first = _numbered(rows, "row").group_by(PLAY_KEY).aggregate([("row", "min")])["row_min"]
+    """A play is (user, session, item): a file's first line of it stands for the file. Between
+    files the database decides, as it does for files of other batches (sql_queries'
+    settle_queries), and keeps every file's copy."""
+    key = ["path", *PLAY_KEY]
+    first = _numbered(rows, "row").group_by(key).aggregate([("row", "min")])["row_min"]
     if len(first) == rows.num_rows:
         return rows
     return rows.take(first.sort())

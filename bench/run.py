@@ -588,7 +588,7 @@ def benchmark(args: argparse.Namespace) -> int:
             results = {"sizes": [measure_size(bench, args, n, False) for n in args.growth_sizes]}
         else:
             results = measure_size(bench, args, args.events, True)
-        params = vars(args) | {"database_url": args.database_url and db.redact(args.database_url)}
+        params = vars(args) | {"database_url": bench.settings.describe()}
         results |= {"params": params, "machine": environment(bench.settings, load_start)}
     md, js = ("growth.md", "growth.json") if args.growth else ("report.md", "results.json")
     text = growth_report(results) if args.growth else report(results)

@@ -31,7 +31,7 @@ from builders import (
     write,
 )
 from conftest import counts, query, run_script, schema_objects, table_contents
-from summary import ALL_SET_ASIDE, Counts, parse_summary
+from summary import ALL_SET_ASIDE, CHECKS_PASSED, Counts, parse_summary
 
 import db
 import sql_queries
@@ -177,19 +177,60 @@ def test_a_bulk_load_killed_after_appending_duplicates_resumes_to_the_same_star(
     assert manifest()["log_data/2018/12/b.json"] == Counts(3505, 3, 3500, 2, 0)
 
 
+def test_plays_a_bulk_load_appended_twice_keep_a_copy_for_when_the_first_file_shrinks(data):
+    """Two files sharing plays, with other values, in one bulk load: as the keys come back, the
+    copies of the file first in path order are the plays and the other file's are kept; when
+    that file shrinks, the other file's copies become the plays, with the user's row, as a fresh
+    load of the folder has them."""
+    write(data, "log_data/2018/12/a.json", lines(*(event(i) for i in range(4)), *PADDING))
+    b = [event(i, level="free", firstName="Bo", location="Oslo") for i in range(2, 6)]
+    write(data, "log_data/2018/12/b.json", lines(*b, *PADDING))
+    summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
+    assert summary.added_back == ALL_SET_ASIDE
+    assert summary.records["log"].duplicates == 2
+    assert manifest()["log_data/2018/12/b.json"] == Counts(3504, 2, 3500, 2, 0)
+    assert query("SELECT item_in_session, location FROM songplay_copies ORDER BY 1") == [
+        (2, "Oslo"),
+        (3, "Oslo"),
+    ]
+    plays = "SELECT item_in_session, location FROM songplays WHERE user_id = %s ORDER BY 1"
+    assert [row[1] for row in query(plays, (USER,))] == ["London"] * 4 + ["Oslo"] * 2
+
+    write(data, "log_data/2018/12/a.json", lines(event(0), event(1), *PADDING))
+    summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
+    assert summary.checks == CHECKS_PASSED
+    assert [row[1] for row in query(plays, (USER,))] == ["London"] * 2 + ["Oslo"] * 4
+    assert manifest()["log_data/2018/12/b.json"] == Counts(3504, 4, 3500, 0, 0)
+    assert query("SELECT first_name, level FROM users WHERE user_id = %s", (USER,)) == [
+        ("Bo", "free")
+    ]
+    assert query("SELECT count(*) FROM songplay_copies") == [(0,)]
+    incremental = table_contents()
+    run_script("create_tables.py")
+    etl(data)
+    assert table_contents() == incremental
+
+
 def test_a_bulk_load_that_reloads_a_changed_file_keeps_the_keys(data):
     """New files outweigh songplays, but a changed file is loaded again: only the foreign keys
-    and the index are set aside, so the changed file keeps the play a new file (read first)
-    repeats, as with every key in place."""
+    and the index are set aside. The play the new file repeats is the new file's, which sorts
+    first, as a fresh load of the folder has it; the changed file keeps a copy."""
     write(data, "log_data/2018/12/b.json", lines(event(1), event(2)))
     etl(data)
     write(data, "log_data/2018/12/b.json", lines(event(1), event(2), event(3)))
-    write(data, "log_data/2018/12/a.json", lines(event(2), *PADDING))
+    write(data, "log_data/2018/12/a.json", lines(event(2, level="free"), *PADDING))
     summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
     assert summary.set_aside and summary.added_back == list(sql_queries.SONGPLAYS_SET_ASIDE)
-    assert manifest()["log_data/2018/12/a.json"] == Counts(3501, 0, 3500, 1, 0)
-    assert manifest()["log_data/2018/12/b.json"] == Counts(3, 3, 0, 0, 0)
-    assert crafted_items() == [1, 2, 3]
+    assert manifest()["log_data/2018/12/a.json"] == Counts(3501, 1, 3500, 0, 0)
+    assert manifest()["log_data/2018/12/b.json"] == Counts(3, 2, 0, 1, 0)
+    assert query(
+        "SELECT item_in_session, level FROM songplays WHERE user_id = %s ORDER BY 1", (USER,)
+    ) == [(1, "paid"), (2, "free"), (3, "paid")]
+    assert query("SELECT item_in_session, level FROM songplay_copies") == [(2, "paid")]
+    incremental = table_contents()
+    run_script("create_tables.py")
+    etl(data)
+    assert table_contents() == incremental
 
 
 def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):

@@ -23,14 +23,18 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+import test_file_sequences as sequences
 from conftest import PROJECT, SAMPLE, query, run_script, schema_objects, table_contents
 
 import citus_cluster
+import db
 import sql_queries
+from extract import Limits
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
 GENERATED = {"events": 200_000, "songs": 2000}
+CITUS_SEQUENCE_SEED = 363  # its first 8 operations: every kind but an edit
 
 
 # ================================================================ the cluster
@@ -206,12 +210,18 @@ def test_create_tables_distributes_the_star_and_keeps_every_key_and_check(cluste
     assert [row[:4] for row in placed] == [
         ('"time"', "n", "t", None),  # n, t: a reference table; h: hash-distributed
         ("artists", "n", "t", None),
+        ("songplay_copies", "h", "s", "user_id"),
         ("songplays", "h", "s", "user_id"),
         ("songs", "n", "t", None),
         ("stage_plays_citus", "h", "s", "user_id"),
         ("users", "h", "s", "user_id"),
     ]
-    assert colocation["songplays"] == colocation["users"] == colocation["stage_plays_citus"]
+    assert (
+        colocation["songplays"]
+        == colocation["users"]
+        == colocation["stage_plays_citus"]
+        == colocation["songplay_copies"]
+    )
     assert ("songplays", "songplays_pkey", "PRIMARY KEY (user_id, songplay_id)") in plain
 
 
@@ -224,6 +234,7 @@ def test_erd_names_distributed_and_reference_tables_on_citus(cluster, tmp_path):
         "  songs: reference table",
         "  artists: reference table",
         "  time: reference table",
+        "  songplay_copies: distributed on user_id",
         "  load_rejects: local to the coordinator",
         "  load_manifest: local to the coordinator",
         "  load_runs: local to the coordinator",
@@ -245,7 +256,8 @@ def test_songplays_merge_is_pushed_down_to_the_shards_not_pulled_to_the_coordina
             cur.copy_expert(
                 sql_queries.stage_plays_copy_citus,
                 io.BytesIO(
-                    b"log_data/a.json,2018-11-01 00:00:00,7,free,Tune,Band,100.5,1,1,Here,Agent\n"
+                    b"log_data/a.json,2018-11-01 00:00:00,7,free,Tune,Band,100.5,1,1,Here,Agent,"
+                    b"Ada,Lovelace,F\n"
                 ),
             )
             cur.execute(
@@ -384,6 +396,31 @@ def test_citus_changed_log_file_reloads_to_what_plain_postgresql_loads_fresh(clu
     plain, _ = fresh_load(plain_url(), data)
     assert reloaded == plain
     assert len(plain["songplays"]) < 17071
+
+
+def test_citus_overlapping_deliveries_load_step_by_step_to_what_plain_postgresql_loads_fresh(
+    cluster, tmp_path
+):
+    """A generated sequence of deliveries (test_file_sequences.py): a log file repeating part of
+    another with other values, a whole copy in another folder, a shrink, a deletion, a growth,
+    song files added and changed; each loaded on Citus in small batches (big files in parts).
+    After each step the star, the manifest and the kept copies are what plain PostgreSQL's fresh
+    load of the files (deleted ones with their last version) gives."""
+    citus, plain = db.Settings.from_env(cluster.url), db.Settings.from_env()
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    operations, folder, history = sequences.sequence(CITUS_SEQUENCE_SEED)
+    data, model = tmp_path / "data", tmp_path / "model"
+    small = Limits(song_batch_files=3, log_batch_bytes=1500, parse_piece_bytes=700)
+    for step in range(8):
+        history.append(sequences.operate(operations, folder)[1])
+        mtime = 1_600_000_000_000_000_000 + step * 1_000_000_000
+        sequences.write_folder(data, folder, deleted_too=False, mtime_ns=mtime)
+        sequences.write_folder(model, folder, deleted_too=True, mtime_ns=mtime)
+        sequences.load(citus, data, small)
+        sequences.fresh_tables_in(plain)
+        sequences.load(plain, model, Limits())
+        assert sequences.outcome(citus) == sequences.outcome(plain), history
+    assert {op.split(" ")[0] for op in history} >= {"add", "shrink", "delete", "grow", "change"}
 
 
 def test_citus_songs_arriving_after_their_plays_resolve_them_as_plain_postgresql_does(

@@ -230,3 +230,85 @@ def test_older_events_never_overwrite_a_newer_user_level(data):
     etl(data)
     assert user() == ("New", "free")
     assert table_contents() == fresh_load_of(data)
+
+
+# ================================================================ plays several files hold
+# A play (user, session, item) that several log files hold is the copy of the file first in path
+# order, whatever order the files come in; the other copies are kept, for when that file changes.
+
+
+def user_row() -> tuple:
+    return query("SELECT first_name, level FROM users WHERE user_id = %s", (USER,))[0]
+
+
+def crafted_plays() -> list[tuple]:
+    return query(
+        "SELECT item_in_session, level, first_name, extract(epoch FROM start_time)::bigint "
+        "FROM songplays WHERE user_id = %s ORDER BY item_in_session",
+        (USER,),
+    )
+
+
+def test_plays_a_copied_file_also_holds_stay_when_the_first_file_shrinks(data):
+    """A log file copied into another folder, loaded, then rewritten smaller: the plays it drops
+    are still in the copy, and stay (they once vanished: the copy had only been counted as
+    duplicates)."""
+    original = write(data, "log_data/2018/12/new.json", lines(*(G(i) for i in range(8))))
+    write(data, "log_data/resent/new.json", original.read_bytes())
+    etl(data)
+    assert manifest()["log_data/2018/12/new.json"] == Counts(8, 8)
+    assert manifest()["log_data/resent/new.json"] == Counts(8, 0, duplicates=8)
+    original.write_bytes(lines(*(G(i) for i in range(3))))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.records["log"] == Counts(3, 3)
+    assert summary.checks == CHECKS_PASSED
+    assert crafted_items() == list(range(8))
+    assert manifest()["log_data/2018/12/new.json"] == Counts(3, 3)
+    assert manifest()["log_data/resent/new.json"] == Counts(8, 5, duplicates=3)
+    assert counts() == plus(songplays=8, users=1, time=8)
+    assert table_contents() == fresh_load_of(data)
+
+
+def test_the_copy_of_the_file_first_in_path_order_wins_whatever_order_files_come_in(data):
+    """A resend of part of a file, with other values, arrives later in a folder that sorts first:
+    its copy wins, and the user's row and the play's instant follow. When it changes and no
+    longer holds the play, the other file's copy is the play again; deleted, a file keeps what
+    it loaded."""
+    write(data, "log_data/2018/12/b.json", lines(G(1), G(2)))
+    etl(data)
+    assert user_row() == ("Ada", "paid")
+    resend = write(
+        data,
+        "log_data/2018/0-resent/a.json",
+        lines(G(2, level="free", firstName="Eve", ts=T0 + 5000)),
+    )
+    etl(data)
+    assert crafted_plays() == [
+        (1, "paid", "Ada", T0 // 1000 + 1),
+        (2, "free", "Eve", T0 // 1000 + 5),
+    ]
+    assert user_row() == ("Eve", "free")
+    assert (
+        scalar("SELECT count(*) FROM time WHERE start_time = to_timestamp(%s)", (T0 // 1000 + 2,))
+        == 0
+    )
+    assert manifest()["log_data/2018/0-resent/a.json"] == Counts(1, 1)
+    assert manifest()["log_data/2018/12/b.json"] == Counts(2, 1, duplicates=1)
+    assert table_contents() == fresh_load_of(data)
+
+    resend.write_bytes(lines(G(3, level="free", firstName="Eve")))
+    summary = parse_summary(etl(data).stdout)
+    assert summary.checks == CHECKS_PASSED
+    assert crafted_plays() == [
+        (1, "paid", "Ada", T0 // 1000 + 1),
+        (2, "paid", "Ada", T0 // 1000 + 2),
+        (3, "free", "Eve", T0 // 1000 + 3),
+    ]
+    assert manifest()["log_data/2018/12/b.json"] == Counts(2, 2)
+    assert query("SELECT count(*) FROM songplay_copies") == [(0,)]
+    assert user_row() == ("Eve", "free")
+    assert table_contents() == fresh_load_of(data)
+    resend.unlink()
+    assert parse_summary(etl(data).stdout).nothing_new
+    assert crafted_items() == [1, 2, 3]
