@@ -46,8 +46,8 @@ def run_command(action: Callable[[], int], secrets: Collection[str] = ()) -> int
         sys.stderr.close()  # output piped into `head`, say: nothing left to say
         return 0
     except Exception:
-        message, code = traceback.format_exc().rstrip("\n"), EXIT_FAILED
-    print(masked(message, secrets), file=sys.stderr)
+        message, code = traceback.format_exc(), EXIT_FAILED
+    print(masked(message, secrets).rstrip("\n"), file=sys.stderr)  # masked whole, then trimmed
     return code
 
 

@@ -283,7 +283,7 @@ def test_the_exit_point_masks_every_secret_in_errors_and_in_a_bugs_traceback(pas
     def crash() -> int:
         raise RuntimeError(f"{words}{password}{words}")
 
-    for action, code in ((refuse, EXIT_ENVIRONMENT), (crash, cli.EXIT_BUG)):
+    for action, code in ((refuse, EXIT_ENVIRONMENT), (crash, cli.EXIT_FAILED)):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             assert cli.run_command(action, forms_of(password)) == code
