@@ -8,7 +8,12 @@ import sys
 import traceback
 from collections.abc import Callable, Collection
 
-EXIT_ENVIRONMENT, EXIT_LOCKED, EXIT_BUG = 3, 4, 1
+# Every exit code of the project's commands, in one place; each script's --help says which it uses.
+EXIT_OK = 0  # done: rejected records are reported, not fatal
+EXIT_FAILED = 1  # a check or the reconciliation failed, --strict and rejects; or a bug
+EXIT_USAGE = 2  # bad arguments (argparse's own code)
+EXIT_ENVIRONMENT = 3  # the database, the data folder or the store: one line on stderr
+EXIT_LOCKED = 4  # another load holds the load lock
 MASK = "***"
 
 
@@ -41,8 +46,8 @@ def run_command(action: Callable[[], int], secrets: Collection[str] = ()) -> int
         sys.stderr.close()  # output piped into `head`, say: nothing left to say
         return 0
     except Exception:
-        message, code = traceback.format_exc().rstrip("\n"), EXIT_BUG
-    print(masked(message, secrets), file=sys.stderr)
+        message, code = traceback.format_exc(), EXIT_FAILED
+    print(masked(message, secrets).rstrip("\n"), file=sys.stderr)  # masked whole, then trimmed
     return code
 
 

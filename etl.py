@@ -18,6 +18,7 @@ import argparse
 import ctypes
 import dataclasses
 import itertools
+import json
 import multiprocessing
 import os
 import queue
@@ -225,7 +226,8 @@ def run(
     limits: Limits = Limits(),
     out=sys.stdout,
 ) -> Report:
-    """Load data_dir into the database, print the summary to out, and return the report."""
+    """Load data_dir into the database, print the summary to out (None: print nothing), and
+    return the report."""
     started = time.monotonic()
     check_data_dir(data_dir)
     conn = db.connect(settings)
@@ -268,7 +270,8 @@ def run(
         )
     finally:
         conn.close()
-    print("\n".join(report.lines()), file=out)
+    if out is not None:
+        print("\n".join(report.lines()), file=out)
     return report
 
 
@@ -316,27 +319,27 @@ def finish(
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
         examples = cur.fetchall()
         report = Report(
-            settings.describe(),
-            data_dir,
-            start.run_id,
-            0.0,
-            tally,
-            start.before,
-            after,
-            resolved_total,
-            checks,
-            examples,
-            set_aside,
-            found_missing.added,
-            restored.added,
-            restored.problems,
-            ignored,
+            target=settings.describe(),
+            data_dir=data_dir,
+            run_id=start.run_id,
+            seconds=time.monotonic() - started,
+            tally=tally,
+            before=start.before,
+            after=after,
+            resolved_total=resolved_total,
+            checks=checks,
+            examples=examples,
+            set_aside=set_aside,
+            found_missing=found_missing.added,
+            restored=restored.added,
+            not_restored=restored.problems,
+            ignored=ignored,
         )
         cur.execute(
             sql.run_finish,
             {"run_id": start.run_id, "status": "failed" if report.failed else "succeeded"},
         )
-    return dataclasses.replace(report, seconds=time.monotonic() - started)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Load song_data/ and log_data/ JSON into the Sparkify star schema.",
         epilog="examples:\n"
         "  python etl.py                                  # data/ into the embedded server\n"
-        "  python etl.py --data data --strict --no-progress\n\n"
+        "  python etl.py --data data --strict --no-progress\n"
+        "  python etl.py --json                           # the report as data (JSON)\n\n"
         "exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
         "reconciliation failed, a key set aside for a bulk load could not be "
         "added back, or --strict and records were rejected; 2 bad arguments; "
@@ -387,20 +391,32 @@ def main(argv: list[str] | None = None) -> int:
         "memory follows it (default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's report as one JSON object instead of the summary: every count "
+        "it states (files per state, records per kind, rows per table), the rejects, the "
+        "keys, the checks, the status and the exit code (docs/reliability.md#the-report-as-data)",
+    )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     limits = Limits(log_batch_bytes=args.batch_mb << 20)
-    return db.run_command(
-        settings,
-        lambda: run(
+
+    def load_and_report() -> int:
+        report = run(
             settings,
             args.data,
             full_refresh=args.full_refresh,
             jobs=args.jobs,
             limits=limits,
             progress=False if args.no_progress else None,
-        ).exit_code(args.strict),
-    )
+            out=None if args.json else sys.stdout,
+        )
+        if args.json:
+            print(json.dumps(report.as_dict(args.strict), indent=2))
+        return report.exit_code(args.strict)
+
+    return db.run_command(settings, load_and_report)
 
 
 if __name__ == "__main__":

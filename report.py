@@ -6,13 +6,13 @@ import dataclasses
 from pathlib import Path
 
 import sql_queries as sql
+from cli import EXIT_FAILED, EXIT_OK
 from extract import DATA_FILES, KINDS, path_text
 from load import Loaded, Part
 
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "unreadable")
-EXIT_OK, EXIT_FAILED = 0, 1
 # What a bulk load sets aside, named whole: on one server, and on Citus (where the keys stay).
 SET_ASIDE_NAMES = {
     tuple(sql.BULK_SET_ASIDE): "the keys of songplays and time, songplays' foreign keys and "
@@ -105,6 +105,51 @@ class Report:
 
     def exit_code(self, strict: bool) -> int:
         return EXIT_FAILED if self.failed or (strict and self.tally.rejected) else EXIT_OK
+
+    def as_dict(self, strict: bool) -> dict:
+        """The report as data (etl.py --json): every number lines() states, by name."""
+        t = self.tally
+        restored = self.restored
+        return {
+            "run_id": self.run_id,
+            "data": path_text(str(self.data_dir)),
+            "target": self.target,
+            "seconds": round(self.seconds, 3),
+            "status": "failed" if self.failed else "succeeded",
+            "exit_code": self.exit_code(strict),
+            "nothing_new": not t.anything_loaded,
+            "files": {
+                kind: {s: n for s in FILE_STATES if (n := t.files[kind].get(s))} for kind in KINDS
+            },
+            "records": {
+                kind: {**t.counts[kind], "reconciled": t.reconciles(kind)} for kind in KINDS
+            },
+            "tables": {
+                table: {"before": self.before[table], "after": self.after[table]}
+                for table in sql.STAR_TABLES
+            },
+            "plays_resolved": {
+                "total": self.resolved_total,
+                "plays": self.after["songplays"],
+                "this_run": t.resolved_plays,
+            },
+            "keys": {
+                "set_aside": self.set_aside and bool(restored),
+                "found_missing": self.found_missing,
+                "restored": restored,
+                "not_restored": dict(p.split(": ", 1) for p in self.not_restored),
+            },
+            "rejected": {
+                "records": t.rejected - t.file_problems,
+                "files": t.file_problems,
+                "examples": [
+                    {"path": path, "line": line, "reason": reason}
+                    for path, line, reason in self.examples
+                ],
+            },
+            "ignored": {"entries": len(self.ignored), "examples": self.ignored[:IGNORED_EXAMPLES]},
+            "checks": self.checks,
+        }
 
     def lines(self) -> list[str]:
         t = self.tally

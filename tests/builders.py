@@ -18,7 +18,7 @@ from conftest import PROJECT, query, run_script, scalar
 from summary import Counts
 
 import db
-from report import EXIT_OK
+from cli import EXIT_OK
 
 # ================================================================ the base sample
 
@@ -224,15 +224,17 @@ def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.Completed
 def etl(
     data: Path, *extra: str, exit_code: int = EXIT_OK, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """etl.py on the data folder, as a user runs it; it must end with exit_code."""
-    done = run_script("etl.py", "--data", str(data), "--no-progress", *extra, env=env, check=False)
+    """etl.py --json on the data folder, as a user runs it; it must end with exit_code."""
+    done = run_script(
+        "etl.py", "--data", str(data), "--no-progress", "--json", *extra, env=env, check=False
+    )
     return expect(done, exit_code)
 
 
 def start_load(data: Path) -> subprocess.Popen:
     """etl.py in the background, in small batches, for tests that act while it loads."""
     return subprocess.Popen(
-        [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(data), "--no-progress"],
+        [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(data), "--no-progress", "--json"],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

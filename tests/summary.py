@@ -1,17 +1,13 @@
-"""etl.py's summary read back into numbers and names (see report.Report.lines), so that a test
-compares counts rather than whole sentences. Every line must be one the summary is known to print:
-a line this module cannot read fails the test."""
+"""etl.py's report read as data (etl.py --json, report.Report.as_dict) into the Summary the
+tests compare: counts and names, never sentences."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import json
 from typing import NamedTuple
 
-import report
 import sql_queries
-from extract import KINDS
-from report import FILE_STATES
 
 
 class Counts(NamedTuple):
@@ -38,7 +34,7 @@ class Rejected(NamedTuple):
 
 @dataclasses.dataclass
 class Summary:
-    """What one summary says; parse_summary makes it."""
+    """What one run's report says; parse_summary makes it."""
 
     run_id: int
     nothing_new: bool = False
@@ -62,120 +58,35 @@ class Summary:
         return not (self.set_aside or self.added_back or self.not_added_back)
 
 
-SUMMARY_HEAD = re.compile(r"Loaded .+ into .+ in \d+\.\d s \(run (?P<run>\d+)\)")
-SUMMARY_KIND = re.compile(
-    r"  (?P<kind>\w+) files: (?P<total>\d+) \((?P<states>[^)]*)\); "
-    r"records: (?P<records>\d+) = (?P<loaded>\d+) loaded"
-    r"(?: \+ (?P<skipped>\d+) skipped \(not NextSong\) \+ (?P<duplicates>\d+) duplicates)?"
-    r" \+ (?P<rejected>\d+) rejected \[(?P<verdict>reconciled|MISMATCH)\]"
-)
-SUMMARY_LINES = {
-    "nothing new": re.compile(r"  nothing new: every file is unchanged since it was loaded"),
-    "rows": re.compile(r"  rows written: (?P<rows>.+)"),
-    "resolved": re.compile(
-        r"  plays resolved to a song: (?P<total>\d+) of (?P<plays>\d+) \((?P<run>\d+) this run\)"
-    ),
-    "set aside": re.compile(
-        r"  bulk load: set (?P<keys>.+) aside while loading; back now, "
-        r"checked over every row"
-    ),
-    "found missing": re.compile(
-        r"  added back (?P<keys>.+), found missing \(as an interrupted bulk load "
-        r"leaves them\); checked over every row"
-    ),
-    "not added back": re.compile(
-        r"  NOT added back, the next run tries again: (?P<key>\w+): (?P<why>.+)"
-    ),
-    "rejected": re.compile(
-        r"  rejected: (?P<records>\d+) records and (?P<files>\d+) whole files, kept in table "
-        r"load_rejects \(run_id = (?P<run>\d+)\):"
-    ),
-    "ignored": re.compile(
-        r"  ignored: (?P<n>\d+) entries that are not data files \(only \*\.json, \*\.ndjson "
-        r"and \*\.jsonl files, gzipped or not, are read\):"
-    ),
-    "checks not run": re.compile(r"  checks: not run, nothing changed since the last run"),
-    "checks": re.compile(r"  checks: (?P<passed>\d+) passed, (?P<failed>\d+) failed"),
-    "check": re.compile(r"    \[(?P<verdict>pass|FAIL)\] (?P<name>.+?)(?: \((?P<bad>\d+) rows\))?"),
-    "example": re.compile(r"    (?P<example>\S.*)"),
-}
-
-
-def _keys(named: str) -> list[str]:
-    """Set-aside keys as the summary names them: all of them (on one server or on Citus), or a
-    list."""
-    whole = {name: list(keys) for keys, name in report.SET_ASIDE_NAMES.items()}
-    return whole.get(named, named.split(", ") if named else [])
-
-
 def parse_summary(text: str) -> Summary:
-    head, *rest = text.splitlines()
-    match = SUMMARY_HEAD.fullmatch(head)
-    assert match, f"not etl.py's summary:\n{text}"
-    summary, section, told = Summary(int(match["run"])), None, None
-    for row in rest:
-        if m := SUMMARY_KIND.fullmatch(row):
-            _read_kind(summary, m)
-            continue
-        name, m = _match(row)
-        if name == "nothing new":
-            summary.nothing_new = True
-        elif name == "rows":
-            for part in m["rows"].split(", "):
-                table, added, now = re.fullmatch(r"(\w+) ([+-]\d+) \(= (\d+)\)", part).groups()
-                summary.rows[table] = (int(added), int(now))
-        elif name == "resolved":
-            summary.resolved = (int(m["total"]), int(m["plays"]), int(m["run"]))
-        elif name in ("set aside", "found missing"):
-            summary.set_aside = name == "set aside"
-            summary.added_back += _keys(m["keys"])
-        elif name == "not added back":
-            summary.not_added_back[m["key"]] = m["why"]
-        elif name == "rejected":
-            summary.rejected = Rejected(int(m["records"]), int(m["files"]), int(m["run"]))
-            section = name
-        elif name == "ignored":
-            summary.ignored, section = int(m["n"]), name
-        elif name == "checks not run":
-            section = name
-        elif name == "checks":
-            summary.checks, told, section = {}, (int(m["passed"]), int(m["failed"])), name
-        elif name == "check" and section == "checks":
-            assert (m["verdict"] == "FAIL") == bool(m["bad"] and int(m["bad"])), row
-            summary.checks[m["name"]] = int(m["bad"] or 0)
-        elif name in ("check", "example") and section == "rejected":
-            summary.examples.append(row.strip())
-        elif name in ("check", "example") and section == "ignored":
-            summary.ignored_examples.append(row.strip())
-        else:
-            raise AssertionError(f"a line the summary is not known to print: {row!r}\n{text}")
-    assert set(summary.records) == set(KINDS), text
-    assert list(summary.rows) == sql_queries.STAR_TABLES and summary.resolved, text
-    assert section in ("checks", "checks not run"), f"no checks line last:\n{text}"
-    assert len(summary.ignored_examples) == min(summary.ignored, report.IGNORED_EXAMPLES), text
-    if told:
-        failed = sum(1 for bad in summary.checks.values() if bad)
-        assert told == (len(summary.checks) - failed, failed), text
-    return summary
+    """etl.py --json's report as a Summary."""
+    return summary_of(json.loads(text))
 
 
-def _match(row: str) -> tuple[str | None, re.Match | None]:
-    """Which kind of line row is, and its fields."""
-    for name, pattern in SUMMARY_LINES.items():
-        if m := pattern.fullmatch(row):
-            return name, m
-    return None, None
-
-
-def _read_kind(summary: Summary, m: re.Match) -> None:
-    """A kind's line: its files by state, and its records."""
-    kind = m["kind"]
-    states = {}
-    if m["states"] != "none":
-        for part in m["states"].split(", "):
-            n, state = part.split(" ")
-            states[state] = int(n)
-    assert set(states) <= set(FILE_STATES) and sum(states.values()) == int(m["total"]), m[0]
-    summary.files[kind] = states
-    summary.records[kind] = Counts(**{f: int(m[f]) for f in Counts._fields if m[f] is not None})
-    summary.reconciled[kind] = m["verdict"] == "reconciled"
+def summary_of(report: dict) -> Summary:
+    """A report's data (report.Report.as_dict) as the Summary the tests compare."""
+    keys, rejected, ignored = report["keys"], report["rejected"], report["ignored"]
+    return Summary(
+        run_id=report["run_id"],
+        nothing_new=report["nothing_new"],
+        files=report["files"],
+        records={
+            kind: Counts(*(c[f] for f in Counts._fields)) for kind, c in report["records"].items()
+        },
+        reconciled={kind: c["reconciled"] for kind, c in report["records"].items()},
+        rows={t: (n["after"] - n["before"], n["after"]) for t, n in report["tables"].items()},
+        resolved=tuple(report["plays_resolved"][k] for k in ("total", "plays", "this_run")),
+        set_aside=keys["set_aside"],
+        added_back=keys["found_missing"] + keys["restored"],
+        not_added_back=keys["not_restored"],
+        rejected=Rejected(rejected["records"], rejected["files"], report["run_id"])
+        if rejected["records"] or rejected["files"]
+        else None,
+        examples=[
+            f"{report['data']}/{e['path']}:{'-' if e['line'] is None else e['line']}: {e['reason']}"
+            for e in rejected["examples"]
+        ],
+        ignored=ignored["entries"],
+        ignored_examples=ignored["examples"],
+        checks=report["checks"],
+    )

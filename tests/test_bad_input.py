@@ -32,7 +32,7 @@ from builders import (
 from conftest import counts, query, scalar, table_contents
 from summary import CHECKS_PASSED, Counts, parse_summary
 
-from report import EXIT_FAILED, EXIT_OK
+from cli import EXIT_FAILED, EXIT_OK
 
 G = event  # a short name for the tables below
 BAD_LOG = "log_data/bad/bad.json"

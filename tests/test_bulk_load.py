@@ -35,7 +35,7 @@ from summary import ALL_SET_ASIDE, CHECKS_PASSED, Counts, parse_summary
 
 import db
 import sql_queries
-from report import EXIT_FAILED, EXIT_OK
+from cli import EXIT_FAILED, EXIT_OK
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 

@@ -25,6 +25,7 @@ import psycopg2
 import pytest
 import test_file_sequences as sequences
 from conftest import PROJECT, SAMPLE, query, run_script, schema_objects, table_contents
+from summary import CHECKS_PASSED, parse_summary
 
 import citus_cluster
 import db
@@ -109,7 +110,9 @@ def plain_url() -> str | None:
 
 def etl(url: str | None, data: Path, *extra: str, check: bool = True):
     with on(url):
-        return run_script("etl.py", "--data", str(data), "--no-progress", *extra, check=check)
+        return run_script(
+            "etl.py", "--data", str(data), "--no-progress", "--json", *extra, check=check
+        )
 
 
 def fresh_load(url: str | None, data: Path, *extra: str) -> tuple[dict, str]:
@@ -296,7 +299,7 @@ def test_sample_data_gives_the_same_star_on_citus_as_on_plain_postgresql(
     assert {t: len(rows) for t, rows in citus.items()} == {
         t: truth[t] for t in sql_queries.STAR_TABLES
     }
-    assert "checks: 10 passed, 0 failed" in out
+    assert parse_summary(out).checks == CHECKS_PASSED
 
 
 def test_udacity_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluster, real_data):
@@ -310,8 +313,9 @@ def test_udacity_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluste
         "artists": 69,
         "time": 6813,
     }
-    assert "checks: 10 passed, 0 failed" in out
-    assert "bulk load: set songplays' foreign keys and file_id index aside" in out
+    assert parse_summary(out).checks == CHECKS_PASSED
+    bulk = parse_summary(out)
+    assert bulk.set_aside and bulk.added_back == list(sql_queries.SONGPLAYS_SET_ASIDE)
 
 
 @pytest.fixture(scope="module")
@@ -344,9 +348,10 @@ def test_generated_200k_events_give_the_same_star_on_citus_as_on_plain_postgresq
         t: truth[t] for t in sql_queries.STAR_TABLES
     }
     assert truth["log_records"] == GENERATED["events"]
-    assert f"plays resolved to a song: {truth['songplays_resolved']} of {truth['songplays']}" in out
-    assert "checks: 10 passed, 0 failed" in out
-    assert "bulk load: set songplays' foreign keys and file_id index aside" in out
+    assert parse_summary(out).resolved[:2] == (truth["songplays_resolved"], truth["songplays"])
+    assert parse_summary(out).checks == CHECKS_PASSED
+    bulk = parse_summary(out)
+    assert bulk.set_aside and bulk.added_back == list(sql_queries.SONGPLAYS_SET_ASIDE)
 
 
 # ================================================================ re-runs, reloads, refreshes
@@ -355,7 +360,7 @@ def test_generated_200k_events_give_the_same_star_on_citus_as_on_plain_postgresq
 def test_citus_rerun_with_nothing_new_changes_nothing(cluster):
     before, _ = fresh_load(cluster.url, SAMPLE)
     again = etl(cluster.url, SAMPLE)
-    assert "nothing new: every file is unchanged since it was loaded" in again.stdout
+    assert parse_summary(again.stdout).nothing_new
     with on(cluster.url):
         assert table_contents() == before
         assert query("SELECT status FROM load_runs ORDER BY run_id") == [("succeeded",)] * 2
@@ -365,8 +370,10 @@ def test_citus_rerun_with_nothing_new_changes_nothing(cluster):
 def test_citus_full_refresh_gives_identical_tables(cluster):
     before, _ = fresh_load(cluster.url, SAMPLE)
     done = etl(cluster.url, SAMPLE, "--full-refresh")
-    assert "log files: 30 (30 new); records: 20000 = 17071 loaded" in done.stdout
-    assert "checks: 10 passed, 0 failed" in done.stdout
+    summary = parse_summary(done.stdout)
+    assert summary.files["log"] == {"new": 30}
+    assert summary.records["log"][:2] == (20000, 17071)
+    assert summary.checks == CHECKS_PASSED
     with on(cluster.url):
         assert table_contents() == before
 
@@ -389,8 +396,9 @@ def test_citus_changed_log_file_reloads_to_what_plain_postgresql_loads_fresh(clu
     log = sorted((data / "log_data").rglob("*.json"))[-1]
     edit_log(log)
     done = etl(cluster.url, data)
-    assert "log files: 30 (29 unchanged, 1 changed)" in done.stdout
-    assert "checks: 10 passed, 0 failed" in done.stdout
+    summary = parse_summary(done.stdout)
+    assert summary.files["log"] == {"unchanged": 29, "changed": 1}
+    assert summary.checks == CHECKS_PASSED
     with on(cluster.url):
         reloaded = table_contents()
     plain, _ = fresh_load(plain_url(), data)
@@ -433,7 +441,7 @@ def test_citus_songs_arriving_after_their_plays_resolve_them_as_plain_postgresql
         assert query("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL") == [(0,)]
     shutil.copytree(SAMPLE / "song_data", data / "song_data")
     done = etl(cluster.url, data)
-    assert "plays resolved to a song: 5965 of 17071 (5965 this run)" in done.stdout
+    assert parse_summary(done.stdout).resolved == (5965, 17071, 5965)
     with on(cluster.url):
         assert table_contents() == sample_plain
 
@@ -449,7 +457,7 @@ LOCK_HELD = (
 
 def start_load(url: str, data: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "etl.py", "--data", str(data), "--no-progress"],
+        [sys.executable, "etl.py", "--data", str(data), "--no-progress", "--json"],
         cwd=PROJECT,
         env={**os.environ, "DATABASE_URL": url},
         stdout=subprocess.PIPE,
@@ -523,8 +531,9 @@ def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
     assert foreign_keys_at_kill == 0  # killed in the middle of a bulk load
 
     done = etl(cluster.url, generated)
-    assert f"log files: 30 ({logs_at_kill} unchanged, {30 - logs_at_kill} new)" in done.stdout
-    assert "checks: 10 passed, 0 failed" in done.stdout
+    summary = parse_summary(done.stdout)
+    assert summary.files["log"] == {"unchanged": logs_at_kill, "new": 30 - logs_at_kill}
+    assert summary.checks == CHECKS_PASSED
     with on(cluster.url):
         assert table_contents() == generated_plain
         assert schema_objects() == schema

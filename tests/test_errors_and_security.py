@@ -20,8 +20,7 @@ from conftest import PROJECT, drop_tables, run_script
 import db
 import embedded
 import sql_queries
-from cli import EXIT_ENVIRONMENT, EXIT_LOCKED
-from report import EXIT_FAILED, EXIT_OK
+from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
 
 UNREACHABLE = "postgresql://u:s3cret@127.0.0.1:1/x"
 

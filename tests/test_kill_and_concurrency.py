@@ -19,9 +19,8 @@ from summary import ALL_SET_ASIDE, CHECKS_PASSED, parse_summary
 
 import db
 import sql_queries
-from cli import EXIT_LOCKED
+from cli import EXIT_LOCKED, EXIT_OK
 from extract import FOLDERS
-from report import EXIT_OK
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 

@@ -54,8 +54,8 @@ import extract
 import records
 import stage
 import transform
+from cli import EXIT_OK
 from load import Part
-from report import EXIT_OK
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 

@@ -1,12 +1,14 @@
-"""report.py on exact inputs, no database: the summary states every number of the run's report,
-and the run fails when its counts do not reconcile, a check fails or a key could not come back."""
+"""report.py on exact inputs, no database: the report as data (etl.py --json) holds every number
+of the run, the summary states them, and the run fails when its counts do not reconcile, a check
+fails or a key could not come back."""
 
 from pathlib import Path
 
-from summary import Counts, parse_summary
+from summary import Counts, summary_of
 
 import sql_queries
-from report import EXIT_FAILED, EXIT_OK, Report, Tally
+from cli import EXIT_FAILED, EXIT_OK
+from report import Report, Tally
 
 TALLY = {  # the songs do not reconcile: 8 read, 5 + 2 accounted for
     "song": Counts(records=8, loaded=5, rejected=2),
@@ -45,8 +47,10 @@ def report(**changes) -> Report:
     return Report(**{**fields, **changes})
 
 
-def test_summary_states_every_number_of_the_report():
-    summary = parse_summary("\n".join(report().lines()))
+def test_the_report_as_data_holds_every_number_of_the_run():
+    data = report().as_dict(strict=False)
+    assert (data["status"], data["exit_code"], data["seconds"]) == ("failed", EXIT_FAILED, 1.5)
+    summary = summary_of(data)
     assert summary.run_id == 12
     assert summary.files == {
         "song": {"new": 4},
@@ -78,3 +82,19 @@ def test_a_run_fails_on_a_mismatch_a_failed_check_or_a_key_that_did_not_come_bac
     assert report(**{**good, "checks": None}).exit_code(strict=False) == EXIT_OK  # not run
     assert report(**{**good, "checks": report().checks}).exit_code(strict=False) == EXIT_FAILED
     assert report(**{**good, "not_restored": ["k: why"]}).exit_code(strict=False) == EXIT_FAILED
+
+
+def test_the_summary_states_the_reports_numbers_and_a_negative_delta_as_such():
+    before = dict.fromkeys(sql_queries.STAR_TABLES, 10)
+    after = {**before, "songplays": 7}
+    lines = report(before=before, after=after).lines()
+    assert lines[0] == "Loaded /data into the test server in 1.5 s (run 12)"
+    assert lines[1:3] == [
+        "  song files: 4 (4 new); records: 8 = 5 loaded + 2 rejected [MISMATCH]",
+        "  log files: 4 (1 unchanged, 2 changed, 1 unreadable); records: 40 = 20 loaded + 9 "
+        "skipped (not NextSong) + 3 duplicates + 8 rejected [reconciled]",
+    ]
+    assert lines[3] == (
+        "  rows written: songplays -3 (= 7), users +0 (= 10), songs +0 (= 10), "
+        "artists +0 (= 10), time +0 (= 10)"
+    )

@@ -12,7 +12,7 @@ from sql_queries import STAR_TABLES
 def sample_load():
     """The summary of `python etl.py` (data/ by default) into fresh tables."""
     run_script("create_tables.py")
-    return parse_summary(run_script("etl.py", "--no-progress").stdout)
+    return parse_summary(run_script("etl.py", "--no-progress", "--json").stdout)
 
 
 def test_sample_load_matches_the_generators_truth(sample_load, truth):
@@ -36,7 +36,7 @@ def test_sample_load_resolves_a_non_ascii_play_to_its_song(sample_load, truth):
 
 def test_second_load_of_the_sample_changes_nothing_and_says_so(sample_load):
     before = table_contents()
-    assert parse_summary(run_script("etl.py", "--no-progress").stdout).nothing_new
+    assert parse_summary(run_script("etl.py", "--no-progress", "--json").stdout).nothing_new
     assert table_contents() == before
 
 
