@@ -3,6 +3,7 @@ run the project's scripts the way a user does."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,12 +13,23 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 import db
 import embedded
 import sql_queries
 
 PROJECT = Path(__file__).resolve().parents[1]
+# Hypothesis as the property tests run it: the same examples on every run and machine
+# (derandomized), no deadline on a shared machine, the first failure reported.
+PROPERTY = hypothesis_settings(
+    derandomize=True,
+    deadline=None,
+    print_blob=False,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SAMPLE = PROJECT / "data"
 
 
@@ -75,6 +87,24 @@ def query(sql: str, params=None) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def using_database(url: str | None):
+    """The readers here (query, table_contents, ...) and the scripts run on the database at url
+    for a while; None: the tests' own server."""
+    previous = os.environ.get("DATABASE_URL")
+    if url:
+        os.environ["DATABASE_URL"] = url
+    else:
+        os.environ.pop("DATABASE_URL", None)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
 
 
 def drop_tables() -> None:

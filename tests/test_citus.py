@@ -24,7 +24,15 @@ from pathlib import Path
 import psycopg2
 import pytest
 import test_file_sequences as sequences
-from conftest import PROJECT, SAMPLE, query, run_script, schema_objects, table_contents
+from conftest import (
+    PROJECT,
+    SAMPLE,
+    query,
+    run_script,
+    schema_objects,
+    table_contents,
+    using_database,
+)
 from summary import CHECKS_PASSED, parse_summary
 
 import citus_cluster
@@ -85,31 +93,13 @@ def cluster():
         assert not folder.exists()
 
 
-@contextlib.contextmanager
-def on(url: str | None):
-    """conftest's readers (query, table_contents, ...) on another database for a while; None:
-    the plain PostgreSQL server of the other tests."""
-    previous = os.environ.get("DATABASE_URL")
-    if url:
-        os.environ["DATABASE_URL"] = url
-    else:
-        os.environ.pop("DATABASE_URL", None)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = previous
-
-
 def plain_url() -> str | None:
     """The plain PostgreSQL of the other tests: conftest's embedded server, or DATABASE_URL."""
     return os.environ.get("DATABASE_URL")
 
 
 def etl(url: str | None, data: Path, *extra: str, check: bool = True):
-    with on(url):
+    with using_database(url):
         return run_script(
             "etl.py", "--data", str(data), "--no-progress", "--json", *extra, check=check
         )
@@ -117,7 +107,7 @@ def etl(url: str | None, data: Path, *extra: str, check: bool = True):
 
 def fresh_load(url: str | None, data: Path, *extra: str) -> tuple[dict, str]:
     """create_tables.py, then etl.py: (the star's contents, etl.py's output)."""
-    with on(url):
+    with using_database(url):
         run_script("create_tables.py")
         done = etl(url, data, *extra)
         return table_contents(), done.stdout
@@ -143,7 +133,7 @@ def test_cluster_command_reports_every_node_running_and_the_url_without_a_passwo
     help_text = run_script("citus_cluster.py", "--help").stdout
     for option in ("--dir", "--port", "--workers", "--remove", "start", "stop", "status", "url"):
         assert option in help_text
-    with on(cluster.url):
+    with using_database(cluster.url):
         assert query("SELECT nodeport, shouldhaveshards FROM pg_dist_node ORDER BY nodeid") == [
             (cluster.ports[0], False),
             (cluster.ports[1], True),
@@ -185,7 +175,7 @@ def test_create_tables_distributes_the_star_and_keeps_every_key_and_check(cluste
     plain_columns = query(COLUMNS, {"t": sql_queries.TABLES})
     done = run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
     assert "on Citus: songplays and users distributed on user_id (co-located)" in done.stdout
-    with on(cluster.url):
+    with using_database(cluster.url):
         placed = query(
             "SELECT logicalrelid::text, partmethod, repmodel, "
             "column_to_column_name(logicalrelid, partkey), colocationid "
@@ -194,7 +184,7 @@ def test_create_tables_distributes_the_star_and_keeps_every_key_and_check(cluste
         assert keys_and_indexes() == plain  # primary, unique and foreign keys, indexes
         assert query(COLUMNS, {"t": sql_queries.TABLES}) == plain_columns
         checks = query(CHECK_CONSTRAINTS, {"t": sql_queries.TABLES})
-    with on(plain_url()):
+    with using_database(plain_url()):
         assert checks == query(CHECK_CONSTRAINTS, {"t": sql_queries.TABLES})
     free_or_paid = "CHECK ((level = ANY (ARRAY['free'::text, 'paid'::text])))"
     assert checks == [
@@ -361,7 +351,7 @@ def test_citus_rerun_with_nothing_new_changes_nothing(cluster):
     before, _ = fresh_load(cluster.url, SAMPLE)
     again = etl(cluster.url, SAMPLE)
     assert parse_summary(again.stdout).nothing_new
-    with on(cluster.url):
+    with using_database(cluster.url):
         assert table_contents() == before
         assert query("SELECT status FROM load_runs ORDER BY run_id") == [("succeeded",)] * 2
         assert query("SELECT count(*) FROM stage_plays_citus") == [(0,)]
@@ -374,7 +364,7 @@ def test_citus_full_refresh_gives_identical_tables(cluster):
     assert summary.files["log"] == {"new": 30}
     assert summary.records["log"][:2] == (20000, 17071)
     assert summary.checks == CHECKS_PASSED
-    with on(cluster.url):
+    with using_database(cluster.url):
         assert table_contents() == before
 
 
@@ -399,7 +389,7 @@ def test_citus_changed_log_file_reloads_to_what_plain_postgresql_loads_fresh(clu
     summary = parse_summary(done.stdout)
     assert summary.files["log"] == {"unchanged": 29, "changed": 1}
     assert summary.checks == CHECKS_PASSED
-    with on(cluster.url):
+    with using_database(cluster.url):
         reloaded = table_contents()
     plain, _ = fresh_load(plain_url(), data)
     assert reloaded == plain
@@ -437,12 +427,12 @@ def test_citus_songs_arriving_after_their_plays_resolve_them_as_plain_postgresql
     data = tmp_path / "data"
     shutil.copytree(SAMPLE / "log_data", data / "log_data")
     fresh_load(cluster.url, data)
-    with on(cluster.url):
+    with using_database(cluster.url):
         assert query("SELECT count(*) FROM songplays WHERE song_id IS NOT NULL") == [(0,)]
     shutil.copytree(SAMPLE / "song_data", data / "song_data")
     done = etl(cluster.url, data)
     assert parse_summary(done.stdout).resolved == (5965, 17071, 5965)
-    with on(cluster.url):
+    with using_database(cluster.url):
         assert table_contents() == sample_plain
 
 
@@ -488,7 +478,7 @@ def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
     cluster, generated, generated_plain
 ):
     run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
-    with on(cluster.url):
+    with using_database(cluster.url):
         schema = schema_objects()
     watch = psycopg2.connect(cluster.url)
     watch.autocommit = True
@@ -534,7 +524,7 @@ def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
     summary = parse_summary(done.stdout)
     assert summary.files["log"] == {"unchanged": logs_at_kill, "new": 30 - logs_at_kill}
     assert summary.checks == CHECKS_PASSED
-    with on(cluster.url):
+    with using_database(cluster.url):
         assert table_contents() == generated_plain
         assert schema_objects() == schema
         assert query("SELECT status FROM load_runs ORDER BY run_id") == [
@@ -566,6 +556,6 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
     assert len(lines) == 1 and lines[0].startswith(
         "error: another load is running on this database: etl.py (server pid "
     ), err
-    with on(cluster.url):
+    with using_database(cluster.url):
         assert table_contents() == generated_plain
         assert query("SELECT status FROM load_runs") == [("succeeded",)]

@@ -31,7 +31,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 from builders import SESSION, T0, USER, event, lines, log_file, other_page, song
-from conftest import query, table_contents
+from conftest import query, table_contents, using_database
 from psycopg2 import sql as pgsql
 
 import create_tables
@@ -267,21 +267,6 @@ def model_settings() -> db.Settings:
     )
 
 
-@contextlib.contextmanager
-def reading(settings: db.Settings):
-    """conftest's readers (query, table_contents) on settings' database for a while."""
-    previous = os.environ.get("DATABASE_URL")
-    if settings.url:
-        os.environ["DATABASE_URL"] = settings.url
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = previous
-
-
 def random_limits(rng: random.Random) -> Limits:
     """Batches of a file or two (files read in parts) up to everything in one batch."""
     return Limits(
@@ -294,7 +279,7 @@ def random_limits(rng: random.Random) -> Limits:
 def lock_free(settings: db.Settings) -> None:
     """A closed session's server process lets go of the load lock a moment after its client is
     gone: back-to-back loads wait for it, as a user typing the next command never notices."""
-    with reading(settings):
+    with using_database(settings.url):
         for _ in range(500):
             if not query(sql_queries.lock_holder, {"key": sql_queries.LOCK_KEY}):
                 return
@@ -319,7 +304,7 @@ def load(settings: db.Settings, data: Path, limits: Limits) -> str:
 
 def outcome(settings: db.Settings) -> dict:
     """The star, each file's manifest counts, and the copies kept of plays other files hold."""
-    with reading(settings):
+    with using_database(settings.url):
         return {
             **table_contents(),
             "manifest": query(

@@ -51,8 +51,8 @@ from builders import (
     song,
     write,
 )
-from conftest import PROJECT, counts, query, run_script, table_contents
-from hypothesis import HealthCheck, given, note
+from conftest import PROJECT, PROPERTY, counts, query, run_script, table_contents
+from hypothesis import given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from summary import CHECKS_PASSED, Counts, Rejected, parse_summary
@@ -66,13 +66,6 @@ from load import FilePart
 
 TIMEOUT = 120  # seconds: a run that takes longer hangs
 GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
-PROPERTY = hypothesis_settings(
-    derandomize=True,
-    deadline=None,
-    print_blob=False,
-    report_multiple_bugs=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 # ================================================================ running etl.py
 

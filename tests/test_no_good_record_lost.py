@@ -42,8 +42,8 @@ import builders
 import orjson
 import pytest
 from builders import SESSION, USER
-from conftest import query, run_script, scalar, table_contents
-from hypothesis import HealthCheck, event, given, note
+from conftest import PROPERTY, query, run_script, scalar, table_contents
+from hypothesis import event, given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -59,13 +59,6 @@ from load import Part
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
-PROPERTY = hypothesis_settings(
-    derandomize=True,
-    deadline=None,
-    print_blob=False,
-    report_multiple_bugs=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 ABSENT = object()  # as a field's value: leave the field out
 TS_MAX = transform.TS_RANGE[1]

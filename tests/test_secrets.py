@@ -27,8 +27,8 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 from builders import BASE, Watcher, base_sample, etl, one_error_line
-from conftest import PROJECT, counts, query, run_script
-from hypothesis import HealthCheck, given
+from conftest import PROJECT, PROPERTY, counts, query, run_script
+from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
@@ -44,13 +44,6 @@ import etl as etl_script
 import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_OK
 
-PROPERTY = hypothesis_settings(
-    derandomize=True,
-    deadline=None,
-    print_blob=False,
-    report_multiple_bugs=False,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 MASKED_FROM = 4
 PRINTABLE = string.printable
 NO_WHITESPACE = "".join(c for c in string.printable if c not in string.whitespace)
