@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import sql_queries as sql
 from extract import DATA_FILES, KINDS, path_text
@@ -11,6 +10,7 @@ from load import Loaded, Part
 
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
+GONE_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "unreadable")
 EXIT_OK, EXIT_FAILED = 0, 1
 # What a bulk load sets aside, named whole: on one server, and on Citus (where the keys stay).
@@ -80,7 +80,7 @@ class Report:
     """Everything the summary says about one run."""
 
     target: str  # where it loaded, without a password
-    data_dir: Path
+    data_dir: str  # the folder, or the object store's URL, as given
     run_id: int
     seconds: float
     tally: Tally
@@ -94,6 +94,7 @@ class Report:
     restored: list[str]  # set-aside keys added back at the end of this run
     not_restored: list[str]  # those that could not come back, and why
     ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
+    gone: list[str] = dataclasses.field(default_factory=list)  # loaded before, not there now
 
     @property
     def failed(self) -> bool:
@@ -144,7 +145,7 @@ class Report:
                 f"(run_id = {self.run_id}):"
             )
             out += [
-                f"    {data_dir}/{path}:{line if line is not None else '-'}: {reason}"
+                f"    {_where(data_dir, path)}:{line if line is not None else '-'}: {reason}"
                 for path, line, reason in self.examples
             ]
         if self.ignored:
@@ -153,6 +154,12 @@ class Report:
                 f"(only {DATA_FILES}, are read):"
             )
             out += [f"    {path}" for path in self.ignored[:IGNORED_EXAMPLES]]
+        if self.gone:
+            out.append(
+                f"  gone: {len(self.gone)} files loaded before are no longer there; "
+                "what they loaded stays:"
+            )
+            out += [f"    {path}" for path in self.gone[:GONE_EXAMPLES]]
         if self.checks is None:
             out.append("  checks: not run, nothing changed since the last run")
         else:
@@ -182,6 +189,12 @@ class Report:
             for problem in self.not_restored
         ]
         return out
+
+
+def _where(data_dir: str, path: str) -> str:
+    """A file's manifest path as the summary shows it: under the data folder, or an object's
+    URL as it is."""
+    return path if "://" in path else f"{data_dir}/{path}"
 
 
 def _named(names: list[str]) -> str:

@@ -202,7 +202,8 @@ CREATE TABLE load_manifest (
     path        text NOT NULL UNIQUE,
     kind        text NOT NULL CHECK (kind IN ('song', 'log')),
     size_bytes  bigint NOT NULL,
-    mtime_ns    bigint NOT NULL,
+    mtime_ns    bigint NOT NULL,  -- 0 for an object: its etag says when it changed
+    etag        text,             -- an object's ETag (NULL for a file on disk)
     sha256      text NOT NULL,
     run_id      bigint NOT NULL REFERENCES load_runs (run_id),
     records     integer NOT NULL,
@@ -351,10 +352,10 @@ run_finish = """
 UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(run_id)s"""
 
 manifest_known = """
-SELECT path, size_bytes, mtime_ns, sha256 FROM load_manifest WHERE kind = %(kind)s"""
+SELECT path, size_bytes, mtime_ns, etag, sha256 FROM load_manifest WHERE kind = %(kind)s"""
 
 manifest_touch = """
-UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s
+UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s, etag = %(etag)s
 WHERE path = %(path)s"""
 
 full_refresh = "TRUNCATE songplays, users, time, songs, artists, load_manifest"
@@ -419,6 +420,7 @@ STAGING = {
         "first": "boolean",
         "size_bytes": "bigint",
         "mtime_ns": "bigint",
+        "etag": "text",
         "sha256": "text",
         "records": "integer",
         "loaded": "integer",
@@ -446,15 +448,16 @@ copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 # A file's first part in a batch writes its manifest row whole; a later part of a big file adds
 # its counts. loaded and duplicates of a log file are added once its plays are in.
 manifest_upsert = """
-INSERT INTO load_manifest (path, kind, size_bytes, mtime_ns, sha256, run_id,
+INSERT INTO load_manifest (path, kind, size_bytes, mtime_ns, etag, sha256, run_id,
                            records, loaded, skipped, duplicates, rejected)
-SELECT path, kind, size_bytes, mtime_ns, sha256, %(run_id)s,
+SELECT path, kind, size_bytes, mtime_ns, etag, sha256, %(run_id)s,
        records, loaded, skipped, 0, rejected
 FROM stage_manifest
 WHERE first
 ON CONFLICT (path) DO UPDATE SET
     kind = EXCLUDED.kind, size_bytes = EXCLUDED.size_bytes, mtime_ns = EXCLUDED.mtime_ns,
-    sha256 = EXCLUDED.sha256, run_id = EXCLUDED.run_id, records = EXCLUDED.records,
+    etag = EXCLUDED.etag, sha256 = EXCLUDED.sha256, run_id = EXCLUDED.run_id,
+    records = EXCLUDED.records,
     loaded = EXCLUDED.loaded, skipped = EXCLUDED.skipped, duplicates = EXCLUDED.duplicates,
     rejected = EXCLUDED.rejected, loaded_at = now()"""
 

@@ -41,8 +41,7 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
     limits.log_batch_bytes is read, parsed and shaped one part at a time."""
     part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
     chunks, problems, size, index = [], [], 0, 0
-    for task in batch.tasks:
-        read, contents = extract.read_file(task, part_bytes)
+    for task, read, contents in extract.read_batch(batch, part_bytes):
         file = FilePart(task.path, task.mtime_ns, read)
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
@@ -165,6 +164,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("first", pa.bool_()),
         ("size_bytes", pa.int64()),
         ("mtime_ns", pa.int64()),
+        ("etag", pa.string()),
         ("sha256", pa.string()),
         *[(name, pa.int64()) for name in ("records", "loaded", "skipped", "rejected")],
     ]
@@ -182,6 +182,7 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
                     "first": f.first,
                     "size_bytes": f.read.size,
                     "mtime_ns": f.mtime_ns,
+                    "etag": f.read.etag,
                     "sha256": f.read.sha256,
                     "records": f.records,
                     "loaded": f.accepted if kind == "song" else 0,
