@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
         "reconciliation failed, a key set aside for a bulk load could not be "
         "added back, or --strict and records were rejected; 2 bad arguments; "
-        "3 database, data folder or object store problem; 4 another load is running",
+        "3 database or data folder problem (an object store's included); 4 another load is "
+        "running",
     )
     parser.add_argument(
         "--data",

@@ -84,9 +84,10 @@ class S3Server:
             region_name="us-east-1",
         )
 
-    def upload(self, folder: Path, bucket: str, prefix: str) -> str:
+    def upload(self, folder: Path, bucket: str, prefix: str, acl: str = "private") -> str:
         """Every file under folder's song_data/ and log_data/ put under s3://bucket/prefix/ (the
-        bucket made if need be); the URL of the prefix."""
+        bucket made if need be), with the canned ACL given ("public-read": anyone may read it);
+        the URL of the prefix."""
         s3 = self.client()
         if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
             s3.create_bucket(Bucket=bucket)
@@ -94,5 +95,5 @@ class S3Server:
             for path in sorted((folder / top).rglob("*")):
                 if path.is_file():
                     key = f"{prefix}/{path.relative_to(folder).as_posix()}"
-                    s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+                    s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), ACL=acl)
         return f"s3://{bucket}/{prefix}"

@@ -54,6 +54,8 @@ class Summary:
     examples: list[str] = dataclasses.field(default_factory=list)  # "path:line: reason"
     ignored: int = 0  # entries that are not data files
     ignored_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
+    gone: int = 0  # files the manifest has that are no longer there
+    gone_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
     checks: dict[str, int] | None = None  # check: offending rows; None: not run
 
     @property
@@ -93,6 +95,9 @@ SUMMARY_LINES = {
     "ignored": re.compile(
         r"  ignored: (?P<n>\d+) entries that are not data files \(only \*\.json, \*\.ndjson "
         r"and \*\.jsonl files, gzipped or not, are read\):"
+    ),
+    "gone": re.compile(
+        r"  gone: (?P<n>\d+) files loaded before are no longer there; what they loaded stays:"
     ),
     "checks not run": re.compile(r"  checks: not run, nothing changed since the last run"),
     "checks": re.compile(r"  checks: (?P<passed>\d+) passed, (?P<failed>\d+) failed"),
@@ -136,6 +141,8 @@ def parse_summary(text: str) -> Summary:
             section = name
         elif name == "ignored":
             summary.ignored, section = int(m["n"]), name
+        elif name == "gone":
+            summary.gone, section = int(m["n"]), name
         elif name == "checks not run":
             section = name
         elif name == "checks":
@@ -147,12 +154,15 @@ def parse_summary(text: str) -> Summary:
             summary.examples.append(row.strip())
         elif name in ("check", "example") and section == "ignored":
             summary.ignored_examples.append(row.strip())
+        elif name in ("check", "example") and section == "gone":
+            summary.gone_examples.append(row.strip())
         else:
             raise AssertionError(f"a line the summary is not known to print: {row!r}\n{text}")
     assert set(summary.records) == set(KINDS), text
     assert list(summary.rows) == sql_queries.STAR_TABLES and summary.resolved, text
     assert section in ("checks", "checks not run"), f"no checks line last:\n{text}"
     assert len(summary.ignored_examples) == min(summary.ignored, report.IGNORED_EXAMPLES), text
+    assert len(summary.gone_examples) == min(summary.gone, report.GONE_EXAMPLES), text
     if told:
         failed = sum(1 for bad in summary.checks.values() if bad)
         assert told == (len(summary.checks) - failed, failed), text
