@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--anonymous",
         action="store_true",
-        help="read a public bucket without credentials",
+        help="read an object store without credentials, as a public bucket allows",
     )
     parser.add_argument(
         "--database-url",

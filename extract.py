@@ -86,7 +86,7 @@ class Store:
     def filesystem(self):
         import fsspec  # imported only when the data is in an object store
 
-        package, anonymous = STORES[self.scheme]
+        anonymous = STORES[self.scheme][1]
         options = anonymous if self.anonymous else {}
         # No listings cache: each run, and each check of a run, sees the store as it is now.
         return fsspec.filesystem(self.scheme, use_listings_cache=False, **options)
