@@ -164,9 +164,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("first", pa.bool_()),
         ("size_bytes", pa.int64()),
         ("mtime_ns", pa.int64()),
-        ("etag", pa.string()),
         ("sha256", pa.string()),
         *[(name, pa.int64()) for name in ("records", "loaded", "skipped", "rejected")],
+        ("etag", pa.string()),
     ]
 )
 
@@ -182,12 +182,12 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
                     "first": f.first,
                     "size_bytes": f.read.size,
                     "mtime_ns": f.mtime_ns,
-                    "etag": f.read.etag,
                     "sha256": f.read.sha256,
                     "records": f.records,
                     "loaded": f.accepted if kind == "song" else 0,
                     "skipped": f.skipped,
                     "rejected": f.rejected,
+                    "etag": f.read.etag,
                 }
                 for f in files
                 if f.to_load
