@@ -1,7 +1,8 @@
 """Load Sparkify's song and log JSON into the star schema.
 
-    python etl.py [--data DIR] [--database-url URL] [--full-refresh] [--strict] ...
+    python etl.py [--data DIR|URL] [--database-url URL] [--full-refresh] [--strict] ...
 
+The data is a folder, or a prefix in an object store (s3://bucket/prefix; docs/object-storage.md).
 The pipeline, top to bottom (each stage is a module named for it):
   1. extract.plan     lists the files the manifest has not seen as they are now, in batches;
   2. prepared         has stage.prepare read each batch (extract), parse it (records), judge
@@ -37,7 +38,7 @@ import db
 import extract
 import load
 import sql_queries as sql
-from extract import KINDS, Batch, Limits
+from extract import KINDS, Batch, Limits, Listing, Source
 from load import Loaded, Part
 from report import Report, Tally
 
@@ -99,6 +100,8 @@ def _worker(batches, k: int, jobs: int, limits: Limits, outbox, parent: int) -> 
         for number in range(k, len(batches), jobs):
             for part in stage_module().prepare(batches[number], number, limits):
                 outbox.put(part)
+    except cli.UserError as exc:  # an object store that stops answering, say
+        outbox.put(WorkerFailed(traceback.format_exc(), exc))
     except BaseException:
         outbox.put(WorkerFailed(traceback.format_exc()))
 
@@ -106,6 +109,7 @@ def _worker(batches, k: int, jobs: int, limits: Limits, outbox, parent: int) -> 
 @dataclasses.dataclass(frozen=True)
 class WorkerFailed:
     traceback: str
+    error: cli.UserError | None = None  # raised again as it is: one line, its exit code
 
 
 def _receive(outbox, worker) -> Part:
@@ -116,6 +120,8 @@ def _receive(outbox, worker) -> Part:
             if not worker.is_alive():
                 raise RuntimeError(f"the parse worker died (exit code {worker.exitcode})") from None
             continue
+        if isinstance(item, WorkerFailed) and item.error:
+            raise item.error
         if isinstance(item, WorkerFailed):
             raise RuntimeError(f"the parse worker failed:\n{item.traceback}")
         return item
@@ -218,18 +224,20 @@ def default_jobs(batches: list[Batch], limits: Limits) -> int:
 
 def run(
     settings: db.Settings,
-    data_dir: Path,
+    data_dir: Path | str,
     *,
+    anonymous: bool = False,
     full_refresh: bool = False,
     jobs: int | None = None,
     progress: bool | None = None,
     limits: Limits = Limits(),
     out=sys.stdout,
 ) -> Report:
-    """Load data_dir into the database, print the summary to out (None: print nothing), and
-    return the report."""
+    """Load data_dir (a folder, or an object store's URL, read anonymously if asked) into the
+    database, print the summary to out (None: print nothing), and return the report."""
     started = time.monotonic()
-    check_data_dir(data_dir)
+    data = extract.source(data_dir, anonymous)
+    listed = check_data(data)
     conn = db.connect(settings)
     try:
         load.require_tables(conn)
@@ -237,8 +245,11 @@ def run(
         # Keys an interrupted bulk load left out come back first (its duplicates removed), so
         # that this run appends only where it sets the keys aside itself.
         found_missing = load.restore_set_aside(conn, sql.KEYS_SET_ASIDE)
-        start = load.start_run(conn, data_dir, full_refresh)
-        plans = {kind: extract.plan(data_dir, kind, start.known[kind], limits) for kind in KINDS}
+        start = load.start_run(conn, described(data), full_refresh)
+        plans = {
+            kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
+            for kind in KINDS
+        }
         batches = [batch for kind in KINDS for batch in plans[kind].batches]
         set_aside = load.set_aside_for_bulk_load(
             conn,
@@ -255,18 +266,18 @@ def run(
             tally.add_unchanged(kind, plans[kind].unchanged)
         restored = load.restore_set_aside(conn, sql.BULK_SET_ASIDE, start.run_id, start.distributed)
         tally.add_removed_duplicates(restored.duplicates, restored.duplicates_resolved)
-        ignored = [path for kind in KINDS for path in plans[kind].ignored]
         report = finish(
             conn,
             start,
             tally,
             settings,
-            data_dir,
+            data.root,
             started,
             set_aside,
             found_missing,
             restored,
-            ignored,
+            [path for kind in KINDS for path in plans[kind].ignored],
+            [path for kind in KINDS for path in plans[kind].gone],
         )
     finally:
         conn.close()
@@ -275,8 +286,25 @@ def run(
     return report
 
 
-def check_data_dir(data_dir: Path) -> None:
-    shown = extract.path_text(str(data_dir))
+def check_data(data: Source) -> dict[str, Listing]:
+    """What is under the data folder (or prefix), per kind, once it is known to hold data files."""
+    shown = extract.path_text(data.root)
+    if data.store is None:
+        check_data_dir(Path(data.root), shown)
+    listed = {kind: extract.listing(data, kind) for kind in KINDS}
+    if not any(folder.files or folder.unlisted for folder in listed.values()):
+        raise UsageError(
+            f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
+        )
+    return listed
+
+
+def described(data: Source) -> str:
+    """The data as load_runs records it: a folder's absolute path, or the URL."""
+    return data.root if data.store else str(Path(data.root).resolve())
+
+
+def check_data_dir(data_dir: Path, shown: str) -> None:
     if not data_dir.exists():
         raise UsageError(f"data folder {shown} not found (choose one with --data)")
     if not data_dir.is_dir():
@@ -290,11 +318,6 @@ def check_data_dir(data_dir: Path) -> None:
         raise UsageError(
             f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
         ) from None
-    listed = [extract.listing(data_dir, kind) for kind in KINDS]
-    if not any(folder.files or folder.unlisted for folder in listed):
-        raise UsageError(
-            f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
-        )
 
 
 def finish(
@@ -302,12 +325,13 @@ def finish(
     start: load.RunStart,
     tally: Tally,
     settings: db.Settings,
-    data_dir: Path,
+    data_dir: str,
     started: float,
     set_aside: bool,
     found_missing: load.Restored,
     restored: load.Restored,
     ignored: list[str],
+    gone: list[str],
 ) -> Report:
     """Count, check and record the run's outcome."""
     changed = tally.anything_loaded or bool(restored.added)
@@ -334,6 +358,7 @@ def finish(
             restored=restored.added,
             not_restored=restored.problems,
             ignored=ignored,
+            gone=gone,
         )
         cur.execute(
             sql.run_finish,
@@ -352,14 +377,21 @@ def main(argv: list[str] | None = None) -> int:
         "exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
         "reconciliation failed, a key set aside for a bulk load could not be "
         "added back, or --strict and records were rejected; 2 bad arguments; "
-        "3 database or data folder problem; 4 another load is running",
+        "3 database or data folder problem (an object store's included); 4 another load is "
+        "running",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--data",
-        type=Path,
-        default=Path("data"),
-        help="folder holding song_data/ and log_data/ (default: data)",
+        default="data",
+        help="folder holding song_data/ and log_data/, or an object store's URL of the prefix "
+        "holding them: s3://bucket/prefix (also gs://, az://; docs/object-storage.md) "
+        "(default: data)",
+    )
+    parser.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="read an object store without credentials, as a public bucket allows",
     )
     parser.add_argument(
         "--database-url",
@@ -406,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(
             settings,
             args.data,
+            anonymous=args.anonymous,
             full_refresh=args.full_refresh,
             jobs=args.jobs,
             limits=limits,

@@ -3,6 +3,11 @@
 Bytes out: records.py parses them. Nothing here needs pandas, so that a run with nothing new to
 load never imports it.
 
+The data is a folder on disk or a prefix in an object store (s3://bucket/prefix, and gs:// or
+az:// when their fsspec packages are installed). Both are listed as entries with a version (what
+says a file changed without reading it: a file's size and mtime, an object's size and ETag) and
+read through the same passes; only listing and opening differ.
+
 Every entry under song_data/ and log_data/ ends one of three ways: a data file is read (and
 loaded, or rejected with its reason), a folder that cannot be listed is rejected, and anything
 else is ignored and named in the summary. A data file is read as UTF-8 text, gunzipped first
@@ -11,16 +16,21 @@ when its name ends in .gz; a byte-order mark says when it is UTF-16 or UTF-32 in
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import dataclasses
 import errno
 import hashlib
+import importlib.util
+import io
 import os
 import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
+
+import cli
 
 Kind = Literal["song", "log"]
 KINDS: tuple[Kind, ...] = ("song", "log")
@@ -32,6 +42,8 @@ GZIP_SUFFIX = ".gz"
 DATA_FILES = "*.json, *.ndjson and *.jsonl files, gzipped or not"
 
 BLOCK = 1 << 20  # bytes read, or gunzipped, at a time
+OBJECT_BLOCK = 8 << 20  # bytes of a big object asked for in one request
+FETCHES_AT_ONCE = 64  # small objects fetched concurrently
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +53,90 @@ class Limits:
     song_batch_files: int = 10_000  # song files per batch (one transaction)
     log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch, and per part of a bigger file
     parse_piece_bytes: int = 4 * 1024 * 1024  # Arrow's reader takes a log this much at a time
+
+
+# ================================================================ where the data is
+
+# URL scheme: the fsspec package that reads it, and its options for anonymous access.
+STORES = {
+    "s3": ("s3fs", {"anon": True}),
+    "gs": ("gcsfs", {"token": "anon"}),
+    "gcs": ("gcsfs", {"token": "anon"}),
+    "az": ("adlfs", {"anon": True}),
+    "abfs": ("adlfs", {"anon": True}),
+}
+
+
+class StoreError(cli.UserError):
+    """The object store cannot be reached, or refuses (a missing bucket, bad credentials, a
+    connection that drops): the run stops there, and what it committed stays. The message names
+    the URL and the store's reason, never a credential."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Store:
+    """An object store, reached through fsspec: its URL scheme and whether it is read
+    anonymously. Small and picklable: the parse worker gets it with its batches and opens the
+    store itself, its credentials coming from its own environment (the standard chain: the
+    AWS_* variables, ~/.aws profiles, an instance role), never passed."""
+
+    scheme: str
+    anonymous: bool = False
+
+    def filesystem(self):
+        import fsspec  # imported only when the data is in an object store
+
+        anonymous = STORES[self.scheme][1]
+        options = anonymous if self.anonymous else {}
+        # No listings cache: each run, and each check of a run, sees the store as it is now.
+        return fsspec.filesystem(self.scheme, use_listings_cache=False, **options)
+
+    def url(self, name: str) -> str:
+        """An object's URL from the name fsspec gives it (bucket/key)."""
+        return f"{self.scheme}://{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the data is: a folder on disk (store None), or a prefix in an object store (root
+    is its URL, without a trailing slash)."""
+
+    root: str
+    store: Store | None = None
+
+    def top(self, kind: Kind) -> str:
+        """Where the kind's files are: its folder's path, or its prefix's URL."""
+        if self.store is None:
+            return os.path.join(self.root, FOLDERS[kind])
+        return f"{self.root}/{FOLDERS[kind]}"
+
+
+def source(data: str | Path, anonymous: bool = False) -> Source:
+    """The data named by --data: a URL of a known scheme, or else a folder's path. A store whose
+    package is not installed says which to install."""
+    scheme, sep, _ = str(data).partition("://")
+    if not sep:
+        return Source(str(data))
+    scheme = scheme.lower()
+    if scheme not in STORES:
+        raise StoreError(
+            f"{data}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
+        )
+    package = STORES[scheme][0]
+    if importlib.util.find_spec(package) is None:
+        raise StoreError(
+            f"{data}: reading {scheme}:// needs the {package} package: pip install {package}"
+        )
+    return Source(str(data).rstrip("/"), Store(scheme, anonymous))
+
+
+def store_failure(exc: Exception, url: str) -> Exception:
+    """What a store's error becomes: an object not found (deleted since it was listed) stays
+    that object's problem, as a file that vanished is; anything else (no connection, a refused
+    request, bad credentials) stops the run."""
+    if isinstance(exc, FileNotFoundError):
+        return exc
+    return StoreError(f"cannot read {url}: {cli.first_line(exc)}")
 
 
 # ================================================================ paths as text
@@ -73,13 +169,18 @@ def is_gzipped(name: str) -> bool:
 
 # ================================================================ finding and planning
 
+# What says a data file changed without reading it: its size, mtime in ns (0 for an object) and
+# ETag (None for a file on disk).
+Version = tuple[int, int, str | None]
+
 
 @dataclasses.dataclass(frozen=True)
 class FileTask:
-    """A file to read: its path relative to the data folder (forward slashes, as path_text
-    writes it), where it is, its size and mtime when listed, and the SHA-256 the manifest has for
-    it (None when new). problem: why it cannot be read, known from the listing already (a folder
-    that cannot be listed)."""
+    """A file to read: its path as the manifest names it (under the data folder, forward
+    slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its
+    size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
+    problem: why it cannot be read, known from the listing already (a folder that cannot be
+    listed)."""
 
     path: str
     location: str
@@ -87,18 +188,30 @@ class FileTask:
     mtime_ns: int
     known_sha256: str | None
     problem: str | None = None
+    etag: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """Files loaded in one transaction: a kill leaves all of them loaded or none."""
+    """Files loaded in one transaction: a kill leaves all of them loaded or none. store: the
+    object store their URLs are in (None: files on disk)."""
 
     kind: Kind
     tasks: tuple[FileTask, ...]
+    store: Store | None = None
 
     @property
     def new_bytes(self) -> int:
         return sum(t.size for t in self.tasks if t.known_sha256 is None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    """A data file as listed: where it is, and its version (None: it could not be looked at,
+    so it is read, and says why it cannot be)."""
+
+    location: str
+    version: Version | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,19 +221,21 @@ class Listing:
     cannot be listed with the reason, and the entries ignored (with a note for a link to a
     folder)."""
 
-    files: list[str]
+    files: list[Listed]
     unlisted: list[tuple[str, str]]
     ignored: list[tuple[str, str]]
 
 
-def find(data_dir: Path, kind: Kind) -> list[str]:
-    """The data files under the kind's folder, sorted by path components."""
-    return listing(data_dir, kind).files
+def find(data: str | Path, kind: Kind) -> list[str]:
+    """The data files under the kind's folder of a folder or URL, sorted by path components."""
+    return [file.location for file in listing(source(data), kind).files]
 
 
-def listing(data_dir: Path, kind: Kind) -> Listing:
+def listing(data: Source, kind: Kind) -> Listing:
     """Everything under the kind's folder (nothing when it does not exist)."""
-    top = os.path.join(data_dir, FOLDERS[kind])
+    if data.store is not None:
+        return _object_listing(data.store, data.top(kind))
+    top = data.top(kind)
     files, unlisted, ignored = [], [], []
     stack = [top] if os.path.lexists(top) else []
     while stack:
@@ -136,12 +251,44 @@ def listing(data_dir: Path, kind: Kind) -> Listing:
             if is_folder:
                 stack.append(entry.path)
             if is_data_file(entry.name):
-                files.append(entry.path)
+                files.append(Listed(entry.path, _file_version(entry.path)))
             elif not is_folder:
                 ignored.append((entry.path, _ignored_note(entry)))
     return Listing(
-        sorted(files, key=_path_order),
+        sorted(files, key=lambda f: _path_order(f.location)),
         sorted(unlisted, key=lambda u: _path_order(u[0])),
+        sorted(ignored, key=lambda i: _path_order(i[0])),
+    )
+
+
+def _file_version(location: str) -> Version | None:
+    try:
+        st = os.stat(location)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, None
+
+
+def _object_listing(store: Store, top: str) -> Listing:
+    """The objects under the prefix top (its listing paged by the store), with the size and
+    ETag it gives for each. Keys ending in / are folder markers, not entries."""
+    try:
+        found = store.filesystem().find(top, detail=True)
+    except Exception as exc:
+        raise StoreError(f"cannot list {top}: {cli.first_line(exc)}") from None
+    files, ignored = [], []
+    for name, info in found.items():
+        url = store.url(name)
+        if url.endswith("/") or not url.startswith(top + "/"):
+            continue
+        if is_data_file(url.rpartition("/")[2]):
+            etag = info.get("ETag") or info.get("etag") or ""
+            files.append(Listed(url, (info["size"], 0, etag)))
+        else:
+            ignored.append((url, ""))
+    return Listing(
+        sorted(files, key=lambda f: _path_order(f.location)),
+        [],
         sorted(ignored, key=lambda i: _path_order(i[0])),
     )
 
@@ -155,47 +302,45 @@ def _ignored_note(entry: os.DirEntry) -> str:
 
 
 def _path_order(location: str) -> list[str]:
-    return location.split(os.sep)
+    return location.split("/" if "://" in location else os.sep)
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A kind's batches of files to read, how many files are unchanged since their manifest
-    entry by size and mtime (not opened), and the entries ignored, as the summary names them."""
+    entry by their version (not opened), the entries ignored, as the summary names them, and
+    the files the manifest has under this folder that are no longer there."""
 
     batches: list[Batch]
     unchanged: int
     ignored: list[str]
+    gone: list[str] = dataclasses.field(default_factory=list)
 
 
 def plan(
-    data_dir: Path, kind: Kind, known: dict[str, tuple[int, int, str]], limits: Limits = Limits()
+    data: Source,
+    listed: Listing,
+    kind: Kind,
+    known: dict[str, tuple[int, int, str | None, str]],
+    limits: Limits = Limits(),
 ) -> Plan:
-    """A log batch stays under limits.log_batch_bytes unless one file alone is bigger, which then
-    makes a batch of its own, read in parts."""
-    listed = listing(data_dir, kind)
+    """The listing's files cut into batches: those known to the manifest as (size, mtime_ns,
+    etag, sha256) with the same version are left out. A log batch stays under
+    limits.log_batch_bytes unless one file alone is bigger, which then makes a batch of its
+    own, read in parts."""
     tasks, unchanged = [], 0
-    for location in listed.files:
-        rel = relative(data_dir, kind, location)
-        try:
-            st = os.stat(location)
-        except OSError:
-            st = None
+    for file in listed.files:
+        rel = relative(data, kind, file.location)
         seen = known.get(rel)
-        if st and seen and seen[0] == st.st_size and seen[1] == st.st_mtime_ns:
+        if file.version and seen and seen[:3] == file.version:
             unchanged += 1
             continue
+        size, mtime_ns, etag = file.version or (0, 0, None)
         tasks.append(
-            FileTask(
-                rel,
-                location,
-                st.st_size if st else 0,
-                st.st_mtime_ns if st else 0,
-                seen[2] if seen else None,
-            )
+            FileTask(rel, file.location, size, mtime_ns, seen[3] if seen else None, etag=etag)
         )
     tasks += [
-        FileTask(relative(data_dir, kind, location), location, 0, 0, None, problem)
+        FileTask(relative(data, kind, location), location, 0, 0, None, problem)
         for location, problem in listed.unlisted
     ]
     batches, current, size = [], [], 0
@@ -204,20 +349,40 @@ def plan(
             (kind == "song" and len(current) >= limits.song_batch_files)
             or (kind == "log" and size + task.size > limits.log_batch_bytes)
         ):
-            batches.append(Batch(kind, tuple(current)))
+            batches.append(Batch(kind, tuple(current), data.store))
             current, size = [], 0
         current.append(task)
         size += task.size
     if current:
-        batches.append(Batch(kind, tuple(current)))
-    ignored = [relative(data_dir, kind, location) + note for location, note in listed.ignored]
-    return Plan(batches, unchanged, ignored)
+        batches.append(Batch(kind, tuple(current), data.store))
+    ignored = [relative(data, kind, location) + note for location, note in listed.ignored]
+    return Plan(batches, unchanged, ignored, _gone(data, listed, kind, known))
 
 
-def relative(data_dir: Path, kind: Kind, location: str) -> str:
-    """location's path under the data folder (found under the kind's folder), as path_text
-    writes it."""
-    folder = os.path.join(data_dir, FOLDERS[kind])
+def _gone(data: Source, listed: Listing, kind: Kind, known) -> list[str]:
+    """The manifest's files under this folder (or prefix) that the listing no longer has, in
+    path order; those under a folder that cannot be listed are not known to be gone."""
+    top = relative(data, kind, data.top(kind))
+    here = {relative(data, kind, file.location) for file in listed.files}
+    unlisted = [relative(data, kind, location) + "/" for location, _ in listed.unlisted]
+    return sorted(
+        (
+            path
+            for path in known
+            if path.startswith(top + "/")
+            and path not in here
+            and not any(path.startswith(folder) for folder in unlisted)
+        ),
+        key=_path_order,
+    )
+
+
+def relative(data: Source, kind: Kind, location: str) -> str:
+    """The path the manifest names a file by, as path_text writes it: for a file, its path
+    under the data folder (found under the kind's folder); for an object, its full URL."""
+    if data.store is not None:
+        return path_text(location)
+    folder = data.top(kind)
     inside = location[len(folder) + 1 :].replace(os.sep, "/")
     return path_text(f"{FOLDERS[kind]}/{inside}" if inside else FOLDERS[kind])
 
@@ -230,14 +395,16 @@ FileStatus = Literal["new", "changed", "unchanged", "unreadable"]
 
 @dataclasses.dataclass(frozen=True)
 class FileRead:
-    """What opening a file found: its status, size and SHA-256 as read (of the bytes on disk,
-    gzipped or not), the encoding of its text, or why it could not be read."""
+    """What opening a file found: its status, size and SHA-256 as read (of the bytes stored,
+    gzipped or not), the encoding of its text, or why it could not be read; and an object's
+    ETag as listed (None for a file on disk), which the manifest keeps."""
 
     status: FileStatus
     size: int
     sha256: str | None = None
     error: str | None = None  # the reject's reason: "cannot read file: ..."
     encoding: str = "UTF-8"
+    etag: str | None = None
 
 
 class DamagedFile(Exception):
@@ -247,6 +414,23 @@ class DamagedFile(Exception):
     def __init__(self, reason: str, intact: int = 0):
         super().__init__(reason)
         self.intact = intact
+
+
+def read_batch(
+    batch: Batch, part_bytes: int
+) -> Iterator[tuple[FileTask, FileRead, Iterator[bytes]]]:
+    """Each of the batch's files read (read_file), in order. From an object store, the objects
+    no bigger than part_bytes (a song batch's, a log batch's small ones: together no bigger than
+    the batch) are fetched first, concurrently; a bigger one is streamed in blocks."""
+    if batch.store is None:
+        for task in batch.tasks:
+            yield task, *read_file(task, part_bytes)
+        return
+    fetched = _fetch(
+        batch.store, [t for t in batch.tasks if not t.problem and t.size <= part_bytes]
+    )
+    for task in batch.tasks:
+        yield task, *_read_object(batch.store, task, part_bytes, fetched.get(task.location))
 
 
 def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes]]:
@@ -263,9 +447,14 @@ def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes
         handle = open_regular(task.location)
     except OSError as exc:
         return _unreadable(task, exc), iter(())
+    return _read(task, handle, os.fstat(handle.fileno()).st_size, part_bytes)
+
+
+def _read(task: FileTask, handle, size: int, part_bytes: int) -> tuple[FileRead, Iterator[bytes]]:
+    """read_file's passes over an open file (or object) of size bytes."""
     gzipped = is_gzipped(task.location)
     try:
-        seen = _first_pass(handle, part_bytes, gzipped)
+        seen = _first_pass(handle, size, part_bytes, gzipped)
     except OSError as exc:
         handle.close()
         return _unreadable(task, exc), iter(())
@@ -273,7 +462,7 @@ def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes
     if whole or seen.sha256 == task.known_sha256:
         handle.close()
     if seen.sha256 == task.known_sha256:
-        return FileRead("unchanged", seen.size, seen.sha256), iter(())
+        return FileRead("unchanged", seen.size, seen.sha256, etag=task.etag), iter(())
     blocks = iter([seen.first]) if whole else _blocks(handle, seen.size)
     head = seen.first
     if gzipped:
@@ -285,13 +474,96 @@ def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes
             seen.size,
             seen.sha256,
             encoding=BYTE_ORDER_MARKS.get(bom, "UTF-8"),
+            etag=task.etag,
         ),
         _line_parts(_as_utf8(blocks, bom), part_bytes),
     )
 
 
 def _unreadable(task: FileTask, exc: OSError) -> FileRead:
-    return FileRead("unreadable", task.size, error=f"cannot read file: {exc.strerror}")
+    reason = exc.strerror or cli.first_line(exc)
+    return FileRead("unreadable", task.size, error=f"cannot read file: {reason}")
+
+
+# ---------------------------------------------------------------- objects
+
+
+def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | FileNotFoundError]:
+    """The objects' bytes (as many as were listed: an object that grew since is read as it was,
+    and again by the next run), FETCHES_AT_ONCE requests at a time; an object deleted since it
+    was listed gives its FileNotFoundError."""
+    from fsspec.asyn import sync
+
+    fs = store.filesystem()
+
+    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> bytes | FileNotFoundError:
+        if task.size == 0:
+            return b""
+        async with gate:
+            try:
+                return await fs._cat_file(task.location, start=0, end=task.size)
+            except Exception as exc:
+                failure = store_failure(exc, task.location)
+                if isinstance(failure, FileNotFoundError):
+                    return failure
+                raise failure from None
+
+    async def fetch_all() -> list[bytes | FileNotFoundError]:
+        gate = asyncio.Semaphore(FETCHES_AT_ONCE)
+        return await asyncio.gather(*(fetch_one(task, gate) for task in tasks))
+
+    return dict(zip((t.location for t in tasks), sync(fs.loop, fetch_all)))
+
+
+def _read_object(
+    store: Store, task: FileTask, part_bytes: int, fetched: bytes | FileNotFoundError | None
+) -> tuple[FileRead, Iterator[bytes]]:
+    """read_file for an object: fetched already, or else opened and streamed."""
+    if task.problem:
+        return FileRead("unreadable", task.size, error=task.problem), iter(())
+    if isinstance(fetched, FileNotFoundError):
+        return _unreadable(task, fetched), iter(())
+    if fetched is not None:
+        return _read(task, io.BytesIO(fetched), len(fetched), part_bytes)
+    try:
+        handle = ObjectStream(store, task.location)
+    except FileNotFoundError as exc:
+        return _unreadable(task, exc), iter(())
+    return _read(task, handle, handle.size, part_bytes)
+
+
+class ObjectStream:
+    """An object opened for reading in blocks of OBJECT_BLOCK bytes, as a file is read; the
+    store's errors as store_failure makes them."""
+
+    def __init__(self, store: Store, url: str):
+        self.url = url
+        try:
+            self.handle = store.filesystem().open(url, "rb", block_size=OBJECT_BLOCK)
+        except Exception as exc:
+            raise store_failure(exc, url) from None
+        self.size = self.handle.size
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self.handle.read(size)
+        except Exception as exc:
+            raise store_failure(exc, self.url) from None
+
+    def seek(self, offset: int) -> None:
+        self.handle.seek(offset)
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- files on disk
 
 
 def open_regular(location: str):
@@ -325,6 +597,9 @@ def _not_regular(mode: int) -> str | None:
     return next((name for test, name in kinds.items() if test(mode)), "not a file")
 
 
+# ---------------------------------------------------------------- the passes over a file or object
+
+
 @dataclasses.dataclass(frozen=True)
 class FirstPass:
     """What reading a file through once found: the SHA-256 and size of what it held as it was
@@ -338,8 +613,7 @@ class FirstPass:
     damage: DamagedFile | None = None
 
 
-def _first_pass(handle, part_bytes: int, gzipped: bool) -> FirstPass:
-    size = os.fstat(handle.fileno()).st_size
+def _first_pass(handle, size: int, part_bytes: int, gzipped: bool) -> FirstPass:
     hashing = Hashing(handle, size, size if size <= part_bytes else BLOCK)
     blocks = iter(hashing)
     damage = _gzip_damage(blocks) if gzipped else None
@@ -375,7 +649,8 @@ def _blocks(handle, size: int) -> Iterator[bytes]:
             try:
                 block = handle.read(min(BLOCK, size))
             except OSError as exc:
-                raise DamagedFile(f"cannot read the rest of the file: {exc.strerror}") from exc
+                reason = exc.strerror or cli.first_line(exc)
+                raise DamagedFile(f"cannot read the rest of the file: {reason}") from exc
             if not block:
                 return
             size -= len(block)

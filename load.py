@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Iterable
-from pathlib import Path
 from typing import NamedTuple
 
 import psycopg2
@@ -70,7 +69,7 @@ class Loaded:
 class RunStart:
     run_id: int
     before: dict[str, int]
-    known: dict[Kind, dict[str, tuple[int, int, str]]]
+    known: dict[Kind, dict[str, tuple[int, int, str | None, str]]]  # size, mtime, etag, sha
     distributed: bool  # songplays is a Citus distributed table: plays merge on the workers
     missing: frozenset[str] = frozenset()  # set-aside keys and indexes absent while it loads
 
@@ -85,12 +84,12 @@ def require_tables(conn) -> None:
         )
 
 
-def start_run(conn, data_dir: Path, full_refresh: bool) -> RunStart:
+def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
     """Mark an earlier run that never finished as interrupted, record this one, empty the star
     for a full refresh, create the session's staging tables, and read the manifest."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.run_interrupted)
-        cur.execute(sql.run_start, {"data_dir": str(data_dir.resolve())})
+        cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
         distributed = db.distributed(cur)
         if full_refresh:
@@ -102,7 +101,7 @@ def start_run(conn, data_dir: Path, full_refresh: bool) -> RunStart:
         known = {}
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
-            known[kind] = {p: (size, mtime, sha) for p, size, mtime, sha in cur.fetchall()}
+            known[kind] = {p: tuple(version) for p, *version in cur.fetchall()}
     return RunStart(run_id, before, known, distributed)
 
 
@@ -160,7 +159,15 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         psycopg2.extras.execute_batch(
             cur,
             sql.manifest_touch,
-            [{"path": f.path, "size_bytes": f.read.size, "mtime_ns": f.mtime_ns} for f in touched],
+            [
+                {
+                    "path": f.path,
+                    "size_bytes": f.read.size,
+                    "mtime_ns": f.mtime_ns,
+                    "etag": f.read.etag,
+                }
+                for f in touched
+            ],
         )
     params = {"run_id": start.run_id}
     inserted, resolved = {}, 0

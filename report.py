@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import sql_queries as sql
 from cli import EXIT_FAILED, EXIT_OK
@@ -12,6 +11,7 @@ from load import Loaded, Part
 
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
+GONE_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "unreadable")
 # What a bulk load sets aside, named whole: on one server, and on Citus (where the keys stay).
 SET_ASIDE_NAMES = {
@@ -80,7 +80,7 @@ class Report:
     """Everything the summary says about one run."""
 
     target: str  # where it loaded, without a password
-    data_dir: Path
+    data_dir: str  # the folder, or the object store's URL, as given
     run_id: int
     seconds: float
     tally: Tally
@@ -94,6 +94,7 @@ class Report:
     restored: list[str]  # set-aside keys added back at the end of this run
     not_restored: list[str]  # those that could not come back, and why
     ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
+    gone: list[str] = dataclasses.field(default_factory=list)  # loaded before, not there now
 
     @property
     def failed(self) -> bool:
@@ -143,11 +144,17 @@ class Report:
                 "records": t.rejected - t.file_problems,
                 "files": t.file_problems,
                 "examples": [
-                    {"path": path, "line": line, "reason": reason}
+                    {
+                        "path": path,
+                        "where": _where(path_text(str(self.data_dir)), path),
+                        "line": line,
+                        "reason": reason,
+                    }
                     for path, line, reason in self.examples
                 ],
             },
             "ignored": {"entries": len(self.ignored), "examples": self.ignored[:IGNORED_EXAMPLES]},
+            "gone": {"files": len(self.gone), "examples": self.gone[:GONE_EXAMPLES]},
             "checks": self.checks,
         }
 
@@ -189,7 +196,7 @@ class Report:
                 f"(run_id = {self.run_id}):"
             )
             out += [
-                f"    {data_dir}/{path}:{line if line is not None else '-'}: {reason}"
+                f"    {_where(data_dir, path)}:{line if line is not None else '-'}: {reason}"
                 for path, line, reason in self.examples
             ]
         if self.ignored:
@@ -198,6 +205,12 @@ class Report:
                 f"(only {DATA_FILES}, are read):"
             )
             out += [f"    {path}" for path in self.ignored[:IGNORED_EXAMPLES]]
+        if self.gone:
+            out.append(
+                f"  gone: {len(self.gone)} files loaded before are no longer there; "
+                "what they loaded stays:"
+            )
+            out += [f"    {path}" for path in self.gone[:GONE_EXAMPLES]]
         if self.checks is None:
             out.append("  checks: not run, nothing changed since the last run")
         else:
@@ -227,6 +240,12 @@ class Report:
             for problem in self.not_restored
         ]
         return out
+
+
+def _where(data_dir: str, path: str) -> str:
+    """A file's manifest path as the summary shows it: under the data folder, or an object's
+    URL as it is."""
+    return path if "://" in path else f"{data_dir}/{path}"
 
 
 def _named(names: list[str]) -> str:

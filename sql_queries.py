@@ -214,7 +214,8 @@ CREATE TABLE load_manifest (
     path        text NOT NULL UNIQUE,
     kind        text NOT NULL CHECK (kind IN ('song', 'log')),
     size_bytes  bigint NOT NULL,
-    mtime_ns    bigint NOT NULL,
+    mtime_ns    bigint NOT NULL,  -- 0 for an object: its etag says when it changed
+    etag        text,             -- an object's ETag (NULL for a file on disk)
     sha256      text NOT NULL,
     run_id      bigint NOT NULL REFERENCES load_runs (run_id),
     records     integer NOT NULL,
@@ -368,10 +369,10 @@ run_finish = """
 UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(run_id)s"""
 
 manifest_known = """
-SELECT path, size_bytes, mtime_ns, sha256 FROM load_manifest WHERE kind = %(kind)s"""
+SELECT path, size_bytes, mtime_ns, etag, sha256 FROM load_manifest WHERE kind = %(kind)s"""
 
 manifest_touch = """
-UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s
+UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s, etag = %(etag)s
 WHERE path = %(path)s"""
 
 full_refresh = "TRUNCATE songplays, songplay_copies, users, time, songs, artists, load_manifest"
@@ -444,6 +445,7 @@ STAGING = {
         "loaded": "integer",
         "skipped": "integer",
         "rejected": "integer",
+        "etag": "text",
     },
     "stage_rejects": {"path": "text", "line": "integer", "reason": "text", "raw": "text"},
     # Plays taken out of songplays (a changed file's, or a copy that lost): what they had set is
@@ -498,15 +500,16 @@ copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 # A file's first part in a batch writes its manifest row whole; a later part of a big file adds
 # its counts. loaded and duplicates of a log file are added once its plays are in.
 manifest_upsert = """
-INSERT INTO load_manifest (path, kind, size_bytes, mtime_ns, sha256, run_id,
+INSERT INTO load_manifest (path, kind, size_bytes, mtime_ns, etag, sha256, run_id,
                            records, loaded, skipped, duplicates, rejected)
-SELECT path, kind, size_bytes, mtime_ns, sha256, %(run_id)s,
+SELECT path, kind, size_bytes, mtime_ns, etag, sha256, %(run_id)s,
        records, loaded, skipped, 0, rejected
 FROM stage_manifest
 WHERE first
 ON CONFLICT (path) DO UPDATE SET
     kind = EXCLUDED.kind, size_bytes = EXCLUDED.size_bytes, mtime_ns = EXCLUDED.mtime_ns,
-    sha256 = EXCLUDED.sha256, run_id = EXCLUDED.run_id, records = EXCLUDED.records,
+    etag = EXCLUDED.etag, sha256 = EXCLUDED.sha256, run_id = EXCLUDED.run_id,
+    records = EXCLUDED.records,
     loaded = EXCLUDED.loaded, skipped = EXCLUDED.skipped, duplicates = EXCLUDED.duplicates,
     rejected = EXCLUDED.rejected, loaded_at = now()"""
 

@@ -41,8 +41,7 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
     limits.log_batch_bytes is read, parsed and shaped one part at a time."""
     part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
     chunks, problems, size, index = [], [], 0, 0
-    for task in batch.tasks:
-        read, contents = extract.read_file(task, part_bytes)
+    for task, read, contents in extract.read_batch(batch, part_bytes):
         file = FilePart(task.path, task.mtime_ns, read)
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
@@ -167,6 +166,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("mtime_ns", pa.int64()),
         ("sha256", pa.string()),
         *[(name, pa.int64()) for name in ("records", "loaded", "skipped", "rejected")],
+        ("etag", pa.string()),
     ]
 )
 
@@ -187,6 +187,7 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
                     "loaded": f.accepted if kind == "song" else 0,
                     "skipped": f.skipped,
                     "rejected": f.rejected,
+                    "etag": f.read.etag,
                 }
                 for f in files
                 if f.to_load

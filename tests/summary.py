@@ -50,6 +50,8 @@ class Summary:
     examples: list[str] = dataclasses.field(default_factory=list)  # "path:line: reason"
     ignored: int = 0  # entries that are not data files
     ignored_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
+    gone: int = 0  # files the manifest has that are no longer there
+    gone_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
     checks: dict[str, int] | None = None  # check: offending rows; None: not run
 
     @property
@@ -83,10 +85,12 @@ def summary_of(report: dict) -> Summary:
         if rejected["records"] or rejected["files"]
         else None,
         examples=[
-            f"{report['data']}/{e['path']}:{'-' if e['line'] is None else e['line']}: {e['reason']}"
+            f"{e['where']}:{'-' if e['line'] is None else e['line']}: {e['reason']}"
             for e in rejected["examples"]
         ],
         ignored=ignored["entries"],
         ignored_examples=ignored["examples"],
+        gone=report["gone"]["files"],
+        gone_examples=report["gone"]["examples"],
         checks=report["checks"],
     )

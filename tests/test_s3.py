@@ -1,0 +1,243 @@
+"""Loading straight from an object store, on a real S3 API (moto's server, tests/s3server.py):
+the star loaded from a bucket equals the star loaded from the same files on disk, row for row;
+re-runs, overwritten and deleted objects and gzip objects behave as files do; a missing bucket,
+bad credentials and a server that stops mid-load end with one line and exit 3, and the next run
+completes the load."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builders import SMALL_BATCHES, Watcher, etl, expect, one_error_line
+from conftest import PROJECT, SAMPLE, query, run_script, table_contents
+from s3server import SECRET_KEY, S3Server
+from summary import CHECKS_PASSED, parse_summary
+
+from cli import EXIT_ENVIRONMENT
+
+BUCKET = "sparkify-raw"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """A generated set of 20 daily logs (about 0.4 MB each) and 100 songs."""
+    import generate_data
+
+    root = tmp_path_factory.mktemp("generated") / "data"
+    generate_data.generate(out=str(root), songs=100, events=24_000, seed=18, days=20)
+    return root
+
+
+def fresh_load(data, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    run_script("create_tables.py")
+    return etl(data, *extra, env=env)
+
+
+def manifest_by_path() -> dict[str, tuple]:
+    return {
+        path: rest
+        for path, *rest in query(
+            "SELECT path, size_bytes, sha256, records, loaded, skipped, duplicates, rejected "
+            "FROM load_manifest"
+        )
+    }
+
+
+def test_the_sample_from_a_bucket_loads_as_from_disk_and_a_rerun_loads_nothing(s3):
+    fresh_load(SAMPLE)
+    on_disk, disk_manifest = table_contents(), manifest_by_path()
+
+    url = s3.upload(SAMPLE, BUCKET, "udacity")
+    first = parse_summary(fresh_load(url, env=s3.env).stdout)
+    assert table_contents() == on_disk
+    assert first.checks == CHECKS_PASSED
+    # The manifest names each object by its full URL, with the size and SHA-256 of its bytes.
+    assert manifest_by_path() == {f"{url}/{path}": row for path, row in disk_manifest.items()}
+    assert query("SELECT count(*) FROM load_manifest WHERE etag IS NULL OR mtime_ns <> 0") == [(0,)]
+    assert query("SELECT DISTINCT data_dir FROM load_runs") == [(url,)]
+
+    again = parse_summary(etl(url, env=s3.env).stdout)
+    assert again.nothing_new
+    assert again.files == {kind: {"unchanged": n} for kind, n in files_per_kind(SAMPLE).items()}
+    assert table_contents() == on_disk
+
+
+def files_per_kind(folder: Path) -> dict[str, int]:
+    return {
+        kind: sum(1 for _ in (folder / f"{kind}_data").rglob("*.json")) for kind in ("song", "log")
+    }
+
+
+def test_gzip_objects_load_like_their_plain_twins(s3, generated, tmp_path):
+    fresh_load(generated)
+    plain = table_contents()
+
+    zipped = tmp_path / "zipped"
+    for path in generated.rglob("*.json"):
+        target = zipped / f"{path.relative_to(generated)}.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(path.read_bytes()))
+    url = s3.upload(zipped, BUCKET, "gzipped")
+    summary = parse_summary(fresh_load(url, env=s3.env).stdout)
+    assert table_contents() == plain
+    assert summary.files == {kind: {"new": n} for kind, n in files_per_kind(generated).items()}
+
+
+def test_overwritten_and_deleted_objects_load_as_changed_and_deleted_files_do(
+    s3, generated, tmp_path
+):
+    """The same changes made to a folder and to a bucket loaded before: an overwritten log,
+    a deleted log and a deleted song. Both runs reload the one and keep what the others loaded,
+    and both summaries say which are gone."""
+    folder = tmp_path / "data"
+    shutil.copytree(generated, folder)
+    url = s3.upload(folder, BUCKET, "changing")
+    logs = sorted((folder / "log_data").rglob("*.json"))
+    songs = sorted((folder / "song_data").rglob("*.json"))
+    overwritten, deleted = logs[3], [logs[7], songs[5]]
+
+    def change() -> None:
+        """Half of the overwritten log's events, and the deleted files gone, on disk."""
+        lines = overwritten.read_bytes().splitlines(keepends=True)
+        overwritten.write_bytes(b"".join(lines[: len(lines) // 2]))
+        for path in deleted:
+            path.unlink()
+
+    def bucket_key(path: Path) -> str:
+        return f"changing/{path.relative_to(folder).as_posix()}"
+
+    fresh_load(url, env=s3.env)
+    change()
+    s3.client().put_object(
+        Bucket=BUCKET, Key=bucket_key(overwritten), Body=overwritten.read_bytes()
+    )
+    for path in deleted:
+        s3.client().delete_object(Bucket=BUCKET, Key=bucket_key(path))
+    from_bucket = parse_summary(etl(url, env=s3.env).stdout)
+    bucket_tables = table_contents()
+
+    shutil.rmtree(folder)
+    shutil.copytree(generated, folder)
+    fresh_load(folder)
+    change()
+    from_disk = parse_summary(etl(folder).stdout)
+
+    assert bucket_tables == table_contents()
+    logs_now, songs_now = len(logs) - 1, len(songs) - 1
+    for summary in (from_bucket, from_disk):
+        assert summary.files == {
+            "song": {"unchanged": songs_now},
+            "log": {"unchanged": logs_now - 1, "changed": 1},
+        }
+        assert summary.gone == 2
+        assert summary.checks == CHECKS_PASSED
+    gone = [p.relative_to(folder).as_posix() for p in deleted]
+    assert sorted(from_bucket.gone_examples) == sorted(f"{url}/{path}" for path in gone)
+    assert sorted(from_disk.gone_examples) == sorted(gone)
+
+
+def test_a_missing_bucket_or_prefix_is_one_line_naming_the_url_and_no_secret(s3):
+    s3.upload(SAMPLE, BUCKET, "udacity")
+    run_script("create_tables.py")
+    for url, reason in [
+        ("s3://no-such-bucket/udacity", "cannot list s3://no-such-bucket/udacity/song_data: "),
+        (f"s3://{BUCKET}/no-such-prefix", f"no data files under s3://{BUCKET}/no-such-prefix: "),
+    ]:
+        done = etl(url, exit_code=EXIT_ENVIRONMENT, env=s3.env)
+        assert one_error_line(done).startswith(f"error: {reason}")
+        assert SECRET_KEY not in done.stdout + done.stderr
+    assert query("SELECT count(*) FROM load_runs") == [(0,)]
+
+
+def test_bad_credentials_are_one_line_and_no_secret():
+    """A server that checks credentials, which knows none: every request is refused as a real
+    store refuses a wrong key."""
+    strict = S3Server(enforce_auth=True).start()
+    try:
+        run_script("create_tables.py")
+        done = etl(f"s3://{BUCKET}/udacity", exit_code=EXIT_ENVIRONMENT, env=strict.env)
+    finally:
+        strict.stop()
+    assert one_error_line(done) == (
+        f"error: cannot list s3://{BUCKET}/udacity/song_data: "
+        "The AWS Access Key Id you provided does not exist in our records."
+    )
+    assert SECRET_KEY not in done.stdout + done.stderr
+
+
+def test_public_objects_are_read_anonymously_and_private_ones_refused(s3):
+    fresh_load(SAMPLE)
+    on_disk = table_contents()
+    # No credentials: only where the server is.
+    env = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+
+    url = s3.upload(SAMPLE, BUCKET, "private")
+    run_script("create_tables.py")
+    refused = one_error_line(etl(url, "--anonymous", exit_code=EXIT_ENVIRONMENT, env=env))
+    assert refused.startswith(f"error: cannot read {url}/song_data/")
+    assert refused.endswith(".json: Forbidden")
+    assert query("SELECT count(*) FROM load_manifest") == [(0,)]
+
+    url = s3.upload(SAMPLE, BUCKET, "public", acl="public-read")
+    parse_summary(etl(url, "--anonymous", env=env).stdout)
+    assert table_contents() == on_disk
+
+
+def test_a_server_stopped_mid_load_leaves_whole_batches_and_the_next_run_completes(s3, generated):
+    fresh_load(generated)
+    uninterrupted = table_contents()
+
+    url = s3.upload(generated, BUCKET, "dropped")
+    run_script("create_tables.py")
+    load = subprocess.Popen(
+        [sys.executable, "etl.py", *SMALL_BATCHES, "--data", url, "--no-progress"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **s3.env},
+    )
+    watcher = Watcher()
+    try:
+        watcher.wait("SELECT count(*) FROM load_manifest WHERE kind = 'log'", lambda n: n > 0, load)
+        s3.stop()
+        out, err = load.communicate(timeout=120)
+        committed = watcher.value("SELECT count(*) FROM load_manifest WHERE kind = 'log'")
+    finally:
+        watcher.close()
+        if s3.process is None:
+            s3.start()
+    done = subprocess.CompletedProcess(load.args, load.returncode, out, err)
+    expect(done, EXIT_ENVIRONMENT)
+    assert one_error_line(done).startswith(f"error: cannot read {url}/log_data/")
+    assert SECRET_KEY not in out + err
+    assert 0 < committed < files_per_kind(generated)["log"]
+    # What was committed is whole: each file's plays are all in, or none are.
+    assert query(
+        "SELECT count(*) FROM load_manifest m WHERE kind = 'log' AND m.loaded <> "
+        "(SELECT count(*) FROM songplays p WHERE p.file_id = m.file_id)"
+    ) == [(0,)]
+
+    s3.upload(generated, BUCKET, "dropped")  # the restarted server starts empty
+    resumed = parse_summary(etl(url, env=s3.env).stdout)
+    assert resumed.files["log"] == {
+        "unchanged": committed,
+        "new": files_per_kind(generated)["log"] - committed,
+    }
+    assert resumed.checks == CHECKS_PASSED
+    assert table_contents() == uninterrupted
