@@ -55,6 +55,7 @@ class Summary:
     ignored: int = 0  # entries that are not data files
     ignored_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
     checks: dict[str, int] | None = None  # check: offending rows; None: not run
+    checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
 
     @property
     def keys_left_alone(self) -> bool:
@@ -96,7 +97,10 @@ SUMMARY_LINES = {
     ),
     "checks not run": re.compile(r"  checks: not run, nothing changed since the last run"),
     "checks": re.compile(r"  checks: (?P<passed>\d+) passed, (?P<failed>\d+) failed"),
-    "check": re.compile(r"    \[(?P<verdict>pass|FAIL)\] (?P<name>.+?)(?: \((?P<bad>\d+) rows\))?"),
+    "check": re.compile(
+        r"    \[(?P<verdict>pass|FAIL)\] (?P<name>.+?)(?: \((?P<bad>\d+) rows\))?"
+        r"(?:: (?P<scope>by its constraints|over this run's log files|over every row))?"
+    ),
     "example": re.compile(r"    (?P<example>\S.*)"),
 }
 
@@ -143,6 +147,8 @@ def parse_summary(text: str) -> Summary:
         elif name == "check" and section == "checks":
             assert (m["verdict"] == "FAIL") == bool(m["bad"] and int(m["bad"])), row
             summary.checks[m["name"]] = int(m["bad"] or 0)
+            if m["scope"]:
+                summary.checked[m["name"]] = m["scope"]
         elif name in ("check", "example") and section == "rejected":
             summary.examples.append(row.strip())
         elif name in ("check", "example") and section == "ignored":
