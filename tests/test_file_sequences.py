@@ -262,7 +262,9 @@ def model_settings() -> db.Settings:
                     pytest.skip("a second database is needed, and this role cannot create one")
     finally:
         conn.close()
-    return dataclasses.replace(base, url=db.as_url(db.options(base, MODEL_DATABASE)), libpq_env=False)
+    return dataclasses.replace(
+        base, url=db.as_url(db.options(base, MODEL_DATABASE)), libpq_env=False
+    )
 
 
 @contextlib.contextmanager
