@@ -79,7 +79,7 @@ class RunStart:
 
 def require_tables(conn) -> None:
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.missing_tables, {"tables": sql.TABLES})
+        cur.execute(sql.missing_tables, {"tables": sql.TABLES + sql.COUNTING})
         missing = [row[0] for row in cur.fetchall()]
     if missing:
         raise db.DatabaseError(
