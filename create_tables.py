@@ -58,6 +58,10 @@ def create_tables(settings: db.Settings) -> int:
             if citus:
                 for query in sql.citus_distribute_queries:
                     cur.execute(query)
+            else:
+                for query in sql.row_counts_create:
+                    cur.execute(query)
+                cur.execute(sql.row_counts_seed, {"tables": sql.STAR_TABLES})
             for query in sql.songplays_keys_create:
                 cur.execute(query)
     finally:

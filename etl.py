@@ -335,11 +335,22 @@ def finish(
 ) -> Report:
     """Count, check and record the run's outcome."""
     changed = tally.anything_loaded or bool(restored.added)
+    # Over every row when this run may have changed plays of files it did not load, or added
+    # keys back (their duplicates settled); on Citus, where a check cannot join the shards to
+    # the manifest per file.
+    every_row = (
+        start.distributed
+        or tally.other_plays_touched
+        or bool(restored.added or found_missing.added)
+    )
     with db.managed_cursor(conn) as cur:
-        after = load.table_counts(cur) if changed else start.before
-        checks = load.post_load_checks(cur) if changed or found_missing.added else None
-        cur.execute(sql.resolved_plays)
-        resolved_total = cur.fetchone()[0]
+        counted = load.star_counts(cur, start.distributed)
+        after = counted.rows if changed else start.before
+        checked = (
+            load.post_load_checks(cur, start.run_id, every_row)
+            if changed or found_missing.added
+            else None
+        )
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
         examples = cur.fetchall()
         report = Report(
@@ -350,8 +361,9 @@ def finish(
             tally=tally,
             before=start.before,
             after=after,
-            resolved_total=resolved_total,
-            checks=checks,
+            resolved_total=counted.resolved,
+            checks=checked and {name: bad for name, (bad, _) in checked.items()},
+            checked={name: scope for name, (_, scope) in (checked or {}).items()},
             examples=examples,
             set_aside=set_aside,
             found_missing=found_missing.added,

@@ -33,6 +33,7 @@ class Tally:
     )
     file_problems: int = 0
     resolved_plays: int = 0
+    settled: bool = False  # copies of a play were settled: other files' plays may have moved
 
     def add(self, part: Part, loaded: Loaded) -> None:
         files, counts = self.files[part.kind], self.counts[part.kind]
@@ -50,6 +51,7 @@ class Tally:
                 counts["rejected"] += f.rejected
         self.file_problems += part.file_problems
         self.resolved_plays += loaded.resolved
+        self.settled = self.settled or loaded.settled
 
     def add_removed_duplicates(self, plays: int, resolved: int) -> None:
         """Plays loaded while songplays' key was set aside, removed as duplicates before it came
@@ -69,6 +71,13 @@ class Tally:
     @property
     def rejected(self) -> int:
         return sum(c["rejected"] for c in self.counts.values()) + self.file_problems
+
+    @property
+    def other_plays_touched(self) -> bool:
+        """Whether plays of files this run did not load may have changed: song files were loaded
+        (plays are resolved again) or copies of a play settled."""
+        songs = self.files["song"]
+        return self.settled or bool(songs.get("new") or songs.get("changed"))
 
     @property
     def anything_loaded(self) -> bool:
@@ -95,6 +104,7 @@ class Report:
     not_restored: list[str]  # those that could not come back, and why
     ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
     gone: list[str] = dataclasses.field(default_factory=list)  # loaded before, not there now
+    checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
 
     @property
     def failed(self) -> bool:
@@ -156,6 +166,7 @@ class Report:
             "ignored": {"entries": len(self.ignored), "examples": self.ignored[:IGNORED_EXAMPLES]},
             "gone": {"files": len(self.gone), "examples": self.gone[:GONE_EXAMPLES]},
             "checks": self.checks,
+            "checked": self.checked,
         }
 
     def lines(self) -> list[str]:
@@ -217,7 +228,9 @@ class Report:
             failed = [name for name, bad in self.checks.items() if bad]
             out.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} failed")
             out += [
-                f"    [{'FAIL' if bad else 'pass'}] {name}" + (f" ({bad} rows)" if bad else "")
+                f"    [{'FAIL' if bad else 'pass'}] {name}"
+                + (f" ({bad} rows)" if bad else "")
+                + (f": {self.checked[name]}" if name in self.checked else "")
                 for name, bad in self.checks.items()
             ]
         return out

@@ -3,6 +3,8 @@
 Data values never reach this text: they travel as COPY payloads or query parameters.
 """
 
+from typing import NamedTuple
+
 # ---------------------------------------------------------------- schema: the star
 
 songs_table_create = """
@@ -236,6 +238,91 @@ CREATE TABLE load_rejects (
     raw         text
 )"""
 
+# ---------------------------------------------------------------- schema: row counts
+# The summary's rows before and after each star table, and the plays resolved to a song: kept
+# exact by statement triggers, each INSERT, UPDATE, DELETE or TRUNCATE adding what it changed
+# (counted from its transition tables) in its own transaction, whoever runs it. Reading them costs
+# nothing, where count(*) reads every row: a month of plays, for a day's load. Citus does not run
+# such triggers on distributed and reference tables: there the load counts (count_rows_citus).
+row_counts_table_create = """
+CREATE TABLE row_counts (
+    table_name  text PRIMARY KEY,
+    row_count   bigint NOT NULL,
+    resolved    bigint NOT NULL  -- songplays: the plays with a song_id; 0 for the others
+)"""
+
+row_counts_function_create = """
+CREATE OR REPLACE FUNCTION sparkify_count_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE row_counts SET row_count = 0 WHERE table_name = TG_TABLE_NAME;
+    ELSIF TG_OP = 'INSERT' THEN
+        UPDATE row_counts SET row_count = row_count + (SELECT count(*) FROM new_rows)
+        WHERE table_name = TG_TABLE_NAME;
+    ELSE
+        UPDATE row_counts SET row_count = row_count - (SELECT count(*) FROM old_rows)
+        WHERE table_name = TG_TABLE_NAME;
+    END IF;
+    RETURN NULL;
+END $$"""
+
+# songplays also counts its resolved plays, which an UPDATE (songplays_resolve_songs) changes.
+plays_count_function_create = """
+CREATE OR REPLACE FUNCTION sparkify_count_plays() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE row_counts SET row_count = 0, resolved = 0 WHERE table_name = 'songplays';
+    ELSIF TG_OP = 'INSERT' THEN
+        UPDATE row_counts SET (row_count, resolved) = (
+            SELECT row_count + count(*), resolved + count(song_id) FROM new_rows)
+        WHERE table_name = 'songplays';
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE row_counts SET (row_count, resolved) = (
+            SELECT row_count - count(*), resolved - count(song_id) FROM old_rows)
+        WHERE table_name = 'songplays';
+    ELSE
+        UPDATE row_counts SET resolved = resolved + (SELECT count(song_id) FROM new_rows)
+                                                  - (SELECT count(song_id) FROM old_rows)
+        WHERE table_name = 'songplays';
+    END IF;
+    RETURN NULL;
+END $$"""
+
+
+def _count_triggers(table: str, function: str, update: bool) -> list[str]:
+    events = [
+        ("insert", "INSERT", "NEW TABLE AS new_rows"),
+        ("delete", "DELETE", "OLD TABLE AS old_rows"),
+    ]
+    if update:
+        events.append(("update", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"))
+    return [
+        f"CREATE TRIGGER {table}_count_{name} AFTER {event} ON {table} "
+        f"REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        for name, event, tables in events
+    ] + [
+        f"CREATE TRIGGER {table}_count_truncate AFTER TRUNCATE ON {table} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+    ]
+
+
+# Made by create_tables.py where the star is not on Citus, the star's tables empty.
+row_counts_create = [
+    row_counts_function_create,
+    plays_count_function_create,
+    *_count_triggers("songplays", "sparkify_count_plays", update=True),
+    *[
+        trigger
+        for table in ("users", "songs", "artists", "time")
+        for trigger in _count_triggers(table, "sparkify_count_rows", update=False)
+    ],
+]
+row_counts_seed = """
+INSERT INTO row_counts (table_name, row_count, resolved)
+SELECT t, 0, 0 FROM unnest(%(tables)s::text[]) AS t"""
+
+row_counts_read = "SELECT table_name, row_count, resolved FROM row_counts"
+
 # Parents before children, so that each foreign key finds its table. songplays' own foreign
 # keys and file index come last (songplays_keys_create), after the tables are placed on Citus.
 create_table_queries = [
@@ -251,6 +338,7 @@ create_table_queries = [
     songplay_copies_table_create,
     songplay_copies_index_file,
     songs_index_artist,
+    row_counts_table_create,
 ]
 songplays_keys_create = [create for create, _ in SONGPLAYS_SET_ASIDE.values()]
 
@@ -268,10 +356,11 @@ TABLES = [
 STAR_TABLES = TABLES[:5]
 
 CITUS_STAGING = ["stage_plays_citus"]  # made only on Citus (below)
+COUNTING = ["row_counts"]  # the star's row counts, which its triggers keep (not in the diagram)
 
 # Without CASCADE: a view of the user's over these tables stops the drop with a clear error
 # instead of vanishing with them.
-drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + CITUS_STAGING)
+drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + COUNTING + CITUS_STAGING)
 
 # Sessions of other clients that hold a lock on one of our tables (an open notebook transaction,
 # a psql session inside BEGIN) would make DROP wait forever: they are ended first.
@@ -921,44 +1010,104 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 
 # ---------------------------------------------------------------- the summary
 
-row_count = "SELECT count(*) FROM {table}"
-
-resolved_plays = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
+# On Citus, where no trigger keeps row_counts: each table counted, on the shards in parallel.
+row_count_citus = "SELECT count(*) FROM {table}"
+resolved_plays_citus = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
 run_rejects = """
 SELECT path, line, reason FROM load_rejects WHERE run_id = %(run_id)s
 ORDER BY reject_id LIMIT %(limit)s"""
 
 # ---------------------------------------------------------------- post-load checks
-# Each returns the number of offending rows; zero passes.
+# Each returns the number of offending rows; zero passes. Most of what they check, a constraint
+# of the schema guarantees for every row while it is in place and validated (a bulk load sets
+# songplays' keys and foreign keys aside, and restore_set_aside builds or validates them over
+# every row when they come back): such a check is answered by its constraints, and runs over
+# every row only when one of them is missing. What no constraint says runs over this run's plays
+# (the plays of the log files this run loaded, found through songplays_file), or over every row
+# when the run may have changed other plays: it loaded song files (plays are resolved again) or
+# settled copies of a play (plays and manifest counts of other files move).
+
+
+class Check(NamedTuple):
+    every_row: str  # the check over the whole star
+    constraints: tuple[str, ...] = ()  # what guarantees it, in place and validated
+    this_run: str | None = None  # what the constraints leave to check: over this run's plays
+
+
+# The plays of this run's log files (songplays_file finds them).
+_this_run_plays = """
+SELECT * FROM songplays
+WHERE file_id IN (SELECT file_id FROM load_manifest WHERE run_id = %(run_id)s AND kind = 'log')"""
+
+_songs_resolvable = """
+SELECT count(*) FROM {plays} p LEFT JOIN songs s USING (song_id)
+WHERE (p.song_id IS NULL) <> (p.artist_id IS NULL)
+   OR (p.song_id IS NOT NULL AND (s.song_id IS NULL OR s.artist_id <> p.artist_id))"""
 
 CHECKS = {
-    "songplays.songplay_id unique and not null": """
-        SELECT count(*) - count(DISTINCT songplay_id) FROM songplays""",
-    "users.user_id unique and not null": """
-        SELECT count(*) - count(DISTINCT user_id) FROM users""",
-    "songs.song_id unique and not null": """
-        SELECT count(*) - count(DISTINCT song_id) FROM songs""",
-    "artists.artist_id unique and not null": """
-        SELECT count(*) - count(DISTINCT artist_id) FROM artists""",
-    "time.start_time unique and not null": """
-        SELECT count(*) - count(DISTINCT start_time) FROM time""",
-    "every songplay has its user": """
+    # The primary key (user_id, songplay_id) keeps it not null; songplay_id is GENERATED ALWAYS
+    # AS IDENTITY, drawn from its sequence (on Citus too, as plays are staged).
+    "songplays.songplay_id unique and not null": Check(
+        "SELECT count(*) - count(DISTINCT songplay_id) FROM songplays",
+        ("songplays_pkey",),
+        f"SELECT count(*) - count(DISTINCT songplay_id) FROM ({_this_run_plays}) p",
+    ),
+    "users.user_id unique and not null": Check(
+        "SELECT count(*) - count(DISTINCT user_id) FROM users", ("users_pkey",)
+    ),
+    "songs.song_id unique and not null": Check(
+        "SELECT count(*) - count(DISTINCT song_id) FROM songs", ("songs_pkey",)
+    ),
+    "artists.artist_id unique and not null": Check(
+        "SELECT count(*) - count(DISTINCT artist_id) FROM artists", ("artists_pkey",)
+    ),
+    "time.start_time unique and not null": Check(
+        "SELECT count(*) - count(DISTINCT start_time) FROM time", ("time_pkey",)
+    ),
+    "every songplay has its user": Check(
+        """
         SELECT count(*) FROM songplays p LEFT JOIN users u USING (user_id)
         WHERE u.user_id IS NULL""",
-    "every songplay has its time": """
+        ("songplays_user_id_fkey",),
+    ),
+    "every songplay has its time": Check(
+        """
         SELECT count(*) FROM songplays p LEFT JOIN time t USING (start_time)
         WHERE t.start_time IS NULL""",
-    "song_id and artist_id both null or both resolvable": """
-        SELECT count(*) FROM songplays p LEFT JOIN songs s USING (song_id)
-        WHERE (p.song_id IS NULL) <> (p.artist_id IS NULL)
-           OR (p.song_id IS NOT NULL AND (s.song_id IS NULL OR s.artist_id <> p.artist_id))""",
-    "level in {free, paid}": """
+        ("songplays_start_time_fkey",),
+    ),
+    # The foreign keys say each id exists; not that both are there or neither, nor that the
+    # song is the artist's.
+    "song_id and artist_id both null or both resolvable": Check(
+        _songs_resolvable.format(plays="songplays"),
+        ("songplays_song_id_fkey", "songplays_artist_id_fkey"),
+        _songs_resolvable.format(plays=f"({_this_run_plays})"),
+    ),
+    "level in {free, paid}": Check(
+        """
         SELECT (SELECT count(*) FROM users WHERE level NOT IN ('free', 'paid'))
              + (SELECT count(*) FROM songplays WHERE level NOT IN ('free', 'paid'))""",
-    "songplays per file match the manifest": """
+        ("users_level_check", "songplays_level_check"),
+    ),
+    # The manifest's count of a log file changes only when the file is loaded, or when settling
+    # moves its plays (then the check runs over every file).
+    "songplays per file match the manifest": Check(
+        """
         SELECT count(*) FROM load_manifest m
         LEFT JOIN (SELECT file_id, count(*) AS n FROM songplays GROUP BY file_id) p
             USING (file_id)
         WHERE m.kind = 'log' AND m.loaded <> coalesce(p.n, 0)""",
+        (),
+        """
+        SELECT count(*) FROM load_manifest m
+        WHERE m.kind = 'log' AND m.run_id = %(run_id)s
+          AND m.loaded <> (SELECT count(*) FROM songplays p WHERE p.file_id = m.file_id)""",
+    ),
 }
+
+# The constraints of CHECKS that are in place and validated.
+constraints_in_force = """
+SELECT conname FROM pg_constraint
+WHERE conname = ANY (%(names)s) AND convalidated
+  AND conrelid = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)"""

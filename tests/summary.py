@@ -53,6 +53,7 @@ class Summary:
     gone: int = 0  # files the manifest has that are no longer there
     gone_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
     checks: dict[str, int] | None = None  # check: offending rows; None: not run
+    checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
 
     @property
     def keys_left_alone(self) -> bool:
@@ -93,4 +94,5 @@ def summary_of(report: dict) -> Summary:
         gone=report["gone"]["files"],
         gone_examples=report["gone"]["examples"],
         checks=report["checks"],
+        checked=report["checked"],
     )

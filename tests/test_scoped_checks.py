@@ -1,0 +1,101 @@
+"""The post-load checks of a daily load: what a constraint in place guarantees is answered by it,
+what no constraint says is checked over the log files this run loaded, and every row is read
+only when the run may have changed other plays or a constraint is missing. Each scoped check
+still fails when a play of this run's file is corrupted behind the ETL's back, and the summary's
+row counts stay exact when rows change behind its back."""
+
+from __future__ import annotations
+
+from builders import BASE, USER, etl, event, lines, write
+from conftest import scalar
+from summary import CHECKS_PASSED, parse_summary
+
+import db
+from report import EXIT_FAILED
+
+PER_FILE = "songplays per file match the manifest"
+RESOLVABLE = "song_id and artist_id both null or both resolvable"
+HAS_USER = "every songplay has its user"
+SCOPED = [  # what the constraints leave to check
+    "songplays.songplay_id unique and not null",
+    RESOLVABLE,
+    PER_FILE,
+]
+
+
+def execute(statement: str) -> None:
+    """A change made behind the ETL's back, in a session of its own."""
+    conn = db.connect(db.Settings.from_env())
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def checked(scoped: str) -> dict[str, str]:
+    """How each check runs when the scoped ones run as scoped says."""
+    return {name: scoped if name in SCOPED else "by its constraints" for name in CHECKS_PASSED}
+
+
+def add_day(data) -> None:
+    """A new daily log file: three plays of the crafted user, each resolved to a song."""
+    write(data, "log_data/2018/12/new.json", lines(event(0), event(1), event(2)))
+
+
+def test_a_play_of_this_runs_file_lost_behind_the_etls_back_fails_the_per_file_check(data):
+    first = parse_summary(etl(data).stdout)
+    assert first.checks == CHECKS_PASSED
+    assert first.checked == checked("over every row")  # song files loaded: any play may change
+    add_day(data)
+    execute(
+        "CREATE OR REPLACE FUNCTION test_lose_a_play() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        f"BEGIN DELETE FROM songplays WHERE user_id = {USER} AND item_in_session = 1; "
+        "RETURN NULL; END $$"
+    )
+    execute(
+        "CREATE TRIGGER test_lose_a_play AFTER INSERT ON songplays "
+        "FOR EACH STATEMENT EXECUTE FUNCTION test_lose_a_play()"
+    )
+
+    summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)
+    assert summary.checks == CHECKS_PASSED | {PER_FILE: 1}
+    assert summary.checked == checked("over this run's log files")
+    # counted exactly: three plays inserted, one deleted by someone else
+    assert summary.rows["songplays"] == (2, BASE["songplays"] + 2)
+    assert summary.resolved == (2, BASE["songplays"] + 2, 3)
+    assert scalar("SELECT count(*) FROM songplays") == BASE["songplays"] + 2
+
+
+def test_a_play_of_this_runs_file_changed_behind_the_etls_back_fails_the_song_check(data):
+    etl(data)
+    add_day(data)
+    execute(
+        "CREATE OR REPLACE FUNCTION test_forget_artist() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN NEW.artist_id := NULL; RETURN NEW; END $$"
+    )
+    execute(
+        "CREATE TRIGGER test_forget_artist BEFORE INSERT ON songplays "
+        f"FOR EACH ROW WHEN (NEW.user_id = {USER}) EXECUTE FUNCTION test_forget_artist()"
+    )
+
+    summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)
+    assert summary.checks == CHECKS_PASSED | {RESOLVABLE: 3}
+    assert summary.checked == checked("over this run's log files")
+
+
+def test_a_check_whose_constraint_is_dropped_runs_over_every_row(data):
+    etl(data)
+    orphaned = scalar(
+        "SELECT count(*) FROM songplays WHERE user_id = (SELECT min(user_id) FROM users)"
+    )
+    execute("ALTER TABLE songplays DROP CONSTRAINT songplays_user_id_fkey")
+    execute("DELETE FROM users WHERE user_id = (SELECT min(user_id) FROM users)")
+    add_day(data)
+
+    summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)
+    assert orphaned > 0
+    assert summary.checks == CHECKS_PASSED | {HAS_USER: orphaned}
+    assert summary.checked == checked("over this run's log files") | {HAS_USER: "over every row"}
+    assert list(summary.not_added_back) == ["songplays_user_id_fkey"]  # still missing
+    assert summary.rows["users"] == (1, BASE["users"])  # one deleted behind its back, one new
