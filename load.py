@@ -124,7 +124,7 @@ def star_counts(cur, distributed: bool) -> Counted:
     if distributed:
         rows = {}
         for table in sql.STAR_TABLES:
-            cur.execute(sql.row_count_citus.format(table=table))
+            cur.execute(sql.row_count.format(table=table))
             rows[table] = cur.fetchone()[0]
         cur.execute(sql.resolved_plays_citus)
         return Counted(rows, cur.fetchone()[0])
@@ -141,15 +141,16 @@ def post_load_checks(cur, run_id: int, every_row: bool) -> dict[str, tuple[int, 
     its constraints guarantee (in place and validated) is answered by them, and what they leave
     runs over this run's log files, or over every row when every_row (the run may have changed
     other files' plays). A check whose constraint is missing runs over every row."""
-    names = [name for check in sql.CHECKS.values() for name in check.constraints]
+    names = [name for check in sql.CHECKS.values() for name in check["constraints"]]
     cur.execute(sql.constraints_in_force, {"names": names, "tables": sql.STAR_TABLES})
     in_force = {row[0] for row in cur.fetchall()}
     results = {}
     for name, check in sql.CHECKS.items():
-        if not set(check.constraints) <= in_force or (check.this_run and every_row):
-            query, scope = check.every_row, "over every row"
-        elif check.this_run:
-            query, scope = check.this_run, "over this run's log files"
+        scoped = check.get("this_run")
+        if not set(check["constraints"]) <= in_force or (scoped and every_row):
+            query, scope = check["every_row"], "over every row"
+        elif scoped:
+            query, scope = scoped, "over this run's log files"
         else:
             results[name] = (0, "by its constraints")
             continue

@@ -3,8 +3,6 @@
 Data values never reach this text: they travel as COPY payloads or query parameters.
 """
 
-from typing import NamedTuple
-
 # ---------------------------------------------------------------- schema: the star
 
 songs_table_create = """
@@ -289,32 +287,30 @@ BEGIN
 END $$"""
 
 
-def _count_triggers(table: str, function: str, update: bool) -> list[str]:
-    events = [
-        ("insert", "INSERT", "NEW TABLE AS new_rows"),
-        ("delete", "DELETE", "OLD TABLE AS old_rows"),
-    ]
-    if update:
-        events.append(("update", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"))
-    return [
-        f"CREATE TRIGGER {table}_count_{name} AFTER {event} ON {table} "
-        f"REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-        for name, event, tables in events
-    ] + [
-        f"CREATE TRIGGER {table}_count_truncate AFTER TRUNCATE ON {table} "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-    ]
-
-
 # Made by create_tables.py where the star is not on Citus, the star's tables empty.
+# One trigger per event: a trigger with transition tables may have only one.
+_COUNT_EVENTS = {
+    "insert": "INSERT ON {table} REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT",
+    "delete": "DELETE ON {table} REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT",
+    "update": "UPDATE ON {table} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT",
+    "truncate": "TRUNCATE ON {table} FOR EACH STATEMENT",
+}
 row_counts_create = [
     row_counts_function_create,
     plays_count_function_create,
-    *_count_triggers("songplays", "sparkify_count_plays", update=True),
     *[
-        trigger
-        for table in ("users", "songs", "artists", "time")
-        for trigger in _count_triggers(table, "sparkify_count_rows", update=False)
+        f"CREATE TRIGGER {table}_count_{event} AFTER "
+        + _COUNT_EVENTS[event].format(table=table)
+        + f" EXECUTE FUNCTION {function}()"
+        for table, function, events in [
+            ("songplays", "sparkify_count_plays", ["insert", "delete", "update", "truncate"]),
+            *[
+                (table, "sparkify_count_rows", ["insert", "delete", "truncate"])
+                for table in ("users", "songs", "artists", "time")
+            ],
+        ]
+        for event in events
     ],
 ]
 row_counts_seed = """
@@ -1011,7 +1007,7 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 # ---------------------------------------------------------------- the summary
 
 # On Citus, where no trigger keeps row_counts: each table counted, on the shards in parallel.
-row_count_citus = "SELECT count(*) FROM {table}"
+row_count = "SELECT count(*) FROM {table}"
 resolved_plays_citus = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
 run_rejects = """
@@ -1027,12 +1023,9 @@ ORDER BY reject_id LIMIT %(limit)s"""
 # (the plays of the log files this run loaded, found through songplays_file), or over every row
 # when the run may have changed other plays: it loaded song files (plays are resolved again) or
 # settled copies of a play (plays and manifest counts of other files move).
-
-
-class Check(NamedTuple):
-    every_row: str  # the check over the whole star
-    constraints: tuple[str, ...] = ()  # what guarantees it, in place and validated
-    this_run: str | None = None  # what the constraints leave to check: over this run's plays
+# Each check: every_row, the check over the whole star; constraints, what guarantees it while in
+# place and validated; this_run (where the constraints leave something), that over this run's
+# log files.
 
 
 # The plays of this run's log files (songplays_file finds them).
@@ -1040,70 +1033,73 @@ _this_run_plays = """
 SELECT * FROM songplays
 WHERE file_id IN (SELECT file_id FROM load_manifest WHERE run_id = %(run_id)s AND kind = 'log')"""
 
-_songs_resolvable = """
-SELECT count(*) FROM {plays} p LEFT JOIN songs s USING (song_id)
+_song_unresolvable = """LEFT JOIN songs s USING (song_id)
 WHERE (p.song_id IS NULL) <> (p.artist_id IS NULL)
    OR (p.song_id IS NOT NULL AND (s.song_id IS NULL OR s.artist_id <> p.artist_id))"""
 
 CHECKS = {
     # The primary key (user_id, songplay_id) keeps it not null; songplay_id is GENERATED ALWAYS
     # AS IDENTITY, drawn from its sequence (on Citus too, as plays are staged).
-    "songplays.songplay_id unique and not null": Check(
-        "SELECT count(*) - count(DISTINCT songplay_id) FROM songplays",
-        ("songplays_pkey",),
-        f"SELECT count(*) - count(DISTINCT songplay_id) FROM ({_this_run_plays}) p",
-    ),
-    "users.user_id unique and not null": Check(
-        "SELECT count(*) - count(DISTINCT user_id) FROM users", ("users_pkey",)
-    ),
-    "songs.song_id unique and not null": Check(
-        "SELECT count(*) - count(DISTINCT song_id) FROM songs", ("songs_pkey",)
-    ),
-    "artists.artist_id unique and not null": Check(
-        "SELECT count(*) - count(DISTINCT artist_id) FROM artists", ("artists_pkey",)
-    ),
-    "time.start_time unique and not null": Check(
-        "SELECT count(*) - count(DISTINCT start_time) FROM time", ("time_pkey",)
-    ),
-    "every songplay has its user": Check(
-        """
+    "songplays.songplay_id unique and not null": {
+        "every_row": "SELECT count(*) - count(DISTINCT songplay_id) FROM songplays",
+        "constraints": ["songplays_pkey"],
+        "this_run": f"SELECT count(*) - count(DISTINCT songplay_id) FROM ({_this_run_plays}) p",
+    },
+    "users.user_id unique and not null": {
+        "every_row": "SELECT count(*) - count(DISTINCT user_id) FROM users",
+        "constraints": ["users_pkey"],
+    },
+    "songs.song_id unique and not null": {
+        "every_row": "SELECT count(*) - count(DISTINCT song_id) FROM songs",
+        "constraints": ["songs_pkey"],
+    },
+    "artists.artist_id unique and not null": {
+        "every_row": "SELECT count(*) - count(DISTINCT artist_id) FROM artists",
+        "constraints": ["artists_pkey"],
+    },
+    "time.start_time unique and not null": {
+        "every_row": "SELECT count(*) - count(DISTINCT start_time) FROM time",
+        "constraints": ["time_pkey"],
+    },
+    "every songplay has its user": {
+        "every_row": """
         SELECT count(*) FROM songplays p LEFT JOIN users u USING (user_id)
         WHERE u.user_id IS NULL""",
-        ("songplays_user_id_fkey",),
-    ),
-    "every songplay has its time": Check(
-        """
+        "constraints": ["songplays_user_id_fkey"],
+    },
+    "every songplay has its time": {
+        "every_row": """
         SELECT count(*) FROM songplays p LEFT JOIN time t USING (start_time)
         WHERE t.start_time IS NULL""",
-        ("songplays_start_time_fkey",),
-    ),
+        "constraints": ["songplays_start_time_fkey"],
+    },
     # The foreign keys say each id exists; not that both are there or neither, nor that the
     # song is the artist's.
-    "song_id and artist_id both null or both resolvable": Check(
-        _songs_resolvable.format(plays="songplays"),
-        ("songplays_song_id_fkey", "songplays_artist_id_fkey"),
-        _songs_resolvable.format(plays=f"({_this_run_plays})"),
-    ),
-    "level in {free, paid}": Check(
-        """
+    "song_id and artist_id both null or both resolvable": {
+        "every_row": f"SELECT count(*) FROM songplays p {_song_unresolvable}",
+        "constraints": ["songplays_song_id_fkey", "songplays_artist_id_fkey"],
+        "this_run": f"SELECT count(*) FROM ({_this_run_plays}) p {_song_unresolvable}",
+    },
+    "level in {free, paid}": {
+        "every_row": """
         SELECT (SELECT count(*) FROM users WHERE level NOT IN ('free', 'paid'))
              + (SELECT count(*) FROM songplays WHERE level NOT IN ('free', 'paid'))""",
-        ("users_level_check", "songplays_level_check"),
-    ),
+        "constraints": ["users_level_check", "songplays_level_check"],
+    },
     # The manifest's count of a log file changes only when the file is loaded, or when settling
     # moves its plays (then the check runs over every file).
-    "songplays per file match the manifest": Check(
-        """
+    "songplays per file match the manifest": {
+        "every_row": """
         SELECT count(*) FROM load_manifest m
         LEFT JOIN (SELECT file_id, count(*) AS n FROM songplays GROUP BY file_id) p
             USING (file_id)
         WHERE m.kind = 'log' AND m.loaded <> coalesce(p.n, 0)""",
-        (),
-        """
+        "constraints": [],
+        "this_run": """
         SELECT count(*) FROM load_manifest m
         WHERE m.kind = 'log' AND m.run_id = %(run_id)s
           AND m.loaded <> (SELECT count(*) FROM songplays p WHERE p.file_id = m.file_id)""",
-    ),
+    },
 }
 
 # The constraints of CHECKS that are in place and validated.
