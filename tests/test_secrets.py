@@ -28,7 +28,7 @@ import psycopg2
 import pytest
 from builders import BASE, Watcher, base_sample, etl, one_error_line
 from conftest import PROJECT, PROPERTY, counts, query, run_script
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
@@ -238,6 +238,13 @@ PUNCTUATION = st.text(string.punctuation + " ", min_size=1, max_size=2)
 WORDY = st.lists(st.one_of(WORD, PUNCTUATION), min_size=1, max_size=6).map("".join)
 
 
+def printed_anyway(password: str, form: Form) -> bool:
+    """Whether the password is a piece of what the scripts print whatever the password is (the
+    form's own text, our refusals, libpq's message): there, shown or not cannot be told apart."""
+    fixed = "\n".join([form.template, form.refused or "", *REFUSALS])
+    return any(len(f) >= MASKED_FROM and f in fixed for f in forms_of(password))
+
+
 def words_of(password: str) -> list[str]:
     return re.findall(r"W\d+z", password)
 
@@ -251,6 +258,7 @@ def test_an_ill_formed_string_is_refused_or_read_as_libpq_reads_it_never_shown(p
     """Typed raw, the password may break the string: it is then refused in words of ours (one of
     REFUSALS, none quoting it), or read as libpq reads it, the password whole; either way no
     output shows it, nor any piece of it."""
+    assume(not printed_anyway(password, form))
     url = form.url(password)
     assert not shows(repr(settings_of(url)), password)
     for code, out, err in every_script(url):
