@@ -23,7 +23,7 @@ test: $(READY)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# The fast loop while developing (about a minute): lint, and every test not marked slow.
+# The fast loop while developing (about two minutes): lint, and every test not marked slow.
 check: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -41,6 +41,8 @@ import sql_queries
 from cli import EXIT_OK
 from extract import Limits
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 MODEL_DATABASE = "sparkify_model"
 
 # Folders whose path-component order differs from their string order ('-' < '.' < '/').

@@ -21,6 +21,8 @@ from summary import CHECKS_PASSED, parse_summary
 
 from cli import EXIT_ENVIRONMENT
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 BUCKET = "sparkify-raw"
 
 
