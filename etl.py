@@ -5,7 +5,7 @@
 The data is a folder, or a prefix in an object store (s3://bucket/prefix; docs/object-storage.md).
 The pipeline, top to bottom (each stage is a module named for it):
   1. extract.plan     lists the files the manifest has not seen as they are now, in batches;
-  2. prepared         has stage.prepare read each batch (extract), parse it (records), judge
+  2. prepared         has prepare.prepare read each batch (extract), parse it (parse), judge
                       and shape its records (transform) and render the staging tables' COPY
                       payloads, in parts of bounded size; in a worker process when there is
                       more than a little to do;
@@ -38,8 +38,8 @@ import db
 import extract
 import load
 import sql_queries as sql
-from extract import KINDS, Batch, Limits, Listing, Source
-from load import Loaded, Part
+from contract import KINDS, Batch, Limits, Loaded, Part
+from extract import Listing, Source
 from report import Report, Tally
 
 REJECT_EXAMPLES = 5
@@ -54,13 +54,13 @@ class UsageError(cli.UserError):
 # ================================================================ parsing while the database loads
 
 
-def stage_module():
-    """stage.py, imported when there is something to prepare: it brings pandas and pyarrow, which
-    take 0.6 s to import, half of a run that finds nothing new (the one speed trick in this file;
+def prepare_module():
+    """prepare.py, imported when there is something to prepare: it brings pyarrow and the parsers,
+    a large share of a run that finds nothing new (the one speed trick in this file;
     bench/README.md has the measurement)."""
-    import stage
+    import prepare
 
-    return stage
+    return prepare
 
 
 def prepared(batches: list[Batch], limits: Limits, jobs: int) -> Iterator[Part]:
@@ -69,7 +69,7 @@ def prepared(batches: list[Batch], limits: Limits, jobs: int) -> Iterator[Part]:
     bounded whatever the size of the input."""
     if jobs <= 0:
         for number, batch in enumerate(batches):
-            yield from stage_module().prepare(batch, number, limits)
+            yield from prepare_module().prepare(batch, number, limits)
         return
     context = multiprocessing.get_context("spawn")
     outboxes = [context.Queue(maxsize=1) for _ in range(jobs)]
@@ -98,7 +98,7 @@ def _worker(batches, k: int, jobs: int, limits: Limits, outbox, parent: int) -> 
     _die_with(parent)
     try:
         for number in range(k, len(batches), jobs):
-            for part in stage_module().prepare(batches[number], number, limits):
+            for part in prepare_module().prepare(batches[number], number, limits):
                 outbox.put(part)
     except cli.UserError as exc:  # an object store that stops answering, say
         outbox.put(WorkerFailed(traceback.format_exc(), exc))
@@ -193,11 +193,11 @@ def load_or_split(
                     start,
                     Batch(batch.kind, (task,)),
                     number,
-                    stage_module().prepare(Batch(batch.kind, (task,)), number, limits),
+                    prepare_module().prepare(Batch(batch.kind, (task,)), number, limits),
                     limits,
                 )
             ]
-        part = stage_module().refused(batch, number, cli.first_line(exc), limits)
+        part = prepare_module().refused(batch, number, cli.first_line(exc), limits)
         with db.managed_cursor(conn) as cur:
             return [(part, load.load_part(cur, start, part))]
 

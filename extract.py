@@ -1,6 +1,6 @@
 """Extract: find the input files, cut them into batches, and read them in line-aligned parts.
 
-Bytes out: records.py parses them. Nothing here needs pandas, so that a run with nothing new to
+Bytes out: parse.py parses them. Nothing here needs pyarrow, so that a run with nothing new to
 load never imports it.
 
 The data is a folder on disk or a prefix in an object store (s3://bucket/prefix, and gs:// or
@@ -28,12 +28,10 @@ import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import cli
+from contract import Batch, FileRead, FileTask, Kind, Limits, Plan, Version
 
-Kind = Literal["song", "log"]
-KINDS: tuple[Kind, ...] = ("song", "log")
 FOLDERS = {"song": "song_data", "log": "log_data"}
 
 # A data file's name ends in one of these, in any case, gzipped or not ("x.JSON", "x.ndjson.gz").
@@ -44,15 +42,6 @@ DATA_FILES = "*.json, *.ndjson and *.jsonl files, gzipped or not"
 BLOCK = 1 << 20  # bytes read, or gunzipped, at a time
 OBJECT_BLOCK = 8 << 20  # bytes of a big object asked for in one request
 FETCHES_AT_ONCE = 64  # small objects fetched concurrently
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """How the work is cut: memory follows these bounds, not the size of the input."""
-
-    song_batch_files: int = 10_000  # song files per batch (one transaction)
-    log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch, and per part of a bigger file
-    parse_piece_bytes: int = 4 * 1024 * 1024  # Arrow's reader takes a log this much at a time
 
 
 # ================================================================ where the data is
@@ -168,43 +157,6 @@ def is_gzipped(name: str) -> bool:
 
 
 # ================================================================ finding and planning
-
-# What says a data file changed without reading it: its size, mtime in ns (0 for an object) and
-# ETag (None for a file on disk).
-Version = tuple[int, int, str | None]
-
-
-@dataclasses.dataclass(frozen=True)
-class FileTask:
-    """A file to read: its path as the manifest names it (under the data folder, forward
-    slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its
-    size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
-    problem: why it cannot be read, known from the listing already (a folder that cannot be
-    listed)."""
-
-    path: str
-    location: str
-    size: int
-    mtime_ns: int
-    known_sha256: str | None
-    problem: str | None = None
-    etag: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """Files loaded in one transaction: a kill leaves all of them loaded or none. store: the
-    object store their URLs are in (None: files on disk)."""
-
-    kind: Kind
-    tasks: tuple[FileTask, ...]
-    store: Store | None = None
-
-    @property
-    def new_bytes(self) -> int:
-        return sum(t.size for t in self.tasks if t.known_sha256 is None)
-
-
 @dataclasses.dataclass(frozen=True)
 class Listed:
     """A data file as listed: where it is, and its version (None: it could not be looked at,
@@ -305,18 +257,6 @@ def _path_order(location: str) -> list[str]:
     return location.split("/" if "://" in location else os.sep)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """A kind's batches of files to read, how many files are unchanged since their manifest
-    entry by their version (not opened), the entries ignored, as the summary names them, and
-    the files the manifest has under this folder that are no longer there."""
-
-    batches: list[Batch]
-    unchanged: int
-    ignored: list[str]
-    gone: list[str] = dataclasses.field(default_factory=list)
-
-
 def plan(
     data: Source,
     listed: Listing,
@@ -388,23 +328,6 @@ def relative(data: Source, kind: Kind, location: str) -> str:
 
 
 # ================================================================ reading
-
-
-FileStatus = Literal["new", "changed", "unchanged", "unreadable"]
-
-
-@dataclasses.dataclass(frozen=True)
-class FileRead:
-    """What opening a file found: its status, size and SHA-256 as read (of the bytes stored,
-    gzipped or not), the encoding of its text, or why it could not be read; and an object's
-    ETag as listed (None for a file on disk), which the manifest keeps."""
-
-    status: FileStatus
-    size: int
-    sha256: str | None = None
-    error: str | None = None  # the reject's reason: "cannot read file: ..."
-    encoding: str = "UTF-8"
-    etag: str | None = None
 
 
 class DamagedFile(Exception):

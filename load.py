@@ -17,52 +17,7 @@ import psycopg2.extras
 
 import db
 import sql_queries as sql
-from extract import FileRead, Kind
-
-
-@dataclasses.dataclass(frozen=True)
-class FilePart:
-    """One file's share of a part: how the file was read, and what became of its records here."""
-
-    path: str
-    mtime_ns: int
-    read: FileRead
-    first: bool = True  # the file's first part: its status counts once
-    records: int = 0
-    accepted: int = 0  # passed validation (plays, or songs); a play may still be a duplicate
-    skipped: int = 0
-    rejected: int = 0
-
-    @property
-    def to_load(self) -> bool:
-        """Whether this file's content goes to the database (it is new or has changed)."""
-        return self.read.status in ("new", "changed")
-
-
-@dataclasses.dataclass(frozen=True)
-class Part:
-    """What one transaction receives at a time: COPY payloads per staging table, and the files
-    they come from. A batch is one part, or several when one big file is read in parts; the
-    batch's transaction commits after its last part."""
-
-    kind: Kind
-    batch: int
-    index: int  # the part's place in its batch, from 0
-    last: bool
-    files: tuple[FilePart, ...]
-    copies: dict[str, bytes]
-    file_problems: int  # files rejected whole (unreadable, empty, refused)
-
-
-@dataclasses.dataclass(frozen=True)
-class Loaded:
-    """What the database did with a part: plays inserted per file, plays resolved to a song, and
-    whether copies of a play were settled (which moves plays and counts of other files)."""
-
-    inserted: dict[str, int]
-    resolved: int
-    settled: bool = False
-
+from contract import Kind, Loaded, Part
 
 # ================================================================ a run's bookkeeping
 
@@ -241,16 +196,13 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         inserted = {path: n for path, (n, _) in merged.items()}
         resolved = sum(matched for _, matched in merged.values())
         loading = [f for f in part.files if f.to_load]
+        outcomes = {f.path: Loaded(inserted, resolved).outcome(part.kind, f) for f in loading}
         psycopg2.extras.execute_batch(
             cur,
             sql.manifest_add_loaded,
             [
-                {
-                    "path": f.path,
-                    "loaded": inserted.get(f.path, 0),
-                    "duplicates": f.accepted - inserted.get(f.path, 0),
-                }
-                for f in loading
+                {"path": path, "loaded": loaded, "duplicates": duplicates}
+                for path, (loaded, duplicates) in outcomes.items()
             ],
         )
         # What settling moved in or out of songplays: in the manifest already (settle_manifest),

@@ -6,8 +6,8 @@ import dataclasses
 
 import sql_queries as sql
 from cli import EXIT_FAILED, EXIT_OK
-from extract import DATA_FILES, KINDS, path_text
-from load import Loaded, Part
+from contract import KINDS, Loaded, Part
+from extract import DATA_FILES, path_text
 
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
@@ -41,11 +41,9 @@ class Tally:
             if f.first:
                 files[f.read.status] = files.get(f.read.status, 0) + 1
             if f.to_load:
-                duplicates = (
-                    f.accepted - loaded.inserted.get(f.path, 0) if part.kind == "log" else 0
-                )
+                loaded_here, duplicates = loaded.outcome(part.kind, f)
                 counts["records"] += f.records
-                counts["loaded"] += f.accepted - duplicates
+                counts["loaded"] += loaded_here
                 counts["skipped"] += f.skipped
                 counts["duplicates"] += duplicates
                 counts["rejected"] += f.rejected

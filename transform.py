@@ -1,7 +1,7 @@
 """Transform: judge each record, and shape the good ones into the rows of the staging tables.
 
 Pure functions on Arrow tables, each a few vectorised pyarrow.compute kernels over whole columns:
-no files, no database. ``stage.shape`` calls them in this order: valid_songs → song_rows, or
+no files, no database. ``prepare.shape`` calls them in this order: valid_songs → song_rows, or
 valid_events → play_rows → dedupe_plays → time_table, users_table; then render_csv makes each
 table's COPY payload. (A table is a DataFrame away: ``table.to_pandas()``.)
 """
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv
 
 import sql_queries as sql
-from records import EVENT_FIELDS, SONG_FIELDS, Records
+from parse import EVENT_FIELDS, SONG_FIELDS, Records
 
 RAW_TEXT_LIMIT = 1000
 INT32 = (-(2**31), 2**31 - 1)

@@ -38,7 +38,7 @@ from summary import CHECKS_PASSED, parse_summary
 import citus_cluster
 import db
 import sql_queries
-from extract import Limits
+from contract import Limits
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 

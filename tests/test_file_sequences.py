@@ -39,7 +39,7 @@ import db
 import etl
 import sql_queries
 from cli import EXIT_OK
-from extract import Limits
+from contract import Limits
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 

@@ -59,10 +59,9 @@ from summary import CHECKS_PASSED, Counts, Rejected, parse_summary
 
 import etl as etl_module
 import extract
-import stage
+import prepare
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from extract import Batch, FileRead, FileTask, Limits
-from load import FilePart
+from contract import Batch, FilePart, FileRead, FileTask, Limits
 
 TIMEOUT = 120  # seconds: a run that takes longer hangs
 GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
@@ -703,7 +702,7 @@ def test_damaged_gzip_is_rejected_naming_the_file_and_what_came_before_the_damag
 def test_a_file_in_many_chunks_of_one_part_is_counted_once_and_its_rejects_keep_their_lines():
     read = FileRead("new", 1000, "0" * 64)
     chunks = [
-        stage.parse(
+        prepare.parse(
             "log",
             FilePart("log_data/big.json", 0, read, first=item == 0),
             lines(event(item, userId="abc" if item == 3 else "900")),
@@ -712,7 +711,7 @@ def test_a_file_in_many_chunks_of_one_part_is_counted_once_and_its_rejects_keep_
         )
         for item in range(10)
     ]
-    part = stage.shape("log", 0, 0, True, chunks, [])
+    part = prepare.shape("log", 0, 0, True, chunks, [])
     assert [(f.path, f.first, f.records, f.accepted, f.rejected) for f in part.files] == [
         ("log_data/big.json", True, 10, 9, 1)
     ]
@@ -729,7 +728,7 @@ def test_a_file_appended_to_after_it_was_hashed_is_read_as_it_was_then(tmp_path)
     before = lines(*(event(i) for i in range(3000)))  # about 1 MB: parts of 100 kB
     path = write(tmp_path, "log_data/big.json", before)
     task = FileTask("log_data/big.json", str(path), len(before), 0, None)
-    parts = stage.prepare(Batch("log", (task,)), 0, Limits(log_batch_bytes=100_000))
+    parts = prepare.prepare(Batch("log", (task,)), 0, Limits(log_batch_bytes=100_000))
 
     first = next(parts)  # the file is hashed, its first part read
     with path.open("ab") as file:

@@ -47,15 +47,16 @@ from hypothesis import event, given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+import contract
 import create_tables
 import db
 import etl
 import extract
-import records
-import stage
+import parse
+import prepare
 import transform
 from cli import EXIT_OK
-from load import Part
+from contract import Part
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
@@ -193,10 +194,10 @@ def _line_damages(on: str, not_objects: list) -> list[Damage]:
 
 
 def _event_damages() -> list[Damage]:
-    """From records.EVENT_FIELDS = {field: (kind, required on every event, required on a play)}:
+    """From parse.EVENT_FIELDS = {field: (kind, required on every event, required on a play)}:
     a field required on every event damages any event; the others only a play."""
     out = []
-    for field, (kind, every, play) in records.EVENT_FIELDS.items():
+    for field, (kind, every, play) in parse.EVENT_FIELDS.items():
         if every or play:
             for blank in [ABSENT, None] + ([""] if kind == "text" else []):
                 out.append(
@@ -228,7 +229,7 @@ def _event_damages() -> list[Damage]:
         for field in ("sessionId", "itemInSession")
         for v in INT32_OUT_OF_RANGE
     ]
-    for field, (kind, every, _) in records.EVENT_FIELDS.items():
+    for field, (kind, every, _) in parse.EVENT_FIELDS.items():
         out += _type_damages(field, kind, "any" if every else "play")
     out += [
         Damage(
@@ -279,9 +280,9 @@ def _type_damages(field: str, kind: str, on: str) -> list[Damage]:
 
 
 def _song_damages() -> list[Damage]:
-    """From records.SONG_FIELDS = {field: (kind, required)}: every field's type is checked."""
+    """From parse.SONG_FIELDS = {field: (kind, required)}: every field's type is checked."""
     out = []
-    for field, (kind, required) in records.SONG_FIELDS.items():
+    for field, (kind, required) in parse.SONG_FIELDS.items():
         if required:
             out += [
                 Damage(
@@ -293,7 +294,7 @@ def _song_damages() -> list[Damage]:
                 )
                 for blank in [ABSENT, None] + ([""] if kind == "text" else [])
             ]
-    for field, (kind, _) in records.SONG_FIELDS.items():
+    for field, (kind, _) in parse.SONG_FIELDS.items():
         out += _type_damages(field, kind, "song")
     for field, values, reason in (
         ("duration", [-1, -0.001, -1e300], "duration is negative"),
@@ -372,7 +373,7 @@ class File:
 class Corpus:
     songs: list[File]
     logs: list[File]
-    limits: extract.Limits
+    limits: contract.Limits
 
     @property
     def files(self) -> list[File]:
@@ -640,7 +641,7 @@ def paths(draw, folder: str, n: int) -> list[str]:
 
 
 limits = st.builds(
-    extract.Limits,
+    contract.Limits,
     song_batch_files=st.integers(1, 5),
     log_batch_bytes=st.one_of(st.just(1), st.integers(500, 20_000), st.just(1 << 30)),
     parse_piece_bytes=st.one_of(st.integers(64, 2_000), st.just(4 << 20)),
@@ -812,32 +813,32 @@ def rejects_of(file: File) -> list[tuple[int, str]]:
     return [(line, reason) for _, line, reason in file.expected_rejects()]
 
 
-def prepare_batch(kind: str, tasks: list, limits=extract.Limits()) -> Part:
-    """stage.prepare on these files in one batch, its parts' payloads joined (one part unless a
+def prepare_batch(kind: str, tasks: list, limits=contract.Limits()) -> Part:
+    """prepare.prepare on these files in one batch, its parts' payloads joined (one part unless a
     file is bigger than the batch size)."""
-    parts = list(stage.prepare(extract.Batch(kind, tuple(tasks)), 0, limits))
+    parts = list(prepare.prepare(contract.Batch(kind, tuple(tasks)), 0, limits))
     copies = {t: b"".join(p.copies.get(t, b"") for p in parts) for t in parts[-1].copies}
     return Part(kind, 0, 0, True, tuple(f for p in parts for f in p.files), copies, 0)
 
 
-def fast_read(content: bytes, path: str, piece_bytes: int = extract.Limits.parse_piece_bytes):
+def fast_read(content: bytes, path: str, piece_bytes: int = contract.Limits.parse_piece_bytes):
     """The file read the fast way, piece by piece; None where Arrow's reader would not take a
     piece (the line reader reads it)."""
     pieces, first_line = [], 1
     for piece in extract.line_aligned_pieces(content, piece_bytes):
-        fast = records._fast_events(piece, path, first_line, piece.count(b"\n"))
+        fast = parse._fast_events(piece, path, first_line, piece.count(b"\n"))
         if fast is None:
             return None
         pieces.append(fast)
         first_line += piece.count(b"\n")
-    return records.Records.combined(pieces, records.EVENT_FIELDS)
+    return parse.Records.combined(pieces, parse.EVENT_FIELDS)
 
 
-def task(folder: str, path: str, content: bytes) -> extract.FileTask:
+def task(folder: str, path: str, content: bytes) -> contract.FileTask:
     location = os.path.join(folder, path)
     os.makedirs(os.path.dirname(location), exist_ok=True)
     Path(location).write_bytes(content)
-    return extract.FileTask(path, location, len(content), 0, None)
+    return contract.FileTask(path, location, len(content), 0, None)
 
 
 def verdicts(frame, decode_rejects: list[tuple]) -> tuple[list, list, int]:
@@ -873,8 +874,8 @@ def test_a_log_file_gets_the_same_verdicts_and_values_from_either_reader_and_any
 
     # The file alone, read line by line and (when it is clean enough) the fast way: the same
     # plays, value for value, the same rejects, the same skips.
-    objects, problems = records._decode_lines(enumerate(extract.raw_lines(content), 1), file.path)
-    line_by_line = verdicts(records.records_from(objects, records.EVENT_FIELDS), problems)
+    objects, problems = parse._decode_lines(enumerate(extract.raw_lines(content), 1), file.path)
+    line_by_line = verdicts(parse.records_from(objects, parse.EVENT_FIELDS), problems)
     assert line_by_line[1] == rejects_of(file)
     fast = fast_read(content, file.path, cut.parse_piece_bytes)
     if fast is not None:

@@ -6,7 +6,7 @@ import json
 import pytest
 from builders import PLAY
 
-import records
+import parse
 import transform
 
 DAMAGED = b'{"ts": 1, "page": "NextSong",\n'  # truncated: sends its piece to the line reader
@@ -18,7 +18,7 @@ def line(n: int, **changes) -> bytes:
 
 def verdicts(data: bytes) -> tuple[list, list]:
     """(plays as (line, itemInSession, length), rejects as (line, reason)) of a file."""
-    parsed, parse_rejects = records.parse_log_file(data, "log_data/x.json")
+    parsed, parse_rejects = parse.parse_log_file(data, "log_data/x.json")
     plays, invalid, _ = transform.valid_events(parsed)
     rejects = sorted(
         [(n, reason) for _, n, reason, _ in parse_rejects]
@@ -70,6 +70,6 @@ def test_a_song_file_holding_an_array_of_one_song_is_read():
         "duration": 1.5,
         "year": 0,
     }
-    parsed, rejects = records.parse_song_file(json.dumps([song]).encode(), "song_data/a.json")
+    parsed, rejects = parse.parse_song_file(json.dumps([song]).encode(), "song_data/a.json")
     assert rejects == []
     assert parsed.values.select(["song_id", "line"]).to_pylist() == [{"song_id": "SOA", "line": 1}]

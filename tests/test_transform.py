@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from builders import PLAY, line, lines, log_file
 
+import contract
 import extract
-import load
-import records
-import stage
+import parse
+import prepare
 import transform
 
 SONG = {
@@ -31,7 +31,7 @@ SONG = {
 
 
 def events(*lines):
-    parsed, rejects = records.parse_log_file(log_file(*lines), "log_data/x.json")
+    parsed, rejects = parse.parse_log_file(log_file(*lines), "log_data/x.json")
     plays, invalid, skipped = transform.valid_events(parsed)
     return plays, transform.reject_table(rejects), invalid, skipped
 
@@ -109,9 +109,9 @@ def test_a_user_id_of_other_digits_than_ascii_ones_is_not_numeric():
 
 def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     clean = log_file(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
-    fast = records._fast_events(clean, "p", 1, clean.count(b"\n"))
+    fast = parse._fast_events(clean, "p", 1, clean.count(b"\n"))
     assert fast is not None
-    slow, rejects = records.parse_log_file(clean + b"\n{oops", "p")
+    slow, rejects = parse.parse_log_file(clean + b"\n{oops", "p")
     assert rejects[0][1:3] == (
         3,
         "malformed JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
@@ -124,7 +124,7 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
 
 def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
     lines = [{**PLAY, "itemInSession": n, "ts": PLAY["ts"] + n} for n in range(1, 8)]
-    whole, _ = records.parse_log_file(log_file(*lines), "p")
+    whole, _ = parse.parse_log_file(log_file(*lines), "p")
     piece = len(line(PLAY)) * 2  # two or three lines a piece
     assert [p.count(b"\n") for p in extract.line_aligned_pieces(log_file(*lines), piece)] == [
         2,
@@ -132,12 +132,12 @@ def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
         2,
         0,
     ]
-    pieces, _ = records.parse_log_file(log_file(*lines), "p", piece)
+    pieces, _ = parse.parse_log_file(log_file(*lines), "p", piece)
     assert pieces.values["line"].to_pylist() == list(range(1, 8))
     assert pieces.values["itemInSession"].to_pylist() == list(range(1, 8))
     assert pieces.values.equals(whole.values)
     lines[5] = b'{"ts": 1, "page": "NextSong",'
-    damaged, rejects = records.parse_log_file(log_file(*lines), "p", piece)
+    damaged, rejects = parse.parse_log_file(log_file(*lines), "p", piece)
     assert [line for _, line, _, _ in rejects] == [6]
     assert damaged.values["line"].to_pylist() == [1, 2, 3, 4, 5, 7]
 
@@ -170,7 +170,7 @@ def test_dedupe_plays_keeps_the_first_row_of_each_play():
 
 
 def test_song_rows_turn_year_zero_and_empty_location_into_null():
-    parsed, rejects = records.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
+    parsed, rejects = parse.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
     good, invalid = transform.valid_songs(parsed)
     row = transform.song_rows(good).to_pylist()[0]
     assert rejects == [] and invalid.num_rows == 0
@@ -180,8 +180,8 @@ def test_song_rows_turn_year_zero_and_empty_location_into_null():
 
 def test_parse_song_file_reads_arrays_and_one_object_per_line():
     two = [SONG, {**SONG, "song_id": "SOTWO"}]
-    as_array, _ = records.parse_song_file(json.dumps(two).encode(), "s")
-    as_lines, _ = records.parse_song_file(log_file(*two), "s")
+    as_array, _ = parse.parse_song_file(json.dumps(two).encode(), "s")
+    as_lines, _ = parse.parse_song_file(log_file(*two), "s")
     assert as_array.values["song_id"].to_pylist() == ["SOMZWCG12A8C13C480", "SOTWO"]
     assert rows(as_lines.values, "song_id", "line") == [
         ["SOMZWCG12A8C13C480", 1],
@@ -192,13 +192,13 @@ def test_parse_song_file_reads_arrays_and_one_object_per_line():
 def test_a_file_giving_a_part_two_chunks_is_counted_once_there_with_its_first_chunks_status():
     first = lines(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
     second = log_file({**PLAY, "itemInSession": 3, "page": "Home"}, {**PLAY, "itemInSession": 4})
-    read = extract.FileRead("new", len(first + second), "0" * 64)
-    file = load.FilePart("log_data/x.json", 0, read)
+    read = contract.FileRead("new", len(first + second), "0" * 64)
+    file = contract.FilePart("log_data/x.json", 0, read)
     chunks = [
-        stage.parse("log", file, first, 1, extract.Limits()),
-        stage.parse("log", dataclasses.replace(file, first=False), second, 3, extract.Limits()),
+        prepare.parse("log", file, first, 1, contract.Limits()),
+        prepare.parse("log", dataclasses.replace(file, first=False), second, 3, contract.Limits()),
     ]
-    part = stage.shape("log", 0, 0, True, chunks, [])
+    part = prepare.shape("log", 0, 0, True, chunks, [])
     counts = [(f.path, f.first, f.records, f.accepted, f.skipped, f.rejected) for f in part.files]
     assert counts == [("log_data/x.json", True, 4, 2, 1, 1)]
     manifest = list(csv.reader(io.StringIO(part.copies["stage_manifest"].decode())))

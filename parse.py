@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json
 
-from extract import Limits, line_aligned_pieces, raw_lines
+from contract import Limits
+from extract import line_aligned_pieces, raw_lines
 
 SONG_FIELDS = {  # field: (kind, required)
     "song_id": ("text", True),

@@ -16,9 +16,8 @@ import pyarrow.compute as pc
 import extract
 import sql_queries as sql
 import transform
-from extract import Batch, Limits
-from load import FilePart, Part
-from records import FIELDS, Records, decode_song_file, parse_log_file, records_from
+from contract import Batch, FilePart, Limits, Part
+from parse import FIELDS, Records, decode_song_file, parse_log_file, records_from
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""The data contract: the types that travel between the pipeline's stages (a plan's batches of
+files to read, how each file was read, the parts the parse worker hands to the load, and what the
+load did with them). Plain data: nothing here touches the files, the parsers or the database, so
+every stage imports it without bringing in another stage.
+
+    extract.plan -> Plan(batches: [Batch(tasks: [FileTask])])
+    prepare.prepare(Batch) -> Part(files: [FilePart(read: FileRead)], copies)
+    load.load_part(Part) -> Loaded
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from extract import Store
+
+Kind = Literal["song", "log"]
+KINDS: tuple[Kind, ...] = ("song", "log")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How the work is cut: memory follows these bounds, not the size of the input."""
+
+    song_batch_files: int = 10_000  # song files per batch (one transaction)
+    log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch, and per part of a bigger file
+    parse_piece_bytes: int = 4 * 1024 * 1024  # Arrow's reader takes a log this much at a time
+
+
+# What says a data file changed without reading it: its size, mtime in ns (0 for an object) and
+# ETag (None for a file on disk).
+Version = tuple[int, int, str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTask:
+    """A file to read: its path as the manifest names it (under the data folder, forward
+    slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its
+    size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
+    problem: why it cannot be read, known from the listing already (a folder that cannot be
+    listed)."""
+
+    path: str
+    location: str
+    size: int
+    mtime_ns: int
+    known_sha256: str | None
+    problem: str | None = None
+    etag: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Files loaded in one transaction: a kill leaves all of them loaded or none. store: the
+    object store their URLs are in (None: files on disk)."""
+
+    kind: Kind
+    tasks: tuple[FileTask, ...]
+    store: Store | None = None
+
+    @property
+    def new_bytes(self) -> int:
+        return sum(t.size for t in self.tasks if t.known_sha256 is None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A kind's batches of files to read, how many files are unchanged since their manifest
+    entry by their version (not opened), the entries ignored, as the summary names them, and
+    the files the manifest has under this folder that are no longer there."""
+
+    batches: list[Batch]
+    unchanged: int
+    ignored: list[str]
+    gone: list[str] = dataclasses.field(default_factory=list)
+
+
+FileStatus = Literal["new", "changed", "unchanged", "unreadable"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRead:
+    """What opening a file found: its status, size and SHA-256 as read (of the bytes stored,
+    gzipped or not), the encoding of its text, or why it could not be read; and an object's
+    ETag as listed (None for a file on disk), which the manifest keeps."""
+
+    status: FileStatus
+    size: int
+    sha256: str | None = None
+    error: str | None = None  # the reject's reason: "cannot read file: ..."
+    encoding: str = "UTF-8"
+    etag: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FilePart:
+    """One file's share of a part: how the file was read, and what became of its records here."""
+
+    path: str
+    mtime_ns: int
+    read: FileRead
+    first: bool = True  # the file's first part: its status counts once
+    records: int = 0
+    accepted: int = 0  # passed validation (plays, or songs); a play may still be a duplicate
+    skipped: int = 0
+    rejected: int = 0
+
+    @property
+    def to_load(self) -> bool:
+        """Whether this file's content goes to the database (it is new or has changed)."""
+        return self.read.status in ("new", "changed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """What one transaction receives at a time: COPY payloads per staging table, and the files
+    they come from. A batch is one part, or several when one big file is read in parts; the
+    batch's transaction commits after its last part."""
+
+    kind: Kind
+    batch: int
+    index: int  # the part's place in its batch, from 0
+    last: bool
+    files: tuple[FilePart, ...]
+    copies: dict[str, bytes]
+    file_problems: int  # files rejected whole (unreadable, empty, refused)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """What the database did with a part: plays inserted per file, plays resolved to a song, and
+    whether copies of a play were settled (which moves plays and counts of other files)."""
+
+    inserted: dict[str, int]
+    resolved: int
+    settled: bool = False
+
+    def outcome(self, kind: Kind, file: FilePart) -> tuple[int, int]:
+        """A file's accepted records as (loaded, duplicates): a song is loaded (an upsert), a play
+        the merge did not insert is a duplicate of a play another file or line holds."""
+        if kind == "song":
+            return file.accepted, 0
+        loaded = self.inserted.get(file.path, 0)
+        return loaded, file.accepted - loaded
