@@ -40,7 +40,8 @@ class FileTask:
     slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its
     size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
     problem: why it cannot be read, known from the listing already (a folder that cannot be
-    listed)."""
+    listed). file_id: the id the manifest gives a new log file, taken before a bulk load reads
+    it, so that its plays can be written straight into songplays (None otherwise)."""
 
     path: str
     location: str
@@ -49,6 +50,7 @@ class FileTask:
     known_sha256: str | None
     problem: str | None = None
     etag: str | None = None
+    file_id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +108,7 @@ class FilePart:
     accepted: int = 0  # passed validation (plays, or songs); a play may still be a duplicate
     skipped: int = 0
     rejected: int = 0
+    file_id: int | None = None  # FileTask.file_id
 
     @property
     def to_load(self) -> bool:
@@ -115,9 +118,11 @@ class FilePart:
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    """What one transaction receives at a time: COPY payloads per staging table, and the files
-    they come from. A batch is one part, or several when one big file is read in parts; the
-    batch's transaction commits after its last part."""
+    """What one transaction receives at a time: COPY payloads per table, and the files they come
+    from. A batch is one part, or several when one big file is read in parts; the batch's
+    transaction commits after its last part. The payloads go to staging tables (stage_*), or,
+    in a bulk load, straight into songplays and time: then appended holds, per file, the plays
+    written and how many of them were resolved to a song."""
 
     kind: Kind
     batch: int
@@ -126,6 +131,12 @@ class Part:
     files: tuple[FilePart, ...]
     copies: dict[str, bytes]
     file_problems: int  # files rejected whole (unreadable, empty, refused)
+    appended: dict[str, tuple[int, int]] | None = None  # path: (plays, resolved)
+
+
+# A play's song, where the song catalogue is small enough to send to the parse worker: rows of
+# (title, artist name, duration, song_id, artist_id), one per (title, artist name, duration).
+SongKeys = list[tuple[str, str, float, str, str]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
-import itertools
 import json
 import multiprocessing
 import os
@@ -27,7 +26,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
@@ -38,7 +37,7 @@ import db
 import extract
 import load
 import sql_queries as sql
-from contract import KINDS, Batch, Limits, Loaded, Part
+from contract import KINDS, Batch, Limits, Loaded, Part, SongKeys
 from extract import Listing, Source
 from report import Report, Tally
 
@@ -63,42 +62,68 @@ def prepare_module():
     return prepare
 
 
-def prepared(batches: list[Batch], limits: Limits, jobs: int) -> Iterator[Part]:
-    """Every batch's parts, in order. With jobs > 0, worker processes prepare them while the
-    database loads the current one; each worker keeps at most one part waiting, so memory stays
-    bounded whatever the size of the input."""
-    if jobs <= 0:
-        for number, batch in enumerate(batches):
-            yield from prepare_module().prepare(batch, number, limits)
-        return
-    context = multiprocessing.get_context("spawn")
-    outboxes = [context.Queue(maxsize=1) for _ in range(jobs)]
-    workers = [
-        context.Process(
-            target=_worker, daemon=True, args=(batches, k, jobs, limits, outboxes[k], os.getpid())
-        )
-        for k in range(jobs)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        for number in range(len(batches)):
-            while True:
-                part = _receive(outboxes[number % jobs], workers[number % jobs])
-                yield part
-                if part.last:
-                    break
-    finally:
-        for worker in workers:
+class Preparer:
+    """Every batch's parts, in order, prepared by worker processes (jobs > 0) while the database
+    loads the current batch, or else here when asked. Each worker keeps at most one part
+    waiting, so memory stays bounded whatever the size of the input. In a bulk load (direct),
+    plays go straight into songplays once the song keys are handed over (song_keys), after the
+    run's song files are loaded."""
+
+    def __init__(self, batches: list[Batch], limits: Limits, jobs: int, direct: bool):
+        self.batches, self.limits, self.direct = batches, limits, direct
+        self.keys: Callable[[], SongKeys | None] = lambda: None
+        self.workers, self.outboxes, self.inboxes = [], [], []
+        if jobs <= 0:
+            return
+        context = multiprocessing.get_context("spawn")
+        for k in range(jobs):
+            self.outboxes.append(context.Queue(maxsize=1))
+            self.inboxes.append(context.Queue(maxsize=1))
+            args = (batches, k, jobs, limits, self.outboxes[k], self.inboxes[k], direct)
+            self.workers.append(
+                context.Process(target=_worker, daemon=True, args=(*args, os.getpid()))
+            )
+        for worker in self.workers:
+            worker.start()
+
+    def song_keys(self, keys: SongKeys | None) -> None:
+        """The song keys as the database has them once the run's song files are loaded (None:
+        the catalogue is too big, and plays are resolved in the database)."""
+        self.keys = prepare_module().song_keys_once(lambda: keys)
+        for inbox in self.inboxes:
+            inbox.put(keys)
+
+    def parts(self, number: int) -> Iterator[Part]:
+        """Batch number's parts, up to its last (and nothing of the next batch)."""
+        if not self.workers:
+            yield from self.here(self.batches[number], number)
+            return
+        k = number % len(self.workers)
+        while True:
+            part = _receive(self.outboxes[k], self.workers[k])
+            yield part
+            if part.last:
+                return
+
+    def here(self, batch: Batch, number: int) -> Iterator[Part]:
+        """The parts of a batch prepared in this process, as batch number."""
+        keys = self.keys if self.direct else None
+        return prepare_module().prepare(batch, number, self.limits, keys)
+
+    def close(self) -> None:
+        for worker in self.workers:
             worker.kill()
             worker.join()
 
 
-def _worker(batches, k: int, jobs: int, limits: Limits, outbox, parent: int) -> None:
+def _worker(
+    batches, k: int, jobs: int, limits: Limits, outbox, inbox, direct: bool, parent: int
+) -> None:
     _die_with(parent)
     try:
+        keys = prepare_module().song_keys_once(inbox.get) if direct else None
         for number in range(k, len(batches), jobs):
-            for part in prepare_module().prepare(batches[number], number, limits):
+            for part in prepare_module().prepare(batches[number], number, limits, keys):
                 outbox.put(part)
     except cli.UserError as exc:  # an object store that stops answering, say
         outbox.put(WorkerFailed(traceback.format_exc(), exc))
@@ -138,66 +163,63 @@ def _die_with(parent: int) -> None:
 # ======================================================== 3. load: one transaction per batch
 
 
-def load_batches(
-    conn,
-    start: load.RunStart,
-    batches: list[Batch],
-    parts: Iterator[Part],
-    limits: Limits,
-    progress: bool | None,
-) -> Tally:
-    tally = Tally()
-    bars = {}
-    for number, batch_parts in itertools.groupby(parts, key=lambda p: p.batch):
-        batch = batches[number]
-        bar = bars.get(batch.kind) or bars.setdefault(
-            batch.kind,
-            tqdm(
-                total=sum(len(b.tasks) for b in batches if b.kind == batch.kind),
-                desc=f"{batch.kind} files",
-                unit="file",
-                leave=False,
-                file=sys.stderr,
-                disable=None if progress is None else not progress,
-            ),
-        )
-        for part, loaded in load_or_split(conn, start, batch, number, batch_parts, limits):
-            tally.add(part, loaded)
-        bar.update(len(batch.tasks))
-        if number + 1 == len(batches) or batches[number + 1].kind != batch.kind:
-            bar.close()
+def load_batches(conn, start: load.RunStart, preparer: Preparer, progress: bool | None) -> Tally:
+    """Each kind's batches in turn, songs first: a bulk load's parse workers get the song keys
+    once the songs are in."""
+    tally, batches = Tally(), preparer.batches
+    for kind in KINDS:
+        numbers = [n for n, batch in enumerate(batches) if batch.kind == kind]
+        if not numbers:
+            continue
+        if kind == "log" and preparer.direct:
+            preparer.song_keys(load.song_keys(conn))
+        with tqdm(
+            total=sum(len(batches[n].tasks) for n in numbers),
+            desc=f"{kind} files",
+            unit="file",
+            leave=False,
+            file=sys.stderr,
+            disable=None if progress is None else not progress,
+        ) as bar:
+            for number in numbers:
+                parts = preparer.parts(number)
+                for part, loaded in load_or_split(conn, start, preparer, number, parts):
+                    tally.add(part, loaded)
+                bar.update(len(batches[number].tasks))
     return tally
 
 
 def load_or_split(
-    conn, start: load.RunStart, batch: Batch, number: int, parts: Iterator[Part], limits: Limits
+    conn,
+    start: load.RunStart,
+    preparer: Preparer,
+    number: int,
+    parts: Iterator[Part],
+    batch: Batch | None = None,
 ) -> list[tuple[Part, Loaded]]:
-    """Load a batch in one transaction; one the database refuses (a value no check foresaw) is
-    loaded again file by file, and a single file it refuses is recorded as rejected whole."""
+    """Load batch number (or this batch in its place) from its parts in one transaction; one the
+    database refuses (a value no check foresaw) is loaded again file by file, and a single file
+    it refuses is recorded as rejected whole."""
+    batch = batch or preparer.batches[number]
     try:
         with db.managed_cursor(conn) as cur:
             return [
-                (
-                    dataclasses.replace(part, copies={}),
-                    load.load_part(cur, start, part),
-                )
+                (dataclasses.replace(part, copies={}), load.load_part(cur, start, part))
                 for part in parts
             ]
     except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+        for _ in parts:  # the batch's parts still on their way
+            pass
         if len(batch.tasks) > 1:
             return [
                 done
                 for task in batch.tasks
+                for alone in [Batch(batch.kind, (task,), batch.store)]
                 for done in load_or_split(
-                    conn,
-                    start,
-                    Batch(batch.kind, (task,)),
-                    number,
-                    prepare_module().prepare(Batch(batch.kind, (task,)), number, limits),
-                    limits,
+                    conn, start, preparer, number, preparer.here(alone, number), alone
                 )
             ]
-        part = prepare_module().refused(batch, number, cli.first_line(exc), limits)
+        part = prepare_module().refused(batch, number, cli.first_line(exc), preparer.limits)
         with db.managed_cursor(conn) as cur:
             return [(part, load.load_part(cur, start, part))]
 
@@ -258,10 +280,16 @@ def run(
             reloading=any(t.known_sha256 for b in batches if b.kind == "log" for t in b.tasks),
         )
         start = dataclasses.replace(start, missing=load.set_aside_missing(conn))
+        # A bulk load: its keys set aside, plays and instants go straight into their tables.
+        direct = {sql.PLAYS_KEY, sql.TIME_KEY} <= start.missing
+        if direct:
+            batches = load.with_file_ids(conn, batches)
         workers = min(default_jobs(batches, limits) if jobs is None else jobs, len(batches))
-        tally = load_batches(
-            conn, start, batches, prepared(batches, limits, workers), limits, progress
-        )
+        preparer = Preparer(batches, limits, workers, direct)
+        try:
+            tally = load_batches(conn, start, preparer, progress)
+        finally:
+            preparer.close()
         for kind in KINDS:
             tally.add_unchanged(kind, plans[kind].unchanged)
         restored = load.restore_set_aside(conn, sql.BULK_SET_ASIDE, start.run_id, start.distributed)

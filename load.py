@@ -17,7 +17,7 @@ import psycopg2.extras
 
 import db
 import sql_queries as sql
-from contract import Kind, Loaded, Part
+from contract import Batch, Kind, Loaded, Part, SongKeys
 
 # ================================================================ a run's bookkeeping
 
@@ -130,7 +130,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         cur.execute(sql.citus_sequential)  # reference tables are written after the shards
     staged = 0
     for table, payload in part.copies.items():
-        if not payload:
+        if not payload or table in sql.DIRECT_COPIES:
             continue
         cur.copy_expert(
             sql.stage_plays_copy_citus
@@ -177,17 +177,23 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                 settled = True
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        cur.execute(
-            sql.time_insert_citus
-            if distributed
-            else sql.time_append
-            if sql.TIME_KEY in start.missing
-            else sql.time_insert
-        )
+        if "time" in part.copies:
+            _copy(cur, "time", part.copies["time"])
+        else:
+            cur.execute(
+                sql.time_insert_citus
+                if distributed
+                else sql.time_append
+                if sql.TIME_KEY in start.missing
+                else sql.time_insert
+            )
         cur.execute(sql.users_update_citus if distributed else sql.users_update)
         cur.execute(sql.users_insert)
         merged, moved = {}, []
-        if staged:
+        if part.appended is not None:
+            _copy(cur, "songplays", part.copies["songplays"])
+            merged = part.appended
+        elif staged:
             merged, moved = (
                 _merge_plays_citus(cur, part, staged)
                 if distributed
@@ -218,6 +224,12 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         settled = settled or bool(moved)
     cur.execute(sql.rejects_insert, params)
     return Loaded(inserted, resolved, settled)
+
+
+def _copy(cur, table: str, payload: bytes) -> None:
+    """A payload straight into a star table (a bulk load's, its keys set aside)."""
+    if payload:
+        cur.copy_expert(sql.DIRECT_COPIES[table], io.BytesIO(payload))
 
 
 Merged = dict[str, tuple[int, int]]  # per path: plays inserted, of them resolved to a song
@@ -276,6 +288,29 @@ def _settle(cur) -> list[Moved]:
 
 
 # ================================================================ bulk loads
+
+
+def song_keys(conn) -> SongKeys | None:
+    """The song keys, for the parse worker to resolve a bulk load's plays; None when the
+    catalogue has more than sql.SONG_KEYS_IN_MEMORY of them (the database resolves them)."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.song_keys_read, {"limit": sql.SONG_KEYS_IN_MEMORY + 1})
+        keys = cur.fetchall()
+    return None if len(keys) > sql.SONG_KEYS_IN_MEMORY else keys
+
+
+def with_file_ids(conn, batches: list[Batch]) -> list[Batch]:
+    """The batches, each new log file with the id its manifest row will have, taken now."""
+    new = [t for b in batches if b.kind == "log" for t in b.tasks if t.known_sha256 is None]
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.file_ids_take, {"files": len(new)})
+        ids = dict(zip((t.path for t in new), (row[0] for row in cur.fetchall())))
+    return [
+        dataclasses.replace(
+            b, tasks=tuple(dataclasses.replace(t, file_id=ids.get(t.path)) for t in b.tasks)
+        )
+        for b in batches
+    ]
 
 
 def set_aside_for_bulk_load(

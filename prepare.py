@@ -8,7 +8,8 @@ report.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 import extract
 import sql_queries as sql
 import transform
-from contract import Batch, FilePart, Limits, Part
+from contract import Batch, FilePart, Limits, Part, SongKeys
 from parse import FIELDS, Records, decode_song_file, parse_log_file, records_from
 
 
@@ -35,13 +36,46 @@ class Chunk:
 WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and counted, not weighed
 
 
-def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
+@dataclasses.dataclass(frozen=True)
+class Direct:
+    """What writing a bulk load's plays straight into songplays takes: the song keys, and the ids
+    the manifest gives the batch's files."""
+
+    song_keys: pa.Table
+    file_ids: dict[str, int]
+
+
+SongKeysSource = Callable[[], "pa.Table | None"]
+
+
+def song_keys_once(fetch: Callable[[], SongKeys | None]) -> SongKeysSource:
+    """The song keys as an Arrow table, fetched (from the database, or from the run through a
+    queue) and converted on first use, then kept; None: plays are resolved in the database."""
+
+    @functools.cache
+    def song_keys() -> pa.Table | None:
+        keys = fetch()
+        return None if keys is None else transform.song_key_table(keys)
+
+    return song_keys
+
+
+def prepare(
+    batch: Batch, number: int, limits: Limits, song_keys: SongKeysSource | None = None
+) -> Iterator[Part]:
     """The batch's parts: a batch of small files is one part; a file bigger than
-    limits.log_batch_bytes is read, parsed and shaped one part at a time."""
+    limits.log_batch_bytes is read, parsed and shaped one part at a time. With song_keys (a
+    bulk load, its files' ids taken), plays go straight to songplays if the keys come."""
+    file_ids = {t.path: t.file_id for t in batch.tasks if t.file_id is not None}
+
+    def direct() -> Direct | None:
+        keys = song_keys() if song_keys and file_ids else None
+        return None if keys is None else Direct(keys, file_ids)
+
     part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
     chunks, problems, size, index = [], [], 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
-        file = FilePart(task.path, task.mtime_ns, read)
+        file = FilePart(task.path, task.mtime_ns, read, file_id=task.file_id)
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
         first_line, anything = 1, False
@@ -58,7 +92,7 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
                 first_line += data.count(b"\n")
                 file = dataclasses.replace(file, first=False)
                 if size >= part_bytes:
-                    yield shape(batch.kind, number, index, False, chunks, problems)
+                    yield shape(batch.kind, number, index, False, chunks, problems, direct)
                     chunks, problems, size, index = [], [], 0, index + 1
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
@@ -68,7 +102,7 @@ def prepare(batch: Batch, number: int, limits: Limits) -> Iterator[Part]:
             problems.append((task.path, None, "empty file", None))
         if file.first:  # nothing read: the file still counts, once
             chunks.append(Chunk(file, 1, b"", None, []))
-    yield shape(batch.kind, number, index, True, chunks, problems)
+    yield shape(batch.kind, number, index, True, chunks, problems, direct)
 
 
 def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
@@ -83,15 +117,23 @@ def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limit
 
 
 def shape(
-    kind: str, number: int, index: int, last: bool, chunks: list[Chunk], problems: list[tuple]
+    kind: str,
+    number: int,
+    index: int,
+    last: bool,
+    chunks: list[Chunk],
+    problems: list[tuple],
+    direct: Callable[[], Direct | None] = lambda: None,
 ) -> Part:
-    """Judge the chunks' records, shape the good ones into staging rows, count per file."""
+    """Judge the chunks' records, shape the good ones into rows (of the staging tables, or of
+    songplays and time when direct gives what that takes), count per file."""
     fields = FIELDS[kind]
     objects = [o for c in chunks for o in c.objects]
     records = Records.combined(
         [c.records for c in chunks if c.records is not None] + [records_from(objects, fields)],
         fields,
     )
+    appended = None
     if kind == "song":
         good, invalid = transform.valid_songs(records)
         skipped = {}
@@ -99,11 +141,7 @@ def shape(
     else:
         good, invalid, skipped = transform.valid_events(records)
         rows = transform.dedupe_plays(transform.play_rows(good))
-        copies = {
-            "stage_plays": stage_csv("stage_plays", rows),
-            "stage_users": stage_csv("stage_users", transform.users_table(rows)),
-            "stage_time": stage_csv("stage_time", transform.time_table(rows)),
-        }
+        copies, appended = play_copies(rows, direct() if rows.num_rows else None)
     parse_rejects = [r for c in chunks for r in c.rejects]
     rejects = with_raw(
         pa.concat_tables([transform.reject_table(problems + parse_rejects), invalid]), chunks
@@ -128,7 +166,25 @@ def shape(
     )
     copies["stage_manifest"] = manifest_csv(kind, files)
     copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
-    return Part(kind, number, index, last, files, copies, rejects["line"].null_count)
+    return Part(kind, number, index, last, files, copies, rejects["line"].null_count, appended)
+
+
+def play_copies(
+    rows: pa.Table, direct: Direct | None
+) -> tuple[dict[str, bytes], dict[str, tuple[int, int]] | None]:
+    """The COPY payloads of a part's plays, their users and their instants: straight into
+    songplays and time when direct has the ids of all their files (with the plays and the
+    resolved per file), else into the staging tables (None)."""
+    copies = {"stage_users": stage_csv("stage_users", transform.users_table(rows))}
+    instants = transform.time_table(rows)
+    if direct is None or not set(pc.unique(rows["path"]).to_pylist()) <= direct.file_ids.keys():
+        copies["stage_plays"] = stage_csv("stage_plays", rows)
+        copies["stage_time"] = stage_csv("stage_time", instants)
+        return copies, None
+    songplays = transform.songplay_rows(rows, direct.song_keys, direct.file_ids)
+    copies["songplays"] = transform.render_csv(songplays, sql.SONGPLAYS_COPY_COLUMNS)
+    copies["time"] = transform.render_csv(instants, sql.TIME_COPY_COLUMNS)
+    return copies, transform.per_path_resolved(songplays)
 
 
 def with_raw(rejects: pa.Table, chunks: list[Chunk]) -> pa.Table:
@@ -158,6 +214,7 @@ def stage_csv(table: str, rows: pa.Table) -> bytes:
 
 MANIFEST_SCHEMA = pa.schema(
     [
+        ("file_id", pa.int64()),
         ("path", pa.string()),
         ("kind", pa.string()),
         ("first", pa.bool_()),
@@ -176,6 +233,7 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
         pa.Table.from_pylist(
             [
                 {
+                    "file_id": f.file_id,
                     "path": f.path,
                     "kind": kind,
                     "first": f.first,

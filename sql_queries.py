@@ -531,6 +531,7 @@ STAGING = {
         "skipped": "integer",
         "rejected": "integer",
         "etag": "text",
+        "file_id": "bigint",  # taken already (a bulk load's new log files), or NULL
     },
     "stage_rejects": {"path": "text", "line": "integer", "reason": "text", "raw": "text"},
     # Plays taken out of songplays (a changed file's, or a copy that lost): what they had set is
@@ -585,9 +586,11 @@ copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 # A file's first part in a batch writes its manifest row whole; a later part of a big file adds
 # its counts. loaded and duplicates of a log file are added once its plays are in.
 manifest_upsert = """
-INSERT INTO load_manifest (path, kind, size_bytes, mtime_ns, etag, sha256, run_id,
+INSERT INTO load_manifest (file_id, path, kind, size_bytes, mtime_ns, etag, sha256, run_id,
                            records, loaded, skipped, duplicates, rejected)
-SELECT path, kind, size_bytes, mtime_ns, etag, sha256, %(run_id)s,
+OVERRIDING SYSTEM VALUE
+SELECT coalesce(file_id, nextval(pg_get_serial_sequence('load_manifest', 'file_id'))),
+       path, kind, size_bytes, mtime_ns, etag, sha256, %(run_id)s,
        records, loaded, skipped, 0, rejected
 FROM stage_manifest
 WHERE first
@@ -666,6 +669,43 @@ FROM (SELECT q.user_id, q.songplay_id, q.song_id AS was, b.song_id, b.artist_id
 WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
   AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)
 RETURNING (k.was IS NULL)::integer - (p.song_id IS NULL)::integer"""
+
+# ---------------------------------------------------------------- a bulk load's plays, written once
+# While songplays' and time's keys are set aside, a part's plays and instants are COPYed straight
+# into them, each play's song and file resolved by the parse worker before (as the merge below
+# resolves them; duplicates are settled before the keys come back, as for songplays_append).
+# The worker gets the song keys when the catalogue has at most SONG_KEYS_IN_MEMORY of them, and
+# each new log file's id, taken before it is read; past that, plays are staged and resolved here.
+SONG_KEYS_IN_MEMORY = 2_000_000
+song_keys_read = f"""
+SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
+LIMIT %(limit)s"""
+file_ids_take = """
+SELECT nextval(pg_get_serial_sequence('load_manifest', 'file_id'))
+FROM generate_series(1, %(files)s)"""
+SONGPLAYS_COPY_COLUMNS = [
+    "start_time",
+    "user_id",
+    "level",
+    "first_name",
+    "last_name",
+    "gender",
+    "song_id",
+    "artist_id",
+    "session_id",
+    "item_in_session",
+    "location",
+    "user_agent",
+    "song_title",
+    "artist_name",
+    "song_length",
+    "file_id",
+]
+TIME_COPY_COLUMNS = ["start_time", "hour", "day", "week", "month", "year", "weekday"]
+DIRECT_COPIES = {
+    table: f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+    for table, columns in [("songplays", SONGPLAYS_COPY_COLUMNS), ("time", TIME_COPY_COLUMNS)]
+}
 
 time_append = """
 INSERT INTO time (start_time, hour, day, week, month, year, weekday)

@@ -280,6 +280,58 @@ def dedupe_plays(rows: pa.Table) -> pa.Table:
     return rows.take(first.sort())
 
 
+def songplay_rows(rows: pa.Table, song_keys: pa.Table, file_ids: dict[str, int]) -> pa.Table:
+    """Rows of songplays from play rows, in their order: each play's song_id and artist_id by
+    (title, artist name, duration), as the database's merge resolves them (a NULL matches
+    nothing), and its file's id."""
+    keys = song_keys.rename_columns(["song_title", "artist_name", "song_length", *SONG_IDS])
+    joined = (
+        _numbered(rows, "row")
+        .join(keys, ["song_title", "artist_name", "song_length"], join_type="left outer")
+        .sort_by("row")
+    )
+    paths = pa.array(list(file_ids))
+    file_id = pa.array(list(file_ids.values()), pa.int64()).take(
+        pc.index_in(joined["path"], value_set=paths)
+    )
+    return joined.append_column("file_id", file_id)
+
+
+SONG_IDS = ["song_id", "artist_id"]
+
+
+def song_key_table(song_keys: list[tuple]) -> pa.Table:
+    """SongKeys (contract.SongKeys) as an Arrow table."""
+    columns = list(zip(*song_keys)) or [[]] * 5
+    return pa.table(
+        [
+            pa.array(columns[0], pa.string()),
+            pa.array(columns[1], pa.string()),
+            pa.array(columns[2], pa.float64()),
+            pa.array(columns[3], pa.string()),
+            pa.array(columns[4], pa.string()),
+        ],
+        names=["title", "artist_name", "duration", *SONG_IDS],
+    )
+
+
+def per_path_resolved(songplays: pa.Table) -> dict[str, tuple[int, int]]:
+    """Per file: the plays, and of them those resolved to a song."""
+    counts = (
+        pa.table({"path": songplays["path"], "song_id": songplays["song_id"]})
+        .group_by("path")
+        .aggregate([("path", "count"), ("song_id", "count")])
+    )
+    return {
+        path: (plays, resolved)
+        for path, plays, resolved in zip(
+            counts["path"].to_pylist(),
+            counts["path_count"].to_pylist(),
+            counts["song_id_count"].to_pylist(),
+        )
+    }
+
+
 # ================================================================ rendering
 
 

@@ -1,0 +1,86 @@
+"""A bulk load writes its plays straight into songplays, each play's song resolved by the parse
+worker from the song keys the database hands it: the result must be the database's own join on
+(title, artist name, duration), whatever the text and however close the durations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from builders import etl, event, line, log_file, other_page, song, write
+from conftest import PROPERTY, query, run_script
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
+# Near misses on every field: accents, a trailing space, case, other scripts, and durations that
+# differ in their last bit (0.1 + 0.2 is not 0.3) or only in decimal digits a float keeps.
+TITLES = ["Halo", "Hälo", "Halo ", "halo", "ハロー"]
+ARTISTS = ["Beyoncé", "Beyonce", "Gob"]
+DURATIONS = [0.1 + 0.2, 0.3, 1e-7, 209.60608, 209.606080000001, 123.45678901234568]
+
+SONGS = st.lists(
+    st.tuples(
+        st.sampled_from(TITLES),
+        st.integers(0, len(ARTISTS) - 1),
+        st.integers(0, 1),  # two artist ids may share a name
+        st.sampled_from(DURATIONS),
+    ),
+    min_size=1,
+    max_size=8,
+)
+PLAYS = st.lists(
+    st.tuples(
+        st.sampled_from(TITLES),
+        st.one_of(st.none(), st.sampled_from(ARTISTS)),
+        st.sampled_from(DURATIONS),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+# What the staged merge does in the database: each play joined to the smallest song_id of its
+# title, artist name and duration.
+DATABASE_JOIN = """
+SELECT p.session_id, p.item_in_session, k.song_id, k.artist_id
+FROM songplays p
+LEFT JOIN (SELECT DISTINCT ON (s.title, a.name, s.duration)
+                  s.title, a.name, s.duration, s.song_id, s.artist_id
+           FROM songs s JOIN artists a USING (artist_id)
+           ORDER BY s.title, a.name, s.duration, s.song_id) k
+       ON k.title = p.song_title AND k.name = p.artist_name AND k.duration = p.song_length
+ORDER BY 1, 2"""
+STORED = "SELECT session_id, item_in_session, song_id, artist_id FROM songplays ORDER BY 1, 2"
+
+
+@hypothesis_settings(PROPERTY, max_examples=20)
+@given(songs=SONGS, plays=PLAYS)
+def test_a_bulk_load_resolves_each_play_as_the_databases_join_does(songs, plays, tmp_path_factory):
+    data = tmp_path_factory.mktemp("direct")
+    for n, (title, artist, variant, duration) in enumerate(songs):
+        record = song(
+            n,
+            title=title,
+            artist_name=ARTISTS[artist],
+            artist_id=f"AR{artist:08d}{variant:08d}",
+            duration=duration,
+        )
+        write(data, f"song_data/{n}.json", line(record))
+    events = [
+        event(item, song=title, artist=artist, length=duration)
+        for item, (title, artist, duration) in enumerate(plays)
+    ]
+    # Other pages, for a log file bigger than the empty songplays on disk: a bulk load.
+    pages = [other_page(len(plays) + n, "Home") for n in range(30)]
+    write(data, "log_data/day.json", log_file(*events, *pages))
+    run_script("create_tables.py")
+
+    report = json.loads(etl(data).stdout)
+
+    expected = query(DATABASE_JOIN)
+    assert report["keys"]["set_aside"] is True  # a first load: a bulk load
+    assert report["tables"]["songplays"]["after"] == len(plays)
+    assert query(STORED) == expected
+    assert report["plays_resolved"]["this_run"] == sum(1 for *_, song_id, _ in expected if song_id)
