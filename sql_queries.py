@@ -102,8 +102,8 @@ songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 # they are dropped in the reverse order. songplays_user_time stays: the users merge reads it.
 
 # The keys that make the merge skip duplicates as they come. While they are away plays and
-# instants are appended (songplays_append, time_append), and duplicates are settled before their
-# key comes back (plays_duplicated_keys and settle_queries, time_duplicates_remove). On Citus they
+# instants are appended (DIRECT_COPIES, or songplays_append and time_append from the staging
+# tables), and duplicates are settled before their key comes back (plays_duplicated_keys and settle_queries, time_duplicates_remove). On Citus they
 # stay.
 KEYS_SET_ASIDE = {
     "time_pkey": (
