@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT
 
-# A project module is a Python file of the project outside the tests.
+# A project module is a Python file of the project outside the tests, named by its file's stem (a
+# tool's too: `generate_data.generate` and `tools.generate_data.generate` name the same thing).
 MODULE_FILES = {
     path.stem: path
     for path in [*PROJECT.glob("*.py"), *PROJECT.glob("tools/*.py"), *PROJECT.glob("bench/*.py")]
@@ -44,12 +45,17 @@ def prose() -> dict[str, str]:
     return texts
 
 
+def import_name(path: Path) -> str:
+    """How the module at path is imported from the project folder: tools/x.py as tools.x."""
+    return ".".join(path.relative_to(PROJECT).with_suffix("").parts)
+
+
 def resolves(module: str, chain: str) -> bool:
     """Whether module.a.b... exists; a file name (etl.py, etl.ipynb) is checked elsewhere."""
     names = chain.strip(".").split(".")
     if names[0] in FILE_SUFFIXES:
         return True
-    value = importlib.import_module(module)
+    value = importlib.import_module(import_name(MODULE_FILES[module]))
     for name in names:
         if not hasattr(value, name):
             return False

@@ -25,20 +25,21 @@ from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
 UNREACHABLE = "postgresql://u:s3cret@127.0.0.1:1/x"
 
 
+# Every command, as a user types it after `python` in the project folder (the tools are modules).
 SCRIPTS = [
     "etl.py",
     "create_tables.py",
     "db.py",
     "erd.py",
-    "generate_data.py",
-    "citus_cluster.py",
+    "-m tools.generate_data",
+    "-m tools.citus_cluster",
     "bench/run.py",
 ]
 
 
 def help_examples(script: str) -> list[str]:
     """The command lines of the example(s) that the script's --help ends with."""
-    text = run_script(script, "--help", env={"COLUMNS": "200"}).stdout  # no wrapped lines
+    text = run_script(*script.split(), "--help", env={"COLUMNS": "200"}).stdout  # no wrapping
     assert text.startswith("usage:")
     block = re.search(r"^examples?\b[^:\n]*:(.*?)(?:\n\n|\Z)", text, re.S | re.M)
     assert block, f"{script} --help shows no example"
@@ -50,7 +51,7 @@ def help_examples(script: str) -> list[str]:
 def test_every_script_documents_every_option_and_an_example_of_itself(script):
     examples = help_examples(script)
     assert any(f"python {script}" in line for line in examples), examples
-    assert "--help" in run_script(script, "--help").stdout  # argparse lists every option
+    assert "--help" in run_script(*script.split(), "--help").stdout  # argparse lists every option
 
 
 def test_the_load_examples_run_as_written(tmp_path):

@@ -38,7 +38,7 @@ def s3():
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     """A generated set of 20 daily logs (about 0.4 MB each) and 100 songs."""
-    import generate_data
+    from tools import generate_data
 
     root = tmp_path_factory.mktemp("generated") / "data"
     generate_data.generate(out=str(root), songs=100, events=24_000, seed=18, days=20)

@@ -41,7 +41,7 @@ def test_second_load_of_the_sample_changes_nothing_and_says_so(sample_load):
 
 
 def test_sample_data_is_the_generators_output(tmp_path):
-    import generate_data
+    from tools import generate_data
 
     generate_data.main(["--out", str(tmp_path)])
     for path in sorted(SAMPLE.rglob("*.json")):
