@@ -14,10 +14,16 @@ import types
 from pathlib import Path
 
 import pytest
-from builders import base_sample, etl, one_error_line
+from builders import (
+    base_sample,
+    connection_error,
+    embedded_socket_dir,
+    embedded_url,
+    etl,
+    one_error_line,
+)
 from conftest import PROJECT, drop_tables, run_script
 
-import db
 import embedded
 import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
@@ -103,20 +109,9 @@ def test_db_url_prints_the_url_without_the_password():
     assert "s3cret" not in done.stdout + done.stderr
 
 
-def embedded_socket_dir() -> Path:
-    if os.environ.get("DATABASE_URL"):
-        pytest.skip("the tests use DATABASE_URL, not an embedded server")
-    running = embedded.running(Path(os.environ["SPARKIFY_PGDATA"]))
-    assert running, "the test server is not running"
-    return running[1]
-
-
 def test_psql_gets_no_password_on_its_command_line(fresh_tables):
     """Any local user can read another process's command line (ps)."""
-    url = (
-        f"postgresql://{embedded.SUPERUSER}:s3cret@/{db.DATABASE}"
-        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
-    )
+    url = embedded_url(password="s3cret")
     proc = subprocess.Popen(
         [sys.executable, "db.py", "psql"],
         cwd=PROJECT,
@@ -152,12 +147,7 @@ def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
 
 
 def test_missing_database_on_a_named_server_is_one_error_saying_to_create_it(tmp_path):
-    data = base_sample(tmp_path / "data")
-    url = (
-        f"postgresql://{embedded.SUPERUSER}@/no_such_db"
-        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
-    )
-    message = one_error_line(etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT))
+    message = connection_error(embedded_url(database="no_such_db"), tmp_path)
     assert 'database "no_such_db" does not exist' in message
     assert message.endswith(
         "create it first (e.g. `createdb`): only the embedded server's is made for you"

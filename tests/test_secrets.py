@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import psycopg2
 import pytest
-from builders import BASE, Watcher, base_sample, etl, one_error_line
+from builders import BASE, Watcher, connection_error, embedded_url, etl, one_error_line
 from conftest import PROJECT, PROPERTY, counts, query, run_script
 from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
@@ -34,12 +34,10 @@ from hypothesis import strategies as st
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 from sqlalchemy.engine import make_url
 from summary import parse_summary
-from test_errors_and_security import embedded_socket_dir
 
 import cli
 import create_tables
 import db
-import embedded
 import etl as etl_script
 import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_OK
@@ -394,17 +392,11 @@ def assert_hidden(done: subprocess.CompletedProcess, password: str) -> None:
 
 def local_url(password: str, database: str = db.DATABASE) -> str:
     """The test server, with a password: trust authentication lets any password in."""
-    return (
-        f"postgresql://{embedded.SUPERUSER}:{encoded(password)}@/{database}"
-        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
-    )
+    return embedded_url(database=database, password=encoded(password))
 
 
 def local_shown(database: str = db.DATABASE) -> str:
-    return (
-        f"postgresql://{embedded.SUPERUSER}:***@/{database}"
-        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
-    )
+    return embedded_url(database=database, password="***")
 
 
 def every_table_as_text() -> str:
@@ -467,13 +459,8 @@ def test_pgpassword_never_shows():
 
 
 def test_a_missing_role_is_named_with_the_server_not_sent_to_createdb(tmp_path):
-    data = base_sample(tmp_path / "data")
-    url = (
-        f"postgresql://no_such_role@/{db.DATABASE}"
-        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
-    )
-    message = one_error_line(etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT))
-    assert message == (
+    url = embedded_url(role="no_such_role")
+    assert connection_error(url, tmp_path) == (
         f'error: role "no_such_role" does not exist on {url}: connect as a role that exists '
         "there, or create this one (e.g. `createuser`)"
     )
