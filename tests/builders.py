@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, query, run_script, scalar
+from conftest import PROJECT, query, run_main, run_script, scalar
 from summary import Counts
 
 import db
@@ -241,10 +241,17 @@ def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.Completed
 
 
 def etl(
-    data: Path, *extra: str, exit_code: int = EXIT_OK, env: dict | None = None
+    data: Path,
+    *extra: str,
+    exit_code: int = EXIT_OK,
+    env: dict | None = None,
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """etl.py --json on the data folder, as a user runs it; it must end with exit_code."""
-    done = run_script(
+    """etl.py --json on the data folder; it must end with exit_code. Its main() in this process
+    (conftest.run_main), or with process=True in a new one, as a user types it: for the tests of
+    what a user's terminal shows."""
+    run = run_script if process else run_main
+    done = run(
         "etl.py", "--data", str(data), "--no-progress", "--json", *extra, env=env, check=False
     )
     return expect(done, exit_code)
@@ -291,7 +298,8 @@ def connection_error(url: str, root: Path) -> str:
     """etl.py on the base sample (written under root) with DATABASE_URL=url: the one error line
     it exits with (exit 3)."""
     data = base_sample(root / "data")
-    return one_error_line(etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT))
+    done = etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT, process=True)
+    return one_error_line(done)
 
 
 class Watcher:
