@@ -246,15 +246,14 @@ def etl(
     exit_code: int = EXIT_OK,
     env: dict | None = None,
     process: bool = False,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess:
-    """etl.py --json on the data folder; it must end with exit_code. Its main() in this process
-    (conftest.run_main), or with process=True in a new one, as a user types it: for the tests of
-    what a user's terminal shows."""
+    """etl.py --json on the data folder; it must end with exit_code, within timeout seconds. Its
+    main() in this process (conftest.run_main), or with process=True in a new one, as a user
+    types it: for the tests of what a user's terminal shows."""
     run = run_script if process else run_main
-    done = run(
-        "etl.py", "--data", str(data), "--no-progress", "--json", *extra, env=env, check=False
-    )
-    return expect(done, exit_code)
+    args = ("etl.py", "--data", str(data), "--no-progress", "--json", *extra)
+    return expect(run(*args, env=env, timeout=timeout, check=False), exit_code)
 
 
 def start_load(data: Path) -> subprocess.Popen:

@@ -5,6 +5,7 @@ or a docstring of the project mentions is a real attribute of that project modul
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import re
 from pathlib import Path
@@ -38,7 +39,9 @@ def docstrings(path: Path) -> str:
     return "\n".join(texts + comments)
 
 
+@functools.cache
 def prose() -> dict[str, str]:
+    """Each document's text and each module's docstrings and comments, read once."""
     texts = {str(doc.relative_to(PROJECT)): doc.read_text() for doc in DOCS if doc.exists()}
     for path in MODULE_FILES.values():
         texts[str(path.relative_to(PROJECT))] = docstrings(path)

@@ -139,7 +139,7 @@ def test_psql_gets_no_password_on_its_command_line(fresh_tables):
 def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
     drop_tables()
     try:
-        message = one_error_line(etl(data, exit_code=EXIT_ENVIRONMENT))
+        message = one_error_line(etl(data, exit_code=EXIT_ENVIRONMENT, process=True))
         assert "create_tables.py" in message
         assert all(t in message for t in sql_queries.TABLES), message
     finally:
@@ -156,11 +156,11 @@ def test_missing_database_on_a_named_server_is_one_error_saying_to_create_it(tmp
 
 def test_missing_or_empty_data_folder_is_one_error_naming_it(tmp_path):
     missing = tmp_path / "nowhere"
-    message = one_error_line(etl(missing, exit_code=EXIT_ENVIRONMENT))
+    message = one_error_line(etl(missing, exit_code=EXIT_ENVIRONMENT, process=True))
     assert message == f"error: data folder {missing} not found (choose one with --data)"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert str(empty) in one_error_line(etl(empty, exit_code=EXIT_ENVIRONMENT))
+    assert str(empty) in one_error_line(etl(empty, exit_code=EXIT_ENVIRONMENT, process=True))
 
 
 # ---------------------------------------------------------------- SQL is never built from values

@@ -408,7 +408,7 @@ def test_scripts_that_connect_with_a_password_show_only_stars_and_store_none(dat
     url = local_url(password)
     created = run_script("create_tables.py", "--database-url", url)
     assert created.stdout == f"created tables {', '.join(sql_queries.TABLES)} in {local_shown()}\n"
-    loaded = etl(data, env={"DATABASE_URL": url})
+    loaded = etl(data, env={"DATABASE_URL": url}, process=True)
     assert json.loads(loaded.stdout)["target"] == local_shown()
     assert parse_summary(loaded.stdout).rows["songplays"] == (BASE["songplays"], BASE["songplays"])
     printed = run_script("db.py", "url", env={"DATABASE_URL": url})
