@@ -46,18 +46,13 @@ def server():
         return
     home = Path(tempfile.mkdtemp(prefix="spk-"))
     pgdata = home / "pg"
-    previous = os.environ.get("SPARKIFY_PGDATA")
-    os.environ["SPARKIFY_PGDATA"] = str(pgdata)
-    try:
-        embedded.start(pgdata)
-        yield
-    finally:
-        embedded.stop(pgdata)
-        shutil.rmtree(home, ignore_errors=True)
-        if previous is None:
-            os.environ.pop("SPARKIFY_PGDATA", None)
-        else:
-            os.environ["SPARKIFY_PGDATA"] = previous
+    with environment({"SPARKIFY_PGDATA": str(pgdata)}):
+        try:
+            embedded.start(pgdata)
+            yield
+        finally:
+            embedded.stop(pgdata)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -78,8 +73,13 @@ def run_script(
         stdin=subprocess.DEVNULL,  # nothing waits for input (psql would)
         timeout=timeout,
     )
+    return checked(done, check)
+
+
+def checked(done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    """The run; with check, only if it exited 0."""
     if check and done.returncode != 0:
-        raise AssertionError(f"{args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+        raise AssertionError(f"{done.args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
 
 
@@ -97,23 +97,16 @@ def as_a_command(script: str, args: tuple[str, ...], env: dict | None, timeout: 
     def hung(signum, frame):
         raise Hung(f"{script} {' '.join(args)} still ran after {timeout} s")
 
-    saved_env = {name: os.environ.get(name) for name in env or {}}
     saved_argv, saved_alarm = sys.argv, signal.signal(signal.SIGALRM, hung)
-    os.environ.update(env or {})
     sys.argv = [script, *args]
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        with contextlib.chdir(PROJECT):
+        with environment(env or {}), contextlib.chdir(PROJECT):
             yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, saved_alarm)
         sys.argv = saved_argv
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run_main(
@@ -137,9 +130,7 @@ def run_main(
             code = exc.code
     lock_let_go(holders)
     done = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
-    if check and done.returncode != 0:
-        raise AssertionError(f"{args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
+    return checked(done, check)
 
 
 def lock_holders() -> set[int]:
@@ -171,21 +162,28 @@ def query(sql: str, params=None) -> list[tuple]:
 
 
 @contextlib.contextmanager
-def using_database(url: str | None):
-    """The readers here (query, table_contents, ...) and the scripts run on the database at url
-    for a while; None: the tests' own server."""
-    previous = os.environ.get("DATABASE_URL")
-    if url:
-        os.environ["DATABASE_URL"] = url
-    else:
-        os.environ.pop("DATABASE_URL", None)
+def environment(changes: dict[str, str | None]):
+    """The environment with these variables set (None: unset) for a while."""
+    previous = {name: os.environ.get(name) for name in changes}
+    set_variables(changes)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("DATABASE_URL", None)
+        set_variables(previous)
+
+
+def set_variables(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["DATABASE_URL"] = previous
+            os.environ[name] = value
+
+
+def using_database(url: str | None):
+    """The readers here (query, table_contents, ...) and the scripts run on the database at url
+    for a while; None: the tests' own server."""
+    return environment({"DATABASE_URL": url or None})
 
 
 def drop_tables() -> None:
