@@ -103,8 +103,8 @@ songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 
 # The keys that make the merge skip duplicates as they come. While they are away plays and
 # instants are appended (DIRECT_COPIES, or songplays_append and time_append from the staging
-# tables), and duplicates are settled before their key comes back (plays_duplicated_keys and settle_queries, time_duplicates_remove). On Citus they
-# stay.
+# tables), and duplicates are settled before their key comes back (plays_duplicated_keys and
+# settle_queries, time_duplicates_remove). On Citus they stay.
 KEYS_SET_ASIDE = {
     "time_pkey": (
         "ALTER TABLE time ADD CONSTRAINT time_pkey PRIMARY KEY (start_time)",
@@ -383,7 +383,7 @@ SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
 # left as plain tables on the coordinator. Referenced tables first, for the foreign keys.
 # Elsewhere none of this runs: the same schema, the same statements, on one server.
 
-# citus_cluster.py, setting up a local cluster: each step is a no-op when done already.
+# tools/citus_cluster.py, setting up a local cluster: each step is a no-op when done already.
 cluster_create_extension = "CREATE EXTENSION IF NOT EXISTS citus"
 cluster_set_coordinator = "SELECT citus_set_coordinator_host(%(host)s, %(port)s)"
 cluster_add_worker = "SELECT citus_add_node(%(host)s, %(port)s)"

@@ -38,8 +38,8 @@ sys.path.insert(0, str(PROJECT))
 import cli  # noqa: E402
 import db  # noqa: E402
 import embedded  # noqa: E402
-import generate_data  # noqa: E402
 import sql_queries as sql  # noqa: E402
+from tools import generate_data  # noqa: E402
 
 PY = sys.executable
 MB = 1024 * 1024

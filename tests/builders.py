@@ -9,16 +9,20 @@ depends on the Udacity data, which the project cannot ship.
 from __future__ import annotations
 
 import json
+import os
+import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import PROJECT, query, run_script, scalar
+import pytest
+from conftest import PROJECT, query, run_main, run_script, scalar
 from summary import Counts
 
 import db
-from cli import EXIT_OK
+import embedded
+from cli import EXIT_ENVIRONMENT, EXIT_OK
 
 # ================================================================ the base sample
 
@@ -103,6 +107,21 @@ def event(item: int, **changes) -> dict:
 def other_page(item: int, page: str, **changes) -> dict:
     """A non-NextSong event (skipped by design)."""
     return event(item, page=page, method="GET", song=None, artist=None, length=None, **changes)
+
+
+def play_among_few_keys(rng: random.Random, items: int, instants: int, **changes) -> dict:
+    """A play of one of three crafted users, in one of two sessions, at one of `items` items and
+    one of `instants` seconds from T0: plays (user, session, item) and instants repeat within and
+    across files, and the level and first name drawn with them make copies differ."""
+    return event(
+        rng.randrange(items),
+        userId=str(USER + rng.randrange(3)),
+        sessionId=SESSION + rng.randrange(2),
+        ts=T0 + rng.randrange(instants) * 1000,
+        level=rng.choice(["free", "paid"]),
+        firstName=rng.choice(["Ada", "Grace"]),
+        **changes,
+    )
 
 
 def song(n: int, **changes) -> dict:
@@ -222,13 +241,19 @@ def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.Completed
 
 
 def etl(
-    data: Path, *extra: str, exit_code: int = EXIT_OK, env: dict | None = None
+    data: Path,
+    *extra: str,
+    exit_code: int = EXIT_OK,
+    env: dict | None = None,
+    process: bool = False,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess:
-    """etl.py --json on the data folder, as a user runs it; it must end with exit_code."""
-    done = run_script(
-        "etl.py", "--data", str(data), "--no-progress", "--json", *extra, env=env, check=False
-    )
-    return expect(done, exit_code)
+    """etl.py --json on the data folder; it must end with exit_code, within timeout seconds. Its
+    main() in this process (conftest.run_main), or with process=True in a new one, as a user
+    types it: for the tests of what a user's terminal shows."""
+    run = run_script if process else run_main
+    args = ("etl.py", "--data", str(data), "--no-progress", "--json", *extra)
+    return expect(run(*args, env=env, timeout=timeout, check=False), exit_code)
 
 
 def start_load(data: Path) -> subprocess.Popen:
@@ -248,6 +273,32 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     assert len(err) == 1 and err[0].startswith("error: "), done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     return err[0]
+
+
+def embedded_socket_dir() -> Path:
+    """The private socket folder of the tests' embedded server (skips under DATABASE_URL)."""
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("the tests use DATABASE_URL, not an embedded server")
+    running = embedded.running(Path(os.environ["SPARKIFY_PGDATA"]))
+    assert running, "the test server is not running"
+    return running[1]
+
+
+def embedded_url(
+    role: str = embedded.SUPERUSER, database: str = db.DATABASE, password: str | None = None
+) -> str:
+    """A connection string to the tests' embedded server over its socket, as role on database;
+    trust authentication lets any password in (password goes in as written: encode it)."""
+    user = role if password is None else f"{role}:{password}"
+    return f"postgresql://{user}@/{database}?host={embedded_socket_dir()}&port={embedded.PORT}"
+
+
+def connection_error(url: str, root: Path) -> str:
+    """etl.py on the base sample (written under root) with DATABASE_URL=url: the one error line
+    it exits with (exit 3)."""
+    data = base_sample(root / "data")
+    done = etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT, process=True)
+    return one_error_line(done)
 
 
 class Watcher:

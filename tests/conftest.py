@@ -4,12 +4,16 @@ run the project's scripts the way a user does."""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -42,18 +46,13 @@ def server():
         return
     home = Path(tempfile.mkdtemp(prefix="spk-"))
     pgdata = home / "pg"
-    previous = os.environ.get("SPARKIFY_PGDATA")
-    os.environ["SPARKIFY_PGDATA"] = str(pgdata)
-    try:
-        embedded.start(pgdata)
-        yield
-    finally:
-        embedded.stop(pgdata)
-        shutil.rmtree(home, ignore_errors=True)
-        if previous is None:
-            os.environ.pop("SPARKIFY_PGDATA", None)
-        else:
-            os.environ["SPARKIFY_PGDATA"] = previous
+    with environment({"SPARKIFY_PGDATA": str(pgdata)}):
+        try:
+            embedded.start(pgdata)
+            yield
+        finally:
+            embedded.stop(pgdata)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -74,9 +73,82 @@ def run_script(
         stdin=subprocess.DEVNULL,  # nothing waits for input (psql would)
         timeout=timeout,
     )
+    return checked(done, check)
+
+
+def checked(done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    """The run; with check, only if it exited 0."""
     if check and done.returncode != 0:
-        raise AssertionError(f"{args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+        raise AssertionError(f"{done.args} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
+
+
+class Hung(BaseException):
+    """A script run in this process outlived its time limit. A BaseException: the scripts turn
+    any Exception into an error message and an exit code, and this one must stop the test."""
+
+
+@contextlib.contextmanager
+def as_a_command(script: str, args: tuple[str, ...], env: dict | None, timeout: float):
+    """This process, for a while, as `python SCRIPT ARGS` started from the project folder with
+    env would be: its environment, working directory and argv (whose name the scripts give the
+    server as application_name), and an end within timeout seconds."""
+
+    def hung(signum, frame):
+        raise Hung(f"{script} {' '.join(args)} still ran after {timeout} s")
+
+    saved_argv, saved_alarm = sys.argv, signal.signal(signal.SIGALRM, hung)
+    sys.argv = [script, *args]
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        with environment(env or {}), contextlib.chdir(PROJECT):
+            yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved_alarm)
+        sys.argv = saved_argv
+
+
+def run_main(
+    script: str, *args: str, env: dict | None = None, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess:
+    """run_script's run, in this process: the script's main(args), with what it printed and its
+    exit code. A new interpreter spends most of a small load importing pandas and pyarrow (0.6 s
+    of 0.8); here they are imported once. What the process gave a test is kept (as_a_command),
+    and the load lock is let go of, as the next command a user types finds it (lock_let_go)."""
+    main = importlib.import_module(Path(script).stem).main
+    out, err = io.StringIO(), io.StringIO()
+    holders = lock_holders()
+    with (
+        as_a_command(script, args, env, timeout),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: a usage error, or --help
+            code = exc.code
+    lock_let_go(holders)
+    done = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+    return checked(done, check)
+
+
+def lock_holders() -> set[int]:
+    """The server processes that hold the load lock on the tests' database (none before the
+    database is created)."""
+    try:
+        return {row[0] for row in query(sql_queries.lock_holder, {"key": sql_queries.LOCK_KEY})}
+    except db.DatabaseError:
+        return set()
+
+
+def lock_let_go(holders: set[int], timeout: float = 15) -> None:
+    """A session a script closed ends on the server a moment later, and only then lets go of the
+    load lock: wait until no session but those that held it before (holders) holds it."""
+    deadline = time.monotonic() + timeout
+    while lock_holders() - holders:
+        assert time.monotonic() < deadline, "a session the script closed still holds the lock"
+        time.sleep(0.005)
 
 
 def query(sql: str, params=None) -> list[tuple]:
@@ -90,21 +162,28 @@ def query(sql: str, params=None) -> list[tuple]:
 
 
 @contextlib.contextmanager
-def using_database(url: str | None):
-    """The readers here (query, table_contents, ...) and the scripts run on the database at url
-    for a while; None: the tests' own server."""
-    previous = os.environ.get("DATABASE_URL")
-    if url:
-        os.environ["DATABASE_URL"] = url
-    else:
-        os.environ.pop("DATABASE_URL", None)
+def environment(changes: dict[str, str | None]):
+    """The environment with these variables set (None: unset) for a while."""
+    previous = {name: os.environ.get(name) for name in changes}
+    set_variables(changes)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("DATABASE_URL", None)
+        set_variables(previous)
+
+
+def set_variables(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["DATABASE_URL"] = previous
+            os.environ[name] = value
+
+
+def using_database(url: str | None):
+    """The readers here (query, table_contents, ...) and the scripts run on the database at url
+    for a while; None: the tests' own server."""
+    return environment({"DATABASE_URL": url or None})
 
 
 def drop_tables() -> None:
@@ -155,7 +234,7 @@ def counts() -> dict[str, int]:
 
 @pytest.fixture
 def fresh_tables():
-    run_script("create_tables.py")
+    run_main("create_tables.py")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import psycopg2
 import pytest
 from builders import (
     BASE,
-    SESSION,
     SMALL_BATCHES,
     T0,
     USER,
@@ -27,6 +26,7 @@ from builders import (
     lines,
     manifest,
     other_page,
+    play_among_few_keys,
     start_load,
     write,
 )
@@ -59,19 +59,9 @@ PADDING = [other_page(0, "Home")] * 3500
 
 
 def plays_with_repeats(rng: random.Random, n: int) -> list[dict]:
-    """Plays of three users whose keys (user, session, item) and instants repeat often: resent
-    plays, and keys reused at another instant."""
-    return [
-        event(
-            rng.randrange(6),
-            userId=str(USER + rng.randrange(3)),
-            sessionId=SESSION + rng.randrange(2),
-            ts=T0 + rng.randrange(8) * 1000,
-            level=rng.choice(["free", "paid"]),
-            firstName=rng.choice(["Ada", "Grace"]),
-        )
-        for _ in range(n)
-    ]
+    """Plays of three users whose keys (user, session, item: 6 items) and instants (8) repeat
+    often: resent plays, and keys reused at another instant."""
+    return [play_among_few_keys(rng, 6, 8) for _ in range(n)]
 
 
 def load_outcome(done: subprocess.CompletedProcess) -> tuple:

@@ -1,5 +1,5 @@
 """The same ETL on Citus (distributed PostgreSQL), on a real local cluster: a coordinator and two
-workers started by citus_cluster.py for this module and stopped (folder removed) at its end.
+workers started by tools/citus_cluster.py for this module and stopped (folder removed) at its end.
 
 Every load is compared row for row (songplay_id aside) with the same load on plain PostgreSQL,
 the server the other tests use (conftest's). Skipped where PostgreSQL 15 or the citus extension
@@ -35,10 +35,10 @@ from conftest import (
 )
 from summary import CHECKS_PASSED, parse_summary
 
-import citus_cluster
 import db
 import sql_queries
 from contract import Limits
+from tools import citus_cluster
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
@@ -123,14 +123,14 @@ def copy_of(data: Path, tmp: Path) -> Path:
 
 
 def test_cluster_command_reports_every_node_running_and_the_url_without_a_password(cluster):
-    status = run_script("citus_cluster.py", "status", "--dir", str(cluster.dir))
+    status = run_script("-m", "tools.citus_cluster", "status", "--dir", str(cluster.dir))
     names = ["coordinator", "worker1", "worker2"]
     assert status.stdout.splitlines() == [
         f"{n}: running on 127.0.0.1:{p}" for n, p in zip(names, cluster.ports)
     ]
-    url = run_script("citus_cluster.py", "url", "--dir", str(cluster.dir)).stdout
+    url = run_script("-m", "tools.citus_cluster", "url", "--dir", str(cluster.dir)).stdout
     assert url == f"postgresql://postgres@127.0.0.1:{cluster.ports[0]}/sparkifydb\n"
-    help_text = run_script("citus_cluster.py", "--help").stdout
+    help_text = run_script("-m", "tools.citus_cluster", "--help").stdout
     for option in ("--dir", "--port", "--workers", "--remove", "start", "stop", "status", "url"):
         assert option in help_text
     with using_database(cluster.url):
@@ -143,7 +143,7 @@ def test_cluster_command_reports_every_node_running_and_the_url_without_a_passwo
 
 def test_cluster_command_without_postgresql_15_is_one_clear_error_line():
     done = run_script(
-        "citus_cluster.py", "start", env={"CITUS_PG_BIN": "/nonexistent/bin"}, check=False
+        "-m", "tools.citus_cluster", "start", env={"CITUS_PG_BIN": "/nonexistent/bin"}, check=False
     )
     assert done.returncode == 3
     assert done.stderr == (
@@ -310,7 +310,7 @@ def test_udacity_data_gives_the_same_star_on_citus_as_on_plain_postgresql(cluste
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    import generate_data
+    from tools import generate_data
 
     root = tmp_path_factory.mktemp("generated") / "data"
     generate_data.generate(out=str(root), **GENERATED)

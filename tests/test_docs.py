@@ -5,6 +5,7 @@ or a docstring of the project mentions is a real attribute of that project modul
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import re
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT
 
-# A project module is a Python file of the project outside the tests.
+# A project module is a Python file of the project outside the tests, named by its file's stem (a
+# tool's too: `generate_data.generate` and `tools.generate_data.generate` name the same thing).
 MODULE_FILES = {
     path.stem: path
     for path in [*PROJECT.glob("*.py"), *PROJECT.glob("tools/*.py"), *PROJECT.glob("bench/*.py")]
@@ -37,11 +39,18 @@ def docstrings(path: Path) -> str:
     return "\n".join(texts + comments)
 
 
+@functools.cache
 def prose() -> dict[str, str]:
+    """Each document's text and each module's docstrings and comments, read once."""
     texts = {str(doc.relative_to(PROJECT)): doc.read_text() for doc in DOCS if doc.exists()}
     for path in MODULE_FILES.values():
         texts[str(path.relative_to(PROJECT))] = docstrings(path)
     return texts
+
+
+def import_name(path: Path) -> str:
+    """How the module at path is imported from the project folder: tools/x.py as tools.x."""
+    return ".".join(path.relative_to(PROJECT).with_suffix("").parts)
 
 
 def resolves(module: str, chain: str) -> bool:
@@ -49,7 +58,7 @@ def resolves(module: str, chain: str) -> bool:
     names = chain.strip(".").split(".")
     if names[0] in FILE_SUFFIXES:
         return True
-    value = importlib.import_module(module)
+    value = importlib.import_module(import_name(MODULE_FILES[module]))
     for name in names:
         if not hasattr(value, name):
             return False

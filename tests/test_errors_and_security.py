@@ -14,10 +14,16 @@ import types
 from pathlib import Path
 
 import pytest
-from builders import base_sample, etl, one_error_line
+from builders import (
+    base_sample,
+    connection_error,
+    embedded_socket_dir,
+    embedded_url,
+    etl,
+    one_error_line,
+)
 from conftest import PROJECT, drop_tables, run_script
 
-import db
 import embedded
 import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
@@ -25,20 +31,21 @@ from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
 UNREACHABLE = "postgresql://u:s3cret@127.0.0.1:1/x"
 
 
+# Every command, as a user types it after `python` in the project folder (the tools are modules).
 SCRIPTS = [
     "etl.py",
     "create_tables.py",
     "db.py",
     "erd.py",
-    "generate_data.py",
-    "citus_cluster.py",
+    "-m tools.generate_data",
+    "-m tools.citus_cluster",
     "bench/run.py",
 ]
 
 
 def help_examples(script: str) -> list[str]:
     """The command lines of the example(s) that the script's --help ends with."""
-    text = run_script(script, "--help", env={"COLUMNS": "200"}).stdout  # no wrapped lines
+    text = run_script(*script.split(), "--help", env={"COLUMNS": "200"}).stdout  # no wrapping
     assert text.startswith("usage:")
     block = re.search(r"^examples?\b[^:\n]*:(.*?)(?:\n\n|\Z)", text, re.S | re.M)
     assert block, f"{script} --help shows no example"
@@ -50,7 +57,7 @@ def help_examples(script: str) -> list[str]:
 def test_every_script_documents_every_option_and_an_example_of_itself(script):
     examples = help_examples(script)
     assert any(f"python {script}" in line for line in examples), examples
-    assert "--help" in run_script(script, "--help").stdout  # argparse lists every option
+    assert "--help" in run_script(*script.split(), "--help").stdout  # argparse lists every option
 
 
 def test_the_load_examples_run_as_written(tmp_path):
@@ -102,20 +109,9 @@ def test_db_url_prints_the_url_without_the_password():
     assert "s3cret" not in done.stdout + done.stderr
 
 
-def embedded_socket_dir() -> Path:
-    if os.environ.get("DATABASE_URL"):
-        pytest.skip("the tests use DATABASE_URL, not an embedded server")
-    running = embedded.running(Path(os.environ["SPARKIFY_PGDATA"]))
-    assert running, "the test server is not running"
-    return running[1]
-
-
 def test_psql_gets_no_password_on_its_command_line(fresh_tables):
     """Any local user can read another process's command line (ps)."""
-    url = (
-        f"postgresql://{embedded.SUPERUSER}:s3cret@/{db.DATABASE}"
-        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
-    )
+    url = embedded_url(password="s3cret")
     proc = subprocess.Popen(
         [sys.executable, "db.py", "psql"],
         cwd=PROJECT,
@@ -143,7 +139,7 @@ def test_psql_gets_no_password_on_its_command_line(fresh_tables):
 def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
     drop_tables()
     try:
-        message = one_error_line(etl(data, exit_code=EXIT_ENVIRONMENT))
+        message = one_error_line(etl(data, exit_code=EXIT_ENVIRONMENT, process=True))
         assert "create_tables.py" in message
         assert all(t in message for t in sql_queries.TABLES), message
     finally:
@@ -151,12 +147,7 @@ def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
 
 
 def test_missing_database_on_a_named_server_is_one_error_saying_to_create_it(tmp_path):
-    data = base_sample(tmp_path / "data")
-    url = (
-        f"postgresql://{embedded.SUPERUSER}@/no_such_db"
-        f"?host={embedded_socket_dir()}&port={embedded.PORT}"
-    )
-    message = one_error_line(etl(data, env={"DATABASE_URL": url}, exit_code=EXIT_ENVIRONMENT))
+    message = connection_error(embedded_url(database="no_such_db"), tmp_path)
     assert 'database "no_such_db" does not exist' in message
     assert message.endswith(
         "create it first (e.g. `createdb`): only the embedded server's is made for you"
@@ -165,11 +156,11 @@ def test_missing_database_on_a_named_server_is_one_error_saying_to_create_it(tmp
 
 def test_missing_or_empty_data_folder_is_one_error_naming_it(tmp_path):
     missing = tmp_path / "nowhere"
-    message = one_error_line(etl(missing, exit_code=EXIT_ENVIRONMENT))
+    message = one_error_line(etl(missing, exit_code=EXIT_ENVIRONMENT, process=True))
     assert message == f"error: data folder {missing} not found (choose one with --data)"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert str(empty) in one_error_line(etl(empty, exit_code=EXIT_ENVIRONMENT))
+    assert str(empty) in one_error_line(etl(empty, exit_code=EXIT_ENVIRONMENT, process=True))
 
 
 # ---------------------------------------------------------------- SQL is never built from values

@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.errors
 import pytest
-from builders import SESSION, T0, USER, event, lines, log_file, other_page, song
+from builders import T0, lines, log_file, other_page, play_among_few_keys, song
 from conftest import query, table_contents, using_database
 from psycopg2 import sql as pgsql
 
@@ -64,21 +64,12 @@ ARTISTS = {"ARSEQ00000000001": "Band A", "ARSEQ00000000002": "Band B"}
 
 
 def play(rng: random.Random) -> dict:
-    """A play among few keys (3 users, 2 sessions, 8 items), so that files share plays, with
-    values that differ from copy to copy."""
+    """A play among few keys (3 users, 2 sessions, 8 items, 12 instants), so that files share
+    plays, with values that differ from copy to copy (its gender drawn last, as it always was:
+    a seed's files stay the same)."""
     title, artist, length = rng.choice(TITLES)
-    return event(
-        rng.randrange(8),
-        userId=str(USER + rng.randrange(3)),
-        sessionId=SESSION + rng.randrange(2),
-        ts=T0 + rng.randrange(12) * 1000,
-        level=rng.choice(["free", "paid"]),
-        firstName=rng.choice(["Ada", "Grace"]),
-        gender=rng.choice(["F", "M"]),
-        song=title,
-        artist=artist,
-        length=length,
-    )
+    record = play_among_few_keys(rng, 8, 12, song=title, artist=artist, length=length)
+    return {**record, "gender": rng.choice(["F", "M"])}
 
 
 def records(rng: random.Random, n: int) -> list[dict]:

@@ -1,23 +1,21 @@
-"""Tests for generate_data.py: format fidelity to the Udacity data and a truthful truth.json."""
+"""Tests for tools/generate_data.py: format fidelity to the Udacity data and a truthful
+truth.json."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import ftfy
 import pandas as pd
 import pytest
+from conftest import run_script
 
-import generate_data
+from tools import generate_data
 
-SCRIPT = Path(generate_data.__file__).resolve()
+TOOL = ("-m", "tools.generate_data")  # how a user runs it, from the project folder
 SMALL = {"songs": 80, "events": 4000, "seed": 7, "users": 60, "start": "2018-11-26", "days": 10}
 EPOCH = dt.date(1970, 1, 1)
 # A small set that has every kind of row truth.json describes (a resolved non-ASCII play, a near
@@ -140,12 +138,7 @@ def small(tmp_path_factory):
 def test_same_seed_gives_identical_bytes_even_in_another_process(tmp_path):
     generate_data.generate(str(tmp_path / "a"), **SMALL)
     args = [f"--{key}={value}" for key, value in SMALL.items()]
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), *args],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONHASHSEED": "123"},
-    )
+    run_script(*TOOL, "--out", str(tmp_path / "b"), *args, env={"PYTHONHASHSEED": "123"})
     first, second = read_tree(tmp_path / "a"), read_tree(tmp_path / "b")
     assert len(first) == SMALL["songs"] + SMALL["days"] + 1
     assert first == second
@@ -429,29 +422,20 @@ def test_default_sample_has_the_promised_quirks(tmp_path):
 
 
 def test_help_lists_the_options():
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
-    )
+    result = run_script(*TOOL, "--help")
     for option in ("--out", "--songs", "--events", "--seed", "--users", "--start", "--days"):
         assert option in result.stdout
 
 
 def test_help_ends_with_an_example_that_generates_what_it_says_and_loads_that_folder(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
-    )
+    result = run_script(*TOOL, "--help")
     commands = [line.split() for line in result.stdout.splitlines() if line.startswith("  python")]
     generate, load = commands
-    assert generate[:2] == ["python", "generate_data.py"] and load[:2] == ["python", "etl.py"]
-    options = dict(zip(generate[2::2], generate[3::2]))
+    assert generate[:3] == ["python", *TOOL] and load[:2] == ["python", "etl.py"]
+    options = dict(zip(generate[3::2], generate[4::2]))
     assert load[2:] == ["--data", options["--out"]]
     out = tmp_path / "example"
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), *generate[2:], "--out", str(out)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    run = run_script(*generate[1:], "--out", str(out))
     truth = json.loads((out / "truth.json").read_text())
     assert (truth["log_records"], truth["song_files"]) == (100_000, 2000)
     assert (int(options["--events"]), int(options["--songs"])) == (100_000, 2000)
@@ -459,11 +443,6 @@ def test_help_ends_with_an_example_that_generates_what_it_says_and_loads_that_fo
 
 
 def test_cli_rejects_non_positive_sizes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--events", "0"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_script(*TOOL, "--out", str(tmp_path), "--events", "0", check=False)
     assert result.returncode == 2 and "positive" in result.stderr
     assert list(tmp_path.iterdir()) == []

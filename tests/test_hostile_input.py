@@ -40,6 +40,7 @@ from builders import (
     BASE_SKIPPED,
     USER,
     crafted_items,
+    etl,
     event,
     last_run,
     line,
@@ -89,8 +90,10 @@ def unprivileged() -> list[str]:
 def run_etl(
     data: Path, *extra: str, exit_code: int = EXIT_OK, prefix: list[str] = ()
 ) -> subprocess.CompletedProcess:
-    """etl.py on the data folder as a user runs it, under prefix; it must end with exit_code
-    within TIMEOUT (subprocess.run raises when it does not)."""
+    """etl.py on the data folder: under prefix (as another user) in a process of its own, else
+    in this one; it must end with exit_code within TIMEOUT (a run that does not fails)."""
+    if not prefix:
+        return etl(data, *extra, exit_code=exit_code, timeout=TIMEOUT)
     done = subprocess.run(
         [*prefix, sys.executable, "etl.py", "--data", str(data), "--no-progress", "--json", *extra],
         cwd=PROJECT,
@@ -891,7 +894,7 @@ def test_rows_a_run_takes_away_are_a_negative_number_in_the_summary(data):
 
 def test_data_naming_a_file_says_it_is_not_a_folder(tmp_path):
     path = write(tmp_path, "events.json", lines(event(0)))
-    done = run_etl(path, exit_code=EXIT_ENVIRONMENT)
+    done = etl(path, exit_code=EXIT_ENVIRONMENT, process=True, timeout=TIMEOUT)
     assert done.stderr == (
         f"error: data folder {path} is not a folder: choose the folder that holds song_data/ "
         "and log_data/ with --data\n"
@@ -900,7 +903,7 @@ def test_data_naming_a_file_says_it_is_not_a_folder(tmp_path):
 
 def test_jobs_beyond_four_per_cpu_are_refused_and_help_says_so(tmp_path):
     bound = etl_module.MAX_JOBS
-    done = run_etl(tmp_path, "--jobs", str(bound + 1), exit_code=EXIT_USAGE)
+    done = etl(tmp_path, "--jobs", str(bound + 1), exit_code=EXIT_USAGE, process=True)
     assert f"argument --jobs: {bound + 1} is more than {bound} (4 per CPU of this machine)" in (
         done.stderr
     )

@@ -27,7 +27,7 @@ from builders import (
     rejects,
     write,
 )
-from conftest import counts, query, run_script, scalar, table_contents
+from conftest import counts, query, run_main, scalar, table_contents
 from summary import CHECKS_PASSED, Counts, parse_summary
 
 G = event
@@ -42,7 +42,7 @@ def bookkeeping() -> list[tuple]:
 
 def fresh_load_of(data: Path) -> dict[str, list[tuple]]:
     """The tables after a load of the files as they are now into empty tables."""
-    run_script("create_tables.py")
+    run_main("create_tables.py")
     etl(data)
     return table_contents()
 

@@ -34,7 +34,7 @@ RUNS = "SELECT count(*) FROM load_runs"
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     """Generated data that, in small batches, takes many transactions and a worker process."""
-    import generate_data
+    from tools import generate_data
 
     root = tmp_path_factory.mktemp("big") / "data"
     generate_data.generate(out=str(root), songs=200, events=40_000, seed=4, days=20)

@@ -13,8 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import builders
 import pytest
-from builders import SMALL_BATCHES, Watcher, etl, expect, one_error_line
+from builders import SMALL_BATCHES, Watcher, expect, one_error_line
 from conftest import PROJECT, SAMPLE, query, run_script, table_contents
 from s3server import SECRET_KEY, S3Server
 from summary import CHECKS_PASSED, parse_summary
@@ -38,11 +39,17 @@ def s3():
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     """A generated set of 20 daily logs (about 0.4 MB each) and 100 songs."""
-    import generate_data
+    from tools import generate_data
 
     root = tmp_path_factory.mktemp("generated") / "data"
     generate_data.generate(out=str(root), songs=100, events=24_000, seed=18, days=20)
     return root
+
+
+def etl(data, *extra: str, **options) -> subprocess.CompletedProcess:
+    """builders.etl in a process of its own, as a user runs it: fsspec keeps the file systems it
+    makes, with the credentials they read, for the life of a process."""
+    return builders.etl(data, *extra, process=True, **options)
 
 
 def fresh_load(data, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:

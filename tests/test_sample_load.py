@@ -1,8 +1,8 @@
-"""The shipped sample (data/): it is what generate_data.py writes, and `python etl.py` loads it to
-exactly the numbers of its truth.json, then changes nothing on a second run."""
+"""The shipped sample (data/): it is what tools/generate_data.py writes, and `python etl.py` loads
+it to exactly the numbers of its truth.json, then changes nothing on a second run."""
 
 import pytest
-from conftest import SAMPLE, counts, query, run_script, scalar, table_contents
+from conftest import SAMPLE, counts, query, run_main, scalar, table_contents
 from summary import CHECKS_PASSED, parse_summary
 
 from sql_queries import STAR_TABLES
@@ -11,8 +11,8 @@ from sql_queries import STAR_TABLES
 @pytest.fixture(scope="module")
 def sample_load():
     """The summary of `python etl.py` (data/ by default) into fresh tables."""
-    run_script("create_tables.py")
-    return parse_summary(run_script("etl.py", "--no-progress", "--json").stdout)
+    run_main("create_tables.py")
+    return parse_summary(run_main("etl.py", "--no-progress", "--json").stdout)
 
 
 def test_sample_load_matches_the_generators_truth(sample_load, truth):
@@ -36,12 +36,12 @@ def test_sample_load_resolves_a_non_ascii_play_to_its_song(sample_load, truth):
 
 def test_second_load_of_the_sample_changes_nothing_and_says_so(sample_load):
     before = table_contents()
-    assert parse_summary(run_script("etl.py", "--no-progress", "--json").stdout).nothing_new
+    assert parse_summary(run_main("etl.py", "--no-progress", "--json").stdout).nothing_new
     assert table_contents() == before
 
 
 def test_sample_data_is_the_generators_output(tmp_path):
-    import generate_data
+    from tools import generate_data
 
     generate_data.main(["--out", str(tmp_path)])
     for path in sorted(SAMPLE.rglob("*.json")):

@@ -5,9 +5,9 @@ listening on 127.0.0.1 only (default ports 9700, 9701, 9702), trust authenticati
 database sparkifydb with the citus extension on every node, the workers added to the coordinator.
 As root the servers run as the ``postgres`` system user; otherwise as the caller.
 
-    python citus_cluster.py start [--dir DIR] [--port 9700] [--workers 2]   # prints the URL
-    DATABASE_URL=$(python citus_cluster.py url) python create_tables.py
-    python citus_cluster.py stop
+    python -m tools.citus_cluster start [--dir DIR] [--port 9700] [--workers 2]   # prints the URL
+    DATABASE_URL=$(python -m tools.citus_cluster url) python create_tables.py
+    python -m tools.citus_cluster stop
 
 From Python (the tests): ``cluster = start(folder, ports)``, ``cluster.url``, ``cluster.stop()``.
 """
@@ -303,7 +303,7 @@ def find(folder: Path | str | None = None) -> Cluster:
         raise ClusterError(
             f"no cluster in {where}"
             if where
-            else "no cluster started: run `python citus_cluster.py start` (or --dir)"
+            else "no cluster started: run `python -m tools.citus_cluster start` (or --dir)"
         )
     saved = json.loads((where / STATE).read_text())
     return Cluster(where, saved["ports"], saved["temporary"])
@@ -311,13 +311,14 @@ def find(folder: Path | str | None = None) -> Cluster:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="python -m tools.citus_cluster",
         description="Start, stop or inspect a local Citus cluster (PostgreSQL 15 + citus): a "
         "coordinator and workers on 127.0.0.1, database sparkifydb.",
         epilog="example (a coordinator and two workers, the ETL on them, then stop):\n"
-        "  python citus_cluster.py start --dir /tmp/citus\n"
-        "  DATABASE_URL=$(python citus_cluster.py url) python create_tables.py\n"
-        "  DATABASE_URL=$(python citus_cluster.py url) python etl.py\n"
-        "  python citus_cluster.py stop\n\n"
+        "  python -m tools.citus_cluster start --dir /tmp/citus\n"
+        "  DATABASE_URL=$(python -m tools.citus_cluster url) python create_tables.py\n"
+        "  DATABASE_URL=$(python -m tools.citus_cluster url) python etl.py\n"
+        "  python -m tools.citus_cluster stop\n\n"
         "exit codes: 0 done (status: all nodes running); 3 a problem, said in one line",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             LAST.write_text(str(cluster.dir) + "\n")  # for stop, status and url without --dir
             print(cluster.url)
             print(
-                f"nodes in {cluster.dir}; stop with: python citus_cluster.py stop"
+                f"nodes in {cluster.dir}; stop with: python -m tools.citus_cluster stop"
                 + (f" --dir {cluster.dir}" if args.dir else ""),
                 file=sys.stderr,
             )

@@ -743,12 +743,13 @@ format of the Udacity data, plus truth.json with the row counts and values a
 correct ETL must produce from it."""
 EPILOG = """\
 example (100,000 events and 2,000 song files, then load them):
-  python generate_data.py --out /tmp/sparkify --events 100000 --songs 2000
+  python -m tools.generate_data --out /tmp/sparkify --events 100000 --songs 2000
   python etl.py --data /tmp/sparkify"""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="python -m tools.generate_data",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
