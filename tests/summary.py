@@ -23,7 +23,7 @@ class Counts(NamedTuple):
 
 
 CHECKS_PASSED = dict.fromkeys(sql_queries.CHECKS, 0)
-ALL_SET_ASIDE = list(sql_queries.BULK_SET_ASIDE)
+ALL_SET_ASIDE = set(sql_queries.BULK_SET_ASIDE)
 
 
 class Rejected(NamedTuple):
@@ -44,7 +44,8 @@ class Summary:
     rows: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # (added, now)
     resolved: tuple[int, int, int] | None = None  # (resolved plays, plays, resolved this run)
     set_aside: bool = False  # this run set songplays' keys aside for a bulk load
-    added_back: list[str] = dataclasses.field(default_factory=list)
+    found_missing: set[str] = dataclasses.field(default_factory=set)  # added back at the start
+    restored: set[str] = dataclasses.field(default_factory=set)  # added back at the end
     not_added_back: dict[str, str] = dataclasses.field(default_factory=dict)  # key: why
     rejected: Rejected | None = None
     examples: list[str] = dataclasses.field(default_factory=list)  # "path:line: reason"
@@ -54,6 +55,10 @@ class Summary:
     gone_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
     checks: dict[str, int] | None = None  # check: offending rows; None: not run
     checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
+
+    @property
+    def added_back(self) -> set[str]:
+        return self.found_missing | self.restored
 
     @property
     def keys_left_alone(self) -> bool:
@@ -80,7 +85,8 @@ def summary_of(report: dict) -> Summary:
         rows={t: (n["after"] - n["before"], n["after"]) for t, n in report["tables"].items()},
         resolved=tuple(report["plays_resolved"][k] for k in ("total", "plays", "this_run")),
         set_aside=keys["set_aside"],
-        added_back=keys["found_missing"] + keys["restored"],
+        found_missing=set(keys["found_missing"]),
+        restored=set(keys["restored"]),
         not_added_back=keys["not_restored"],
         rejected=Rejected(rejected["records"], rejected["files"], report["run_id"])
         if rejected["records"] or rejected["files"]

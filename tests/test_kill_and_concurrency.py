@@ -141,12 +141,8 @@ def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, bas
         # the keys the kill left out come back first; then, whether this run's new files make
         # a bulk load (setting everything aside) or not (adding back the rest the kill left
         # out) depends on how far the killed runs got
-        keys = list(sql_queries.KEYS_SET_ASIDE)
-        assert summary.added_back[: len(keys)] == keys
-        assert summary.added_back[len(keys) :] in (
-            ALL_SET_ASIDE,
-            list(sql_queries.SONGPLAYS_SET_ASIDE),
-        )
+        assert summary.found_missing == set(sql_queries.KEYS_SET_ASIDE)
+        assert summary.restored in (ALL_SET_ASIDE, set(sql_queries.SONGPLAYS_SET_ASIDE))
     finally:
         watch.close()
         reap(orphans)

@@ -60,7 +60,7 @@ def test_the_report_as_data_holds_every_number_of_the_run():
     assert summary.reconciled == {"song": False, "log": True}
     assert summary.rows == {t: (100, 100 + n) for n, t in enumerate(sql_queries.STAR_TABLES)}
     assert summary.resolved == (11, 100, 6)
-    assert (summary.set_aside, summary.added_back) == (False, ["time_pkey", "songplays_file"])
+    assert (summary.set_aside, summary.added_back) == (False, {"time_pkey", "songplays_file"})
     assert summary.not_added_back == {"songplays_user_id_fkey": "a reason"}
     assert summary.rejected == (10, 1, 12)
     assert summary.examples == [
