@@ -55,6 +55,22 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["unshare", "--user", "--map-user=65534", "--map-group=65534", "--", *cmd]
 
 
+def initdb(program: str, pgdata: Path) -> list[str]:
+    """The initdb command of a server of the project's: its superuser trusted on the local
+    socket, UTF-8, no locale."""
+    return [
+        program,
+        "-D",
+        str(pgdata),
+        "-U",
+        SUPERUSER,
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--no-locale",
+        "--no-instructions",
+    ]
+
+
 def socket_dir(pgdata: Path) -> Path:
     """The socket lives in the data directory unless that path is too long for a unix socket."""
     if len(str(pgdata / f".s.PGSQL.{PORT}")) <= SOCKET_PATH_MAX:
@@ -148,20 +164,7 @@ def start(pgdata: Path) -> Path:
         log = pgdata.parent / f"{pgdata.name}.log"
         if not (pgdata / "PG_VERSION").exists():
             pgdata.mkdir(mode=0o700, exist_ok=True)
-            _run(
-                [
-                    pg_bin("initdb"),
-                    "-D",
-                    str(pgdata),
-                    "-U",
-                    SUPERUSER,
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-locale",
-                    "--no-instructions",
-                ],
-                log,
-            )
+            _run(initdb(pg_bin("initdb"), pgdata), log)
         sockets = make_socket_dir(pgdata)
         options = " ".join(
             f"-c {k}='{v}'"

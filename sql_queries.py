@@ -907,33 +907,34 @@ _contest_staged_differs = """(s.file_id, s.start_time, s.level, s.first_name, s.
        s.location, s.user_agent, s.song_title, s.artist_name, s.song_length)
       IS DISTINCT FROM"""
 
-contest_staged = f"""
-INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
-SELECT 'staged', m.file_id, k.song_id, k.artist_id, p.start_time, p.user_id, p.level,
-       p.first_name, p.last_name, p.gender, p.session_id, p.item_in_session, p.location,
-       p.user_agent, p.song_title, p.artist_name, p.song_length
-FROM stage_plays p
-JOIN load_manifest m ON m.path = p.path
-JOIN songplays s ON s.user_id = p.user_id AND s.session_id = p.session_id
-                AND s.item_in_session = p.item_in_session
-{_contest_song}
-WHERE {_contest_staged_differs}
-      (m.file_id, p.start_time, p.level, p.first_name, p.last_name, p.gender,
-       p.location, p.user_agent, p.song_title, p.artist_name, p.song_length)"""
 
-contest_staged_citus = f"""
+# The staged plays that the merge skipped (FROM the staging table p, with its file ids f), as
+# candidates, each with its song.
+_contest_staged_insert = f"""
 INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
 SELECT 'staged', f.file_id, k.song_id, k.artist_id, p.start_time, p.user_id, p.level,
        p.first_name, p.last_name, p.gender, p.session_id, p.item_in_session, p.location,
-       p.user_agent, p.song_title, p.artist_name, p.song_length
-FROM stage_plays_citus p
-JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
+       p.user_agent, p.song_title, p.artist_name, p.song_length"""
+_contest_staged_skipped = f"""
 JOIN songplays s ON s.user_id = p.user_id AND s.session_id = p.session_id
                 AND s.item_in_session = p.item_in_session
 {_contest_song}
 WHERE {_contest_staged_differs}
       (f.file_id, p.start_time, p.level, p.first_name, p.last_name, p.gender,
        p.location, p.user_agent, p.song_title, p.artist_name, p.song_length)"""
+contest_staged = (
+    _contest_staged_insert
+    + "\nFROM stage_plays p\nJOIN load_manifest f ON f.path = p.path"
+    + _contest_staged_skipped
+)
+# On Citus the file ids come as parameters, as for songplays_insert_citus.
+contest_staged_citus = (
+    _contest_staged_insert
+    + "\nFROM stage_plays_citus p"
+    + "\nJOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id)"
+    + " ON f.path = p.path"
+    + _contest_staged_skipped
+)
 
 staged_keys = """
 INSERT INTO stage_keys (user_id, session_id, item_in_session)

@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql as pgsql
 
+import embedded
 import sql_queries as sql
 
 PG_BIN = Path(os.environ.get("CITUS_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -248,22 +249,7 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
             raise ClusterError(f"port {port} on {HOST} is in use: choose others with --port")
         log = cluster.dir / f"{name}.log"
         if not (data / "PG_VERSION").exists():  # a throwaway cluster: no fsync of initdb's files
-            _run(
-                [
-                    str(PG_BIN / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    SUPERUSER,
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-locale",
-                    "--no-instructions",
-                    "--no-sync",
-                ],
-                cluster.dir,
-                log,
-            )
+            _run([*embedded.initdb(str(PG_BIN / "initdb"), data), "--no-sync"], cluster.dir, log)
             with open(data / "postgresql.conf", "a") as conf:
                 conf.writelines(
                     f"{k} = '{v}'\n" for k, v in {**SETTINGS, "port": str(port)}.items()
