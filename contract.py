@@ -40,8 +40,7 @@ class FileTask:
     slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its
     size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
     problem: why it cannot be read, known from the listing already (a folder that cannot be
-    listed). file_id: the id the manifest gives a new log file, taken before a bulk load reads
-    it, so that its plays can be written straight into songplays (None otherwise)."""
+    listed)."""
 
     path: str
     location: str
@@ -50,7 +49,6 @@ class FileTask:
     known_sha256: str | None
     problem: str | None = None
     etag: str | None = None
-    file_id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +106,7 @@ class FilePart:
     accepted: int = 0  # passed validation (plays, or songs); a play may still be a duplicate
     skipped: int = 0
     rejected: int = 0
-    file_id: int | None = None  # FileTask.file_id
+    file_id: int | None = None  # taken before it is loaded (a bulk load's new log file)
 
     @property
     def to_load(self) -> bool:
@@ -137,6 +135,10 @@ class Part:
 # A play's song, where the song catalogue is small enough to send to the parse worker: rows of
 # (title, artist name, duration, song_id, artist_id), one per (title, artist name, duration).
 SongKeys = list[tuple[str, str, float, str, str]]
+# What a bulk load hands the parse worker once its song files are loaded, for its plays to go
+# straight into songplays: the song keys (None: too many, resolved in the database) and the ids
+# taken for the new log files, by path.
+HandOver = tuple[SongKeys | None, dict[str, int]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ import db
 import extract
 import load
 import sql_queries as sql
-from contract import KINDS, Batch, Limits, Loaded, Part, SongKeys
+from contract import KINDS, Batch, HandOver, Limits, Loaded, Part
 from extract import Listing, Source
 from report import Report, Tally
 
@@ -68,12 +68,12 @@ class Preparer:
     """Every batch's parts, in order, prepared by worker processes (jobs > 0) while the database
     loads the current batch, or else here when asked. Each worker keeps at most one part
     waiting, so memory stays bounded whatever the size of the input. In a bulk load (direct),
-    plays go straight into songplays once the song keys are handed over (song_keys), after the
-    run's song files are loaded."""
+    plays go straight into songplays once the song keys and the new log files' ids are handed
+    over (hand_over), after the run's song files are loaded."""
 
     def __init__(self, batches: list[Batch], limits: Limits, jobs: int, direct: bool):
         self.batches, self.limits, self.direct = batches, limits, direct
-        self.keys: Callable[[], SongKeys | None] = lambda: None
+        self.written: Callable = lambda: None  # prepare.DirectSource, once handed over
         self.workers, self.outboxes, self.inboxes = [], [], []
         if jobs <= 0:
             return
@@ -88,12 +88,13 @@ class Preparer:
         for worker in self.workers:
             worker.start()
 
-    def song_keys(self, keys: SongKeys | None) -> None:
+    def hand_over(self, handed: HandOver) -> None:
         """The song keys as the database has them once the run's song files are loaded (None:
-        the catalogue is too big, and plays are resolved in the database)."""
-        self.keys = prepare_module().song_keys_once(lambda: keys)
+        the catalogue is too big, and plays are resolved in the database), and the ids taken
+        for the new log files."""
+        self.written = prepare_module().direct_once(lambda: handed)
         for inbox in self.inboxes:
-            inbox.put(keys)
+            inbox.put(handed)
 
     def parts(self, number: int) -> Iterator[Part]:
         """Batch number's parts, up to its last (and nothing of the next batch)."""
@@ -109,8 +110,8 @@ class Preparer:
 
     def here(self, batch: Batch, number: int) -> Iterator[Part]:
         """The parts of a batch prepared in this process, as batch number."""
-        keys = self.keys if self.direct else None
-        return prepare_module().prepare(batch, number, self.limits, keys)
+        direct = self.written if self.direct else None
+        return prepare_module().prepare(batch, number, self.limits, direct)
 
     def close(self) -> None:
         for worker in self.workers:
@@ -123,9 +124,9 @@ def _worker(
 ) -> None:
     _die_with(parent)
     try:
-        keys = prepare_module().song_keys_once(inbox.get) if direct else None
+        written = prepare_module().direct_once(inbox.get) if direct else None
         for number in range(k, len(batches), jobs):
-            for part in prepare_module().prepare(batches[number], number, limits, keys):
+            for part in prepare_module().prepare(batches[number], number, limits, written):
                 outbox.put(part)
     except cli.UserError as exc:  # an object store that stops answering, say
         outbox.put(WorkerFailed(traceback.format_exc(), exc))
@@ -174,7 +175,8 @@ def load_batches(conn, start: load.RunStart, preparer: Preparer, progress: bool 
         if not numbers:
             continue
         if kind == "log" and preparer.direct:
-            preparer.song_keys(load.song_keys(conn))
+            logs = [batches[n] for n in numbers]
+            preparer.hand_over((load.song_keys(conn), load.new_file_ids(conn, logs)))
         with tqdm(
             total=sum(len(batches[n].tasks) for n in numbers),
             desc=f"{kind} files",
@@ -284,8 +286,6 @@ def run(
         start = dataclasses.replace(start, missing=load.set_aside_missing(conn))
         # A bulk load: its keys set aside, plays and instants go straight into their tables.
         direct = {sql.PLAYS_KEY, sql.TIME_KEY} <= start.missing
-        if direct:
-            batches = load.with_file_ids(conn, batches)
         workers = min(default_jobs(batches, limits) if jobs is None else jobs, len(batches))
         preparer = Preparer(batches, limits, workers, direct)
         try:

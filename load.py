@@ -299,18 +299,12 @@ def song_keys(conn) -> SongKeys | None:
     return None if len(keys) > sql.SONG_KEYS_IN_MEMORY else keys
 
 
-def with_file_ids(conn, batches: list[Batch]) -> list[Batch]:
-    """The batches, each new log file with the id its manifest row will have, taken now."""
-    new = [t for b in batches if b.kind == "log" for t in b.tasks if t.known_sha256 is None]
+def new_file_ids(conn, batches: list[Batch]) -> dict[str, int]:
+    """The ids the new files of the batches will have in the manifest, taken now, in order."""
+    new = [t.path for b in batches for t in b.tasks if t.known_sha256 is None]
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.file_ids_take, {"files": len(new)})
-        ids = dict(zip((t.path for t in new), (row[0] for row in cur.fetchall())))
-    return [
-        dataclasses.replace(
-            b, tasks=tuple(dataclasses.replace(t, file_id=ids.get(t.path)) for t in b.tasks)
-        )
-        for b in batches
-    ]
+        return dict(zip(new, (row[0] for row in cur.fetchall())))
 
 
 def set_aside_for_bulk_load(

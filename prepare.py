@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import extract
 import sql_queries as sql
 import transform
-from contract import Batch, FilePart, Limits, Part, SongKeys
+from contract import Batch, FilePart, HandOver, Limits, Part
 from parse import FIELDS, Records, decode_song_file, parse_log_file, records_from
 
 
@@ -39,43 +39,38 @@ WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and coun
 @dataclasses.dataclass(frozen=True)
 class Direct:
     """What writing a bulk load's plays straight into songplays takes: the song keys, and the ids
-    the manifest gives the batch's files."""
+    the manifest gives the run's new log files."""
 
     song_keys: pa.Table
     file_ids: dict[str, int]
 
 
-SongKeysSource = Callable[[], "pa.Table | None"]
+DirectSource = Callable[[], "Direct | None"]
 
 
-def song_keys_once(fetch: Callable[[], SongKeys | None]) -> SongKeysSource:
-    """The song keys as an Arrow table, fetched (from the database, or from the run through a
-    queue) and converted on first use, then kept; None: plays are resolved in the database."""
+def direct_once(fetch: Callable[[], HandOver]) -> DirectSource:
+    """What the run hands over once its song files are loaded (from the database, or through a
+    queue from the run), fetched and converted on first use, then kept; None: the catalogue is
+    too big to send, and plays are resolved in the database."""
 
     @functools.cache
-    def song_keys() -> pa.Table | None:
-        keys = fetch()
-        return None if keys is None else transform.song_key_table(keys)
+    def direct() -> Direct | None:
+        song_keys, file_ids = fetch()
+        return None if song_keys is None else Direct(transform.song_key_table(song_keys), file_ids)
 
-    return song_keys
+    return direct
 
 
 def prepare(
-    batch: Batch, number: int, limits: Limits, song_keys: SongKeysSource | None = None
+    batch: Batch, number: int, limits: Limits, direct: DirectSource | None = None
 ) -> Iterator[Part]:
     """The batch's parts: a batch of small files is one part; a file bigger than
-    limits.log_batch_bytes is read, parsed and shaped one part at a time. With song_keys (a
-    bulk load, its files' ids taken), plays go straight to songplays if the keys come."""
-    file_ids = {t.path: t.file_id for t in batch.tasks if t.file_id is not None}
-
-    def direct() -> Direct | None:
-        keys = song_keys() if song_keys and file_ids else None
-        return None if keys is None else Direct(keys, file_ids)
-
+    limits.log_batch_bytes is read, parsed and shaped one part at a time. With direct (a bulk
+    load), a log batch's plays go straight to songplays once what that takes is handed over."""
     part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
     chunks, problems, size, index = [], [], 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
-        file = FilePart(task.path, task.mtime_ns, read, file_id=task.file_id)
+        file = FilePart(task.path, task.mtime_ns, read)
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
         first_line, anything = 1, False
@@ -123,7 +118,7 @@ def shape(
     last: bool,
     chunks: list[Chunk],
     problems: list[tuple],
-    direct: Callable[[], Direct | None] = lambda: None,
+    direct: DirectSource | None = None,
 ) -> Part:
     """Judge the chunks' records, shape the good ones into rows (of the staging tables, or of
     songplays and time when direct gives what that takes), count per file."""
@@ -133,7 +128,7 @@ def shape(
         [c.records for c in chunks if c.records is not None] + [records_from(objects, fields)],
         fields,
     )
-    appended = None
+    appended, written = None, None
     if kind == "song":
         good, invalid = transform.valid_songs(records)
         skipped = {}
@@ -141,7 +136,8 @@ def shape(
     else:
         good, invalid, skipped = transform.valid_events(records)
         rows = transform.dedupe_plays(transform.play_rows(good))
-        copies, appended = play_copies(rows, direct() if rows.num_rows else None)
+        written = direct() if direct else None
+        copies, appended = play_copies(rows, written if rows.num_rows else None)
     parse_rejects = [r for c in chunks for r in c.rejects]
     rejects = with_raw(
         pa.concat_tables([transform.reject_table(problems + parse_rejects), invalid]), chunks
@@ -161,6 +157,7 @@ def shape(
             skipped=skipped.get(path, 0),
             accepted=accepted.get(path, 0),
             records=parsed.get(path, 0) + line_rejects.get(path, 0) - invalid_per_file.get(path, 0),
+            file_id=written.file_ids.get(path) if written else None,
         )
         for path, file in files_here.items()
     )

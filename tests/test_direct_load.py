@@ -84,3 +84,10 @@ def test_a_bulk_load_resolves_each_play_as_the_databases_join_does(songs, plays,
     assert report["tables"]["songplays"]["after"] == len(plays)
     assert query(STORED) == expected
     assert report["plays_resolved"]["this_run"] == sum(1 for *_, song_id, _ in expected if song_id)
+    # the files' ids in the order the run loads them, songs first, as a staged load numbers them
+    songs_then_logs = sorted(f"song_data/{n}.json" for n in range(len(songs))) + [
+        "log_data/day.json"
+    ]
+    assert query("SELECT path FROM load_manifest ORDER BY file_id") == [
+        (path,) for path in songs_then_logs
+    ]
