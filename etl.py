@@ -93,8 +93,10 @@ class Preparer:
         the catalogue is too big, and plays are resolved in the database), and the ids taken
         for the new log files."""
         self.written = prepare_module().direct_once(lambda: handed)
-        for inbox in self.inboxes:
-            inbox.put(handed)
+        jobs = len(self.workers)
+        for k, inbox in enumerate(self.inboxes):
+            if any(b.kind == "log" for b in self.batches[k::jobs]):  # else it reads nothing more
+                inbox.put(handed)
 
     def parts(self, number: int) -> Iterator[Part]:
         """Batch number's parts, up to its last (and nothing of the next batch)."""
@@ -117,6 +119,8 @@ class Preparer:
         for worker in self.workers:
             worker.kill()
             worker.join()
+        for inbox in self.inboxes:  # what a killed worker did not read is not waited for
+            inbox.cancel_join_thread()
 
 
 def _worker(

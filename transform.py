@@ -284,11 +284,15 @@ def songplay_rows(rows: pa.Table, song_keys: pa.Table, file_ids: dict[str, int])
     """Rows of songplays from play rows, in their order: each play's song_id and artist_id by
     (title, artist name, duration), as the database's merge resolves them (a NULL matches
     nothing), and its file's id."""
-    keys = song_keys.rename_columns(["song_title", "artist_name", "song_length", *SONG_IDS])
+    keys = song_keys.rename_columns(["song_title", "artist_name", "length_key", *SONG_IDS])
+    # numeric, which the database compares, has one zero: -0.0 + 0.0 is 0.0
+    length_key = pc.add(rows["song_length"], 0.0)
     joined = (
         _numbered(rows, "row")
-        .join(keys, ["song_title", "artist_name", "song_length"], join_type="left outer")
+        .append_column("length_key", length_key)
+        .join(keys, ["song_title", "artist_name", "length_key"], join_type="left outer")
         .sort_by("row")
+        .drop_columns("length_key")
     )
     paths = pa.array(list(file_ids))
     file_id = pa.array(list(file_ids.values()), pa.int64()).take(

@@ -5,9 +5,10 @@ worker from the song keys the database hands it: the result must be the database
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
-from builders import etl, event, line, log_file, other_page, song, write
+from builders import CRAFTED_ARTIST, etl, event, line, log_file, other_page, song, write
 from conftest import PROPERTY, query, run_script
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -91,3 +92,46 @@ def test_a_bulk_load_resolves_each_play_as_the_databases_join_does(songs, plays,
     assert query("SELECT path FROM load_manifest ORDER BY file_id") == [
         (path,) for path in songs_then_logs
     ]
+
+
+@pytest.mark.parametrize("duration", [0.0, -0.0])
+def test_a_play_of_length_minus_zero_is_resolved_as_the_databases_join_resolves_it(
+    duration, tmp_path
+):
+    # numeric has one zero: the database's join takes a length of -0.0 for the song of
+    # duration 0, as the staged merge does; a float join keeps -0.0 apart from 0.0.
+    write(tmp_path, "song_data/zero.json", line(song(0, title="Silence", duration=duration)))
+    plays = [event(0, song="Silence", artist="Crafted", length=-0.0)]
+    pages = [other_page(1 + n, "Home") for n in range(30)]  # a bulk load
+    write(tmp_path, "log_data/day.json", log_file(*plays, *pages))
+    run_script("create_tables.py")
+
+    report = json.loads(etl(tmp_path).stdout)
+
+    assert report["keys"]["set_aside"] is True
+    assert query(DATABASE_JOIN) == [
+        (plays[0]["sessionId"], 0, "SOZZZZZ12A8C000000", CRAFTED_ARTIST)
+    ]
+    assert query(STORED) == query(DATABASE_JOIN)
+    assert report["plays_resolved"]["this_run"] == 1
+
+
+def test_a_bulk_load_ends_when_a_parse_worker_has_no_log_batch_to_take_the_song_keys(tmp_path):
+    # --jobs 2 and two batches (the songs', the log's): the first worker prepares the songs and
+    # is done; the song keys handed to it then (more than a pipe holds) are never read, and
+    # etl.py must still exit once its report is printed.
+    catalogue = [song(n) for n in range(2000)]
+    write(tmp_path, "song_data/catalogue.json", json.dumps(catalogue).encode())
+    plays = [event(n, song="Crafted song 7", artist="Crafted", length=107.5) for n in range(5)]
+    pages = [other_page(5 + n, "Home") for n in range(30)]  # a bulk load
+    write(tmp_path, "log_data/day.json", log_file(*plays, *pages))
+    run_script("create_tables.py")
+
+    try:
+        done = etl(tmp_path, "--jobs", "2", process=True, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"etl.py --jobs 2 did not exit within 30 s; it printed:\n{exc.stdout}")
+
+    report = json.loads(done.stdout)
+    assert report["keys"]["set_aside"] is True
+    assert report["plays_resolved"]["this_run"] == 5
