@@ -8,7 +8,7 @@ import json
 import subprocess
 
 import pytest
-from builders import CRAFTED_ARTIST, etl, event, line, log_file, other_page, song, write
+from builders import CRAFTED_ARTIST, SESSION, etl, event, line, log_file, other_page, song, write
 from conftest import PROPERTY, query, run_script
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -135,3 +135,33 @@ def test_a_bulk_load_ends_when_a_parse_worker_has_no_log_batch_to_take_the_song_
     report = json.loads(done.stdout)
     assert report["keys"]["set_aside"] is True
     assert report["plays_resolved"]["this_run"] == 5
+
+
+def test_a_file_the_database_refuses_during_a_bulk_load_with_two_workers_loses_nothing_else(
+    tmp_path,
+):
+    """Two workers, batches of 1 MB: the database refuses a play (a CHECK the load knows nothing
+    of) in the first part of a file read in parts, so that file is rejected whole, its other
+    parts still on their way are set aside, and every play of the other files is loaded, the
+    later batches' included."""
+    files = {name: n for n, name in enumerate("abcdefgh")}
+    for name, n in files.items():
+        plays = [event(i, sessionId=SESSION + n) for i in range(100)]
+        if name == "b":
+            plays[50] = event(50, sessionId=SESSION + n, location="Atlantis")
+        pages = [other_page(100 + i, "Home", sessionId=SESSION + n) for i in range(1100)]
+        if name == "b":  # 2.5 MB: read in three parts, the refused play in the first
+            pages *= 5
+        write(tmp_path, f"log_data/{name}.json", log_file(*plays, *pages))
+    run_script("create_tables.py")
+    query(
+        "ALTER TABLE songplays ADD CONSTRAINT not_atlantis CHECK (location <> 'Atlantis'); SELECT 1"
+    )
+
+    report = json.loads(etl(tmp_path, "--jobs", "2", "--batch-mb", "1").stdout)
+
+    assert report["keys"]["set_aside"] is True
+    assert report["rejected"]["files"] == 1
+    assert [e["path"] for e in report["rejected"]["examples"]] == ["log_data/b.json"]
+    per_file = "SELECT session_id - %s, count(*) FROM songplays GROUP BY 1 ORDER BY 1"
+    assert query(per_file, (SESSION,)) == [(n, 100) for name, n in files.items() if name != "b"]
