@@ -123,7 +123,6 @@ class Part:
     written and how many of them were resolved to a song."""
 
     kind: Kind
-    batch: int
     index: int  # the part's place in its batch, from 0
     last: bool
     files: tuple[FilePart, ...]

@@ -101,7 +101,7 @@ class Preparer:
     def parts(self, number: int) -> Iterator[Part]:
         """Batch number's parts, up to its last (and nothing of the next batch)."""
         if not self.workers:
-            yield from self.here(self.batches[number], number)
+            yield from self.here(self.batches[number])
             return
         k = number % len(self.workers)
         while True:
@@ -110,10 +110,10 @@ class Preparer:
             if part.last:
                 return
 
-    def here(self, batch: Batch, number: int) -> Iterator[Part]:
-        """The parts of a batch prepared in this process, as batch number."""
-        direct = self.written if self.direct else None
-        return prepare_module().prepare(batch, number, self.limits, direct)
+    def here(self, batch: Batch) -> Iterator[Part]:
+        """The parts of a batch prepared in this process (written: None until handed over, and
+        in a load that is not a bulk load)."""
+        return prepare_module().prepare(batch, self.limits, self.written)
 
     def close(self) -> None:
         for worker in self.workers:
@@ -129,8 +129,8 @@ def _worker(
     _die_with(parent)
     try:
         written = prepare_module().direct_once(inbox.get) if direct else None
-        for number in range(k, len(batches), jobs):
-            for part in prepare_module().prepare(batches[number], number, limits, written):
+        for batch in batches[k::jobs]:  # batch number n is worker n % jobs's
+            for part in prepare_module().prepare(batch, limits, written):
                 outbox.put(part)
     except cli.UserError as exc:  # an object store that stops answering, say
         outbox.put(WorkerFailed(traceback.format_exc(), exc))
@@ -191,24 +191,18 @@ def load_batches(conn, start: load.RunStart, preparer: Preparer, progress: bool 
         ) as bar:
             for number in numbers:
                 parts = preparer.parts(number)
-                for part, loaded in load_or_split(conn, start, preparer, number, parts):
+                for part, loaded in load_or_split(conn, start, preparer, batches[number], parts):
                     tally.add(part, loaded)
                 bar.update(len(batches[number].tasks))
     return tally
 
 
 def load_or_split(
-    conn,
-    start: load.RunStart,
-    preparer: Preparer,
-    number: int,
-    parts: Iterator[Part],
-    batch: Batch | None = None,
+    conn, start: load.RunStart, preparer: Preparer, batch: Batch, parts: Iterator[Part]
 ) -> list[tuple[Part, Loaded]]:
-    """Load batch number (or this batch in its place) from its parts in one transaction; one the
-    database refuses (a value no check foresaw) is loaded again file by file, and a single file
-    it refuses is recorded as rejected whole."""
-    batch = batch or preparer.batches[number]
+    """Load a batch from its parts in one transaction; one the database refuses (a value no
+    check foresaw) is loaded again file by file, and a single file it refuses is recorded as
+    rejected whole."""
     try:
         with db.managed_cursor(conn) as cur:
             return [
@@ -223,11 +217,9 @@ def load_or_split(
                 done
                 for task in batch.tasks
                 for alone in [Batch(batch.kind, (task,), batch.store)]
-                for done in load_or_split(
-                    conn, start, preparer, number, preparer.here(alone, number), alone
-                )
+                for done in load_or_split(conn, start, preparer, alone, preparer.here(alone))
             ]
-        part = prepare_module().refused(batch, number, cli.first_line(exc), preparer.limits)
+        part = prepare_module().refused(batch, cli.first_line(exc), preparer.limits)
         with db.managed_cursor(conn) as cur:
             return [(part, load.load_part(cur, start, part))]
 

@@ -202,7 +202,8 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         inserted = {path: n for path, (n, _) in merged.items()}
         resolved = sum(matched for _, matched in merged.values())
         loading = [f for f in part.files if f.to_load]
-        outcomes = {f.path: Loaded(inserted, resolved).outcome(part.kind, f) for f in loading}
+        merged_here = Loaded(inserted, resolved)
+        outcomes = {f.path: merged_here.outcome(part.kind, f) for f in loading}
         psycopg2.extras.execute_batch(
             cur,
             sql.manifest_add_loaded,

@@ -61,9 +61,7 @@ def direct_once(fetch: Callable[[], HandOver]) -> DirectSource:
     return direct
 
 
-def prepare(
-    batch: Batch, number: int, limits: Limits, direct: DirectSource | None = None
-) -> Iterator[Part]:
+def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) -> Iterator[Part]:
     """The batch's parts: a batch of small files is one part; a file bigger than
     limits.log_batch_bytes is read, parsed and shaped one part at a time. With direct (a bulk
     load), a log batch's plays go straight to songplays once what that takes is handed over."""
@@ -87,7 +85,7 @@ def prepare(
                 first_line += data.count(b"\n")
                 file = dataclasses.replace(file, first=False)
                 if size >= part_bytes:
-                    yield shape(batch.kind, number, index, False, chunks, problems, direct)
+                    yield shape(batch.kind, index, False, chunks, problems, direct)
                     chunks, problems, size, index = [], [], 0, index + 1
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
@@ -97,7 +95,7 @@ def prepare(
             problems.append((task.path, None, "empty file", None))
         if file.first:  # nothing read: the file still counts, once
             chunks.append(Chunk(file, 1, b"", None, []))
-    yield shape(batch.kind, number, index, True, chunks, problems, direct)
+    yield shape(batch.kind, index, True, chunks, problems, direct)
 
 
 def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
@@ -113,7 +111,6 @@ def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limit
 
 def shape(
     kind: str,
-    number: int,
     index: int,
     last: bool,
     chunks: list[Chunk],
@@ -163,7 +160,7 @@ def shape(
     )
     copies["stage_manifest"] = manifest_csv(kind, files)
     copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
-    return Part(kind, number, index, last, files, copies, rejects["line"].null_count, appended)
+    return Part(kind, index, last, files, copies, rejects["line"].null_count, appended)
 
 
 def play_copies(
@@ -251,16 +248,15 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
     )
 
 
-def refused(batch: Batch, number: int, error: str, limits: Limits) -> Part:
+def refused(batch: Batch, error: str, limits: Limits) -> Part:
     """A one-file batch the database refused: every record of the file is recorded as rejected,
     so that one file never stops a run and the manifest does not retry it until it changes."""
-    files = [f for part in prepare(batch, number, limits) for f in part.files]
+    files = [f for part in prepare(batch, limits) for f in part.files]
     records = sum(f.records for f in files)
     file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0, rejected=records)
     problems = [(file.path, None, f"the database refused this file: {error}", None)]
     return Part(
         batch.kind,
-        number,
         0,
         True,
         (file,),

@@ -714,7 +714,7 @@ def test_a_file_in_many_chunks_of_one_part_is_counted_once_and_its_rejects_keep_
         )
         for item in range(10)
     ]
-    part = prepare.shape("log", 0, 0, True, chunks, [])
+    part = prepare.shape("log", 0, True, chunks, [])
     assert [(f.path, f.first, f.records, f.accepted, f.rejected) for f in part.files] == [
         ("log_data/big.json", True, 10, 9, 1)
     ]
@@ -731,7 +731,7 @@ def test_a_file_appended_to_after_it_was_hashed_is_read_as_it_was_then(tmp_path)
     before = lines(*(event(i) for i in range(3000)))  # about 1 MB: parts of 100 kB
     path = write(tmp_path, "log_data/big.json", before)
     task = FileTask("log_data/big.json", str(path), len(before), 0, None)
-    parts = prepare.prepare(Batch("log", (task,)), 0, Limits(log_batch_bytes=100_000))
+    parts = prepare.prepare(Batch("log", (task,)), Limits(log_batch_bytes=100_000))
 
     first = next(parts)  # the file is hashed, its first part read
     with path.open("ab") as file:

@@ -816,9 +816,9 @@ def rejects_of(file: File) -> list[tuple[int, str]]:
 def prepare_batch(kind: str, tasks: list, limits=contract.Limits()) -> Part:
     """prepare.prepare on these files in one batch, its parts' payloads joined (one part unless a
     file is bigger than the batch size)."""
-    parts = list(prepare.prepare(contract.Batch(kind, tuple(tasks)), 0, limits))
+    parts = list(prepare.prepare(contract.Batch(kind, tuple(tasks)), limits))
     copies = {t: b"".join(p.copies.get(t, b"") for p in parts) for t in parts[-1].copies}
-    return Part(kind, 0, 0, True, tuple(f for p in parts for f in p.files), copies, 0)
+    return Part(kind, 0, True, tuple(f for p in parts for f in p.files), copies, 0)
 
 
 def fast_read(content: bytes, path: str, piece_bytes: int = contract.Limits.parse_piece_bytes):

@@ -198,7 +198,7 @@ def test_a_file_giving_a_part_two_chunks_is_counted_once_there_with_its_first_ch
         prepare.parse("log", file, first, 1, contract.Limits()),
         prepare.parse("log", dataclasses.replace(file, first=False), second, 3, contract.Limits()),
     ]
-    part = prepare.shape("log", 0, 0, True, chunks, [])
+    part = prepare.shape("log", 0, True, chunks, [])
     counts = [(f.path, f.first, f.records, f.accepted, f.skipped, f.rejected) for f in part.files]
     assert counts == [("log_data/x.json", True, 4, 2, 1, 1)]
     manifest = list(csv.reader(io.StringIO(part.copies["stage_manifest"].decode())))
