@@ -1,6 +1,7 @@
-"""Prepare: a batch's files in, the staging tables' COPY payloads out, in parts of bounded size.
+"""Prepare: a batch's files in, COPY payloads out, in parts of bounded size: for the staging
+tables, or, in a bulk load, straight for songplays and time.
 
-This is what the parse worker runs: extract reads the files, records parses them, transform
+This is what the parse worker runs: extract reads the files, parse parses them, transform
 judges and shapes the records; each part carries its files' counts for the manifest and the
 report.
 """

@@ -280,6 +280,9 @@ def dedupe_plays(rows: pa.Table) -> pa.Table:
     return rows.take(first.sort())
 
 
+SONG_IDS = ["song_id", "artist_id"]
+
+
 def songplay_rows(rows: pa.Table, song_keys: pa.Table, file_ids: dict[str, int]) -> pa.Table:
     """Rows of songplays from play rows, in their order: each play's song_id and artist_id by
     (title, artist name, duration), as the database's merge resolves them (a NULL matches
@@ -299,9 +302,6 @@ def songplay_rows(rows: pa.Table, song_keys: pa.Table, file_ids: dict[str, int])
         pc.index_in(joined["path"], value_set=paths)
     )
     return joined.append_column("file_id", file_id)
-
-
-SONG_IDS = ["song_id", "artist_id"]
 
 
 def song_key_table(song_keys: list[tuple]) -> pa.Table:
