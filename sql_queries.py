@@ -583,13 +583,16 @@ copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 
 # ---------------------------------------------------------------- merging a batch
 
+# The manifest's next file id (a bulk load takes its new log files' ids ahead: file_ids_take).
+_next_file_id = "nextval(pg_get_serial_sequence('load_manifest', 'file_id'))"
+
 # A file's first part in a batch writes its manifest row whole; a later part of a big file adds
 # its counts. loaded and duplicates of a log file are added once its plays are in.
-manifest_upsert = """
+manifest_upsert = f"""
 INSERT INTO load_manifest (file_id, path, kind, size_bytes, mtime_ns, etag, sha256, run_id,
                            records, loaded, skipped, duplicates, rejected)
 OVERRIDING SYSTEM VALUE
-SELECT coalesce(file_id, nextval(pg_get_serial_sequence('load_manifest', 'file_id'))),
+SELECT coalesce(file_id, {_next_file_id}),
        path, kind, size_bytes, mtime_ns, etag, sha256, %(run_id)s,
        records, loaded, skipped, 0, rejected
 FROM stage_manifest
@@ -674,15 +677,14 @@ RETURNING (k.was IS NULL)::integer - (p.song_id IS NULL)::integer"""
 # While songplays' and time's keys are set aside, a part's plays and instants are COPYed straight
 # into them, each play's song and file resolved by the parse worker before (as the merge below
 # resolves them; duplicates are settled before the keys come back, as for songplays_append).
-# The worker gets the song keys when the catalogue has at most SONG_KEYS_IN_MEMORY of them, and
-# each new log file's id, taken before it is read; past that, plays are staged and resolved here.
+# Once the run's song files are in, the worker gets the song keys, when the catalogue has at
+# most SONG_KEYS_IN_MEMORY of them, and each new log file's id, taken then (file_ids_take);
+# past that, plays are staged and resolved here.
 SONG_KEYS_IN_MEMORY = 2_000_000
 song_keys_read = f"""
 SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
 LIMIT %(limit)s"""
-file_ids_take = """
-SELECT nextval(pg_get_serial_sequence('load_manifest', 'file_id'))
-FROM generate_series(1, %(files)s)"""
+file_ids_take = f"SELECT {_next_file_id} FROM generate_series(1, %(files)s)"
 SONGPLAYS_COPY_COLUMNS = [
     "start_time",
     "user_id",
