@@ -121,8 +121,9 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
     """Stage the part and merge it, inside the batch's transaction (the caller's cursor). On
     Citus (distributed) plays are staged in a table sharded like songplays and merged on the
     workers, and the statements that Citus runs otherwise take their Citus form. Where a key is
-    set aside, its table is appended to, duplicates and all, until the key comes back."""
-    distributed = start.distributed
+    set aside, its table is appended to, duplicates and all, until the key comes back: straight
+    from the part (written, its plays resolved by the parse worker), or from the staging tables."""
+    distributed, written = start.distributed, part.appended is not None
     if part.index:
         cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
     cur.execute(sql.staging_time_zone)
@@ -177,7 +178,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                 settled = True
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        if "time" in part.copies:
+        if written:
             _copy(cur, "time", part.copies["time"])
         else:
             cur.execute(
@@ -190,7 +191,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         cur.execute(sql.users_update_citus if distributed else sql.users_update)
         cur.execute(sql.users_insert)
         merged, moved = {}, []
-        if part.appended is not None:
+        if written:
             _copy(cur, "songplays", part.copies["songplays"])
             merged = part.appended
         elif staged:
