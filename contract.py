@@ -118,8 +118,8 @@ class FilePart:
 class Part:
     """What one transaction receives at a time: COPY payloads per table, and the files they come
     from. A batch is one part, or several when one big file is read in parts; the batch's
-    transaction commits after its last part. The payloads go to staging tables (stage_*), or,
-    in a bulk load, straight into songplays and time: then appended holds, per file, the plays
+    transaction commits after its last part. The payloads go to staging tables (stage_*), and
+    in a bulk load the plays straight into songplays: then appended holds, per file, the plays
     written and how many of them were resolved to a song."""
 
     kind: Kind
@@ -135,9 +135,9 @@ class Part:
 # (title, artist name, duration, song_id, artist_id), one per (title, artist name, duration).
 SongKeys = list[tuple[str, str, float, str, str]]
 # What a bulk load hands the parse worker once its song files are loaded, for its plays to go
-# straight into songplays: the song keys (None: too many, resolved in the database) and the ids
-# taken for the new log files, by path.
-HandOver = tuple[SongKeys | None, dict[str, int]]
+# straight into songplays: the song keys and the ids taken for the new log files, by path. Any
+# other load hands over None: its plays are staged and merged.
+HandOver = tuple[SongKeys, dict[str, int]] | None
 
 
 @dataclasses.dataclass(frozen=True)

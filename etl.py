@@ -39,7 +39,7 @@ import db
 import extract
 import load
 import sql_queries as sql
-from contract import KINDS, Batch, HandOver, Limits, Loaded, Part
+from contract import KINDS, Batch, HandOver, Kind, Limits, Loaded, Part
 from extract import Listing, Source
 from report import Report, Tally
 
@@ -67,12 +67,12 @@ def prepare_module():
 class Preparer:
     """Every batch's parts, in order, prepared by worker processes (jobs > 0) while the database
     loads the current batch, or else here when asked. Each worker keeps at most one part
-    waiting, so memory stays bounded whatever the size of the input. In a bulk load (direct),
-    plays go straight into songplays once the song keys and the new log files' ids are handed
-    over (hand_over), after the run's song files are loaded."""
+    waiting, so memory stays bounded whatever the size of the input. Log parts are shaped once
+    what the run hands over after its song files are loaded has come (hand_over): in a bulk load,
+    what it takes to write the plays straight into songplays."""
 
-    def __init__(self, batches: list[Batch], limits: Limits, jobs: int, direct: bool):
-        self.batches, self.limits, self.direct = batches, limits, direct
+    def __init__(self, batches: list[Batch], limits: Limits, jobs: int):
+        self.batches, self.limits = batches, limits
         self.written: Callable = lambda: None  # prepare.DirectSource, once handed over
         self.workers, self.outboxes, self.inboxes = [], [], []
         if jobs <= 0:
@@ -81,7 +81,7 @@ class Preparer:
         for k in range(jobs):
             self.outboxes.append(context.Queue(maxsize=1))
             self.inboxes.append(context.Queue(maxsize=1))
-            args = (batches, k, jobs, limits, self.outboxes[k], self.inboxes[k], direct)
+            args = (batches, k, jobs, limits, self.outboxes[k], self.inboxes[k])
             self.workers.append(
                 context.Process(target=_worker, daemon=True, args=(*args, os.getpid()))
             )
@@ -89,9 +89,8 @@ class Preparer:
             worker.start()
 
     def hand_over(self, handed: HandOver) -> None:
-        """The song keys as the database has them once the run's song files are loaded (None:
-        the catalogue is too big, and plays are resolved in the database), and the ids taken
-        for the new log files."""
+        """In a bulk load, the song keys as the database has them once the run's song files are
+        loaded, and the ids taken for the new log files; None in any other load."""
         self.written = prepare_module().direct_once(lambda: handed)
         jobs = len(self.workers)
         for k, inbox in enumerate(self.inboxes):
@@ -123,12 +122,10 @@ class Preparer:
             inbox.cancel_join_thread()
 
 
-def _worker(
-    batches, k: int, jobs: int, limits: Limits, outbox, inbox, direct: bool, parent: int
-) -> None:
+def _worker(batches, k: int, jobs: int, limits: Limits, outbox, inbox, parent: int) -> None:
     _die_with(parent)
     try:
-        written = prepare_module().direct_once(inbox.get) if direct else None
+        written = prepare_module().direct_once(inbox.get)
         for batch in batches[k::jobs]:  # batch number n is worker n % jobs's
             for part in prepare_module().prepare(batch, limits, written):
                 outbox.put(part)
@@ -170,31 +167,26 @@ def _die_with(parent: int) -> None:
 # ======================================================== 3. load: one transaction per batch
 
 
-def load_batches(conn, start: load.RunStart, preparer: Preparer, progress: bool | None) -> Tally:
-    """Each kind's batches in turn, songs first: a bulk load's parse workers get the song keys
-    once the songs are in."""
-    tally, batches = Tally(), preparer.batches
-    for kind in KINDS:
-        numbers = [n for n, batch in enumerate(batches) if batch.kind == kind]
-        if not numbers:
-            continue
-        if kind == "log" and preparer.direct:
-            logs = [batches[n] for n in numbers]
-            preparer.hand_over((load.song_keys(conn), load.new_file_ids(conn, logs)))
-        with tqdm(
-            total=sum(len(batches[n].tasks) for n in numbers),
-            desc=f"{kind} files",
-            unit="file",
-            leave=False,
-            file=sys.stderr,
-            disable=None if progress is None else not progress,
-        ) as bar:
-            for number in numbers:
-                parts = preparer.parts(number)
-                for part, loaded in load_or_split(conn, start, preparer, batches[number], parts):
-                    tally.add(part, loaded)
-                bar.update(len(batches[number].tasks))
-    return tally
+def load_batches(
+    conn, start: load.RunStart, preparer: Preparer, kind: Kind, progress: bool | None
+) -> list[tuple[Part, Loaded]]:
+    """The kind's batches, each part with what loading it did."""
+    batches = preparer.batches
+    numbers = [n for n, batch in enumerate(batches) if batch.kind == kind]
+    done = []
+    with tqdm(
+        total=sum(len(batches[n].tasks) for n in numbers),
+        desc=f"{kind} files",
+        unit="file",
+        leave=False,
+        file=sys.stderr,
+        disable=None if progress is None or not numbers else not progress,
+    ) as bar:
+        for number in numbers:
+            parts = preparer.parts(number)
+            done += load_or_split(conn, start, preparer, batches[number], parts)
+            bar.update(len(batches[number].tasks))
+    return done
 
 
 def load_or_split(
@@ -264,34 +256,34 @@ def run(
     try:
         load.require_tables(conn)
         db.acquire_lock(conn)
-        # Keys an interrupted bulk load left out come back first (its duplicates removed), so
-        # that this run appends only where it sets the keys aside itself.
-        found_missing = load.restore_set_aside(conn, sql.KEYS_SET_ASIDE)
+        # The keys an interrupted bulk load left out are built first (its duplicates settled):
+        # a load merges with them in place, unless it is a bulk load itself.
+        found_missing = load.build_keys(conn)
+        if found_missing.failed:
+            raise db.DatabaseError(
+                "songplays' keys are missing (as an interrupted bulk load leaves them) and "
+                f"cannot be built back: {problems(found_missing.failed)[0]}; nothing was loaded"
+            )
         start = load.start_run(conn, described(data), full_refresh)
         plans = {
             kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
             for kind in KINDS
         }
         batches = [batch for kind in KINDS for batch in plans[kind].batches]
-        set_aside = load.set_aside_for_bulk_load(
-            conn,
-            sum(b.new_bytes for b in batches if b.kind == "log"),
-            start.distributed,
-            reloading=any(t.known_sha256 for b in batches if b.kind == "log" for t in b.tasks),
-        )
-        start = dataclasses.replace(start, missing=load.set_aside_missing(conn))
-        # A bulk load: its keys set aside, plays and instants go straight into their tables.
-        direct = {sql.PLAYS_KEY, sql.TIME_KEY} <= start.missing
         workers = min(default_jobs(batches, limits) if jobs is None else jobs, len(batches))
-        preparer = Preparer(batches, limits, workers, direct)
+        preparer = Preparer(batches, limits, workers)
         try:
-            tally = load_batches(conn, start, preparer, progress)
+            done = load_batches(conn, start, preparer, "song", progress)
+            # Songs first; then a first load of the logs is a bulk load: songplays' keys
+            # dropped, its plays resolved by the parse workers and written straight in.
+            handed = load.begin_bulk_load(conn, start, plans["log"].batches)
+            preparer.hand_over(handed)
+            done += load_batches(conn, start, preparer, "log", progress)
         finally:
             preparer.close()
-        for kind in KINDS:
-            tally.add_unchanged(kind, plans[kind].unchanged)
-        restored = load.restore_set_aside(conn, sql.BULK_SET_ASIDE, start.run_id, start.distributed)
-        tally.add_removed_duplicates(restored.duplicates, restored.duplicates_resolved)
+        tally = Tally.of(done, {kind: plans[kind].unchanged for kind in KINDS})
+        built = load.build_keys(conn, start.run_id)
+        tally.add_removed_duplicates(built.duplicates, built.duplicates_resolved)
         report = finish(
             conn,
             start,
@@ -299,9 +291,9 @@ def run(
             settings,
             data.root,
             started,
-            set_aside,
+            handed is not None,
             found_missing,
-            restored,
+            built,
             [path for kind in KINDS for path in plans[kind].ignored],
             [path for kind in KINDS for path in plans[kind].gone],
         )
@@ -310,6 +302,11 @@ def run(
     if out is not None:
         print("\n".join(report.lines()), file=out)
     return report
+
+
+def problems(failed: dict[str, str]) -> list[str]:
+    """What build_keys could not do, as the report names it: "key: why"."""
+    return [f"{name}: {why}" for name, why in failed.items()]
 
 
 def check_data(data: Source) -> dict[str, Listing]:
@@ -353,28 +350,26 @@ def finish(
     settings: db.Settings,
     data_dir: str,
     started: float,
-    set_aside: bool,
-    found_missing: load.Restored,
-    restored: load.Restored,
+    bulk: bool,
+    found_missing: load.Built,
+    built: load.Built,
     ignored: list[str],
     gone: list[str],
 ) -> Report:
     """Count, check and record the run's outcome."""
-    changed = tally.anything_loaded or bool(restored.added)
-    # Over every row when this run may have changed plays of files it did not load, or added
-    # keys back (their duplicates settled); on Citus, where a check cannot join the shards to
-    # the manifest per file.
+    changed = tally.anything_loaded or bool(built.built)
+    # Over every row when this run may have changed plays of files it did not load, or built
+    # keys (their duplicates settled); on Citus, where a check cannot join the shards to the
+    # manifest per file.
     every_row = (
-        start.distributed
-        or tally.other_plays_touched
-        or bool(restored.added or found_missing.added)
+        start.distributed or tally.other_plays_touched or bool(built.built or found_missing.built)
     )
     with db.managed_cursor(conn) as cur:
         counted = load.star_counts(cur, start.distributed)
         after = counted.rows if changed else start.before
         checked = (
             load.post_load_checks(cur, start.run_id, every_row)
-            if changed or found_missing.added
+            if changed or found_missing.built
             else None
         )
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
@@ -391,10 +386,10 @@ def finish(
             checks=checked and {name: bad for name, (bad, _) in checked.items()},
             checked={name: scope for name, (_, scope) in (checked or {}).items()},
             examples=examples,
-            set_aside=set_aside,
-            found_missing=found_missing.added,
-            restored=restored.added,
-            not_restored=restored.problems,
+            set_aside=bulk,
+            found_missing=found_missing.built,
+            restored=built.built,
+            not_restored=problems(built.failed),
             ignored=ignored,
             gone=gone,
         )
@@ -413,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         "  python etl.py --data data --strict --no-progress\n"
         "  python etl.py --json                           # the report as data (JSON)\n\n"
         "exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
-        "reconciliation failed, a key set aside for a bulk load could not be "
-        "added back, or --strict and records were rejected; 2 bad arguments; "
-        "3 database or data folder problem (an object store's included); 4 another load is "
-        "running",
+        "reconciliation failed, a key a bulk load dropped could not be built "
+        "back, or --strict and records were rejected; 2 bad arguments; "
+        "3 database or data folder problem (an object store's included, or songplays' keys "
+        "missing and impossible to build); 4 another load is running",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

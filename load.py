@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 import psycopg2
@@ -17,7 +16,7 @@ import psycopg2.extras
 
 import db
 import sql_queries as sql
-from contract import Batch, Kind, Loaded, Part, SongKeys
+from contract import Batch, HandOver, Kind, Loaded, Part
 
 # ================================================================ a run's bookkeeping
 
@@ -28,7 +27,6 @@ class RunStart:
     before: dict[str, int]
     known: dict[Kind, dict[str, tuple[int, int, str | None, str]]]  # size, mtime, etag, sha
     distributed: bool  # songplays is a Citus distributed table: plays merge on the workers
-    missing: frozenset[str] = frozenset()  # set-aside keys and indexes absent while it loads
 
 
 def require_tables(conn) -> None:
@@ -120,9 +118,9 @@ def post_load_checks(cur, run_id: int, every_row: bool) -> dict[str, tuple[int, 
 def load_part(cur, start: RunStart, part: Part) -> Loaded:
     """Stage the part and merge it, inside the batch's transaction (the caller's cursor). On
     Citus (distributed) plays are staged in a table sharded like songplays and merged on the
-    workers, and the statements that Citus runs otherwise take their Citus form. Where a key is
-    set aside, its table is appended to, duplicates and all, until the key comes back: straight
-    from the part (written, its plays resolved by the parse worker), or from the staging tables."""
+    workers, and the statements that Citus runs otherwise take their Citus form. In a bulk load
+    the part's plays go straight into songplays (written, resolved by the parse worker),
+    duplicates and all, settled before the keys are built back."""
     distributed, written = start.distributed, part.appended is not None
     if part.index:
         cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
@@ -131,7 +129,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         cur.execute(sql.citus_sequential)  # reference tables are written after the shards
     staged = 0
     for table, payload in part.copies.items():
-        if not payload or table in sql.DIRECT_COPIES:
+        if not payload or table == "songplays":
             continue
         cur.copy_expert(
             sql.stage_plays_copy_citus
@@ -178,27 +176,17 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                 settled = True
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        if written:
-            _copy(cur, "time", part.copies["time"])
-        else:
-            cur.execute(
-                sql.time_insert_citus
-                if distributed
-                else sql.time_append
-                if sql.TIME_KEY in start.missing
-                else sql.time_insert
-            )
+        cur.execute(sql.time_insert_citus if distributed else sql.time_insert)
         cur.execute(sql.users_update_citus if distributed else sql.users_update)
         cur.execute(sql.users_insert)
         merged, moved = {}, []
         if written:
-            _copy(cur, "songplays", part.copies["songplays"])
+            if part.copies["songplays"]:
+                cur.copy_expert(sql.songplays_copy, io.BytesIO(part.copies["songplays"]))
             merged = part.appended
         elif staged:
             merged, moved = (
-                _merge_plays_citus(cur, part, staged)
-                if distributed
-                else _merge_plays(cur, sql.PLAYS_KEY not in start.missing, staged)
+                _merge_plays_citus(cur, part, staged) if distributed else _merge_plays(cur, staged)
             )
         inserted = {path: n for path, (n, _) in merged.items()}
         resolved = sum(matched for _, matched in merged.values())
@@ -228,12 +216,6 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
     return Loaded(inserted, resolved, settled)
 
 
-def _copy(cur, table: str, payload: bytes) -> None:
-    """A payload straight into a star table (a bulk load's, its keys set aside)."""
-    if payload:
-        cur.copy_expert(sql.DIRECT_COPIES[table], io.BytesIO(payload))
-
-
 Merged = dict[str, tuple[int, int]]  # per path: plays inserted, of them resolved to a song
 
 
@@ -247,10 +229,10 @@ class Moved(NamedTuple):
     resolved: int  # of those plays, the ones resolved to a song
 
 
-def _merge_plays(cur, keyed: bool, staged: int) -> tuple[Merged, list[Moved]]:
+def _merge_plays(cur, staged: int) -> tuple[Merged, list[Moved]]:
     """The staged plays into songplays; when the merge skipped some (their key is stored), the
     copies of those keys are settled."""
-    cur.execute(sql.songplays_insert if keyed else sql.songplays_append)
+    cur.execute(sql.songplays_insert)
     merged = {path: (n, matched) for path, n, matched in cur.fetchall()}
     if sum(n for n, _ in merged.values()) == staged:
         return merged, []
@@ -292,134 +274,87 @@ def _settle(cur) -> list[Moved]:
 # ================================================================ bulk loads
 
 
-def song_keys(conn) -> SongKeys | None:
-    """The song keys, for the parse worker to resolve a bulk load's plays; None when the
-    catalogue has more than sql.SONG_KEYS_IN_MEMORY of them (the database resolves them)."""
+def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
+    """Make the run's logs a bulk load if they are a first load: on plain PostgreSQL, into an
+    empty songplays, every log file new, the song catalogue small enough to send to the parse
+    workers (sql.SONG_KEYS_IN_MEMORY keys). songplays' keys are dropped, and what the workers
+    need to write the plays straight in is returned: the song keys and the ids the log files
+    will have in the manifest, taken now, in order. None: the plays are merged with the keys in
+    place, as in every other load (also when another session holds songplays)."""
+    new = [t.path for b in logs for t in b.tasks if t.known_sha256 is None]
+    if start.distributed or not new or len(new) < sum(len(b.tasks) for b in logs):
+        return None
     with db.managed_cursor(conn) as cur:
+        cur.execute(sql.songplays_empty)
+        if not cur.fetchone()[0]:
+            return None
         cur.execute(sql.song_keys_read, {"limit": sql.SONG_KEYS_IN_MEMORY + 1})
-        keys = cur.fetchall()
-    return None if len(keys) > sql.SONG_KEYS_IN_MEMORY else keys
-
-
-def new_file_ids(conn, batches: list[Batch]) -> dict[str, int]:
-    """The ids the new files of the batches will have in the manifest, taken now, in order."""
-    new = [t.path for b in batches for t in b.tasks if t.known_sha256 is None]
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.file_ids_take, {"files": len(new)})
-        return dict(zip(new, (row[0] for row in cur.fetchall())))
-
-
-def set_aside_for_bulk_load(
-    conn, new_log_bytes: int, distributed: bool = False, reloading: bool = False
-) -> bool:
-    """Drop songplays' keys, foreign keys and file index, and time's key, when this run's new log
-    files are at least as big as the table: maintaining them row by row would cost more than
-    the insert. The keys stay on Citus, and when changed log files are to be loaded again (their
-    plays are taken back and merged with the keys in place). False when nothing is set aside: a
-    small load, or other sessions holding the tables (never interrupted)."""
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.songplays_size_citus if distributed else sql.songplays_size)
-        if new_log_bytes == 0 or new_log_bytes < cur.fetchone()[0]:
-            return False
-    what = "foreign keys" if distributed or reloading else "everything"
+        song_keys = cur.fetchall()
+    if len(song_keys) > sql.SONG_KEYS_IN_MEMORY:
+        return None
     try:
         with db.managed_cursor(conn) as cur:
-            cur.execute(sql.set_aside_lock_timeout)
-            if distributed:
-                cur.execute(sql.citus_sequential)
-            for drop in sql.SET_ASIDE_DROPS[what]:
+            cur.execute(sql.keys_lock_timeout)
+            for drop in sql.songplays_keys_drop:
                 cur.execute(drop)
+            cur.execute(sql.file_ids_take, {"files": len(new)})
+            return song_keys, dict(zip(new, (row[0] for row in cur.fetchall())))
     except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
-        return False
-    return True
+        return None
 
 
-def set_aside_missing(conn) -> frozenset[str]:
-    """The keys and indexes a bulk load sets aside that are absent now: this run's, or what an
-    interrupted run or a failed restore left out."""
+def keys_missing(conn) -> list[str]:
+    """songplays' keys that are absent: a bulk load's, or those of one that was interrupted or
+    could not build them back."""
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.set_aside_present, {"names": list(sql.BULK_SET_ASIDE)})
+        cur.execute(sql.songplays_keys_present, {"names": list(sql.SONGPLAYS_KEYS)})
         present = {row[0] for row in cur.fetchall()}
-    return frozenset(sql.BULK_SET_ASIDE) - present
+    return [name for name in sql.SONGPLAYS_KEYS if name not in present]
 
 
 @dataclasses.dataclass(frozen=True)
-class Restored:
-    """What restore_set_aside did: what came back, what could not (and why), and this run's
-    plays that lost to another copy before songplays' key came back (of them resolved to a
-    song)."""
+class Built:
+    """What build_keys did: the keys built, or the one that could not be (and why), and the
+    plays of the run's files that lost to another copy as the duplicates were settled (of them
+    resolved to a song)."""
 
-    added: list[str]
-    problems: list[str]
+    built: list[str]
+    failed: dict[str, str]  # key: why it could not be built (then none of them was)
     duplicates: int = 0
     duplicates_resolved: int = 0
 
 
-def restore_set_aside(
-    conn, names: Iterable[str], run_id: int | None = None, distributed: bool = False
-) -> Restored:
-    """Add back those of names (of sql.BULK_SET_ASIDE) that are missing, this run's or an
-    interrupted run's, each in its own transaction: every key is built and every foreign key
-    checked over the whole table in one pass. A key that duplicates keep from coming back has
-    them settled first, in the same transaction (the copy of the file first in path order stays,
-    as with the key in place; the plays of run_id's files that lost are counted). What could not
-    come back stays missing for the next run to try again."""
-    missing = set_aside_missing(conn) & set(names)
-    added, problems, removed = [], [], (0, 0)
-    for name, (create, _) in sql.BULK_SET_ASIDE.items():
-        if name not in missing:
-            continue
-        needed = sql.SET_ASIDE_NEEDS.get(name)
-        if needed in missing and needed not in added:
-            problems.append(f"{name}: it needs {needed}, which is not back")
-            continue
-        try:
-            with db.managed_cursor(conn) as cur:
-                cur.execute(sql.restore_lock_timeout)
-                cur.execute(sql.restore_savepoint)
-                try:
-                    cur.execute(create)
-                    removed_here = (0, 0)
-                except psycopg2.errors.UniqueViolation:
-                    if name not in (sql.PLAYS_KEY, sql.TIME_KEY):
-                        raise
-                    cur.execute(sql.restore_rollback_to_savepoint)
-                    removed_here = _remove_duplicates(cur, name, run_id)
-                    cur.execute(create)
-        except psycopg2.errors.LockNotAvailable:
-            problems.append(f"{name}: another session kept a conflicting lock on its tables")
-        except psycopg2.errors.DeadlockDetected:
-            problems.append(f"{name}: it deadlocked with another session's writes")
-        except psycopg2.IntegrityError as exc:
-            problems.append(f"{name}: {db.first_line(exc)}")
-        else:
-            added.append(name)
-            if name == sql.PLAYS_KEY:
-                removed = removed_here
-    if added:
-        try:
-            with db.managed_cursor(conn) as cur:
-                cur.execute(sql.restore_lock_timeout)
-                if distributed:
-                    cur.execute(sql.citus_sequential)  # songplays' shards, then time's
-                cur.execute(sql.analyze_after_bulk_load)
-        except psycopg2.errors.LockNotAvailable:
-            pass  # statistics only: autovacuum will gather them
-    return Restored(added, problems, *removed)
-
-
-def _remove_duplicates(cur, key: str, run_id: int | None) -> tuple[int, int]:
-    """What keeps the key from coming back: plays or instants loaded twice. Returns the plays of
-    run_id's files that lost to another copy, and of them those resolved to a song ((0, 0) for
-    time)."""
-    if key == sql.TIME_KEY:
-        cur.execute(sql.time_duplicates_remove)
-        return (0, 0)
-    _create_staging(cur)  # at a run's start, before start_run
-    cur.execute(sql.plays_duplicated_keys)
-    moved = _settle(cur)
-    cur.execute(sql.users_refresh)
-    cur.execute(sql.users_delete_orphans)
-    cur.execute(sql.time_delete_orphans)
-    ours = [move for move in moved if move.run_id == run_id]
-    return (-sum(move.plays for move in ours), -sum(move.resolved for move in ours))
+def build_keys(conn, run_id: int | None = None) -> Built:
+    """Build back songplays' missing keys, in one transaction: the plays written twice are
+    settled first (songplays keeps the copy of the file first in path order, as the key in place
+    does; run_id's plays that lost are counted), then every key is built and every foreign key
+    checked over the whole table, in one pass each. If one cannot be built, none is, and they
+    stay missing for the next run to build."""
+    missing = keys_missing(conn)
+    if not missing:
+        return Built([], {})
+    name, ours = missing[0], []
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql.keys_lock_timeout)
+            if db.distributed(cur):
+                cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
+            _create_staging(cur)  # at a run's start, before start_run
+            cur.execute(sql.plays_duplicated_keys)
+            if cur.rowcount:
+                ours = [move for move in _settle(cur) if move.run_id == run_id]
+                cur.execute(sql.users_refresh)
+                cur.execute(sql.users_delete_orphans)
+                cur.execute(sql.time_delete_orphans)
+            for name in missing:
+                cur.execute(sql.SONGPLAYS_KEYS[name][0])
+            cur.execute(sql.analyze_after_bulk_load)
+    except psycopg2.errors.LockNotAvailable:
+        return Built([], {name: "another session kept a conflicting lock on its tables"})
+    except psycopg2.errors.DeadlockDetected:
+        return Built([], {name: "it deadlocked with another session's writes"})
+    except psycopg2.IntegrityError as exc:
+        return Built([], {name: db.first_line(exc)})
+    return Built(
+        missing, {}, -sum(move.plays for move in ours), -sum(move.resolved for move in ours)
+    )

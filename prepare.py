@@ -1,5 +1,5 @@
 """Prepare: a batch's files in, COPY payloads out, in parts of bounded size: for the staging
-tables, or, in a bulk load, straight for songplays and time.
+tables, and in a bulk load the plays straight for songplays.
 
 This is what the parse worker runs: extract reads the files, parse parses them, transform
 judges and shapes the records; each part carries its files' counts for the manifest and the
@@ -51,13 +51,16 @@ DirectSource = Callable[[], "Direct | None"]
 
 def direct_once(fetch: Callable[[], HandOver]) -> DirectSource:
     """What the run hands over once its song files are loaded (from the database, or through a
-    queue from the run), fetched and converted on first use, then kept; None: the catalogue is
-    too big to send, and plays are resolved in the database."""
+    queue from the run), fetched and converted on first use, then kept; None: no bulk load, and
+    plays are staged and merged."""
 
     @functools.cache
     def direct() -> Direct | None:
-        song_keys, file_ids = fetch()
-        return None if song_keys is None else Direct(transform.song_key_table(song_keys), file_ids)
+        handed = fetch()
+        if handed is None:
+            return None
+        song_keys, file_ids = handed
+        return Direct(transform.song_key_table(song_keys), file_ids)
 
     return direct
 
@@ -119,7 +122,7 @@ def shape(
     direct: DirectSource | None = None,
 ) -> Part:
     """Judge the chunks' records, shape the good ones into rows (of the staging tables, or of
-    songplays and time when direct gives what that takes), count per file."""
+    songplays when direct gives what that takes), count per file."""
     fields = FIELDS[kind]
     objects = [o for c in chunks for o in c.objects]
     records = Records.combined(
@@ -167,18 +170,17 @@ def shape(
 def play_copies(
     rows: pa.Table, direct: Direct | None
 ) -> tuple[dict[str, bytes], dict[str, tuple[int, int]] | None]:
-    """The COPY payloads of a part's plays, their users and their instants: straight into
-    songplays and time when direct has the ids of all their files (with the plays and the
-    resolved per file), else into the staging tables (None)."""
-    copies = {"stage_users": stage_csv("stage_users", transform.users_table(rows))}
-    instants = transform.time_table(rows)
-    if direct is None or not set(pc.unique(rows["path"]).to_pylist()) <= direct.file_ids.keys():
-        copies["stage_plays"] = stage_csv("stage_plays", rows)
-        copies["stage_time"] = stage_csv("stage_time", instants)
-        return copies, None
+    """The COPY payloads of a part's plays, their users and their instants: the plays straight
+    into songplays in a bulk load (direct; with the plays and the resolved per file), else into
+    the staging tables (None)."""
+    copies = {
+        "stage_users": stage_csv("stage_users", transform.users_table(rows)),
+        "stage_time": stage_csv("stage_time", transform.time_table(rows)),
+    }
+    if direct is None:
+        return {**copies, "stage_plays": stage_csv("stage_plays", rows)}, None
     songplays = transform.songplay_rows(rows, direct.song_keys, direct.file_ids)
     copies["songplays"] = transform.render_csv(songplays, sql.SONGPLAYS_COPY_COLUMNS)
-    copies["time"] = transform.render_csv(instants, sql.TIME_COPY_COLUMNS)
     return copies, transform.per_path_resolved(songplays)
 
 

@@ -13,12 +13,8 @@ COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
 GONE_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "unreadable")
-# What a bulk load sets aside, named whole: on one server, and on Citus (where the keys stay).
-SET_ASIDE_NAMES = {
-    tuple(sql.BULK_SET_ASIDE): "the keys of songplays and time, songplays' foreign keys and "
-    "file_id index",
-    tuple(sql.SONGPLAYS_SET_ASIDE): "songplays' foreign keys and file_id index",
-}
+# What a bulk load drops and builds back, named whole.
+KEYS_NAMED = {tuple(sql.SONGPLAYS_KEYS): "songplays' keys, foreign keys and file_id index"}
 
 
 @dataclasses.dataclass
@@ -34,6 +30,16 @@ class Tally:
     file_problems: int = 0
     resolved_plays: int = 0
     settled: bool = False  # copies of a play were settled: other files' plays may have moved
+
+    @classmethod
+    def of(cls, done: list[tuple[Part, Loaded]], unchanged: dict[str, int]) -> Tally:
+        """The tally of the parts loaded, with the files found unchanged per kind."""
+        tally = cls()
+        for part, loaded in done:
+            tally.add(part, loaded)
+        for kind, n in unchanged.items():
+            tally.files[kind]["unchanged"] = tally.files[kind].get("unchanged", 0) + n
+        return tally
 
     def add(self, part: Part, loaded: Loaded) -> None:
         files, counts = self.files[part.kind], self.counts[part.kind]
@@ -52,14 +58,11 @@ class Tally:
         self.settled = self.settled or loaded.settled
 
     def add_removed_duplicates(self, plays: int, resolved: int) -> None:
-        """Plays loaded while songplays' key was set aside, removed as duplicates before it came
-        back: they count as duplicates, not loaded."""
+        """Plays a bulk load wrote that lost to another copy as its keys were built back: they
+        count as duplicates, not loaded."""
         self.counts["log"]["loaded"] -= plays
         self.counts["log"]["duplicates"] += plays
         self.resolved_plays -= resolved
-
-    def add_unchanged(self, kind: str, n: int) -> None:
-        self.files[kind]["unchanged"] = self.files[kind].get("unchanged", 0) + n
 
     def reconciles(self, kind: str) -> bool:
         """Records read = loaded + skipped by design + duplicates + rejected."""
@@ -96,10 +99,10 @@ class Report:
     resolved_total: int
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
     examples: list[tuple]  # (path, line, reason) of the first rejects
-    set_aside: bool  # songplays' keys were set aside for this bulk load
-    found_missing: list[str]  # keys an interrupted bulk load left out, added back first
-    restored: list[str]  # set-aside keys added back at the end of this run
-    not_restored: list[str]  # those that could not come back, and why
+    set_aside: bool  # a bulk load: songplays' keys were dropped while it loaded
+    found_missing: list[str]  # keys an interrupted bulk load left out, built first
+    restored: list[str]  # keys built back at the end of this run
+    not_restored: list[str]  # "key: why" it could not be built back (then none was)
     ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
     gone: list[str] = dataclasses.field(default_factory=list)  # loaded before, not there now
     checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
@@ -118,7 +121,6 @@ class Report:
     def as_dict(self, strict: bool) -> dict:
         """The report as data (etl.py --json): every number lines() states, by name."""
         t = self.tally
-        restored = self.restored
         return {
             "run_id": self.run_id,
             "data": path_text(str(self.data_dir)),
@@ -143,9 +145,9 @@ class Report:
                 "this_run": t.resolved_plays,
             },
             "keys": {
-                "set_aside": self.set_aside and bool(restored),
+                "set_aside": self.set_aside,
                 "found_missing": self.found_missing,
-                "restored": restored,
+                "restored": self.restored,
                 "not_restored": dict(p.split(": ", 1) for p in self.not_restored),
             },
             "rejected": {
@@ -238,16 +240,16 @@ class Report:
         found = [self.found_missing] + ([] if self.set_aside else [self.restored])
         for names in filter(None, found):
             out.append(
-                f"  added back {_named(names)}, found missing (as an interrupted "
-                "bulk load leaves them); checked over every row"
+                f"  built {_named(names)}, found missing (as an interrupted bulk load "
+                "leaves them); checked over every row"
             )
         if self.set_aside and self.restored:
             out.append(
-                f"  bulk load: set {_named(self.restored)} aside while loading; back now, "
+                f"  bulk load: dropped {_named(self.restored)} while loading; built back, "
                 "checked over every row"
             )
         out += [
-            f"  NOT added back, the next run tries again: {problem}"
+            f"  NOT built back, the next run builds them first: {problem}"
             for problem in self.not_restored
         ]
         return out
@@ -260,4 +262,4 @@ def _where(data_dir: str, path: str) -> str:
 
 
 def _named(names: list[str]) -> str:
-    return SET_ASIDE_NAMES.get(tuple(names), ", ".join(names))
+    return KEYS_NAMED.get(tuple(names), ", ".join(names))

@@ -61,10 +61,8 @@ CREATE TABLE songplays (
     song_title      text NOT NULL,
     artist_name     text,
     song_length     numeric,
-    file_id         bigint NOT NULL,
-    PRIMARY KEY (user_id, songplay_id),  -- user_id first: Citus keeps a user's plays together
-    UNIQUE (user_id, session_id, item_in_session)
-)"""  # its foreign keys: SONGPLAYS_SET_ASIDE, below
+    file_id         bigint NOT NULL
+)"""  # its keys (user_id first: Citus keeps a user's plays together): SONGPLAYS_KEYS, below
 
 songplays_index_user_time = "CREATE INDEX songplays_user_time ON songplays (user_id, start_time)"
 
@@ -93,23 +91,15 @@ CREATE TABLE songplay_copies (
 songplay_copies_index_file = "CREATE INDEX songplay_copies_file ON songplay_copies (file_id)"
 songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 
-# ---------------------------------------------------------------- schema: set aside in a bulk load
-# PostgreSQL's "Populating a Database" advice: a key or foreign key maintained row by row costs
-# about as much as the insert itself, while building it afterwards takes one sort or one join.
-# etl.py drops these before a load whose new log files are at least as big as songplays is on
-# disk, and adds them back at its end (or at the end of the next run, if that load was killed).
-# name: (create, drop), in the order they come back (a foreign key needs the key it references);
-# they are dropped in the reverse order. songplays_user_time stays: the users merge reads it.
-
-# The keys that make the merge skip duplicates as they come. While they are away plays and
-# instants are appended (DIRECT_COPIES, or songplays_append and time_append from the staging
-# tables), and duplicates are settled before their key comes back (plays_duplicated_keys and
-# settle_queries, time_duplicates_remove). On Citus they stay.
-KEYS_SET_ASIDE = {
-    "time_pkey": (
-        "ALTER TABLE time ADD CONSTRAINT time_pkey PRIMARY KEY (start_time)",
-        "ALTER TABLE time DROP CONSTRAINT IF EXISTS time_pkey",
-    ),
+# ---------------------------------------------------------------- schema: songplays' keys
+# Everything on songplays that a load maintains row by row and does not read, in the order it is
+# built (a bulk load drops it in the reverse order). create_tables.py adds it once the tables are
+# placed (on Citus too). A bulk load, a first load into an empty songplays, writes its plays with
+# all of it dropped and builds it back at its end in one transaction: PostgreSQL's "Populating a
+# Database" advice (a key or foreign key maintained row by row costs about as much as the insert
+# itself; built afterwards it takes one sort or one join). songplays_user_time stays: the users
+# merge reads it. time keeps its key: its instants are merged as in any load.
+SONGPLAYS_KEYS = {
     "songplays_pkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_pkey PRIMARY KEY (user_id, songplay_id)",
         "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_pkey",
@@ -120,11 +110,6 @@ KEYS_SET_ASIDE = {
         "ALTER TABLE songplays "
         "DROP CONSTRAINT IF EXISTS songplays_user_id_session_id_item_in_session_key",
     ),
-}
-PLAYS_KEY = "songplays_user_id_session_id_item_in_session_key"
-TIME_KEY = "time_pkey"
-
-SONGPLAYS_SET_ASIDE = {
     "songplays_file": (  # used only when a changed log file is loaded again
         "CREATE INDEX songplays_file ON songplays (file_id)",
         "DROP INDEX IF EXISTS songplays_file",
@@ -150,51 +135,32 @@ SONGPLAYS_SET_ASIDE = {
         "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_artist_id_fkey",
     ),
 }
-BULK_SET_ASIDE = {**KEYS_SET_ASIDE, **SONGPLAYS_SET_ASIDE}
-# What a bulk load drops, in order: everything, or only the foreign keys and the file index
-# (on Citus, where the merge on the shards reads songplays' primary key; or when changed log files
-# are reloaded, whose plays are taken back and merged again with the keys in place).
-SET_ASIDE_DROPS = {
-    "everything": [drop for _, drop in reversed(BULK_SET_ASIDE.values())],
-    "foreign keys": [drop for _, drop in reversed(SONGPLAYS_SET_ASIDE.values())],
-}
-# A foreign key comes back only once the key it references is back.
-SET_ASIDE_NEEDS = {"songplays_start_time_fkey": TIME_KEY}
+songplays_keys_create = [create for create, _ in SONGPLAYS_KEYS.values()]
+songplays_keys_drop = [drop for _, drop in reversed(SONGPLAYS_KEYS.values())]
 
-# The plays a bulk load appended more than once, while the key was away: settle_queries keeps the
-# copy of the file first in path order, as a load with the key in place does. A whole-table sort:
-# it runs only when the key cannot come back as it is.
-plays_duplicated_keys = """
-INSERT INTO stage_keys (user_id, session_id, item_in_session)
-SELECT user_id, session_id, item_in_session FROM songplays
-GROUP BY user_id, session_id, item_in_session HAVING count(*) > 1"""
-
-# Instants are the same row wherever they come from: one of each stays.
-time_duplicates_remove = """
-DELETE FROM time t USING time u WHERE t.start_time = u.start_time AND t.ctid > u.ctid"""
-
-set_aside_present = """
+songplays_keys_present = """
 SELECT n FROM unnest(%(names)s::text[]) AS n
 WHERE to_regclass(n) IS NOT NULL
    OR EXISTS (SELECT 1 FROM pg_constraint c
               WHERE c.conrelid = 'songplays'::regclass AND c.conname = n)"""
 
-songplays_size = "SELECT pg_table_size('songplays')"
-songplays_size_citus = "SELECT citus_table_size('songplays')"  # pg_table_size: the empty shell
+# A bulk load is a first load: no play loaded yet, and no copy of one.
+songplays_empty = """
+SELECT NOT EXISTS (SELECT FROM songplays) AND NOT EXISTS (SELECT FROM songplay_copies)"""
 
-# A session still reading songplays (a notebook inside a transaction) would make the drop wait:
-# after this long the load goes on with everything in place instead.
-set_aside_lock_timeout = "SET LOCAL lock_timeout = '3s'"
+# Dropping or building the keys waits this long for other sessions (a notebook holding songplays
+# in an open transaction), then gives up: the load goes on with the keys in place, or leaves them
+# to be built by the next run.
+keys_lock_timeout = "SET LOCAL lock_timeout = '3s'"
 
-# Adding a key back waits for other sessions' open writes to its tables, but not forever: past
-# this, it is left for the next run.
-restore_lock_timeout = "SET LOCAL lock_timeout = '30s'"
+# The plays a bulk load wrote more than once (files that share plays), found before the keys are
+# built: settle_queries keeps the copy of the file first in path order, as the key in place does.
+plays_duplicated_keys = """
+INSERT INTO stage_keys (user_id, session_id, item_in_session)
+SELECT user_id, session_id, item_in_session FROM songplays
+GROUP BY user_id, session_id, item_in_session HAVING count(*) > 1"""
 
-analyze_after_bulk_load = "ANALYZE songplays, time, users"
-
-# A key that duplicates keep from coming back: back to before its build, remove them, build again.
-restore_savepoint = "SAVEPOINT restore_key"
-restore_rollback_to_savepoint = "ROLLBACK TO SAVEPOINT restore_key"
+analyze_after_bulk_load = "ANALYZE songplays, users"
 
 # ---------------------------------------------------------------- schema: load bookkeeping
 
@@ -319,8 +285,9 @@ SELECT t, 0, 0 FROM unnest(%(tables)s::text[]) AS t"""
 
 row_counts_read = "SELECT table_name, row_count, resolved FROM row_counts"
 
-# Parents before children, so that each foreign key finds its table. songplays' own foreign
-# keys and file index come last (songplays_keys_create), after the tables are placed on Citus.
+# Parents before children, so that each foreign key finds its table. songplays' own keys,
+# foreign keys and file index come last (songplays_keys_create), after the tables are placed on
+# Citus.
 create_table_queries = [
     load_runs_table_create,
     load_manifest_table_create,
@@ -336,7 +303,6 @@ create_table_queries = [
     songs_index_artist,
     row_counts_table_create,
 ]
-songplays_keys_create = [create for create, _ in SONGPLAYS_SET_ASIDE.values()]
 
 TABLES = [
     "songplays",
@@ -674,12 +640,11 @@ WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
 RETURNING (k.was IS NULL)::integer - (p.song_id IS NULL)::integer"""
 
 # ---------------------------------------------------------------- a bulk load's plays, written once
-# While songplays' and time's keys are set aside, a part's plays and instants are COPYed straight
-# into them, each play's song and file resolved by the parse worker before (as the merge below
-# resolves them; duplicates are settled before the keys come back, as for songplays_append).
-# Once the run's song files are in, the worker gets the song keys, when the catalogue has at
-# most SONG_KEYS_IN_MEMORY of them, and each new log file's id, taken then (file_ids_take);
-# past that, plays are staged and resolved here.
+# With songplays' keys dropped, a part's plays are COPYed straight into songplays, each play's
+# song and file resolved by the parse worker before (as the merge below resolves them). Once the
+# run's song files are in, the worker gets the song keys and each new log file's id, taken then
+# (file_ids_take). A catalogue of more than SONG_KEYS_IN_MEMORY song keys is not sent: the load
+# is then no bulk load, and the merge below resolves its plays here, with the keys in place.
 SONG_KEYS_IN_MEMORY = 2_000_000
 song_keys_read = f"""
 SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
@@ -703,17 +668,14 @@ SONGPLAYS_COPY_COLUMNS = [
     "song_length",
     "file_id",
 ]
-TIME_COPY_COLUMNS = ["start_time", "hour", "day", "week", "month", "year", "weekday"]
-DIRECT_COPIES = {
-    table: f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
-    for table, columns in [("songplays", SONGPLAYS_COPY_COLUMNS), ("time", TIME_COPY_COLUMNS)]
-}
+songplays_copy = (
+    f"COPY songplays ({', '.join(SONGPLAYS_COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+)
 
-time_append = """
+time_insert = """
 INSERT INTO time (start_time, hour, day, week, month, year, weekday)
-SELECT start_time, hour, day, week, month, year, weekday FROM stage_time"""
-
-time_insert = time_append + "\nON CONFLICT (start_time) DO NOTHING"
+SELECT start_time, hour, day, week, month, year, weekday FROM stage_time
+ON CONFLICT (start_time) DO NOTHING"""
 
 # On Citus, rows written with ON CONFLICT into a reference table travel as intermediate results
 # to every node and are merged there: five times slower than a plain insert, which is copied
@@ -806,10 +768,9 @@ WHERE u.user_id = p.user_id
       (p.first_name, p.last_name, p.gender, p.level)"""
 
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
-# songplays_insert skips a play whose key is loaded already (fewer inserted than staged: the
-# copies are then settled, settle_queries); songplays_append, for when that key is set aside,
-# inserts them all (they are settled before the key comes back).
-_songplays_merge_select = f"""
+# A play whose key is loaded already is skipped (fewer inserted than staged: the copies are then
+# settled, settle_queries).
+songplays_insert = f"""
 WITH song_keys AS ({_song_keys}
 ), inserted AS (
     INSERT INTO songplays (start_time, user_id, level, first_name, last_name, gender, song_id,
@@ -821,19 +782,13 @@ WITH song_keys AS ({_song_keys}
     FROM stage_plays p
     JOIN load_manifest m ON m.path = p.path
     LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
-                         AND k.duration = p.song_length"""
-_songplays_merge_counts = """
+                         AND k.duration = p.song_length
+    ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING
     RETURNING file_id, song_id
 )
 SELECT m.path, count(*), count(i.song_id)
 FROM inserted i JOIN load_manifest m USING (file_id)
 GROUP BY m.path"""
-songplays_insert = (
-    _songplays_merge_select
-    + "\n    ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING"
-    + _songplays_merge_counts
-)
-songplays_append = _songplays_merge_select + _songplays_merge_counts
 
 # The same merge on Citus, from stage_plays_citus: on each shard, on its worker. Such a pushed-down
 # INSERT ... SELECT may not call a volatile function (songplay_id was taken as rows were staged),
@@ -1059,9 +1014,9 @@ ORDER BY reject_id LIMIT %(limit)s"""
 
 # ---------------------------------------------------------------- post-load checks
 # Each returns the number of offending rows; zero passes. Most of what they check, a constraint
-# of the schema guarantees for every row while it is in place and validated (a bulk load sets
-# songplays' keys and foreign keys aside, and restore_set_aside builds or validates them over
-# every row when they come back): such a check is answered by its constraints, and runs over
+# of the schema guarantees for every row while it is in place and validated (a bulk load drops
+# songplays' keys and foreign keys, and load.build_keys builds and validates them over every row
+# at its end): such a check is answered by its constraints, and runs over
 # every row only when one of them is missing. What no constraint says runs over this run's plays
 # (the plays of the log files this run loaded, found through songplays_file), or over every row
 # when the run may have changed other plays: it loaded song files (plays are resolved again) or

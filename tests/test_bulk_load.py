@@ -1,8 +1,8 @@
-"""Bulk loads: the keys of songplays and time, songplays' foreign keys and file index are set
-aside for a big load and come back as created, with the duplicates loaded meanwhile removed as
-the keys would have skipped them; a load backs off (keys in place) rather than wait on other
-sessions or deadlock with them, and a key that cannot come back fails the run naming it, for the
-next run to add back."""
+"""Bulk loads: a first load into an empty songplays drops its keys, foreign keys and file index
+and builds them back as created, with the plays written twice settled as the keys would have
+skipped them; a load backs off (keys in place) rather than wait on other sessions or deadlock
+with them; keys that cannot be built back fail the run naming the key, and the next run builds
+them before it loads anything, or stops, naming it."""
 
 from __future__ import annotations
 
@@ -34,13 +34,12 @@ from conftest import counts, query, run_script, schema_objects, table_contents
 from summary import ALL_SET_ASIDE, CHECKS_PASSED, Counts, parse_summary
 
 import db
-import sql_queries
-from cli import EXIT_FAILED, EXIT_OK
+from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_OK
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
 
-def test_first_load_sets_foreign_keys_aside_and_restores_them_as_created(data):
+def test_first_load_drops_songplays_keys_and_builds_them_back_as_created(data):
     created = schema_objects()
     summary = parse_summary(etl(data).stdout)
     assert summary.set_aside and summary.added_back == ALL_SET_ASIDE
@@ -53,8 +52,7 @@ def test_first_load_sets_foreign_keys_aside_and_restores_them_as_created(data):
         )
 
 
-# Skipped events, over 1 MB: a file holding them is a batch of its own in --batch-mb 1, and
-# outweighs the base sample's songplays (a bulk load).
+# Skipped events, over 1 MB: a file holding them is a batch of its own in --batch-mb 1.
 PADDING = [other_page(0, "Home")] * 3500
 
 
@@ -84,8 +82,9 @@ def with_songplays_held(action):
 @pytest.mark.parametrize("seed", range(3))
 def test_bulk_load_keeps_what_the_keys_would_have_kept(data, seed):
     """Generated files full of repeated plays and instants, within and across files: a bulk
-    load (keys set aside, duplicates removed before they come back) leaves the same star, the
-    same songplay_ids, manifest and summary counts as a load with every key in place."""
+    load (keys dropped, plays written twice settled before they are built back) leaves the same
+    star, the same songplay_ids, manifest and summary counts as a load with every key in
+    place."""
     rng = random.Random(seed)
     created = schema_objects()
     repeats_within_files = 0
@@ -96,7 +95,7 @@ def test_bulk_load_keeps_what_the_keys_would_have_kept(data, seed):
         write(data, f"log_data/2018/12/{name}.json", lines(*plays, *PADDING))
     bulk = etl(data, *SMALL_BATCHES)
     assert parse_summary(bulk.stdout).added_back == ALL_SET_ASIDE
-    # plays repeated across files reached songplays, and were removed as the key came back
+    # plays repeated across files reached songplays, and were settled as the key was built
     assert parse_summary(bulk.stdout).records["log"].duplicates > repeats_within_files
     assert query("SELECT count(*) - count(DISTINCT start_time) FROM time") == [(0,)]
     outcome = load_outcome(bulk)
@@ -108,23 +107,24 @@ def test_bulk_load_keeps_what_the_keys_would_have_kept(data, seed):
     assert schema_objects() == created
 
 
-def test_keys_found_missing_come_back_before_the_run_loads(data):
-    """Keys left out (as by an interrupted bulk load) come back before a small run loads: its
-    play and instant loaded before are skipped as with every key in place, and the foreign key
-    comes back at its end."""
+def test_keys_found_missing_are_built_before_the_run_loads(data):
+    """Keys left out (as by an interrupted bulk load) are built before a small run loads: its
+    play loaded before is skipped as with every key in place."""
     created = schema_objects()
     write(data, "log_data/2018/12/a.json", lines(event(1), event(2)))
     etl(data)
     query(
         "ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey;"
         "ALTER TABLE songplays DROP CONSTRAINT songplays_user_id_session_id_item_in_session_key;"
-        "ALTER TABLE time DROP CONSTRAINT time_pkey; SELECT 1"
+        "SELECT 1"
     )
     write(data, "log_data/2018/12/b.json", lines(event(2), event(3), event(2, ts=T0 + 9000)))
     summary = parse_summary(etl(data).stdout)
-    assert not summary.set_aside
-    assert summary.found_missing == {"time_pkey", sql_queries.PLAYS_KEY}
-    assert summary.restored == {"songplays_start_time_fkey"}
+    assert not summary.set_aside and not summary.restored
+    assert summary.found_missing == {
+        "songplays_start_time_fkey",
+        "songplays_user_id_session_id_item_in_session_key",
+    }
     assert summary.records["log"] == Counts(3, 1, duplicates=2)
     assert summary.resolved[2] == 1  # event(3): the two removed resolved too
     assert summary.rows["songplays"] == (1, BASE["songplays"] + 3)
@@ -163,7 +163,7 @@ def test_a_bulk_load_killed_after_appending_duplicates_resumes_to_the_same_star(
     assert repeated == 2
 
     summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
-    assert summary.found_missing == set(sql_queries.KEYS_SET_ASIDE)  # first, then the rest
+    assert summary.found_missing == ALL_SET_ASIDE and not summary.restored
     assert (table_contents(), manifest()) == uninterrupted
     assert manifest()["log_data/2018/12/b.json"] == Counts(3505, 3, 3500, 2, 0)
 
@@ -202,16 +202,16 @@ def test_plays_a_bulk_load_appended_twice_keep_a_copy_for_when_the_first_file_sh
     assert table_contents() == incremental
 
 
-def test_a_bulk_load_that_reloads_a_changed_file_keeps_the_keys(data):
-    """New files outweigh songplays, but a changed file is loaded again: only the foreign keys
-    and the index are set aside. The play the new file repeats is the new file's, which sorts
-    first, as a fresh load of the folder has it; the changed file keeps a copy."""
+def test_a_load_that_reloads_a_changed_file_next_to_a_big_new_one_keeps_the_keys(data):
+    """Plays are loaded already (not a first load), so however big the new file, the keys stay.
+    The play the new file repeats is the new file's, which sorts first, as a fresh load of the
+    folder has it; the changed file keeps a copy."""
     write(data, "log_data/2018/12/b.json", lines(event(1), event(2)))
     etl(data)
     write(data, "log_data/2018/12/b.json", lines(event(1), event(2), event(3)))
     write(data, "log_data/2018/12/a.json", lines(event(2, level="free"), *PADDING))
     summary = parse_summary(etl(data, *SMALL_BATCHES).stdout)
-    assert summary.set_aside and summary.added_back == set(sql_queries.SONGPLAYS_SET_ASIDE)
+    assert summary.keys_left_alone
     assert manifest()["log_data/2018/12/a.json"] == Counts(3501, 1, 3500, 0, 0)
     assert manifest()["log_data/2018/12/b.json"] == Counts(3, 2, 0, 1, 0)
     assert query(
@@ -266,51 +266,63 @@ def test_load_goes_on_with_keys_in_place_when_setting_them_aside_would_deadlock(
     assert counts() == BASE
 
 
-def test_foreign_key_that_would_deadlock_coming_back_is_left_for_the_next_run(data):
+def test_keys_that_would_deadlock_being_built_stop_the_run_before_it_loads(data):
     """A writer that touched time then writes songplays, while the load holds songplays and
-    waits for time to add a key back: the load names the key and fails with its summary, and
-    the next run adds the key back."""
+    waits for time to build a missing foreign key: the load stops before loading anything,
+    naming the key, and the next run builds it."""
     created = schema_objects()
     etl(data)
+    before = table_contents()
     query("ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey; SELECT 1")
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
     done = load_into_a_deadlock(
         data, "INSERT INTO time SELECT * FROM time LIMIT 0", "LOCK songplays IN ROW EXCLUSIVE MODE"
     )
-    summary = parse_summary(expect(done, EXIT_FAILED).stdout)
-    assert summary.not_added_back == {
-        "songplays_start_time_fkey": "it deadlocked with another session's writes"
-    }
-    assert summary.added_back == set()
-    assert last_run_status() == "failed"
+    assert expect(done, EXIT_ENVIRONMENT).stderr == (
+        "error: songplays' keys are missing (as an interrupted bulk load leaves them) and cannot "
+        "be built back: songplays_start_time_fkey: it deadlocked with another session's writes; "
+        "nothing was loaded\n"
+    )
+    assert table_contents() == before
 
     summary = parse_summary(etl(data).stdout)
-    assert not summary.set_aside and summary.added_back == {"songplays_start_time_fkey"}
+    assert summary.found_missing == {"songplays_start_time_fkey"} and not summary.restored
+    assert summary.records["log"] == Counts(1, 1)
     assert schema_objects() == created
 
 
-def test_foreign_key_that_cannot_come_back_fails_the_run_naming_it_and_the_rest_come_back(data):
-    """Someone removed two foreign keys and wrote a play of an unknown user: the next run adds
-    back the key the data allows, fails naming the other, and once the play is gone the run
-    after it adds that one back too."""
+def test_keys_a_bulk_load_cannot_build_back_fail_it_naming_the_key_and_wait_for_the_data(data):
+    """A play of an unknown user slips into a bulk load (a trigger behind the ETL's back): the
+    run fails naming the foreign key it breaks, with every key left out; the next run stops
+    before loading, naming it; once the user is there, the run after builds every key."""
     created = schema_objects()
-    etl(data)
     query(
-        "ALTER TABLE songplays DROP CONSTRAINT songplays_user_id_fkey, "
-        "DROP CONSTRAINT songplays_start_time_fkey; "
-        "INSERT INTO songplays (start_time, user_id, level, session_id, item_in_session, "
-        "song_title, file_id) SELECT start_time, 424242, 'free', 1, 1, 'x', 1 FROM time LIMIT 1"
-        " RETURNING 1"
+        "CREATE FUNCTION test_stranger() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN NEW.user_id := 424242; RETURN NEW; END $$; "
+        "CREATE TRIGGER test_stranger BEFORE INSERT ON songplays FOR EACH ROW "
+        "WHEN (NEW.item_in_session = 0 AND NEW.session_id = 1) EXECUTE FUNCTION test_stranger();"
+        "SELECT 1"
     )
+    write(data, "log_data/2018/12/a.json", lines(event(0, sessionId=1)))
     summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)
-    assert not summary.set_aside and summary.added_back == {"songplays_start_time_fkey"}
+    assert summary.set_aside and not summary.restored
     assert summary.not_added_back == {
         "songplays_user_id_fkey": 'insert or update on table "songplays" violates foreign key '
         'constraint "songplays_user_id_fkey"'
     }
     assert last_run_status() == "failed"
-    assert len(schema_objects()) == len(created) - 1
+    assert {name for _, name, _ in created} - {name for _, name, _ in schema_objects()} == (
+        ALL_SET_ASIDE
+    )
 
-    query("DELETE FROM songplays WHERE user_id = 424242 RETURNING 1")
+    done = etl(data, exit_code=EXIT_ENVIRONMENT)
+    assert "cannot be built back: songplays_user_id_fkey: insert or update" in done.stderr
+
+    query(
+        "DROP TRIGGER test_stranger ON songplays; "
+        "INSERT INTO users (user_id, level) VALUES (424242, 'free') RETURNING 1"
+    )
     summary = parse_summary(etl(data).stdout)
-    assert not summary.set_aside and summary.added_back == {"songplays_user_id_fkey"}
+    assert summary.found_missing == ALL_SET_ASIDE
+    assert summary.checks == CHECKS_PASSED
     assert schema_objects() == created
