@@ -7,11 +7,12 @@ The pipeline, top to bottom (each stage is a module named for it):
   1. extract.plan     lists the files the manifest has not seen as they are now, in batches;
   2. Preparer         has prepare.prepare read each batch (extract), parse it (parse), judge
                       and shape its records (transform) and render its COPY payloads (for
-                      the staging tables, or in a bulk load straight for songplays and time),
-                      in parts of bounded size; in a worker process when there is more than
-                      a little to do;
-  3. load_batches     hands each part to load.load_part, one transaction per batch, songs
-                      first;
+                      the staging tables, and in a bulk load the plays straight for
+                      songplays), in parts of bounded size; in a worker process when there
+                      is more than a little to do;
+  3. load_batches     hands each part to load.load_part, one transaction per batch: the
+                      songs, then load.begin_bulk_load (a first load of the logs drops
+                      songplays' keys), then the logs; load.build_keys builds them back;
   4. finish           runs the post-load checks and writes the run's Report (report.py).
 """
 
