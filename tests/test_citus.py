@@ -516,7 +516,7 @@ def test_citus_kill_9_mid_load_then_rerun_equals_an_uninterrupted_load(
     finally:
         watch.close()
     assert 0 < logs_at_kill < 30
-    assert foreign_keys_at_kill == 0  # killed in the middle of a bulk load
+    assert foreign_keys_at_kill == 4  # on Citus a first load keeps the keys
 
     done = etl(cluster.url, generated)
     summary = parse_summary(done.stdout)
