@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import psycopg2
@@ -26,7 +27,11 @@ class RunStart:
     run_id: int
     before: dict[str, int]
     known: dict[Kind, dict[str, tuple[int, int, str | None, str]]]  # size, mtime, etag, sha
-    distributed: bool  # songplays is a Citus distributed table: plays merge on the workers
+    server: Server  # plain PostgreSQL, or Citus
+
+    @property
+    def distributed(self) -> bool:
+        return self.server is CITUS
 
 
 def require_tables(conn) -> None:
@@ -46,18 +51,18 @@ def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
         cur.execute(sql.run_interrupted)
         cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
-        distributed = db.distributed(cur)
+        server = CITUS if db.distributed(cur) else PLAIN
         if full_refresh:
             cur.execute(sql.full_refresh)
-        if distributed:
-            cur.execute(sql.stage_plays_clear_citus)
+        for query in server.run_setup:
+            cur.execute(query)
         _create_staging(cur)
-        before = star_counts(cur, distributed).rows
+        before = star_counts(cur, server is CITUS).rows
         known = {}
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
             known[kind] = {p: tuple(version) for p, *version in cur.fetchall()}
-    return RunStart(run_id, before, known, distributed)
+    return RunStart(run_id, before, known, server)
 
 
 def _create_staging(cur) -> None:
@@ -116,24 +121,24 @@ def post_load_checks(cur, run_id: int, every_row: bool) -> dict[str, tuple[int, 
 
 
 def load_part(cur, start: RunStart, part: Part) -> Loaded:
-    """Stage the part and merge it, inside the batch's transaction (the caller's cursor). On
-    Citus (distributed) plays are staged in a table sharded like songplays and merged on the
-    workers, and the statements that Citus runs otherwise take their Citus form. In a bulk load
-    the part's plays go straight into songplays (written, resolved by the parse worker),
-    duplicates and all, settled before the keys are built back."""
-    distributed, written = start.distributed, part.appended is not None
+    """Stage the part and merge it, inside the batch's transaction (the caller's cursor), with
+    the statements of the run's server. In a bulk load the part's plays go straight into
+    songplays (written, resolved by the parse worker), duplicates and all, settled before the
+    keys are built back."""
+    server, written = start.server, part.appended is not None
     if part.index:
         cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
     cur.execute(sql.staging_time_zone)
-    if distributed and part.kind == "log":
-        cur.execute(sql.citus_sequential)  # reference tables are written after the shards
+    if part.kind == "log":
+        for query in server.log_part_setup:
+            cur.execute(query)
     staged = 0
     for table, payload in part.copies.items():
         if not payload or table == "songplays":
             continue
         cur.copy_expert(
-            sql.stage_plays_copy_citus
-            if distributed and table == "stage_plays"
+            server.stage_plays_copy
+            if table == "stage_plays"
             else sql.copy_into.format(table=table),
             io.BytesIO(payload),
         )
@@ -176,8 +181,8 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                 settled = True
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        cur.execute(sql.time_insert_citus if distributed else sql.time_insert)
-        cur.execute(sql.users_update_citus if distributed else sql.users_update)
+        cur.execute(server.time_insert)
+        cur.execute(server.users_update)
         cur.execute(sql.users_insert)
         merged, moved = {}, []
         if written:
@@ -185,9 +190,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                 cur.copy_expert(sql.songplays_copy, io.BytesIO(part.copies["songplays"]))
             merged = part.appended
         elif staged:
-            merged, moved = (
-                _merge_plays_citus(cur, part, staged) if distributed else _merge_plays(cur, staged)
-            )
+            merged, moved = server.merge_plays(cur, part, staged)
         inserted = {path: n for path, (n, _) in merged.items()}
         resolved = sum(matched for _, matched in merged.values())
         loading = [f for f in part.files if f.to_load]
@@ -229,7 +232,7 @@ class Moved(NamedTuple):
     resolved: int  # of those plays, the ones resolved to a song
 
 
-def _merge_plays(cur, staged: int) -> tuple[Merged, list[Moved]]:
+def _merge_plays(cur, part: Part, staged: int) -> tuple[Merged, list[Moved]]:
     """The staged plays into songplays; when the merge skipped some (their key is stored), the
     copies of those keys are settled."""
     cur.execute(sql.songplays_insert)
@@ -257,6 +260,38 @@ def _merge_plays_citus(cur, part: Part, staged: int) -> tuple[Merged, list[Moved
         moved = _settle(cur)
     cur.execute(sql.stage_plays_done_citus)
     return merged, moved
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """The statements that differ between plain PostgreSQL and Citus, chosen once per run
+    (start_run). On Citus plays are staged in a table sharded like songplays and merged on the
+    workers (docs/citus.md)."""
+
+    run_setup: tuple[str, ...]  # at the run's start
+    log_part_setup: tuple[str, ...]  # at each log part's start
+    stage_plays_copy: str
+    time_insert: str
+    users_update: str
+    merge_plays: Callable[..., tuple[Merged, list[Moved]]]  # (cur, part, staged)
+
+
+PLAIN = Server(
+    (),
+    (),
+    sql.copy_into.format(table="stage_plays"),
+    sql.time_insert,
+    sql.users_update,
+    _merge_plays,
+)
+CITUS = Server(
+    (sql.stage_plays_clear_citus,),
+    (sql.citus_sequential,),  # reference tables are written after the shards
+    sql.stage_plays_copy_citus,
+    sql.time_insert_citus,
+    sql.users_update_citus,
+    _merge_plays_citus,
+)
 
 
 def _settle(cur) -> list[Moved]:
