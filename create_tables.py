@@ -62,7 +62,7 @@ def create_tables(settings: db.Settings) -> int:
                 for query in sql.row_counts_create:
                     cur.execute(query)
                 cur.execute(sql.row_counts_seed, {"tables": sql.STAR_TABLES})
-            for query in sql.songplays_keys_create:
+            for query in sql.bulk_keys_create:
                 cur.execute(query)
     finally:
         conn.close()

@@ -12,7 +12,8 @@ The pipeline, top to bottom (each stage is a module named for it):
                       is more than a little to do;
   3. load_batches     hands each part to load.load_part, one transaction per batch: the
                       songs, then load.begin_bulk_load (a first load of the logs drops
-                      songplays' keys), then the logs; load.build_keys builds them back;
+                      the keys of songplays and time), then the logs; load.build_keys
+                      builds them back;
   4. finish           runs the post-load checks and writes the run's Report (report.py).
 """
 
@@ -262,8 +263,9 @@ def run(
         found_missing = load.build_keys(conn)
         if found_missing.failed:
             raise db.DatabaseError(
-                "songplays' keys are missing (as an interrupted bulk load leaves them) and "
-                f"cannot be built back: {problems(found_missing.failed)[0]}; nothing was loaded"
+                "the keys of songplays and time are missing (as an interrupted bulk load leaves "
+                f"them) and cannot be built back: {problems(found_missing.failed)[0]}; nothing "
+                "was loaded"
             )
         start = load.start_run(conn, described(data), full_refresh)
         plans = {
@@ -275,8 +277,8 @@ def run(
         preparer = Preparer(batches, limits, workers)
         try:
             done = load_batches(conn, start, preparer, "song", progress)
-            # Songs first; then a first load of the logs is a bulk load: songplays' keys
-            # dropped, its plays resolved by the parse workers and written straight in.
+            # Songs first; then a first load of the logs is a bulk load: the keys dropped, its
+            # plays resolved by the parse workers and written straight in with its instants.
             handed = load.begin_bulk_load(conn, start, plans["log"].batches)
             preparer.hand_over(handed)
             done += load_batches(conn, start, preparer, "log", progress)
@@ -411,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         "exit codes: 0 loaded (rejects are reported, not fatal); 1 a check or the "
         "reconciliation failed, a key a bulk load dropped could not be built "
         "back, or --strict and records were rejected; 2 bad arguments; "
-        "3 database or data folder problem (an object store's included, or songplays' keys "
-        "missing and impossible to build); 4 another load is running",
+        "3 database or data folder problem (an object store's included, or the keys of "
+        "songplays and time missing and impossible to build); 4 another load is running",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

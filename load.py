@@ -122,9 +122,9 @@ def post_load_checks(cur, run_id: int, every_row: bool) -> dict[str, tuple[int, 
 
 def load_part(cur, start: RunStart, part: Part) -> Loaded:
     """Stage the part and merge it, inside the batch's transaction (the caller's cursor), with
-    the statements of the run's server. In a bulk load the part's plays go straight into
-    songplays (written, resolved by the parse worker), duplicates and all, settled before the
-    keys are built back."""
+    the statements of the run's server. In a bulk load the part's plays and instants go
+    straight into songplays and time (written, resolved by the parse worker), duplicates and
+    all, settled before the keys are built back."""
     server, written = start.server, part.appended is not None
     if part.index:
         cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
@@ -134,7 +134,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             cur.execute(query)
     staged = 0
     for table, payload in part.copies.items():
-        if not payload or table == "songplays":
+        if not payload or table in sql.BULK_COPIES:
             continue
         cur.copy_expert(
             server.stage_plays_copy
@@ -181,16 +181,17 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
                 settled = True
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
-        cur.execute(server.time_insert)
         cur.execute(server.users_update)
         cur.execute(sql.users_insert)
         merged, moved = {}, []
         if written:
-            if part.copies["songplays"]:
-                cur.copy_expert(sql.songplays_copy, io.BytesIO(part.copies["songplays"]))
+            for table, copy in sql.BULK_COPIES.items():
+                cur.copy_expert(copy, io.BytesIO(part.copies[table]))
             merged = part.appended
-        elif staged:
-            merged, moved = server.merge_plays(cur, part, staged)
+        elif "stage_plays" in part.copies:  # not a file the database refused, with no plays
+            cur.execute(server.time_insert)
+            if staged:
+                merged, moved = server.merge_plays(cur, part, staged)
         inserted = {path: n for path, (n, _) in merged.items()}
         resolved = sum(matched for _, matched in merged.values())
         loading = [f for f in part.files if f.to_load]
@@ -312,10 +313,10 @@ def _settle(cur) -> list[Moved]:
 def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
     """Make the run's logs a bulk load if they are a first load: on plain PostgreSQL, into an
     empty songplays, every log file new, the song catalogue small enough to send to the parse
-    workers (sql.SONG_KEYS_IN_MEMORY keys). songplays' keys are dropped, and what the workers
-    need to write the plays straight in is returned: the song keys and the ids the log files
-    will have in the manifest, taken now, in order. None: the plays are merged with the keys in
-    place, as in every other load (also when another session holds songplays)."""
+    workers (sql.SONG_KEYS_IN_MEMORY keys). The keys (sql.BULK_KEYS) are dropped, and what the
+    workers need to write the plays straight in is returned: the song keys and the ids the log
+    files will have in the manifest, taken now, in order. None: the plays are merged with the
+    keys in place, as in every other load (also when another session holds the tables)."""
     new = [t.path for b in logs for t in b.tasks if t.known_sha256 is None]
     if start.distributed or not new or len(new) < sum(len(b.tasks) for b in logs):
         return None
@@ -330,7 +331,7 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
-            for drop in sql.songplays_keys_drop:
+            for drop in sql.bulk_keys_drop:
                 cur.execute(drop)
             cur.execute(sql.file_ids_take, {"files": len(new)})
             return song_keys, dict(zip(new, (row[0] for row in cur.fetchall())))
@@ -339,12 +340,12 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
 
 
 def keys_missing(conn) -> list[str]:
-    """songplays' keys that are absent: a bulk load's, or those of one that was interrupted or
-    could not build them back."""
+    """The keys (sql.BULK_KEYS) that are absent: a bulk load's, or those of one that was
+    interrupted or could not build them back."""
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.songplays_keys_present, {"names": list(sql.SONGPLAYS_KEYS)})
+        cur.execute(sql.bulk_keys_present, {"names": list(sql.BULK_KEYS)})
         present = {row[0] for row in cur.fetchall()}
-    return [name for name in sql.SONGPLAYS_KEYS if name not in present]
+    return [name for name in sql.BULK_KEYS if name not in present]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,6 +376,7 @@ def build_keys(conn, run_id: int | None = None) -> Built:
             if db.distributed(cur):
                 cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
             _create_staging(cur)  # at a run's start, before start_run
+            cur.execute(sql.time_duplicates_remove)
             cur.execute(sql.plays_duplicated_keys)
             if cur.rowcount:
                 ours = [move for move in _settle(cur) if move.run_id == run_id]
@@ -382,7 +384,7 @@ def build_keys(conn, run_id: int | None = None) -> Built:
                 cur.execute(sql.users_delete_orphans)
                 cur.execute(sql.time_delete_orphans)
             for name in missing:
-                cur.execute(sql.SONGPLAYS_KEYS[name][0])
+                cur.execute(sql.BULK_KEYS[name][0])
             cur.execute(sql.analyze_after_bulk_load)
     except psycopg2.errors.LockNotAvailable:
         return Built([], {name: "another session kept a conflicting lock on its tables"})

@@ -1,5 +1,5 @@
 """Prepare: a batch's files in, COPY payloads out, in parts of bounded size: for the staging
-tables, and in a bulk load the plays straight for songplays.
+tables, or, in a bulk load, straight for songplays and time.
 
 This is what the parse worker runs: extract reads the files, parse parses them, transform
 judges and shapes the records; each part carries its files' counts for the manifest and the
@@ -122,7 +122,7 @@ def shape(
     direct: DirectSource | None = None,
 ) -> Part:
     """Judge the chunks' records, shape the good ones into rows (of the staging tables, or of
-    songplays when direct gives what that takes), count per file."""
+    songplays and time when direct gives what that takes), count per file."""
     fields = FIELDS[kind]
     objects = [o for c in chunks for o in c.objects]
     records = Records.combined(
@@ -138,7 +138,7 @@ def shape(
         good, invalid, skipped = transform.valid_events(records)
         rows = transform.dedupe_plays(transform.play_rows(good))
         written = direct() if direct else None
-        copies, appended = play_copies(rows, written if rows.num_rows else None)
+        copies, appended = play_copies(rows, written)
     parse_rejects = [r for c in chunks for r in c.rejects]
     rejects = with_raw(
         pa.concat_tables([transform.reject_table(problems + parse_rejects), invalid]), chunks
@@ -170,17 +170,18 @@ def shape(
 def play_copies(
     rows: pa.Table, direct: Direct | None
 ) -> tuple[dict[str, bytes], dict[str, tuple[int, int]] | None]:
-    """The COPY payloads of a part's plays, their users and their instants: the plays straight
-    into songplays in a bulk load (direct; with the plays and the resolved per file), else into
-    the staging tables (None)."""
-    copies = {
-        "stage_users": stage_csv("stage_users", transform.users_table(rows)),
-        "stage_time": stage_csv("stage_time", transform.time_table(rows)),
-    }
+    """The COPY payloads of a part's plays, their users and their instants: the plays and
+    instants straight into songplays and time in a bulk load (direct; with the plays and the
+    resolved per file), else into the staging tables (None)."""
+    copies = {"stage_users": stage_csv("stage_users", transform.users_table(rows))}
+    instants = transform.time_table(rows)
     if direct is None:
-        return {**copies, "stage_plays": stage_csv("stage_plays", rows)}, None
+        copies["stage_plays"] = stage_csv("stage_plays", rows)
+        copies["stage_time"] = stage_csv("stage_time", instants)
+        return copies, None
     songplays = transform.songplay_rows(rows, direct.song_keys, direct.file_ids)
     copies["songplays"] = transform.render_csv(songplays, sql.SONGPLAYS_COPY_COLUMNS)
+    copies["time"] = transform.render_csv(instants, sql.TIME_COPY_COLUMNS)
     return copies, transform.per_path_resolved(songplays)
 
 

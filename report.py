@@ -14,7 +14,11 @@ IGNORED_EXAMPLES = 5
 GONE_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "unreadable")
 # What a bulk load drops and builds back, named whole.
-KEYS_NAMED = {tuple(sql.SONGPLAYS_KEYS): "songplays' keys, foreign keys and file_id index"}
+KEYS_NAMED = {
+    tuple(
+        sql.BULK_KEYS
+    ): "the keys of songplays and time, songplays' foreign keys and file_id index"
+}
 
 
 @dataclasses.dataclass
@@ -99,7 +103,7 @@ class Report:
     resolved_total: int
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
     examples: list[tuple]  # (path, line, reason) of the first rejects
-    set_aside: bool  # a bulk load: songplays' keys were dropped while it loaded
+    set_aside: bool  # a bulk load: the keys of songplays and time were dropped while it loaded
     found_missing: list[str]  # keys an interrupted bulk load left out, built first
     restored: list[str]  # keys built back at the end of this run
     not_restored: list[str]  # "key: why" it could not be built back (then none was)

@@ -34,14 +34,14 @@ CREATE TABLE users (
 
 time_table_create = """
 CREATE TABLE time (
-    start_time  timestamptz PRIMARY KEY,
+    start_time  timestamptz NOT NULL,
     hour        smallint NOT NULL,
     day         smallint NOT NULL,
     week        smallint NOT NULL,
     month       smallint NOT NULL,
     year        smallint NOT NULL,
     weekday     smallint NOT NULL CHECK (weekday BETWEEN 1 AND 7)
-)"""
+)"""  # its key: BULK_KEYS, below
 
 songplays_table_create = """
 CREATE TABLE songplays (
@@ -62,7 +62,7 @@ CREATE TABLE songplays (
     artist_name     text,
     song_length     numeric,
     file_id         bigint NOT NULL
-)"""  # its keys (user_id first: Citus keeps a user's plays together): SONGPLAYS_KEYS, below
+)"""  # its keys (user_id first: Citus keeps a user's plays together): BULK_KEYS, below
 
 songplays_index_user_time = "CREATE INDEX songplays_user_time ON songplays (user_id, start_time)"
 
@@ -91,15 +91,19 @@ CREATE TABLE songplay_copies (
 songplay_copies_index_file = "CREATE INDEX songplay_copies_file ON songplay_copies (file_id)"
 songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
 
-# ---------------------------------------------------------------- schema: songplays' keys
-# Everything on songplays that a load maintains row by row and does not read, in the order it is
-# built (a bulk load drops it in the reverse order). create_tables.py adds it once the tables are
-# placed (on Citus too). A bulk load, a first load into an empty songplays, writes its plays with
-# all of it dropped and builds it back at its end in one transaction: PostgreSQL's "Populating a
-# Database" advice (a key or foreign key maintained row by row costs about as much as the insert
-# itself; built afterwards it takes one sort or one join). songplays_user_time stays: the users
-# merge reads it. time keeps its key: its instants are merged as in any load.
-SONGPLAYS_KEYS = {
+# ---------------------------------------------------------------- schema: the keys of the fact
+# Everything on songplays and time that a load maintains row by row and does not read, in the
+# order it is built (a bulk load drops it in the reverse order). create_tables.py adds it once
+# the tables are placed (on Citus too). A bulk load, a first load into an empty songplays, writes
+# its plays and instants with all of it dropped and builds it back at its end in one transaction:
+# PostgreSQL's "Populating a Database" advice (a key or foreign key maintained row by row costs
+# about as much as the insert itself; built afterwards it takes one sort or one join).
+# songplays_user_time stays: the users merge reads it.
+BULK_KEYS = {
+    "time_pkey": (
+        "ALTER TABLE time ADD CONSTRAINT time_pkey PRIMARY KEY (start_time)",
+        "ALTER TABLE time DROP CONSTRAINT IF EXISTS time_pkey",
+    ),
     "songplays_pkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_pkey PRIMARY KEY (user_id, songplay_id)",
         "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_pkey",
@@ -135,14 +139,14 @@ SONGPLAYS_KEYS = {
         "ALTER TABLE songplays DROP CONSTRAINT IF EXISTS songplays_artist_id_fkey",
     ),
 }
-songplays_keys_create = [create for create, _ in SONGPLAYS_KEYS.values()]
-songplays_keys_drop = [drop for _, drop in reversed(SONGPLAYS_KEYS.values())]
+bulk_keys_create = [create for create, _ in BULK_KEYS.values()]
+bulk_keys_drop = [drop for _, drop in reversed(BULK_KEYS.values())]
 
-songplays_keys_present = """
+bulk_keys_present = """
 SELECT n FROM unnest(%(names)s::text[]) AS n
 WHERE to_regclass(n) IS NOT NULL
    OR EXISTS (SELECT 1 FROM pg_constraint c
-              WHERE c.conrelid = 'songplays'::regclass AND c.conname = n)"""
+              WHERE c.conrelid IN ('songplays'::regclass, 'time'::regclass) AND c.conname = n)"""
 
 # A bulk load is a first load: no play loaded yet, and no copy of one.
 songplays_empty = """
@@ -160,7 +164,11 @@ INSERT INTO stage_keys (user_id, session_id, item_in_session)
 SELECT user_id, session_id, item_in_session FROM songplays
 GROUP BY user_id, session_id, item_in_session HAVING count(*) > 1"""
 
-analyze_after_bulk_load = "ANALYZE songplays, users"
+# Instants are the same row wherever they come from: one of each stays.
+time_duplicates_remove = """
+DELETE FROM time t USING time u WHERE t.start_time = u.start_time AND t.ctid > u.ctid"""
+
+analyze_after_bulk_load = "ANALYZE songplays, time, users"
 
 # ---------------------------------------------------------------- schema: load bookkeeping
 
@@ -286,8 +294,8 @@ SELECT t, 0, 0 FROM unnest(%(tables)s::text[]) AS t"""
 row_counts_read = "SELECT table_name, row_count, resolved FROM row_counts"
 
 # Parents before children, so that each foreign key finds its table. songplays' own keys,
-# foreign keys and file index come last (songplays_keys_create), after the tables are placed on
-# Citus.
+# foreign keys and file index, and time's key, come last (bulk_keys_create), after the tables are
+# placed on Citus.
 create_table_queries = [
     load_runs_table_create,
     load_manifest_table_create,
@@ -640,11 +648,12 @@ WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
 RETURNING (k.was IS NULL)::integer - (p.song_id IS NULL)::integer"""
 
 # ---------------------------------------------------------------- a bulk load's plays, written once
-# With songplays' keys dropped, a part's plays are COPYed straight into songplays, each play's
-# song and file resolved by the parse worker before (as the merge below resolves them). Once the
-# run's song files are in, the worker gets the song keys and each new log file's id, taken then
-# (file_ids_take). A catalogue of more than SONG_KEYS_IN_MEMORY song keys is not sent: the load
-# is then no bulk load, and the merge below resolves its plays here, with the keys in place.
+# With the keys dropped, a part's plays and instants are COPYed straight into songplays and time,
+# each play's song and file resolved by the parse worker before (as the merge below resolves
+# them). Once the run's song files are in, the worker gets the song keys and each new log file's
+# id, taken then (file_ids_take). A catalogue of more than SONG_KEYS_IN_MEMORY song keys is not
+# sent: the load is then no bulk load, and the merge below resolves its plays here, with the keys
+# in place.
 SONG_KEYS_IN_MEMORY = 2_000_000
 song_keys_read = f"""
 SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
@@ -668,9 +677,11 @@ SONGPLAYS_COPY_COLUMNS = [
     "song_length",
     "file_id",
 ]
-songplays_copy = (
-    f"COPY songplays ({', '.join(SONGPLAYS_COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
-)
+TIME_COPY_COLUMNS = ["start_time", "hour", "day", "week", "month", "year", "weekday"]
+BULK_COPIES = {
+    table: f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+    for table, columns in [("songplays", SONGPLAYS_COPY_COLUMNS), ("time", TIME_COPY_COLUMNS)]
+}
 
 time_insert = """
 INSERT INTO time (start_time, hour, day, week, month, year, weekday)

@@ -23,7 +23,7 @@ class Counts(NamedTuple):
 
 
 CHECKS_PASSED = dict.fromkeys(sql_queries.CHECKS, 0)
-ALL_SET_ASIDE = set(sql_queries.SONGPLAYS_KEYS)
+ALL_SET_ASIDE = set(sql_queries.BULK_KEYS)
 
 
 class Rejected(NamedTuple):
