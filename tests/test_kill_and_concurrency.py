@@ -111,17 +111,23 @@ def test_killed_loads_resume_to_the_same_tables_as_an_uninterrupted_run(big, bas
     try:
         # 1: right after the first batch (the songs) committed, while logs are being loaded;
         # 2: a resumed run, once a few more log batches committed; 3: a resumed run that has
-        # started its run row but committed nothing yet.
+        # started its run row but committed nothing yet (held before its first batch's rejects
+        # are written, by a session holding load_rejects).
         points = [
-            (MANIFEST_ROWS, lambda n: n > 0),
-            (MANIFEST_ROWS, lambda n, s=songs: n >= s + 6),
-            (RUNS, lambda n: n >= 3),
+            (MANIFEST_ROWS, lambda n: n > 0, False),
+            (MANIFEST_ROWS, lambda n, s=songs: n >= s + 6, False),
+            (RUNS, lambda n: n >= 3, True),
         ]
-        for sql, reached in points:
+        for sql, reached, held in points:
             watch.lock_free()
+            holder = db.connect(db.Settings.from_env())
+            if held:
+                with holder.cursor() as cur:
+                    cur.execute("LOCK TABLE load_rejects IN SHARE MODE")
             proc = start_load(big)
             watch.wait(sql, reached, proc)
             orphans |= kill(proc)
+            holder.close()
             at_kill.append(watch.value(MANIFEST_ROWS))
             foreign_keys.append(watch.value(SONGPLAYS_FOREIGN_KEYS))
         assert 0 < at_kill[0] < at_kill[1] < total, at_kill
