@@ -19,7 +19,7 @@ import extract
 import sql_queries as sql
 import transform
 from contract import Batch, FilePart, HandOver, Limits, Part
-from parse import FIELDS, Records, decode_song_file, parse_log_file, records_from
+from parse import FIELDS, Records, decode_song_file, newline_count, parse_log_file, records_from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
                 )
                 chunks.append(chunk)
                 size += len(data)
-                first_line += data.count(b"\n")
+                first_line += newline_count(data)
                 file = dataclasses.replace(file, first=False)
                 if size >= part_bytes:
                     yield shape(batch.kind, index, False, chunks, problems, direct)
