@@ -9,6 +9,10 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 from builders import PLAY, line, lines, log_file
+from conftest import PROPERTY
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import contract
 import extract
@@ -120,6 +124,20 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     plays, invalid, _ = transform.valid_events(fast)
     assert plays.num_rows == 1
     assert rows(invalid, "line", "reason") == [[2, "level is not 'free' or 'paid'"]]
+
+
+@hypothesis_settings(PROPERTY, max_examples=200)
+@given(
+    lead=st.sampled_from([0, 1, extract.BLOCK - 2, extract.BLOCK, 2 * extract.BLOCK - 1]),
+    parts=st.lists(st.sampled_from([b"\n", b"{", b"x", b" ", b"\n{", b"\n\n"]), max_size=30),
+)
+def test_lines_are_counted_and_their_first_bytes_checked_wherever_the_newlines_stand(lead, parts):
+    # Newlines straddling the megabyte blocks newline_count compares at a time, or not.
+    data = b"{" * lead + b"".join(parts)
+    assert parse.newline_count(data) == data.count(b"\n")
+    if data:  # a piece is never empty
+        starts = [text.startswith(b"{") for text in extract.raw_lines(data)]
+        assert parse._lines_start_objects(data) == all(starts)
 
 
 def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
