@@ -248,8 +248,9 @@ def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Rec
     return Records(table, pa.table({}))
 
 
-# Lines are counted, and their first bytes found, with numpy: some four times faster than
-# bytes.count (which counts a byte at a time), for the worker's every byte of log.
+# Lines are counted, and their first bytes found, with numpy rather than bytes.count, which goes a
+# byte at a time: over the 1M-event set's 447 MB of logs, 0.30 s of the worker's CPU instead of
+# 0.99 s (counting newlines twice and "\n{" once).
 
 
 def newline_count(data: bytes) -> int:
