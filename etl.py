@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import functools
+import gc
 import json
 import multiprocessing
 import os
@@ -55,12 +57,16 @@ class UsageError(cli.UserError):
 # ================================================================ parsing while the database loads
 
 
+@functools.cache
 def prepare_module():
     """prepare.py, imported when there is something to prepare: it brings pyarrow and the parsers,
-    a large share of a run that finds nothing new (the one speed trick in this file;
-    bench/README.md has the measurement)."""
+    a large share of a run that finds nothing new (bench/README.md has the measurement). What
+    the imports made, and the run's plan, live as long as the process: frozen (gc.freeze), the
+    garbage collector no longer walks them each time the many objects of a batch of small files
+    set it off."""
     import prepare
 
+    gc.freeze()
     return prepare
 
 
