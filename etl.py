@@ -8,8 +8,8 @@ The pipeline, top to bottom (each stage is a module named for it):
   2. Preparer         has prepare.prepare read each batch (extract), parse it (parse), judge
                       and shape its records (transform) and render its COPY payloads (for
                       the staging tables, or in a bulk load straight for songplays and time),
-                      in parts of bounded size; in a worker process when there is more than
-                      a little to do;
+                      in parts of bounded size; song batches here, log batches in a worker
+                      process when there is more than a little to do;
   3. load_batches     hands each part to load.load_part, one transaction per batch, songs
                       first;
   4. finish           runs the post-load checks and writes the run's Report (report.py).
@@ -71,23 +71,30 @@ def prepare_module():
 
 
 class Preparer:
-    """Every batch's parts, in order, prepared by worker processes (jobs > 0) while the database
-    loads the current batch, or else here when asked. Each worker keeps at most one part
-    waiting, so memory stays bounded whatever the size of the input. In a bulk load (direct),
-    plays go straight into songplays once the song keys and the new log files' ids are handed
-    over (hand_over), after the run's song files are loaded."""
+    """Every batch's parts, in order. Log batches are prepared by worker processes (jobs > 0)
+    while the database loads the current batch, or else here; song batches here: a batch of
+    small song files takes less time than a worker takes to start, and the workers start on the
+    log batches meanwhile. Each worker keeps at most one part waiting, so memory stays bounded
+    whatever the size of the input. In a bulk load (direct), plays go straight into songplays
+    once the song keys and the new log files' ids are handed over (hand_over), after the run's
+    song files are loaded."""
 
     def __init__(self, batches: list[Batch], limits: Limits, jobs: int, direct: bool):
         self.batches, self.limits, self.direct = batches, limits, direct
         self.written: Callable = lambda: None  # prepare.DirectSource, once handed over
+        # The log batches' numbers: the k-th of them goes to worker k % jobs, and there are no
+        # more workers than log batches.
+        self.logs = [n for n, batch in enumerate(batches) if batch.kind == "log"]
         self.workers, self.outboxes, self.inboxes = [], [], []
+        jobs = min(jobs, len(self.logs))
         if jobs <= 0:
             return
         context = multiprocessing.get_context("spawn")
+        logs = [batches[n] for n in self.logs]
         for k in range(jobs):
             self.outboxes.append(context.Queue(maxsize=1))
             self.inboxes.append(context.Queue(maxsize=1))
-            args = (batches, k, jobs, limits, self.outboxes[k], self.inboxes[k], direct)
+            args = (logs, k, jobs, limits, self.outboxes[k], self.inboxes[k], direct)
             self.workers.append(
                 context.Process(target=_worker, daemon=True, args=(*args, os.getpid()))
             )
@@ -99,17 +106,15 @@ class Preparer:
         the catalogue is too big, and plays are resolved in the database), and the ids taken
         for the new log files."""
         self.written = prepare_module().direct_once(lambda: handed)
-        jobs = len(self.workers)
-        for k, inbox in enumerate(self.inboxes):
-            if any(b.kind == "log" for b in self.batches[k::jobs]):  # else it reads nothing more
-                inbox.put(handed)
+        for inbox in self.inboxes:  # each worker has a log batch to read it in
+            inbox.put(handed)
 
     def parts(self, number: int) -> Iterator[Part]:
         """Batch number's parts, up to its last (and nothing of the next batch)."""
-        if not self.workers:
+        if not self.workers or self.batches[number].kind == "song":
             yield from self.here(self.batches[number])
             return
-        k = number % len(self.workers)
+        k = self.logs.index(number) % len(self.workers)
         while True:
             part = _receive(self.outboxes[k], self.workers[k])
             yield part
@@ -135,7 +140,7 @@ def _worker(
     _die_with(parent)
     try:
         written = prepare_module().direct_once(inbox.get) if direct else None
-        for batch in batches[k::jobs]:  # batch number n is worker n % jobs's
+        for batch in batches[k::jobs]:  # the n-th batch handed out is worker n % jobs's
             for part in prepare_module().prepare(batch, limits, written):
                 outbox.put(part)
     except cli.UserError as exc:  # an object store that stops answering, say
@@ -242,7 +247,8 @@ def job_count(text: str) -> int:
 
 
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
-    """A worker process costs about a second to start: it pays from a few parts on."""
+    """A worker process costs about a second to start: it pays from a few parts on (song parts
+    count too: it starts while they are prepared here)."""
     parts = sum(max(1, sum(t.size for t in b.tasks) // limits.log_batch_bytes) for b in batches)
     return 1 if parts >= 3 and (os.cpu_count() or 1) > 1 else 0
 
@@ -288,7 +294,7 @@ def run(
         start = dataclasses.replace(start, missing=load.set_aside_missing(conn))
         # A bulk load: its keys set aside, plays and instants go straight into their tables.
         direct = {sql.PLAYS_KEY, sql.TIME_KEY} <= start.missing
-        workers = min(default_jobs(batches, limits) if jobs is None else jobs, len(batches))
+        workers = default_jobs(batches, limits) if jobs is None else jobs
         preparer = Preparer(batches, limits, workers, direct)
         try:
             tally = load_batches(conn, start, preparer, progress)
@@ -454,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs",
         type=job_count,
         default=None,
-        help=f"worker processes that parse while the database loads: 0 to {MAX_JOBS} "
-        f"({JOBS_PER_CPU} per CPU), and never more than there are batches "
+        help=f"worker processes that parse log files while the database loads: 0 to {MAX_JOBS} "
+        f"({JOBS_PER_CPU} per CPU), and never more than there are log batches (etl.py parses "
+        "song files itself) "
         "(default: 1 when there are three parts or more and more than "
         "one CPU, else 0)",
     )
