@@ -18,6 +18,7 @@ The pipeline, top to bottom (each stage is a module named for it):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ctypes
 import dataclasses
 import functools
@@ -28,6 +29,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -82,6 +84,8 @@ class Preparer:
     def __init__(self, batches: list[Batch], limits: Limits, jobs: int, direct: bool):
         self.batches, self.limits, self.direct = batches, limits, direct
         self.written: Callable = lambda: None  # prepare.DirectSource, once handed over
+        # The next song batch's parts, prepared in a thread while the database loads the one before.
+        self.songs_ahead: dict[int, concurrent.futures.Future[list[Part]]] = {}
         # The log batches' numbers: the k-th of them goes to worker k % jobs, and there are no
         # more workers than log batches.
         self.logs = [n for n, batch in enumerate(batches) if batch.kind == "log"]
@@ -111,7 +115,10 @@ class Preparer:
 
     def parts(self, number: int) -> Iterator[Part]:
         """Batch number's parts, up to its last (and nothing of the next batch)."""
-        if not self.workers or self.batches[number].kind == "song":
+        if self.batches[number].kind == "song":
+            yield from self.song_parts(number)
+            return
+        if not self.workers:
             yield from self.here(self.batches[number])
             return
         k = self.logs.index(number) % len(self.workers)
@@ -120,6 +127,20 @@ class Preparer:
             yield part
             if part.last:
                 return
+
+    def song_parts(self, number: int) -> list[Part]:
+        """A song batch's parts (one: its files are small), prepared ahead or now; the next song
+        batch's are then prepared in a thread, which runs while this one waits for the
+        database."""
+        ahead = self.songs_ahead.pop(number, None)
+        parts = ahead.result() if ahead else self.prepared(number)
+        following = number + 1
+        if following < len(self.batches) and self.batches[following].kind == "song":
+            self.songs_ahead[following] = in_a_thread(self.prepared, following)
+        return parts
+
+    def prepared(self, number: int) -> list[Part]:
+        return list(self.here(self.batches[number]))
 
     def here(self, batch: Batch) -> Iterator[Part]:
         """The parts of a batch prepared in this process (written: None until handed over, and
@@ -132,6 +153,21 @@ class Preparer:
             worker.join()
         for inbox in self.inboxes:  # what a killed worker did not read is not waited for
             inbox.cancel_join_thread()
+
+
+def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:
+    """work(*args) run in a thread of its own, its result (or exception) in the future; a daemon
+    thread, so that etl.py ends without waiting for work it no longer needs."""
+    future = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
 
 
 def _worker(
