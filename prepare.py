@@ -1,9 +1,9 @@
 """Prepare: a batch's files in, COPY payloads out, in parts of bounded size: for the staging
 tables, or, in a bulk load, straight for songplays and time.
 
-This is what the parse worker runs: extract reads the files, parse parses them, transform
-judges and shapes the records; each part carries its files' counts for the manifest and the
-report.
+This is what etl.Preparer runs (in the main process for song batches, in the parse worker for
+log batches): extract reads the files, parse parses them, transform judges and shapes the
+records; each part carries its files' counts for the manifest and the report.
 """
 
 from __future__ import annotations
