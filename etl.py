@@ -8,8 +8,8 @@ The pipeline, top to bottom (each stage is a module named for it):
   2. Preparer         has prepare.prepare read each batch (extract), parse it (parse), judge
                       and shape its records (transform) and render its COPY payloads (for
                       the staging tables, and in a bulk load the plays straight for
-                      songplays), in parts of bounded size; in a worker process when there
-                      is more than a little to do;
+                      songplays and time), in parts of bounded size; song batches here, log
+                      batches in a worker process when there is more than a little to do;
   3. load_batches     hands each part to load.load_part, one transaction per batch: the
                       songs, then load.begin_bulk_load (a first load of the logs drops
                       the keys of songplays and time), then the logs; load.build_keys
@@ -20,14 +20,18 @@ The pipeline, top to bottom (each stage is a module named for it):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ctypes
 import dataclasses
+import functools
+import gc
 import json
 import multiprocessing
 import os
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -57,33 +61,46 @@ class UsageError(cli.UserError):
 # ================================================================ parsing while the database loads
 
 
+@functools.cache
 def prepare_module():
     """prepare.py, imported when there is something to prepare: it brings pyarrow and the parsers,
-    a large share of a run that finds nothing new (the one speed trick in this file;
-    bench/README.md has the measurement)."""
+    a large share of a run that finds nothing new (bench/README.md has the measurement). What
+    the imports made, and the run's plan, live as long as the process: frozen (gc.freeze), the
+    garbage collector no longer walks them each time the many objects of a batch of small files
+    set it off."""
     import prepare
 
+    gc.freeze()
     return prepare
 
 
 class Preparer:
-    """Every batch's parts, in order, prepared by worker processes (jobs > 0) while the database
-    loads the current batch, or else here when asked. Each worker keeps at most one part
-    waiting, so memory stays bounded whatever the size of the input. Log parts are shaped once
-    what the run hands over after its song files are loaded has come (hand_over): in a bulk load,
-    what it takes to write the plays straight into songplays."""
+    """Every batch's parts, in order. Log batches are prepared by worker processes (jobs > 0)
+    while the database loads the current batch, or else here; song batches here: a batch of
+    small song files takes less time than a worker takes to start, and the workers start on the
+    log batches meanwhile. Each worker keeps at most one part waiting, so memory stays bounded
+    whatever the size of the input. Log parts are shaped once what the run hands over after its
+    song files are loaded has come (hand_over): in a bulk load, what it takes to write the plays
+    straight into songplays."""
 
     def __init__(self, batches: list[Batch], limits: Limits, jobs: int):
         self.batches, self.limits = batches, limits
         self.written: Callable = lambda: None  # prepare.DirectSource, once handed over
+        # The next song batch's parts, prepared in a thread while the database loads the one before.
+        self.songs_ahead: dict[int, concurrent.futures.Future[list[Part]]] = {}
+        # The log batches' numbers: the k-th of them goes to worker k % jobs, and there are no
+        # more workers than log batches.
+        self.logs = [n for n, batch in enumerate(batches) if batch.kind == "log"]
         self.workers, self.outboxes, self.inboxes = [], [], []
+        jobs = min(jobs, len(self.logs))
         if jobs <= 0:
             return
         context = multiprocessing.get_context("spawn")
+        logs = [batches[n] for n in self.logs]
         for k in range(jobs):
             self.outboxes.append(context.Queue(maxsize=1))
             self.inboxes.append(context.Queue(maxsize=1))
-            args = (batches, k, jobs, limits, self.outboxes[k], self.inboxes[k])
+            args = (logs, k, jobs, limits, self.outboxes[k], self.inboxes[k])
             self.workers.append(
                 context.Process(target=_worker, daemon=True, args=(*args, os.getpid()))
             )
@@ -94,22 +111,37 @@ class Preparer:
         """In a bulk load, the song keys as the database has them once the run's song files are
         loaded, and the ids taken for the new log files; None in any other load."""
         self.written = prepare_module().direct_once(lambda: handed)
-        jobs = len(self.workers)
-        for k, inbox in enumerate(self.inboxes):
-            if any(b.kind == "log" for b in self.batches[k::jobs]):  # else it reads nothing more
-                inbox.put(handed)
+        for inbox in self.inboxes:  # each worker has a log batch to read it in
+            inbox.put(handed)
 
     def parts(self, number: int) -> Iterator[Part]:
         """Batch number's parts, up to its last (and nothing of the next batch)."""
+        if self.batches[number].kind == "song":
+            yield from self.song_parts(number)
+            return
         if not self.workers:
             yield from self.here(self.batches[number])
             return
-        k = number % len(self.workers)
+        k = self.logs.index(number) % len(self.workers)
         while True:
             part = _receive(self.outboxes[k], self.workers[k])
             yield part
             if part.last:
                 return
+
+    def song_parts(self, number: int) -> list[Part]:
+        """A song batch's parts (one: its files are small), prepared ahead or now; the next song
+        batch's are then prepared in a thread, which runs while this one waits for the
+        database."""
+        ahead = self.songs_ahead.pop(number, None)
+        parts = ahead.result() if ahead else self.prepared(number)
+        following = number + 1
+        if following < len(self.batches) and self.batches[following].kind == "song":
+            self.songs_ahead[following] = in_a_thread(self.prepared, following)
+        return parts
+
+    def prepared(self, number: int) -> list[Part]:
+        return list(self.here(self.batches[number]))
 
     def here(self, batch: Batch) -> Iterator[Part]:
         """The parts of a batch prepared in this process (written: None until handed over, and
@@ -124,11 +156,26 @@ class Preparer:
             inbox.cancel_join_thread()
 
 
+def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:
+    """work(*args) run in a thread of its own, its result (or exception) in the future; a daemon
+    thread, so that etl.py ends without waiting for work it no longer needs."""
+    future = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
 def _worker(batches, k: int, jobs: int, limits: Limits, outbox, inbox, parent: int) -> None:
     _die_with(parent)
     try:
         written = prepare_module().direct_once(inbox.get)
-        for batch in batches[k::jobs]:  # batch number n is worker n % jobs's
+        for batch in batches[k::jobs]:  # the n-th batch handed out is worker n % jobs's
             for part in prepare_module().prepare(batch, limits, written):
                 outbox.put(part)
     except cli.UserError as exc:  # an object store that stops answering, say
@@ -230,7 +277,8 @@ def job_count(text: str) -> int:
 
 
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
-    """A worker process costs about a second to start: it pays from a few parts on."""
+    """A worker process costs about a second to start: it pays from a few parts on (song parts
+    count too: it starts while they are prepared here)."""
     parts = sum(max(1, sum(t.size for t in b.tasks) // limits.log_batch_bytes) for b in batches)
     return 1 if parts >= 3 and (os.cpu_count() or 1) > 1 else 0
 
@@ -273,7 +321,7 @@ def run(
             for kind in KINDS
         }
         batches = [batch for kind in KINDS for batch in plans[kind].batches]
-        workers = min(default_jobs(batches, limits) if jobs is None else jobs, len(batches))
+        workers = default_jobs(batches, limits) if jobs is None else jobs
         preparer = Preparer(batches, limits, workers)
         try:
             done = load_batches(conn, start, preparer, "song", progress)
@@ -446,8 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs",
         type=job_count,
         default=None,
-        help=f"worker processes that parse while the database loads: 0 to {MAX_JOBS} "
-        f"({JOBS_PER_CPU} per CPU), and never more than there are batches "
+        help=f"worker processes that parse log files while the database loads: 0 to {MAX_JOBS} "
+        f"({JOBS_PER_CPU} per CPU), and never more than there are log batches (etl.py parses "
+        "song files itself) "
         "(default: 1 when there are three parts or more and more than "
         "one CPU, else 0)",
     )

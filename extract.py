@@ -268,9 +268,10 @@ def plan(
     etag, sha256) with the same version are left out. A log batch stays under
     limits.log_batch_bytes unless one file alone is bigger, which then makes a batch of its
     own, read in parts."""
-    tasks, unchanged = [], 0
+    tasks, unchanged, here = [], 0, set()
     for file in listed.files:
         rel = relative(data, kind, file.location)
+        here.add(rel)
         seen = known.get(rel)
         if file.version and seen and seen[:3] == file.version:
             unchanged += 1
@@ -296,14 +297,14 @@ def plan(
     if current:
         batches.append(Batch(kind, tuple(current), data.store))
     ignored = [relative(data, kind, location) + note for location, note in listed.ignored]
-    return Plan(batches, unchanged, ignored, _gone(data, listed, kind, known))
+    return Plan(batches, unchanged, ignored, _gone(data, listed, kind, known, here))
 
 
-def _gone(data: Source, listed: Listing, kind: Kind, known) -> list[str]:
-    """The manifest's files under this folder (or prefix) that the listing no longer has, in
-    path order; those under a folder that cannot be listed are not known to be gone."""
+def _gone(data: Source, listed: Listing, kind: Kind, known, here: set[str]) -> list[str]:
+    """The manifest's files under this folder (or prefix) that the listing no longer has (here:
+    the paths it has), in path order; those under a folder that cannot be listed are not known
+    to be gone."""
     top = relative(data, kind, data.top(kind))
-    here = {relative(data, kind, file.location) for file in listed.files}
     unlisted = [relative(data, kind, location) + "/" for location, _ in listed.unlisted]
     return sorted(
         (
@@ -367,10 +368,10 @@ def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes
     if task.problem:
         return FileRead("unreadable", task.size, error=task.problem), iter(())
     try:
-        handle = open_regular(task.location)
+        handle, size = open_regular(task.location)
     except OSError as exc:
         return _unreadable(task, exc), iter(())
-    return _read(task, handle, os.fstat(handle.fileno()).st_size, part_bytes)
+    return _read(task, handle, size, part_bytes)
 
 
 def _read(task: FileTask, handle, size: int, part_bytes: int) -> tuple[FileRead, Iterator[bytes]]:
@@ -489,17 +490,19 @@ class ObjectStream:
 # ---------------------------------------------------------------- files on disk
 
 
-def open_regular(location: str):
-    """The file opened for reading, if it is a regular file (or a link to one). Nothing else is
-    opened: opening a FIFO waits for a writer, and opening a device can act on it. It is opened
-    without waiting, and checked again once open, in case it was replaced in between."""
+def open_regular(location: str) -> tuple[io.FileIO, int]:
+    """The file opened for reading (unbuffered: it is read in large blocks, or at once), and its
+    size, if it is a regular file (or a link to one). Nothing else is opened: opening a FIFO
+    waits for a writer, and opening a device can act on it. It is opened without waiting, and
+    checked again once open, in case it was replaced in between."""
     kind = _not_regular(os.stat(location).st_mode)
     if kind is None:
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        handle = os.fdopen(os.open(location, flags), "rb")
-        kind = _not_regular(os.fstat(handle.fileno()).st_mode)
+        handle = io.FileIO(os.open(location, flags), "rb")
+        opened = os.fstat(handle.fileno())
+        kind = _not_regular(opened.st_mode)
         if kind is None:
-            return handle
+            return handle, opened.st_size
         handle.close()
     if kind == "a folder":
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))

@@ -1,9 +1,9 @@
 """Prepare: a batch's files in, COPY payloads out, in parts of bounded size: for the staging
 tables, or, in a bulk load, straight for songplays and time.
 
-This is what the parse worker runs: extract reads the files, parse parses them, transform
-judges and shapes the records; each part carries its files' counts for the manifest and the
-report.
+This is what etl.Preparer runs (in the main process for song batches, in the parse worker for
+log batches): extract reads the files, parse parses them, transform judges and shapes the
+records; each part carries its files' counts for the manifest and the report.
 """
 
 from __future__ import annotations
@@ -72,12 +72,12 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
     part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
     chunks, problems, size, index = [], [], 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
-        file = FilePart(task.path, task.mtime_ns, read)
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
-        first_line, anything = 1, False
+        first_line, anything, first = 1, False, True
         try:
             for data in contents:
+                file = FilePart(task.path, task.mtime_ns, read, first)
                 chunk = parse(batch.kind, file, data, first_line, limits)
                 anything = (
                     anything
@@ -87,7 +87,7 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
                 chunks.append(chunk)
                 size += len(data)
                 first_line += newline_count(data)
-                file = dataclasses.replace(file, first=False)
+                first = False
                 if size >= part_bytes:
                     yield shape(batch.kind, index, False, chunks, problems, direct)
                     chunks, problems, size, index = [], [], 0, index + 1
@@ -97,8 +97,8 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
             anything = True
         if read.status in ("new", "changed") and not anything:
             problems.append((task.path, None, "empty file", None))
-        if file.first:  # nothing read: the file still counts, once
-            chunks.append(Chunk(file, 1, b"", None, []))
+        if first:  # nothing read: the file still counts, once
+            chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", None, []))
     yield shape(batch.kind, index, True, chunks, problems, direct)
 
 

@@ -32,7 +32,9 @@ from builders import (
 from conftest import counts, query, scalar, table_contents
 from summary import CHECKS_PASSED, Counts, parse_summary
 
+import etl as etl_module
 from cli import EXIT_FAILED, EXIT_OK
+from contract import Limits
 
 G = event  # a short name for the tables below
 BAD_LOG = "log_data/bad/bad.json"
@@ -267,3 +269,36 @@ def test_summary_and_manifest_reconcile_every_record(data):
         )
         == 3
     )
+
+
+def test_a_song_file_the_database_refuses_is_rejected_whole_and_every_other_batch_loads(
+    fresh_tables, tmp_path, settings
+):
+    """Song batches of two files, each prepared while the database loads the one before: the
+    database refuses one song (a CHECK the load knows nothing of), so that batch is loaded again
+    file by file and the refused file is rejected whole; the batch prepared meanwhile, and every
+    other, loads."""
+    for n in range(7):
+        write(tmp_path, f"song_data/{n}.json", line(song(n, title=f"Crafted song {n}")))
+    write(tmp_path, "song_data/3.json", line(song(3, title="Refused")))
+    query("ALTER TABLE songs ADD CONSTRAINT not_refused CHECK (title <> 'Refused'); SELECT 1")
+
+    report = etl_module.run(
+        settings, tmp_path, jobs=0, progress=False, out=None, limits=Limits(song_batch_files=2)
+    )
+
+    assert report.exit_code(strict=False) == EXIT_OK
+    assert query("SELECT song_id FROM songs ORDER BY song_id") == [
+        (song(n)["song_id"],) for n in range(7) if n != 3
+    ]
+    assert [r[:3] for r in rejects()] == [
+        (
+            "song_data/3.json",
+            None,
+            'the database refused this file: new row for relation "songs" violates check '
+            'constraint "not_refused"',
+        )
+    ]
+    assert manifest() == {
+        f"song_data/{n}.json": (1, 0, 0, 0, 1) if n == 3 else (1, 1, 0, 0, 0) for n in range(7)
+    }

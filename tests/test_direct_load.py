@@ -116,10 +116,10 @@ def test_a_play_of_length_minus_zero_is_resolved_as_the_databases_join_resolves_
     assert report["plays_resolved"]["this_run"] == 1
 
 
-def test_a_bulk_load_ends_when_a_parse_worker_has_no_log_batch_to_take_the_song_keys(tmp_path):
-    # --jobs 2 and two batches (the songs', the log's): the first worker prepares the songs and
-    # is done; the song keys handed to it then (more than a pipe holds) are never read, and
-    # etl.py must still exit once its report is printed.
+def test_a_bulk_load_asked_for_more_workers_than_log_batches_ends(tmp_path):
+    # --jobs 2 and one log batch (the songs are prepared by etl.py itself): one worker, which
+    # takes the song keys (more than a pipe holds); a second one would never read them, and
+    # etl.py must exit once its report is printed.
     catalogue = [song(n) for n in range(2000)]
     write(tmp_path, "song_data/catalogue.json", json.dumps(catalogue).encode())
     plays = [event(n, song="Crafted song 7", artist="Crafted", length=107.5) for n in range(5)]

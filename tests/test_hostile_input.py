@@ -908,4 +908,4 @@ def test_jobs_beyond_four_per_cpu_are_refused_and_help_says_so(tmp_path):
         done.stderr
     )
     help_text = " ".join(run_script("etl.py", "--help").stdout.split())
-    assert f"0 to {bound} (4 per CPU), and never more than there are batches" in help_text
+    assert f"0 to {bound} (4 per CPU), and never more than there are log batches" in help_text
