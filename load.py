@@ -361,11 +361,11 @@ class Built:
 
 
 def build_keys(conn, run_id: int | None = None) -> Built:
-    """Build back songplays' missing keys, in one transaction: the plays written twice are
-    settled first (songplays keeps the copy of the file first in path order, as the key in place
-    does; run_id's plays that lost are counted), then every key is built and every foreign key
-    checked over the whole table, in one pass each. If one cannot be built, none is, and they
-    stay missing for the next run to build."""
+    """Build back the missing keys (sql.BULK_KEYS), in one transaction: one row of each instant
+    is kept and the plays written twice are settled first (songplays keeps the copy of the file
+    first in path order, as the key in place does; run_id's plays that lost are counted), then
+    every key is built and every foreign key checked over the whole table, in one pass each. If
+    one cannot be built, none is, and they stay missing for the next run to build."""
     missing = keys_missing(conn)
     if not missing:
         return Built([], {})
