@@ -109,7 +109,10 @@ class Preparer:
 
     def hand_over(self, handed: HandOver) -> None:
         """In a bulk load, the song keys as the database has them once the run's song files are
-        loaded, and the ids taken for the new log files; None in any other load."""
+        loaded, and the ids taken for the new log files; None in any other load. With no log
+        batch there is nobody to hand it to (and prepare.py is not imported)."""
+        if not self.logs:
+            return
         self.written = prepare_module().direct_once(lambda: handed)
         for inbox in self.inboxes:  # each worker has a log batch to read it in
             inbox.put(handed)
