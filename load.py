@@ -361,30 +361,24 @@ class Built:
 
 
 def build_keys(conn, run_id: int | None = None) -> Built:
-    """Build back the missing keys (sql.BULK_KEYS), in one transaction: one row of each instant
-    is kept and the plays written twice are settled first (songplays keeps the copy of the file
-    first in path order, as the key in place does; run_id's plays that lost are counted), then
-    every key is built and every foreign key checked over the whole table, in one pass each. If
-    one cannot be built, none is, and they stay missing for the next run to build."""
+    """Build back the missing keys (sql.BULK_KEYS), in one transaction, each in one pass over its
+    table (a foreign key checked over every row). Where a bulk load wrote an instant or a play
+    twice, time's key or songplays' unique key cannot be built: one row of each instant is kept,
+    or the plays are settled (songplays keeps the copy of the file first in path order, as the
+    key in place does; run_id's plays that lost are counted), and the key is built then. If one
+    key cannot be built, none is, and they stay missing for the next run to build."""
     missing = keys_missing(conn)
     if not missing:
         return Built([], {})
-    name, ours = missing[0], []
+    name, moved = missing[0], []
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
             if db.distributed(cur):
                 cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
             _create_staging(cur)  # at a run's start, before start_run
-            cur.execute(sql.time_duplicates_remove)
-            cur.execute(sql.plays_duplicated_keys)
-            if cur.rowcount:
-                ours = [move for move in _settle(cur) if move.run_id == run_id]
-                cur.execute(sql.users_refresh)
-                cur.execute(sql.users_delete_orphans)
-                cur.execute(sql.time_delete_orphans)
             for name in missing:
-                cur.execute(sql.BULK_KEYS[name][0])
+                moved += _build_key(cur, name)
             cur.execute(sql.analyze_after_bulk_load)
     except psycopg2.errors.LockNotAvailable:
         return Built([], {name: "another session kept a conflicting lock on its tables"})
@@ -392,6 +386,48 @@ def build_keys(conn, run_id: int | None = None) -> Built:
         return Built([], {name: "it deadlocked with another session's writes"})
     except psycopg2.IntegrityError as exc:
         return Built([], {name: db.first_line(exc)})
+    ours = [move for move in moved if move.run_id == run_id]
     return Built(
         missing, {}, -sum(move.plays for move in ours), -sum(move.resolved for move in ours)
     )
+
+
+def _build_key(cur, name: str) -> list[Moved]:
+    """Build key name as the rows stand, or, if what a bulk load wrote twice breaks it, once
+    that is settled; returns what the settling moved. Trying first spares a pass over time and
+    one over songplays in the usual load, which writes nothing twice (bench/README.md)."""
+    settle = _DUPLICATES_SETTLED_BY.get(name)
+    if settle is None:
+        cur.execute(sql.BULK_KEYS[name][0])
+        return []
+    cur.execute(sql.key_attempt)
+    try:
+        cur.execute(sql.BULK_KEYS[name][0])
+        return []
+    except psycopg2.errors.UniqueViolation:
+        cur.execute(sql.key_attempt_undo)
+    moved = settle(cur)
+    cur.execute(sql.BULK_KEYS[name][0])
+    return moved
+
+
+def _instants_settled(cur) -> list[Moved]:
+    """One row of each instant stays: they are the same row wherever they come from."""
+    cur.execute(sql.time_duplicates_remove)
+    return []
+
+
+def _plays_settled(cur) -> list[Moved]:
+    """The plays written twice settled, and the users and instants they leave follow."""
+    cur.execute(sql.plays_duplicated_keys)
+    moved = _settle(cur)
+    cur.execute(sql.users_refresh)
+    cur.execute(sql.users_delete_orphans)
+    cur.execute(sql.time_delete_orphans)
+    return moved
+
+
+_DUPLICATES_SETTLED_BY = {
+    "time_pkey": _instants_settled,
+    "songplays_user_id_session_id_item_in_session_key": _plays_settled,
+}

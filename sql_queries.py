@@ -157,8 +157,14 @@ SELECT NOT EXISTS (SELECT FROM songplays) AND NOT EXISTS (SELECT FROM songplay_c
 # to be built by the next run.
 keys_lock_timeout = "SET LOCAL lock_timeout = '3s'"
 
-# The plays a bulk load wrote more than once (files that share plays), found before the keys are
-# built: settle_queries keeps the copy of the file first in path order, as the key in place does.
+# A key is first tried as the rows stand: it fails only when a bulk load wrote an instant or a
+# play twice (files that share them); they are then settled and the key built again.
+key_attempt = "SAVEPOINT key_attempt"
+key_attempt_undo = "ROLLBACK TO SAVEPOINT key_attempt"
+
+# The plays a bulk load wrote more than once (files that share plays), found when songplays'
+# unique key could not be built: settle_queries keeps the copy of the file first in path order,
+# as the key in place does.
 plays_duplicated_keys = """
 INSERT INTO stage_keys (user_id, session_id, item_in_session)
 SELECT user_id, session_id, item_in_session FROM songplays
