@@ -376,6 +376,7 @@ def build_keys(conn, run_id: int | None = None) -> Built:
             cur.execute(sql.keys_lock_timeout)
             if db.distributed(cur):
                 cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
+                cur.execute(sql.citus_no_local_execution)
             _create_staging(cur)  # at a run's start, before start_run
             for name in missing:
                 moved += _build_key(cur, name)

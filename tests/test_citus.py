@@ -366,6 +366,32 @@ def test_citus_full_refresh_gives_identical_tables(cluster):
         assert table_contents() == before
 
 
+def test_citus_keys_found_missing_with_an_instant_written_twice_are_built_by_the_next_run(
+    cluster,
+):
+    """time's key and the foreign key on it, dropped by hand with a copy of an instant left in
+    time (as an interrupted bulk load leaves them): the next run keeps one row of the instant
+    and builds both, in the one transaction that also analyzes every table."""
+    before, _ = fresh_load(cluster.url, SAMPLE)
+    with using_database(cluster.url):
+        query(
+            "ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey;"
+            "ALTER TABLE time DROP CONSTRAINT time_pkey;"
+            "INSERT INTO time SELECT * FROM time ORDER BY start_time LIMIT 1 RETURNING 1"
+        )
+        assert query("SELECT count(*) - count(DISTINCT start_time) FROM time") == [(1,)]
+    report = json.loads(etl(cluster.url, SAMPLE).stdout)
+    assert report["exit_code"] == 0
+    assert report["keys"]["found_missing"] == ["time_pkey", "songplays_start_time_fkey"]
+    assert report["keys"]["not_restored"] == {}
+    with using_database(cluster.url):
+        assert table_contents() == before
+        assert query(
+            "SELECT count(*) FROM pg_constraint WHERE conname IN %s",
+            (("time_pkey", "songplays_start_time_fkey"),),
+        ) == [(2,)]
+
+
 def edit_log(path: Path) -> None:
     """Drop every third play of a log file and rename the song of the first kept play: plays
     go, with their instants and the user levels they set; one play no longer resolves."""
