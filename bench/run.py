@@ -371,13 +371,13 @@ def run_classic(bench: Bench, data: Path, truth: dict, args: argparse.Namespace)
 
 def measure_size(bench: Bench, args: argparse.Namespace, events: int, everything: bool) -> dict:
     """Every row at one size, each the fastest of --rounds rounds, interleaved; without everything
-    (--growth), the full load, its re-run and the limit only."""
+    (--growth), the full load, its re-run, the increment, the last day alone and the limit only."""
     data, truth = ensure_data(bench.workdir, events, args)
     logs = sorted((data / "log_data").rglob("*.json"))
     best, rows = {}, {"truth": {k: truth[v] for k, v in TRUTH.items()}}
     for n in range(1, args.rounds + 1):
         rows |= full_round(bench, data, best)
-        rows |= increment_round(bench, data, logs, best) if everything else {}
+        rows |= increment_round(bench, data, logs, best)
         print(f"round {n}, fastest:", ", ".join(f"{k} {v.seconds:.2f} s" for k, v in best.items()))
     runs = {name: run.figures() for name, run in best.items()}
     etl_s = runs["create_tables"]["seconds"] + runs["full_load"]["seconds"]
@@ -523,16 +523,21 @@ def growth_report(r: dict) -> str:
         star = sum(s["rows"]["full_load"][t] for t in sql.STAR_TABLES)
         lines.append(
             [fmt(events), fmt(s["data"]["log_mb"]), fmt(etl_s, 1), fmt(etl_s / events * 1e6, 1),
-             fmt(star / etl_s), rss(runs["full_load"]), fmt(limit_s, 1), f"{etl_s / limit_s:.1f}x"]
+             fmt(star / etl_s), rss(runs["full_load"]), fmt(limit_s, 1), f"{etl_s / limit_s:.1f}x",
+             fmt(runs["increment"]["seconds"], 2), fmt(runs["day_alone"]["seconds"], 2),
+             f"{s['ratios']['increment_over_alone']:.1f}x"]
         )  # fmt: skip
     header = ["events", "log MB", "wall s", "s per 1M events", "rows/s",
-              "peak RSS MB (max / sum)", "limit s", "ETL / limit"]  # fmt: skip
+              "peak RSS MB (max / sum)", "limit s", "ETL / limit", "increment s",
+              "last day alone s", "increment / alone"]  # fmt: skip
     text = [
         f"## How the full load grows ({r['params']['songs']:,} song files, "
         f"seed {r['params']['seed']})",
         table(header, lines),
         f"Wall s: create_tables.py + etl.py, the fastest of --rounds {r['params']['rounds']}, "
-        "interleaved with the limit's; a load growing linearly keeps its s per 1M events.",
+        "interleaved with the limit's; a load growing linearly keeps its s per 1M events. "
+        "Increment: the last day's file onto the songs and the other days; last day alone: the "
+        "same file onto the songs only (a first load).",
     ]
     return "\n\n".join([*text, footer(r["machine"], r["sizes"])]) + "\n"
 
@@ -558,8 +563,8 @@ OPTIONS = [  # flag, argparse settings, help
     ("--no-peers", {"action": "store_true"}, "skip the dlt row (it installs dlt from PyPI)"),
     ("--dlt-version", {"default": "1.31.0", "dest": "dlt", "metavar": "V"}, "dlt release for the "
      "peer row, installed in WORKDIR/dlt-venv"),
-    ("--growth", {"action": "store_true"}, "instead: the full load and the limit at each "
-     "--growth-sizes (WORKDIR/growth.md and growth.json)"),
+    ("--growth", {"action": "store_true"}, "instead: the full load, the increment and the "
+     "limit at each --growth-sizes (WORKDIR/growth.md and growth.json)"),
     ("--growth-sizes", {"type": sizes, "default": [1_000_000, 3_000_000, 10_000_000],
                         "metavar": "N,N,..."}, "events at each size of --growth"),
 ]  # fmt: skip

@@ -91,7 +91,10 @@ def test_growth_at_two_tiny_sizes(tmp_path):
         assert size["runs"]["full_load"]["seconds"] > 0
         assert size["runs"]["full_load"]["rss_max_mb"] > 0
         assert size["ratios"]["etl_over_limit"] > 0
-        assert "increment" not in size["runs"] and "targets" not in size
+        assert size["rows"]["after_increment"] == size["rows"]["truth"]
+        assert size["runs"]["increment"]["seconds"] > 0
+        assert size["ratios"]["increment_over_alone"] > 0
+        assert "targets" not in size
     assert "## How the full load grows" in done.stdout
     assert (tmp_path / "growth.md").read_text() in done.stdout
     assert not list(tmp_path.glob("data-*"))
