@@ -374,12 +374,14 @@ def build_keys(conn, run_id: int | None = None) -> Built:
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
-            if db.distributed(cur):
-                cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
-                cur.execute(sql.citus_no_local_execution)
+            _one_connection_per_worker(cur)
             _create_staging(cur)  # at a run's start, before start_run
             for name in missing:
                 moved += _build_key(cur, name)
+        # Its own transaction: on Citus, once time's key is built on the coordinator's copy of
+        # the reference table, analyzing every copy of it is refused in the same transaction.
+        with db.managed_cursor(conn) as cur:
+            _one_connection_per_worker(cur)
             cur.execute(sql.analyze_after_bulk_load)
     except psycopg2.errors.LockNotAvailable:
         return Built([], {name: "another session kept a conflicting lock on its tables"})
@@ -391,6 +393,12 @@ def build_keys(conn, run_id: int | None = None) -> Built:
     return Built(
         missing, {}, -sum(move.plays for move in ours), -sum(move.resolved for move in ours)
     )
+
+
+def _one_connection_per_worker(cur) -> None:
+    """On Citus: the transaction reaches songplays' shards, then the reference tables."""
+    if db.distributed(cur):
+        cur.execute(sql.citus_sequential)
 
 
 def _build_key(cur, name: str) -> list[Moved]:

@@ -407,12 +407,6 @@ citus_distribute_queries = [
 # operation on a distributed table".
 citus_sequential = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
 
-# Building keys on Citus: time's key is built on the coordinator's own copy of the reference
-# table (local execution), after which ANALYZE time, run on every node, is refused ("a local
-# execution has accessed a placement in the transaction"); the coordinator's copy is then
-# reached over a connection like the others.
-citus_no_local_execution = "SET LOCAL citus.enable_local_execution TO off"
-
 
 # ---------------------------------------------------------------- one run at a time
 
