@@ -378,21 +378,31 @@ def build_keys(conn, run_id: int | None = None) -> Built:
             _create_staging(cur)  # at a run's start, before start_run
             for name in missing:
                 moved += _build_key(cur, name)
-        # Its own transaction: on Citus, once time's key is built on the coordinator's copy of
-        # the reference table, analyzing every copy of it is refused in the same transaction.
-        with db.managed_cursor(conn) as cur:
-            _one_connection_per_worker(cur)
-            cur.execute(sql.analyze_after_bulk_load)
     except psycopg2.errors.LockNotAvailable:
         return Built([], {name: "another session kept a conflicting lock on its tables"})
     except psycopg2.errors.DeadlockDetected:
         return Built([], {name: "it deadlocked with another session's writes"})
     except psycopg2.IntegrityError as exc:
         return Built([], {name: db.first_line(exc)})
+    _analyze(conn)
     ours = [move for move in moved if move.run_id == run_id]
     return Built(
         missing, {}, -sum(move.plays for move in ours), -sum(move.resolved for move in ours)
     )
+
+
+def _analyze(conn) -> None:
+    """Statistics for the tables the keys' build filled, in a transaction of its own: on Citus,
+    once time's key is built on the coordinator's copy of the reference table, analyzing every
+    copy of it is refused in the same transaction. A session holding the tables past the lock
+    timeout leaves them to autovacuum: the keys are built all the same."""
+    try:
+        with db.managed_cursor(conn) as cur:
+            cur.execute(sql.keys_lock_timeout)
+            _one_connection_per_worker(cur)
+            cur.execute(sql.analyze_after_bulk_load)
+    except psycopg2.errors.LockNotAvailable:
+        return
 
 
 def _one_connection_per_worker(cur) -> None:

@@ -330,3 +330,25 @@ def test_keys_a_bulk_load_cannot_build_back_fail_it_naming_the_key_and_wait_for_
     assert summary.found_missing == ALL_SET_ASIDE
     assert summary.checks == CHECKS_PASSED
     assert schema_objects() == created
+
+
+def test_a_session_holding_users_past_the_lock_timeout_leaves_their_statistics_not_the_keys(data):
+    """A session that keeps users from being analyzed (its open transaction holds a lock ANALYZE
+    waits for) does not stop the keys found missing from being built: after the lock timeout the
+    statistics are left to autovacuum, and the run loads as usual."""
+    etl(data)
+    created = schema_objects()
+    query("DROP INDEX songplays_file; SELECT 1")
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    holder = db.connect(db.Settings.from_env())
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK users IN SHARE UPDATE EXCLUSIVE MODE")  # the transaction stays open
+        done = etl(data)
+    finally:
+        holder.close()
+    summary = parse_summary(done.stdout)
+    assert summary.found_missing == {"songplays_file"} and not summary.restored
+    assert summary.records["log"] == Counts(1, 1)
+    assert summary.checks == CHECKS_PASSED
+    assert schema_objects() == created
