@@ -68,15 +68,21 @@ def load_outcome(done: subprocess.CompletedProcess) -> tuple:
     return summary.records, summary.resolved, sorted(kept), table_contents(), manifest()
 
 
-def with_songplays_held(action):
-    """action() while another session holds songplays: a load cannot set its keys aside."""
+def with_a_session_holding(statement: str, action):
+    """action() while another session's open transaction has run statement, and holds what it
+    locked."""
     holder = db.connect(db.Settings.from_env())
     try:
         with holder.cursor() as cur:
-            cur.execute("SELECT count(*) FROM songplays")  # a transaction stays open
+            cur.execute(statement)  # the transaction stays open
         return action()
     finally:
         holder.close()
+
+
+def with_songplays_held(action):
+    """action() while another session holds songplays: a load cannot set its keys aside."""
+    return with_a_session_holding("SELECT count(*) FROM songplays", action)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -275,13 +281,9 @@ def test_keys_another_session_keeps_from_being_built_stop_the_run_before_it_load
     before = table_contents()
     query("ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey; SELECT 1")
     write(data, "log_data/2018/12/a.json", lines(event(1)))
-    holder = db.connect(db.Settings.from_env())
-    try:
-        with holder.cursor() as cur:
-            cur.execute("INSERT INTO time SELECT * FROM time LIMIT 0")  # a transaction stays open
-        done = etl(data, exit_code=EXIT_ENVIRONMENT)
-    finally:
-        holder.close()
+    done = with_a_session_holding(
+        "INSERT INTO time SELECT * FROM time LIMIT 0", lambda: etl(data, exit_code=EXIT_ENVIRONMENT)
+    )
     assert done.stderr == (
         "error: the keys of songplays and time are missing (as an interrupted bulk load leaves "
         "them) and cannot be built back: songplays_start_time_fkey: another session kept a "
@@ -340,13 +342,7 @@ def test_a_session_holding_users_past_the_lock_timeout_leaves_their_statistics_n
     created = schema_objects()
     query("DROP INDEX songplays_file; SELECT 1")
     write(data, "log_data/2018/12/a.json", lines(event(1)))
-    holder = db.connect(db.Settings.from_env())
-    try:
-        with holder.cursor() as cur:
-            cur.execute("LOCK users IN SHARE UPDATE EXCLUSIVE MODE")  # the transaction stays open
-        done = etl(data)
-    finally:
-        holder.close()
+    done = with_a_session_holding("LOCK users IN SHARE UPDATE EXCLUSIVE MODE", lambda: etl(data))
     summary = parse_summary(done.stdout)
     assert summary.found_missing == {"songplays_file"} and not summary.restored
     assert summary.records["log"] == Counts(1, 1)
