@@ -374,7 +374,9 @@ def build_keys(conn, run_id: int | None = None) -> Built:
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
-            _one_connection_per_worker(cur)
+            distributed = db.distributed(cur)
+            if distributed:
+                cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
             _create_staging(cur)  # at a run's start, before start_run
             for name in missing:
                 moved += _build_key(cur, name)
@@ -384,14 +386,14 @@ def build_keys(conn, run_id: int | None = None) -> Built:
         return Built([], {name: "it deadlocked with another session's writes"})
     except psycopg2.IntegrityError as exc:
         return Built([], {name: db.first_line(exc)})
-    _analyze(conn)
+    _analyze(conn, distributed)
     ours = [move for move in moved if move.run_id == run_id]
     return Built(
         missing, {}, -sum(move.plays for move in ours), -sum(move.resolved for move in ours)
     )
 
 
-def _analyze(conn) -> None:
+def _analyze(conn, distributed: bool) -> None:
     """Statistics for the tables the keys' build filled, in a transaction of its own: on Citus,
     once time's key is built on the coordinator's copy of the reference table, analyzing every
     copy of it is refused in the same transaction. A session holding the tables past the lock
@@ -399,16 +401,11 @@ def _analyze(conn) -> None:
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
-            _one_connection_per_worker(cur)
+            if distributed:
+                cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
             cur.execute(sql.analyze_after_bulk_load)
     except psycopg2.errors.LockNotAvailable:
         return
-
-
-def _one_connection_per_worker(cur) -> None:
-    """On Citus: the transaction reaches songplays' shards, then the reference tables."""
-    if db.distributed(cur):
-        cur.execute(sql.citus_sequential)
 
 
 def _build_key(cur, name: str) -> list[Moved]:
