@@ -91,21 +91,26 @@ class Preparer:
         # The log batches' numbers: the k-th of them goes to worker k % jobs, and there are no
         # more workers than log batches.
         self.logs = [n for n, batch in enumerate(batches) if batch.kind == "log"]
-        self.workers, self.outboxes, self.inboxes = [], [], []
+        self.workers, self.outboxes, self.handovers = [], [], []
+        self.sending: list[concurrent.futures.Future] = []  # the hand-over, on its way to each
         jobs = min(jobs, len(self.logs))
         if jobs <= 0:
             return
         context = multiprocessing.get_context("spawn")
         logs = [batches[n] for n in self.logs]
+        readers = []
         for k in range(jobs):
             self.outboxes.append(context.Queue(maxsize=1))
-            self.inboxes.append(context.Queue(maxsize=1))
-            args = (logs, k, jobs, limits, self.outboxes[k], self.inboxes[k])
+            reader, writer = context.Pipe(duplex=False)
+            readers.append(reader)
+            self.handovers.append(writer)
+            args = (logs, k, jobs, limits, self.outboxes[k], reader)
             self.workers.append(
                 context.Process(target=_worker, daemon=True, args=(*args, os.getpid()))
             )
-        for worker in self.workers:
+        for worker, reader in zip(self.workers, readers):
             worker.start()
+            reader.close()  # the worker's end only: a send to a worker that died fails, not waits
 
     def hand_over(self, handed: HandOver) -> None:
         """In a bulk load, the song keys as the database has them once the run's song files are
@@ -114,8 +119,11 @@ class Preparer:
         if not self.logs:
             return
         self.written = prepare_module().direct_once(lambda: handed)
-        for inbox in self.inboxes:  # each worker has a log batch to read it in
-            inbox.put(handed)
+        # Sent from threads of this run's own (each worker has a log batch to read it in, and
+        # reads it once a part needs it): a pipe and a thread that close() ends, where a
+        # multiprocessing queue would leave its feeder thread running while Python exits, racing
+        # the cleanup of the queue's named semaphores (a "leaked semaphore" warning, now and then).
+        self.sending = [in_a_thread(writer.send, handed) for writer in self.handovers]
 
     def parts(self, number: int) -> Iterator[Part]:
         """Batch number's parts, up to its last (and nothing of the next batch)."""
@@ -155,8 +163,10 @@ class Preparer:
         for worker in self.workers:
             worker.kill()
             worker.join()
-        for inbox in self.inboxes:  # what a killed worker did not read is not waited for
-            inbox.cancel_join_thread()
+        for sending in self.sending:  # sent, or failed on the pipe of a worker now gone
+            sending.exception()
+        for writer in self.handovers:
+            writer.close()
 
 
 def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:
@@ -174,10 +184,10 @@ def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:
     return future
 
 
-def _worker(batches, k: int, jobs: int, limits: Limits, outbox, inbox, parent: int) -> None:
+def _worker(batches, k: int, jobs: int, limits: Limits, outbox, handover, parent: int) -> None:
     _die_with(parent)
     try:
-        written = prepare_module().direct_once(inbox.get)
+        written = prepare_module().direct_once(handover.recv)
         for batch in batches[k::jobs]:  # the n-th batch handed out is worker n % jobs's
             for part in prepare_module().prepare(batch, limits, written):
                 outbox.put(part)

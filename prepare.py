@@ -59,7 +59,7 @@ DirectSource = Callable[[], "Direct | None"]
 
 def direct_once(fetch: Callable[[], HandOver]) -> DirectSource:
     """What the run hands over once its song files are loaded (from the database, or through a
-    queue from the run), fetched and converted on first use, then kept; None: no bulk load, and
+    pipe from the run), fetched and converted on first use, then kept; None: no bulk load, and
     plays are staged and merged."""
 
     @functools.cache

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+from pathlib import Path
 
 import pytest
 from builders import CRAFTED_ARTIST, SESSION, etl, event, line, log_file, other_page, song, write
@@ -13,6 +15,10 @@ from conftest import PROPERTY, query, run_script
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+
+import extract
+from contract import Limits
+from etl import Preparer
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
@@ -135,6 +141,51 @@ def test_a_bulk_load_asked_for_more_workers_than_log_batches_ends(tmp_path):
     report = json.loads(done.stdout)
     assert report["keys"]["set_aside"] is True
     assert report["plays_resolved"]["this_run"] == 5
+
+
+def started_threads(before: set[threading.Thread]) -> list[str]:
+    return sorted(t.name for t in set(threading.enumerate()) - before)
+
+
+def preparer_of(data: Path) -> Preparer:
+    """A parse worker for data's log files, as etl.run starts one."""
+    source = extract.source(str(data))
+    batches = extract.plan(source, extract.listing(source, "log"), "log", {}, Limits()).batches
+    return Preparer(batches, Limits(), jobs=1)
+
+
+# Song keys more than a pipe holds at once, and the id of the one log file.
+HANDED = ([(f"Title {n}", "Crafted", 107.5, f"SO{n:016d}", CRAFTED_ARTIST) for n in range(5000)],
+          {"log_data/day.json": 1})  # fmt: skip
+
+
+def test_the_parse_worker_once_closed_leaves_no_thread_of_the_run_running(tmp_path):
+    # A thread still running while Python exits can be stopped halfway through the cleanup of
+    # what it holds: a multiprocessing queue's feeder thread, left holding the queue's named
+    # semaphores, made etl.py warn of a "leaked semaphore" at exit now and then.
+    write(tmp_path, "log_data/day.json", log_file(*[event(n) for n in range(5)]))
+    before = set(threading.enumerate())
+    preparer = preparer_of(tmp_path)
+    preparer.hand_over(HANDED)
+
+    parts = list(preparer.parts(0))
+    preparer.close()
+
+    assert [(f.path, f.accepted, f.file_id) for p in parts for f in p.files] == [
+        ("log_data/day.json", 5, 1)
+    ]
+    assert started_threads(before) == []
+
+
+def test_a_parse_worker_closed_before_it_reads_the_hand_over_is_not_waited_for(tmp_path):
+    write(tmp_path, "log_data/day.json", log_file(*[event(n) for n in range(5)]))
+    before = set(threading.enumerate())
+    preparer = preparer_of(tmp_path)
+    preparer.hand_over(HANDED)
+
+    preparer.close()  # the worker killed, maybe before it read the song keys
+
+    assert started_threads(before) == []
 
 
 def test_a_file_the_database_refuses_during_a_bulk_load_with_two_workers_loses_nothing_else(
