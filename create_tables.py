@@ -4,7 +4,8 @@ On a Citus coordinator (the database has the citus extension) the star is distri
 and users on user_id, in the same shards; songs, artists and time as reference tables.
 
 Only this project's tables are touched. Sessions that hold locks on them (an open notebook
-transaction, say) are ended first; a running etl.py is never interrupted: we refuse instead.
+transaction, say) are ended first, those this role may end; the others are named, and nothing is
+dropped. A running etl.py is never interrupted: we refuse instead.
 """
 
 from __future__ import annotations
@@ -42,28 +43,10 @@ def create_tables(settings: db.Settings) -> int:
     conn = db.connect(settings)
     try:
         db.acquire_lock(conn)
-        with db.managed_cursor(conn) as cur:
-            cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
-            try:
-                cur.execute(sql.drop_tables)
-            except psycopg2.errors.DependentObjectsStillExist as exc:
-                raise db.DatabaseError(
-                    f"cannot drop the tables: {exc.diag.message_detail}; drop "
-                    "or change that first (nothing was dropped)"
-                ) from None
-            for query in sql.create_table_queries:
-                cur.execute(query)
-            cur.execute(sql.citus_present)
-            citus = cur.fetchone()[0]
-            if citus:
-                for query in sql.citus_distribute_queries:
-                    cur.execute(query)
-            else:
-                for query in sql.row_counts_create:
-                    cur.execute(query)
-                cur.execute(sql.row_counts_seed, {"tables": sql.STAR_TABLES})
-            for query in sql.bulk_keys_create:
-                cur.execute(query)
+        try:
+            citus = recreate(conn)
+        except psycopg2.errors.LockNotAvailable:
+            raise db.DatabaseError(still_locked(conn)) from None
     finally:
         conn.close()
     print(f"created tables {', '.join(sql.TABLES)} in {settings.describe()}")
@@ -73,6 +56,57 @@ def create_tables(settings: db.Settings) -> int:
             "artists, time reference tables; load_* local on the coordinator"
         )
     return 0
+
+
+def recreate(conn) -> bool:
+    """Drop and create the tables in one transaction; whether the server is Citus."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
+        cur.execute(sql.drop_lock_timeout)
+        try:
+            cur.execute(sql.drop_tables)
+        except psycopg2.errors.DependentObjectsStillExist as exc:
+            raise db.DatabaseError(
+                f"cannot drop the tables: {exc.diag.message_detail}; drop "
+                "or change that first (nothing was dropped)"
+            ) from None
+        for query in sql.create_table_queries:
+            cur.execute(query)
+        cur.execute(sql.citus_present)
+        citus = cur.fetchone()[0]
+        if citus:
+            for query in sql.citus_distribute_queries:
+                cur.execute(query)
+        else:
+            for query in sql.row_counts_create:
+                cur.execute(query)
+            cur.execute(sql.row_counts_seed, {"tables": sql.STAR_TABLES})
+        for query in sql.bulk_keys_create:
+            cur.execute(query)
+    return citus
+
+
+def still_locked(conn) -> str:
+    """Why DROP gave up waiting: the sessions that hold a lock on the tables, which this role may
+    not end (a superuser's, another role's, or an autovacuum that does not let go)."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.lock_holders_left, {"tables": sql.TABLES})
+        holders = [
+            f"{pid} ({', '.join(filter(None, [who, application]))}) on {tables}"
+            for pid, who, application, tables in cur.fetchall()
+        ]
+        cur.execute(sql.role_name)
+        role = cur.fetchone()[0]
+    if not holders:
+        return (
+            "cannot drop the tables: another session held a lock on them and has let go since; "
+            "run create_tables.py again (nothing was dropped)"
+        )
+    return (
+        f"cannot drop the tables: locked by sessions role {role} may not end: "
+        f"{'; '.join(holders)}; end them (pg_terminate_backend), or run create_tables.py as a "
+        "superuser or a member of pg_signal_backend (nothing was dropped)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -338,14 +338,37 @@ COUNTING = ["row_counts"]  # the star's row counts, which its triggers keep (not
 # instead of vanishing with them.
 drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + COUNTING + CITUS_STAGING)
 
-# Sessions of other clients that hold a lock on one of our tables (an open notebook transaction,
-# a psql session inside BEGIN) would make DROP wait forever: they are ended first.
-terminate_lock_holders = """
-SELECT pg_terminate_backend(l.pid)
+# The sessions that hold a lock on one of our tables in this database (an open notebook
+# transaction, a psql session inside BEGIN, autovacuum): one row each, with what they lock.
+table_lock_holders = """
+SELECT a.pid, a.backend_type, r.oid AS role, r.rolname, r.rolsuper, a.application_name,
+       string_agg(DISTINCT l.relation::regclass::text, ', ') AS tables
 FROM pg_locks l
-WHERE l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)
+JOIN pg_stat_activity a ON a.pid = l.pid
+LEFT JOIN pg_roles r ON r.oid = a.usesysid
+WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)
   AND l.pid <> pg_backend_pid()
-GROUP BY l.pid"""
+GROUP BY a.pid, a.backend_type, r.oid, r.rolname, r.rolsuper, a.application_name"""
+
+# Those holders would make DROP wait: the clients' sessions this role may end are ended first (a
+# superuser may end any; another role those of a role whose privileges it has, or as a member of
+# pg_signal_backend any but a superuser's). Autovacuum lets go by itself once DROP waits.
+terminate_lock_holders = f"""
+WITH holder AS ({table_lock_holders})
+SELECT pg_terminate_backend(pid) FROM holder
+WHERE backend_type = 'client backend'
+  AND (current_setting('is_superuser')::boolean
+       OR (NOT rolsuper
+           AND (pg_has_role(role, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))))"""
+
+# DROP waits this long for the holders left (autovacuum lets go after deadlock_timeout, 1 s by
+# default), then gives up; the sessions still holding a lock are then named.
+drop_lock_timeout = "SET LOCAL lock_timeout = '5s'"
+lock_holders_left = f"""
+SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
+FROM ({table_lock_holders}) holder ORDER BY pid"""
+role_name = "SELECT current_user"
 
 # On the embedded server, create_tables.py creates the database first.
 database_exists = "SELECT 1 FROM pg_database WHERE datname = %(name)s"

@@ -1,7 +1,7 @@
 """Kills and concurrency: a load killed with SIGKILL anywhere resumes to the tables an
 uninterrupted load makes and leaves no worker process behind; of two loads at once one loads and
-the other is refused; create_tables.py refuses while a load runs, and ends other sessions that
-hold the tables."""
+the other is refused; create_tables.py refuses while a load runs, ends other sessions that
+hold the tables where its role may, and names those it may not."""
 
 from __future__ import annotations
 
@@ -13,12 +13,29 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from builders import BASE, Watcher, etl, one_error_line, start_load
-from conftest import counts, query, run_script, scalar, schema_objects, table_contents
+from builders import (
+    BASE,
+    Watcher,
+    base_sample,
+    embedded_url,
+    etl,
+    one_error_line,
+    start_load,
+)
+from conftest import (
+    counts,
+    query,
+    run_script,
+    scalar,
+    schema_objects,
+    table_contents,
+    using_database,
+)
 from summary import CHECKS_PASSED, parse_summary
 
 import db
-from cli import EXIT_LOCKED, EXIT_OK
+import embedded
+from cli import EXIT_ENVIRONMENT, EXIT_LOCKED, EXIT_OK
 from extract import FOLDERS
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
@@ -243,3 +260,72 @@ def test_create_tables_ends_a_session_holding_an_open_transaction_on_songplays(d
         assert time.monotonic() < deadline, "the session holding songplays is still there"
         time.sleep(0.05)
     assert counts() == dict.fromkeys(BASE, 0)
+
+
+ANALYST = "sparkify_analyst"  # a role that is no superuser, and the database it owns
+
+
+def as_superuser(*statements: str) -> None:
+    conn = db.connect(db.Settings.from_env(), dbname="postgres")
+    try:
+        conn.autocommit = True  # CREATE and DROP DATABASE run outside a transaction
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def analyst_url() -> str:
+    """A database of its own on the tests' server, owned by a role that is no superuser (as on
+    a shared server): the URL to it as that role."""
+    url = embedded_url(role=ANALYST, database=ANALYST)
+    drop = [f"DROP DATABASE IF EXISTS {ANALYST} WITH (FORCE)", f"DROP ROLE IF EXISTS {ANALYST}"]
+    as_superuser(
+        *drop, f"CREATE ROLE {ANALYST} LOGIN", f"CREATE DATABASE {ANALYST} OWNER {ANALYST}"
+    )
+    try:
+        yield url
+    finally:
+        as_superuser(*drop)
+
+
+def holding(table: str, url: str, application: str):
+    """A session of url's role inside a transaction that has read table, and its server pid."""
+    conn = psycopg2.connect(url, application_name=application)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        cur.execute("SELECT pg_backend_pid()")
+        return conn, cur.fetchone()[0]
+
+
+def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those_it_may_not(
+    tmp_path, analyst_url
+):
+    as_analyst = {"DATABASE_URL": analyst_url}
+    run_script("create_tables.py", env=as_analyst)
+    etl(base_sample(tmp_path / "data"), env=as_analyst, process=True)
+    own, _ = holding("songs", analyst_url, "analyst's notebook")
+    other, other_pid = holding("songplays", embedded_url(database=ANALYST), "admin's psql")
+    try:
+        refused = run_script("create_tables.py", env=as_analyst, timeout=60, check=False)
+        assert refused.returncode == EXIT_ENVIRONMENT, refused
+        assert one_error_line(refused) == (
+            f"error: cannot drop the tables: locked by sessions role {ANALYST} may not end: "
+            f"{other_pid} (role {embedded.SUPERUSER}, admin's psql) on songplays; end them "
+            "(pg_terminate_backend), or run create_tables.py as a superuser or a member of "
+            "pg_signal_backend (nothing was dropped)"
+        )
+        with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+            own.cursor().execute("SELECT 1")
+        assert other.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        with using_database(analyst_url):
+            assert counts() == BASE
+        other.rollback()
+        run_script("create_tables.py", env=as_analyst, timeout=60)
+        with using_database(analyst_url):
+            assert counts() == dict.fromkeys(BASE, 0)
+    finally:
+        own.close()
+        other.close()
