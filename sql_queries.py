@@ -618,15 +618,20 @@ rejects_insert = """
 INSERT INTO load_rejects (run_id, path, line, reason, raw)
 SELECT %(run_id)s, path, line, reason, raw FROM stage_rejects"""
 
+# Files in the order etl.py lists and loads them: by the components of their manifest paths
+# (path), then code points, whatever the database's collation.
+FILE_ORDER = "string_to_array(path, '/') COLLATE \"C\""
+
 # An artist's attributes come from its song with the smallest song_id, whatever the order in
 # which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded
-# (a new artist has no song loaded yet). One INSERT ... ON CONFLICT: on Citus a reference table
-# cannot be updated FROM a TEMP table.
-artists_upsert = """
+# (a new artist has no song loaded yet); of that song's files, the last in path order, as for
+# the song (below). One INSERT ... ON CONFLICT: on Citus a reference table cannot be updated
+# FROM a TEMP table.
+artists_upsert = f"""
 INSERT INTO artists (artist_id, name, location, latitude, longitude)
 SELECT c.artist_id, c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude
 FROM (SELECT DISTINCT ON (artist_id) *
-      FROM stage_songs ORDER BY artist_id, song_id, path) c
+      FROM stage_songs ORDER BY artist_id, song_id, {FILE_ORDER} DESC, line DESC) c
 WHERE NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.song_id < c.song_id)
 ON CONFLICT (artist_id) DO UPDATE SET
     name = EXCLUDED.name, location = EXCLUDED.location,
@@ -634,13 +639,14 @@ ON CONFLICT (artist_id) DO UPDATE SET
 WHERE (artists.name, artists.location, artists.latitude, artists.longitude) IS DISTINCT FROM
       (EXCLUDED.name, EXCLUDED.location, EXCLUDED.latitude, EXCLUDED.longitude)"""
 
-# A song_id found in several files: the file that sorts first wins within a batch, and a file
-# loaded later (a changed file) replaces what an earlier load wrote.
-songs_upsert = """
+# A song_id found in several files: the file loaded last wins; within a batch, the last in path
+# order (its last line), as if each file were a batch of its own. A fresh load thus takes the
+# last file in path order, however the files are cut into batches.
+songs_upsert = f"""
 INSERT INTO songs (song_id, title, artist_id, year, duration)
 SELECT DISTINCT ON (song_id) song_id, title, artist_id, year, duration
 FROM stage_songs
-ORDER BY song_id, path, line
+ORDER BY song_id, {FILE_ORDER} DESC, line DESC
 ON CONFLICT (song_id) DO UPDATE SET
     title = EXCLUDED.title, artist_id = EXCLUDED.artist_id,
     year = EXCLUDED.year, duration = EXCLUDED.duration
@@ -887,7 +893,6 @@ WHERE path = %(path)s"""
 # moves each file's manifest counts between loaded and duplicates. Every step runs on Citus too:
 # stage_contest is a TEMP table on the coordinator, filled from the shards, and the shards are
 # written from it by uncorrelated statements (IN a subquery, INSERT ... SELECT).
-FILE_ORDER = "string_to_array(m.path, '/') COLLATE \"C\""
 
 _contest_columns = """start_time, user_id, level, first_name, last_name, gender, session_id,
     item_in_session, location, user_agent, song_title, artist_name, song_length"""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,15 +21,20 @@ from builders import (
     event,
     face_song,
     last_run,
+    line,
     lines,
     manifest,
     other_page,
     plus,
     rejects,
+    song,
     write,
 )
 from conftest import counts, query, run_main, scalar, table_contents
 from summary import CHECKS_PASSED, Counts, parse_summary
+
+import etl as etl_module
+from contract import Limits
 
 G = event
 
@@ -196,6 +202,53 @@ def test_songs_arriving_after_their_plays_resolve_them(fresh_tables, tmp_path):
     assert summary.resolved == (1, 113, 1)
     assert query(crafted, (USER,)) == [(FACE["song_id"], FACE["artist_id"]), (None, None)]
     assert summary.checks == CHECKS_PASSED
+
+
+def test_a_song_id_several_song_files_hold_takes_the_last_files_values_whatever_the_batches(
+    fresh_tables, tmp_path, settings
+):
+    """A fresh load is a function of the files, not of how they are cut into batches: each
+    song_id, and its artist, takes the values of the last file in path order that holds it."""
+    rng = random.Random(11)
+    files = {}
+    for n in range(16):  # 16 files holding 5 songs, each of its own artist
+        k = rng.randrange(5)
+        files[f"song_data/{rng.choice('ABC')}/{n:02d}.json"] = song(
+            k,
+            title=f"Version {n}",
+            duration=200.25 + n,
+            year=1990 + n,
+            artist_id=f"ARZZZZZ1187B9{k:05d}",
+            artist_name=f"Artist as file {n} has it",
+            artist_location=f"Place {n}",
+        )
+    last = {}
+    for path in sorted(files, key=lambda p: p.split("/")):
+        write(tmp_path, path, line(files[path]))
+        last[files[path]["song_id"]] = files[path]
+    expected = (
+        sorted(
+            (r["song_id"], r["title"], r["artist_id"], r["year"], r["duration"])
+            for r in last.values()
+        ),
+        sorted((r["artist_id"], r["artist_name"], r["artist_location"]) for r in last.values()),
+    )
+
+    for batch in (1, 2, 3, 10_000):
+        run_main("create_tables.py")
+        etl_module.run(
+            settings,
+            tmp_path,
+            jobs=0,
+            progress=False,
+            out=None,
+            limits=Limits(song_batch_files=batch),
+        )
+        loaded = (
+            query("SELECT song_id, title, artist_id, year, duration::float FROM songs ORDER BY 1"),
+            query("SELECT artist_id, name, location FROM artists ORDER BY 1"),
+        )
+        assert loaded == expected, f"song batches of {batch} files"
 
 
 def test_instants_are_stored_exactly_whatever_the_sessions_time_zone(data):
