@@ -152,6 +152,19 @@ def is_data_file(name: str) -> bool:
     return name.lower().removesuffix(GZIP_SUFFIX).endswith(DATA_SUFFIXES)
 
 
+def is_hidden(name: str) -> bool:
+    """A name starting with a dot: macOS's ._x.json copies, .Trashes, an editor's or a transfer's
+    files at work. Neither read nor looked into."""
+    return name.startswith(".")
+
+
+def hidden_note(name: str, folder: bool) -> str:
+    """What the summary adds to a hidden entry's name, where it would have been read."""
+    if folder:
+        return " (a hidden folder: not read)"
+    return " (hidden: not read)" if is_data_file(name) else ""
+
+
 def is_gzipped(name: str) -> bool:
     return name.lower().endswith(GZIP_SUFFIX)
 
@@ -171,7 +184,7 @@ class Listing:
     """What is under a kind's folder (symlinked folders not followed), each list sorted by path
     components: data files (a folder so named too: reported unreadable when read), folders that
     cannot be listed with the reason, and the entries ignored (with a note for a link to a
-    folder)."""
+    folder, a hidden folder and a hidden data file)."""
 
     files: list[Listed]
     unlisted: list[tuple[str, str]]
@@ -200,6 +213,9 @@ def listing(data: Source, kind: Kind) -> Listing:
             continue
         for entry in listed:
             is_folder = entry.is_dir(follow_symlinks=False)
+            if is_hidden(entry.name):
+                ignored.append((entry.path, hidden_note(entry.name, is_folder)))
+                continue
             if is_folder:
                 stack.append(entry.path)
             if is_data_file(entry.name):
@@ -233,7 +249,10 @@ def _object_listing(store: Store, top: str) -> Listing:
         url = store.url(name)
         if url.endswith("/") or not url.startswith(top + "/"):
             continue
-        if is_data_file(url.rpartition("/")[2]):
+        *folders, base = url.removeprefix(top + "/").split("/")
+        if any(map(is_hidden, [*folders, base])):
+            ignored.append((url, hidden_note(base, False)))
+        elif is_data_file(base):
             etag = info.get("ETag") or info.get("etag") or ""
             files.append(Listed(url, (info["size"], 0, etag)))
         else:
@@ -254,7 +273,10 @@ def _ignored_note(entry: os.DirEntry) -> str:
 
 
 def _path_order(location: str) -> list[str]:
-    return location.split("/" if "://" in location else os.sep)
+    """The order files are listed and loaded in: by the components of their paths as the
+    manifest writes them (path_text), by code point, as sql_queries.FILE_ORDER ranks a play's
+    copies, whatever characters the names hold."""
+    return path_text(location).split("/" if "://" in location else os.sep)
 
 
 def plan(

@@ -35,9 +35,11 @@ from pathlib import Path
 
 import pytest
 from builders import (
+    APPLE_DOUBLE,
     BASE,
     BASE_LOG_RECORDS,
     BASE_SKIPPED,
+    HIDDEN,
     USER,
     crafted_items,
     etl,
@@ -208,7 +210,8 @@ UNREADABLE = {
     "link in a loop": (_loop, "cannot read file: Too many levels of symbolic links"),
     "folder": (os.mkdir, "cannot read file: Is a directory"),
 }
-# Not data files: ignored, never opened (a FIFO named so would block a run that opened it).
+# Not data files, or hidden: ignored, never opened (a FIFO named so would block a run that opened
+# it).
 IGNORED = {
     b"README.md": lambda path: Path(os.fsdecode(path)).write_text("# notes\n"),
     b".DS_Store": lambda path: Path(os.fsdecode(path)).write_bytes(b"\0\0\0\1Bud1"),
@@ -216,8 +219,20 @@ IGNORED = {
     b"events.json.bz2": lambda path: Path(os.fsdecode(path)).write_bytes(b"BZh9"),
     b"pipe": _fifo,
     b"linked": _link_to(b"../../../outside"),
+    b"._events.json": lambda path: Path(os.fsdecode(path)).write_bytes(APPLE_DOUBLE),
+    b".Trashes": lambda path: _folder_holding(path, b"deleted.json", lines(event(30_000))),
 }
 LINKED_FOLDER_NOTE = " (a link to a folder: not followed)"
+NOTES = {
+    b"linked": LINKED_FOLDER_NOTE,
+    b"._events.json": " (hidden: not read)",
+    b".Trashes": " (a hidden folder: not read)",
+}
+
+
+def _folder_holding(path: bytes, name: bytes, content: bytes) -> None:
+    os.mkdir(path)
+    Path(os.fsdecode(os.path.join(path, name))).write_bytes(content)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,8 +300,9 @@ def data_folders(draw) -> list[Entry]:
         folder = draw(st.sampled_from([b"song_data", b"log_data"]))
         entries.append(Entry(b"%s/bad-%d.json" % (folder, n), "unreadable", make, reason=reason))
     for name in draw(st.lists(st.sampled_from(list(IGNORED)), max_size=3, unique=True)):
-        note_ = LINKED_FOLDER_NOTE if name == b"linked" else ""
-        entries.append(Entry(b"log_data/2018/" + name, "ignored", IGNORED[name], note=note_))
+        entries.append(
+            Entry(b"log_data/2018/" + name, "ignored", IGNORED[name], note=NOTES.get(name, ""))
+        )
     if draw(st.booleans()):
         entries.append(
             Entry(LOCKED, "unreadable", _locked, reason="cannot read folder: Permission denied")
@@ -589,6 +605,37 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
         "log_data/linked.txt",
         "log_data/notes.txt",
     ]
+
+
+def test_of_files_holding_a_play_the_first_etl_lists_wins_whatever_characters_they_hold(data):
+    names = ["a\nb.json", "a b.json", "aZ.json", "a\tb.json", "a\\b.json", "a\u200bb.json"]
+    for name in names:
+        write(data, f"log_data/odd/{name}", lines(event(1, song=f"As {name!r} has it")))
+
+    listed = [Path(path).name for path in extract.find(data, "log") if "/odd/" in path]
+    assert sorted(listed) == sorted(names)
+    etl(data)
+    assert query("SELECT song_title FROM songplays WHERE user_id = %s", (USER,)) == [
+        (f"As {listed[0]!r} has it",)
+    ]
+
+
+HIDDEN_IGNORED = [
+    "song_data/A/._TRAAABASE000000001.json (hidden: not read)",
+    "log_data/.Trashes (a hidden folder: not read)",
+    "log_data/2018/.partial.json (hidden: not read)",
+]
+
+
+def test_hidden_files_and_folders_are_named_as_ignored_and_never_read(data):
+    for path, content in HIDDEN.items():
+        write(data, path, content)
+
+    summary = parse_summary(run_etl(data, "--strict").stdout)
+    assert (summary.ignored, summary.ignored_examples) == (3, HIDDEN_IGNORED)
+    assert summary.rejected is None
+    assert summary.files == {"song": {"new": 11}, "log": {"new": 2}}
+    assert counts() == BASE
 
 
 # ================================================================ gzip

@@ -16,7 +16,7 @@ from pathlib import Path
 import builders
 import pytest
 from builders import SMALL_BATCHES, Watcher, expect, one_error_line
-from conftest import PROJECT, SAMPLE, query, run_script, table_contents
+from conftest import PROJECT, SAMPLE, counts, query, run_script, table_contents
 from s3server import SECRET_KEY, S3Server
 from summary import CHECKS_PASSED, parse_summary
 
@@ -105,6 +105,24 @@ def test_gzip_objects_load_like_their_plain_twins(s3, generated, tmp_path):
     summary = parse_summary(fresh_load(url, env=s3.env).stdout)
     assert table_contents() == plain
     assert summary.files == {kind: {"new": n} for kind, n in files_per_kind(generated).items()}
+
+
+def test_hidden_objects_are_named_as_ignored_and_never_read(s3, tmp_path):
+    data = builders.base_sample(tmp_path / "data")
+    for path, content in builders.HIDDEN.items():
+        builders.write(data, path, content)
+    url = s3.upload(data, BUCKET, "hidden")
+    summary = parse_summary(fresh_load(url, env=s3.env).stdout)
+    assert (summary.ignored, summary.ignored_examples) == (
+        3,
+        [
+            f"{url}/song_data/A/._TRAAABASE000000001.json (hidden: not read)",
+            f"{url}/log_data/.Trashes/501/deleted.json (hidden: not read)",
+            f"{url}/log_data/2018/.partial.json (hidden: not read)",
+        ],
+    )
+    assert summary.rejected is None
+    assert counts() == builders.BASE
 
 
 def test_overwritten_and_deleted_objects_load_as_changed_and_deleted_files_do(
