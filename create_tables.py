@@ -59,8 +59,10 @@ def create_tables(settings: db.Settings) -> int:
 
 
 def recreate(conn) -> bool:
-    """Drop and create the tables in one transaction; whether the server is Citus."""
+    """Drop and create the tables in one transaction, in one schema; whether the server is
+    Citus."""
     with db.managed_cursor(conn) as cur:
+        cur.execute(sql.search_path_create_schema)
         cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
         cur.execute(sql.drop_lock_timeout)
         try:

@@ -334,6 +334,14 @@ STAR_TABLES = TABLES[:5]
 CITUS_STAGING = ["stage_plays_citus"]  # made only on Citus (below)
 COUNTING = ["row_counts"]  # the star's row counts, which its triggers keep (not in the diagram)
 
+# create_tables.py drops and creates the tables in one schema, the one CREATE TABLE writes into
+# (the first of search_path that exists): unqualified, DROP TABLE would take a table of the same
+# name from any schema on the path (public, while CREATE TABLE writes into a schema named after
+# the role). For its transaction only.
+search_path_create_schema = """
+SELECT set_config('search_path', quote_ident(current_schema()), true)
+WHERE current_schema() IS NOT NULL"""
+
 # Without CASCADE: a view of the user's over these tables stops the drop with a clear error
 # instead of vanishing with them.
 drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + COUNTING + CITUS_STAGING)

@@ -107,3 +107,28 @@ def test_create_tables_refuses_to_drop_a_users_view_and_leaves_everything_in_pla
         ) == [(True, True)]
     finally:
         query("DROP VIEW my_plays; SELECT 1")
+
+
+def test_create_tables_drops_and_creates_in_the_schema_it_creates_in_and_leaves_others_alone(
+    tmp_path,
+):
+    """search_path "mine, public" with the star loaded in public: CREATE TABLE writes into mine,
+    so DROP TABLE must not take public's tables (as with PostgreSQL's default "$user", public
+    once a schema named after the role exists)."""
+    from builders import BASE, base_sample, embedded_url, etl
+    from conftest import counts, query, run_script, using_database
+
+    run_script("create_tables.py")
+    etl(base_sample(tmp_path / "data"))
+    query("CREATE SCHEMA mine; SELECT 1")
+    try:
+        mine = embedded_url() + "&options=-csearch_path%3Dmine%2Cpublic"
+        run_script("create_tables.py", env={"DATABASE_URL": mine})
+        assert counts() == BASE
+        with using_database(mine):
+            assert counts() == dict.fromkeys(BASE, 0)
+            assert query("SELECT to_regclass('songplays')::text, current_schema()") == [
+                ("songplays", "mine")
+            ]
+    finally:
+        query("DROP SCHEMA mine CASCADE; SELECT 1")
