@@ -199,8 +199,8 @@ def options(settings: Settings, dbname: str | None = None) -> dict[str, str]:
     the URL cannot be read."""
     if settings.url:
         return {**settings.url_options, **({"dbname": dbname} if dbname else {})}
-    if settings.libpq_env:
-        if dbname or not os.environ.get("PGDATABASE"):
+    if settings.libpq_env:  # the database: PGDATABASE's, a service's, else ours
+        if dbname or not (os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE")):
             return {"dbname": dbname or DATABASE}
         return {}
     return {

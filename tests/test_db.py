@@ -132,3 +132,24 @@ def test_create_tables_drops_and_creates_in_the_schema_it_creates_in_and_leaves_
             ]
     finally:
         query("DROP SCHEMA mine CASCADE; SELECT 1")
+
+
+def test_a_libpq_service_names_the_database(monkeypatch, tmp_path):
+    from builders import embedded_socket_dir
+
+    service_file = tmp_path / "pg_service.conf"
+    service_file.write_text(
+        f"[sparkify]\nhost={embedded_socket_dir()}\nport={embedded.PORT}\n"
+        f"user={embedded.SUPERUSER}\ndbname=postgres\n"
+    )
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    monkeypatch.setenv("PGSERVICEFILE", str(service_file))
+    monkeypatch.setenv("PGSERVICE", "sparkify")
+    conn = db.connect(db.Settings.from_env())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_database()")
+            assert cur.fetchone() == ("postgres",)
+    finally:
+        conn.close()
