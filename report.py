@@ -17,7 +17,7 @@ FILE_STATES = ("unchanged", "new", "changed", "unreadable")
 KEYS_NAMED = {
     tuple(
         sql.BULK_KEYS
-    ): "the keys of songplays and time, songplays' foreign keys and file_id index"
+    ): "the keys of songplays and time, songplays' foreign keys and file_id and start_time indexes"
 }
 
 

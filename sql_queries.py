@@ -118,6 +118,12 @@ BULK_KEYS = {
         "CREATE INDEX songplays_file ON songplays (file_id)",
         "DROP INDEX IF EXISTS songplays_file",
     ),
+    # What taking an instant out of time reads: its foreign key checks that no play has it, a
+    # scan of every play without this index (a changed file's instants gone, on a big table).
+    "songplays_start_time": (
+        "CREATE INDEX songplays_start_time ON songplays (start_time)",
+        "DROP INDEX IF EXISTS songplays_start_time",
+    ),
     "songplays_start_time_fkey": (
         "ALTER TABLE songplays ADD CONSTRAINT songplays_start_time_fkey "
         "FOREIGN KEY (start_time) REFERENCES time (start_time)",

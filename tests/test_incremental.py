@@ -251,6 +251,18 @@ def test_a_song_id_several_song_files_hold_takes_the_last_files_values_whatever_
         assert loaded == expected, f"song batches of {batch} files"
 
 
+def test_taking_an_instant_or_a_user_out_finds_their_plays_through_an_index(fresh_tables):
+    """A changed file's instants and users that no play holds any more leave time and users;
+    the foreign key checks each one against songplays, and without an index leading with its
+    column that is a scan of every play, per row taken out."""
+    leading = query(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+        "WHERE i.indrelid = 'songplays'::regclass"
+    )
+    assert {"start_time", "user_id"} <= {name for (name,) in leading}
+
+
 def test_instants_are_stored_exactly_whatever_the_sessions_time_zone(data):
     write(data, "log_data/2018/12/tz.json", lines(G(0), G(1)))
     etl(data, env={"PGTZ": "Pacific/Chatham"})
