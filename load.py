@@ -316,7 +316,8 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
     workers (sql.SONG_KEYS_IN_MEMORY keys). The keys (sql.BULK_KEYS) are dropped, and what the
     workers need to write the plays straight in is returned: the song keys and the ids the log
     files will have in the manifest, taken now, in order. None: the plays are merged with the
-    keys in place, as in every other load (also when another session holds the tables)."""
+    keys in place, as in every other load (also when another session holds the tables, or the
+    role may write the tables but not alter them: it does not own them)."""
     new = [t.path for b in logs for t in b.tasks if t.known_sha256 is None]
     if start.distributed or not new or len(new) < sum(len(b.tasks) for b in logs):
         return None
@@ -335,7 +336,11 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
                 cur.execute(drop)
             cur.execute(sql.file_ids_take, {"files": len(new)})
             return song_keys, dict(zip(new, (row[0] for row in cur.fetchall())))
-    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
+    except (
+        psycopg2.errors.LockNotAvailable,
+        psycopg2.errors.DeadlockDetected,
+        psycopg2.errors.InsufficientPrivilege,
+    ):
         return None
 
 

@@ -5,6 +5,7 @@ hold the tables where its role may, and names those it may not."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -329,3 +330,26 @@ def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those
     finally:
         own.close()
         other.close()
+
+
+def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bulk_load(
+    tmp_path, analyst_url
+):
+    """The tables created by their owner, the loader granted what a load writes: a first load
+    cannot drop the keys (only the owner may), so it merges with them in place."""
+    as_owner = {"DATABASE_URL": embedded_url(database=ANALYST)}
+    run_script("create_tables.py", env=as_owner)
+    with using_database(as_owner["DATABASE_URL"]):
+        query(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public "
+            f"TO {ANALYST}; GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public "
+            f"TO {ANALYST}; SELECT 1"
+        )
+    data = base_sample(tmp_path / "data")
+    for extra in ((), ("--full-refresh",)):
+        done = etl(data, *extra, env={"DATABASE_URL": analyst_url}, process=True)
+        report = json.loads(done.stdout)
+        assert report["keys"]["set_aside"] is False
+        assert report["exit_code"] == EXIT_OK and set(report["checks"].values()) == {0}
+        with using_database(analyst_url):
+            assert counts() == BASE
