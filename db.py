@@ -57,14 +57,17 @@ UNREADABLE = {
     "invalid percent-encoded token": "a '%' not followed by two hex digits (write '%' itself "
     "as %25)",
     "forbidden value %00": "%00 in a value",
-    "URI query parameter": "a parameter that is not one key=value (inside a value write '&' "
-    "as %26 and '=' as %3D)",
+    "URI query parameter": "a parameter libpq does not know (such as sslmode, options or "
+    "connect_timeout), or a value holding '&' or '=' (write them as %26 and %3D)",
     "IPv6 host address": "an unclosed or empty [IPv6] host",
     "unexpected character": "an unexpected character after the host name",
 }
 NOT_UTF8 = "a %-escape that makes a value no UTF-8 text (write '%' itself as %25)"
 PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+")
 MISSING = re.compile(r'\b(role|database) ".*" does not exist')
+# Seconds libpq waits for a server to answer a connection before it gives up (a host that
+# accepts and never answers would hang a run), unless the URL or PGCONNECT_TIMEOUT says.
+CONNECT_TIMEOUT = "10"
 # SQLSTATEs after which the server has closed the session (class 08: connection exception;
 # 57P01-57P05: terminated by an administrator, a crash, a restart, a dropped database, an idle
 # session timeout; 25P03: idle in transaction too long).
@@ -228,6 +231,8 @@ def connect(settings: Settings, dbname: str | None = None):
     the text of the URL, so its messages cannot quote that either."""
     start_embedded(settings)
     target = options(settings, dbname)
+    if "connect_timeout" not in target and not os.environ.get("PGCONNECT_TIMEOUT"):
+        target["connect_timeout"] = CONNECT_TIMEOUT
     try:
         return psycopg2.connect(**{**target, "application_name": Path(sys.argv[0]).name})
     except psycopg2.OperationalError as exc:

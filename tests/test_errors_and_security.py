@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -101,6 +102,22 @@ def test_unreachable_server_is_one_clear_error_line_without_the_password(tmp_pat
     assert done.returncode == EXIT_ENVIRONMENT, done
     assert "127.0.0.1" in one_error_line(done)
     assert "s3cret" not in done.stdout + done.stderr
+
+
+def test_a_server_that_accepts_and_never_answers_is_given_up_on_with_one_line():
+    with socket.socket() as listener:  # the kernel accepts connections; nothing ever answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        url = f"postgresql://u@127.0.0.1:{port}/x"
+        done = run_script(
+            "etl.py", "--no-progress", env={"DATABASE_URL": url}, timeout=60, check=False
+        )
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert one_error_line(done) == (
+        f'error: cannot connect to {url}: connection to server at "127.0.0.1", port {port} '
+        "failed: timeout expired"
+    )
 
 
 def test_db_url_prints_the_url_without_the_password():

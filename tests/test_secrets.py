@@ -63,6 +63,10 @@ WORD_WITHOUT_EQUALS = (
     "a word without '=' (a URL starts with postgresql://; in key=value form a value holding "
     "spaces goes in single quotes)"
 )
+UNKNOWN_PARAMETER = (
+    "a parameter libpq does not know (such as sslmode, options or connect_timeout), or a value "
+    "holding '&' or '=' (write them as %26 and %3D)"
+)
 # Every refusal of a connection string, word for word: no part of the string is in any of them.
 REFUSALS = {
     MISREAD_AT,
@@ -74,8 +78,7 @@ REFUSALS = {
             "an option name libpq does not know",
             "a '%' not followed by two hex digits (write '%' itself as %25)",
             "%00 in a value",
-            "a parameter that is not one key=value (inside a value write '&' as %26 and '=' as "
-            "%3D)",
+            UNKNOWN_PARAMETER,
             "an unclosed or empty [IPv6] host",
             "an unexpected character after the host name",
             "a %-escape that makes a value no UTF-8 text (write '%' itself as %25)",
@@ -337,11 +340,9 @@ def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreada
         ),
         (
             "postgresql://u@h/db?password=Qa&b",
-            UNREADABLE.format(
-                "a parameter that is not one key=value (inside a value write '&' as %26 and '=' "
-                "as %3D)"
-            ),
+            UNREADABLE.format(UNKNOWN_PARAMETER),
         ),
+        ("postgresql://u:Qb@h/db?schema=sparkify", UNREADABLE.format(UNKNOWN_PARAMETER)),
         ("postgresql://u:Pv6x@[::1/db", UNREADABLE.format("an unclosed or empty [IPv6] host")),
         (
             "postgresql://u:Pv6x@[::1]x/db",
