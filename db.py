@@ -202,7 +202,7 @@ def options(settings: Settings, dbname: str | None = None) -> dict[str, str]:
     the URL cannot be read."""
     if settings.url:
         return {**settings.url_options, **({"dbname": dbname} if dbname else {})}
-    if settings.libpq_env:  # the database: PGDATABASE's, a service's, else ours
+    if settings.libpq_env:  # the database: a service's or PGDATABASE's (libpq decides), else ours
         if dbname or not (os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE")):
             return {"dbname": dbname or DATABASE}
         return {}
