@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "command",
         choices=["start", "stop", "status", "psql", "url"],
         help="start/stop/status: the embedded server; psql: open psql on the "
-        "database; url: print the connection string (no password)",
+        "database; url: print the connection string (the password as ***)",
     )
     parser.add_argument(
         "--database-url",

@@ -570,6 +570,11 @@ OPTIONS = [  # flag, argparse settings, help
 ]  # fmt: skip
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default shown; the description and the example kept as written, the example
+    on one line to copy."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the Sparkify ETL on generated data: the full load, the re-run with "
@@ -579,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         "WORKDIR/report.md, every figure in WORKDIR/results.json. See bench/README.md.",
         epilog="example (a small day, a minute or two): python bench/run.py --events 100000 "
         "--songs 2000 --no-peers",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     for flag, settings, help_text in OPTIONS:
         parser.add_argument(flag, help=help_text, **settings)
