@@ -732,8 +732,9 @@ def _line_parts(blocks: Iterator[bytes], part_bytes: int) -> Iterator[bytes]:
                     held.append(block)
                     size += len(block)
                     break
-                yield b"".join([*held, block[:end]])
-                held, size, block = [], 0, block[end:]
+                part = b"".join([*held, block[:end]])
+                held, size, block = [], 0, block[end:]  # let go before the part is worked on
+                yield part
     except DamagedFile:
         if held:
             yield b"".join(held)
