@@ -210,8 +210,7 @@ UNREADABLE = {
     "link in a loop": (_loop, "cannot read file: Too many levels of symbolic links"),
     "folder": (os.mkdir, "cannot read file: Is a directory"),
 }
-# Not data files, or hidden: ignored, never opened (a FIFO named so would block a run that opened
-# it).
+# Not data files, or hidden: ignored, never opened (a FIFO so named would block a run opening it).
 IGNORED = {
     b"README.md": lambda path: Path(os.fsdecode(path)).write_text("# notes\n"),
     b".DS_Store": lambda path: Path(os.fsdecode(path)).write_bytes(b"\0\0\0\1Bud1"),
