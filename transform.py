@@ -272,12 +272,17 @@ def users_table(rows: pa.Table) -> pa.Table:
 def dedupe_plays(rows: pa.Table) -> pa.Table:
     """A play is (user, session, item): a file's first line of it stands for the file. Between
     files the database decides, as it does for files of other batches (sql_queries'
-    settle_queries), and keeps every file's copy."""
+    settle_queries), and keeps every file's copy.
+
+    The plays come back in key order, copies of a play in their files' order (a stable sort):
+    songplays' keys lead with user_id, so each play's entries land on the pages the one before
+    touched: the 10M set's 30th day onto the 29 others 17.0 -> 14.7 s (a first load, which
+    builds the keys at its end, no faster)."""
     key = ["path", *PLAY_KEY]
     first = _numbered(rows, "row").group_by(key).aggregate([("row", "min")])["row_min"]
-    if len(first) == rows.num_rows:
-        return rows
-    return rows.take(first.sort())
+    kept = first.sort()
+    order = pc.sort_indices(rows.select(PLAY_KEY).take(kept), [(c, "ascending") for c in PLAY_KEY])
+    return rows.take(kept.take(order))
 
 
 SONG_IDS = ["song_id", "artist_id"]

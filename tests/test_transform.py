@@ -187,6 +187,33 @@ def test_dedupe_plays_keeps_the_first_row_of_each_play():
     assert rows(kept, "item_in_session", "level") == [[1, "free"], [2, "free"]]
 
 
+@hypothesis_settings(PROPERTY, max_examples=200)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(1, 3), st.integers(1, 2), st.integers(0, 3)),
+        max_size=40,
+    )
+)
+def test_dedupe_plays_keeps_each_files_first_copy_in_key_order_files_in_their_order(plays):
+    # A part's rows come file by file; a play (user, session, item) may repeat within a file and
+    # across files.
+    plays = sorted(plays, key=lambda p: p[0])
+    table = pa.table(
+        {
+            "path": [f"log_data/{p[0]}.json" for p in plays],
+            "user_id": [p[1] for p in plays],
+            "session_id": [p[2] for p in plays],
+            "item_in_session": [p[3] for p in plays],
+            "line": list(range(1, len(plays) + 1)),
+        }
+    )
+    firsts = {}
+    for row in table.to_pylist():
+        firsts.setdefault((row["path"], *[row[c] for c in transform.PLAY_KEY]), row)
+    expected = sorted(firsts.values(), key=lambda r: [r[c] for c in transform.PLAY_KEY])
+    assert transform.dedupe_plays(table).to_pylist() == expected
+
+
 def test_song_rows_turn_year_zero_and_empty_location_into_null():
     parsed, rejects = parse.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
     good, invalid = transform.valid_songs(parsed)
