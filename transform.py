@@ -276,8 +276,8 @@ def dedupe_plays(rows: pa.Table) -> pa.Table:
 
     The plays come back in key order, copies of a play in their files' order (a stable sort):
     songplays' keys lead with user_id, so each play's entries land on the pages the one before
-    touched: the 10M set's 30th day onto the 29 others 17.0 -> 14.7 s (a first load, which
-    builds the keys at its end, no faster)."""
+    touched: the 10M set's 30th day onto the 29 others 17.0 -> 14.7 s on a server started on
+    them (bench/README.md; a first load, which builds the keys at its end, is no faster)."""
     key = ["path", *PLAY_KEY]
     first = _numbered(rows, "row").group_by(key).aggregate([("row", "min")])["row_min"]
     kept = first.sort()
