@@ -225,6 +225,12 @@ def start_embedded(settings: Settings) -> None:
         embedded.start(settings.pgdata)
 
 
+# The data's text is Unicode: the connection speaks UTF-8 whatever PGCLIENTENCODING says (in
+# LATIN1 every accent would be stored garbled), and a database must store it as it is: UTF-8, or
+# SQL_ASCII, which keeps the bytes.
+TEXT_ENCODINGS = ("UTF8", "SQL_ASCII")
+
+
 def connect(settings: Settings, dbname: str | None = None):
     """A psycopg2 connection (starting the embedded server when it is the one to use), or a
     DatabaseError whose message names the server without secrets. libpq gets the options, never
@@ -234,9 +240,19 @@ def connect(settings: Settings, dbname: str | None = None):
     if "connect_timeout" not in target and not os.environ.get("PGCONNECT_TIMEOUT"):
         target["connect_timeout"] = CONNECT_TIMEOUT
     try:
-        return psycopg2.connect(**{**target, "application_name": Path(sys.argv[0]).name})
+        conn = psycopg2.connect(
+            **{**target, "application_name": Path(sys.argv[0]).name, "client_encoding": "UTF8"}
+        )
     except psycopg2.OperationalError as exc:
         raise connect_error(exc, settings) from None
+    encoding = conn.info.parameter_status("server_encoding")
+    if encoding not in TEXT_ENCODINGS:
+        conn.close()
+        raise DatabaseError(
+            f"the database on {settings.describe()} stores text as {encoding}, which cannot "
+            "hold every title and name: use a database created with ENCODING 'UTF8'"
+        )
+    return conn
 
 
 def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> DatabaseError:

@@ -303,6 +303,19 @@ def embedded_url(
     return f"postgresql://{user}@/{database}?host={embedded_socket_dir()}&port={embedded.PORT}"
 
 
+def as_superuser(*statements: str) -> None:
+    """Statements run on the tests' server as its superuser, outside a transaction (as CREATE
+    and DROP DATABASE must)."""
+    conn = db.connect(db.Settings.from_env(), dbname="postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
 def connection_error(url: str, root: Path) -> str:
     """etl.py on the base sample (written under root) with DATABASE_URL=url: the one error line
     it exits with (exit 3)."""

@@ -1,13 +1,17 @@
 """db.py: where the scripts connect, and the embedded server's corners."""
 
+import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
+from builders import as_superuser, base_sample, embedded_url, etl, one_error_line, song, write
+from conftest import query, run_script, using_database
 
 import db
 import embedded
+from cli import EXIT_ENVIRONMENT
 
 
 def describe(url: str) -> str:
@@ -153,3 +157,47 @@ def test_a_libpq_service_names_the_database(monkeypatch, tmp_path):
             assert cur.fetchone() == ("postgres",)
     finally:
         conn.close()
+
+
+ACCENTED = "Café Thunder — Łukasz"  # a LATIN1 session stores its UTF-8 bytes as 'CafÃ© …'
+
+
+def accented_sample(root: Path) -> Path:
+    data = base_sample(root)
+    write(root, "song_data/A/A/TRACCENTED.json", json.dumps(song(99, title=ACCENTED)).encode())
+    return data
+
+
+def test_text_is_stored_as_written_whatever_pgclientencoding_says(tmp_path):
+    data = accented_sample(tmp_path / "data")
+    run_script("create_tables.py")
+    etl(data, env={"PGCLIENTENCODING": "LATIN1"}, process=True)
+    assert query("SELECT title FROM songs WHERE song_id = %s", (song(99)["song_id"],)) == [
+        (ACCENTED,)
+    ]
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_a_database_must_store_text_as_it_is_written(tmp_path, encoding):
+    """A LATIN1 database cannot hold every title: one line, exit 3. SQL_ASCII keeps the bytes
+    written: the text reads back as written."""
+    name = f"sparkify_{encoding.lower()}"
+    drop = f"DROP DATABASE IF EXISTS {name}"
+    create = f"CREATE DATABASE {name} ENCODING '{encoding}' LOCALE 'C' TEMPLATE template0"
+    as_superuser(drop, create)
+    try:
+        with using_database(embedded_url(database=name)):
+            created = run_script("create_tables.py", check=False)
+            if encoding == "LATIN1":
+                assert created.returncode == EXIT_ENVIRONMENT
+                assert one_error_line(created).endswith(
+                    "stores text as LATIN1, which cannot hold every title and name: use a "
+                    "database created with ENCODING 'UTF8'"
+                )
+                return
+            etl(accented_sample(tmp_path / "data"), process=True)
+            assert query("SELECT title FROM songs WHERE song_id = %s", (song(99)["song_id"],)) == [
+                (ACCENTED,)
+            ]
+    finally:
+        as_superuser(drop)

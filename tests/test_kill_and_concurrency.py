@@ -17,6 +17,7 @@ import pytest
 from builders import (
     BASE,
     Watcher,
+    as_superuser,
     base_sample,
     embedded_url,
     etl,
@@ -264,17 +265,6 @@ def test_create_tables_ends_a_session_holding_an_open_transaction_on_songplays(d
 
 
 ANALYST = "sparkify_analyst"  # a role that is no superuser, and the database it owns
-
-
-def as_superuser(*statements: str) -> None:
-    conn = db.connect(db.Settings.from_env(), dbname="postgres")
-    try:
-        conn.autocommit = True  # CREATE and DROP DATABASE run outside a transaction
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
