@@ -91,14 +91,7 @@ def recreate(conn) -> bool:
 def still_locked(conn) -> str:
     """Why DROP gave up waiting: the sessions that hold a lock on the tables, which this role may
     not end (a superuser's, another role's, or an autovacuum that does not let go)."""
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.lock_holders_left, {"tables": sql.TABLES})
-        holders = [
-            f"{pid} ({', '.join(filter(None, [who, application]))}) on {tables}"
-            for pid, who, application, tables in cur.fetchall()
-        ]
-        cur.execute(sql.role_name)
-        role = cur.fetchone()[0]
+    role, holders = db.sessions_holding(conn, sql.TABLES)
     if not holders:
         return (
             "cannot drop the tables: another session held a lock on them and has let go since; "

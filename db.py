@@ -354,6 +354,19 @@ def managed_cursor(conn):
             yield cur
 
 
+def sessions_holding(conn, tables: list[str]) -> tuple[str, list[str]]:
+    """This session's role, and the other sessions holding a lock on one of tables, each as
+    'pid (role, application) on its tables'."""
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.lock_holders_left, {"tables": tables})
+        holders = [
+            f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"
+            for pid, who, application, locked in cur.fetchall()
+        ]
+        cur.execute(sql.role_name)
+        return cur.fetchone()[0], holders
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Manage the embedded PostgreSQL server, or open psql on the database.",

@@ -46,13 +46,27 @@ def require_tables(conn) -> None:
 
 def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
     """Mark an earlier run that never finished as interrupted, record this one, empty the star
-    for a full refresh, create the session's staging tables, and read the manifest."""
+    for a full refresh, create the session's staging tables, and read the manifest. A full
+    refresh waits a few seconds for sessions holding the tables, then names them."""
+    try:
+        return _start_run(conn, data_dir, full_refresh)
+    except psycopg2.errors.LockNotAvailable:
+        _, holders = db.sessions_holding(conn, sql.TABLES)
+        held_by = "; ".join(holders) or "a session that has let go since"
+        raise db.DatabaseError(
+            f"cannot empty the tables for --full-refresh: locked by {held_by}; commit or end "
+            "those sessions and run again (nothing was emptied)"
+        ) from None
+
+
+def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.run_interrupted)
         cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
         server = CITUS if db.distributed(cur) else PLAIN
         if full_refresh:
+            cur.execute(sql.drop_lock_timeout)
             cur.execute(sql.full_refresh)
         for query in server.run_setup:
             cur.execute(query)

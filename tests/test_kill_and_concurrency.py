@@ -322,6 +322,27 @@ def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those
         other.close()
 
 
+def test_a_full_refresh_waits_a_few_seconds_for_a_session_holding_the_tables_then_names_it(
+    tmp_path,
+):
+    data = base_sample(tmp_path / "data")
+    run_script("create_tables.py")
+    etl(data, process=True)
+    notebook, pid = holding("songplays", embedded_url(), "a notebook")
+    try:
+        refused = etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT, process=True, timeout=60)
+        assert one_error_line(refused) == (
+            "error: cannot empty the tables for --full-refresh: locked by "
+            f"{pid} (role {embedded.SUPERUSER}, a notebook) on songplays; commit or end those "
+            "sessions and run again (nothing was emptied)"
+        )
+        assert counts() == BASE
+    finally:
+        notebook.close()
+    etl(data, "--full-refresh", process=True)
+    assert counts() == BASE
+
+
 def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bulk_load(
     tmp_path, analyst_url
 ):
