@@ -42,6 +42,7 @@ class Chunk:
     objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
 
 
+EMPTIED = "empty file: what it loaded before stays (as a deleted file's does)"
 WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and counted, not weighed
 
 
@@ -82,7 +83,7 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
-        first_line, anything, first = 1, False, True
+        first_line, anything, first, own = 1, False, True, len(chunks)  # own: its first chunk
         try:
             for data in contents:
                 file = FilePart(task.path, task.mtime_ns, read, first)
@@ -98,12 +99,16 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
                 first = False
                 if size >= part_bytes:
                     yield shape(batch.kind, index, False, chunks, problems, direct)
-                    chunks, problems, size, index = [], [], 0, index + 1
+                    chunks, problems, size, index, own = [], [], 0, index + 1, None
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
             problems.append((task.path, None, f"{exc} {where}", None))
             anything = True
-        if read.status in ("new", "changed") and not anything:
+        if read.status == "changed" and not anything and own is not None:
+            chunks, first = chunks[:own], True  # its chunks hold nothing: it counts once, below
+            read = dataclasses.replace(read, status="emptied")
+            problems.append((task.path, None, EMPTIED, None))
+        elif read.status in ("new", "changed") and not anything:
             problems.append((task.path, None, "empty file", None))
         if first:  # nothing read: the file still counts, once
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", None, []))

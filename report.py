@@ -12,7 +12,7 @@ from extract import DATA_FILES, path_text
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
 GONE_EXAMPLES = 5
-FILE_STATES = ("unchanged", "new", "changed", "unreadable")
+FILE_STATES = ("unchanged", "new", "changed", "emptied", "unreadable")
 # What a bulk load drops and builds back, named whole.
 KEYS_NAMED = {
     tuple(

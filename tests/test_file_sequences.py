@@ -2,18 +2,19 @@
 
 What the star is a function of: the latest version of every file ever delivered. A file deleted
 from the folder keeps what it loaded (log rotation deletes delivered files), so it counts with
-its last loaded version. Where several log files hold a play (user, session, item), the copy of
-the file first in path order is the play, whatever order the files came in; users and instants
-follow the plays.
+its last loaded version; so does a file emptied since it loaded records (a failed transfer).
+Where several log files hold a play (user, session, item), the copy of the file first in path
+order is the play, whatever order the files came in; users and instants follow the plays.
 
 Seeded generators build sequences of operations on overlapping files: log files added new, as
 whole copies of others in other folders, or repeating part of another (with other values for
-some of its plays); log files shrunk, grown, edited and deleted (and delivered again); song files
-added and changed. After each operation etl.py loads the folder into one database; a second
-database gets a fresh load (create_tables, then etl) of the model folder: the current files and
-the deleted files' last versions. Their stars, manifests and kept copies must be the same, the
-run must reconcile and pass its checks. Batches and parse pieces are drawn at random for each
-load, so a fresh load is cut otherwise than the loads it is compared with.
+some of its plays); log files shrunk, grown, edited, emptied and deleted (and delivered again);
+song files added and changed. After each operation etl.py loads the folder into one database; a
+second database gets a fresh load (create_tables, then etl) of the model folder: the current
+files, and the deleted and emptied files' last loaded versions. Their stars, manifests and kept
+copies must be the same, the run must reconcile and pass its checks. Batches and parse pieces are
+drawn at random for each load, so a fresh load is cut otherwise than the loads it is compared
+with.
 """
 
 from __future__ import annotations
@@ -132,16 +133,25 @@ def changed_song(rng: random.Random, record: dict) -> dict:
 @dataclasses.dataclass
 class Folder:
     """The files as delivered: log files as their records, song files as their song; deleted
-    log files with their last loaded version."""
+    log files with their last version, and each log file's last version loaded with records."""
 
     logs: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
     songs: dict[str, dict] = dataclasses.field(default_factory=dict)
     deleted: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
     newline_at_end: dict[str, bool] = dataclasses.field(default_factory=dict)
+    loaded: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
 
-    def log_bytes(self, path: str) -> bytes:
-        content = self.logs[path] if path in self.logs else self.deleted[path]
+    def log_bytes(self, path: str, model: bool) -> bytes:
+        """The file as delivered; in the model, as the star holds it: a deleted or emptied file
+        keeps the last version it loaded records from."""
+        if model:
+            content = self.logs.get(path) or self.loaded.get(path) or self.deleted.get(path, [])
+        else:
+            content = self.logs[path]
         return (lines if self.newline_at_end[path] else log_file)(*content)
+
+    def was_loaded(self) -> None:
+        self.loaded |= {path: list(content) for path, content in self.logs.items() if content}
 
 
 OPERATIONS = [
@@ -151,6 +161,7 @@ OPERATIONS = [
     "shrink",
     "grow",
     "edit",
+    "empty",
     "delete",
     "add song",
     "change song",
@@ -167,6 +178,7 @@ def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
         "shrink": bool(logs),
         "grow": bool(logs),
         "edit": bool(logs),
+        "empty": bool(logs),
         "delete": bool(logs),
         "add song": True,
         "change song": bool(folder.songs),
@@ -199,6 +211,9 @@ def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
     if which == "delete":
         folder.deleted[path] = folder.logs.pop(path)
         return which, f"delete {path}"
+    if which == "empty":  # a failed transfer, a logrotate copytruncate
+        folder.logs[path] = []
+        return which, f"empty {path}"
     if which == "shrink":
         if rng.random() < 0.5:
             folder.logs[path] = content[: rng.randrange(len(content) + 1)]
@@ -219,7 +234,7 @@ def write_folder(root: Path, folder: Folder, deleted_too: bool, mtime_ns: int) -
     present with their last version). Every file written gets a new mtime: a rewrite of the same
     size is always seen as changed."""
     logs = [*folder.logs, *(folder.deleted if deleted_too else ())]
-    wanted = {p: folder.log_bytes(p) for p in logs}
+    wanted = {p: folder.log_bytes(p, model=deleted_too) for p in logs}
     wanted |= {p: json.dumps(s).encode() for p, s in folder.songs.items()}
     for existing in root.rglob("*.json"):
         if existing.relative_to(root).as_posix() not in wanted:
@@ -347,6 +362,7 @@ def test_any_sequence_of_deliveries_loads_to_what_a_fresh_load_of_its_files_give
         if not any(data.rglob("*.json")):
             continue
         summary = load(settings, data, random_limits(cuts))
+        folder.was_loaded()
         assert "MISMATCH" not in summary
         fresh_tables_in(model_settings)
         load(model_settings, model, random_limits(cuts))
@@ -359,8 +375,8 @@ def test_any_sequence_of_deliveries_loads_to_what_a_fresh_load_of_its_files_give
 
 
 def test_the_generated_sequences_hold_every_kind_of_operation():
-    """The seeds above, together, add, copy, repeat part of, shrink, grow, edit and delete log
-    files, and add and change song files (a change of SEEDS or STEPS must keep it so)."""
+    """The seeds above, together, add, copy, repeat part of, shrink, grow, edit, empty and delete
+    log files, and add and change song files (a change of SEEDS or STEPS must keep it so)."""
     done = set()
     for seed in SEEDS:
         operations, folder, _ = sequence(seed)

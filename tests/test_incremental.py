@@ -174,6 +174,32 @@ def test_play_removed_from_a_changed_log_file_takes_its_contributions_with_it(da
     assert table_contents() == fresh_load_of(data)
 
 
+def test_a_file_emptied_since_it_was_loaded_keeps_what_it_loaded_until_it_holds_records(data):
+    """A failed transfer or a logrotate copytruncate leaves a loaded file empty (or blank): like
+    a deleted file, it keeps its plays and its manifest entry; it is named at each run; once it
+    holds records again, they replace what it loaded."""
+    path = write(data, "log_data/2018/12/a.json", lines(G(0, level="paid"), G(1, level="paid")))
+    etl(data)
+    loaded, entry = table_contents(), manifest()
+    for emptied in (b"", b"\n\n", b"\xef\xbb\xbf"):
+        path.write_bytes(emptied)
+        summary = parse_summary(etl(data).stdout)
+        assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
+        assert rejects(last_run()) == [
+            (
+                "log_data/2018/12/a.json",
+                None,
+                "empty file: what it loaded before stays (as a deleted file's does)",
+                None,
+            )
+        ]
+        assert (table_contents(), manifest()) == (loaded, entry)
+    path.write_bytes(lines(G(0, level="free")))
+    assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 2, "changed": 1}
+    assert crafted_items() == [0]
+    assert table_contents() == fresh_load_of(data)
+
+
 def test_full_refresh_reloads_everything_to_identical_tables(data):
     write(data, "log_data/2018/12/new.json", lines(G(0), G(1), G(2)))
     etl(data)
