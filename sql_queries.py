@@ -635,6 +635,8 @@ SELECT %(run_id)s, path, line, reason, raw FROM stage_rejects"""
 # Files in the order etl.py lists and loads them: by the components of their manifest paths
 # (path), then code points, whatever the database's collation.
 FILE_ORDER = "string_to_array(path, '/') COLLATE \"C\""
+# "The smallest song_id" (a play's song among equal keys, an artist's values) by code point too.
+SONG_ORDER = 'song_id COLLATE "C"'
 
 # An artist's attributes come from its song with the smallest song_id, whatever the order in
 # which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded
@@ -645,8 +647,9 @@ artists_upsert = f"""
 INSERT INTO artists (artist_id, name, location, latitude, longitude)
 SELECT c.artist_id, c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude
 FROM (SELECT DISTINCT ON (artist_id) *
-      FROM stage_songs ORDER BY artist_id, song_id, {FILE_ORDER} DESC, line DESC) c
-WHERE NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.song_id < c.song_id)
+      FROM stage_songs ORDER BY artist_id, {SONG_ORDER}, {FILE_ORDER} DESC, line DESC) c
+WHERE NOT EXISTS (
+    SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.{SONG_ORDER} < c.song_id)
 ON CONFLICT (artist_id) DO UPDATE SET
     name = EXCLUDED.name, location = EXCLUDED.location,
     latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude
@@ -668,11 +671,11 @@ WHERE (songs.title, songs.artist_id, songs.year, songs.duration) IS DISTINCT FRO
       (EXCLUDED.title, EXCLUDED.artist_id, EXCLUDED.year, EXCLUDED.duration)"""
 
 # A play's song: the smallest song_id of its title, artist name and duration.
-_song_keys = """
+_song_keys = f"""
 SELECT DISTINCT ON (s.title, a.name, s.duration)
        s.title, a.name AS artist_name, s.duration, s.song_id, s.artist_id
 FROM songs s JOIN artists a USING (artist_id)
-ORDER BY s.title, a.name, s.duration, s.song_id"""
+ORDER BY s.title, a.name, s.duration, s.{SONG_ORDER}"""
 
 # A song batch may add songs, and change a song or its artist: the plays resolved to one of them,
 # and those naming one of them now, are resolved again from scratch (to a song, another one, or

@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 import test_file_sequences as sequences
+from builders import as_superuser, event, lines, song, write
 from conftest import (
     PROJECT,
     SAMPLE,
@@ -583,3 +584,40 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
     with using_database(cluster.url):
         assert table_contents() == generated_plain
         assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+def test_the_smallest_song_id_is_the_smallest_by_code_point_whatever_the_collation(
+    cluster, tmp_path
+):
+    """'A' sorts before '_' by code point, after it in en-US: of songs of one artist, and of
+    songs a play matches alike, the song_id smallest by code point decides, on a database of
+    ICU's en-US collation (the coordinator's PostgreSQL, no Citus there) as on the C one."""
+    data = tmp_path / "data"
+    for song_id, artist_id, title in [
+        ("SOXA1", "ARX", "T1"),
+        ("SOX_1", "ARX", "T2"),
+        ("SOYA1", "ARY", "Same"),
+        ("SOY_1", "ARY", "Same"),
+    ]:
+        values = song(0, song_id=song_id, artist_id=artist_id, artist_name=f"Art {artist_id}")
+        values |= {"title": title, "artist_location": f"from {song_id}", "duration": 200.25}
+        write(data, f"song_data/{song_id}.json", json.dumps(values).encode())
+    play = event(0, artist="Art ARY", song="Same", length=200.25)
+    write(data, "log_data/l.json", lines(play))
+    icu = cluster.url.rsplit("/", 1)[0] + "/sparkify_icu"
+    create = (
+        "CREATE DATABASE sparkify_icu LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' "
+        "TEMPLATE template0"
+    )
+    with using_database(cluster.url):
+        as_superuser("DROP DATABASE IF EXISTS sparkify_icu", create)
+    chosen = "SELECT (SELECT location FROM artists WHERE artist_id = 'ARX'), song_id FROM songplays"
+    try:
+        for url in (icu, plain_url()):
+            with using_database(url):
+                run_script("create_tables.py")
+                etl(url, data)
+                assert query(chosen) == [("from SOXA1", "SOYA1")]
+    finally:
+        with using_database(cluster.url):
+            as_superuser("DROP DATABASE IF EXISTS sparkify_icu")
