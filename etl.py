@@ -423,17 +423,21 @@ def finish(
     """Count, check and record the run's outcome."""
     changed = tally.anything_loaded or bool(built.built)
     # Over every row when this run may have changed plays of files it did not load, or built
-    # keys (their duplicates settled); on Citus, where a check cannot join the shards to the
-    # manifest per file.
+    # keys (their duplicates settled); after a run that stopped unfinished (cut off after its
+    # last commit, its checks may not have run); on Citus, where a check cannot join the shards
+    # to the manifest per file.
     every_row = (
-        start.distributed or tally.other_plays_touched or bool(built.built or found_missing.built)
+        start.distributed
+        or tally.other_plays_touched
+        or bool(built.built or found_missing.built)
+        or start.after_interruption
     )
     with db.managed_cursor(conn) as cur:
         counted = load.star_counts(cur, start.distributed)
         after = counted.rows if changed else start.before
         checked = (
             load.post_load_checks(cur, start.run_id, every_row)
-            if changed or found_missing.built
+            if changed or found_missing.built or start.after_interruption
             else None
         )
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})

@@ -28,6 +28,7 @@ class RunStart:
     before: dict[str, int]
     known: dict[Kind, dict[str, tuple[int, int, str | None, str]]]  # size, mtime, etag, sha
     server: Server  # plain PostgreSQL, or Citus
+    after_interruption: bool  # an earlier run stopped unfinished: its checks may not have run
 
     @property
     def distributed(self) -> bool:
@@ -62,6 +63,7 @@ def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
 def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.run_interrupted)
+        after_interruption = cur.rowcount > 0
         cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
         server = CITUS if db.distributed(cur) else PLAIN
@@ -76,7 +78,7 @@ def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
             known[kind] = {p: tuple(version) for p, *version in cur.fetchall()}
-    return RunStart(run_id, before, known, server)
+    return RunStart(run_id, before, known, server, after_interruption)
 
 
 def _create_staging(cur) -> None:

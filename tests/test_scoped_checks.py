@@ -97,3 +97,20 @@ def test_a_check_whose_constraint_is_dropped_runs_over_every_row(data):
     assert summary.checks == CHECKS_PASSED | {LEVEL: 1}
     assert summary.checked == checked("over this run's log files") | {LEVEL: "over every row"}
     assert summary.rows["users"] == (1, BASE["users"] + 1)
+
+
+def test_a_run_after_one_that_stopped_unfinished_checks_every_row_even_with_nothing_new(data):
+    """A run cut off after its last commit (its connection lost as it analyzed, say) stays
+    'running' with its checks never run: the next run checks every row, nothing new or not."""
+    etl(data)
+    execute("DELETE FROM songplays WHERE songplay_id = (SELECT min(songplay_id) FROM songplays)")
+    execute(
+        "UPDATE load_runs SET status = 'running' WHERE run_id = (SELECT max(run_id) FROM load_runs)"
+    )
+
+    summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)
+    assert summary.nothing_new
+    assert summary.checks == CHECKS_PASSED | {PER_FILE: 1}
+    assert summary.checked == checked("over every row")
+    assert scalar("SELECT count(*) FROM load_runs WHERE status = 'interrupted'") == 1
+    assert parse_summary(etl(data).stdout).checks is None  # that run finished: its checks ran
