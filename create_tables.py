@@ -69,7 +69,7 @@ def recreate(conn) -> bool:
             cur.execute(sql.drop_tables)
         except psycopg2.errors.DependentObjectsStillExist as exc:
             raise db.DatabaseError(
-                f"cannot drop the tables: {exc.diag.message_detail}; drop "
+                f"cannot drop the tables: {'; '.join(exc.diag.message_detail.splitlines())}; drop "
                 "or change that first (nothing was dropped)"
             ) from None
         for query in sql.create_table_queries:

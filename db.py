@@ -288,7 +288,9 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
     """A database error after connecting: a lost connection says so (a rolled-back transaction
     loses nothing committed: the next run resumes), anything else is a refusal."""
     if not lost_connection(exc):
-        return DatabaseError(f"the database refused: {first_line(exc)}")
+        detail = exc.diag.message_detail if exc.diag else None
+        why = f" ({'; '.join(detail.splitlines())})" if detail else ""
+        return DatabaseError(f"the database refused: {first_line(exc)}{why}")
     reason = first_line(first_cause(exc))
     return DatabaseError(
         f"the connection to {settings.describe()} was lost ({reason}): what was committed stays "

@@ -94,23 +94,27 @@ def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(tmp_path, mo
     assert embedded.socket_dir(tmp_path / "pg") == tmp_path / "pg"
 
 
-def test_create_tables_refuses_to_drop_a_users_view_and_leaves_everything_in_place():
+def test_create_tables_refuses_to_drop_a_users_views_in_one_line_and_leaves_everything_in_place():
     from conftest import query, run_script
 
     run_script("create_tables.py")
-    query("CREATE VIEW my_plays AS SELECT user_id FROM songplays; SELECT 1")
+    query(
+        "CREATE VIEW my_plays AS SELECT user_id FROM songplays;"
+        "CREATE VIEW my_users AS SELECT user_id FROM users; SELECT 1"
+    )
     try:
         done = run_script("create_tables.py", check=False)
         assert done.returncode == 3
         assert done.stderr == (
-            "error: cannot drop the tables: view my_plays depends on table "
-            "songplays; drop or change that first (nothing was dropped)\n"
+            "error: cannot drop the tables: view my_users depends on table users; view "
+            "my_plays depends on table songplays; drop or change that first (nothing was "
+            "dropped)\n"
         )
         assert query(
             "SELECT to_regclass('my_plays') IS NOT NULL, to_regclass('songplays') IS NOT NULL"
         ) == [(True, True)]
     finally:
-        query("DROP VIEW my_plays; SELECT 1")
+        query("DROP VIEW my_plays, my_users; SELECT 1")
 
 
 def test_create_tables_drops_and_creates_in_the_schema_it_creates_in_and_leaves_others_alone(
@@ -201,3 +205,18 @@ def test_a_database_must_store_text_as_it_is_written(tmp_path, encoding):
             ]
     finally:
         as_superuser(drop)
+
+
+def test_a_refusal_says_what_the_database_says_in_detail(tmp_path):
+    data = base_sample(tmp_path / "data")
+    run_script("create_tables.py")
+    etl(data, process=True)
+    query("CREATE TABLE my_favourites (user_id integer REFERENCES users); SELECT 1")
+    try:
+        refused = etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT, process=True)
+        assert one_error_line(refused) == (
+            "error: the database refused: cannot truncate a table referenced in a foreign key "
+            'constraint (Table "my_favourites" references "users".)'
+        )
+    finally:
+        query("DROP TABLE my_favourites; SELECT 1")
