@@ -23,6 +23,11 @@ class UserError(Exception):
     exit_code = EXIT_ENVIRONMENT
 
 
+def one_line(text: str) -> str:
+    """A message's lines joined, for the one line an error gets."""
+    return "; ".join(text.splitlines())
+
+
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

@@ -77,8 +77,9 @@ class Plan:
     gone: list[str] = dataclasses.field(default_factory=list)
 
 
-# "emptied": a file loaded before that now holds no record at all (a failed transfer, a
-# logrotate copytruncate): like a deleted file it keeps what it loaded, and its entry stays.
+# "emptied": a file loaded before that now holds no record at all (a failed transfer left it
+# empty, blank or cut short before its first line): like a deleted file it keeps what it loaded,
+# and its entry stays.
 FileStatus = Literal["new", "changed", "unchanged", "unreadable", "emptied"]
 
 

@@ -16,6 +16,7 @@ import sys
 import psycopg2.errors
 from psycopg2 import sql as pgsql
 
+import cli
 import db
 import sql_queries as sql
 
@@ -69,7 +70,7 @@ def recreate(conn) -> bool:
             cur.execute(sql.drop_tables)
         except psycopg2.errors.DependentObjectsStillExist as exc:
             raise db.DatabaseError(
-                f"cannot drop the tables: {'; '.join(exc.diag.message_detail.splitlines())}; drop "
+                f"cannot drop the tables: {cli.one_line(exc.diag.message_detail or '')}; drop "
                 "or change that first (nothing was dropped)"
             ) from None
         for query in sql.create_table_queries:

@@ -215,8 +215,9 @@ def options(settings: Settings, dbname: str | None = None) -> dict[str, str]:
 
 
 def sqlalchemy_url(settings: Settings) -> str:
-    """The same database as a SQLAlchemy URL, for jupysql's %sql in the notebooks."""
-    return as_url(options(settings), "postgresql+psycopg2")
+    """The same database as a SQLAlchemy URL, for jupysql's %sql in the notebooks, speaking
+    UTF-8 as the scripts do."""
+    return as_url({**options(settings), "client_encoding": "UTF8"}, "postgresql+psycopg2")
 
 
 def start_embedded(settings: Settings) -> None:
@@ -229,6 +230,15 @@ def start_embedded(settings: Settings) -> None:
 # LATIN1 every accent would be stored garbled), and a database must store it as it is: UTF-8, or
 # SQL_ASCII, which keeps the bytes.
 TEXT_ENCODINGS = ("UTF8", "SQL_ASCII")
+
+
+def _server_encoding(conn) -> str:
+    """The database's encoding, asked for (a connection pooler may not report it)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.server_encoding)
+        encoding = cur.fetchone()[0]
+    conn.rollback()
+    return encoding
 
 
 def connect(settings: Settings, dbname: str | None = None):
@@ -245,7 +255,7 @@ def connect(settings: Settings, dbname: str | None = None):
         )
     except psycopg2.OperationalError as exc:
         raise connect_error(exc, settings) from None
-    encoding = conn.info.parameter_status("server_encoding")
+    encoding = conn.info.parameter_status("server_encoding") or _server_encoding(conn)
     if encoding not in TEXT_ENCODINGS:
         conn.close()
         raise DatabaseError(
@@ -288,8 +298,8 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
     """A database error after connecting: a lost connection says so (a rolled-back transaction
     loses nothing committed: the next run resumes), anything else is a refusal."""
     if not lost_connection(exc):
-        detail = exc.diag.message_detail if exc.diag else None
-        why = f" ({'; '.join(detail.splitlines())})" if detail else ""
+        detail = exc.diag.message_detail
+        why = f" ({cli.one_line(detail)})" if detail else ""
         return DatabaseError(f"the database refused: {first_line(exc)}{why}")
     reason = first_line(first_cause(exc))
     return DatabaseError(

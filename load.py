@@ -52,6 +52,8 @@ def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
     try:
         return _start_run(conn, data_dir, full_refresh)
     except psycopg2.errors.LockNotAvailable:
+        if not full_refresh:
+            raise
         _, holders = db.sessions_holding(conn, sql.TABLES)
         held_by = "; ".join(holders) or "a session that has let go since"
         raise db.DatabaseError(

@@ -42,7 +42,7 @@ class Chunk:
     objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
 
 
-EMPTIED = "empty file: what it loaded before stays (as a deleted file's does)"
+KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now empty
 WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and counted, not weighed
 
 
@@ -83,33 +83,32 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
-        first_line, anything, first, own = 1, False, True, len(chunks)  # own: its first chunk
+        first_line, first, damage = 1, True, None
         try:
             for data in contents:
                 file = FilePart(task.path, task.mtime_ns, read, first)
                 chunk = parse(batch.kind, file, data, first_line, limits)
-                anything = (
-                    anything
-                    or bool(chunk.objects or chunk.rejects)
+                first_line += newline_count(data)
+                if not (
+                    chunk.objects
+                    or chunk.rejects
                     or (chunk.records is not None and chunk.records.values.num_rows > 0)
-                )
+                ):
+                    continue  # blank lines, a byte-order mark: nothing to load or to reject
                 chunks.append(chunk)
                 size += len(data)
-                first_line += newline_count(data)
                 first = False
                 if size >= part_bytes:
                     yield shape(batch.kind, index, False, chunks, problems, direct)
-                    chunks, problems, size, index, own = [], [], 0, index + 1, None
+                    chunks, problems, size, index = [], [], 0, index + 1
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
-            problems.append((task.path, None, f"{exc} {where}", None))
-            anything = True
-        if read.status == "changed" and not anything and own is not None:
-            chunks, first = chunks[:own], True  # its chunks hold nothing: it counts once, below
+            damage = f"{exc} {where}"
+        if first and read.status == "changed":  # no record at all now
             read = dataclasses.replace(read, status="emptied")
-            problems.append((task.path, None, EMPTIED, None))
-        elif read.status in ("new", "changed") and not anything:
-            problems.append((task.path, None, "empty file", None))
+            problems.append((task.path, None, f"{damage or 'empty file'}: {KEPT}", None))
+        elif damage or (first and read.status == "new"):
+            problems.append((task.path, None, damage or "empty file", None))
         if first:  # nothing read: the file still counts, once
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", None, []))
     yield shape(batch.kind, index, True, chunks, problems, direct)

@@ -383,6 +383,7 @@ lock_holders_left = f"""
 SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
 FROM ({table_lock_holders}) holder ORDER BY pid"""
 role_name = "SELECT current_user"
+server_encoding = "SHOW server_encoding"
 
 # On the embedded server, create_tables.py creates the database first.
 database_exists = "SELECT 1 FROM pg_database WHERE datname = %(name)s"

@@ -6,8 +6,17 @@ import stat
 from pathlib import Path
 
 import pytest
-from builders import as_superuser, base_sample, embedded_url, etl, one_error_line, song, write
-from conftest import query, run_script, using_database
+from builders import (
+    BASE,
+    as_superuser,
+    base_sample,
+    embedded_url,
+    etl,
+    one_error_line,
+    song,
+    write,
+)
+from conftest import counts, query, run_script, using_database
 
 import db
 import embedded
@@ -58,7 +67,9 @@ def test_urls_keep_the_database_and_the_password_out_of_messages():
         "port": "1",
         "dbname": "postgres",
     }
-    assert db.sqlalchemy_url(settings) == "postgresql+psycopg2://me:pw@h:1/mine"
+    assert db.sqlalchemy_url(settings) == (
+        "postgresql+psycopg2://me:pw@h:1/mine?client_encoding=UTF8"
+    )
     assert settings.describe() == "postgresql://me:***@h:1/mine"
 
 
@@ -95,8 +106,6 @@ def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(tmp_path, mo
 
 
 def test_create_tables_refuses_to_drop_a_users_views_in_one_line_and_leaves_everything_in_place():
-    from conftest import query, run_script
-
     run_script("create_tables.py")
     query(
         "CREATE VIEW my_plays AS SELECT user_id FROM songplays;"
@@ -123,9 +132,6 @@ def test_create_tables_drops_and_creates_in_the_schema_it_creates_in_and_leaves_
     """search_path "mine, public" with the star loaded in public: CREATE TABLE writes into mine,
     so DROP TABLE must not take public's tables (as with PostgreSQL's default "$user", public
     once a schema named after the role exists)."""
-    from builders import BASE, base_sample, embedded_url, etl
-    from conftest import counts, query, run_script, using_database
-
     run_script("create_tables.py")
     etl(base_sample(tmp_path / "data"))
     query("CREATE SCHEMA mine; SELECT 1")

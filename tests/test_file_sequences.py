@@ -211,7 +211,7 @@ def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
     if which == "delete":
         folder.deleted[path] = folder.logs.pop(path)
         return which, f"delete {path}"
-    if which == "empty":  # a failed transfer, a logrotate copytruncate
+    if which == "empty":  # a failed transfer
         folder.logs[path] = []
         return which, f"empty {path}"
     if which == "shrink":

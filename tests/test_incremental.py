@@ -4,6 +4,7 @@ an older event never overwrites a newer user level, and instants do not depend o
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import random
@@ -174,27 +175,32 @@ def test_play_removed_from_a_changed_log_file_takes_its_contributions_with_it(da
     assert table_contents() == fresh_load_of(data)
 
 
+KEPT = "what it loaded before stays (as a deleted file's does)"
+
+
 def test_a_file_emptied_since_it_was_loaded_keeps_what_it_loaded_until_it_holds_records(data):
-    """A failed transfer or a logrotate copytruncate leaves a loaded file empty (or blank): like
-    a deleted file, it keeps its plays and its manifest entry; it is named at each run; once it
-    holds records again, they replace what it loaded."""
-    path = write(data, "log_data/2018/12/a.json", lines(G(0, level="paid"), G(1, level="paid")))
+    """A failed transfer leaves a loaded file empty, blank, or gzip cut short before its first
+    line: like a deleted file, it keeps its plays and its manifest entry; it is named at each
+    run; once it holds records again, they replace what it loaded. A blank file bigger than a
+    part (--batch-mb 1) too."""
+    plays = lines(G(0, level="paid"), G(1, level="paid"))
+    path = write(data, "log_data/2018/12/a.json.gz", gzip.compress(plays))
     etl(data)
     loaded, entry = table_contents(), manifest()
-    for emptied in (b"", b"\n\n", b"\xef\xbb\xbf"):
+    cut = "gzip data cut short before its first line"
+    for emptied, why, extra in [
+        (b"", "empty file", ()),
+        (gzip.compress(b"\n\n"), "empty file", ()),
+        (gzip.compress(b"\xef\xbb\xbf"), "empty file", ()),
+        (gzip.compress(plays)[:12], cut, ()),
+        (gzip.compress(b"\n" * 2_500_000), "empty file", ("--batch-mb", "1")),
+    ]:
         path.write_bytes(emptied)
-        summary = parse_summary(etl(data).stdout)
+        summary = parse_summary(etl(data, *extra).stdout)
         assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
-        assert rejects(last_run()) == [
-            (
-                "log_data/2018/12/a.json",
-                None,
-                "empty file: what it loaded before stays (as a deleted file's does)",
-                None,
-            )
-        ]
+        assert rejects(last_run()) == [("log_data/2018/12/a.json.gz", None, f"{why}: {KEPT}", None)]
         assert (table_contents(), manifest()) == (loaded, entry)
-    path.write_bytes(lines(G(0, level="free")))
+    path.write_bytes(gzip.compress(lines(G(0, level="free"))))
     assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 2, "changed": 1}
     assert crafted_items() == [0]
     assert table_contents() == fresh_load_of(data)
