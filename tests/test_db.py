@@ -1,5 +1,6 @@
 """db.py: where the scripts connect, and the embedded server's corners."""
 
+import contextlib
 import json
 import os
 import stat
@@ -178,39 +179,48 @@ def accented_sample(root: Path) -> Path:
     return data
 
 
+def accented_title() -> list[tuple]:
+    return query("SELECT title FROM songs WHERE song_id = %s", (song(99)["song_id"],))
+
+
 def test_text_is_stored_as_written_whatever_pgclientencoding_says(tmp_path):
     data = accented_sample(tmp_path / "data")
     run_script("create_tables.py")
     etl(data, env={"PGCLIENTENCODING": "LATIN1"}, process=True)
-    assert query("SELECT title FROM songs WHERE song_id = %s", (song(99)["song_id"],)) == [
-        (ACCENTED,)
-    ]
+    assert accented_title() == [(ACCENTED,)]
 
 
-@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
-def test_a_database_must_store_text_as_it_is_written(tmp_path, encoding):
-    """A LATIN1 database cannot hold every title: one line, exit 3. SQL_ASCII keeps the bytes
-    written: the text reads back as written."""
+@contextlib.contextmanager
+def a_database_encoded(encoding: str):
+    """The scripts and readers here on a database of the tests' server storing text in this
+    encoding, dropped afterwards."""
     name = f"sparkify_{encoding.lower()}"
     drop = f"DROP DATABASE IF EXISTS {name}"
-    create = f"CREATE DATABASE {name} ENCODING '{encoding}' LOCALE 'C' TEMPLATE template0"
-    as_superuser(drop, create)
+    as_superuser(
+        drop, f"CREATE DATABASE {name} ENCODING '{encoding}' LOCALE 'C' TEMPLATE template0"
+    )
     try:
         with using_database(embedded_url(database=name)):
-            created = run_script("create_tables.py", check=False)
-            if encoding == "LATIN1":
-                assert created.returncode == EXIT_ENVIRONMENT
-                assert one_error_line(created).endswith(
-                    "stores text as LATIN1, which cannot hold every title and name: use a "
-                    "database created with ENCODING 'UTF8'"
-                )
-                return
-            etl(accented_sample(tmp_path / "data"), process=True)
-            assert query("SELECT title FROM songs WHERE song_id = %s", (song(99)["song_id"],)) == [
-                (ACCENTED,)
-            ]
+            yield
     finally:
         as_superuser(drop)
+
+
+def test_a_database_that_cannot_hold_every_title_is_refused_in_one_line():
+    with a_database_encoded("LATIN1"):
+        created = run_script("create_tables.py", check=False)
+    assert created.returncode == EXIT_ENVIRONMENT
+    assert one_error_line(created).endswith(
+        "stores text as LATIN1, which cannot hold every title and name: use a database created "
+        "with ENCODING 'UTF8'"
+    )
+
+
+def test_a_sql_ascii_database_keeps_the_text_as_written(tmp_path):
+    with a_database_encoded("SQL_ASCII"):
+        run_script("create_tables.py")
+        etl(accented_sample(tmp_path / "data"), process=True)
+        assert accented_title() == [(ACCENTED,)]
 
 
 def test_a_refusal_says_what_the_database_says_in_detail(tmp_path):
