@@ -4,6 +4,7 @@ never a traceback or a password."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from collections.abc import Callable, Collection
@@ -15,6 +16,14 @@ EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_ENVIRONMENT = 3  # the database, the data folder or the store: one line on stderr
 EXIT_LOCKED = 4  # another load holds the load lock
 MASK = "***"
+# What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
+# any scheme; up to the line's last '@', for a password written raw may hold '@' and spaces),
+# and the value of libpq's password options.
+CREDENTIALS = re.compile(
+    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):.*@"
+    r"|(?P<option>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)",
+    re.IGNORECASE,
+)
 
 
 class UserError(Exception):
@@ -24,20 +33,34 @@ class UserError(Exception):
 
 
 def one_line(text: str) -> str:
-    """A message's lines joined, for the one line an error gets."""
-    return "; ".join(text.splitlines())
+    """A message's lines joined, for the one line an error gets (a line ending in ':' runs on
+    into the next)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return "".join(f"{line}{' ' if line.endswith(':') else '; '}" for line in lines[:-1]) + "".join(
+        lines[-1:]
+    )
 
 
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def masked(text: str, secrets: Collection[str]) -> str:
+def masked(text: str, secrets: Collection[str] = ()) -> str:
     """The text with every occurrence of each secret replaced by ***, the longest first (so a
-    secret holding another is masked whole)."""
+    secret holding another is masked whole), and every credential (CREDENTIALS) too."""
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
-    return text
+    return CREDENTIALS.sub(
+        lambda m: f"{m['url']}:{MASK}@" if m["url"] else f"{m['option']}{MASK}", text
+    )
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (which quote the arguments) show no credential: a URL
+    typed after a misspelt option, say."""
+
+    def error(self, message: str):
+        super().error(masked(message))
 
 
 def run_command(action: Callable[[], int], secrets: Collection[str] = ()) -> int:

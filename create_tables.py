@@ -106,7 +106,7 @@ def still_locked(conn) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Drop and recreate the Sparkify tables (songplays, users, songs, artists, "
         "time and the load manifest, runs and rejects).",
         epilog="example (the embedded server, or the one --database-url names):\n"

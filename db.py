@@ -380,7 +380,7 @@ def sessions_holding(conn, tables: list[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Manage the embedded PostgreSQL server, or open psql on the database.",
         epilog="examples:\n"
         "  python db.py status      # is the embedded server running?\n"

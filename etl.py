@@ -469,7 +469,7 @@ def finish(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Load song_data/ and log_data/ JSON into the Sparkify star schema.",
         epilog="examples:\n"
         "  python etl.py                                  # data/ into the embedded server\n"

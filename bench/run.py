@@ -576,7 +576,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Benchmark the Sparkify ETL on generated data: the full load, the re-run with "
         "nothing new, the song stage, the daily increment (the last day onto the others, and "
         "alone), the machine's limit (fastest parse + bare COPY), the classic row-at-a-time "

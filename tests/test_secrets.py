@@ -40,7 +40,7 @@ import create_tables
 import db
 import etl as etl_script
 import sql_queries
-from cli import EXIT_ENVIRONMENT, EXIT_OK
+from cli import EXIT_ENVIRONMENT, EXIT_OK, EXIT_USAGE
 
 MASKED_FROM = 4
 PRINTABLE = string.printable
@@ -443,6 +443,42 @@ def test_every_script_failing_on_a_string_keeps_its_password_hidden(password, te
         assert done.returncode == EXIT_ENVIRONMENT, done
         one_error_line(done)
         assert_hidden(done, password)
+
+
+@pytest.mark.parametrize("password", SEEDED)
+def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
+    """A misspelt option, a URL with no option or in another's place: argparse quotes the
+    arguments it refuses, and --data names what it cannot read."""
+    url = f"postgresql://u:{encoded(password)}@127.0.0.1:1/d"
+    raw = f"postgresql://u:{password}@127.0.0.1:1/d"
+    mistakes = [
+        (["etl.py", "--database_url", url], EXIT_USAGE),
+        (["etl.py", raw], EXIT_USAGE),
+        (["etl.py", "--jobs", url], EXIT_USAGE),
+        (["create_tables.py", raw], EXIT_USAGE),
+        (["db.py", url], EXIT_USAGE),
+        (["etl.py", "--no-progress", "--data", raw], EXIT_ENVIRONMENT),
+        (
+            ["etl.py", "--no-progress", "--data", f"s3://AKIAX:{password}@bucket/p"],
+            EXIT_ENVIRONMENT,
+        ),
+    ]
+    for args, code in mistakes:
+        done = run_script(*args, check=False, timeout=60)
+        assert done.returncode == code, done
+        assert "***" in done.stderr
+        assert_hidden(done, password)
+
+
+def test_an_object_store_url_with_credentials_is_refused_in_one_line():
+    done = run_script("etl.py", "--data", "s3://AKIAX:s3cr3t@bucket/p", check=False, timeout=60)
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert one_error_line(done) == (
+        "error: s3://AKIAX:***@bucket/p: a user, password or port in the URL is not read: it "
+        "starts with the bucket (s3://bucket/prefix), and credentials and endpoints come from "
+        "the store's library (environment variables, a credentials file: "
+        "docs/object-storage.md)"
+    )
 
 
 def test_pgpassword_never_shows():
