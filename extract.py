@@ -101,9 +101,10 @@ class Source:
 
 
 def source(data: str | Path, anonymous: bool = False) -> Source:
-    """The data named by --data: a URL of a known scheme, or else a folder's path. A store whose
-    package is not installed says which to install."""
-    scheme, sep, _ = str(data).partition("://")
+    """The data named by --data: a URL of a known scheme (in any case), or else a folder's path.
+    A store whose package is not installed says which to install; credentials are the store
+    library's to find, never read from the URL."""
+    scheme, sep, rest = str(data).partition("://")
     if not sep:
         return Source(str(data))
     scheme = scheme.lower()
@@ -111,12 +112,18 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
         raise StoreError(
             f"{data}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
         )
+    if any(mark in rest.partition("/")[0] for mark in "@:"):
+        raise StoreError(
+            f"{data}: a user, password or port in the URL is not read: it starts with the "
+            "bucket (s3://bucket/prefix), and credentials and endpoints come from the store's "
+            "library (environment variables, a credentials file: docs/object-storage.md)"
+        )
     package = STORES[scheme][0]
     if importlib.util.find_spec(package) is None:
         raise StoreError(
             f"{data}: reading {scheme}:// needs the {package} package: pip install {package}"
         )
-    return Source(str(data).rstrip("/"), Store(scheme, anonymous))
+    return Source(f"{scheme}://{rest}".rstrip("/"), Store(scheme, anonymous))
 
 
 def store_failure(exc: Exception, url: str) -> Exception:
@@ -125,7 +132,13 @@ def store_failure(exc: Exception, url: str) -> Exception:
     request, bad credentials) stops the run."""
     if isinstance(exc, FileNotFoundError):
         return exc
-    return StoreError(f"cannot read {url}: {cli.first_line(exc)}")
+    return StoreError(f"cannot read {url}: {store_reason(exc)}")
+
+
+def store_reason(exc: Exception) -> str:
+    """A store library's error on one line: its first line alone may say only "Parameter
+    validation failed:"."""
+    return cli.one_line(str(exc)) or type(exc).__name__
 
 
 # ================================================================ paths as text
@@ -243,7 +256,7 @@ def _object_listing(store: Store, top: str) -> Listing:
     try:
         found = store.filesystem().find(top, detail=True)
     except Exception as exc:
-        raise StoreError(f"cannot list {top}: {cli.first_line(exc)}") from None
+        raise StoreError(f"cannot list {top}: {store_reason(exc)}") from None
     files, ignored = [], []
     for name, info in found.items():
         url = store.url(name)
@@ -435,9 +448,10 @@ def _unreadable(task: FileTask, exc: OSError) -> FileRead:
 
 
 def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | FileNotFoundError]:
-    """The objects' bytes (as many as were listed: an object that grew since is read as it was,
-    and again by the next run), FETCHES_AT_ONCE requests at a time; an object deleted since it
-    was listed gives its FileNotFoundError."""
+    """The objects' bytes, FETCHES_AT_ONCE requests at a time: each object whole, or, if it is
+    now bigger than listed (replaced since: a store replaces an object whole, it never grows),
+    one byte more than listed, for _read_object to stream it instead; an object deleted since
+    it was listed gives its FileNotFoundError."""
     from fsspec.asyn import sync
 
     fs = store.filesystem()
@@ -447,7 +461,7 @@ def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | FileNotFoun
             return b""
         async with gate:
             try:
-                return await fs._cat_file(task.location, start=0, end=task.size)
+                return await fs._cat_file(task.location, start=0, end=task.size + 1)
             except Exception as exc:
                 failure = store_failure(exc, task.location)
                 if isinstance(failure, FileNotFoundError):
@@ -464,12 +478,13 @@ def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | FileNotFoun
 def _read_object(
     store: Store, task: FileTask, part_bytes: int, fetched: bytes | FileNotFoundError | None
 ) -> tuple[FileRead, Iterator[bytes]]:
-    """read_file for an object: fetched already, or else opened and streamed."""
+    """read_file for an object: fetched already, or else (big, or replaced by a bigger one since
+    it was listed) opened and streamed."""
     if task.problem:
         return FileRead("unreadable", task.size, error=task.problem), iter(())
     if isinstance(fetched, FileNotFoundError):
         return _unreadable(task, fetched), iter(())
-    if fetched is not None:
+    if fetched is not None and len(fetched) <= task.size:
         return _read(task, io.BytesIO(fetched), len(fetched), part_bytes)
     try:
         handle = ObjectStream(store, task.location)

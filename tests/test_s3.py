@@ -15,12 +15,15 @@ from pathlib import Path
 
 import builders
 import pytest
+import s3fs
 from builders import SMALL_BATCHES, Watcher, expect, one_error_line
 from conftest import PROJECT, SAMPLE, counts, query, run_script, table_contents
 from s3server import SECRET_KEY, S3Server
 from summary import CHECKS_PASSED, parse_summary
 
+import extract
 from cli import EXIT_ENVIRONMENT
+from contract import Limits
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
@@ -189,6 +192,53 @@ def test_a_missing_bucket_or_prefix_is_one_line_naming_the_url_and_no_secret(s3)
         assert one_error_line(done).startswith(f"error: {reason}")
         assert SECRET_KEY not in done.stdout + done.stderr
     assert query("SELECT count(*) FROM load_runs") == [(0,)]
+
+
+def test_a_bucket_name_the_store_refuses_is_named_with_the_stores_reason(s3):
+    done = etl("s3://bad_bucket!/x", exit_code=EXIT_ENVIRONMENT, env=s3.env)
+    assert one_error_line(done).startswith(
+        "error: cannot list s3://bad_bucket!/x/song_data: Parameter validation failed: "
+        'Invalid bucket name "bad_bucket!"'
+    )
+
+
+def test_a_url_scheme_in_capitals_reads_the_same_objects(s3):
+    fresh_load(SAMPLE)
+    on_disk = table_contents()
+    url = s3.upload(SAMPLE, BUCKET, "capitals")
+
+    summary = parse_summary(fresh_load(url.replace("s3://", "S3://"), env=s3.env).stdout)
+
+    assert table_contents() == on_disk
+    assert summary.checks == CHECKS_PASSED
+    assert query("SELECT count(*) FROM load_manifest WHERE path NOT LIKE %s", (f"{url}/%",)) == [
+        (0,)
+    ]
+
+
+def test_an_object_replaced_by_a_bigger_one_after_the_listing_is_read_whole(s3, monkeypatch):
+    """A store replaces an object whole (it never grows): one sent again, bigger, between the
+    run's listing and its reading is read as it is now, not cut at the size listed."""
+    key = "replaced/log_data/day.json"
+    old = builders.log_file(*[builders.event(n) for n in range(3)])
+    new = builders.log_file(*[builders.event(n) for n in range(40)])
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=old)
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # one made for another server's environment
+    source = extract.source(f"s3://{BUCKET}/replaced")
+    (batch,) = extract.plan(source, extract.listing(source, "log"), "log", {}, Limits()).batches
+
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=new)
+    ((task, read, contents),) = extract.read_batch(batch, Limits().log_batch_bytes)
+
+    assert (task.size, read.status, read.size, b"".join(contents)) == (
+        len(old),
+        "new",
+        len(new),
+        new,
+    )
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_bad_credentials_are_one_line_and_no_secret():
