@@ -214,6 +214,24 @@ def options(settings: Settings, dbname: str | None = None) -> dict[str, str]:
     }
 
 
+# libpq's environment variables and the options they stand for, as `db.py url` shows them.
+LIBPQ_ENV = {
+    "PGSERVICE": "service",
+    "PGHOST": "host",
+    "PGHOSTADDR": "hostaddr",
+    "PGPORT": "port",
+    "PGUSER": "user",
+    "PGPASSWORD": "password",
+    "PGDATABASE": "dbname",
+    "PGSSLMODE": "sslmode",
+}
+
+
+def from_libpq_env() -> dict[str, str]:
+    """The options libpq's environment variables give, where PG* variables name the server."""
+    return {option: os.environ[name] for name, option in LIBPQ_ENV.items() if os.environ.get(name)}
+
+
 def sqlalchemy_url(settings: Settings) -> str:
     """The same database as a SQLAlchemy URL, for jupysql's %sql in the notebooks, speaking
     UTF-8 as the scripts do."""
@@ -418,7 +436,9 @@ def _command(command: str, settings: Settings) -> int:
         print(f"running (pid {running[0]}, socket in {running[1]})" if running else "not running")
         return 0 if running else EXIT_ENVIRONMENT
     elif command == "url":
-        print(redacted_url(options(settings)))
+        print(
+            redacted_url({**(from_libpq_env() if settings.libpq_env else {}), **options(settings)})
+        )
     else:
         connect(settings).close()  # a clear one-line error rather than psql's
         target, env = options(settings), dict(os.environ)

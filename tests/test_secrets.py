@@ -493,6 +493,14 @@ def test_pgpassword_never_shows():
         assert_hidden(done, password)
 
 
+def test_db_url_under_pg_variables_shows_where_they_point_with_the_password_masked():
+    env = {"PGHOST": "127.0.0.1", "PGPORT": "1", "PGUSER": "bob", "PGPASSWORD": SEEDED[-1]}
+    done = run_script("db.py", "url", env=env)
+    assert done.stdout == f"postgresql://bob:***@127.0.0.1:1/{db.DATABASE}\n"
+    done = run_script("db.py", "url", env={**env, "PGDATABASE": "analytics"})
+    assert done.stdout == "postgresql://bob:***@127.0.0.1:1/analytics\n"
+
+
 # ================================================================ errors that say what happened
 
 
