@@ -11,7 +11,7 @@ every stage imports it without bringing in another stage.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from extract import Store
@@ -32,6 +32,16 @@ class Limits:
 # What says a data file changed without reading it: its size, mtime in ns (0 for an object) and
 # ETag (None for a file on disk).
 Version = tuple[int, int, str | None]
+
+
+class Known(NamedTuple):
+    """What the manifest knows of a file: its version and SHA-256 when it was last loaded, and
+    whether that load found the file itself damaged (read again at each run, whatever its
+    version says)."""
+
+    version: Version
+    sha256: str
+    damaged: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

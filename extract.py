@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cli
-from contract import Batch, FileRead, FileTask, Kind, Limits, Plan, Version
+from contract import Batch, FileRead, FileTask, Kind, Known, Limits, Plan, Version
 
 FOLDERS = {"song": "song_data", "log": "log_data"}
 
@@ -296,11 +296,11 @@ def plan(
     data: Source,
     listed: Listing,
     kind: Kind,
-    known: dict[str, tuple[int, int, str | None, str]],
+    known: dict[str, Known],
     limits: Limits = Limits(),
 ) -> Plan:
-    """The listing's files cut into batches: those known to the manifest as (size, mtime_ns,
-    etag, sha256) with the same version are left out. A log batch stays under
+    """The listing's files cut into batches: those the manifest knows at the same version, and
+    not damaged, are left out. A log batch stays under
     limits.log_batch_bytes unless one file alone is bigger, which then makes a batch of its
     own, read in parts."""
     tasks, unchanged, here = [], 0, set()
@@ -308,13 +308,11 @@ def plan(
         rel = relative(data, kind, file.location)
         here.add(rel)
         seen = known.get(rel)
-        if file.version and seen and seen[:3] == file.version:
+        if file.version and seen and seen.version == file.version and not seen.damaged:
             unchanged += 1
             continue
         size, mtime_ns, etag = file.version or (0, 0, None)
-        tasks.append(
-            FileTask(rel, file.location, size, mtime_ns, seen[3] if seen else None, etag=etag)
-        )
+        tasks.append(FileTask(rel, file.location, size, mtime_ns, seen and seen.sha256, etag=etag))
     tasks += [
         FileTask(relative(data, kind, location), location, 0, 0, None, problem)
         for location, problem in listed.unlisted

@@ -17,7 +17,7 @@ import psycopg2.extras
 
 import db
 import sql_queries as sql
-from contract import Batch, HandOver, Kind, Loaded, Part
+from contract import Batch, HandOver, Kind, Known, Loaded, Part
 
 # ================================================================ a run's bookkeeping
 
@@ -26,7 +26,7 @@ from contract import Batch, HandOver, Kind, Loaded, Part
 class RunStart:
     run_id: int
     before: dict[str, int]
-    known: dict[Kind, dict[str, tuple[int, int, str | None, str]]]  # size, mtime, etag, sha
+    known: dict[Kind, dict[str, Known]]  # the manifest's files, by path
     server: Server  # plain PostgreSQL, or Citus
     after_interruption: bool  # an earlier run stopped unfinished: its checks may not have run
 
@@ -79,7 +79,10 @@ def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
         known = {}
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
-            known[kind] = {p: tuple(version) for p, *version in cur.fetchall()}
+            known[kind] = {
+                path: Known((size, mtime_ns, etag), sha256, damaged)
+                for path, size, mtime_ns, etag, sha256, damaged in cur.fetchall()
+            }
     return RunStart(run_id, before, known, server, after_interruption)
 
 

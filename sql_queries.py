@@ -471,8 +471,16 @@ run_start = "INSERT INTO load_runs (data_dir) VALUES (%(data_dir)s) RETURNING ru
 run_finish = """
 UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(run_id)s"""
 
+# What the manifest knows of each file; damaged: its last load found a problem with the file
+# itself (gzip data damaged, no record left, the database refusing it), which a rejection without
+# a line records. Such a file is read (hashed) at each run whatever its size and mtime say, so that
+# a repair keeping both (cp -p, rsync -t) is found.
 manifest_known = """
-SELECT path, size_bytes, mtime_ns, etag, sha256 FROM load_manifest WHERE kind = %(kind)s"""
+SELECT m.path, m.size_bytes, m.mtime_ns, m.etag, m.sha256,
+       EXISTS (SELECT FROM load_rejects r
+               WHERE r.path = m.path AND r.line IS NULL AND r.run_id >= m.run_id) AS damaged
+FROM load_manifest m
+WHERE m.kind = %(kind)s"""
 
 manifest_touch = """
 UPDATE load_manifest SET size_bytes = %(size_bytes)s, mtime_ns = %(mtime_ns)s, etag = %(etag)s

@@ -745,6 +745,30 @@ def test_damaged_gzip_is_rejected_naming_the_file_and_what_came_before_the_damag
     run_etl(data, "--strict", "--full-refresh", exit_code=EXIT_FAILED)
 
 
+@pytest.mark.parametrize("flip", [-8, "middle"], ids=["check", "data"])
+def test_a_damaged_file_repaired_keeping_its_size_and_mtime_is_loaded_by_the_next_run(data, flip):
+    """A transfer flips a byte; the file is sent again as cp -p or rsync -t send it: same size,
+    same mtime. The manifest's version alone would call it unchanged for ever."""
+    good = gzip.compress(lines(*(event(i) for i in range(300))), mtime=0)
+    damaged = bytearray(good)
+    damaged[len(good) // 2 if flip == "middle" else flip] ^= 0xFF
+    path = write(data, "log_data/z/day.json.gz", bytes(damaged))
+    os.utime(path, ns=(1_541_030_400 * 10**9, 1_541_030_400 * 10**9))
+    run_etl(data)
+    assert [r[1:3] for r in rejects(last_run())][0][0] is None
+    assert len(crafted_items()) < 300
+
+    path.write_bytes(good)
+    os.utime(path, ns=(1_541_030_400 * 10**9, 1_541_030_400 * 10**9))
+    repaired = parse_summary(run_etl(data).stdout)
+
+    assert crafted_items() == list(range(300))
+    assert repaired.files["log"] == {"unchanged": 2, "changed": 1}
+    assert rejects(last_run()) == []
+    assert manifest()["log_data/z/day.json.gz"] == Counts(300, 300)
+    assert parse_summary(run_etl(data).stdout).files["log"] == {"unchanged": 3}
+
+
 # ================================================================ files that grow while read
 
 
