@@ -229,11 +229,11 @@ def listing(data: Source, kind: Kind) -> Listing:
             if is_hidden(entry.name):
                 ignored.append((entry.path, hidden_note(entry.name, is_folder)))
                 continue
-            if is_folder:
+            if is_folder:  # whatever its name: Spark writes a folder x.json of part files
                 stack.append(entry.path)
-            if is_data_file(entry.name):
+            elif is_data_file(entry.name):
                 files.append(Listed(entry.path, _file_version(entry.path)))
-            elif not is_folder:
+            else:
                 ignored.append((entry.path, _ignored_note(entry)))
     return Listing(
         sorted(files, key=lambda f: _path_order(f.location)),

@@ -180,22 +180,17 @@ def _dangling_symlink(path: Path) -> None:
     path.symlink_to(path.parent / "missing.json")
 
 
-def _directory(path: Path) -> None:
-    path.mkdir()
-
-
 def _no_permission(path: Path) -> None:
     if os.geteuid() == 0:
-        pytest.skip("root reads a chmod 000 file: the other two cases cover 'cannot read file'")
+        pytest.skip("root reads a chmod 000 file: the dangling symlink covers 'cannot read file'")
     path.write_bytes(lines(G(0)))
     path.chmod(0)
 
 
 # A log path the walk finds (*.json) but that cannot be read. As root (CI), chmod 000 does not
-# stop reading; a dangling symlink and a directory named *.json fail the same way for everyone.
+# stop reading; a dangling symlink fails the same way for everyone.
 UNREADABLE = {
     "dangling symlink": (_dangling_symlink, "No such file or directory"),
-    "directory named x.json": (_directory, "Is a directory"),
     "chmod 000 (not as root)": (_no_permission, "Permission denied"),
 }
 
@@ -221,6 +216,25 @@ def test_unreadable_file_is_rejected_whole_and_the_others_load(data, case):
     finally:
         if path.is_file() and not path.is_symlink():
             path.chmod(0o600)
+
+
+def test_a_folder_named_like_a_data_file_is_a_folder_its_files_load_and_nothing_is_rejected(data):
+    """Spark's df.write.json("day.json") writes a folder of that name: part files, _SUCCESS and
+    hidden checksums."""
+    spark = data / "log_data/2018/12/day.json"
+    write(spark, "part-00000-c0ffee.json", lines(G(0), G(1)))
+    write(spark, "part-00001-c0ffee.json", lines(G(2)))
+    write(spark, "_SUCCESS", b"")
+    write(spark, ".part-00000-c0ffee.json.crc", b"crc")
+    (data / "log_data/2018/12/empty.json").mkdir()
+
+    summary = parse_summary(etl(data, "--strict").stdout)
+
+    assert crafted_items() == [0, 1, 2]
+    assert summary.files["log"] == {"new": 4}
+    assert rejects(last_run()) == []
+    assert summary.ignored == 2
+    assert parse_summary(etl(data, "--strict").stdout).files["log"] == {"unchanged": 4}
 
 
 def test_summary_and_manifest_reconcile_every_record(data):

@@ -170,7 +170,8 @@ STEMS = [
     b"zero\xe2\x80\x8bwidth",
     b"x" * 200,
 ]
-FOLDER_NAMES = [b"", b"2018/11", b"d\xe9j\xe0", b"with space", b"new\nfolder"]
+# b"spark.json": a folder named like a data file (Spark writes its output so) is a folder.
+FOLDER_NAMES = [b"", b"2018/11", b"d\xe9j\xe0", b"with space", b"new\nfolder", b"spark.json"]
 DATA_EXTENSIONS = [b".json", b".JSON", b".Json", b".ndjson", b".jsonl"]
 ENCODINGS = {
     "UTF-8": lambda text: text,
@@ -208,7 +209,6 @@ UNREADABLE = {
     ),
     "dangling link": (_link_to(b"nowhere.json"), "cannot read file: No such file or directory"),
     "link in a loop": (_loop, "cannot read file: Too many levels of symbolic links"),
-    "folder": (os.mkdir, "cannot read file: Is a directory"),
 }
 # Not data files, or hidden: ignored, never opened (a FIFO so named would block a run opening it).
 IGNORED = {
