@@ -732,28 +732,55 @@ def _as_utf8(blocks: Iterator[bytes], bom: bytes) -> Iterator[bytes]:
     yield decoder.decode(b"", final=True).encode("utf-8", "surrogatepass")
 
 
+class Overlong(bytes):
+    """Where a part would be one line longer than a part: the line's first bytes (OVERLONG_HEAD)
+    and a newline (one line), the rest of it never held. prepare.parse rejects it."""
+
+
+OVERLONG_HEAD = 4000  # bytes of an overlong line kept, for its reject's raw text
+
+
 def _line_parts(blocks: Iterator[bytes], part_bytes: int) -> Iterator[bytes]:
     """The blocks joined into parts, each ending after the first newline from its part_bytes-th
-    byte on (the last where the text ends). Where the blocks raise DamagedFile, what came before
-    is yielded first."""
-    held, size = [], 0
+    byte on (the last where the text ends). A line longer than part_bytes comes as an Overlong,
+    and memory stays within about twice part_bytes whatever the lines. Where the blocks raise
+    DamagedFile, what came before is yielded first."""
+    held, size, line_start, skipping = [], 0, 0, None
     try:
         for block in blocks:
+            if skipping is not None:  # inside an overlong line: its bytes go, up to its end
+                end = block.find(b"\n") + 1
+                if not end:
+                    continue
+                yield Overlong(skipping + b"\n")
+                skipping, block = None, block[end:]
             while block:
                 end = block.find(b"\n", max(part_bytes - size - 1, 0)) + 1
                 if not end:
+                    last = block.rfind(b"\n")
+                    line_start = size + last + 1 if last >= 0 else line_start
                     held.append(block)
                     size += len(block)
                     break
                 part = b"".join([*held, block[:end]])
-                held, size, block = [], 0, block[end:]  # let go before the part is worked on
+                held, size, line_start, block = [], 0, 0, block[end:]  # let go before it is used
                 yield part
+            if size - line_start > part_bytes:
+                text = b"".join(held)
+                held, size = [], 0
+                if line_start:
+                    yield text[:line_start]
+                skipping, line_start = text[line_start : line_start + OVERLONG_HEAD], 0
     except DamagedFile:
         if held:
             yield b"".join(held)
+        if skipping is not None:
+            yield Overlong(skipping + b"\n")
         raise
     if held:
         yield b"".join(held)
+    if skipping is not None:
+        yield Overlong(skipping + b"\n")
 
 
 def raw_lines(data: bytes) -> list[bytes]:

@@ -116,6 +116,11 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
 
 def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
     encoding = file.read.encoding
+    if isinstance(data, extract.Overlong):
+        reason = (
+            f"a line longer than a part ({limits.log_batch_bytes:,} bytes, --batch-mb): not read"
+        )
+        return Chunk(file, first_line, b"", None, [(file.path, first_line, reason, data[:-1])])
     if kind == "song":
         objects, rejects = decode_song_file(data, file.path, encoding)
         return Chunk(file, first_line, data, None, rejects, objects)

@@ -884,7 +884,7 @@ def before_its_last_line(part: bytes) -> int:
 @hypothesis_settings(PROPERTY, max_examples=60)
 @given(
     n=st.integers(0, 40),
-    part_bytes=st.integers(1, 3000),
+    part_bytes=st.integers(350, 3000),  # no line longer than a part (those are cut: below)
     encoding=st.sampled_from(list(ENCODINGS)),
     gzipped=st.booleans(),
     newline_at_the_end=st.booleans(),
@@ -904,6 +904,63 @@ def test_a_file_is_read_as_its_utf8_text_in_line_aligned_parts(
     assert all(p.endswith(b"\n") for p in parts[:-1])
     assert all(before_its_last_line(p) < part_bytes for p in parts)  # it ends at the first chance
     assert read.status == "new" and read.sha256 == hashlib.sha256(on_disk).hexdigest()
+
+
+def lines_read(parts: list[bytes]) -> list[tuple[str, bytes]]:
+    """Each line of the parts, and each overlong line's head, in order."""
+    return [
+        found
+        for part in parts
+        for found in (
+            [("overlong", part.removesuffix(b"\n"))]
+            if isinstance(part, extract.Overlong)
+            else [("line", line) for line in extract.raw_lines(part)]
+        )
+    ]
+
+
+@hypothesis_settings(PROPERTY, max_examples=200)
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=30),
+    part_bytes=st.integers(20, 100),
+    block=st.integers(1, 64),
+    newline_at_the_end=st.booleans(),
+)
+def test_a_line_longer_than_a_part_comes_as_its_head_and_memory_follows_the_part_size(
+    sizes, part_bytes, block, newline_at_the_end
+):
+    written = [bytes([97 + n % 26]) * size for n, size in enumerate(sizes)]
+    text = b"\n".join(written) + (b"\n" if newline_at_the_end and written else b"")
+    blocks = [text[start : start + block] for start in range(0, len(text), block)]
+
+    parts = list(extract._line_parts(iter(blocks), part_bytes))
+
+    found = lines_read(parts)
+    unended_blank = bool(written) and not newline_at_the_end and not written[-1]  # no line
+    assert len(found) == len(written) - unended_blank
+    for text_line, (kind, value) in zip(written, found):
+        if kind == "line":
+            assert value == text_line and len(text_line) <= part_bytes + block
+        else:  # its first bytes: as many as a part holds, up to OVERLONG_HEAD
+            assert len(text_line) > part_bytes and value == text_line[: len(value)]
+            assert min(part_bytes, extract.OVERLONG_HEAD) <= len(value) <= extract.OVERLONG_HEAD
+    assert all(len(part) <= 2 * (part_bytes + block) for part in parts)
+
+
+def test_a_line_longer_than_a_part_is_rejected_by_its_number_and_the_rest_loads(data):
+    huge = b'{"junk": "' + b"x" * (3 << 20) + b'"}'
+    content = lines(event(0), event(1)) + huge + b"\n" + lines(event(2))
+    write(data, "log_data/z/huge.json.gz", gzip.compress(content, mtime=0))
+
+    summary = parse_summary(run_etl(data, "--batch-mb", "1").stdout)
+
+    reason = "a line longer than a part (1,048,576 bytes, --batch-mb): not read"
+    assert [(r[0], r[1], r[2], len(r[3])) for r in rejects(last_run())] == [
+        ("log_data/z/huge.json.gz", 3, reason, 1000)
+    ]
+    assert crafted_items() == [0, 1, 2]
+    assert manifest()["log_data/z/huge.json.gz"] == Counts(4, 3, rejected=1)
+    assert summary.checks == CHECKS_PASSED
 
 
 # ================================================================ encodings
