@@ -195,9 +195,9 @@ class Listed:
 @dataclasses.dataclass(frozen=True)
 class Listing:
     """What is under a kind's folder (symlinked folders not followed), each list sorted by path
-    components: data files (a folder so named too: reported unreadable when read), folders that
-    cannot be listed with the reason, and the entries ignored (with a note for a link to a
-    folder, a hidden folder and a hidden data file)."""
+    components: data files (a link to a folder so named too: reported unreadable when read),
+    folders that cannot be listed with the reason, and the entries ignored (with a note for a
+    link to a folder, a hidden folder and a hidden data file)."""
 
     files: list[Listed]
     unlisted: list[tuple[str, str]]
