@@ -35,10 +35,10 @@ class UserError(Exception):
 def one_line(text: str) -> str:
     """A message's lines joined, for the one line an error gets (a line ending in ':' runs on
     into the next)."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return "".join(f"{line}{' ' if line.endswith(':') else '; '}" for line in lines[:-1]) + "".join(
-        lines[-1:]
-    )
+    joined = ""
+    for line in filter(None, map(str.strip, text.splitlines())):
+        joined += ((" " if joined.endswith(":") else "; ") + line) if joined else line
+    return joined
 
 
 def first_line(exc: BaseException) -> str:
