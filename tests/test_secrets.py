@@ -293,6 +293,25 @@ def test_the_exit_point_masks_every_secret_in_errors_and_in_a_bugs_traceback(pas
         assert not shows(err.getvalue(), password)
 
 
+@hypothesis_settings(PROPERTY, max_examples=200)
+@given(
+    scheme=st.sampled_from(["postgresql", "postgres", "s3", "S3", "gs"]),
+    user=st.text(string.ascii_letters + string.digits + "._-", max_size=8),
+    password=st.text(
+        PRINTABLE.replace("\n", "").replace("\r", "").replace("\x0b", "").replace("\x0c", "")
+    ),
+    words=st.sampled_from(["", " failed: no route", ": unrecognized"]),
+)
+def test_any_urls_password_is_masked_whatever_secrets_the_script_knows(
+    scheme, user, password, words
+):
+    """A URL a script was never told is a secret (one typed in the wrong place): its password,
+    written raw or encoded, whatever it holds, spaces and '@' included."""
+    for written in (password, encoded(password)):
+        text = f"error: {scheme}://{user}:{written}@db.example.com:5432/d{words}"
+        assert cli.masked(text) == f"error: {scheme}://{user}:***@db.example.com:5432/d{words}"
+
+
 def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreadable_string_whole():
     assert settings_of("postgresql://u:Tk9%23Qz?w@h/d").secrets == {
         "Tk9#Qz?w",
