@@ -17,11 +17,13 @@ EXIT_ENVIRONMENT = 3  # the database, the data folder or the store: one line on 
 EXIT_LOCKED = 4  # another load holds the load lock
 MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
-# any scheme; up to the line's last '@', for a password written raw may hold '@' and spaces),
-# and the value of libpq's password options.
+# any scheme; up to the last '@' of the line's next 1,024 characters, for a password written raw
+# may hold '@' and spaces: a later '@' masks more than need be, never less), and the value of
+# libpq's password options and of PGPASSWORD=. The bounds, and a scheme starting only after a
+# character no scheme holds, keep the search linear in the message's length.
 CREDENTIALS = re.compile(
-    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):.*@"
-    r"|(?P<option>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)",
+    r"(?P<url>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#:]{0,256}):.{0,1024}@"
+    r"|(?P<option>(?:pg)?(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)",
     re.IGNORECASE,
 )
 

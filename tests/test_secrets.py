@@ -296,7 +296,7 @@ def test_the_exit_point_masks_every_secret_in_errors_and_in_a_bugs_traceback(pas
 @hypothesis_settings(PROPERTY, max_examples=200)
 @given(
     scheme=st.sampled_from(["postgresql", "postgres", "s3", "S3", "gs"]),
-    user=st.text(string.ascii_letters + string.digits + "._-", max_size=8),
+    user=st.text(string.ascii_letters + string.digits + "._-@%", max_size=8),
     password=st.text(
         PRINTABLE.replace("\n", "").replace("\r", "").replace("\x0b", "").replace("\x0c", "")
     ),
@@ -310,6 +310,15 @@ def test_any_urls_password_is_masked_whatever_secrets_the_script_knows(
     for written in (password, encoded(password)):
         text = f"error: {scheme}://{user}:{written}@db.example.com:5432/d{words}"
         assert cli.masked(text) == f"error: {scheme}://{user}:***@db.example.com:5432/d{words}"
+
+
+def test_a_later_at_sign_on_the_line_masks_more_never_less():
+    """Where a password ends cannot be told from a message: at the last '@' that follows."""
+    message = "postgresql://db.example.com:5432/d failed; write to dba@example.com"
+    assert cli.masked(message) == "postgresql://db.example.com:***@example.com"
+    assert cli.masked("use PGPASSWORD=s3cret or password = 's3 cret'") == (
+        "use PGPASSWORD=*** or password = ***"
+    )
 
 
 def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreadable_string_whole():
@@ -476,6 +485,7 @@ def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
         (["etl.py", "--jobs", url], EXIT_USAGE),
         (["create_tables.py", raw], EXIT_USAGE),
         (["db.py", url], EXIT_USAGE),
+        (["etl.py", f"PGPASSWORD={encoded(password)}"], EXIT_USAGE),
         (["etl.py", "--no-progress", "--data", raw], EXIT_ENVIRONMENT),
         (
             ["etl.py", "--no-progress", "--data", f"s3://AKIAX:{password}@bucket/p"],
