@@ -47,6 +47,9 @@ FETCHES_AT_ONCE = 64  # small objects fetched concurrently
 # ================================================================ where the data is
 
 # URL scheme: the fsspec package that reads it, and its options for anonymous access.
+# Schemes whose URL starts with the bucket: a user, password or port before it is a mistake
+# (Azure's abfs://container@account... holds an '@' of its own).
+BUCKET_FIRST = ("s3", "gs", "gcs")
 STORES = {
     "s3": ("s3fs", {"anon": True}),
     "gs": ("gcsfs", {"token": "anon"}),
@@ -112,7 +115,7 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
         raise StoreError(
             f"{data}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
         )
-    if any(mark in rest.partition("/")[0] for mark in "@:"):
+    if scheme in BUCKET_FIRST and any(mark in rest.partition("/")[0] for mark in "@:"):
         raise StoreError(
             f"{data}: a user, password or port in the URL is not read: it starts with the "
             "bucket (s3://bucket/prefix), and credentials and endpoints come from the store's "
@@ -312,7 +315,8 @@ def plan(
             unchanged += 1
             continue
         size, mtime_ns, etag = file.version or (0, 0, None)
-        tasks.append(FileTask(rel, file.location, size, mtime_ns, seen and seen.sha256, etag=etag))
+        known_sha256 = seen.sha256 if seen else None
+        tasks.append(FileTask(rel, file.location, size, mtime_ns, known_sha256, etag=etag))
     tasks += [
         FileTask(relative(data, kind, location), location, 0, 0, None, problem)
         for location, problem in listed.unlisted
@@ -733,18 +737,36 @@ def _as_utf8(blocks: Iterator[bytes], bom: bytes) -> Iterator[bytes]:
 
 
 class Overlong(bytes):
-    """Where a part would be one line longer than a part: the line's first bytes (OVERLONG_HEAD)
-    and a newline (one line), the rest of it never held. prepare.parse rejects it."""
+    """Where a part would hold a line longer than limit bytes: the line's first bytes
+    (OVERLONG_HEAD) and a newline (one line), the rest of it never held. prepare.parse rejects
+    it."""
+
+    limit: int
 
 
-OVERLONG_HEAD = 4000  # bytes of an overlong line kept, for its reject's raw text
+# Bytes of an overlong line kept: as many as its reject's raw text can show (transform.storable:
+# 1,000 characters of up to 4 bytes each).
+OVERLONG_HEAD = 4000
+# A line this long is read whatever the part size (--batch-mb's smallest is 1 MB): parts smaller
+# than their lines cut the text as usual.
+LONGEST_LINE_FLOOR = 1 << 20
 
 
-def _line_parts(blocks: Iterator[bytes], part_bytes: int) -> Iterator[bytes]:
+def overlong(head: bytes, limit: int) -> Overlong:
+    line = Overlong(head + b"\n")
+    line.limit = limit
+    return line
+
+
+def _line_parts(
+    blocks: Iterator[bytes], part_bytes: int, longest: int | None = None
+) -> Iterator[bytes]:
     """The blocks joined into parts, each ending after the first newline from its part_bytes-th
-    byte on (the last where the text ends). A line longer than part_bytes comes as an Overlong,
-    and memory stays within about twice part_bytes whatever the lines. Where the blocks raise
-    DamagedFile, what came before is yielded first."""
+    byte on (the last where the text ends). A line longer than longest (part_bytes, and at
+    least LONGEST_LINE_FLOOR) comes as an Overlong instead, and memory stays within part_bytes
+    and longest together, whatever the lines. Where the blocks raise DamagedFile, what came
+    before is yielded first."""
+    longest = longest or max(part_bytes, LONGEST_LINE_FLOOR)
     held, size, line_start, skipping = [], 0, 0, None
     try:
         for block in blocks:
@@ -752,7 +774,7 @@ def _line_parts(blocks: Iterator[bytes], part_bytes: int) -> Iterator[bytes]:
                 end = block.find(b"\n") + 1
                 if not end:
                     continue
-                yield Overlong(skipping + b"\n")
+                yield overlong(skipping, longest)
                 skipping, block = None, block[end:]
             while block:
                 end = block.find(b"\n", max(part_bytes - size - 1, 0)) + 1
@@ -764,8 +786,8 @@ def _line_parts(blocks: Iterator[bytes], part_bytes: int) -> Iterator[bytes]:
                     break
                 part = b"".join([*held, block[:end]])
                 held, size, line_start, block = [], 0, 0, block[end:]  # let go before it is used
-                yield part
-            if size - line_start > part_bytes:
+                yield from _with_overlong_last_line(part, longest)
+            if size - line_start > longest:  # the line held so far is too long already
                 text = b"".join(held)
                 held, size = [], 0
                 if line_start:
@@ -775,12 +797,24 @@ def _line_parts(blocks: Iterator[bytes], part_bytes: int) -> Iterator[bytes]:
         if held:
             yield b"".join(held)
         if skipping is not None:
-            yield Overlong(skipping + b"\n")
+            yield overlong(skipping, longest)
         raise
     if held:
         yield b"".join(held)
     if skipping is not None:
-        yield Overlong(skipping + b"\n")
+        yield overlong(skipping, longest)
+
+
+def _with_overlong_last_line(part: bytes, longest: int) -> Iterator[bytes]:
+    """A part ending in a newline; or, where its last line (the only one that can cross the
+    part's size) is longer than longest, the lines before it and that line as an Overlong."""
+    last = part.rfind(b"\n", 0, len(part) - 1) + 1
+    if len(part) - 1 - last <= longest:
+        yield part
+        return
+    if last:
+        yield part[:last]
+    yield overlong(part[last : min(last + OVERLONG_HEAD, len(part) - 1)], longest)
 
 
 def raw_lines(data: bytes) -> list[bytes]:

@@ -117,9 +117,7 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
 def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
     encoding = file.read.encoding
     if isinstance(data, extract.Overlong):
-        reason = (
-            f"a line longer than a part ({limits.log_batch_bytes:,} bytes, --batch-mb): not read"
-        )
+        reason = f"a line longer than a part ({data.limit:,} bytes, --batch-mb): not read"
         return Chunk(file, first_line, b"", None, [(file.path, first_line, reason, data[:-1])])
     if kind == "song":
         objects, rejects = decode_song_file(data, file.path, encoding)
@@ -271,7 +269,8 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
 
 def refused(batch: Batch, error: str, limits: Limits) -> Part:
     """A one-file batch the database refused: every record of the file is recorded as rejected,
-    so that one file never stops a run and the manifest does not retry it until it changes."""
+    so that one file never stops a run; the manifest loads it again once its content changes
+    (hashed at each run, as a damaged file is)."""
     files = [f for part in prepare(batch, limits) for f in part.files]
     records = sum(f.records for f in files)
     file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0, rejected=records)
