@@ -224,6 +224,13 @@ LIBPQ_ENV = {
     "PGPASSWORD": "password",
     "PGDATABASE": "dbname",
     "PGSSLMODE": "sslmode",
+    "PGSSLROOTCERT": "sslrootcert",
+    "PGSSLCERT": "sslcert",
+    "PGSSLKEY": "sslkey",
+    "PGCONNECT_TIMEOUT": "connect_timeout",
+    "PGOPTIONS": "options",
+    "PGTARGETSESSIONATTRS": "target_session_attrs",
+    "PGAPPNAME": "application_name",
 }
 
 

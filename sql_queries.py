@@ -90,6 +90,9 @@ CREATE TABLE songplay_copies (
 )"""
 songplay_copies_index_file = "CREATE INDEX songplay_copies_file ON songplay_copies (file_id)"
 songs_index_artist = "CREATE INDEX songs_artist ON songs (artist_id, song_id)"
+# manifest_known's damaged, at each run's start: what a whole file's rejections are, by file.
+load_rejects_index_file_problems = """
+CREATE INDEX load_rejects_file_problems ON load_rejects (path, run_id) WHERE line IS NULL"""
 
 # ---------------------------------------------------------------- schema: the keys of the fact
 # Everything on songplays and time that a load maintains row by row and does not read, in the
@@ -312,6 +315,7 @@ create_table_queries = [
     load_runs_table_create,
     load_manifest_table_create,
     load_rejects_table_create,
+    load_rejects_index_file_problems,
     artists_table_create,
     songs_table_create,
     users_table_create,
@@ -471,14 +475,14 @@ run_start = "INSERT INTO load_runs (data_dir) VALUES (%(data_dir)s) RETURNING ru
 run_finish = """
 UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(run_id)s"""
 
-# What the manifest knows of each file; damaged: its last load found a problem with the file
-# itself (gzip data damaged, no record left, the database refusing it), which a rejection without
+# What the manifest knows of each file; damaged: the run that loaded it found a problem with the
+# file itself (gzip data damaged, no record, the database refusing it), which a rejection without
 # a line records. Such a file is read (hashed) at each run whatever its size and mtime say, so that
 # a repair keeping both (cp -p, rsync -t) is found.
 manifest_known = """
 SELECT m.path, m.size_bytes, m.mtime_ns, m.etag, m.sha256,
        EXISTS (SELECT FROM load_rejects r
-               WHERE r.path = m.path AND r.line IS NULL AND r.run_id >= m.run_id) AS damaged
+               WHERE r.path = m.path AND r.run_id = m.run_id AND r.line IS NULL) AS damaged
 FROM load_manifest m
 WHERE m.kind = %(kind)s"""
 

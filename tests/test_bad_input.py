@@ -182,15 +182,20 @@ def _dangling_symlink(path: Path) -> None:
 
 def _no_permission(path: Path) -> None:
     if os.geteuid() == 0:
-        pytest.skip("root reads a chmod 000 file: the dangling symlink covers 'cannot read file'")
+        pytest.skip("root reads a chmod 000 file: the two links cover 'cannot read file'")
     path.write_bytes(lines(G(0)))
     path.chmod(0)
 
 
+def _link_to_its_folder(path: Path) -> None:
+    path.symlink_to(path.parent)
+
+
 # A log path the walk finds (*.json) but that cannot be read. As root (CI), chmod 000 does not
-# stop reading; a dangling symlink fails the same way for everyone.
+# stop reading; a dangling symlink and a link to a folder fail the same way for everyone.
 UNREADABLE = {
     "dangling symlink": (_dangling_symlink, "No such file or directory"),
+    "link to a folder named x.json": (_link_to_its_folder, "Is a directory"),
     "chmod 000 (not as root)": (_no_permission, "Permission denied"),
 }
 
