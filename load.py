@@ -448,7 +448,9 @@ def _build_key(cur, name: str) -> list[Moved]:
         return []
     except psycopg2.errors.UniqueViolation:
         cur.execute(sql.key_attempt_undo)
+    cur.execute(sql.settling_without_nested_loops)
     moved = settle(cur)
+    cur.execute(sql.settled)
     cur.execute(sql.BULK_KEYS[name][0])
     return moved
 

@@ -34,6 +34,7 @@ from conftest import counts, query, run_script, schema_objects, table_contents
 from summary import ALL_SET_ASIDE, CHECKS_PASSED, Counts, parse_summary
 
 import db
+import load
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_OK
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
@@ -348,3 +349,39 @@ def test_a_session_holding_users_past_the_lock_timeout_leaves_their_statistics_n
     assert summary.records["log"] == Counts(1, 1)
     assert summary.checks == CHECKS_PASSED
     assert schema_objects() == created
+
+
+def test_keys_are_built_back_whatever_statistics_an_autovacuum_took_while_the_rows_were_written(
+    fresh_tables,
+):
+    """An autovacuum that analyzes time while a bulk load's transaction is writing it sees none of
+    its rows, and records 0: settling the instants written twice, planned on that, must not take
+    time quadratic in the rows (a nested loop over 200,000 rows would run for hours)."""
+    query(
+        "ALTER TABLE songplays DROP CONSTRAINT songplays_start_time_fkey;"
+        "ALTER TABLE time DROP CONSTRAINT time_pkey; SELECT 1"
+    )
+    writing = db.connect(db.Settings.from_env())
+    with writing.cursor() as cur:  # the load's transaction, still open
+        cur.execute(
+            "INSERT INTO time (start_time, hour, day, week, month, year, weekday) "
+            "SELECT t, 0, 1, 1, 1, 2018, 1 FROM generate_series(1, 200000) AS n, "
+            "LATERAL (SELECT timestamptz '2018-11-01' + n * interval '1 ms' AS t) i "
+            "UNION ALL SELECT timestamptz '2018-11-01' + interval '1 ms', 0, 1, 1, 1, 2018, 1"
+        )
+        query("ANALYZE time; SELECT 1")  # as an autovacuum would, from another session
+        writing.commit()
+    writing.close()
+    assert query("SELECT reltuples FROM pg_class WHERE relname = 'time'") == [(0.0,)]
+
+    conn = db.connect(db.Settings.from_env())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '60s'")
+        conn.commit()
+        built = load.build_keys(conn)
+    finally:
+        conn.close()
+
+    assert built.built == ["time_pkey", "songplays_start_time_fkey"] and built.failed == {}
+    assert query("SELECT count(*), count(DISTINCT start_time) FROM time") == [(200000, 200000)]
