@@ -25,6 +25,8 @@ class Limits:
     """How the work is cut: memory follows these bounds, not the size of the input."""
 
     song_batch_files: int = 10_000  # song files per batch (one transaction)
+    # and song bytes per batch: files holding arrays of songs take 20 times their size in memory
+    song_batch_bytes: int = 4 * 1024 * 1024
     log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch, and per part of a bigger file
     parse_piece_bytes: int = 4 * 1024 * 1024  # Arrow's reader takes a log this much at a time
 

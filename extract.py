@@ -303,9 +303,9 @@ def plan(
     limits: Limits = Limits(),
 ) -> Plan:
     """The listing's files cut into batches: those the manifest knows at the same version, and
-    not damaged, are left out. A log batch stays under
-    limits.log_batch_bytes unless one file alone is bigger, which then makes a batch of its
-    own, read in parts."""
+    not damaged, are left out. A log batch stays under limits.log_batch_bytes unless one file
+    alone is bigger, which then makes a batch of its own, read in parts; a song batch under
+    limits.song_batch_files and limits.song_batch_bytes (a bigger file: a batch of its own)."""
     tasks, unchanged, here = [], 0, set()
     for file in listed.files:
         rel = relative(data, kind, file.location)
@@ -321,12 +321,11 @@ def plan(
         FileTask(relative(data, kind, location), location, 0, 0, None, problem)
         for location, problem in listed.unlisted
     ]
+    most_bytes = limits.song_batch_bytes if kind == "song" else limits.log_batch_bytes
+    most_files = limits.song_batch_files if kind == "song" else len(tasks)
     batches, current, size = [], [], 0
     for task in tasks:
-        if current and (
-            (kind == "song" and len(current) >= limits.song_batch_files)
-            or (kind == "log" and size + task.size > limits.log_batch_bytes)
-        ):
+        if current and (len(current) >= most_files or size + task.size > most_bytes):
             batches.append(Batch(kind, tuple(current), data.store))
             current, size = [], 0
         current.append(task)

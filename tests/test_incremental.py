@@ -31,10 +31,14 @@ from builders import (
     song,
     write,
 )
-from conftest import counts, query, run_main, scalar, table_contents
+from conftest import PROPERTY, counts, query, run_main, scalar, table_contents
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from summary import CHECKS_PASSED, Counts, parse_summary
 
 import etl as etl_module
+import extract
 from contract import Limits
 
 G = event
@@ -266,21 +270,44 @@ def test_a_song_id_several_song_files_hold_takes_the_last_files_values_whatever_
         sorted((r["artist_id"], r["artist_name"], r["artist_location"]) for r in last.values()),
     )
 
-    for batch in (1, 2, 3, 10_000):
+    for limits in (
+        *(Limits(song_batch_files=files) for files in (1, 2, 3, 10_000)),
+        *(Limits(song_batch_bytes=size) for size in (1, 600)),
+    ):
         run_main("create_tables.py")
-        etl_module.run(
-            settings,
-            tmp_path,
-            jobs=0,
-            progress=False,
-            out=None,
-            limits=Limits(song_batch_files=batch),
-        )
+        etl_module.run(settings, tmp_path, jobs=0, progress=False, out=None, limits=limits)
         loaded = (
             query("SELECT song_id, title, artist_id, year, duration::float FROM songs ORDER BY 1"),
             query("SELECT artist_id, name, location FROM artists ORDER BY 1"),
         )
-        assert loaded == expected, f"song batches of {batch} files"
+        assert loaded == expected, f"song batches of {limits}"
+
+
+@hypothesis_settings(PROPERTY, max_examples=30)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12),
+    kind=st.sampled_from(["song", "log"]),
+    most=st.integers(1, 4000),
+)
+def test_batches_stay_under_their_bytes_unless_one_file_alone_is_bigger(
+    tmp_path_factory, sizes, kind, most
+):
+    """Memory follows a batch's bytes, not the input's size: song files holding arrays of songs
+    are cut by bytes too, as log files are."""
+    root = tmp_path_factory.mktemp("data")
+    folder = "song_data" if kind == "song" else "log_data"
+    for n, size in enumerate(sizes):
+        write(root, f"{folder}/{n:02d}.json", b" " * size)
+    source = extract.source(str(root))
+    limits = Limits(song_batch_bytes=most, log_batch_bytes=most)
+
+    batches = extract.plan(source, extract.listing(source, kind), kind, {}, limits).batches
+
+    assert [t.size for b in batches for t in b.tasks] == sizes
+    for batch in batches:
+        assert len(batch.tasks) == 1 or sum(t.size for t in batch.tasks) <= most
+    for before, after in zip(batches, batches[1:]):  # a batch ends only where it must
+        assert sum(t.size for t in before.tasks) + after.tasks[0].size > most
 
 
 def test_taking_an_instant_or_a_user_out_finds_their_plays_through_an_index(fresh_tables):
