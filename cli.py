@@ -19,11 +19,13 @@ MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
 # any scheme; up to the last '@' of the line's next 1,024 characters, for a password written raw
 # may hold '@' and spaces: a later '@' masks more than need be, never less), and the value of
-# libpq's password options and of PGPASSWORD=. The bounds, and a scheme starting only after a
-# character no scheme holds, keep the search linear in the message's length.
+# libpq's password options and of PGPASSWORD= (quoted or not). The bounds, and a scheme tried
+# only from the start of a run of the characters a scheme holds, keep the search linear in the
+# message's length.
 CREDENTIALS = re.compile(
-    r"(?P<url>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#:]{0,256}):.{0,1024}@"
-    r"|(?P<option>(?:pg)?(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)",
+    r"(?P<url>(?<![A-Za-z0-9+.-])[A-Za-z0-9+.-]+://[^\s/?#:]{0,256}):.{0,1024}@"
+    r"|(?P<option>(?:pg)?(?:ssl)?password\s*=\s*)"
+    r"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+)",
     re.IGNORECASE,
 )
 

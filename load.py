@@ -392,27 +392,33 @@ def build_keys(conn, run_id: int | None = None) -> Built:
     twice, time's key or songplays' unique key cannot be built: one row of each instant is kept,
     or the plays are settled (songplays keeps the copy of the file first in path order, as the
     key in place does; run_id's plays that lost are counted), and the key is built then. If one
-    key cannot be built, none is, and they stay missing for the next run to build."""
+    key cannot be built, none is, and they stay missing for the next run to build. Either way
+    the tables are analyzed: the checks that follow are planned on their statistics."""
     missing = keys_missing(conn)
     if not missing:
         return Built([], {})
+    with db.managed_cursor(conn) as cur:
+        distributed = db.distributed(cur)
     name, moved = missing[0], []
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
-            distributed = db.distributed(cur)
             if distributed:
                 cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
             _create_staging(cur)  # at a run's start, before start_run
             for name in missing:
                 moved += _build_key(cur, name)
     except psycopg2.errors.LockNotAvailable:
-        return Built([], {name: "another session kept a conflicting lock on its tables"})
+        failure = "another session kept a conflicting lock on its tables"
     except psycopg2.errors.DeadlockDetected:
-        return Built([], {name: "it deadlocked with another session's writes"})
+        failure = "it deadlocked with another session's writes"
     except psycopg2.IntegrityError as exc:
-        return Built([], {name: db.first_line(exc)})
+        failure = db.first_line(exc)
+    else:
+        failure = None
     _analyze(conn, distributed)
+    if failure:
+        return Built([], {name: failure})
     ours = [move for move in moved if move.run_id == run_id]
     return Built(
         missing, {}, -sum(move.plays for move in ours), -sum(move.resolved for move in ours)
@@ -448,9 +454,8 @@ def _build_key(cur, name: str) -> list[Moved]:
         return []
     except psycopg2.errors.UniqueViolation:
         cur.execute(sql.key_attempt_undo)
-    cur.execute(sql.settling_without_nested_loops)
+    cur.execute(sql.settling_without_nested_loops)  # for the rest of the keys' transaction
     moved = settle(cur)
-    cur.execute(sql.settled)
     cur.execute(sql.BULK_KEYS[name][0])
     return moved
 

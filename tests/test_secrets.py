@@ -301,23 +301,26 @@ def test_the_exit_point_masks_every_secret_in_errors_and_in_a_bugs_traceback(pas
         PRINTABLE.replace("\n", "").replace("\r", "").replace("\x0b", "").replace("\x0c", "")
     ),
     words=st.sampled_from(["", " failed: no route", ": unrecognized"]),
+    glued=st.sampled_from(["", "-", "--data=", ".", "1", "x_", "'"]),  # typed just before it
 )
 def test_any_urls_password_is_masked_whatever_secrets_the_script_knows(
-    scheme, user, password, words
+    scheme, user, password, words, glued
 ):
     """A URL a script was never told is a secret (one typed in the wrong place): its password,
     written raw or encoded, whatever it holds, spaces and '@' included."""
     for written in (password, encoded(password)):
-        text = f"error: {scheme}://{user}:{written}@db.example.com:5432/d{words}"
-        assert cli.masked(text) == f"error: {scheme}://{user}:***@db.example.com:5432/d{words}"
+        text = f"error: {glued}{scheme}://{user}:{written}@db.example.com:5432/d{words}"
+        assert cli.masked(text) == (
+            f"error: {glued}{scheme}://{user}:***@db.example.com:5432/d{words}"
+        )
 
 
 def test_a_later_at_sign_on_the_line_masks_more_never_less():
     """Where a password ends cannot be told from a message: at the last '@' that follows."""
     message = "postgresql://db.example.com:5432/d failed; write to dba@example.com"
     assert cli.masked(message) == "postgresql://db.example.com:***@example.com"
-    assert cli.masked("use PGPASSWORD=s3cret or password = 's3 cret'") == (
-        "use PGPASSWORD=*** or password = ***"
+    assert cli.masked("use PGPASSWORD=s3cret or password = 's3 cret' or password=\"a b\"") == (
+        "use PGPASSWORD=*** or password = *** or password=***"
     )
 
 
