@@ -43,7 +43,7 @@ class Chunk:
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now empty
-WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and counted, not weighed
+WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and the batch bounded
 
 
 @dataclasses.dataclass(frozen=True)
