@@ -31,6 +31,11 @@ class Limits:
     parse_piece_bytes: int = 4 * 1024 * 1024  # Arrow's reader takes a log this much at a time
 
 
+# A rejected record's raw text (load_rejects.raw) is kept up to RAW_TEXT_LIMIT characters, which
+# take at most RAW_TEXT_BYTES bytes of UTF-8.
+RAW_TEXT_LIMIT = 1000
+RAW_TEXT_BYTES = RAW_TEXT_LIMIT * 4
+
 # What says a data file changed without reading it: its size, mtime in ns (0 for an object) and
 # ETag (None for a file on disk).
 Version = tuple[int, int, str | None]

@@ -30,7 +30,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cli
-from contract import Batch, FileRead, FileTask, Kind, Known, Limits, Plan, Version
+from contract import (
+    RAW_TEXT_BYTES,
+    Batch,
+    FileRead,
+    FileTask,
+    Kind,
+    Known,
+    Limits,
+    Plan,
+    Version,
+)
 
 FOLDERS = {"song": "song_data", "log": "log_data"}
 
@@ -743,9 +753,7 @@ class Overlong(bytes):
     limit: int
 
 
-# Bytes of an overlong line kept: as many as its reject's raw text can show (transform.storable:
-# 1,000 characters of up to 4 bytes each).
-OVERLONG_HEAD = 4000
+OVERLONG_HEAD = RAW_TEXT_BYTES  # bytes of an overlong line kept: what its reject's raw can show
 # A line this long is read whatever the part size (--batch-mb's smallest is 1 MB): parts smaller
 # than their lines cut the text as usual.
 LONGEST_LINE_FLOOR = 1 << 20
@@ -793,11 +801,13 @@ def _line_parts(
                     yield text[:line_start]
                 skipping, line_start = text[line_start : line_start + OVERLONG_HEAD], 0
     except DamagedFile:
-        if held:
-            yield b"".join(held)
-        if skipping is not None:
-            yield overlong(skipping, longest)
+        yield from _left(held, skipping, longest)
         raise
+    yield from _left(held, skipping, longest)
+
+
+def _left(held: list[bytes], skipping: bytes | None, longest: int) -> Iterator[bytes]:
+    """What _line_parts still holds where the text ends: its last line, or an overlong one."""
     if held:
         yield b"".join(held)
     if skipping is not None:

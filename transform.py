@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.csv
 
 import sql_queries as sql
+from contract import RAW_TEXT_BYTES, RAW_TEXT_LIMIT
 from parse import EVENT_FIELDS, SONG_FIELDS, Records
 
-RAW_TEXT_LIMIT = 1000
 INT32 = (-(2**31), 2**31 - 1)
 TS_RANGE = (0, 253_402_300_799_999)  # epoch ms up to the end of year 9999
 UTC_INSTANT = pa.timestamp("us", tz="UTC")
@@ -366,7 +366,7 @@ def storable(raw) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, bytes):
-        raw = raw[: RAW_TEXT_LIMIT * 4].decode("utf-8", errors="replace")
+        raw = raw[:RAW_TEXT_BYTES].decode("utf-8", errors="replace")
     return raw[:RAW_TEXT_LIMIT].replace("\x00", "\\u0000")
 
 
