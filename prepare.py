@@ -20,7 +20,15 @@ import extract
 import sql_queries as sql
 import transform
 from contract import Batch, FilePart, HandOver, Limits, Part
-from parse import FIELDS, Records, decode_song_file, newline_count, parse_log_file, records_from
+from parse import (
+    FIELDS,
+    Piece,
+    Records,
+    decode_song_file,
+    newline_count,
+    parse_log_pieces,
+    records_from,
+)
 
 # Arrow's buffers from the C library's allocator rather than the mimalloc Arrow bundles, which
 # hands freed pages back to the kernel and takes them again zeroed, batch after batch: the
@@ -36,10 +44,15 @@ class Chunk:
 
     file: FilePart
     first_line: int
-    data: bytes
-    records: Records | None  # a log's; a song file's records are made for its whole part
+    data: bytes  # a log's lines, parsed with the part's other chunks (parse_log_pieces)
     rejects: list[tuple]
     objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to load or to reject: blank lines, a byte-order mark (a log's lines are
+        judged here before they are parsed: each line not blank is a record or a reject)."""
+        return not (self.objects or self.rejects or (self.data and not self.data.isspace()))
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now empty
@@ -89,17 +102,14 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
                 file = FilePart(task.path, task.mtime_ns, read, first)
                 chunk = parse(batch.kind, file, data, first_line, limits)
                 first_line += newline_count(data)
-                if not (
-                    chunk.objects
-                    or chunk.rejects
-                    or (chunk.records is not None and chunk.records.values.num_rows > 0)
-                ):
-                    continue  # blank lines, a byte-order mark: nothing to load or to reject
+                if chunk.empty:
+                    continue
                 chunks.append(chunk)
                 size += len(data)
                 first = False
                 if size >= part_bytes:
-                    yield shape(batch.kind, index, False, chunks, problems, direct)
+                    pieces = limits.parse_piece_bytes
+                    yield shape(batch.kind, index, False, chunks, problems, direct, pieces)
                     chunks, problems, size, index = [], [], 0, index + 1
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
@@ -110,22 +120,19 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
         elif damage or (first and read.status == "new"):
             problems.append((task.path, None, damage or "empty file", None))
         if first:  # nothing read: the file still counts, once
-            chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", None, []))
-    yield shape(batch.kind, index, True, chunks, problems, direct)
+            chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", []))
+    yield shape(batch.kind, index, True, chunks, problems, direct, limits.parse_piece_bytes)
 
 
 def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
     encoding = file.read.encoding
     if isinstance(data, extract.Overlong):
         reason = f"a line longer than a part ({data.limit:,} bytes, --batch-mb): not read"
-        return Chunk(file, first_line, b"", None, [(file.path, first_line, reason, data[:-1])])
+        return Chunk(file, first_line, b"", [(file.path, first_line, reason, data[:-1])])
     if kind == "song":
         objects, rejects = decode_song_file(data, file.path, encoding)
-        return Chunk(file, first_line, data, None, rejects, objects)
-    records, rejects = parse_log_file(
-        data, file.path, limits.parse_piece_bytes, first_line, encoding
-    )
-    return Chunk(file, first_line, data, records, rejects)
+        return Chunk(file, first_line, data, rejects, objects)
+    return Chunk(file, first_line, data, [])
 
 
 def shape(
@@ -135,15 +142,15 @@ def shape(
     chunks: list[Chunk],
     problems: list[tuple],
     direct: DirectSource | None = None,
+    piece_bytes: int = Limits.parse_piece_bytes,
 ) -> Part:
-    """Judge the chunks' records, shape the good ones into rows (of the staging tables, or of
-    songplays and time when direct gives what that takes), count per file."""
-    fields = FIELDS[kind]
-    objects = [o for c in chunks for o in c.objects]
-    records = Records.combined(
-        [c.records for c in chunks if c.records is not None] + [records_from(objects, fields)],
-        fields,
-    )
+    """Judge the chunks' records (a log's parsed here, a part's small files together), shape
+    the good ones into rows (of the staging tables, or of songplays and time when direct gives
+    what that takes), count per file."""
+    if kind == "song":
+        records = records_from([o for c in chunks for o in c.objects], FIELDS[kind])
+    else:
+        records, chunks = parsed_logs(chunks, piece_bytes)
     appended, written = None, None
     if kind == "song":
         good, invalid = transform.valid_songs(records)
@@ -180,6 +187,23 @@ def shape(
     copies["stage_manifest"] = manifest_csv(kind, files)
     copies["stage_rejects"] = stage_csv("stage_rejects", rejects)
     return Part(kind, index, last, files, copies, rejects["line"].null_count, appended)
+
+
+def parsed_logs(chunks: list[Chunk], piece_bytes: int) -> tuple[Records, list[Chunk]]:
+    """The records of the chunks' log lines, and the chunks with the rejects parsing found."""
+    reading = [n for n, c in enumerate(chunks) if c.data]
+    records, rejects = parse_log_pieces(
+        [
+            Piece(c.data, c.file.path, c.first_line, c.file.read.encoding)
+            for c in (chunks[n] for n in reading)
+        ],
+        piece_bytes,
+    )
+    found = dict(zip(reading, rejects))
+    return records, [
+        dataclasses.replace(c, rejects=c.rejects + found[n]) if found.get(n) else c
+        for n, c in enumerate(chunks)
+    ]
 
 
 def play_copies(

@@ -5,6 +5,10 @@ import json
 
 import pytest
 from builders import PLAY
+from conftest import PROPERTY
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import parse
 import transform
@@ -73,3 +77,48 @@ def test_a_song_file_holding_an_array_of_one_song_is_read():
     parsed, rejects = parse.parse_song_file(json.dumps([song]).encode(), "song_data/a.json")
     assert rejects == []
     assert parsed.values.select(["song_id", "line"]).to_pylist() == [{"song_id": "SOA", "line": 1}]
+
+
+# What a delivery's small files hold: clean events, and now and then a line that sends its piece
+# to the line reader (a string where a number goes, a flaw of its record, among them).
+CLEAN_LINES = [
+    line(1),
+    line(2, page="Home", song=None),
+    line(3, userId=""),
+    line(5, sessionId=2**40),
+    b"{}\n",
+]
+ODD = [
+    DAMAGED,
+    line(4, length="long"),
+    *ODD_LINES.values(),
+    b'{"ts": 1, "page": "NextSong"}\r\n',
+    b"[1, 2]\n",
+]
+
+
+@hypothesis_settings(PROPERTY, max_examples=300)
+@given(
+    files=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(CLEAN_LINES), min_size=1, max_size=4),
+            st.sampled_from([None] * 4 * len(ODD) + ODD),  # a line not clean: one file in five
+            st.booleans(),  # its last newline left out
+            st.integers(1, 3),  # its first line's number: a part of a bigger file starts later
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    piece_bytes=st.sampled_from([1, 150, 400, 1 << 20]),
+)
+def test_small_files_read_together_get_what_each_gets_read_alone(files, piece_bytes):
+    pieces = []
+    for n, (lines, odd, cut, first) in enumerate(files):
+        data = b"".join(lines[:1] + [odd or b""] + lines[1:])
+        pieces.append(parse.Piece(data[:-1] if cut else data, f"log_data/{n}.json", first))
+    together, rejects = parse.parse_log_pieces(pieces, piece_bytes)
+    alone = [parse.parse_log_file(p.data, p.path, piece_bytes, p.first_line) for p in pieces]
+    expected = parse.Records.combined([records for records, _ in alone], parse.EVENT_FIELDS)
+    assert together.values.equals(expected.values)
+    assert together.flaws.equals(expected.flaws)
+    assert rejects == [bad for _, bad in alone]
