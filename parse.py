@@ -279,19 +279,31 @@ def parse_log_pieces(
     """The pieces' Records, in order, and each piece's rejects, as parse_log_file reads each
     piece. Pieces smaller than piece_bytes (a batch of small files) are read by Arrow together,
     up to piece_bytes at a time: a call of its reader costs about half a millisecond whatever it
-    reads (bench/README.md). A group with any problem is read piece by piece."""
+    reads (bench/README.md)."""
     records, rejects = [], []
     for group in _groups(pieces, piece_bytes):
-        together = _fast_together(group) if len(group) > 1 else None
-        if together is not None:
-            records.append(together)
-            rejects += [[] for _ in group]
-            continue
-        for p in group:
-            parsed, bad = parse_log_file(p.data, p.path, piece_bytes, p.first_line, p.encoding)
-            records.append(parsed)
-            rejects.append(bad)
+        more, bad = _read_group(group, piece_bytes)
+        records += more
+        rejects += bad
     return Records.combined(records, EVENT_FIELDS), rejects
+
+
+def _read_group(group: list[Piece], piece_bytes: int) -> tuple[list[Records], list[list[tuple]]]:
+    """A group read at once where it is clean; else each half the same way, down to a piece on
+    its own: a few damaged files cost their group a few calls of Arrow's reader, not one a file."""
+    if len(group) == 1:
+        piece = group[0]
+        parsed, bad = parse_log_file(
+            piece.data, piece.path, piece_bytes, piece.first_line, piece.encoding
+        )
+        return [parsed], [bad]
+    together = _fast_together(group)
+    if together is not None:
+        return [together], [[] for _ in group]
+    half = len(group) // 2
+    first, first_rejects = _read_group(group[:half], piece_bytes)
+    second, second_rejects = _read_group(group[half:], piece_bytes)
+    return first + second, first_rejects + second_rejects
 
 
 def _groups(pieces: list[Piece], piece_bytes: int) -> Iterator[list[Piece]]:
