@@ -747,7 +747,7 @@ def _as_utf8(blocks: Iterator[bytes], bom: bytes) -> Iterator[bytes]:
 
 class Overlong(bytes):
     """Where a part would hold a line longer than limit bytes: the line's first bytes
-    (OVERLONG_HEAD) and a newline (one line), the rest of it never held. prepare.parse rejects
+    (OVERLONG_HEAD) and a newline (one line), the rest of it never held. prepare.read_chunk rejects
     it."""
 
     limit: int

@@ -233,14 +233,9 @@ def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Rec
 
 def _arrow_events(piece: bytes, lines: int) -> pa.Table | None:
     """The piece's lines as Arrow reads them, where that is exactly the line-by-line reading:
-    valid UTF-8 without NUL, surrogate escapes or CR, each line one object starting with "{" (a
-    byte-order mark or a blank line, which Arrow skips, is not), every value of its field's type
-    and no NaN or Infinity (Arrow takes those for numbers, JSON does not). None otherwise."""
-    if (
-        any(b in piece for b in UNLIKE_JSON_BYTES)
-        or UNLIKE_JSON_ESCAPES.search(piece)
-        or not _lines_start_objects(piece)
-    ):
+    plain lines (_plain), valid UTF-8, every value of its field's type, one object a line and
+    no NaN or Infinity (Arrow takes those for numbers, JSON does not). None otherwise."""
+    if not _plain(piece):
         return None
     try:
         piece.decode("utf-8")
@@ -253,6 +248,18 @@ def _arrow_events(piece: bytes, lines: int) -> pa.Table | None:
     ):
         return None  # a line holding two objects; NaN or Infinity
     return table
+
+
+def _plain(piece: bytes) -> bool:
+    """Whether the piece's bytes let Arrow read it as the line reader would: no NUL, surrogate
+    escape or CR, and each line starting with "{" and ending with "}" (a byte-order mark or a
+    blank line, which Arrow skips, is not; and as Arrow reads a newline as blank space, an
+    object left open at the end of a line would run on into the next)."""
+    return not (
+        any(b in piece for b in UNLIKE_JSON_BYTES)
+        or UNLIKE_JSON_ESCAPES.search(piece)
+        or not _lines_are_braced(piece)
+    )
 
 
 def _tagged(table: pa.Table, paths: pa.Array, lines: np.ndarray) -> Records:
@@ -307,12 +314,17 @@ def _read_group(group: list[Piece], piece_bytes: int) -> tuple[list[Records], li
 
 
 def _groups(pieces: list[Piece], piece_bytes: int) -> Iterator[list[Piece]]:
-    """The pieces in order, in runs of small ones up to piece_bytes; a big one alone."""
+    """The pieces in order, in runs of small plain ones up to piece_bytes; any other alone (a
+    big one is cut into pieces of its own; one whose bytes are not plain is read line by line)."""
     group, size = [], 0
     for piece in pieces:
-        if group and size + len(piece.data) > piece_bytes:
+        alone = len(piece.data) >= piece_bytes or not _plain(piece.data)
+        if group and (alone or size + len(piece.data) > piece_bytes):
             yield group
             group, size = [], 0
+        if alone:
+            yield [piece]
+            continue
         group.append(piece)
         size += len(piece.data)
     if group:
@@ -347,8 +359,11 @@ def newline_count(data: bytes) -> int:
     )
 
 
-def _lines_start_objects(piece: bytes) -> bool:
-    """Whether every line of the piece starts with "{"."""
+def _lines_are_braced(piece: bytes) -> bool:
+    """Whether every line of the piece starts with "{" and ends with "}"."""
+    if not (piece.startswith(b"{") and piece.rstrip(b"\n")[-1:] == b"}"):
+        return False
     text = np.frombuffer(piece, np.uint8)
-    starts = np.flatnonzero(text[:-1] == NEWLINE) + 1  # after each newline but a last one
-    return piece.startswith(b"{") and bool(np.all(text[starts] == ord("{")))
+    newlines = np.flatnonzero(text == NEWLINE)
+    starts = newlines[newlines < len(text) - 1] + 1  # after each newline but a last one
+    return bool(np.all(text[starts] == ord("{")) and np.all(text[newlines - 1] == ord("}")))

@@ -40,19 +40,14 @@ if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """A file's content, or one part of a big file, parsed: where it starts and what it holds."""
+    """A file's content, or one part of a big file: where it starts and what it holds (a song
+    file's objects decoded; a log's lines parsed with the part's other chunks, in shape)."""
 
     file: FilePart
     first_line: int
-    data: bytes  # a log's lines, parsed with the part's other chunks (parse_log_pieces)
+    data: bytes
     rejects: list[tuple]
     objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
-
-    @property
-    def empty(self) -> bool:
-        """Nothing to load or to reject: blank lines, a byte-order mark (a log's lines are
-        judged here before they are parsed: each line not blank is a record or a reject)."""
-        return not (self.objects or self.rejects or (self.data and not self.data.isspace()))
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now empty
@@ -100,16 +95,16 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
         try:
             for data in contents:
                 file = FilePart(task.path, task.mtime_ns, read, first)
-                chunk = parse(batch.kind, file, data, first_line, limits)
+                chunk = read_chunk(batch.kind, file, data, first_line)
                 first_line += newline_count(data)
-                if chunk.empty:
-                    continue
+                if chunk is None:
+                    continue  # blank lines, a byte-order mark: nothing to load or to reject
                 chunks.append(chunk)
                 size += len(data)
                 first = False
                 if size >= part_bytes:
-                    pieces = limits.parse_piece_bytes
-                    yield shape(batch.kind, index, False, chunks, problems, direct, pieces)
+                    piece_bytes = limits.parse_piece_bytes
+                    yield shape(batch.kind, index, False, chunks, problems, direct, piece_bytes)
                     chunks, problems, size, index = [], [], 0, index + 1
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
@@ -124,15 +119,17 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
     yield shape(batch.kind, index, True, chunks, problems, direct, limits.parse_piece_bytes)
 
 
-def parse(kind: str, file: FilePart, data: bytes, first_line: int, limits: Limits) -> Chunk:
-    encoding = file.read.encoding
+def read_chunk(kind: str, file: FilePart, data: bytes, first_line: int) -> Chunk | None:
+    """The content read as a chunk (a song file's objects decoded), or None when it holds
+    nothing to load or to reject: a log's lines all blank (every other line is a record or a
+    reject), a song file giving no object and no reject (blank, or an empty array)."""
     if isinstance(data, extract.Overlong):
         reason = f"a line longer than a part ({data.limit:,} bytes, --batch-mb): not read"
         return Chunk(file, first_line, b"", [(file.path, first_line, reason, data[:-1])])
     if kind == "song":
-        objects, rejects = decode_song_file(data, file.path, encoding)
-        return Chunk(file, first_line, data, rejects, objects)
-    return Chunk(file, first_line, data, [])
+        objects, rejects = decode_song_file(data, file.path, file.read.encoding)
+        return Chunk(file, first_line, data, rejects, objects) if objects or rejects else None
+    return Chunk(file, first_line, data, []) if data and not data.isspace() else None
 
 
 def shape(

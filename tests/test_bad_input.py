@@ -130,6 +130,7 @@ def song_line_2(bad, reason: str) -> tuple:
 # id: (file content, expected rejects, song numbers that load)
 SONG_CASES = {
     "empty song file": (b"", [(None, r"^empty file$")], []),
+    "a song file holding an empty array": (b"[]\n", [(None, r"^empty file$")], []),
     "song without song_id": (line(song(1, song_id=DROP)), [(1, r"^song_id missing$")], []),
     "several songs, one object per line": (lines(song(1), song(2), song(3)), [], [1, 2, 3]),
     "a JSON array of two songs": (json.dumps([song(1), song(2)]).encode(), [], [1, 2]),

@@ -780,12 +780,11 @@ def test_a_damaged_file_repaired_keeping_its_size_and_mtime_is_loaded_by_the_nex
 def test_a_file_in_many_chunks_of_one_part_is_counted_once_and_its_rejects_keep_their_lines():
     read = FileRead("new", 1000, "0" * 64)
     chunks = [
-        prepare.parse(
+        prepare.read_chunk(
             "log",
             FilePart("log_data/big.json", 0, read, first=item == 0),
             lines(event(item, userId="abc" if item == 3 else "900")),
             item + 1,
-            Limits(),
         )
         for item in range(10)
     ]

@@ -6,7 +6,7 @@ import json
 import pytest
 from builders import PLAY
 from conftest import PROPERTY
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -38,6 +38,11 @@ ODD_LINES = {
     "two objects on one line, then a blank one": line(7)[:-1] + line(8) + b"\n",
     "a byte-order mark": b"\xef\xbb\xbf" + line(7),
     "a blank line": b"   \n",
+    # Arrow reads a newline as blank space: the object runs on into the next line, and the line
+    # holding two objects makes the count of rows that of the lines again.
+    "an object left open at the end of its line": b'{"ts": 1, "page": "A", "zz":\n{}}\n'
+    + line(7)[:-1]
+    + line(8),
 }
 
 
@@ -110,6 +115,13 @@ ODD = [
         max_size=8,
     ),
     piece_bytes=st.sampled_from([1, 150, 400, 1 << 20]),
+)
+@example(  # an object left open at the end of one file, closed in the next
+    files=[
+        ([b'{"ts": 1, "page": "A", "zz":\n'], None, False, 1),
+        ([b"{}}\n", b'{"ts": 2, "page": "B"}{"ts": 3, "page": "C"}\n'], None, False, 1),
+    ],
+    piece_bytes=1 << 20,
 )
 def test_small_files_read_together_get_what_each_gets_read_alone(files, piece_bytes):
     pieces = []

@@ -129,15 +129,17 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
 @hypothesis_settings(PROPERTY, max_examples=200)
 @given(
     lead=st.sampled_from([0, 1, extract.BLOCK - 2, extract.BLOCK, 2 * extract.BLOCK - 1]),
-    parts=st.lists(st.sampled_from([b"\n", b"{", b"x", b" ", b"\n{", b"\n\n"]), max_size=30),
+    parts=st.lists(
+        st.sampled_from([b"\n", b"{", b"}", b"x", b" ", b"\n{", b"}\n", b"\n\n"]), max_size=30
+    ),
 )
-def test_lines_are_counted_and_their_first_bytes_checked_wherever_the_newlines_stand(lead, parts):
+def test_lines_are_counted_and_their_ends_checked_wherever_the_newlines_stand(lead, parts):
     # Newlines straddling the megabyte blocks newline_count compares at a time, or not.
     data = b"{" * lead + b"".join(parts)
     assert parse.newline_count(data) == data.count(b"\n")
     if data:  # a piece is never empty
-        starts = [text.startswith(b"{") for text in extract.raw_lines(data)]
-        assert parse._lines_start_objects(data) == all(starts)
+        braced = [t.startswith(b"{") and t.endswith(b"}") for t in extract.raw_lines(data)]
+        assert parse._lines_are_braced(data) == all(braced)
 
 
 def test_big_log_file_is_parsed_in_line_aligned_pieces_numbered_as_one_file():
@@ -240,8 +242,8 @@ def test_a_file_giving_a_part_two_chunks_is_counted_once_there_with_its_first_ch
     read = contract.FileRead("new", len(first + second), "0" * 64)
     file = contract.FilePart("log_data/x.json", 0, read)
     chunks = [
-        prepare.parse("log", file, first, 1, contract.Limits()),
-        prepare.parse("log", dataclasses.replace(file, first=False), second, 3, contract.Limits()),
+        prepare.read_chunk("log", file, first, 1),
+        prepare.read_chunk("log", dataclasses.replace(file, first=False), second, 3),
     ]
     part = prepare.shape("log", 0, True, chunks, [])
     counts = [(f.path, f.first, f.records, f.accepted, f.skipped, f.rejected) for f in part.files]
