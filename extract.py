@@ -23,6 +23,7 @@ import errno
 import hashlib
 import importlib.util
 import io
+import itertools
 import os
 import stat
 import zlib
@@ -191,8 +192,14 @@ def hidden_note(name: str, folder: bool) -> str:
     return " (hidden: not read)" if is_data_file(name) else ""
 
 
-def is_gzipped(name: str) -> bool:
-    return name.lower().endswith(GZIP_SUFFIX)
+# gzip data starts with these two bytes; text never does (0x8b is no first byte of UTF-8).
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzipped(name: str, head: bytes) -> bool:
+    """Whether a file is read as gzip data: named .gz, or starting as gzip data starts, whatever
+    its name (a log sent again compressed under its own name)."""
+    return name.lower().endswith(GZIP_SUFFIX) or head.startswith(GZIP_MAGIC)
 
 
 # ================================================================ finding and planning
@@ -422,9 +429,8 @@ def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes
 
 def _read(task: FileTask, handle, size: int, part_bytes: int) -> tuple[FileRead, Iterator[bytes]]:
     """read_file's passes over an open file (or object) of size bytes."""
-    gzipped = is_gzipped(task.location)
     try:
-        seen = _first_pass(handle, size, part_bytes, gzipped)
+        seen = _first_pass(handle, task.location, size, part_bytes)
     except OSError as exc:
         handle.close()
         return _unreadable(task, exc), iter(())
@@ -435,7 +441,7 @@ def _read(task: FileTask, handle, size: int, part_bytes: int) -> tuple[FileRead,
         return FileRead("unchanged", seen.size, seen.sha256, etag=task.etag), iter(())
     blocks = iter([seen.first]) if whole else _blocks(handle, seen.size)
     head = seen.first
-    if gzipped:
+    if seen.gzipped:
         blocks, head = _trusted(_gunzip(blocks), seen.damage), _gunzipped_head(seen.first)
     bom = byte_order_mark(head)
     return (
@@ -578,22 +584,26 @@ def _not_regular(mode: int) -> str | None:
 class FirstPass:
     """What reading a file through once found: the SHA-256 and size of what it held as it was
     opened (not what it grew to after), its first block (all of it when it is no bigger than
-    part_bytes, read at once), and for gzip data the damage gunzipping it meets (None when it
-    is intact)."""
+    part_bytes, read at once), whether it is gzip data (is_gzipped), and for gzip data the
+    damage gunzipping it meets (None when it is intact)."""
 
     sha256: str
     size: int
     first: bytes
+    gzipped: bool = False
     damage: DamagedFile | None = None
 
 
-def _first_pass(handle, size: int, part_bytes: int, gzipped: bool) -> FirstPass:
+def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
     hashing = Hashing(handle, size, size if size <= part_bytes else BLOCK)
     blocks = iter(hashing)
+    head = next(blocks, b"")
+    gzipped = is_gzipped(location, head)
+    blocks = itertools.chain([head], blocks)
     damage = _gzip_damage(blocks) if gzipped else None
     for _ in blocks:  # what gunzipping left unread is hashed too
         pass
-    return FirstPass(hashing.digest.hexdigest(), hashing.read, hashing.first, damage)
+    return FirstPass(hashing.digest.hexdigest(), hashing.read, hashing.first, gzipped, damage)
 
 
 class Hashing:

@@ -210,6 +210,21 @@ def test_a_file_emptied_since_it_was_loaded_keeps_what_it_loaded_until_it_holds_
     assert table_contents() == fresh_load_of(data)
 
 
+def test_a_log_file_sent_again_gzipped_under_its_own_name_loads_the_same_plays(data):
+    """gzip data is known by its first bytes, whatever the file's name."""
+    content = lines(G(0), G(1, level="paid"), G(2))
+    path = write(data, "log_data/2018/12/a.json", content)
+    etl(data)
+    loaded = table_contents()
+    path.write_bytes(gzip.compress(content, mtime=0))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.files["log"] == {"unchanged": 2, "changed": 1}
+    assert summary.records["log"] == Counts(3, 3)
+    assert rejects(last_run()) == []
+    assert table_contents() == loaded
+
+
 def test_full_refresh_reloads_everything_to_identical_tables(data):
     write(data, "log_data/2018/12/new.json", lines(G(0), G(1), G(2)))
     etl(data)
