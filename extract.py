@@ -196,6 +196,24 @@ def hidden_note(name: str, folder: bool) -> str:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+# Data compressed otherwise, by its first bytes: read as text, it would be lines of noise, each
+# rejected, and a file loaded before would lose its plays to them. It is named and not read.
+OTHER_COMPRESSIONS = {
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "lz4",
+    b"PK\x03\x04": "zip",
+}
+
+
+def other_compression(head: bytes) -> str | None:
+    """The compression, other than gzip, that data starting with head is in (None: none)."""
+    return next(
+        (name for magic, name in OTHER_COMPRESSIONS.items() if head.startswith(magic)), None
+    )
+
+
 def is_gzipped(name: str, head: bytes) -> bool:
     """Whether a file is read as gzip data: named .gz, or starting as gzip data starts, whatever
     its name (a log sent again compressed under its own name)."""
@@ -443,6 +461,9 @@ def _read(task: FileTask, handle, size: int, part_bytes: int) -> tuple[FileRead,
     head = seen.first
     if seen.gzipped:
         blocks, head = _trusted(_gunzip(blocks), seen.damage), _gunzipped_head(seen.first)
+    if other := other_compression(head):
+        handle.close()
+        blocks = _trusted(iter(()), DamagedFile(f"{other} data, which is not read (gzip is)"))
     bom = byte_order_mark(head)
     return (
         FileRead(

@@ -4,8 +4,10 @@ an older event never overwrites a newer user level, and instants do not depend o
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import lzma
 import os
 import random
 from decimal import Decimal
@@ -223,6 +225,26 @@ def test_a_log_file_sent_again_gzipped_under_its_own_name_loads_the_same_plays(d
     assert summary.records["log"] == Counts(3, 3)
     assert rejects(last_run()) == []
     assert table_contents() == loaded
+
+
+def test_a_log_file_sent_again_compressed_otherwise_keeps_what_it_loaded_and_is_named(data):
+    """Data in another compression is named, not read as lines of noise that would take the
+    file's plays with them."""
+    content = lines(G(0), G(1), G(2))
+    path = write(data, "log_data/2018/12/a.json", content)
+    etl(data)
+    loaded = table_contents()
+    for compressed, name in [
+        (bz2.compress(content), "bzip2"),
+        (lzma.compress(content), "xz"),
+        (b"\x28\xb5\x2f\xfd" + bytes(range(256)), "zstd"),
+    ]:
+        path.write_bytes(compressed)
+        summary = parse_summary(etl(data).stdout)
+        assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
+        reason = f"{name} data, which is not read (gzip is) before its first line: {KEPT}"
+        assert rejects(last_run()) == [("log_data/2018/12/a.json", None, reason, None)]
+        assert table_contents() == loaded
 
 
 def test_full_refresh_reloads_everything_to_identical_tables(data):
