@@ -611,7 +611,7 @@ class FirstPass:
     sha256: str
     size: int
     first: bytes
-    gzipped: bool = False
+    gzipped: bool
     damage: DamagedFile | None = None
 
 

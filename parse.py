@@ -361,7 +361,7 @@ def newline_count(data: bytes) -> int:
 
 def _lines_are_braced(piece: bytes) -> bool:
     """Whether every line of the piece starts with "{" and ends with "}"."""
-    if not (piece.startswith(b"{") and piece.rstrip(b"\n")[-1:] == b"}"):
+    if not (piece.startswith(b"{") and piece.endswith((b"}", b"}\n"))):
         return False
     text = np.frombuffer(piece, np.uint8)
     newlines = np.flatnonzero(text == NEWLINE)
