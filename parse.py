@@ -63,10 +63,13 @@ UNLIKE_JSON_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89abAB])")
 NEWLINE = ord("\n")
 
 ARROW_TYPES = {"text": pa.string(), "int": pa.int64(), "number": pa.float64()}
-ARROW_OPTIONS = pyarrow.json.ParseOptions(
-    explicit_schema=pa.schema([(f, ARROW_TYPES[spec[0]]) for f, spec in EVENT_FIELDS.items()]),
-    unexpected_field_behavior="ignore",
-)
+ARROW_OPTIONS = {
+    kind: pyarrow.json.ParseOptions(
+        explicit_schema=pa.schema([(f, ARROW_TYPES[spec[0]]) for f, spec in fields.items()]),
+        unexpected_field_behavior="ignore",
+    )
+    for kind, fields in FIELDS.items()
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,28 +174,21 @@ def _decode_lines(
     return good, bad
 
 
-def parse_song_file(data: bytes, path: str) -> tuple[Records, list[tuple]]:
-    """A song file holds one object; an array of objects, or one object per line, is read too."""
-    objects, rejects = decode_song_file(data, path)
-    return records_from(objects, SONG_FIELDS), rejects
-
-
-def decode_song_file(
-    data: bytes, path: str, encoding: str = "UTF-8"
-) -> tuple[list[dict], list[tuple]]:
-    """parse_song_file's objects before they become Records: a batch of many small song files
-    makes its Records at once (a DataFrame per file would cost more than the files). encoding:
-    the file's, of which data is the UTF-8 rendering."""
+def parse_song_file(data: bytes, path: str, encoding: str = "UTF-8") -> tuple[Records, list[tuple]]:
+    """A song file holds one object; an array of objects, or one object per line, is read too
+    (encoding: the file's, of which data is the UTF-8 rendering). Its raw text is the object's,
+    without a last newline, as a line's is."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         objects, rejects = _decode_lines(enumerate(raw_lines(data), 1), path, encoding)
     else:
         items = value if isinstance(value, list) else [value]
+        whole = data.removesuffix(b"\n")
         objects, rejects = _decode_lines(
-            ((1, orjson.dumps(item) if isinstance(value, list) else data) for item in items), path
+            ((1, orjson.dumps(item) if isinstance(value, list) else whole) for item in items), path
         )
-    return objects, rejects
+    return records_from(objects, SONG_FIELDS), rejects
 
 
 def parse_log_file(
@@ -221,9 +217,9 @@ def parse_log_file(
 
 def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Records | None:
     """Arrow's multi-threaded JSON reader (several times faster than line by line), where its
-    reading is exactly the line-by-line one (_arrow_events); None otherwise."""
+    reading is exactly the line-by-line one (_arrow_records); None otherwise."""
     lines = newlines + (not piece.endswith(b"\n"))
-    table = _arrow_events(piece, lines)
+    table = _arrow_records("log", piece, lines)
     if table is None:
         return None
     return _tagged(
@@ -231,7 +227,7 @@ def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Rec
     )
 
 
-def _arrow_events(piece: bytes, lines: int) -> pa.Table | None:
+def _arrow_records(kind: str, piece: bytes, lines: int) -> pa.Table | None:
     """The piece's lines as Arrow reads them, where that is exactly the line-by-line reading:
     plain lines (_plain), valid UTF-8, every value of its field's type, one object a line and
     no NaN or Infinity (Arrow takes those for numbers, JSON does not). None otherwise."""
@@ -239,10 +235,10 @@ def _arrow_events(piece: bytes, lines: int) -> pa.Table | None:
         return None
     try:
         piece.decode("utf-8")
-        table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=ARROW_OPTIONS)
+        table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=ARROW_OPTIONS[kind])
     except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    numbers = [table[f] for f, (kind, *_) in EVENT_FIELDS.items() if kind == "number"]
+    numbers = [table[f] for f, (of, *_) in FIELDS[kind].items() if of == "number"]
     if table.num_rows != lines or any(
         pc.any(pc.is_nan(c)).as_py() or pc.any(pc.is_inf(c)).as_py() for c in numbers
     ):
@@ -271,8 +267,8 @@ def _tagged(table: pa.Table, paths: pa.Array, lines: np.ndarray) -> Records:
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """Lines of a log file (all of it, or a part starting at first_line), in UTF-8; encoding:
-    the file's."""
+    """A song file, or lines of a log file (all of it, or a part starting at first_line), in
+    UTF-8; encoding: the file's."""
 
     data: bytes
     path: str
@@ -280,37 +276,44 @@ class Piece:
     encoding: str = "UTF-8"
 
 
-def parse_log_pieces(
-    pieces: list[Piece], piece_bytes: int = Limits.parse_piece_bytes
+def parse_pieces(
+    kind: str, pieces: list[Piece], piece_bytes: int = Limits.parse_piece_bytes
 ) -> tuple[Records, list[list[tuple]]]:
-    """The pieces' Records, in order, and each piece's rejects, as parse_log_file reads each
-    piece. Pieces smaller than piece_bytes (a batch of small files) are read by Arrow together,
-    up to piece_bytes at a time: a call of its reader costs about half a millisecond whatever it
-    reads (bench/README.md)."""
+    """The pieces' Records, in order, and each piece's rejects, as each piece read alone gives
+    them (_alone). Pieces smaller than piece_bytes (a batch of small files) are read by Arrow
+    together, up to piece_bytes at a time: a call of its reader costs about half a millisecond
+    whatever it reads (bench/README.md)."""
     records, rejects = [], []
     for group in _groups(pieces, piece_bytes):
-        more, bad = _read_group(group, piece_bytes)
+        more, bad = _read_group(kind, group, piece_bytes)
         records += more
         rejects += bad
-    return Records.combined(records, EVENT_FIELDS), rejects
+    return Records.combined(records, FIELDS[kind]), rejects
 
 
-def _read_group(group: list[Piece], piece_bytes: int) -> tuple[list[Records], list[list[tuple]]]:
+def _read_group(
+    kind: str, group: list[Piece], piece_bytes: int
+) -> tuple[list[Records], list[list[tuple]]]:
     """A group read at once where it is clean; else each half the same way, down to a piece on
     its own: a few damaged files cost their group a few calls of Arrow's reader, not one a file."""
     if len(group) == 1:
-        piece = group[0]
-        parsed, bad = parse_log_file(
-            piece.data, piece.path, piece_bytes, piece.first_line, piece.encoding
-        )
+        parsed, bad = _alone(kind, group[0], piece_bytes)
         return [parsed], [bad]
-    together = _fast_together(group)
+    together = _fast_together(kind, group)
     if together is not None:
         return [together], [[] for _ in group]
     half = len(group) // 2
-    first, first_rejects = _read_group(group[:half], piece_bytes)
-    second, second_rejects = _read_group(group[half:], piece_bytes)
+    first, first_rejects = _read_group(kind, group[:half], piece_bytes)
+    second, second_rejects = _read_group(kind, group[half:], piece_bytes)
     return first + second, first_rejects + second_rejects
+
+
+def _alone(kind: str, piece: Piece, piece_bytes: int) -> tuple[Records, list[tuple]]:
+    """A piece read on its own: a log's lines (Arrow's reader where the piece is clean), or a
+    song file (one object, an array of them, or one per line)."""
+    if kind == "song":
+        return parse_song_file(piece.data, piece.path, piece.encoding)
+    return parse_log_file(piece.data, piece.path, piece_bytes, piece.first_line, piece.encoding)
 
 
 def _groups(pieces: list[Piece], piece_bytes: int) -> Iterator[list[Piece]]:
@@ -331,12 +334,12 @@ def _groups(pieces: list[Piece], piece_bytes: int) -> Iterator[list[Piece]]:
         yield group
 
 
-def _fast_together(group: list[Piece]) -> Records | None:
+def _fast_together(kind: str, group: list[Piece]) -> Records | None:
     """The group's pieces read by Arrow at once (each ending its last line), where that is
     exactly the line-by-line reading; None otherwise."""
     data = [p.data if p.data.endswith(b"\n") else p.data + b"\n" for p in group]
     counts = np.array([newline_count(d) for d in data])
-    table = _arrow_events(b"".join(data), int(counts.sum()))
+    table = _arrow_records(kind, b"".join(data), int(counts.sum()))
     if table is None:
         return None
     starts = np.cumsum(counts) - counts
@@ -345,13 +348,17 @@ def _fast_together(group: list[Piece]) -> Records | None:
     return _tagged(table, paths, lines)
 
 
-# Lines are counted, and their first bytes found, with numpy rather than bytes.count, which goes a
+# Lines are counted, and their ends checked, with numpy rather than bytes.count, which goes a
 # byte at a time: over the 1M-event set's 447 MB of logs, 0.30 s of the worker's CPU instead of
-# 0.99 s (counting newlines twice and "\n{" once).
+# 0.99 s (counting newlines twice and "\n{" once). Below SMALL bytes (a song file, say),
+# bytes.count is the faster: 0.2 against 1.1 µs for 300 bytes, the same at 4 KB.
+SMALL = 4096
 
 
 def newline_count(data: bytes) -> int:
     """How many newlines data holds (compared a megabyte at a time: no copy of data's size)."""
+    if len(data) <= SMALL:
+        return data.count(b"\n")
     text = np.frombuffer(data, np.uint8)
     return sum(
         int(np.count_nonzero(text[start : start + BLOCK] == NEWLINE))
@@ -363,6 +370,10 @@ def _lines_are_braced(piece: bytes) -> bool:
     """Whether every line of the piece starts with "{" and ends with "}"."""
     if not (piece.startswith(b"{") and piece.endswith((b"}", b"}\n"))):
         return False
+    if len(piece) <= SMALL:  # each newline after "}" and, but a last one, before "{"
+        newlines = piece.count(b"\n")
+        ends = newlines - piece.endswith(b"\n")
+        return piece.count(b"}\n") == newlines and piece.count(b"\n{") == ends
     text = np.frombuffer(piece, np.uint8)
     newlines = np.flatnonzero(text == NEWLINE)
     starts = newlines[newlines < len(text) - 1] + 1  # after each newline but a last one

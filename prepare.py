@@ -13,6 +13,7 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -20,15 +21,7 @@ import extract
 import sql_queries as sql
 import transform
 from contract import Batch, FilePart, HandOver, Limits, Part
-from parse import (
-    FIELDS,
-    Piece,
-    Records,
-    decode_song_file,
-    newline_count,
-    parse_log_pieces,
-    records_from,
-)
+from parse import Piece, Records, newline_count, parse_pieces
 
 # Arrow's buffers from the C library's allocator rather than the mimalloc Arrow bundles, which
 # hands freed pages back to the kernel and takes them again zeroed, batch after batch: the
@@ -40,14 +33,13 @@ if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """A file's content, or one part of a big file: where it starts and what it holds (a song
-    file's objects decoded; a log's lines parsed with the part's other chunks, in shape)."""
+    """A file's content, or one part of a big file, as read: where it starts and what it holds
+    (parsed with the part's other chunks, in shape), and the rejects reading it found."""
 
     file: FilePart
     first_line: int
     data: bytes
     rejects: list[tuple]
-    objects: list[dict] = dataclasses.field(default_factory=list)  # a song file's
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now empty
@@ -120,16 +112,25 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
 
 
 def read_chunk(kind: str, file: FilePart, data: bytes, first_line: int) -> Chunk | None:
-    """The content read as a chunk (a song file's objects decoded), or None when it holds
-    nothing to load or to reject: a log's lines all blank (every other line is a record or a
-    reject), a song file giving no object and no reject (blank, or an empty array)."""
+    """The content read as a chunk, or None when it holds nothing to load or to reject: its
+    lines all blank (every other line is a record or a reject), or a song file holding an empty
+    array."""
     if isinstance(data, extract.Overlong):
         reason = f"a line longer than a part ({data.limit:,} bytes, --batch-mb): not read"
         return Chunk(file, first_line, b"", [(file.path, first_line, reason, data[:-1])])
-    if kind == "song":
-        objects, rejects = decode_song_file(data, file.path, file.read.encoding)
-        return Chunk(file, first_line, data, rejects, objects) if objects or rejects else None
-    return Chunk(file, first_line, data, []) if data and not data.isspace() else None
+    if not data or data.isspace() or (kind == "song" and empty_array(data)):
+        return None
+    return Chunk(file, first_line, data, [])
+
+
+def empty_array(data: bytes) -> bool:
+    """Whether data is a JSON array of nothing (a song file can hold an array of songs)."""
+    if not data.lstrip().startswith(b"["):
+        return False
+    try:
+        return orjson.loads(data) == []
+    except orjson.JSONDecodeError:
+        return False
 
 
 def shape(
@@ -141,13 +142,10 @@ def shape(
     direct: DirectSource | None = None,
     piece_bytes: int = Limits.parse_piece_bytes,
 ) -> Part:
-    """Judge the chunks' records (a log's parsed here, a part's small files together), shape
-    the good ones into rows (of the staging tables, or of songplays and time when direct gives
-    what that takes), count per file."""
-    if kind == "song":
-        records = records_from([o for c in chunks for o in c.objects], FIELDS[kind])
-    else:
-        records, chunks = parsed_logs(chunks, piece_bytes)
+    """Parse the chunks (a part's small files together), judge their records, shape the good
+    ones into rows (of the staging tables, or of songplays and time when direct gives what that
+    takes), count per file."""
+    records, chunks = parsed(kind, chunks, piece_bytes)
     appended, written = None, None
     if kind == "song":
         good, invalid = transform.valid_songs(records)
@@ -163,7 +161,7 @@ def shape(
         pa.concat_tables([transform.reject_table(problems + parse_rejects), invalid]), chunks
     )
     line_rejects = transform.per_path(rejects.filter(pc.is_valid(rejects["line"])))
-    parsed = transform.per_path(records.values)
+    read = transform.per_path(records.values)
     accepted, invalid_per_file = transform.per_path(good), transform.per_path(invalid)
     # A file's counts go once per part, on its first chunk here: a file that gives the part
     # several chunks is one row of the manifest, not one per chunk.
@@ -176,7 +174,7 @@ def shape(
             rejected=line_rejects.get(path, 0),
             skipped=skipped.get(path, 0),
             accepted=accepted.get(path, 0),
-            records=parsed.get(path, 0) + line_rejects.get(path, 0) - invalid_per_file.get(path, 0),
+            records=read.get(path, 0) + line_rejects.get(path, 0) - invalid_per_file.get(path, 0),
             file_id=written.file_ids.get(path) if written else None,
         )
         for path, file in files_here.items()
@@ -186,10 +184,11 @@ def shape(
     return Part(kind, index, last, files, copies, rejects["line"].null_count, appended)
 
 
-def parsed_logs(chunks: list[Chunk], piece_bytes: int) -> tuple[Records, list[Chunk]]:
-    """The records of the chunks' log lines, and the chunks with the rejects parsing found."""
+def parsed(kind: str, chunks: list[Chunk], piece_bytes: int) -> tuple[Records, list[Chunk]]:
+    """The chunks' records, and the chunks with the rejects parsing found."""
     reading = [n for n, c in enumerate(chunks) if c.data]
-    records, rejects = parse_log_pieces(
+    records, rejects = parse_pieces(
+        kind,
         [
             Piece(c.data, c.file.path, c.first_line, c.file.read.encoding)
             for c in (chunks[n] for n in reading)
@@ -262,30 +261,22 @@ MANIFEST_SCHEMA = pa.schema(
 
 
 def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
-    return stage_csv(
-        "stage_manifest",
-        pa.Table.from_pylist(
-            [
-                {
-                    "file_id": f.file_id,
-                    "path": f.path,
-                    "kind": kind,
-                    "first": f.first,
-                    "size_bytes": f.read.size,
-                    "mtime_ns": f.mtime_ns,
-                    "sha256": f.read.sha256,
-                    "records": f.records,
-                    "loaded": f.accepted if kind == "song" else 0,
-                    "skipped": f.skipped,
-                    "rejected": f.rejected,
-                    "etag": f.read.etag,
-                }
-                for f in files
-                if f.to_load
-            ],
-            schema=MANIFEST_SCHEMA,
-        ),
-    )
+    rows = [f for f in files if f.to_load]
+    columns = {
+        "file_id": [f.file_id for f in rows],
+        "path": [f.path for f in rows],
+        "kind": [kind] * len(rows),
+        "first": [f.first for f in rows],
+        "size_bytes": [f.read.size for f in rows],
+        "mtime_ns": [f.mtime_ns for f in rows],
+        "sha256": [f.read.sha256 for f in rows],
+        "records": [f.records for f in rows],
+        "loaded": [f.accepted if kind == "song" else 0 for f in rows],
+        "skipped": [f.skipped for f in rows],
+        "rejected": [f.rejected for f in rows],
+        "etag": [f.read.etag for f in rows],
+    }
+    return stage_csv("stage_manifest", pa.table(columns, schema=MANIFEST_SCHEMA))
 
 
 def refused(batch: Batch, error: str, limits: Limits) -> Part:

@@ -4,7 +4,7 @@ piece with any problem), the line gets the same verdict and the same values."""
 import json
 
 import pytest
-from builders import PLAY
+from builders import PLAY, song
 from conftest import PROPERTY
 from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
@@ -128,9 +128,63 @@ def test_small_files_read_together_get_what_each_gets_read_alone(files, piece_by
     for n, (lines, odd, cut, first) in enumerate(files):
         data = b"".join(lines[:1] + [odd or b""] + lines[1:])
         pieces.append(parse.Piece(data[:-1] if cut else data, f"log_data/{n}.json", first))
-    together, rejects = parse.parse_log_pieces(pieces, piece_bytes)
+    together, rejects = parse.parse_pieces("log", pieces, piece_bytes)
     alone = [parse.parse_log_file(p.data, p.path, piece_bytes, p.first_line) for p in pieces]
     expected = parse.Records.combined([records for records, _ in alone], parse.EVENT_FIELDS)
     assert together.values.equals(expected.values)
+    assert together.flaws.equals(expected.flaws)
+    assert rejects == [bad for _, bad in alone]
+
+
+def song_text(n: int, **changes) -> bytes:
+    return json.dumps({**song(n), **changes}).encode()
+
+
+# What a batch of song files holds: one song a file, as delivered, and now and then a file that
+# is not one plain line (read on its own, as a whole) or a value Arrow's reader refuses.
+CLEAN_SONGS = [
+    song_text(1),
+    song_text(2, year=0, artist_latitude=51.5, artist_longitude=-0.1),
+    song_text(3, duration=None, title=""),
+    b"{}",
+]
+ODD_SONGS = [
+    song_text(4, year="1999"),  # a string where an integer goes: a flaw of its record
+    song_text(5, duration=float("nan")),
+    json.dumps([song(6), song(7)]).encode(),
+    json.dumps(song(8), indent=2).encode(),
+    song_text(9) + b"\n" + song_text(10),
+    b'{"song_id": "SOA", "title":',
+    b"\xef\xbb\xbf" + song_text(11),
+    song_text(12, year=2**64),
+]
+
+
+@hypothesis_settings(PROPERTY, max_examples=200)
+@given(
+    files=st.lists(
+        st.tuples(
+            st.sampled_from(CLEAN_SONGS * 3 + ODD_SONGS),
+            st.booleans(),  # a last newline
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    piece_bytes=st.sampled_from([1, 400, 1 << 20]),
+)
+def test_song_files_read_together_get_what_each_gets_read_alone(files, piece_bytes):
+    pieces = [
+        parse.Piece(text + b"\n" if newline else text, f"song_data/{n}.json")
+        for n, (text, newline) in enumerate(files)
+    ]
+    together, rejects = parse.parse_pieces("song", pieces, piece_bytes)
+    alone = [parse.parse_song_file(p.data, p.path) for p in pieces]
+    expected = parse.Records.combined([records for records, _ in alone], parse.SONG_FIELDS)
+    # Arrow's reader leaves a song's raw text for the rejects to take from the file (with_raw)
+    assert together.values.drop_columns("raw").equals(expected.values.drop_columns("raw"))
+    for raw, expected_raw in zip(
+        together.values["raw"].to_pylist(), expected.values["raw"].to_pylist()
+    ):
+        assert raw in (None, expected_raw)
     assert together.flaws.equals(expected.flaws)
     assert rejects == [bad for _, bad in alone]
