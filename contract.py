@@ -28,7 +28,8 @@ class Limits:
     # and song bytes per batch: files holding arrays of songs take 20 times their size in memory
     song_batch_bytes: int = 4 * 1024 * 1024
     log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch, and per part of a bigger file
-    parse_piece_bytes: int = 4 * 1024 * 1024  # Arrow's reader takes a log this much at a time
+    # Arrow's reader takes a log, or a batch's small files, this much at a time
+    parse_piece_bytes: int = 4 * 1024 * 1024
 
 
 # A rejected record's raw text (load_rejects.raw) is kept up to RAW_TEXT_LIMIT characters, which
