@@ -215,9 +215,18 @@ def other_compression(head: bytes) -> str | None:
 
 
 def is_gzipped(name: str, head: bytes) -> bool:
-    """Whether a file is read as gzip data: named .gz, or starting as gzip data starts, whatever
-    its name (a log sent again compressed under its own name)."""
-    return name.lower().endswith(GZIP_SUFFIX) or head.startswith(GZIP_MAGIC)
+    """Whether a file is read as gzip data: starting as gzip data starts, whatever its name (a
+    log sent again compressed under its own name); or named .gz, unless it starts as JSON text
+    does (gunzipped on its way by a client that kept its name)."""
+    if head.startswith(GZIP_MAGIC):
+        return True
+    return name.lower().endswith(GZIP_SUFFIX) and not starts_as_text(head)
+
+
+def starts_as_text(head: bytes) -> bool:
+    """Whether data starts as JSON text does: "{" or "[" after blank space, or a byte-order
+    mark (looked for in the first bytes only)."""
+    return head[:64].lstrip()[:1] in (b"{", b"[") or bool(byte_order_mark(head))
 
 
 # ================================================================ finding and planning

@@ -708,7 +708,7 @@ def test_damaged_gzip_is_rejected_naming_the_file_and_what_came_before_the_damag
     damaged = bytearray(gzip.compress(lines(*(event(4000 + i) for i in range(5))), mtime=0))
     damaged[-8] ^= 0xFF  # its check (CRC-32) fails: the member's content is not trusted
     write(data, "log_data/z/crc.json.gz", intact + bytes(damaged))
-    write(data, "log_data/z/plain.json.gz", lines(event(5000)))  # not gzip data at all
+    write(data, "log_data/z/plain.json.gz", lines(event(5000)))  # text, gunzipped on its way
 
     summary = parse_summary(run_etl(data).stdout)
     run_id = last_run()
@@ -721,26 +721,20 @@ def test_damaged_gzip_is_rejected_naming_the_file_and_what_came_before_the_damag
             "incorrect data check) after line 5",
         ),
         ("log_data/z/cut.json.gz", None, f"gzip data cut short after line {complete}"),
-        (
-            "log_data/z/plain.json.gz",
-            None,
-            "damaged gzip data (Error -3 while decompressing "
-            "data: incorrect header check) before its first line",
-        ),
     ]
     last_loads = valid_json(partial)
     assert [r[:2] for r in found if r[1] is not None] == (
         [] if last_loads else [("log_data/z/cut.json.gz", complete + 1)]
     )
     loaded = complete + last_loads
-    assert crafted_items() == [*range(loaded), *range(3000, 3005)]
+    assert crafted_items() == [*range(loaded), *range(3000, 3005), 5000]
     assert manifest()["log_data/z/cut.json.gz"] == Counts(
         complete + bool(partial), loaded, rejected=bool(partial) and not last_loads
     )
     assert manifest()["log_data/z/crc.json.gz"] == Counts(5, 5)
-    assert manifest()["log_data/z/plain.json.gz"] == Counts(0, 0)
+    assert manifest()["log_data/z/plain.json.gz"] == Counts(1, 1)
     assert summary.files["log"] == {"new": 5}
-    assert summary.rejected.files == 3
+    assert summary.rejected.files == 2
     assert summary.checks == CHECKS_PASSED
     run_etl(data, "--strict", "--full-refresh", exit_code=EXIT_FAILED)
 

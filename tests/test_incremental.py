@@ -227,6 +227,21 @@ def test_a_log_file_sent_again_gzipped_under_its_own_name_loads_the_same_plays(d
     assert table_contents() == loaded
 
 
+def test_a_gz_file_sent_again_gunzipped_under_its_own_name_loads_the_same_plays(data):
+    """A client that gunzips what it fetches keeps the name: a .gz file holding text is text."""
+    content = lines(G(0), G(1, level="paid"), G(2))
+    path = write(data, "log_data/2018/12/a.json.gz", gzip.compress(content, mtime=0))
+    etl(data)
+    loaded = table_contents()
+    path.write_bytes(content)
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.files["log"] == {"unchanged": 2, "changed": 1}
+    assert summary.records["log"] == Counts(3, 3)
+    assert rejects(last_run()) == []
+    assert table_contents() == loaded
+
+
 def test_a_log_file_sent_again_compressed_otherwise_keeps_what_it_loaded_and_is_named(data):
     """Data in another compression is named, not read as lines of noise that would take the
     file's plays with them."""
