@@ -226,7 +226,7 @@ def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Rec
     """Arrow's multi-threaded JSON reader (several times faster than line by line), where its
     reading is exactly the line-by-line one (_arrow_records); None otherwise."""
     lines = newlines + (not piece.endswith(b"\n"))
-    table = _arrow_records("log", piece, lines)
+    table = _arrow_records("log", piece, lines) if _plain(piece) else None
     if table is None:
         return None
     return _tagged(
@@ -235,11 +235,9 @@ def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Rec
 
 
 def _arrow_records(kind: str, piece: bytes, lines: int) -> pa.Table | None:
-    """The piece's lines as Arrow reads them, where that is exactly the line-by-line reading:
-    plain lines (_plain), valid UTF-8, every value of its field's type, one object a line and
+    """A plain piece's lines (_plain) as Arrow reads them, where that is exactly the
+    line-by-line reading: valid UTF-8, every value of its field's type, one object a line and
     no NaN or Infinity (Arrow takes those for numbers, JSON does not). None otherwise."""
-    if not _plain(piece):
-        return None
     try:
         piece.decode("utf-8")
         table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=ARROW_OPTIONS[kind])
@@ -324,8 +322,9 @@ def _alone(kind: str, piece: Piece, piece_bytes: int) -> tuple[Records, list[tup
 
 
 def _groups(pieces: list[Piece], piece_bytes: int) -> Iterator[list[Piece]]:
-    """The pieces in order, in runs of small plain ones up to piece_bytes; any other alone (a
-    big one is cut into pieces of its own; one whose bytes are not plain is read line by line)."""
+    """The pieces in order, in runs of small plain ones up to piece_bytes (so a run joined is
+    plain too); any other alone (a big one is cut into pieces of its own; one whose bytes are
+    not plain is read as orjson reads it)."""
     group, size = [], 0
     for piece in pieces:
         alone = len(piece.data) >= piece_bytes or not _plain(piece.data)
@@ -342,8 +341,8 @@ def _groups(pieces: list[Piece], piece_bytes: int) -> Iterator[list[Piece]]:
 
 
 def _fast_together(kind: str, group: list[Piece]) -> Records | None:
-    """The group's pieces read by Arrow at once (each ending its last line), where that is
-    exactly the line-by-line reading; None otherwise."""
+    """A run of plain pieces (_groups) read by Arrow at once (each ending its last line), where
+    that is exactly the line-by-line reading; None otherwise."""
     data = [p.data if p.data.endswith(b"\n") else p.data + b"\n" for p in group]
     counts = np.array([newline_count(d) for d in data])
     table = _arrow_records(kind, b"".join(data), int(counts.sum()))

@@ -79,6 +79,7 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
     limits.log_batch_bytes is read, parsed and shaped one part at a time. With direct (a bulk
     load), a log batch's plays go straight to songplays once what that takes is handed over."""
     part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
+    piece_bytes = limits.parse_piece_bytes
     chunks, problems, size, index = [], [], 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
@@ -95,7 +96,6 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
                 size += len(data)
                 first = False
                 if size >= part_bytes:
-                    piece_bytes = limits.parse_piece_bytes
                     yield shape(batch.kind, index, False, chunks, problems, direct, piece_bytes)
                     chunks, problems, size, index = [], [], 0, index + 1
         except extract.DamagedFile as exc:
@@ -108,7 +108,7 @@ def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) ->
             problems.append((task.path, None, damage or "empty file", None))
         if first:  # nothing read: the file still counts, once
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", []))
-    yield shape(batch.kind, index, True, chunks, problems, direct, limits.parse_piece_bytes)
+    yield shape(batch.kind, index, True, chunks, problems, direct, piece_bytes)
 
 
 def read_chunk(kind: str, file: FilePart, data: bytes, first_line: int) -> Chunk | None:
@@ -184,16 +184,10 @@ def shape(
 
 def parsed(kind: str, chunks: list[Chunk], piece_bytes: int) -> tuple[Records, list[Chunk]]:
     """The chunks' records, and the chunks with the rejects parsing found."""
-    reading = [n for n, c in enumerate(chunks) if c.data]
-    records, rejects = parse_pieces(
-        kind,
-        [
-            Piece(c.data, c.file.path, c.first_line, c.file.read.encoding)
-            for c in (chunks[n] for n in reading)
-        ],
-        piece_bytes,
-    )
-    found = dict(zip(reading, rejects))
+    reading = [(n, c) for n, c in enumerate(chunks) if c.data]
+    pieces = [Piece(c.data, c.file.path, c.first_line, c.file.read.encoding) for _, c in reading]
+    records, rejects = parse_pieces(kind, pieces, piece_bytes)
+    found = {n: bad for (n, _), bad in zip(reading, rejects)}
     return records, [
         dataclasses.replace(c, rejects=c.rejects + found[n]) if found.get(n) else c
         for n, c in enumerate(chunks)
