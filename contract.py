@@ -96,7 +96,8 @@ class Plan:
 
 
 # "emptied": a file loaded before that now holds no record at all (a failed transfer left it
-# empty, blank or cut short before its first line): like a deleted file it keeps what it loaded,
+# empty, blank or cut short before its first line), or none that is not rejected (an error page
+# saved in its place, text in another encoding): like a deleted file it keeps what it loaded,
 # and its entry stays.
 FileStatus = Literal["new", "changed", "unchanged", "unreadable", "emptied"]
 
@@ -159,6 +160,9 @@ SongKeys = list[tuple[str, str, float, str, str]]
 # straight into songplays: the song keys and the ids taken for the new log files, by path. Any
 # other load hands over None: its plays are staged and merged.
 HandOver = tuple[SongKeys, dict[str, int]] | None
+# Changed files found to hold no record that is not rejected, by path: the SHA-256 of that
+# content. Prepared again, such a file, as long as it holds that content, is emptied.
+Unusable = dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ import db
 import extract
 import load
 import sql_queries as sql
-from contract import KINDS, Batch, HandOver, Kind, Limits, Loaded, Part
+from contract import KINDS, Batch, HandOver, Kind, Limits, Loaded, Part, Unusable
 from extract import Listing, Source
 from report import Report, Tally
 
@@ -154,10 +154,10 @@ class Preparer:
     def prepared(self, number: int) -> list[Part]:
         return list(self.here(self.batches[number]))
 
-    def here(self, batch: Batch) -> Iterator[Part]:
+    def here(self, batch: Batch, unusable: Unusable | None = None) -> Iterator[Part]:
         """The parts of a batch prepared in this process (written: None until handed over, and
-        in a load that is not a bulk load)."""
-        return prepare_module().prepare(batch, self.limits, self.written)
+        in a load that is not a bulk load); the files unusable names are emptied."""
+        return prepare_module().prepare(batch, self.limits, self.written, unusable)
 
     def close(self) -> None:
         for worker in self.workers:
@@ -251,18 +251,41 @@ def load_batches(
     return done
 
 
+class FoundUnusable(Exception):
+    """Loading a batch found changed files none of whose records is usable: its transaction is
+    rolled back, and the batch loaded again with them emptied."""
+
+    def __init__(self, unusable: Unusable):
+        super().__init__(", ".join(unusable))
+        self.unusable = unusable
+
+
 def load_or_split(
-    conn, start: load.RunStart, preparer: Preparer, batch: Batch, parts: Iterator[Part]
+    conn,
+    start: load.RunStart,
+    preparer: Preparer,
+    batch: Batch,
+    parts: Iterator[Part],
+    unusable: Unusable | None = None,
 ) -> list[tuple[Part, Loaded]]:
     """Load a batch from its parts in one transaction; one the database refuses (a value no
     check foresaw) is loaded again file by file, and a single file it refuses is recorded as
-    rejected whole."""
+    rejected whole. A changed file every record of which is rejected (an error page saved in
+    its place, say) would take what it loaded with it: the batch is loaded again with the file
+    emptied, keeping what it loaded (known only once all its parts are judged, in a big file)."""
+    unusable = unusable or {}
     try:
         with db.managed_cursor(conn) as cur:
-            return [
+            done = [
                 (dataclasses.replace(part, copies={}), load.load_part(cur, start, part))
                 for part in parts
             ]
+            if found := unusable_files([part for part, _ in done]):
+                raise FoundUnusable(found)  # rolls the batch's transaction back
+            return done
+    except FoundUnusable as exc:
+        unusable = unusable | exc.unusable
+        return load_or_split(conn, start, preparer, batch, preparer.here(batch, unusable), unusable)
     except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
         for _ in parts:  # the batch's parts still on their way
             pass
@@ -271,11 +294,26 @@ def load_or_split(
                 done
                 for task in batch.tasks
                 for alone in [Batch(batch.kind, (task,), batch.store)]
-                for done in load_or_split(conn, start, preparer, alone, preparer.here(alone))
+                for done in load_or_split(
+                    conn, start, preparer, alone, preparer.here(alone, unusable), unusable
+                )
             ]
         part = prepare_module().refused(batch, cli.first_line(exc), preparer.limits)
         with db.managed_cursor(conn) as cur:
             return [(part, load.load_part(cur, start, part))]
+
+
+def unusable_files(parts: list[Part]) -> Unusable:
+    """The changed files of a batch's parts none of whose records was accepted or skipped (each
+    rejected), with the SHA-256 of that content. A file with no record at all is emptied
+    already."""
+    usable, changed = {}, {}
+    for part in parts:
+        for f in part.files:
+            usable[f.path] = usable.get(f.path, 0) + f.accepted + f.skipped
+            if f.read.status == "changed":
+                changed[f.path] = f.read.sha256
+    return {path: sha256 for path, sha256 in changed.items() if not usable[path]}
 
 
 def job_count(text: str) -> int:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import extract
 import sql_queries as sql
 import transform
-from contract import Batch, FilePart, HandOver, Limits, Part
+from contract import Batch, FilePart, HandOver, Limits, Part, Unusable
 from parse import Piece, Records, newline_count, parse_pieces
 
 # Arrow's buffers from the C library's allocator rather than the mimalloc Arrow bundles, which
@@ -42,7 +42,7 @@ class Chunk:
     rejects: list[tuple]
 
 
-KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now empty
+KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now emptied
 WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and the batch bounded
 
 
@@ -74,16 +74,26 @@ def direct_once(fetch: Callable[[], HandOver]) -> DirectSource:
     return direct
 
 
-def prepare(batch: Batch, limits: Limits, direct: DirectSource | None = None) -> Iterator[Part]:
+def prepare(
+    batch: Batch,
+    limits: Limits,
+    direct: DirectSource | None = None,
+    unusable: Unusable | None = None,
+) -> Iterator[Part]:
     """The batch's parts: a batch of small files is one part; a file bigger than
     limits.log_batch_bytes is read, parsed and shaped one part at a time. With direct (a bulk
-    load), a log batch's plays go straight to songplays once what that takes is handed over."""
+    load), a log batch's plays go straight to songplays once what that takes is handed over.
+    A changed file unusable names (its records all rejected, as loading the batch found) is
+    emptied: its lines are still judged and rejected, and it keeps what it loaded."""
     part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
     piece_bytes = limits.parse_piece_bytes
     chunks, problems, size, index = [], [], 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
+        if read.status == "changed" and (unusable or {}).get(task.path) == read.sha256:
+            read = dataclasses.replace(read, status="emptied")
+            problems.append((task.path, None, f"every record rejected: {KEPT}", None))
         first_line, first, damage = 1, True, None
         try:
             for data in contents:

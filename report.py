@@ -50,13 +50,13 @@ class Tally:
         for f in part.files:
             if f.first:
                 files[f.read.status] = files.get(f.read.status, 0) + 1
+            counts["records"] += f.records  # an emptied file's rejected lines count too
+            counts["skipped"] += f.skipped
+            counts["rejected"] += f.rejected
             if f.to_load:
                 loaded_here, duplicates = loaded.outcome(part.kind, f)
-                counts["records"] += f.records
                 counts["loaded"] += loaded_here
-                counts["skipped"] += f.skipped
                 counts["duplicates"] += duplicates
-                counts["rejected"] += f.rejected
         self.file_problems += part.file_problems
         self.resolved_plays += loaded.resolved
         self.settled = self.settled or loaded.settled

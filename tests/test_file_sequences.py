@@ -2,19 +2,20 @@
 
 What the star is a function of: the latest version of every file ever delivered. A file deleted
 from the folder keeps what it loaded (log rotation deletes delivered files), so it counts with
-its last loaded version; so does a file emptied since it loaded records (a failed transfer).
-Where several log files hold a play (user, session, item), the copy of the file first in path
-order is the play, whatever order the files came in; users and instants follow the plays.
+its last loaded version; so does a file emptied since it loaded records (a failed transfer),
+or garbled: every record it holds now rejected (an error page saved in its place). Where
+several log files hold a play (user, session, item), the copy of the file first in path order
+is the play, whatever order the files came in; users and instants follow the plays.
 
 Seeded generators build sequences of operations on overlapping files: log files added new, as
 whole copies of others in other folders, or repeating part of another (with other values for
-some of its plays); log files shrunk, grown, edited, emptied and deleted (and delivered again);
-song files added and changed. After each operation etl.py loads the folder into one database; a
-second database gets a fresh load (create_tables, then etl) of the model folder: the current
-files, and the deleted and emptied files' last loaded versions. Their stars, manifests and kept
-copies must be the same, the run must reconcile and pass its checks. Batches and parse pieces are
-drawn at random for each load, so a fresh load is cut otherwise than the loads it is compared
-with.
+some of its plays); log files shrunk, grown, edited, emptied, garbled and deleted (and delivered
+again); song files added and changed. After each operation etl.py loads the folder into one
+database; a second database gets a fresh load (create_tables, then etl) of the model folder:
+the current files, and the deleted, emptied and garbled files' last loaded versions. Their
+stars, manifests and kept copies must be the same, the run must reconcile and pass its checks.
+Batches and parse pieces are drawn at random for each load, so a fresh load is cut otherwise
+than the loads it is compared with.
 """
 
 from __future__ import annotations
@@ -142,16 +143,25 @@ class Folder:
     loaded: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
 
     def log_bytes(self, path: str, model: bool) -> bytes:
-        """The file as delivered; in the model, as the star holds it: a deleted or emptied file
-        keeps the last version it loaded records from."""
-        if model:
-            content = self.logs.get(path) or self.loaded.get(path) or self.deleted.get(path, [])
-        else:
-            content = self.logs[path]
+        """The file as delivered; in the model, as the star holds it: a deleted, emptied or
+        garbled file keeps the last version it loaded usable records from."""
+        content = self.logs.get(path, [])
+        if model and not usable(content):
+            content = self.loaded.get(path) or content or self.deleted.get(path, [])
         return (lines if self.newline_at_end[path] else log_file)(*content)
 
     def was_loaded(self) -> None:
-        self.loaded |= {path: list(content) for path, content in self.logs.items() if content}
+        self.loaded |= {path: list(c) for path, c in self.logs.items() if usable(c)}
+
+
+def garbage(n: int) -> dict:
+    """A record etl.py rejects (an event without its instant), whatever edited does to it."""
+    return {"page": "NextSong", "garbled": n}
+
+
+def usable(content: list[dict]) -> bool:
+    """Whether a log file's content holds a record that is not rejected."""
+    return any("garbled" not in record for record in content)
 
 
 OPERATIONS = [
@@ -162,6 +172,7 @@ OPERATIONS = [
     "grow",
     "edit",
     "empty",
+    "garble",
     "delete",
     "add song",
     "change song",
@@ -179,6 +190,7 @@ def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
         "grow": bool(logs),
         "edit": bool(logs),
         "empty": bool(logs),
+        "garble": bool(logs),
         "delete": bool(logs),
         "add song": True,
         "change song": bool(folder.songs),
@@ -214,6 +226,9 @@ def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
     if which == "empty":  # a failed transfer
         folder.logs[path] = []
         return which, f"empty {path}"
+    if which == "garble":  # an error page saved in its place, say
+        folder.logs[path] = [garbage(n) for n in range(rng.randint(1, 3))]
+        return which, f"garble {path}"
     if which == "shrink":
         if rng.random() < 0.5:
             folder.logs[path] = content[: rng.randrange(len(content) + 1)]
@@ -375,8 +390,9 @@ def test_any_sequence_of_deliveries_loads_to_what_a_fresh_load_of_its_files_give
 
 
 def test_the_generated_sequences_hold_every_kind_of_operation():
-    """The seeds above, together, add, copy, repeat part of, shrink, grow, edit, empty and delete
-    log files, and add and change song files (a change of SEEDS or STEPS must keep it so)."""
+    """The seeds above, together, add, copy, repeat part of, shrink, grow, edit, empty, garble
+    and delete log files, and add and change song files (a change of SEEDS or STEPS must keep it
+    so)."""
     done = set()
     for seed in SEEDS:
         operations, folder, _ = sequence(seed)

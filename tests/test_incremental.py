@@ -213,6 +213,49 @@ def test_a_file_emptied_since_it_was_loaded_keeps_what_it_loaded_until_it_holds_
     assert table_contents() == fresh_load_of(data)
 
 
+def test_a_changed_file_whose_every_record_is_rejected_keeps_what_it_loaded_until_one_is_not(
+    data,
+):
+    """An error page saved in a loaded file's place, its text sent again in another encoding,
+    events missing what a record needs: each line is rejected and named, and the file keeps its
+    plays and its manifest entry, as an emptied file does, until a version holding a record
+    that is not rejected (a page other than NextSong is one) replaces them. A file bigger than a
+    part (--batch-mb 1), whose last part alone would show it, too; so do files read together."""
+    plays = lines(G(0, level="paid"), G(1, level="paid"))
+    path = write(data, "log_data/2018/12/a.json", plays)
+    other = write(data, "log_data/2018/12/b.json", lines(G(5)))
+    etl(data)
+    loaded, entry = table_contents(), manifest()
+    error_page = b"<html><body>503 Service Unavailable</body></html>\n"
+    no_ts = lines({"page": "NextSong", "userId": str(USER)})
+    for garbled, lines_rejected, extra in [
+        (error_page, 1, ()),
+        (plays.decode().encode("utf-16-le"), 3, ()),  # its last line: a lone NUL byte
+        (no_ts * 3, 3, ()),
+        (no_ts + b"\n" * 1_500_000 + no_ts * 2, 3, ("--batch-mb", "1")),
+    ]:
+        path.write_bytes(garbled)
+        other.write_bytes(lines(G(5), G(6)))  # a file read beside it still loads
+        summary = parse_summary(etl(data, *extra).stdout)
+        assert summary.files["log"] == {"unchanged": 2, "changed": 1, "emptied": 1}
+        assert summary.records["log"] == Counts(2 + lines_rejected, 2, rejected=lines_rejected)
+        assert summary.reconciled["log"]
+        found = rejects(last_run())
+        assert found[0] == ("log_data/2018/12/a.json", None, f"every record rejected: {KEPT}", None)
+        assert [(p, n is not None) for p, n, _, _ in found[1:]] == [
+            ("log_data/2018/12/a.json", True)
+        ] * lines_rejected
+        assert crafted_items() == [0, 1, 5, 6]
+        assert manifest()["log_data/2018/12/a.json"] == entry["log_data/2018/12/a.json"]
+        other.write_bytes(lines(G(5)))
+        etl(data)
+        assert table_contents() == loaded
+    path.write_bytes(lines(other_page(0, "Home")))
+    assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 3, "changed": 1}
+    assert crafted_items() == [5]
+    assert table_contents() == fresh_load_of(data)
+
+
 def gzipped(content: bytes) -> bytes:
     return gzip.compress(content, mtime=0)
 
