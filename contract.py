@@ -43,13 +43,15 @@ Version = tuple[int, int, str | None]
 
 
 class Known(NamedTuple):
-    """What the manifest knows of a file: its version and SHA-256 when it was last loaded, and
+    """What the manifest knows of a file: its version and SHA-256 when it was last loaded,
     whether that load found the file itself damaged (read again at each run, whatever its
-    version says)."""
+    version says), and whether what it loaded holds a record not rejected (a version holding
+    none then leaves it in place)."""
 
     version: Version
     sha256: str
     damaged: bool = False
+    usable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,7 @@ class FileTask:
     slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its
     size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
     problem: why it cannot be read, known from the listing already (a folder that cannot be
-    listed)."""
+    listed). known_usable: the version the manifest has holds a record not rejected."""
 
     path: str
     location: str
@@ -67,6 +69,7 @@ class FileTask:
     known_sha256: str | None
     problem: str | None = None
     etag: str | None = None
+    known_usable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +163,9 @@ SongKeys = list[tuple[str, str, float, str, str]]
 # straight into songplays: the song keys and the ids taken for the new log files, by path. Any
 # other load hands over None: its plays are staged and merged.
 HandOver = tuple[SongKeys, dict[str, int]] | None
-# Changed files found to hold no record that is not rejected, by path: the SHA-256 of that
-# content. Prepared again, such a file, as long as it holds that content, is emptied.
+# Changed files found to hold no record that is not rejected, where the version the manifest has
+# holds one, by path: the SHA-256 of that content. Prepared again, such a file, as long as it
+# holds that content, is emptied.
 Unusable = dict[str, str]
 
 

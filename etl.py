@@ -260,6 +260,12 @@ class FoundUnusable(Exception):
         self.unusable = unusable
 
 
+# Times a batch is loaded again for files found unusable. Each time, a file found before is
+# emptied as long as its content is the same; one that changed again meanwhile to content as
+# unusable (a writer still at work) is found again, and after the last time loads as it stands.
+UNUSABLE_RETRIES = 2
+
+
 def load_or_split(
     conn,
     start: load.RunStart,
@@ -274,44 +280,55 @@ def load_or_split(
     its place, say) would take what it loaded with it: the batch is loaded again with the file
     emptied, keeping what it loaded (known only once all its parts are judged, in a big file)."""
     unusable = unusable or {}
-    try:
-        with db.managed_cursor(conn) as cur:
-            done = [
-                (dataclasses.replace(part, copies={}), load.load_part(cur, start, part))
-                for part in parts
-            ]
-            if found := unusable_files([part for part, _ in done]):
-                raise FoundUnusable(found)  # rolls the batch's transaction back
-            return done
-    except FoundUnusable as exc:
-        unusable = unusable | exc.unusable
-        return load_or_split(conn, start, preparer, batch, preparer.here(batch, unusable), unusable)
-    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-        for _ in parts:  # the batch's parts still on their way
-            pass
-        if len(batch.tasks) > 1:
-            return [
-                done
-                for task in batch.tasks
-                for alone in [Batch(batch.kind, (task,), batch.store)]
-                for done in load_or_split(
-                    conn, start, preparer, alone, preparer.here(alone, unusable), unusable
-                )
-            ]
-        part = prepare_module().refused(batch, cli.first_line(exc), preparer.limits)
-        with db.managed_cursor(conn) as cur:
-            return [(part, load.load_part(cur, start, part))]
+    for retry in range(UNUSABLE_RETRIES + 1):
+        try:
+            with db.managed_cursor(conn) as cur:
+                done = [
+                    (dataclasses.replace(part, copies={}), load.load_part(cur, start, part))
+                    for part in parts
+                ]
+                found = unusable_files(batch, [part for part, _ in done])
+                if found and retry < UNUSABLE_RETRIES:
+                    raise FoundUnusable(found)  # rolls the batch's transaction back
+                return done
+        except FoundUnusable as exc:
+            unusable = unusable | exc.unusable
+            parts = preparer.here(batch, unusable)
+        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+            for _ in parts:  # the batch's parts still on their way
+                pass
+            return split_or_refused(conn, start, preparer, batch, unusable, cli.first_line(exc))
 
 
-def unusable_files(parts: list[Part]) -> Unusable:
-    """The changed files of a batch's parts none of whose records was accepted or skipped (each
-    rejected), with the SHA-256 of that content. A file with no record at all is emptied
-    already."""
+def split_or_refused(
+    conn, start: load.RunStart, preparer: Preparer, batch: Batch, unusable: Unusable, error: str
+) -> list[tuple[Part, Loaded]]:
+    """A batch the database refused, loaded again file by file; a single file it refuses is
+    recorded as rejected whole."""
+    if len(batch.tasks) > 1:
+        return [
+            done
+            for task in batch.tasks
+            for alone in [Batch(batch.kind, (task,), batch.store)]
+            for done in load_or_split(
+                conn, start, preparer, alone, preparer.here(alone, unusable), unusable
+            )
+        ]
+    part = prepare_module().refused(batch, error, preparer.limits)
+    with db.managed_cursor(conn) as cur:
+        return [(part, load.load_part(cur, start, part))]
+
+
+def unusable_files(batch: Batch, parts: list[Part]) -> Unusable:
+    """The batch's changed files none of whose records was accepted or skipped (each rejected)
+    where the version the manifest has holds one, with the SHA-256 of their content. A file
+    with no record at all is emptied already."""
     usable, changed = {}, {}
+    kept = {task.path for task in batch.tasks if task.known_usable}
     for part in parts:
         for f in part.files:
             usable[f.path] = usable.get(f.path, 0) + f.accepted + f.skipped
-            if f.read.status == "changed":
+            if f.read.status == "changed" and f.path in kept:
                 changed[f.path] = f.read.sha256
     return {path: sha256 for path, sha256 in changed.items() if not usable[path]}
 

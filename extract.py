@@ -359,8 +359,17 @@ def plan(
             unchanged += 1
             continue
         size, mtime_ns, etag = file.version or (0, 0, None)
-        known_sha256 = seen.sha256 if seen else None
-        tasks.append(FileTask(rel, file.location, size, mtime_ns, known_sha256, etag=etag))
+        tasks.append(
+            FileTask(
+                rel,
+                file.location,
+                size,
+                mtime_ns,
+                seen.sha256 if seen else None,
+                etag=etag,
+                known_usable=bool(seen and seen.usable),
+            )
+        )
     tasks += [
         FileTask(relative(data, kind, location), location, 0, 0, None, problem)
         for location, problem in listed.unlisted

@@ -80,8 +80,8 @@ def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
             known[kind] = {
-                path: Known((size, mtime_ns, etag), sha256, damaged)
-                for path, size, mtime_ns, etag, sha256, damaged in cur.fetchall()
+                path: Known((size, mtime_ns, etag), sha256, damaged, usable)
+                for path, size, mtime_ns, etag, sha256, damaged, usable in cur.fetchall()
             }
     return RunStart(run_id, before, known, server, after_interruption)
 

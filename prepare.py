@@ -284,11 +284,17 @@ def manifest_csv(kind: str, files: tuple[FilePart, ...]) -> bytes:
 def refused(batch: Batch, error: str, limits: Limits) -> Part:
     """A one-file batch the database refused: every record of the file is recorded as rejected,
     so that one file never stops a run; the manifest loads it again once its content changes
-    (hashed at each run, as a damaged file is)."""
+    (hashed at each run, as a damaged file is). A changed file whose version in the manifest
+    holds a record not rejected keeps what it loaded, as a file whose every record is rejected
+    does."""
     files = [f for part in prepare(batch, limits) for f in part.files]
     records = sum(f.records for f in files)
     file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0, rejected=records)
-    problems = [(file.path, None, f"the database refused this file: {error}", None)]
+    reason = f"the database refused this file: {error}"
+    if file.read.status == "changed" and batch.tasks[0].known_usable:
+        file = dataclasses.replace(file, read=dataclasses.replace(file.read, status="emptied"))
+        reason = f"{reason}: {KEPT}"
+    problems = [(file.path, None, reason, None)]
     return Part(
         batch.kind,
         0,

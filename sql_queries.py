@@ -488,7 +488,8 @@ UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(r
 manifest_known = """
 SELECT m.path, m.size_bytes, m.mtime_ns, m.etag, m.sha256,
        EXISTS (SELECT FROM load_rejects r
-               WHERE r.path = m.path AND r.run_id = m.run_id AND r.line IS NULL) AS damaged
+               WHERE r.path = m.path AND r.run_id = m.run_id AND r.line IS NULL) AS damaged,
+       m.records > m.rejected AS usable
 FROM load_manifest m
 WHERE m.kind = %(kind)s"""
 

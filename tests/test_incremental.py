@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import itertools
 import lzma
 import os
 import random
@@ -42,6 +43,7 @@ from summary import CHECKS_PASSED, Counts, parse_summary
 
 import etl as etl_module
 import extract
+import prepare
 from contract import Limits
 
 G = event
@@ -183,6 +185,8 @@ def test_play_removed_from_a_changed_log_file_takes_its_contributions_with_it(da
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"
+ERROR_PAGE = b"<html><body>503 Service Unavailable</body></html>\n"
+NO_TS = lines({"page": "NextSong", "userId": str(USER)})  # an event without its instant
 
 
 def test_a_file_emptied_since_it_was_loaded_keeps_what_it_loaded_until_it_holds_records(data):
@@ -226,13 +230,11 @@ def test_a_changed_file_whose_every_record_is_rejected_keeps_what_it_loaded_unti
     other = write(data, "log_data/2018/12/b.json", lines(G(5)))
     etl(data)
     loaded, entry = table_contents(), manifest()
-    error_page = b"<html><body>503 Service Unavailable</body></html>\n"
-    no_ts = lines({"page": "NextSong", "userId": str(USER)})
     for garbled, lines_rejected, extra in [
-        (error_page, 1, ()),
+        (ERROR_PAGE, 1, ()),
         (plays.decode().encode("utf-16-le"), 3, ()),  # its last line: a lone NUL byte
-        (no_ts * 3, 3, ()),
-        (no_ts + b"\n" * 1_500_000 + no_ts * 2, 3, ("--batch-mb", "1")),
+        (NO_TS * 3, 3, ()),
+        (NO_TS + b"\n" * 1_500_000 + NO_TS * 2, 3, ("--batch-mb", "1")),
     ]:
         path.write_bytes(garbled)
         other.write_bytes(lines(G(5), G(6)))  # a file read beside it still loads
@@ -254,6 +256,75 @@ def test_a_changed_file_whose_every_record_is_rejected_keeps_what_it_loaded_unti
     assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 3, "changed": 1}
     assert crafted_items() == [5]
     assert table_contents() == fresh_load_of(data)
+
+
+@pytest.mark.parametrize("first", [b"", ERROR_PAGE], ids=["empty", "garbled"])
+def test_a_file_that_never_held_a_usable_record_is_replaced_by_its_next_version(data, first):
+    """A file that loaded nothing (empty, or every record rejected) has nothing to keep: its
+    next version, unusable too, replaces its entry and is named once, not at every run."""
+    path = write(data, "log_data/2018/12/a.json", first)
+    etl(data)
+    path.write_bytes(NO_TS * 2)
+
+    summary = parse_summary(etl(data).stdout)
+
+    assert summary.files["log"] == {"unchanged": 2, "changed": 1}
+    assert manifest()["log_data/2018/12/a.json"] == Counts(2, 0, rejected=2)
+    assert [r[:3] for r in rejects(last_run())] == [
+        ("log_data/2018/12/a.json", n, "ts missing") for n in (1, 2)
+    ]
+    assert parse_summary(etl(data).stdout).nothing_new
+
+
+def test_a_changed_file_the_database_refuses_keeps_what_it_loaded(data):
+    """The database refusing a changed file (a value no rule foresaw: here a CHECK the load
+    knows nothing of) rejects every record of it: like a file whose every record is rejected,
+    it keeps its plays and its entry."""
+    path = write(data, "log_data/2018/12/a.json", lines(G(0), G(1)))
+    etl(data)
+    loaded, entry = table_contents(), manifest()
+    query(
+        "ALTER TABLE songplays ADD CONSTRAINT not_refused CHECK (location <> 'Nowhere'); SELECT 1"
+    )
+    path.write_bytes(lines(G(2), G(3, location="Nowhere")))
+
+    summary = parse_summary(etl(data).stdout)
+
+    assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
+    assert summary.records["log"] == Counts(2, 0, rejected=2)
+    assert [r[:2] for r in rejects(last_run())] == [("log_data/2018/12/a.json", None)]
+    assert rejects(last_run())[0][2].endswith(f": {KEPT}")
+    assert (table_contents(), manifest()) == (loaded, entry)
+
+
+def test_a_file_garbled_again_each_time_its_batch_is_loaded_again_ends_loaded_as_it_stands(
+    data, settings, monkeypatch
+):
+    """A writer saving one error page after another over a loaded file while the run loads it:
+    the batch is loaded again a bounded number of times, then the file's last version loads as
+    it stands (it replaces what the file loaded), and the run ends."""
+    path = write(data, "log_data/2018/12/a.json", lines(G(0), G(1)))
+    etl(data)
+    path.write_bytes(b"<html>0</html>\n")
+    prepare_batch, pages = prepare.prepare, itertools.count(1)
+
+    def a_writer_at_work(batch, limits, direct=None, unusable=None):
+        if unusable:  # the batch loaded again: the writer has saved another page meanwhile
+            path.write_bytes(b"<html>%d</html>\n" % next(pages))
+        return prepare_batch(batch, limits, direct, unusable)
+
+    monkeypatch.setattr(prepare, "prepare", a_writer_at_work)
+
+    report = etl_module.run(settings, data, jobs=0, progress=False, out=None)
+
+    retries = etl_module.UNUSABLE_RETRIES
+    assert next(pages) == retries + 1
+    assert report.tally.files["log"] == {"unchanged": 2, "changed": 1}
+    assert crafted_items() == []
+    reason = "malformed JSON: unexpected character, expected a JSON value: line 1 column 1 (char 0)"
+    assert rejects(last_run()) == [
+        ("log_data/2018/12/a.json", 1, reason, f"<html>{retries}</html>")
+    ]
 
 
 def gzipped(content: bytes) -> bytes:
