@@ -91,9 +91,9 @@ def prepare(
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
             problems.append((task.path, None, read.error, None))
-        if read.status == "changed" and (unusable or {}).get(task.path) == read.sha256:
+        garbled = read.status == "changed" and (unusable or {}).get(task.path) == read.sha256
+        if garbled:
             read = dataclasses.replace(read, status="emptied")
-            problems.append((task.path, None, f"every record rejected: {KEPT}", None))
         first_line, first, damage = 1, True, None
         try:
             for data in contents:
@@ -111,10 +111,13 @@ def prepare(
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
             damage = f"{exc} {where}"
-        if first and read.status == "changed":  # no record at all now
+        if garbled:  # one reject of the whole file, its damage named in it
+            reason = f"every record rejected: {KEPT}"
+            problems.append((task.path, None, f"{damage}: {reason}" if damage else reason, None))
+        elif first and read.status == "changed" and task.known_usable:  # no record at all now
             read = dataclasses.replace(read, status="emptied")
             problems.append((task.path, None, f"{damage or 'empty file'}: {KEPT}", None))
-        elif damage or (first and read.status == "new"):
+        elif damage or (first and read.status in ("new", "changed")):
             problems.append((task.path, None, damage or "empty file", None))
         if first:  # nothing read: the file still counts, once
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", []))

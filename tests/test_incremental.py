@@ -243,8 +243,9 @@ def test_a_changed_file_whose_every_record_is_rejected_keeps_what_it_loaded_unti
         assert summary.records["log"] == Counts(2 + lines_rejected, 2, rejected=lines_rejected)
         assert summary.reconciled["log"]
         found = rejects(last_run())
-        assert found[0] == ("log_data/2018/12/a.json", None, f"every record rejected: {KEPT}", None)
-        assert [(p, n is not None) for p, n, _, _ in found[1:]] == [
+        whole = [r for r in found if r[1] is None]
+        assert whole == [("log_data/2018/12/a.json", None, f"every record rejected: {KEPT}", None)]
+        assert [(p, n is not None) for p, n, _, _ in found if n is not None] == [
             ("log_data/2018/12/a.json", True)
         ] * lines_rejected
         assert crafted_items() == [0, 1, 5, 6]
@@ -259,21 +260,47 @@ def test_a_changed_file_whose_every_record_is_rejected_keeps_what_it_loaded_unti
 
 
 @pytest.mark.parametrize("first", [b"", ERROR_PAGE], ids=["empty", "garbled"])
-def test_a_file_that_never_held_a_usable_record_is_replaced_by_its_next_version(data, first):
+@pytest.mark.parametrize(
+    "then, counts, whole_file",
+    [
+        (NO_TS * 2, Counts(2, 0, rejected=2), []),
+        (b"\n\n", Counts(0, 0), ["empty file"]),
+    ],
+    ids=["then-garbled", "then-emptied"],
+)
+def test_a_file_that_never_held_a_usable_record_is_replaced_by_its_next_version(
+    data, first, then, counts, whole_file
+):
     """A file that loaded nothing (empty, or every record rejected) has nothing to keep: its
     next version, unusable too, replaces its entry and is named once, not at every run."""
     path = write(data, "log_data/2018/12/a.json", first)
     etl(data)
-    path.write_bytes(NO_TS * 2)
+    path.write_bytes(then)
 
     summary = parse_summary(etl(data).stdout)
 
     assert summary.files["log"] == {"unchanged": 2, "changed": 1}
-    assert manifest()["log_data/2018/12/a.json"] == Counts(2, 0, rejected=2)
-    assert [r[:3] for r in rejects(last_run())] == [
-        ("log_data/2018/12/a.json", n, "ts missing") for n in (1, 2)
-    ]
+    assert manifest()["log_data/2018/12/a.json"] == counts
+    assert [reason for _, line, reason, _ in rejects(last_run()) if line is None] == whole_file
     assert parse_summary(etl(data).stdout).nothing_new
+
+
+def test_a_garbled_file_cut_short_is_one_whole_file_rejected_naming_both(data):
+    """gzip data of error pages, cut short, over a loaded file: one reject of the whole file
+    names the damage and that it keeps what it loaded; its lines are rejected each."""
+    path = write(data, "log_data/2018/12/a.json.gz", gzip.compress(lines(G(0), G(1))))
+    etl(data)
+    loaded = table_contents()
+    pages = gzip.compress(ERROR_PAGE * 50, mtime=0)
+    path.write_bytes(pages[:-10])  # its trailer and the end of its data gone
+
+    summary = parse_summary(etl(data).stdout)
+
+    assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
+    whole = [reason for _, line, reason, _ in rejects(last_run()) if line is None]
+    assert whole == [f"gzip data cut short after line 47: every record rejected: {KEPT}"]
+    assert summary.rejected[:2] == (48, 1)
+    assert table_contents() == loaded
 
 
 def test_a_changed_file_the_database_refuses_keeps_what_it_loaded(data):
