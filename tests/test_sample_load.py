@@ -2,7 +2,7 @@
 it to exactly the numbers of its truth.json, then changes nothing on a second run."""
 
 import pytest
-from conftest import SAMPLE, counts, query, run_main, scalar, table_contents
+from conftest import SAMPLE, counts, query, run_main, run_script, scalar, table_contents
 from summary import CHECKS_PASSED, parse_summary
 
 from sql_queries import STAR_TABLES
@@ -46,3 +46,17 @@ def test_sample_data_is_the_generators_output(tmp_path):
     generate_data.main(["--out", str(tmp_path)])
     for path in sorted(SAMPLE.rglob("*.json")):
         assert (tmp_path / path.relative_to(SAMPLE)).read_bytes() == path.read_bytes(), path
+
+
+def test_etl_as_a_command_and_its_parse_worker_load_the_sample_without_importing_pandas(
+    fresh_tables, truth
+):
+    """pyarrow would import pandas, unused, in each process (etl.WithoutPandas): every module
+    either imports is listed by -X importtime, which the worker inherits."""
+    done = run_script("-X", "importtime", "etl.py", "--no-progress", "--jobs", "1")
+    imported = [line.rpartition("|")[2].strip() for line in done.stderr.splitlines()]
+    assert imported.count("prepare") == 2  # etl.py's song batches, the worker's log batch
+    assert "pyarrow" in imported
+    # pyarrow's attempt, refused, is listed as "pandas" alone; pandas imported lists its modules
+    assert [name for name in imported if name.startswith("pandas.")] == []
+    assert counts() == {table: truth[table] for table in STAR_TABLES}
