@@ -113,8 +113,8 @@ def run_main(
     script: str, *args: str, env: dict | None = None, timeout: float = 600, check: bool = True
 ) -> subprocess.CompletedProcess:
     """run_script's run, in this process: the script's main(args), with what it printed and its
-    exit code. A new interpreter spends most of a small load importing pandas and pyarrow (0.6 s
-    of 0.8); here they are imported once. What the process gave a test is kept (as_a_command),
+    exit code. A new interpreter spends most of a small load importing pyarrow and the parsers;
+    here they are imported once. What the process gave a test is kept (as_a_command),
     and the load lock is let go of, as the next command a user types finds it (lock_let_go)."""
     main = importlib.import_module(Path(script).stem).main
     out, err = io.StringIO(), io.StringIO()
