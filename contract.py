@@ -71,6 +71,11 @@ class FileTask:
     etag: str | None = None
     known_usable: bool = False
 
+    def keeps(self, read: FileRead) -> bool:
+        """Whether the file, read as read, keeps what it loaded where it now holds no record
+        that is not rejected: it changed, and the version the manifest has holds one."""
+        return read.status == "changed" and self.known_usable
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:

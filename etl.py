@@ -345,11 +345,11 @@ def unusable_files(batch: Batch, parts: list[Part]) -> Unusable:
     where the version the manifest has holds one, with the SHA-256 of their content. A file
     with no record at all is emptied already."""
     usable, changed = {}, {}
-    kept = {task.path for task in batch.tasks if task.known_usable}
+    tasks = {task.path: task for task in batch.tasks}
     for part in parts:
         for f in part.files:
             usable[f.path] = usable.get(f.path, 0) + f.accepted + f.skipped
-            if f.read.status == "changed" and f.path in kept:
+            if tasks[f.path].keeps(f.read):
                 changed[f.path] = f.read.sha256
     return {path: sha256 for path, sha256 in changed.items() if not usable[path]}
 

@@ -114,7 +114,7 @@ def prepare(
         if garbled:  # one reject of the whole file, its damage named in it
             reason = f"every record rejected: {KEPT}"
             problems.append((task.path, None, f"{damage}: {reason}" if damage else reason, None))
-        elif first and read.status == "changed" and task.known_usable:  # no record at all now
+        elif first and task.keeps(read):  # no record at all now
             read = dataclasses.replace(read, status="emptied")
             problems.append((task.path, None, f"{damage or 'empty file'}: {KEPT}", None))
         elif damage or (first and read.status in ("new", "changed")):
@@ -294,7 +294,7 @@ def refused(batch: Batch, error: str, limits: Limits) -> Part:
     records = sum(f.records for f in files)
     file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0, rejected=records)
     reason = f"the database refused this file: {error}"
-    if file.read.status == "changed" and batch.tasks[0].known_usable:
+    if batch.tasks[0].keeps(file.read):
         file = dataclasses.replace(file, read=dataclasses.replace(file.read, status="emptied"))
         reason = f"{reason}: {KEPT}"
     problems = [(file.path, None, reason, None)]
