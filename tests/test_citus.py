@@ -44,7 +44,7 @@ from tools import citus_cluster
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
 GENERATED = {"events": 200_000, "songs": 2000}
-CITUS_SEQUENCE_SEED, CITUS_STEPS = 2379, 11  # its first 11 operations: every kind but an edit
+CITUS_SEQUENCE_SEED, CITUS_STEPS = 11690, 15  # its first 15 operations: every kind but an edit
 
 
 # ================================================================ the cluster
@@ -426,10 +426,10 @@ def test_citus_overlapping_deliveries_load_step_by_step_to_what_plain_postgresql
 ):
     """A generated sequence of deliveries (test_file_sequences.py): a log file repeating part of
     another with other values, a whole copy in another folder, a shrink, an emptied file, a
-    garbled one, a deletion, a growth, song files added and changed; each loaded on Citus in
-    small batches (big files in parts). After each step the star, the manifest and the kept
-    copies are what plain PostgreSQL's fresh load of the files (deleted, emptied and garbled
-    ones with their last loaded version) gives."""
+    garbled one, a deletion, a growth, song files added, changed, emptied, garbled and deleted;
+    each loaded on Citus in small batches (big files in parts). After each step the star, the
+    manifest and the kept copies are what plain PostgreSQL's fresh load of the files (deleted,
+    emptied and garbled ones with their last loaded version) gives."""
     citus, plain = db.Settings.from_env(cluster.url), db.Settings.from_env()
     run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
     operations, folder, history = sequences.sequence(CITUS_SEQUENCE_SEED)

@@ -10,10 +10,11 @@ is the play, whatever order the files came in; users and instants follow the pla
 Seeded generators build sequences of operations on overlapping files: log files added new, as
 whole copies of others in other folders, or repeating part of another (with other values for
 some of its plays); log files shrunk, grown, edited, emptied, garbled and deleted (and delivered
-again); song files added and changed. After each operation etl.py loads the folder into one
-database; a second database gets a fresh load (create_tables, then etl) of the model folder:
-the current files, and the deleted, emptied and garbled files' last loaded versions. Their
-stars, manifests and kept copies must be the same, the run must reconcile and pass its checks.
+again); song files added, changed, emptied, garbled and deleted. After each operation etl.py
+loads the folder into one database; a second database gets a fresh load (create_tables, then
+etl) of the model folder: the current files, and the deleted, emptied and garbled files' last
+loaded versions. Their stars, manifests and kept copies must be the same, the run must
+reconcile and pass its checks.
 Batches and parse pieces are drawn at random for each load, so a fresh load is cut otherwise
 than the loads it is compared with.
 """
@@ -133,26 +134,30 @@ def changed_song(rng: random.Random, record: dict) -> dict:
 
 @dataclasses.dataclass
 class Folder:
-    """The files as delivered: log files as their records, song files as their song; deleted
-    log files with their last version, and each log file's last version loaded with records."""
+    """The files as delivered, each as its records: log files, and song files (a song, or
+    what replaced it); deleted files with their last version, and each file's last version
+    loaded."""
 
     logs: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
-    songs: dict[str, dict] = dataclasses.field(default_factory=dict)
+    songs: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
     deleted: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
     newline_at_end: dict[str, bool] = dataclasses.field(default_factory=dict)
     loaded: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
 
-    def log_bytes(self, path: str, model: bool) -> bytes:
+    def file_bytes(self, path: str, model: bool) -> bytes:
         """The file as delivered; in the model, as the star holds it once the folder is loaded
-        (version_kept)."""
-        content = self.version_kept(path) if model else self.logs[path]
-        return (lines if self.newline_at_end[path] else log_file)(*content)
+        (version_kept). A song file holding its song is that song's JSON object."""
+        content = self.version_kept(path) if model else {**self.logs, **self.songs}[path]
+        if path in self.newline_at_end:
+            return (lines if self.newline_at_end[path] else log_file)(*content)
+        return json.dumps(content[0]).encode() if usable(content) else log_file(*content)
 
     def version_kept(self, path: str) -> list[dict]:
         """The version of a file the manifest and the star hold once the folder is loaded: the
         file as it is; a deleted file's, or an emptied one's, as last loaded; and a garbled
         one's as last loaded if that version held a record not rejected."""
-        content, before = self.logs.get(path), self.loaded.get(path)
+        content = self.logs.get(path, self.songs.get(path))
+        before = self.loaded.get(path)
         if content is None:
             return self.deleted[path] if before is None else before
         if before is not None and not usable(content) and usable(before):
@@ -160,7 +165,7 @@ class Folder:
         return content
 
     def was_loaded(self) -> None:
-        self.loaded |= {path: list(self.version_kept(path)) for path in self.logs}
+        self.loaded |= {path: list(self.version_kept(path)) for path in [*self.logs, *self.songs]}
 
 
 def garbage(n: int) -> dict:
@@ -169,7 +174,7 @@ def garbage(n: int) -> dict:
 
 
 def usable(content: list[dict]) -> bool:
-    """Whether a log file's content holds a record that is not rejected."""
+    """Whether a file's content holds a record that is not rejected."""
     return any("garbled" not in record for record in content)
 
 
@@ -185,12 +190,16 @@ OPERATIONS = [
     "delete",
     "add song",
     "change song",
+    "empty song",
+    "garble song",
+    "delete song",
 ]
 
 
 def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
     """Apply one random operation to the folder: (which, what it did)."""
     logs, free = sorted(folder.logs), [p for p in LOG_PATHS if p not in folder.logs]
+    songs = sorted(folder.songs)
     possible = {
         "add new": bool(free),
         "add copy": bool(logs and free),
@@ -202,17 +211,18 @@ def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
         "garble": bool(logs),
         "delete": bool(logs),
         "add song": True,
-        "change song": bool(folder.songs),
+        "change song": bool(songs),
+        "empty song": bool(songs),
+        "garble song": bool(songs),
+        "delete song": bool(songs),
     }
     which = rng.choice([op for op in OPERATIONS if possible[op]])
     if which == "add song":
-        n = len(folder.songs) + 1
-        folder.songs[f"song_data/A/S/{n:04d}.json"] = song_record(rng, n)
+        n = len(folder.songs) + sum(p.startswith("song_data/") for p in folder.deleted) + 1
+        folder.songs[f"song_data/A/S/{n:04d}.json"] = [song_record(rng, n)]
         return which, f"add song {n}"
-    if which == "change song":
-        path = rng.choice(sorted(folder.songs))
-        folder.songs[path] = changed_song(rng, folder.songs[path])
-        return which, f"change {path}: {folder.songs[path]}"
+    if which.endswith(" song"):
+        return which, operate_on_song(rng, folder, which, rng.choice(songs))
     if which.startswith("add "):
         path = rng.choice(free)  # it may be a deleted file's: delivered again
         folder.deleted.pop(path, None)
@@ -253,13 +263,25 @@ def operate(rng: random.Random, folder: Folder) -> tuple[str, str]:
     return which, f"edit {path}"
 
 
+def operate_on_song(rng: random.Random, folder: Folder, which: str, path: str) -> str:
+    """A song file changed (from the song it last loaded: each song file's first version is a
+    song, loaded at once), emptied, garbled or deleted."""
+    if which == "change song":
+        folder.songs[path] = [changed_song(rng, folder.version_kept(path)[0])]
+        return f"change {path}: {folder.songs[path][0]}"
+    if which == "delete song":
+        folder.deleted[path] = folder.songs.pop(path)
+    else:
+        folder.songs[path] = [] if which == "empty song" else [garbage(0)]
+    return f"{which.removesuffix(' song')} {path}"
+
+
 def write_folder(root: Path, folder: Folder, deleted_too: bool, mtime_ns: int) -> None:
     """The folder on disk as delivered (deleted files absent), or as the model (deleted files
     present with their last version). Every file written gets a new mtime: a rewrite of the same
     size is always seen as changed."""
-    logs = [*folder.logs, *(folder.deleted if deleted_too else ())]
-    wanted = {p: folder.log_bytes(p, model=deleted_too) for p in logs}
-    wanted |= {p: json.dumps(s).encode() for p, s in folder.songs.items()}
+    files = [*folder.logs, *folder.songs, *(folder.deleted if deleted_too else ())]
+    wanted = {p: folder.file_bytes(p, model=deleted_too) for p in files}
     for existing in root.rglob("*.json"):
         if existing.relative_to(root).as_posix() not in wanted:
             existing.unlink()
@@ -402,7 +424,8 @@ def test_any_sequence_of_deliveries_loads_to_what_a_fresh_load_of_its_files_give
 
 def test_the_generated_sequences_hold_every_kind_of_operation():
     """The seeds above, together, add, copy, repeat part of, shrink, grow, edit, empty, garble
-    and delete log files, and add and change song files; they garble and empty a file whose
+    and delete log files, and add, change, empty, garble and delete song files; they garble and
+    empty a log file whose
     loaded version holds a record not rejected, and one whose loaded version holds none (a
     change of SEEDS or STEPS must keep it so)."""
     done, unusable_of = set(), set()
