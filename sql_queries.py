@@ -462,6 +462,12 @@ LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share 
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
+# The session holding the lock checks every second that its client is still there, even in the
+# middle of a statement: a killed run's server process ends (letting go of the lock) within a
+# second, instead of when its statement would have ended (a big load's keys take 20 s to build).
+client_check = "SET client_connection_check_interval = '1s'"
+CLIENT_CHECK_SINCE = 140000  # the server_version_num that has it
+
 # Exactly our key: a bigint key is (classid, objid) with objsubid 1; Citus, among others, takes
 # advisory locks of its own (objsubid 2 for a pair of integers, its own numbers above that).
 lock_holder = """

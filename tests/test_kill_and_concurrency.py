@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from builders import (
     start_load,
 )
 from conftest import (
+    PROJECT,
     counts,
     query,
     run_script,
@@ -37,6 +39,7 @@ from summary import CHECKS_PASSED, parse_summary
 
 import db
 import embedded
+import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_LOCKED, EXIT_OK
 from extract import FOLDERS
 
@@ -216,6 +219,40 @@ def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, 
     assert loser.stdout == ""
     assert table_contents() == baseline
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+# A session that takes the load lock as a run does, then runs a statement far longer than a
+# load's longest (building a 10M-event load's keys takes about 20 s).
+LOCK_THEN_LONG_STATEMENT = """
+import db
+conn = db.connect(db.Settings.from_env())
+db.acquire_lock(conn)
+print("locked", flush=True)
+conn.cursor().execute("SELECT pg_sleep(120)")
+"""
+
+
+def test_a_killed_runs_lock_is_free_within_seconds_even_in_the_middle_of_a_statement(big):
+    run_script("create_tables.py")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_THEN_LONG_STATEMENT],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n", holder.stderr.read()
+        time.sleep(0.5)  # into its statement
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+    held = {"key": sql_queries.LOCK_KEY}
+    deadline = time.monotonic() + 5
+    while query(sql_queries.lock_holder, held) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert query(sql_queries.lock_holder, held) == []
+    etl(big)
 
 
 def test_create_tables_refuses_while_a_load_runs_and_leaves_tables_alone(big, baseline):
