@@ -302,16 +302,18 @@ def test_the_exit_point_masks_every_secret_in_errors_and_in_a_bugs_traceback(pas
     ),
     words=st.sampled_from(["", " failed: no route", ": unrecognized"]),
     glued=st.sampled_from(["", "-", "--data=", ".", "1", "x_", "'"]),  # typed just before it
+    slashes=st.sampled_from(["://", ":/", ":", "//", "/"]),  # as typed, or mistyped
 )
 def test_any_urls_password_is_masked_whatever_secrets_the_script_knows(
-    scheme, user, password, words, glued
+    scheme, user, password, words, glued, slashes
 ):
-    """A URL a script was never told is a secret (one typed in the wrong place): its password,
-    written raw or encoded, whatever it holds, spaces and '@' included."""
+    """A URL a script was never told is a secret (one typed in the wrong place, or mistyped,
+    which makes it a folder's name): its password, written raw or encoded, whatever it holds,
+    spaces and '@' included."""
     for written in (password, encoded(password)):
-        text = f"error: {glued}{scheme}://{user}:{written}@db.example.com:5432/d{words}"
+        text = f"error: {glued}{scheme}{slashes}{user}:{written}@db.example.com:5432/d{words}"
         assert cli.masked(text) == (
-            f"error: {glued}{scheme}://{user}:***@db.example.com:5432/d{words}"
+            f"error: {glued}{scheme}{slashes}{user}:***@db.example.com:5432/d{words}"
         )
 
 
@@ -490,9 +492,12 @@ def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
         (["db.py", url], EXIT_USAGE),
         (["etl.py", f"PGPASSWORD={encoded(password)}"], EXIT_USAGE),
         (["etl.py", "--no-progress", "--data", raw], EXIT_ENVIRONMENT),
-        (
-            ["etl.py", "--no-progress", "--data", f"s3://AKIAX:{password}@bucket/p"],
-            EXIT_ENVIRONMENT,
+        *(
+            (
+                ["etl.py", "--no-progress", "--data", f"s3{slashes}AKIAX:{password}@bucket/p"],
+                EXIT_ENVIRONMENT,
+            )
+            for slashes in ["://", ":/", ":", "//"]
         ),
     ]
     for args, code in mistakes:
