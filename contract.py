@@ -158,7 +158,7 @@ class Part:
     files: tuple[FilePart, ...]
     copies: dict[str, bytes]
     file_problems: int  # files rejected whole (unreadable, empty, refused)
-    appended: dict[str, tuple[int, int]] | None = None  # path: (plays, resolved)
+    appended: dict[str, int] | None = None  # path: plays
 
 
 # A play's song, where the song catalogue is small enough to send to the parse worker: rows of
@@ -176,11 +176,10 @@ Unusable = dict[str, str]
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-    """What the database did with a part: plays inserted per file, plays resolved to a song, and
-    whether copies of a play were settled (which moves plays and counts of other files)."""
+    """What the database did with a part: plays inserted per file, and whether copies of a play
+    were settled (which moves plays and counts of other files)."""
 
     inserted: dict[str, int]
-    resolved: int
     settled: bool = False
 
     def outcome(self, kind: Kind, file: FilePart) -> tuple[int, int]:

@@ -423,7 +423,7 @@ def run(
             preparer.close()
         tally = Tally.of(done, {kind: plans[kind].unchanged for kind in KINDS})
         built = load.build_keys(conn, start.run_id)
-        tally.add_removed_duplicates(built.duplicates, built.duplicates_resolved)
+        tally.add_removed_duplicates(built.duplicates)
         report = finish(
             conn,
             start,
@@ -527,6 +527,7 @@ def finish(
             before=start.before,
             after=after,
             resolved_total=counted.resolved,
+            resolved_before=start.resolved_before,
             checks=checked and {name: bad for name, (bad, _) in checked.items()},
             checked={name: scope for name, (_, scope) in (checked or {}).items()},
             examples=examples,

@@ -26,6 +26,7 @@ from contract import Batch, HandOver, Kind, Known, Loaded, Part
 class RunStart:
     run_id: int
     before: dict[str, int]
+    resolved_before: int  # plays resolved to a song
     known: dict[Kind, dict[str, Known]]  # the manifest's files, by path
     server: Server  # plain PostgreSQL, or Citus
     after_interruption: bool  # an earlier run stopped unfinished: its checks may not have run
@@ -75,7 +76,7 @@ def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
         for query in server.run_setup:
             cur.execute(query)
         _create_staging(cur)
-        before = star_counts(cur, server is CITUS).rows
+        before = star_counts(cur, server is CITUS)
         known = {}
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
@@ -83,7 +84,7 @@ def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
                 path: Known((size, mtime_ns, etag), sha256, damaged, usable)
                 for path, size, mtime_ns, etag, sha256, damaged, usable in cur.fetchall()
             }
-    return RunStart(run_id, before, known, server, after_interruption)
+    return RunStart(run_id, before.rows, before.resolved, known, server, after_interruption)
 
 
 def _create_staging(cur) -> None:
@@ -181,14 +182,13 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             ],
         )
     params = {"run_id": start.run_id}
-    inserted, resolved, settled = {}, 0, False
+    inserted, settled = {}, False
     if part.kind == "song":
         cur.execute(sql.manifest_upsert, params)
         cur.execute(sql.manifest_add_part)
         cur.execute(sql.artists_upsert)
         cur.execute(sql.songs_upsert)
         cur.execute(sql.songplays_resolve_songs)
-        resolved = sum(change for (change,) in cur.fetchall())
     else:
         # Only a changed file can have plays loaded already; new files have none to take back.
         # Where another file holds a copy of a play taken back, the best copy takes its place.
@@ -213,10 +213,9 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             cur.execute(server.time_insert)
             if staged:
                 merged, moved = server.merge_plays(cur, part, staged)
-        inserted = {path: n for path, (n, _) in merged.items()}
-        resolved = sum(matched for _, matched in merged.values())
+        inserted = dict(merged)
         loading = [f for f in part.files if f.to_load]
-        merged_here = Loaded(inserted, resolved)
+        merged_here = Loaded(inserted)
         outcomes = {f.path: merged_here.outcome(part.kind, f) for f in loading}
         psycopg2.extras.execute_batch(
             cur,
@@ -231,17 +230,16 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         for move in moved:
             if move.path in {f.path for f in loading}:
                 inserted[move.path] = inserted.get(move.path, 0) + move.plays
-                resolved += move.resolved
         if reloading or moved:
             cur.execute(sql.users_refresh)
             cur.execute(sql.users_delete_orphans)
             cur.execute(sql.time_delete_orphans)
         settled = settled or bool(moved)
     cur.execute(sql.rejects_insert, params)
-    return Loaded(inserted, resolved, settled)
+    return Loaded(inserted, settled)
 
 
-Merged = dict[str, tuple[int, int]]  # per path: plays inserted, of them resolved to a song
+Merged = dict[str, int]  # per path: plays inserted
 
 
 class Moved(NamedTuple):
@@ -251,15 +249,14 @@ class Moved(NamedTuple):
     path: str
     run_id: int
     plays: int
-    resolved: int  # of those plays, the ones resolved to a song
 
 
 def _merge_plays(cur, part: Part, staged: int) -> tuple[Merged, list[Moved]]:
     """The staged plays into songplays; when the merge skipped some (their key is stored), the
     copies of those keys are settled."""
     cur.execute(sql.songplays_insert)
-    merged = {path: (n, matched) for path, n, matched in cur.fetchall()}
-    if sum(n for n, _ in merged.values()) == staged:
+    merged = dict(cur.fetchall())
+    if sum(merged.values()) == staged:
         return merged, []
     cur.execute(sql.contest_staged)
     cur.execute(sql.staged_keys)
@@ -274,9 +271,9 @@ def _merge_plays_citus(cur, part: Part, staged: int) -> tuple[Merged, list[Moved
     files = {"paths": list(paths), "file_ids": list(file_ids)}
     cur.execute(sql.songplays_insert_citus, files)
     cur.execute(sql.songplays_inserted_citus)
-    merged = {path: (n, matched) for path, n, matched in cur.fetchall()}
+    merged = dict(cur.fetchall())
     moved = []
-    if sum(n for n, _ in merged.values()) < staged:
+    if sum(merged.values()) < staged:
         cur.execute(sql.contest_staged_citus, files)
         cur.execute(sql.staged_keys)
         moved = _settle(cur)
@@ -377,13 +374,11 @@ def keys_missing(conn) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class Built:
     """What build_keys did: the keys built, or the one that could not be (and why), and the
-    plays of the run's files that lost to another copy as the duplicates were settled (of them
-    resolved to a song)."""
+    plays of the run's files that lost to another copy as the duplicates were settled."""
 
     built: list[str]
     failed: dict[str, str]  # key: why it could not be built (then none of them was)
     duplicates: int = 0
-    duplicates_resolved: int = 0
 
 
 def build_keys(conn, run_id: int | None = None) -> Built:
@@ -420,9 +415,7 @@ def build_keys(conn, run_id: int | None = None) -> Built:
     if failure:
         return Built([], {name: failure})
     ours = [move for move in moved if move.run_id == run_id]
-    return Built(
-        missing, {}, -sum(move.plays for move in ours), -sum(move.resolved for move in ours)
-    )
+    return Built(missing, {}, -sum(move.plays for move in ours))
 
 
 def _analyze(conn, distributed: bool) -> None:

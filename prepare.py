@@ -209,10 +209,10 @@ def parsed(kind: str, chunks: list[Chunk], piece_bytes: int) -> tuple[Records, l
 
 def play_copies(
     rows: pa.Table, direct: Direct | None
-) -> tuple[dict[str, bytes], dict[str, tuple[int, int]] | None]:
+) -> tuple[dict[str, bytes], dict[str, int] | None]:
     """The COPY payloads of a part's plays, their users and their instants: the plays and
-    instants straight into songplays and time in a bulk load (direct; with the plays and the
-    resolved per file), else into the staging tables (None)."""
+    instants straight into songplays and time in a bulk load (direct; with the plays per
+    file), else into the staging tables (None)."""
     copies = {"stage_users": stage_csv("stage_users", transform.users_table(rows))}
     instants = transform.time_table(rows)
     if direct is None:
@@ -222,7 +222,7 @@ def play_copies(
     songplays = transform.songplay_rows(rows, direct.song_keys, direct.file_ids)
     copies["songplays"] = transform.render_csv(songplays, sql.SONGPLAYS_COPY_COLUMNS)
     copies["time"] = transform.render_csv(instants, sql.TIME_COPY_COLUMNS)
-    return copies, transform.per_path_resolved(songplays)
+    return copies, transform.per_path(songplays)
 
 
 def with_raw(rejects: pa.Table, chunks: list[Chunk]) -> pa.Table:

@@ -32,7 +32,6 @@ class Tally:
         default_factory=lambda: {kind: dict.fromkeys(COUNTS, 0) for kind in KINDS}
     )
     file_problems: int = 0
-    resolved_plays: int = 0
     settled: bool = False  # copies of a play were settled: other files' plays may have moved
 
     @classmethod
@@ -58,15 +57,13 @@ class Tally:
                 counts["loaded"] += loaded_here
                 counts["duplicates"] += duplicates
         self.file_problems += part.file_problems
-        self.resolved_plays += loaded.resolved
         self.settled = self.settled or loaded.settled
 
-    def add_removed_duplicates(self, plays: int, resolved: int) -> None:
+    def add_removed_duplicates(self, plays: int) -> None:
         """Plays a bulk load wrote that lost to another copy as its keys were built back: they
         count as duplicates, not loaded."""
         self.counts["log"]["loaded"] -= plays
         self.counts["log"]["duplicates"] += plays
-        self.resolved_plays -= resolved
 
     def reconciles(self, kind: str) -> bool:
         """Records read = loaded + skipped by design + duplicates + rejected."""
@@ -101,6 +98,7 @@ class Report:
     before: dict[str, int]
     after: dict[str, int]
     resolved_total: int
+    resolved_before: int
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
     examples: list[tuple]  # (path, line, reason) of the first rejects
     set_aside: bool  # a bulk load: the keys of songplays and time were dropped while it loaded
@@ -146,7 +144,7 @@ class Report:
             "plays_resolved": {
                 "total": self.resolved_total,
                 "plays": self.after["songplays"],
-                "this_run": t.resolved_plays,
+                "this_run": self.resolved_total - self.resolved_before,
             },
             "keys": {
                 "set_aside": self.set_aside,
@@ -201,7 +199,7 @@ class Report:
         )
         out.append(
             f"  plays resolved to a song: {self.resolved_total} of "
-            f"{self.after['songplays']} ({t.resolved_plays} this run)"
+            f"{self.after['songplays']} ({self.resolved_total - self.resolved_before} this run)"
         )
         out += self._set_aside_lines()
         if t.rejected:

@@ -705,12 +705,11 @@ ORDER BY s.title, a.name, s.duration, s.{SONG_ORDER}"""
 
 # A song batch may add songs, and change a song or its artist: the plays resolved to one of them,
 # and those naming one of them now, are resolved again from scratch (to a song, another one, or
-# none), as a load of the files as they now are resolves them. Each returns +1 where it was
-# unresolved and is now resolved, -1 the other way round.
+# none), as a load of the files as they now are resolves them.
 songplays_resolve_songs = f"""
 UPDATE songplays p
 SET song_id = k.song_id, artist_id = k.artist_id
-FROM (SELECT q.user_id, q.songplay_id, q.song_id AS was, b.song_id, b.artist_id
+FROM (SELECT q.user_id, q.songplay_id, b.song_id, b.artist_id
       FROM songplays q
       LEFT JOIN ({_song_keys}) b
              ON b.title = q.song_title AND b.artist_name = q.artist_name
@@ -722,8 +721,7 @@ FROM (SELECT q.user_id, q.songplay_id, q.song_id AS was, b.song_id, b.artist_id
              WHERE s.song_id IN (SELECT song_id FROM stage_songs)
                 OR s.artist_id IN (SELECT artist_id FROM stage_songs))) k
 WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
-  AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)
-RETURNING (k.was IS NULL)::integer - (p.song_id IS NULL)::integer"""
+  AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)"""
 
 # ---------------------------------------------------------------- a bulk load's plays, written once
 # With the keys dropped, a part's plays and instants are COPYed straight into songplays and time,
@@ -873,9 +871,9 @@ WITH song_keys AS ({_song_keys}
     LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
                          AND k.duration = p.song_length
     ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING
-    RETURNING file_id, song_id
+    RETURNING file_id
 )
-SELECT m.path, count(*), count(i.song_id)
+SELECT m.path, count(*)
 FROM inserted i JOIN load_manifest m USING (file_id)
 GROUP BY m.path"""
 
@@ -907,7 +905,7 @@ ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING"""
 
 # Counts per file: a staged play went in if its songplay_id did (the primary key, per shard).
 songplays_inserted_citus = """
-SELECT p.path, count(*), count(s.song_id)
+SELECT p.path, count(*)
 FROM stage_plays_citus p
 JOIN songplays s ON s.user_id = p.user_id AND s.songplay_id = p.songplay_id
 GROUP BY p.path"""
@@ -1076,17 +1074,15 @@ settle_queries = [
 
 # Each file's plays that went into songplays (+) or out of it (-), moved between its loaded and
 # duplicates; returned for every file that had a copy in the contest (so, a row at least), with
-# the file's path and run, and the same count of resolved plays.
+# the file's path and run.
 settle_manifest = """
 UPDATE load_manifest m SET loaded = m.loaded + d.moved, duplicates = m.duplicates - d.moved
 FROM (SELECT file_id,
              count(*) FILTER (WHERE source <> 'songplays' AND outcome = 'win')
-             - count(*) FILTER (WHERE source = 'songplays' AND outcome <> 'win') AS moved,
-             count(song_id) FILTER (WHERE source <> 'songplays' AND outcome = 'win')
-             - count(song_id) FILTER (WHERE source = 'songplays' AND outcome <> 'win') AS resolved
+             - count(*) FILTER (WHERE source = 'songplays' AND outcome <> 'win') AS moved
       FROM stage_contest GROUP BY file_id) d
 WHERE m.file_id = d.file_id
-RETURNING m.path, m.run_id, d.moved, d.resolved"""
+RETURNING m.path, m.run_id, d.moved"""
 
 settle_done = "TRUNCATE stage_keys, stage_contest"
 

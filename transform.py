@@ -329,23 +329,6 @@ def song_key_table(song_keys: list[tuple]) -> pa.Table:
     )
 
 
-def per_path_resolved(songplays: pa.Table) -> dict[str, tuple[int, int]]:
-    """Per file: the plays, and of them those resolved to a song."""
-    counts = (
-        pa.table({"path": songplays["path"], "song_id": songplays["song_id"]})
-        .group_by("path")
-        .aggregate([("path", "count"), ("song_id", "count")])
-    )
-    return {
-        path: (plays, resolved)
-        for path, plays, resolved in zip(
-            counts["path"].to_pylist(),
-            counts["path_count"].to_pylist(),
-            counts["song_id_count"].to_pylist(),
-        )
-    }
-
-
 # ================================================================ rendering
 
 

@@ -437,6 +437,30 @@ def test_songs_arriving_after_their_plays_resolve_them(fresh_tables, tmp_path):
     assert summary.checks == CHECKS_PASSED
 
 
+def test_plays_resolved_this_run_count_each_play_once_when_its_song_and_a_first_copy_come_together(
+    fresh_tables, tmp_path
+):
+    """A run that brings the song of a stored play and, in a folder first in path order, a copy
+    of that play (which takes its place): "this run" is the change in the resolved plays."""
+    data = base_sample(tmp_path / "data", songs=False)
+    plays = lines(G(0), G(1, song="Unknown"))
+    write(data, "log_data/2018/12/new.json", plays)
+    etl(data)
+    resolved = "SELECT count(song_id) FROM songplays"
+    before = scalar(resolved)
+
+    write(data, f"{BASE_SONG_DIR}/{FACE['file']}", face_song())
+    write(data, "log_data/0-resent/new.json", plays)
+    summary = parse_summary(etl(data).stdout)
+
+    assert (before, scalar(resolved)) == (0, 1)
+    assert summary.resolved == (1, 113, 1)
+    assert (
+        query("SELECT file_id FROM songplays WHERE user_id = %s", (USER,))
+        == query("SELECT file_id FROM load_manifest WHERE path = 'log_data/0-resent/new.json'") * 2
+    )
+
+
 def test_a_song_id_several_song_files_hold_takes_the_last_files_values_whatever_the_batches(
     fresh_tables, tmp_path, settings
 ):
