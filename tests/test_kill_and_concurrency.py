@@ -28,6 +28,7 @@ from builders import (
 from conftest import (
     PROJECT,
     counts,
+    lock_let_go,
     query,
     run_script,
     scalar,
@@ -39,7 +40,6 @@ from summary import CHECKS_PASSED, parse_summary
 
 import db
 import embedded
-import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_LOCKED, EXIT_OK
 from extract import FOLDERS
 
@@ -247,11 +247,7 @@ def test_a_killed_runs_lock_is_free_within_seconds_even_in_the_middle_of_a_state
     finally:
         holder.kill()
         holder.communicate(timeout=30)
-    held = {"key": sql_queries.LOCK_KEY}
-    deadline = time.monotonic() + 5
-    while query(sql_queries.lock_holder, held) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert query(sql_queries.lock_holder, held) == []
+    lock_let_go(holders=set(), timeout=5)
     etl(big)
 
 
