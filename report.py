@@ -110,6 +110,11 @@ class Report:
     checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
 
     @property
+    def resolved_this_run(self) -> int:
+        """The change in the plays resolved to a song, as the rows' is after - before."""
+        return self.resolved_total - self.resolved_before
+
+    @property
     def failed(self) -> bool:
         return (
             not all(self.tally.reconciles(kind) for kind in KINDS)
@@ -144,7 +149,7 @@ class Report:
             "plays_resolved": {
                 "total": self.resolved_total,
                 "plays": self.after["songplays"],
-                "this_run": self.resolved_total - self.resolved_before,
+                "this_run": self.resolved_this_run,
             },
             "keys": {
                 "set_aside": self.set_aside,
@@ -199,7 +204,7 @@ class Report:
         )
         out.append(
             f"  plays resolved to a song: {self.resolved_total} of "
-            f"{self.after['songplays']} ({self.resolved_total - self.resolved_before} this run)"
+            f"{self.after['songplays']} ({self.resolved_this_run} this run)"
         )
         out += self._set_aside_lines()
         if t.rejected:
