@@ -18,11 +18,12 @@ EXIT_LOCKED = 4  # another load holds the load lock
 MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
 # any scheme; up to the last '@' of the line's next 1,024 characters, for a password written raw
-# may hold '@' and spaces: a later '@' masks more than need be, never less), also in a URL of the
-# schemes the scripts read typed without its '://' (s3:/, s3:, s3//: a folder's name then, which
-# a message may quote), and the value of libpq's password options and of PGPASSWORD= (quoted or
-# not). The bounds, and a scheme tried only from the start of a run of the characters a scheme
-# holds (or from one the scripts read), keep the search linear in the message's length.
+# may hold '@' and spaces: a later '@' masks more than need be, never less), also in a URL typed
+# without its '://' (s3:/, s3:, s3//: a folder's name then, which a message may quote) of a scheme
+# a user gives these scripts (PostgreSQL's, extract.STORES', which imports this module, and their
+# kin s3a, abfss and http(s)), and the value of libpq's password options and of PGPASSWORD=
+# (quoted or not). The bounds, and a scheme tried only from the start of a run of the characters
+# a scheme holds (or from one of those), keep the search linear in the message's length.
 KNOWN_SCHEMES = r"(?:postgres(?:ql)?|s3a?|gs|gcs|az|abfss?|https?)"
 CREDENTIALS = re.compile(
     r"(?P<url>(?:(?<![A-Za-z0-9+.-])[A-Za-z0-9+.-]+://"
