@@ -39,11 +39,11 @@ def ensure_database(settings: db.Settings) -> None:
         conn.close()
 
 
-def create_tables(settings: db.Settings) -> int:
+def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
     ensure_database(settings)
     conn = db.connect(settings)
     try:
-        db.acquire_lock(conn)
+        db.acquire_lock(conn, lock_wait)
         try:
             citus = recreate(conn)
         except psycopg2.errors.LockNotAvailable:
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "time and the load manifest, runs and rejects).",
         epilog="example (the embedded server, or the one --database-url names):\n"
         "  python create_tables.py\n\n"
-        "exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load is running",
+        "exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load was still running "
+        "after --wait",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -119,9 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL URL (default: $DATABASE_URL, then "
         "PG* variables, then the embedded server)",
     )
+    parser.add_argument(
+        "--wait",
+        type=cli.natural,
+        default=db.LOCK_WAIT,
+        metavar="SECONDS",
+        help="how long to wait for a running load to finish before exiting 4 (default: "
+        "%(default)s)",
+    )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
-    return db.run_command(settings, lambda: create_tables(settings))
+    return db.run_command(settings, lambda: create_tables(settings, args.wait))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg2
+import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
 import cli
@@ -68,6 +69,9 @@ MISSING = re.compile(r'\b(role|database) ".*" does not exist')
 # Seconds libpq waits for a server to answer a connection before it gives up (a host that
 # accepts and never answers would hang a run), unless the URL or PGCONNECT_TIMEOUT says.
 CONNECT_TIMEOUT = "10"
+# Seconds a run waits for the load lock (--wait) before it exits 4: long enough for the server to
+# end a killed run's session, or for a run that is finishing to let go.
+LOCK_WAIT = 10
 # SQLSTATEs after which the server has closed the session (class 08: connection exception;
 # 57P01-57P05: terminated by an administrator, a crash, a restart, a dropped database, an idle
 # session timeout; 25P03: idle in transaction too long).
@@ -354,16 +358,26 @@ def lost_connection(exc: psycopg2.Error) -> bool:
     )
 
 
-def acquire_lock(conn) -> None:
-    """One load (or schema rebuild) at a time per database. The lock dies with the session, so
-    a killed run never leaves it behind: its server process notices the client gone within a
-    second, even in the middle of a statement (PostgreSQL 14 and later)."""
+def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
+    """One load (or schema rebuild) at a time per database: take the load lock, waiting up to
+    wait seconds for the run that holds it. The lock dies with the session, so a killed run never
+    leaves it behind: its server process notices the client gone within a second, even in the
+    middle of a statement (PostgreSQL 14 and later), and a run started meanwhile waits for that."""
     with managed_cursor(conn) as cur:
         if conn.server_version >= sql.CLIENT_CHECK_SINCE:
             cur.execute(sql.client_check)
         cur.execute(sql.try_lock, {"key": sql.LOCK_KEY})
         if cur.fetchone()[0]:
             return
+    if wait:
+        try:
+            with managed_cursor(conn) as cur:
+                cur.execute(sql.lock_wait, {"timeout": f"{wait}s"})
+                cur.execute(sql.take_lock, {"key": sql.LOCK_KEY})
+            return
+        except psycopg2.errors.LockNotAvailable:
+            pass
+    with managed_cursor(conn) as cur:
         cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
         holder = cur.fetchone()
     who = (
@@ -372,7 +386,8 @@ def acquire_lock(conn) -> None:
         else "another session"
     )
     raise LockedError(
-        f"another load is running on this database: {who}; wait for it to finish and run again"
+        f"another load is running on this database: {who}; waited {wait} s for it (--wait); "
+        "wait for it to finish and run again"
     )
 
 

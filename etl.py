@@ -384,17 +384,19 @@ def run(
     jobs: int | None = None,
     progress: bool | None = None,
     limits: Limits = Limits(),
+    lock_wait: int = db.LOCK_WAIT,
     out=sys.stdout,
 ) -> Report:
     """Load data_dir (a folder, or an object store's URL, read anonymously if asked) into the
-    database, print the summary to out (None: print nothing), and return the report."""
+    database, waiting up to lock_wait seconds for another load to finish, print the summary to
+    out (None: print nothing), and return the report."""
     started = time.monotonic()
     data = extract.source(data_dir, anonymous)
     listed = check_data(data)
     conn = db.connect(settings)
     try:
         load.require_tables(conn)
-        db.acquire_lock(conn)
+        db.acquire_lock(conn, lock_wait)
         # The keys an interrupted bulk load left out are built first (its duplicates settled):
         # a load merges with them in place, unless it is a bulk load itself.
         found_missing = load.build_keys(conn)
@@ -556,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         "reconciliation failed, a key a bulk load dropped could not be built "
         "back, or --strict and records were rejected; 2 bad arguments; "
         "3 database or data folder problem (an object store's included, or the keys of "
-        "songplays and time missing and impossible to build); 4 another load is running",
+        "songplays and time missing and impossible to build); 4 another load was still "
+        "running after --wait",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -601,6 +604,15 @@ def main(argv: list[str] | None = None) -> int:
         help="megabytes of log files per batch, and per part of a bigger file; "
         "memory follows it (default: %(default)s)",
     )
+    parser.add_argument(
+        "--wait",
+        type=cli.natural,
+        default=db.LOCK_WAIT,
+        metavar="SECONDS",
+        help="how long to wait for another load (or create_tables.py) on the same database to "
+        "finish before exiting 4; a killed run's session ends within a second or two "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--json",
@@ -621,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             full_refresh=args.full_refresh,
             jobs=args.jobs,
             limits=limits,
+            lock_wait=args.wait,
             progress=False if args.no_progress else None,
             out=None if args.json else sys.stdout,
         )

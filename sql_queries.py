@@ -462,6 +462,10 @@ LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share 
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
+# Waiting for the lock, up to a time: lock_timeout bounds an advisory lock's wait too.
+lock_wait = "SELECT set_config('lock_timeout', %(timeout)s, true)"
+take_lock = "SELECT pg_advisory_lock(%(key)s)"
+
 # The session holding the lock checks every second that its client is still there, even in the
 # middle of a statement: a killed run's server process ends (letting go of the lock) within a
 # second, instead of when its statement would have ended (a big load's keys take 20 s to build).

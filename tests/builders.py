@@ -266,10 +266,19 @@ def etl(
     return expect(run(*args, env=env, timeout=timeout, check=False), exit_code)
 
 
-def start_load(data: Path) -> subprocess.Popen:
+def start_load(data: Path, *extra: str) -> subprocess.Popen:
     """etl.py in the background, in small batches, for tests that act while it loads."""
     return subprocess.Popen(
-        [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(data), "--no-progress", "--json"],
+        [
+            sys.executable,
+            "etl.py",
+            *SMALL_BATCHES,
+            "--data",
+            str(data),
+            "--no-progress",
+            "--json",
+            *extra,
+        ],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

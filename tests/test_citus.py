@@ -475,9 +475,9 @@ LOCK_HELD = (
 )
 
 
-def start_load(url: str, data: Path) -> subprocess.Popen:
+def start_load(url: str, data: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "etl.py", "--data", str(data), "--no-progress", "--json"],
+        [sys.executable, "etl.py", "--data", str(data), "--no-progress", "--json", *extra],
         cwd=PROJECT,
         env={**os.environ, "DATABASE_URL": url},
         stdout=subprocess.PIPE,
@@ -571,7 +571,7 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
     try:
         first = start_load(cluster.url, generated)
         wait_for(watch, LOCK_HELD, (sql_queries.LOCK_KEY,), lambda n: n == 1, first)
-        second = start_load(cluster.url, generated)
+        second = start_load(cluster.url, generated, "--wait", "0")
         results = [
             (p.returncode, out, err)
             for p in (first, second)

@@ -81,7 +81,7 @@ def test_exit_codes_keep_the_numbers_the_help_documents():
         (EXIT_OK, "loaded"),
         (EXIT_FAILED, "a check or the reconciliation failed"),
         (EXIT_ENVIRONMENT, "database or data folder problem"),
-        (EXIT_LOCKED, "another load is running"),
+        (EXIT_LOCKED, "another load was still running after --wait"),
     ]:
         assert f"{code} {cause}" in documented, (code, documented)
 

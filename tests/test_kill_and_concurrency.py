@@ -1,6 +1,7 @@
 """Kills and concurrency: a load killed with SIGKILL anywhere resumes to the tables an
-uninterrupted load makes and leaves no worker process behind; of two loads at once one loads and
-the other is refused; create_tables.py refuses while a load runs, ends other sessions that
+uninterrupted load makes and leaves no worker process behind; a run waits up to --wait seconds for
+the load lock; of two loads at once that do not wait one loads and the other is refused;
+create_tables.py refuses while a load runs, ends other sessions that
 hold the tables where its role may, and names those it may not."""
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from summary import CHECKS_PASSED, parse_summary
 
 import db
 import embedded
+import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_LOCKED, EXIT_OK
 from extract import FOLDERS
 
@@ -207,7 +209,7 @@ def test_killed_load_leaves_no_worker_process_behind(big):
 
 def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, baseline):
     run_script("create_tables.py")
-    loads = [start_load(big), start_load(big)]
+    loads = [start_load(big, "--wait", "0"), start_load(big, "--wait", "0")]
     results = [
         subprocess.CompletedProcess(p.args, p.returncode, out, err)
         for p in loads
@@ -219,6 +221,51 @@ def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, 
     assert loser.stdout == ""
     assert table_contents() == baseline
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+LOCK_AWAITED = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
+    f"AND (classid::bigint << 32) | objid::bigint = {sql_queries.LOCK_KEY}"
+)
+
+
+def test_a_run_that_finds_the_lock_held_waits_for_it_and_then_loads(big, baseline):
+    run_script("create_tables.py")
+    holder = db.connect(db.Settings.from_env())
+    watch = Watcher()
+    try:
+        db.acquire_lock(holder)
+        proc = start_load(big)
+        watch.wait(LOCK_AWAITED, lambda n: n == 1, proc)
+        holder.close()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        holder.close()
+        watch.close()
+    assert proc.returncode == EXIT_OK, out + err
+    assert table_contents() == baseline
+    assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+@pytest.mark.parametrize("script", ["etl.py", "create_tables.py"])
+def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(data, script):
+    args = ["--data", str(data)] if script == "etl.py" else []
+    holder = db.connect(db.Settings.from_env())
+    try:
+        db.acquire_lock(holder)
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        began = time.monotonic()
+        refused = run_script(script, *args, "--wait", "2", check=False)
+        waited = time.monotonic() - began
+    finally:
+        holder.close()
+    assert refused.returncode == EXIT_LOCKED, refused
+    assert f"(server pid {pid}, since " in one_error_line(refused)
+    assert "waited 2 s for it" in one_error_line(refused)
+    assert waited >= 2
+    assert query(RUNS) == [(0,)]
 
 
 # A session that takes the load lock as a run does, then runs a statement far longer than a
@@ -257,7 +304,7 @@ def test_create_tables_refuses_while_a_load_runs_and_leaves_tables_alone(big, ba
     try:
         proc = start_load(big)
         watch.wait(MANIFEST_ROWS, lambda n: n > 0, proc)
-        refused = run_script("create_tables.py", check=False)
+        refused = run_script("create_tables.py", "--wait", "0", check=False)
         still_running = proc.poll() is None
         out, err = proc.communicate(timeout=300)
     finally:
