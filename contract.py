@@ -123,6 +123,11 @@ class FileRead:
     encoding: str = "UTF-8"
     etag: str | None = None
 
+    def emptied(self) -> FileRead:
+        """This read, of a loaded file that now holds no record it can load: it keeps what it
+        loaded."""
+        return dataclasses.replace(self, status="emptied")
+
 
 @dataclasses.dataclass(frozen=True)
 class FilePart:

@@ -93,7 +93,7 @@ def prepare(
             problems.append((task.path, None, read.error, None))
         garbled = read.status == "changed" and (unusable or {}).get(task.path) == read.sha256
         if garbled:
-            read = dataclasses.replace(read, status="emptied")
+            read = read.emptied()
         first_line, first, damage = 1, True, None
         try:
             for data in contents:
@@ -115,7 +115,7 @@ def prepare(
             reason = f"every record rejected: {KEPT}"
             problems.append((task.path, None, f"{damage}: {reason}" if damage else reason, None))
         elif first and task.keeps(read):  # no record at all now
-            read = dataclasses.replace(read, status="emptied")
+            read = read.emptied()
             problems.append((task.path, None, f"{damage or 'empty file'}: {KEPT}", None))
         elif damage or (first and read.status in ("new", "changed")):
             problems.append((task.path, None, damage or "empty file", None))
@@ -295,7 +295,7 @@ def refused(batch: Batch, error: str, limits: Limits) -> Part:
     file = dataclasses.replace(files[0], records=records, accepted=0, skipped=0, rejected=records)
     reason = f"the database refused this file: {error}"
     if batch.tasks[0].keeps(file.read):
-        file = dataclasses.replace(file, read=dataclasses.replace(file.read, status="emptied"))
+        file = dataclasses.replace(file, read=file.read.emptied())
         reason = f"{reason}: {KEPT}"
     problems = [(file.path, None, reason, None)]
     return Part(
