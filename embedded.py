@@ -125,9 +125,17 @@ def _server_lock(pgdata: Path):
         yield
 
 
+def _private_log(log: Path):
+    """The server's log, opened to append, which only its owner may read: the server logs a
+    failed statement's text, and a password may be in it."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # a log made before, readable by all, too
+    return os.fdopen(fd, "a")
+
+
 def _run(cmd: list[str], log: Path) -> None:
     full = _as_server_user(cmd)
-    with open(log, "a") as out:
+    with _private_log(log) as out:
         try:
             done = subprocess.run(
                 full,
@@ -194,19 +202,28 @@ def start(pgdata: Path) -> Path:
 
 
 def stop(pgdata: Path, timeout: float = 60.0) -> bool:
-    """Fast shutdown of the embedded server; False when it was not running."""
+    """Fast shutdown of the embedded server, and its socket folder removed where it is not the
+    data directory; False when it was not running."""
     with _server_lock(pgdata):
         server = running(pgdata)
         if not server:
             return False
-        pid = server[0]
+        pid, sockets = server
         os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(pid, signal.SIGQUIT)
+        if _alive(pid):
+            os.kill(pid, signal.SIGQUIT)
+        elif sockets != pgdata:
+            with contextlib.suppress(OSError):  # not empty: something else of the user's is there
+                sockets.rmdir()
         return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

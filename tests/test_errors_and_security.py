@@ -250,3 +250,12 @@ def test_embedded_server_data_and_socket_directories_are_private():
     socket = socket_dir / f".s.PGSQL.{embedded.PORT}"
     assert socket.is_socket()
     assert socket.stat().st_mode & 0o777 == 0o700
+
+
+def test_embedded_server_log_is_readable_by_its_owner_only():
+    """The server logs a failed statement's text: a password set in it, say."""
+    embedded_socket_dir()
+    pgdata = Path(os.environ["SPARKIFY_PGDATA"])
+    log = pgdata.parent / f"{pgdata.name}.log"
+    assert log.stat().st_size > 0
+    assert log.stat().st_mode & 0o777 == 0o600
