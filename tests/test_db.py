@@ -106,6 +106,24 @@ def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(tmp_path, mo
     assert embedded.socket_dir(tmp_path / "pg") == tmp_path / "pg"
 
 
+def test_a_long_data_paths_server_is_found_from_any_runtime_folder_and_stop_removes_its_own(
+    tmp_path, monkeypatch
+):
+    started_in, elsewhere = tmp_path / "run", tmp_path / "other"
+    started_in.mkdir()
+    elsewhere.mkdir()
+    deep = tmp_path / ("d" * 120) / "pg"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(started_in))
+    folder = embedded.start(deep)
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(elsewhere))
+        assert embedded.socket_of(deep) == folder
+        assert folder.parent == started_in
+    finally:
+        assert embedded.stop(deep)
+    assert list(started_in.iterdir()) == []
+
+
 def test_create_tables_refuses_to_drop_a_users_views_in_one_line_and_leaves_everything_in_place():
     run_script("create_tables.py")
     query(
