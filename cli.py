@@ -15,6 +15,11 @@ EXIT_FAILED = 1  # a check or the reconciliation failed, --strict and rejects; o
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_ENVIRONMENT = 3  # the database, the data folder or the store: one line on stderr
 EXIT_LOCKED = 4  # another load holds the load lock
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + its number, as shells report it
+INTERRUPTED = (
+    "interrupted: what each finished step committed stays, the step under way was rolled back; "
+    "run the command again to go on"
+)
 MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
 # any scheme; up to the last '@' of the line's next 1,024 characters, for a password written raw
@@ -73,11 +78,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_command(action: Callable[[], int], secrets: Collection[str] = ()) -> int:
     """Run a script's work and return its exit code. Every message it ends with goes out here,
-    with the secrets masked: a UserError as one line, anything else (a bug) as its traceback."""
+    with the secrets masked: a UserError or Ctrl-C as one line, anything else (a bug) as its
+    traceback."""
     try:
         return action()
     except UserError as exc:
         message, code = f"error: {exc}", exc.exit_code
+    except KeyboardInterrupt:
+        message, code = f"error: {INTERRUPTED}", EXIT_INTERRUPTED
     except BrokenPipeError:
         sys.stderr.close()  # output piped into `head`, say: nothing left to say
         return 0

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example (the embedded server, or the one --database-url names):\n"
         "  python create_tables.py\n\n"
         "exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load was still running "
-        "after --wait",
+        "after --wait; 130 interrupted (Ctrl-C), nothing dropped",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

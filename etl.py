@@ -128,9 +128,15 @@ class Preparer:
             self.workers.append(
                 context.Process(target=_worker, daemon=True, args=(*args, os.getpid()))
             )
-        for worker, reader in zip(self.workers, readers):
-            worker.start()
-            reader.close()  # the worker's end only: a send to a worker that died fails, not waits
+        # The workers start with Ctrl-C blocked, and keep it so: it is etl.py's to report, in
+        # one line, and they die with it. Here it waits until they are started.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for worker, reader in zip(self.workers, readers):
+                worker.start()
+                reader.close()  # the worker's end only: a send to a worker that died fails
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def hand_over(self, handed: HandOver) -> None:
         """In a bulk load, the song keys as the database has them once the run's song files are
@@ -559,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         "back, or --strict and records were rejected; 2 bad arguments; "
         "3 database or data folder problem (an object store's included, or the keys of "
         "songplays and time missing and impossible to build); 4 another load was still "
-        "running after --wait",
+        "running after --wait; 130 interrupted (Ctrl-C)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

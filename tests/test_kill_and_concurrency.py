@@ -18,6 +18,7 @@ import psycopg2
 import pytest
 from builders import (
     BASE,
+    SMALL_BATCHES,
     Watcher,
     as_superuser,
     base_sample,
@@ -42,7 +43,7 @@ from summary import CHECKS_PASSED, parse_summary
 import db
 import embedded
 import sql_queries
-from cli import EXIT_ENVIRONMENT, EXIT_LOCKED, EXIT_OK
+from cli import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, INTERRUPTED
 from extract import FOLDERS
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
@@ -205,6 +206,58 @@ def test_killed_load_leaves_no_worker_process_behind(big):
     finally:
         watch.close()
         reap(workers)
+
+
+def worker_starting(pid: int) -> bool:
+    """Whether a parse worker below pid has been spawned (it then imports for a while)."""
+    for child in descendants(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize("when", ["as the worker starts", "once files are loaded"])
+def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_finishes_it(
+    big, baseline, when
+):
+    run_script("create_tables.py")
+    watch = Watcher()
+    workers: set[int] = set()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(big), "--no-progress"],
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+        if when == "once files are loaded":
+            watch.wait(MANIFEST_ROWS, lambda n: n > 0, proc)
+        else:
+            deadline = time.monotonic() + 60
+            while not worker_starting(proc.pid):
+                assert proc.poll() is None and time.monotonic() < deadline, "no worker started"
+                time.sleep(0.002)
+        workers = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: to every process of the job
+        out, err = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 10
+        while alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = alive(workers)
+    finally:
+        watch.close()
+        reap(workers)
+    assert workers, "no worker process: the test proves nothing about them"
+    assert proc.returncode == EXIT_INTERRUPTED, out + err
+    assert err == f"error: {INTERRUPTED}\n"
+    assert not left, f"still running 10 s after Ctrl-C: {left}"
+    etl(big)
+    assert table_contents() == baseline
 
 
 def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, baseline):
