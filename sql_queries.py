@@ -735,6 +735,10 @@ WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
 # sent: the load is then no bulk load, and the merge below resolves its plays here, with the keys
 # in place.
 SONG_KEYS_IN_MEMORY = 2_000_000
+# The durations as exact as the server holds them, whatever the session's extra_float_digits
+# (0 and below round them, and a play of a song would then not match it): 3 writes every double
+# so that it reads back as the same double, on every PostgreSQL version.
+exact_floats = "SET LOCAL extra_float_digits = 3"
 song_keys_read = f"""
 SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
 LIMIT %(limit)s"""

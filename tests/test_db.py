@@ -13,6 +13,8 @@ from builders import (
     base_sample,
     embedded_url,
     etl,
+    event,
+    log_file,
     one_error_line,
     song,
     write,
@@ -199,6 +201,28 @@ def accented_sample(root: Path) -> Path:
 
 def accented_title() -> list[tuple]:
     return query("SELECT title FROM songs WHERE song_id = %s", (song(99)["song_id"],))
+
+
+SEVENTEEN_DIGITS = 123.45678901234567  # a double that needs 17 significant digits to be written
+
+
+@pytest.mark.parametrize("digits", [-15, 0, 1])
+def test_a_first_load_matches_durations_exactly_whatever_extra_float_digits_says(tmp_path, digits):
+    """A bulk load matches plays to songs outside the database, from the song keys it reads:
+    their durations must come as exact as the server holds them, however it writes floats."""
+    data = base_sample(tmp_path / "data")
+    precise = song(97, duration=SEVENTEEN_DIGITS)
+    write(data, "song_data/A/A/TRPRECISE.json", json.dumps(precise).encode())
+    plays = [
+        event(90_000 + n, song=precise["title"], artist="Crafted", length=SEVENTEEN_DIGITS)
+        for n in range(3)
+    ]
+    write(data, "log_data/2018/11/precise.json", log_file(*plays))
+    run_script("create_tables.py")
+    etl(data, env={"PGOPTIONS": f"-c extra_float_digits={digits}"}, process=True)
+    assert query("SELECT count(*) FROM songplays WHERE song_id = %s", (precise["song_id"],)) == [
+        (3,)
+    ]
 
 
 def test_text_is_stored_as_written_whatever_pgclientencoding_says(tmp_path):
