@@ -64,6 +64,12 @@ def recreate(conn) -> bool:
     Citus."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.search_path_create_schema)
+        cur.execute(sql.create_schema_temporary)
+        if cur.fetchone()[0]:
+            raise db.DatabaseError(
+                "search_path puts the session's temporary schema (pg_temp) first: the tables "
+                "would vanish with the session; put a schema of yours first (nothing was dropped)"
+            )
         cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
         cur.execute(sql.drop_lock_timeout)
         try:

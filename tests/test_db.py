@@ -169,6 +169,18 @@ def test_create_tables_drops_and_creates_in_the_schema_it_creates_in_and_leaves_
         query("DROP SCHEMA mine CASCADE; SELECT 1")
 
 
+def test_create_tables_refuses_a_search_path_that_would_make_the_tables_temporary(tmp_path):
+    run_script("create_tables.py")
+    etl(base_sample(tmp_path / "data"))
+    temporary_first = embedded_url() + "&options=-csearch_path%3Dpg_temp%2Cpublic"
+    refused = run_script("create_tables.py", env={"DATABASE_URL": temporary_first}, check=False)
+    assert refused.returncode == EXIT_ENVIRONMENT, refused
+    assert "search_path puts the session's temporary schema (pg_temp) first" in one_error_line(
+        refused
+    )
+    assert counts() == BASE
+
+
 def test_a_libpq_service_names_the_database(monkeypatch, tmp_path):
     from builders import embedded_socket_dir
 
