@@ -360,7 +360,8 @@ WHERE current_schema() IS NOT NULL"""
 # Whether that schema is the session's temporary one (search_path = pg_temp, ...): the tables
 # would then be temporary, gone when the session ends.
 create_schema_temporary = """
-SELECT count(*) > 0 FROM pg_namespace WHERE oid = pg_my_temp_schema() AND nspname = current_schema()"""
+SELECT count(*) > 0 FROM pg_namespace
+WHERE oid = pg_my_temp_schema() AND nspname = current_schema()"""
 
 # Without CASCADE: a view of the user's over these tables stops the drop with a clear error
 # instead of vanishing with them.
