@@ -4,6 +4,7 @@ never a traceback or a password."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import traceback
@@ -76,10 +77,13 @@ class ArgumentParser(argparse.ArgumentParser):
         super().error(masked(message))
 
 
-def run_command(action: Callable[[], int], secrets: Collection[str] = ()) -> int:
+def run_command(
+    action: Callable[[], int], secrets: Collection[str] = (), as_json: bool = False
+) -> int:
     """Run a script's work and return its exit code. Every message it ends with goes out here,
     with the secrets masked: a UserError or Ctrl-C as one line, anything else (a bug) as its
-    traceback."""
+    traceback. With as_json (a script whose report is JSON), stdout gets one JSON object for a
+    run that ends so too: its status, exit code and error (the message's first line)."""
     try:
         return action()
     except UserError as exc:
@@ -91,7 +95,11 @@ def run_command(action: Callable[[], int], secrets: Collection[str] = ()) -> int
         return 0
     except Exception:
         message, code = traceback.format_exc(), EXIT_FAILED
-    print(masked(message, secrets).rstrip("\n"), file=sys.stderr)  # masked whole, then trimmed
+    shown = masked(message, secrets).rstrip("\n")  # masked whole, then trimmed
+    print(shown, file=sys.stderr)
+    if as_json:
+        error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]
+        print(json.dumps({"status": "failed", "exit_code": code, "error": error}, indent=2))
     return code
 
 

@@ -310,7 +310,7 @@ def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> Databas
     return DatabaseError(f"{missing[0]} on {settings.describe()}: {todo}")
 
 
-def run_command(settings: Settings, action: Callable[[], int]) -> int:
+def run_command(settings: Settings, action: Callable[[], int], as_json: bool = False) -> int:
     """cli.run_command for a script that works on the database of settings: a database error
     says what happened on which server, and no message shows a secret of the settings."""
 
@@ -320,7 +320,7 @@ def run_command(settings: Settings, action: Callable[[], int]) -> int:
         except psycopg2.Error as exc:
             raise database_error(exc, settings) from None
 
-    return cli.run_command(on_the_database, settings.secrets)
+    return cli.run_command(on_the_database, settings.secrets, as_json)
 
 
 def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:

@@ -625,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the run's report as one JSON object instead of the summary: every count "
         "it states (files per state, records per kind, rows per table), the rejects, the "
-        "keys, the checks, the status and the exit code (docs/reliability.md#the-report-as-data)",
+        "keys, the checks, the status and the exit code; a run that stops before its report: its "
+        "status, exit code and error (docs/reliability.md#the-report-as-data)",
     )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
@@ -647,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report.as_dict(args.strict), indent=2))
         return report.exit_code(args.strict)
 
-    return db.run_command(settings, load_and_report)
+    return db.run_command(settings, load_and_report, args.json)
 
 
 if __name__ == "__main__":

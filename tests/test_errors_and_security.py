@@ -5,6 +5,7 @@ reached through a private socket."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -101,6 +102,23 @@ def test_unreachable_server_is_one_clear_error_line_without_the_password(tmp_pat
     )
     assert done.returncode == EXIT_ENVIRONMENT, done
     assert "127.0.0.1" in one_error_line(done)
+    assert "s3cret" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("cause", ["unreachable server", "missing data folder"])
+def test_a_json_run_that_cannot_load_still_prints_one_json_object_naming_its_error(tmp_path, cause):
+    data = base_sample(tmp_path / "data")
+    if cause == "missing data folder":
+        args, env, code = ["--data", str(tmp_path / "none")], {}, EXIT_ENVIRONMENT
+    else:
+        args, env, code = ["--data", str(data)], {"DATABASE_URL": UNREACHABLE}, EXIT_ENVIRONMENT
+    done = run_script("etl.py", "--json", *args, env=env, timeout=60, check=False)
+    assert done.returncode == code, done
+    assert json.loads(done.stdout) == {
+        "status": "failed",
+        "exit_code": code,
+        "error": one_error_line(done).removeprefix("error: "),
+    }
     assert "s3cret" not in done.stdout + done.stderr
 
 
