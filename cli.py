@@ -4,6 +4,7 @@ never a traceback or a password."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -77,6 +78,19 @@ class ArgumentParser(argparse.ArgumentParser):
         super().error(masked(message))
 
 
+@contextlib.contextmanager
+def printed_exceptions_dropped():
+    """An exception a library prints instead of raising (through sys.excepthook) is not shown:
+    psycopg2 prints one when a connection is lost in the middle of a COPY (a second error while
+    the first is pending, with the row it was at), and raises the error that ends the run."""
+    shown = sys.excepthook
+    sys.excepthook = lambda *exc_info: None
+    try:
+        yield
+    finally:
+        sys.excepthook = shown
+
+
 def run_command(
     action: Callable[[], int], secrets: Collection[str] = (), as_json: bool = False
 ) -> int:
@@ -85,7 +99,8 @@ def run_command(
     traceback. With as_json (a script whose report is JSON), stdout gets one JSON object for a
     run that ends so too: its status, exit code and error (the message's first line)."""
     try:
-        return action()
+        with printed_exceptions_dropped():
+            return action()
     except UserError as exc:
         message, code = f"error: {exc}", exc.exit_code
     except KeyboardInterrupt:

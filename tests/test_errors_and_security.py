@@ -24,8 +24,9 @@ from builders import (
     etl,
     one_error_line,
 )
-from conftest import PROJECT, drop_tables, run_script
+from conftest import PROJECT, drop_tables, query, run_script
 
+import db
 import embedded
 import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
@@ -120,6 +121,46 @@ def test_a_json_run_that_cannot_load_still_prints_one_json_object_naming_its_err
         "error": one_error_line(done).removeprefix("error: "),
     }
     assert "s3cret" not in done.stdout + done.stderr
+
+
+class RowsUntilTheSessionEnds:
+    """A COPY's data whose third read has the server end the session copying it."""
+
+    ROW = b"%d,a user's name and town\n"
+
+    def __init__(self, pid: int):
+        self.pid, self.reads = pid, 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 3:
+            query("SELECT pg_terminate_backend(%s)", (self.pid,))
+            time.sleep(0.3)  # the session is gone before the next rows are sent
+        return b"" if self.reads > 50 else b"".join(self.ROW % i for i in range(1000))
+
+
+def test_a_connection_lost_in_the_middle_of_a_copy_ends_in_one_line_showing_no_row(
+    fresh_tables, capsys
+):
+    settings = db.Settings.from_env()
+    conn = db.connect(settings)
+
+    def copy() -> int:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE copied (n integer, who text)")
+            cur.copy_expert(
+                "COPY copied FROM STDIN WITH (FORMAT csv)",
+                RowsUntilTheSessionEnds(conn.get_backend_pid()),
+            )
+        return EXIT_OK
+
+    try:
+        assert db.run_command(settings, copy) == EXIT_ENVIRONMENT
+    finally:
+        conn.close()
+    err = capsys.readouterr().err
+    assert err.startswith("error: the connection to ") and err.count("\n") == 1, err
+    assert "name and town" not in err
 
 
 def test_a_server_that_accepts_and_never_answers_is_given_up_on_with_one_line():
