@@ -484,6 +484,10 @@ def check_data_dir(data_dir: Path, shown: str) -> None:
             "and log_data/ with --data"
         )
     try:
+        os.scandir(data_dir).close()
+    except OSError as exc:  # a folder of another user's, say
+        raise UsageError(f"cannot read data folder {shown}: {exc.strerror}") from None
+    try:
         str(data_dir.resolve()).encode()
     except UnicodeEncodeError:
         raise UsageError(

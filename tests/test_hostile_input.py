@@ -1027,6 +1027,19 @@ def test_data_naming_a_file_says_it_is_not_a_folder(tmp_path):
     )
 
 
+def test_data_naming_a_folder_this_user_may_not_read_says_so(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any folder: no permission to deny it")
+    folder = tmp_path / "data"
+    write(folder, "log_data/2018/11/a.json", lines(event(0)))
+    folder.chmod(0)
+    try:
+        done = etl(folder, exit_code=EXIT_ENVIRONMENT, process=True, timeout=TIMEOUT)
+    finally:
+        folder.chmod(0o700)
+    assert done.stderr == f"error: cannot read data folder {folder}: Permission denied\n"
+
+
 def test_jobs_beyond_four_per_cpu_are_refused_and_help_says_so(tmp_path):
     bound = etl_module.MAX_JOBS
     done = etl(tmp_path, "--jobs", str(bound + 1), exit_code=EXIT_USAGE, process=True)
