@@ -446,3 +446,11 @@ def test_cli_rejects_non_positive_sizes(tmp_path):
     result = run_script(*TOOL, "--out", str(tmp_path), "--events", "0", check=False)
     assert result.returncode == 2 and "positive" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_it_cannot_write_is_one_line_and_exit_3(tmp_path):
+    (tmp_path / "a file").write_text("")
+    out = tmp_path / "a file" / "data"
+    done = run_script(*TOOL, "--out", str(out), "--events", "10", check=False)
+    assert (done.returncode, done.stdout) == (3, "")
+    assert done.stderr == f"error: cannot write {out}: Not a directory\n"

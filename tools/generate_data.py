@@ -744,7 +744,9 @@ correct ETL must produce from it."""
 EPILOG = """\
 example (100,000 events and 2,000 song files, then load them):
   python -m tools.generate_data --out /tmp/sparkify --events 100000 --songs 2000
-  python etl.py --data /tmp/sparkify"""
+  python etl.py --data /tmp/sparkify
+
+exit codes: 0 written; 2 bad arguments; 3 the output folder cannot be written"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -786,7 +788,15 @@ def main(argv: list[str] | None = None) -> int:
         help="days of logs, one file per day (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    truth = generate(**vars(args))
+    return cli.run_command(lambda: write_data_set(args))
+
+
+def write_data_set(args: argparse.Namespace) -> int:
+    try:
+        truth = generate(**vars(args))
+    except OSError as exc:  # a folder it may not write, a full disk
+        where = f" {exc.filename}" if exc.filename else ""
+        raise cli.UserError(f"cannot write{where}: {exc.strerror}") from None
     print(
         f"{args.out}: {truth['song_files']} song files, {truth['log_records']} events in "
         f"{truth['log_files']} log files, {truth['songplays_resolved']}/{truth['songplays']} "
