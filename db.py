@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n"
         "  python db.py status      # is the embedded server running?\n"
         "  python db.py url         # where the scripts connect, the password as ***\n"
-        "  python db.py psql        # psql on the database\n\n"
+        "  python db.py psql        # psql on the database\n"
+        "  python db.py psql -c 'SELECT count(*) FROM songplays'   # psql's options follow\n\n"
         "exit codes: 0 done; 2 bad arguments; 3 database problem (status: not running)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -436,19 +437,22 @@ def main(argv: list[str] | None = None) -> int:
         "command",
         choices=["start", "stop", "status", "psql", "url"],
         help="start/stop/status: the embedded server; psql: open psql on the "
-        "database; url: print the connection string (the password as ***)",
+        "database, with psql's own options after it (-c SQL, -f FILE, -A, -t, ...); url: print "
+        "the connection string (the password as ***)",
     )
     parser.add_argument(
         "--database-url",
         help="use this server instead (default: $DATABASE_URL, "
         "then PG* variables, then the embedded server)",
     )
-    args = parser.parse_args(argv)
+    args, psql_options = parser.parse_known_args(argv)
+    if psql_options and args.command != "psql":
+        parser.error(f"unrecognized arguments: {' '.join(psql_options)}")
     settings = Settings.from_env(args.database_url)
-    return run_command(settings, lambda: _command(args.command, settings))
+    return run_command(settings, lambda: _command(args.command, settings, psql_options))
 
 
-def _command(command: str, settings: Settings) -> int:
+def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
     if command in ("start", "stop", "status") and not settings.embedded:
         print(f"not using the embedded server: connecting to {settings.describe()}")
         return 0
@@ -471,7 +475,8 @@ def _command(command: str, settings: Settings) -> int:
             env["PGPASSWORD"] = target["password"]
         shown = {k: v for k, v in target.items() if k not in SECRET_OPTIONS}
         psql = embedded.pg_bin("psql")
-        os.execve(psql, [psql, make_dsn(**shown)] if shown else [psql], env)
+        where = [make_dsn(**shown)] if shown else []
+        os.execve(psql, [psql, *where, *psql_options], env)
     return 0
 
 

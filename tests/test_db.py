@@ -181,6 +181,15 @@ def test_create_tables_refuses_a_search_path_that_would_make_the_tables_temporar
     assert counts() == BASE
 
 
+def test_db_psql_passes_psqls_own_options_on_and_other_commands_refuse_them(data):
+    etl(data)
+    done = run_script("db.py", "psql", "-At", "-c", "SELECT count(*) FROM songplays")
+    assert done.stdout == f"{BASE['songplays']}\n"
+    refused = run_script("db.py", "status", "-c", "SELECT 1", check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[-1] == "db.py: error: unrecognized arguments: -c SELECT 1"
+
+
 def test_a_libpq_service_names_the_database(monkeypatch, tmp_path):
     from builders import embedded_socket_dir
 
