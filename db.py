@@ -385,9 +385,10 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
         if holder
         else "another session"
     )
+    waited = f"; waited {wait} s for it (--wait)" if wait else ""
     raise LockedError(
-        f"another load is running on this database: {who}; waited {wait} s for it (--wait); "
-        "wait for it to finish and run again"
+        f"another load is running on this database: {who}{waited}; wait for it to finish and "
+        "run again"
     )
 
 

@@ -581,11 +581,15 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
         watch.close()
     assert [code for code, _, _ in results] == [0, 4], results
     _, out, err = results[1]
-    assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         "error: another load is running on this database: etl.py (server pid "
     ), err
+    assert json.loads(out) == {
+        "status": "failed",
+        "exit_code": 4,
+        "error": lines[0].removeprefix("error: "),
+    }
     with using_database(cluster.url):
         assert table_contents() == generated_plain
         assert query("SELECT status FROM load_runs") == [("succeeded",)]

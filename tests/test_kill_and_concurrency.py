@@ -271,7 +271,11 @@ def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, 
     assert sorted(r.returncode for r in results) == [EXIT_OK, EXIT_LOCKED], results
     loser = next(r for r in results if r.returncode == EXIT_LOCKED)
     assert "another load is running" in one_error_line(loser)
-    assert loser.stdout == ""
+    assert json.loads(loser.stdout) == {
+        "status": "failed",
+        "exit_code": EXIT_LOCKED,
+        "error": one_error_line(loser).removeprefix("error: "),
+    }
     assert table_contents() == baseline
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
