@@ -467,8 +467,12 @@ LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share 
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
-# Waiting for the lock, up to a time: lock_timeout bounds an advisory lock's wait too.
-lock_wait = "SELECT set_config('lock_timeout', %(timeout)s, true)"
+# Waiting for the lock, up to a time: lock_timeout bounds an advisory lock's wait too (and no
+# shorter statement_timeout of the session's cuts it).
+lock_wait = (
+    "SELECT set_config('lock_timeout', %(timeout)s, true), "
+    "set_config('statement_timeout', '0', true)"
+)
 take_lock = "SELECT pg_advisory_lock(%(key)s)"
 
 # The session holding the lock checks every second that its client is still there, even in the

@@ -314,7 +314,14 @@ def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(da
             cur.execute("SELECT pg_backend_pid()")
             pid = cur.fetchone()[0]
         began = time.monotonic()
-        refused = run_script(script, *args, "--wait", "2", check=False)
+        refused = run_script(
+            script,
+            *args,
+            "--wait",
+            "2",
+            env={"PGOPTIONS": "-c statement_timeout=500"},  # the session's own does not cut it
+            check=False,
+        )
         waited = time.monotonic() - began
     finally:
         holder.close()
