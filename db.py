@@ -358,6 +358,13 @@ def lost_connection(exc: psycopg2.Error) -> bool:
     )
 
 
+def without_time_limits(conn) -> None:
+    """This session's statements and transactions take as long as a load needs
+    (sql.no_time_limits)."""
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.no_time_limits)
+
+
 def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
     """One load (or schema rebuild) at a time per database: take the load lock, waiting up to
     wait seconds for the run that holds it. The lock dies with the session, so a killed run never

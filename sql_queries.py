@@ -475,6 +475,14 @@ lock_wait = (
 )
 take_lock = "SELECT pg_advisory_lock(%(key)s)"
 
+# A load's session has no time limits, as pg_dump's has none: a role's statement_timeout or
+# idle_in_transaction_session_timeout, set for interactive work, would end a big load midway (its
+# keys take minutes to build; a batch's transaction waits while the next part is parsed).
+no_time_limits = (
+    "SELECT set_config('statement_timeout', '0', false), "
+    "set_config('idle_in_transaction_session_timeout', '0', false)"
+)
+
 # The session holding the lock checks every second that its client is still there, even in the
 # middle of a statement: a killed run's server process ends (letting go of the lock) within a
 # second, instead of when its statement would have ended (a big load's keys take 20 s to build).

@@ -19,7 +19,7 @@ from builders import (
     song,
     write,
 )
-from conftest import counts, query, run_script, using_database
+from conftest import SAMPLE, counts, query, run_script, using_database
 
 import db
 import embedded
@@ -244,6 +244,15 @@ def test_a_first_load_matches_durations_exactly_whatever_extra_float_digits_says
     assert query("SELECT count(*) FROM songplays WHERE song_id = %s", (precise["song_id"],)) == [
         (3,)
     ]
+
+
+def test_a_load_runs_to_its_end_whatever_time_limits_the_role_sets_for_its_sessions(truth):
+    """As pg_dump does, a load lifts statement_timeout and idle_in_transaction_session_timeout
+    for its own session: a big load's keys take minutes to build."""
+    run_script("create_tables.py")
+    limits = "-c statement_timeout=15 -c idle_in_transaction_session_timeout=15"
+    etl(SAMPLE, env={"PGOPTIONS": limits}, process=True)
+    assert counts() == {table: truth[table] for table in counts()}
 
 
 def test_text_is_stored_as_written_whatever_pgclientencoding_says(tmp_path):
