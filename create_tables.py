@@ -43,6 +43,7 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
     ensure_database(settings)
     conn = db.connect(settings)
     try:
+        db.as_a_batch_job(conn)
         db.acquire_lock(conn, lock_wait)
         try:
             citus = recreate(conn)

@@ -358,11 +358,20 @@ def lost_connection(exc: psycopg2.Error) -> bool:
     )
 
 
-def without_time_limits(conn) -> None:
-    """This session's statements and transactions take as long as a load needs
-    (sql.no_time_limits)."""
+def as_a_batch_job(conn) -> None:
+    """This session runs as a load needs: no time limits, no session ended by an expected error
+    (sql.batch_job_settings), and its triggers firing (sql.replication_role_origin)."""
     with managed_cursor(conn) as cur:
-        cur.execute(sql.no_time_limits)
+        cur.execute(sql.batch_job_settings)
+    try:
+        with managed_cursor(conn) as cur:
+            cur.execute(sql.replication_role_origin)
+    except psycopg2.errors.InsufficientPrivilege:
+        raise DatabaseError(
+            "session_replication_role is 'replica' for this session (a setting of the role's or "
+            "the database's), so no trigger fires: the star's row counts and foreign keys rely "
+            "on them; connect as a role whose sessions have it at 'origin' (nothing was changed)"
+        ) from None
 
 
 def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:

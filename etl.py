@@ -401,7 +401,7 @@ def run(
     listed = check_data(data)
     conn = db.connect(settings)
     try:
-        db.without_time_limits(conn)
+        db.as_a_batch_job(conn)
         load.require_tables(conn)
         db.acquire_lock(conn, lock_wait)
         # The keys an interrupted bulk load left out are built first (its duplicates settled):

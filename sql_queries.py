@@ -475,13 +475,27 @@ lock_wait = (
 )
 take_lock = "SELECT pg_advisory_lock(%(key)s)"
 
-# A load's session has no time limits, as pg_dump's has none: a role's statement_timeout or
-# idle_in_transaction_session_timeout, set for interactive work, would end a big load midway (its
-# keys take minutes to build; a batch's transaction waits while the next part is parsed).
-no_time_limits = (
-    "SELECT set_config('statement_timeout', '0', false), "
-    "set_config('idle_in_transaction_session_timeout', '0', false)"
-)
+# A load's session (and create_tables.py's) runs as a batch job, as pg_dump's does. No time limit
+# a role or database sets for interactive work ends it midway: a big load's keys take minutes to
+# build, a batch's transaction waits while the next part is parsed, the session waits between
+# batches. And an error the load expects (rows written twice that a key refuses, a lock not
+# granted in time) ends its statement, not the session (exit_on_error). Each setting the server
+# has (idle_session_timeout since PostgreSQL 14, transaction_timeout since 17).
+batch_job_settings = """
+SELECT set_config(s.name, v.setting, false)
+FROM (VALUES ('statement_timeout', '0'),
+             ('idle_in_transaction_session_timeout', '0'),
+             ('idle_session_timeout', '0'),
+             ('transaction_timeout', '0'),
+             ('exit_on_error', 'off')) v (name, setting)
+JOIN pg_settings s USING (name)"""
+
+# Triggers keep the star's row counts and check its foreign keys: in a session whose
+# session_replication_role is 'replica' none fires. It is set back to 'origin', which only a
+# superuser (or a role granted SET on it) may do.
+replication_role_origin = """
+SELECT set_config('session_replication_role', 'origin', false)
+WHERE current_setting('session_replication_role') <> 'origin'"""
 
 # The session holding the lock checks every second that its client is still there, even in the
 # middle of a statement: a killed run's server process ends (letting go of the lock) within a

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -246,13 +247,52 @@ def test_a_first_load_matches_durations_exactly_whatever_extra_float_digits_says
     ]
 
 
-def test_a_load_runs_to_its_end_whatever_time_limits_the_role_sets_for_its_sessions(truth):
-    """As pg_dump does, a load lifts statement_timeout and idle_in_transaction_session_timeout
-    for its own session: a big load's keys take minutes to build."""
+# Settings a role or a database may give every session, each of which ended a load midway (the
+# time limits: the statements and pauses of a load are longer), made it fail on an error it
+# expects (exit_on_error: a key tried on plays written twice), or kept its triggers from firing
+# (replica: the report's counts came from row_counts, which triggers keep).
+SESSION_SETTINGS = {
+    "statement_timeout": ("15", None),
+    "idle_in_transaction_session_timeout": ("15", None),
+    "idle_session_timeout": ("50", 140000),
+    "transaction_timeout": ("50", 170000),
+    "exit_on_error": ("on", None),
+    "session_replication_role": ("replica", None),
+}
+
+
+@pytest.mark.parametrize("setting", SESSION_SETTINGS)
+def test_a_load_runs_as_a_batch_job_whatever_its_sessions_are_set_to(tmp_path, truth, setting):
+    """As pg_dump's session does. The data holds a log file twice (a resent copy)."""
+    value, since = SESSION_SETTINGS[setting]
+    if since and query("SELECT current_setting('server_version_num')::int")[0][0] < since:
+        pytest.skip(f"{setting} is new in the server_version_num {since}")
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    first_log = min((data / "log_data").rglob("*.json"))
+    shutil.copy(first_log, data / "log_data" / "resent.json")
     run_script("create_tables.py")
-    limits = "-c statement_timeout=15 -c idle_in_transaction_session_timeout=15"
-    etl(SAMPLE, env={"PGOPTIONS": limits}, process=True)
+    report = json.loads(etl(data, env={"PGOPTIONS": f"-c {setting}={value}"}, process=True).stdout)
     assert counts() == {table: truth[table] for table in counts()}
+    assert {t: rows["after"] for t, rows in report["tables"].items()} == counts()
+    assert report["records"]["log"]["duplicates"] > 0
+
+
+def test_a_role_whose_sessions_fire_no_trigger_is_refused_in_one_line(fresh_tables):
+    as_superuser(
+        "DROP ROLE IF EXISTS replica_role",
+        "CREATE ROLE replica_role LOGIN",
+        "ALTER ROLE replica_role SET session_replication_role = 'replica'",
+    )
+    try:
+        url = embedded_url(role="replica_role")
+        refused = run_script("etl.py", env={"DATABASE_URL": url}, check=False)
+    finally:
+        as_superuser("DROP ROLE replica_role")
+    assert refused.returncode == EXIT_ENVIRONMENT
+    assert one_error_line(refused).startswith(
+        "error: session_replication_role is 'replica' for this session"
+    )
 
 
 def test_text_is_stored_as_written_whatever_pgclientencoding_says(tmp_path):
