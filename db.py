@@ -76,6 +76,7 @@ LOCK_WAIT = 10
 # 57P01-57P05: terminated by an administrator, a crash, a restart, a dropped database, an idle
 # session timeout; 25P03: idle in transaction too long).
 SESSION_ENDED = ("08", "57P0", "25P03")
+SESSION_ENDING = ("FATAL", "PANIC")  # the severities after which the server closes the session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +330,8 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
     if not lost_connection(exc):
         detail = exc.diag.message_detail
         why = f" ({cli.one_line(detail)})" if detail else ""
+        if exc.pgcode and exc.pgcode.startswith(SESSION_ENDED):  # not this session's
+            why += " (said of a connection the server made to another node: a Citus worker's)"
         return DatabaseError(f"the database refused: {first_line(exc)}{why}")
     reason = first_line(first_cause(exc))
     return DatabaseError(
@@ -350,12 +353,17 @@ def first_cause(exc: BaseException) -> BaseException:
 
 def lost_connection(exc: psycopg2.Error) -> bool:
     """Whether the session is gone: psycopg2 found the connection closed, libpq lost it (an
-    error without SQLSTATE), or the server ended it."""
+    error without SQLSTATE), or the server ended it (a FATAL error; a server that does not say
+    how severe an error is: by its SQLSTATE). A connection error the server reports at ERROR
+    is another connection's: a Citus worker node's, which the coordinator could not reach."""
     if isinstance(exc, psycopg2.InterfaceError):
         return first_line(exc) == "connection already closed"
-    return isinstance(exc, psycopg2.OperationalError) and (
-        exc.pgcode is None or exc.pgcode.startswith(SESSION_ENDED)
-    )
+    if not isinstance(exc, psycopg2.OperationalError):
+        return False
+    if exc.pgcode is None:
+        return True
+    severity = exc.diag.severity_nonlocalized
+    return severity in SESSION_ENDING if severity else exc.pgcode.startswith(SESSION_ENDED)
 
 
 def as_a_batch_job(conn) -> None:

@@ -595,6 +595,28 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
         assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
 
+def test_a_worker_node_down_is_one_line_naming_it_and_the_run_after_its_restart_loads(
+    cluster, generated, generated_plain
+):
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    name, port, _ = cluster.nodes()[-1]
+    cluster.stop_nodes([name])
+    try:
+        refused = etl(cluster.url, generated, check=False)
+    finally:
+        citus_cluster.start(cluster.dir)  # at once: its connections may linger in TIME_WAIT
+    assert refused.returncode == 3, refused
+    line = refused.stderr.strip()
+    assert line.startswith(
+        f"error: the database refused: connection to the remote node postgres@127.0.0.1:{port} "
+        "failed"
+    ), line
+    assert "***" not in line  # no URL garbled as if it held a password
+    etl(cluster.url, generated)
+    with using_database(cluster.url):
+        assert table_contents() == generated_plain
+
+
 def test_the_smallest_song_id_is_the_smallest_by_code_point_whatever_the_collation(
     cluster, tmp_path
 ):

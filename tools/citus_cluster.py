@@ -112,7 +112,10 @@ def _running(data: Path) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a node may listen on port: nothing listens there (a connection of a node stopped
+    a moment ago may still linger in TIME_WAIT, which PostgreSQL's own SO_REUSEADDR allows)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -139,6 +142,14 @@ class Cluster:
 
     def stop(self, remove: bool | None = None) -> None:
         """Fast shutdown of every node; the folder goes too if start() made it (or remove)."""
+        self.stop_nodes([name for name, _, _ in self.nodes()])
+        if remove if remove is not None else self.temporary:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if _last_dir() == self.dir:
+                LAST.unlink(missing_ok=True)
+
+    def stop_nodes(self, names: list[str]) -> None:
+        """Fast shutdown of the nodes named (start() starts them again)."""
 
         def stop_node(node: tuple[str, int, Path]) -> None:
             name, _, data = node
@@ -159,11 +170,7 @@ class Cluster:
                     self.dir / f"{name}.log",
                 )
 
-        _each(stop_node, self.nodes())
-        if remove if remove is not None else self.temporary:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            if _last_dir() == self.dir:
-                LAST.unlink(missing_ok=True)
+        _each(stop_node, [node for node in self.nodes() if node[0] in names])
 
 
 def _each(action, items: list) -> None:
