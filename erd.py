@@ -720,7 +720,7 @@ def write(settings: db.Settings, out_dir: Path) -> tuple[Path, Path, Schema]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Write the entity-relationship diagram of the Sparkify tables, read from "
         "the live database catalog: DIR/schema.mmd (Mermaid erDiagram source) and "
         "DIR/schema.svg (drawn here, no external tools).",

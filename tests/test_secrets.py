@@ -490,6 +490,9 @@ def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
         (["etl.py", "--jobs", url], EXIT_USAGE),
         (["create_tables.py", raw], EXIT_USAGE),
         (["db.py", url], EXIT_USAGE),
+        (["erd.py", "--out", "/tmp/erd", raw], EXIT_USAGE),
+        (["-m", "tools.citus_cluster", raw], EXIT_USAGE),
+        (["-m", "tools.generate_data", raw], EXIT_USAGE),
         (["etl.py", f"PGPASSWORD={encoded(password)}"], EXIT_USAGE),
         (["etl.py", "--no-progress", "--data", raw], EXIT_ENVIRONMENT),
         *(

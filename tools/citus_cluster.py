@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql as pgsql
 
+import cli
 import embedded
 import sql_queries as sql
 
@@ -303,7 +304,7 @@ def find(folder: Path | str | None = None) -> Cluster:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m tools.citus_cluster",
         description="Start, stop or inspect a local Citus cluster (PostgreSQL 15 + citus): a "
         "coordinator and workers on 127.0.0.1, database sparkifydb.",

@@ -750,7 +750,7 @@ exit codes: 0 written; 2 bad arguments; 3 the output folder cannot be written"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m tools.generate_data",
         description=DESCRIPTION,
         epilog=EPILOG,
