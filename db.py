@@ -285,7 +285,11 @@ def connect(settings: Settings, dbname: str | None = None):
         )
     except psycopg2.OperationalError as exc:
         raise connect_error(exc, settings) from None
-    encoding = conn.info.parameter_status("server_encoding") or _server_encoding(conn)
+    try:
+        encoding = conn.info.parameter_status("server_encoding") or _server_encoding(conn)
+    except BaseException:
+        conn.close()
+        raise
     if encoding not in TEXT_ENCODINGS:
         conn.close()
         raise DatabaseError(

@@ -35,8 +35,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Literal, TextIO
 
 import psycopg2
 from tqdm import tqdm
@@ -151,8 +152,9 @@ class Preparer:
         # the cleanup of the queue's named semaphores (a "leaked semaphore" warning, now and then).
         self.sending = [in_a_thread(writer.send, handed) for writer in self.handovers]
 
-    def parts(self, number: int) -> Iterator[Part]:
-        """Batch number's parts, up to its last (and nothing of the next batch)."""
+    def parts(self, number: int) -> Generator[Part, None, None]:
+        """Batch number's parts, up to its last (and nothing of the next batch, even when closed
+        before its last)."""
         if self.batches[number].kind == "song":
             yield from self.song_parts(number)
             return
@@ -160,11 +162,15 @@ class Preparer:
             yield from self.here(self.batches[number])
             return
         k = self.logs.index(number) % len(self.workers)
-        while True:
-            part = _receive(self.outboxes[k], self.workers[k])
-            yield part
-            if part.last:
-                return
+        last = False
+        try:
+            while not last:
+                part = _receive(self.outboxes[k], self.workers[k])
+                last = part.last
+                yield part
+        finally:  # closed before the batch's last part: the worker's next parts are the rest
+            while not last:
+                last = _receive(self.outboxes[k], self.workers[k]).last
 
     def song_parts(self, number: int) -> list[Part]:
         """A song batch's parts (one: its files are small), prepared ahead or now; the next song
@@ -180,7 +186,7 @@ class Preparer:
     def prepared(self, number: int) -> list[Part]:
         return list(self.here(self.batches[number]))
 
-    def here(self, batch: Batch, unusable: Unusable | None = None) -> Iterator[Part]:
+    def here(self, batch: Batch, unusable: Unusable | None = None) -> Generator[Part, None, None]:
         """The parts of a batch prepared in this process (written: None until handed over, and
         in a load that is not a bulk load); the files unusable names are emptied."""
         return prepare_module().prepare(batch, self.limits, self.written, unusable)
@@ -269,7 +275,7 @@ def load_batches(
         unit="file",
         leave=False,
         file=sys.stderr,
-        disable=None if progress is None or not numbers else not progress,
+        disable=True if not numbers else None if progress is None else not progress,
     ) as bar:
         for number in numbers:
             parts = preparer.parts(number)
@@ -298,7 +304,7 @@ def load_or_split(
     start: load.RunStart,
     preparer: Preparer,
     batch: Batch,
-    parts: Iterator[Part],
+    parts: Generator[Part, None, None],
     unusable: Unusable | None = None,
 ) -> list[tuple[Part, Loaded]]:
     """Load a batch from its parts in one transaction; one the database refuses (a value no
@@ -322,8 +328,7 @@ def load_or_split(
             unusable = unusable | exc.unusable
             parts = preparer.here(batch, unusable)
         except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-            for _ in parts:  # the batch's parts still on their way
-                pass
+            parts.close()  # no more of them: a worker's still on their way are received
             return split_or_refused(conn, start, preparer, batch, unusable, cli.first_line(exc))
 
 
@@ -391,11 +396,11 @@ def run(
     progress: bool | None = None,
     limits: Limits = Limits(),
     lock_wait: int = db.LOCK_WAIT,
-    out=sys.stdout,
+    out: TextIO | Literal["stdout"] | None = "stdout",
 ) -> Report:
     """Load data_dir (a folder, or an object store's URL, read anonymously if asked) into the
     database, waiting up to lock_wait seconds for another load to finish, print the summary to
-    out (None: print nothing), and return the report."""
+    out (standard output as it is then; None: print nothing), and return the report."""
     started = time.monotonic()
     data = extract.source(data_dir, anonymous)
     listed = check_data(data)
@@ -449,7 +454,7 @@ def run(
     finally:
         conn.close()
     if out is not None:
-        print("\n".join(report.lines()), file=out)
+        print("\n".join(report.lines()), file=sys.stdout if out == "stdout" else out)
     return report
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -79,7 +79,7 @@ def prepare(
     limits: Limits,
     direct: DirectSource | None = None,
     unusable: Unusable | None = None,
-) -> Iterator[Part]:
+) -> Generator[Part, None, None]:
     """The batch's parts: a batch of small files is one part; a file bigger than
     limits.log_batch_bytes is read, parsed and shaped one part at a time. With direct (a bulk
     load), a log batch's plays go straight to songplays once what that takes is handed over.

@@ -291,6 +291,34 @@ def test_summary_and_manifest_reconcile_every_record(data):
     )
 
 
+def test_a_big_log_file_the_database_refuses_in_its_first_part_leaves_the_next_batch_whole(
+    fresh_tables, tmp_path, settings
+):
+    """A log file of several parts, prepared by a worker, that the database refuses in its first
+    part: it is rejected whole, and the next batch gets its own parts, none of the refused
+    file's left over."""
+    refused = [event(i, location="Refused" if i == 5 else "London") for i in range(600)]
+    write(tmp_path, "log_data/2018/12/a.json", lines(*refused))
+    write(tmp_path, "log_data/2018/12/b.json", lines(*(event(i) for i in range(600, 610))))
+    query(
+        "ALTER TABLE songplays ADD CONSTRAINT not_refused CHECK (location <> 'Refused'); SELECT 1"
+    )
+
+    report = etl_module.run(
+        settings,
+        tmp_path,
+        jobs=1,
+        progress=False,
+        out=None,
+        limits=Limits(log_batch_bytes=64 * 1024, parse_piece_bytes=16 * 1024),
+    )
+
+    assert report.exit_code(strict=False) == EXIT_OK
+    assert crafted_items() == list(range(600, 610))
+    assert [r[:2] for r in rejects()] == [("log_data/2018/12/a.json", None)]
+    assert manifest()["log_data/2018/12/a.json"] == (600, 0, 0, 0, 600)
+
+
 def test_a_song_file_the_database_refuses_is_rejected_whole_and_every_other_batch_loads(
     fresh_tables, tmp_path, settings
 ):
