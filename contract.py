@@ -86,10 +86,6 @@ class Batch:
     tasks: tuple[FileTask, ...]
     store: Store | None = None
 
-    @property
-    def new_bytes(self) -> int:
-        return sum(t.size for t in self.tasks if t.known_sha256 is None)
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:

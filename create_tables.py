@@ -72,7 +72,7 @@ def recreate(conn) -> bool:
                 "would vanish with the session; put a schema of yours first (nothing was dropped)"
             )
         cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
-        cur.execute(sql.drop_lock_timeout)
+        cur.execute(sql.tables_lock_timeout)
         try:
             cur.execute(sql.drop_tables)
         except psycopg2.errors.DependentObjectsStillExist as exc:

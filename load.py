@@ -71,7 +71,7 @@ def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
         run_id = cur.fetchone()[0]
         server = CITUS if db.distributed(cur) else PLAIN
         if full_refresh:
-            cur.execute(sql.drop_lock_timeout)
+            cur.execute(sql.tables_lock_timeout)
             cur.execute(sql.full_refresh)
         for query in server.run_setup:
             cur.execute(query)

@@ -391,9 +391,10 @@ WHERE backend_type = 'client backend'
        OR (NOT rolsuper
            AND (pg_has_role(role, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))))"""
 
-# DROP waits this long for the holders left (autovacuum lets go after deadlock_timeout, 1 s by
-# default), then gives up; the sessions still holding a lock are then named.
-drop_lock_timeout = "SET LOCAL lock_timeout = '5s'"
+# create_tables.py's DROP and --full-refresh's TRUNCATE wait this long for the holders left
+# (autovacuum lets go after deadlock_timeout, 1 s by default), then give up; the sessions still
+# holding a lock are then named.
+tables_lock_timeout = "SET LOCAL lock_timeout = '5s'"
 lock_holders_left = f"""
 SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
 FROM ({table_lock_holders}) holder ORDER BY pid"""

@@ -359,7 +359,7 @@ def render_csv(table: pa.Table, columns: list[str]) -> bytes:
         return b""
     table = table.select(columns)
     for n, field in enumerate(table.schema):
-        # Instants go as naive UTC, read back as UTC (see load_batch): Arrow writes those ten
+        # Instants go as naive UTC, read back as UTC (sql.staging_time_zone): Arrow writes those ten
         # times faster than zoned ones.
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             table = table.set_column(n, field.name, table[n].cast(pa.timestamp(field.type.unit)))
