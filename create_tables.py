@@ -14,7 +14,6 @@ import argparse
 import sys
 
 import psycopg2.errors
-from psycopg2 import sql as pgsql
 
 import cli
 import db
@@ -29,12 +28,7 @@ def ensure_database(settings: db.Settings) -> None:
     conn = db.connect(settings, dbname="postgres")
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql.database_exists, {"name": db.DATABASE})
-            if cur.fetchone() is None:
-                cur.execute(
-                    pgsql.SQL(sql.create_database).format(name=pgsql.Identifier(db.DATABASE))
-                )
+        db.create_database_if_missing(conn, db.DATABASE)
     finally:
         conn.close()
 

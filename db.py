@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import psycopg2
 import psycopg2.errors
+from psycopg2 import sql as pgsql
 from psycopg2.extensions import make_dsn, parse_dsn
 
 import cli
@@ -368,6 +369,25 @@ def lost_connection(exc: psycopg2.Error) -> bool:
         return True
     severity = exc.diag.severity_nonlocalized
     return severity in SESSION_ENDING if severity else exc.pgcode.startswith(SESSION_ENDED)
+
+
+def create_database_if_missing(conn, name: str) -> None:
+    """CREATE DATABASE name unless it exists (conn: in autocommit, on another database)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.database_exists, {"name": name})
+        if cur.fetchone() is None:
+            cur.execute(pgsql.SQL(sql.create_database).format(name=pgsql.Identifier(name)))
+
+
+def require_tables(conn, tables: list[str]) -> None:
+    """A one-line error naming the tables missing, and what to run."""
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.missing_tables, {"tables": tables})
+        missing = [row[0] for row in cur.fetchall()]
+    if missing:
+        raise DatabaseError(
+            f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
+        )
 
 
 def as_a_batch_job(conn) -> None:

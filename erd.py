@@ -27,39 +27,6 @@ import sql_queries as sql
 
 # ================================================================ the catalog
 
-COLUMNS_QUERY = """
-SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
-FROM unnest(%(tables)s::text[]) WITH ORDINALITY AS t (name, ord)
-JOIN pg_class c ON c.oid = to_regclass(t.name)
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY t.ord, a.attnum"""
-
-# Primary keys, unique constraints and foreign keys, columns in key order.
-CONSTRAINTS_QUERY = """
-SELECT rel.relname, con.contype,
-       ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k (num, i)
-             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
-             ORDER BY k.i),
-       ref.relname,
-       ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY AS k (num, i)
-             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num
-             ORDER BY k.i)
-FROM pg_constraint con
-JOIN pg_class rel ON rel.oid = con.conrelid
-LEFT JOIN pg_class ref ON ref.oid = con.confrelid
-WHERE con.conrelid = ANY (SELECT to_regclass(t) FROM unnest(%(tables)s::text[]) AS t)
-  AND con.contype IN ('p', 'u', 'f')"""
-
-# On Citus: how each of the tables is placed (tables not in pg_dist_partition stay local).
-PLACEMENT_QUERY = """
-SELECT t.name,
-       CASE WHEN p.partmethod = 'h'
-            THEN 'distributed on ' || column_to_column_name(p.logicalrelid, p.partkey)
-            WHEN p.repmodel = 't' THEN 'reference table'
-            ELSE 'local to the coordinator' END
-FROM unnest(%(tables)s::text[]) AS t (name)
-LEFT JOIN pg_dist_partition p ON p.logicalrelid = to_regclass(t.name)"""
-
 # Short, one-word names (Mermaid types cannot hold spaces).
 TYPE_NAMES = {
     "timestamp with time zone": "timestamptz",
@@ -130,21 +97,16 @@ class Schema:
 
 
 def read_schema(conn, tables: list[str]) -> Schema:
+    db.require_tables(conn, tables)
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.missing_tables, {"tables": tables})
-        missing = [row[0] for row in cur.fetchall()]
-        if missing:
-            raise db.DatabaseError(
-                f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
-            )
-        cur.execute(COLUMNS_QUERY, {"tables": tables})
+        cur.execute(sql.catalog_columns, {"tables": tables})
         columns = cur.fetchall()
-        cur.execute(CONSTRAINTS_QUERY, {"tables": tables})
+        cur.execute(sql.catalog_keys, {"tables": tables})
         constraints = cur.fetchall()
         cur.execute(sql.citus_present)
         placements = {}
         if cur.fetchone()[0]:
-            cur.execute(PLACEMENT_QUERY, {"tables": tables})
+            cur.execute(sql.catalog_placement, {"tables": tables})
             placements = dict(cur.fetchall())
     schema = Schema({name: Table(name, [], placement=placements.get(name)) for name in tables})
     for table, name, type_, not_null in columns:

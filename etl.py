@@ -407,7 +407,7 @@ def run(
     conn = db.connect(settings)
     try:
         db.as_a_batch_job(conn)
-        load.require_tables(conn)
+        db.require_tables(conn, sql.TABLES + sql.COUNTING)
         db.acquire_lock(conn, lock_wait)
         # The keys an interrupted bulk load left out are built first (its duplicates settled):
         # a load merges with them in place, unless it is a bulk load itself.

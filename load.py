@@ -36,16 +36,6 @@ class RunStart:
         return self.server is CITUS
 
 
-def require_tables(conn) -> None:
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.missing_tables, {"tables": sql.TABLES + sql.COUNTING})
-        missing = [row[0] for row in cur.fetchall()]
-    if missing:
-        raise db.DatabaseError(
-            f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
-        )
-
-
 def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
     """Mark an earlier run that never finished as interrupted, record this one, empty the star
     for a full refresh, create the session's staging tables, and read the manifest. A full

@@ -1229,3 +1229,38 @@ constraints_in_force = """
 SELECT conname FROM pg_constraint
 WHERE conname = ANY (%(names)s) AND convalidated
   AND conrelid = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)"""
+
+# ---------------------------------------------------------------- the diagram (erd.py)
+# The tables' columns, in order.
+catalog_columns = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+FROM unnest(%(tables)s::text[]) WITH ORDINALITY AS t (name, ord)
+JOIN pg_class c ON c.oid = to_regclass(t.name)
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY t.ord, a.attnum"""
+
+# Primary keys, unique constraints and foreign keys, columns in key order.
+catalog_keys = """
+SELECT rel.relname, con.contype,
+       ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k (num, i)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
+             ORDER BY k.i),
+       ref.relname,
+       ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY AS k (num, i)
+             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num
+             ORDER BY k.i)
+FROM pg_constraint con
+JOIN pg_class rel ON rel.oid = con.conrelid
+LEFT JOIN pg_class ref ON ref.oid = con.confrelid
+WHERE con.conrelid = ANY (SELECT to_regclass(t) FROM unnest(%(tables)s::text[]) AS t)
+  AND con.contype IN ('p', 'u', 'f')"""
+
+# On Citus: how each of the tables is placed (tables not in pg_dist_partition stay local).
+catalog_placement = """
+SELECT t.name,
+       CASE WHEN p.partmethod = 'h'
+            THEN 'distributed on ' || column_to_column_name(p.logicalrelid, p.partkey)
+            WHEN p.repmodel = 't' THEN 'reference table'
+            ELSE 'local to the coordinator' END
+FROM unnest(%(tables)s::text[]) AS t (name)
+LEFT JOIN pg_dist_partition p ON p.logicalrelid = to_regclass(t.name)"""

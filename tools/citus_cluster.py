@@ -27,9 +27,9 @@ import tempfile
 from pathlib import Path
 
 import psycopg2
-from psycopg2 import sql as pgsql
 
 import cli
+import db
 import embedded
 import sql_queries as sql
 
@@ -195,10 +195,7 @@ def _create_database(port: int) -> None:
     conn = connect(port, "postgres")
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql.database_exists, {"name": DATABASE})
-            if cur.fetchone() is None:
-                cur.execute(pgsql.SQL(sql.create_database).format(name=pgsql.Identifier(DATABASE)))
+        db.create_database_if_missing(conn, DATABASE)
     finally:
         conn.close()
 
