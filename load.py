@@ -203,9 +203,8 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             cur.execute(server.time_insert)
             if staged:
                 merged, moved = server.merge_plays(cur, part, staged)
-        inserted = dict(merged)
         loading = [f for f in part.files if f.to_load]
-        merged_here = Loaded(inserted)
+        merged_here = Loaded(merged)
         outcomes = {f.path: merged_here.outcome(part.kind, f) for f in loading}
         psycopg2.extras.execute_batch(
             cur,
@@ -217,13 +216,14 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         )
         # What settling moved in or out of songplays: in the manifest already (settle_manifest),
         # in this part's counts now.
+        paths = {f.path for f in loading}
+        inserted = dict(merged)
         for move in moved:
-            if move.path in {f.path for f in loading}:
+            if move.path in paths:
                 inserted[move.path] = inserted.get(move.path, 0) + move.plays
         if reloading or moved:
-            cur.execute(sql.users_refresh)
-            cur.execute(sql.users_delete_orphans)
-            cur.execute(sql.time_delete_orphans)
+            for query in sql.after_plays_gone:
+                cur.execute(query)
         settled = settled or bool(moved)
     cur.execute(sql.rejects_insert, params)
     return Loaded(inserted, settled)
@@ -454,9 +454,8 @@ def _plays_settled(cur) -> list[Moved]:
     """The plays written twice settled, and the users and instants they leave follow."""
     cur.execute(sql.plays_duplicated_keys)
     moved = _settle(cur)
-    cur.execute(sql.users_refresh)
-    cur.execute(sql.users_delete_orphans)
-    cur.execute(sql.time_delete_orphans)
+    for query in sql.after_plays_gone:
+        cur.execute(query)
     return moved
 
 

@@ -894,6 +894,10 @@ WHERE u.user_id = p.user_id
   AND (u.first_name, u.last_name, u.gender, u.level) IS DISTINCT FROM
       (p.first_name, p.last_name, p.gender, p.level)"""
 
+# Once plays went (stage_gone): their users as of their latest play left, and the users and
+# instants no play holds any more.
+after_plays_gone = [users_refresh, users_delete_orphans, time_delete_orphans]
+
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
 # A play whose key is loaded already is skipped (fewer inserted than staged: the copies are then
 # settled, settle_queries).
