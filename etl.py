@@ -413,10 +413,10 @@ def run(
         # a load merges with them in place, unless it is a bulk load itself.
         found_missing = load.build_keys(conn)
         if found_missing.failed:
+            key, why = next(iter(found_missing.failed.items()))
             raise db.DatabaseError(
                 "the keys of songplays and time are missing (as an interrupted bulk load leaves "
-                f"them) and cannot be built back: {problems(found_missing.failed)[0]}; nothing "
-                "was loaded"
+                f"them) and cannot be built back: {key}: {why}; nothing was loaded"
             )
         start = load.start_run(conn, described(data), full_refresh)
         plans = {
@@ -435,9 +435,8 @@ def run(
             done += load_batches(conn, start, preparer, "log", progress)
         finally:
             preparer.close()
-        tally = Tally.of(done, {kind: plans[kind].unchanged for kind in KINDS})
         built = load.build_keys(conn, start.run_id)
-        tally.add_removed_duplicates(built.duplicates)
+        tally = Tally.of(done, {kind: plans[kind].unchanged for kind in KINDS}, built.duplicates)
         report = finish(
             conn,
             start,
@@ -456,11 +455,6 @@ def run(
     if out is not None:
         print("\n".join(report.lines()), file=sys.stdout if out == "stdout" else out)
     return report
-
-
-def problems(failed: dict[str, str]) -> list[str]:
-    """What build_keys could not do, as the report names it: "key: why"."""
-    return [f"{name}: {why}" for name, why in failed.items()]
 
 
 def check_data(data: Source) -> dict[str, Listing]:
@@ -552,7 +546,7 @@ def finish(
             set_aside=bulk,
             found_missing=found_missing.built,
             restored=built.built,
-            not_restored=problems(built.failed),
+            not_restored=built.failed,
             ignored=ignored,
             gone=gone,
         )

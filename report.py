@@ -35,13 +35,22 @@ class Tally:
     settled: bool = False  # copies of a play were settled: other files' plays may have moved
 
     @classmethod
-    def of(cls, done: list[tuple[Part, Loaded]], unchanged: dict[str, int]) -> Tally:
-        """The tally of the parts loaded, with the files found unchanged per kind."""
+    def of(
+        cls,
+        done: list[tuple[Part, Loaded]],
+        unchanged: dict[str, int],
+        removed_duplicates: int = 0,
+    ) -> Tally:
+        """The tally of the parts loaded, with the files found unchanged per kind, and the plays
+        a bulk load wrote that lost to another copy as its keys were built back: duplicates,
+        not loaded."""
         tally = cls()
         for part, loaded in done:
             tally.add(part, loaded)
         for kind, n in unchanged.items():
             tally.files[kind]["unchanged"] = tally.files[kind].get("unchanged", 0) + n
+        tally.counts["log"]["loaded"] -= removed_duplicates
+        tally.counts["log"]["duplicates"] += removed_duplicates
         return tally
 
     def add(self, part: Part, loaded: Loaded) -> None:
@@ -58,12 +67,6 @@ class Tally:
                 counts["duplicates"] += duplicates
         self.file_problems += part.file_problems
         self.settled = self.settled or loaded.settled
-
-    def add_removed_duplicates(self, plays: int) -> None:
-        """Plays a bulk load wrote that lost to another copy as its keys were built back: they
-        count as duplicates, not loaded."""
-        self.counts["log"]["loaded"] -= plays
-        self.counts["log"]["duplicates"] += plays
 
     def reconciles(self, kind: str) -> bool:
         """Records read = loaded + skipped by design + duplicates + rejected."""
@@ -104,7 +107,7 @@ class Report:
     set_aside: bool  # a bulk load: the keys of songplays and time were dropped while it loaded
     found_missing: list[str]  # keys an interrupted bulk load left out, built first
     restored: list[str]  # keys built back at the end of this run
-    not_restored: list[str]  # "key: why" it could not be built back (then none was)
+    not_restored: dict[str, str]  # key: why it could not be built back (then none was)
     ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
     gone: list[str] = dataclasses.field(default_factory=list)  # loaded before, not there now
     checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
@@ -155,7 +158,7 @@ class Report:
                 "set_aside": self.set_aside,
                 "found_missing": self.found_missing,
                 "restored": self.restored,
-                "not_restored": dict(p.split(": ", 1) for p in self.not_restored),
+                "not_restored": self.not_restored,
             },
             "rejected": {
                 "records": t.rejected - t.file_problems,
@@ -256,8 +259,8 @@ class Report:
                 "checked over every row"
             )
         out += [
-            f"  NOT built back, the next run builds them first: {problem}"
-            for problem in self.not_restored
+            f"  NOT built back, the next run builds them first: {name}: {why}"
+            for name, why in self.not_restored.items()
         ]
         return out
 
