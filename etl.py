@@ -411,14 +411,15 @@ def run(
         db.acquire_lock(conn, lock_wait)
         # The keys an interrupted bulk load left out are built first (its duplicates settled):
         # a load merges with them in place, unless it is a bulk load itself.
-        found_missing = load.build_keys(conn)
+        server = load.server_of(conn)
+        found_missing = load.build_keys(conn, server)
         if found_missing.failed:
             key, why = next(iter(found_missing.failed.items()))
             raise db.DatabaseError(
                 "the keys of songplays and time are missing (as an interrupted bulk load leaves "
                 f"them) and cannot be built back: {key}: {why}; nothing was loaded"
             )
-        start = load.start_run(conn, described(data), full_refresh)
+        start = load.start_run(conn, server, described(data), full_refresh)
         plans = {
             kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
             for kind in KINDS
@@ -435,7 +436,7 @@ def run(
             done += load_batches(conn, start, preparer, "log", progress)
         finally:
             preparer.close()
-        built = load.build_keys(conn, start.run_id)
+        built = load.build_keys(conn, server, start.run_id)
         tally = Tally.of(done, {kind: plans[kind].unchanged for kind in KINDS}, built.duplicates)
         report = finish(
             conn,
@@ -515,13 +516,13 @@ def finish(
     # last commit, its checks may not have run); on Citus, where a check cannot join the shards
     # to the manifest per file.
     every_row = (
-        start.distributed
+        not start.server.checks_per_file
         or tally.other_plays_touched
         or bool(built.built or found_missing.built)
         or start.after_interruption
     )
     with db.managed_cursor(conn) as cur:
-        counted = load.star_counts(cur, start.distributed)
+        counted = start.server.star_counts(cur)
         after = counted.rows if changed else start.before
         checked = (
             load.post_load_checks(cur, start.run_id, every_row)

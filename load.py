@@ -31,17 +31,20 @@ class RunStart:
     server: Server  # plain PostgreSQL, or Citus
     after_interruption: bool  # an earlier run stopped unfinished: its checks may not have run
 
-    @property
-    def distributed(self) -> bool:
-        return self.server is CITUS
+
+def server_of(conn) -> Server:
+    """Plain PostgreSQL, or Citus where songplays is distributed (as create_tables.py makes it
+    on a Citus coordinator): chosen once per run."""
+    with db.managed_cursor(conn) as cur:
+        return CITUS if db.distributed(cur) else PLAIN
 
 
-def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
+def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunStart:
     """Mark an earlier run that never finished as interrupted, record this one, empty the star
     for a full refresh, create the session's staging tables, and read the manifest. A full
     refresh waits a few seconds for sessions holding the tables, then names them."""
     try:
-        return _start_run(conn, data_dir, full_refresh)
+        return _start_run(conn, server, data_dir, full_refresh)
     except psycopg2.errors.LockNotAvailable:
         if not full_refresh:
             raise
@@ -53,20 +56,19 @@ def start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
         ) from None
 
 
-def _start_run(conn, data_dir: str, full_refresh: bool) -> RunStart:
+def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunStart:
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.run_interrupted)
         after_interruption = cur.rowcount > 0
         cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
-        server = CITUS if db.distributed(cur) else PLAIN
         if full_refresh:
             cur.execute(sql.tables_lock_timeout)
             cur.execute(sql.full_refresh)
         for query in server.run_setup:
             cur.execute(query)
         _create_staging(cur)
-        before = star_counts(cur, server is CITUS)
+        before = server.star_counts(cur)
         known = {}
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
@@ -88,19 +90,21 @@ class Counted(NamedTuple):
     resolved: int  # plays resolved to a song
 
 
-def star_counts(cur, distributed: bool) -> Counted:
-    """The star's rows and resolved plays, exact: read from row_counts, which triggers keep; on
-    Citus (distributed), where there are none, counted."""
-    if distributed:
-        rows = {}
-        for table in sql.STAR_TABLES:
-            cur.execute(sql.row_count.format(table=table))
-            rows[table] = cur.fetchone()[0]
-        cur.execute(sql.resolved_plays_citus)
-        return Counted(rows, cur.fetchone()[0])
+def _counts_kept(cur) -> Counted:
+    """The star's rows and resolved plays, exact, as row_counts has them (triggers keep it)."""
     cur.execute(sql.row_counts_read)
     counts = {table: (n, resolved) for table, n, resolved in cur.fetchall()}
     return Counted({table: counts[table][0] for table in sql.STAR_TABLES}, counts["songplays"][1])
+
+
+def _counts_counted(cur) -> Counted:
+    """The star's rows and resolved plays, counted: on Citus, which keeps no row_counts."""
+    rows = {}
+    for table in sql.STAR_TABLES:
+        cur.execute(sql.row_count.format(table=table))
+        rows[table] = cur.fetchone()[0]
+    cur.execute(sql.resolved_plays_citus)
+    return Counted(rows, cur.fetchone()[0])
 
 
 CheckScope = Literal["by its constraints", "over this run's log files", "over every row"]
@@ -273,33 +277,45 @@ def _merge_plays_citus(cur, part: Part, staged: int) -> tuple[Merged, list[Moved
 
 @dataclasses.dataclass(frozen=True)
 class Server:
-    """The statements that differ between plain PostgreSQL and Citus, chosen once per run
-    (start_run). On Citus plays are staged in a table sharded like songplays and merged on the
-    workers (docs/citus.md)."""
+    """What differs between plain PostgreSQL and Citus, chosen once per run (server_of). On
+    Citus plays are staged in a table sharded like songplays and merged on the workers, every
+    load keeps the keys in place, and no trigger keeps the star's row counts (docs/citus.md)."""
 
     run_setup: tuple[str, ...]  # at the run's start
     log_part_setup: tuple[str, ...]  # at each log part's start
+    keys_setup: tuple[str, ...]  # before the keys are built, and their tables analyzed
     stage_plays_copy: str
     time_insert: str
     users_update: str
     merge_plays: Callable[..., tuple[Merged, list[Moved]]]  # (cur, part, staged)
+    star_counts: Callable[..., Counted]  # (cur)
+    bulk_loads: bool  # a first load of the logs may drop the keys and write the plays in
+    checks_per_file: bool  # a check can join the plays to the manifest file by file
 
 
 PLAIN = Server(
-    (),
-    (),
-    sql.copy_into.format(table="stage_plays"),
-    sql.time_insert,
-    sql.users_update,
-    _merge_plays,
+    run_setup=(),
+    log_part_setup=(),
+    keys_setup=(),
+    stage_plays_copy=sql.copy_into.format(table="stage_plays"),
+    time_insert=sql.time_insert,
+    users_update=sql.users_update,
+    merge_plays=_merge_plays,
+    star_counts=_counts_kept,
+    bulk_loads=True,
+    checks_per_file=True,
 )
 CITUS = Server(
-    (sql.stage_plays_clear_citus,),
-    (sql.citus_sequential,),  # reference tables are written after the shards
-    sql.stage_plays_copy_citus,
-    sql.time_insert_citus,
-    sql.users_update_citus,
-    _merge_plays_citus,
+    run_setup=(sql.stage_plays_clear_citus,),
+    log_part_setup=(sql.citus_sequential,),  # reference tables are written after the shards
+    keys_setup=(sql.citus_sequential,),  # songplays' shards, then the reference tables
+    stage_plays_copy=sql.stage_plays_copy_citus,
+    time_insert=sql.time_insert_citus,
+    users_update=sql.users_update_citus,
+    merge_plays=_merge_plays_citus,
+    star_counts=_counts_counted,
+    bulk_loads=False,
+    checks_per_file=False,
 )
 
 
@@ -327,7 +343,7 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
     keys in place, as in every other load (also when another session holds the tables, or the
     role may write the tables but not alter them: it does not own them)."""
     new = [t.path for b in logs for t in b.tasks if t.known_sha256 is None]
-    if start.distributed or not new or len(new) < sum(len(b.tasks) for b in logs):
+    if not start.server.bulk_loads or not new or len(new) < sum(len(b.tasks) for b in logs):
         return None
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.songplays_empty)
@@ -372,7 +388,7 @@ class Built:
     duplicates: int = 0
 
 
-def build_keys(conn, run_id: int | None = None) -> Built:
+def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
     """Build back the missing keys (sql.BULK_KEYS), in one transaction, each in one pass over its
     table (a foreign key checked over every row). Where a bulk load wrote an instant or a play
     twice, time's key or songplays' unique key cannot be built: one row of each instant is kept,
@@ -383,14 +399,12 @@ def build_keys(conn, run_id: int | None = None) -> Built:
     missing = keys_missing(conn)
     if not missing:
         return Built([], {})
-    with db.managed_cursor(conn) as cur:
-        distributed = db.distributed(cur)
     name, moved = missing[0], []
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
-            if distributed:
-                cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
+            for query in server.keys_setup:
+                cur.execute(query)
             _create_staging(cur)  # at a run's start, before start_run
             for name in missing:
                 moved += _build_key(cur, name)
@@ -402,14 +416,14 @@ def build_keys(conn, run_id: int | None = None) -> Built:
         failure = db.first_line(exc)
     else:
         failure = None
-    _analyze(conn, distributed)
+    _analyze(conn, server)
     if failure:
         return Built([], {name: failure})
     ours = [move for move in moved if move.run_id == run_id]
     return Built(missing, {}, -sum(move.plays for move in ours))
 
 
-def _analyze(conn, distributed: bool) -> None:
+def _analyze(conn, server: Server) -> None:
     """Statistics for the tables the keys' build filled, in a transaction of its own: on Citus,
     once time's key is built on the coordinator's copy of the reference table, analyzing every
     copy of it is refused in the same transaction. A session holding the tables past the lock
@@ -417,8 +431,8 @@ def _analyze(conn, distributed: bool) -> None:
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
-            if distributed:
-                cur.execute(sql.citus_sequential)  # songplays' shards, then the reference tables
+            for query in server.keys_setup:
+                cur.execute(query)
             cur.execute(sql.analyze_after_bulk_load)
     except psycopg2.errors.LockNotAvailable:
         return
