@@ -168,9 +168,10 @@ class Preparer:
                 part = _receive(self.outboxes[k], self.workers[k])
                 last = part.last
                 yield part
-        finally:  # closed before the batch's last part: the worker's next parts are the rest
-            while not last:
+        except GeneratorExit:  # closed before the batch's last part: the worker's next parts
+            while not last:  # are the rest
                 last = _receive(self.outboxes[k], self.workers[k]).last
+            raise
 
     def song_parts(self, number: int) -> list[Part]:
         """A song batch's parts (one: its files are small), prepared ahead or now; the next song
