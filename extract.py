@@ -435,15 +435,18 @@ def read_batch(
     """Each of the batch's files read (read_file), in order. From an object store, the objects
     no bigger than part_bytes (a song batch's, a log batch's small ones: together no bigger than
     the batch) are fetched first, concurrently; a bigger one is streamed in blocks."""
-    if batch.store is None:
-        for task in batch.tasks:
-            yield task, *read_file(task, part_bytes)
-        return
-    fetched = _fetch(
-        batch.store, [t for t in batch.tasks if not t.problem and t.size <= part_bytes]
+    fetched = (
+        {}
+        if batch.store is None
+        else _fetch(batch.store, [t for t in batch.tasks if not t.problem and t.size <= part_bytes])
     )
     for task in batch.tasks:
-        yield task, *_read_object(batch.store, task, part_bytes, fetched.get(task.location))
+        if task.problem:  # found as it was listed
+            yield task, FileRead("unreadable", task.size, error=task.problem), iter(())
+        elif batch.store is None:
+            yield task, *read_file(task, part_bytes)
+        else:
+            yield task, *_read_object(batch.store, task, part_bytes, fetched.get(task.location))
 
 
 def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes]]:
@@ -454,8 +457,6 @@ def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes
     never held together; gzip data is checked in that pass too, and gunzipped a block at a
     time, whatever its size. The parts raise DamagedFile where the rest of the file cannot be
     read."""
-    if task.problem:
-        return FileRead("unreadable", task.size, error=task.problem), iter(())
     try:
         handle, size = open_regular(task.location)
     except OSError as exc:
@@ -536,8 +537,6 @@ def _read_object(
 ) -> tuple[FileRead, Iterator[bytes]]:
     """read_file for an object: fetched already, or else (big, or replaced by a bigger one since
     it was listed) opened and streamed."""
-    if task.problem:
-        return FileRead("unreadable", task.size, error=task.problem), iter(())
     if isinstance(fetched, FileNotFoundError):
         return _unreadable(task, fetched), iter(())
     if fetched is not None and len(fetched) <= task.size:
