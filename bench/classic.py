@@ -3,10 +3,9 @@ it (pd.read_json per file, an INSERT per row, a SELECT per play for its song, a 
 on the first song files and events of a data folder, in a schema of its own. Its lookups must
 search the whole catalogue: after its timed song stage the rest is copied in, untimed, from the
 project's loaded songs and artists. Prints its timings as one JSON line; bench/README.md says more.
-
-    python bench/classic.py DATA_DIR SONG_FILES EVENTS
 """
 
+import argparse
 import glob
 import json
 import os
@@ -20,6 +19,7 @@ import psycopg2.extensions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cli  # noqa: E402
 import db  # noqa: E402
 
 create_tables = """DROP SCHEMA IF EXISTS bench_classic CASCADE; CREATE SCHEMA bench_classic;
@@ -101,18 +101,18 @@ def process_data(cur, conn, filepath, func, limit):
     return files, records, time.perf_counter() - started
 
 
-def main(data: str, song_files: str, events: str) -> None:
+def main(data: str, song_files: int, events: int) -> None:
     for kind in (np.int16, np.int32, np.int64, np.uint32, np.float32, np.float64):
         psycopg2.extensions.register_adapter(kind, lambda v: psycopg2.extensions.adapt(v.item()))
     conn = db.connect(db.Settings.from_env())
     cur = conn.cursor()
     cur.execute(create_tables)
-    songs = process_data(cur, conn, Path(data, "song_data"), process_song_file, int(song_files))
+    songs = process_data(cur, conn, Path(data, "song_data"), process_song_file, song_files)
     cur.execute(copy_catalogue)
     cur.execute("SELECT count(*) FROM songs")
     songs_at_lookup = cur.fetchone()[0]
     conn.commit()
-    logs = process_data(cur, conn, Path(data, "log_data"), process_log_file, int(events))
+    logs = process_data(cur, conn, Path(data, "log_data"), process_log_file, events)
     cur.execute("DROP SCHEMA bench_classic CASCADE")
     conn.commit()
     names = ["song_files", "songs", "songs_s", "log_files", "events", "logs_s"]
@@ -120,6 +120,14 @@ def main(data: str, song_files: str, events: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    main(*sys.argv[1:])
+    parser = cli.ArgumentParser(
+        description=__doc__,
+        epilog="example (bench/run.py runs it; the sample's first 100 song files and 2,000 events, "
+        "into the tables create_tables.py made):\n  python bench/classic.py data 100 2000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data", help="the data folder (song_data/ and log_data/)")
+    parser.add_argument("song_files", type=cli.positive, help="song files to load, the first")
+    parser.add_argument("events", type=cli.positive, help="log events to load, the first")
+    args = parser.parse_args()
+    main(args.data, args.song_files, args.events)

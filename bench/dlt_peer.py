@@ -3,22 +3,17 @@ two tables of a schema of its own (song_data: a row per song file; log_data: a r
 with dlt's documented ways to be fast: the csv loader file format (COPY), and resources yielding
 typed Arrow tables, which skip its row-by-row normalizer. The database URL comes from
 SPARKIFY_DLT_URL (other local users cannot read it). Prints one JSON line.
-
-    python bench/dlt_peer.py DATA_DIR SCHEMA PIPELINES_DIR
 """
 
+import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")  # never phone home
-
-import dlt  # noqa: E402
-import orjson  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.json  # noqa: E402
+import orjson
+import pyarrow as pa
+import pyarrow.json
 
 PAGE = 10_000
 SONG_FIELDS = {
@@ -50,6 +45,9 @@ def log_tables(folder: Path):
 
 
 def main(data: str, schema: str, pipelines_dir: str) -> None:
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")  # never phone home
+    import dlt  # in the virtualenv bench/run.py makes for it: not a project dependency
+
     pipeline = dlt.pipeline(
         pipeline_name="sparkify_bench",
         pipelines_dir=pipelines_dir,
@@ -70,4 +68,14 @@ def main(data: str, schema: str, pipelines_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])  # run by bench/run.py only: DATA_DIR SCHEMA PIPELINES_DIR
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="example (bench/run.py runs it, with dlt installed in a virtualenv of its own):\n"
+        "  SPARKIFY_DLT_URL=postgresql://... python bench/dlt_peer.py data dlt_raw /tmp/dlt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data", help="the data folder (song_data/ and log_data/)")
+    parser.add_argument("schema", help="the schema dlt lands the two tables in")
+    parser.add_argument("pipelines_dir", help="where dlt keeps its pipeline's state")
+    args = parser.parse_args()
+    main(args.data, args.schema, args.pipelines_dir)

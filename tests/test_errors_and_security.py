@@ -43,6 +43,8 @@ SCRIPTS = [
     "-m tools.generate_data",
     "-m tools.citus_cluster",
     "bench/run.py",
+    "bench/classic.py",
+    "bench/dlt_peer.py",
 ]
 
 
