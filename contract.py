@@ -106,6 +106,15 @@ class Plan:
 FileStatus = Literal["new", "changed", "unchanged", "unreadable", "emptied"]
 
 
+class Reject(NamedTuple):
+    """A record, or a whole file, that is not loaded (a row of load_rejects)."""
+
+    path: str
+    line: int | None  # None: the whole file
+    reason: str
+    raw: str | bytes | None = None  # the line as read, where there is one
+
+
 @dataclasses.dataclass(frozen=True)
 class FileRead:
     """What opening a file found: its status, size and SHA-256 as read (of the bytes stored,

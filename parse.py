@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json
 
-from contract import Limits
+from contract import Limits, Reject
 from extract import BLOCK, line_aligned_pieces, raw_lines
 
 SONG_FIELDS = {  # field: (kind, required)
@@ -160,7 +160,7 @@ def records_from(objects: list[dict], fields: dict) -> Records:
 
 def _decode_lines(
     lines: Iterable[tuple[int, bytes]], path: str, encoding: str = "UTF-8"
-) -> tuple[list[dict], list[tuple]]:
+) -> tuple[list[dict], list[Reject]]:
     """JSON line by line: objects tagged with path, line and raw text; a reject for the rest.
     encoding: the file's, of which the lines are the UTF-8 rendering."""
     good, bad = [], []
@@ -171,17 +171,19 @@ def _decode_lines(
             value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             reason = f"not valid {encoding}" if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
-            bad.append((path, number, reason, raw))
+            bad.append(Reject(path, number, reason, raw))
             continue
         if not isinstance(value, dict):
-            bad.append((path, number, f"not a JSON object but {type(value).__name__}", raw))
+            bad.append(Reject(path, number, f"not a JSON object but {type(value).__name__}", raw))
             continue
         value.update(path=path, line=number, raw=raw)
         good.append(value)
     return good, bad
 
 
-def parse_song_file(data: bytes, path: str, encoding: str = "UTF-8") -> tuple[Records, list[tuple]]:
+def parse_song_file(
+    data: bytes, path: str, encoding: str = "UTF-8"
+) -> tuple[Records, list[Reject]]:
     """A song file holds one object; an array of objects, or one object per line, is read too
     (encoding: the file's, of which data is the UTF-8 rendering). Read whole, its raw text is
     the file's without one final newline (a line's never holds its newline)."""
@@ -204,7 +206,7 @@ def parse_log_file(
     piece_bytes: int = Limits.parse_piece_bytes,
     first_line: int = 1,
     encoding: str = "UTF-8",
-) -> tuple[Records, list[tuple]]:
+) -> tuple[Records, list[Reject]]:
     """JSON lines of events (the whole file, or a part starting at first_line), in line-aligned
     pieces: Arrow's reader takes a clean piece at once, a piece with any problem is read line by
     line to judge each line on its own. Both give the same Records. encoding: the file's, of
@@ -283,7 +285,7 @@ class Piece:
 
 def parse_pieces(
     kind: str, pieces: list[Piece], piece_bytes: int = Limits.parse_piece_bytes
-) -> tuple[Records, list[list[tuple]]]:
+) -> tuple[Records, list[list[Reject]]]:
     """The pieces' Records, in order, and each piece's rejects, as each piece read alone gives
     them (_alone). Pieces smaller than piece_bytes (a batch of small files) are read by Arrow
     together, up to piece_bytes at a time: a call of its reader costs about half a millisecond
@@ -298,7 +300,7 @@ def parse_pieces(
 
 def _read_group(
     kind: str, group: list[Piece], piece_bytes: int
-) -> tuple[list[Records], list[list[tuple]]]:
+) -> tuple[list[Records], list[list[Reject]]]:
     """A group read at once where it is clean; else each half the same way, down to a piece on
     its own: a few damaged files cost their group a few calls of Arrow's reader, not one a file."""
     if len(group) == 1:
@@ -313,7 +315,7 @@ def _read_group(
     return first + second, first_rejects + second_rejects
 
 
-def _alone(kind: str, piece: Piece, piece_bytes: int) -> tuple[Records, list[tuple]]:
+def _alone(kind: str, piece: Piece, piece_bytes: int) -> tuple[Records, list[Reject]]:
     """A piece read on its own: a log's lines (Arrow's reader where the piece is clean), or a
     song file (one object, an array of them, or one per line)."""
     if kind == "song":

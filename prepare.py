@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import extract
 import sql_queries as sql
 import transform
-from contract import Batch, FilePart, HandOver, Limits, Part, Unusable
+from contract import Batch, FilePart, HandOver, Limits, Part, Reject, Unusable
 from parse import Piece, Records, newline_count, parse_pieces
 
 # Arrow's buffers from the C library's allocator rather than the mimalloc Arrow bundles, which
@@ -39,7 +39,7 @@ class Chunk:
     file: FilePart
     first_line: int
     data: bytes
-    rejects: list[tuple]
+    rejects: list[Reject]
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now emptied
@@ -90,7 +90,7 @@ def prepare(
     chunks, problems, size, index = [], [], 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
-            problems.append((task.path, None, read.error, None))
+            problems.append(Reject(task.path, None, read.error))
         garbled = read.status == "changed" and (unusable or {}).get(task.path) == read.sha256
         if garbled:
             read = read.emptied()
@@ -113,12 +113,12 @@ def prepare(
             damage = f"{exc} {where}"
         if garbled:  # one reject of the whole file, its damage named in it
             reason = f"every record rejected: {KEPT}"
-            problems.append((task.path, None, f"{damage}: {reason}" if damage else reason, None))
+            problems.append(Reject(task.path, None, f"{damage}: {reason}" if damage else reason))
         elif first and task.keeps(read):  # no record at all now
             read = read.emptied()
-            problems.append((task.path, None, f"{damage or 'empty file'}: {KEPT}", None))
+            problems.append(Reject(task.path, None, f"{damage or 'empty file'}: {KEPT}"))
         elif damage or (first and read.status in ("new", "changed")):
-            problems.append((task.path, None, damage or "empty file", None))
+            problems.append(Reject(task.path, None, damage or "empty file"))
         if first:  # nothing read: the file still counts, once
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", []))
     yield shape(batch.kind, index, True, chunks, problems, direct, piece_bytes)
@@ -130,7 +130,7 @@ def read_chunk(kind: str, file: FilePart, data: bytes, first_line: int) -> Chunk
     array."""
     if isinstance(data, extract.Overlong):
         reason = f"a line longer than a part ({data.limit:,} bytes, --batch-mb): not read"
-        return Chunk(file, first_line, b"", [(file.path, first_line, reason, data[:-1])])
+        return Chunk(file, first_line, b"", [Reject(file.path, first_line, reason, data[:-1])])
     if not data or data.isspace() or (kind == "song" and empty_array(data)):
         return None
     return Chunk(file, first_line, data, [])
@@ -149,7 +149,7 @@ def shape(
     index: int,
     last: bool,
     chunks: list[Chunk],
-    problems: list[tuple],
+    problems: list[Reject],
     direct: DirectSource | None = None,
     piece_bytes: int = Limits.parse_piece_bytes,
 ) -> Part:
@@ -297,7 +297,7 @@ def refused(batch: Batch, error: str, limits: Limits) -> Part:
     if batch.tasks[0].keeps(file.read):
         file = dataclasses.replace(file, read=file.read.emptied())
         reason = f"{reason}: {KEPT}"
-    problems = [(file.path, None, reason, None)]
+    problems = [Reject(file.path, None, reason)]
     return Part(
         batch.kind,
         0,

@@ -103,7 +103,7 @@ class Report:
     resolved_total: int
     resolved_before: int
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
-    examples: list[tuple]  # (path, line, reason) of the first rejects
+    examples: list[tuple[str, int | None, str]]  # (path, line, reason) of the first rejects
     set_aside: bool  # a bulk load: the keys of songplays and time were dropped while it loaded
     found_missing: list[str]  # keys an interrupted bulk load left out, built first
     restored: list[str]  # keys built back at the end of this run

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv
 
 import sql_queries as sql
-from contract import RAW_TEXT_BYTES, RAW_TEXT_LIMIT
+from contract import RAW_TEXT_BYTES, RAW_TEXT_LIMIT, Reject
 from parse import EVENT_FIELDS, SONG_FIELDS, Records
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -332,9 +332,8 @@ def song_key_table(song_keys: list[tuple]) -> pa.Table:
 # ================================================================ rendering
 
 
-def reject_table(rows: Iterable[tuple]) -> pa.Table:
-    """Rejects (path, line, reason, raw) as rows of stage_rejects; line is None for a problem
-    with a whole file."""
+def reject_table(rows: Iterable[Reject]) -> pa.Table:
+    """Rejects as rows of stage_rejects."""
     return pa.Table.from_pylist(
         [
             {"path": path, "line": line, "reason": reason, "raw": storable(raw)}
