@@ -121,14 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL URL (default: $DATABASE_URL, then "
         "PG* variables, then the embedded server)",
     )
-    parser.add_argument(
-        "--wait",
-        type=cli.natural,
-        default=db.LOCK_WAIT,
-        metavar="SECONDS",
-        help="how long to wait for a running load to finish before exiting 4 (default: "
-        "%(default)s)",
-    )
+    db.add_wait_option(parser, "a running load")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     return db.run_command(settings, lambda: create_tables(settings, args.wait))

@@ -406,6 +406,18 @@ def as_a_batch_job(conn) -> None:
         ) from None
 
 
+def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
+    """The --wait option of a script that takes the load lock: holder is what it waits for."""
+    parser.add_argument(
+        "--wait",
+        type=cli.natural,
+        default=LOCK_WAIT,
+        metavar="SECONDS",
+        help=f"how long to wait for {holder} on the same database to finish before exiting 4; "
+        "a killed run's session ends within a second or two (default: %(default)s)",
+    )
+
+
 def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
     """One load (or schema rebuild) at a time per database: take the load lock, waiting up to
     wait seconds for the run that holds it. The lock dies with the session, so a killed run never

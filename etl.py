@@ -616,15 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         help="megabytes of log files per batch, and per part of a bigger file; "
         "memory follows it (default: %(default)s)",
     )
-    parser.add_argument(
-        "--wait",
-        type=cli.natural,
-        default=db.LOCK_WAIT,
-        metavar="SECONDS",
-        help="how long to wait for another load (or create_tables.py) on the same database to "
-        "finish before exiting 4; a killed run's session ends within a second or two "
-        "(default: %(default)s)",
-    )
+    db.add_wait_option(parser, "another load (or create_tables.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--json",
