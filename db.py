@@ -15,6 +15,7 @@ import functools
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -73,6 +74,7 @@ CONNECT_TIMEOUT = "10"
 # Seconds a run waits for the load lock (--wait) before it exits 4: long enough for the server to
 # end a killed run's session, or for a run that is finishing to let go.
 LOCK_WAIT = 10
+LOCK_RETRY_SECONDS = 0.2  # how often a waiting run tries the lock again
 # SQLSTATEs after which the server has closed the session (class 08: connection exception;
 # 57P01-57P05: terminated by an administrator, a crash, a restart, a dropped database, an idle
 # session timeout; 25P03: idle in transaction too long).
@@ -419,24 +421,27 @@ def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
 
 
 def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
-    """One load (or schema rebuild) at a time per database: take the load lock, waiting up to
-    wait seconds for the run that holds it. The lock dies with the session, so a killed run never
-    leaves it behind: its server process notices the client gone within a second, even in the
-    middle of a statement (PostgreSQL 14 and later), and a run started meanwhile waits for that."""
+    """One load (or schema rebuild) at a time per database: take the load lock, trying again
+    for up to wait seconds while another run holds it (a Ctrl-C meanwhile ends the wait at
+    once). The lock dies with the session, so a killed run never leaves it behind: its server
+    process notices the client gone within a second, even in the middle of a statement
+    (PostgreSQL 14 and later), and a run started meanwhile waits for that."""
+    deadline = time.monotonic() + wait
     with managed_cursor(conn) as cur:
         if conn.server_version >= sql.CLIENT_CHECK_SINCE:
             cur.execute(sql.client_check)
-        cur.execute(sql.try_lock, {"key": sql.LOCK_KEY})
-        if cur.fetchone()[0]:
-            return
-    if wait:
-        try:
-            with managed_cursor(conn) as cur:
-                cur.execute(sql.lock_wait, {"timeout": f"{wait}s"})
-                cur.execute(sql.take_lock, {"key": sql.LOCK_KEY})
-            return
-        except psycopg2.errors.LockNotAvailable:
-            pass
+        while True:
+            cur.execute(sql.try_lock, {"key": sql.LOCK_KEY})
+            if cur.fetchone()[0]:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(LOCK_RETRY_SECONDS)
+    raise LockedError(_lock_held_message(conn, wait))
+
+
+def _lock_held_message(conn, wait: int) -> str:
+    """The refusal, naming the session that holds the lock."""
     with managed_cursor(conn) as cur:
         cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
         holder = cur.fetchone()
@@ -446,7 +451,7 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
         else "another session"
     )
     waited = f"; waited {wait} s for it (--wait)" if wait else ""
-    raise LockedError(
+    return (
         f"another load is running on this database: {who}{waited}; wait for it to finish and "
         "run again"
     )

@@ -468,14 +468,6 @@ LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share 
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
-# Waiting for the lock, up to a time: lock_timeout bounds an advisory lock's wait too (and no
-# shorter statement_timeout of the session's cuts it).
-lock_wait = (
-    "SELECT set_config('lock_timeout', %(timeout)s, true), "
-    "set_config('statement_timeout', '0', true)"
-)
-take_lock = "SELECT pg_advisory_lock(%(key)s)"
-
 # A load's session (and create_tables.py's) runs as a batch job, as pg_dump's does. No time limit
 # a role or database sets for interactive work ends it midway: a big load's keys take minutes to
 # build, a batch's transaction waits while the next part is parsed, the session waits between

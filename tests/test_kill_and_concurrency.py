@@ -280,9 +280,11 @@ def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, 
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
 
-LOCK_AWAITED = (
-    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 "
-    f"AND (classid::bigint << 32) | objid::bigint = {sql_queries.LOCK_KEY}"
+# A run waiting for the load lock: its session has tried it, and, the lock held, tries again.
+LOCK_TRIED = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
+    "AND state = 'idle in transaction' "
+    f"AND query = '{sql_queries.try_lock % {'key': sql_queries.LOCK_KEY}}'"
 )
 
 
@@ -293,7 +295,7 @@ def test_a_run_that_finds_the_lock_held_waits_for_it_and_then_loads(big, baselin
     try:
         db.acquire_lock(holder)
         proc = start_load(big)
-        watch.wait(LOCK_AWAITED, lambda n: n == 1, proc)
+        watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
         holder.close()
         out, err = proc.communicate(timeout=300)
     finally:
@@ -302,6 +304,33 @@ def test_a_run_that_finds_the_lock_held_waits_for_it_and_then_loads(big, baselin
     assert proc.returncode == EXIT_OK, out + err
     assert table_contents() == baseline
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big):
+    run_script("create_tables.py")
+    holder = db.connect(db.Settings.from_env())
+    watch = Watcher()
+    try:
+        db.acquire_lock(holder)
+        proc = subprocess.Popen(
+            [sys.executable, "etl.py", "--data", str(big), "--no-progress", "--wait", "120"],
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
+        interrupted = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=150)
+        took = time.monotonic() - interrupted
+    finally:
+        holder.close()
+        watch.close()
+    assert (proc.returncode, err) == (EXIT_INTERRUPTED, f"error: {INTERRUPTED}\n"), out + err
+    assert took < 5
+    assert query(RUNS) == [(0,)]
 
 
 @pytest.mark.parametrize("script", ["etl.py", "create_tables.py"])
