@@ -23,8 +23,8 @@ test: $(READY)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# The fast loop while developing: lint, and every test not marked slow (65 to 73 s on the 2-core
-# development machine with a load average of 2 to 2.7; make test runs everything).
+# The fast loop while developing: lint, and every test not marked slow (85 to 105 s on the 2-core
+# development machine with a load average of 1 to 2.5; make test runs everything).
 check: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

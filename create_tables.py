@@ -108,8 +108,9 @@ def still_locked(conn) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(
-        description="Drop and recreate the Sparkify tables (songplays, users, songs, artists, "
-        "time and the load manifest, runs and rejects).",
+        description="Drop and recreate the Sparkify tables: the star (songplays, users, songs, "
+        "artists, time), songplay_copies, the load's books (load_manifest, load_runs, "
+        "load_rejects) and row_counts.",
         epilog="example (the embedded server, or the one --database-url names):\n"
         "  python create_tables.py\n\n"
         "exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load was still running "

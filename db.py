@@ -496,15 +496,17 @@ def main(argv: list[str] | None = None) -> int:
         "  python db.py url         # where the scripts connect, the password as ***\n"
         "  python db.py psql        # psql on the database\n"
         "  python db.py psql -c 'SELECT count(*) FROM songplays'   # psql's options follow\n\n"
-        "exit codes: 0 done; 2 bad arguments; 3 database problem (status: not running)",
+        "exit codes: 0 done; 2 bad arguments; 3 database problem (status: not running); psql: "
+        "psql's own",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "command",
         choices=["start", "stop", "status", "psql", "url"],
         help="start/stop/status: the embedded server; psql: open psql on the "
-        "database, with psql's own options after it (-c SQL, -f FILE, -A, -t, ...); url: print "
-        "the connection string (the password as ***)",
+        "database, with psql's own options after it (-c SQL, -f FILE, -A, -t, ...; the server "
+        "and database come from --database-url, not -h, -p, -U or -d); url: print the "
+        "connection string (the password as ***)",
     )
     parser.add_argument(
         "--database-url",

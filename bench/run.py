@@ -563,8 +563,9 @@ OPTIONS = [  # flag, argparse settings, help
     ("--no-peers", {"action": "store_true"}, "skip the dlt row (it installs dlt from PyPI)"),
     ("--dlt-version", {"default": "1.31.0", "dest": "dlt", "metavar": "V"}, "dlt release for the "
      "peer row, installed in WORKDIR/dlt-venv"),
-    ("--growth", {"action": "store_true"}, "instead: the full load, the increment and the "
-     "limit at each --growth-sizes (WORKDIR/growth.md and growth.json)"),
+    ("--growth", {"action": "store_true"}, "instead: the full load, its re-run, the increment, "
+     "the last day alone and the limit at each --growth-sizes (WORKDIR/growth.md and "
+     "growth.json)"),
     ("--growth-sizes", {"type": sizes, "default": [1_000_000, 3_000_000, 10_000_000],
                         "metavar": "N,N,..."}, "events at each size of --growth"),
 ]  # fmt: skip
