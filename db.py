@@ -75,6 +75,7 @@ CONNECT_TIMEOUT = "10"
 # end a killed run's session, or for a run that is finishing to let go.
 LOCK_WAIT = 10
 LOCK_RETRY_SECONDS = 0.2  # how often a waiting run tries the lock again
+LOCK_WAIT_MOST = 365 * 24 * 3600
 # SQLSTATEs after which the server has closed the session (class 08: connection exception;
 # 57P01-57P05: terminated by an administrator, a crash, a restart, a dropped database, an idle
 # session timeout; 25P03: idle in transaction too long).
@@ -408,11 +409,19 @@ def as_a_batch_job(conn) -> None:
         ) from None
 
 
+def wait_seconds(text: str) -> int:
+    """argparse type of --wait: a whole number of seconds, up to a year."""
+    seconds = cli.natural(text)
+    if seconds > LOCK_WAIT_MOST:
+        raise argparse.ArgumentTypeError(f"{text} is more than {LOCK_WAIT_MOST} (a year)")
+    return seconds
+
+
 def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
     """The --wait option of a script that takes the load lock: holder is what it waits for."""
     parser.add_argument(
         "--wait",
-        type=cli.natural,
+        type=wait_seconds,
         default=LOCK_WAIT,
         metavar="SECONDS",
         help=f"how long to wait for {holder} on the same database to finish before exiting 4; "
@@ -446,7 +455,7 @@ def _lock_held_message(conn, wait: int) -> str:
         cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
         holder = cur.fetchone()
     who = (
-        f"{holder[1] or 'a client'} (server pid {holder[0]}, since {holder[2]:%H:%M:%S})"
+        f"{holder[1] or 'a client'} (server pid {holder[0]}, connected at {holder[2]:%H:%M:%S})"
         if holder
         else "another session"
     )

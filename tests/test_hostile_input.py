@@ -1040,6 +1040,11 @@ def test_data_naming_a_folder_this_user_may_not_read_says_so(tmp_path):
     assert done.stderr == f"error: cannot read data folder {folder}: Permission denied\n"
 
 
+def test_a_wait_beyond_a_year_is_refused_as_a_bad_argument(tmp_path):
+    done = etl(tmp_path, "--wait", str(10**400), exit_code=EXIT_USAGE, process=True)
+    assert done.stderr.splitlines()[-1].endswith("is more than 31536000 (a year)")
+
+
 def test_jobs_beyond_four_per_cpu_are_refused_and_help_says_so(tmp_path):
     bound = etl_module.MAX_JOBS
     done = etl(tmp_path, "--jobs", str(bound + 1), exit_code=EXIT_USAGE, process=True)

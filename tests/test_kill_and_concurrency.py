@@ -355,7 +355,7 @@ def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(da
     finally:
         holder.close()
     assert refused.returncode == EXIT_LOCKED, refused
-    assert f"(server pid {pid}, since " in one_error_line(refused)
+    assert f"(server pid {pid}, connected at " in one_error_line(refused)
     assert "waited 2 s for it" in one_error_line(refused)
     assert waited >= 2
     assert query(RUNS) == [(0,)]
