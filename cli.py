@@ -125,6 +125,14 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def natural_at_most(text: str, most: int, why: str) -> int:
+    """argparse type's body: a whole number from 0 to most (why: what sets that bound)."""
+    value = natural(text)
+    if value > most:
+        raise argparse.ArgumentTypeError(f"{value} is more than {most} ({why})")
+    return value
+
+
 def natural(text: str) -> int:
     """argparse type: a whole number from 0 up."""
     if not text.isdigit():

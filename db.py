@@ -411,10 +411,7 @@ def as_a_batch_job(conn) -> None:
 
 def wait_seconds(text: str) -> int:
     """argparse type of --wait: a whole number of seconds, up to a year."""
-    seconds = cli.natural(text)
-    if seconds > LOCK_WAIT_MOST:
-        raise argparse.ArgumentTypeError(f"{text} is more than {LOCK_WAIT_MOST} (a year)")
-    return seconds
+    return cli.natural_at_most(text, LOCK_WAIT_MOST, "a year")
 
 
 def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:

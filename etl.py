@@ -369,12 +369,7 @@ def unusable_files(batch: Batch, parts: list[Part]) -> Unusable:
 def job_count(text: str) -> int:
     """argparse type of --jobs: a whole number from 0 to MAX_JOBS. Each worker holds a part in
     memory; more workers than that would only take memory."""
-    jobs = cli.natural(text)
-    if jobs > MAX_JOBS:
-        raise argparse.ArgumentTypeError(
-            f"{jobs} is more than {MAX_JOBS} ({JOBS_PER_CPU} per CPU of this machine)"
-        )
-    return jobs
+    return cli.natural_at_most(text, MAX_JOBS, f"{JOBS_PER_CPU} per CPU of this machine")
 
 
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
