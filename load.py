@@ -349,7 +349,6 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
         cur.execute(sql.songplays_empty)
         if not cur.fetchone()[0]:
             return None
-        cur.execute(sql.exact_floats)
         cur.execute(sql.song_keys_read, {"limit": sql.SONG_KEYS_IN_MEMORY + 1})
         song_keys = cur.fetchall()
     if len(song_keys) > sql.SONG_KEYS_IN_MEMORY:

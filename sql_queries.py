@@ -472,15 +472,19 @@ try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 # a role or database sets for interactive work ends it midway: a big load's keys take minutes to
 # build, a batch's transaction waits while the next part is parsed, the session waits between
 # batches. And an error the load expects (rows written twice that a key refuses, a lock not
-# granted in time) ends its statement, not the session (exit_on_error). Each setting the server
-# has (idle_session_timeout since PostgreSQL 14, transaction_timeout since 17).
+# granted in time) ends its statement, not the session (exit_on_error). And a double it reads
+# back is the double the server holds (extra_float_digits 3, on every PostgreSQL version: at 0 and
+# below, a bulk load's song durations came back rounded, and a play would not match its song).
+# Each setting the server has (idle_session_timeout since PostgreSQL 14, transaction_timeout
+# since 17).
 batch_job_settings = """
 SELECT set_config(s.name, v.setting, false)
 FROM (VALUES ('statement_timeout', '0'),
              ('idle_in_transaction_session_timeout', '0'),
              ('idle_session_timeout', '0'),
              ('transaction_timeout', '0'),
-             ('exit_on_error', 'off')) v (name, setting)
+             ('exit_on_error', 'off'),
+             ('extra_float_digits', '3')) v (name, setting)
 JOIN pg_settings s USING (name)"""
 
 # Triggers keep the star's row counts and check its foreign keys: in a session whose
@@ -759,10 +763,6 @@ WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
 # sent: the load is then no bulk load, and the merge below resolves its plays here, with the keys
 # in place.
 SONG_KEYS_IN_MEMORY = 2_000_000
-# The durations as exact as the server holds them, whatever the session's extra_float_digits
-# (0 and below round them, and a play of a song would then not match it): 3 writes every double
-# so that it reads back as the same double, on every PostgreSQL version.
-exact_floats = "SET LOCAL extra_float_digits = 3"
 song_keys_read = f"""
 SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
 LIMIT %(limit)s"""
