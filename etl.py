@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 import psycopg2
+import psycopg2.errors
 from tqdm import tqdm
 
 import cli
@@ -294,6 +295,10 @@ class FoundUnusable(Exception):
         self.unusable = unusable
 
 
+# What the database says of data it refuses: a value no check foresaw breaks a constraint, or a
+# limit (a key too long for its index is a program limit).
+REFUSED_DATA = (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.errors.ProgramLimitExceeded)
+
 # Times a batch is loaded again for files found unusable. Each time, a file found before is
 # emptied as long as its content is the same; one that changed again meanwhile to content as
 # unusable (a writer still at work) is found again, and after the last time loads as it stands.
@@ -328,7 +333,7 @@ def load_or_split(
         except FoundUnusable as exc:
             unusable = unusable | exc.unusable
             parts = preparer.here(batch, unusable)
-        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+        except REFUSED_DATA as exc:
             parts.close()  # no more of them: a worker's still on their way are received
             return split_or_refused(conn, start, preparer, batch, unusable, cli.first_line(exc))
 

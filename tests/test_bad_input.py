@@ -3,6 +3,7 @@ read is accounted for (loaded + skipped + duplicates + rejected), in the summary
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from builders import (
     last_run,
     line,
     lines,
+    log_file,
     manifest,
     other_page,
     plus,
@@ -317,6 +319,37 @@ def test_a_big_log_file_the_database_refuses_in_its_first_part_leaves_the_next_b
     assert crafted_items() == list(range(600, 610))
     assert [r[:2] for r in rejects()] == [("log_data/2018/12/a.json", None)]
     assert manifest()["log_data/2018/12/a.json"] == (600, 0, 0, 0, 600)
+
+
+def test_a_song_id_too_long_for_the_songs_key_rejects_its_file_and_every_other_file_loads(
+    fresh_tables, tmp_path, settings
+):
+    """A key value past what a btree entry holds (about 2,700 bytes once compressed) is refused
+    by PostgreSQL as a program limit, not as bad data: that file is rejected whole, naming the
+    limit, and the rest loads, songs and plays."""
+    too_long = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(50))[:3000]
+    for n in range(5):
+        write(tmp_path, f"song_data/{n}.json", line(song(n)))
+    write(tmp_path, "song_data/2.json", line(song(2, song_id=too_long)))
+    write(tmp_path, "log_data/day.json", log_file(*[event(n) for n in range(3)]))
+
+    report = etl_module.run(
+        settings, tmp_path, jobs=0, progress=False, out=None, limits=Limits(song_batch_files=2)
+    )
+
+    assert report.exit_code(strict=False) == EXIT_OK
+    assert query("SELECT song_id FROM songs ORDER BY song_id") == [
+        (song(n)["song_id"],) for n in range(5) if n != 2
+    ]
+    assert scalar("SELECT count(*) FROM songplays") == 3
+    assert [r[:3] for r in rejects()] == [
+        (
+            "song_data/2.json",
+            None,
+            "the database refused this file: index row size 3016 exceeds btree version 4 "
+            'maximum 2704 for index "songs_pkey"',
+        )
+    ]
 
 
 def test_a_song_file_the_database_refuses_is_rejected_whole_and_every_other_batch_loads(
