@@ -172,8 +172,9 @@ class Part:
 
 
 # A play's song, where the song catalogue is small enough to send to the parse worker: rows of
-# (title, artist name, duration, song_id, artist_id), one per (title, artist name, duration).
-SongKeys = list[tuple[str, str, float, str, str]]
+# (title, artist name, duration, song_id, artist_id), one per (title, artist name, duration), as
+# the CSV text PostgreSQL's COPY writes (a NULL an empty field, an empty text a quoted one).
+SongKeys = bytes
 # What a bulk load hands the parse worker once its song files are loaded, for its plays to go
 # straight into songplays: the song keys and the ids taken for the new log files, by path. Any
 # other load hands over None: its plays are staged and merged.

@@ -349,17 +349,17 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
         cur.execute(sql.songplays_empty)
         if not cur.fetchone()[0]:
             return None
-        cur.execute(sql.song_keys_read, {"limit": sql.SONG_KEYS_IN_MEMORY + 1})
-        song_keys = cur.fetchall()
-    if len(song_keys) > sql.SONG_KEYS_IN_MEMORY:
-        return None
+        song_keys = io.BytesIO()
+        cur.copy_expert(sql.song_keys_copy, song_keys)
+        if cur.rowcount > sql.SONG_KEYS_IN_MEMORY:
+            return None
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
             for drop in sql.bulk_keys_drop:
                 cur.execute(drop)
             cur.execute(sql.file_ids_take, {"files": len(new)})
-            return song_keys, dict(zip(new, (row[0] for row in cur.fetchall())))
+            return song_keys.getvalue(), dict(zip(new, (row[0] for row in cur.fetchall())))
     except (
         psycopg2.errors.LockNotAvailable,
         psycopg2.errors.DeadlockDetected,

@@ -762,10 +762,13 @@ WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
 # id, taken then (file_ids_take). A catalogue of more than SONG_KEYS_IN_MEMORY song keys is not
 # sent: the load is then no bulk load, and the merge below resolves its plays here, with the keys
 # in place.
+# The keys travel as the CSV text COPY writes, a few bytes a key where a Python object takes
+# hundreds.
 SONG_KEYS_IN_MEMORY = 2_000_000
-song_keys_read = f"""
-SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
-LIMIT %(limit)s"""
+song_keys_copy = f"""
+COPY (SELECT title, artist_name, duration::float8, song_id, artist_id FROM ({_song_keys}) k
+      LIMIT {SONG_KEYS_IN_MEMORY + 1})
+TO STDOUT WITH (FORMAT csv)"""
 file_ids_take = f"SELECT {_next_file_id} FROM generate_series(1, %(files)s)"
 SONGPLAYS_COPY_COLUMNS = [
     "start_time",

@@ -286,6 +286,10 @@ def dedupe_plays(rows: pa.Table) -> pa.Table:
 
 
 SONG_IDS = ["song_id", "artist_id"]
+SONG_KEY_SCHEMA = pa.schema(
+    [("title", pa.string()), ("artist_name", pa.string()), ("duration", pa.float64())]
+    + [(name, pa.string()) for name in SONG_IDS]
+)
 
 
 def songplay_rows(rows: pa.Table, song_keys: pa.Table, file_ids: dict[str, int]) -> pa.Table:
@@ -299,11 +303,14 @@ def songplay_rows(rows: pa.Table, song_keys: pa.Table, file_ids: dict[str, int])
     # Only the key goes through the join (which shuffles rows) and back into order: the plays'
     # other columns, most of their bytes, stay where they are (0.27 s for 850k plays instead of
     # 0.68 s with every column).
-    ids = (
-        _numbered(rows.select(key[:2]).append_column("length_key", length_key), "row")
-        .join(keys, key, join_type="left outer")
-        .sort_by("row")
-    )
+    plays = _numbered(rows.select(key[:2]).append_column("length_key", length_key), "row")
+    # Arrow builds its hash table on the join's right side: the smaller of the two. A catalogue
+    # bigger than a part's plays costs a part five times as much the other way round (300,000
+    # song keys and a part's 45,000 plays: 231 ms, against 49 ms).
+    if keys.num_rows <= plays.num_rows:
+        ids = plays.join(keys, key, join_type="left outer").sort_by("row")
+    else:
+        ids = keys.join(plays, key, join_type="right outer").sort_by("row")
     paths = pa.array(list(file_ids))
     file_id = pa.array(list(file_ids.values()), pa.int64()).take(
         pc.index_in(rows["path"], value_set=paths)
@@ -314,18 +321,20 @@ def songplay_rows(rows: pa.Table, song_keys: pa.Table, file_ids: dict[str, int])
     )
 
 
-def song_key_table(song_keys: list[tuple]) -> pa.Table:
+def song_key_table(song_keys: bytes) -> pa.Table:
     """SongKeys (contract.SongKeys) as an Arrow table."""
-    columns = list(zip(*song_keys)) or [[]] * 5
-    return pa.table(
-        [
-            pa.array(columns[0], pa.string()),
-            pa.array(columns[1], pa.string()),
-            pa.array(columns[2], pa.float64()),
-            pa.array(columns[3], pa.string()),
-            pa.array(columns[4], pa.string()),
-        ],
-        names=["title", "artist_name", "duration", *SONG_IDS],
+    if not song_keys:
+        return SONG_KEY_SCHEMA.empty_table()
+    return pyarrow.csv.read_csv(
+        pa.py_buffer(song_keys),
+        read_options=pyarrow.csv.ReadOptions(column_names=SONG_KEY_SCHEMA.names),
+        parse_options=pyarrow.csv.ParseOptions(newlines_in_values=True),
+        convert_options=pyarrow.csv.ConvertOptions(
+            column_types=SONG_KEY_SCHEMA,
+            null_values=[""],  # and only it: NaN is a number
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
     )
 
 

@@ -23,9 +23,10 @@ from etl import Preparer
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
 # Near misses on every field: accents, a trailing space, case, other scripts, and durations that
-# differ in their last bit (0.1 + 0.2 is not 0.3) or only in decimal digits a float keeps.
-TITLES = ["Halo", "Hälo", "Halo ", "halo", "ハロー"]
-ARTISTS = ["Beyoncé", "Beyonce", "Gob"]
+# differ in their last bit (0.1 + 0.2 is not 0.3) or only in decimal digits a float keeps; and
+# text that CSV, which the keys travel as, quotes or could take for a NULL or a number.
+TITLES = ["Halo", "Hälo", "Halo ", "halo", "ハロー", 'Say "Halo", again', "Ha\nlo", "NaN", "\\N"]
+ARTISTS = ["Beyoncé", "Beyonce", "Gob", "NULL", " , "]
 DURATIONS = [0.1 + 0.2, 0.3, 1e-7, 209.60608, 209.606080000001, 123.45678901234568]
 
 SONGS = st.lists(
@@ -122,6 +123,43 @@ def test_a_play_of_length_minus_zero_is_resolved_as_the_databases_join_resolves_
     assert report["plays_resolved"]["this_run"] == 1
 
 
+# Song keys reach the parse worker as the CSV text COPY writes: a quote, a comma, line breaks,
+# words a CSV reader may take for a NULL or a number, and a duration that needs 17 digits.
+CSV_HOSTILE = [
+    ('Say "Halo", again', "Gob", 209.60608),
+    ("Two\nlines", "Gob", 209.60608),
+    ("Carriage\r\nreturn", "Gob", 209.60608),
+    ("NULL", "NULL", 209.60608),
+    ("NaN", "nan", 209.60608),
+    ("\\N", "N/A", 209.60608),
+    ("Halo", "Gob", 0.1 + 0.2),
+]
+
+
+def test_a_bulk_load_resolves_plays_of_songs_whose_text_csv_quotes_or_may_read_as_null(
+    tmp_path,
+):
+    for n, (title, artist, duration) in enumerate(CSV_HOSTILE):
+        record = song(
+            n, title=title, artist_name=artist, artist_id=f"AR{n:016d}", duration=duration
+        )
+        write(tmp_path, f"song_data/{n}.json", line(record))
+    plays = [
+        event(n, song=title, artist=artist, length=duration)
+        for n, (title, artist, duration) in enumerate(CSV_HOSTILE)
+    ]
+    pages = [other_page(len(plays) + n, "Home") for n in range(30)]  # a bulk load
+    write(tmp_path, "log_data/day.json", log_file(*plays, *pages))
+    run_script("create_tables.py")
+
+    report = json.loads(etl(tmp_path).stdout)
+
+    assert report["keys"]["set_aside"] is True
+    assert query("SELECT item_in_session, song_id, artist_id FROM songplays ORDER BY 1") == [
+        (n, f"SOZZZZZ12A8C{n:06d}", f"AR{n:016d}") for n in range(len(CSV_HOSTILE))
+    ]
+
+
 def test_a_bulk_load_asked_for_more_workers_than_log_batches_ends(tmp_path):
     # --jobs 2 and one log batch (the songs are prepared by etl.py itself): one worker, which
     # takes the song keys (more than a pipe holds); a second one would never read them, and
@@ -154,9 +192,11 @@ def preparer_of(data: Path) -> Preparer:
     return Preparer(batches, Limits(), jobs=1)
 
 
-# Song keys more than a pipe holds at once, and the id of the one log file.
-HANDED = ([(f"Title {n}", "Crafted", 107.5, f"SO{n:016d}", CRAFTED_ARTIST) for n in range(5000)],
-          {"log_data/day.json": 1})  # fmt: skip
+# Song keys more than a pipe holds at once (as COPY writes them), and the id of the one log file.
+HANDED = (
+    "".join(f"Title {n},Crafted,107.5,SO{n:016d},{CRAFTED_ARTIST}\n" for n in range(5000)).encode(),
+    {"log_data/day.json": 1},
+)
 
 
 def test_the_parse_worker_once_closed_leaves_no_thread_of_the_run_running(tmp_path):
