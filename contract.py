@@ -54,7 +54,7 @@ class Known(NamedTuple):
     usable: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class FileTask:
     """A file to read: its path as the manifest names it (under the data folder, forward
     slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its

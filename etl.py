@@ -266,11 +266,12 @@ def _die_with(parent: int) -> None:
 
 def load_batches(
     conn, start: load.RunStart, preparer: Preparer, kind: Kind, progress: bool | None
-) -> list[tuple[Part, Loaded]]:
-    """The kind's batches, each part with what loading it did."""
+) -> Tally:
+    """The kind's batches loaded, tallied part by part. The parts are not kept: what they say
+    of each file would take memory in proportion to the files (half a kilobyte a file)."""
     batches = preparer.batches
     numbers = [n for n, batch in enumerate(batches) if batch.kind == kind]
-    done = []
+    tally = Tally()
     with tqdm(
         total=sum(len(batches[n].tasks) for n in numbers),
         desc=f"{kind} files",
@@ -281,9 +282,10 @@ def load_batches(
     ) as bar:
         for number in numbers:
             parts = preparer.parts(number)
-            done += load_or_split(conn, start, preparer, batches[number], parts)
+            for part, loaded in load_or_split(conn, start, preparer, batches[number], parts):
+                tally.add(part, loaded)
             bar.update(len(batches[number].tasks))
-    return done
+    return tally
 
 
 class FoundUnusable(Exception):
@@ -429,16 +431,17 @@ def run(
         workers = default_jobs(batches, limits) if jobs is None else jobs
         preparer = Preparer(batches, limits, workers)
         try:
-            done = load_batches(conn, start, preparer, "song", progress)
+            songs = load_batches(conn, start, preparer, "song", progress)
             # Songs first; then a first load of the logs is a bulk load: the keys dropped, its
             # plays resolved by the parse workers and written straight in with its instants.
             handed = load.begin_bulk_load(conn, start, plans["log"].batches)
             preparer.hand_over(handed)
-            done += load_batches(conn, start, preparer, "log", progress)
+            logs = load_batches(conn, start, preparer, "log", progress)
         finally:
             preparer.close()
         built = load.build_keys(conn, server, start.run_id)
-        tally = Tally.of(done, {kind: plans[kind].unchanged for kind in KINDS}, built.duplicates)
+        unchanged = {kind: plans[kind].unchanged for kind in KINDS}
+        tally = Tally.total([songs, logs], unchanged, built.duplicates)
         report = finish(
             conn,
             start,

@@ -230,7 +230,7 @@ def starts_as_text(head: bytes) -> bool:
 
 
 # ================================================================ finding and planning
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Listed:
     """A data file as listed: where it is, and its version (None: it could not be looked at,
     so it is read, and says why it cannot be)."""

@@ -35,18 +35,21 @@ class Tally:
     settled: bool = False  # copies of a play were settled: other files' plays may have moved
 
     @classmethod
-    def of(
-        cls,
-        done: list[tuple[Part, Loaded]],
-        unchanged: dict[str, int],
-        removed_duplicates: int = 0,
+    def total(
+        cls, stages: list[Tally], unchanged: dict[str, int], removed_duplicates: int = 0
     ) -> Tally:
-        """The tally of the parts loaded, with the files found unchanged per kind, and the plays
-        a bulk load wrote that lost to another copy as its keys were built back: duplicates,
-        not loaded."""
+        """The run's tally: its stages' tallies added up, with the files found unchanged per kind,
+        and the plays a bulk load wrote that lost to another copy as its keys were built back:
+        duplicates, not loaded."""
         tally = cls()
-        for part, loaded in done:
-            tally.add(part, loaded)
+        for stage in stages:
+            for kind in KINDS:
+                for state, n in stage.files[kind].items():
+                    tally.files[kind][state] = tally.files[kind].get(state, 0) + n
+                for name, n in stage.counts[kind].items():
+                    tally.counts[kind][name] += n
+            tally.file_problems += stage.file_problems
+            tally.settled = tally.settled or stage.settled
         for kind, n in unchanged.items():
             tally.files[kind]["unchanged"] = tally.files[kind].get("unchanged", 0) + n
         tally.counts["log"]["loaded"] -= removed_duplicates
