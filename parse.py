@@ -170,8 +170,7 @@ def _decode_lines(
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            reason = f"not valid {encoding}" if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
-            bad.append(Reject(path, number, reason, raw))
+            bad.append(Reject(path, number, _decode_error(exc, encoding), raw))
             continue
         if not isinstance(value, dict):
             bad.append(Reject(path, number, f"not a JSON object but {type(value).__name__}", raw))
@@ -179,6 +178,16 @@ def _decode_lines(
         value.update(path=path, line=number, raw=raw)
         good.append(value)
     return good, bad
+
+
+def _decode_error(exc: orjson.JSONDecodeError, encoding: str) -> str:
+    """Why a line is not JSON, as its reject says."""
+    message = str(exc)
+    if "byte order mark" in message:  # a line's, not the file's: that one is skipped
+        return "a byte-order mark before the record (as files joined together leave one)"
+    if "UTF-8" in message:
+        return f"not valid {encoding}"
+    return f"malformed JSON: {message}"
 
 
 def parse_song_file(

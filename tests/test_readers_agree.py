@@ -63,7 +63,9 @@ def test_odd_lines_are_judged_as_json_defines_them():
     assert verdicts(ODD_LINES["NaN where a number goes"] + line(2))[1][0][1].startswith(
         "malformed JSON"
     )
-    assert verdicts(ODD_LINES["a byte-order mark"])[1] == [(1, "not valid UTF-8")]
+    assert verdicts(ODD_LINES["a byte-order mark"])[1] == [
+        (1, "a byte-order mark before the record (as files joined together leave one)")
+    ]
     plays, rejects = verdicts(line(1) + ODD_LINES["a blank line"] + line(3))
     assert [(n, item) for n, item, _ in plays] == [(1, 1), (3, 3)] and rejects == []
     plays, rejects = verdicts(line(1) + ODD_LINES["two objects on one line, then a blank one"])
