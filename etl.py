@@ -423,38 +423,39 @@ def run(
                 f"them) and cannot be built back: {key}: {why}; nothing was loaded"
             )
         start = load.start_run(conn, server, described(data), full_refresh)
-        plans = {
-            kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
-            for kind in KINDS
-        }
-        batches = [batch for kind in KINDS for batch in plans[kind].batches]
-        workers = default_jobs(batches, limits) if jobs is None else jobs
-        preparer = Preparer(batches, limits, workers)
-        try:
-            songs = load_batches(conn, start, preparer, "song", progress)
-            # Songs first; then a first load of the logs is a bulk load: the keys dropped, its
-            # plays resolved by the parse workers and written straight in with its instants.
-            handed = load.begin_bulk_load(conn, start, plans["log"].batches)
-            preparer.hand_over(handed)
-            logs = load_batches(conn, start, preparer, "log", progress)
-        finally:
-            preparer.close()
-        built = load.build_keys(conn, server, start.run_id)
-        unchanged = {kind: plans[kind].unchanged for kind in KINDS}
-        tally = Tally.total([songs, logs], unchanged, built.duplicates)
-        report = finish(
-            conn,
-            start,
-            tally,
-            settings,
-            data.root,
-            started,
-            handed is not None,
-            found_missing,
-            built,
-            [path for kind in KINDS for path in plans[kind].ignored],
-            [path for kind in KINDS for path in plans[kind].gone],
-        )
+        with load.failure_recorded(conn, start.run_id):
+            plans = {
+                kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
+                for kind in KINDS
+            }
+            batches = [batch for kind in KINDS for batch in plans[kind].batches]
+            workers = default_jobs(batches, limits) if jobs is None else jobs
+            preparer = Preparer(batches, limits, workers)
+            try:
+                songs = load_batches(conn, start, preparer, "song", progress)
+                # Songs first; then a first load of the logs is a bulk load: the keys dropped, its
+                # plays resolved by the parse workers and written straight in with its instants.
+                handed = load.begin_bulk_load(conn, start, plans["log"].batches)
+                preparer.hand_over(handed)
+                logs = load_batches(conn, start, preparer, "log", progress)
+            finally:
+                preparer.close()
+            built = load.build_keys(conn, server, start.run_id)
+            unchanged = {kind: plans[kind].unchanged for kind in KINDS}
+            tally = Tally.total([songs, logs], unchanged, built.duplicates)
+            report = finish(
+                conn,
+                start,
+                tally,
+                settings,
+                data.root,
+                started,
+                handed is not None,
+                found_missing,
+                built,
+                [path for kind in KINDS for path in plans[kind].ignored],
+                [path for kind in KINDS for path in plans[kind].gone],
+            )
     finally:
         conn.close()
     if out is not None:

@@ -6,6 +6,7 @@ only as COPY payloads or query parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from collections.abc import Callable
@@ -54,6 +55,22 @@ def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSta
             f"cannot empty the tables for --full-refresh: locked by {held_by}; commit or end "
             "those sessions and run again (nothing was emptied)"
         ) from None
+
+
+@contextlib.contextmanager
+def failure_recorded(conn, run_id: int):
+    """The run recorded as failed when the block stops on an error. Ctrl-C, like a kill, leaves
+    it running: the next run records it as interrupted; so does a connection lost."""
+    try:
+        yield
+    except Exception:
+        try:
+            conn.rollback()
+            with db.managed_cursor(conn) as cur:
+                cur.execute(sql.run_finish, {"run_id": run_id, "status": "failed"})
+        except psycopg2.Error:
+            pass  # the connection is gone: the error that ended the run says so
+        raise
 
 
 def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunStart:

@@ -125,6 +125,21 @@ def test_a_json_run_that_cannot_load_still_prints_one_json_object_naming_its_err
     assert "s3cret" not in done.stdout + done.stderr
 
 
+def test_a_run_the_database_stops_with_an_error_is_recorded_as_failed(fresh_tables, tmp_path):
+    data = base_sample(tmp_path / "data")
+    query(
+        "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'the disk controller is on fire' USING ERRCODE = 'XX000'; END $$; "
+        "CREATE TRIGGER broken AFTER INSERT ON artists EXECUTE FUNCTION broken(); SELECT 1"
+    )
+
+    done = run_script("etl.py", "--data", str(data), check=False)
+
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert one_error_line(done) == "error: the database refused: the disk controller is on fire"
+    assert query("SELECT status, finished_at IS NOT NULL FROM load_runs") == [("failed", True)]
+
+
 class RowsUntilTheSessionEnds:
     """A COPY's data whose third read has the server end the session copying it."""
 
