@@ -342,6 +342,14 @@ def _path_order(location: str) -> str:
     return path_text(location).replace("/" if "://" in location else os.sep, "\0")
 
 
+# The manifest keys a file by its path (and a file's rejects are indexed by it): a btree entry
+# holds 2,704 bytes, less its header. A longer path could be neither recorded nor rejected.
+MANIFEST_PATH_BYTES = 2_500
+UNKEYED_NOTE = (
+    f" (a path longer than {MANIFEST_PATH_BYTES:,} bytes, which the manifest cannot key: not read)"
+)
+
+
 def plan(
     data: Source,
     listed: Listing,
@@ -353,9 +361,12 @@ def plan(
     not damaged, are left out. A log batch stays under limits.log_batch_bytes unless one file
     alone is bigger, which then makes a batch of its own, read in parts; a song batch under
     limits.song_batch_files and limits.song_batch_bytes (a bigger file: a batch of its own)."""
-    tasks, unchanged, here = [], 0, set()
+    tasks, unchanged, here, unkeyed = [], 0, set(), []
     for file in listed.files:
         rel = relative(data, kind, file.location)
+        if len(rel.encode()) > MANIFEST_PATH_BYTES:
+            unkeyed.append(rel + UNKEYED_NOTE)
+            continue
         here.add(rel)
         seen = known.get(rel)
         if file.version and seen and seen.version == file.version and not seen.damaged:
@@ -389,6 +400,7 @@ def plan(
     if current:
         batches.append(Batch(kind, tuple(current), data.store))
     ignored = [relative(data, kind, location) + note for location, note in listed.ignored]
+    ignored += unkeyed
     return Plan(batches, unchanged, ignored, _gone(data, listed, kind, known, here))
 
 

@@ -21,9 +21,11 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import shutil
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -633,6 +635,26 @@ def test_hidden_files_and_folders_are_named_as_ignored_and_never_read(data):
     summary = parse_summary(run_etl(data, "--strict").stdout)
     assert (summary.ignored, summary.ignored_examples) == (3, HIDDEN_IGNORED)
     assert summary.rejected is None
+    assert summary.files == {"song": {"new": 11}, "log": {"new": 2}}
+    assert counts() == BASE
+
+
+def test_a_data_file_whose_path_is_too_long_for_the_manifests_key_is_named_as_ignored(data):
+    # The manifest keys a file by its path: a path past what a btree entry holds (2,704 bytes,
+    # less when it does not compress) could be neither recorded nor rejected, and would stop
+    # the whole run at every run.
+    rng = random.Random(7)
+    folders = ["".join(rng.choices(string.ascii_letters, k=250)) for _ in range(11)]
+    deep = "log_data/" + "/".join(folders)
+    write(data, f"{deep}/day.json", lines(event(1)))
+
+    summary = parse_summary(run_etl(data, "--strict").stdout)
+
+    assert (summary.ignored, summary.ignored_examples) == (
+        1,
+        [f"{deep}/day.json (a path longer than 2,500 bytes, which the manifest cannot key: "
+         "not read)"],
+    )  # fmt: skip
     assert summary.files == {"song": {"new": 11}, "log": {"new": 2}}
     assert counts() == BASE
 
