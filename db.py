@@ -71,6 +71,16 @@ MISSING = re.compile(r'\b(role|database) ".*" does not exist')
 # Seconds libpq waits for a server to answer a connection before it gives up (a host that
 # accepts and never answers would hang a run), unless the URL or PGCONNECT_TIMEOUT says.
 CONNECT_TIMEOUT = "10"
+# A network that drops silently (a host gone, a cable cut) leaves a connection waiting on a
+# statement until TCP gives up: two hours with the system's keepalive defaults. Probed after 30 s
+# of silence, every 10 s, three times, it is found lost in about a minute; a busy server's system
+# answers the probes all the same. The URL's own settings win; libpq ignores them on a socket.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
 # Seconds a run waits for the load lock (--wait) before it exits 4: long enough for the server to
 # end a killed run's session, or for a run that is finishing to let go.
 LOCK_WAIT = 10
@@ -280,7 +290,7 @@ def connect(settings: Settings, dbname: str | None = None):
     DatabaseError whose message names the server without secrets. libpq gets the options, never
     the text of the URL, so its messages cannot quote that either."""
     start_embedded(settings)
-    target = options(settings, dbname)
+    target = {**KEEPALIVES, **options(settings, dbname)}
     if "connect_timeout" not in target and not os.environ.get("PGCONNECT_TIMEOUT"):
         target["connect_timeout"] = CONNECT_TIMEOUT
     try:

@@ -49,6 +49,33 @@ def test_describe_rebuilds_the_url_from_what_libpq_reads_with_every_password_as_
     )
 
 
+def keepalives(url: str | None = None) -> dict[str, str]:
+    """The TCP keepalive settings libpq connects with."""
+    conn = db.connect(db.Settings.from_env(url), "postgres")
+    try:
+        return {k: v for k, v in conn.get_dsn_parameters().items() if k.startswith("keepalives")}
+    finally:
+        conn.close()
+
+
+def test_a_connection_hears_of_a_silent_network_drop_within_a_minute_unless_the_url_says():
+    # A host gone or a cable cut, nothing sent back: a run waiting on a statement heard of it
+    # only when TCP gave up, two hours later with the system's keepalive defaults. Probed after
+    # 30 s of silence, every 10 s, three times: about a minute.
+    assert keepalives() == {
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+    }
+    assert keepalives(embedded_url() + "&keepalives_idle=5&keepalives=0") == {
+        "keepalives": "0",
+        "keepalives_idle": "5",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+    }
+
+
 def test_settings_prefer_the_command_line_then_database_url_then_pg_variables(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://env/x")
     monkeypatch.setenv("PGHOST", "elsewhere")
