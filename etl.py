@@ -50,7 +50,7 @@ import load
 import sql_queries as sql
 from contract import KINDS, Batch, HandOver, Kind, Limits, Loaded, Part, Unusable
 from extract import Listing, Source
-from report import Report, Tally
+from report import Earlier, Report, Tally
 
 REJECT_EXAMPLES = 5
 JOBS_PER_CPU = 4
@@ -524,18 +524,23 @@ def finish(
         not start.server.checks_per_file
         or tally.other_plays_touched
         or bool(built.built or found_missing.built)
-        or start.after_interruption
+        or bool(start.unreported)
     )
     with db.managed_cursor(conn) as cur:
         counted = start.server.star_counts(cur)
         after = counted.rows if changed else start.before
         checked = (
             load.post_load_checks(cur, start.run_id, every_row)
-            if changed or found_missing.built or start.after_interruption
+            if changed or found_missing.built or start.unreported
             else None
         )
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
         examples = cur.fetchall()
+        earlier = {"runs": start.unreported, "limit": REJECT_EXAMPLES}
+        cur.execute(sql.earlier_rejects_count, earlier)
+        records, files = cur.fetchone()
+        cur.execute(sql.earlier_rejects, earlier)
+        earlier_examples = cur.fetchall()
         report = Report(
             target=settings.describe(),
             data_dir=data_dir,
@@ -555,6 +560,7 @@ def finish(
             not_restored=built.failed,
             ignored=ignored,
             gone=gone,
+            earlier=Earlier(start.unreported, records, files, earlier_examples),
         )
         cur.execute(
             sql.run_finish,

@@ -30,7 +30,9 @@ class RunStart:
     resolved_before: int  # plays resolved to a song
     known: dict[Kind, dict[str, Known]]  # the manifest's files, by path
     server: Server  # plain PostgreSQL, or Citus
-    after_interruption: bool  # an earlier run stopped unfinished: its checks may not have run
+    # the runs since the last that made its report: their checks may not have run, and what
+    # they rejected is reported by this one
+    unreported: list[int]
 
 
 def server_of(conn) -> Server:
@@ -59,15 +61,16 @@ def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSta
 
 @contextlib.contextmanager
 def failure_recorded(conn, run_id: int):
-    """The run recorded as failed when the block stops on an error. Ctrl-C, like a kill, leaves
-    it running: the next run records it as interrupted; so does a connection lost."""
+    """The run recorded as failed when the block stops on an error (it makes no report: the
+    next run reports what it rejected). Ctrl-C, like a kill, leaves it running: the next run
+    records it as interrupted; so does a connection lost."""
     try:
         yield
     except Exception:
         try:
             conn.rollback()
             with db.managed_cursor(conn) as cur:
-                cur.execute(sql.run_finish, {"run_id": run_id, "status": "failed"})
+                cur.execute(sql.run_stopped, {"run_id": run_id})
         except psycopg2.Error:
             pass  # the connection is gone: the error that ended the run says so
         raise
@@ -76,7 +79,8 @@ def failure_recorded(conn, run_id: int):
 def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunStart:
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.run_interrupted)
-        after_interruption = cur.rowcount > 0
+        cur.execute(sql.runs_unreported)
+        unreported = [row[0] for row in cur.fetchall()]
         cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
         if full_refresh:
@@ -93,7 +97,7 @@ def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSt
                 path: Known((size, mtime_ns, etag), sha256, damaged, usable)
                 for path, size, mtime_ns, etag, sha256, damaged, usable in cur.fetchall()
             }
-    return RunStart(run_id, before.rows, before.resolved, known, server, after_interruption)
+    return RunStart(run_id, before.rows, before.resolved, known, server, unreported)
 
 
 def _create_staging(cur) -> None:

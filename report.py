@@ -21,6 +21,20 @@ KEYS_NAMED = {
 }
 
 
+Example = tuple[str, int | None, str]  # a reject: path, line (None: the whole file), reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Earlier:
+    """What the runs since the last report (killed, cut off, stopped by an error: none made its
+    own) rejected in the files whose loaded version is still theirs."""
+
+    runs: list[int] = dataclasses.field(default_factory=list)
+    records: int = 0
+    files: int = 0
+    examples: list[Example] = dataclasses.field(default_factory=list)
+
+
 @dataclasses.dataclass
 class Tally:
     """Files and records per kind ('song', 'log'), added up part by part as the run loads."""
@@ -106,7 +120,7 @@ class Report:
     resolved_total: int
     resolved_before: int
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
-    examples: list[tuple[str, int | None, str]]  # (path, line, reason) of the first rejects
+    examples: list[Example]  # the first rejects
     set_aside: bool  # a bulk load: the keys of songplays and time were dropped while it loaded
     found_missing: list[str]  # keys an interrupted bulk load left out, built first
     restored: list[str]  # keys built back at the end of this run
@@ -114,6 +128,7 @@ class Report:
     ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
     gone: list[str] = dataclasses.field(default_factory=list)  # loaded before, not there now
     checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
+    earlier: Earlier = Earlier()  # rejected by runs that stopped before their report
 
     @property
     def resolved_this_run(self) -> int:
@@ -129,7 +144,8 @@ class Report:
         )
 
     def exit_code(self, strict: bool) -> int:
-        return EXIT_FAILED if self.failed or (strict and self.tally.rejected) else EXIT_OK
+        rejected = self.tally.rejected + self.earlier.records + self.earlier.files
+        return EXIT_FAILED if self.failed or (strict and rejected) else EXIT_OK
 
     def as_dict(self, strict: bool) -> dict:
         """The report as data (etl.py --json): every number lines() states, by name."""
@@ -166,21 +182,26 @@ class Report:
             "rejected": {
                 "records": t.rejected - t.file_problems,
                 "files": t.file_problems,
-                "examples": [
-                    {
-                        "path": path,
-                        "where": _where(path_text(str(self.data_dir)), path),
-                        "line": line,
-                        "reason": reason,
-                    }
-                    for path, line, reason in self.examples
-                ],
+                "examples": self._examples_as_dicts(self.examples),
+                "by_earlier_runs": {
+                    "runs": self.earlier.runs,
+                    "records": self.earlier.records,
+                    "files": self.earlier.files,
+                    "examples": self._examples_as_dicts(self.earlier.examples),
+                },
             },
             "ignored": {"entries": len(self.ignored), "examples": self.ignored[:IGNORED_EXAMPLES]},
             "gone": {"files": len(self.gone), "examples": self.gone[:GONE_EXAMPLES]},
             "checks": self.checks,
             "checked": self.checked,
         }
+
+    def _examples_as_dicts(self, examples: list[Example]) -> list[dict]:
+        data_dir = path_text(str(self.data_dir))
+        return [
+            {"path": path, "where": _where(data_dir, path), "line": line, "reason": reason}
+            for path, line, reason in examples
+        ]
 
     def lines(self) -> list[str]:
         t = self.tally
@@ -219,10 +240,15 @@ class Report:
                 f"{t.file_problems} whole files, kept in table load_rejects "
                 f"(run_id = {self.run_id}):"
             )
-            out += [
-                f"    {_where(data_dir, path)}:{line if line is not None else '-'}: {reason}"
-                for path, line, reason in self.examples
-            ]
+            out += _example_lines(data_dir, self.examples)
+        if self.earlier.records or self.earlier.files:
+            runs = ", ".join(map(str, self.earlier.runs))
+            out.append(
+                f"  rejected by earlier runs that stopped before their report (run_id {runs}): "
+                f"{self.earlier.records} records and {self.earlier.files} whole files, kept in "
+                "table load_rejects:"
+            )
+            out += _example_lines(data_dir, self.earlier.examples)
         if self.ignored:
             out.append(
                 f"  ignored: {len(self.ignored)} entries that are not data files "
@@ -266,6 +292,13 @@ class Report:
             for name, why in self.not_restored.items()
         ]
         return out
+
+
+def _example_lines(data_dir: str, examples: list[Example]) -> list[str]:
+    return [
+        f"    {_where(data_dir, path)}:{line if line is not None else '-'}: {reason}"
+        for path, line, reason in examples
+    ]
 
 
 def _where(data_dir: str, path: str) -> str:

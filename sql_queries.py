@@ -197,7 +197,7 @@ load_runs_table_create = """
 CREATE TABLE load_runs (
     run_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     started_at  timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz,
+    finished_at timestamptz,  -- when it made its report; NULL: killed, cut off or stopped
     status      text NOT NULL DEFAULT 'running'
                 CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
     data_dir    text NOT NULL
@@ -514,10 +514,19 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 run_interrupted = """
 UPDATE load_runs SET status = 'interrupted' WHERE status = 'running'"""
 
+# The runs since the last that made its report (finished_at is when it did): killed, cut off,
+# or stopped by an error. The run that completes their work reports what they rejected.
+runs_unreported = """
+SELECT run_id FROM load_runs
+WHERE run_id > coalesce((SELECT max(run_id) FROM load_runs WHERE finished_at IS NOT NULL), 0)
+ORDER BY run_id"""
+
 run_start = "INSERT INTO load_runs (data_dir) VALUES (%(data_dir)s) RETURNING run_id"
 
 run_finish = """
 UPDATE load_runs SET status = %(status)s, finished_at = now() WHERE run_id = %(run_id)s"""
+
+run_stopped = "UPDATE load_runs SET status = 'failed' WHERE run_id = %(run_id)s"
 
 # What the manifest knows of each file; damaged: the run that loaded it found a problem with the
 # file itself (gzip data damaged, no record, the database refusing it), which a rejection without
@@ -1138,6 +1147,17 @@ resolved_plays_citus = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL
 run_rejects = """
 SELECT path, line, reason FROM load_rejects WHERE run_id = %(run_id)s
 ORDER BY reject_id LIMIT %(limit)s"""
+
+# What runs that stopped before their report rejected in the files they loaded, where the
+# manifest still has the version they loaded (a file loaded again since has rejects of its own).
+_earlier_rejects = """
+FROM load_rejects r JOIN load_manifest m ON m.path = r.path AND m.run_id = r.run_id
+WHERE r.run_id = ANY(%(runs)s)"""
+earlier_rejects_count = f"""
+SELECT count(line), count(*) - count(line) {_earlier_rejects}"""
+earlier_rejects = f"""
+SELECT r.path, r.line, r.reason {_earlier_rejects}
+ORDER BY r.reject_id LIMIT %(limit)s"""
 
 # ---------------------------------------------------------------- post-load checks
 # Each returns the number of offending rows; zero passes. Most of what they check, a constraint

@@ -35,7 +35,7 @@ from conftest import counts, query, scalar, table_contents
 from summary import CHECKS_PASSED, Counts, parse_summary
 
 import etl as etl_module
-from cli import EXIT_FAILED, EXIT_OK
+from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_OK
 from contract import Limits
 
 G = event  # a short name for the tables below
@@ -319,6 +319,51 @@ def test_a_big_log_file_the_database_refuses_in_its_first_part_leaves_the_next_b
     assert crafted_items() == list(range(600, 610))
     assert [r[:2] for r in rejects()] == [("log_data/2018/12/a.json", None)]
     assert manifest()["log_data/2018/12/a.json"] == (600, 0, 0, 0, 600)
+
+
+def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_its_work(
+    fresh_tables, tmp_path
+):
+    """A run that commits a file with a reject and stops before its report (killed, cut off,
+    or, here, stopped by an error) reported nothing: the run that loads the rest reports that
+    reject too, and --strict fails on it, as it does on an uninterrupted load of the same
+    files."""
+    write(tmp_path, "log_data/a.json", lines(event(0), b'{"ts": 1, "page": broke', event(1)))
+    plays = [event(n, sessionId=4242) for n in range(4000)]  # 1.4 MB: a batch of its own
+    write(tmp_path, "log_data/b.json", log_file(*plays))
+    query(
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'boom' USING ERRCODE = 'XX000'; END $$; "
+        "CREATE TRIGGER boom AFTER INSERT ON songplays FOR EACH ROW "
+        "WHEN (NEW.session_id = 4242) EXECUTE FUNCTION boom(); SELECT 1"
+    )
+    etl(tmp_path, "--batch-mb", "1", exit_code=EXIT_ENVIRONMENT)
+    query("DROP TRIGGER boom ON songplays; SELECT 1")
+
+    report = json.loads(etl(tmp_path, "--batch-mb", "1", "--strict", exit_code=EXIT_FAILED).stdout)
+
+    assert report["files"]["log"] == {"unchanged": 1, "new": 1}
+    assert report["rejected"]["records"] == 0
+    assert report["rejected"]["by_earlier_runs"] == {
+        "runs": [1],
+        "records": 1,
+        "files": 0,
+        "examples": [
+            {
+                "path": "log_data/a.json",
+                "where": f"{tmp_path}/log_data/a.json",
+                "line": 2,
+                "reason": "malformed JSON: unexpected character, expected a JSON value: line 1 column 19 "
+                "(char 18)",
+            }
+        ],
+    }
+    assert query("SELECT run_id, status FROM load_runs ORDER BY run_id") == [
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
+    again = json.loads(etl(tmp_path, "--strict").stdout)  # reported once
+    assert again["rejected"]["by_earlier_runs"]["runs"] == []
 
 
 def test_a_song_id_too_long_for_the_songs_key_rejects_its_file_and_every_other_file_loads(
