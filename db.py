@@ -81,6 +81,14 @@ KEEPALIVES = {
     "keepalives_interval": "10",
     "keepalives_count": "3",
 }
+# The server short of disk, memory or a configured limit (temp_file_limit, max_locks_per_...):
+# a statement that fails so can succeed once there is room.
+SHORT_OF_RESOURCES = (
+    psycopg2.errors.DiskFull,
+    psycopg2.errors.OutOfMemory,
+    psycopg2.errors.InsufficientResources,
+    psycopg2.errors.ConfigurationLimitExceeded,
+)
 # Seconds a run waits for the load lock (--wait) before it exits 4: long enough for the server to
 # end a killed run's session, or for a run that is finishing to let go.
 LOCK_WAIT = 10

@@ -432,7 +432,7 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
         failure = "another session kept a conflicting lock on its tables"
     except psycopg2.errors.DeadlockDetected:
         failure = "it deadlocked with another session's writes"
-    except psycopg2.IntegrityError as exc:
+    except (psycopg2.IntegrityError, *db.SHORT_OF_RESOURCES) as exc:
         failure = db.first_line(exc)
     else:
         failure = None

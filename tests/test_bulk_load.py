@@ -25,6 +25,7 @@ from builders import (
     last_run_status,
     lines,
     manifest,
+    one_error_line,
     other_page,
     play_among_few_keys,
     start_load,
@@ -329,6 +330,38 @@ def test_keys_a_bulk_load_cannot_build_back_fail_it_naming_the_key_and_wait_for_
         "DROP TRIGGER test_stranger ON songplays; "
         "INSERT INTO users (user_id, level) VALUES (424242, 'free') RETURNING 1"
     )
+    summary = parse_summary(etl(data).stdout)
+    assert summary.found_missing == ALL_SET_ASIDE
+    assert summary.checks == CHECKS_PASSED
+    assert schema_objects() == created
+
+
+def test_a_disk_full_while_the_keys_are_built_leaves_them_for_the_next_run_naming_why(data):
+    """The disk fills while a bulk load builds its keys back (here an event trigger says so as
+    the server would): the plays stay committed, the run fails naming the key and why, the next
+    run stops before loading, saying the same; once there is room, the run after builds them."""
+    created = schema_objects()
+    query(
+        "CREATE FUNCTION test_disk_full() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF current_query() LIKE '%ADD CONSTRAINT songplays_pkey%' THEN RAISE EXCEPTION "
+        "'could not extend file: No space left on device' USING ERRCODE = '53100'; END IF; "
+        "END $$; CREATE EVENT TRIGGER test_disk_full ON ddl_command_end "
+        "EXECUTE FUNCTION test_disk_full(); SELECT 1"
+    )
+    try:
+        summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)
+        assert summary.set_aside and not summary.restored
+        assert summary.not_added_back == {
+            "songplays_pkey": "could not extend file: No space left on device"
+        }
+        done = etl(data, exit_code=EXIT_ENVIRONMENT)
+        assert one_error_line(done) == (
+            "error: the keys of songplays and time are missing (as an interrupted bulk load "
+            "leaves them) and cannot be built back: songplays_pkey: could not extend file: No "
+            "space left on device; nothing was loaded"
+        )
+    finally:
+        query("DROP EVENT TRIGGER test_disk_full; SELECT 1")
     summary = parse_summary(etl(data).stdout)
     assert summary.found_missing == ALL_SET_ASIDE
     assert summary.checks == CHECKS_PASSED
