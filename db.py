@@ -358,6 +358,11 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
         why = f" ({cli.one_line(detail)})" if detail else ""
         if exc.pgcode and exc.pgcode.startswith(SESSION_ENDED):  # not this session's
             why += " (said of a connection the server made to another node: a Citus worker's)"
+        if isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
+            why += (
+                " (the server takes no writes here: a standby in recovery, or "
+                "default_transaction_read_only is on; load into the primary)"
+            )
         return DatabaseError(f"the database refused: {first_line(exc)}{why}")
     reason = first_line(first_cause(exc))
     return DatabaseError(

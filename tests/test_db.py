@@ -365,6 +365,24 @@ def test_a_sql_ascii_database_keeps_the_text_as_written(tmp_path):
         assert accented_title() == [(ACCENTED,)]
 
 
+def test_a_read_only_server_is_named_as_such(tmp_path):
+    # A hot standby, or a database whose transactions are read-only by default: what PostgreSQL
+    # says names a statement, not why it may not run.
+    data = base_sample(tmp_path / "data")
+    run_script("create_tables.py")
+    refused = etl(
+        data,
+        exit_code=EXIT_ENVIRONMENT,
+        process=True,
+        env={"PGOPTIONS": "-c default_transaction_read_only=on"},
+    )
+    assert one_error_line(refused) == (
+        "error: the database refused: cannot execute UPDATE in a read-only transaction (the "
+        "server takes no writes here: a standby in recovery, or default_transaction_read_only "
+        "is on; load into the primary)"
+    )
+
+
 def test_a_refusal_says_what_the_database_says_in_detail(tmp_path):
     data = base_sample(tmp_path / "data")
     run_script("create_tables.py")
