@@ -358,6 +358,9 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
         why = f" ({cli.one_line(detail)})" if detail else ""
         if exc.pgcode and exc.pgcode.startswith(SESSION_ENDED):  # not this session's
             why += " (said of a connection the server made to another node: a Citus worker's)"
+        hint = exc.diag.message_hint  # a full disk's: "Check free disk space."
+        if isinstance(exc, SHORT_OF_RESOURCES) and hint:
+            why += f" ({cli.one_line(hint)})"
         if isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
             why += (
                 " (the server takes no writes here: a standby in recovery, or "
