@@ -607,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         help="empty the star and the manifest first, then load every file",
     )
     parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when any record or file was rejected"
+        "--strict",
+        action="store_true",
+        help="exit 1 when any record or file was rejected, by this run or by the runs it "
+        "completes (killed, or stopped by an error, before their report)",
     )
     parser.add_argument(
         "--jobs",
