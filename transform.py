@@ -327,7 +327,10 @@ def song_key_table(song_keys: bytes) -> pa.Table:
         return SONG_KEY_SCHEMA.empty_table()
     return pyarrow.csv.read_csv(
         pa.py_buffer(song_keys),
-        read_options=pyarrow.csv.ReadOptions(column_names=SONG_KEY_SCHEMA.names),
+        # one block, the whole text: a block must hold a whole row, and a title may be long
+        read_options=pyarrow.csv.ReadOptions(
+            column_names=SONG_KEY_SCHEMA.names, block_size=len(song_keys)
+        ),
         parse_options=pyarrow.csv.ParseOptions(newlines_in_values=True),
         convert_options=pyarrow.csv.ConvertOptions(
             column_types=SONG_KEY_SCHEMA,

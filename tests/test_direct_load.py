@@ -160,6 +160,23 @@ def test_a_bulk_load_resolves_plays_of_songs_whose_text_csv_quotes_or_may_read_a
     ]
 
 
+def test_a_bulk_load_resolves_the_play_of_a_song_whose_title_is_longer_than_a_csv_block(
+    tmp_path,
+):
+    # Arrow's CSV reader takes 1 MB blocks by default, and refuses a row longer than that.
+    title = "x" * 3_000_000
+    write(tmp_path, "song_data/long.json", line(song(0, title=title)))
+    plays = [event(0, song=title, artist="Crafted", length=100.5)]
+    pages = [other_page(1 + n, "Home") for n in range(30)]  # a bulk load
+    write(tmp_path, "log_data/day.json", log_file(*plays, *pages))
+    run_script("create_tables.py")
+
+    report = json.loads(etl(tmp_path).stdout)
+
+    assert report["keys"]["set_aside"] is True
+    assert query("SELECT song_id FROM songplays") == [("SOZZZZZ12A8C000000",)]
+
+
 def test_a_bulk_load_asked_for_more_workers_than_log_batches_ends(tmp_path):
     # --jobs 2 and one log batch (the songs are prepared by etl.py itself): one worker, which
     # takes the song keys (more than a pipe holds); a second one would never read them, and
