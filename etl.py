@@ -115,6 +115,7 @@ class Preparer:
         self.logs = [n for n, batch in enumerate(batches) if batch.kind == "log"]
         self.workers, self.outboxes, self.handovers = [], [], []
         self.sending: list[concurrent.futures.Future] = []  # the hand-over, on its way to each
+        self.closed = False  # the workers killed: nothing more comes from them
         jobs = min(jobs, len(self.logs))
         if jobs <= 0:
             return
@@ -170,7 +171,7 @@ class Preparer:
                 last = part.last
                 yield part
         except GeneratorExit:  # closed before the batch's last part: the worker's next parts
-            while not last:  # are the rest
+            while not last and not self.closed:  # are the rest, unless it is killed
                 last = _receive(self.outboxes[k], self.workers[k]).last
             raise
 
@@ -194,6 +195,7 @@ class Preparer:
         return prepare_module().prepare(batch, self.limits, self.written, unusable)
 
     def close(self) -> None:
+        self.closed = True
         for worker in self.workers:
             worker.kill()
             worker.join()

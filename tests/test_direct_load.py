@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,27 @@ def test_a_parse_worker_closed_before_it_reads_the_hand_over_is_not_waited_for(t
     preparer.close()  # the worker killed, maybe before it read the song keys
 
     assert started_threads(before) == []
+
+
+def test_a_batch_left_unfinished_once_the_workers_are_killed_is_not_waited_for(tmp_path):
+    # A run stopped by an error closes the parse workers first; the batch's parts it was
+    # receiving are closed later, when the error is let go: waiting for the rest then read a
+    # dead worker's queue (at worst a message cut off halfway, which never ends).
+    plays = [event(n) for n in range(9000)]  # 3 MB: parts of 1 MB
+    write(tmp_path, "log_data/day.json", log_file(*plays))
+    limits = Limits(log_batch_bytes=1 << 20)
+    source = extract.source(str(tmp_path))
+    batches = extract.plan(source, extract.listing(source, "log"), "log", {}, limits).batches
+    preparer = Preparer(batches, limits, jobs=1)
+    preparer.hand_over(None)
+    parts = preparer.parts(0)
+    assert not next(parts).last
+
+    preparer.close()
+    started = time.monotonic()
+    parts.close()
+
+    assert time.monotonic() - started < 1
 
 
 def test_a_file_the_database_refuses_during_a_bulk_load_with_two_workers_loses_nothing_else(
