@@ -1153,8 +1153,11 @@ ORDER BY reject_id LIMIT %(limit)s"""
 _earlier_rejects = """
 FROM load_rejects r JOIN load_manifest m ON m.path = r.path AND m.run_id = r.run_id
 WHERE r.run_id = ANY(%(runs)s)"""
+# Records as a run counts them (every record of a file rejected whole included: the manifest's
+# count), and the whole files.
 earlier_rejects_count = f"""
-SELECT count(line), count(*) - count(line) {_earlier_rejects}"""
+SELECT (SELECT coalesce(sum(rejected), 0) FROM load_manifest WHERE run_id = ANY(%(runs)s)),
+       (SELECT count(*) {_earlier_rejects} AND r.line IS NULL)"""
 earlier_rejects = f"""
 SELECT r.path, r.line, r.reason {_earlier_rejects}
 ORDER BY r.reject_id LIMIT %(limit)s"""

@@ -328,6 +328,9 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
     or, here, stopped by an error) reported nothing: the run that loads the rest reports that
     reject too, and --strict fails on it, as it does on an uninterrupted load of the same
     files."""
+    too_long = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(50))[:3000]
+    refused = [song(0), song(1, song_id=too_long), song(2)]  # the database refuses the file
+    write(tmp_path, "song_data/refused.json", lines(*refused))
     write(tmp_path, "log_data/a.json", lines(event(0), b'{"ts": 1, "page": broke', event(1)))
     plays = [event(n, sessionId=4242) for n in range(4000)]  # 1.4 MB: a batch of its own
     write(tmp_path, "log_data/b.json", log_file(*plays))
@@ -346,9 +349,16 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
     assert report["rejected"]["records"] == 0
     assert report["rejected"]["by_earlier_runs"] == {
         "runs": [1],
-        "records": 1,
-        "files": 0,
+        "records": 4,  # as an uninterrupted load counts them: every record of a refused file
+        "files": 1,
         "examples": [
+            {
+                "path": "song_data/refused.json",
+                "where": f"{tmp_path}/song_data/refused.json",
+                "line": None,
+                "reason": "the database refused this file: index row size 3016 exceeds btree "
+                'version 4 maximum 2704 for index "songs_pkey"',
+            },
             {
                 "path": "log_data/a.json",
                 "where": f"{tmp_path}/log_data/a.json",
@@ -364,6 +374,8 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
     ]
     again = json.loads(etl(tmp_path, "--strict").stdout)  # reported once
     assert again["rejected"]["by_earlier_runs"]["runs"] == []
+    fresh = json.loads(etl(tmp_path, "--full-refresh", "--strict", exit_code=EXIT_FAILED).stdout)
+    assert (fresh["rejected"]["records"], fresh["rejected"]["files"]) == (4, 1)
 
 
 def test_a_song_id_too_long_for_the_songs_key_rejects_its_file_and_every_other_file_loads(
