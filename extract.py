@@ -342,8 +342,9 @@ def _path_order(location: str) -> str:
     return path_text(location).replace("/" if "://" in location else os.sep, "\0")
 
 
-# The manifest keys a file by its path (and a file's rejects are indexed by it): a btree entry
-# holds 2,704 bytes, less its header. A longer path could be neither recorded nor rejected.
+# The manifest keys a file by its path (and a file's or a folder's rejects are indexed by it): a
+# btree entry holds 2,704 bytes, less its header. A longer path could be neither recorded nor
+# rejected.
 MANIFEST_PATH_BYTES = 2_500
 UNKEYED_NOTE = (
     f" (a path longer than {MANIFEST_PATH_BYTES:,} bytes, which the manifest cannot key: not read)"
@@ -384,10 +385,12 @@ def plan(
                 known_usable=bool(seen and seen.usable),
             )
         )
-    tasks += [
-        FileTask(relative(data, kind, location), location, 0, 0, None, problem)
-        for location, problem in listed.unlisted
-    ]
+    for location, problem in listed.unlisted:  # a folder's problem is recorded by its path too
+        rel = relative(data, kind, location)
+        if len(rel.encode()) > MANIFEST_PATH_BYTES:
+            unkeyed.append(rel + UNKEYED_NOTE)
+        else:
+            tasks.append(FileTask(rel, location, 0, 0, None, problem))
     most_bytes = limits.song_batch_bytes if kind == "song" else limits.log_batch_bytes
     most_files = limits.song_batch_files if kind == "song" else len(tasks)
     batches, current, size = [], [], 0

@@ -659,6 +659,31 @@ def test_a_data_file_whose_path_is_too_long_for_the_manifests_key_is_named_as_ig
     assert counts() == BASE
 
 
+def test_a_folder_past_path_max_is_named_as_ignored_not_rejected(data):
+    # Its listing fails ("File name too long"), and a folder's reject, like a file's, is
+    # indexed by its path: past 2,500 bytes, it is named among the ignored entries.
+    rng = random.Random(7)
+    top = os.open(data / "log_data", os.O_RDONLY)
+    length, names = len(str(data / "log_data")), []
+    while length < 4200:  # past PATH_MAX (4,096): only reached folder by folder
+        names.append("".join(rng.choices(string.ascii_letters, k=250)))
+        os.mkdir(names[-1], dir_fd=top)
+        inner = os.open(names[-1], os.O_RDONLY, dir_fd=top)
+        os.close(top)
+        top, length = inner, length + 251
+    os.close(top)
+
+    summary = parse_summary(run_etl(data, "--strict").stdout)
+
+    too_long = next(n for n in range(len(names)) if len(str(data)) + 10 + 251 * (n + 1) > 4095)
+    assert summary.ignored_examples == [
+        "log_data/" + "/".join(names[: too_long + 1]) + " (a path longer than 2,500 bytes, which "
+        "the manifest cannot key: not read)"
+    ]
+    assert summary.files == {"song": {"new": 11}, "log": {"new": 2}}
+    assert counts() == BASE
+
+
 # ================================================================ gzip
 
 
