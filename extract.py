@@ -143,9 +143,14 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
 def store_failure(exc: Exception, url: str) -> Exception:
     """What a store's error becomes: an object not found (deleted since it was listed) stays
     that object's problem, as a file that vanished is; anything else (no connection, a refused
-    request, bad credentials) stops the run."""
+    request, bad credentials, an object replaced while it was streamed) stops the run."""
     if isinstance(exc, FileNotFoundError):
         return exc
+    if isinstance(exc, OSError) and exc.errno == errno.EBUSY:  # s3fs: "... no longer exists"
+        return StoreError(
+            f"cannot read {url}: it was replaced while it was read (its ETag changed); run "
+            "again to read it as it is now"
+        )
     return StoreError(f"cannot read {url}: {store_reason(exc)}")
 
 

@@ -241,6 +241,33 @@ def test_an_object_replaced_by_a_bigger_one_after_the_listing_is_read_whole(s3, 
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+def test_an_object_replaced_while_it_is_streamed_is_named_as_replaced_not_as_gone(
+    s3, monkeypatch, tmp_path
+):
+    # Read in blocks, a big object sent again meanwhile is refused by its ETag: the store's
+    # words ("... no longer exists") would send a user looking for a deleted object.
+    builders.write(tmp_path, "log_data/day.json", b"x" * (3 * extract.OBJECT_BLOCK))
+    s3.upload(tmp_path, BUCKET, "moving")
+    key = "moving/log_data/day.json"
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = f"s3://{BUCKET}/{key}"
+    stream = extract.ObjectStream(extract.Store("s3"), url)
+    stream.read(1024)  # its first block fetched
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"y" * (3 * extract.OBJECT_BLOCK))
+
+    with pytest.raises(extract.StoreError) as refused:
+        stream.read(2 * extract.OBJECT_BLOCK)
+
+    assert str(refused.value) == (
+        f"cannot read {url}: it was replaced while it was read (its ETag changed); "
+        "run again to read it as it is now"
+    )
+    stream.close()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def test_bad_credentials_are_one_line_and_no_secret():
     """A server that checks credentials, which knows none: every request is refused as a real
     store refuses a wrong key."""
