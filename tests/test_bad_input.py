@@ -365,7 +365,7 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
                 "line": 2,
                 "reason": "malformed JSON: unexpected character, expected a JSON value: "
                 "line 1 column 19 (char 18)",
-            }
+            },
         ],
     }
     assert query("SELECT run_id, status FROM load_runs ORDER BY run_id") == [
