@@ -78,7 +78,6 @@ def failure_recorded(conn, run_id: int):
 
 def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunStart:
     with db.managed_cursor(conn) as cur:
-        cur.execute(sql.run_interrupted)
         cur.execute(sql.runs_unreported)
         unreported = [row[0] for row in cur.fetchall()]
         cur.execute(sql.run_start, {"data_dir": data_dir})

@@ -511,12 +511,14 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 
 # ---------------------------------------------------------------- runs and the manifest
 
-run_interrupted = """
-UPDATE load_runs SET status = 'interrupted' WHERE status = 'running'"""
-
 # The runs since the last that made its report (finished_at is when it did): killed, cut off,
-# or stopped by an error. The run that completes their work reports what they rejected.
+# or stopped by an error; and any still marked running. The run that completes their work marks
+# those interrupted, checks every row, and reports what they rejected.
 runs_unreported = """
+WITH interrupted AS (
+    UPDATE load_runs SET status = 'interrupted' WHERE status = 'running' RETURNING run_id)
+SELECT run_id FROM interrupted
+UNION
 SELECT run_id FROM load_runs
 WHERE run_id > coalesce((SELECT max(run_id) FROM load_runs WHERE finished_at IS NOT NULL), 0)
 ORDER BY run_id"""
