@@ -356,6 +356,10 @@ UNKEYED_NOTE = (
 )
 
 
+def _unkeyable(path: str) -> bool:
+    return len(path.encode()) > MANIFEST_PATH_BYTES
+
+
 def plan(
     data: Source,
     listed: Listing,
@@ -370,7 +374,7 @@ def plan(
     tasks, unchanged, here, unkeyed = [], 0, set(), []
     for file in listed.files:
         rel = relative(data, kind, file.location)
-        if len(rel.encode()) > MANIFEST_PATH_BYTES:
+        if _unkeyable(rel):
             unkeyed.append(rel + UNKEYED_NOTE)
             continue
         here.add(rel)
@@ -392,7 +396,7 @@ def plan(
         )
     for location, problem in listed.unlisted:  # a folder's problem is recorded by its path too
         rel = relative(data, kind, location)
-        if len(rel.encode()) > MANIFEST_PATH_BYTES:
+        if _unkeyable(rel):
             unkeyed.append(rel + UNKEYED_NOTE)
         else:
             tasks.append(FileTask(rel, location, 0, 0, None, problem))
