@@ -128,7 +128,8 @@ class Report:
     ignored: list[str] = dataclasses.field(default_factory=list)  # entries not data files
     gone: list[str] = dataclasses.field(default_factory=list)  # loaded before, not there now
     checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
-    earlier: Earlier = Earlier()  # rejected by runs that stopped before their report
+    # rejected by runs that stopped before their report
+    earlier: Earlier = dataclasses.field(default_factory=Earlier)
 
     @property
     def resolved_this_run(self) -> int:
