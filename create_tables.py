@@ -65,7 +65,7 @@ def recreate(conn) -> bool:
                 "search_path puts the session's temporary schema (pg_temp) first: the tables "
                 "would vanish with the session; put a schema of yours first (nothing was dropped)"
             )
-        cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES})
+        cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES, "readers": True})
         cur.execute(sql.tables_lock_timeout)
         try:
             cur.execute(sql.drop_tables)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL URL (default: $DATABASE_URL, then "
         "PG* variables, then the embedded server)",
     )
-    db.add_wait_option(parser, "a running load")
+    db.add_wait_option(parser, "a running load on the same database to finish")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
     return db.run_command(settings, lambda: create_tables(settings, args.wait))

@@ -442,13 +442,13 @@ def wait_seconds(text: str) -> int:
 
 
 def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
-    """The --wait option of a script that takes the load lock: holder is what it waits for."""
+    """The --wait option of a script that takes the load lock: holder says what it waits for."""
     parser.add_argument(
         "--wait",
         type=wait_seconds,
         default=LOCK_WAIT,
         metavar="SECONDS",
-        help=f"how long to wait for {holder} on the same database to finish before exiting 4; "
+        help=f"how long to wait for {holder} before exiting 4; "
         "a killed run's session ends within a second or two (default: %(default)s)",
     )
 
@@ -471,6 +471,29 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
                 break
             time.sleep(LOCK_RETRY_SECONDS)
     raise LockedError(_lock_held_message(conn, wait))
+
+
+def wait_for_locks(conn, wait: int) -> None:
+    """From now on, a statement waits up to wait seconds (one at least: an autovacuum lets go of
+    what it locks within a second) for a lock another session holds on a table, then stops
+    (LockNotAvailable, which kept_waiting explains): a load does not wait, silently, as long as
+    an open transaction in someone's psql does."""
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.load_lock_timeout, {"timeout": f"{max(wait, 1)}s"})
+
+
+def kept_waiting(conn, wait: int, tables: list[str]) -> str:
+    """Why a statement stopped waiting for a lock: the sessions in the way of writes to tables."""
+    _, holders = sessions_holding(conn, tables, readers=False)
+    who = (
+        f"holds a lock the load needs on its tables: {'; '.join(holders)}"
+        if holders
+        else "held a lock the load needed on its tables, and has let go since"
+    )
+    return (
+        f"another session {who}; waited {max(wait, 1)} s for it (--wait); what finished batches "
+        "committed stays: run again once that session ends its transaction"
+    )
 
 
 def _lock_held_message(conn, wait: int) -> str:
@@ -508,11 +531,11 @@ def managed_cursor(conn):
             yield cur
 
 
-def sessions_holding(conn, tables: list[str]) -> tuple[str, list[str]]:
-    """This session's role, and the other sessions holding a lock on one of tables, each as
-    'pid (role, application) on its tables'."""
+def sessions_holding(conn, tables: list[str], readers: bool = True) -> tuple[str, list[str]]:
+    """This session's role, and the other sessions holding a lock on one of tables (one that
+    only reads them too, if readers), each as 'pid (role, application) on its tables'."""
     with managed_cursor(conn) as cur:
-        cur.execute(sql.lock_holders_left, {"tables": tables})
+        cur.execute(sql.lock_holders_left, {"tables": tables, "readers": readers})
         holders = [
             f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"
             for pid, who, application, locked in cur.fetchall()

@@ -404,8 +404,9 @@ def run(
     out: TextIO | Literal["stdout"] | None = "stdout",
 ) -> Report:
     """Load data_dir (a folder, or an object store's URL, read anonymously if asked) into the
-    database, waiting up to lock_wait seconds for another load to finish, print the summary to
-    out (standard output as it is then; None: print nothing), and return the report."""
+    database, waiting up to lock_wait seconds for another load to finish (and for each lock
+    another session holds on the tables), print the summary to out (standard output as it is
+    then; None: print nothing), and return the report."""
     started = time.monotonic()
     data = extract.source(data_dir, anonymous)
     listed = check_data(data)
@@ -414,6 +415,7 @@ def run(
         db.as_a_batch_job(conn)
         db.require_tables(conn, sql.TABLES + sql.COUNTING)
         db.acquire_lock(conn, lock_wait)
+        db.wait_for_locks(conn, lock_wait)
         # The keys an interrupted bulk load left out are built first (its duplicates settled):
         # a load merges with them in place, unless it is a bulk load itself.
         server = load.server_of(conn)
@@ -458,6 +460,8 @@ def run(
                 [path for kind in KINDS for path in plans[kind].ignored],
                 [path for kind in KINDS for path in plans[kind].gone],
             )
+    except psycopg2.errors.LockNotAvailable:
+        raise db.LockedError(db.kept_waiting(conn, lock_wait, sql.TABLES + sql.COUNTING)) from None
     finally:
         conn.close()
     if out is not None:
@@ -583,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         "back, or --strict and records were rejected; 2 bad arguments; "
         "3 database or data folder problem (an object store's included, or the keys of "
         "songplays and time missing and impossible to build); 4 another load was still "
-        "running after --wait; 130 interrupted (Ctrl-C)",
+        "running after --wait, or another session kept a lock on the tables that long; 130 "
+        "interrupted (Ctrl-C)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -631,7 +636,11 @@ def main(argv: list[str] | None = None) -> int:
         help="megabytes of log files per batch, and per part of a bigger file; "
         "memory follows it (default: %(default)s)",
     )
-    db.add_wait_option(parser, "another load (or create_tables.py)")
+    db.add_wait_option(
+        parser,
+        "another load (or create_tables.py) on the same database to finish, and for a lock "
+        "another session holds on the tables (one second at least),",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--json",

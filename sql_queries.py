@@ -368,7 +368,8 @@ WHERE oid = pg_my_temp_schema() AND nspname = current_schema()"""
 drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + COUNTING + CITUS_STAGING)
 
 # The sessions that hold a lock on one of our tables in this database (an open notebook
-# transaction, a psql session inside BEGIN, autovacuum): one row each, with what they lock.
+# transaction, a psql session inside BEGIN, autovacuum): one row each, with what they lock;
+# those that only read (ACCESS SHARE: no write waits for them) only if readers is true.
 table_lock_holders = """
 SELECT a.pid, a.backend_type, r.oid AS role, r.rolname, r.rolsuper, a.application_name,
        string_agg(DISTINCT l.relation::regclass::text, ', ') AS tables
@@ -378,6 +379,7 @@ LEFT JOIN pg_roles r ON r.oid = a.usesysid
 WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)
   AND l.pid <> pg_backend_pid()
+  AND (%(readers)s OR l.mode <> 'AccessShareLock')
 GROUP BY a.pid, a.backend_type, r.oid, r.rolname, r.rolsuper, a.application_name"""
 
 # Those holders would make DROP wait: the clients' sessions this role may end are ended first (a
@@ -399,6 +401,11 @@ lock_holders_left = f"""
 SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
 FROM ({table_lock_holders}) holder ORDER BY pid"""
 role_name = "SELECT current_user"
+
+# etl.py's statements wait this long (its --wait: '10s') for a lock another session holds on a
+# table (an open transaction that locked it, an index being built), then stop, and the sessions
+# in the way are named; the SET LOCAL timeouts above win inside their transactions.
+load_lock_timeout = "SELECT set_config('lock_timeout', %(timeout)s, false)"
 server_encoding = "SHOW server_encoding"
 
 # On the embedded server, create_tables.py creates the database first.

@@ -24,8 +24,12 @@ from builders import (
     base_sample,
     embedded_url,
     etl,
+    event,
+    last_run_status,
+    lines,
     one_error_line,
     start_load,
+    write,
 )
 from conftest import (
     PROJECT,
@@ -359,6 +363,43 @@ def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(da
     assert "waited 2 s for it" in one_error_line(refused)
     assert waited >= 2
     assert query(RUNS) == [(0,)]
+
+
+def test_a_load_kept_waiting_by_a_session_locking_a_table_stops_after_its_wait_naming_it(data):
+    """A session whose open transaction keeps writes off users (a LOCK TABLE in psql, an index
+    being built) keeps an incremental load waiting: after --wait seconds the load stops (exit
+    4), naming that session and not a reader's, and is recorded failed; once the session lets
+    go, the next run loads the file."""
+    etl(data)
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    before = counts()
+    writer, reader = (db.connect(db.Settings.from_env()) for _ in range(2))
+    try:
+        for conn, application, statement in [
+            (writer, "an admin's psql", "LOCK TABLE users IN SHARE MODE"),
+            (reader, "a notebook", "SELECT count(*) FROM songplays"),
+        ]:
+            with conn.cursor() as cur:
+                cur.execute("SELECT set_config('application_name', %s, false)", (application,))
+                cur.execute(statement)
+        with writer.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid(), current_user")
+            pid, role = cur.fetchone()
+        refused = etl(data, "--wait", "1", exit_code=EXIT_LOCKED, process=True, timeout=60)
+    finally:
+        writer.close()
+        reader.close()
+    assert json.loads(refused.stdout) == {
+        "status": "failed",
+        "exit_code": EXIT_LOCKED,
+        "error": f"another session holds a lock the load needs on its tables: {pid} (role "
+        f"{role}, an admin's psql) on users; waited 1 s for it (--wait); what finished batches "
+        "committed stays: run again once that session ends its transaction",
+    }
+    assert last_run_status() == "failed"
+    assert counts() == before
+    etl(data)
+    assert counts()["songplays"] == before["songplays"] + 1
 
 
 # A session that takes the load lock as a run does, then runs a statement far longer than a
