@@ -761,7 +761,10 @@ ORDER BY s.title, a.name, s.duration, s.{SONG_ORDER}"""
 
 # A song batch may add songs, and change a song or its artist: the plays resolved to one of them,
 # and those naming one of them now, are resolved again from scratch (to a song, another one, or
-# none), as a load of the files as they now are resolves them.
+# none), as a load of the files as they now are resolves them. With no play loaded yet (a first
+# load's songs) the statement stops at once (its last line), without sorting the whole catalogue:
+# 100,000 song files loaded in 4.31 s against 4.57 s. (LIMIT 1: on Citus, every row of every
+# shard would come back to the coordinator first.)
 songplays_resolve_songs = f"""
 UPDATE songplays p
 SET song_id = k.song_id, artist_id = k.artist_id
@@ -777,7 +780,8 @@ FROM (SELECT q.user_id, q.songplay_id, b.song_id, b.artist_id
              WHERE s.song_id IN (SELECT song_id FROM stage_songs)
                 OR s.artist_id IN (SELECT artist_id FROM stage_songs))) k
 WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
-  AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)"""
+  AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)
+  AND EXISTS (SELECT 1 FROM songplays LIMIT 1)"""
 
 # ---------------------------------------------------------------- a bulk load's plays, written once
 # With the keys dropped, a part's plays and instants are COPYed straight into songplays and time,
