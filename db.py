@@ -473,13 +473,22 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
     raise LockedError(_lock_held_message(conn, wait))
 
 
+# PostgreSQL keeps lock_timeout in milliseconds, in an int: 24.8 days at most.
+LOCK_TIMEOUT_MOST = (2**31 - 1) // 1000
+
+
+def _lock_timeout(wait: int) -> int:
+    """The seconds a statement waits for a lock, for a --wait of wait seconds: one at least (an
+    autovacuum lets go of what it locks within a second), and as long as lock_timeout holds."""
+    return min(max(wait, 1), LOCK_TIMEOUT_MOST)
+
+
 def wait_for_locks(conn, wait: int) -> None:
-    """From now on, a statement waits up to wait seconds (one at least: an autovacuum lets go of
-    what it locks within a second) for a lock another session holds on a table, then stops
-    (LockNotAvailable, which kept_waiting explains): a load does not wait, silently, as long as
-    an open transaction in someone's psql does."""
+    """From now on, a statement waits up to wait seconds (_lock_timeout) for a lock another
+    session holds on a table, then stops (LockNotAvailable, which kept_waiting explains): a load
+    does not wait, silently, as long as an open transaction in someone's psql does."""
     with managed_cursor(conn) as cur:
-        cur.execute(sql.load_lock_timeout, {"timeout": f"{max(wait, 1)}s"})
+        cur.execute(sql.load_lock_timeout, {"timeout": f"{_lock_timeout(wait)}s"})
 
 
 def kept_waiting(conn, wait: int, tables: list[str]) -> str:
@@ -491,8 +500,8 @@ def kept_waiting(conn, wait: int, tables: list[str]) -> str:
         else "held a lock the load needed on its tables, and has let go since"
     )
     return (
-        f"another session {who}; waited {max(wait, 1)} s for it (--wait); what finished batches "
-        "committed stays: run again once that session ends its transaction"
+        f"another session {who}; waited {_lock_timeout(wait)} s for it (--wait); what finished "
+        "batches committed stays: run again once that session ends its transaction"
     )
 
 

@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     db.add_wait_option(
         parser,
         "another load (or create_tables.py) on the same database to finish, and for a lock "
-        "another session holds on the tables (one second at least),",
+        "another session holds on the tables (one second to 24 days),",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(

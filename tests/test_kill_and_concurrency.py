@@ -402,6 +402,12 @@ def test_a_load_kept_waiting_by_a_session_locking_a_table_stops_after_its_wait_n
     assert counts()["songplays"] == before["songplays"] + 1
 
 
+def test_a_load_may_wait_the_longest_wait_the_option_takes(data):
+    """--wait up to a year: longer than PostgreSQL's lock_timeout holds (24.8 days)."""
+    etl(data, "--wait", str(db.LOCK_WAIT_MOST))
+    assert counts() == BASE
+
+
 # A session that takes the load lock as a run does, then runs a statement far longer than a
 # load's longest (building a 10M-event load's keys takes about 20 s).
 LOCK_THEN_LONG_STATEMENT = """
