@@ -65,7 +65,7 @@ def recreate(conn) -> bool:
                 "search_path puts the session's temporary schema (pg_temp) first: the tables "
                 "would vanish with the session; put a schema of yours first (nothing was dropped)"
             )
-        cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES, "readers": True})
+        cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES, "modes": None})
         cur.execute(sql.tables_lock_timeout)
         try:
             cur.execute(sql.drop_tables)

@@ -491,17 +491,31 @@ def wait_for_locks(conn, wait: int) -> None:
         cur.execute(sql.load_lock_timeout, {"timeout": f"{_lock_timeout(wait)}s"})
 
 
+# Who kept a load waiting, most likely first: the sessions whose locks keep writes off a table;
+# else those writing to one (one of them holds a row the load writes); else any holding one.
+IN_THE_WAY = [
+    (sql.WRITES_KEPT_OFF, "the load waited for a lock on its tables held by {}"),
+    (
+        sql.WRITING,
+        "the load waited for a row of its tables that an open transaction holds; sessions "
+        "writing to them: {}",
+    ),
+    (None, "the load waited for a lock on its tables; sessions holding one: {}"),
+]
+
+
 def kept_waiting(conn, wait: int, tables: list[str]) -> str:
-    """Why a statement stopped waiting for a lock: the sessions in the way of writes to tables."""
-    _, holders = sessions_holding(conn, tables, readers=False)
-    who = (
-        f"holds a lock the load needs on its tables: {'; '.join(holders)}"
-        if holders
-        else "held a lock the load needed on its tables, and has let go since"
-    )
+    """Why a statement stopped waiting for a lock on tables: the sessions in the way."""
+    for modes, found in IN_THE_WAY:
+        _, holders = sessions_holding(conn, tables, modes)
+        if holders:
+            who = found.format("; ".join(holders))
+            break
+    else:
+        who = "the load waited for a lock on its tables that another session held, and has let go"
     return (
-        f"another session {who}; waited {_lock_timeout(wait)} s for it (--wait); what finished "
-        "batches committed stays: run again once that session ends its transaction"
+        f"{who}; waited {_lock_timeout(wait)} s (--wait); what finished batches committed "
+        "stays: run again once that transaction ends"
     )
 
 
@@ -540,11 +554,13 @@ def managed_cursor(conn):
             yield cur
 
 
-def sessions_holding(conn, tables: list[str], readers: bool = True) -> tuple[str, list[str]]:
-    """This session's role, and the other sessions holding a lock on one of tables (one that
-    only reads them too, if readers), each as 'pid (role, application) on its tables'."""
+def sessions_holding(
+    conn, tables: list[str], modes: list[str] | None = None
+) -> tuple[str, list[str]]:
+    """This session's role, and the other sessions holding a lock on one of tables (of one of
+    modes, if given), each as 'pid (role, application) on its tables'."""
     with managed_cursor(conn) as cur:
-        cur.execute(sql.lock_holders_left, {"tables": tables, "readers": readers})
+        cur.execute(sql.lock_holders_left, {"tables": tables, "modes": modes})
         holders = [
             f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"
             for pid, who, application, locked in cur.fetchall()

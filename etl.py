@@ -461,7 +461,8 @@ def run(
                 [path for kind in KINDS for path in plans[kind].gone],
             )
     except psycopg2.errors.LockNotAvailable:
-        raise db.LockedError(db.kept_waiting(conn, lock_wait, sql.TABLES + sql.COUNTING)) from None
+        held = sql.TABLES + sql.COUNTING + sql.CITUS_STAGING
+        raise db.LockedError(db.kept_waiting(conn, lock_wait, held)) from None
     finally:
         conn.close()
     if out is not None:

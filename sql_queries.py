@@ -374,8 +374,8 @@ WHERE oid = pg_my_temp_schema() AND nspname = current_schema()"""
 drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + COUNTING + CITUS_STAGING)
 
 # The sessions that hold a lock on one of our tables in this database (an open notebook
-# transaction, a psql session inside BEGIN, autovacuum): one row each, with what they lock;
-# those that only read (ACCESS SHARE: no write waits for them) only if readers is true.
+# transaction, a psql session inside BEGIN, autovacuum): one row each, with what they lock; with
+# modes, only locks of those modes count.
 table_lock_holders = """
 SELECT a.pid, a.backend_type, r.oid AS role, r.rolname, r.rolsuper, a.application_name,
        string_agg(DISTINCT l.relation::regclass::text, ', ') AS tables
@@ -385,7 +385,7 @@ LEFT JOIN pg_roles r ON r.oid = a.usesysid
 WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)
   AND l.pid <> pg_backend_pid()
-  AND (%(readers)s OR l.mode <> 'AccessShareLock')
+  AND (%(modes)s::text[] IS NULL OR l.mode = ANY (%(modes)s::text[]))
 GROUP BY a.pid, a.backend_type, r.oid, r.rolname, r.rolsuper, a.application_name"""
 
 # Those holders would make DROP wait: the clients' sessions this role may end are ended first (a
@@ -412,6 +412,10 @@ role_name = "SELECT current_user"
 # table (an open transaction that locked it, an index being built), then stop, and the sessions
 # in the way are named; the SET LOCAL timeouts above win inside their transactions.
 load_lock_timeout = "SELECT set_config('lock_timeout', %(timeout)s, false)"
+# The lock modes that keep a load's writes (ROW EXCLUSIVE) off a table; without them, a session
+# writing to it (ROW SHARE: SELECT ... FOR UPDATE) may hold a row the load writes.
+WRITES_KEPT_OFF = ["ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
+WRITING = ["RowShareLock", "RowExclusiveLock"]
 server_encoding = "SHOW server_encoding"
 
 # On the embedded server, create_tables.py creates the database first.
@@ -982,9 +986,9 @@ JOIN songplays s ON s.user_id = p.user_id AND s.songplay_id = p.songplay_id
 GROUP BY p.path"""
 
 # A batch's staged plays go with its transaction; a run starts by clearing what anything else
-# may have left (one load at a time: the advisory lock).
+# may have left (one load at a time: the advisory lock). By DELETE, not TRUNCATE: a pg_dump
+# reading every table would hold TRUNCATE up (and a load with it) until it ends.
 stage_plays_done_citus = "DELETE FROM stage_plays_citus"
-stage_plays_clear_citus = "TRUNCATE stage_plays_citus"
 
 manifest_add_loaded = """
 UPDATE load_manifest

@@ -356,6 +356,26 @@ def test_citus_rerun_with_nothing_new_changes_nothing(cluster):
         assert query("SELECT count(*) FROM stage_plays_citus") == [(0,)]
 
 
+def test_a_citus_load_goes_on_while_a_backup_reads_every_table(cluster, tmp_path):
+    """pg_dump holds every table it dumps, the staging table included, for reading until it
+    ends: a load writes past it, as on one server."""
+    fresh_load(cluster.url, SAMPLE)
+    data = copy_of(SAMPLE, tmp_path)
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    backup = psycopg2.connect(cluster.url, application_name="pg_dump")
+    try:
+        with backup.cursor() as cur:
+            cur.execute(
+                "LOCK TABLE "
+                + ", ".join(sql_queries.TABLES + sql_queries.CITUS_STAGING)
+                + " IN ACCESS SHARE MODE"
+            )
+        done = etl(cluster.url, data, "--wait", "1")
+    finally:
+        backup.close()
+    assert parse_summary(done.stdout).records["log"][:2] == (1, 1)
+
+
 def test_citus_full_refresh_gives_identical_tables(cluster):
     before, _ = fresh_load(cluster.url, SAMPLE)
     done = etl(cluster.url, SAMPLE, "--full-refresh")

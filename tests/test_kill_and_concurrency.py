@@ -19,6 +19,7 @@ import pytest
 from builders import (
     BASE,
     SMALL_BATCHES,
+    USER,
     Watcher,
     as_superuser,
     base_sample,
@@ -365,36 +366,55 @@ def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(da
     assert query(RUNS) == [(0,)]
 
 
-def test_a_load_kept_waiting_by_a_session_locking_a_table_stops_after_its_wait_naming_it(data):
-    """A session whose open transaction keeps writes off users (a LOCK TABLE in psql, an index
-    being built) keeps an incremental load waiting: after --wait seconds the load stops (exit
-    4), naming that session and not a reader's, and is recorded failed; once the session lets
-    go, the next run loads the file."""
-    etl(data)
+# What keeps an incremental load waiting, taken by an admin's session: its statement; and other
+# sessions that are not in the way (one reading, one writing to another table), by application.
+IN_THE_WAY = {
+    "a table": "LOCK TABLE users IN SHARE MODE",  # as an index built without CONCURRENTLY
+    "a row": f"SELECT user_id FROM users WHERE user_id = {USER} FOR UPDATE",
+}
+BYSTANDERS = {
+    "a notebook": "SELECT count(*) FROM songplays",
+    "a writer": "LOCK TABLE songplays IN ROW EXCLUSIVE MODE",
+}
+
+
+@pytest.mark.parametrize("held", list(IN_THE_WAY))
+def test_a_load_kept_waiting_by_a_session_stops_after_its_wait_naming_it(data, held):
+    """A session whose open transaction keeps writes off users, or holds the row of a user the
+    load writes, keeps an incremental load waiting: after --wait seconds the load stops (exit
+    4), naming that session (with a row, every session writing to the tables, one of which
+    holds it), and is recorded failed; once the session lets go, the next run loads the file."""
     write(data, "log_data/2018/12/a.json", lines(event(1)))
+    etl(data)
+    write(data, "log_data/2018/12/b.json", lines(event(2)))  # a play of a user loaded
     before = counts()
-    writer, reader = (db.connect(db.Settings.from_env()) for _ in range(2))
+    sessions = {"an admin's psql": IN_THE_WAY[held], **BYSTANDERS}
+    if held == "a row":
+        del sessions["a writer"]  # a writer would be named: any may hold the row
+    conns = {application: db.connect(db.Settings.from_env()) for application in sessions}
     try:
-        for conn, application, statement in [
-            (writer, "an admin's psql", "LOCK TABLE users IN SHARE MODE"),
-            (reader, "a notebook", "SELECT count(*) FROM songplays"),
-        ]:
-            with conn.cursor() as cur:
+        for application, statement in sessions.items():
+            with conns[application].cursor() as cur:
                 cur.execute("SELECT set_config('application_name', %s, false)", (application,))
                 cur.execute(statement)
-        with writer.cursor() as cur:
+        with conns["an admin's psql"].cursor() as cur:
             cur.execute("SELECT pg_backend_pid(), current_user")
             pid, role = cur.fetchone()
         refused = etl(data, "--wait", "1", exit_code=EXIT_LOCKED, process=True, timeout=60)
     finally:
-        writer.close()
-        reader.close()
+        for conn in conns.values():
+            conn.close()
+    named = f"{pid} (role {role}, an admin's psql) on users"
+    why = {
+        "a table": f"the load waited for a lock on its tables held by {named}",
+        "a row": "the load waited for a row of its tables that an open transaction holds; "
+        f"sessions writing to them: {named}",
+    }
     assert json.loads(refused.stdout) == {
         "status": "failed",
         "exit_code": EXIT_LOCKED,
-        "error": f"another session holds a lock the load needs on its tables: {pid} (role "
-        f"{role}, an admin's psql) on users; waited 1 s for it (--wait); what finished batches "
-        "committed stays: run again once that session ends its transaction",
+        "error": f"{why[held]}; waited 1 s (--wait); what finished batches committed stays: "
+        "run again once that transaction ends",
     }
     assert last_run_status() == "failed"
     assert counts() == before
