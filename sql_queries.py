@@ -407,6 +407,7 @@ lock_holders_left = f"""
 SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
 FROM ({table_lock_holders}) holder ORDER BY pid"""
 role_name = "SELECT current_user"
+server_encoding = "SHOW server_encoding"
 
 # etl.py's statements wait this long (its --wait: '10s') for a lock another session holds on a
 # table (an open transaction that locked it, an index being built), then stop, and the sessions
@@ -416,7 +417,6 @@ load_lock_timeout = "SELECT set_config('lock_timeout', %(timeout)s, false)"
 # writing to it (ROW SHARE: SELECT ... FOR UPDATE) may hold a row the load writes.
 WRITES_KEPT_OFF = ["ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
 WRITING = ["RowShareLock", "RowExclusiveLock"]
-server_encoding = "SHOW server_encoding"
 
 # On the embedded server, create_tables.py creates the database first.
 database_exists = "SELECT 1 FROM pg_database WHERE datname = %(name)s"
