@@ -514,7 +514,7 @@ def kept_waiting(conn, wait: int, tables: list[str]) -> str:
     else:
         who = "the load waited for a lock on its tables that another session held, and has let go"
     return (
-        f"{who}; waited {_lock_timeout(wait)} s (--wait); what finished batches committed "
+        f"{who}; gave up after {_lock_timeout(wait)} s (--wait); what finished batches committed "
         "stays: run again once that transaction ends"
     )
 

@@ -413,7 +413,7 @@ def test_a_load_kept_waiting_by_a_session_stops_after_its_wait_naming_it(data, h
     assert json.loads(refused.stdout) == {
         "status": "failed",
         "exit_code": EXIT_LOCKED,
-        "error": f"{why[held]}; waited 1 s (--wait); what finished batches committed stays: "
+        "error": f"{why[held]}; gave up after 1 s (--wait); what finished batches committed stays: "
         "run again once that transaction ends",
     }
     assert last_run_status() == "failed"
