@@ -492,7 +492,8 @@ def wait_for_locks(conn, wait: int) -> None:
 
 
 # Who kept a load waiting, most likely first: the sessions whose locks keep writes off a table;
-# else those writing to one (one of them holds a row the load writes); else any holding one.
+# else those writing to one (one of them holds a row the load writes); else any holding one. Only
+# locks held count: a session waiting for one is waiting too.
 IN_THE_WAY = [
     (sql.WRITES_KEPT_OFF, "the load waited for a lock on its tables held by {}"),
     (
@@ -500,7 +501,7 @@ IN_THE_WAY = [
         "the load waited for a row of its tables that an open transaction holds; sessions "
         "writing to them: {}",
     ),
-    (None, "the load waited for a lock on its tables; sessions holding one: {}"),
+    (sql.ANY_LOCK, "the load waited for a lock on its tables; sessions holding one: {}"),
 ]
 
 
@@ -512,7 +513,10 @@ def kept_waiting(conn, wait: int, tables: list[str]) -> str:
             who = found.format("; ".join(holders))
             break
     else:
-        who = "the load waited for a lock on its tables that another session held, and has let go"
+        who = (
+            "the load waited for a lock on its tables that no session holds now: one has let go "
+            "since, or a prepared transaction holds it (pg_prepared_xacts)"
+        )
     return (
         f"{who}; gave up after {_lock_timeout(wait)} s (--wait); what finished batches committed "
         "stays: run again once that transaction ends"

@@ -240,7 +240,9 @@ CREATE TABLE load_rejects (
 # ---------------------------------------------------------------- schema: row counts
 # The summary's rows before and after each star table, and the plays resolved to a song: kept
 # exact by statement triggers, each INSERT, UPDATE, DELETE or TRUNCATE adding what it changed
-# (counted from its transition tables) in its own transaction, whoever runs it. Reading them costs
+# (counted from its transition tables) in its own transaction, whoever runs it; a statement that
+# changes no count leaves the row alone, so that an open transaction that edited a play does not
+# hold up every load behind its lock on that row. Reading them costs
 # nothing, where count(*) reads every row: a month of plays, for a day's load. Citus does not run
 # such triggers on distributed and reference tables: there the load counts (count_rows_citus).
 row_counts_table_create = """
@@ -256,11 +258,13 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE row_counts SET row_count = 0 WHERE table_name = TG_TABLE_NAME;
     ELSIF TG_OP = 'INSERT' THEN
-        UPDATE row_counts SET row_count = row_count + (SELECT count(*) FROM new_rows)
-        WHERE table_name = TG_TABLE_NAME;
+        UPDATE row_counts SET row_count = row_count + d.n
+        FROM (SELECT count(*) AS n FROM new_rows) d
+        WHERE table_name = TG_TABLE_NAME AND d.n > 0;
     ELSE
-        UPDATE row_counts SET row_count = row_count - (SELECT count(*) FROM old_rows)
-        WHERE table_name = TG_TABLE_NAME;
+        UPDATE row_counts SET row_count = row_count - d.n
+        FROM (SELECT count(*) AS n FROM old_rows) d
+        WHERE table_name = TG_TABLE_NAME AND d.n > 0;
     END IF;
     RETURN NULL;
 END $$"""
@@ -272,17 +276,18 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE row_counts SET row_count = 0, resolved = 0 WHERE table_name = 'songplays';
     ELSIF TG_OP = 'INSERT' THEN
-        UPDATE row_counts SET (row_count, resolved) = (
-            SELECT row_count + count(*), resolved + count(song_id) FROM new_rows)
-        WHERE table_name = 'songplays';
+        UPDATE row_counts SET row_count = row_count + d.n, resolved = resolved + d.n_resolved
+        FROM (SELECT count(*) AS n, count(song_id) AS n_resolved FROM new_rows) d
+        WHERE table_name = 'songplays' AND d.n > 0;
     ELSIF TG_OP = 'DELETE' THEN
-        UPDATE row_counts SET (row_count, resolved) = (
-            SELECT row_count - count(*), resolved - count(song_id) FROM old_rows)
-        WHERE table_name = 'songplays';
+        UPDATE row_counts SET row_count = row_count - d.n, resolved = resolved - d.n_resolved
+        FROM (SELECT count(*) AS n, count(song_id) AS n_resolved FROM old_rows) d
+        WHERE table_name = 'songplays' AND d.n > 0;
     ELSE
-        UPDATE row_counts SET resolved = resolved + (SELECT count(song_id) FROM new_rows)
-                                                  - (SELECT count(song_id) FROM old_rows)
-        WHERE table_name = 'songplays';
+        UPDATE row_counts SET resolved = resolved + d.n_resolved
+        FROM (SELECT (SELECT count(song_id) FROM new_rows)
+                     - (SELECT count(song_id) FROM old_rows) AS n_resolved) d
+        WHERE table_name = 'songplays' AND d.n_resolved <> 0;
     END IF;
     RETURN NULL;
 END $$"""
@@ -374,8 +379,9 @@ WHERE oid = pg_my_temp_schema() AND nspname = current_schema()"""
 drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + COUNTING + CITUS_STAGING)
 
 # The sessions that hold a lock on one of our tables in this database (an open notebook
-# transaction, a psql session inside BEGIN, autovacuum): one row each, with what they lock; with
-# modes, only locks of those modes count.
+# transaction, a psql session inside BEGIN, autovacuum): one row each, with what they lock or wait
+# to lock (a lock asked for is in the queue of those asked after it); with modes, only the locks
+# of those modes that are held count.
 table_lock_holders = """
 SELECT a.pid, a.backend_type, r.oid AS role, r.rolname, r.rolsuper, a.application_name,
        string_agg(DISTINCT l.relation::regclass::text, ', ') AS tables
@@ -385,7 +391,7 @@ LEFT JOIN pg_roles r ON r.oid = a.usesysid
 WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)
   AND l.pid <> pg_backend_pid()
-  AND (%(modes)s::text[] IS NULL OR l.mode = ANY (%(modes)s::text[]))
+  AND (%(modes)s::text[] IS NULL OR (l.granted AND l.mode = ANY (%(modes)s::text[])))
 GROUP BY a.pid, a.backend_type, r.oid, r.rolname, r.rolsuper, a.application_name"""
 
 # Those holders would make DROP wait: the clients' sessions this role may end are ended first (a
@@ -417,6 +423,7 @@ load_lock_timeout = "SELECT set_config('lock_timeout', %(timeout)s, false)"
 # writing to it (ROW SHARE: SELECT ... FOR UPDATE) may hold a row the load writes.
 WRITES_KEPT_OFF = ["ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
 WRITING = ["RowShareLock", "RowExclusiveLock"]
+ANY_LOCK = [*WRITES_KEPT_OFF, *WRITING, "AccessShareLock", "ShareUpdateExclusiveLock"]
 
 # On the embedded server, create_tables.py creates the database first.
 database_exists = "SELECT 1 FROM pg_database WHERE datname = %(name)s"

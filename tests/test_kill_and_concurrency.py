@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -419,6 +420,71 @@ def test_a_load_kept_waiting_by_a_session_stops_after_its_wait_naming_it(data, h
     assert last_run_status() == "failed"
     assert counts() == before
     etl(data)
+    assert counts()["songplays"] == before["songplays"] + 1
+
+
+def test_a_session_waiting_in_the_lock_queue_is_not_named_but_the_one_it_waits_for(data):
+    """A DBA's LOCK TABLE waits behind a notebook that holds a user's row, and the load queues
+    behind the LOCK: the notebook is what keeps both waiting, and the one named."""
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    etl(data)
+    write(data, "log_data/2018/12/b.json", lines(event(2)))
+    notebook, dba = (db.connect(db.Settings.from_env()) for _ in range(2))
+    watch = Watcher()
+    queued = None
+    try:
+        with notebook.cursor() as cur:
+            cur.execute("SELECT set_config('application_name', 'a notebook', false)")
+            cur.execute(IN_THE_WAY["a row"])
+            cur.execute("SELECT pg_backend_pid(), current_user")
+            pid, role = cur.fetchone()
+        queued = threading.Thread(
+            target=dba.cursor().execute, args=("LOCK TABLE users IN ACCESS EXCLUSIVE MODE",)
+        )
+        queued.start()
+        deadline = time.monotonic() + 30
+        while not watch.value(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass"
+        ):
+            assert time.monotonic() < deadline, "the LOCK TABLE never queued"
+            time.sleep(0.01)
+        refused = etl(data, "--wait", "1", exit_code=EXIT_LOCKED, process=True, timeout=60)
+    finally:
+        notebook.close()
+        if queued:
+            queued.join(timeout=30)
+        dba.close()
+        watch.close()
+    assert json.loads(refused.stdout)["error"] == (
+        "the load waited for a row of its tables that an open transaction holds; sessions "
+        f"writing to them: {pid} (role {role}, a notebook) on users; gave up after 1 s (--wait); "
+        "what finished batches committed stays: run again once that transaction ends"
+    )
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE songplays SET location = 'Fixed' WHERE songplay_id = "
+        "(SELECT min(songplay_id) FROM songplays)",
+        "UPDATE songplays SET location = 'Fixed' WHERE false",
+        "DELETE FROM songplays WHERE false",
+    ],
+    ids=["a play's location", "no play", "no play deleted"],
+)
+def test_an_open_transaction_that_changed_no_count_does_not_hold_up_a_load(data, edit):
+    """The star's row counts are one row a table, which a statement's trigger updates: one that
+    changed no count leaves it alone, and a notebook's open edit of a play lets loads go on."""
+    etl(data)
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    before = counts()
+    notebook = db.connect(db.Settings.from_env())
+    try:
+        with notebook.cursor() as cur:
+            cur.execute(edit)
+        etl(data, "--wait", "1", process=True, timeout=60)
+    finally:
+        notebook.close()
     assert counts()["songplays"] == before["songplays"] + 1
 
 
