@@ -439,8 +439,8 @@ def run(
                 songs = load_batches(conn, start, preparer, "song", progress)
                 # Songs first; then a first load of the logs is a bulk load: the keys dropped, its
                 # plays resolved by the parse workers and written straight in with its instants.
-                handed = load.begin_bulk_load(conn, start, plans["log"].batches)
-                preparer.hand_over(handed)
+                bulk = load.begin_bulk_load(conn, start, plans["log"].batches)
+                preparer.hand_over(bulk.handed)
                 logs = load_batches(conn, start, preparer, "log", progress)
             finally:
                 preparer.close()
@@ -454,7 +454,7 @@ def run(
                 settings,
                 data.root,
                 started,
-                handed is not None,
+                bulk,
                 found_missing,
                 built,
                 [path for kind in KINDS for path in plans[kind].ignored],
@@ -515,7 +515,7 @@ def finish(
     settings: db.Settings,
     data_dir: str,
     started: float,
-    bulk: bool,
+    bulk: load.BulkStart,
     found_missing: load.Built,
     built: load.Built,
     ignored: list[str],
@@ -561,7 +561,8 @@ def finish(
             checks=checked and {name: bad for name, (bad, _) in checked.items()},
             checked={name: scope for name, (_, scope) in (checked or {}).items()},
             examples=examples,
-            set_aside=bulk,
+            set_aside=bulk.handed is not None,
+            kept_because=bulk.kept_because,
             found_missing=found_missing.built,
             restored=built.built,
             not_restored=built.failed,

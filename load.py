@@ -354,38 +354,59 @@ def _settle(cur) -> list[Moved]:
 # ================================================================ bulk loads
 
 
-def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> HandOver:
+class BulkStart(NamedTuple):
+    """What begin_bulk_load did: handed, what the parse workers need for a bulk load (None: the
+    plays are merged with the keys in place); kept_because, why a first load is not a bulk load
+    (None: it is one, or the load is no first load)."""
+
+    handed: HandOver
+    kept_because: str | None = None
+
+
+def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> BulkStart:
     """Make the run's logs a bulk load if they are a first load: on plain PostgreSQL, into an
     empty songplays, every log file new, the song catalogue small enough to send to the parse
     workers (sql.SONG_KEYS_IN_MEMORY keys). The keys (sql.BULK_KEYS) are dropped, and what the
-    workers need to write the plays straight in is returned: the song keys and the ids the log
-    files will have in the manifest, taken now, in order. None: the plays are merged with the
-    keys in place, as in every other load (also when another session holds the tables, or the
-    role may write the tables but not alter them: it does not own them)."""
+    workers need to write the plays straight in is handed: the song keys and the ids the log
+    files will have in the manifest, taken now, in order. Otherwise the plays are merged with
+    the keys in place, as in every other load; a first load says why (a catalogue too big,
+    another session holding the tables, a role that may write the tables but not alter them:
+    it does not own them)."""
     new = [t.path for b in logs for t in b.tasks if t.known_sha256 is None]
     if not start.server.bulk_loads or not new or len(new) < sum(len(b.tasks) for b in logs):
-        return None
+        return BulkStart(None)
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.songplays_empty)
         if not cur.fetchone()[0]:
-            return None
+            return BulkStart(None)
         song_keys = io.BytesIO()
         cur.copy_expert(sql.song_keys_copy, song_keys)
         if cur.rowcount > sql.SONG_KEYS_IN_MEMORY:
-            return None
+            return BulkStart(None, KEPT_FOR_A_BIG_CATALOGUE)
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
             for drop in sql.bulk_keys_drop:
                 cur.execute(drop)
             cur.execute(sql.file_ids_take, {"files": len(new)})
-            return song_keys.getvalue(), dict(zip(new, (row[0] for row in cur.fetchall())))
-    except (
-        psycopg2.errors.LockNotAvailable,
-        psycopg2.errors.DeadlockDetected,
-        psycopg2.errors.InsufficientPrivilege,
-    ):
-        return None
+            ids = dict(zip(new, (row[0] for row in cur.fetchall())))
+            return BulkStart((song_keys.getvalue(), ids))
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
+        return BulkStart(None, KEPT_FOR_ANOTHER_SESSION)
+    except psycopg2.errors.InsufficientPrivilege:
+        return BulkStart(None, KEPT_FOR_THE_ROLE)
+
+
+# Why a first load merges its plays with the keys in place, as the summary says it.
+KEPT_FOR_A_BIG_CATALOGUE = (
+    f"the song catalogue holds more than {sql.SONG_KEYS_IN_MEMORY:,} keys, more than the parse "
+    "workers are sent"
+)
+KEPT_FOR_ANOTHER_SESSION = (
+    "another session held songplays or time (a pg_dump, a query, an open transaction) when "
+    "their keys were to be dropped"
+)
+KEPT_FOR_THE_ROLE = "the role may write the tables but not alter them (it does not own them)"
 
 
 def keys_missing(conn) -> list[str]:

@@ -122,6 +122,7 @@ class Report:
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
     examples: list[Example]  # the first rejects
     set_aside: bool  # a bulk load: the keys of songplays and time were dropped while it loaded
+    kept_because: str | None  # why a first load was no bulk load (None: it was one, or no first)
     found_missing: list[str]  # keys an interrupted bulk load left out, built first
     restored: list[str]  # keys built back at the end of this run
     not_restored: dict[str, str]  # key: why it could not be built back (then none was)
@@ -176,6 +177,7 @@ class Report:
             },
             "keys": {
                 "set_aside": self.set_aside,
+                "kept_because": self.kept_because,
                 "found_missing": self.found_missing,
                 "restored": self.restored,
                 "not_restored": self.not_restored,
@@ -283,6 +285,8 @@ class Report:
                 f"  built {_named(names)}, found missing (as an interrupted bulk load "
                 "leaves them); checked over every row"
             )
+        if self.kept_because:
+            out.append(f"  no bulk load, the keys kept in place: {self.kept_because}")
         if self.set_aside and self.restored:
             out.append(
                 f"  bulk load: dropped {_named(self.restored)} while loading; built back, "

@@ -44,6 +44,7 @@ class Summary:
     rows: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # (added, now)
     resolved: tuple[int, int, int] | None = None  # (resolved plays, plays, resolved this run)
     set_aside: bool = False  # this run set songplays' keys aside for a bulk load
+    kept_because: str | None = None  # why a first load kept them in place
     found_missing: set[str] = dataclasses.field(default_factory=set)  # added back at the start
     restored: set[str] = dataclasses.field(default_factory=set)  # added back at the end
     not_added_back: dict[str, str] = dataclasses.field(default_factory=dict)  # key: why
@@ -85,6 +86,7 @@ def summary_of(report: dict) -> Summary:
         rows={t: (n["after"] - n["before"], n["after"]) for t, n in report["tables"].items()},
         resolved=tuple(report["plays_resolved"][k] for k in ("total", "plays", "this_run")),
         set_aside=keys["set_aside"],
+        kept_because=keys["kept_because"],
         found_missing=set(keys["found_missing"]),
         restored=set(keys["restored"]),
         not_added_back=keys["not_restored"],

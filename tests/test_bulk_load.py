@@ -36,6 +36,7 @@ from summary import ALL_SET_ASIDE, CHECKS_PASSED, Counts, parse_summary
 
 import db
 import load
+import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_OK
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
@@ -234,7 +235,17 @@ def test_a_load_that_reloads_a_changed_file_next_to_a_big_new_one_keeps_the_keys
 
 def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
     done = with_songplays_held(lambda: etl(data))
-    assert parse_summary(done.stdout).keys_left_alone
+    summary = parse_summary(done.stdout)
+    assert summary.keys_left_alone
+    assert summary.kept_because == load.KEPT_FOR_ANOTHER_SESSION
+    assert counts() == BASE
+
+
+def test_a_first_load_with_a_catalogue_too_big_to_send_merges_and_says_why(data, monkeypatch):
+    monkeypatch.setattr(sql_queries, "SONG_KEYS_IN_MEMORY", 5)  # the data holds 11 songs
+    summary = parse_summary(etl(data).stdout)
+    assert summary.keys_left_alone
+    assert summary.kept_because == load.KEPT_FOR_A_BIG_CATALOGUE
     assert counts() == BASE
 
 
@@ -270,7 +281,9 @@ def test_load_goes_on_with_keys_in_place_when_setting_them_aside_would_deadlock(
     """A session that read time reads songplays while the load, holding songplays, waits for
     time to set the keys aside: the load backs off and loads with the keys in place."""
     done = load_into_a_deadlock(data, "SELECT count(*) FROM time", "SELECT count(*) FROM songplays")
-    assert parse_summary(expect(done, EXIT_OK).stdout).keys_left_alone
+    summary = parse_summary(expect(done, EXIT_OK).stdout)
+    assert summary.keys_left_alone
+    assert summary.kept_because == load.KEPT_FOR_ANOTHER_SESSION
     assert counts() == BASE
 
 

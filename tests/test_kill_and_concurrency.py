@@ -48,6 +48,7 @@ from summary import CHECKS_PASSED, parse_summary
 
 import db
 import embedded
+import load
 import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, INTERRUPTED
 from extract import FOLDERS
@@ -667,6 +668,7 @@ def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bul
         done = etl(data, *extra, env={"DATABASE_URL": analyst_url}, process=True)
         report = json.loads(done.stdout)
         assert report["keys"]["set_aside"] is False
+        assert report["keys"]["kept_because"] == load.KEPT_FOR_THE_ROLE
         assert report["exit_code"] == EXIT_OK and set(report["checks"].values()) == {0}
         with using_database(analyst_url):
             assert counts() == BASE

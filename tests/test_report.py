@@ -40,6 +40,7 @@ def report(**changes) -> Report:
         "checks": {name: n for n, name in enumerate(sql_queries.CHECKS)},
         "examples": [("log_data/a.json", 3, "ts missing"), ("log_data/b.json", None, "empty file")],
         "set_aside": False,
+        "kept_because": "a reason it was no bulk load",
         "found_missing": ["time_pkey"],
         "restored": ["songplays_file"],
         "not_restored": {"songplays_user_id_fkey": "a reason"},
@@ -61,6 +62,7 @@ def test_the_report_as_data_holds_every_number_of_the_run():
     assert summary.rows == {t: (100, 100 + n) for n, t in enumerate(sql_queries.STAR_TABLES)}
     assert summary.resolved == (11, 100, 6)
     assert (summary.set_aside, summary.added_back) == (False, {"time_pkey", "songplays_file"})
+    assert summary.kept_because == "a reason it was no bulk load"
     assert summary.not_added_back == {"songplays_user_id_fkey": "a reason"}
     assert summary.rejected == (10, 1, 12)
     assert summary.examples == [
