@@ -30,7 +30,8 @@ class Limits:
     song_batch_files: int = 4_000
     # and song bytes per batch: files holding arrays of songs take 20 times their size in memory
     song_batch_bytes: int = 4 * 1024 * 1024
-    log_batch_bytes: int = 32 * 1024 * 1024  # log bytes per batch, and per part of a bigger file
+    # log bytes per batch, and per part of a bigger file (a song file's too)
+    log_batch_bytes: int = 32 * 1024 * 1024
     # Arrow's reader takes a log, or a batch's small files, this much at a time
     parse_piece_bytes: int = 4 * 1024 * 1024
 

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -98,18 +98,20 @@ def without_pandas() -> None:
 
 class Preparer:
     """Every batch's parts, in order. Log batches are prepared by worker processes (jobs > 0)
-    while the database loads the current batch, or else here; song batches here: a batch of
-    small song files takes less time than a worker takes to start, and the workers start on the
-    log batches meanwhile. Each worker keeps at most one part waiting, so memory stays bounded
-    whatever the size of the input. Log parts are shaped once what the run hands over after its
-    song files are loaded has come (hand_over): in a bulk load, what it takes to write the plays
-    straight into songplays."""
+    while the database loads the current batch, or else here; song batches in a thread of this
+    process, while the database loads the part before: a batch of small song files takes less
+    time than a worker takes to start, and the workers start on the log batches meanwhile. The
+    thread and each worker keep at most one part waiting, so memory stays bounded whatever the
+    size of the input. Log parts are shaped once what the run hands over after its song files
+    are loaded has come (hand_over): in a bulk load, what it takes to write the plays straight
+    into songplays."""
 
     def __init__(self, batches: list[Batch], limits: Limits, jobs: int):
         self.batches, self.limits = batches, limits
         self.written: Callable = lambda: None  # prepare.DirectSource, once handed over
-        # The next song batch's parts, prepared in a thread while the database loads the one before.
-        self.songs_ahead: dict[int, concurrent.futures.Future[list[Part]]] = {}
+        self.songs = [n for n, batch in enumerate(batches) if batch.kind == "song"]
+        self.song_outbox: queue.Queue = queue.Queue(maxsize=1)
+        self.song_thread: threading.Thread | None = None  # started when the first is asked for
         # The log batches' numbers: the k-th of them goes to worker k % jobs, and there are no
         # more workers than log batches.
         self.logs = [n for n, batch in enumerate(batches) if batch.kind == "log"]
@@ -129,7 +131,9 @@ class Preparer:
             self.handovers.append(writer)
             args = (logs, k, jobs, limits, self.outboxes[k], reader)
             self.workers.append(
-                context.Process(target=_worker, daemon=True, args=(*args, os.getpid()))
+                context.Process(
+                    target=_worker, name="parse worker", daemon=True, args=(*args, os.getpid())
+                )
             )
         # The workers start with Ctrl-C blocked, and keep it so: it is etl.py's to report, in
         # one line, and they die with it. Here it waits until they are started.
@@ -158,36 +162,34 @@ class Preparer:
         """Batch number's parts, up to its last (and nothing of the next batch, even when closed
         before its last)."""
         if self.batches[number].kind == "song":
-            yield from self.song_parts(number)
-            return
-        if not self.workers:
+            take = self.song_part
+        elif self.workers:
+            k = self.logs.index(number) % len(self.workers)
+            take = functools.partial(_receive, self.outboxes[k], self.workers[k])
+        else:
             yield from self.here(self.batches[number])
             return
-        k = self.logs.index(number) % len(self.workers)
         last = False
         try:
             while not last:
-                part = _receive(self.outboxes[k], self.workers[k])
+                part = take()
                 last = part.last
                 yield part
-        except GeneratorExit:  # closed before the batch's last part: the worker's next parts
-            while not last and not self.closed:  # are the rest, unless it is killed
-                last = _receive(self.outboxes[k], self.workers[k]).last
+        except GeneratorExit:  # closed before the batch's last part: the next parts taken are
+            while not last and not self.closed:  # the rest, unless the preparer is closed
+                last = take().last
             raise
 
-    def song_parts(self, number: int) -> list[Part]:
-        """A song batch's parts (one: its files are small), prepared ahead or now; the next song
-        batch's are then prepared in a thread, which runs while this one waits for the
-        database."""
-        ahead = self.songs_ahead.pop(number, None)
-        parts = ahead.result() if ahead else self.prepared(number)
-        following = number + 1
-        if following < len(self.batches) and self.batches[following].kind == "song":
-            self.songs_ahead[following] = in_a_thread(self.prepared, following)
-        return parts
-
-    def prepared(self, number: int) -> list[Part]:
-        return list(self.here(self.batches[number]))
+    def song_part(self) -> Part:
+        """The next song part, from the thread that prepares the song batches in order."""
+        if self.song_thread is None:
+            parts = (part for n in self.songs for part in self.here(self.batches[n]))
+            put = functools.partial(_put, self.song_outbox, lambda: self.closed)
+            self.song_thread = threading.Thread(
+                target=_send_parts, args=(parts, put), name="song preparer", daemon=True
+            )
+            self.song_thread.start()
+        return _receive(self.song_outbox, self.song_thread)
 
     def here(self, batch: Batch, unusable: Unusable | None = None) -> Generator[Part, None, None]:
         """The parts of a batch prepared in this process (written: None until handed over, and
@@ -223,15 +225,37 @@ def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:
 def _worker(batches, k: int, jobs: int, limits: Limits, outbox, handover, parent: int) -> None:
     _die_with(parent)
     without_pandas()
-    try:
+
+    def parts() -> Generator[Part, None, None]:
         written = prepare_module().direct_once(handover.recv)
         for batch in batches[k::jobs]:  # the n-th batch handed out is worker n % jobs's
-            for part in prepare_module().prepare(batch, limits, written):
-                outbox.put(part)
+            yield from prepare_module().prepare(batch, limits, written)
+
+    _send_parts(parts(), functools.partial(_put, outbox, lambda: False))  # it is killed instead
+
+
+def _send_parts(parts: Iterator[Part], put: Callable[[object], bool]) -> None:
+    """The parts put in turn, until put says none is taken any more (False); a failure to
+    prepare them is put in their place, for _receive to raise."""
+    try:
+        for part in parts:
+            if not put(part):
+                return
     except cli.UserError as exc:  # an object store that stops answering, say
-        outbox.put(WorkerFailed(traceback.format_exc(), exc))
+        put(WorkerFailed(traceback.format_exc(), exc))
     except BaseException:
-        outbox.put(WorkerFailed(traceback.format_exc()))
+        put(WorkerFailed(traceback.format_exc()))
+
+
+def _put(outbox, closed: Callable[[], bool], item) -> bool:
+    """item put in outbox once the item before is taken; False if closed() comes first."""
+    while not closed():
+        try:
+            outbox.put(item, timeout=1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,13 +269,14 @@ def _receive(outbox, worker) -> Part:
         try:
             item = outbox.get(timeout=1)
         except queue.Empty:
-            if not worker.is_alive():
-                raise RuntimeError(f"the parse worker died (exit code {worker.exitcode})") from None
+            if not worker.is_alive():  # a process killed: a thread puts its failure first
+                code = getattr(worker, "exitcode", None)
+                raise RuntimeError(f"the {worker.name} died (exit code {code})") from None
             continue
         if isinstance(item, WorkerFailed) and item.error:
             raise item.error
         if isinstance(item, WorkerFailed):
-            raise RuntimeError(f"the parse worker failed:\n{item.traceback}")
+            raise RuntimeError(f"the {worker.name} failed:\n{item.traceback}")
         return item
 
 

@@ -30,6 +30,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
+
 import cli
 from contract import (
     RAW_TEXT_BYTES,
@@ -459,39 +461,46 @@ class DamagedFile(Exception):
 def read_batch(
     batch: Batch, part_bytes: int
 ) -> Iterator[tuple[FileTask, FileRead, Iterator[bytes]]]:
-    """Each of the batch's files read (read_file), in order. From an object store, the objects
-    no bigger than part_bytes (a song batch's, a log batch's small ones: together no bigger than
-    the batch) are fetched first, concurrently; a bigger one is streamed in blocks."""
+    """Each of the batch's files read (read_file; a song file is cut into parts only where it
+    holds one song a line), in order. From an object store, the objects no bigger than
+    part_bytes (a song batch's small ones, a log batch's: together no bigger than the batch)
+    are fetched first, concurrently; a bigger one is streamed in blocks."""
     fetched = (
         {}
         if batch.store is None
         else _fetch(batch.store, [t for t in batch.tasks if not t.problem and t.size <= part_bytes])
     )
+    songs = batch.kind == "song"
     for task in batch.tasks:
         if task.problem:  # found as it was listed
             yield task, FileRead("unreadable", task.size, error=task.problem), iter(())
         elif batch.store is None:
-            yield task, *read_file(task, part_bytes)
+            yield task, *read_file(task, part_bytes, songs)
         else:
-            yield task, *_read_object(batch.store, task, part_bytes, fetched.get(task.location))
+            fetch = fetched.get(task.location)
+            yield task, *_read_object(batch.store, task, part_bytes, fetch, songs)
 
 
-def read_file(task: FileTask, part_bytes: int) -> tuple[FileRead, Iterator[bytes]]:
-    """The file's content as UTF-8, in line-aligned parts of about part_bytes, unless it cannot
-    be read or its content is what the manifest has. Only what the file held when it was opened
-    is hashed and read: a file that grows meanwhile is read again by the next run. A file bigger
-    than part_bytes is hashed in a first pass, so that its parts are read one at a time and
-    never held together; gzip data is checked in that pass too, and gunzipped a block at a
-    time, whatever its size. The parts raise DamagedFile where the rest of the file cannot be
-    read."""
+def read_file(
+    task: FileTask, part_bytes: int, songs: bool = False
+) -> tuple[FileRead, Iterator[bytes]]:
+    """The file's content as UTF-8, in line-aligned parts of about part_bytes (a song file's:
+    _text_parts), unless it cannot be read or its content is what the manifest has. Only what
+    the file held when it was opened is hashed and read: a file that grows meanwhile is read
+    again by the next run. A file bigger than part_bytes is hashed in a first pass, so that its
+    parts are read one at a time and never held together; gzip data is checked in that pass
+    too, and gunzipped a block at a time, whatever its size. The parts raise DamagedFile where
+    the rest of the file cannot be read."""
     try:
         handle, size = open_regular(task.location)
     except OSError as exc:
         return _unreadable(task, exc), iter(())
-    return _read(task, handle, size, part_bytes)
+    return _read(task, handle, size, part_bytes, songs)
 
 
-def _read(task: FileTask, handle, size: int, part_bytes: int) -> tuple[FileRead, Iterator[bytes]]:
+def _read(
+    task: FileTask, handle, size: int, part_bytes: int, songs: bool
+) -> tuple[FileRead, Iterator[bytes]]:
     """read_file's passes over an open file (or object) of size bytes."""
     try:
         seen = _first_pass(handle, task.location, size, part_bytes)
@@ -519,7 +528,7 @@ def _read(task: FileTask, handle, size: int, part_bytes: int) -> tuple[FileRead,
             encoding=BYTE_ORDER_MARKS.get(bom, "UTF-8"),
             etag=task.etag,
         ),
-        _line_parts(_as_utf8(blocks, bom), part_bytes),
+        _text_parts(_as_utf8(blocks, bom), part_bytes, songs),
     )
 
 
@@ -560,19 +569,23 @@ def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | FileNotFoun
 
 
 def _read_object(
-    store: Store, task: FileTask, part_bytes: int, fetched: bytes | FileNotFoundError | None
+    store: Store,
+    task: FileTask,
+    part_bytes: int,
+    fetched: bytes | FileNotFoundError | None,
+    songs: bool,
 ) -> tuple[FileRead, Iterator[bytes]]:
     """read_file for an object: fetched already, or else (big, or replaced by a bigger one since
     it was listed) opened and streamed."""
     if isinstance(fetched, FileNotFoundError):
         return _unreadable(task, fetched), iter(())
     if fetched is not None and len(fetched) <= task.size:
-        return _read(task, io.BytesIO(fetched), len(fetched), part_bytes)
+        return _read(task, io.BytesIO(fetched), len(fetched), part_bytes, songs)
     try:
         handle = ObjectStream(store, task.location)
     except FileNotFoundError as exc:
         return _unreadable(task, exc), iter(())
-    return _read(task, handle, handle.size, part_bytes)
+    return _read(task, handle, handle.size, part_bytes, songs)
 
 
 class ObjectStream:
@@ -838,6 +851,37 @@ def overlong(head: bytes, limit: int) -> Overlong:
     line = Overlong(head + b"\n")
     line.limit = limit
     return line
+
+
+WHOLE = 1 << 62  # a part size no text reaches: the text comes in one part
+JSON_SPACE = b" \t\n\r"  # JSON's blank space
+
+
+def _text_parts(text: Iterator[bytes], part_bytes: int, songs: bool) -> Iterator[bytes]:
+    """The text in line-aligned parts (_line_parts). A song file's text bigger than a part is
+    cut only where it is one song a line (_one_object_a_line): an array of songs, or a song
+    written over several lines, cannot be cut at lines, and comes whole, in memory in
+    proportion to its size."""
+    if songs:
+        head, size = [], 0  # the text's first blocks, up to more than a part
+        for block in text:
+            head.append(block)
+            size += len(block)
+            if size > part_bytes:
+                break
+        if size > part_bytes and not _one_object_a_line(b"".join(head)):
+            part_bytes = WHOLE
+        text = itertools.chain(head, text)
+    yield from _line_parts(text, part_bytes)
+
+
+def _one_object_a_line(head: bytes) -> bool:
+    """Whether text starting with head holds one JSON object a line, as its first line says."""
+    first, newline, _ = head.lstrip(JSON_SPACE).partition(b"\n")
+    try:
+        return bool(newline) and isinstance(orjson.loads(first), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _line_parts(

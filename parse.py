@@ -191,22 +191,31 @@ def _decode_error(exc: orjson.JSONDecodeError, encoding: str) -> str:
 
 
 def parse_song_file(
-    data: bytes, path: str, encoding: str = "UTF-8"
+    data: bytes,
+    path: str,
+    encoding: str = "UTF-8",
+    piece_bytes: int = Limits.parse_piece_bytes,
+    first_line: int = 1,
 ) -> tuple[Records, list[Reject]]:
     """A song file holds one object; an array of objects, or one object per line, is read too
     (encoding: the file's, of which data is the UTF-8 rendering). Read whole, its raw text is
-    the file's without one final newline (a line's never holds its newline)."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        objects, rejects = _decode_lines(enumerate(raw_lines(data), 1), path, encoding)
-    else:
-        items = value if isinstance(value, list) else [value]
-        whole = data.removesuffix(b"\n")
-        objects, rejects = _decode_lines(
-            ((1, orjson.dumps(item) if isinstance(value, list) else whole) for item in items), path
-        )
-    return records_from(objects, SONG_FIELDS), rejects
+    the file's without one final newline (a line's never holds its newline). One object a line
+    is read as a log's events are (_parse_lines): a big file comes in parts, and a part after
+    its first (from first_line on) holds lines only."""
+    if first_line == 1:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            items = value if isinstance(value, list) else [value]
+            whole = data.removesuffix(b"\n")
+            objects, rejects = _decode_lines(
+                ((1, orjson.dumps(item) if isinstance(value, list) else whole) for item in items),
+                path,
+            )
+            return records_from(objects, SONG_FIELDS), rejects
+    return _parse_lines("song", data, path, piece_bytes, first_line, encoding)
 
 
 def parse_log_file(
@@ -216,28 +225,37 @@ def parse_log_file(
     first_line: int = 1,
     encoding: str = "UTF-8",
 ) -> tuple[Records, list[Reject]]:
-    """JSON lines of events (the whole file, or a part starting at first_line), in line-aligned
-    pieces: Arrow's reader takes a clean piece at once, a piece with any problem is read line by
-    line to judge each line on its own. Both give the same Records. encoding: the file's, of
-    which data is the UTF-8 rendering (it names the file's invalid lines' reason)."""
+    """JSON lines of events: the whole file, or a part starting at first_line (_parse_lines)."""
+    return _parse_lines("log", data, path, piece_bytes, first_line, encoding)
+
+
+def _parse_lines(
+    kind: str, data: bytes, path: str, piece_bytes: int, first_line: int, encoding: str
+) -> tuple[Records, list[Reject]]:
+    """JSON lines of the kind's records, in line-aligned pieces: Arrow's reader takes a clean
+    piece at once, a piece with any problem is read line by line to judge each line on its own.
+    Both give the same Records. encoding: the file's, of which data is the UTF-8 rendering (it
+    names the file's invalid lines' reason)."""
     parts, rejects = [], []
     for piece in line_aligned_pieces(data, piece_bytes):
         newlines = newline_count(piece)
-        part = _fast_events(piece, path, first_line, newlines)
+        part = _fast_lines(kind, piece, path, first_line, newlines)
         if part is None:
             objects, bad = _decode_lines(enumerate(raw_lines(piece), first_line), path, encoding)
-            part = records_from(objects, EVENT_FIELDS)
+            part = records_from(objects, FIELDS[kind])
             rejects += bad
         parts.append(part)
         first_line += newlines
-    return Records.combined(parts, EVENT_FIELDS), rejects
+    return Records.combined(parts, FIELDS[kind]), rejects
 
 
-def _fast_events(piece: bytes, path: str, first_line: int, newlines: int) -> Records | None:
+def _fast_lines(
+    kind: str, piece: bytes, path: str, first_line: int, newlines: int
+) -> Records | None:
     """Arrow's multi-threaded JSON reader (several times faster than line by line), where its
     reading is exactly the line-by-line one (_arrow_records); None otherwise."""
     lines = newlines + (not piece.endswith(b"\n"))
-    table = _arrow_records("log", piece, lines) if _plain(piece) else None
+    table = _arrow_records(kind, piece, lines) if _plain(piece) else None
     if table is None:
         return None
     return _tagged(
@@ -328,7 +346,9 @@ def _alone(kind: str, piece: Piece, piece_bytes: int) -> tuple[Records, list[Rej
     """A piece read on its own: a log's lines (Arrow's reader where the piece is clean), or a
     song file (one object, an array of them, or one per line)."""
     if kind == "song":
-        return parse_song_file(piece.data, piece.path, piece.encoding)
+        return parse_song_file(
+            piece.data, piece.path, piece.encoding, piece_bytes, piece.first_line
+        )
     return parse_log_file(piece.data, piece.path, piece_bytes, piece.first_line, piece.encoding)
 
 

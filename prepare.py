@@ -43,7 +43,6 @@ class Chunk:
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now emptied
-WHOLE_FILES = 1 << 62  # a song batch is one part: its files are small, and the batch bounded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +80,12 @@ def prepare(
     unusable: Unusable | None = None,
 ) -> Generator[Part, None, None]:
     """The batch's parts: a batch of small files is one part; a file bigger than
-    limits.log_batch_bytes is read, parsed and shaped one part at a time. With direct (a bulk
+    limits.log_batch_bytes is read, parsed and shaped one part at a time (a song file only
+    where it holds one song a line: extract.read_batch). With direct (a bulk
     load), a log batch's plays go straight to songplays once what that takes is handed over.
     A changed file unusable names (its records all rejected, as loading the batch found) is
     emptied: its lines are still judged and rejected, and it keeps what it loaded."""
-    part_bytes = limits.log_batch_bytes if batch.kind == "log" else WHOLE_FILES
-    piece_bytes = limits.parse_piece_bytes
+    part_bytes, piece_bytes = limits.log_batch_bytes, limits.parse_piece_bytes
     chunks, problems, size, index = [], [], 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":

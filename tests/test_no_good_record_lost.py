@@ -826,7 +826,7 @@ def fast_read(content: bytes, path: str, piece_bytes: int = contract.Limits.pars
     piece (the line reader reads it)."""
     pieces, first_line = [], 1
     for piece in extract.line_aligned_pieces(content, piece_bytes):
-        fast = parse._fast_events(piece, path, first_line, piece.count(b"\n"))
+        fast = parse._fast_lines("log", piece, path, first_line, piece.count(b"\n"))
         if fast is None:
             return None
         pieces.append(fast)
@@ -1059,3 +1059,54 @@ def test_a_song_file_holding_an_array_of_one_song_loads_that_song():
     assert [row[2] for row in staged(batch, "stage_songs", "song_data/x.json")] == [
         builders.song(1)["song_id"]
     ]
+
+
+def songs_a_line(numbers: range, bad: int | None = None) -> tuple[bytes, int]:
+    """One song a line (line bad holding damage instead), every line of one length: the text,
+    and that length."""
+    lines = [
+        b'{"song_id": "damaged"' if n == bad else builders.line(builders.song(n)) for n in numbers
+    ]
+    length = len(lines[0]) + 1
+    return b"".join(line.ljust(length - 1) + b"\n" for line in lines), length
+
+
+def songs_per_part(parts: list[Part], path: str) -> list[int]:
+    """The songs of each part that holds some (a batch's last part may hold none)."""
+    return [n for part in parts if (n := len(staged(part, "stage_songs", path)))]
+
+
+def test_a_big_song_file_of_one_song_a_line_is_read_a_part_at_a_time(tmp_path):
+    path, part_bytes = "song_data/catalogue.jsonl", 4096
+    content, length = songs_a_line(range(100, 300), bad=250)
+    small = contract.Limits(log_batch_bytes=part_bytes)
+    parts = list(prepare.prepare(contract.Batch("song", (task(tmp_path, path, content),)), small))
+    lines_a_part = -(-part_bytes // length)  # each part ends at the first newline from its limit
+    expected = [lines_a_part] * (200 // lines_a_part) + [200 % lines_a_part]
+    expected[(250 - 100) // lines_a_part] -= 1  # the damaged line's part
+    assert songs_per_part(parts, path) == expected
+    assert [r for p in parts for r in staged_rejects(p, path)] == [
+        (
+            151,
+            f"malformed JSON: unexpected end of data: line 1 column {length} (char {length - 1})",
+        )
+    ]
+    whole = prepare_batch("song", [task(tmp_path, path, content)])
+    assert [row for p in parts for row in staged(p, "stage_songs", path)] == staged(
+        whole, "stage_songs", path
+    )
+
+
+@pytest.mark.parametrize("layout", ["array", "array on one line", "a song over several lines"])
+def test_a_big_song_file_that_cannot_be_cut_at_lines_comes_whole(tmp_path, layout):
+    path, part_bytes = "song_data/catalogue.json", 4096
+    songs = [builders.song(n) for n in range(100, 300)]
+    if layout == "a song over several lines":
+        songs = [builders.song(1, title="Long " * 2000)]
+    one_line = layout == "array on one line"
+    content = json.dumps(songs, indent=None if one_line else 2).encode()
+    assert len(content) > part_bytes
+    small = contract.Limits(log_batch_bytes=part_bytes)
+    parts = list(prepare.prepare(contract.Batch("song", (task(tmp_path, path, content),)), small))
+    assert songs_per_part(parts, path) == [len(songs)]
+    assert staged_rejects(parts[0], path) == []

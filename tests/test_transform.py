@@ -113,7 +113,7 @@ def test_a_user_id_of_other_digits_than_ascii_ones_is_not_numeric():
 
 def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     clean = log_file(PLAY, {**PLAY, "itemInSession": 2, "level": "gold"})
-    fast = parse._fast_events(clean, "p", 1, clean.count(b"\n"))
+    fast = parse._fast_lines("log", clean, "p", 1, clean.count(b"\n"))
     assert fast is not None
     slow, rejects = parse.parse_log_file(clean + b"\n{oops", "p")
     assert rejects[0][1:3] == (
