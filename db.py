@@ -409,8 +409,11 @@ def create_database_if_missing(conn, name: str) -> None:
 
 
 def require_tables(conn, tables: list[str]) -> None:
-    """A one-line error naming the tables missing, and what to run."""
+    """The session uses the schema that holds the project's tables, and no other
+    (sql.tables_schema_use); a one-line error naming the tables missing there, and what to
+    run."""
     with managed_cursor(conn) as cur:
+        cur.execute(sql.tables_schema_use)
         cur.execute(sql.missing_tables, {"tables": tables})
         missing = [row[0] for row in cur.fetchall()]
     if missing:

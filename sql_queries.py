@@ -240,11 +240,12 @@ CREATE TABLE load_rejects (
 # ---------------------------------------------------------------- schema: row counts
 # The summary's rows before and after each star table, and the plays resolved to a song: kept
 # exact by statement triggers, each INSERT, UPDATE, DELETE or TRUNCATE adding what it changed
-# (counted from its transition tables) in its own transaction, whoever runs it; a statement that
+# (counted from its transition tables) in its own transaction, whoever runs it, whatever their
+# search_path (the functions keep create_tables.py's: the tables' schema); a statement that
 # changes no count leaves the row alone, so that an open transaction that edited a play does not
-# hold up every load behind its lock on that row. Reading them costs
-# nothing, where count(*) reads every row: a month of plays, for a day's load. Citus does not run
-# such triggers on distributed and reference tables: there the load counts (count_rows_citus).
+# hold up every load behind its lock on that row. Reading them costs nothing, where count(*)
+# reads every row: a month of plays, for a day's load. Citus does not run such triggers on
+# distributed and reference tables: there the load counts (count_rows_citus).
 row_counts_table_create = """
 CREATE TABLE row_counts (
     table_name  text PRIMARY KEY,
@@ -253,7 +254,8 @@ CREATE TABLE row_counts (
 )"""
 
 row_counts_function_create = """
-CREATE OR REPLACE FUNCTION sparkify_count_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION sparkify_count_rows() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE row_counts SET row_count = 0 WHERE table_name = TG_TABLE_NAME;
@@ -271,7 +273,8 @@ END $$"""
 
 # songplays also counts its resolved plays, which an UPDATE (songplays_resolve_songs) changes.
 plays_count_function_create = """
-CREATE OR REPLACE FUNCTION sparkify_count_plays() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION sparkify_count_plays() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         UPDATE row_counts SET row_count = 0, resolved = 0 WHERE table_name = 'songplays';
@@ -431,6 +434,15 @@ create_database = "CREATE DATABASE {name}"
 
 missing_tables = """
 SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
+
+# The session's search_path becomes the schema that holds the project's tables (load_runs',
+# the first of search_path that has one), alone: a table of the same name earlier on the path
+# (in a schema named after the role, say) is never read or written instead. The temporary
+# staging tables are found all the same (a session's temporary schema is searched first).
+tables_schema_use = """
+SELECT set_config('search_path', quote_ident(n.nspname), false)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('load_runs') AND n.oid <> pg_my_temp_schema()"""
 
 # ---------------------------------------------------------------- schema: on a Citus cluster
 # Citus (distributed PostgreSQL) is an extension: where the database has it (a Citus

@@ -198,6 +198,54 @@ def test_create_tables_drops_and_creates_in_the_schema_it_creates_in_and_leaves_
         query("DROP SCHEMA mine CASCADE; SELECT 1")
 
 
+SHADOW_TABLES = (
+    "CREATE SCHEMA shadow; "
+    "CREATE TABLE shadow.songs (song_id text PRIMARY KEY, title text, artist_id text, "
+    "year int, duration numeric); "
+    "CREATE TABLE shadow.time (start_time timestamptz PRIMARY KEY); "
+    "CREATE TABLE shadow.row_counts (table_name text, row_count bigint, resolved bigint); "
+    "SELECT 1"
+)
+
+
+def test_a_load_writes_the_schema_of_its_tables_not_a_same_named_table_earlier_on_the_path(
+    tmp_path,
+):
+    """search_path "shadow, public", the tables in public, and tables of the same names of
+    someone else's in shadow (as a schema named after the role holds, first on PostgreSQL's
+    default path): the load writes public's, and leaves shadow's alone."""
+    run_script("create_tables.py")
+    query(SHADOW_TABLES)
+    try:
+        shadowed = embedded_url() + "&options=-csearch_path%3Dshadow%2Cpublic"
+        etl(base_sample(tmp_path / "data"), env={"DATABASE_URL": shadowed})
+        assert counts() == BASE
+        assert query(
+            "SELECT (SELECT count(*) FROM shadow.songs), (SELECT count(*) FROM shadow.time), "
+            "(SELECT count(*) FROM shadow.row_counts)"
+        ) == [(0, 0, 0)]
+    finally:
+        query("DROP SCHEMA shadow CASCADE; SELECT 1")
+
+
+def test_the_row_counts_follow_a_write_from_a_session_whose_search_path_is_elsewhere(tmp_path):
+    run_script("create_tables.py")
+    etl(base_sample(tmp_path / "data"))
+    query(SHADOW_TABLES)
+    try:
+        query(
+            "SET search_path = shadow; "
+            "INSERT INTO public.artists (artist_id, name) VALUES ('ARSHADOW', 'Shadow'); "
+            "SELECT 1"
+        )
+        assert query("SELECT row_count FROM row_counts WHERE table_name = 'artists'") == [
+            (BASE["artists"] + 1,)
+        ]
+        assert query("SELECT count(*) FROM shadow.row_counts") == [(0,)]
+    finally:
+        query("DROP SCHEMA shadow CASCADE; SELECT 1")
+
+
 def test_create_tables_refuses_a_search_path_that_would_make_the_tables_temporary(tmp_path):
     run_script("create_tables.py")
     etl(base_sample(tmp_path / "data"))
