@@ -198,8 +198,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
     params = {"run_id": start.run_id}
     inserted, settled = {}, False
     if part.kind == "song":
-        cur.execute(sql.manifest_upsert, params)
-        cur.execute(sql.manifest_add_part)
+        _write_manifest(cur, params)
         cur.execute(sql.artists_upsert)
         cur.execute(sql.songs_upsert)
         cur.execute(sql.songplays_resolve_songs)
@@ -214,8 +213,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             if cur.rowcount:
                 _settle(cur)  # the copies promoted are other files': in the manifest only
                 settled = True
-        cur.execute(sql.manifest_upsert, params)
-        cur.execute(sql.manifest_add_part)
+        _write_manifest(cur, params)
         cur.execute(server.users_update)
         cur.execute(sql.users_insert)
         merged, moved = {}, []
@@ -251,6 +249,13 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         settled = settled or bool(moved)
     cur.execute(sql.rejects_insert, params)
     return Loaded(inserted, settled)
+
+
+def _write_manifest(cur, params: dict) -> None:
+    """The part's files in the manifest: a file's first part writes its row, a later one adds."""
+    cur.execute(sql.manifest_upsert, params)
+    cur.execute(sql.manifest_upsert_numbered, params)
+    cur.execute(sql.manifest_add_part)
 
 
 Merged = dict[str, int]  # per path: plays inserted

@@ -705,26 +705,36 @@ copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 
 # ---------------------------------------------------------------- merging a batch
 
-# The manifest's next file id (a bulk load takes its new log files' ids ahead: file_ids_take).
+# The manifest's next file id, which a bulk load takes ahead for its new log files.
 _next_file_id = "nextval(pg_get_serial_sequence('load_manifest', 'file_id'))"
 
-# A file's first part in a batch writes its manifest row whole; a later part of a big file adds
-# its counts. loaded and duplicates of a log file are added once its plays are in.
-manifest_upsert = f"""
-INSERT INTO load_manifest (file_id, path, kind, size_bytes, mtime_ns, etag, sha256, run_id,
-                           records, loaded, skipped, duplicates, rejected)
-OVERRIDING SYSTEM VALUE
-SELECT coalesce(file_id, {_next_file_id}),
-       path, kind, size_bytes, mtime_ns, etag, sha256, %(run_id)s,
+# A file's first part in a batch writes its manifest row whole: a new file numbered by file_id's
+# identity (which any role that may insert into the table takes, where nextval() needs USAGE on
+# the sequence), or by the id a bulk load took for it (file_ids_take). A later part of a big file
+# adds its counts (manifest_add_part). loaded and duplicates of a log file are added once its
+# plays are in.
+_MANIFEST_COLUMNS = """path, kind, size_bytes, mtime_ns, etag, sha256, run_id,
+                           records, loaded, skipped, duplicates, rejected"""
+_MANIFEST_ROWS = """path, kind, size_bytes, mtime_ns, etag, sha256, %(run_id)s,
        records, loaded, skipped, 0, rejected
-FROM stage_manifest
-WHERE first
-ON CONFLICT (path) DO UPDATE SET
+FROM stage_manifest"""
+_MANIFEST_REPLACED = """ON CONFLICT (path) DO UPDATE SET
     kind = EXCLUDED.kind, size_bytes = EXCLUDED.size_bytes, mtime_ns = EXCLUDED.mtime_ns,
     etag = EXCLUDED.etag, sha256 = EXCLUDED.sha256, run_id = EXCLUDED.run_id,
     records = EXCLUDED.records,
     loaded = EXCLUDED.loaded, skipped = EXCLUDED.skipped, duplicates = EXCLUDED.duplicates,
     rejected = EXCLUDED.rejected, loaded_at = now()"""
+manifest_upsert = f"""
+INSERT INTO load_manifest ({_MANIFEST_COLUMNS})
+SELECT {_MANIFEST_ROWS}
+WHERE first AND file_id IS NULL
+{_MANIFEST_REPLACED}"""
+manifest_upsert_numbered = f"""
+INSERT INTO load_manifest (file_id, {_MANIFEST_COLUMNS})
+OVERRIDING SYSTEM VALUE
+SELECT file_id, {_MANIFEST_ROWS}
+WHERE first AND file_id IS NOT NULL
+{_MANIFEST_REPLACED}"""
 
 manifest_add_part = """
 UPDATE load_manifest m
