@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import os
 import re
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -459,9 +460,11 @@ def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
 def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
     """One load (or schema rebuild) at a time per database: take the load lock, trying again
     for up to wait seconds while another run holds it (a Ctrl-C meanwhile ends the wait at
-    once). The lock dies with the session, so a killed run never leaves it behind: its server
-    process notices the client gone within a second, even in the middle of a statement
-    (PostgreSQL 14 and later), and a run started meanwhile waits for that."""
+    once), in a server session no other client uses (_claim_the_session). The lock dies with
+    the session, so a killed run never leaves it behind: its server process notices the client
+    gone within a second, even in the middle of a statement (PostgreSQL 14 and later), and a
+    run started meanwhile waits for that."""
+    _claim_the_session(conn)
     deadline = time.monotonic() + wait
     with managed_cursor(conn) as cur:
         if conn.server_version >= sql.CLIENT_CHECK_SINCE:
@@ -474,6 +477,28 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
                 break
             time.sleep(LOCK_RETRY_SECONDS)
     raise LockedError(_lock_held_message(conn, wait))
+
+
+def _claim_the_session(conn) -> None:
+    """Refuse a server session that another client uses too (sql.session_mark)."""
+    mark = secrets.token_hex(8)
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.session_mark, {"mark": mark})
+        earlier = cur.fetchone()[0]
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.session_mark_read)
+        kept = cur.fetchone()[0] == mark
+    if earlier or not kept:
+        raise DatabaseError(SESSION_SHARED)
+
+
+SESSION_SHARED = (
+    "this connection's server session serves other clients too: a connection pooler in "
+    "transaction mode (PgBouncer's pool_mode = transaction, a hosted database's transaction "
+    "pooler) hands it to another client between two transactions, where a run needs a session "
+    "of its own (its lock, its temporary tables); connect to PostgreSQL directly, or through a "
+    "pool in session mode (nothing was changed)"
+)
 
 
 # PostgreSQL keeps lock_timeout in milliseconds, in an int: 24.8 days at most.

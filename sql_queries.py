@@ -504,6 +504,15 @@ LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share 
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
+# A run marks its server session as its own before it takes the load lock, then reads the mark
+# back in the next transaction. A pooler that hands one server session to several clients in
+# turn (PgBouncer's pool_mode = transaction) would let a second run share the first's lock,
+# temporary tables and settings: there the mark of an earlier run is found, or the next
+# transaction runs in another session, without it. A session of its own never holds one.
+session_mark = """
+SELECT current_setting('sparkify.run', true), set_config('sparkify.run', %(mark)s, false)"""
+session_mark_read = "SELECT current_setting('sparkify.run', true)"
+
 # A load's session (and create_tables.py's) runs as a batch job, as pg_dump's does. No time limit
 # a role or database sets for interactive work ends it midway: a big load's keys take minutes to
 # build, a batch's transaction waits while the next part is parsed, the session waits between

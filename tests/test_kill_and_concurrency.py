@@ -341,6 +341,22 @@ def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big):
 
 
 @pytest.mark.parametrize("script", ["etl.py", "create_tables.py"])
+def test_a_run_refuses_a_server_session_that_an_earlier_run_marked_as_its_own(data, script):
+    """Behind a pooler in transaction mode a client is handed a server session that another run
+    used, and marked, before (a second run would share its load lock and temporary tables); here
+    the mark comes with the session's options. Nothing is changed, nothing is recorded."""
+    args = ["--data", str(data)] if script == "etl.py" else []
+    etl(data)
+    before = table_contents()
+    marked = {"PGOPTIONS": "-c sparkify.run=0123456789abcdef"}
+    refused = run_script(script, *args, env=marked, check=False)
+    assert refused.returncode == EXIT_ENVIRONMENT, refused
+    assert one_error_line(refused) == f"error: {db.SESSION_SHARED}"
+    assert table_contents() == before
+    assert query("SELECT count(*) FROM load_runs") == [(1,)]
+
+
+@pytest.mark.parametrize("script", ["etl.py", "create_tables.py"])
 def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(data, script):
     args = ["--data", str(data)] if script == "etl.py" else []
     holder = db.connect(db.Settings.from_env())
