@@ -557,7 +557,8 @@ def _lock_held_message(conn, wait: int) -> str:
         cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
         holder = cur.fetchone()
     who = (
-        f"{holder[1] or 'a client'} (server pid {holder[0]}, connected at {holder[2]:%H:%M:%S})"
+        f"{holder[1] or 'a client'} (server pid {holder[0]}, connected at "
+        f"{holder[2].astimezone():%H:%M:%S %Z})"  # this machine's time, whatever the server's
         if holder
         else "another session"
     )

@@ -363,22 +363,27 @@ def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(da
     try:
         db.acquire_lock(holder)
         with holder.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            pid = cur.fetchone()[0]
+            cur.execute(
+                "SELECT pg_backend_pid(), backend_start FROM pg_stat_activity "
+                "WHERE pid = pg_backend_pid()"
+            )
+            pid, connected = cur.fetchone()
         began = time.monotonic()
         refused = run_script(
             script,
             *args,
             "--wait",
             "2",
-            env={"PGOPTIONS": "-c statement_timeout=500"},  # the session's own does not cut it
+            # the session's own time limit does not cut the wait, nor its time zone the time
+            env={"PGOPTIONS": "-c statement_timeout=500 -c TimeZone=Asia/Kathmandu"},
             check=False,
         )
         waited = time.monotonic() - began
     finally:
         holder.close()
     assert refused.returncode == EXIT_LOCKED, refused
-    assert f"(server pid {pid}, connected at " in one_error_line(refused)
+    at = connected.astimezone()  # as a clock on this machine reads it
+    assert f"(server pid {pid}, connected at {at:%H:%M:%S %Z})" in one_error_line(refused)
     assert "waited 2 s for it" in one_error_line(refused)
     assert waited >= 2
     assert query(RUNS) == [(0,)]
