@@ -38,11 +38,11 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
     conn = db.connect(settings)
     try:
         db.as_a_batch_job(conn)
-        db.acquire_lock(conn, lock_wait)
-        try:
-            citus = recreate(conn)
-        except psycopg2.errors.LockNotAvailable:
-            raise db.DatabaseError(still_locked(conn)) from None
+        with db.load_lock(conn, lock_wait):
+            try:
+                citus = recreate(conn)
+            except psycopg2.errors.LockNotAvailable:
+                raise db.DatabaseError(still_locked(conn)) from None
     finally:
         conn.close()
     print(f"created tables {', '.join(sql.TABLES)} in {settings.describe()}")

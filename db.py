@@ -460,13 +460,20 @@ def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
 def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
     """One load (or schema rebuild) at a time per database: take the load lock, trying again
     for up to wait seconds while another run holds it (a Ctrl-C meanwhile ends the wait at
-    once), in a server session no other client uses (_claim_the_session). The lock dies with
-    the session, so a killed run never leaves it behind: its server process notices the client
-    gone within a second, even in the middle of a statement (PostgreSQL 14 and later), and a
-    run started meanwhile waits for that."""
-    _claim_the_session(conn)
+    once), in a server session no other client uses (sql.session_mark). The lock dies with the
+    session, so a killed run never leaves it behind: its server process notices the client gone
+    within a second, even in the middle of a statement (PostgreSQL 14 and later), and a run
+    started meanwhile waits for that."""
+    mark = secrets.token_hex(8)
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.session_mark, {"mark": mark})
+        if cur.fetchone()[0]:
+            raise DatabaseError(SESSION_SHARED)
     deadline = time.monotonic() + wait
     with managed_cursor(conn) as cur:
+        cur.execute(sql.session_mark_read)
+        if cur.fetchone()[0] != mark:
+            raise DatabaseError(SESSION_SHARED)
         if conn.server_version >= sql.CLIENT_CHECK_SINCE:
             cur.execute(sql.client_check)
         while True:
@@ -479,17 +486,21 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
     raise LockedError(_lock_held_message(conn, wait))
 
 
-def _claim_the_session(conn) -> None:
-    """Refuse a server session that another client uses too (sql.session_mark)."""
-    mark = secrets.token_hex(8)
-    with managed_cursor(conn) as cur:
-        cur.execute(sql.session_mark, {"mark": mark})
-        earlier = cur.fetchone()[0]
-    with managed_cursor(conn) as cur:
-        cur.execute(sql.session_mark_read)
-        kept = cur.fetchone()[0] == mark
-    if earlier or not kept:
-        raise DatabaseError(SESSION_SHARED)
+@contextlib.contextmanager
+def load_lock(conn, wait: int = LOCK_WAIT):
+    """The load lock held (acquire_lock) while the block runs; then let go of, with the
+    session's mark, so that a session a pooler keeps for its next client is left as it was
+    found (a session that ends lets go of both anyway)."""
+    acquire_lock(conn, wait)
+    try:
+        yield
+    finally:
+        try:
+            conn.rollback()
+            with managed_cursor(conn) as cur:
+                cur.execute(sql.session_let_go, {"key": sql.LOCK_KEY})
+        except psycopg2.Error:  # a connection lost: its session, lock and mark are gone
+            pass
 
 
 SESSION_SHARED = (
@@ -497,7 +508,7 @@ SESSION_SHARED = (
     "transaction mode (PgBouncer's pool_mode = transaction, a hosted database's transaction "
     "pooler) hands it to another client between two transactions, where a run needs a session "
     "of its own (its lock, its temporary tables); connect to PostgreSQL directly, or through a "
-    "pool in session mode (nothing was changed)"
+    "pool in session mode (no table was changed)"
 )
 
 
@@ -556,12 +567,11 @@ def _lock_held_message(conn, wait: int) -> str:
     with managed_cursor(conn) as cur:
         cur.execute(sql.lock_holder, {"key": sql.LOCK_KEY})
         holder = cur.fetchone()
-    who = (
-        f"{holder[1] or 'a client'} (server pid {holder[0]}, connected at "
-        f"{holder[2].astimezone():%H:%M:%S %Z})"  # this machine's time, whatever the server's
-        if holder
-        else "another session"
-    )
+    if holder is None:
+        who = "another session"
+    else:  # when it connected, by this machine's clock (a role may not see it: pg_read_all_stats)
+        when = f", connected at {holder[2].astimezone():%H:%M:%S %Z}" if holder[2] else ""
+        who = f"{holder[1] or 'a client'} (server pid {holder[0]}{when})"
     waited = f"; waited {wait} s for it (--wait)" if wait else ""
     return (
         f"another load is running on this database: {who}{waited}; wait for it to finish and "

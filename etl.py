@@ -266,10 +266,11 @@ class WorkerFailed:
 
 def _receive(outbox, worker) -> Part:
     while True:
+        alive = worker.is_alive()  # before waiting: what it put before it ended is taken first
         try:
             item = outbox.get(timeout=1)
         except queue.Empty:
-            if not worker.is_alive():  # a process killed: a thread puts its failure first
+            if not alive:  # a process killed: a thread puts its failure first
                 code = getattr(worker, "exitcode", None)
                 raise RuntimeError(f"the {worker.name} died (exit code {code})") from None
             continue
@@ -439,52 +440,53 @@ def run(
     try:
         db.as_a_batch_job(conn)
         db.require_tables(conn, sql.TABLES + sql.COUNTING)
-        db.acquire_lock(conn, lock_wait)
-        db.wait_for_locks(conn, lock_wait)
-        # The keys an interrupted bulk load left out are built first (its duplicates settled):
-        # a load merges with them in place, unless it is a bulk load itself.
-        server = load.server_of(conn)
-        found_missing = load.build_keys(conn, server)
-        if found_missing.failed:
-            key, why = next(iter(found_missing.failed.items()))
-            raise db.DatabaseError(
-                "the keys of songplays and time are missing (as an interrupted bulk load leaves "
-                f"them) and cannot be built back: {key}: {why}; nothing was loaded"
-            )
-        start = load.start_run(conn, server, described(data), full_refresh)
-        with load.failure_recorded(conn, start.run_id):
-            plans = {
-                kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
-                for kind in KINDS
-            }
-            batches = [batch for kind in KINDS for batch in plans[kind].batches]
-            workers = default_jobs(batches, limits) if jobs is None else jobs
-            preparer = Preparer(batches, limits, workers)
-            try:
-                songs = load_batches(conn, start, preparer, "song", progress)
-                # Songs first; then a first load of the logs is a bulk load: the keys dropped, its
-                # plays resolved by the parse workers and written straight in with its instants.
-                bulk = load.begin_bulk_load(conn, start, plans["log"].batches)
-                preparer.hand_over(bulk.handed)
-                logs = load_batches(conn, start, preparer, "log", progress)
-            finally:
-                preparer.close()
-            built = load.build_keys(conn, server, start.run_id)
-            unchanged = {kind: plans[kind].unchanged for kind in KINDS}
-            tally = Tally.total([songs, logs], unchanged, built.duplicates)
-            report = finish(
-                conn,
-                start,
-                tally,
-                settings,
-                data.root,
-                started,
-                bulk,
-                found_missing,
-                built,
-                [path for kind in KINDS for path in plans[kind].ignored],
-                [path for kind in KINDS for path in plans[kind].gone],
-            )
+        with db.load_lock(conn, lock_wait):
+            db.wait_for_locks(conn, lock_wait)
+            # The keys an interrupted bulk load left out are built first (its duplicates settled):
+            # a load merges with them in place, unless it is a bulk load itself.
+            server = load.server_of(conn)
+            found_missing = load.build_keys(conn, server)
+            if found_missing.failed:
+                key, why = next(iter(found_missing.failed.items()))
+                raise db.DatabaseError(
+                    "the keys of songplays and time are missing (as an interrupted bulk load "
+                    f"leaves them) and cannot be built back: {key}: {why}; nothing was loaded"
+                )
+            start = load.start_run(conn, server, described(data), full_refresh)
+            with load.failure_recorded(conn, start.run_id):
+                plans = {
+                    kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
+                    for kind in KINDS
+                }
+                batches = [batch for kind in KINDS for batch in plans[kind].batches]
+                workers = default_jobs(batches, limits) if jobs is None else jobs
+                preparer = Preparer(batches, limits, workers)
+                try:
+                    songs = load_batches(conn, start, preparer, "song", progress)
+                    # Songs first; then a first load of the logs is a bulk load: the keys
+                    # dropped, its plays resolved by the parse workers and written straight in
+                    # with its instants.
+                    bulk = load.begin_bulk_load(conn, start, plans["log"].batches)
+                    preparer.hand_over(bulk.handed)
+                    logs = load_batches(conn, start, preparer, "log", progress)
+                finally:
+                    preparer.close()
+                built = load.build_keys(conn, server, start.run_id)
+                unchanged = {kind: plans[kind].unchanged for kind in KINDS}
+                tally = Tally.total([songs, logs], unchanged, built.duplicates)
+                report = finish(
+                    conn,
+                    start,
+                    tally,
+                    settings,
+                    data.root,
+                    started,
+                    bulk,
+                    found_missing,
+                    built,
+                    [path for kind in KINDS for path in plans[kind].ignored],
+                    [path for kind in KINDS for path in plans[kind].gone],
+                )
     except psycopg2.errors.LockNotAvailable:
         held = sql.TABLES + sql.COUNTING + sql.CITUS_STAGING
         raise db.LockedError(db.kept_waiting(conn, lock_wait, held)) from None
@@ -660,8 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-mb",
         type=cli.positive,
         default=Limits.log_batch_bytes >> 20,
-        help="megabytes of log files per batch, and per part of a bigger file; "
-        "memory follows it (default: %(default)s)",
+        help="megabytes of log files per batch, and per part of a bigger file (a song file's "
+        "too); memory follows it (default: %(default)s)",
     )
     db.add_wait_option(
         parser,

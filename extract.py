@@ -861,7 +861,8 @@ def _text_parts(text: Iterator[bytes], part_bytes: int, songs: bool) -> Iterator
     """The text in line-aligned parts (_line_parts). A song file's text bigger than a part is
     cut only where it is one song a line (_one_object_a_line): an array of songs, or a song
     written over several lines, cannot be cut at lines, and comes whole, in memory in
-    proportion to its size."""
+    proportion to its size; and a song line of any length is read (a log line longer than a
+    part is not)."""
     if songs:
         head, size = [], 0  # the text's first blocks, up to more than a part
         for block in text:
@@ -872,7 +873,7 @@ def _text_parts(text: Iterator[bytes], part_bytes: int, songs: bool) -> Iterator
         if size > part_bytes and not _one_object_a_line(b"".join(head)):
             part_bytes = WHOLE
         text = itertools.chain(head, text)
-    yield from _line_parts(text, part_bytes)
+    yield from _line_parts(text, part_bytes, WHOLE if songs else None)
 
 
 def _one_object_a_line(head: bytes) -> bool:

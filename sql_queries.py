@@ -367,9 +367,10 @@ COUNTING = ["row_counts"]  # the star's row counts, which its triggers keep (not
 # create_tables.py drops and creates the tables in one schema, the one CREATE TABLE writes into
 # (the first of search_path that exists): unqualified, DROP TABLE would take a table of the same
 # name from any schema on the path (public, while CREATE TABLE writes into a schema named after
-# the role). For its transaction only.
+# the role). For its transaction only; the row-count functions keep it (sparkify_count_rows),
+# the session's temporary schema last, so that no temporary table of a writer's is found first.
 search_path_create_schema = """
-SELECT set_config('search_path', quote_ident(current_schema()), true)
+SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true)
 WHERE current_schema() IS NOT NULL"""
 # Whether that schema is the session's temporary one (search_path = pg_temp, ...): the tables
 # would then be temporary, gone when the session ends.
@@ -504,14 +505,18 @@ LOCK_KEY = 7_246_391_802  # any fixed number; etl.py and create_tables.py share 
 
 try_lock = "SELECT pg_try_advisory_lock(%(key)s)"
 
-# A run marks its server session as its own before it takes the load lock, then reads the mark
-# back in the next transaction. A pooler that hands one server session to several clients in
-# turn (PgBouncer's pool_mode = transaction) would let a second run share the first's lock,
-# temporary tables and settings: there the mark of an earlier run is found, or the next
-# transaction runs in another session, without it. A session of its own never holds one.
+# A run marks its server session as its own (unless another run's mark is there), then reads
+# the mark back in the transaction that takes the load lock, and at its end lets go of both. A
+# pooler that hands one server session to several clients in turn (PgBouncer's pool_mode =
+# transaction) would let a second run share the first's lock (it is taken again by the session
+# that holds it), temporary tables and settings: there the mark of a run is found, or the lock's
+# transaction runs in another session, without this run's. A session of its own never holds one.
 session_mark = """
-SELECT current_setting('sparkify.run', true), set_config('sparkify.run', %(mark)s, false)"""
+SELECT current_setting('sparkify.run', true),
+       CASE WHEN coalesce(current_setting('sparkify.run', true), '') = ''
+            THEN set_config('sparkify.run', %(mark)s, false) END"""
 session_mark_read = "SELECT current_setting('sparkify.run', true)"
+session_let_go = "SELECT pg_advisory_unlock(%(key)s), set_config('sparkify.run', '', false)"
 
 # A load's session (and create_tables.py's) runs as a batch job, as pg_dump's does. No time limit
 # a role or database sets for interactive work ends it midway: a big load's keys take minutes to

@@ -242,6 +242,15 @@ def test_the_row_counts_follow_a_write_from_a_session_whose_search_path_is_elsew
             (BASE["artists"] + 1,)
         ]
         assert query("SELECT count(*) FROM shadow.row_counts") == [(0,)]
+        query(
+            "CREATE TEMP TABLE row_counts (table_name text, row_count bigint, resolved bigint); "
+            "INSERT INTO row_counts VALUES ('artists', 0, 0); "
+            "INSERT INTO public.artists (artist_id, name) VALUES ('ARTEMPORARY', 'Temporary'); "
+            "SELECT 1"
+        )
+        assert query("SELECT row_count FROM row_counts WHERE table_name = 'artists'") == [
+            (BASE["artists"] + 2,)
+        ]
     finally:
         query("DROP SCHEMA shadow CASCADE; SELECT 1")
 

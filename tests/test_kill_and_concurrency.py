@@ -356,6 +356,52 @@ def test_a_run_refuses_a_server_session_that_an_earlier_run_marked_as_its_own(da
     assert query("SELECT count(*) FROM load_runs") == [(1,)]
 
 
+def test_a_run_leaves_its_server_session_as_it_found_it_for_the_next_client(fresh_tables):
+    """A pooler keeps a server session for its next client once a run is done with it: the
+    lock let go of, the mark cleared, so that the next run in it takes them as the first did."""
+    conn = db.connect(db.Settings.from_env())
+    mine = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    try:
+        for _ in range(2):
+            with db.load_lock(conn):
+                with conn.cursor() as cur:
+                    cur.execute(mine)
+                    assert cur.fetchone() == (1,)
+            with conn.cursor() as cur:
+                cur.execute(f"{mine} UNION ALL SELECT length(current_setting('sparkify.run'))")
+                assert cur.fetchall() == [(0,), (0,)]
+            conn.rollback()
+    finally:
+        conn.close()
+
+
+def test_the_session_holding_the_lock_is_named_to_a_role_that_may_not_see_when_it_connected(
+    analyst_url,
+):
+    with using_database(embedded_url(database=ANALYST)):  # a superuser's session there
+        holder = db.connect(db.Settings.from_env())
+    try:
+        db.acquire_lock(holder)
+        with holder.cursor() as cur:
+            cur.execute(
+                "SELECT pid, application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            )
+            pid, application = cur.fetchone()
+        with using_database(analyst_url):
+            conn = db.connect(db.Settings.from_env())
+            try:
+                with pytest.raises(db.LockedError) as refused:
+                    db.acquire_lock(conn, wait=0)
+            finally:
+                conn.close()
+    finally:
+        holder.close()
+    assert str(refused.value) == (
+        f"another load is running on this database: {application} (server pid {pid}); wait "
+        "for it to finish and run again"
+    )
+
+
 @pytest.mark.parametrize("script", ["etl.py", "create_tables.py"])
 def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(data, script):
     args = ["--data", str(data)] if script == "etl.py" else []

@@ -795,6 +795,9 @@ def test_damaged_song_lines_cost_exactly_themselves_whatever_the_files_and_batch
     check_run(corpus)
 
 
+csv.field_size_limit(1 << 24)  # a staged field may hold a line of a megabyte and more
+
+
 def staged(batch: Part, table: str, path: str) -> list[list[str]]:
     """The CSV rows a batch stages for table, of one file only."""
     rows = csv.reader(io.StringIO(batch.copies[table].decode()))
@@ -1110,3 +1113,21 @@ def test_a_big_song_file_that_cannot_be_cut_at_lines_comes_whole(tmp_path, layou
     parts = list(prepare.prepare(contract.Batch("song", (task(tmp_path, path, content),)), small))
     assert songs_per_part(parts, path) == [len(songs)]
     assert staged_rejects(parts[0], path) == []
+
+
+@pytest.mark.parametrize("final_newline", [b"", b"\n"])
+def test_a_song_line_longer_than_a_part_is_read_where_a_log_line_would_not_be(
+    tmp_path, final_newline
+):
+    path, part_bytes = "song_data/catalogue.jsonl", 4096
+    long = builders.line(builders.song(1, title="Long " * 250_000))
+    content = b"\n".join([builders.line(builders.song(2)), long, builders.line(builders.song(3))])
+    small = contract.Limits(log_batch_bytes=part_bytes)
+    parts = list(
+        prepare.prepare(
+            contract.Batch("song", (task(tmp_path, path, content + final_newline),)), small
+        )
+    )
+    assert len(long) > extract.LONGEST_LINE_FLOOR  # a log line this long is not read
+    assert [r for p in parts for r in staged_rejects(p, path)] == []
+    assert sum(songs_per_part(parts, path)) == 3
