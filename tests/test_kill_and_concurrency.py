@@ -375,18 +375,24 @@ def test_a_run_leaves_its_server_session_as_it_found_it_for_the_next_client(fres
         conn.close()
 
 
+def holding_the_lock(holder) -> tuple:
+    """The load lock taken in holder's session: its server pid, application and connect time."""
+    db.acquire_lock(holder)
+    with holder.cursor() as cur:
+        cur.execute(
+            "SELECT pid, application_name, backend_start FROM pg_stat_activity "
+            "WHERE pid = pg_backend_pid()"
+        )
+        return cur.fetchone()
+
+
 def test_the_session_holding_the_lock_is_named_to_a_role_that_may_not_see_when_it_connected(
     analyst_url,
 ):
     with using_database(embedded_url(database=ANALYST)):  # a superuser's session there
         holder = db.connect(db.Settings.from_env())
     try:
-        db.acquire_lock(holder)
-        with holder.cursor() as cur:
-            cur.execute(
-                "SELECT pid, application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-            )
-            pid, application = cur.fetchone()
+        pid, application, _ = holding_the_lock(holder)
         with using_database(analyst_url):
             conn = db.connect(db.Settings.from_env())
             try:
@@ -407,13 +413,7 @@ def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(da
     args = ["--data", str(data)] if script == "etl.py" else []
     holder = db.connect(db.Settings.from_env())
     try:
-        db.acquire_lock(holder)
-        with holder.cursor() as cur:
-            cur.execute(
-                "SELECT pg_backend_pid(), backend_start FROM pg_stat_activity "
-                "WHERE pid = pg_backend_pid()"
-            )
-            pid, connected = cur.fetchone()
+        pid, _, connected = holding_the_lock(holder)
         began = time.monotonic()
         refused = run_script(
             script,
