@@ -17,7 +17,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from urllib.parse import quote
 
@@ -338,9 +338,15 @@ def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> Databas
     return DatabaseError(f"{missing[0]} on {settings.describe()}: {todo}")
 
 
-def run_command(settings: Settings, action: Callable[[], int], as_json: bool = False) -> int:
+def run_command(
+    settings: Settings,
+    action: Callable[[], int],
+    as_json: bool = False,
+    more_secrets: Collection[str] = (),
+) -> int:
     """cli.run_command for a script that works on the database of settings: a database error
-    says what happened on which server, and no message shows a secret of the settings."""
+    says what happened on which server, and no message shows a secret of the settings, nor one
+    of more_secrets (those shorter than MASKED_FROM left out)."""
 
     def on_the_database() -> int:
         try:
@@ -348,7 +354,8 @@ def run_command(settings: Settings, action: Callable[[], int], as_json: bool = F
         except psycopg2.Error as exc:
             raise database_error(exc, settings) from None
 
-    return cli.run_command(on_the_database, settings.secrets, as_json)
+    shown_never = settings.secrets | {text for text in more_secrets if len(text) >= MASKED_FROM}
+    return cli.run_command(on_the_database, shown_never, as_json)
 
 
 def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:

@@ -699,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report.as_dict(args.strict), indent=2))
         return report.exit_code(args.strict)
 
-    return db.run_command(settings, load_and_report, args.json)
+    return db.run_command(settings, load_and_report, args.json, extract.store_secrets())
 
 
 if __name__ == "__main__":

@@ -142,6 +142,30 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
     return Source(f"{scheme}://{rest}".rstrip("/"), Store(scheme, anonymous))
 
 
+# What a store's library reads from the environment that no message may show: these variables'
+# values, and the password of an endpoint URL's user part, whether or not the URL is written
+# with its scheme (cli.CREDENTIALS masks a password only in a URL that has one).
+STORE_SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_CLIENT_SECRET",
+)
+STORE_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def store_secrets() -> list[str]:
+    """The texts of the store's settings in the environment that no message may show."""
+    found = [os.environ.get(name, "") for name in STORE_SECRET_VARIABLES]
+    for name in STORE_ENDPOINT_VARIABLES:
+        user, at, _ = os.environ.get(name, "").rpartition("@")
+        found.append(user.rpartition("://")[2].partition(":")[2] if at else "")
+    return [text for text in found if text]
+
+
 def store_failure(exc: Exception, url: str) -> Exception:
     """What a store's error becomes: an object not found (deleted since it was listed) stays
     that object's problem, as a file that vanished is; anything else (no connection, a refused

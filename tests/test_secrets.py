@@ -521,6 +521,26 @@ def test_an_object_store_url_with_credentials_is_refused_in_one_line():
     )
 
 
+@pytest.mark.parametrize("endpoint", ["minio:{}@127.0.0.1:1", "http://minio:{}@127.0.0.1:1"])
+def test_an_object_stores_secrets_in_the_environment_never_show(endpoint):
+    """An endpoint URL's password, with or without the URL's scheme (botocore quotes an
+    endpoint it cannot use whole), and the store's secret keys."""
+    password, secret = SEEDED[-1], SEEDED[-2]
+    env = {
+        "AWS_ENDPOINT_URL": endpoint.format(quote(password, safe="")),
+        "AWS_ACCESS_KEY_ID": "AKIASPARKIFYPROBE01",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_SESSION_TOKEN": secret + "token",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    for extra in ((), ("--json",)):
+        done = run_script("etl.py", "--data", "s3://bucket/feed", *extra, env=env, check=False)
+        assert done.returncode == EXIT_ENVIRONMENT, done
+        assert "cannot list s3://bucket/feed/" in done.stderr
+        for text in (password, quote(password, safe=""), secret):
+            assert_hidden(done, text)
+
+
 def test_pgpassword_never_shows():
     password = SEEDED[-1]
     env = {"PGHOST": "127.0.0.1", "PGPORT": "1", "PGPASSWORD": password}
