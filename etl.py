@@ -469,6 +469,10 @@ def run(
                     bulk = load.begin_bulk_load(conn, start, plans["log"].batches)
                     preparer.hand_over(bulk.handed)
                     logs = load_batches(conn, start, preparer, "log", progress)
+                except Exception:  # a store gone, say: the keys a bulk load dropped come back
+                    preparer.close()
+                    load.keys_built_back(conn, server)
+                    raise
                 finally:
                     preparer.close()
                 built = load.build_keys(conn, server, start.run_id)

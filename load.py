@@ -468,6 +468,17 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
     return Built(missing, {}, -sum(move.plays for move in ours))
 
 
+def keys_built_back(conn, server: Server) -> None:
+    """build_keys for a run that stops on an error after a bulk load dropped the keys (an
+    object store that stops answering, say): the tables get their keys back now, not at the
+    next run, which may not get that far. A database that cannot build them (a connection
+    lost) leaves them to the next run, as a run killed does."""
+    try:
+        build_keys(conn, server)
+    except psycopg2.Error:
+        return
+
+
 def _analyze(conn, server: Server) -> None:
     """Statistics for the tables the keys' build filled, in a transaction of its own: on Citus,
     once time's key is built on the coordinator's copy of the reference table, analyzing every

@@ -17,7 +17,7 @@ import builders
 import pytest
 import s3fs
 from builders import SMALL_BATCHES, Watcher, expect, one_error_line
-from conftest import PROJECT, SAMPLE, counts, query, run_script, table_contents
+from conftest import PROJECT, SAMPLE, counts, query, run_script, schema_objects, table_contents
 from s3server import SECRET_KEY, S3Server
 from summary import CHECKS_PASSED, parse_summary
 
@@ -303,8 +303,10 @@ def test_public_objects_are_read_anonymously_and_private_ones_refused(s3):
 
 
 def test_a_server_stopped_mid_load_leaves_whole_batches_and_the_next_run_completes(s3, generated):
+    """A first load, so a bulk load: the keys it dropped are built back before it stops."""
     fresh_load(generated)
     uninterrupted = table_contents()
+    keys = schema_objects()
 
     url = s3.upload(generated, BUCKET, "dropped")
     run_script("create_tables.py")
@@ -331,6 +333,7 @@ def test_a_server_stopped_mid_load_leaves_whole_batches_and_the_next_run_complet
     assert one_error_line(done).startswith(f"error: cannot read {url}/log_data/")
     assert SECRET_KEY not in out + err
     assert 0 < committed < files_per_kind(generated)["log"]
+    assert schema_objects() == keys
     # What was committed is whole: each file's plays are all in, or none are.
     assert query(
         "SELECT count(*) FROM load_manifest m WHERE kind = 'log' AND m.loaded <> "
