@@ -496,8 +496,8 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
 @contextlib.contextmanager
 def load_lock(conn, wait: int = LOCK_WAIT):
     """The load lock held (acquire_lock) while the block runs; then let go of, with the
-    session's mark, so that a session a pooler keeps for its next client is left as it was
-    found (a session that ends lets go of both anyway)."""
+    session's mark, so that the next client of a session a pooler keeps can take them (a
+    session that ends lets go of both anyway)."""
     acquire_lock(conn, wait)
     try:
         yield
