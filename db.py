@@ -374,6 +374,8 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
                 " (the server takes no writes here: a standby in recovery, or "
                 "default_transaction_read_only is on; load into the primary)"
             )
+        if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+            why += " (the role lacks a privilege: docs/database.md says what each script needs)"
         return DatabaseError(f"the database refused: {first_line(exc)}{why}")
     reason = first_line(first_cause(exc))
     return DatabaseError(

@@ -717,6 +717,26 @@ def test_a_full_refresh_waits_a_few_seconds_for_a_session_holding_the_tables_the
     assert counts() == BASE
 
 
+def test_a_role_short_of_a_privilege_is_refused_in_one_line_that_says_where_to_look(
+    tmp_path, analyst_url
+):
+    """Granted what a load writes but not TRUNCATE, which --full-refresh needs."""
+    as_owner = {"DATABASE_URL": embedded_url(database=ANALYST)}
+    run_script("create_tables.py", env=as_owner)
+    with using_database(as_owner["DATABASE_URL"]):
+        query(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ANALYST}; "
+            "SELECT 1"
+        )
+    data = base_sample(tmp_path / "data")
+    env = {"DATABASE_URL": analyst_url}
+    refused = etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT, env=env, process=True)
+    assert one_error_line(refused) == (
+        "error: the database refused: permission denied for table songplays (the role lacks a "
+        "privilege: docs/database.md says what each script needs)"
+    )
+
+
 def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bulk_load(
     tmp_path, analyst_url
 ):
