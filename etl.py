@@ -453,7 +453,7 @@ def run(
                     f"leaves them) and cannot be built back: {key}: {why}; nothing was loaded"
                 )
             start = load.start_run(conn, server, described(data), full_refresh)
-            with load.failure_recorded(conn, start.run_id):
+            with load.failure_recorded(conn, start):
                 plans = {
                     kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
                     for kind in KINDS
@@ -469,10 +469,6 @@ def run(
                     bulk = load.begin_bulk_load(conn, start, plans["log"].batches)
                     preparer.hand_over(bulk.handed)
                     logs = load_batches(conn, start, preparer, "log", progress)
-                except Exception:  # a store gone, say: the keys a bulk load dropped come back
-                    preparer.close()
-                    load.keys_built_back(conn, server)
-                    raise
                 finally:
                     preparer.close()
                 built = load.build_keys(conn, server, start.run_id)

@@ -60,17 +60,20 @@ def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSta
 
 
 @contextlib.contextmanager
-def failure_recorded(conn, run_id: int):
+def failure_recorded(conn, start: RunStart):
     """The run recorded as failed when the block stops on an error (it makes no report: the
-    next run reports what it rejected). Ctrl-C, like a kill, leaves it running: the next run
-    records it as interrupted; so does a connection lost."""
+    next run reports what it rejected), the keys a bulk load dropped built back first (an
+    object store that stops answering, say: the next run may not get that far). Ctrl-C, like a
+    kill, leaves both to the next run, which records it as interrupted; so does a connection
+    lost."""
     try:
         yield
     except Exception:
         try:
             conn.rollback()
+            build_keys(conn, start.server)
             with db.managed_cursor(conn) as cur:
-                cur.execute(sql.run_stopped, {"run_id": run_id})
+                cur.execute(sql.run_stopped, {"run_id": start.run_id})
         except psycopg2.Error:
             pass  # the connection is gone: the error that ended the run says so
         raise
@@ -466,17 +469,6 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
         return Built([], {name: failure})
     ours = [move for move in moved if move.run_id == run_id]
     return Built(missing, {}, -sum(move.plays for move in ours))
-
-
-def keys_built_back(conn, server: Server) -> None:
-    """build_keys for a run that stops on an error after a bulk load dropped the keys (an
-    object store that stops answering, say): the tables get their keys back now, not at the
-    next run, which may not get that far. A database that cannot build them (a connection
-    lost) leaves them to the next run, as a run killed does."""
-    try:
-        build_keys(conn, server)
-    except psycopg2.Error:
-        return
 
 
 def _analyze(conn, server: Server) -> None:
