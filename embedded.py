@@ -71,13 +71,20 @@ def initdb(program: str, pgdata: Path) -> list[str]:
     ]
 
 
+def _fits(folder: Path) -> bool:
+    return len(str(folder / f".s.PGSQL.{PORT}")) <= SOCKET_PATH_MAX
+
+
 def socket_dir(pgdata: Path) -> Path:
-    """The socket lives in the data directory unless that path is too long for a unix socket."""
-    if len(str(pgdata / f".s.PGSQL.{PORT}")) <= SOCKET_PATH_MAX:
+    """The socket lives in the data directory unless that path is too long for a unix socket;
+    then in a folder of this user's in the runtime folder, the temporary folder or /tmp, the
+    first whose path is short enough."""
+    if _fits(pgdata):
         return pgdata
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
     tag = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
-    return base / f"sparkify-pg-{os.geteuid()}-{tag}"
+    name = f"sparkify-pg-{os.geteuid()}-{tag}"
+    bases = [os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()]
+    return next((Path(b) / name for b in bases if b and _fits(Path(b) / name)), Path("/tmp") / name)
 
 
 def socket_of(pgdata: Path) -> Path:

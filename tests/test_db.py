@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -127,20 +128,41 @@ def test_missing_unshare_is_one_clear_error_not_a_traceback(tmp_path, monkeypatc
         embedded.start(tmp_path / "pg")
 
 
-def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+@pytest.fixture
+def short_folder():
+    """A folder with a path short enough for a socket in a subfolder, whatever TMPDIR says."""
+    folder = Path(tempfile.mkdtemp(prefix="spk-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_long_data_paths_put_the_socket_in_a_private_runtime_folder(
+    tmp_path, short_folder, monkeypatch
+):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_folder))
     deep = tmp_path / ("d" * 120) / "pg"
     folder = embedded.make_socket_dir(deep)
     assert folder == embedded.socket_dir(deep)
-    assert folder.parent == tmp_path and folder.name.startswith(f"sparkify-pg-{os.geteuid()}-")
+    assert folder.parent == short_folder and folder.name.startswith(f"sparkify-pg-{os.geteuid()}-")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert embedded.socket_dir(tmp_path / "pg") == tmp_path / "pg"
+    assert embedded.socket_dir(short_folder / "pg") == short_folder / "pg"
+
+
+def test_a_runtime_folder_too_long_for_a_socket_gives_way_to_the_temporary_folder(
+    tmp_path, short_folder, monkeypatch
+):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / ("r" * 120)))
+    monkeypatch.setattr(tempfile, "tempdir", str(short_folder))
+    deep = tmp_path / ("d" * 120) / "pg"
+    assert embedded.socket_dir(deep).parent == short_folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / ("t" * 120)))
+    assert embedded.socket_dir(deep).parent == Path("/tmp")
 
 
 def test_a_long_data_paths_server_is_found_from_any_runtime_folder_and_stop_removes_its_own(
-    tmp_path, monkeypatch
+    tmp_path, short_folder, monkeypatch
 ):
-    started_in, elsewhere = tmp_path / "run", tmp_path / "other"
+    started_in, elsewhere = short_folder / "run", short_folder / "other"
     started_in.mkdir()
     elsewhere.mkdir()
     deep = tmp_path / ("d" * 120) / "pg"
