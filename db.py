@@ -461,7 +461,7 @@ def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
         type=wait_seconds,
         default=LOCK_WAIT,
         metavar="SECONDS",
-        help=f"how long to wait for {holder} before exiting 4; "
+        help=f"how many seconds (0 to a year) to wait for {holder} before exiting 4; "
         "a killed run's session ends within a second or two (default: %(default)s)",
     )
 

@@ -503,6 +503,11 @@ def check_data(data: Source) -> dict[str, Listing]:
     if data.store is None:
         check_data_dir(Path(data.root), shown)
     listed = {kind: extract.listing(data, kind) for kind in KINDS}
+    if data.store is None and not any(os.path.isdir(data.top(kind)) for kind in KINDS):
+        raise UsageError(
+            f"data folder {shown} holds neither song_data/ nor log_data/: choose the folder "
+            "that holds them with --data"
+        )
     if not any(folder.files or folder.unlisted for folder in listed.values()):
         raise UsageError(
             f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
@@ -517,7 +522,8 @@ def described(data: Source) -> str:
 
 def check_data_dir(data_dir: Path, shown: str) -> None:
     if not data_dir.exists():
-        raise UsageError(f"data folder {shown} not found (choose one with --data)")
+        here = "" if data_dir.is_absolute() else f" in {extract.path_text(os.getcwd())}"
+        raise UsageError(f"data folder {shown} not found{here} (choose one with --data)")
     if not data_dir.is_dir():
         raise UsageError(
             f"data folder {shown} is not a folder: choose the folder that holds song_data/ "
@@ -668,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     db.add_wait_option(
         parser,
         "another load (or create_tables.py) on the same database to finish, and for a lock "
-        "another session holds on the tables (one second to 24 days),",
+        "another session holds on the tables (that wait: one second at least, 24 days at "
+        "most, PostgreSQL's limit)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(

@@ -28,6 +28,7 @@ from conftest import PROJECT, drop_tables, query, run_script
 
 import db
 import embedded
+import extract
 import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
 
@@ -253,8 +254,36 @@ def test_missing_or_empty_data_folder_is_one_error_naming_it(tmp_path):
     message = one_error_line(etl(missing, exit_code=EXIT_ENVIRONMENT, process=True))
     assert message == f"error: data folder {missing} not found (choose one with --data)"
     empty = tmp_path / "empty"
-    empty.mkdir()
-    assert str(empty) in one_error_line(etl(empty, exit_code=EXIT_ENVIRONMENT, process=True))
+    (empty / "song_data").mkdir(parents=True)
+    assert one_error_line(etl(empty, exit_code=EXIT_ENVIRONMENT, process=True)) == (
+        f"error: no data files under {empty}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
+    )
+
+
+def test_a_data_folder_without_song_data_or_log_data_is_named_with_what_it_lacks(tmp_path):
+    (tmp_path / "log_data" / "2018").mkdir(parents=True)
+    (tmp_path / "log_data" / "2018" / "day.json").write_text("{}\n")
+    message = one_error_line(etl(tmp_path / "log_data", exit_code=EXIT_ENVIRONMENT, process=True))
+    assert message == (
+        f"error: data folder {tmp_path / 'log_data'} holds neither song_data/ nor log_data/: "
+        "choose the folder that holds them with --data"
+    )
+
+
+def test_a_relative_data_folder_not_found_is_named_with_the_folder_it_was_looked_for_in(
+    tmp_path,
+):
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "etl.py"), "--data", "nowhere"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert done.stderr.strip() == (
+        f"error: data folder nowhere not found in {tmp_path} (choose one with --data)"
+    )
 
 
 # ---------------------------------------------------------------- SQL is never built from values
