@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -303,8 +304,8 @@ def connect(settings: Settings, dbname: str | None = None):
     if "connect_timeout" not in target and not os.environ.get("PGCONNECT_TIMEOUT"):
         target["connect_timeout"] = CONNECT_TIMEOUT
     try:
-        conn = psycopg2.connect(
-            **{**target, "application_name": Path(sys.argv[0]).name, "client_encoding": "UTF8"}
+        conn = _interruptible_connect(
+            {**target, "application_name": Path(sys.argv[0]).name, "client_encoding": "UTF8"}
         )
     except psycopg2.OperationalError as exc:
         raise connect_error(exc, settings) from None
@@ -320,6 +321,27 @@ def connect(settings: Settings, dbname: str | None = None):
             "hold every title and name: use a database created with ENCODING 'UTF8'"
         )
     return conn
+
+
+def _interruptible_connect(options: dict[str, str]):
+    """psycopg2.connect(**options) in a thread this one waits for. libpq's connect holds the
+    thread that calls it until the server answers or connect_timeout passes, and Python's Ctrl-C
+    waits for it; a wait for a thread ends at once, and the attempt left behind dies with the
+    process, or its connection is closed when it is collected."""
+    outcome: list = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(psycopg2.connect(**options))
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, name="connect", daemon=True)
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> DatabaseError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -759,3 +760,32 @@ def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bul
         assert report["exit_code"] == EXIT_OK and set(report["checks"].values()) == {0}
         with using_database(analyst_url):
             assert counts() == BASE
+
+
+@pytest.mark.parametrize("script", [["etl.py", "--data", "data"], ["create_tables.py"]])
+def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once(script):
+    """A server that takes the connection and never answers (a stalled host, a full backlog)
+    holds libpq until connect_timeout; Ctrl-C ends the wait there and then."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        url = f"postgresql://u:s3cret@127.0.0.1:{port}/x?connect_timeout=60"
+        proc = subprocess.Popen(
+            [sys.executable, *script, "--no-progress"]
+            if script[0] == "etl.py"
+            else [sys.executable, *script],
+            cwd=PROJECT,
+            env={**os.environ, "DATABASE_URL": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        taken, _ = silent.accept()  # the script is connecting, and is kept waiting
+        with taken:
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)
+            started = time.monotonic()
+            out, err = proc.communicate(timeout=90)
+            waited = time.monotonic() - started
+    assert (proc.returncode, err) == (EXIT_INTERRUPTED, f"error: {INTERRUPTED}\n")
+    assert waited < 5, f"Ctrl-C took {waited:.1f} s to end the run"
