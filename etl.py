@@ -499,7 +499,7 @@ def run(
 
 def check_data(data: Source) -> dict[str, Listing]:
     """What is under the data folder (or prefix), per kind, once it is known to hold data files."""
-    shown = extract.path_text(data.root)
+    shown = extract.path_text(cli.masked(data.root))  # masked before its \ are doubled
     if data.store is None:
         check_data_dir(Path(data.root), shown)
     listed = {kind: extract.listing(data, kind) for kind in KINDS}

@@ -260,6 +260,15 @@ def test_missing_or_empty_data_folder_is_one_error_naming_it(tmp_path):
     )
 
 
+def test_a_connection_string_typed_as_the_data_folder_shows_no_part_of_its_password():
+    typed = "host=127.0.0.1 password='Pw\\'s3cret-tail'"
+    message = one_error_line(etl(Path(typed), exit_code=EXIT_ENVIRONMENT, process=True))
+    assert message == (
+        f"error: data folder host=127.0.0.1 password=*** not found in {PROJECT} "
+        "(choose one with --data)"
+    )
+
+
 def test_a_data_folder_without_song_data_or_log_data_is_named_with_what_it_lacks(tmp_path):
     (tmp_path / "log_data" / "2018").mkdir(parents=True)
     (tmp_path / "log_data" / "2018" / "day.json").write_text("{}\n")
