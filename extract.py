@@ -134,6 +134,13 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
             "bucket (s3://bucket/prefix), and credentials and endpoints come from the store's "
             "library (environment variables, a credentials file: docs/object-storage.md)"
         )
+    endpoint = scheme == "s3" and endpoint_with_user()
+    if endpoint:
+        raise StoreError(
+            f"{endpoint} holds a user and password (user:password@), which S3's signed "
+            "requests cannot carry: take them out of it; the credentials go in "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (docs/object-storage.md)"
+        )
     package = STORES[scheme][0]
     if importlib.util.find_spec(package) is None:
         raise StoreError(
@@ -155,6 +162,17 @@ STORE_SECRET_VARIABLES = (
     "AZURE_CLIENT_SECRET",
 )
 STORE_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def endpoint_with_user() -> str | None:
+    """The endpoint variable whose URL names a user (user:password@host), with its scheme or
+    without: botocore's HTTP client refuses such a URL, whatever the endpoint."""
+    for name in STORE_ENDPOINT_VARIABLES:
+        url = os.environ.get(name, "")
+        authority = (url.partition("://")[2] or url).partition("/")[0]
+        if "@" in authority:
+            return name
+    return None
 
 
 def store_secrets() -> list[str]:
