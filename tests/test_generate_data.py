@@ -433,7 +433,7 @@ def test_help_ends_with_an_example_that_generates_what_it_says_and_loads_that_fo
     generate, load = commands
     assert generate[:3] == ["python", *TOOL] and load[:2] == ["python", "etl.py"]
     options = dict(zip(generate[3::2], generate[4::2]))
-    assert load[2:] == ["--data", options["--out"]]
+    assert load[2:] == ["--data", options["--out"], "--full-refresh"]
     out = tmp_path / "example"
     run = run_script(*generate[1:], "--out", str(out))
     truth = json.loads((out / "truth.json").read_text())
