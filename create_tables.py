@@ -117,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "after --wait; 130 interrupted (Ctrl-C), nothing dropped",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--database-url",
-        help="PostgreSQL URL (default: $DATABASE_URL, then "
-        "PG* variables, then the embedded server)",
-    )
+    db.add_database_url_option(parser)
     db.add_wait_option(parser, "a running load on the same database to finish")
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)

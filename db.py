@@ -476,6 +476,17 @@ def wait_seconds(text: str) -> int:
     return cli.natural_at_most(text, LOCK_WAIT_MOST, "a year")
 
 
+def add_database_url_option(parser: argparse.ArgumentParser) -> None:
+    """The --database-url option of every script that connects."""
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (default: $DATABASE_URL, then PG* variables, then the embedded "
+        "server); a password typed here shows in `ps` to other users of this machine: "
+        "DATABASE_URL or ~/.pgpass keep it out of sight",
+    )
+
+
 def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
     """The --wait option of a script that takes the load lock: holder says what it waits for."""
     parser.add_argument(
@@ -663,11 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         "and database come from --database-url, not -h, -p, -U or -d); url: print the "
         "connection string (the password as ***)",
     )
-    parser.add_argument(
-        "--database-url",
-        help="use this server instead (default: $DATABASE_URL, "
-        "then PG* variables, then the embedded server)",
-    )
+    add_database_url_option(parser)
     args, psql_options = parser.parse_known_args(argv)
     if psql_options and args.command != "psql":
         parser.error(f"unrecognized arguments: {' '.join(psql_options)}")

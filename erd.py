@@ -692,11 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         "run `python create_tables.py` first)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--database-url",
-        help="PostgreSQL URL (default: $DATABASE_URL, then "
-        "PG* variables, then the embedded server)",
-    )
+    db.add_database_url_option(parser)
     parser.add_argument(
         "--out", type=Path, default=Path("ERD"), metavar="DIR", help="output folder (default: ERD)"
     )

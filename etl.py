@@ -638,11 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="read an object store without credentials, as a public bucket allows",
     )
-    parser.add_argument(
-        "--database-url",
-        help="PostgreSQL URL (default: $DATABASE_URL, then "
-        "PG* variables, then the embedded server)",
-    )
+    db.add_database_url_option(parser)
     parser.add_argument(
         "--full-refresh",
         action="store_true",
