@@ -437,6 +437,47 @@ def test_songs_arriving_after_their_plays_resolve_them(fresh_tables, tmp_path):
     assert summary.checks == CHECKS_PASSED
 
 
+def test_a_play_matches_the_artist_name_its_songs_own_file_gives_not_the_artists_one_name(
+    fresh_tables, tmp_path
+):
+    """An artist's songs may name it in several ways ("Gob", "Gob feat. Ada"), and artists.name
+    is one of them (its smallest song_id's). A new song naming the artist otherwise takes no
+    play from the artist's other songs, and its own plays resolve to it."""
+    data = base_sample(tmp_path / "data")
+    other = {"song": "Other Song", "artist": "Gob feat. Ada", "length": 100.5}
+    write(data, "log_data/2018/12/new.json", lines(G(0), G(1, **other)))
+    etl(data)
+    crafted = "SELECT song_id, artist_id FROM songplays WHERE user_id = %s ORDER BY item_in_session"
+    assert query(crafted, (USER,)) == [(FACE["song_id"], FACE["artist_id"]), (None, None)]
+
+    smaller = "SOAAAAA12A8C000001"  # before FACE's song_id: the artist takes this song's name
+    write(
+        data,
+        "song_data/0/other.json",
+        line(
+            song(
+                1,
+                song_id=smaller,
+                artist_id=FACE["artist_id"],
+                artist_name="Gob feat. Ada",
+                title="Other Song",
+                duration=100.5,
+            )
+        ),
+    )
+    summary = parse_summary(etl(data).stdout)
+
+    assert query(crafted, (USER,)) == [
+        (FACE["song_id"], FACE["artist_id"]),
+        (smaller, FACE["artist_id"]),
+    ]
+    assert query("SELECT name FROM artists WHERE artist_id = %s", (FACE["artist_id"],)) == [
+        ("Gob feat. Ada",)
+    ]
+    assert summary.checks == CHECKS_PASSED
+    assert table_contents() == fresh_load_of(data)
+
+
 def test_plays_resolved_this_run_count_each_play_once_when_its_song_and_a_first_copy_come_together(
     fresh_tables, tmp_path
 ):
@@ -485,7 +526,7 @@ def test_a_song_id_several_song_files_hold_takes_the_last_files_values_whatever_
         last[files[path]["song_id"]] = files[path]
     expected = (
         sorted(
-            (r["song_id"], r["title"], r["artist_id"], r["year"], r["duration"])
+            (r["song_id"], r["title"], r["artist_id"], r["year"], r["duration"], r["artist_name"])
             for r in last.values()
         ),
         sorted((r["artist_id"], r["artist_name"], r["artist_location"]) for r in last.values()),
@@ -498,7 +539,10 @@ def test_a_song_id_several_song_files_hold_takes_the_last_files_values_whatever_
         run_main("create_tables.py")
         etl_module.run(settings, tmp_path, jobs=0, progress=False, out=None, limits=limits)
         loaded = (
-            query("SELECT song_id, title, artist_id, year, duration::float FROM songs ORDER BY 1"),
+            query(
+                "SELECT song_id, title, artist_id, year, duration::float, artist_name "
+                "FROM songs ORDER BY 1"
+            ),
             query("SELECT artist_id, name, location FROM artists ORDER BY 1"),
         )
         assert loaded == expected, f"song batches of {limits}"
