@@ -61,7 +61,134 @@ class UsageError(cli.UserError):
     """A problem with what the user asked for, such as a data folder that is not there."""
 
 
-# ================================================================ parsing while the database loads
+# ================================================================ the run, stage by stage
+
+
+def run(
+    settings: db.Settings,
+    data_dir: Path | str,
+    *,
+    anonymous: bool = False,
+    full_refresh: bool = False,
+    jobs: int | None = None,
+    progress: bool | None = None,
+    limits: Limits = Limits(),
+    lock_wait: int = db.LOCK_WAIT,
+    out: TextIO | Literal["stdout"] | None = "stdout",
+) -> Report:
+    """Load data_dir (a folder, or an object store's URL, read anonymously if asked) into the
+    database, waiting up to lock_wait seconds for another load to finish (and for each lock
+    another session holds on the tables), print the summary to out (standard output as it is
+    then; None: print nothing), and return the report."""
+    started = time.monotonic()
+    data = extract.source(data_dir, anonymous)
+    listed = check_data(data)
+    conn = db.connect(settings)
+    try:
+        db.as_a_batch_job(conn)
+        db.require_tables(conn, sql.TABLES + sql.COUNTING)
+        with db.load_lock(conn, lock_wait):
+            db.wait_for_locks(conn, lock_wait)
+            # The keys an interrupted bulk load left out are built first (its duplicates settled):
+            # a load merges with them in place, unless it is a bulk load itself.
+            server = load.server_of(conn)
+            found_missing = load.build_keys(conn, server)
+            if found_missing.failed:
+                key, why = next(iter(found_missing.failed.items()))
+                raise db.DatabaseError(
+                    "the keys of songplays and time are missing (as an interrupted bulk load "
+                    f"leaves them) and cannot be built back: {key}: {why}; nothing was loaded"
+                )
+            start = load.start_run(conn, server, described(data), full_refresh)
+            with load.failure_recorded(conn, start):
+                plans = {
+                    kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
+                    for kind in KINDS
+                }
+                batches = [batch for kind in KINDS for batch in plans[kind].batches]
+                workers = default_jobs(batches, limits) if jobs is None else jobs
+                preparer = Preparer(batches, limits, workers)
+                try:
+                    songs = load_batches(conn, start, preparer, "song", progress)
+                    # Songs first; then a first load of the logs is a bulk load: the keys
+                    # dropped, its plays resolved by the parse workers and written straight in
+                    # with its instants.
+                    bulk = load.begin_bulk_load(conn, start, plans["log"].batches)
+                    preparer.hand_over(bulk.handed)
+                    logs = load_batches(conn, start, preparer, "log", progress)
+                finally:
+                    preparer.close()
+                built = load.build_keys(conn, server, start.run_id)
+                unchanged = {kind: plans[kind].unchanged for kind in KINDS}
+                tally = Tally.total([songs, logs], unchanged, built.duplicates)
+                report = finish(
+                    conn,
+                    start,
+                    tally,
+                    settings,
+                    data.root,
+                    started,
+                    bulk,
+                    found_missing,
+                    built,
+                    [path for kind in KINDS for path in plans[kind].ignored],
+                    [path for kind in KINDS for path in plans[kind].gone],
+                )
+    except psycopg2.errors.LockNotAvailable:
+        held = sql.TABLES + sql.COUNTING + sql.CITUS_STAGING
+        raise db.LockedError(db.kept_waiting(conn, lock_wait, held)) from None
+    finally:
+        conn.close()
+    if out is not None:
+        print("\n".join(report.lines()), file=sys.stdout if out == "stdout" else out)
+    return report
+
+
+def check_data(data: Source) -> dict[str, Listing]:
+    """What is under the data folder (or prefix), per kind, once it is known to hold data files."""
+    shown = extract.path_text(cli.masked(data.root))  # masked before its \ are doubled
+    if data.store is None:
+        check_data_dir(Path(data.root), shown)
+    listed = {kind: extract.listing(data, kind) for kind in KINDS}
+    if data.store is None and not any(os.path.isdir(data.top(kind)) for kind in KINDS):
+        raise UsageError(
+            f"data folder {shown} holds neither song_data/ nor log_data/: choose the folder "
+            "that holds them with --data"
+        )
+    if not any(folder.files or folder.unlisted for folder in listed.values()):
+        raise UsageError(
+            f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
+        )
+    return listed
+
+
+def described(data: Source) -> str:
+    """The data as load_runs records it: a folder's absolute path, or the URL."""
+    return data.root if data.store else str(Path(data.root).resolve())
+
+
+def check_data_dir(data_dir: Path, shown: str) -> None:
+    if not data_dir.exists():
+        here = "" if data_dir.is_absolute() else f" in {extract.path_text(os.getcwd())}"
+        raise UsageError(f"data folder {shown} not found{here} (choose one with --data)")
+    if not data_dir.is_dir():
+        raise UsageError(
+            f"data folder {shown} is not a folder: choose the folder that holds song_data/ "
+            "and log_data/ with --data"
+        )
+    try:
+        os.scandir(data_dir).close()
+    except OSError as exc:  # a folder of another user's, say
+        raise UsageError(f"cannot read data folder {shown}: {exc.strerror}") from None
+    try:
+        str(data_dir.resolve()).encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
+        ) from None
+
+
+# ================================================== 2. prepare, while the database loads
 
 
 @functools.cache
@@ -414,131 +541,7 @@ def default_jobs(batches: list[Batch], limits: Limits) -> int:
     return 1 if parts >= 3 and (os.cpu_count() or 1) > 1 else 0
 
 
-# ================================================================ the run
-
-
-def run(
-    settings: db.Settings,
-    data_dir: Path | str,
-    *,
-    anonymous: bool = False,
-    full_refresh: bool = False,
-    jobs: int | None = None,
-    progress: bool | None = None,
-    limits: Limits = Limits(),
-    lock_wait: int = db.LOCK_WAIT,
-    out: TextIO | Literal["stdout"] | None = "stdout",
-) -> Report:
-    """Load data_dir (a folder, or an object store's URL, read anonymously if asked) into the
-    database, waiting up to lock_wait seconds for another load to finish (and for each lock
-    another session holds on the tables), print the summary to out (standard output as it is
-    then; None: print nothing), and return the report."""
-    started = time.monotonic()
-    data = extract.source(data_dir, anonymous)
-    listed = check_data(data)
-    conn = db.connect(settings)
-    try:
-        db.as_a_batch_job(conn)
-        db.require_tables(conn, sql.TABLES + sql.COUNTING)
-        with db.load_lock(conn, lock_wait):
-            db.wait_for_locks(conn, lock_wait)
-            # The keys an interrupted bulk load left out are built first (its duplicates settled):
-            # a load merges with them in place, unless it is a bulk load itself.
-            server = load.server_of(conn)
-            found_missing = load.build_keys(conn, server)
-            if found_missing.failed:
-                key, why = next(iter(found_missing.failed.items()))
-                raise db.DatabaseError(
-                    "the keys of songplays and time are missing (as an interrupted bulk load "
-                    f"leaves them) and cannot be built back: {key}: {why}; nothing was loaded"
-                )
-            start = load.start_run(conn, server, described(data), full_refresh)
-            with load.failure_recorded(conn, start):
-                plans = {
-                    kind: extract.plan(data, listed[kind], kind, start.known[kind], limits)
-                    for kind in KINDS
-                }
-                batches = [batch for kind in KINDS for batch in plans[kind].batches]
-                workers = default_jobs(batches, limits) if jobs is None else jobs
-                preparer = Preparer(batches, limits, workers)
-                try:
-                    songs = load_batches(conn, start, preparer, "song", progress)
-                    # Songs first; then a first load of the logs is a bulk load: the keys
-                    # dropped, its plays resolved by the parse workers and written straight in
-                    # with its instants.
-                    bulk = load.begin_bulk_load(conn, start, plans["log"].batches)
-                    preparer.hand_over(bulk.handed)
-                    logs = load_batches(conn, start, preparer, "log", progress)
-                finally:
-                    preparer.close()
-                built = load.build_keys(conn, server, start.run_id)
-                unchanged = {kind: plans[kind].unchanged for kind in KINDS}
-                tally = Tally.total([songs, logs], unchanged, built.duplicates)
-                report = finish(
-                    conn,
-                    start,
-                    tally,
-                    settings,
-                    data.root,
-                    started,
-                    bulk,
-                    found_missing,
-                    built,
-                    [path for kind in KINDS for path in plans[kind].ignored],
-                    [path for kind in KINDS for path in plans[kind].gone],
-                )
-    except psycopg2.errors.LockNotAvailable:
-        held = sql.TABLES + sql.COUNTING + sql.CITUS_STAGING
-        raise db.LockedError(db.kept_waiting(conn, lock_wait, held)) from None
-    finally:
-        conn.close()
-    if out is not None:
-        print("\n".join(report.lines()), file=sys.stdout if out == "stdout" else out)
-    return report
-
-
-def check_data(data: Source) -> dict[str, Listing]:
-    """What is under the data folder (or prefix), per kind, once it is known to hold data files."""
-    shown = extract.path_text(cli.masked(data.root))  # masked before its \ are doubled
-    if data.store is None:
-        check_data_dir(Path(data.root), shown)
-    listed = {kind: extract.listing(data, kind) for kind in KINDS}
-    if data.store is None and not any(os.path.isdir(data.top(kind)) for kind in KINDS):
-        raise UsageError(
-            f"data folder {shown} holds neither song_data/ nor log_data/: choose the folder "
-            "that holds them with --data"
-        )
-    if not any(folder.files or folder.unlisted for folder in listed.values()):
-        raise UsageError(
-            f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
-        )
-    return listed
-
-
-def described(data: Source) -> str:
-    """The data as load_runs records it: a folder's absolute path, or the URL."""
-    return data.root if data.store else str(Path(data.root).resolve())
-
-
-def check_data_dir(data_dir: Path, shown: str) -> None:
-    if not data_dir.exists():
-        here = "" if data_dir.is_absolute() else f" in {extract.path_text(os.getcwd())}"
-        raise UsageError(f"data folder {shown} not found{here} (choose one with --data)")
-    if not data_dir.is_dir():
-        raise UsageError(
-            f"data folder {shown} is not a folder: choose the folder that holds song_data/ "
-            "and log_data/ with --data"
-        )
-    try:
-        os.scandir(data_dir).close()
-    except OSError as exc:  # a folder of another user's, say
-        raise UsageError(f"cannot read data folder {shown}: {exc.strerror}") from None
-    try:
-        str(data_dir.resolve()).encode()
-    except UnicodeEncodeError:
-        raise UsageError(
-            f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
-        ) from None
+# ======================================================== 4. finish: the checks and the report
 
 
 def finish(
@@ -608,6 +611,9 @@ def finish(
             {"run_id": start.run_id, "status": "failed" if report.failed else "succeeded"},
         )
     return report
+
+
+# ================================================================ the command line
 
 
 def main(argv: list[str] | None = None) -> int:
