@@ -694,7 +694,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     db.add_database_url_option(parser)
     parser.add_argument(
-        "--out", type=Path, default=Path("ERD"), metavar="DIR", help="output folder (default: ERD)"
+        "--out",
+        type=Path,
+        default=db.PROJECT_DIR / "ERD",
+        metavar="DIR",
+        help="output folder (default: the project's ERD/, wherever it runs from)",
     )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
