@@ -654,6 +654,11 @@ def sessions_holding(
         return cur.fetchone()[0], holders
 
 
+# psql's options that say where to connect, which db.py psql takes from its settings instead
+# (-h is also this script's --help: refused after psql, rather than read as either).
+PSQL_WHERE = re.compile(r"-[hpUd]|--(?:host|port|username|dbname)(?:=|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(
         description="Manage the embedded PostgreSQL server, or open psql on the database.",
@@ -671,11 +676,21 @@ def main(argv: list[str] | None = None) -> int:
         choices=["start", "stop", "status", "psql", "url"],
         help="start/stop/status: the embedded server; psql: open psql on the "
         "database, with psql's own options after it (-c SQL, -f FILE, -A, -t, ...; the server "
-        "and database come from --database-url, not -h, -p, -U or -d); url: print the "
+        "and database come from --database-url: -h, -p, -U and -d are refused); url: print the "
         "connection string (the password as ***)",
     )
     add_database_url_option(parser)
-    args, psql_options = parser.parse_known_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if "psql" in arguments:
+        where = [PSQL_WHERE.match(a) for a in arguments[arguments.index("psql") + 1 :]]
+        if any(where):
+            parser.error(
+                f"psql's {next(filter(None, where))[0].rstrip('=')} is not taken: the server "
+                "and database come from "
+                "--database-url (default: $DATABASE_URL, then PG* variables, then the embedded "
+                "server)"
+            )
+    args, psql_options = parser.parse_known_args(arguments)
     if psql_options and args.command != "psql":
         parser.error(f"unrecognized arguments: {' '.join(psql_options)}")
     settings = Settings.from_env(args.database_url)

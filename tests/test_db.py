@@ -298,6 +298,24 @@ def test_db_psql_passes_psqls_own_options_on_and_other_commands_refuse_them(data
     assert refused.stderr.splitlines()[-1] == "db.py: error: unrecognized arguments: -c SELECT 1"
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["-h", "localhost"], "-h"),  # also db.py's --help: neither is guessed
+        (["-At", "-p5433"], "-p"),
+        (["--dbname=postgresql://u:s3cret@elsewhere/db"], "--dbname"),
+    ],
+)
+def test_db_psql_refuses_psqls_options_that_say_where_to_connect(options, named):
+    done = run_script("db.py", "psql", *options, check=False, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1] == (
+        f"db.py: error: psql's {named} is not taken: the server and database come from "
+        "--database-url (default: $DATABASE_URL, then PG* variables, then the embedded server)"
+    )
+    assert "s3cret" not in done.stderr
+
+
 def test_a_libpq_service_names_the_database(monkeypatch, tmp_path):
     from builders import embedded_socket_dir
 
