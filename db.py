@@ -476,14 +476,16 @@ def wait_seconds(text: str) -> int:
     return cli.natural_at_most(text, LOCK_WAIT_MOST, "a year")
 
 
+CONNECTS_TO = "$DATABASE_URL, then PG* variables, then the embedded server"
+
+
 def add_database_url_option(parser: argparse.ArgumentParser) -> None:
     """The --database-url option of every script that connects."""
     parser.add_argument(
         "--database-url",
         metavar="URL",
-        help="PostgreSQL URL (default: $DATABASE_URL, then PG* variables, then the embedded "
-        "server); a password typed here shows in `ps` to other users of this machine: "
-        "DATABASE_URL or ~/.pgpass keep it out of sight",
+        help=f"PostgreSQL URL (default: {CONNECTS_TO}); a password typed here shows in `ps` "
+        "to other users of this machine: DATABASE_URL or ~/.pgpass keep it out of sight",
     )
 
 
@@ -684,11 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     if "psql" in arguments:
         where = [PSQL_WHERE.match(a) for a in arguments[arguments.index("psql") + 1 :]]
         if any(where):
+            option = next(filter(None, where))[0].rstrip("=")
             parser.error(
-                f"psql's {next(filter(None, where))[0].rstrip('=')} is not taken: the server "
-                "and database come from "
-                "--database-url (default: $DATABASE_URL, then PG* variables, then the embedded "
-                "server)"
+                f"psql's {option} is not taken: the server and database come from "
+                f"--database-url (default: {CONNECTS_TO})"
             )
     args, psql_options = parser.parse_known_args(arguments)
     if psql_options and args.command != "psql":
