@@ -87,6 +87,7 @@ def recreate(conn) -> bool:
             cur.execute(sql.row_counts_seed, {"tables": sql.STAR_TABLES})
         for query in sql.bulk_keys_create:
             cur.execute(query)
+        cur.execute(sql.schema_stamp_write, {"stamp": db.schema_stamp()})
     return citus
 
 

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 import re
 import secrets
@@ -451,6 +452,25 @@ def require_tables(conn, tables: list[str]) -> None:
     if missing:
         raise DatabaseError(
             f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
+        )
+
+
+def schema_stamp() -> str:
+    """What create_tables.py writes on the tables: a digest of the statements that make them."""
+    made_by = "\n".join([*sql.create_table_queries, *sql.row_counts_create, *sql.bulk_keys_create])
+    return f"sparkify tables {hashlib.sha256(made_by.encode()).hexdigest()[:16]}"
+
+
+def require_this_schema(conn) -> None:
+    """A one-line error when the tables were made by another version of create_tables.py (their
+    columns, keys or triggers differ from what this one's statements use)."""
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.schema_stamp_read)
+        stamp = cur.fetchone()[0]
+    if stamp != schema_stamp():
+        raise DatabaseError(
+            "the tables were made by another version of create_tables.py: run "
+            "`python create_tables.py` (it empties them; the next etl.py loads every file again)"
         )
 
 

@@ -87,6 +87,7 @@ def run(
     try:
         db.as_a_batch_job(conn)
         db.require_tables(conn, sql.TABLES + sql.COUNTING)
+        db.require_this_schema(conn)
         with db.load_lock(conn, lock_wait):
             db.wait_for_locks(conn, lock_wait)
             # The keys an interrupted bulk load left out are built first (its duplicates settled):

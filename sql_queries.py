@@ -437,6 +437,11 @@ create_database = "CREATE DATABASE {name}"
 missing_tables = """
 SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
 
+# create_tables.py stamps the tables with a digest of the statements that made them
+# (db.schema_stamp), on load_runs; a load reads it to find tables made by another version.
+schema_stamp_write = "COMMENT ON TABLE load_runs IS %(stamp)s"
+schema_stamp_read = "SELECT obj_description(to_regclass('load_runs'), 'pg_class')"
+
 # The session's search_path becomes the schema that holds the project's tables (load_runs',
 # the first of search_path that has one), alone: a table of the same name earlier on the path
 # (in a schema named after the role, say) is never read or written instead. The temporary

@@ -241,6 +241,31 @@ def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
         run_script("create_tables.py")
 
 
+@pytest.mark.parametrize(
+    "older",
+    [
+        "COMMENT ON TABLE load_runs IS NULL",  # made before the tables were stamped
+        "ALTER TABLE songs DROP COLUMN artist_name;"
+        "COMMENT ON TABLE load_runs IS 'sparkify tables 0123456789abcdef'",
+    ],
+)
+def test_tables_made_by_another_version_of_create_tables_are_one_error_and_nothing_loads(
+    data, older
+):
+    run_script("create_tables.py")
+    query(f"{older}; SELECT 1")
+    try:
+        done = etl(data, exit_code=EXIT_ENVIRONMENT, process=True)
+        assert one_error_line(done) == (
+            "error: the tables were made by another version of create_tables.py: run "
+            "`python create_tables.py` (it empties them; the next etl.py loads every file again)"
+        )
+        assert query("SELECT count(*) FROM load_manifest") == [(0,)]
+    finally:
+        run_script("create_tables.py")
+    etl(data)
+
+
 def test_missing_database_on_a_named_server_is_one_error_saying_to_create_it(tmp_path):
     message = connection_error(embedded_url(database="no_such_db"), tmp_path)
     assert 'database "no_such_db" does not exist' in message
