@@ -26,7 +26,7 @@ from urllib.parse import quote
 import psycopg2
 import psycopg2.errors
 from psycopg2 import sql as pgsql
-from psycopg2.extensions import make_dsn, parse_dsn
+from psycopg2.extensions import connection, make_dsn, parse_dsn
 
 import cli
 import embedded
@@ -327,19 +327,34 @@ def connect(settings: Settings, dbname: str | None = None):
 def _interruptible_connect(options: dict[str, str]):
     """psycopg2.connect(**options) in a thread this one waits for. libpq's connect holds the
     thread that calls it until the server answers or connect_timeout passes, and Python's Ctrl-C
-    waits for it; a wait for a thread ends at once, and the attempt left behind dies with the
-    process, or its connection is closed when it is collected."""
-    outcome: list = []
+    waits for it; a wait for a thread ends at once. An attempt given up so closes the connection
+    it gets, if it gets one (a notebook keeps the interrupted frame, and would keep it open)."""
+    lock, outcome, given_up = threading.Lock(), [], []
 
     def attempt() -> None:
         try:
-            outcome.append(psycopg2.connect(**options))
+            result = psycopg2.connect(**options)
         except BaseException as exc:  # handed to the waiting thread, which raises it
-            outcome.append(exc)
+            result = exc
+        with lock:
+            outcome.append(result)
+            if given_up:
+                close_connections()
+
+    def close_connections() -> None:
+        for result in outcome:
+            if isinstance(result, connection):
+                result.close()
 
     thread = threading.Thread(target=attempt, name="connect", daemon=True)
     thread.start()
-    thread.join()
+    try:
+        thread.join()
+    except BaseException:
+        with lock:
+            given_up.append(True)
+            close_connections()
+        raise
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]

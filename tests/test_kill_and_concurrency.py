@@ -789,3 +789,37 @@ def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once
             waited = time.monotonic() - started
     assert (proc.returncode, err) == (EXIT_INTERRUPTED, f"error: {INTERRUPTED}\n")
     assert waited < 5, f"Ctrl-C took {waited:.1f} s to end the run"
+
+
+def slow_forwarder(listener: socket.socket, server: Path, delay: float) -> None:
+    """Takes one connection and, after delay seconds, forwards it to the server's socket."""
+    client, _ = listener.accept()
+    time.sleep(delay)
+    upstream = socket.socket(socket.AF_UNIX)
+    upstream.connect(str(server / f".s.PGSQL.{embedded.PORT}"))
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        while data := source.recv(65536):
+            sink.sendall(data)
+
+    threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+    pump(client, upstream)
+
+
+def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later(fresh_tables):
+    """A notebook keeps an interrupted cell's frame: the attempt, answered after Ctrl-C, must
+    not leave a session open on the server."""
+    server = Path(embedded_url().partition("host=")[2].partition("&")[0])
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    [(before,)] = query(sessions)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        threading.Thread(target=slow_forwarder, args=(listener, server, 1.0), daemon=True).start()
+        url = f"postgresql://{embedded.SUPERUSER}@127.0.0.1:{port}/{db.DATABASE}"
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            db.connect(db.Settings.from_env(url))
+        time.sleep(2)  # the server has answered the attempt by now
+        [(after,)] = query(sessions)
+    assert interrupted.value is not None  # the frame, and what it held, still referenced
+    assert after == before
