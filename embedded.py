@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -75,16 +76,22 @@ def _fits(folder: Path) -> bool:
     return len(str(folder / f".s.PGSQL.{PORT}")) <= SOCKET_PATH_MAX
 
 
+def _usable(base: str | None, name: str) -> bool:
+    """A folder that exists, this user may write in, and under which name is short enough (a
+    runtime folder left set by su or sudo may be none of these)."""
+    return bool(base) and os.access(base, os.W_OK | os.X_OK) and _fits(Path(base) / name)
+
+
 def socket_dir(pgdata: Path) -> Path:
     """The socket lives in the data directory unless that path is too long for a unix socket;
     then in a folder of this user's in the runtime folder, the temporary folder or /tmp, the
-    first whose path is short enough."""
+    first usable."""
     if _fits(pgdata):
         return pgdata
     tag = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
     name = f"sparkify-pg-{os.geteuid()}-{tag}"
     bases = [os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()]
-    return next((Path(b) / name for b in bases if b and _fits(Path(b) / name)), Path("/tmp") / name)
+    return Path(next((b for b in bases if _usable(b, name)), "/tmp")) / name
 
 
 def socket_of(pgdata: Path) -> Path:
@@ -100,7 +107,8 @@ def make_socket_dir(pgdata: Path) -> Path:
     if path == pgdata:
         return path
     path.mkdir(mode=0o700, exist_ok=True)
-    if path.stat().st_uid != os.geteuid() or path.stat().st_mode & 0o077:
+    made = path.lstat()  # a link put there by another user is not followed
+    if not stat.S_ISDIR(made.st_mode) or made.st_uid != os.geteuid() or made.st_mode & 0o077:
         raise ServerError(f"{path} is not a private directory of this user; remove it and retry")
     return path
 

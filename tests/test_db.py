@@ -159,6 +159,23 @@ def test_a_runtime_folder_too_long_for_a_socket_gives_way_to_the_temporary_folde
     assert embedded.socket_dir(deep).parent == Path("/tmp")
 
 
+def test_a_runtime_folder_that_is_not_there_gives_way_and_a_link_in_its_place_is_refused(
+    tmp_path, short_folder, monkeypatch
+):
+    deep = tmp_path / ("d" * 120) / "pg"
+    monkeypatch.setattr(tempfile, "tempdir", str(short_folder / "tmp"))
+    (short_folder / "tmp").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_folder / "run-of-another-user"))
+    assert embedded.make_socket_dir(deep).parent == short_folder / "tmp"
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_folder))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    embedded.socket_dir(deep).symlink_to(elsewhere)
+    with pytest.raises(embedded.ServerError, match="is not a private directory of this user"):
+        embedded.make_socket_dir(deep)
+
+
 def test_a_long_data_paths_server_is_found_from_any_runtime_folder_and_stop_removes_its_own(
     tmp_path, short_folder, monkeypatch
 ):
