@@ -471,9 +471,16 @@ def require_tables(conn, tables: list[str]) -> None:
 
 
 def schema_stamp() -> str:
-    """What create_tables.py writes on the tables: a digest of the statements that make them."""
-    made_by = "\n".join([*sql.create_table_queries, *sql.row_counts_create, *sql.bulk_keys_create])
-    return f"sparkify tables {hashlib.sha256(made_by.encode()).hexdigest()[:16]}"
+    """What create_tables.py writes on the tables: a digest of the statements that make them, as
+    the server reads them (their comments and layout left out)."""
+    made_by = [
+        *sql.create_table_queries,
+        *sql.row_counts_create,
+        *sql.bulk_keys_create,
+        *sql.citus_distribute_queries,
+    ]
+    read = " ".join(re.sub(r"--[^\n]*", "", query) for query in made_by).split()
+    return f"sparkify tables {hashlib.sha256(' '.join(read).encode()).hexdigest()[:16]}"
 
 
 def require_this_schema(conn) -> None:
@@ -484,8 +491,9 @@ def require_this_schema(conn) -> None:
         stamp = cur.fetchone()[0]
     if stamp != schema_stamp():
         raise DatabaseError(
-            "the tables were made by another version of create_tables.py: run "
-            "`python create_tables.py` (it empties them; the next etl.py loads every file again)"
+            "the tables were made by another version of create_tables.py (or their stamp, the "
+            "comment on load_runs, was changed): nothing was loaded; docs/database.md says how "
+            "to remake them, and what that costs"
         )
 
 

@@ -87,8 +87,8 @@ def run(
     try:
         db.as_a_batch_job(conn)
         db.require_tables(conn, sql.TABLES + sql.COUNTING)
-        db.require_this_schema(conn)
         with db.load_lock(conn, lock_wait):
+            db.require_this_schema(conn)
             db.wait_for_locks(conn, lock_wait)
             # The keys an interrupted bulk load left out are built first (its duplicates settled):
             # a load merges with them in place, unless it is a bulk load itself.

@@ -26,6 +26,7 @@ from conftest import SAMPLE, counts, query, run_script, using_database
 
 import db
 import embedded
+import sql_queries
 from cli import EXIT_ENVIRONMENT
 
 
@@ -530,3 +531,16 @@ def test_a_refusal_says_what_the_database_says_in_detail(tmp_path):
         )
     finally:
         query("DROP TABLE my_favourites; SELECT 1")
+
+
+def test_the_schema_stamp_follows_what_the_statements_make_not_their_comments_or_layout(
+    monkeypatch,
+):
+    stamp = db.schema_stamp()
+    first, *rest = sql_queries.create_table_queries
+    relaid = "-- a note on the table\n" + first.replace(" ", "   ").replace("\n", "\n\n")
+    monkeypatch.setattr(sql_queries, "create_table_queries", [relaid, *rest])
+    assert db.schema_stamp() == stamp
+    changed = first.replace("(", "(\n    spare text,", 1)
+    monkeypatch.setattr(sql_queries, "create_table_queries", [changed, *rest])
+    assert db.schema_stamp() != stamp

@@ -257,8 +257,9 @@ def test_tables_made_by_another_version_of_create_tables_are_one_error_and_nothi
     try:
         done = etl(data, exit_code=EXIT_ENVIRONMENT, process=True)
         assert one_error_line(done) == (
-            "error: the tables were made by another version of create_tables.py: run "
-            "`python create_tables.py` (it empties them; the next etl.py loads every file again)"
+            "error: the tables were made by another version of create_tables.py (or their "
+            "stamp, the comment on load_runs, was changed): nothing was loaded; "
+            "docs/database.md says how to remake them, and what that costs"
         )
         assert query("SELECT count(*) FROM load_manifest") == [(0,)]
     finally:
