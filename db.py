@@ -699,9 +699,47 @@ def sessions_holding(
         return cur.fetchone()[0], holders
 
 
-# psql's options that say where to connect, which db.py psql takes from its settings instead
-# (-h is also this script's --help: refused after psql, rather than read as either).
-PSQL_WHERE = re.compile(r"-[hpUd]|--(?:host|port|username|dbname)(?:=|$)")
+# psql's options, as its getopt reads them: the short ones that take a value, and the long ones
+# (whether each takes a value). Those that say where to connect (and psql's other arguments, a
+# database and a user name) are refused: db.py psql takes where from its settings.
+PSQL_SHORT_WITH_VALUE = "cdfFhLopPRTUv"
+PSQL_LONG = {
+    **dict.fromkeys(["command", "dbname", "file", "field-separator", "host", "log-file"], True),
+    **dict.fromkeys(["output", "port", "pset", "record-separator", "set", "table-attr"], True),
+    **dict.fromkeys(["username", "variable"], True),
+    **dict.fromkeys(["echo-all", "echo-errors", "echo-queries", "echo-hidden", "list"], False),
+    **dict.fromkeys(["no-psqlrc", "single-transaction", "help", "no-readline", "quiet"], False),
+    **dict.fromkeys(["single-step", "single-line", "no-align", "csv", "html", "version"], False),
+    **dict.fromkeys(["tuples-only", "expanded", "field-separator-zero"], False),
+    **dict.fromkeys(["record-separator-zero", "no-password", "password"], False),
+}
+PSQL_WHERE = {"-d", "-h", "-p", "-U", "--dbname", "--host", "--port", "--username"}
+
+
+def psql_where(options: list[str]) -> str | None:
+    """The first of psql's options that says where to connect (as psql reads them: -Xd, --db=x
+    and an argument that is no option's value all do), or None."""
+    words = iter(options)
+    for word in words:
+        if word.startswith("--") and word != "--":
+            name, equals, _ = word[2:].partition("=")
+            known = [name] if name in PSQL_LONG else [o for o in PSQL_LONG if o.startswith(name)]
+            option = f"--{known[0]}" if len(known) == 1 else word
+            if option in PSQL_WHERE:
+                return option
+            if len(known) == 1 and PSQL_LONG[known[0]] and not equals:
+                next(words, None)
+        elif word.startswith("-") and word not in ("-", "--"):
+            for at, letter in enumerate(word[1:], start=2):
+                if f"-{letter}" in PSQL_WHERE:
+                    return f"-{letter}"
+                if letter in PSQL_SHORT_WITH_VALUE:
+                    if at == len(word):
+                        next(words, None)
+                    break
+        else:
+            return "database or user name argument"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -726,17 +764,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_database_url_option(parser)
     arguments = sys.argv[1:] if argv is None else argv
-    if "psql" in arguments:
-        where = [PSQL_WHERE.match(a) for a in arguments[arguments.index("psql") + 1 :]]
-        if any(where):
-            option = next(filter(None, where))[0].rstrip("=")
-            parser.error(
-                f"psql's {option} is not taken: the server and database come from "
-                f"--database-url (default: {CONNECTS_TO})"
-            )
-    args, psql_options = parser.parse_known_args(arguments)
-    if psql_options and args.command != "psql":
-        parser.error(f"unrecognized arguments: {' '.join(psql_options)}")
+    # -h after psql is psql's host, not this script's --help: refused rather than read as either
+    if "psql" in arguments and "-h" in arguments[arguments.index("psql") :]:
+        psql_options = ["-h"]
+    else:
+        args, psql_options = parser.parse_known_args(arguments)
+        if psql_options and args.command != "psql":
+            parser.error(f"unrecognized arguments: {' '.join(psql_options)}")
+    where = psql_where(psql_options)
+    if where:
+        parser.error(
+            f"psql's {where} is not taken: the server and database come from --database-url "
+            f"(default: {CONNECTS_TO})"
+        )
     settings = Settings.from_env(args.database_url)
     return run_command(settings, lambda: _command(args.command, settings, psql_options))
 

@@ -321,7 +321,12 @@ def test_db_psql_passes_psqls_own_options_on_and_other_commands_refuse_them(data
     [
         (["-h", "localhost"], "-h"),  # also db.py's --help: neither is guessed
         (["-At", "-p5433"], "-p"),
-        (["--dbname=postgresql://u:s3cret@elsewhere/db"], "--dbname"),
+        (["-Xd", "postgres"], "-d"),  # in a group of short options
+        (
+            ["--db=postgresql://u:s3cret@elsewhere/db"],
+            "--dbname",
+        ),  # abbreviated, as getopt takes it
+        (["-c", "SELECT 1", "otherdb"], "database or user name argument"),
     ],
 )
 def test_db_psql_refuses_psqls_options_that_say_where_to_connect(options, named):
@@ -332,6 +337,12 @@ def test_db_psql_refuses_psqls_options_that_say_where_to_connect(options, named)
         "--database-url (default: $DATABASE_URL, then PG* variables, then the embedded server)"
     )
     assert "s3cret" not in done.stderr
+
+
+def test_db_psql_passes_on_values_that_look_like_where_options(data):
+    etl(data)
+    done = run_script("db.py", "psql", "-At", "-F", "-d", "-c", "SELECT 1, 2")
+    assert done.stdout == "1-d2\n"
 
 
 def test_a_libpq_service_names_the_database(monkeypatch, tmp_path):
