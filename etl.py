@@ -168,10 +168,21 @@ def described(data: Source) -> str:
     return data.root if data.store else str(Path(data.root).resolve())
 
 
+def _looked_in(data_dir: Path) -> str:
+    """Where a relative data folder was looked for, for its message."""
+    if data_dir.is_absolute():
+        return ""
+    try:
+        return f" in {extract.path_text(os.getcwd())}"
+    except FileNotFoundError:
+        return " in the working folder, which was deleted"
+
+
 def check_data_dir(data_dir: Path, shown: str) -> None:
     if not data_dir.exists():
-        here = "" if data_dir.is_absolute() else f" in {extract.path_text(os.getcwd())}"
-        raise UsageError(f"data folder {shown} not found{here} (choose one with --data)")
+        raise UsageError(
+            f"data folder {shown} not found{_looked_in(data_dir)} (choose one with --data)"
+        )
     if not data_dir.is_dir():
         raise UsageError(
             f"data folder {shown} is not a folder: choose the folder that holds song_data/ "
