@@ -555,7 +555,7 @@ OPTIONS = [  # flag, argparse settings, help
     ("--rounds", {"type": cli.positive, "default": 2}, "rounds of the timed rows, interleaved; "
      "each row's fastest is reported"),
     ("--database-url", {}, "benchmark on this PostgreSQL (a Citus coordinator too; its Sparkify "
-     "tables are dropped); None: DATABASE_URL, the PG* variables, else an embedded server"),
+     "tables are dropped); without it: DATABASE_URL, the PG* variables, else an embedded server"),
     ("--classic-events", {"type": cli.natural, "default": 20_000}, "events the classic pipeline "
      "runs on, from the start of the logs; 0 skips it"),
     ("--classic-songs", {"type": cli.positive, "default": 2_000}, "song files its song stage runs "
@@ -572,8 +572,13 @@ OPTIONS = [  # flag, argparse settings, help
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Each option's default shown; the description and the example kept as written, the example
-    on one line to copy."""
+    """Each option's default shown (a switch's, off, and an unset one's, not); the description and
+    the example kept as written, the example on one line to copy."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def main(argv: list[str] | None = None) -> int:
