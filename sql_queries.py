@@ -817,11 +817,11 @@ FROM songs
 ORDER BY title, artist_name, duration, {SONG_ORDER}"""
 
 # A song batch may add songs, and change songs: the plays resolved to one of them, and those
-# naming one of them now, are resolved again from scratch (to a song, another one, or
-# none), as a load of the files as they now are resolves them. With no play loaded yet (a first
-# load's songs) the statement stops at once (its last line), without sorting the whole catalogue:
-# 100,000 song files loaded in 4.31 s against 4.57 s. (LIMIT 1: on Citus, every row of every
-# shard would come back to the coordinator first.)
+# naming one of them now, are resolved again from scratch (to a song, another one, or none), as a
+# load of the files as they now are resolves them. With no play loaded yet (a first load's songs)
+# the statement stops at once (its last line), without sorting the whole catalogue: 100,000 song
+# files loaded in 4.31 s against 4.57 s. (LIMIT 1: on Citus, every row of every shard would come
+# back to the coordinator first.)
 songplays_resolve_songs = f"""
 UPDATE songplays p
 SET song_id = k.song_id, artist_id = k.artist_id
