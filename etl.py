@@ -151,11 +151,6 @@ def check_data(data: Source) -> dict[str, Listing]:
     if data.store is None:
         check_data_dir(Path(data.root), shown)
     listed = {kind: extract.listing(data, kind) for kind in KINDS}
-    if data.store is None and not any(os.path.isdir(data.top(kind)) for kind in KINDS):
-        raise UsageError(
-            f"data folder {shown} holds neither song_data/ nor log_data/: choose the folder "
-            "that holds them with --data"
-        )
     if not any(folder.files or folder.unlisted for folder in listed.values()):
         raise UsageError(
             f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
@@ -198,6 +193,11 @@ def check_data_dir(data_dir: Path, shown: str) -> None:
         raise UsageError(
             f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
         ) from None
+    if not any((data_dir / extract.FOLDERS[kind]).is_dir() for kind in KINDS):
+        raise UsageError(
+            f"data folder {shown} holds neither song_data/ nor log_data/: choose the folder "
+            "that holds them with --data"
+        )
 
 
 # ================================================== 2. prepare, while the database loads
