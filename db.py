@@ -766,12 +766,12 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     # -h after psql is psql's host, not this script's --help: refused rather than read as either
     if "psql" in arguments and "-h" in arguments[arguments.index("psql") :]:
-        psql_options = ["-h"]
+        where = "-h"
     else:
         args, psql_options = parser.parse_known_args(arguments)
         if psql_options and args.command != "psql":
             parser.error(f"unrecognized arguments: {' '.join(psql_options)}")
-    where = psql_where(psql_options)
+        where = psql_where(psql_options)
     if where:
         parser.error(
             f"psql's {where} is not taken: the server and database come from --database-url "
