@@ -762,7 +762,9 @@ def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bul
             assert counts() == BASE
 
 
-@pytest.mark.parametrize("script", [["etl.py", "--data", "data"], ["create_tables.py"]])
+@pytest.mark.parametrize(
+    "script", [["etl.py", "--data", "data", "--no-progress"], ["create_tables.py"]]
+)
 def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once(script):
     """A server that takes the connection and never answers (a stalled host, a full backlog)
     holds libpq until connect_timeout; Ctrl-C ends the wait there and then."""
@@ -770,9 +772,7 @@ def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once
         port = silent.getsockname()[1]
         url = f"postgresql://u:s3cret@127.0.0.1:{port}/x?connect_timeout=60"
         proc = subprocess.Popen(
-            [sys.executable, *script, "--no-progress"]
-            if script[0] == "etl.py"
-            else [sys.executable, *script],
+            [sys.executable, *script],
             cwd=PROJECT,
             env={**os.environ, "DATABASE_URL": url},
             stdout=subprocess.PIPE,
