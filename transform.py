@@ -114,7 +114,11 @@ def valid_songs(records: Records) -> tuple[pa.Table, pa.Table]:
 
 
 def song_rows(songs: pa.Table) -> pa.Table:
-    """Rows of stage_songs: year 0 means unknown, an empty location is no location."""
+    """Rows of stage_songs: of a song_id a file holds twice, its last record (an array's songs
+    all sit on its first line: the database, which takes a file's last line, could not tell them
+    apart); year 0 means unknown, an empty location is no location."""
+    last = _numbered(songs, "row").group_by(["path", "song_id"]).aggregate([("row", "max")])
+    songs = songs.take(last["row_max"].sort())
     columns = {name: songs[name] for name in sql.STAGE_COLUMNS["stage_songs"]}
     columns["year"] = _null_where(songs["year"], 0)
     columns["artist_location"] = _blank_to_null(songs["artist_location"])

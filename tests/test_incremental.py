@@ -8,6 +8,7 @@ import bz2
 import gzip
 import hashlib
 import itertools
+import json
 import lzma
 import os
 import random
@@ -546,6 +547,36 @@ def test_a_song_id_several_song_files_hold_takes_the_last_files_values_whatever_
             query("SELECT artist_id, name, location FROM artists ORDER BY 1"),
         )
         assert loaded == expected, f"song batches of {limits}"
+
+
+@pytest.mark.parametrize("form", ["array", "indented array", "one a line"])
+def test_a_song_id_one_song_file_holds_twice_takes_its_last_records_values_whatever_the_form(
+    fresh_tables, tmp_path, form
+):
+    """Within a file as between files, the last record of a song_id wins: an array's songs all
+    sit on its first line, yet the array's last takes the song as the file's last line does."""
+    data = base_sample(tmp_path / "data")
+    first = song(1, title="First take", duration=101.5)
+    last = song(1, title="Last take", duration=102.5)
+    content = {
+        "array": json.dumps([first, last]).encode(),
+        "indented array": json.dumps([first, last], indent=2).encode(),
+        "one a line": lines(first, last),
+    }[form]
+    write(data, "song_data/Z/twice.json", content)
+    write(
+        data,
+        "log_data/2018/12/new.json",
+        lines(G(0, song="Last take", artist="Crafted", length=102.5)),
+    )
+    etl(data)
+
+    assert query("SELECT song_id, title, duration::float FROM songs WHERE title LIKE '%take'") == [
+        (last["song_id"], "Last take", 102.5)
+    ]
+    assert query("SELECT song_id FROM songplays WHERE user_id = %s", (USER,)) == [
+        (last["song_id"],)
+    ]
 
 
 @hypothesis_settings(PROPERTY, max_examples=30)
