@@ -773,32 +773,38 @@ FILE_ORDER = "string_to_array(path, '/') COLLATE \"C\""
 # "The smallest song_id" (a play's song among equal keys, an artist's values) by code point too.
 SONG_ORDER = 'song_id COLLATE "C"'
 
+# A song_id found in several files: the file loaded last wins; within a batch, the last in path
+# order (its last line), as if each file were a batch of its own. A fresh load thus takes the
+# last file in path order, however the files are cut into batches.
+_staged_songs = f"""
+SELECT DISTINCT ON (song_id) *
+FROM stage_songs
+ORDER BY song_id, {FILE_ORDER} DESC, line DESC"""
+
 # An artist's attributes come from its song with the smallest song_id, whatever the order in
-# which files arrive: a batch's candidate wins only if no smaller song of that artist is loaded
-# (a new artist has no song loaded yet); of that song's files, the last in path order, as for
-# the song (below). One INSERT ... ON CONFLICT: on Citus a reference table cannot be updated
-# FROM a TEMP table.
+# which files arrive: a batch's candidate (of the songs as the batch leaves them) wins only if
+# no smaller song of that artist is loaded and kept by the batch (a new artist has no song
+# loaded yet). One INSERT ... ON CONFLICT: on Citus a reference table cannot be updated FROM a
+# TEMP table.
 artists_upsert = f"""
 INSERT INTO artists (artist_id, name, location, latitude, longitude)
 SELECT c.artist_id, c.artist_name, c.artist_location, c.artist_latitude, c.artist_longitude
 FROM (SELECT DISTINCT ON (artist_id) *
-      FROM stage_songs ORDER BY artist_id, {SONG_ORDER}, {FILE_ORDER} DESC, line DESC) c
+      FROM ({_staged_songs}) staged ORDER BY artist_id, {SONG_ORDER}) c
 WHERE NOT EXISTS (
-    SELECT 1 FROM songs s WHERE s.artist_id = c.artist_id AND s.{SONG_ORDER} < c.song_id)
+    SELECT 1 FROM songs s
+    WHERE s.artist_id = c.artist_id AND s.{SONG_ORDER} < c.song_id
+      AND s.song_id NOT IN (SELECT song_id FROM stage_songs))
 ON CONFLICT (artist_id) DO UPDATE SET
     name = EXCLUDED.name, location = EXCLUDED.location,
     latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude
 WHERE (artists.name, artists.location, artists.latitude, artists.longitude) IS DISTINCT FROM
       (EXCLUDED.name, EXCLUDED.location, EXCLUDED.latitude, EXCLUDED.longitude)"""
 
-# A song_id found in several files: the file loaded last wins; within a batch, the last in path
-# order (its last line), as if each file were a batch of its own. A fresh load thus takes the
-# last file in path order, however the files are cut into batches.
 songs_upsert = f"""
 INSERT INTO songs (song_id, title, artist_id, year, duration, artist_name)
-SELECT DISTINCT ON (song_id) song_id, title, artist_id, year, duration, artist_name
-FROM stage_songs
-ORDER BY song_id, {FILE_ORDER} DESC, line DESC
+SELECT song_id, title, artist_id, year, duration, artist_name
+FROM ({_staged_songs}) staged
 ON CONFLICT (song_id) DO UPDATE SET
     title = EXCLUDED.title, artist_id = EXCLUDED.artist_id,
     year = EXCLUDED.year, duration = EXCLUDED.duration, artist_name = EXCLUDED.artist_name

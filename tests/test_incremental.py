@@ -579,6 +579,38 @@ def test_a_song_id_one_song_file_holds_twice_takes_its_last_records_values_whate
     ]
 
 
+def test_an_artist_takes_its_values_from_its_smallest_song_as_songs_leave_it(
+    fresh_tables, tmp_path
+):
+    """An artist's values are its smallest song's file's: a song file that gives the song to
+    another artist takes it out of the running, whether it comes with the artist's other songs
+    or after them."""
+    data = base_sample(tmp_path / "data")
+    former, taker = "ARZZZZZ1187B900001", "ARZZZZZ1187B900002"
+
+    def by(artist_id: str, name: str, place: str) -> dict:
+        return {"artist_id": artist_id, "artist_name": name, "artist_location": place}
+
+    artists = "SELECT artist_id, name, location FROM artists WHERE artist_id = ANY(%s) ORDER BY 1"
+    write(data, "song_data/A/1.json", line(song(1, **by(former, "Former", "First Place"))))
+    write(data, "song_data/A/2.json", line(song(2, **by(former, "Former", "Second Place"))))
+    write(data, "song_data/B/1.json", line(song(1, **by(taker, "Taker", "Taken Place"))))
+    etl(data)
+    assert query(artists, ([former, taker],)) == [
+        (former, "Former", "Second Place"),
+        (taker, "Taker", "Taken Place"),
+    ]
+
+    write(data, "song_data/B/2.json", line(song(2, **by(taker, "Taker", "Taken Place"))))
+    write(data, "song_data/A/5.json", line(song(5, **by(former, "Former", "Fifth Place"))))
+    etl(data)
+    assert query(artists, ([former, taker],)) == [
+        (former, "Former", "Fifth Place"),
+        (taker, "Taker", "Taken Place"),
+    ]
+    assert table_contents() == fresh_load_of(data)
+
+
 @hypothesis_settings(PROPERTY, max_examples=30)
 @given(
     sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12),
