@@ -29,8 +29,8 @@ REJECT_SCHEMA = pa.schema(
     [("path", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
 )
 
-# The log's song and artist text is UTF-8 decoded as Latin-1 and encoded again; repair only that,
-# leaving quotes, ligatures and Unicode normalisation exactly as recorded.
+# The log's text is UTF-8 decoded as Latin-1 and encoded again; repair only that, leaving quotes,
+# ligatures and Unicode normalisation exactly as recorded.
 MOJIBAKE_ONLY = ftfy.TextFixerConfig(
     unescape_html=False,
     remove_terminal_escapes=False,
@@ -214,8 +214,8 @@ def _blank_to_null(values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def play_rows(plays: pa.Table) -> pa.Table:
-    """Rows of stage_plays (plus user names): UTC instants, integer ids, repaired song and artist
-    text, user agents without their wrapping quotes."""
+    """Rows of stage_plays (plus user names): UTC instants, integer ids, repaired text, user
+    agents without their wrapping quotes."""
     return pa.table(
         {
             "path": plays["path"],
@@ -227,10 +227,10 @@ def play_rows(plays: pa.Table) -> pa.Table:
             "song_length": plays["length"],
             "session_id": plays["sessionId"],
             "item_in_session": plays["itemInSession"],
-            "location": _blank_to_null(plays["location"]),
-            "user_agent": _blank_to_null(unquoted(plays["userAgent"])),
-            "first_name": _blank_to_null(plays["firstName"]),
-            "last_name": _blank_to_null(plays["lastName"]),
+            "location": _blank_to_null(repair_text(plays["location"])),
+            "user_agent": _blank_to_null(unquoted(repair_text(plays["userAgent"]))),
+            "first_name": _blank_to_null(repair_text(plays["firstName"])),
+            "last_name": _blank_to_null(repair_text(plays["lastName"])),
             "gender": _blank_to_null(plays["gender"]),
         }
     )

@@ -66,6 +66,24 @@ def test_play_rows_make_utc_instants_integer_ids_and_unquoted_user_agents():
     )
 
 
+def test_play_rows_repair_every_text_the_app_double_encodes_not_only_song_and_artist():
+    double = {"Zoë": "Zo\u00c3\u0083\u00c2\u00ab", "Müller": "M\u00c3\u0083\u00c2\u00bcller"}
+    play = {
+        **PLAY,
+        "song": double["Zoë"],
+        "artist": double["Müller"],
+        "firstName": double["Zoë"],
+        "lastName": double["Müller"],
+        "location": f"{double['Müller']}heim, BW",
+        "userAgent": f'"Mozilla/5.0 ({double["Zoë"]})"',
+    }
+    plays, _, _, _ = events(play)
+    columns = ["song_title", "artist_name", "first_name", "last_name", "location", "user_agent"]
+    assert rows(transform.play_rows(plays), *columns) == [
+        ["Zoë", "Müller", "Zoë", "Müller", "Müllerheim, BW", "Mozilla/5.0 (Zoë)"]
+    ]
+
+
 def test_play_rows_keep_a_play_without_artist_and_unquote_only_wrapping_quotes():
     agents = ['"a\nb"', '"', '""', 'x "y"', None]
     lines = [
