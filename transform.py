@@ -138,9 +138,10 @@ def valid_events(records: Records) -> tuple[pa.Table, pa.Table, dict[str, int]]:
     for field, rule in flawed.items():
         (every if EVENT_FIELDS[field][1] else play).append(rule)
     every.append(("ts out of range", _outside(table["ts"], *TS_RANGE)))
-    numeric = pc.match_substring_regex(table["userId"], r"^[0-9]{1,9}$")
+    numeric = pc.match_substring_regex(table["userId"], r"^[0-9]+$")
     play += [
         ("userId is not numeric", _yes(pc.invert(numeric))),
+        ("userId out of range", _beyond_int32(table["userId"])),
         ("sessionId out of range", _outside(table["sessionId"], *INT32)),
         ("itemInSession out of range", _outside(table["itemInSession"], *INT32)),
         (
@@ -159,6 +160,15 @@ def valid_events(records: Records) -> tuple[pa.Table, pa.Table, dict[str, int]]:
     )
     skipped = per_path(good.filter(pc.invert(good["is_play"])))
     return good.filter(good["is_play"]).drop_columns("is_play"), rejects, skipped
+
+
+def _beyond_int32(digits: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Where a text of digits, leading zeros aside, is a number above INT32's largest: longer,
+    or as long and after it (digits of one length sort as their numbers)."""
+    value = pc.utf8_ltrim(digits, characters="0")
+    length, largest = pc.utf8_length(value), str(INT32[1])
+    longer = pc.greater(length, len(largest))
+    return _yes(pc.or_(longer, pc.and_(pc.equal(length, len(largest)), pc.greater(value, largest))))
 
 
 def per_path(table: pa.Table) -> dict[str, int]:

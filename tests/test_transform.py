@@ -84,6 +84,21 @@ def test_play_rows_repair_every_text_the_app_double_encodes_not_only_song_and_ar
     ]
 
 
+def test_a_user_id_is_the_value_of_its_digits_up_to_the_largest_integer_users_holds():
+    ids = ["41", "012", "0" * 24 + "41", "2147483647", "2147483648", "9" * 11, "-1", "4 1", "4.0"]
+    plays, _, invalid, _ = events(
+        *({**PLAY, "itemInSession": n, "userId": v} for n, v in enumerate(ids))
+    )
+    assert transform.play_rows(plays)["user_id"].to_pylist() == [41, 12, 41, 2_147_483_647]
+    assert rows(invalid, "line", "reason") == [
+        [5, "userId out of range"],
+        [6, "userId out of range"],
+        [7, "userId is not numeric"],
+        [8, "userId is not numeric"],
+        [9, "userId is not numeric"],
+    ]
+
+
 def test_play_rows_keep_a_play_without_artist_and_unquote_only_wrapping_quotes():
     agents = ['"a\nb"', '"', '""', 'x "y"', None]
     lines = [
