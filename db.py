@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -781,6 +782,25 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(settings, lambda: _command(args.command, settings, psql_options))
 
 
+def psql_program(settings: Settings, encrypted: bool) -> str:
+    """The psql to open: the embedded server's own for it; for another server the first psql on
+    PATH, else the embedded server's, which is built without SSL: refused where the connection
+    is encrypted, rather than opened unencrypted (or not at all, where the server wants SSL)."""
+    bundled = embedded.pg_bin("psql")
+    if settings.embedded:
+        return bundled
+    found = shutil.which("psql")
+    if found:
+        return found
+    if encrypted:
+        raise DatabaseError(
+            f"the connection to {settings.describe()} is encrypted (SSL), and the only psql found "
+            "is the embedded server's, which has no SSL: install psql (Debian/Ubuntu: apt "
+            "install postgresql-client; macOS: brew install libpq) and put it on PATH"
+        )
+    return bundled
+
+
 def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
     if command in ("start", "stop", "status") and not settings.embedded:
         print(f"not using the embedded server: connecting to {settings.describe()}")
@@ -798,12 +818,12 @@ def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
             redacted_url({**(from_libpq_env() if settings.libpq_env else {}), **options(settings)})
         )
     else:
-        connect(settings).close()  # a clear one-line error rather than psql's
+        with contextlib.closing(connect(settings)) as conn:  # a clear one-line error, not psql's
+            psql = psql_program(settings, encrypted=conn.info.ssl_in_use)
         target, env = options(settings), dict(os.environ)
         if "password" in target:  # argv is readable by every local user: the environment is not
             env["PGPASSWORD"] = target["password"]
         shown = {k: v for k, v in target.items() if k not in SECRET_OPTIONS}
-        psql = embedded.pg_bin("psql")
         where = [make_dsn(**shown)] if shown else []
         os.execve(psql, [psql, *where, *psql_options], env)
     return 0

@@ -5,7 +5,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import db
 import embedded
 import sql_queries
 from cli import EXIT_ENVIRONMENT
+from tools import citus_cluster
 
 
 def describe(url: str) -> str:
@@ -343,6 +346,82 @@ def test_db_psql_passes_on_values_that_look_like_where_options(data):
     etl(data)
     done = run_script("db.py", "psql", "-At", "-F", "-d", "-c", "SELECT 1, 2")
     assert done.stdout == "1-d2\n"
+
+
+@pytest.fixture(scope="module")
+def ssl_server():
+    """A PostgreSQL 15 of the system's (the embedded server is built without SSL) taking both SSL
+    and plain connections on loopback, its certificate self-signed: its URL."""
+    pg_bin = citus_cluster.PG_BIN
+    if not (pg_bin / "postgres").exists() or shutil.which("openssl") is None:
+        pytest.skip(f"needs PostgreSQL 15 in {pg_bin} and openssl: the embedded server has no SSL")
+    folder = Path(tempfile.mkdtemp(prefix="sparkify-ssl-"))
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.crt"],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+    for path in (folder, folder / "server.key", folder / "server.crt"):
+        citus_cluster.give_to_server_user(path)
+    (folder / "server.key").chmod(0o600)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    settings = {
+        "listen_addresses": "127.0.0.1",
+        "port": port,
+        "unix_socket_directories": "",
+        "ssl": "on",
+        "ssl_cert_file": folder / "server.crt",
+        "ssl_key_file": folder / "server.key",
+    }
+    data, as_server = folder / "data", citus_cluster.as_server_user
+    pg_ctl = [str(pg_bin / "pg_ctl"), "-D", str(data), "-w", "-l", str(folder / "log")]
+    initdb = [*embedded.initdb(str(pg_bin / "initdb"), data), "--no-sync"]
+    subprocess.run(as_server(initdb), cwd=folder, check=True, capture_output=True)
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+    (data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    subprocess.run(as_server([*pg_ctl, "start"]), cwd=folder, check=True, capture_output=True)
+    try:
+        yield f"postgresql://{embedded.SUPERUSER}@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(as_server([*pg_ctl, "stop", "-m", "immediate"]), cwd=folder)
+        shutil.rmtree(folder)
+
+
+ENCRYPTED = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def test_db_psql_opens_an_encrypted_connection_with_the_psql_on_path(ssl_server):
+    path = f"{citus_cluster.PG_BIN}{os.pathsep}{os.environ['PATH']}"
+    url = f"{ssl_server}?sslmode=require"
+    done = run_script(
+        "db.py", "psql", "--database-url", url, "-At", "-c", ENCRYPTED, env={"PATH": path}
+    )
+    assert done.stdout == "t\n"
+
+
+def test_db_psql_without_a_psql_that_has_ssl_refuses_an_encrypted_connection_in_one_line(
+    ssl_server, tmp_path
+):
+    """libpq's default (sslmode=prefer) encrypts where the server can: the embedded server's
+    psql, built without SSL, would have connected unencrypted."""
+    nowhere = {"PATH": str(tmp_path)}
+    done = run_script(
+        "db.py", "psql", "--database-url", ssl_server, "-c", ENCRYPTED, env=nowhere, check=False
+    )
+    assert (done.returncode, done.stdout) == (EXIT_ENVIRONMENT, "")
+    assert one_error_line(done) == (
+        f"error: the connection to {ssl_server} is encrypted (SSL), and the only psql found is the "
+        "embedded server's, which has no SSL: install psql (Debian/Ubuntu: apt install "
+        "postgresql-client; macOS: brew install libpq) and put it on PATH"
+    )
+    plain = f"{ssl_server}?sslmode=disable"
+    done = run_script("db.py", "psql", "--database-url", plain, "-At", "-c", ENCRYPTED, env=nowhere)
+    assert done.stdout == "f\n"
 
 
 def test_a_libpq_service_names_the_database(monkeypatch, tmp_path):

@@ -73,7 +73,7 @@ def check_installed() -> None:
         )
 
 
-def _as_server_user(cmd: list[str]) -> list[str]:
+def as_server_user(cmd: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: root runs it as the postgres system user."""
     if os.geteuid() != 0:
         return cmd
@@ -82,17 +82,17 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={SUPERUSER}", f"--regid={SUPERUSER}", "--init-groups", *cmd]
 
 
-def _own(path: Path) -> None:
+def give_to_server_user(path: Path) -> None:
     if os.geteuid() == 0:
         shutil.chown(path, SUPERUSER, SUPERUSER)
 
 
 def _run(cmd: list[str], cwd: Path, log: Path) -> None:
     log.touch()
-    _own(log)  # pg_ctl, running as the server's user, appends to it too
+    give_to_server_user(log)  # pg_ctl, running as the server's user, appends to it too
     with open(log, "a") as out:
         done = subprocess.run(
-            _as_server_user(cmd),
+            as_server_user(cmd),
             cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -106,7 +106,7 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
 
 def _running(data: Path) -> bool:
     return (data / "postmaster.pid").exists() and subprocess.run(
-        _as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]),
+        as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]),
         cwd=data.parent,
         capture_output=True,
     ).returncode == 0
@@ -238,9 +238,9 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
         cluster = Cluster(folder, saved["ports"] if saved else ports)
         folder.mkdir(parents=True, exist_ok=True)
     (cluster.dir / STATE).write_text(json.dumps(dataclasses.asdict(cluster), default=str) + "\n")
-    _own(cluster.dir)
+    give_to_server_user(cluster.dir)
     os.chmod(cluster.dir, 0o700)
-    if subprocess.run(_as_server_user(["test", "-w", str(cluster.dir)])).returncode != 0:
+    if subprocess.run(as_server_user(["test", "-w", str(cluster.dir)])).returncode != 0:
         raise ClusterError(
             f"the {SUPERUSER} user cannot write to {cluster.dir}: choose a --dir "
             "it can reach (under /tmp, say)"
