@@ -198,6 +198,24 @@ def test_a_server_that_accepts_and_never_answers_is_given_up_on_with_one_line():
     )
 
 
+def test_a_url_of_several_servers_names_each_ones_failure():
+    """libpq tries each host in turn: the first failure alone would hide why the others failed
+    (a primary down behind a standby that is read-only, say)."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            ports.append(closed.getsockname()[1])
+    url = f"postgresql://u@127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/x"
+    done = run_script("etl.py", "--no-progress", env={"DATABASE_URL": url}, check=False)
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert one_error_line(done) == (
+        f"error: cannot connect to postgresql://u@/x?host=127.0.0.1,127.0.0.1&port={ports[0]},"
+        f'{ports[1]}: connection to server at "127.0.0.1", port {ports[0]} failed: Connection '
+        f'refused; connection to server at "127.0.0.1", port {ports[1]} failed: Connection refused'
+    )
+
+
 def test_db_url_prints_the_url_without_the_password():
     done = run_script("db.py", "url", env={"DATABASE_URL": UNREACHABLE}, timeout=60)
     assert done.stdout == "postgresql://u:***@127.0.0.1:1/x\n"

@@ -122,7 +122,7 @@ class Form:
     template: str  # {} is the password, as the form writes it
     write: Callable[[str], str]  # how the form writes the password
     shown: str | None = None  # the target as messages show it (well-formed forms)
-    refused: str = REFUSED  # libpq's first line when connecting there
+    refused: str = REFUSED  # libpq's line when connecting there (one per server tried)
 
     def url(self, password: str) -> str:
         return self.template.format(self.write(password))
@@ -140,6 +140,7 @@ WELL_FORMED = [
         "postgresql://u:{}@127.0.0.1:1,127.0.0.1:2/d",
         encoded,
         "postgresql://u:***@/d?host=127.0.0.1,127.0.0.1&port=1,2",
+        f'{REFUSED}; connection to server at "127.0.0.1", port 2 failed: Connection refused',
     ),
     Form(
         "socket folder",
