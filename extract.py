@@ -185,11 +185,18 @@ def store_secrets() -> list[str]:
 
 
 def store_failure(exc: Exception, url: str) -> Exception:
-    """What a store's error becomes: an object not found (deleted since it was listed) stays
-    that object's problem, as a file that vanished is; anything else (no connection, a refused
+    """What a store's error becomes: an object not found (deleted since it was listed) or
+    archived (S3's Glacier classes, read once restored) stays that object's problem, an OSError,
+    as a file that vanished or cannot be read is; anything else (no connection, a refused
     request, bad credentials, an object replaced while it was streamed) stops the run."""
     if isinstance(exc, FileNotFoundError):
         return exc
+    error = getattr(exc.__cause__, "response", None) or {}
+    if error.get("Error", {}).get("Code") == "InvalidObjectState":
+        archived = error["Error"].get("StorageClass") or "archived"
+        return PermissionError(
+            errno.EACCES, f"{store_reason(exc)} ({archived}: restore it to load it)"
+        )
     if isinstance(exc, OSError) and exc.errno == errno.EBUSY:  # s3fs: "... no longer exists"
         return StoreError(
             f"cannot read {url}: it was replaced while it was read (its ETag changed); run "
@@ -346,9 +353,17 @@ def _file_version(location: str) -> Version | None:
     return st.st_size, st.st_mtime_ns, None
 
 
+# s3fs reads what follows this in a key as the version of the object the key's start names: such
+# a key would read another object.
+VERSION_MARK = "?versionId="
+VERSION_NOTE = (
+    f" (a key holding {VERSION_MARK}, which the store library reads as a version: not read)"
+)
+
+
 def _object_listing(store: Store, top: str) -> Listing:
     """The objects under the prefix top (its listing paged by the store), with the size and
-    ETag it gives for each. Keys ending in / are folder markers, not entries."""
+    ETag it gives for each. Empty keys ending in / are folder markers, not entries."""
     try:
         found = store.filesystem().find(top, detail=True)
     except Exception as exc:
@@ -356,10 +371,14 @@ def _object_listing(store: Store, top: str) -> Listing:
     files, ignored = [], []
     for name, info in found.items():
         url = store.url(name)
-        if url.endswith("/") or not url.startswith(top + "/"):
+        if not url.startswith(top + "/") or (url.endswith("/") and not info["size"]):
             continue
         *folders, base = url.removeprefix(top + "/").split("/")
-        if any(map(is_hidden, [*folders, base])):
+        if url.endswith("/"):
+            ignored.append((url, " (a key ending in /, which stores read as a folder: not read)"))
+        elif VERSION_MARK in url.removeprefix(top):
+            ignored.append((url, VERSION_NOTE))
+        elif any(map(is_hidden, [*folders, base])):
             ignored.append((url, hidden_note(base, False)))
         elif is_data_file(base):
             etag = info.get("ETag") or info.get("etag") or ""
@@ -582,16 +601,16 @@ def _unreadable(task: FileTask, exc: OSError) -> FileRead:
 # ---------------------------------------------------------------- objects
 
 
-def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | FileNotFoundError]:
+def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | OSError]:
     """The objects' bytes, FETCHES_AT_ONCE requests at a time: each object whole, or, if it is
     now bigger than listed (replaced since: a store replaces an object whole, it never grows),
-    one byte more than listed, for _read_object to stream it instead; an object deleted since
-    it was listed gives its FileNotFoundError."""
+    one byte more than listed, for _read_object to stream it instead; an object that is its own
+    problem (store_failure: deleted since it was listed, archived) gives its OSError."""
     from fsspec.asyn import sync
 
     fs = store.filesystem()
 
-    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> bytes | FileNotFoundError:
+    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> bytes | OSError:
         if task.size == 0:
             return b""
         async with gate:
@@ -599,11 +618,11 @@ def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | FileNotFoun
                 return await fs._cat_file(task.location, start=0, end=task.size + 1)
             except Exception as exc:
                 failure = store_failure(exc, task.location)
-                if isinstance(failure, FileNotFoundError):
+                if isinstance(failure, OSError):
                     return failure
                 raise failure from None
 
-    async def fetch_all() -> list[bytes | FileNotFoundError]:
+    async def fetch_all() -> list[bytes | OSError]:
         gate = asyncio.Semaphore(FETCHES_AT_ONCE)
         return await asyncio.gather(*(fetch_one(task, gate) for task in tasks))
 
@@ -614,18 +633,18 @@ def _read_object(
     store: Store,
     task: FileTask,
     part_bytes: int,
-    fetched: bytes | FileNotFoundError | None,
+    fetched: bytes | OSError | None,
     songs: bool,
 ) -> tuple[FileRead, Iterator[bytes]]:
     """read_file for an object: fetched already, or else (big, or replaced by a bigger one since
     it was listed) opened and streamed."""
-    if isinstance(fetched, FileNotFoundError):
+    if isinstance(fetched, OSError):
         return _unreadable(task, fetched), iter(())
     if fetched is not None and len(fetched) <= task.size:
         return _read(task, io.BytesIO(fetched), len(fetched), part_bytes, songs)
     try:
         handle = ObjectStream(store, task.location)
-    except FileNotFoundError as exc:
+    except OSError as exc:  # store_failure's: the object's own problem
         return _unreadable(task, exc), iter(())
     return _read(task, handle, handle.size, part_bytes, songs)
 

@@ -128,6 +128,54 @@ def test_hidden_objects_are_named_as_ignored_and_never_read(s3, tmp_path):
     assert counts() == builders.BASE
 
 
+def test_keys_the_store_library_would_read_as_another_object_are_named_as_ignored(s3, tmp_path):
+    """s3fs reads a key's ?versionId=... as a version of the object the key's start names, and a
+    key ending in / as a folder: either would load another object's bytes, or none."""
+    data = builders.base_sample(tmp_path / "data")
+    url = s3.upload(data, BUCKET, "odd-keys")
+    other_day = (data / "log_data/2018/11" / builders.BASE_LOGS[1]).read_bytes()
+    odd = ["2018-11-01-events.json?versionId=resent.json", "kept-as-a-folder/"]
+    for key in odd:
+        s3.client().put_object(
+            Bucket=BUCKET, Key=f"odd-keys/log_data/2018/11/{key}", Body=other_day
+        )
+    summary = parse_summary(fresh_load(url, env=s3.env).stdout)
+    assert (summary.ignored, summary.ignored_examples) == (
+        2,
+        [
+            f"{url}/log_data/2018/11/{odd[0]} (a key holding ?versionId=, which the store library "
+            "reads as a version: not read)",
+            f"{url}/log_data/2018/11/{odd[1]} (a key ending in /, which stores read as a folder: "
+            "not read)",
+        ],
+    )
+    assert summary.rejected is None
+    assert counts() == builders.BASE
+
+
+def test_an_archived_object_is_that_objects_reject_and_loads_once_restored(s3, tmp_path):
+    """An object a lifecycle rule moved to Glacier cannot be read until restored: the rest
+    loads (a full refresh too), and a run after the restore loads it."""
+    data = builders.base_sample(tmp_path / "data")
+    url = s3.upload(data, BUCKET, "archived")
+    key = f"archived/log_data/2018/11/{builders.BASE_LOGS[1]}"
+    source = {"Bucket": BUCKET, "Key": key}
+    s3.client().copy_object(**source, CopySource=source, StorageClass="GLACIER")
+
+    for extra in ([], ["--full-refresh"]):
+        summary = parse_summary(fresh_load(url, *extra, env=s3.env).stdout)
+        assert summary.examples == [
+            f"{url}/log_data/2018/11/{builders.BASE_LOGS[1]}:-: cannot read file: The operation is "
+            "not valid for the object's storage class (GLACIER: restore it to load it)"
+        ]
+        assert counts()["songplays"] == 11
+
+    s3.client().restore_object(**source, RestoreRequest={"Days": 1})
+    summary = parse_summary(etl(url, env=s3.env).stdout)
+    assert summary.files["log"] == {"unchanged": 1, "new": 1}
+    assert counts() == builders.BASE
+
+
 def test_overwritten_and_deleted_objects_load_as_changed_and_deleted_files_do(
     s3, generated, tmp_path
 ):
