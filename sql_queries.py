@@ -1230,9 +1230,16 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 row_count = "SELECT count(*) FROM {table}"
 resolved_plays_citus = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
+# The run's first rejects, those an earlier run gave too after the others: a whole file named at
+# every run (an emptied file, a link left dangling) does not hide the day's new problems.
 run_rejects = """
-SELECT path, line, reason FROM load_rejects WHERE run_id = %(run_id)s
-ORDER BY reject_id LIMIT %(limit)s"""
+SELECT path, line, reason FROM load_rejects r WHERE run_id = %(run_id)s
+ORDER BY line IS NULL AND EXISTS (
+             SELECT 1 FROM load_rejects e
+             WHERE e.path = r.path AND e.run_id < r.run_id AND e.line IS NULL
+               AND e.reason = r.reason),
+         reject_id
+LIMIT %(limit)s"""
 
 # What runs that stopped before their report rejected in the files they loaded, where the
 # manifest still has the version they loaded (a file loaded again since has rejects of its own).

@@ -226,6 +226,25 @@ def test_unreadable_file_is_rejected_whole_and_the_others_load(data, case):
             path.chmod(0o600)
 
 
+def test_the_summary_names_a_runs_new_problems_before_those_named_at_every_run(data):
+    """Files named again at each run (links left dangling, say) do not hide a new day's rejects
+    from the five examples; they follow them."""
+    for n in range(6):
+        _dangling_symlink(data / f"log_data/2018/11/0{n}-link.json")
+    etl(data)
+    write(data, "log_data/2018/12/new.json", lines(G(0), G(1, ts="abc")))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.rejected == (1, 6, last_run())
+    assert summary.examples == [
+        f"{data}/log_data/2018/12/new.json:2: ts is not an integer",
+        *(
+            f"{data}/log_data/2018/11/0{n}-link.json:-: cannot read file: No such file or directory"
+            for n in range(4)
+        ),
+    ]
+
+
 def test_a_folder_named_like_a_data_file_is_a_folder_its_files_load_and_nothing_is_rejected(data):
     """Spark's df.write.json("day.json") writes a folder of that name: part files, _SUCCESS and
     hidden checksums."""
