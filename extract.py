@@ -273,10 +273,12 @@ def other_compression(head: bytes) -> str | None:
 def is_gzipped(name: str, head: bytes) -> bool:
     """Whether a file is read as gzip data: starting as gzip data starts, whatever its name (a
     log sent again compressed under its own name); or named .gz, unless it starts as JSON text
-    does (gunzipped on its way by a client that kept its name)."""
+    does (gunzipped on its way by a client that kept its name) or as another compression's data
+    does (named for what it is)."""
     if head.startswith(GZIP_MAGIC):
         return True
-    return name.lower().endswith(GZIP_SUFFIX) and not starts_as_text(head)
+    named = name.lower().endswith(GZIP_SUFFIX)
+    return named and not starts_as_text(head) and not other_compression(head)
 
 
 def starts_as_text(head: bytes) -> bool:

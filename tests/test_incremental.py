@@ -388,14 +388,17 @@ def test_a_log_file_sent_again_in_its_other_form_under_its_own_name_loads_the_sa
     assert table_contents() == loaded
 
 
-def test_a_log_file_sent_again_compressed_otherwise_keeps_what_it_loaded_and_is_named(data):
-    """Data in another compression is named, not read as lines of noise that would take the
-    file's plays with them."""
+@pytest.mark.parametrize("name, form", [("a.json", as_is), ("a.json.gz", gzipped)])
+def test_a_log_file_sent_again_compressed_otherwise_keeps_what_it_loaded_and_is_named(
+    data, name, form
+):
+    """Data in another compression is named, whatever the file's name, not read as lines of
+    noise (or as damaged gzip data) that would take the file's plays with them."""
     content = lines(G(0), G(1), G(2))
-    path = write(data, "log_data/2018/12/a.json", content)
+    path = write(data, f"log_data/2018/12/{name}", form(content))
     etl(data)
     loaded = table_contents()
-    for compressed, name in [
+    for compressed, compression in [
         (bz2.compress(content), "bzip2"),
         (lzma.compress(content), "xz"),
         (b"\x28\xb5\x2f\xfd" + bytes(range(256)), "zstd"),
@@ -403,8 +406,8 @@ def test_a_log_file_sent_again_compressed_otherwise_keeps_what_it_loaded_and_is_
         path.write_bytes(compressed)
         summary = parse_summary(etl(data).stdout)
         assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
-        reason = f"{name} data, which is not read (gzip is) before its first line: {KEPT}"
-        assert rejects(last_run()) == [("log_data/2018/12/a.json", None, reason, None)]
+        reason = f"{compression} data, which is not read (gzip is) before its first line: {KEPT}"
+        assert rejects(last_run()) == [(f"log_data/2018/12/{name}", None, reason, None)]
         assert table_contents() == loaded
 
 
