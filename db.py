@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -547,13 +548,13 @@ def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
     )
 
 
-def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
+def acquire_lock(conn, wait: int = LOCK_WAIT) -> bool:
     """One load (or schema rebuild) at a time per database: take the load lock, trying again
     for up to wait seconds while another run holds it (a Ctrl-C meanwhile ends the wait at
     once), in a server session no other client uses (sql.session_mark). The lock dies with the
     session, so a killed run never leaves it behind: its server process notices the client gone
     within a second, even in the middle of a statement (PostgreSQL 14 and later), and a run
-    started meanwhile waits for that."""
+    started meanwhile waits for that. Returns whether it waited for another run."""
     mark = secrets.token_hex(8)
     with managed_cursor(conn) as cur:
         cur.execute(sql.session_mark, {"mark": mark})
@@ -566,10 +567,10 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
             raise DatabaseError(SESSION_SHARED)
         if conn.server_version >= sql.CLIENT_CHECK_SINCE:
             cur.execute(sql.client_check)
-        while True:
+        for attempt in itertools.count():
             cur.execute(sql.try_lock, {"key": sql.LOCK_KEY})
             if cur.fetchone()[0]:
-                return
+                return attempt > 0
             if time.monotonic() >= deadline:
                 break
             time.sleep(LOCK_RETRY_SECONDS)
@@ -578,12 +579,12 @@ def acquire_lock(conn, wait: int = LOCK_WAIT) -> None:
 
 @contextlib.contextmanager
 def load_lock(conn, wait: int = LOCK_WAIT):
-    """The load lock held (acquire_lock) while the block runs; then let go of, with the
-    session's mark, so that the next client of a session a pooler keeps can take them (a
-    session that ends lets go of both anyway)."""
-    acquire_lock(conn, wait)
+    """The load lock held (acquire_lock) while the block runs, given whether it waited for
+    another run; then let go of, with the session's mark, so that the next client of a session
+    a pooler keeps can take them (a session that ends lets go of both anyway)."""
+    waited = acquire_lock(conn, wait)
     try:
-        yield
+        yield waited
     finally:
         try:
             conn.rollback()

@@ -87,7 +87,9 @@ def run(
     try:
         db.as_a_batch_job(conn)
         db.require_tables(conn, sql.TABLES + sql.COUNTING)
-        with db.load_lock(conn, lock_wait):
+        with db.load_lock(conn, lock_wait) as waited:
+            if waited:  # files delivered, moved or rotated while the run before loaded
+                listed = check_data(data)
             db.require_this_schema(conn)
             db.wait_for_locks(conn, lock_wait)
             # The keys an interrupted bulk load left out are built first (its duplicates settled):

@@ -314,6 +314,34 @@ def test_a_run_that_finds_the_lock_held_waits_for_it_and_then_loads(big, baselin
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
 
+def test_a_run_that_waited_for_the_lock_loads_the_files_as_they_are_when_it_gets_it(data):
+    """The run before may be long: a day delivered, and one moved to an archive folder, while
+    this one waited are found where they are then, not where they were when it started."""
+    day = data / "log_data/2018/11/2018-11-03-events.json"
+    holder = db.connect(db.Settings.from_env())
+    watch = Watcher()
+    try:
+        db.acquire_lock(holder)
+        proc = start_load(data)
+        watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
+        write(data, "log_data/2018/12/new.json", lines(event(0), event(1)))
+        (data / "log_data/archive").mkdir()
+        day.rename(data / "log_data/archive" / day.name)
+        holder.close()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        holder.close()
+        watch.close()
+    assert proc.returncode == EXIT_OK, out + err
+    assert query("SELECT count(*) FROM load_rejects") == [(0,)]
+    assert counts() == {
+        **BASE,
+        "songplays": BASE["songplays"] + 2,
+        "users": BASE["users"] + 1,
+        "time": BASE["time"] + 2,
+    }
+
+
 def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big):
     run_script("create_tables.py")
     holder = db.connect(db.Settings.from_env())
