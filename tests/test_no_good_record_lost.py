@@ -249,7 +249,17 @@ def _event_damages() -> list[Damage]:
             (("userId", v),),
             reason="userId is not numeric",
         )
-        for v in ["abc", "1234567890", "-5", "1.0", "²", " 5", "5 "]
+        for v in ["abc", "-5", "1.0", "²", " 5", "5 "]
+    ]
+    out += [
+        Damage(
+            "out of range",
+            f"userId = {v!r}",
+            "play",
+            (("userId", v),),
+            reason="userId out of range",
+        )
+        for v in ["2147483648", "12345678901", "0" * 20 + "2147483648"]
     ]
     return out + _line_damages("any", NOT_OBJECTS)
 
