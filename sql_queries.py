@@ -1219,11 +1219,13 @@ FROM (SELECT DISTINCT start_time, start_time AT TIME ZONE 'UTC' AS utc FROM stag
       WHERE c.outcome = 'win' AND c.source <> 'songplays'
         AND NOT EXISTS (SELECT 1 FROM time t WHERE t.start_time = c.start_time)) w"""
 
+# In the keys' order, as the merge inserts (their songplay_ids then follow the plays, not the
+# order a join of their titles came in, which the database's collation sets).
 _settle_songplays_add = f"""
 INSERT INTO songplays (file_id, song_id, artist_id, {_contest_columns})
 SELECT file_id, song_id, artist_id, {_contest_columns} FROM stage_contest
 WHERE outcome = 'win' AND source <> 'songplays'
-ORDER BY candidate"""
+ORDER BY user_id, session_id, item_in_session"""
 
 _settle_gone = """
 INSERT INTO stage_gone (start_time, user_id, session_id, item_in_session)

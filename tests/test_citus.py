@@ -639,12 +639,11 @@ def test_a_worker_node_down_is_one_line_naming_it_and_the_run_after_its_restart_
         assert table_contents() == generated_plain
 
 
-def test_the_smallest_song_id_is_the_smallest_by_code_point_whatever_the_collation(
-    cluster, tmp_path
-):
+def test_what_a_load_picks_and_numbers_is_the_same_whatever_the_collation(cluster, tmp_path):
     """'A' sorts before '_' by code point, after it in en-US: of songs of one artist, and of
     songs a play matches alike, the song_id smallest by code point decides, on a database of
-    ICU's en-US collation (the coordinator's PostgreSQL, no Citus there) as on the C one."""
+    ICU's en-US collation (the coordinator's PostgreSQL, no Citus there) as on the C one; and
+    plays another file takes over get the same songplay_ids on both."""
     data = tmp_path / "data"
     for song_id, artist_id, title in [
         ("SOXA1", "ARX", "T1"),
@@ -664,13 +663,29 @@ def test_the_smallest_song_id_is_the_smallest_by_code_point_whatever_the_collati
     )
     with using_database(cluster.url):
         as_superuser("DROP DATABASE IF EXISTS sparkify_icu", create)
-    chosen = "SELECT (SELECT location FROM artists WHERE artist_id = 'ARX'), song_id FROM songplays"
+    chosen = (
+        "SELECT (SELECT location FROM artists WHERE artist_id = 'ARX'), song_id FROM songplays "
+        "WHERE song_title = 'Same'"
+    )
+    # A file first in path order, sent later, takes three plays over: their new songplay_ids
+    # follow the plays' keys, not the order a join of their titles came in ("Å", "Iıİi" and
+    # "Dup" sort otherwise in en-US).
+    held = [event(10 + k, song=title, length=1.5) for k, title in enumerate(["Dup", "Iıİi", "Å"])]
+    ids = "SELECT item_in_session, songplay_id FROM songplays WHERE song_length = 1.5 ORDER BY 1"
+    taken_over = {}
     try:
         for url in (icu, plain_url()):
+            for path in ["log_data/B.json", "log_data/a-b/x.json"]:
+                (data / path).unlink(missing_ok=True)
+            write(data, "log_data/a-b/x.json", lines(*held))
             with using_database(url):
                 run_script("create_tables.py")
                 etl(url, data)
                 assert query(chosen) == [("from SOXA1", "SOYA1")]
+                write(data, "log_data/B.json", lines(*held))
+                etl(url, data)
+                taken_over[url] = query(ids)
+        assert taken_over[icu] == taken_over[plain_url()]
     finally:
         with using_database(cluster.url):
             as_superuser("DROP DATABASE IF EXISTS sparkify_icu")
