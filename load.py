@@ -281,6 +281,7 @@ def _merge_plays(cur, part: Part, staged: int) -> tuple[Merged, list[Moved]]:
     if sum(merged.values()) == staged:
         return merged, []
     cur.execute(sql.contest_staged)
+    cur.execute(sql.contest_staged_songs)
     cur.execute(sql.staged_keys)
     return merged, _settle(cur)
 
