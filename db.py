@@ -365,11 +365,12 @@ def _interruptible_connect(options: dict[str, str]):
 def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> DatabaseError:
     """What a failed connection attempt tells the user: a missing database or role by name (the
     server reports either as FATAL ... does not exist), anything else as libpq says it: of a URL
-    of several servers, each one's failure (libpq tries them in turn, a line each)."""
+    of several servers, each one's failure (libpq tries them in turn, a line each, its hints
+    indented)."""
     first = first_line(exc)
     missing = MISSING.search(first)
     if missing is None:
-        each = [line for line in str(exc).splitlines() if line.startswith("connection to server")]
+        each = [line for line in str(exc).splitlines() if line and not line[0].isspace()]
         return DatabaseError(f"cannot connect to {settings.describe()}: {'; '.join(each) or first}")
     if missing[1] == "role":
         todo = "connect as a role that exists there, or create this one (e.g. `createuser`)"
