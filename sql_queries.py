@@ -794,7 +794,7 @@ FROM (SELECT DISTINCT ON (artist_id) *
 WHERE NOT EXISTS (
     SELECT 1 FROM songs s
     WHERE s.artist_id = c.artist_id AND s.{SONG_ORDER} < c.song_id
-      AND s.song_id NOT IN (SELECT song_id FROM stage_songs))
+      AND NOT EXISTS (SELECT 1 FROM stage_songs t WHERE t.song_id = s.song_id))
 ON CONFLICT (artist_id) DO UPDATE SET
     name = EXCLUDED.name, location = EXCLUDED.location,
     latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude
@@ -1002,20 +1002,18 @@ WHERE u.user_id = p.user_id
 # changed: its reload took 35.6 and 38.2 s without, 28.1 and 29.4 s with, in turn).
 stage_gone_analyze = "ANALYZE stage_gone"
 stage_gone_done = "TRUNCATE stage_gone"
-after_plays_gone = [
-    stage_gone_analyze,
-    users_refresh,
-    users_delete_orphans,
-    time_delete_orphans,
-    stage_gone_done,
-]
-after_plays_gone_citus = [
-    stage_gone_analyze,
-    users_refresh_citus,
-    users_delete_orphans,
-    time_delete_orphans,
-    stage_gone_done,
-]
+
+
+def after_plays_gone(users_refresh: str) -> list[str]:
+    """The statements once plays went, with the server's users_refresh."""
+    return [
+        stage_gone_analyze,
+        users_refresh,
+        users_delete_orphans,
+        time_delete_orphans,
+        stage_gone_done,
+    ]
+
 
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
 # A play whose key is loaded already is skipped (fewer inserted than staged: the copies are then
