@@ -296,20 +296,28 @@ LOCK_TRIED = (
 )
 
 
-def test_a_run_that_finds_the_lock_held_waits_for_it_and_then_loads(big, baseline):
-    run_script("create_tables.py")
+def load_behind_the_lock(data: Path, meanwhile=lambda: None) -> tuple[int, str]:
+    """A load started while a session holds the load lock: once it waits for the lock,
+    meanwhile() runs, then the lock is let go of. The load's exit code and output."""
     holder = db.connect(db.Settings.from_env())
     watch = Watcher()
     try:
         db.acquire_lock(holder)
-        proc = start_load(big)
+        proc = start_load(data)
         watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
+        meanwhile()
         holder.close()
         out, err = proc.communicate(timeout=300)
     finally:
         holder.close()
         watch.close()
-    assert proc.returncode == EXIT_OK, out + err
+    return proc.returncode, out + err
+
+
+def test_a_run_that_finds_the_lock_held_waits_for_it_and_then_loads(big, baseline):
+    run_script("create_tables.py")
+    code, output = load_behind_the_lock(big)
+    assert code == EXIT_OK, output
     assert table_contents() == baseline
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
@@ -318,21 +326,14 @@ def test_a_run_that_waited_for_the_lock_loads_the_files_as_they_are_when_it_gets
     """The run before may be long: a day delivered, and one moved to an archive folder, while
     this one waited are found where they are then, not where they were when it started."""
     day = data / "log_data/2018/11/2018-11-03-events.json"
-    holder = db.connect(db.Settings.from_env())
-    watch = Watcher()
-    try:
-        db.acquire_lock(holder)
-        proc = start_load(data)
-        watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
+
+    def deliver_and_move() -> None:
         write(data, "log_data/2018/12/new.json", lines(event(0), event(1)))
         (data / "log_data/archive").mkdir()
         day.rename(data / "log_data/archive" / day.name)
-        holder.close()
-        out, err = proc.communicate(timeout=300)
-    finally:
-        holder.close()
-        watch.close()
-    assert proc.returncode == EXIT_OK, out + err
+
+    code, output = load_behind_the_lock(data, deliver_and_move)
+    assert code == EXIT_OK, output
     assert query("SELECT count(*) FROM load_rejects") == [(0,)]
     assert counts() == {
         **BASE,
