@@ -249,6 +249,26 @@ def test_dedupe_plays_keeps_each_files_first_copy_in_key_order_files_in_their_or
     assert transform.dedupe_plays(table).to_pylist() == expected
 
 
+@hypothesis_settings(PROPERTY, max_examples=60)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a.json", "b/a.json"]), st.sampled_from(["SO1", "SO2", "SO3"])),
+        max_size=25,
+    )
+)
+def test_song_rows_keep_each_files_last_record_of_a_song_id_in_order(records):
+    rows = [  # an array's songs: all on its first line
+        {**SONG, "path": path, "line": 1, "song_id": song_id, "title": f"record {n}"}
+        for n, (path, song_id) in enumerate(records)
+    ]
+    schema = pa.Table.from_pylist([{**SONG, "path": "", "line": 1}]).schema
+    songs = pa.Table.from_pylist(rows, schema=schema)
+    last = {(path, song_id): n for n, (path, song_id) in enumerate(records)}
+    assert transform.song_rows(songs)["title"].to_pylist() == [
+        f"record {n}" for n in sorted(last.values())
+    ]
+
+
 def test_song_rows_turn_year_zero_and_empty_location_into_null():
     parsed, rejects = parse.parse_song_file(json.dumps(SONG).encode(), "song_data/s.json")
     good, invalid = transform.valid_songs(parsed)
