@@ -247,7 +247,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             if move.path in paths:
                 inserted[move.path] = inserted.get(move.path, 0) + move.plays
         if reloading or moved:
-            for query in sql.after_plays_gone(server.users_refresh):
+            for query in server.after_plays_gone:
                 cur.execute(query)
         settled = settled or bool(moved)
     cur.execute(sql.rejects_insert, params)
@@ -316,7 +316,7 @@ class Server:
     stage_plays_copy: str
     time_insert: str
     users_update: str
-    users_refresh: str  # once plays were taken out (sql.after_plays_gone)
+    after_plays_gone: list[str]  # once plays were taken out (stage_gone)
     merge_plays: Callable[..., tuple[Merged, list[Moved]]]  # (cur, part, staged)
     star_counts: Callable[..., Counted]  # (cur)
     bulk_loads: bool  # a first load of the logs may drop the keys and write the plays in
@@ -330,7 +330,7 @@ PLAIN = Server(
     stage_plays_copy=sql.copy_into.format(table="stage_plays"),
     time_insert=sql.time_insert,
     users_update=sql.users_update,
-    users_refresh=sql.users_refresh,
+    after_plays_gone=sql.after_plays_gone,
     merge_plays=_merge_plays,
     star_counts=_counts_kept,
     bulk_loads=True,
@@ -343,7 +343,7 @@ CITUS = Server(
     stage_plays_copy=sql.stage_plays_copy_citus,
     time_insert=sql.time_insert_citus,
     users_update=sql.users_update_citus,
-    users_refresh=sql.users_refresh_citus,
+    after_plays_gone=sql.after_plays_gone_citus,
     merge_plays=_merge_plays_citus,
     star_counts=_counts_counted,
     bulk_loads=False,
@@ -520,7 +520,7 @@ def _plays_settled(cur) -> list[Moved]:
     """The plays written twice settled, and the users and instants they leave follow."""
     cur.execute(sql.plays_duplicated_keys)
     moved = _settle(cur)
-    for query in sql.after_plays_gone(sql.users_refresh):  # bulk loads: one server only
+    for query in sql.after_plays_gone:  # bulk loads: one server only
         cur.execute(query)
     return moved
 

@@ -1004,15 +1004,16 @@ stage_gone_analyze = "ANALYZE stage_gone"
 stage_gone_done = "TRUNCATE stage_gone"
 
 
-def after_plays_gone(users_refresh: str) -> list[str]:
-    """The statements once plays went, with the server's users_refresh."""
-    return [
-        stage_gone_analyze,
-        users_refresh,
-        users_delete_orphans,
-        time_delete_orphans,
-        stage_gone_done,
-    ]
+after_plays_gone = [
+    stage_gone_analyze,
+    users_refresh,
+    users_delete_orphans,
+    time_delete_orphans,
+    stage_gone_done,
+]
+after_plays_gone_citus = [
+    users_refresh_citus if query is users_refresh else query for query in after_plays_gone
+]
 
 
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
