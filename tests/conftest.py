@@ -25,6 +25,11 @@ import embedded
 import sql_queries
 
 PROJECT = Path(__file__).resolve().parents[1]
+# The Ctrl-C tests send SIGINT to the scripts they start, as a terminal does. Tests started with
+# SIGINT ignored (a background job of a shell without job control, say) would pass that on to
+# every script they start, which would then never see it: the scripts start with the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Hypothesis as the property tests run it: the same examples on every run and machine
 # (derandomized), no deadline on a shared machine, the first failure reported.
 PROPERTY = hypothesis_settings(
