@@ -371,24 +371,18 @@ def ssl_server():
         port = free.getsockname()[1]
     settings = {
         "listen_addresses": "127.0.0.1",
-        "port": port,
+        "port": str(port),
         "unix_socket_directories": "",
         "ssl": "on",
-        "ssl_cert_file": folder / "server.crt",
-        "ssl_key_file": folder / "server.key",
+        "ssl_cert_file": str(folder / "server.crt"),
+        "ssl_key_file": str(folder / "server.key"),
     }
-    data, as_server = folder / "data", citus_cluster.as_server_user
-    pg_ctl = [str(pg_bin / "pg_ctl"), "-D", str(data), "-w", "-l", str(folder / "log")]
-    initdb = [*embedded.initdb(str(pg_bin / "initdb"), data), "--no-sync"]
-    subprocess.run(as_server(initdb), cwd=folder, check=True, capture_output=True)
-    with open(data / "postgresql.conf", "a") as conf:
-        conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
-    (data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
-    subprocess.run(as_server([*pg_ctl, "start"]), cwd=folder, check=True, capture_output=True)
+    data, log = folder / "data", folder / "log"
+    citus_cluster.start_node(data, settings, citus_cluster.HBA, log)
     try:
         yield f"postgresql://{embedded.SUPERUSER}@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(as_server([*pg_ctl, "stop", "-m", "immediate"]), cwd=folder)
+        citus_cluster.stop_node(data, log)
         shutil.rmtree(folder)
 
 

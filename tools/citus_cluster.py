@@ -73,7 +73,7 @@ def check_installed() -> None:
         )
 
 
-def as_server_user(cmd: list[str]) -> list[str]:
+def _as_server_user(cmd: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: root runs it as the postgres system user."""
     if os.geteuid() != 0:
         return cmd
@@ -92,7 +92,7 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
     give_to_server_user(log)  # pg_ctl, running as the server's user, appends to it too
     with open(log, "a") as out:
         done = subprocess.run(
-            as_server_user(cmd),
+            _as_server_user(cmd),
             cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -106,7 +106,7 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
 
 def _running(data: Path) -> bool:
     return (data / "postmaster.pid").exists() and subprocess.run(
-        as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]),
+        _as_server_user([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]),
         cwd=data.parent,
         capture_output=True,
     ).returncode == 0
@@ -151,27 +151,36 @@ class Cluster:
 
     def stop_nodes(self, names: list[str]) -> None:
         """Fast shutdown of the nodes named (start() starts them again)."""
+        _each(
+            lambda node: stop_node(node[2], self.dir / f"{node[0]}.log"),
+            [node for node in self.nodes() if node[0] in names],
+        )
 
-        def stop_node(node: tuple[str, int, Path]) -> None:
-            name, _, data = node
-            if (data / "postmaster.pid").exists():
-                _run(
-                    [
-                        str(PG_BIN / "pg_ctl"),
-                        "stop",
-                        "-D",
-                        str(data),
-                        "-m",
-                        "fast",
-                        "-w",
-                        "-t",
-                        "60",
-                    ],
-                    self.dir,
-                    self.dir / f"{name}.log",
-                )
 
-        _each(stop_node, [node for node in self.nodes() if node[0] in names])
+def start_node(data: Path, settings: dict[str, str], hba: str, log: Path) -> None:
+    """A PostgreSQL 15 server in data, started (its output in log): made the first time, with
+    settings added to its postgresql.conf and hba as its pg_hba.conf. A throwaway server:
+    initdb's files are not synced to disk."""
+    if not (data / "PG_VERSION").exists():
+        _run([*embedded.initdb(str(PG_BIN / "initdb"), data), "--no-sync"], data.parent, log)
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{k} = '{v}'\n" for k, v in settings.items())
+        (data / "pg_hba.conf").write_text(hba)
+    _run(
+        [str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(log)],
+        data.parent,
+        log,
+    )
+
+
+def stop_node(data: Path, log: Path) -> None:
+    """Fast shutdown of the server in data, if it runs."""
+    if (data / "postmaster.pid").exists():
+        _run(
+            [str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w", "-t", "60"],
+            data.parent,
+            log,
+        )
 
 
 def _each(action, items: list) -> None:
@@ -240,38 +249,26 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
     (cluster.dir / STATE).write_text(json.dumps(dataclasses.asdict(cluster), default=str) + "\n")
     give_to_server_user(cluster.dir)
     os.chmod(cluster.dir, 0o700)
-    if subprocess.run(as_server_user(["test", "-w", str(cluster.dir)])).returncode != 0:
+    if subprocess.run(_as_server_user(["test", "-w", str(cluster.dir)])).returncode != 0:
         raise ClusterError(
             f"the {SUPERUSER} user cannot write to {cluster.dir}: choose a --dir "
             "it can reach (under /tmp, say)"
         )
 
-    def start_node(node: tuple[str, int, Path]) -> None:
+    def start_cluster_node(node: tuple[str, int, Path]) -> None:
         name, port, data = node
         if _running(data):
             return
         if not _port_free(port):
             raise ClusterError(f"port {port} on {HOST} is in use: choose others with --port")
-        log = cluster.dir / f"{name}.log"
-        if not (data / "PG_VERSION").exists():  # a throwaway cluster: no fsync of initdb's files
-            _run([*embedded.initdb(str(PG_BIN / "initdb"), data), "--no-sync"], cluster.dir, log)
-            with open(data / "postgresql.conf", "a") as conf:
-                conf.writelines(
-                    f"{k} = '{v}'\n" for k, v in {**SETTINGS, "port": str(port)}.items()
-                )
-            (data / "pg_hba.conf").write_text(HBA)
-        _run(
-            [str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(log)],
-            cluster.dir,
-            log,
-        )
+        start_node(data, {**SETTINGS, "port": str(port)}, HBA, cluster.dir / f"{name}.log")
 
     def set_up(port: int) -> None:  # each step is a no-op when done already
         _create_database(port)
         _create_extension(port)
 
     try:
-        _each(start_node, cluster.nodes())
+        _each(start_cluster_node, cluster.nodes())
         _each(set_up, cluster.ports)
         _add_nodes(cluster.ports)
     except BaseException:
