@@ -1114,11 +1114,13 @@ _contest_staged_differs = """(s.file_id, s.start_time, s.level, s.first_name, s.
       IS DISTINCT FROM"""
 
 
+# A candidate's values, read from the table its statement names p (_contest_columns' order).
+_contest_values = """p.start_time, p.user_id, p.level, p.first_name, p.last_name, p.gender,
+       p.session_id, p.item_in_session, p.location, p.user_agent, p.song_title, p.artist_name,
+       p.song_length"""
+
 # The staged plays that the merge skipped (FROM the staging table p, with its file ids f), as
-# candidates: their values, and what makes them skipped plays.
-_contest_staged_values = """p.start_time, p.user_id, p.level, p.first_name, p.last_name,
-       p.gender, p.session_id, p.item_in_session, p.location, p.user_agent, p.song_title,
-       p.artist_name, p.song_length"""
+# candidates: what makes them skipped plays.
 _contest_staged_stored = """JOIN songplays s
      ON s.user_id = p.user_id AND s.session_id = p.session_id
     AND s.item_in_session = p.item_in_session"""
@@ -1133,7 +1135,7 @@ _contest_staged_skipped = f"""WHERE {_contest_staged_differs}
 # 12,500 plays against 20,000 songs: 7.7 s in that loop, against 0.1 s in two statements).
 contest_staged = f"""
 INSERT INTO stage_contest (source, file_id, {_contest_columns})
-SELECT 'staged', f.file_id, {_contest_staged_values}
+SELECT 'staged', f.file_id, {_contest_values}
 FROM stage_plays p
 JOIN load_manifest f ON f.path = p.path
 {_contest_staged_stored}
@@ -1147,7 +1149,7 @@ WHERE c.source = 'staged'
 # On Citus, in one statement, with the file ids as parameters (as for songplays_insert_citus).
 contest_staged_citus = f"""
 INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
-SELECT 'staged', f.file_id, k.song_id, k.artist_id, {_contest_staged_values}
+SELECT 'staged', f.file_id, k.song_id, k.artist_id, {_contest_values}
 FROM stage_plays_citus p
 JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
 {_contest_staged_stored}
@@ -1174,9 +1176,7 @@ WHERE (user_id, session_id, item_in_session) IN (
 
 _settle_copied = f"""
 INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
-SELECT 'copies', p.file_id, k.song_id, k.artist_id, p.start_time, p.user_id, p.level,
-       p.first_name, p.last_name, p.gender, p.session_id, p.item_in_session, p.location,
-       p.user_agent, p.song_title, p.artist_name, p.song_length
+SELECT 'copies', p.file_id, k.song_id, k.artist_id, {_contest_values}
 FROM songplay_copies p
 {_contest_song}
 WHERE (p.user_id, p.session_id, p.item_in_session) IN (
