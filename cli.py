@@ -60,11 +60,22 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def masked(text: str, secrets: Collection[str] = ()) -> str:
+def masked(text: str, secrets: Collection[str] = (), public: Collection[str] = ()) -> str:
     """The text with every occurrence of each secret replaced by ***, the longest first (so a
-    secret holding another is masked whole), and every credential (CREDENTIALS) too."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, MASK)
+    secret holding another is masked whole), but one lying inside an occurrence of a public text
+    (a host, role or database name that messages show anyway, where *** would only tell what the
+    password is), and every credential (CREDENTIALS) too."""
+    if secrets := [secret for secret in secrets if secret]:
+        inside = [
+            (found.start(), found.start() + len(name))
+            for name in filter(None, public)
+            for found in re.finditer(f"(?={re.escape(name)})", text)
+        ]
+        text = re.sub(
+            "|".join(map(re.escape, sorted(secrets, key=len, reverse=True))),
+            lambda m: m[0] if any(a <= m.start() and m.end() <= b for a, b in inside) else MASK,
+            text,
+        )
     return CREDENTIALS.sub(
         lambda m: f"{m['url']}:{MASK}@" if m["url"] else f"{m['option']}{MASK}", text
     )
@@ -92,12 +103,16 @@ def printed_exceptions_dropped():
 
 
 def run_command(
-    action: Callable[[], int], secrets: Collection[str] = (), as_json: bool = False
+    action: Callable[[], int],
+    secrets: Collection[str] = (),
+    as_json: bool = False,
+    public: Collection[str] = (),
 ) -> int:
     """Run a script's work and return its exit code. Every message it ends with goes out here,
-    with the secrets masked: a UserError or Ctrl-C as one line, anything else (a bug) as its
-    traceback. With as_json (a script whose report is JSON), stdout gets one JSON object for a
-    run that ends so too: its status, exit code and error (the message's first line)."""
+    with the secrets masked (but inside the public texts: see masked): a UserError or Ctrl-C as
+    one line, anything else (a bug) as its traceback. With as_json (a script whose report is
+    JSON), stdout gets one JSON object for a run that ends so too: its status, exit code and
+    error (the message's first line)."""
     try:
         with printed_exceptions_dropped():
             return action()
@@ -110,7 +125,7 @@ def run_command(
         return 0
     except Exception:
         message, code = traceback.format_exc(), EXIT_FAILED
-    shown = masked(message, secrets).rstrip("\n")  # masked whole, then trimmed
+    shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
     print(shown, file=sys.stderr)
     if as_json:
         error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]

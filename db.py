@@ -119,8 +119,8 @@ class Settings:
     @classmethod
     def from_env(cls, url: str | None = None) -> Settings:
         env = os.environ
-        return cls(
-            url=url or env.get("DATABASE_URL") or None,
+        return cls(  # a URL read from a file (a container's secret) may end in its newline
+            url=(url or env.get("DATABASE_URL") or "").rstrip("\r\n") or None,
             libpq_env=any(env.get(k) for k in ("PGHOST", "PGHOSTADDR", "PGSERVICE")),
             pgdata=Path(env.get("SPARKIFY_PGDATA") or PROJECT_DIR / ".pgdata").resolve(),
             source="--database-url" if url else "DATABASE_URL",
@@ -148,8 +148,20 @@ class Settings:
             except DatabaseError:
                 written.append(self.url)
             written += written_passwords(self.url)
-        texts = [*written, *read, *(quote(text, safe="") for text in read if text)]
+        encoded = (quote(text, safe="", errors="surrogateescape") for text in read if text)
+        texts = [*written, *read, *encoded]
         return frozenset(text for text in texts if text and len(text) >= MASKED_FROM)
+
+    @property
+    def public(self) -> frozenset[str]:
+        """What messages show of the settings anyway: where they connect (describe), and each
+        option's value but a password's, as libpq reads it (in which cli.masked leaves a password
+        be: masking it there would tell what it is)."""
+        try:
+            shown = [v for k, v in destination(self).items() if k not in SECRET_OPTIONS]
+        except DatabaseError:
+            shown = []
+        return frozenset([self.describe(), *shown])
 
     def describe(self) -> str:
         """Where we connect, for messages: built from what libpq reads, never from url's text,
@@ -186,6 +198,8 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
         return parse_dsn(text)
     except UnicodeDecodeError:  # libpq read it, but a %-escape made a value that is not UTF-8
         reason = NOT_UTF8
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (os.environ keeps them as surrogates)
+        reason = "bytes that are not UTF-8 text (write the text in UTF-8)"
     except psycopg2.ProgrammingError as exc:
         reason = next((ours for theirs, ours in UNREADABLE.items() if theirs in str(exc)), None)
     what = (
@@ -231,10 +245,12 @@ def redacted_url(options: dict[str, str]) -> str:
 
 def options(settings: Settings, dbname: str | None = None) -> dict[str, str]:
     """The libpq options to connect with (nothing is started: see connect); a DatabaseError when
-    the URL cannot be read."""
+    the URL cannot be read, or a PG* variable libpq would read is not UTF-8 text."""
     if settings.url:
+        require_utf8_env(set(settings.url_options))
         return {**settings.url_options, **({"dbname": dbname} if dbname else {})}
     if settings.libpq_env:  # the database: a service's or PGDATABASE's (libpq decides), else ours
+        require_utf8_env(set())
         if dbname or not (os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE")):
             return {"dbname": dbname or DATABASE}
         return {}
@@ -264,6 +280,27 @@ LIBPQ_ENV = {
     "PGTARGETSESSIONATTRS": "target_session_attrs",
     "PGAPPNAME": "application_name",
 }
+
+
+def require_utf8_env(given: set[str]) -> None:
+    """A DatabaseError naming the first PG* variable libpq would read (one for an option not
+    given) that is not UTF-8 text: libpq would send its bytes, and its messages quoting them
+    could not be read."""
+    for name, option in LIBPQ_ENV.items():
+        value = os.environ.get(name)
+        if option not in given and value and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise DatabaseError(
+                    f"{name} holds bytes that are not UTF-8 text: write it in UTF-8"
+                ) from None
+
+
+def destination(settings: Settings) -> dict[str, str]:
+    """Where the scripts connect, as `db.py url` shows it: the options, with those the PG*
+    variables give where they name the server."""
+    return {**(from_libpq_env() if settings.libpq_env else {}), **options(settings)}
 
 
 def from_libpq_env() -> dict[str, str]:
@@ -308,7 +345,11 @@ def connect(settings: Settings, dbname: str | None = None):
         target["connect_timeout"] = CONNECT_TIMEOUT
     try:
         conn = _interruptible_connect(
-            {**target, "application_name": Path(sys.argv[0]).name, "client_encoding": "UTF8"}
+            {
+                **target,
+                "fallback_application_name": Path(sys.argv[0]).name,  # the user's name wins
+                "client_encoding": "UTF8",
+            }
         )
     except psycopg2.OperationalError as exc:
         raise connect_error(exc, settings) from None
@@ -398,7 +439,7 @@ def run_command(
             raise database_error(exc, settings) from None
 
     shown_never = settings.secrets | {text for text in more_secrets if len(text) >= MASKED_FROM}
-    return cli.run_command(on_the_database, shown_never, as_json)
+    return cli.run_command(on_the_database, shown_never, as_json, settings.public)
 
 
 def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
@@ -818,9 +859,7 @@ def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
         print(f"running (pid {running[0]}, socket in {running[1]})" if running else "not running")
         return 0 if running else EXIT_ENVIRONMENT
     elif command == "url":
-        print(
-            redacted_url({**(from_libpq_env() if settings.libpq_env else {}), **options(settings)})
-        )
+        print(redacted_url(destination(settings)))
     else:
         with contextlib.closing(connect(settings)) as conn:  # a clear one-line error, not psql's
             psql = psql_program(settings, encrypted=conn.info.ssl_in_use)

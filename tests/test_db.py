@@ -8,6 +8,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -93,6 +94,36 @@ def test_settings_prefer_the_command_line_then_database_url_then_pg_variables(mo
     assert db.options(settings) == {"dbname": db.DATABASE}
     monkeypatch.delenv("PGHOST")
     assert db.Settings.from_env().embedded
+
+
+def test_a_database_url_read_from_a_file_with_its_newline_connects_as_without_it(monkeypatch):
+    """A container's secret file, or `echo URL > file`, ends in a newline that the URL does
+    not hold (libpq would read it into the database's name)."""
+    url = embedded_url(database="postgres")
+    for ending in ("\n", "\r\n"):
+        monkeypatch.setenv("DATABASE_URL", url + ending)
+        settings = db.Settings.from_env()
+        assert settings.url == url
+        with contextlib.closing(db.connect(settings)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_database()")
+            assert cur.fetchone() == ("postgres",)
+
+
+def test_a_session_carries_the_users_application_name_else_the_scripts(monkeypatch):
+    """The name a URL or PGAPPNAME gives is what pg_stat_activity shows; without one, the
+    script's."""
+
+    def application_name(url: str) -> str:
+        settings = db.Settings(url=url, libpq_env=False, pgdata=Path("."))
+        with contextlib.closing(db.connect(settings)) as conn, conn.cursor() as cur:
+            cur.execute("SHOW application_name")
+            return cur.fetchone()[0]
+
+    url = embedded_url(database="postgres")
+    assert application_name(f"{url}&application_name=nightly-sparkify") == "nightly-sparkify"
+    assert application_name(url) == Path(sys.argv[0]).name
+    monkeypatch.setenv("PGAPPNAME", "from the environment")
+    assert application_name(url) == "from the environment"
 
 
 def test_urls_keep_the_database_and_the_password_out_of_messages():

@@ -26,7 +26,15 @@ from urllib.parse import quote
 
 import psycopg2
 import pytest
-from builders import BASE, Watcher, connection_error, embedded_url, etl, one_error_line
+from builders import (
+    BASE,
+    Watcher,
+    connection_error,
+    embedded_socket_dir,
+    embedded_url,
+    etl,
+    one_error_line,
+)
 from conftest import PROJECT, PROPERTY, counts, query, run_script
 from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
@@ -38,9 +46,10 @@ from summary import parse_summary
 import cli
 import create_tables
 import db
+import embedded
 import etl as etl_script
 import sql_queries
-from cli import EXIT_ENVIRONMENT, EXIT_OK, EXIT_USAGE
+from cli import EXIT_ENVIRONMENT, EXIT_OK, EXIT_USAGE, MASK
 
 MASKED_FROM = 4
 PRINTABLE = string.printable
@@ -624,3 +633,81 @@ def test_a_connection_lost_mid_run_says_so_and_the_next_run_resumes(data):
     resumed = parse_summary(etl(data, exit_code=EXIT_OK).stdout)
     assert counts() == BASE
     assert resumed.rows["songs"] == (0, BASE["songs"])
+
+
+# ================================================================ passwords that other names hold
+
+
+def test_a_password_that_the_role_or_database_name_holds_leaves_those_names_whole(tmp_path):
+    """Masking a password inside a name every message shows anyway would only tell what the
+    password is (`***ql://` for a password `postgres`): the host, role and database show whole,
+    the password itself as ***."""
+    for database, password in (("analytics_staging", "analytics"), ("nodb", embedded.SUPERUSER)):
+        url = embedded_url(database=database, password=password)
+        assert connection_error(url, tmp_path) == (
+            f'error: database "{database}" does not exist on '
+            f"{embedded_url(database=database, password=MASK)}: create it first (e.g. "
+            "`createdb`): only the embedded server's is made for you"
+        )
+
+
+NO_BAR = PRINTABLE.replace("|", "")
+
+
+@hypothesis_settings(PROPERTY, max_examples=200)
+@given(
+    name=st.text(NO_BAR, min_size=MASKED_FROM),
+    start=st.integers(0, 100),
+    size=st.integers(MASKED_FROM, 100),
+    words=st.text(NO_BAR),
+)
+def test_a_password_is_masked_wherever_it_shows_outside_the_public_names(name, start, size, words):
+    """Whatever part of a public name (a host, role, database) the password is: the name shows
+    whole, the password standing on its own as ***."""
+    password = name[start : start + size]
+    assume(len(password) >= MASKED_FROM and password != name)
+    assume(password not in words and name not in words)
+    text = f"{words}|{name}|{words}|{password}|{words}"
+    assert cli.masked(text, {password}, {name}) == f"{words}|{name}|{words}|{MASK}|{words}"
+
+
+# ================================================================ settings that are not UTF-8
+
+NOT_UTF8 = "\udce9"  # the byte 0xe9 (é in Latin-1) as Python reads it from the environment
+
+
+def test_a_url_holding_bytes_that_are_not_utf8_is_refused_in_one_line_without_its_text():
+    password = f"S3cr{NOT_UTF8}tPw9"
+    env = {"DATABASE_URL": f"postgresql://u:{password}@127.0.0.1:1/d"}
+    done = run_script("etl.py", "--json", "--no-progress", env=env, check=False)
+    assert done.returncode == EXIT_ENVIRONMENT
+    error = (
+        "DATABASE_URL is not a connection string libpq can read: it has bytes that are not "
+        f"UTF-8 text (write the text in UTF-8); {HIDDEN}"
+    )
+    assert one_error_line(done) == f"error: {error}"
+    assert json.loads(done.stdout) == {
+        "status": "failed",
+        "exit_code": EXIT_ENVIRONMENT,
+        "error": error,
+    }
+
+
+def test_a_pg_variable_holding_bytes_that_are_not_utf8_is_named_in_one_line():
+    env = {
+        "PGHOST": str(embedded_socket_dir()),
+        "PGPORT": str(embedded.PORT),
+        "PGUSER": f"b{NOT_UTF8}b",
+    }
+    for script in (["etl.py", "--no-progress"], ["create_tables.py"], ["db.py", "url"]):
+        done = run_script(*script, env=env, check=False)
+        assert done.returncode == EXIT_ENVIRONMENT, done
+        assert one_error_line(done) == (
+            "error: PGUSER holds bytes that are not UTF-8 text: write it in UTF-8"
+        )
+
+
+def test_an_unused_pgpassword_holding_bytes_that_are_not_utf8_changes_nothing():
+    """The embedded server takes no password: PGPASSWORD is not read, whatever it holds."""
+    env = {"PGPASSWORD": f"Pw{NOT_UTF8}x9Zq"}
+    assert run_script("db.py", "status", env=env).stderr == ""
