@@ -454,3 +454,21 @@ def test_an_output_folder_it_cannot_write_is_one_line_and_exit_3(tmp_path):
     done = run_script(*TOOL, "--out", str(out), "--events", "10", check=False)
     assert (done.returncode, done.stdout) == (3, "")
     assert done.stderr == f"error: cannot write {out}: Not a directory\n"
+
+
+@pytest.mark.parametrize(
+    ("start", "days"),
+    [("1969-12-31", 1), ("1969-12-20", 30), ("9999-12-31", 2), ("9999-12-01", 40)],
+)
+def test_cli_refuses_days_a_ts_cannot_hold_and_writes_nothing(tmp_path, start, days):
+    """A play's ts is epoch milliseconds from 1970 to the end of year 9999 (the loader rejects
+    the rest): days outside those would make a truth.json the load cannot give."""
+    result = run_script(
+        *TOOL, "--out", str(tmp_path), "--start", start, "--days", str(days), check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(
+        f"error: --start {start} and --days {days} reach days outside 1970-01-01 to "
+        "9999-12-31, the days a log's ts can hold"
+    )
+    assert list(tmp_path.iterdir()) == []

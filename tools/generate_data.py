@@ -34,6 +34,7 @@ import cli
 
 ALNUM = string.ascii_uppercase + string.digits
 DAY = 86400
+EPOCH = dt.date(1970, 1, 1)  # a ts of 0
 MS_SUFFIX = 796  # every real ts and registration ends in 796 ms
 
 # Real format: compact separators, ASCII-escaped, "/" escaped, fixed key order.
@@ -785,9 +786,15 @@ def main(argv: list[str] | None = None) -> int:
         "--days",
         type=cli.positive,
         default=30,
-        help="days of logs, one file per day (default: %(default)s)",
+        help="days of logs, a file for each day with events (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    first = dt.date.fromisoformat(args.start)
+    if first < EPOCH or (dt.date.max - first).days < args.days - 1:
+        parser.error(
+            f"--start {args.start} and --days {args.days} reach days outside 1970-01-01 to "
+            "9999-12-31, the days a log's ts can hold"
+        )
     return cli.run_command(lambda: write_data_set(args))
 
 
