@@ -1269,15 +1269,16 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 row_count = "SELECT count(*) FROM {table}"
 resolved_plays_citus = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
-# The run's first rejects, those an earlier run gave too after the others: a whole file named at
-# every run (an emptied file, a link left dangling) does not hide the day's new problems.
+# The run's first rejects: song files' first (as they load), then by path and line; those an
+# earlier run gave too after the others: a whole file named at every run (an emptied file, a
+# link left dangling) does not hide the day's new problems.
 run_rejects = """
 SELECT path, line, reason FROM load_rejects r WHERE run_id = %(run_id)s
 ORDER BY line IS NULL AND EXISTS (
              SELECT 1 FROM load_rejects e
              WHERE e.path = r.path AND e.run_id < r.run_id AND e.line IS NULL
                AND e.reason = r.reason),
-         reject_id
+         NOT starts_with(path, 'song_data/'), path COLLATE "C", line NULLS FIRST, reject_id
 LIMIT %(limit)s"""
 
 # What runs that stopped before their report rejected in the files they loaded, where the
@@ -1292,7 +1293,9 @@ SELECT (SELECT coalesce(sum(rejected), 0) FROM load_manifest WHERE run_id = ANY(
        (SELECT count(*) {_earlier_rejects} AND r.line IS NULL)"""
 earlier_rejects = f"""
 SELECT r.path, r.line, r.reason {_earlier_rejects}
-ORDER BY r.reject_id LIMIT %(limit)s"""
+ORDER BY NOT starts_with(r.path, 'song_data/'), r.path COLLATE "C", r.line NULLS FIRST,
+         r.reject_id
+LIMIT %(limit)s"""
 
 # ---------------------------------------------------------------- post-load checks
 # Each returns the number of offending rows; zero passes. Most of what they check, a constraint

@@ -245,6 +245,19 @@ def test_the_summary_names_a_runs_new_problems_before_those_named_at_every_run(d
     ]
 
 
+def test_the_summary_names_the_first_rejects_by_file_and_line_whatever_found_them_first(data):
+    """A file's rejects are named by line, the files in path order: not in the order the reader
+    (malformed JSON) and the checks (a ts not an integer) came upon them."""
+    bad_ts, malformed = G(1, ts="abc"), b'{"ts": 1543622401000,'
+    write(data, "log_data/2018/12/b.json", lines(G(0), bad_ts, malformed, bad_ts))
+    write(data, "log_data/2018/12/a.json", lines(malformed, G(2), bad_ts, malformed))
+
+    summary = parse_summary(etl(data).stdout)
+    assert [example.split(": ", 1)[0] for example in summary.examples] == [
+        f"{data}/log_data/2018/12/{file}.json:{n}" for file, n in (("a", 1), ("a", 3), ("a", 4))
+    ] + [f"{data}/log_data/2018/12/b.json:{n}" for n in (2, 3)]
+
+
 def test_a_folder_named_like_a_data_file_is_a_folder_its_files_load_and_nothing_is_rejected(data):
     """Spark's df.write.json("day.json") writes a folder of that name: part files, _SUCCESS and
     hidden checksums."""
