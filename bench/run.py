@@ -566,7 +566,7 @@ OPTIONS = [  # flag, argparse settings, help
     ("--growth", {"action": "store_true"}, "instead: the full load, its re-run, the increment, "
      "the last day alone and the limit at each --growth-sizes (WORKDIR/growth.md and "
      "growth.json)"),
-    ("--growth-sizes", {"type": sizes, "default": [1_000_000, 3_000_000, 10_000_000],
+    ("--growth-sizes", {"type": sizes, "default": "1000000,3000000,10000000",
                         "metavar": "N,N,..."}, "events at each size of --growth"),
 ]  # fmt: skip
 
