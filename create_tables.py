@@ -40,12 +40,12 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
         db.as_a_batch_job(conn)
         with db.load_lock(conn, lock_wait):
             try:
-                citus = recreate(conn)
+                schema, citus = recreate(conn)
             except psycopg2.errors.LockNotAvailable:
                 raise db.DatabaseError(still_locked(conn)) from None
     finally:
         conn.close()
-    print(f"created tables {', '.join(sql.TABLES)} in {settings.describe()}")
+    print(f"created tables {', '.join(sql.TABLES)} in schema {schema} of {settings.describe()}")
     if citus:
         print(
             "  on Citus: songplays and users distributed on user_id (co-located); songs, "
@@ -54,11 +54,17 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
     return 0
 
 
-def recreate(conn) -> bool:
-    """Drop and create the tables in one transaction, in one schema; whether the server is
-    Citus."""
+def recreate(conn) -> tuple[str, bool]:
+    """Drop and create the tables in one transaction, in one schema; that schema, and whether
+    the server is Citus."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.search_path_create_schema)
+        schema, path, _ = cur.fetchone()
+        if schema is None:
+            raise db.DatabaseError(
+                f"the search_path ({path}) names no schema that exists and that the role may "
+                "use: create the schema, or put one that exists first (nothing was dropped)"
+            )
         cur.execute(sql.create_schema_temporary)
         if cur.fetchone()[0]:
             raise db.DatabaseError(
@@ -88,7 +94,7 @@ def recreate(conn) -> bool:
         for query in sql.bulk_keys_create:
             cur.execute(query)
         cur.execute(sql.schema_stamp_write, {"stamp": db.schema_stamp()})
-    return citus
+    return schema, citus
 
 
 def still_locked(conn) -> str:

@@ -370,9 +370,13 @@ COUNTING = ["row_counts"]  # the star's row counts, which its triggers keep (not
 # name from any schema on the path (public, while CREATE TABLE writes into a schema named after
 # the role). For its transaction only; the row-count functions keep it (sparkify_count_rows),
 # the session's temporary schema last, so that no temporary table of a writer's is found first.
+# With no such schema (none on the path exists, or the role may not use it): NULL, the path
+# left as it is.
 search_path_create_schema = """
-SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true)
-WHERE current_schema() IS NOT NULL"""
+SELECT current_schema(), current_setting('search_path'),
+       CASE WHEN current_schema() IS NOT NULL
+            THEN set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true)
+       END"""
 # Whether that schema is the session's temporary one (search_path = pg_temp, ...): the tables
 # would then be temporary, gone when the session ends.
 create_schema_temporary = """

@@ -272,6 +272,25 @@ def test_create_tables_drops_and_creates_in_the_schema_it_creates_in_and_leaves_
         query("DROP SCHEMA mine CASCADE; SELECT 1")
 
 
+def test_create_tables_names_the_schema_it_created_in_and_refuses_a_path_without_one():
+    """A search_path whose first schema is mistyped puts the tables in the next: the message
+    names the schema they went to. One naming no schema there is refused in one line."""
+    run_script("create_tables.py")
+    typo = embedded_url() + "&options=-csearch_path%3Dtypo_schema%2Cpublic"
+    created = run_script("create_tables.py", env={"DATABASE_URL": typo})
+    assert created.stdout.splitlines()[0] == (
+        f"created tables {', '.join(sql_queries.TABLES)} in schema public of {describe(typo)}"
+    )
+    only_typo = embedded_url() + "&options=-csearch_path%3Dtypo_schema"
+    done = run_script("create_tables.py", env={"DATABASE_URL": only_typo}, check=False)
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert one_error_line(done) == (
+        "error: the search_path (typo_schema) names no schema that exists and that the role "
+        "may use: create the schema, or put one that exists first (nothing was dropped)"
+    )
+    assert counts() == dict.fromkeys(BASE, 0)
+
+
 SHADOW_TABLES = (
     "CREATE SCHEMA shadow; "
     "CREATE TABLE shadow.songs (song_id text PRIMARY KEY, title text, artist_id text, "

@@ -452,7 +452,9 @@ def every_table_as_text() -> str:
 def test_scripts_that_connect_with_a_password_show_only_stars_and_store_none(data, password):
     url = local_url(password)
     created = run_script("create_tables.py", "--database-url", url)
-    assert created.stdout == f"created tables {', '.join(sql_queries.TABLES)} in {local_shown()}\n"
+    assert created.stdout == (
+        f"created tables {', '.join(sql_queries.TABLES)} in schema public of {local_shown()}\n"
+    )
     loaded = etl(data, env={"DATABASE_URL": url}, process=True)
     assert json.loads(loaded.stdout)["target"] == local_shown()
     assert parse_summary(loaded.stdout).rows["songplays"] == (BASE["songplays"], BASE["songplays"])
