@@ -35,6 +35,19 @@ class Limits:
     # Arrow's reader takes a log, or a batch's small files, this much at a time
     parse_piece_bytes: int = 4 * 1024 * 1024
 
+    @property
+    def part_lines(self) -> int:
+        """Lines a part holds at most, as bytes: what a record costs in memory (a reject's
+        row above all: about 1 KB) follows its lines, and lines far shorter than a record
+        (junk, a pretty-printed array) would make a part of log_batch_bytes hold millions."""
+        return max(1, self.log_batch_bytes // LINE_BYTES_LEAST)
+
+
+# A part of a log holds at most one line for each LINE_BYTES_LEAST bytes of its size (real log
+# lines are 250 to 400 bytes): 16 MB of one-character lines, 8 million rejects, took a run to
+# 5.8 GB; with --batch-mb 1, 650 MB.
+LINE_BYTES_LEAST = 128
+
 
 # A rejected record's raw text (load_rejects.raw) is kept up to RAW_TEXT_LIMIT characters, which
 # take at most RAW_TEXT_BYTES bytes of UTF-8.

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,7 +86,7 @@ def prepare(
     A changed file unusable names (its records all rejected, as loading the batch found) is
     emptied: its lines are still judged and rejected, and it keeps what it loaded."""
     part_bytes, piece_bytes = limits.log_batch_bytes, limits.parse_piece_bytes
-    chunks, problems, size, index = [], [], 0, 0
+    chunks, problems, size, lines, index = [], [], 0, 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
             problems.append(Reject(task.path, None, read.error))
@@ -95,18 +95,18 @@ def prepare(
             read = read.emptied()
         first_line, first, damage = 1, True, None
         try:
-            for data in contents:
+            for data, count in counted(batch.kind, contents, limits.part_lines):
                 file = FilePart(task.path, task.mtime_ns, read, first)
                 chunk = read_chunk(batch.kind, file, data, first_line)
-                first_line += newline_count(data)
+                first_line += count
                 if chunk is None:
                     continue  # blank lines, a byte-order mark, []: nothing to load or to reject
                 chunks.append(chunk)
-                size += len(data)
+                size, lines = size + len(data), lines + count
                 first = False
-                if size >= part_bytes:
+                if size >= part_bytes or lines >= limits.part_lines:
                     yield shape(batch.kind, index, False, chunks, problems, direct, piece_bytes)
-                    chunks, problems, size, index = [], [], 0, index + 1
+                    chunks, problems, size, lines, index = [], [], 0, 0, index + 1
         except extract.DamagedFile as exc:
             where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
             damage = f"{exc} {where}"
@@ -121,6 +121,25 @@ def prepare(
         if first:  # nothing read: the file still counts, once
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", []))
     yield shape(batch.kind, index, True, chunks, problems, direct, piece_bytes)
+
+
+def counted(kind: str, contents: Iterator[bytes], most: int) -> Iterator[tuple[bytes, int]]:
+    """Each block of a file's content with the newlines it holds; a log's block of more than
+    most lines cut after every most-th (a song file's may be an array written over many lines:
+    it is not cut)."""
+    for data in contents:
+        count = newline_count(data)
+        if count <= most or kind == "song" or isinstance(data, extract.Overlong):
+            yield data, count
+            continue
+        for block in _lines(most).finditer(data):
+            yield block[0], block[0].count(b"\n")
+
+
+@functools.cache
+def _lines(most: int) -> re.Pattern[bytes]:
+    """Up to most lines, or the last line where it has no newline."""
+    return re.compile(rb"(?:[^\n]*\n){1,%d}|[^\n]+" % most)
 
 
 def read_chunk(kind: str, file: FilePart, data: bytes, first_line: int) -> Chunk | None:

@@ -995,6 +995,54 @@ def test_a_line_longer_than_a_part_comes_as_its_head_and_memory_follows_the_part
     assert all(len(part) <= 2 * (part_bytes + block) for part in parts)
 
 
+@hypothesis_settings(PROPERTY, max_examples=20)
+@given(
+    seed=st.integers(0, 2**32),
+    count=st.integers(1, 4000),
+    part_bytes=st.sampled_from([3000, 64 * 1024, 1 << 20]),
+    gzipped=st.booleans(),
+    small_files=st.integers(0, 3),
+)
+def test_a_part_of_short_lines_holds_its_share_of_lines_and_judges_each_by_number(
+    tmp_path_factory, seed, count, part_bytes, gzipped, small_files
+):
+    """Junk a character a line, or a pretty-printed array: a part holds fewer than two lines
+    for each 128 bytes of its size (what a record costs in memory follows its lines: a part ends
+    once it has one for each), and every line is still judged by its own number: the junk
+    rejected, the plays among it kept."""
+    rng, root = random.Random(seed), tmp_path_factory.mktemp("short")
+    limits = Limits(log_batch_bytes=part_bytes)
+    plays = {n for n in range(1, count + 1) if rng.random() < 0.01}
+    junk = [b"x", b"[", b"  {", b'  "a": 1,', b"}", b""]
+    content = b"".join(
+        (line(event(n)) if n in plays else rng.choice(junk)) + b"\n" for n in range(1, count + 1)
+    )
+    write(root, "log_data/short.json", gzip.compress(content) if gzipped else content)
+    for n in range(small_files):  # beside it in the batch: files of a line or two
+        write(root, f"log_data/small{n}.json", lines(*([b"x"] * (1 + n % 2))))
+    tasks = tuple(
+        FileTask(str(path.relative_to(root)), str(path), path.stat().st_size, 0, None)
+        for path in sorted((root / "log_data").iterdir())
+    )
+
+    parts = list(prepare.prepare(Batch("log", tasks), limits))
+
+    lines_read = [sum(f.records for f in part.files) for part in parts]
+    assert max(lines_read) < 2 * limits.part_lines
+    rejected = [
+        (row[0], int(row[1]))
+        for part in parts
+        for row in csv.reader(io.StringIO(part.copies["stage_rejects"].decode()))
+    ]
+    blank = {n for n in range(1, count + 1) if content.split(b"\n")[n - 1] == b""}
+    assert sorted(rejected) == sorted(
+        [("log_data/short.json", n) for n in range(1, count + 1) if n not in plays | blank]
+        + [(f"log_data/small{n}.json", k) for n in range(small_files) for k in (1, 2)[: 1 + n % 2]]
+    )
+    accepted = sum(f.accepted for part in parts for f in part.files)
+    assert accepted == len(plays)
+
+
 def test_a_line_longer_than_a_part_is_rejected_by_its_number_and_the_rest_loads(data):
     huge = b'{"junk": "' + b"x" * (3 << 20) + b'"}'
     content = lines(event(0), event(1)) + huge + b"\n" + lines(event(2))
