@@ -187,11 +187,25 @@ def per_path(table: pa.Table) -> dict[str, int]:
     return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
 
 
-@functools.lru_cache(maxsize=100_000)
+# Texts repaired once a run: titles, names and places recur from batch to batch. The cache is
+# bounded in bytes too: 8,000 titles of 30,000 characters each took a run to 1.44 GB when every
+# text was kept, 100,000 of them.
+REPAIRS_KEPT, REPAIRS_KEPT_UP_TO = 16_384, 256  # texts, characters each
+
+
 def repair_mojibake(text: str) -> str:
     """Peel off every layer of UTF-8-read-as-Latin-1 (exact, so it goes first; ftfy calls a
     lone 'Ã¥' plausible and stops a layer short), then let ftfy mend what else is broken
     (Windows-1252 mix-ups and the like)."""
+    return _repaired(text) if len(text) <= REPAIRS_KEPT_UP_TO else _repair(text)
+
+
+@functools.lru_cache(maxsize=REPAIRS_KEPT)
+def _repaired(text: str) -> str:
+    return _repair(text)
+
+
+def _repair(text: str) -> str:
     while True:
         try:
             peeled = text.encode("latin-1").decode("utf-8")
@@ -204,8 +218,7 @@ def repair_mojibake(text: str) -> str:
 
 
 def repair_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Repair the log's text; only non-ASCII values pay for it, each distinct one once (titles
-    recur from batch to batch, hence the cache on repair_mojibake)."""
+    """Repair the log's text; only non-ASCII values pay for it, each distinct one once."""
     suspect = pc.invert(pc.fill_null(pc.string_is_ascii(values), True))
     if not pc.any(suspect).as_py():
         return values
