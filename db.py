@@ -79,12 +79,15 @@ CONNECT_TIMEOUT = "10"
 # A network that drops silently (a host gone, a cable cut) leaves a connection waiting on a
 # statement until TCP gives up: two hours with the system's keepalive defaults. Probed after 30 s
 # of silence, every 10 s, three times, it is found lost in about a minute; a busy server's system
-# answers the probes all the same. The URL's own settings win; libpq ignores them on a socket.
+# answers the probes all the same. Data sent and not acknowledged for a minute (TCP's
+# retransmissions took 15 minutes) likewise. The URL's own settings win; libpq ignores them on a
+# socket. The session asks the server to probe the client the same way (sql.batch_job_settings).
 KEEPALIVES = {
     "keepalives": "1",
     "keepalives_idle": "30",
     "keepalives_interval": "10",
     "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
 }
 # The server short of disk, memory or a configured limit (temp_file_limit, max_locks_per_...):
 # a statement that fails so can succeed once there is room.

@@ -535,8 +535,11 @@ session_let_go = "SELECT pg_advisory_unlock(%(key)s), set_config('sparkify.run',
 # granted in time) ends its statement, not the session (exit_on_error). And a double it reads
 # back is the double the server holds (extra_float_digits 3, on every PostgreSQL version: at 0 and
 # below, a bulk load's song durations came back rounded, and a play would not match its song).
-# Each setting the server has (idle_session_timeout since PostgreSQL 14, transaction_timeout
-# since 17).
+# And a client gone without a word (its machine crashed, the network cut) is found within a
+# minute, as the client finds a server gone (db.KEEPALIVES): its session would otherwise hold the
+# load lock, every later run refused, until the server's keepalive defaults gave up, two hours
+# on (on a socket the server ignores them). Each setting the server has (idle_session_timeout
+# since PostgreSQL 14, transaction_timeout since 17).
 batch_job_settings = """
 SELECT set_config(s.name, v.setting, false)
 FROM (VALUES ('statement_timeout', '0'),
@@ -544,7 +547,11 @@ FROM (VALUES ('statement_timeout', '0'),
              ('idle_session_timeout', '0'),
              ('transaction_timeout', '0'),
              ('exit_on_error', 'off'),
-             ('extra_float_digits', '3')) v (name, setting)
+             ('extra_float_digits', '3'),
+             ('tcp_keepalives_idle', '30'),
+             ('tcp_keepalives_interval', '10'),
+             ('tcp_keepalives_count', '3'),
+             ('tcp_user_timeout', '60000')) v (name, setting)
 JOIN pg_settings s USING (name)"""
 
 # Triggers keep the star's row counts and check its foreign keys: in a session whose

@@ -57,10 +57,15 @@ def test_describe_rebuilds_the_url_from_what_libpq_reads_with_every_password_as_
 
 
 def keepalives(url: str | None = None) -> dict[str, str]:
-    """The TCP keepalive settings libpq connects with."""
+    """The TCP keepalive settings libpq connects with, and how long it lets data it sent go
+    unacknowledged."""
     conn = db.connect(db.Settings.from_env(url), "postgres")
     try:
-        return {k: v for k, v in conn.get_dsn_parameters().items() if k.startswith("keepalives")}
+        return {
+            k: v
+            for k, v in conn.get_dsn_parameters().items()
+            if k.startswith("keepalives") or k == "tcp_user_timeout"
+        }
     finally:
         conn.close()
 
@@ -68,18 +73,21 @@ def keepalives(url: str | None = None) -> dict[str, str]:
 def test_a_connection_hears_of_a_silent_network_drop_within_a_minute_unless_the_url_says():
     # A host gone or a cable cut, nothing sent back: a run waiting on a statement heard of it
     # only when TCP gave up, two hours later with the system's keepalive defaults. Probed after
-    # 30 s of silence, every 10 s, three times: about a minute.
+    # 30 s of silence, every 10 s, three times: about a minute; data sent and not acknowledged
+    # for a minute, likewise (TCP's retransmissions took 15 minutes).
     assert keepalives() == {
         "keepalives": "1",
         "keepalives_idle": "30",
         "keepalives_interval": "10",
         "keepalives_count": "3",
+        "tcp_user_timeout": "60000",
     }
     assert keepalives(embedded_url() + "&keepalives_idle=5&keepalives=0") == {
         "keepalives": "0",
         "keepalives_idle": "5",
         "keepalives_interval": "10",
         "keepalives_count": "3",
+        "tcp_user_timeout": "60000",
     }
 
 
@@ -437,6 +445,25 @@ def ssl_server():
 
 
 ENCRYPTED = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def test_a_load_session_has_the_server_hear_of_a_client_gone_silent_within_a_minute(ssl_server):
+    """A client machine that dies without a word (a crash, a cable cut) left its session holding
+    the load lock, every later run refused, until the server's keepalives gave up: over two
+    hours with the system's defaults. The server probes it as the client probes the server."""
+    conn = db.connect(db.Settings.from_env(f"{ssl_server}?sslmode=disable"))
+    try:
+        db.as_a_batch_job(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT name, setting FROM pg_settings WHERE name LIKE 'tcp%'")
+            assert dict(cur.fetchall()) == {
+                "tcp_keepalives_idle": "30",
+                "tcp_keepalives_interval": "10",
+                "tcp_keepalives_count": "3",
+                "tcp_user_timeout": "60000",
+            }
+    finally:
+        conn.close()
 
 
 def test_db_psql_opens_an_encrypted_connection_with_the_psql_on_path(ssl_server):
