@@ -116,8 +116,9 @@ def run_command(
     try:
         with printed_exceptions_dropped():
             return action()
-    except UserError as exc:
-        message, code = f"error: {exc}", exc.exit_code
+    except UserError as exc:  # and what was done about it (its notes)
+        message = "; ".join([f"error: {exc}", *getattr(exc, "__notes__", ())])
+        code = exc.exit_code
     except KeyboardInterrupt:
         message, code = f"error: {INTERRUPTED}", EXIT_INTERRUPTED
     except BrokenPipeError:

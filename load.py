@@ -68,14 +68,23 @@ def failure_recorded(conn, start: RunStart):
     lost."""
     try:
         yield
-    except Exception:
-        try:
+    except Exception as exc:
+        try:  # each on its own: a full disk may refuse the keys and not the record
             conn.rollback()
-            build_keys(conn, start.server)
             with db.managed_cursor(conn) as cur:
                 cur.execute(sql.run_stopped, {"run_id": start.run_id})
         except psycopg2.Error:
             pass  # the connection is gone: the error that ended the run says so
+        try:
+            built = build_keys(conn, start.server)
+        except psycopg2.Error:
+            pass
+        else:
+            for key, why in built.failed.items():
+                exc.add_note(
+                    f"the keys of songplays and time stay missing ({key}: {why}): the next run "
+                    "builds them first"
+                )
         raise
 
 
@@ -479,14 +488,15 @@ def _analyze(conn, server: Server) -> None:
     """Statistics for the tables the keys' build filled, in a transaction of its own: on Citus,
     once time's key is built on the coordinator's copy of the reference table, analyzing every
     copy of it is refused in the same transaction. A session holding the tables past the lock
-    timeout leaves them to autovacuum: the keys are built all the same."""
+    timeout, or a server short of room (a full disk), leaves them to autovacuum: the keys are
+    built all the same."""
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
             for query in server.keys_setup:
                 cur.execute(query)
             cur.execute(sql.analyze_after_bulk_load)
-    except psycopg2.errors.LockNotAvailable:
+    except (psycopg2.errors.LockNotAvailable, *db.SHORT_OF_RESOURCES):
         return
 
 

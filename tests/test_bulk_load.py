@@ -381,6 +381,53 @@ def test_a_disk_full_while_the_keys_are_built_leaves_them_for_the_next_run_namin
     assert schema_objects() == created
 
 
+DISK_FULL = (
+    "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100'"
+)
+
+
+def test_a_disk_full_mid_load_fails_the_run_as_failed_naming_the_keys_it_left_missing(data):
+    """The disk fills while a bulk load writes its plays, and stays full while the failed run
+    builds the keys back and analyzes (triggers and an index say so as the server would): the
+    run is recorded failed, its one line says the keys stay missing and why, and once there is
+    room the next run builds them and loads."""
+    created = schema_objects()
+    query(
+        "CREATE FUNCTION test_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"{DISK_FULL}; END $$; CREATE TRIGGER test_full BEFORE INSERT ON songplays "
+        "FOR EACH STATEMENT EXECUTE FUNCTION test_full(); "
+        "CREATE FUNCTION test_full_analyze(integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE "
+        "AS $$ BEGIN IF current_query() ~ '^[[:space:]]*ANALYZE' THEN "
+        f"{DISK_FULL}; END IF; RETURN $1; END $$; "
+        "CREATE INDEX test_full_analyze ON users (test_full_analyze(user_id)); "
+        "INSERT INTO users (user_id, level) VALUES (424242, 'free') RETURNING 1"  # one to sample
+    )
+    query(  # last: its test reads the whole text of each statement after it
+        "CREATE FUNCTION test_full_keys() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF current_query() LIKE '%ADD CONSTRAINT songplays_pkey%' THEN {DISK_FULL}; END IF; "
+        "END $$; CREATE EVENT TRIGGER test_full_keys ON ddl_command_end "
+        "EXECUTE FUNCTION test_full_keys(); SELECT 1"
+    )
+    try:
+        done = etl(data, exit_code=EXIT_ENVIRONMENT)
+        assert one_error_line(done) == (
+            "error: the database refused: could not extend file: No space left on device; the "
+            "keys of songplays and time stay missing (songplays_pkey: could not extend file: No "
+            "space left on device): the next run builds them first"
+        )
+        assert query("SELECT status FROM load_runs ORDER BY run_id DESC LIMIT 1") == [("failed",)]
+    finally:
+        query(
+            "DROP TRIGGER test_full ON songplays; DROP EVENT TRIGGER test_full_keys; "
+            "DROP INDEX test_full_analyze; DELETE FROM users WHERE user_id = 424242; SELECT 1"
+        )
+    summary = parse_summary(etl(data).stdout)
+    assert summary.found_missing == ALL_SET_ASIDE
+    assert counts() == BASE
+    assert summary.checks == CHECKS_PASSED
+    assert schema_objects() == created
+
+
 def test_a_session_holding_users_past_the_lock_timeout_leaves_their_statistics_not_the_keys(data):
     """A session that keeps users from being analyzed (its open transaction holds a lock ANALYZE
     waits for) does not stop the keys found missing from being built: after the lock timeout the
