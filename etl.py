@@ -262,9 +262,21 @@ class Preparer:
         jobs = min(jobs, len(self.logs))
         if jobs <= 0:
             return
+        try:
+            self._start_workers(jobs)
+        except OSError as exc:  # /dev/shm full or read-only (the queues' semaphores), no process
+            self.close()
+            self.workers, self.outboxes, self.handovers, self.closed = [], [], [], False
+            print(
+                f"note: the parse workers could not start ({exc.strerror or exc}): the logs are "
+                "parsed in this process, as with --jobs 0",
+                file=sys.stderr,
+            )
+
+    def _start_workers(self, jobs: int) -> None:
         context = multiprocessing.get_context("spawn")
-        logs = [batches[n] for n in self.logs]
-        readers = []
+        logs = [self.batches[n] for n in self.logs]
+        limits, readers = self.limits, []
         for k in range(jobs):
             self.outboxes.append(context.Queue(maxsize=1))
             reader, writer = context.Pipe(duplex=False)
@@ -340,8 +352,9 @@ class Preparer:
     def close(self) -> None:
         self.closed = True
         for worker in self.workers:
-            worker.kill()
-            worker.join()
+            if worker.pid is not None:  # started
+                worker.kill()
+                worker.join()
         for sending in self.sending:  # sent, or failed on the pipe of a worker now gone
             sending.exception()
         for writer in self.handovers:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from builders import (
+    BASE,
     base_sample,
     connection_error,
     embedded_socket_dir,
@@ -24,7 +26,7 @@ from builders import (
     etl,
     one_error_line,
 )
-from conftest import PROJECT, drop_tables, query, run_script
+from conftest import PROJECT, counts, drop_tables, query, run_script
 
 import db
 import embedded
@@ -180,6 +182,30 @@ def test_a_connection_lost_in_the_middle_of_a_copy_ends_in_one_line_showing_no_r
     err = capsys.readouterr().err
     assert err.startswith("error: the connection to ") and err.count("\n") == 1, err
     assert "name and town" not in err
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare: the run gets a read-only /dev/shm of its own",
+)
+def test_a_run_whose_parse_workers_cannot_start_parses_the_logs_itself_and_says_so(data):
+    """The workers' queues need named semaphores in /dev/shm: one full or read-only (a
+    container's 64 MB, say) stopped the run with a traceback."""
+    read_only_shm = 'mount -t tmpfs -o ro,size=4k tmpfs /dev/shm && exec "$0" "$@"'
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", read_only_shm, sys.executable, "etl.py"]
+        + ["--data", str(data), "--jobs", "1", "--no-progress"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (done.returncode, done.stderr) == (
+        EXIT_OK,
+        "note: the parse workers could not start (Read-only file system): the logs are parsed "
+        "in this process, as with --jobs 0\n",
+    )
+    assert counts() == BASE
 
 
 def test_a_server_that_accepts_and_never_answers_is_given_up_on_with_one_line():
