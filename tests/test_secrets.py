@@ -238,9 +238,17 @@ def test_a_well_formed_string_shows_its_target_the_same_whatever_the_password(pa
     assert url_printed == f"{form.shown}\n"
     for _, out, err in outputs[:2]:
         assert out == ""
-        assert not shows(err, password)
+        assert not shows(outside(err, settings.public), password)
         if not shows(message, password):
             assert err == message
+
+
+def outside(text: str, public: frozenset[str]) -> str:
+    """The text without the names it shows of the settings (where a password that is part of
+    one is left be)."""
+    for name in sorted(public, key=len, reverse=True):
+        text = text.replace(name, "")
+    return text
 
 
 # Passwords of words no output holds by chance (W1234z) between the characters that give a
