@@ -44,7 +44,7 @@ class Limits:
 
 
 # A part of a log holds at most one line for each LINE_BYTES_LEAST bytes of its size (real log
-# lines are 250 to 400 bytes): 16 MB of one-character lines, 8 million rejects, took a run to
+# lines are 250 to 470 bytes): 16 MB of one-character lines, 8 million rejects, took a run to
 # 5.8 GB; with --batch-mb 1, 650 MB.
 LINE_BYTES_LEAST = 128
 
