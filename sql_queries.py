@@ -1029,7 +1029,9 @@ after_plays_gone_citus = [
 
 # Each play resolved in one join on (title, artist name, duration); counts per file come back.
 # A play whose key is loaded already is skipped (fewer inserted than staged: the copies are then
-# settled, settle_queries).
+# settled, settle_queries). songplay_ids go in key order, copies of a play in their files' order,
+# as a bulk load and Citus number them: the join's own order follows the staging table's pages,
+# where a row may fill the space of one deleted before.
 songplays_insert = f"""
 WITH song_keys AS ({_song_keys}
 ), inserted AS (
@@ -1043,6 +1045,7 @@ WITH song_keys AS ({_song_keys}
     JOIN load_manifest m ON m.path = p.path
     LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
                          AND k.duration = p.song_length
+    ORDER BY p.user_id, p.session_id, p.item_in_session, string_to_array(p.path, '/') COLLATE "C"
     ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING
     RETURNING file_id
 )
