@@ -1042,10 +1042,10 @@ WITH song_keys AS ({_song_keys}
            k.artist_id, p.session_id, p.item_in_session, p.location, p.user_agent,
            p.song_title, p.artist_name, p.song_length, m.file_id
     FROM stage_plays p
-    JOIN load_manifest m ON m.path = p.path
+    JOIN load_manifest m USING (path)
     LEFT JOIN song_keys k ON k.title = p.song_title AND k.artist_name = p.artist_name
                          AND k.duration = p.song_length
-    ORDER BY p.user_id, p.session_id, p.item_in_session, string_to_array(p.path, '/') COLLATE "C"
+    ORDER BY p.user_id, p.session_id, p.item_in_session, {FILE_ORDER}
     ON CONFLICT (user_id, session_id, item_in_session) DO NOTHING
     RETURNING file_id
 )
