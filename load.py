@@ -211,9 +211,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
     inserted, settled = {}, False
     if part.kind == "song":
         _write_manifest(cur, params)
-        cur.execute(sql.artists_upsert)
-        cur.execute(sql.songs_upsert)
-        cur.execute(sql.songplays_resolve_songs)
+        _merge_songs(cur)
     else:
         # Only a changed file can have plays loaded already; new files have none to take back.
         # Where another file holds a copy of a play taken back, the best copy takes its place.
@@ -358,6 +356,19 @@ CITUS = Server(
     bulk_loads=False,
     checks_per_file=False,
 )
+
+
+def _merge_songs(cur) -> None:
+    """The staged songs into songs and artists; the plays follow their songs. An artist a song
+    moved away from takes its values from its songs left, or goes with its last song."""
+    cur.execute(sql.artists_losing_songs)
+    losing = [row[0] for row in cur.fetchall()]
+    cur.execute(sql.artists_upsert)
+    cur.execute(sql.songs_upsert)
+    cur.execute(sql.songplays_resolve_songs)
+    if losing:
+        cur.execute(sql.artists_from_songs_left, {"artists": losing})
+        cur.execute(sql.artists_delete_songless, {"artists": losing})
 
 
 def _settle(cur) -> list[Moved]:

@@ -12,7 +12,12 @@ CREATE TABLE songs (
     artist_id   text NOT NULL REFERENCES artists (artist_id),
     year        integer CHECK (year > 0),
     duration    numeric NOT NULL,
-    artist_name text NOT NULL
+    -- the artist as this song's own file gives it: plays match its name, and an artist takes
+    -- the name and place of its smallest song
+    artist_name      text NOT NULL,
+    artist_location  text,
+    artist_latitude  double precision,
+    artist_longitude double precision
 )"""
 
 artists_table_create = """
@@ -813,16 +818,47 @@ WHERE (artists.name, artists.location, artists.latitude, artists.longitude) IS D
       (EXCLUDED.name, EXCLUDED.location, EXCLUDED.latitude, EXCLUDED.longitude)"""
 
 songs_upsert = f"""
-INSERT INTO songs (song_id, title, artist_id, year, duration, artist_name)
-SELECT song_id, title, artist_id, year, duration, artist_name
+INSERT INTO songs (song_id, title, artist_id, year, duration,
+                   artist_name, artist_location, artist_latitude, artist_longitude)
+SELECT song_id, title, artist_id, year, duration,
+       artist_name, artist_location, artist_latitude, artist_longitude
 FROM ({_staged_songs}) staged
 ON CONFLICT (song_id) DO UPDATE SET
     title = EXCLUDED.title, artist_id = EXCLUDED.artist_id,
-    year = EXCLUDED.year, duration = EXCLUDED.duration, artist_name = EXCLUDED.artist_name
-WHERE (songs.title, songs.artist_id, songs.year, songs.duration, songs.artist_name)
+    year = EXCLUDED.year, duration = EXCLUDED.duration, artist_name = EXCLUDED.artist_name,
+    artist_location = EXCLUDED.artist_location, artist_latitude = EXCLUDED.artist_latitude,
+    artist_longitude = EXCLUDED.artist_longitude
+WHERE (songs.title, songs.artist_id, songs.year, songs.duration, songs.artist_name,
+       songs.artist_location, songs.artist_latitude, songs.artist_longitude)
       IS DISTINCT FROM
       (EXCLUDED.title, EXCLUDED.artist_id, EXCLUDED.year, EXCLUDED.duration,
-       EXCLUDED.artist_name)"""
+       EXCLUDED.artist_name, EXCLUDED.artist_location, EXCLUDED.artist_latitude,
+       EXCLUDED.artist_longitude)"""
+
+# A song file may give a song to another artist_id. The artists the batch takes songs from are
+# found before the songs change; once the plays follow their songs (songplays_resolve_songs),
+# each takes the name and place of its smallest song left, and one left with no song goes, as a
+# fresh load of the files would never have made it. (On Citus, songs written first keep the
+# plays' shards to one connection each in the transaction: the artists can be written after.)
+artists_losing_songs = f"""
+SELECT DISTINCT songs.artist_id
+FROM songs JOIN ({_staged_songs}) staged USING (song_id)
+WHERE songs.artist_id <> staged.artist_id"""
+
+artists_from_songs_left = f"""
+UPDATE artists a
+SET name = s.artist_name, location = s.artist_location,
+    latitude = s.artist_latitude, longitude = s.artist_longitude
+FROM (SELECT DISTINCT ON (artist_id) * FROM songs
+      WHERE artist_id = ANY (%(artists)s) ORDER BY artist_id, {SONG_ORDER}) s
+WHERE a.artist_id = s.artist_id
+  AND (a.name, a.location, a.latitude, a.longitude) IS DISTINCT FROM
+      (s.artist_name, s.artist_location, s.artist_latitude, s.artist_longitude)"""
+
+artists_delete_songless = """
+DELETE FROM artists a
+WHERE a.artist_id = ANY (%(artists)s)
+  AND NOT EXISTS (SELECT 1 FROM songs s WHERE s.artist_id = a.artist_id)"""
 
 # A play's song: the smallest song_id of its title, artist name and duration, the artist's name as
 # the song's own file gives it (an artist's songs may name it in several ways: "Blue Rain",

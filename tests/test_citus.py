@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -486,6 +487,31 @@ def test_citus_songs_arriving_after_their_plays_resolve_them_as_plain_postgresql
     assert parse_summary(done.stdout).resolved == (5965, 17071, 5965)
     with using_database(cluster.url):
         assert table_contents() == sample_plain
+
+
+def test_citus_songs_moved_to_other_artists_leave_the_artists_plain_postgresql_loads_fresh(
+    cluster, tmp_path
+):
+    """The sample loaded on Citus, then 40 of its song files corrected to another artist_id: the
+    artists that lost their smallest song take their next one's values, those that lost their
+    last song go, and the plays follow their songs, on the reference tables after the plays'
+    shards were written, as plain PostgreSQL's fresh load of the corrected files gives."""
+    data = copy_of(SAMPLE, tmp_path)
+    fresh_load(cluster.url, data)
+    files = sorted(data.glob("song_data/**/*.json"))
+    records = {path: json.loads(path.read_text()) for path in files}
+    artist_ids = sorted({record["artist_id"] for record in records.values()})
+    before = {record["song_id"]: record["artist_id"] for record in records.values()}
+    for path in random.Random(7).sample(files, 40):
+        records[path]["artist_id"] = random.Random(path.name).choice(artist_ids)
+        path.write_text(json.dumps(records[path]))
+    after = {record["song_id"]: record["artist_id"] for record in records.values()}
+    assert {"its last song", "its smallest"} <= sequences.artist_moves(before, after)
+    done = etl(cluster.url, data)
+    assert parse_summary(done.stdout).checks == CHECKS_PASSED
+    with using_database(cluster.url):
+        moved = table_contents()
+    assert moved == fresh_load(plain_url(), data)[0]
 
 
 # ================================================================ kills and concurrent runs

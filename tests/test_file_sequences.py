@@ -123,11 +123,12 @@ SONG_CHANGES = {
     "year": [1999, 2001, 0],
     "artist_name": ["Band A", "Band B", "Band C"],
     "artist_location": ["", "Paris"],
+    "artist_id": [*ARTISTS, "ARSEQ00000000003"],  # the song moves to another artist, or stays
 }
 
 
 def changed_song(rng: random.Random, record: dict) -> dict:
-    """The song with one value changed (its song_id and artist_id stay)."""
+    """The song with one value changed (its song_id stays)."""
     field = rng.choice(list(SONG_CHANGES))
     return {**record, field: rng.choice(SONG_CHANGES[field])}
 
@@ -166,6 +167,28 @@ class Folder:
 
     def was_loaded(self) -> None:
         self.loaded |= {path: list(self.version_kept(path)) for path in [*self.logs, *self.songs]}
+
+
+def artist_of_songs(folder: Folder) -> dict[str, str]:
+    """Each song_id's artist_id in the star once the folder is loaded."""
+    return {
+        record["song_id"]: record["artist_id"]
+        for path in [*folder.songs, *folder.deleted]
+        if path.startswith("song_data/")
+        for record in folder.version_kept(path)
+        if usable([record])
+    }
+
+
+def artist_moves(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    """What each song that moved to another artist_id was to the artist it left."""
+    moves = set()
+    for song_id, artist_id in before.items():
+        if after.get(song_id, artist_id) != artist_id:
+            left = [s for s, a in after.items() if a == artist_id]
+            smallest = song_id == min(s for s, a in before.items() if a == artist_id)
+            moves.add("its last song" if not left else f"{'' if smallest else 'not '}its smallest")
+    return moves
 
 
 def garbage(n: int) -> dict:
@@ -386,7 +409,7 @@ def differences(incremental: dict, fresh: dict) -> str:
 
 # The first 16 seeds, and 82: the first to empty a file whose loaded version held no record
 # that is not rejected (test_the_generated_sequences_hold_every_kind_of_operation).
-SEEDS, STEPS = [*range(16), 82], 10
+SEEDS, STEPS = [*range(16), 82, 2016], 10
 
 
 def sequence(seed: int) -> tuple[random.Random, Folder, list]:
@@ -426,17 +449,21 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
     """The seeds above, together, add, copy, repeat part of, shrink, grow, edit, empty, garble
     and delete log files, and add, change, empty, garble and delete song files; they garble and
     empty a log file whose
-    loaded version holds a record not rejected, and one whose loaded version holds none (a
-    change of SEEDS or STEPS must keep it so)."""
-    done, unusable_of = set(), set()
+    loaded version holds a record not rejected, and one whose loaded version holds none; they
+    move a song to another artist that was its artist's last song, its smallest of several, and
+    neither (a change of SEEDS or STEPS must keep it so)."""
+    done, unusable_of, moves = set(), set(), set()
     for seed in SEEDS:
         operations, folder, _ = sequence(seed)
         for _ in range(STEPS):
+            artists_before = artist_of_songs(folder)
             which, what = operate(operations, folder)
             done.add(which)
             if which in ("garble", "empty"):
                 path = what.removeprefix(f"{which} ")
                 unusable_of.add((which, usable(folder.loaded[path])))
             folder.was_loaded()
+            moves |= artist_moves(artists_before, artist_of_songs(folder))
     assert done == set(OPERATIONS)
     assert unusable_of == {("garble", True), ("garble", False), ("empty", True), ("empty", False)}
+    assert moves == {"its last song", "its smallest", "not its smallest"}

@@ -616,6 +616,48 @@ def test_an_artist_takes_its_values_from_its_smallest_song_as_songs_leave_it(
     assert table_contents() == fresh_load_of(data)
 
 
+def test_an_artist_a_song_moves_away_from_takes_its_next_songs_values_or_goes_with_its_last(
+    fresh_tables, tmp_path
+):
+    """The catalogue corrects two songs' artist_id: the artist that loses its smallest song takes
+    the name and place of its smallest song left, the one that loses its only song goes, and the
+    plays follow their songs, as a fresh load of the corrected files gives."""
+    data = base_sample(tmp_path / "data")
+    kept, emptied, taker = "ARZZZZZ1187B900001", "ARZZZZZ1187B900002", "ARZZZZZ1187B900003"
+
+    def record(n: int, artist_id: str, name: str) -> bytes:
+        place = f"Place of {n}"
+        return line(song(n, artist_id=artist_id, artist_name=name, artist_location=place))
+
+    write(data, "song_data/A/1.json", record(1, kept, "Kept"))
+    write(data, "song_data/A/2.json", record(2, kept, "Kept Too"))
+    write(data, "song_data/B/3.json", record(3, emptied, "Emptied"))
+    plays = [
+        event(900 + n, song=song(n)["title"], artist=name, length=song(n)["duration"])
+        for n, name in [(1, "Kept"), (3, "Emptied")]
+    ]
+    write(data, "log_data/moves.json", lines(*plays))
+    etl(data)
+    artists = "SELECT artist_id, name, location FROM artists WHERE artist_id LIKE 'ARZZZZZ1187B9%'"
+    followed = "SELECT song_id, artist_id FROM songplays WHERE item_in_session >= 900 ORDER BY 1"
+    assert sorted(query(artists)) == [
+        (kept, "Kept", "Place of 1"),
+        (emptied, "Emptied", "Place of 3"),
+    ]
+    assert query(followed) == [(song(1)["song_id"], kept), (song(3)["song_id"], emptied)]
+
+    write(data, "song_data/A/1.json", record(1, taker, "Kept"))
+    write(data, "song_data/B/3.json", record(3, taker, "Emptied"))
+    summary = parse_summary(etl(data).stdout)
+    assert sorted(query(artists)) == [
+        (kept, "Kept Too", "Place of 2"),
+        (taker, "Kept", "Place of 1"),
+    ]
+    assert query(followed) == [(song(1)["song_id"], taker), (song(3)["song_id"], taker)]
+    assert summary.checks == CHECKS_PASSED
+    assert table_contents() == fresh_load_of(data)
+
+
 @hypothesis_settings(PROPERTY, max_examples=30)
 @given(
     sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12),
