@@ -239,29 +239,34 @@ class Report:
         out += self._set_aside_lines()
         if t.rejected:
             out.append(
-                f"  rejected: {t.rejected - t.file_problems} records and "
-                f"{t.file_problems} whole files, kept in table load_rejects "
-                f"(run_id = {self.run_id}):"
+                f"  rejected: {_records_and_files(t.rejected - t.file_problems, t.file_problems)}, "
+                f"kept in table load_rejects (run_id = {self.run_id}):"
             )
             out += _example_lines(data_dir, self.examples)
         if self.earlier.records or self.earlier.files:
             runs = ", ".join(map(str, self.earlier.runs))
             out.append(
                 f"  rejected by earlier runs that stopped before their report (run_id {runs}): "
-                f"{self.earlier.records} records and {self.earlier.files} whole files, kept in "
-                "table load_rejects:"
+                f"{_records_and_files(self.earlier.records, self.earlier.files)}, kept in table "
+                "load_rejects:"
             )
             out += _example_lines(data_dir, self.earlier.examples)
         if self.ignored:
-            out.append(
-                f"  ignored: {len(self.ignored)} entries that are not data files "
-                f"(only {DATA_FILES}, are read):"
+            entries = _many(
+                len(self.ignored),
+                "entry that is not a data file",
+                "entries that are not data files",
             )
+            out.append(f"  ignored: {entries} (only {DATA_FILES}, are read):")
             out += [f"    {path}" for path in self.ignored[:IGNORED_EXAMPLES]]
         if self.gone:
             out.append(
-                f"  gone: {len(self.gone)} files loaded before are no longer there; "
-                "what they loaded stays:"
+                "  gone: "
+                + _many(
+                    len(self.gone),
+                    "file loaded before is no longer there; what it loaded stays:",
+                    "files loaded before are no longer there; what they loaded stays:",
+                )
             )
             out += [f"    {path}" for path in self.gone[:GONE_EXAMPLES]]
         if self.checks is None:
@@ -271,7 +276,7 @@ class Report:
             out.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} failed")
             out += [
                 f"    [{'FAIL' if bad else 'pass'}] {name}"
-                + (f" ({bad} rows)" if bad else "")
+                + (f" ({_many(bad, 'row', 'rows')})" if bad else "")
                 + (f": {self.checked[name]}" if name in self.checked else "")
                 for name, bad in self.checks.items()
             ]
@@ -310,6 +315,15 @@ def _where(data_dir: str, path: str) -> str:
     """A file's manifest path as the summary shows it: under the data folder, or an object's
     URL as it is."""
     return path if "://" in path else f"{data_dir}/{path}"
+
+
+def _many(n: int, one: str, several: str) -> str:
+    """n and what it counts, in the singular for one."""
+    return f"{n} {one if n == 1 else several}"
+
+
+def _records_and_files(records: int, files: int) -> str:
+    return f"{_many(records, 'record', 'records')} and {_many(files, 'whole file', 'whole files')}"
 
 
 def _named(names: list[str]) -> str:

@@ -8,7 +8,7 @@ from summary import Counts, summary_of
 
 import sql_queries
 from cli import EXIT_FAILED, EXIT_OK
-from report import Report, Tally
+from report import Earlier, Report, Tally
 
 TALLY = {  # the songs do not reconcile: 8 read, 5 + 2 accounted for
     "song": Counts(records=8, loaded=5, rejected=2),
@@ -100,3 +100,26 @@ def test_the_summary_states_the_reports_numbers_and_a_negative_delta_as_such():
         "  rows written: songplays -3 (= 7), users +0 (= 10), songs +0 (= 10), "
         "artists +0 (= 10), time +0 (= 10)"
     )
+
+
+def test_the_summary_counts_one_of_a_thing_in_the_singular():
+    counts = {"song": Counts(0, 0)._asdict(), "log": Counts(1, 0, rejected=1)._asdict()}
+    one = {
+        "tally": Tally(files={"song": {}, "log": {"new": 1}}, counts=counts, file_problems=1),
+        "checks": {name: int(n == 1) for n, name in enumerate(sql_queries.CHECKS)},
+        "examples": [],
+        "ignored": ["/data/log_data/notes.txt"],
+        "gone": ["log_data/old.json"],
+        "earlier": Earlier(runs=[7], records=1, files=0, examples=[]),
+    }
+    lines = report(**one).lines()
+    check = list(sql_queries.CHECKS)[1]
+    assert [line for line in lines if line.startswith(("  rejected", "  ignored", "  gone"))] == [
+        "  rejected: 1 record and 1 whole file, kept in table load_rejects (run_id = 12):",
+        "  rejected by earlier runs that stopped before their report (run_id 7): 1 record and "
+        "0 whole files, kept in table load_rejects:",
+        "  ignored: 1 entry that is not a data file (only *.json, *.ndjson and *.jsonl files, "
+        "gzipped or not, are read):",
+        "  gone: 1 file loaded before is no longer there; what it loaded stays:",
+    ]
+    assert f"    [FAIL] {check} (1 row)" in [line.split(":")[0] for line in lines]
