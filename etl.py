@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -256,7 +257,7 @@ class Preparer:
         # The log batches' numbers: the k-th of them goes to worker k % jobs, and there are no
         # more workers than log batches.
         self.logs = [n for n, batch in enumerate(batches) if batch.kind == "log"]
-        self.workers, self.outboxes, self.handovers = [], [], []
+        self.workers, self.inboxes, self.handovers = [], [], []
         self.sending: list[concurrent.futures.Future] = []  # the hand-over, on its way to each
         self.closed = False  # the workers killed: nothing more comes from them
         jobs = min(jobs, len(self.logs))
@@ -264,9 +265,9 @@ class Preparer:
             return
         try:
             self._start_workers(jobs)
-        except OSError as exc:  # /dev/shm full or read-only (the queues' semaphores), no process
+        except OSError as exc:  # no process or pipe to be had: the system's limits reached
             self.close()
-            self.workers, self.outboxes, self.handovers, self.closed = [], [], [], False
+            self.workers, self.inboxes, self.handovers, self.closed = [], [], [], False
             print(
                 f"note: the parse workers could not start ({exc.strerror or exc}): the logs are "
                 "parsed in this process, as with --jobs 0",
@@ -274,29 +275,33 @@ class Preparer:
             )
 
     def _start_workers(self, jobs: int) -> None:
+        """Each worker gets two pipes: the hand-over comes down one, its parts up the other.
+        The worker's ends are closed here once it started (or could not): a worker that dies,
+        even halfway through writing a part, ends its pipes, and nothing waits for it forever."""
         context = multiprocessing.get_context("spawn")
         logs = [self.batches[n] for n in self.logs]
-        limits, readers = self.limits, []
-        for k in range(jobs):
-            self.outboxes.append(context.Queue(maxsize=1))
-            reader, writer = context.Pipe(duplex=False)
-            readers.append(reader)
-            self.handovers.append(writer)
-            args = (logs, k, jobs, limits, self.outboxes[k], reader)
-            self.workers.append(
-                context.Process(
-                    target=_worker, name="parse worker", daemon=True, args=(*args, os.getpid())
-                )
-            )
+        theirs = []
         # The workers start with Ctrl-C blocked, and keep it so: it is etl.py's to report, in
         # one line, and they die with it. Here it waits until they are started.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            for worker, reader in zip(self.workers, readers):
+            for k in range(jobs):
+                inbox, outbox = context.Pipe(duplex=False)
+                self.inboxes.append(inbox)
+                theirs.append(outbox)
+                reader, writer = context.Pipe(duplex=False)
+                self.handovers.append(writer)
+                theirs.append(reader)
+                args = (logs, k, jobs, self.limits, outbox, reader, os.getpid())
+                worker = context.Process(
+                    target=_worker, name="parse worker", daemon=True, args=args
+                )
+                self.workers.append(worker)
                 worker.start()
-                reader.close()  # the worker's end only: a send to a worker that died fails
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            for end in theirs:
+                end.close()
 
     def hand_over(self, handed: HandOver) -> None:
         """In a bulk load, the song keys as the database has them once the run's song files are
@@ -318,7 +323,7 @@ class Preparer:
             take = self.song_part
         elif self.workers:
             k = self.logs.index(number) % len(self.workers)
-            take = functools.partial(_receive, self.outboxes[k], self.workers[k])
+            take = functools.partial(_receive_from, self.inboxes[k], self.workers[k])
         else:
             yield from self.here(self.batches[number])
             return
@@ -357,8 +362,8 @@ class Preparer:
                 worker.join()
         for sending in self.sending:  # sent, or failed on the pipe of a worker now gone
             sending.exception()
-        for writer in self.handovers:
-            writer.close()
+        for end in [*self.handovers, *self.inboxes]:
+            end.close()
 
 
 def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:
@@ -385,7 +390,8 @@ def _worker(batches, k: int, jobs: int, limits: Limits, outbox, handover, parent
         for batch in batches[k::jobs]:  # the n-th batch handed out is worker n % jobs's
             yield from prepare_module().prepare(batch, limits, written)
 
-    _send_parts(parts(), functools.partial(_put, outbox, lambda: False))  # it is killed instead
+    with _sending(outbox) as send:
+        _send_parts(parts(), send)
 
 
 def _send_parts(parts: Iterator[Part], put: Callable[[object], bool]) -> None:
@@ -396,9 +402,36 @@ def _send_parts(parts: Iterator[Part], put: Callable[[object], bool]) -> None:
             if not put(part):
                 return
     except cli.UserError as exc:  # an object store that stops answering, say
-        put(WorkerFailed(traceback.format_exc(), exc))
+        failed = WorkerFailed(traceback.format_exc(), exc)
+    except MemoryError as exc:  # put once what the parts held is let go with exc
+        failed = WorkerFailed(traceback.format_exc(), out_of_memory(exc, "reading the files"))
     except BaseException:
-        put(WorkerFailed(traceback.format_exc()))
+        failed = WorkerFailed(traceback.format_exc())
+    else:
+        return
+    put(failed)
+
+
+@contextlib.contextmanager
+def _sending(outbox) -> Generator[Callable[[object], bool], None, None]:
+    """A worker's send(item): the item written into the pipe by a thread, so that the worker
+    prepares the next part while etl.py loads the one before and has yet to read this one (at
+    most one part on its way). Its end waits until the last item is written."""
+    free, items = threading.Semaphore(1), queue.SimpleQueue()
+
+    def write_each() -> None:
+        while True:
+            outbox.send(items.get())
+            free.release()
+
+    def send(item) -> bool:
+        free.acquire()
+        items.put(item)
+        return True
+
+    threading.Thread(target=write_each, daemon=True).start()
+    yield send
+    free.acquire()
 
 
 def _put(outbox, closed: Callable[[], bool], item) -> bool:
@@ -418,21 +451,50 @@ class WorkerFailed:
     error: cli.UserError | None = None  # raised again as it is: one line, its exit code
 
 
-def _receive(outbox, worker) -> Part:
-    while True:
-        alive = worker.is_alive()  # before waiting: what it put before it ended is taken first
-        try:
-            item = outbox.get(timeout=1)
-        except queue.Empty:
-            if not alive:  # a process killed: a thread puts its failure first
-                code = getattr(worker, "exitcode", None)
-                raise RuntimeError(f"the {worker.name} died (exit code {code})") from None
-            continue
-        if isinstance(item, WorkerFailed) and item.error:
-            raise item.error
-        if isinstance(item, WorkerFailed):
-            raise RuntimeError(f"the {worker.name} failed:\n{item.traceback}")
-        return item
+def _receive(outbox: queue.Queue, thread: threading.Thread) -> Part:
+    """The thread's next part, or its failure raised."""
+    return _part_of(outbox.get(), thread.name)
+
+
+def _receive_from(inbox, worker: multiprocessing.Process) -> Part:
+    """The worker's next part, or its failure raised; or, when the pipe ends before a whole
+    part came (the worker killed), how it ended."""
+    try:
+        item = inbox.recv()
+    except (EOFError, OSError):  # OSError: "got end of file during message"
+        worker.join()
+        raise worker_gone(worker.name, worker.exitcode) from None
+    return _part_of(item, worker.name)
+
+
+def _part_of(item: Part | WorkerFailed, name: str) -> Part:
+    if isinstance(item, WorkerFailed) and item.error:
+        raise item.error
+    if isinstance(item, WorkerFailed):
+        raise RuntimeError(f"the {name} failed:\n{item.traceback}")
+    return item
+
+
+# What a run that ran out of memory (or lost a worker, as the kernel's out-of-memory killer
+# kills one) leaves, and how to go on.
+GO_ON = (
+    "what each batch committed before stays; run again to go on, with a smaller --batch-mb if "
+    "memory is short (memory follows it)"
+)
+
+
+def out_of_memory(exc: MemoryError, doing: str) -> cli.UserError:
+    return cli.UserError(f"out of memory {doing} ({cli.first_line(exc)}): {GO_ON}")
+
+
+def worker_gone(name: str, exit_code: int | None) -> cli.UserError:
+    """A worker that ended without a word: killed by a signal (SIGKILL: what the kernel's
+    out-of-memory killer sends), or exited."""
+    how = f"ended (exit code {exit_code})"
+    if exit_code is not None and -exit_code in signal.valid_signals():
+        oom = ", as the kernel's out-of-memory killer does" if -exit_code == signal.SIGKILL else ""
+        how = f"was killed ({signal.Signals(-exit_code).name}{oom})"
+    return cli.UserError(f"the {name} {how}: {GO_ON}")
 
 
 def _die_with(parent: int) -> None:
@@ -654,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         "reconciliation failed, a key a bulk load dropped could not be built "
         "back, or --strict and records were rejected; 2 bad arguments; "
         "3 database or data folder problem (an object store's included, or the keys of "
-        "songplays and time missing and impossible to build); 4 another load was still "
+        "songplays and time missing and impossible to build), or a parse worker killed or "
+        "memory run out; 4 another load was still "
         "running after --wait, or another session kept a lock on the tables that long; 130 "
         "interrupted (Ctrl-C)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -720,17 +783,20 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(log_batch_bytes=args.batch_mb << 20)
 
     def load_and_report() -> int:
-        report = run(
-            settings,
-            args.data,
-            anonymous=args.anonymous,
-            full_refresh=args.full_refresh,
-            jobs=args.jobs,
-            limits=limits,
-            lock_wait=args.wait,
-            progress=False if args.no_progress else None,
-            out=None if args.json else sys.stdout,
-        )
+        try:
+            report = run(
+                settings,
+                args.data,
+                anonymous=args.anonymous,
+                full_refresh=args.full_refresh,
+                jobs=args.jobs,
+                limits=limits,
+                lock_wait=args.wait,
+                progress=False if args.no_progress else None,
+                out=None if args.json else sys.stdout,
+            )
+        except MemoryError as exc:
+            raise out_of_memory(exc, "loading the files") from None
         if args.json:
             print(json.dumps(report.as_dict(args.strict), indent=2))
         return report.exit_code(args.strict)

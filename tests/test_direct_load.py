@@ -5,6 +5,8 @@ worker from the song keys the database hands it: the result must be the database
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import threading
 import time
@@ -17,9 +19,10 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+import cli
 import extract
 from contract import Limits
-from etl import Preparer
+from etl import Preparer, _part_of, _send_parts
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
@@ -234,6 +237,52 @@ def test_the_parse_worker_once_closed_leaves_no_thread_of_the_run_running(tmp_pa
         ("log_data/day.json", 5, 1)
     ]
     assert started_threads(before) == []
+
+
+def test_parse_workers_the_system_cannot_give_pipes_leave_the_logs_to_this_process(
+    tmp_path, capsys
+):
+    """No file descriptor left for the workers' pipes (a process at its limit): a note says so,
+    and the logs are parsed here, as with --jobs 0."""
+    write(tmp_path, "log_data/day.json", log_file(*[event(n) for n in range(5)]))
+    source = extract.source(str(tmp_path))
+    batches = extract.plan(source, extract.listing(source, "log"), "log", {}, Limits()).batches
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    next_free = os.dup(0)
+    os.close(next_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (next_free, hard))  # no new descriptor
+    try:
+        preparer = Preparer(batches, Limits(), jobs=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    preparer.hand_over(None)
+    parts = list(preparer.parts(0))
+    preparer.close()
+
+    assert capsys.readouterr().err == (
+        "note: the parse workers could not start (Too many open files): the logs are parsed in "
+        "this process, as with --jobs 0\n"
+    )
+    assert preparer.workers == []
+    assert [(f.path, f.accepted) for p in parts for f in p.files] == [("log_data/day.json", 5)]
+
+
+def test_memory_running_out_as_parts_are_prepared_ends_the_run_in_one_line_not_a_traceback():
+    def parts():
+        yield "the part before"
+        raise MemoryError("realloc of size 90880 failed")
+
+    sent = []
+    _send_parts(parts(), lambda item: sent.append(item) or True)
+
+    assert sent[0] == "the part before"
+    with pytest.raises(cli.UserError) as raised:
+        _part_of(sent[1], "parse worker")
+    assert str(raised.value) == (
+        "out of memory reading the files (realloc of size 90880 failed): what each batch "
+        "committed before stays; run again to go on, with a smaller --batch-mb if memory is "
+        "short (memory follows it)"
+    )
 
 
 def test_a_parse_worker_closed_before_it_reads_the_hand_over_is_not_waited_for(tmp_path):

@@ -227,6 +227,68 @@ def worker_starting(pid: int) -> bool:
     return False
 
 
+def parse_workers(pid: int) -> set[int]:
+    return {child for child in descendants(pid) if b"spawn_main" in cmdline(child)}
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def sending_a_part(pid: int) -> bool:
+    """Whether a thread of process pid waits to write the rest of a part into a full pipe."""
+    waits = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            waits.append((task / "wchan").read_text())
+        except OSError:
+            continue
+    # pipe_write, anon_pipe_write or pipe_wait_writable, as kernels name it
+    return any("pipe" in wait and "writ" in wait for wait in waits)
+
+
+def test_a_parse_worker_killed_halfway_through_a_part_ends_the_run_in_one_line_the_next_ends_it(
+    big, baseline
+):
+    """The kernel's out-of-memory killer sends SIGKILL; here while the worker has written part of
+    a part into the pipe: the load must not wait for the rest."""
+    run_script("create_tables.py")
+    watch = Watcher()
+    workers: set[int] = set()
+    try:
+        proc = start_load(big)
+        watch.wait("SELECT count(*) FROM load_manifest WHERE path LIKE 'log_data/%'", bool, proc)
+        workers = parse_workers(proc.pid)
+        assert len(workers) == 1, "no parse worker: the test proves nothing"
+        (worker,) = workers
+        deadline = time.monotonic() + 60
+        while not sending_a_part(worker):
+            assert proc.poll() is None and time.monotonic() < deadline, "no part was sent"
+        os.kill(worker, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        watch.close()
+        reap(workers)
+    assert proc.returncode == EXIT_ENVIRONMENT, err
+    assert err == (
+        "error: the parse worker was killed (SIGKILL, as the kernel's out-of-memory killer does): "
+        "what each batch committed before stays; run again to go on, with a smaller --batch-mb "
+        "if memory is short (memory follows it)\n"
+    )
+    assert json.loads(out) == {
+        "status": "failed",
+        "exit_code": EXIT_ENVIRONMENT,
+        "error": err.removeprefix("error: ").rstrip("\n"),
+    }
+    assert last_run_status() == "failed"
+    assert scalar("SELECT count(*) FROM load_manifest WHERE path LIKE 'log_data/%'") > 0
+    etl(big)
+    assert table_contents() == baseline
+
+
 @pytest.mark.parametrize("when", ["as the worker starts", "once files are loaded"])
 def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_finishes_it(
     big, baseline, when
