@@ -258,8 +258,8 @@ def test_a_parse_worker_killed_halfway_through_a_part_ends_the_run_in_one_line_t
     run_script("create_tables.py")
     watch = Watcher()
     workers: set[int] = set()
+    proc = start_load(big)
     try:
-        proc = start_load(big)
         watch.wait("SELECT count(*) FROM load_manifest WHERE path LIKE 'log_data/%'", bool, proc)
         workers = parse_workers(proc.pid)
         assert len(workers) == 1, "no parse worker: the test proves nothing"
@@ -271,7 +271,7 @@ def test_a_parse_worker_killed_halfway_through_a_part_ends_the_run_in_one_line_t
         out, err = proc.communicate(timeout=120)
     finally:
         watch.close()
-        reap(workers)
+        reap({*workers, proc.pid})  # a load left waiting for the rest of the part too
     assert proc.returncode == EXIT_ENVIRONMENT, err
     assert err == (
         "error: the parse worker was killed (SIGKILL, as the kernel's out-of-memory killer does): "
