@@ -927,16 +927,25 @@ def _text_parts(text: Iterator[bytes], part_bytes: int, songs: bool) -> Iterator
     proportion to its size; and a song line of any length is read (a log line longer than a
     part is not)."""
     if songs:
-        head, size = [], 0  # the text's first blocks, up to more than a part
-        for block in text:
-            head.append(block)
-            size += len(block)
-            if size > part_bytes:
-                break
+        head, size, rest = [], 0, text  # the text's first blocks, up to more than a part
+        try:
+            for block in text:
+                head.append(block)
+                size += len(block)
+                if size > part_bytes:
+                    break
+        except DamagedFile as exc:  # raised once the text before it is read, as in a log
+            rest = _raising(exc)
         if size > part_bytes and not _one_object_a_line(b"".join(head)):
             part_bytes = WHOLE
-        text = itertools.chain(head, text)
+        text = itertools.chain(head, rest)
     yield from _line_parts(text, part_bytes, WHOLE if songs else None)
+
+
+def _raising(exc: Exception) -> Iterator[bytes]:
+    """Blocks of text whose first is the damage exc names."""
+    yield from ()
+    raise exc
 
 
 def _one_object_a_line(head: bytes) -> bool:

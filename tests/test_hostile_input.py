@@ -788,6 +788,34 @@ def test_damaged_gzip_is_rejected_naming_the_file_and_what_came_before_the_damag
     run_etl(data, "--strict", "--full-refresh", exit_code=EXIT_FAILED)
 
 
+def test_a_damaged_gzip_song_file_loads_its_songs_before_the_damage_as_a_log_file_does(data):
+    """A song file of one song a line, gzipped: its trailer cut off, and a member after an
+    intact one damaged. The songs before the damage load; the reject says after which line."""
+    songs = [song(n) for n in range(3)]
+    write(data, "song_data/z/cut.json.gz", gzip.compress(lines(*songs), mtime=0)[:-4])
+    intact = gzip.compress(lines(*[song(10 + n) for n in range(3)]), mtime=0)
+    damaged = bytearray(gzip.compress(lines(song(20)), mtime=0))
+    damaged[-8] ^= 0xFF
+    write(data, "song_data/z/crc.json.gz", intact + bytes(damaged))
+
+    summary = parse_summary(run_etl(data).stdout)
+
+    assert sorted(r[:3] for r in rejects(last_run())) == [
+        (
+            "song_data/z/crc.json.gz",
+            None,
+            "damaged gzip data (Error -3 while decompressing data: incorrect data check) after "
+            "line 3",
+        ),
+        ("song_data/z/cut.json.gz", None, "gzip data cut short after line 3"),
+    ]
+    crafted = "SELECT song_id FROM songs WHERE song_id LIKE 'SOZZZZZ%' ORDER BY 1"
+    assert query(crafted) == [(song(n)["song_id"],) for n in [0, 1, 2, 10, 11, 12]]
+    assert manifest()["song_data/z/cut.json.gz"] == Counts(3, 3)
+    assert manifest()["song_data/z/crc.json.gz"] == Counts(3, 3)
+    assert summary.checks == CHECKS_PASSED
+
+
 @pytest.mark.parametrize("flip", [-8, "middle"], ids=["check", "data"])
 def test_a_damaged_file_repaired_keeping_its_size_and_mtime_is_loaded_by_the_next_run(data, flip):
     """A transfer flips a byte; the file is sent again as cp -p or rsync -t send it: same size,
