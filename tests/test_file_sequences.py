@@ -407,8 +407,9 @@ def differences(incremental: dict, fresh: dict) -> str:
 
 # ================================================================ the property
 
-# The first 16 seeds, and 82: the first to empty a file whose loaded version held no record
-# that is not rejected (test_the_generated_sequences_hold_every_kind_of_operation).
+# The first 16 seeds, 82: the first to empty a file whose loaded version held no record that is
+# not rejected, and 2016: the first to move both an artist's smallest song of several and another
+# (test_the_generated_sequences_hold_every_kind_of_operation).
 SEEDS, STEPS = [*range(16), 82, 2016], 10
 
 
