@@ -216,18 +216,8 @@ def test_killed_load_leaves_no_worker_process_behind(big):
         reap(workers)
 
 
-def worker_starting(pid: int) -> bool:
-    """Whether a parse worker below pid has been spawned (it then imports for a while)."""
-    for child in descendants(pid):
-        try:
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def parse_workers(pid: int) -> set[int]:
+    """The parse workers spawned below pid (one just spawned imports for a while)."""
     return {child for child in descendants(pid) if b"spawn_main" in cmdline(child)}
 
 
@@ -309,7 +299,7 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
             watch.wait(MANIFEST_ROWS, lambda n: n > 0, proc)
         else:
             deadline = time.monotonic() + 60
-            while not worker_starting(proc.pid):
+            while not parse_workers(proc.pid):
                 assert proc.poll() is None and time.monotonic() < deadline, "no worker started"
                 time.sleep(0.002)
         workers = descendants(proc.pid)
