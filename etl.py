@@ -396,7 +396,7 @@ def _worker(batches, k: int, jobs: int, limits: Limits, outbox, handover, parent
 
 def _send_parts(parts: Iterator[Part], put: Callable[[object], bool]) -> None:
     """The parts put in turn, until put says none is taken any more (False); a failure to
-    prepare them is put in their place, for _receive to raise."""
+    prepare them is put in their place, for _part_of to raise."""
     try:
         for part in parts:
             if not put(part):
