@@ -37,6 +37,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -282,7 +283,10 @@ class Preparer:
         logs = [self.batches[n] for n in self.logs]
         theirs = []
         # The workers start with Ctrl-C blocked, and keep it so: it is etl.py's to report, in
-        # one line, and they die with it. Here it waits until they are started.
+        # one line, and they die with it. Here it waits until they are started. Every spawned
+        # process needs multiprocessing's resource tracker, whose start unblocks Ctrl-C again:
+        # it is started first.
+        resource_tracker.ensure_running()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             for k in range(jobs):

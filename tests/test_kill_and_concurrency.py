@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -228,6 +229,16 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def ctrl_c_blocked(pid: int) -> bool | None:
+    """Whether process pid blocks SIGINT (None: it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    mask = int(re.search(r"^SigBlk:\s*([0-9a-f]+)", status, re.M)[1], 16)
+    return bool(mask & 1 << (signal.SIGINT - 1))
+
+
 def sending_a_part(pid: int) -> bool:
     """Whether a thread of process pid waits to write the rest of a part into a full pipe."""
     waits = []
@@ -303,6 +314,7 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
                 assert proc.poll() is None and time.monotonic() < deadline, "no worker started"
                 time.sleep(0.002)
         workers = descendants(proc.pid)
+        blocked = {w: ctrl_c_blocked(w) for w in parse_workers(proc.pid)}
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: to every process of the job
         out, err = proc.communicate(timeout=120)
         deadline = time.monotonic() + 10
@@ -313,6 +325,7 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
         watch.close()
         reap(workers)
     assert workers, "no worker process: the test proves nothing about them"
+    assert blocked and all(blocked.values()), blocked  # from its start: not only when caught
     assert proc.returncode == EXIT_INTERRUPTED, out + err
     assert err == f"error: {INTERRUPTED}\n"
     assert not left, f"still running 10 s after Ctrl-C: {left}"
