@@ -135,7 +135,7 @@ class Reject(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class FileRead:
     """What opening a file found: its status, size and SHA-256 as read (of the bytes stored,
-    gzipped or not), the encoding of its text, or why it could not be read; and an object's
+    compressed or not), the encoding of its text, or why it could not be read; and an object's
     ETag as listed (None for a file on disk), which the manifest keeps."""
 
     status: FileStatus

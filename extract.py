@@ -10,13 +10,14 @@ read through the same passes; only listing and opening differ.
 
 Every entry under song_data/ and log_data/ ends one of three ways: a data file is read (and
 loaded, or rejected with its reason), a folder that cannot be listed is rejected, and anything
-else is ignored and named in the summary. A data file is read as UTF-8 text, gunzipped first
-when its name ends in .gz; a byte-order mark says when it is UTF-16 or UTF-32 instead.
+else is ignored and named in the summary. A data file is read as UTF-8 text, decompressed first
+when it is gzip, bzip2 or xz data; a byte-order mark says when it is UTF-16 or UTF-32 instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bz2
 import codecs
 import dataclasses
 import errno
@@ -24,10 +25,11 @@ import hashlib
 import importlib.util
 import io
 import itertools
+import lzma
 import os
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -47,12 +49,12 @@ from contract import (
 
 FOLDERS = {"song": "song_data", "log": "log_data"}
 
-# A data file's name ends in one of these, in any case, gzipped or not ("x.JSON", "x.ndjson.gz").
+# A data file's name ends in one of these, in any case, compressed or not ("x.JSON",
+# "x.ndjson.gz", "x.json.XZ": COMPRESSIONS).
 DATA_SUFFIXES = (".json", ".ndjson", ".jsonl")
-GZIP_SUFFIX = ".gz"
-DATA_FILES = "*.json, *.ndjson and *.jsonl files, gzipped or not"
+DATA_FILES = "*.json, *.ndjson and *.jsonl files, compressed (.gz, .bz2, .xz) or not"
 
-BLOCK = 1 << 20  # bytes read, or gunzipped, at a time
+BLOCK = 1 << 20  # bytes read, or decompressed, at a time
 OBJECT_BLOCK = 8 << 20  # bytes of a big object asked for in one request
 FETCHES_AT_ONCE = 64  # small objects fetched concurrently
 
@@ -232,7 +234,14 @@ def path_text(path: str) -> str:
 
 
 def is_data_file(name: str) -> bool:
-    return name.lower().removesuffix(GZIP_SUFFIX).endswith(DATA_SUFFIXES)
+    named = named_for(name)
+    return name.lower().removesuffix(named.suffix if named else "").endswith(DATA_SUFFIXES)
+
+
+def named_for(name: str) -> Compression | None:
+    """The compression whose suffix a file's name ends in, in any case (None: none)."""
+    lowered = name.lower()
+    return next((c for c in COMPRESSIONS if lowered.endswith(c.suffix)), None)
 
 
 def is_hidden(name: str) -> bool:
@@ -248,37 +257,49 @@ def hidden_note(name: str, folder: bool) -> str:
     return " (hidden: not read)" if is_data_file(name) else ""
 
 
-# gzip data starts with these two bytes; text never does (0x8b is no first byte of UTF-8).
-GZIP_MAGIC = b"\x1f\x8b"
-
-
 # Data compressed otherwise, by its first bytes: read as text, it would be lines of noise, each
 # rejected, and a file loaded before would lose its plays to them. It is named and not read.
-OTHER_COMPRESSIONS = {
-    b"BZh": "bzip2",
-    b"\xfd7zXZ\x00": "xz",
+UNREAD_COMPRESSIONS = {
     b"\x28\xb5\x2f\xfd": "zstd",
     b"\x04\x22\x4d\x18": "lz4",
     b"PK\x03\x04": "zip",
 }
 
 
-def other_compression(head: bytes) -> str | None:
-    """The compression, other than gzip, that data starting with head is in (None: none)."""
+def unread_compression(head: bytes) -> str | None:
+    """The compression, of those not read, that data starting with head is in (None: none)."""
     return next(
-        (name for magic, name in OTHER_COMPRESSIONS.items() if head.startswith(magic)), None
+        (name for magic, name in UNREAD_COMPRESSIONS.items() if head.startswith(magic)), None
     )
 
 
-def is_gzipped(name: str, head: bytes) -> bool:
-    """Whether a file is read as gzip data: starting as gzip data starts, whatever its name (a
-    log sent again compressed under its own name); or named .gz, unless it starts as JSON text
-    does (gunzipped on its way by a client that kept its name) or as another compression's data
-    does (named for what it is)."""
-    if head.startswith(GZIP_MAGIC):
-        return True
-    named = name.lower().endswith(GZIP_SUFFIX)
-    return named and not starts_as_text(head) and not other_compression(head)
+def started_as(head: bytes) -> Compression | None:
+    """The compression, of those read, whose data starts as head does (None: none)."""
+    return next((c for c in COMPRESSIONS if head.startswith(c.magic)), None)
+
+
+def not_read(head: bytes, outer: Compression | None) -> str | None:
+    """Why data starting with head (what outer's data decompressed to, if any) is not read: it
+    is in a compression that is not read, or compressed twice (None: it is read)."""
+    if unread := unread_compression(head):
+        return f"{unread} data, which is not read ({READ})"
+    inner = started_as(head)
+    if outer is not None and inner is not None:
+        return f"{inner.name} data inside {outer.name} data (compressed twice), which is not read"
+    return None
+
+
+def compression_of(name: str, head: bytes) -> Compression | None:
+    """The compression a file is read through (None: it is read as it is): the one whose data
+    starts as the file does, whatever its name (a log sent again compressed under its own name);
+    or the one it is named for, unless it starts as JSON text does (decompressed on its way by a
+    client that kept its name) or as another compression's data does (named for what it is)."""
+    if started := started_as(head):
+        return started
+    named = named_for(name)
+    if named is None or starts_as_text(head) or unread_compression(head):
+        return None
+    return named
 
 
 def starts_as_text(head: bytes) -> bool:
@@ -513,7 +534,7 @@ def relative(data: Source, kind: Kind, location: str) -> str:
 
 
 class DamagedFile(Exception):
-    """The rest of a file cannot be read (damaged gzip data, a failing disk); what came before
+    """The rest of a file cannot be read (damaged compressed data, a failing disk); what came before
     it was read. intact: how many bytes of content before the damage can be trusted."""
 
     def __init__(self, reason: str, intact: int = 0):
@@ -551,9 +572,9 @@ def read_file(
     _text_parts), unless it cannot be read or its content is what the manifest has. Only what
     the file held when it was opened is hashed and read: a file that grows meanwhile is read
     again by the next run. A file bigger than part_bytes is hashed in a first pass, so that its
-    parts are read one at a time and never held together; gzip data is checked in that pass
-    too, and gunzipped a block at a time, whatever its size. The parts raise DamagedFile where
-    the rest of the file cannot be read."""
+    parts are read one at a time and never held together; compressed data is checked in that
+    pass too, and decompressed a block at a time, whatever its size. The parts raise
+    DamagedFile where the rest of the file cannot be read."""
     try:
         handle, size = open_regular(task.location)
     except OSError as exc:
@@ -577,11 +598,12 @@ def _read(
         return FileRead("unchanged", seen.size, seen.sha256, etag=task.etag), iter(())
     blocks = iter([seen.first]) if whole else _blocks(handle, seen.size)
     head = seen.first
-    if seen.gzipped:
-        blocks, head = _trusted(_gunzip(blocks), seen.damage), _gunzipped_head(seen.first)
-    if other := other_compression(head):
+    if seen.compression is not None:
+        blocks = _trusted(_decompressed(blocks, seen.compression), seen.damage)
+        head = _decompressed_head(seen.first, seen.compression)
+    if reason := not_read(head, seen.compression):
         handle.close()
-        blocks = _trusted(iter(()), DamagedFile(f"{other} data, which is not read (gzip is)"))
+        blocks = _trusted(iter(()), DamagedFile(reason))
     bom = byte_order_mark(head)
     return (
         FileRead(
@@ -725,13 +747,13 @@ def _not_regular(mode: int) -> str | None:
 class FirstPass:
     """What reading a file through once found: the SHA-256 and size of what it held as it was
     opened (not what it grew to after), its first block (all of it when it is no bigger than
-    part_bytes, read at once), whether it is gzip data (is_gzipped), and for gzip data the
-    damage gunzipping it meets (None when it is intact)."""
+    part_bytes, read at once), the compression it is read through (compression_of), and for
+    compressed data the damage decompressing it meets (None when it is intact)."""
 
     sha256: str
     size: int
     first: bytes
-    gzipped: bool
+    compression: Compression | None
     damage: DamagedFile | None = None
 
 
@@ -739,12 +761,12 @@ def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
     hashing = Hashing(handle, size, size if size <= part_bytes else BLOCK)
     blocks = iter(hashing)
     head = next(blocks, b"")
-    gzipped = is_gzipped(location, head)
+    compression = compression_of(location, head)
     blocks = itertools.chain([head], blocks)
-    damage = _gzip_damage(blocks) if gzipped else None
-    for _ in blocks:  # what gunzipping left unread is hashed too
+    damage = None if compression is None else _damage(blocks, compression)
+    for _ in blocks:  # what decompressing left unread is hashed too
         pass
-    return FirstPass(hashing.digest.hexdigest(), hashing.read, hashing.first, gzipped, damage)
+    return FirstPass(hashing.digest.hexdigest(), hashing.read, hashing.first, compression, damage)
 
 
 class Hashing:
@@ -782,50 +804,107 @@ def _blocks(handle, size: int) -> Iterator[bytes]:
             yield block
 
 
-# ---------------------------------------------------------------- gzip
+# ---------------------------------------------------------------- compressed data
+
+
+class Decompressor:
+    """What decompresses one stream (a gzip member, a bzip2 or xz stream): bz2's and lzma's
+    decompressors have this interface; _Gunzipper gives zlib's it."""
+
+    eof: bool
+    unused_data: bytes
+    needs_input: bool
+
+    def decompress(self, data: bytes, max_length: int) -> bytes: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """A compression data files are read through: its name, what a file of it is named, the
+    bytes its data starts with (which no JSON text starts with), and what decompresses a stream
+    of it."""
+
+    name: str
+    suffix: str
+    magic: bytes
+    decompressor: Callable[[], Decompressor]
+
 
 GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for the gzip format
 
 
-def _gunzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """gzip data gunzipped a block at a time, however much it expands: one member or several (as
-    `cat a.gz b.gz` makes them), with the zero bytes gzip skips between members. Damage, or an
-    end cut short, raises DamagedFile after what came before it."""
-    inflater, begun, after_member = zlib.decompressobj(GZIP), False, False
-    total = intact = 0  # bytes out; up to the end of the last member, whose check passed
+class _Gunzipper:
+    """zlib's decompressor of a gzip member, with the interface bz2's and lzma's have: input it
+    could not take yet is kept, and given to it first at the next call."""
 
-    def inflated(data: bytes) -> bytes:
+    def __init__(self):
+        self._inflater, self._tail = zlib.decompressobj(GZIP), b""
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        out = self._inflater.decompress(self._tail + data, max_length)
+        self._tail = self._inflater.unconsumed_tail
+        return out
+
+    @property
+    def eof(self) -> bool:
+        return self._inflater.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._inflater.unused_data
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._tail
+
+
+COMPRESSIONS = (
+    Compression("gzip", ".gz", b"\x1f\x8b", _Gunzipper),
+    Compression("bzip2", ".bz2", b"BZh", bz2.BZ2Decompressor),
+    Compression("xz", ".xz", b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
+)
+READ = ", ".join(c.name for c in COMPRESSIONS[:-1]) + f" and {COMPRESSIONS[-1].name} are"
+DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError)  # bz2's is an OSError
+
+
+def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator[bytes]:
+    """Compressed data decompressed a block at a time, however much it expands: one stream or
+    several (as `cat a.gz b.gz` makes them), with zero bytes between them skipped (as gzip does,
+    and xz pads streams). Damage, or an end cut short, raises DamagedFile after what came
+    before it."""
+    stream, begun, after_stream = compression.decompressor(), False, False
+    total = intact = 0  # bytes out; up to the end of the last stream, whose check passed
+
+    def decompressed(data: bytes) -> bytes:
         try:
-            return inflater.decompress(data, BLOCK)
-        except zlib.error as exc:
-            raise DamagedFile(f"damaged gzip data ({exc})", intact) from exc
+            return stream.decompress(data, BLOCK)
+        except DECOMPRESSION_ERRORS as exc:
+            raise DamagedFile(f"damaged {compression.name} data ({exc})", intact) from exc
 
     for pending in blocks:
-        while pending:
-            if after_member and not begun:
+        while pending or not stream.needs_input:
+            if after_stream and not begun:
                 pending = pending.lstrip(b"\0")
                 if not pending:
                     break
-            out = inflated(pending)
+            out, pending = decompressed(pending), b""
             begun, total = True, total + len(out)
             if out:
                 yield out
-            if inflater.eof:
-                pending, after_member, intact = inflater.unused_data, True, total
-                inflater, begun = zlib.decompressobj(GZIP), False
-            else:
-                pending = inflater.unconsumed_tail
-    while begun and not inflater.eof and (out := inflated(b"")):
+            if stream.eof:
+                pending, after_stream, intact = stream.unused_data, True, total
+                stream, begun = compression.decompressor(), False
+    while begun and not stream.eof and (out := decompressed(b"")):
         total += len(out)
-        yield out  # what the last block gunzipped to beyond the last BLOCK returned
-    if begun and not inflater.eof:
-        raise DamagedFile("gzip data cut short", total)
+        yield out  # what the last block decompressed to beyond the last BLOCK returned
+    if begun and not stream.eof:
+        raise DamagedFile(f"{compression.name} data cut short", total)
 
 
-def _gzip_damage(blocks: Iterator[bytes]) -> DamagedFile | None:
-    """The damage gunzipping gzip data meets; None when it is intact."""
+def _damage(blocks: Iterator[bytes], compression: Compression) -> DamagedFile | None:
+    """The damage decompressing compressed data meets; None when it is intact."""
     try:
-        for _ in _gunzip(blocks):
+        for _ in _decompressed(blocks, compression):
             pass
     except DamagedFile as damage:
         return damage
@@ -833,9 +912,10 @@ def _gzip_damage(blocks: Iterator[bytes]) -> DamagedFile | None:
 
 
 def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[bytes]:
-    """Gunzipped content as far as it can be trusted, then its damage. gzip checks a member's
-    content only at its end: content of a damaged member may be wrong before the damage shows,
-    and is not read; content before an end cut short is."""
+    """Decompressed content as far as it can be trusted, then its damage. gzip checks a
+    member's content only at its end (bzip2 and xz at the end of each of their blocks): content
+    of a damaged stream may be wrong before the damage shows, and is not read; content before an
+    end cut short is."""
     if damage is None:
         yield from content
         return
@@ -849,11 +929,11 @@ def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[b
     raise damage
 
 
-def _gunzipped_head(data: bytes) -> bytes:
-    """The first bytes that gzip data gunzips to (none where it is not gzip data)."""
+def _decompressed_head(data: bytes, compression: Compression) -> bytes:
+    """The first bytes that compressed data decompresses to (none where it is damaged)."""
     try:
-        return zlib.decompressobj(GZIP).decompress(data, 4)
-    except zlib.error:
+        return compression.decompressor().decompress(data, 16)
+    except DECOMPRESSION_ERRORS:
         return b""
 
 

@@ -8,7 +8,10 @@ depends on the Udacity data, which the project cannot ship.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 import random
 import subprocess
@@ -143,6 +146,14 @@ def song(n: int, **changes) -> dict:
 
 def line(record) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
+
+
+# What each compression read makes of a file's bytes, by the suffix its file is named with.
+COMPRESS = {
+    ".gz": lambda content: gzip.compress(content, mtime=0),
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+}
 
 
 def lines(*records) -> bytes:

@@ -4,14 +4,16 @@ good files load as they would alone, and nothing hangs a run.
 
 The property builds data folders of odd entries: names that are not UTF-8 or do not print, FIFOs,
 sockets, devices, links that lead nowhere or round in a loop, folders named like data files,
-files that are not data, folders that cannot be read; and data files gzipped or not, in UTF-8
-with or without a byte-order mark, UTF-16 or UTF-32, under any data extension in any case. The
-examples after it pin each class: paths as text, unreadable folders (as root too), gzip, files
-that grow while they are read, encodings, the summary's numbers and etl.py's arguments.
+files that are not data, folders that cannot be read; and data files compressed (gzip, bzip2,
+xz) or not, in UTF-8 with or without a byte-order mark, UTF-16 or UTF-32, under any data
+extension in any case. The examples after it pin each class: paths as text, unreadable folders
+(as root too), compressed files, files that grow while they are read, encodings, the summary's
+numbers and etl.py's arguments.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import contextlib
 import csv
@@ -20,6 +22,7 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import random
 import re
@@ -41,6 +44,7 @@ from builders import (
     BASE,
     BASE_LOG_RECORDS,
     BASE_SKIPPED,
+    COMPRESS,
     HIDDEN,
     USER,
     crafted_items,
@@ -217,7 +221,7 @@ IGNORED = {
     b"README.md": lambda path: Path(os.fsdecode(path)).write_text("# notes\n"),
     b".DS_Store": lambda path: Path(os.fsdecode(path)).write_bytes(b"\0\0\0\1Bud1"),
     b"backup.json~": lambda path: Path(os.fsdecode(path)).write_text("{}"),
-    b"events.json.bz2": lambda path: Path(os.fsdecode(path)).write_bytes(b"BZh9"),
+    b"events.json.zst": lambda path: Path(os.fsdecode(path)).write_bytes(b"\x28\xb5\x2f\xfd"),
     b"pipe": _fifo,
     b"linked": _link_to(b"../../../outside"),
     b"._events.json": lambda path: Path(os.fsdecode(path)).write_bytes(APPLE_DOUBLE),
@@ -283,19 +287,21 @@ def data_folders(draw) -> list[Entry]:
             records = (song(song_number),)
             text = json.dumps(records[0], indent=draw(st.sampled_from([None, 2]))).encode()
         content = ENCODINGS[draw(st.sampled_from(list(ENCODINGS)))](text)
-        gzipped = draw(st.booleans())
-        extension = draw(st.sampled_from(DATA_EXTENSIONS)) + (
-            draw(st.sampled_from([b".gz", b".GZ"])) if gzipped else b""
+        compression = draw(st.sampled_from([None, *COMPRESS]))
+        named = b"" if compression is None else compression.encode()
+        extension = draw(st.sampled_from(DATA_EXTENSIONS)) + draw(
+            st.sampled_from([named, named.upper()])
         )
         folder = (
             b"song_data/A" if kind == "song" else b"log_data/" + draw(st.sampled_from(FOLDER_NAMES))
         )
         path = os.path.join(folder, draw(st.sampled_from(STEMS)) + b"-%d" % n + extension)
-        data = gzip.compress(content, mtime=0) if gzipped else content
+        data = content if compression is None else COMPRESS[compression](content)
         entries.append(Entry(path, "loaded", _written(data), records))
     for n in range(draw(st.integers(0, 2))):
         folder = draw(st.sampled_from([b"song_data/A", b"log_data/2018/11"]))
-        entries.append(Entry(b"%s/empty-%d.json" % (folder, n), "empty", _written(b"")))
+        named = draw(st.sampled_from(["", *COMPRESS])).encode()  # named for a compression too
+        entries.append(Entry(b"%s/empty-%d.json%s" % (folder, n, named), "empty", _written(b"")))
     for n, name in enumerate(draw(st.lists(st.sampled_from(list(UNREADABLE)), max_size=3))):
         make, reason = UNREADABLE[name]
         folder = draw(st.sampled_from([b"song_data", b"log_data"]))
@@ -575,7 +581,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     write(data, "song_data/A/.DS_Store", b"\0\0\0\1Bud1")
     write(data, "log_data/README.md", b"# logs\n")
     write(data, "log_data/notes.txt", b"notes\n")
-    write(data, "log_data/events.json.bz2", b"BZh9")
+    write(data, "log_data/events.json.zst", b"\x28\xb5\x2f\xfd")
     write(data, "log_data/2018/x.json.bak", lines(event(0)))
     write(data, "log_data/2018/x.json~", lines(event(1)))
     (data / "log_data/linked").symlink_to(data / "song_data")
@@ -587,7 +593,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
         "log_data/2018/x.json.bak",
         "log_data/2018/x.json~",
         "log_data/README.md",
-        "log_data/events.json.bz2",
+        "log_data/events.json.zst",
     ]
     assert summary.rejected is None
     assert summary.files == {"song": {"new": 11}, "log": {"new": 2}}
@@ -601,7 +607,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     (data / "log_data/2018/x.json~").unlink()
     assert parse_summary(run_etl(data).stdout).ignored_examples == [
         "song_data/A/.DS_Store",
-        "log_data/events.json.bz2",
+        "log_data/events.json.zst",
         "log_data/linked (a link to a folder: not followed)",
         "log_data/linked.txt",
         "log_data/notes.txt",
@@ -686,21 +692,24 @@ def test_a_folder_past_path_max_is_named_as_ignored_not_rejected(data):
     assert counts() == BASE
 
 
-# ================================================================ gzip
+# ================================================================ compressed files
 
 
-def gzipped_twin(plain: Path, twin: Path) -> Path:
-    """Every file of plain, gzipped, under its name + .gz."""
+def compressed_twin(plain: Path, twin: Path, suffix: str) -> Path:
+    """Every file of plain, compressed, under its name + suffix."""
     for path in plain.rglob("*.json"):
-        write(twin, f"{path.relative_to(plain)}.gz", gzip.compress(path.read_bytes(), mtime=0))
+        write(twin, f"{path.relative_to(plain)}{suffix}", COMPRESS[suffix](path.read_bytes()))
     return twin
 
 
-def test_gzipped_files_load_like_their_plain_twins_and_the_manifest_has_their_bytes(data, tmp_path):
+@pytest.mark.parametrize("suffix", list(COMPRESS))
+def test_compressed_files_load_like_their_plain_twins_and_the_manifest_has_their_bytes(
+    data, tmp_path, suffix
+):
     write(data, "log_data/2018/12/new.json", lines(*(event(i) for i in range(20))))
     run_etl(data)
     plain = table_contents()
-    twin = gzipped_twin(data, tmp_path / "gzipped")
+    twin = compressed_twin(data, tmp_path / "compressed", suffix)
 
     summary = parse_summary(run_etl(twin, "--full-refresh").stdout)
     assert table_contents() == plain
@@ -713,7 +722,7 @@ def test_gzipped_files_load_like_their_plain_twins_and_the_manifest_has_their_by
             path.stat().st_size,
             hashlib.sha256(path.read_bytes()).hexdigest(),
         )
-        for path in twin.rglob("*.gz")
+        for path in twin.rglob(f"*{suffix}")
     }
     assert {
         path: (size, sha)
@@ -722,18 +731,19 @@ def test_gzipped_files_load_like_their_plain_twins_and_the_manifest_has_their_by
     assert parse_summary(run_etl(twin).stdout).nothing_new
 
 
-def test_a_big_gzipped_log_is_read_in_parts_like_its_plain_twin(fresh_tables, tmp_path):
+@pytest.mark.parametrize("suffix", list(COMPRESS))
+def test_a_big_compressed_log_is_read_in_parts_like_its_plain_twin(fresh_tables, tmp_path, suffix):
     content = lines(*(event(i) for i in range(8000)))  # 2.8 MB: three parts of 1 MB
     write(tmp_path / "plain", "log_data/big.json", content)
-    write(tmp_path / "gzipped", "log_data/big.json.gz", gzip.compress(content, mtime=0))
+    write(tmp_path / "compressed", f"log_data/big.json{suffix}", COMPRESS[suffix](content))
     run_etl(tmp_path / "plain", "--batch-mb", "1")
     plain, plain_manifest = table_contents(), manifest()
 
     summary = parse_summary(
-        run_etl(tmp_path / "gzipped", "--batch-mb", "1", "--full-refresh").stdout
+        run_etl(tmp_path / "compressed", "--batch-mb", "1", "--full-refresh").stdout
     )
     assert table_contents() == plain
-    assert manifest() == {"log_data/big.json.gz": plain_manifest["log_data/big.json"]}
+    assert manifest() == {f"log_data/big.json{suffix}": plain_manifest["log_data/big.json"]}
     assert summary.records["log"] == Counts(8000, 8000)
     assert summary.checks == CHECKS_PASSED
 
@@ -814,6 +824,64 @@ def test_a_damaged_gzip_song_file_loads_its_songs_before_the_damage_as_a_log_fil
     assert manifest()["song_data/z/cut.json.gz"] == Counts(3, 3)
     assert manifest()["song_data/z/crc.json.gz"] == Counts(3, 3)
     assert summary.checks == CHECKS_PASSED
+
+
+# The name of the compression a suffix is for, its stdlib decompressor, and what it says of
+# damaged data.
+STREAMS = {
+    ".bz2": ("bzip2", bz2.BZ2Decompressor, "Invalid data stream"),
+    ".xz": ("xz", lzma.LZMADecompressor, "Corrupt input data"),
+}
+
+
+@pytest.mark.parametrize("suffix", list(STREAMS))
+def test_damaged_bzip2_and_xz_are_rejected_naming_the_file_and_what_came_before_loads(data, suffix):
+    """As gzip is: a stream whose data is damaged is not read, the streams before it are; a
+    file cut short is read up to where it ends."""
+    name, decompressor, damage = STREAMS[suffix]
+    compress = COMPRESS[suffix]
+    intact = compress(lines(*(event(3000 + i) for i in range(5))))
+    damaged = bytearray(compress(lines(*(event(4000 + i) for i in range(5)))))
+    damaged[len(damaged) // 2] ^= 0xFF
+    write(data, f"log_data/z/damaged.json{suffix}", intact + bytes(damaged))
+    cut = compress(lines(*(event(i) for i in range(2000))))[:-40]
+    write(data, f"log_data/z/cut.json{suffix}", cut)
+    before = decompressor().decompress(cut)  # what the cut data holds
+    complete, partial = before.count(b"\n"), before[before.rfind(b"\n") + 1 :]
+    where = f"after line {complete}" if complete else "before its first line"
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert sorted(r[:3] for r in rejects(last_run()) if r[1] is None) == [
+        (f"log_data/z/cut.json{suffix}", None, f"{name} data cut short {where}"),
+        (f"log_data/z/damaged.json{suffix}", None, f"damaged {name} data ({damage}) after line 5"),
+    ]
+    loaded = complete + valid_json(partial)
+    assert crafted_items() == [*range(loaded), *range(3000, 3005)]
+    assert summary.rejected.files == 2
+    assert summary.checks == CHECKS_PASSED
+
+
+def test_data_compressed_twice_or_in_a_compression_not_read_is_named_not_read_as_noise(data):
+    write(data, "log_data/z/twice.json.gz", COMPRESS[".gz"](COMPRESS[".xz"](lines(event(0)))))
+    write(data, "log_data/z/zstd.json.bz2", COMPRESS[".bz2"](b"\x28\xb5\x2f\xfd" + bytes(256)))
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert sorted(r[:4] for r in rejects(last_run())) == [
+        (
+            "log_data/z/twice.json.gz",
+            None,
+            "xz data inside gzip data (compressed twice), which is not read before its first line",
+            None,
+        ),
+        (
+            "log_data/z/zstd.json.bz2",
+            None,
+            "zstd data, which is not read (gzip, bzip2 and xz are) before its first line",
+            None,
+        ),
+    ]
+    assert crafted_items() == []
+    assert summary.rejected.files == 2
 
 
 @pytest.mark.parametrize("flip", [-8, "middle"], ids=["check", "data"])
@@ -937,16 +1005,16 @@ def test_a_big_file_is_read_in_line_aligned_parts_whatever_its_encoding_or_compr
     longest = max(len(raw) + 1 for raw in text.splitlines())
     part_bytes = 1 << 20
     for name, encode in ENCODINGS.items():
-        for gzipped in (False, True):
+        for suffix in ["", *COMPRESS]:
             content = encode(text)
-            on_disk = gzip.compress(content, mtime=0) if gzipped else content
-            path = write(tmp_path, f"{name}{'.gz' if gzipped else ''}", on_disk)
+            on_disk = COMPRESS[suffix](content) if suffix else content
+            path = write(tmp_path, f"{name}{suffix}", on_disk)
             task = FileTask(path.name, str(path), len(on_disk), 0, None)
             read, contents = extract.read_file(task, part_bytes)
             parts = list(contents)
-            assert b"".join(parts) == text, (name, gzipped)
+            assert b"".join(parts) == text, (name, suffix)
             assert all(p.endswith(b"\n") and len(p) < part_bytes + longest for p in parts)
-            assert len(parts) == 3, (name, gzipped)
+            assert len(parts) == 3, (name, suffix)
             assert (read.size, read.sha256) == (len(on_disk), hashlib.sha256(on_disk).hexdigest())
             assert read.encoding == name.split()[0]
 
@@ -961,18 +1029,18 @@ def before_its_last_line(part: bytes) -> int:
     n=st.integers(0, 40),
     part_bytes=st.integers(1, 3000),
     encoding=st.sampled_from(list(ENCODINGS)),
-    gzipped=st.booleans(),
+    suffix=st.sampled_from(["", *COMPRESS]),
     newline_at_the_end=st.booleans(),
 )
 def test_a_file_is_read_as_its_utf8_text_in_line_aligned_parts(
-    n, part_bytes, encoding, gzipped, newline_at_the_end
+    n, part_bytes, encoding, suffix, newline_at_the_end
 ):
     text = lines(*(event(i, location="Zürich") for i in range(n)))
     text = text if newline_at_the_end else text.removesuffix(b"\n")
     content = ENCODINGS[encoding](text)
-    on_disk = gzip.compress(content, mtime=0) if gzipped else content
+    on_disk = COMPRESS[suffix](content) if suffix else content
     with tempfile.TemporaryDirectory() as folder:
-        path = write(Path(folder), "x.json.gz" if gzipped else "x.json", on_disk)
+        path = write(Path(folder), f"x.json{suffix}", on_disk)
         read, contents = extract.read_file(FileTask("x", str(path), 0, 0, None), part_bytes)
         parts = list(contents)
     assert b"".join(parts) == text

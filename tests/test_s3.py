@@ -1,12 +1,12 @@
 """Loading straight from an object store, on a real S3 API (moto's server, tests/s3server.py):
 the star loaded from a bucket equals the star loaded from the same files on disk, row for row;
-re-runs, overwritten and deleted objects and gzip objects behave as files do; a missing bucket,
-bad credentials and a server that stops mid-load end with one line and exit 3, and the next run
+re-runs, overwritten, deleted and compressed objects behave as files do; a missing bucket, bad
+credentials and a server that stops mid-load end with one line and exit 3, and the next run
 completes the load."""
 
 from __future__ import annotations
 
-import gzip
+import itertools
 import os
 import shutil
 import subprocess
@@ -95,19 +95,25 @@ def files_per_kind(folder: Path) -> dict[str, int]:
     }
 
 
-def test_gzip_objects_load_like_their_plain_twins(s3, generated, tmp_path):
+def test_compressed_objects_load_like_their_plain_twins(s3, generated, tmp_path):
+    """Each object gzip, bzip2 or xz data, in turn."""
     fresh_load(generated)
     plain = table_contents()
 
-    zipped = tmp_path / "zipped"
-    for path in generated.rglob("*.json"):
-        target = zipped / f"{path.relative_to(generated)}.gz"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(gzip.compress(path.read_bytes()))
-    url = s3.upload(zipped, BUCKET, "gzipped")
+    compressed = tmp_path / "compressed"
+    suffixes = itertools.cycle(builders.COMPRESS)
+    for path, suffix in zip(sorted(generated.rglob("*.json")), suffixes):
+        content = builders.COMPRESS[suffix](path.read_bytes())
+        builders.write(compressed, f"{path.relative_to(generated)}{suffix}", content)
+    url = s3.upload(compressed, BUCKET, "compressed")
     summary = parse_summary(fresh_load(url, env=s3.env).stdout)
     assert table_contents() == plain
     assert summary.files == {kind: {"new": n} for kind, n in files_per_kind(generated).items()}
+    assert {path.rsplit(".", 1)[1] for (path,) in query("SELECT path FROM load_manifest")} == {
+        "gz",
+        "bz2",
+        "xz",
+    }
 
 
 def test_hidden_objects_are_named_as_ignored_and_never_read(s3, tmp_path):
