@@ -11,7 +11,7 @@ read through the same passes; only listing and opening differ.
 Every entry under song_data/ and log_data/ ends one of three ways: a data file is read (and
 loaded, or rejected with its reason), a folder that cannot be listed is rejected, and anything
 else is ignored and named in the summary. A data file is read as UTF-8 text, decompressed first
-when it is gzip, bzip2 or xz data; a byte-order mark says when it is UTF-16 or UTF-32 instead.
+when it is gzip, bzip2, xz or zstd data; a byte-order mark says when it is UTF-16 or UTF-32 instead.
 """
 
 from __future__ import annotations
@@ -28,11 +28,17 @@ import itertools
 import lzma
 import os
 import stat
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd  # compression.zstd, for Pythons before it
 
 import cli
 from contract import (
@@ -52,7 +58,7 @@ FOLDERS = {"song": "song_data", "log": "log_data"}
 # A data file's name ends in one of these, in any case, compressed or not ("x.JSON",
 # "x.ndjson.gz", "x.json.XZ": COMPRESSIONS).
 DATA_SUFFIXES = (".json", ".ndjson", ".jsonl")
-DATA_FILES = "*.json, *.ndjson and *.jsonl files, compressed (.gz, .bz2, .xz) or not"
+DATA_FILES = "*.json, *.ndjson and *.jsonl files, compressed (.gz, .bz2, .xz, .zst) or not"
 
 BLOCK = 1 << 20  # bytes read, or decompressed, at a time
 OBJECT_BLOCK = 8 << 20  # bytes of a big object asked for in one request
@@ -260,7 +266,6 @@ def hidden_note(name: str, folder: bool) -> str:
 # Data compressed otherwise, by its first bytes: read as text, it would be lines of noise, each
 # rejected, and a file loaded before would lose its plays to them. It is named and not read.
 UNREAD_COMPRESSIONS = {
-    b"\x28\xb5\x2f\xfd": "zstd",
     b"\x04\x22\x4d\x18": "lz4",
     b"PK\x03\x04": "zip",
 }
@@ -808,8 +813,8 @@ def _blocks(handle, size: int) -> Iterator[bytes]:
 
 
 class Decompressor:
-    """What decompresses one stream (a gzip member, a bzip2 or xz stream): bz2's and lzma's
-    decompressors have this interface; _Gunzipper gives zlib's it."""
+    """What decompresses one stream (a gzip member, a bzip2 or xz stream, a zstd frame): bz2's,
+    lzma's and zstd's decompressors have this interface; _Gunzipper gives zlib's it."""
 
     eof: bool
     unused_data: bytes
@@ -862,9 +867,10 @@ COMPRESSIONS = (
     Compression("gzip", ".gz", b"\x1f\x8b", _Gunzipper),
     Compression("bzip2", ".bz2", b"BZh", bz2.BZ2Decompressor),
     Compression("xz", ".xz", b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
+    Compression("zstd", ".zst", b"\x28\xb5\x2f\xfd", zstd.ZstdDecompressor),
 )
 READ = ", ".join(c.name for c in COMPRESSIONS[:-1]) + f" and {COMPRESSIONS[-1].name} are"
-DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError)  # bz2's is an OSError
+DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError, zstd.ZstdError)  # bz2's: OSError
 
 
 def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator[bytes]:
@@ -913,7 +919,8 @@ def _damage(blocks: Iterator[bytes], compression: Compression) -> DamagedFile | 
 
 def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[bytes]:
     """Decompressed content as far as it can be trusted, then its damage. gzip checks a
-    member's content only at its end (bzip2 and xz at the end of each of their blocks): content
+    member's content only at its end (bzip2 and xz at the end of each of their blocks, zstd at
+    a frame's end where its writer added a checksum, as the zstd tool does): content
     of a damaged stream may be wrong before the damage shows, and is not read; content before an
     end cut short is."""
     if damage is None:

@@ -26,6 +26,7 @@ from summary import Counts
 import db
 import embedded
 from cli import EXIT_ENVIRONMENT, EXIT_OK
+from extract import zstd
 
 # ================================================================ the base sample
 
@@ -148,11 +149,15 @@ def line(record) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-# What each compression read makes of a file's bytes, by the suffix its file is named with.
+# What each compression read makes of a file's bytes, by the suffix its file is named with (zstd
+# with a checksum of each frame, as the zstd tool writes it).
 COMPRESS = {
     ".gz": lambda content: gzip.compress(content, mtime=0),
     ".bz2": bz2.compress,
     ".xz": lzma.compress,
+    ".zst": lambda content: zstd.compress(
+        content, options={zstd.CompressionParameter.checksum_flag: 1}
+    ),
 }
 
 

@@ -71,6 +71,7 @@ import extract
 import prepare
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from contract import Batch, FilePart, FileRead, FileTask, Limits
+from extract import zstd
 
 TIMEOUT = 120  # seconds: a run that takes longer hangs
 GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
@@ -221,7 +222,7 @@ IGNORED = {
     b"README.md": lambda path: Path(os.fsdecode(path)).write_text("# notes\n"),
     b".DS_Store": lambda path: Path(os.fsdecode(path)).write_bytes(b"\0\0\0\1Bud1"),
     b"backup.json~": lambda path: Path(os.fsdecode(path)).write_text("{}"),
-    b"events.json.zst": lambda path: Path(os.fsdecode(path)).write_bytes(b"\x28\xb5\x2f\xfd"),
+    b"events.json.lz4": lambda path: Path(os.fsdecode(path)).write_bytes(b"\x04\x22\x4d\x18"),
     b"pipe": _fifo,
     b"linked": _link_to(b"../../../outside"),
     b"._events.json": lambda path: Path(os.fsdecode(path)).write_bytes(APPLE_DOUBLE),
@@ -581,7 +582,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     write(data, "song_data/A/.DS_Store", b"\0\0\0\1Bud1")
     write(data, "log_data/README.md", b"# logs\n")
     write(data, "log_data/notes.txt", b"notes\n")
-    write(data, "log_data/events.json.zst", b"\x28\xb5\x2f\xfd")
+    write(data, "log_data/events.json.lz4", b"\x04\x22\x4d\x18")
     write(data, "log_data/2018/x.json.bak", lines(event(0)))
     write(data, "log_data/2018/x.json~", lines(event(1)))
     (data / "log_data/linked").symlink_to(data / "song_data")
@@ -593,7 +594,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
         "log_data/2018/x.json.bak",
         "log_data/2018/x.json~",
         "log_data/README.md",
-        "log_data/events.json.zst",
+        "log_data/events.json.lz4",
     ]
     assert summary.rejected is None
     assert summary.files == {"song": {"new": 11}, "log": {"new": 2}}
@@ -607,7 +608,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     (data / "log_data/2018/x.json~").unlink()
     assert parse_summary(run_etl(data).stdout).ignored_examples == [
         "song_data/A/.DS_Store",
-        "log_data/events.json.zst",
+        "log_data/events.json.lz4",
         "log_data/linked (a link to a folder: not followed)",
         "log_data/linked.txt",
         "log_data/notes.txt",
@@ -831,11 +832,18 @@ def test_a_damaged_gzip_song_file_loads_its_songs_before_the_damage_as_a_log_fil
 STREAMS = {
     ".bz2": ("bzip2", bz2.BZ2Decompressor, "Invalid data stream"),
     ".xz": ("xz", lzma.LZMADecompressor, "Corrupt input data"),
+    ".zst": (
+        "zstd",
+        zstd.ZstdDecompressor,
+        ("Unable to decompress Zstandard data: Restored data doesn't match checksum"),
+    ),
 }
 
 
 @pytest.mark.parametrize("suffix", list(STREAMS))
-def test_damaged_bzip2_and_xz_are_rejected_naming_the_file_and_what_came_before_loads(data, suffix):
+def test_damaged_bzip2_xz_and_zstd_are_rejected_naming_the_file_and_what_came_before_loads(
+    data, suffix
+):
     """As gzip is: a stream whose data is damaged is not read, the streams before it are; a
     file cut short is read up to where it ends."""
     name, decompressor, damage = STREAMS[suffix]
@@ -863,20 +871,20 @@ def test_damaged_bzip2_and_xz_are_rejected_naming_the_file_and_what_came_before_
 
 def test_data_compressed_twice_or_in_a_compression_not_read_is_named_not_read_as_noise(data):
     write(data, "log_data/z/twice.json.gz", COMPRESS[".gz"](COMPRESS[".xz"](lines(event(0)))))
-    write(data, "log_data/z/zstd.json.bz2", COMPRESS[".bz2"](b"\x28\xb5\x2f\xfd" + bytes(256)))
+    write(data, "log_data/z/lz4.json.bz2", COMPRESS[".bz2"](b"\x04\x22\x4d\x18" + bytes(256)))
 
     summary = parse_summary(run_etl(data).stdout)
     assert sorted(r[:4] for r in rejects(last_run())) == [
         (
-            "log_data/z/twice.json.gz",
+            "log_data/z/lz4.json.bz2",
             None,
-            "xz data inside gzip data (compressed twice), which is not read before its first line",
+            "lz4 data, which is not read (gzip, bzip2, xz and zstd are) before its first line",
             None,
         ),
         (
-            "log_data/z/zstd.json.bz2",
+            "log_data/z/twice.json.gz",
             None,
-            "zstd data, which is not read (gzip, bzip2 and xz are) before its first line",
+            "xz data inside gzip data (compressed twice), which is not read before its first line",
             None,
         ),
     ]

@@ -96,7 +96,7 @@ def files_per_kind(folder: Path) -> dict[str, int]:
 
 
 def test_compressed_objects_load_like_their_plain_twins(s3, generated, tmp_path):
-    """Each object gzip, bzip2 or xz data, in turn."""
+    """Each object gzip, bzip2, xz or zstd data, in turn."""
     fresh_load(generated)
     plain = table_contents()
 
@@ -113,6 +113,7 @@ def test_compressed_objects_load_like_their_plain_twins(s3, generated, tmp_path)
         "gz",
         "bz2",
         "xz",
+        "zst",
     }
 
 
