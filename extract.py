@@ -280,7 +280,7 @@ def unread_compression(head: bytes) -> str | None:
 
 def started_as(head: bytes) -> Compression | None:
     """The compression, of those read, whose data starts as head does (None: none)."""
-    return next((c for c in COMPRESSIONS if head.startswith(c.magic)), None)
+    return next((c for c in COMPRESSIONS if head.startswith(c.magics)), None)
 
 
 def not_read(head: bytes, outer: Compression | None) -> str | None:
@@ -826,16 +826,27 @@ class Decompressor:
 @dataclasses.dataclass(frozen=True)
 class Compression:
     """A compression data files are read through: its name, what a file of it is named, the
-    bytes its data starts with (which no JSON text starts with), and what decompresses a stream
-    of it."""
+    bytes its data starts with (any of magics, none of which JSON text starts with), what
+    decompresses a stream of it, and what its decompressor says of data that is not damaged,
+    but needs more than it is given here (its words, and what the data needs)."""
 
     name: str
     suffix: str
-    magic: bytes
+    magics: tuple[bytes, ...]
     decompressor: Callable[[], Decompressor]
+    needs: tuple[tuple[str, str], ...] = ()
+
+    def failure(self, exc: Exception) -> str:
+        """The reason a reject gives for data its decompressor could not decompress."""
+        said = str(exc)
+        need = next((need for words, need in self.needs if words in said), None)
+        if need is None:
+            return f"damaged {self.name} data ({said})"
+        return f"{self.name} data needing {need}, which is not read ({said})"
 
 
 GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for the gzip format
+HEAD_BYTES = 16  # of content: enough for a byte-order mark, or another compression's magic
 
 
 class _Gunzipper:
@@ -863,11 +874,20 @@ class _Gunzipper:
         return not self._tail
 
 
+# A zstd file starts with a frame, or a skippable frame (as pzstd writes first): 16 magics.
+ZSTD_MAGICS = (b"\x28\xb5\x2f\xfd", *(bytes([n, 0x2A, 0x4D, 0x18]) for n in range(0x50, 0x60)))
+ZSTD_NEEDS = (
+    # zstd --long=28 and above, writing to a pipe, asks for more than the zstd tool reads too
+    ("too much memory", "a window above 128 MiB (zstd --long)"),
+    ("Dictionary mismatch", "a dictionary (zstd -D)"),
+)
+
 COMPRESSIONS = (
-    Compression("gzip", ".gz", b"\x1f\x8b", _Gunzipper),
-    Compression("bzip2", ".bz2", b"BZh", bz2.BZ2Decompressor),
-    Compression("xz", ".xz", b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
-    Compression("zstd", ".zst", b"\x28\xb5\x2f\xfd", zstd.ZstdDecompressor),
+    Compression("gzip", ".gz", (b"\x1f\x8b",), _Gunzipper),
+    Compression("bzip2", ".bz2", (b"BZh",), bz2.BZ2Decompressor),
+    # .xz, or the legacy .lzma format so named (known by its name alone)
+    Compression("xz", ".xz", (b"\xfd7zXZ\x00",), lzma.LZMADecompressor),
+    Compression("zstd", ".zst", ZSTD_MAGICS, zstd.ZstdDecompressor, ZSTD_NEEDS),
 )
 READ = ", ".join(c.name for c in COMPRESSIONS[:-1]) + f" and {COMPRESSIONS[-1].name} are"
 DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError, zstd.ZstdError)  # bz2's: OSError
@@ -885,7 +905,7 @@ def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator
         try:
             return stream.decompress(data, BLOCK)
         except DECOMPRESSION_ERRORS as exc:
-            raise DamagedFile(f"damaged {compression.name} data ({exc})", intact) from exc
+            raise DamagedFile(compression.failure(exc), intact) from exc
 
     for pending in blocks:
         while pending or not stream.needs_input:
@@ -937,11 +957,18 @@ def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[b
 
 
 def _decompressed_head(data: bytes, compression: Compression) -> bytes:
-    """The first bytes that compressed data decompresses to (none where it is damaged)."""
+    """The first bytes that compressed data decompresses to, from its first stream that holds
+    any (an empty one may come first: pzstd's skippable frame, `gzip </dev/null`), as far as it
+    can be decompressed."""
+    head = b""
     try:
-        return compression.decompressor().decompress(data, 16)
-    except DECOMPRESSION_ERRORS:
-        return b""
+        for block in _decompressed(iter([data]), compression):
+            head += block
+            if len(head) >= HEAD_BYTES:
+                break
+    except DamagedFile:
+        pass
+    return head[:HEAD_BYTES]
 
 
 # ---------------------------------------------------------------- text encodings

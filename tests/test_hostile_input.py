@@ -869,12 +869,23 @@ def test_damaged_bzip2_xz_and_zstd_are_rejected_naming_the_file_and_what_came_be
     assert summary.checks == CHECKS_PASSED
 
 
-def test_data_compressed_twice_or_in_a_compression_not_read_is_named_not_read_as_noise(data):
+def test_data_compressed_twice_or_in_a_way_not_read_is_named_not_read_as_noise(data):
+    long_window = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 31})
     write(data, "log_data/z/twice.json.gz", COMPRESS[".gz"](COMPRESS[".xz"](lines(event(0)))))
     write(data, "log_data/z/lz4.json.bz2", COMPRESS[".bz2"](b"\x04\x22\x4d\x18" + bytes(256)))
+    long = long_window.compress(lines(event(1))) + long_window.flush()  # its size not said first
+    write(data, "log_data/z/long.json", long)
 
     summary = parse_summary(run_etl(data).stdout)
     assert sorted(r[:4] for r in rejects(last_run())) == [
+        (
+            "log_data/z/long.json",
+            None,
+            "zstd data needing a window above 128 MiB (zstd --long), which is not read (Unable "
+            "to decompress Zstandard data: Frame requires too much memory for decoding) before "
+            "its first line",
+            None,
+        ),
         (
             "log_data/z/lz4.json.bz2",
             None,
@@ -889,7 +900,29 @@ def test_data_compressed_twice_or_in_a_compression_not_read_is_named_not_read_as
         ),
     ]
     assert crafted_items() == []
-    assert summary.rejected.files == 2
+    assert summary.rejected.files == 3
+
+
+SKIPPABLE_FRAME = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"pzst"  # as pzstd writes
+
+
+def test_compressed_files_as_the_tools_write_them_are_read_whatever_their_first_stream(data):
+    """pzstd starts with a skippable frame (under a plain name too), a gzip file may start with
+    an empty member; the text after them is read, in its own encoding. xz's legacy format is
+    read where the file is named .xz."""
+    utf16 = ENCODINGS["UTF-16 little-endian"]
+    write(data, "log_data/z/pzstd.json", SKIPPABLE_FRAME + COMPRESS[".zst"](utf16(lines(event(0)))))
+    write(
+        data,
+        "log_data/z/empty-first.json.gz",
+        COMPRESS[".gz"](b"") + COMPRESS[".gz"](utf16(lines(event(1)))),
+    )
+    write(data, "log_data/z/legacy.json.xz", lzma.compress(lines(event(2)), lzma.FORMAT_ALONE))
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert rejects(last_run()) == []
+    assert crafted_items() == [0, 1, 2]
+    assert summary.files["log"] == {"new": 5}
 
 
 @pytest.mark.parametrize("flip", [-8, "middle"], ids=["check", "data"])
