@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         "  python db.py psql        # psql on the database\n"
         "  python db.py psql -c 'SELECT count(*) FROM songplays'   # psql's options follow\n\n"
         "exit codes: 0 done; 2 bad arguments; 3 database problem (status: not running); psql: "
-        "psql's own",
+        "psql's own exit code",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

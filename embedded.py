@@ -31,6 +31,9 @@ SETTINGS = {
     "shared_buffers": "256MB",
     "maintenance_work_mem": "256MB",
     "work_mem": "64MB",
+    # Instants shown in UTC, as the docs show them and as the time table's parts are, whatever
+    # time zone the laptop that made the server is in (initdb takes it from the environment).
+    "timezone": "UTC",
 }
 
 

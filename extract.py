@@ -152,7 +152,8 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
     package = STORES[scheme][0]
     if importlib.util.find_spec(package) is None:
         raise StoreError(
-            f"{data}: reading {scheme}:// needs the {package} package: pip install {package}"
+            f"{data}: reading {scheme}:// needs the {package} package: pip install {package} "
+            "(into the Python that runs etl.py)"
         )
     return Source(f"{scheme}://{rest}".rstrip("/"), Store(scheme, anonymous))
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psycopg2
 import pytest
 from builders import (
     BASE,
@@ -235,6 +236,25 @@ def test_a_long_data_paths_server_is_found_from_any_runtime_folder_and_stop_remo
     finally:
         assert embedded.stop(deep)
     assert list(started_in.iterdir()) == []
+
+
+def test_the_embedded_server_shows_instants_in_utc_whatever_zone_made_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Berlin")  # what initdb writes into the server's settings
+    folder = embedded.start(tmp_path / "pg")
+    try:
+        with (
+            contextlib.closing(
+                psycopg2.connect(host=folder, port=embedded.PORT, user=embedded.SUPERUSER)
+            ) as connection,
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(
+                "SELECT current_setting('TimeZone'), %s::timestamptz::text",
+                ("2018-11-01 00:37:42.796+00",),
+            )
+            assert cursor.fetchone() == ("UTC", "2018-11-01 00:37:42.796+00")
+    finally:
+        assert embedded.stop(tmp_path / "pg")
 
 
 def test_create_tables_refuses_to_drop_a_users_views_in_one_line_and_leaves_everything_in_place():

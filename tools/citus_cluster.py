@@ -68,8 +68,8 @@ def check_installed() -> None:
     if not (Path(libdir) / "citus.so").exists():
         raise ClusterError(
             f"the citus extension is not installed in PostgreSQL 15 ({libdir}): "
-            "run `sh ../shared/citus/install.sh` as root, or install Citus's "
-            "packages for PostgreSQL 15"
+            "install Citus's packages for PostgreSQL 15 (docs/citus.md), or, where the "
+            "project sits beside shared/citus, run `sh ../shared/citus/install.sh` as root"
         )
 
 

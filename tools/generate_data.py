@@ -743,7 +743,8 @@ Write a deterministic Sparkify data set (song_data/, log_data/) in the exact
 format of the Udacity data, plus truth.json with the row counts and values a
 correct ETL must produce from it."""
 EPILOG = """\
-example (100,000 events and 2,000 song files, then load them in place of what the tables hold):
+example (100,000 events and 2,000 song files, then load them in place of what the tables hold;
+one database holds one feed: `python etl.py --full-refresh` goes back to the sample in data/):
   python -m tools.generate_data --out /tmp/sparkify --events 100000 --songs 2000
   python etl.py --data /tmp/sparkify --full-refresh
 
