@@ -743,10 +743,10 @@ Write a deterministic Sparkify data set (song_data/, log_data/) in the exact
 format of the Udacity data, plus truth.json with the row counts and values a
 correct ETL must produce from it."""
 EPILOG = """\
-example (100,000 events and 2,000 song files, then load them in place of what the tables hold;
-one database holds one feed: `python etl.py --full-refresh` goes back to the sample in data/):
+example (100,000 events and 2,000 song files, then load them in place of what the tables hold):
   python -m tools.generate_data --out /tmp/sparkify --events 100000 --songs 2000
   python etl.py --data /tmp/sparkify --full-refresh
+  python etl.py --full-refresh    # back to the sample in data/: one database holds one feed
 
 exit codes: 0 written; 2 bad arguments; 3 the output folder cannot be written"""
 
