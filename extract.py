@@ -136,6 +136,8 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
         raise StoreError(
             f"{data}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
         )
+    if not rest.partition("/")[0]:  # an unset variable in s3://$BUCKET/prefix, say
+        raise StoreError(f"{data}: the URL names no bucket ({scheme}://bucket/prefix)")
     if scheme in BUCKET_FIRST and any(mark in rest.partition("/")[0] for mark in "@:"):
         raise StoreError(
             f"{data}: a user, password or port in the URL is not read: it starts with the "
@@ -215,9 +217,10 @@ def store_failure(exc: Exception, url: str) -> Exception:
 
 
 def store_reason(exc: Exception) -> str:
-    """A store library's error on one line: its first line alone may say only "Parameter
-    validation failed:"."""
-    return cli.one_line(str(exc)) or type(exc).__name__
+    """A store library's error on one line (its first line alone may say only "Parameter
+    validation failed:"), without Python's "[Errno 13]" where it made an OSError of it."""
+    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return cli.one_line(said) or type(exc).__name__
 
 
 # ================================================================ paths as text

@@ -249,6 +249,24 @@ def test_a_missing_bucket_or_prefix_is_one_line_naming_the_url_and_no_secret(s3)
     assert query("SELECT count(*) FROM load_runs") == [(0,)]
 
 
+@pytest.mark.parametrize("url", ["s3://", "s3:///udacity", "S3://"])
+def test_a_url_naming_no_bucket_says_so_in_one_line(url):
+    done = etl(url, exit_code=EXIT_ENVIRONMENT)
+    scheme = url[:2].lower()
+    assert (
+        one_error_line(done) == f"error: {url}: the URL names no bucket ({scheme}://bucket/prefix)"
+    )
+
+
+def test_a_store_error_reads_as_the_store_says_it_without_pythons_errno():
+    """s3fs makes an OSError of what S3 says: an "[Errno 22]" before it says nothing more."""
+    said = "The provided token is malformed or otherwise invalid."
+    assert extract.store_reason(OSError(22, said)) == said
+    assert extract.store_reason(ValueError("Parameter validation failed:\nInvalid bucket")) == (
+        "Parameter validation failed: Invalid bucket"
+    )
+
+
 def test_a_bucket_name_the_store_refuses_is_named_with_the_stores_reason(s3):
     done = etl("s3://bad_bucket!/x", exit_code=EXIT_ENVIRONMENT, env=s3.env)
     assert one_error_line(done).startswith(
