@@ -244,14 +244,20 @@ def path_text(path: str) -> str:
 
 
 def is_data_file(name: str) -> bool:
-    named = named_for(name)
-    return name.lower().removesuffix(named.suffix if named else "").endswith(DATA_SUFFIXES)
+    return _named(name)[0].endswith(DATA_SUFFIXES)
 
 
 def named_for(name: str) -> Compression | None:
     """The compression whose suffix a file's name ends in, in any case (None: none)."""
+    return _named(name)[1]
+
+
+def _named(name: str) -> tuple[str, Compression | None]:
+    """A file's name in lower case without a compression's suffix, and that compression."""
     lowered = name.lower()
-    return next((c for c in COMPRESSIONS if lowered.endswith(c.suffix)), None)
+    stem, dot, suffix = lowered.rpartition(".")
+    compression = BY_SUFFIX.get(dot + suffix)
+    return (stem, compression) if compression else (lowered, None)
 
 
 def is_hidden(name: str) -> bool:
@@ -893,6 +899,7 @@ COMPRESSIONS = (
     Compression("xz", ".xz", (b"\xfd7zXZ\x00",), lzma.LZMADecompressor),
     Compression("zstd", ".zst", ZSTD_MAGICS, zstd.ZstdDecompressor, ZSTD_NEEDS),
 )
+BY_SUFFIX = {c.suffix: c for c in COMPRESSIONS}
 READ = ", ".join(c.name for c in COMPRESSIONS[:-1]) + f" and {COMPRESSIONS[-1].name} are"
 DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError, zstd.ZstdError)  # bz2's: OSError
 
