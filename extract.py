@@ -283,14 +283,16 @@ UNREAD_COMPRESSIONS = {
 
 def unread_compression(head: bytes) -> str | None:
     """The compression, of those not read, that data starting with head is in (None: none)."""
-    return next(
-        (name for magic, name in UNREAD_COMPRESSIONS.items() if head.startswith(magic)), None
-    )
+    if not head.startswith(tuple(UNREAD_COMPRESSIONS)):  # one look, for every file read
+        return None
+    return next(name for magic, name in UNREAD_COMPRESSIONS.items() if head.startswith(magic))
 
 
 def started_as(head: bytes) -> Compression | None:
     """The compression, of those read, whose data starts as head does (None: none)."""
-    return next((c for c in COMPRESSIONS if head.startswith(c.magics)), None)
+    if not head.startswith(MAGICS):  # one look, for every file read
+        return None
+    return next(c for c in COMPRESSIONS if head.startswith(c.magics))
 
 
 def not_read(head: bytes, outer: Compression | None) -> str | None:
@@ -298,8 +300,7 @@ def not_read(head: bytes, outer: Compression | None) -> str | None:
     is in a compression that is not read, or compressed twice (None: it is read)."""
     if unread := unread_compression(head):
         return f"{unread} data, which is not read ({READ})"
-    inner = started_as(head)
-    if outer is not None and inner is not None:
+    if outer is not None and (inner := started_as(head)):
         return f"{inner.name} data inside {outer.name} data (compressed twice), which is not read"
     return None
 
@@ -900,6 +901,7 @@ COMPRESSIONS = (
     Compression("zstd", ".zst", ZSTD_MAGICS, zstd.ZstdDecompressor, ZSTD_NEEDS),
 )
 BY_SUFFIX = {c.suffix: c for c in COMPRESSIONS}
+MAGICS = tuple(magic for c in COMPRESSIONS for magic in c.magics)
 READ = ", ".join(c.name for c in COMPRESSIONS[:-1]) + f" and {COMPRESSIONS[-1].name} are"
 DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError, zstd.ZstdError)  # bz2's: OSError
 
