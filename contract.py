@@ -62,13 +62,14 @@ Version = tuple[int, int, str | None]
 class Known(NamedTuple):
     """What the manifest knows of a file: its version and SHA-256 when it was last loaded,
     whether that load found the file itself damaged (read again at each run, whatever its
-    version says), and whether what it loaded holds a record not rejected (a version holding
-    none then leaves it in place)."""
+    version says), whether what it loaded holds a record not rejected (a version holding none
+    then leaves it in place), and the run that loaded it."""
 
     version: Version
     sha256: str
     damaged: bool = False
     usable: bool = False
+    run_id: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -520,8 +520,9 @@ def plan(
 
 def _gone(data: Source, listed: Listing, kind: Kind, known, here: set[str]) -> list[str]:
     """The manifest's files under this folder (or prefix) that the listing no longer has (here:
-    the paths it has), in path order; those under a folder that cannot be listed are not known
-    to be gone."""
+    the paths it has), the most recently loaded first (a file deleted by mistake before those
+    rotated away long ago), then in path order; those under a folder that cannot be listed are
+    not known to be gone."""
     top = relative(data, kind, data.top(kind))
     unlisted = [relative(data, kind, location) + "/" for location, _ in listed.unlisted]
     return sorted(
@@ -532,7 +533,7 @@ def _gone(data: Source, listed: Listing, kind: Kind, known, here: set[str]) -> l
             and path not in here
             and not any(path.startswith(folder) for folder in unlisted)
         ),
-        key=_path_order,
+        key=lambda path: (-known[path].run_id, _path_order(path)),
     )
 
 

@@ -105,8 +105,8 @@ def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSt
         for kind in ("song", "log"):
             cur.execute(sql.manifest_known, {"kind": kind})
             known[kind] = {
-                path: Known((size, mtime_ns, etag), sha256, damaged, usable)
-                for path, size, mtime_ns, etag, sha256, damaged, usable in cur.fetchall()
+                path: Known((size, mtime_ns, etag), sha256, damaged, usable, run_id)
+                for path, size, mtime_ns, etag, sha256, damaged, usable, run_id in cur.fetchall()
             }
     return RunStart(run_id, before.rows, before.resolved, known, server, unreported)
 

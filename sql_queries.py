@@ -610,7 +610,7 @@ manifest_known = """
 SELECT m.path, m.size_bytes, m.mtime_ns, m.etag, m.sha256,
        EXISTS (SELECT FROM load_rejects r
                WHERE r.path = m.path AND r.run_id = m.run_id AND r.line IS NULL) AS damaged,
-       m.records > m.rejected AS usable
+       m.records > m.rejected AS usable, m.run_id
 FROM load_manifest m
 WHERE m.kind = %(kind)s"""
 

@@ -431,6 +431,22 @@ def test_a_log_file_sent_again_in_any_compression_read_loads_the_same_rows(data,
         assert table_contents() == loaded
 
 
+def test_gone_files_are_named_the_most_recently_loaded_first(data):
+    """Rotation takes old days away; a day deleted by mistake still shows among the five."""
+    old = [f"log_data/2018/12/{day:02}.json" for day in range(1, 7)]
+    for n, path in enumerate(old):
+        write(data, path, lines(G(n)))
+    etl(data)
+    write(data, "log_data/2018/12/31.json", lines(G(10)))
+    etl(data)
+    for path in [*old, "log_data/2018/12/31.json"]:
+        (data / path).unlink()
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.gone == 7
+    assert summary.gone_examples == ["log_data/2018/12/31.json", *old[:4]]
+
+
 def test_full_refresh_reloads_everything_to_identical_tables(data):
     write(data, "log_data/2018/12/new.json", lines(G(0), G(1), G(2)))
     etl(data)
