@@ -429,9 +429,14 @@ def test_help_lists_the_options():
 
 def test_help_ends_with_an_example_that_generates_what_it_says_and_loads_that_folder(tmp_path):
     result = run_script(*TOOL, "--help")
-    commands = [line.split() for line in result.stdout.splitlines() if line.startswith("  python")]
-    generate, load = commands
+    commands = [
+        line.split("  #")[0].split()
+        for line in result.stdout.splitlines()
+        if line.startswith("  python")
+    ]
+    generate, load, back = commands
     assert generate[:3] == ["python", *TOOL] and load[:2] == ["python", "etl.py"]
+    assert back == ["python", "etl.py", "--full-refresh"]  # to the sample in data/
     options = dict(zip(generate[3::2], generate[4::2]))
     assert load[2:] == ["--data", options["--out"], "--full-refresh"]
     out = tmp_path / "example"
