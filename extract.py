@@ -27,6 +27,7 @@ import io
 import itertools
 import lzma
 import os
+import re
 import stat
 import sys
 import zlib
@@ -216,11 +217,13 @@ def store_failure(exc: Exception, url: str) -> Exception:
     return StoreError(f"cannot read {url}: {store_reason(exc)}")
 
 
+ERRNO = re.compile(r"^\[Errno -?\d+\] ")
+
+
 def store_reason(exc: Exception) -> str:
     """A store library's error on one line (its first line alone may say only "Parameter
     validation failed:"), without Python's "[Errno 13]" where it made an OSError of it."""
-    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return cli.one_line(said) or type(exc).__name__
+    return cli.one_line(ERRNO.sub("", str(exc), count=1)) or type(exc).__name__
 
 
 # ================================================================ paths as text
@@ -888,6 +891,12 @@ class _Gunzipper:
 
 # A zstd file starts with a frame, or a skippable frame (as pzstd writes first): 16 magics.
 ZSTD_MAGICS = (b"\x28\xb5\x2f\xfd", *(bytes([n, 0x2A, 0x4D, 0x18]) for n in range(0x50, 0x60)))
+# xz's decoder takes what the data's dictionary asks for, up to 4 GiB: a file asking for more than
+# this is named, not read (xz -9 asks for 65 MiB).
+XZ_MEMORY = 256 << 20
+XZ_NEEDS = (("Memory usage limit", "more than 256 MiB of memory (a dictionary above xz -9's)"),)
+
+
 ZSTD_NEEDS = (
     # zstd --long=28 and above, writing to a pipe, asks for more than the zstd tool reads too
     ("too much memory", "a window above 128 MiB (zstd --long)"),
@@ -898,7 +907,9 @@ COMPRESSIONS = (
     Compression("gzip", ".gz", (b"\x1f\x8b",), _Gunzipper),
     Compression("bzip2", ".bz2", (b"BZh",), bz2.BZ2Decompressor),
     # .xz, or the legacy .lzma format so named (known by its name alone)
-    Compression("xz", ".xz", (b"\xfd7zXZ\x00",), lzma.LZMADecompressor),
+    Compression(
+        "xz", ".xz", (b"\xfd7zXZ\x00",), lambda: lzma.LZMADecompressor(memlimit=XZ_MEMORY), XZ_NEEDS
+    ),
     Compression("zstd", ".zst", ZSTD_MAGICS, zstd.ZstdDecompressor, ZSTD_NEEDS),
 )
 BY_SUFFIX = {c.suffix: c for c in COMPRESSIONS}

@@ -875,9 +875,19 @@ def test_data_compressed_twice_or_in_a_way_not_read_is_named_not_read_as_noise(d
     write(data, "log_data/z/lz4.json.bz2", COMPRESS[".bz2"](b"\x04\x22\x4d\x18" + bytes(256)))
     long = long_window.compress(lines(event(1))) + long_window.flush()  # its size not said first
     write(data, "log_data/z/long.json", long)
+    # xz's legacy header asking for a dictionary of 4 GiB, which the decoder would reserve
+    big_dictionary = b"\x5d" + (2**32 - 1).to_bytes(4, "little") + b"\xff" * 8 + bytes(64)
+    write(data, "log_data/z/big-dictionary.json.xz", big_dictionary)
 
     summary = parse_summary(run_etl(data).stdout)
     assert sorted(r[:4] for r in rejects(last_run())) == [
+        (
+            "log_data/z/big-dictionary.json.xz",
+            None,
+            "xz data needing more than 256 MiB of memory (a dictionary above xz -9's), which is "
+            "not read (Memory usage limit exceeded) before its first line",
+            None,
+        ),
         (
             "log_data/z/long.json",
             None,
@@ -900,7 +910,7 @@ def test_data_compressed_twice_or_in_a_way_not_read_is_named_not_read_as_noise(d
         ),
     ]
     assert crafted_items() == []
-    assert summary.rejected.files == 3
+    assert summary.rejected.files == 4
 
 
 SKIPPABLE_FRAME = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"pzst"  # as pzstd writes

@@ -262,6 +262,14 @@ def test_a_store_error_reads_as_the_store_says_it_without_pythons_errno():
     """s3fs makes an OSError of what S3 says: an "[Errno 22]" before it says nothing more."""
     said = "The provided token is malformed or otherwise invalid."
     assert extract.store_reason(OSError(22, said)) == said
+
+    class Unreachable(OSError):  # as aiohttp's connection errors say theirs: the host first
+        def __str__(self):
+            return "Cannot connect to host minio.local:9000 ssl:None [Name or service not known]"
+
+    assert extract.store_reason(Unreachable(-2, "Name or service not known")) == (
+        "Cannot connect to host minio.local:9000 ssl:None [Name or service not known]"
+    )
     assert extract.store_reason(ValueError("Parameter validation failed:\nInvalid bucket")) == (
         "Parameter validation failed: Invalid bucket"
     )
