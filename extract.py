@@ -33,6 +33,7 @@ import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
@@ -137,9 +138,10 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
         raise StoreError(
             f"{data}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
         )
-    if not rest.partition("/")[0]:  # an unset variable in s3://$BUCKET/prefix, say
+    bucket = rest.partition("/")[0]
+    if not bucket:  # an unset variable in s3://$BUCKET/prefix, say
         raise StoreError(f"{data}: the URL names no bucket ({scheme}://bucket/prefix)")
-    if scheme in BUCKET_FIRST and any(mark in rest.partition("/")[0] for mark in "@:"):
+    if scheme in BUCKET_FIRST and any(mark in bucket for mark in "@:"):
         raise StoreError(
             f"{data}: a user, password or port in the URL is not read: it starts with the "
             "bucket (s3://bucket/prefix), and credentials and endpoints come from the store's "
@@ -617,10 +619,9 @@ def _read(
     if seen.sha256 == task.known_sha256:
         return FileRead("unchanged", seen.size, seen.sha256, etag=task.etag), iter(())
     blocks = iter([seen.first]) if whole else _blocks(handle, seen.size)
-    head = seen.first
+    head = seen.first if seen.compression is None else seen.content_head
     if seen.compression is not None:
         blocks = _trusted(_decompressed(blocks, seen.compression), seen.damage)
-        head = _decompressed_head(seen.first, seen.compression)
     if reason := not_read(head, seen.compression):
         handle.close()
         blocks = _trusted(iter(()), DamagedFile(reason))
@@ -768,12 +769,15 @@ class FirstPass:
     """What reading a file through once found: the SHA-256 and size of what it held as it was
     opened (not what it grew to after), its first block (all of it when it is no bigger than
     part_bytes, read at once), the compression it is read through (compression_of), and for
-    compressed data the damage decompressing it meets (None when it is intact)."""
+    compressed data the first bytes it decompresses to, from its first stream that holds any
+    (an empty one may come first: pzstd's skippable frame, `gzip </dev/null`), and the damage
+    decompressing it meets (None when it is intact)."""
 
     sha256: str
     size: int
     first: bytes
     compression: Compression | None
+    content_head: bytes = b""
     damage: DamagedFile | None = None
 
 
@@ -783,10 +787,14 @@ def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
     head = next(blocks, b"")
     compression = compression_of(location, head)
     blocks = itertools.chain([head], blocks)
-    damage = None if compression is None else _damage(blocks, compression)
+    content_head, damage = b"", None
+    if compression is not None:
+        content_head, damage = _checked(blocks, compression)
     for _ in blocks:  # what decompressing left unread is hashed too
         pass
-    return FirstPass(hashing.digest.hexdigest(), hashing.read, hashing.first, compression, damage)
+    return FirstPass(
+        hashing.digest.hexdigest(), hashing.read, hashing.first, compression, content_head, damage
+    )
 
 
 class Hashing:
@@ -827,7 +835,7 @@ def _blocks(handle, size: int) -> Iterator[bytes]:
 # ---------------------------------------------------------------- compressed data
 
 
-class Decompressor:
+class Decompressor(Protocol):
     """What decompresses one stream (a gzip member, a bzip2 or xz stream, a zstd frame): bz2's,
     lzma's and zstd's decompressors have this interface; _Gunzipper gives zlib's it."""
 
@@ -889,14 +897,13 @@ class _Gunzipper:
         return not self._tail
 
 
-# A zstd file starts with a frame, or a skippable frame (as pzstd writes first): 16 magics.
-ZSTD_MAGICS = (b"\x28\xb5\x2f\xfd", *(bytes([n, 0x2A, 0x4D, 0x18]) for n in range(0x50, 0x60)))
 # xz's decoder takes what the data's dictionary asks for, up to 4 GiB: a file asking for more than
 # this is named, not read (xz -9 asks for 65 MiB).
 XZ_MEMORY = 256 << 20
 XZ_NEEDS = (("Memory usage limit", "more than 256 MiB of memory (a dictionary above xz -9's)"),)
 
-
+# A zstd file starts with a frame, or a skippable frame (as pzstd writes first): 16 magics.
+ZSTD_MAGICS = (b"\x28\xb5\x2f\xfd", *(bytes([n, 0x2A, 0x4D, 0x18]) for n in range(0x50, 0x60)))
 ZSTD_NEEDS = (
     # zstd --long=28 and above, writing to a pipe, asks for more than the zstd tool reads too
     ("too much memory", "a window above 128 MiB (zstd --long)"),
@@ -952,14 +959,17 @@ def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator
         raise DamagedFile(f"{compression.name} data cut short", total)
 
 
-def _damage(blocks: Iterator[bytes], compression: Compression) -> DamagedFile | None:
-    """The damage decompressing compressed data meets; None when it is intact."""
+def _checked(blocks: Iterator[bytes], compression: Compression) -> tuple[bytes, DamagedFile | None]:
+    """Compressed data decompressed through: the first HEAD_BYTES it decompresses to, and the
+    damage it meets (None when it is intact)."""
+    head = b""
     try:
-        for _ in _decompressed(blocks, compression):
-            pass
+        for block in _decompressed(blocks, compression):
+            if len(head) < HEAD_BYTES:
+                head += block[: HEAD_BYTES - len(head)]
     except DamagedFile as damage:
-        return damage
-    return None
+        return head, damage
+    return head, None
 
 
 def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[bytes]:
@@ -979,21 +989,6 @@ def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[b
         left -= len(block)
         yield block
     raise damage
-
-
-def _decompressed_head(data: bytes, compression: Compression) -> bytes:
-    """The first bytes that compressed data decompresses to, from its first stream that holds
-    any (an empty one may come first: pzstd's skippable frame, `gzip </dev/null`), as far as it
-    can be decompressed."""
-    head = b""
-    try:
-        for block in _decompressed(iter([data]), compression):
-            head += block
-            if len(head) >= HEAD_BYTES:
-                break
-    except DamagedFile:
-        pass
-    return head[:HEAD_BYTES]
 
 
 # ---------------------------------------------------------------- text encodings

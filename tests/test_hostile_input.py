@@ -1070,6 +1070,19 @@ def test_a_big_file_is_read_in_line_aligned_parts_whatever_its_encoding_or_compr
             assert read.encoding == name.split()[0]
 
 
+def test_a_compressed_files_encoding_is_found_behind_a_first_stream_bigger_than_a_block(tmp_path):
+    """A skippable frame of 2 MiB first: the byte-order mark comes after the first block read."""
+    text = lines(*(event(i) for i in range(200)))
+    skippable = b"\x50\x2a\x4d\x18" + (2 << 20).to_bytes(4, "little") + bytes(2 << 20)
+    on_disk = skippable + COMPRESS[".zst"](ENCODINGS["UTF-16 little-endian"](text))
+    path = write(tmp_path, "x.json.zst", on_disk)
+    for part_bytes in (4096, 8 << 20):  # read in parts, or whole
+        read, contents = extract.read_file(
+            FileTask("x", str(path), len(on_disk), 0, None), part_bytes
+        )
+        assert (read.encoding, b"".join(contents)) == ("UTF-16", text), part_bytes
+
+
 def before_its_last_line(part: bytes) -> int:
     """How many bytes of a part come before its last line."""
     return part.removesuffix(b"\n").rfind(b"\n") + 1
