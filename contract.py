@@ -78,7 +78,8 @@ class FileTask:
     slashes, as path_text writes it; an object's full URL), where it is (a path, or a URL), its
     size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
     problem: why it cannot be read, known from the listing already (a folder that cannot be
-    listed). known_usable: the version the manifest has holds a record not rejected."""
+    listed). known_usable: the version the manifest has holds a record not rejected;
+    known_damaged: that version's data was damaged or cut short (what came before loaded)."""
 
     path: str
     location: str
@@ -88,11 +89,19 @@ class FileTask:
     problem: str | None = None
     etag: str | None = None
     known_usable: bool = False
+    known_damaged: bool = False
 
     def keeps(self, read: FileRead) -> bool:
         """Whether the file, read as read, keeps what it loaded where it now holds no record
         that is not rejected: it changed, and the version the manifest has holds one."""
         return read.status == "changed" and self.known_usable
+
+    def keeps_over(self, read: FileRead) -> bool:
+        """Whether the file keeps what it loaded instead of reading this version at all: the
+        version is damaged (a resend cut short, say), and the one the manifest has was read
+        whole and holds a record not rejected. A damaged version of a file that loaded damaged
+        too replaces it, as any changed file's does."""
+        return read.damaged and self.keeps(read) and not self.known_damaged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,10 +154,11 @@ class FileRead:
     error: str | None = None  # the reject's reason: "cannot read file: ..."
     encoding: str = "UTF-8"
     etag: str | None = None
+    damaged: bool = False  # its content ends in DamagedFile: compressed data damaged, cut short
 
     def emptied(self) -> FileRead:
-        """This read, of a loaded file that now holds no record it can load: it keeps what it
-        loaded."""
+        """This read, of a loaded file that now holds no record it can load, or is damaged where
+        it loaded whole: it keeps what it loaded."""
         return dataclasses.replace(self, status="emptied")
 
 

@@ -499,6 +499,7 @@ def plan(
                 seen.sha256 if seen else None,
                 etag=etag,
                 known_usable=bool(seen and seen.usable),
+                known_damaged=bool(seen and seen.damaged),
             )
         )
     for location, problem in listed.unlisted:  # a folder's problem is recorded by its path too
@@ -622,9 +623,10 @@ def _read(
     head = seen.first if seen.compression is None else seen.content_head
     if seen.compression is not None:
         blocks = _trusted(_decompressed(blocks, seen.compression), seen.damage)
+    damaged = seen.damage is not None
     if reason := not_read(head, seen.compression):
         handle.close()
-        blocks = _trusted(iter(()), DamagedFile(reason))
+        blocks, damaged = _trusted(iter(()), DamagedFile(reason)), True
     bom = byte_order_mark(head)
     return (
         FileRead(
@@ -633,6 +635,7 @@ def _read(
             seen.sha256,
             encoding=BYTE_ORDER_MARKS.get(bom, "UTF-8"),
             etag=task.etag,
+            damaged=damaged,
         ),
         _text_parts(_as_utf8(blocks, bom), part_bytes, songs),
     )

@@ -84,12 +84,23 @@ def prepare(
     where it holds one song a line: extract.read_batch). With direct (a bulk
     load), a log batch's plays go straight to songplays once what that takes is handed over.
     A changed file unusable names (its records all rejected, as loading the batch found) is
-    emptied: its lines are still judged and rejected, and it keeps what it loaded."""
+    emptied: its lines are still judged and rejected, and it keeps what it loaded. So does a
+    damaged version of a file the manifest has whole (FileTask.keeps_over): it is read through
+    only to say after which line its damage comes."""
     part_bytes, piece_bytes = limits.log_batch_bytes, limits.parse_piece_bytes
     chunks, problems, size, lines, index = [], [], 0, 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
             problems.append(Reject(task.path, None, read.error))
+        if task.keeps_over(read):
+            first_line = 1
+            try:
+                for data in contents:
+                    first_line += newline_count(data)
+            except extract.DamagedFile as exc:
+                problems.append(Reject(task.path, None, f"{damaged_at(exc, first_line)}: {KEPT}"))
+            chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read.emptied()), 1, b"", []))
+            continue
         garbled = read.status == "changed" and (unusable or {}).get(task.path) == read.sha256
         if garbled:
             read = read.emptied()
@@ -108,8 +119,7 @@ def prepare(
                     yield shape(batch.kind, index, False, chunks, problems, direct, piece_bytes)
                     chunks, problems, size, lines, index = [], [], 0, 0, index + 1
         except extract.DamagedFile as exc:
-            where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
-            damage = f"{exc} {where}"
+            damage = damaged_at(exc, first_line)
         if garbled:  # one reject of the whole file, its damage named in it
             reason = f"every record rejected: {KEPT}"
             problems.append(Reject(task.path, None, f"{damage}: {reason}" if damage else reason))
@@ -121,6 +131,12 @@ def prepare(
         if first:  # nothing read: the file still counts, once
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read), 1, b"", []))
     yield shape(batch.kind, index, True, chunks, problems, direct, piece_bytes)
+
+
+def damaged_at(exc: extract.DamagedFile, first_line: int) -> str:
+    """The damage that ends a file, and where: its content's next line is first_line."""
+    where = f"after line {first_line - 1}" if first_line > 1 else "before its first line"
+    return f"{exc} {where}"
 
 
 def counted(kind: str, contents: Iterator[bytes], most: int) -> Iterator[tuple[bytes, int]]:

@@ -17,6 +17,7 @@ import random
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,8 @@ def song(n: int, **changes) -> dict:
 def line(record) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
+
+GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
 
 # What each compression read makes of a file's bytes, by the suffix its file is named with (zstd
 # with a checksum of each frame, as the zstd tool writes it).

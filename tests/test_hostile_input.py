@@ -45,6 +45,7 @@ from builders import (
     BASE_LOG_RECORDS,
     BASE_SKIPPED,
     COMPRESS,
+    GZIP_FORMAT,
     HIDDEN,
     USER,
     crafted_items,
@@ -74,7 +75,6 @@ from contract import Batch, FilePart, FileRead, FileTask, Limits
 from extract import zstd
 
 TIMEOUT = 120  # seconds: a run that takes longer hangs
-GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
 
 # ================================================================ running etl.py
 

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import zlib
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from builders import (
     BASE_SONG_DIR,
     COMPRESS,
     FACE,
+    GZIP_FORMAT,
     T0,
     USER,
     base_sample,
@@ -287,22 +289,70 @@ def test_a_file_that_never_held_a_usable_record_is_replaced_by_its_next_version(
     assert parse_summary(etl(data).stdout).nothing_new
 
 
-def test_a_garbled_file_cut_short_is_one_whole_file_rejected_naming_both(data):
-    """gzip data of error pages, cut short, over a loaded file: one reject of the whole file
-    names the damage and that it keeps what it loaded; its lines are rejected each."""
-    path = write(data, "log_data/2018/12/a.json.gz", gzip.compress(lines(G(0), G(1))))
+def cut_in_half(whole: bytes) -> tuple[bytes, int]:
+    """gzip data cut short (a failed transfer), and the lines it holds whole."""
+    cut = whole[: len(whole) // 2]
+    return cut, zlib.decompressobj(GZIP_FORMAT).decompress(cut).count(b"\n")
+
+
+def crc_failed(whole: bytes, good: bytes) -> tuple[bytes, int]:
+    """A member of good lines, then the whole data with its check (CRC-32) failing."""
+    damaged = bytearray(whole)
+    damaged[-8] ^= 0xFF
+    return gzip.compress(good, mtime=0) + bytes(damaged), good.count(b"\n")
+
+
+@pytest.mark.parametrize("batch_mb", ["32", "1"])
+def test_a_damaged_version_of_a_file_loaded_whole_keeps_what_it_loaded_until_a_whole_one_comes(
+    data, batch_mb
+):
+    """A loaded day sent again cut short (a failed transfer), or with its compressed data
+    damaged, or as error pages cut short: its plays and manifest entry stay, as an emptied
+    file's do, and one reject of the whole file names the damage at each run, until a whole
+    version replaces them. A day of more lines than a part holds (--batch-mb 1: 8,192) too."""
+    day = lines(*(G(n, level="paid") for n in range(9_000)))
+    path = write(data, "log_data/2018/12/a.json.gz", gzip.compress(day, mtime=0))
+    etl(data, "--batch-mb", batch_mb)
+    loaded, entry = table_contents(), manifest()
+    resent = gzip.compress(lines(*(G(n, level="free") for n in range(9_500))), mtime=0)
+    for damaged, complete, why in [
+        (*cut_in_half(resent), "gzip data cut short"),
+        (*cut_in_half(gzip.compress(ERROR_PAGE * 5_000, mtime=0)), "gzip data cut short"),
+        (
+            *crc_failed(resent, lines(G(9_999))),
+            "damaged gzip data (Error -3 while decompressing data: incorrect data check)",
+        ),
+    ]:
+        path.write_bytes(damaged)
+        for _ in range(2):
+            summary = parse_summary(etl(data, "--batch-mb", batch_mb).stdout)
+            assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
+            assert rejects(last_run()) == [
+                ("log_data/2018/12/a.json.gz", None, f"{why} after line {complete}: {KEPT}", None)
+            ]
+            assert (table_contents(), manifest()) == (loaded, entry)
+    path.write_bytes(resent)
+    assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 2, "changed": 1}
+    assert crafted_items() == list(range(9_500))
+    assert table_contents() == fresh_load_of(data)
+
+
+def test_a_damaged_version_replaces_one_that_loaded_damaged_too(data):
+    """A file loaded from damaged data was never whole: its next version, damaged too, replaces
+    what it loaded, as any changed file's does, and loads what comes before its damage."""
+    day = gzip.compress(lines(*(G(n) for n in range(2_000))), mtime=0)
+    path = write(data, "log_data/2018/12/a.json.gz", day[: len(day) // 4])
     etl(data)
-    loaded = table_contents()
-    pages = gzip.compress(ERROR_PAGE * 50, mtime=0)
-    path.write_bytes(pages[:-10])  # its trailer and the end of its data gone
+    cut, complete = cut_in_half(day)
+    path.write_bytes(cut)
 
     summary = parse_summary(etl(data).stdout)
 
-    assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
-    whole = [reason for _, line, reason, _ in rejects(last_run()) if line is None]
-    assert whole == [f"gzip data cut short after line 47: every record rejected: {KEPT}"]
-    assert summary.rejected[:2] == (48, 1)
-    assert table_contents() == loaded
+    assert summary.files["log"] == {"unchanged": 2, "changed": 1}
+    whole_file = [reason for _, line, reason, _ in rejects(last_run()) if line is None]
+    assert whole_file == [f"gzip data cut short after line {complete}"]
+    assert crafted_items()[:complete] == list(range(complete))
+    assert table_contents() == fresh_load_of(data)
 
 
 def test_a_changed_file_the_database_refuses_keeps_what_it_loaded(data):
