@@ -29,11 +29,12 @@ import lzma
 import os
 import re
 import stat
+import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import orjson
 
@@ -60,7 +61,7 @@ FOLDERS = {"song": "song_data", "log": "log_data"}
 # A data file's name ends in one of these, in any case, compressed or not ("x.JSON",
 # "x.ndjson.gz", "x.json.XZ": COMPRESSIONS).
 DATA_SUFFIXES = (".json", ".ndjson", ".jsonl")
-DATA_FILES = "*.json, *.ndjson and *.jsonl files, compressed (.gz, .bz2, .xz, .zst) or not"
+DATA_FILES = "*.json, *.ndjson and *.jsonl files, compressed (.gz, .bz2, .xz, .zst, .zip) or not"
 
 BLOCK = 1 << 20  # bytes read, or decompressed, at a time
 OBJECT_BLOCK = 8 << 20  # bytes of a big object asked for in one request
@@ -280,10 +281,7 @@ def hidden_note(name: str, folder: bool) -> str:
 
 # Data compressed otherwise, by its first bytes: read as text, it would be lines of noise, each
 # rejected, and a file loaded before would lose its plays to them. It is named and not read.
-UNREAD_COMPRESSIONS = {
-    b"\x04\x22\x4d\x18": "lz4",
-    b"PK\x03\x04": "zip",
-}
+UNREAD_COMPRESSIONS = {b"\x04\x22\x4d\x18": "lz4"}
 
 
 def unread_compression(head: bytes) -> str | None:
@@ -839,8 +837,9 @@ def _blocks(handle, size: int) -> Iterator[bytes]:
 
 
 class Decompressor(Protocol):
-    """What decompresses one stream (a gzip member, a bzip2 or xz stream, a zstd frame): bz2's,
-    lzma's and zstd's decompressors have this interface; _Gunzipper gives zlib's it."""
+    """What decompresses one stream (a gzip member, a bzip2 or xz stream, a zstd frame, a file
+    of a zip archive or its directory): bz2's, lzma's and zstd's decompressors have this
+    interface; _Gunzipper gives zlib's it, _Unzipper a zip archive's."""
 
     eof: bool
     unused_data: bytes
@@ -861,6 +860,14 @@ class Compression:
     magics: tuple[bytes, ...]
     decompressor: Callable[[], Decompressor]
     needs: tuple[tuple[str, str], ...] = ()
+    following: Callable[[Decompressor], Decompressor] | None = None  # None: as the first
+    # Whether a stream cut short is read up to where it ends; False: only the streams before it,
+    # checked whole (a zip archive's file: its sizes may be damaged rather than cut).
+    reads_cut: bool = True
+
+    def after(self, stream: Decompressor) -> Decompressor:
+        """What decompresses the stream after this one."""
+        return self.decompressor() if self.following is None else self.following(stream)
 
     def failure(self, exc: Exception) -> str:
         """The reason a reject gives for data its decompressor could not decompress."""
@@ -900,6 +907,209 @@ class _Gunzipper:
         return not self._tail
 
 
+# A zip archive: its files, each a header, its data and its check (perhaps after its data: the
+# descriptor), then its directory, ending in the end record (and a comment).
+ZIP_FILE, ZIP_DESCRIPTOR, ZIP_END = b"PK\x03\x04", b"PK\x07\x08", b"PK\x05\x06"
+# The directory's other records: their fixed size, and where the lengths that follow it are.
+ZIP_LISTED = b"PK\x01\x02"  # a file's entry
+ZIP_DIRECTORY = {ZIP_LISTED: (46, (28, 30, 32)), b"PK\x06\x07": (20, ())}
+ZIP64_END = b"PK\x06\x06"  # its size follows its signature
+ZIP_STORED, ZIP_DEFLATED = 0, 8
+ZIP_METHODS = {12: "bzip2", 14: "lzma", 93: "zstd", 9: "deflate64", 98: "PPMd", 99: "AES"}
+ZIP_ENCRYPTED, ZIP_SIZES_AFTER, ZIP_UTF8 = 0x1, 0x8, 0x800  # a file header's flags
+ZIP_NEEDS = (
+    ("is encrypted", "a password"),
+    ("is compressed with", "a compression other than deflate"),
+    ("is stored with its size after", "the size of a file stored ahead of its data"),
+)
+
+
+class ZipDataError(ValueError):
+    """zip data that is not what a zip archive holds, or that is not read."""
+
+
+class _ZipFile(NamedTuple):
+    """What a zip file's header says: its name, flags and CRC-32 (0 where it comes after its
+    data), whether its content is given (not a folder's, not a hidden file's), and whether it
+    has zip64's sizes (8 bytes each in a descriptor)."""
+
+    name: str
+    flags: int
+    crc: int
+    given: bool
+    zip64: bool
+
+
+class _Unzipper:
+    """One file of a zip archive (its header, its data and its check), or the archive's
+    directory: a stream of its own, as a gzip member is, so that an archive reads as its files'
+    contents one after the other, and damage to one leaves those before it read. Where a file's
+    content does not end a line, the next one's starts a new one (following). Folders and hidden
+    files (macOS's __MACOSX/ and ._ copies) give nothing."""
+
+    def __init__(self, line_open: bool = False, files: int = 0):
+        self.eof, self.unused_data = False, b""
+        self._input, self._stalled = b"", True
+        self._line_open = line_open  # what came before did not end a line
+        self._files = files  # of the archive, read before this stream
+        self._file: _ZipFile | None = None
+        self._directory, self._listed = False, 0  # the directory, and the files it lists
+        self._inflater = None  # a deflated file's
+        self._left = 0  # bytes of a stored file still to come
+        self._crc, self._given = 0, False  # the file's CRC-32 so far, and whether it gave any
+
+    @staticmethod
+    def following(stream: _Unzipper) -> _Unzipper:
+        """The next file's stream, or the next archive's after a directory (cat a.zip b.zip)."""
+        files = 0 if stream._directory else stream._files + 1
+        return _Unzipper(stream._line_open, files)
+
+    @property
+    def needs_input(self) -> bool:
+        return self._stalled
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        self._input += data
+        out, size = [], 0
+        while not self.eof and size < max_length:
+            step = self._step(max_length - size)
+            if step is None:  # more input needed
+                self._stalled = True
+                break
+            out.append(step)
+            size += len(step)
+        else:
+            self._stalled = False
+        return b"".join(out)
+
+    def _step(self, room: int) -> bytes | None:
+        if self._directory:
+            return self._directory_record()
+        if self._file is None:
+            return self._header()
+        if self._inflater.eof if self._inflater is not None else self._left == 0:
+            return self._checked()
+        return self._data(room)
+
+    def _header(self) -> bytes | None:
+        if len(self._input) < 4:
+            return None
+        if self._input[:4] in (ZIP_END, ZIP64_END, *ZIP_DIRECTORY):
+            self._directory = True
+            return b""
+        if self._input[:4] != ZIP_FILE:
+            raise ZipDataError("no file header where one should be")
+        if len(self._input) < 30:
+            return None
+        flags, method, crc, packed, size, name_bytes, extra_bytes = struct.unpack(
+            "<2xHH4xIIIHH", self._input[4:30]
+        )
+        end = 30 + name_bytes + extra_bytes
+        if len(self._input) < end:
+            return None
+        name = self._input[30 : 30 + name_bytes].decode(
+            "utf-8" if flags & ZIP_UTF8 else "cp437", "replace"
+        )
+        extra = dict(_zip_extra_fields(self._input[30 + name_bytes : end]))
+        self._input = self._input[end:]
+        if flags & ZIP_ENCRYPTED:
+            raise ZipDataError(f"{name} is encrypted")
+        if method == ZIP_DEFLATED:
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        elif method == ZIP_STORED and flags & ZIP_SIZES_AFTER:
+            raise ZipDataError(f"{name} is stored with its size after its data")
+        elif method == ZIP_STORED:
+            self._left = _zip64_packed(extra.get(1, b""), size, packed)
+        else:
+            raise ZipDataError(f"{name} is compressed with {ZIP_METHODS.get(method, method)}")
+        given = not name.endswith("/") and not any(
+            is_hidden(part) or part == "__MACOSX" for part in name.split("/")
+        )
+        self._file = _ZipFile(name, flags, crc, given, 1 in extra)
+        return b""
+
+    def _data(self, room: int) -> bytes | None:
+        """What the file's data gives next (the inflater may hold more than its input)."""
+        if self._inflater is not None:
+            out = self._inflater.decompress(self._input, room)
+            self._input = self._inflater.unused_data or self._inflater.unconsumed_tail
+            if not out and not self._inflater.eof:
+                return None
+        else:
+            out = self._input[: min(room, self._left)]
+            self._input, self._left = self._input[len(out) :], self._left - len(out)
+            if not out:
+                return None
+        self._crc = zlib.crc32(out, self._crc)
+        if not out or not self._file.given:
+            return b""
+        start = b"\n" if self._line_open and not self._given else b""
+        self._given, self._line_open = True, not out.endswith(b"\n")
+        return start + out
+
+    def _checked(self) -> bytes | None:
+        """The file's end: its check, after its data where the header has none (a descriptor:
+        perhaps a signature, the CRC-32, then its sizes, of 4 or 8 bytes each with zip64)."""
+        name, flags, crc, _, zip64 = self._file
+        if flags & ZIP_SIZES_AFTER:
+            if len(self._input) < 4:
+                return None
+            start = 4 if self._input[:4] == ZIP_DESCRIPTOR else 0
+            end = start + (20 if zip64 else 12)
+            if len(self._input) < end:
+                return None
+            (crc,) = struct.unpack("<I", self._input[start : start + 4])
+            self._input = self._input[end:]
+        if crc != self._crc:
+            raise ZipDataError(f"{name}: its CRC-32 does not match")
+        self.eof, self.unused_data = True, self._input
+        return b""
+
+    def _directory_record(self) -> bytes | None:
+        """One record of the directory read past; the end record ends the archive, which must
+        have listed as many files as were read (a header's damaged name length can hide one)."""
+        signature = self._input[:4]
+        if signature == ZIP_END:
+            comment = struct.unpack("<H", self._input[20:22])[0] if len(self._input) >= 22 else 0
+            if len(self._input) < 22 + comment:
+                return None
+            if self._listed != self._files:
+                raise ZipDataError(f"its directory lists {self._listed} files, not {self._files}")
+            self.eof, self.unused_data = True, self._input[22 + comment :]
+            return b""
+        if signature == ZIP64_END:
+            size = 12 + struct.unpack("<Q", self._input[4:12])[0] if len(self._input) >= 12 else 12
+        elif signature in ZIP_DIRECTORY:
+            fixed, lengths = ZIP_DIRECTORY[signature]
+            if len(self._input) < fixed:
+                return None
+            size = fixed + sum(struct.unpack("<H", self._input[n : n + 2])[0] for n in lengths)
+        elif len(signature) < 4:
+            return None
+        else:
+            raise ZipDataError("no directory record where one should be")
+        if len(self._input) < size:
+            return None
+        self._input, self._listed = self._input[size:], self._listed + (signature == ZIP_LISTED)
+        return b""
+
+
+def _zip_extra_fields(extra: bytes) -> Iterator[tuple[int, bytes]]:
+    """A zip header's extra fields: (tag, data)."""
+    while len(extra) >= 4:
+        tag, size = struct.unpack("<HH", extra[:4])
+        yield tag, extra[4 : 4 + size]
+        extra = extra[4 + size :]
+
+
+def _zip64_packed(zip64: bytes, size: int, packed: int) -> int:
+    """A stored file's size where zip64's extra field holds it (the header's says 0xFFFFFFFF)."""
+    values = [int.from_bytes(zip64[n : n + 8], "little") for n in range(0, len(zip64) - 7, 8)]
+    if size == 0xFFFFFFFF:
+        values.pop(0)
+    return values[0] if packed == 0xFFFFFFFF else packed
+
+
 # xz's decoder takes what the data's dictionary asks for, up to 4 GiB: a file asking for more than
 # this is named, not read (xz -9 asks for 65 MiB).
 XZ_MEMORY = 256 << 20
@@ -921,11 +1131,15 @@ COMPRESSIONS = (
         "xz", ".xz", (b"\xfd7zXZ\x00",), lambda: lzma.LZMADecompressor(memlimit=XZ_MEMORY), XZ_NEEDS
     ),
     Compression("zstd", ".zst", ZSTD_MAGICS, zstd.ZstdDecompressor, ZSTD_NEEDS),
+    Compression(
+        "zip", ".zip", (ZIP_FILE, ZIP_END), _Unzipper, ZIP_NEEDS, _Unzipper.following, False
+    ),
 )
 BY_SUFFIX = {c.suffix: c for c in COMPRESSIONS}
 MAGICS = tuple(magic for c in COMPRESSIONS for magic in c.magics)
 READ = ", ".join(c.name for c in COMPRESSIONS[:-1]) + f" and {COMPRESSIONS[-1].name} are"
-DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError, zstd.ZstdError)  # bz2's: OSError
+# bz2's: OSError
+DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError, zstd.ZstdError, ZipDataError)
 
 
 def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator[bytes]:
@@ -954,12 +1168,14 @@ def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator
                 yield out
             if stream.eof:
                 pending, after_stream, intact = stream.unused_data, True, total
-                stream, begun = compression.decompressor(), False
+                stream, begun = compression.after(stream), False
     while begun and not stream.eof and (out := decompressed(b"")):
         total += len(out)
         yield out  # what the last block decompressed to beyond the last BLOCK returned
     if begun and not stream.eof:
-        raise DamagedFile(f"{compression.name} data cut short", total)
+        raise DamagedFile(
+            f"{compression.name} data cut short", total if compression.reads_cut else intact
+        )
 
 
 def _checked(blocks: Iterator[bytes], compression: Compression) -> tuple[bytes, DamagedFile | None]:

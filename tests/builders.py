@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import lzma
 import os
@@ -17,6 +18,7 @@ import random
 import subprocess
 import sys
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -152,8 +154,19 @@ def line(record) -> bytes:
 
 GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
 
+
+def zipped(*files: tuple[str, bytes], how: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive of the files (name, content), in order, as zip writes one to a file."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        for name, content in files:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            zip_file.writestr(info, content, compress_type=how)
+    return archive.getvalue()
+
+
 # What each compression read makes of a file's bytes, by the suffix its file is named with (zstd
-# with a checksum of each frame, as the zstd tool writes it).
+# with a checksum of each frame, as the zstd tool writes it; a zip archive of the one file).
 COMPRESS = {
     ".gz": lambda content: gzip.compress(content, mtime=0),
     ".bz2": bz2.compress,
@@ -161,6 +174,7 @@ COMPRESS = {
     ".zst": lambda content: zstd.compress(
         content, options={zstd.CompressionParameter.checksum_flag: 1}
     ),
+    ".zip": lambda content: zipped(("data.json", content)),
 }
 
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -54,12 +55,14 @@ from builders import (
     last_run,
     line,
     lines,
+    log_file,
     manifest,
     other_page,
     plus,
     rejects,
     song,
     write,
+    zipped,
 )
 from conftest import PROJECT, PROPERTY, counts, query, run_script, table_contents
 from hypothesis import given, note
@@ -899,7 +902,7 @@ def test_data_compressed_twice_or_in_a_way_not_read_is_named_not_read_as_noise(d
         (
             "log_data/z/lz4.json.bz2",
             None,
-            "lz4 data, which is not read (gzip, bzip2, xz and zstd are) before its first line",
+            "lz4 data, which is not read (gzip, bzip2, xz, zstd and zip are) before its first line",
             None,
         ),
         (
@@ -911,6 +914,115 @@ def test_data_compressed_twice_or_in_a_way_not_read_is_named_not_read_as_noise(d
     ]
     assert crafted_items() == []
     assert summary.rejected.files == 4
+
+
+def streamed_zip(*files: tuple[str, bytes], how: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive written where it cannot seek back (zip to a pipe): each file's CRC-32 and
+    sizes in a descriptor after its data."""
+
+    class Pipe(io.RawIOBase):
+        def __init__(self):
+            self.written = io.BytesIO()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            return self.written.write(data)
+
+    pipe = Pipe()
+    with zipfile.ZipFile(pipe, "w", how) as archive:
+        for name, content in files:
+            archive.writestr(name, content)
+    return pipe.written.getvalue()
+
+
+def test_a_zip_archive_is_read_as_its_files_one_after_the_other(data):
+    """Every file of an archive, in the order stored, each starting a line (the Udacity logs'
+    last lines end in no newline); folders and macOS's __MACOSX/._ copies give nothing. As zip
+    writes to a file, to a pipe (descriptors) and with zip64's sizes; an archive named .zip,
+    or under a plain name."""
+    days = [log_file(*(event(10 * day + i) for i in range(3))) for day in range(3)]
+    write(
+        data,
+        "log_data/z/month.json.zip",
+        zipped(
+            ("2018/", b""),
+            ("2018/day-0.json", days[0]),
+            ("__MACOSX/2018/._day-0.json", b"\x00\x05\x16\x07 a resource fork"),
+            ("2018/day-1.json", days[1]),
+            ("2018/.day-1.json.swp", b"an editor's"),
+        ),
+    )
+    write(data, "log_data/z/piped.json", streamed_zip(("-", days[2])))
+    zip64 = io.BytesIO()
+    with zipfile.ZipFile(zip64, "w", zipfile.ZIP_STORED) as archive:
+        with archive.open("big.json", "w", force_zip64=True) as file:
+            file.write(lines(event(40)))
+    write(data, "log_data/z/zip64.json.zip", zip64.getvalue())
+
+    summary = parse_summary(run_etl(data).stdout)
+    assert rejects(last_run()) == []
+    assert crafted_items() == [0, 1, 2, 10, 11, 12, 20, 21, 22, 40]
+    assert manifest()["log_data/z/month.json.zip"] == Counts(6, 6)
+    assert summary.checks == CHECKS_PASSED
+
+
+def test_zip_data_damaged_cut_short_or_needing_more_is_named_and_what_came_before_loads(data):
+    """A file whose CRC-32 fails is not read, the files before it are; an archive cut short is
+    read up to the end of its last whole file (a file's sizes may be what is damaged, its check
+    never reached); a damaged name length that hides a file is found by the directory's count
+    of its files; an encrypted file, one compressed otherwise than deflated, and one
+    stored with its size after its data (zip -0 to a pipe) are named, not read."""
+    first, second = lines(event(0), event(1)), lines(event(2))
+    damaged = bytearray(zipped(("a.json", first), ("b.json", second), how=zipfile.ZIP_STORED))
+    damaged[damaged.rfind(second[:20]) + 5] ^= 0x01
+    write(data, "log_data/z/damaged.json.zip", damaged)
+    whole = zipped(("c.json", lines(*(event(100 + i) for i in range(3)))), ("d.json", first))
+    write(data, "log_data/z/cut.json.zip", whole[: whole.find(b"PK\x01\x02") - 10])
+    write(data, "log_data/z/bzip2.json.zip", zipped(("d.json", b"{}"), how=zipfile.ZIP_BZIP2))
+    encrypted = bytearray(zipped(("e.json", lines(event(300)))))
+    encrypted[6] |= 0x01  # the flag zip -e sets
+    write(data, "log_data/z/encrypted.json.zip", encrypted)
+    stored = streamed_zip(("f.json", b"{}"), how=zipfile.ZIP_STORED)
+    write(data, "log_data/z/stored.json.zip", stored)
+    hidden, after = lines(event(500)), lines(event(501))
+    files = ("g.json", b""), ("h.json", hidden), ("i.json", after)
+    hiding = bytearray(zipped(*files, how=zipfile.ZIP_STORED))
+    third = zipfile.ZipFile(io.BytesIO(hiding)).infolist()[2].header_offset
+    hiding[26:28] = (third - 30).to_bytes(2, "little")  # g.json's name runs up to i.json
+    write(data, "log_data/z/hiding.json.zip", hiding)
+
+    summary = parse_summary(run_etl(data).stdout)
+    whole_file = sorted((r[0], r[2]) for r in rejects(last_run()) if r[1] is None)
+    not_read = "which is not read"
+    assert whole_file == [
+        (
+            "log_data/z/bzip2.json.zip",
+            f"zip data needing a compression other than deflate, {not_read} (d.json is "
+            "compressed with bzip2) before its first line",
+        ),
+        ("log_data/z/cut.json.zip", "zip data cut short after line 3"),
+        (
+            "log_data/z/damaged.json.zip",
+            "damaged zip data (b.json: its CRC-32 does not match) after line 2",
+        ),
+        (
+            "log_data/z/encrypted.json.zip",
+            f"zip data needing a password, {not_read} (e.json is encrypted) before its first line",
+        ),
+        (
+            "log_data/z/hiding.json.zip",
+            "damaged zip data (its directory lists 3 files, not 2) after line 1",
+        ),
+        (
+            "log_data/z/stored.json.zip",
+            f"zip data needing the size of a file stored ahead of its data, {not_read} (f.json "
+            "is stored with its size after its data) before its first line",
+        ),
+    ]
+    assert crafted_items() == [0, 1, 100, 101, 102, 501]
+    assert summary.rejected.files == 6
 
 
 SKIPPABLE_FRAME = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"pzst"  # as pzstd writes

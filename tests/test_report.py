@@ -119,7 +119,7 @@ def test_the_summary_counts_one_of_a_thing_in_the_singular():
         "  rejected by earlier runs that stopped before their report (run_id 7): 1 record and "
         "0 whole files, kept in table load_rejects:",
         "  ignored: 1 entry that is not a data file (only *.json, *.ndjson and *.jsonl files, "
-        "compressed (.gz, .bz2, .xz, .zst) or not, are read):",
+        "compressed (.gz, .bz2, .xz, .zst, .zip) or not, are read):",
         "  gone: 1 file loaded before is no longer there; what it loaded stays:",
     ]
     assert f"    [FAIL] {check} (1 row)" in [line.split(":")[0] for line in lines]

@@ -96,7 +96,7 @@ def files_per_kind(folder: Path) -> dict[str, int]:
 
 
 def test_compressed_objects_load_like_their_plain_twins(s3, generated, tmp_path):
-    """Each object gzip, bzip2, xz or zstd data, in turn."""
+    """Each object gzip, bzip2, xz, zstd or zip data, in turn."""
     fresh_load(generated)
     plain = table_contents()
 
@@ -114,6 +114,7 @@ def test_compressed_objects_load_like_their_plain_twins(s3, generated, tmp_path)
         "bz2",
         "xz",
         "zst",
+        "zip",
     }
 
 
