@@ -973,7 +973,7 @@ def test_zip_data_damaged_cut_short_or_needing_more_is_named_and_what_came_befor
     read up to the end of its last whole file (a file's sizes may be what is damaged, its check
     never reached); a damaged name length that hides a file is found by the directory's count
     of its files; an encrypted file, one compressed otherwise than deflated, and one
-    stored with its size after its data (zip -0 to a pipe) are named, not read."""
+    stored with its size after its data (Python's zipfile to a pipe) are named, not read."""
     first, second = lines(event(0), event(1)), lines(event(2))
     damaged = bytearray(zipped(("a.json", first), ("b.json", second), how=zipfile.ZIP_STORED))
     damaged[damaged.rfind(second[:20]) + 5] ^= 0x01
