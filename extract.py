@@ -860,14 +860,16 @@ class Compression:
     magics: tuple[bytes, ...]
     decompressor: Callable[[], Decompressor]
     needs: tuple[tuple[str, str], ...] = ()
-    following: Callable[[Decompressor], Decompressor] | None = None  # None: as the first
+    # What decompresses the stream after one, and whether one must follow (None: as the first)
+    following: Callable[[Decompressor], tuple[Decompressor, bool]] | None = None
     # Whether a stream cut short is read up to where it ends; False: only the streams before it,
     # checked whole (a zip archive's file: its sizes may be damaged rather than cut).
     reads_cut: bool = True
 
-    def after(self, stream: Decompressor) -> Decompressor:
-        """What decompresses the stream after this one."""
-        return self.decompressor() if self.following is None else self.following(stream)
+    def after(self, stream: Decompressor) -> tuple[Decompressor, bool]:
+        """What decompresses the stream after this one, and whether one must follow (an
+        archive's file: its directory is still to come)."""
+        return (self.decompressor(), False) if self.following is None else self.following(stream)
 
     def failure(self, exc: Exception) -> str:
         """The reason a reject gives for data its decompressor could not decompress."""
@@ -910,18 +912,29 @@ class _Gunzipper:
 # A zip archive: its files, each a header, its data and its check (perhaps after its data: the
 # descriptor), then its directory, ending in the end record (and a comment).
 ZIP_FILE, ZIP_DESCRIPTOR, ZIP_END = b"PK\x03\x04", b"PK\x07\x08", b"PK\x05\x06"
+ZIP_SPLIT = (ZIP_DESCRIPTOR, b"PK00")  # what zip -s starts an archive with
+ZIP_LISTED = b"PK\x01\x02"  # a file's entry in the directory
 # The directory's other records: their fixed size, and where the lengths that follow it are.
-ZIP_LISTED = b"PK\x01\x02"  # a file's entry
 ZIP_DIRECTORY = {ZIP_LISTED: (46, (28, 30, 32)), b"PK\x06\x07": (20, ())}
 ZIP64_END = b"PK\x06\x06"  # its size follows its signature
 ZIP_STORED, ZIP_DEFLATED = 0, 8
 ZIP_METHODS = {12: "bzip2", 14: "lzma", 93: "zstd", 9: "deflate64", 98: "PPMd", 99: "AES"}
 ZIP_ENCRYPTED, ZIP_SIZES_AFTER, ZIP_UTF8 = 0x1, 0x8, 0x800  # a file header's flags
+ZIP_INFLATED_AT_ONCE = 1 << 16  # bytes given zlib at a time: what it leaves over is copied
 ZIP_NEEDS = (
     ("is encrypted", "a password"),
     ("is compressed with", "a compression other than deflate"),
     ("is stored with its size after", "the size of a file stored ahead of its data"),
+    ("compressed twice", "files that are not compressed again"),
 )
+# A newline in each encoding a byte-order mark names (none: UTF-8), longest mark first.
+NEWLINES = {
+    codecs.BOM_UTF32_LE: b"\n\0\0\0",
+    codecs.BOM_UTF32_BE: b"\0\0\0\n",
+    codecs.BOM_UTF8: b"\n",
+    codecs.BOM_UTF16_LE: b"\n\0",
+    codecs.BOM_UTF16_BE: b"\0\n",
+}
 
 
 class ZipDataError(ValueError):
@@ -940,36 +953,56 @@ class _ZipFile(NamedTuple):
     zip64: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class _Archive:
+    """What an archive's files before a stream gave: how many were read, whether their text
+    ends a line, and the byte-order mark of the first content (b"": none) and a newline in its
+    encoding (None until content comes)."""
+
+    files: int = 0
+    line_open: bool = False
+    mark: bytes = b""
+    newline: bytes | None = None
+
+
 class _Unzipper:
     """One file of a zip archive (its header, its data and its check), or the archive's
     directory: a stream of its own, as a gzip member is, so that an archive reads as its files'
-    contents one after the other, and damage to one leaves those before it read. Where a file's
-    content does not end a line, the next one's starts a new one (following). Folders and hidden
-    files (macOS's __MACOSX/ and ._ copies) give nothing."""
+    contents one after the other, and damage to one leaves those before it read. Each file's
+    text starts a line where the one before does not end one, in the encoding of the first
+    (whose byte-order mark the others' then drop). Folders and hidden files (macOS's __MACOSX/
+    and ._ copies) give nothing. Input is held as a view, so that an archive of many files is
+    never copied once a file."""
 
-    def __init__(self, line_open: bool = False, files: int = 0):
+    def __init__(self, before: _Archive = _Archive()):
         self.eof, self.unused_data = False, b""
-        self._input, self._stalled = b"", True
-        self._line_open = line_open  # what came before did not end a line
-        self._files = files  # of the archive, read before this stream
+        self._input, self._stalled = memoryview(b""), True
+        self._before = before
         self._file: _ZipFile | None = None
         self._directory, self._listed = False, 0  # the directory, and the files it lists
         self._inflater = None  # a deflated file's
         self._left = 0  # bytes of a stored file still to come
         self._crc, self._given = 0, False  # the file's CRC-32 so far, and whether it gave any
+        self._line_open = before.line_open
 
     @staticmethod
-    def following(stream: _Unzipper) -> _Unzipper:
-        """The next file's stream, or the next archive's after a directory (cat a.zip b.zip)."""
-        files = 0 if stream._directory else stream._files + 1
-        return _Unzipper(stream._line_open, files)
+    def following(stream: _Unzipper) -> tuple[_Unzipper, bool]:
+        """The next file's stream, which must come (the directory is still to come), or after a
+        directory the next archive's (cat a.zip b.zip), which need not."""
+        if stream._directory:
+            return _Unzipper(), False
+        archive = dataclasses.replace(
+            stream._before, files=stream._before.files + 1, line_open=stream._line_open
+        )
+        return _Unzipper(archive), True
 
     @property
     def needs_input(self) -> bool:
         return self._stalled
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
-        self._input += data
+        if data:
+            self._input = memoryview(bytes(self._input) + data if self._input else data)
         out, size = [], 0
         while not self.eof and size < max_length:
             step = self._step(max_length - size)
@@ -992,12 +1025,16 @@ class _Unzipper:
         return self._data(room)
 
     def _header(self) -> bytes | None:
-        if len(self._input) < 4:
+        signature = bytes(self._input[:4])
+        if len(signature) < 4:
             return None
-        if self._input[:4] in (ZIP_END, ZIP64_END, *ZIP_DIRECTORY):
+        if signature in ZIP_SPLIT and not self._before.files:
+            self._input = self._input[4:]
+            return b""
+        if signature in (ZIP_END, ZIP64_END, *ZIP_DIRECTORY):
             self._directory = True
             return b""
-        if self._input[:4] != ZIP_FILE:
+        if signature != ZIP_FILE:
             raise ZipDataError("no file header where one should be")
         if len(self._input) < 30:
             return None
@@ -1007,44 +1044,72 @@ class _Unzipper:
         end = 30 + name_bytes + extra_bytes
         if len(self._input) < end:
             return None
-        name = self._input[30 : 30 + name_bytes].decode(
+        name = bytes(self._input[30 : 30 + name_bytes]).decode(
             "utf-8" if flags & ZIP_UTF8 else "cp437", "replace"
         )
-        extra = dict(_zip_extra_fields(self._input[30 + name_bytes : end]))
-        self._input = self._input[end:]
+        extra = dict(_zip_extra_fields(bytes(self._input[30 + name_bytes : end])))
+        zip64 = 1 in extra
         if flags & ZIP_ENCRYPTED:
             raise ZipDataError(f"{name} is encrypted")
-        if method == ZIP_DEFLATED:
-            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        elif method == ZIP_STORED and flags & ZIP_SIZES_AFTER:
-            raise ZipDataError(f"{name} is stored with its size after its data")
+        if method == ZIP_STORED and flags & ZIP_SIZES_AFTER:
+            # zip to a pipe writes an empty file (a folder too) so: its descriptor next
+            descriptor = 24 if zip64 else 16
+            if len(self._input) < end + descriptor:
+                return None
+            after = self._input[end : end + descriptor]
+            if after[:4] != ZIP_DESCRIPTOR or any(after[4:]):
+                raise ZipDataError(f"{name} is stored with its size after its data")
         elif method == ZIP_STORED:
             self._left = _zip64_packed(extra.get(1, b""), size, packed)
-        else:
+        elif method != ZIP_DEFLATED:
             raise ZipDataError(f"{name} is compressed with {ZIP_METHODS.get(method, method)}")
-        given = not name.endswith("/") and not any(
-            is_hidden(part) or part == "__MACOSX" for part in name.split("/")
-        )
-        self._file = _ZipFile(name, flags, crc, given, 1 in extra)
+        self._input = self._input[end:]
+        if method == ZIP_DEFLATED:
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        parts = name.split("/")
+        hidden = any(is_hidden(part) and part not in (".", "..") for part in parts)
+        given = not name.endswith("/") and not hidden and "__MACOSX" not in parts
+        self._file = _ZipFile(name, flags, crc, given, zip64)
         return b""
 
     def _data(self, room: int) -> bytes | None:
         """What the file's data gives next (the inflater may hold more than its input)."""
         if self._inflater is not None:
-            out = self._inflater.decompress(self._input, room)
-            self._input = self._inflater.unused_data or self._inflater.unconsumed_tail
+            given = self._input[:ZIP_INFLATED_AT_ONCE]
+            out = self._inflater.decompress(given, room)
+            inflater = self._inflater  # at its end, unconsumed_tail may hold unused_data too
+            left = len(inflater.unused_data if inflater.eof else inflater.unconsumed_tail)
+            self._input = self._input[len(given) - left :]
             if not out and not self._inflater.eof:
-                return None
+                return None if not self._input else b""
         else:
-            out = self._input[: min(room, self._left)]
+            out = bytes(self._input[: min(room, self._left)])
             self._input, self._left = self._input[len(out) :], self._left - len(out)
             if not out:
                 return None
         self._crc = zlib.crc32(out, self._crc)
         if not out or not self._file.given:
             return b""
-        start = b"\n" if self._line_open and not self._given else b""
-        self._given, self._line_open = True, not out.endswith(b"\n")
+        return self._text(out)
+
+    def _text(self, out: bytes) -> bytes:
+        """The file's content as the archive's text: a line started, and the first's
+        byte-order mark dropped, at its start."""
+        if self._given:
+            self._line_open = not out.endswith(self._before.newline)
+            return out
+        self._given = True
+        if self._before.newline is None:  # the archive's first content
+            mark = byte_order_mark(out)
+            self._before = dataclasses.replace(
+                self._before, mark=mark, newline=NEWLINES.get(mark, b"\n")
+            )
+        elif unread_compression(out) or started_as(out):
+            raise ZipDataError(f"{self._file.name} holds data compressed twice")
+        else:  # UTF-8 unless the first said otherwise
+            out = out.removeprefix(self._before.mark or codecs.BOM_UTF8)
+        start = self._before.newline if self._line_open else b""
+        self._line_open = not out.endswith(self._before.newline)
         return start + out
 
     def _checked(self) -> bytes | None:
@@ -1068,14 +1133,16 @@ class _Unzipper:
     def _directory_record(self) -> bytes | None:
         """One record of the directory read past; the end record ends the archive, which must
         have listed as many files as were read (a header's damaged name length can hide one)."""
-        signature = self._input[:4]
+        signature = bytes(self._input[:4])
         if signature == ZIP_END:
             comment = struct.unpack("<H", self._input[20:22])[0] if len(self._input) >= 22 else 0
             if len(self._input) < 22 + comment:
                 return None
-            if self._listed != self._files:
-                raise ZipDataError(f"its directory lists {self._listed} files, not {self._files}")
-            self.eof, self.unused_data = True, self._input[22 + comment :]
+            if self._listed != self._before.files:
+                raise ZipDataError(
+                    f"its directory lists {self._listed} files, not {self._before.files}"
+                )
+            self.eof, self.unused_data = True, bytes(self._input[22 + comment :])
             return b""
         if signature == ZIP64_END:
             size = 12 + struct.unpack("<Q", self._input[4:12])[0] if len(self._input) >= 12 else 12
@@ -1168,7 +1235,7 @@ def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator
                 yield out
             if stream.eof:
                 pending, after_stream, intact = stream.unused_data, True, total
-                stream, begun = compression.after(stream), False
+                stream, begun = compression.after(stream)
     while begun and not stream.eof and (out := decompressed(b"")):
         total += len(out)
         yield out  # what the last block decompressed to beyond the last BLOCK returned

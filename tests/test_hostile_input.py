@@ -918,7 +918,7 @@ def test_data_compressed_twice_or_in_a_way_not_read_is_named_not_read_as_noise(d
 
 def streamed_zip(*files: tuple[str, bytes], how: int = zipfile.ZIP_DEFLATED) -> bytes:
     """A zip archive written where it cannot seek back (zip to a pipe): each file's CRC-32 and
-    sizes in a descriptor after its data."""
+    sizes in a descriptor after its data; an empty file stored, as zip -r - stores it."""
 
     class Pipe(io.RawIOBase):
         def __init__(self):
@@ -933,16 +933,17 @@ def streamed_zip(*files: tuple[str, bytes], how: int = zipfile.ZIP_DEFLATED) -> 
     pipe = Pipe()
     with zipfile.ZipFile(pipe, "w", how) as archive:
         for name, content in files:
-            archive.writestr(name, content)
+            archive.writestr(name, content, compress_type=how if content else zipfile.ZIP_STORED)
     return pipe.written.getvalue()
 
 
 def test_a_zip_archive_is_read_as_its_files_one_after_the_other(data):
     """Every file of an archive, in the order stored, each starting a line (the Udacity logs'
-    last lines end in no newline); folders and macOS's __MACOSX/._ copies give nothing. As zip
-    writes to a file, to a pipe (descriptors) and with zip64's sizes; an archive named .zip,
-    or under a plain name."""
-    days = [log_file(*(event(10 * day + i) for i in range(3))) for day in range(3)]
+    last lines end in no newline), each one's byte-order mark dropped; folders and macOS's
+    __MACOSX/._ copies give nothing, names through ./ and ../ are read. As zip writes to a
+    file, to a pipe (descriptors; empty files stored) and with zip64's sizes, split (zip -s)
+    into one part; an archive named .zip, or under a plain name; of UTF-16 files too."""
+    days = [log_file(*(event(10 * day + i) for i in range(3))) for day in range(5)]
     write(
         data,
         "log_data/z/month.json.zip",
@@ -950,36 +951,55 @@ def test_a_zip_archive_is_read_as_its_files_one_after_the_other(data):
             ("2018/", b""),
             ("2018/day-0.json", days[0]),
             ("__MACOSX/2018/._day-0.json", b"\x00\x05\x16\x07 a resource fork"),
-            ("2018/day-1.json", days[1]),
+            ("./2018/day-1.json", codecs.BOM_UTF8 + days[1]),
             ("2018/.day-1.json.swp", b"an editor's"),
+            ("../late/day-2.json", codecs.BOM_UTF8 + days[2]),
         ),
     )
-    write(data, "log_data/z/piped.json", streamed_zip(("-", days[2])))
+    piped = streamed_zip(("logs/", b""), ("logs/.keep", b""), ("-", days[3]), ("e.json", b""))
+    write(data, "log_data/z/piped.json", piped)
     zip64 = io.BytesIO()
     with zipfile.ZipFile(zip64, "w", zipfile.ZIP_STORED) as archive:
         with archive.open("big.json", "w", force_zip64=True) as file:
             file.write(lines(event(40)))
-    write(data, "log_data/z/zip64.json.zip", zip64.getvalue())
+    write(data, "log_data/z/zip64.json.zip", b"PK\x07\x08" + zip64.getvalue())
+    utf16 = ENCODINGS["UTF-16 little-endian"]
+    halves = utf16(log_file(event(50))), utf16(log_file(event(51)))
+    write(data, "log_data/z/utf16.json.zip", zipped(("a.json", halves[0]), ("b.json", halves[1])))
 
     summary = parse_summary(run_etl(data).stdout)
     assert rejects(last_run()) == []
-    assert crafted_items() == [0, 1, 2, 10, 11, 12, 20, 21, 22, 40]
-    assert manifest()["log_data/z/month.json.zip"] == Counts(6, 6)
+    assert crafted_items() == [
+        *range(3),
+        *range(10, 13),
+        *range(20, 23),
+        *range(30, 33),
+        40,
+        50,
+        51,
+    ]
+    assert manifest()["log_data/z/month.json.zip"] == Counts(9, 9)
     assert summary.checks == CHECKS_PASSED
 
 
 def test_zip_data_damaged_cut_short_or_needing_more_is_named_and_what_came_before_loads(data):
     """A file whose CRC-32 fails is not read, the files before it are; an archive cut short is
     read up to the end of its last whole file (a file's sizes may be what is damaged, its check
-    never reached); a damaged name length that hides a file is found by the directory's count
-    of its files; an encrypted file, one compressed otherwise than deflated, and one
-    stored with its size after its data (Python's zipfile to a pipe) are named, not read."""
+    never reached), and one whose directory never comes is cut short; a file of compressed data
+    is named (compressed twice); a damaged name length that hides a file is found by the
+    directory's count of its files; an encrypted file, one compressed otherwise than deflated,
+    and one stored with its size after its data (Python's zipfile to a pipe) are named, not
+    read."""
     first, second = lines(event(0), event(1)), lines(event(2))
     damaged = bytearray(zipped(("a.json", first), ("b.json", second), how=zipfile.ZIP_STORED))
     damaged[damaged.rfind(second[:20]) + 5] ^= 0x01
     write(data, "log_data/z/damaged.json.zip", damaged)
     whole = zipped(("c.json", lines(*(event(100 + i) for i in range(3)))), ("d.json", first))
     write(data, "log_data/z/cut.json.zip", whole[: whole.find(b"PK\x01\x02") - 10])
+    offset = zipfile.ZipFile(io.BytesIO(whole)).infolist()[1].header_offset
+    write(data, "log_data/z/unfinished.json.zip", whole[:offset])  # a writer killed
+    twice = zipped(("j.json", lines(event(600))), ("k.json.gz", COMPRESS[".gz"](b"{}")))
+    write(data, "log_data/z/twice.json.zip", twice)
     write(data, "log_data/z/bzip2.json.zip", zipped(("d.json", b"{}"), how=zipfile.ZIP_BZIP2))
     encrypted = bytearray(zipped(("e.json", lines(event(300)))))
     encrypted[6] |= 0x01  # the flag zip -e sets
@@ -1020,9 +1040,15 @@ def test_zip_data_damaged_cut_short_or_needing_more_is_named_and_what_came_befor
             f"zip data needing the size of a file stored ahead of its data, {not_read} (f.json "
             "is stored with its size after its data) before its first line",
         ),
+        (
+            "log_data/z/twice.json.zip",
+            f"zip data needing files that are not compressed again, {not_read} (k.json.gz holds "
+            "data compressed twice) after line 1",
+        ),
+        ("log_data/z/unfinished.json.zip", "zip data cut short after line 3"),
     ]
-    assert crafted_items() == [0, 1, 100, 101, 102, 501]
-    assert summary.rejected.files == 6
+    assert crafted_items() == [0, 1, 100, 101, 102, 501, 600]
+    assert summary.rejected.files == 8
 
 
 SKIPPABLE_FRAME = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"pzst"  # as pzstd writes
