@@ -1074,13 +1074,13 @@ class _Unzipper:
 
     def _data(self, room: int) -> bytes | None:
         """What the file's data gives next (the inflater may hold more than its input)."""
-        if self._inflater is not None:
+        if (inflater := self._inflater) is not None:
             given = self._input[:ZIP_INFLATED_AT_ONCE]
-            out = self._inflater.decompress(given, room)
-            inflater = self._inflater  # at its end, unconsumed_tail may hold unused_data too
+            out = inflater.decompress(given, room)
+            # at its end, unconsumed_tail may hold unused_data too
             left = len(inflater.unused_data if inflater.eof else inflater.unconsumed_tail)
             self._input = self._input[len(given) - left :]
-            if not out and not self._inflater.eof:
+            if not out and not inflater.eof:
                 return None if not self._input else b""
         else:
             out = bytes(self._input[: min(room, self._left)])
@@ -1095,20 +1095,19 @@ class _Unzipper:
     def _text(self, out: bytes) -> bytes:
         """The file's content as the archive's text: a line started, and the first's
         byte-order mark dropped, at its start."""
-        if self._given:
-            self._line_open = not out.endswith(self._before.newline)
-            return out
-        self._given = True
-        if self._before.newline is None:  # the archive's first content
-            mark = byte_order_mark(out)
-            self._before = dataclasses.replace(
-                self._before, mark=mark, newline=NEWLINES.get(mark, b"\n")
-            )
-        elif unread_compression(out) or started_as(out):
-            raise ZipDataError(f"{self._file.name} holds data compressed twice")
-        else:  # UTF-8 unless the first said otherwise
-            out = out.removeprefix(self._before.mark or codecs.BOM_UTF8)
-        start = self._before.newline if self._line_open else b""
+        start = b""
+        if not self._given:
+            self._given = True
+            if self._before.newline is None:  # the archive's first content
+                mark = byte_order_mark(out)
+                self._before = dataclasses.replace(
+                    self._before, mark=mark, newline=NEWLINES.get(mark, b"\n")
+                )
+            elif unread_compression(out) or started_as(out):
+                raise ZipDataError(f"{self._file.name} holds data compressed twice")
+            else:  # UTF-8 unless the first said otherwise
+                out = out.removeprefix(self._before.mark or codecs.BOM_UTF8)
+            start = self._before.newline if self._line_open else b""
         self._line_open = not out.endswith(self._before.newline)
         return start + out
 
@@ -1205,7 +1204,7 @@ COMPRESSIONS = (
 BY_SUFFIX = {c.suffix: c for c in COMPRESSIONS}
 MAGICS = tuple(magic for c in COMPRESSIONS for magic in c.magics)
 READ = ", ".join(c.name for c in COMPRESSIONS[:-1]) + f" and {COMPRESSIONS[-1].name} are"
-# bz2's: OSError
+# What each decompressor raises on data it cannot read (bz2's: OSError).
 DECOMPRESSION_ERRORS = (zlib.error, OSError, lzma.LZMAError, zstd.ZstdError, ZipDataError)
 
 
