@@ -155,6 +155,11 @@ def line(record) -> bytes:
 GZIP_FORMAT = 16 + zlib.MAX_WBITS  # zlib's wbits for gzip data
 
 
+def gzip_cut_holds(cut: bytes) -> bytes:
+    """What gzip data cut short decompresses to: all it holds before the cut."""
+    return zlib.decompressobj(GZIP_FORMAT).decompress(cut)
+
+
 def zipped(*files: tuple[str, bytes], how: int = zipfile.ZIP_DEFLATED) -> bytes:
     """A zip archive of the files (name, content), in order, as zip writes one to a file."""
     archive = io.BytesIO()
