@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -233,7 +234,7 @@ def _parse_lines(
     kind: str, data: bytes, path: str, piece_bytes: int, first_line: int, encoding: str
 ) -> tuple[Records, list[Reject]]:
     """JSON lines of the kind's records, in line-aligned pieces: Arrow's reader takes a clean
-    piece at once, a piece with any problem is read line by line to judge each line on its own.
+    piece at once, a piece with any problem is read around its odd lines (_around_odd_lines).
     Both give the same Records. encoding: the file's, of which data is the UTF-8 rendering (it
     names the file's invalid lines' reason)."""
     parts, rejects = [], []
@@ -241,21 +242,105 @@ def _parse_lines(
         newlines = newline_count(piece)
         part = _fast_lines(kind, piece, path, first_line, newlines)
         if part is None:
-            objects, bad = _decode_lines(enumerate(raw_lines(piece), first_line), path, encoding)
+            more, bad = _around_odd_lines(kind, piece, path, first_line, encoding)
+        else:
+            more, bad = [part], []
+        parts += more
+        rejects += bad
+        first_line += newlines
+    return Records.combined(parts, FIELDS[kind]), rejects
+
+
+# A run of clean lines shorter than this is read line by line: a call of Arrow's reader costs
+# about as much as RUN_LINES_LEAST lines read line by line.
+RUN_LINES_LEAST = 100
+
+
+def _around_odd_lines(
+    kind: str, piece: bytes, path: str, first_line: int, encoding: str
+) -> tuple[list[Records], list[Reject]]:
+    """A piece Arrow's reader does not take whole, as the line reader reads it: its odd lines
+    (_odd_lines) line by line, and each run of lines between them (plain, then) by Arrow where
+    Arrow reads exactly those lines (_read_at_once), so that a damaged line costs its own
+    reading and not its piece's. The parts come in the piece's order."""
+    starts, ends = _line_bounds(piece)
+    parts, rejects = [], []
+    for first, last, by_line in _runs(_odd_lines(piece, starts, ends)):
+        text = piece[starts[first] : ends[last - 1] + 1]
+        number = first_line + first
+        part = None if by_line else _read_at_once(kind, text, path, number, last - first)
+        if part is None:
+            objects, bad = _decode_lines(enumerate(raw_lines(text), number), path, encoding)
             part = records_from(objects, FIELDS[kind])
             rejects += bad
         parts.append(part)
-        first_line += newlines
-    return Records.combined(parts, FIELDS[kind]), rejects
+    return parts, rejects
+
+
+def _line_bounds(piece: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Where each line of the piece starts, and where it ends (its newline, or the piece's end)."""
+    text = np.frombuffer(piece, np.uint8)
+    ends = np.flatnonzero(text == NEWLINE)
+    if not piece.endswith(b"\n"):
+        ends = np.append(ends, len(piece))
+    return np.concatenate(([0], ends[:-1] + 1)), ends
+
+
+def _odd_lines(piece: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines of the piece are odd: lines Arrow's reader cannot read as the line reader
+    does (_plain), as each line's own bytes say: not starting with "{" and ending with "}", or
+    holding a byte or escape unlike JSON."""
+    text = np.frombuffer(piece, np.uint8)
+    odd = (text[starts] != ord("{")) | (text[np.maximum(ends - 1, 0)] != ord("}"))
+    odd[np.searchsorted(ends, np.array(_unlike_json_at(piece), np.int64))] = True
+    return odd
+
+
+def _unlike_json_at(piece: bytes) -> list[int]:
+    """Where the piece holds a byte or an escape unlike JSON (UNLIKE_JSON_BYTES and _ESCAPES)."""
+    at = [m.start() for m in UNLIKE_JSON_ESCAPES.finditer(piece)]
+    for byte in UNLIKE_JSON_BYTES:
+        start = piece.find(byte)
+        while start >= 0:
+            at.append(start)
+            start = piece.find(byte, start + 1)
+    return at
+
+
+def _runs(odd: np.ndarray) -> Iterator[tuple[int, int, bool]]:
+    """The lines in runs (first, last + 1, by_line): odd lines, with any run of clean lines
+    between them shorter than RUN_LINES_LEAST, are read line by line (by_line), the other runs
+    of clean lines by Arrow."""
+    changes = np.flatnonzero(np.diff(odd.view(np.int8))) + 1
+    bounds = [0, *changes.tolist(), len(odd)]
+    held = None  # the first line of a run read line by line, not yet yielded
+    for first, last in itertools.pairwise(bounds):
+        if odd[first] or last - first < RUN_LINES_LEAST:
+            held = first if held is None else held
+            continue
+        if held is not None:
+            yield held, first, True
+            held = None
+        yield first, last, False
+    if held is not None:
+        yield held, len(odd), True
 
 
 def _fast_lines(
     kind: str, piece: bytes, path: str, first_line: int, newlines: int
 ) -> Records | None:
     """Arrow's multi-threaded JSON reader (several times faster than line by line), where its
-    reading is exactly the line-by-line one (_arrow_records); None otherwise."""
+    reading is exactly the line-by-line one (_plain, _arrow_records); None otherwise."""
     lines = newlines + (not piece.endswith(b"\n"))
-    table = _arrow_records(kind, piece, lines) if _plain(piece) else None
+    return _read_at_once(kind, piece, path, first_line, lines) if _plain(piece) else None
+
+
+def _read_at_once(
+    kind: str, piece: bytes, path: str, first_line: int, lines: int
+) -> Records | None:
+    """A plain piece's lines, as Arrow's reader reads them where that is exactly the
+    line-by-line reading (_arrow_records); None otherwise."""
+    table = _arrow_records(kind, piece, lines)
     if table is None:
         return None
     return _tagged(

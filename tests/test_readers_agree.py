@@ -1,5 +1,6 @@
-"""Whichever reader reads a log line (Arrow's for a clean piece, orjson's line by line for a
-piece with any problem), the line gets the same verdict and the same values."""
+"""Whichever reader reads a log line (Arrow's for a clean piece or a clean run of lines, orjson's
+line by line for an odd line and the lines near it), the line gets the same verdict and the same
+values."""
 
 import json
 
@@ -10,6 +11,7 @@ from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+import extract
 import parse
 import transform
 
@@ -136,6 +138,83 @@ def test_small_files_read_together_get_what_each_gets_read_alone(files, piece_by
     assert together.values.equals(expected.values)
     assert together.flaws.equals(expected.flaws)
     assert rejects == [bad for _, bad in alone]
+
+
+def line_by_line(data: bytes) -> tuple[parse.Records, list]:
+    """The file as the line reader reads it, every line on its own."""
+    objects, rejects = parse._decode_lines(enumerate(extract.raw_lines(data), 1), "log_data/a.json")
+    return parse.records_from(objects, parse.EVENT_FIELDS), rejects
+
+
+RUN = parse.RUN_LINES_LEAST
+# Odd lines none of whose lines is braced: their own bytes tell they are not plain
+UNBRACED = [
+    odd
+    for odd in ODD
+    if not any(t.startswith(b"{") and t.endswith(b"}") for t in extract.raw_lines(odd))
+]
+
+
+def file_of(runs: list[tuple[int, bytes]], tail: int) -> bytes:
+    """Runs of clean lines, each followed by its odd line (or lines), then tail clean lines."""
+    data, n = b"", 0
+    for count, odd in [*runs, (tail, b"")]:
+        data += b"".join(CLEAN_LINES[(n + k) % len(CLEAN_LINES)] for k in range(count)) + odd
+        n += count
+    return data
+
+
+@hypothesis_settings(PROPERTY, max_examples=100)
+@given(
+    runs=st.lists(st.tuples(st.integers(0, 2 * RUN), st.sampled_from(ODD)), min_size=1, max_size=4),
+    tail=st.integers(0, 2 * RUN),
+    cut=st.booleans(),
+    piece_bytes=st.sampled_from([1 << 20, 30_000]),
+)
+def test_a_piece_with_odd_lines_reads_as_every_line_read_on_its_own(runs, tail, cut, piece_bytes):
+    data = file_of(runs, tail)[: -1 if cut else None]
+    parsed, rejects = parse.parse_log_file(data, "log_data/a.json", piece_bytes)
+    expected, expected_rejects = line_by_line(data)
+    assert parsed.values.drop_columns("raw").equals(expected.values.drop_columns("raw"))
+    for raw, expected_raw in zip(
+        parsed.values["raw"].to_pylist(), expected.values["raw"].to_pylist()
+    ):
+        assert raw in (None, expected_raw)
+    assert parsed.flaws.equals(expected.flaws)
+    assert rejects == expected_rejects
+
+
+@hypothesis_settings(PROPERTY, max_examples=50)
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, 2 * RUN), st.sampled_from(UNBRACED)), min_size=1, max_size=4
+    ),
+    tail=st.integers(0, 2 * RUN),
+)
+def test_a_damaged_line_costs_its_own_reading_and_clean_runs_around_it_are_read_at_once(runs, tail):
+    data = file_of(runs, tail)
+    parsed, _ = parse.parse_log_file(data, "log_data/a.json")
+    read_at_once = parsed.values["raw"].null_count  # Arrow's reader leaves raw for the rejects
+    assert read_at_once == sum(count for count in [*(n for n, _ in runs), tail] if count >= RUN)
+
+
+# A line of a piece: how it starts, what it holds, how it ends
+PIECE_LINE = st.tuples(
+    st.sampled_from([b"{", b"", b" "]),
+    st.lists(st.sampled_from([b"x", b" ", b"\r", b"\x00", b"\\u0000", b"\\uD800"]), max_size=3).map(
+        b"".join
+    ),
+    st.sampled_from([b"}", b"", b"}\r"]),
+).map(b"".join)
+
+
+@hypothesis_settings(PROPERTY, max_examples=300)
+@given(lines=st.lists(PIECE_LINE, min_size=1, max_size=8), newline=st.booleans())
+def test_a_piece_is_plain_exactly_where_none_of_its_lines_is_odd(lines, newline):
+    piece = b"\n".join(lines) + b"\n" * newline or b"\n"  # a piece is never empty
+    starts, ends = parse._line_bounds(piece)
+    assert len(starts) == len(extract.raw_lines(piece))
+    assert parse._plain(piece) == (not parse._odd_lines(piece, starts, ends).any())
 
 
 def song_text(n: int, **changes) -> bytes:
