@@ -68,17 +68,25 @@ def settings() -> db.Settings:
 def run_script(
     *args: str, env: dict | None = None, timeout: float = 600, check: bool = True
 ) -> subprocess.CompletedProcess:
-    """python SCRIPT ARGS from the project folder, as a user types it."""
+    """python SCRIPT ARGS from the project folder, as a user types it, in this environment with
+    env's changes (None: unset)."""
+    changed = {**os.environ, **(env or {})}
     done = subprocess.run(
         [sys.executable, *args],
         cwd=PROJECT,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={name: value for name, value in changed.items() if value is not None},
         stdin=subprocess.DEVNULL,  # nothing waits for input (psql would)
         timeout=timeout,
     )
     return checked(done, check)
+
+
+def only_pg_variables(**variables: str) -> dict[str, str | None]:
+    """run_script's env for a script that reads these PG* variables and no other, nor the tests'
+    DATABASE_URL (which would win over them)."""
+    return {"DATABASE_URL": None, **dict.fromkeys(db.LIBPQ_ENV, None), **variables}
 
 
 def checked(done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:

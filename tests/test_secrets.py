@@ -30,12 +30,11 @@ from builders import (
     BASE,
     Watcher,
     connection_error,
-    embedded_socket_dir,
     embedded_url,
     etl,
     one_error_line,
 )
-from conftest import PROJECT, PROPERTY, counts, query, run_script
+from conftest import PROJECT, PROPERTY, counts, only_pg_variables, query, run_script
 from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -568,7 +567,7 @@ def test_an_object_stores_secrets_in_the_environment_never_show(endpoint):
 
 def test_pgpassword_never_shows():
     password = SEEDED[-1]
-    env = {"PGHOST": "127.0.0.1", "PGPORT": "1", "PGPASSWORD": password}
+    env = only_pg_variables(PGHOST="127.0.0.1", PGPORT="1", PGPASSWORD=password)
     for script in (["etl.py", "--no-progress"], ["create_tables.py"], ["db.py", "psql"]):
         done = run_script(*script, env=env, check=False, timeout=60)
         assert one_error_line(done) == (
@@ -579,7 +578,7 @@ def test_pgpassword_never_shows():
 
 
 def test_db_url_under_pg_variables_shows_where_they_point_with_the_password_masked():
-    env = {"PGHOST": "127.0.0.1", "PGPORT": "1", "PGUSER": "bob", "PGPASSWORD": SEEDED[-1]}
+    env = only_pg_variables(PGHOST="127.0.0.1", PGPORT="1", PGUSER="bob", PGPASSWORD=SEEDED[-1])
     done = run_script("db.py", "url", env=env)
     assert done.stdout == f"postgresql://bob:***@127.0.0.1:1/{db.DATABASE}\n"
     done = run_script("db.py", "url", env={**env, "PGDATABASE": "analytics"})
@@ -704,11 +703,8 @@ def test_a_url_holding_bytes_that_are_not_utf8_is_refused_in_one_line_without_it
 
 
 def test_a_pg_variable_holding_bytes_that_are_not_utf8_is_named_in_one_line():
-    env = {
-        "PGHOST": str(embedded_socket_dir()),
-        "PGPORT": str(embedded.PORT),
-        "PGUSER": f"b{NOT_UTF8}b",
-    }
+    """Before any connection is tried (nothing listens on port 1)."""
+    env = only_pg_variables(PGHOST="127.0.0.1", PGPORT="1", PGUSER=f"b{NOT_UTF8}b")
     for script in (["etl.py", "--no-progress"], ["create_tables.py"], ["db.py", "url"]):
         done = run_script(*script, env=env, check=False)
         assert done.returncode == EXIT_ENVIRONMENT, done
