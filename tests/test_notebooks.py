@@ -2,7 +2,9 @@
 
 They run in memory: the committed notebooks and their outputs are left as they are. The kernel
 inherits this process's environment, so it uses the tests' private server (SPARKIFY_PGDATA or
-DATABASE_URL, see conftest.py).
+DATABASE_URL, see conftest.py), with its sessions in UTC (PGTZ), as the embedded server's are
+where the committed outputs come from: a server in another time zone shows the same instants
+at other hours.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import PROJECT, query, run_script
+from conftest import PROJECT, environment, query, run_script
 
 import db
 
@@ -36,8 +38,8 @@ def loaded():
 
 
 def execute(name: str):
-    """Run every cell of the notebook in a fresh python3 kernel, in the project folder; the
-    notebook as executed."""
+    """Run every cell of the notebook in a fresh python3 kernel, in the project folder, its
+    sessions in UTC; the notebook as executed."""
     notebook = nbformat.read(PROJECT / name, as_version=4)
     with tempfile.TemporaryDirectory(prefix="nb-") as sockets:
         client = nbclient.NotebookClient(
@@ -54,7 +56,8 @@ def execute(name: str):
             ),
         )
         started = time.monotonic()
-        client.execute()  # raises CellExecutionError, with the cell and its traceback
+        with environment({"PGTZ": "UTC"}):  # the kernel's libpq reads it
+            client.execute()  # raises CellExecutionError, with the cell and its traceback
         print(f"{name} ran in {time.monotonic() - started:.1f} s")
         return notebook
 
