@@ -350,9 +350,43 @@ def embedded_url(
     return f"postgresql://{user}@/{database}?host={embedded_socket_dir()}&port={embedded.PORT}"
 
 
+def server_url(database: str | None = None, options: str | None = None) -> str:
+    """A connection string to the tests' server (DATABASE_URL's, or the embedded one) as their
+    role: on database (default: theirs), with libpq's options (-c search_path=..., say) after
+    any the URL gives."""
+    given = db.options(db.Settings.from_env(), database)
+    if options:
+        given["options"] = f"{given['options']} {options}" if given.get("options") else options
+    return db.as_url(given)
+
+
+# What some tests need of the tests' role beyond what the scripts need (docs/database.md), as
+# CREATE ROLE and GRANT name it, and the query that says whether the role holds it. The embedded
+# server's role is a superuser; a DATABASE_URL's may hold less: those tests skip there (requires).
+SUPERUSER, CREATEDB = "SUPERUSER", "CREATEDB"
+CREATE_ON_DATABASE = "CREATE on database {database}"
+HOLDS = {
+    SUPERUSER: "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+    CREATEDB: "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user",
+    CREATE_ON_DATABASE: "SELECT has_database_privilege(current_database(), 'CREATE')",
+}
+
+
+def requires(privilege: str, what: str) -> None:
+    """Skip the test unless the tests' role holds privilege (of HOLDS) on their server; what:
+    what the test does that needs it ("an event trigger", say), for the reason shown."""
+    [(held, role, database)] = query(
+        f"SELECT ({HOLDS[privilege]}), current_user, current_database()"
+    )
+    if not held:
+        needed = privilege.format(database=database)
+        pytest.skip(f"{what} needs {needed}, which role {role} lacks on this server")
+
+
 def as_superuser(*statements: str) -> None:
-    """Statements run on the tests' server as its superuser, outside a transaction (as CREATE
-    and DROP DATABASE must)."""
+    """Statements run on the tests' server as their role (the embedded server's superuser; a
+    test checks first that a DATABASE_URL's may: requires), outside a transaction (as CREATE and
+    DROP DATABASE must)."""
     conn = db.connect(db.Settings.from_env(), dbname="postgres")
     try:
         conn.autocommit = True

@@ -32,10 +32,18 @@ import random
 import time
 from pathlib import Path
 
-import psycopg2
-import psycopg2.errors
 import pytest
-from builders import T0, gzip_cut_holds, lines, log_file, other_page, play_among_few_keys, song
+from builders import (
+    CREATEDB,
+    T0,
+    gzip_cut_holds,
+    lines,
+    log_file,
+    other_page,
+    play_among_few_keys,
+    requires,
+    song,
+)
 from conftest import query, table_contents, using_database
 from psycopg2 import sql as pgsql
 
@@ -393,12 +401,10 @@ def model_settings() -> db.Settings:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (MODEL_DATABASE,))
             if cur.fetchone() is None:
-                try:
-                    cur.execute(
-                        pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(MODEL_DATABASE))
-                    )
-                except psycopg2.errors.InsufficientPrivilege:
-                    pytest.skip("a second database is needed, and this role cannot create one")
+                requires(CREATEDB, "a second database")
+                cur.execute(
+                    pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(MODEL_DATABASE))
+                )
     finally:
         conn.close()
     return dataclasses.replace(
