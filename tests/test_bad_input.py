@@ -367,13 +367,13 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
     plays = [event(n, sessionId=4242) for n in range(4000)]  # 1.4 MB: a batch of its own
     write(tmp_path, "log_data/b.json", log_file(*plays))
     query(
-        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "RAISE EXCEPTION 'boom' USING ERRCODE = 'XX000'; END $$; "
         "CREATE TRIGGER boom AFTER INSERT ON songplays FOR EACH ROW "
         "WHEN (NEW.session_id = 4242) EXECUTE FUNCTION boom(); SELECT 1"
     )
     etl(tmp_path, "--batch-mb", "1", exit_code=EXIT_ENVIRONMENT)
-    query("DROP TRIGGER boom ON songplays; SELECT 1")
+    query("DROP TRIGGER boom ON songplays; DROP FUNCTION boom(); SELECT 1")
 
     report = json.loads(etl(tmp_path, "--batch-mb", "1", "--strict", exit_code=EXIT_FAILED).stdout)
 

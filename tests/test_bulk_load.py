@@ -318,7 +318,7 @@ def test_keys_a_bulk_load_cannot_build_back_fail_it_naming_the_key_and_wait_for_
     before loading, naming it; once the user is there, the run after builds every key."""
     created = schema_objects()
     query(
-        "CREATE FUNCTION test_stranger() RETURNS trigger LANGUAGE plpgsql AS "
+        "CREATE OR REPLACE FUNCTION test_stranger() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN NEW.user_id := 424242; RETURN NEW; END $$; "
         "CREATE TRIGGER test_stranger BEFORE INSERT ON songplays FOR EACH ROW "
         "WHEN (NEW.item_in_session = 0 AND NEW.session_id = 1) EXECUTE FUNCTION test_stranger();"
@@ -340,7 +340,7 @@ def test_keys_a_bulk_load_cannot_build_back_fail_it_naming_the_key_and_wait_for_
     assert "cannot be built back: songplays_user_id_fkey: insert or update" in done.stderr
 
     query(
-        "DROP TRIGGER test_stranger ON songplays; "
+        "DROP TRIGGER test_stranger ON songplays; DROP FUNCTION test_stranger(); "
         "INSERT INTO users (user_id, level) VALUES (424242, 'free') RETURNING 1"
     )
     summary = parse_summary(etl(data).stdout)
@@ -356,7 +356,8 @@ def test_a_disk_full_while_the_keys_are_built_leaves_them_for_the_next_run_namin
     requires(SUPERUSER, "an event trigger")
     created = schema_objects()
     query(
-        "CREATE FUNCTION test_disk_full() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION test_disk_full() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN "
         "IF current_query() LIKE '%ADD CONSTRAINT songplays_pkey%' THEN RAISE EXCEPTION "
         "'could not extend file: No space left on device' USING ERRCODE = '53100'; END IF; "
         "END $$; CREATE EVENT TRIGGER test_disk_full ON ddl_command_end "
@@ -375,7 +376,7 @@ def test_a_disk_full_while_the_keys_are_built_leaves_them_for_the_next_run_namin
             "space left on device; nothing was loaded"
         )
     finally:
-        query("DROP EVENT TRIGGER test_disk_full; SELECT 1")
+        query("DROP EVENT TRIGGER test_disk_full; DROP FUNCTION test_disk_full(); SELECT 1")
     summary = parse_summary(etl(data).stdout)
     assert summary.found_missing == ALL_SET_ASIDE
     assert summary.checks == CHECKS_PASSED
@@ -395,17 +396,18 @@ def test_a_disk_full_mid_load_fails_the_run_as_failed_naming_the_keys_it_left_mi
     requires(SUPERUSER, "an event trigger")
     created = schema_objects()
     query(
-        "CREATE FUNCTION test_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION test_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         f"{DISK_FULL}; END $$; CREATE TRIGGER test_full BEFORE INSERT ON songplays "
         "FOR EACH STATEMENT EXECUTE FUNCTION test_full(); "
-        "CREATE FUNCTION test_full_analyze(integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE "
-        "AS $$ BEGIN IF current_query() ~ '^[[:space:]]*ANALYZE' THEN "
+        "CREATE OR REPLACE FUNCTION test_full_analyze(integer) RETURNS integer LANGUAGE plpgsql "
+        "IMMUTABLE AS $$ BEGIN IF current_query() ~ '^[[:space:]]*ANALYZE' THEN "
         f"{DISK_FULL}; END IF; RETURN $1; END $$; "
         "CREATE INDEX test_full_analyze ON users (test_full_analyze(user_id)); "
         "INSERT INTO users (user_id, level) VALUES (424242, 'free') RETURNING 1"  # one to sample
     )
     query(  # last: its test reads the whole text of each statement after it
-        "CREATE FUNCTION test_full_keys() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION test_full_keys() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN "
         f"IF current_query() LIKE '%ADD CONSTRAINT songplays_pkey%' THEN {DISK_FULL}; END IF; "
         "END $$; CREATE EVENT TRIGGER test_full_keys ON ddl_command_end "
         "EXECUTE FUNCTION test_full_keys(); SELECT 1"
@@ -421,7 +423,8 @@ def test_a_disk_full_mid_load_fails_the_run_as_failed_naming_the_keys_it_left_mi
     finally:
         query(
             "DROP TRIGGER test_full ON songplays; DROP EVENT TRIGGER test_full_keys; "
-            "DROP INDEX test_full_analyze; DELETE FROM users WHERE user_id = 424242; SELECT 1"
+            "DROP INDEX test_full_analyze; DELETE FROM users WHERE user_id = 424242; "
+            "DROP FUNCTION test_full(), test_full_keys(), test_full_analyze(integer); SELECT 1"
         )
     summary = parse_summary(etl(data).stdout)
     assert summary.found_missing == ALL_SET_ASIDE

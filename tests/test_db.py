@@ -705,13 +705,17 @@ def test_a_server_short_of_disk_says_so_with_its_hint(tmp_path):
     data = base_sample(tmp_path / "data")
     run_script("create_tables.py")
     query(
-        "CREATE FUNCTION test_short_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "RAISE EXCEPTION 'could not extend file \"base/1/2\": wrote only 4096 of 8192 bytes' "
+        "CREATE OR REPLACE FUNCTION test_short_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION "
+        "'could not extend file \"base/1/2\": wrote only 4096 of 8192 bytes' "
         "USING ERRCODE = '53100', HINT = 'Check free disk space.'; END $$; "
         "CREATE TRIGGER test_short_write AFTER INSERT ON artists "
         "EXECUTE FUNCTION test_short_write(); SELECT 1"
     )
-    refused = etl(data, exit_code=EXIT_ENVIRONMENT, process=True)
+    try:
+        refused = etl(data, exit_code=EXIT_ENVIRONMENT, process=True)
+    finally:  # a function outlives the tables: DATABASE_URL's database keeps it
+        query("DROP FUNCTION test_short_write() CASCADE; SELECT 1")
     assert one_error_line(refused) == (
         'error: the database refused: could not extend file "base/1/2": wrote only 4096 of '
         "8192 bytes (Check free disk space.)"

@@ -131,12 +131,14 @@ def test_a_json_run_that_cannot_load_still_prints_one_json_object_naming_its_err
 def test_a_run_the_database_stops_with_an_error_is_recorded_as_failed(fresh_tables, tmp_path):
     data = base_sample(tmp_path / "data")
     query(
-        "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "RAISE EXCEPTION 'the disk controller is on fire' USING ERRCODE = 'XX000'; END $$; "
         "CREATE TRIGGER broken AFTER INSERT ON artists EXECUTE FUNCTION broken(); SELECT 1"
     )
-
-    done = run_script("etl.py", "--data", str(data), check=False)
+    try:
+        done = run_script("etl.py", "--data", str(data), check=False)
+    finally:  # a function outlives the tables: DATABASE_URL's database keeps it
+        query("DROP FUNCTION broken() CASCADE; SELECT 1")
 
     assert done.returncode == EXIT_ENVIRONMENT
     assert one_error_line(done) == "error: the database refused: the disk controller is on fire"
