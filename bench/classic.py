@@ -1,8 +1,9 @@
 """bench/run.py's baseline: the classic Sparkify ETL as the public Udacity-style solutions write
 it (pd.read_json per file, an INSERT per row, a SELECT per play for its song, a commit per file),
-on the first song files and events of a data folder, in a schema of its own. Its lookups must
-search the whole catalogue: after its timed song stage the rest is copied in, untimed, from the
-project's loaded songs and artists. Prints its timings as one JSON line; bench/README.md says more.
+on the first song files and events of a data folder, in tables of its own (bench_classic_songs,
+...) beside the project's, dropped at the end. Its lookups must search the whole catalogue: after
+its timed song stage the rest is copied in, untimed, from the project's loaded songs and artists.
+Prints its timings as one JSON line; bench/README.md says more.
 """
 
 import argparse
@@ -21,37 +22,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
 import db  # noqa: E402
+import sql_queries  # noqa: E402
 
-create_tables = """DROP SCHEMA IF EXISTS bench_classic CASCADE; CREATE SCHEMA bench_classic;
-SET search_path TO bench_classic;
-CREATE TABLE songplays (songplay_id SERIAL PRIMARY KEY, start_time timestamp NOT NULL,
-    user_id int NOT NULL, level varchar, song_id varchar, artist_id varchar, session_id int,
-    location varchar, user_agent varchar);
-CREATE TABLE users (user_id int PRIMARY KEY, first_name varchar, last_name varchar,
+# Its tables are the public solutions' under names of their own, beside the project's, in the
+# schema that holds them (sql_queries.tables_schema_use): no schema of its own, which would need
+# CREATE on the database, a privilege create_tables.py and etl.py do without.
+drop_tables = """DROP TABLE IF EXISTS bench_classic_songplays, bench_classic_users,
+    bench_classic_songs, bench_classic_artists, bench_classic_time"""
+create_tables = f"""{drop_tables};
+CREATE TABLE bench_classic_songplays (songplay_id SERIAL PRIMARY KEY,
+    start_time timestamp NOT NULL, user_id int NOT NULL, level varchar, song_id varchar,
+    artist_id varchar, session_id int, location varchar, user_agent varchar);
+CREATE TABLE bench_classic_users (user_id int PRIMARY KEY, first_name varchar, last_name varchar,
     gender varchar, level varchar);
-CREATE TABLE songs (song_id varchar PRIMARY KEY, title varchar NOT NULL,
+CREATE TABLE bench_classic_songs (song_id varchar PRIMARY KEY, title varchar NOT NULL,
     artist_id varchar NOT NULL, year int, duration float NOT NULL);
-CREATE TABLE artists (artist_id varchar PRIMARY KEY, name varchar NOT NULL, location varchar,
-    latitude float, longitude float);
-CREATE TABLE time (start_time timestamp PRIMARY KEY, hour int, day int, week int, month int,
-    year int, weekday int)"""
-songplay_table_insert = """INSERT INTO songplays (start_time, user_id, level, song_id, artist_id,
-    session_id, location, user_agent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
-user_table_insert = """INSERT INTO users (user_id, first_name, last_name, gender, level)
-    VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id) DO UPDATE SET level = EXCLUDED.level"""
-song_table_insert = """INSERT INTO songs (song_id, title, artist_id, year, duration)
+CREATE TABLE bench_classic_artists (artist_id varchar PRIMARY KEY, name varchar NOT NULL,
+    location varchar, latitude float, longitude float);
+CREATE TABLE bench_classic_time (start_time timestamp PRIMARY KEY, hour int, day int, week int,
+    month int, year int, weekday int)"""
+songplay_table_insert = """INSERT INTO bench_classic_songplays (start_time, user_id, level,
+    song_id, artist_id, session_id, location, user_agent)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
+user_table_insert = """INSERT INTO bench_classic_users (user_id, first_name, last_name, gender,
+    level) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id) DO UPDATE SET level = EXCLUDED.level"""
+song_table_insert = """INSERT INTO bench_classic_songs (song_id, title, artist_id, year, duration)
     VALUES (%s, %s, %s, %s, %s) ON CONFLICT (song_id) DO NOTHING"""
-artist_table_insert = """INSERT INTO artists (artist_id, name, location, latitude, longitude)
-    VALUES (%s, %s, %s, %s, %s) ON CONFLICT (artist_id) DO NOTHING"""
-time_table_insert = """INSERT INTO time (start_time, hour, day, week, month, year, weekday)
-    VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (start_time) DO NOTHING"""
+artist_table_insert = """INSERT INTO bench_classic_artists (artist_id, name, location, latitude,
+    longitude) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (artist_id) DO NOTHING"""
+time_table_insert = """INSERT INTO bench_classic_time (start_time, hour, day, week, month, year,
+    weekday) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (start_time) DO NOTHING"""
 song_select = """SELECT songs.song_id, artists.artist_id
-    FROM songs JOIN artists ON songs.artist_id = artists.artist_id
+    FROM bench_classic_songs songs JOIN bench_classic_artists artists
+    ON songs.artist_id = artists.artist_id
     WHERE songs.title = %s AND artists.name = %s AND songs.duration = %s"""
-copy_catalogue = """INSERT INTO songs SELECT song_id, title, artist_id, year, duration
-FROM public.songs ON CONFLICT (song_id) DO NOTHING;
-INSERT INTO artists SELECT artist_id, name, location, latitude, longitude FROM public.artists
-ON CONFLICT (artist_id) DO NOTHING"""
+copy_catalogue = """INSERT INTO bench_classic_songs SELECT song_id, title, artist_id, year,
+duration FROM songs ON CONFLICT (song_id) DO NOTHING;
+INSERT INTO bench_classic_artists SELECT artist_id, name, location, latitude, longitude
+FROM artists ON CONFLICT (artist_id) DO NOTHING"""
 
 
 def process_song_file(cur, filepath, nrows):  # one record a file: no nrows to cut
@@ -106,14 +114,15 @@ def main(data: str, song_files: int, events: int) -> None:
         psycopg2.extensions.register_adapter(kind, lambda v: psycopg2.extensions.adapt(v.item()))
     conn = db.connect(db.Settings.from_env())
     cur = conn.cursor()
+    cur.execute(sql_queries.tables_schema_use)
     cur.execute(create_tables)
     songs = process_data(cur, conn, Path(data, "song_data"), process_song_file, song_files)
     cur.execute(copy_catalogue)
-    cur.execute("SELECT count(*) FROM songs")
+    cur.execute("SELECT count(*) FROM bench_classic_songs")
     songs_at_lookup = cur.fetchone()[0]
     conn.commit()
     logs = process_data(cur, conn, Path(data, "log_data"), process_log_file, events)
-    cur.execute("DROP SCHEMA bench_classic CASCADE")
+    cur.execute(drop_tables)
     conn.commit()
     names = ["song_files", "songs", "songs_s", "log_files", "events", "logs_s"]
     print(json.dumps(dict(zip(names, songs + logs)) | {"songs_at_lookup": songs_at_lookup}))

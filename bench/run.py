@@ -183,9 +183,12 @@ def star_counts(settings: db.Settings) -> dict[str, int]:
 
 def bare_copy(settings: db.Settings) -> tuple[float, dict[str, int]]:
     """The limit's write side: the loaded star rows, exported into memory, COPYed into tables of
-    the same columns and nothing else; only the COPYs are timed. Returns (seconds, rows)."""
+    the same columns and nothing else; only the COPYs are timed. Returns (seconds, rows). The
+    tables (bench_limit_songplays, ...) go beside the star tables, in their schema, and are
+    dropped after: the role needs no privilege that create_tables.py does not."""
     with contextlib.closing(db.connect(settings)) as conn, conn.cursor() as cur:
         conn.autocommit = True
+        cur.execute(sql.tables_schema_use)  # the star's schema: the bare tables are made there
         cur.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
         citus = cur.fetchone()[0]
         payloads = {t: io.BytesIO() for t in sql.STAR_TABLES}
@@ -193,18 +196,22 @@ def bare_copy(settings: db.Settings) -> tuple[float, dict[str, int]]:
             export = pgsql.SQL("COPY (SELECT * FROM {}) TO STDOUT")
             cur.copy_expert(export.format(pgsql.Identifier(table)), payload)
             payload.seek(0)
-        cur.execute("DROP SCHEMA IF EXISTS bench_limit CASCADE; CREATE SCHEMA bench_limit")
-        for table in payloads:
+        bare = {table: f"bench_limit_{table}" for table in payloads}
+        drop = pgsql.SQL("DROP TABLE IF EXISTS {}").format(
+            pgsql.SQL(", ").join(map(pgsql.Identifier, bare.values()))
+        )
+        cur.execute(drop)  # left by a run that was stopped
+        for table, name in bare.items():
             new = pgsql.SQL("CREATE TABLE {} AS SELECT * FROM {} WITH NO DATA")
-            cur.execute(new.format(pgsql.Identifier("bench_limit", table), pgsql.Identifier(table)))
+            cur.execute(new.format(pgsql.Identifier(name), pgsql.Identifier(table)))
             if citus:
-                cur.execute(LAY_OUT_LIKE, {"bare": f"bench_limit.{table}", "star": table})
+                cur.execute(LAY_OUT_LIKE, {"bare": name, "star": table})
         started = time.perf_counter()
         for table, payload in payloads.items():
             into = pgsql.SQL("COPY {} FROM STDIN")
-            cur.copy_expert(into.format(pgsql.Identifier("bench_limit", table)), payload)
+            cur.copy_expert(into.format(pgsql.Identifier(bare[table])), payload)
         seconds = time.perf_counter() - started
-        cur.execute("DROP SCHEMA bench_limit CASCADE")
+        cur.execute(drop)
     return seconds, {t: p.getvalue().count(b"\n") for t, p in payloads.items()}
 
 
