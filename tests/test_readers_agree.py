@@ -170,10 +170,15 @@ def file_of(runs: list[tuple[int, bytes]], tail: int) -> bytes:
     tail=st.integers(0, 2 * RUN),
     cut=st.booleans(),
     piece_bytes=st.sampled_from([1 << 20, 30_000]),
+    block=st.sampled_from([parse.REFUSAL_BLOCK_LINES, 150, 7]),
 )
-def test_a_piece_with_odd_lines_reads_as_every_line_read_on_its_own(runs, tail, cut, piece_bytes):
+def test_a_piece_with_odd_lines_reads_as_every_line_read_on_its_own(
+    runs, tail, cut, piece_bytes, block
+):
     data = file_of(runs, tail)[: -1 if cut else None]
-    parsed, rejects = parse.parse_log_file(data, "log_data/a.json", piece_bytes)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parse, "REFUSAL_BLOCK_LINES", block)  # lines refused in later blocks too
+        parsed, rejects = parse.parse_log_file(data, "log_data/a.json", piece_bytes)
     expected, expected_rejects = line_by_line(data)
     assert parsed.values.drop_columns("raw").equals(expected.values.drop_columns("raw"))
     for raw, expected_raw in zip(
@@ -196,6 +201,23 @@ def test_a_damaged_line_costs_its_own_reading_and_clean_runs_around_it_are_read_
     parsed, _ = parse.parse_log_file(data, "log_data/a.json")
     read_at_once = parsed.values["raw"].null_count  # Arrow's reader leaves raw for the rejects
     assert read_at_once == sum(count for count in [*(n for n, _ in runs), tail] if count >= RUN)
+
+
+# Lines plain by their own bytes that Arrow's reader refuses: a value of another type
+REFUSED = [line(4, length="long"), line(6, sessionId="6"), line(9, userId=9)]
+
+
+@hypothesis_settings(PROPERTY, max_examples=50)
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, 2 * RUN), st.sampled_from(REFUSED)), min_size=1, max_size=4
+    )
+)
+def test_a_line_arrow_refuses_costs_its_own_reading_and_clean_runs_before_it_are_read_at_once(
+    runs,
+):
+    parsed, _ = parse.parse_log_file(file_of(runs, 0), "log_data/a.json")
+    assert parsed.values["raw"].null_count == sum(n for n, _ in runs if n >= RUN)
 
 
 # A line of a piece: how it starts, what it holds, how it ends
