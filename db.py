@@ -551,8 +551,8 @@ def require_this_schema(conn) -> None:
 
 def as_a_batch_job(conn) -> None:
     """This session runs as a load needs: no time limits, no session ended by an expected error,
-    doubles read back exactly (sql.batch_job_settings), and its triggers firing
-    (sql.replication_role_origin)."""
+    doubles read back exactly, no statement compiled (sql.batch_job_settings), and its triggers
+    firing (sql.replication_role_origin)."""
     with managed_cursor(conn) as cur:
         cur.execute(sql.batch_job_settings)
     try:

@@ -543,8 +543,11 @@ session_let_go = "SELECT pg_advisory_unlock(%(key)s), set_config('sparkify.run',
 # And a client gone without a word (its machine crashed, the network cut) is found within a
 # minute, as the client finds a server gone (db.KEEPALIVES): its session would otherwise hold the
 # load lock, every later run refused, until the server's keepalive defaults gave up, two hours
-# on (on a socket the server ignores them). Each setting the server has (idle_session_timeout
-# since PostgreSQL 14, transaction_timeout since 17).
+# on (on a socket the server ignores them). And no statement is compiled (jit): a load's
+# statements are planned anew for each batch, and with a server's JIT thresholds near 0 one more
+# day of 20,000 plays spent minutes compiling its merge, its server process growing by gigabytes.
+# Each setting the server has (idle_session_timeout since PostgreSQL 14, transaction_timeout
+# since 17).
 batch_job_settings = """
 SELECT set_config(s.name, v.setting, false)
 FROM (VALUES ('statement_timeout', '0'),
@@ -553,6 +556,7 @@ FROM (VALUES ('statement_timeout', '0'),
              ('transaction_timeout', '0'),
              ('exit_on_error', 'off'),
              ('extra_float_digits', '3'),
+             ('jit', 'off'),
              ('tcp_keepalives_idle', '30'),
              ('tcp_keepalives_interval', '10'),
              ('tcp_keepalives_count', '3'),

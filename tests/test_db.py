@@ -31,7 +31,7 @@ from builders import (
     song,
     write,
 )
-from conftest import SAMPLE, counts, query, run_script, using_database
+from conftest import SAMPLE, counts, environment, query, run_script, using_database
 
 import db
 import embedded
@@ -620,6 +620,20 @@ def test_a_load_runs_as_a_batch_job_whatever_its_sessions_are_set_to(tmp_path, t
         json.loads(record)["page"] == "NextSong" for record in first_log.read_text().splitlines()
     )
     assert report["records"]["log"]["duplicates"] == resent_plays
+
+
+def test_a_load_session_compiles_no_statement_whatever_its_role_says(fresh_tables):
+    """JIT thresholds near 0 (a role's or a database's setting) had every statement of a load
+    compiled: one more day's merge ran for minutes, its server process growing by gigabytes."""
+    with environment({"PGOPTIONS": "-c jit=on -c jit_above_cost=0"}):
+        conn = db.connect(db.Settings.from_env())
+    try:
+        db.as_a_batch_job(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('jit'), current_setting('jit_above_cost')")
+            assert cur.fetchone() == ("off", "0")
+    finally:
+        conn.close()
 
 
 def test_a_role_whose_sessions_fire_no_trigger_is_refused_in_one_line(fresh_tables):
