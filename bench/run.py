@@ -51,6 +51,7 @@ ROWS = [
     ("full_load", "etl.py, full load (songs + logs)", "all"),
     ("etl_total", "ETL total (create_tables + full load)", "all"),
     ("rerun", "etl.py re-run, nothing new", None),
+    ("damaged_load", "etl.py, full load, one log line in 1,000 damaged", "all"),
     ("song_stage", "song stage (etl.py on song_data only)", "songs"),
     ("increment", "increment: last day onto the others", "day"),
     ("day_alone", "last day alone (songs loaded, no plays)", "day"),
@@ -65,6 +66,7 @@ RATIOS = {  # name: (row, over row)
     "etl_over_limit": ("etl_total", "limit_total"),
     "increment_over_alone": ("increment", "day_alone"),
     "rerun_over_full_load": ("rerun", "full_load"),
+    "damaged_over_full_load": ("damaged_load", "full_load"),
     "classic_over_etl": ("classic", "etl_total"),
     "dlt_over_etl": ("dlt", "etl_total"),
 }
@@ -164,6 +166,35 @@ def link_logs(folder: Path, data: Path, logs: list[Path], fresh: bool = False) -
     for path in logs:
         (folder / path.relative_to(data)).parent.mkdir(parents=True, exist_ok=True)
         (folder / path.relative_to(data)).symlink_to(path)
+    return folder
+
+
+# The damaged load reads the same logs with one line in DAMAGED_EVERY damaged, in turn cut in
+# half (as a write that failed leaves it) and holding its sessionId as a string (a value of
+# another type than its field's): messy deliveries, whose good lines should load about as fast.
+DAMAGED_EVERY = 1000
+SESSION_ID = re.compile(rb'"sessionId":\s*(\d+)')
+
+
+def damaged_copy(folder: Path, data: Path, logs: list[Path]) -> Path:
+    """folder as a data folder of a link to data's song_data and copies of the log files at
+    their own paths, with one line in DAMAGED_EVERY damaged (the same lines at every run)."""
+    link_logs(folder, data, [], fresh=True)
+    count = 0
+    for path in logs:
+        lines = path.read_bytes().splitlines(keepends=True)
+        for n in range(-count % DAMAGED_EVERY, len(lines), DAMAGED_EVERY):
+            line = lines[n]
+            cut = (count + n) // DAMAGED_EVERY % 2 == 0
+            lines[n] = (
+                line[: len(line) // 2] + b"\n"
+                if cut
+                else SESSION_ID.sub(rb'"sessionId":"\1"', line)
+            )
+        count += len(lines)
+        copy = folder / path.relative_to(data)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(b"".join(lines))
     return folder
 
 
@@ -335,9 +366,10 @@ def environment(settings: db.Settings, load_start: tuple[float, ...]) -> dict:
     }
 
 
-def full_round(bench: Bench, data: Path, best: dict[str, Run]) -> dict:
-    """One round of the full load, its re-run with nothing new, and the limit. Returns the rows
-    loaded, and those the bare COPY wrote."""
+def full_round(bench: Bench, data: Path, best: dict[str, Run], damaged: Path | None = None) -> dict:
+    """One round of the full load, its re-run with nothing new, and the limit; and of the full
+    load of the damaged copy, where there is one. Returns the rows loaded, and those the bare
+    COPY wrote."""
     keep_faster(best, "create_tables", bench.script("create_tables.py"))
     keep_faster(best, "full_load", bench.etl(data))
     keep_faster(best, "rerun", bench.etl(data))
@@ -346,6 +378,10 @@ def full_round(bench: Bench, data: Path, best: dict[str, Run]) -> dict:
     songs_s, logs_s = parse_limit(data)
     for name, seconds in (("bare_copy", copy_s), ("parse_songs", songs_s), ("parse_logs", logs_s)):
         keep_faster(best, name, Run(seconds))
+    if damaged:
+        bench.script("create_tables.py")
+        keep_faster(best, "damaged_load", bench.etl(damaged))
+        rows["damaged_load"] = star_counts(bench.settings)
     return rows
 
 
@@ -382,8 +418,9 @@ def measure_size(bench: Bench, args: argparse.Namespace, events: int, everything
     data, truth = ensure_data(bench.workdir, events, args)
     logs = sorted((data / "log_data").rglob("*.json"))
     best, rows = {}, {"truth": {k: truth[v] for k, v in TRUTH.items()}}
+    damaged = damaged_copy(bench.workdir / "damaged", data, logs) if everything else None
     for n in range(1, args.rounds + 1):
-        rows |= full_round(bench, data, best)
+        rows |= full_round(bench, data, best, damaged)
         rows |= increment_round(bench, data, logs, best)
         print(f"round {n}, fastest:", ", ".join(f"{k} {v.seconds:.2f} s" for k, v in best.items()))
     runs = {name: run.figures() for name, run in best.items()}
@@ -418,7 +455,7 @@ def measure_size(bench: Bench, args: argparse.Namespace, events: int, everything
             for name, key, goal, met in TARGETS
             if key in values
         }
-    for folder in ["increment", "day-alone", *([] if args.keep else [data.name])]:
+    for folder in ["increment", "day-alone", "damaged", *([] if args.keep else [data.name])]:
         shutil.rmtree(bench.workdir / folder, ignore_errors=True)
     return size
 
@@ -483,7 +520,7 @@ def report(r: dict) -> str:
         elif run:
             rates = [fmt(n / run["seconds"] if n else None) for n in counted.get(what, [None] * 3)]
             main.append([label, *rates, fmt(run["seconds"], 2), rss(run)])
-    stages = ["truth", "full_load", "after_increment", "day_alone", "bare_copy"]
+    stages = ["truth", "full_load", "after_increment", "day_alone", "bare_copy", "damaged_load"]
     counts = [[name, *(fmt(rows[stage].get(name)) for stage in stages)] for name in TRUTH]
     goals = []
     for name, key, goal, _ in (target for target in TARGETS if target[0] in r["targets"]):
@@ -501,7 +538,10 @@ def report(r: dict) -> str:
         "Python start-up included. Peak RSS: the largest process (its VmHWM) / the peak sum over "
         "the process tree (polled every 20 ms); the PostgreSQL server is not counted. The "
         f"increment loads the last day, {d['last_day']} ({d['last_day_events']:,} events), onto "
-        f"the songs and the other {d['log_files'] - 1} days; the last day alone, onto the songs.",
+        f"the songs and the other {d['log_files'] - 1} days; the last day alone, onto the songs. "
+        f"The damaged load reads the same logs with one line in {DAMAGED_EVERY:,} cut in half or "
+        "holding its sessionId as a string (each rejected): "
+        f"{r['ratios']['damaged_over_full_load']:.2f}x the full load's time.",
         table(["rows", *(stage.replace("_", " ") for stage in stages)], counts),
         "### Targets",
         table(["target", "measured", "goal", "verdict"], goals),

@@ -12,7 +12,8 @@ import sql_queries
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 
-TIMED = ["create_tables", "full_load", "rerun", "song_stage", "increment", "day_alone"]
+TIMED = ["create_tables", "full_load", "rerun", "damaged_load", "song_stage", "increment"]
+TIMED += ["day_alone"]
 LIMIT = ["parse_songs", "parse_logs", "bare_copy"]
 
 
@@ -56,12 +57,23 @@ def test_tiny_benchmark_saves_every_figure(tmp_path):
     assert rows["day_alone"]["songs"] == rows["truth"]["songs"]
     assert 0 < rows["day_alone"]["songplays"] < rows["truth"]["songplays"]
     assert results["data"]["last_day"] == "2018-11-30-events.json"
+    # The damaged load: one log line in 1,000 rejected, the plays among them lost, no more.
+    logs = sorted((tmp_path / "data-e3000-s100-seed42" / "log_data").rglob("*.json"))
+    lines = [line for path in logs for line in path.read_bytes().splitlines()]
+    damaged_plays = sum(json.loads(line)["page"] == "NextSong" for line in lines[::1000])
+    assert rows["truth"]["songplays"] - rows["damaged_load"]["songplays"] == damaged_plays
+    assert rows["damaged_load"]["songs"] == rows["truth"]["songs"]
 
     ratios = results["ratios"]
     assert ratios["increment_over_alone"] == round(
         runs["increment"]["seconds"] / runs["day_alone"]["seconds"], 4
     )
-    for name in ("etl_over_limit", "rerun_over_full_load", "classic_over_etl"):
+    for name in (
+        "etl_over_limit",
+        "rerun_over_full_load",
+        "classic_over_etl",
+        "damaged_over_full_load",
+    ):
         assert ratios[name] > 0, name
     assert "dlt_over_etl" not in ratios
     targets = results["targets"]
@@ -77,7 +89,7 @@ def test_tiny_benchmark_saves_every_figure(tmp_path):
     assert "WARNING" not in done.stdout
     assert (tmp_path / "report.md").read_text() in done.stdout
     assert [p.name for p in tmp_path.glob("data-*")] == ["data-e3000-s100-seed42"]
-    assert not (tmp_path / "increment").exists() and not (tmp_path / "day-alone").exists()
+    assert not any((tmp_path / name).exists() for name in ("increment", "day-alone", "damaged"))
 
 
 def test_growth_at_two_tiny_sizes(tmp_path):
