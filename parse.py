@@ -56,13 +56,16 @@ FIELDS = {"song": SONG_FIELDS, "log": EVENT_FIELDS}
 KIND_NAMES = {"text": "a string", "int": "an integer", "number": "a number"}
 INT64 = (-(2**63), 2**63 - 1)
 
-# What Arrow's reader and JSON (orjson) could read differently: a piece holding a NUL or CR byte,
-# or a NUL or surrogate escape, goes to the line-by-line reader. Rare in real logs; a false alarm
-# only costs speed. (One regex: a scan for each escape costs more than Arrow's parse of them.)
-UNLIKE_JSON_BYTES = (b"\x00", b"\r")
+# What Arrow's reader and JSON (orjson) could read differently: a piece holding a NUL byte, a CR
+# that does not end a line (before its newline, as Windows writes lines, both read it as blank
+# space), or a NUL or surrogate escape, goes to the line-by-line reader. Rare in real logs; a
+# false alarm only costs speed. (One regex: a scan for each escape costs more than Arrow's parse
+# of them; a CR is looked for only where there is one.)
+UNLIKE_JSON_BYTE = b"\x00"
+LONE_CR = re.compile(rb"\r(?!\n)")
 UNLIKE_JSON_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89abAB])")
 
-NEWLINE = ord("\n")
+NEWLINE, CR = ord("\n"), ord("\r")
 
 ARROW_TYPES = {"text": pa.string(), "int": pa.int64(), "number": pa.float64()}
 # What Arrow's reader reads of each kind: the fields the ETL reads; of a song file, the one field
@@ -349,22 +352,25 @@ def _line_bounds(piece: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 def _odd_lines(piece: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Which lines of the piece are odd: lines Arrow's reader cannot read as the line reader
-    does (_plain), as each line's own bytes say: not starting with "{" and ending with "}", or
-    holding a byte or escape unlike JSON."""
+    does (_plain), as each line's own bytes say: not starting with "{" and ending with "}" (or
+    "}" and the CR of a Windows line end), or holding a byte or escape unlike JSON."""
     text = np.frombuffer(piece, np.uint8)
-    odd = (text[starts] != ord("{")) | (text[np.maximum(ends - 1, 0)] != ord("}"))
+    last = np.maximum(ends - 1, 0)
+    last -= (text[last] == CR) & (last > starts)  # a Windows line end: the byte before its CR
+    odd = (text[starts] != ord("{")) | (text[last] != ord("}"))
     odd[np.searchsorted(ends, np.array(_unlike_json_at(piece), np.int64))] = True
     return odd
 
 
 def _unlike_json_at(piece: bytes) -> list[int]:
-    """Where the piece holds a byte or an escape unlike JSON (UNLIKE_JSON_BYTES and _ESCAPES)."""
+    """Where the piece holds a byte or an escape unlike JSON (UNLIKE_JSON_BYTE, LONE_CR and
+    UNLIKE_JSON_ESCAPES)."""
     at = [m.start() for m in UNLIKE_JSON_ESCAPES.finditer(piece)]
-    for byte in UNLIKE_JSON_BYTES:
-        start = piece.find(byte)
-        while start >= 0:
-            at.append(start)
-            start = piece.find(byte, start + 1)
+    at += [m.start() for m in LONE_CR.finditer(piece)] if b"\r" in piece else []
+    start = piece.find(UNLIKE_JSON_BYTE)
+    while start >= 0:
+        at.append(start)
+        start = piece.find(UNLIKE_JSON_BYTE, start + 1)
     return at
 
 
@@ -455,11 +461,12 @@ def _arrow_records(kind: str, piece: bytes, lines: int, one_block: bool = False)
 
 def _plain(piece: bytes) -> bool:
     """Whether the piece's bytes let Arrow read it as the line reader would: no NUL, surrogate
-    escape or CR, and each line starting with "{" and ending with "}" (a byte-order mark or a
-    blank line, which Arrow skips, is not; and as Arrow reads a newline as blank space, an
-    object left open at the end of a line would run on into the next)."""
+    escape or CR but at a line's end, and each line starting with "{" and ending with "}" (a
+    byte-order mark or a blank line, which Arrow skips, is not; and as Arrow reads a newline as
+    blank space, an object left open at the end of a line would run on into the next)."""
     return not (
-        any(b in piece for b in UNLIKE_JSON_BYTES)
+        UNLIKE_JSON_BYTE in piece
+        or (b"\r" in piece and LONE_CR.search(piece))
         or UNLIKE_JSON_ESCAPES.search(piece)
         or not _lines_are_braced(piece)
     )
@@ -578,14 +585,17 @@ def newline_count(data: bytes) -> int:
 
 
 def _lines_are_braced(piece: bytes) -> bool:
-    """Whether every line of the piece starts with "{" and ends with "}"."""
-    if not (piece.startswith(b"{") and piece.endswith((b"}", b"}\n"))):
+    """Whether every line of the piece starts with "{" and ends with "}" (before the CR of a
+    Windows line end, if it has one)."""
+    if not (piece.startswith(b"{") and piece.endswith((b"}", b"}\n", b"}\r\n"))):
         return False
     if len(piece) <= SMALL:  # each newline after "}" and, but a last one, before "{"
         newlines = piece.count(b"\n")
         ends = newlines - piece.endswith(b"\n")
-        return piece.count(b"}\n") == newlines and piece.count(b"\n{") == ends
+        closed = piece.count(b"}\n") + piece.count(b"}\r\n")
+        return closed == newlines and piece.count(b"\n{") == ends
     text = np.frombuffer(piece, np.uint8)
     newlines = np.flatnonzero(text == NEWLINE)
     starts = newlines[newlines < len(text) - 1] + 1  # after each newline but a last one
-    return bool(np.all(text[starts] == ord("{")) and np.all(text[newlines - 1] == ord("}")))
+    last = newlines - 1 - (text[newlines - 1] == CR)  # the byte before a Windows line end's CR
+    return bool(np.all(text[starts] == ord("{")) and np.all(text[last] == ord("}")))

@@ -151,7 +151,9 @@ RUN = parse.RUN_LINES_LEAST
 UNBRACED = [
     odd
     for odd in ODD
-    if not any(t.startswith(b"{") and t.endswith(b"}") for t in extract.raw_lines(odd))
+    if not any(
+        t.startswith(b"{") and t.removesuffix(b"\r").endswith(b"}") for t in extract.raw_lines(odd)
+    )
 ]
 
 
@@ -201,6 +203,16 @@ def test_a_damaged_line_costs_its_own_reading_and_clean_runs_around_it_are_read_
     parsed, _ = parse.parse_log_file(data, "log_data/a.json")
     read_at_once = parsed.values["raw"].null_count  # Arrow's reader leaves raw for the rejects
     assert read_at_once == sum(count for count in [*(n for n, _ in runs), tail] if count >= RUN)
+
+
+@pytest.mark.parametrize("piece_bytes", [1 << 20, 1_000])
+def test_a_file_with_windows_line_ends_is_read_at_once_as_its_unix_twin(piece_bytes):
+    unix = b"".join(CLEAN_LINES * 300)  # bigger than numpy's threshold, read in pieces too
+    windows = unix.replace(b"\n", b"\r\n")
+    parsed, rejects = parse.parse_log_file(windows, "log_data/a.json", piece_bytes)
+    twin, _ = parse.parse_log_file(unix, "log_data/a.json", piece_bytes)
+    assert parsed.values.drop_columns("raw").equals(twin.values.drop_columns("raw"))
+    assert rejects == [] and parsed.values["raw"].null_count == unix.count(b"\n")
 
 
 # Lines plain by their own bytes that Arrow's reader refuses: a value of another type
