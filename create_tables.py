@@ -100,16 +100,18 @@ def recreate(conn) -> tuple[str, bool]:
 def still_locked(conn) -> str:
     """Why DROP gave up waiting: the sessions that hold a lock on the tables, which this role may
     not end (a superuser's, another role's, or an autovacuum that does not let go)."""
-    role, holders = db.sessions_holding(conn, sql.TABLES)
-    if not holders:
+    holding = db.sessions_holding(conn, sql.TABLES)
+    if not holding.sessions:
         return (
             "cannot drop the tables: another session held a lock on them and has let go since; "
             "run create_tables.py again (nothing was dropped)"
         )
+    # a member of pg_signal_backend may end any session but a superuser's
+    who = "a superuser" if holding.superuser else "a superuser or a member of pg_signal_backend"
     return (
-        f"cannot drop the tables: locked by sessions role {role} may not end: "
-        f"{'; '.join(holders)}; end them (pg_terminate_backend), or run create_tables.py as a "
-        "superuser or a member of pg_signal_backend (nothing was dropped)"
+        f"cannot drop the tables: locked by sessions role {holding.role} may not end: "
+        f"{'; '.join(holding.sessions)}; end them (pg_terminate_backend), or run "
+        f"create_tables.py as {who} (nothing was dropped)"
     )
 
 

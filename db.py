@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import psycopg2
@@ -686,7 +687,7 @@ IN_THE_WAY = [
 def kept_waiting(conn, wait: int, tables: list[str]) -> str:
     """Why a statement stopped waiting for a lock on tables: the sessions in the way."""
     for modes, found in IN_THE_WAY:
-        _, holders = sessions_holding(conn, tables, modes)
+        holders = sessions_holding(conn, tables, modes).sessions
         if holders:
             who = found.format("; ".join(holders))
             break
@@ -736,19 +737,27 @@ def managed_cursor(conn):
             yield cur
 
 
-def sessions_holding(
-    conn, tables: list[str], modes: list[str] | None = None
-) -> tuple[str, list[str]]:
+class Holding(NamedTuple):
+    role: str  # this session's
+    sessions: list[str]  # the others, each as 'pid (role, application) on its tables'
+    superuser: bool  # whether one of them is a superuser's
+
+
+def sessions_holding(conn, tables: list[str], modes: list[str] | None = None) -> Holding:
     """This session's role, and the other sessions holding a lock on one of tables (of one of
-    modes, if given), each as 'pid (role, application) on its tables'."""
+    modes, if given)."""
     with managed_cursor(conn) as cur:
         cur.execute(sql.lock_holders_left, {"tables": tables, "modes": modes})
-        holders = [
-            f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"
-            for pid, who, application, locked in cur.fetchall()
-        ]
+        rows = cur.fetchall()
         cur.execute(sql.role_name)
-        return cur.fetchone()[0], holders
+        return Holding(
+            cur.fetchone()[0],
+            [
+                f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"
+                for pid, who, application, locked, _ in rows
+            ],
+            any(superuser for *_, superuser in rows),
+        )
 
 
 # psql's options, as its getopt reads them: the short ones that take a value, and the long ones

@@ -51,7 +51,7 @@ def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSta
     except psycopg2.errors.LockNotAvailable:
         if not full_refresh:
             raise
-        _, holders = db.sessions_holding(conn, sql.TABLES)
+        holders = db.sessions_holding(conn, sql.TABLES).sessions
         held_by = "; ".join(holders) or "a session that has let go since"
         raise db.DatabaseError(
             f"cannot empty the tables for --full-refresh: locked by {held_by}; commit or end "

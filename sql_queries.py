@@ -424,7 +424,8 @@ WHERE backend_type = 'client backend'
 # holding a lock are then named.
 tables_lock_timeout = "SET LOCAL lock_timeout = '5s'"
 lock_holders_left = f"""
-SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
+SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables,
+       coalesce(rolsuper, false)
 FROM ({table_lock_holders}) holder ORDER BY pid"""
 role_name = "SELECT current_user"
 server_encoding = "SHOW server_encoding"

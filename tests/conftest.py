@@ -165,11 +165,12 @@ def lock_let_go(holders: set[int], timeout: float = 15) -> None:
 
 
 def query(sql: str, params=None) -> list[tuple]:
+    """The rows of a statement on the tests' server (none for one that returns none)."""
     conn = db.connect(db.Settings.from_env())
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql, params)
-            return cur.fetchall()
+            return cur.fetchall() if cur.description else []
     finally:
         conn.close()
 

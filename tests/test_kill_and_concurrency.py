@@ -774,8 +774,7 @@ def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those
         assert one_error_line(refused) == (
             f"error: cannot drop the tables: locked by sessions role {ANALYST} may not end: "
             f"{other_pid} (role {embedded.SUPERUSER}, admin's psql) on songplays; end them "
-            "(pg_terminate_backend), or run create_tables.py as a superuser or a member of "
-            "pg_signal_backend (nothing was dropped)"
+            "(pg_terminate_backend), or run create_tables.py as a superuser (nothing was dropped)"
         )
         with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
             own.cursor().execute("SELECT 1")
@@ -789,6 +788,34 @@ def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those
     finally:
         own.close()
         other.close()
+
+
+def test_create_tables_names_pg_signal_backend_where_only_ordinary_roles_hold_the_tables(
+    tmp_path, analyst_url
+):
+    """A member of pg_signal_backend may end any session but a superuser's: the advice names it
+    only where no superuser's session is in the way."""
+    as_analyst = {"DATABASE_URL": analyst_url}
+    run_script("create_tables.py", env=as_analyst)
+    reader = f"{ANALYST}_reader"
+    as_superuser(f"DROP ROLE IF EXISTS {reader}", f"CREATE ROLE {reader} LOGIN")
+    with using_database(analyst_url):
+        query(f"GRANT SELECT ON songplays TO {reader}")
+    other, other_pid = holding("songplays", embedded_url(role=reader, database=ANALYST), "psql")
+    try:
+        refused = run_script("create_tables.py", env=as_analyst, timeout=60, check=False)
+        assert refused.returncode == EXIT_ENVIRONMENT, refused
+        assert one_error_line(refused) == (
+            f"error: cannot drop the tables: locked by sessions role {ANALYST} may not end: "
+            f"{other_pid} (role {reader}, psql) on songplays; end them (pg_terminate_backend), "
+            "or run create_tables.py as a superuser or a member of pg_signal_backend (nothing "
+            "was dropped)"
+        )
+    finally:
+        other.close()
+        with using_database(analyst_url):
+            query(f"REVOKE SELECT ON songplays FROM {reader}")
+        as_superuser(f"DROP ROLE {reader}")
 
 
 def test_a_full_refresh_waits_a_few_seconds_for_a_session_holding_the_tables_then_names_it(
