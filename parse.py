@@ -263,74 +263,44 @@ def _around_odd_lines(
     kind: str, piece: bytes, path: str, first_line: int, encoding: str
 ) -> tuple[list[Records], list[Reject]]:
     """A piece Arrow's reader does not take whole, as the line reader reads it: its odd lines
-    (_odd_lines) line by line, and each run of plain lines between them by Arrow where its
-    reading is exact, else around the lines it refuses (_around_refused_lines), as a piece
-    with no odd line is. So a damaged line costs its own reading and not its piece's. The
+    (_odd_lines) line by line, and each run of plain lines between them a block at a time
+    (_in_blocks). So a damaged line costs its own reading, or its block's, not its piece's. The
     parts come in the piece's order."""
     starts, ends = _line_bounds(piece)
-    odd = _odd_lines(piece, starts, ends)
-    if not odd.any():  # a plain piece, which Arrow's reader did not read exactly (_fast_lines)
-        return _around_refused_lines(kind, piece, path, first_line, encoding)
     parts, rejects = [], []
-    for first, last, by_line in _runs(odd):
+    for first, last, by_line in _runs(_odd_lines(piece, starts, ends)):
         run = piece[starts[first] : ends[last - 1] + 1]
-        number = first_line + first
-        part = None if by_line else _read_at_once(kind, run, path, number, last - first)
-        if part is not None:
-            more, bad = [part], []
-        elif by_line:
-            more, bad = _by_line(kind, run, path, number, encoding)
-        else:
-            more, bad = _around_refused_lines(kind, run, path, number, encoding)
+        read = _by_line if by_line else _in_blocks
+        more, bad = read(kind, run, path, first_line + first, encoding)
         parts += more
         rejects += bad
     return parts, rejects
 
 
-# Plain lines that Arrow's reader refuses some of are read this many at a time, in one block on
-# one thread, so that its error names the row it refuses: the lines before that row are read
-# again, which costs at most a block. Worth: etl.py on 1M events with one line in 2,000 holding
-# a string where an integer goes, 12.9 s against 16.6 s line by line (bench/README.md).
-REFUSAL_BLOCK_LINES = 1000
+# Plain lines that Arrow's reader does not read exactly all at once (a value of another type than
+# its field's, say) are read this many at a time: such a line costs its block's reading, not its
+# run's or its piece's. Worth: the 1M-event logs' parse with one line in 2,000 holding a string
+# sessionId, 7.3 s against 9.6 s with the piece read line by line (bench/README.md).
+BLOCK_LINES = 1000
 
 
-def _around_refused_lines(
+def _in_blocks(
     kind: str, text: bytes, path: str, first_line: int, encoding: str
 ) -> tuple[list[Records], list[Reject]]:
-    """Plain lines Arrow's reader does not read exactly all at once: REFUSAL_BLOCK_LINES at a
-    time, by Arrow where its reading is exact; where it refuses a line (Refused), the lines
-    before it by Arrow again, that line line by line, and on from the next; the rest of a block
-    that Arrow does not read exactly and names no line of, line by line."""
+    """Plain lines Arrow's reader does not read exactly all at once, BLOCK_LINES at a time: by
+    Arrow where its reading of the block is exact, else line by line."""
     starts, ends = _line_bounds(text)
-    parts, rejects, line = [], [], 0
-    while line < len(starts):
-        last = min(line + REFUSAL_BLOCK_LINES, len(starts))
+    parts, rejects = [], []
+    for line in range(0, len(starts), BLOCK_LINES):
+        last = min(line + BLOCK_LINES, len(starts))
         block, number = text[starts[line] : ends[last - 1] + 1], first_line + line
-        try:
-            part = _read_at_once(kind, block, path, number, last - line, one_block=True)
-            more, bad = [part], []
-            if part is None:
-                more, bad = _by_line(kind, block, path, number, encoding)
-        except Refused as refused:
-            last = line + refused.row + 1  # up to the refused line, which is read line by line
-            before = text[starts[line] : starts[last - 1]]
-            read = _by_line if refused.row < RUN_LINES_LEAST else _at_once_or_by_line
-            more, bad = read(kind, before, path, number, encoding)
-            refused_line = text[starts[last - 1] : ends[last - 1] + 1]
-            more_too, bad_too = _by_line(kind, refused_line, path, first_line + last - 1, encoding)
-            more, bad = more + more_too, bad + bad_too
+        part = _read_at_once(kind, block, path, number, last - line)
+        more, bad = (
+            ([part], []) if part is not None else _by_line(kind, block, path, number, encoding)
+        )
         parts += more
         rejects += bad
-        line = last
     return parts, rejects
-
-
-def _at_once_or_by_line(
-    kind: str, text: bytes, path: str, first_line: int, encoding: str
-) -> tuple[list[Records], list[Reject]]:
-    """Plain lines by Arrow's reader where its reading is exact, else line by line."""
-    part = _read_at_once(kind, text, path, first_line)
-    return _by_line(kind, text, path, first_line, encoding) if part is None else ([part], [])
 
 
 def _by_line(
@@ -403,17 +373,11 @@ def _fast_lines(
 
 
 def _read_at_once(
-    kind: str,
-    piece: bytes,
-    path: str,
-    first_line: int,
-    lines: int | None = None,
-    one_block: bool = False,
+    kind: str, piece: bytes, path: str, first_line: int, lines: int
 ) -> Records | None:
-    """A plain piece's lines (lines of them, counted where not given), as Arrow's reader reads
-    them where that is exactly the line-by-line reading (_arrow_records); None otherwise."""
-    lines = newline_count(piece) + (not piece.endswith(b"\n")) if lines is None else lines
-    table = _arrow_records(kind, piece, lines, one_block)
+    """A plain piece's lines, as Arrow's reader reads them where that is exactly the
+    line-by-line reading (_arrow_records); None otherwise."""
+    table = _arrow_records(kind, piece, lines)
     if table is None:
         return None
     return _tagged(
@@ -421,35 +385,14 @@ def _read_at_once(
     )
 
 
-class Refused(Exception):
-    """Arrow's reader refused a value of another type than its field's (a string where an
-    integer goes, say) in this row of the piece, which it read in one block."""
-
-    def __init__(self, row: int):
-        super().__init__(row)
-        self.row = row
-
-
-# How Arrow's reader names the row it refuses, counted from the first row of its block
-REFUSED_ROW = re.compile(r" in row (\d+)$")
-
-
-def _arrow_records(kind: str, piece: bytes, lines: int, one_block: bool = False) -> pa.Table | None:
+def _arrow_records(kind: str, piece: bytes, lines: int) -> pa.Table | None:
     """A plain piece's lines (_plain) as Arrow reads them, where that is exactly the
     line-by-line reading: valid UTF-8, every value of its field's type, one object a line and
-    no NaN or Infinity (Arrow takes those for numbers, JSON does not). None otherwise. Read in
-    one block on one thread (one_block), a row Arrow refuses raises Refused."""
-    block = pyarrow.json.ReadOptions(use_threads=False, block_size=len(piece) + 1)
+    no NaN or Infinity (Arrow takes those for numbers, JSON does not). None otherwise."""
     try:
         piece.decode("utf-8")
-        options = block if one_block else None
-        table = pyarrow.json.read_json(io.BytesIO(piece), options, ARROW_OPTIONS[kind])
-    except pa.ArrowInvalid as exc:
-        row = REFUSED_ROW.search(str(exc)) if one_block else None
-        if row and int(row[1]) < lines:
-            raise Refused(int(row[1])) from exc
-        return None
-    except (UnicodeDecodeError, pa.ArrowTypeError):
+        table = pyarrow.json.read_json(io.BytesIO(piece), parse_options=ARROW_OPTIONS[kind])
+    except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowTypeError):
         return None
     numbers = [table[f] for f, (of, *_) in ARROW_FIELDS[kind].items() if of == "number"]
     if table.num_rows != lines or any(

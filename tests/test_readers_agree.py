@@ -172,14 +172,14 @@ def file_of(runs: list[tuple[int, bytes]], tail: int) -> bytes:
     tail=st.integers(0, 2 * RUN),
     cut=st.booleans(),
     piece_bytes=st.sampled_from([1 << 20, 30_000]),
-    block=st.sampled_from([parse.REFUSAL_BLOCK_LINES, 150, 7]),
+    block=st.sampled_from([parse.BLOCK_LINES, 150, 7]),
 )
 def test_a_piece_with_odd_lines_reads_as_every_line_read_on_its_own(
     runs, tail, cut, piece_bytes, block
 ):
     data = file_of(runs, tail)[: -1 if cut else None]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(parse, "REFUSAL_BLOCK_LINES", block)  # lines refused in later blocks too
+        patch.setattr(parse, "BLOCK_LINES", block)  # runs of several blocks too
         parsed, rejects = parse.parse_log_file(data, "log_data/a.json", piece_bytes)
     expected, expected_rejects = line_by_line(data)
     assert parsed.values.drop_columns("raw").equals(expected.values.drop_columns("raw"))
@@ -223,13 +223,26 @@ REFUSED = [line(4, length="long"), line(6, sessionId="6"), line(9, userId=9)]
 @given(
     runs=st.lists(
         st.tuples(st.integers(0, 2 * RUN), st.sampled_from(REFUSED)), min_size=1, max_size=4
-    )
+    ),
+    tail=st.integers(0, 2 * RUN),
+    block=st.sampled_from([parse.BLOCK_LINES, 150, 7]),
 )
-def test_a_line_arrow_refuses_costs_its_own_reading_and_clean_runs_before_it_are_read_at_once(
-    runs,
-):
-    parsed, _ = parse.parse_log_file(file_of(runs, 0), "log_data/a.json")
-    assert parsed.values["raw"].null_count == sum(n for n, _ in runs if n >= RUN)
+def test_a_value_arrow_refuses_costs_the_reading_of_its_block_of_lines_only(runs, tail, block):
+    refused, lines = [], 0  # the refused lines' indexes, and how many lines there are
+    for count, _ in runs:
+        refused.append(lines + count)
+        lines += count + 1
+    lines += tail
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parse, "BLOCK_LINES", block)
+        parsed, _ = parse.parse_log_file(file_of(runs, tail), "log_data/a.json")
+    clean_blocks = [
+        min(start + block, lines) - start
+        for start in range(0, lines, block)
+        if not any(start <= n < start + block for n in refused)
+    ]
+    # Arrow's reader leaves raw for the rejects; lines fewer than RUN are read line by line
+    assert parsed.values["raw"].null_count == (sum(clean_blocks) if lines >= RUN else 0)
 
 
 # A line of a piece: how it starts, what it holds, how it ends
