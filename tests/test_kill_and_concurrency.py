@@ -760,6 +760,13 @@ def holding(table: str, url: str, application: str):
         return conn, cur.fetchone()[0]
 
 
+def create_tables_refused(env: dict) -> str:
+    """The one line create_tables.py gives up with (exit 3) under env."""
+    refused = run_script("create_tables.py", env=env, timeout=60, check=False)
+    assert refused.returncode == EXIT_ENVIRONMENT, refused
+    return one_error_line(refused)
+
+
 def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those_it_may_not(
     tmp_path, analyst_url
 ):
@@ -769,9 +776,7 @@ def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those
     own, _ = holding("songs", analyst_url, "analyst's notebook")
     other, other_pid = holding("songplays", embedded_url(database=ANALYST), "admin's psql")
     try:
-        refused = run_script("create_tables.py", env=as_analyst, timeout=60, check=False)
-        assert refused.returncode == EXIT_ENVIRONMENT, refused
-        assert one_error_line(refused) == (
+        assert create_tables_refused(as_analyst) == (
             f"error: cannot drop the tables: locked by sessions role {ANALYST} may not end: "
             f"{other_pid} (role {embedded.SUPERUSER}, admin's psql) on songplays; end them "
             "(pg_terminate_backend), or run create_tables.py as a superuser (nothing was dropped)"
@@ -803,9 +808,7 @@ def test_create_tables_names_pg_signal_backend_where_only_ordinary_roles_hold_th
         query(f"GRANT SELECT ON songplays TO {reader}")
     other, other_pid = holding("songplays", embedded_url(role=reader, database=ANALYST), "psql")
     try:
-        refused = run_script("create_tables.py", env=as_analyst, timeout=60, check=False)
-        assert refused.returncode == EXIT_ENVIRONMENT, refused
-        assert one_error_line(refused) == (
+        assert create_tables_refused(as_analyst) == (
             f"error: cannot drop the tables: locked by sessions role {ANALYST} may not end: "
             f"{other_pid} (role {reader}, psql) on songplays; end them (pg_terminate_backend), "
             "or run create_tables.py as a superuser or a member of pg_signal_backend (nothing "
