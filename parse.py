@@ -257,46 +257,28 @@ def _parse_lines(
 # A run of plain lines shorter than this is read line by line: a call of Arrow's reader costs
 # about as much as RUN_LINES_LEAST lines read line by line.
 RUN_LINES_LEAST = 100
+# A longer run is read by Arrow this many lines at a time, each block line by line where Arrow's
+# reading of it is not exact (a value of another type than its field's, say): such a line costs
+# its block's reading, not its run's or its piece's. Worth: the 1M-event logs' parse with one
+# line in 2,000 holding a string sessionId, 7.3 s against 9.6 s with the piece read line by line
+# (bench/README.md).
+BLOCK_LINES = 1000
 
 
 def _around_odd_lines(
     kind: str, piece: bytes, path: str, first_line: int, encoding: str
 ) -> tuple[list[Records], list[Reject]]:
-    """A piece Arrow's reader does not take whole, as the line reader reads it: its odd lines
-    (_odd_lines) line by line, and each run of plain lines between them a block at a time
-    (_in_blocks). So a damaged line costs its own reading, or its block's, not its piece's. The
-    parts come in the piece's order."""
+    """A piece Arrow's reader does not take whole, as the line reader reads it, a run at a time
+    (_runs): its odd lines (_odd_lines) line by line, and the blocks of plain lines between them
+    by Arrow where its reading of the block is exact, else line by line. So a damaged line costs
+    its own reading, or its block's, not its piece's. The parts come in the piece's order."""
     starts, ends = _line_bounds(piece)
     parts, rejects = [], []
     for first, last, by_line in _runs(_odd_lines(piece, starts, ends)):
-        run = piece[starts[first] : ends[last - 1] + 1]
-        read = _by_line if by_line else _in_blocks
-        more, bad = read(kind, run, path, first_line + first, encoding)
-        parts += more
-        rejects += bad
-    return parts, rejects
-
-
-# Plain lines that Arrow's reader does not read exactly all at once (a value of another type than
-# its field's, say) are read this many at a time: such a line costs its block's reading, not its
-# run's or its piece's. Worth: the 1M-event logs' parse with one line in 2,000 holding a string
-# sessionId, 7.3 s against 9.6 s with the piece read line by line (bench/README.md).
-BLOCK_LINES = 1000
-
-
-def _in_blocks(
-    kind: str, text: bytes, path: str, first_line: int, encoding: str
-) -> tuple[list[Records], list[Reject]]:
-    """Plain lines Arrow's reader does not read exactly all at once, BLOCK_LINES at a time: by
-    Arrow where its reading of the block is exact, else line by line."""
-    starts, ends = _line_bounds(text)
-    parts, rejects = [], []
-    for line in range(0, len(starts), BLOCK_LINES):
-        last = min(line + BLOCK_LINES, len(starts))
-        block, number = text[starts[line] : ends[last - 1] + 1], first_line + line
-        part = _read_at_once(kind, block, path, number, last - line)
+        run, number = piece[starts[first] : ends[last - 1] + 1], first_line + first
+        part = None if by_line else _read_at_once(kind, run, path, number, last - first)
         more, bad = (
-            ([part], []) if part is not None else _by_line(kind, block, path, number, encoding)
+            ([part], []) if part is not None else _by_line(kind, run, path, number, encoding)
         )
         parts += more
         rejects += bad
@@ -347,7 +329,7 @@ def _unlike_json_at(piece: bytes) -> list[int]:
 def _runs(odd: np.ndarray) -> Iterator[tuple[int, int, bool]]:
     """The lines in runs (first, last + 1, by_line): odd lines, with any run of clean lines
     between them shorter than RUN_LINES_LEAST, are read line by line (by_line), the other runs
-    of clean lines by Arrow."""
+    of clean lines by Arrow, BLOCK_LINES at a time."""
     changes = np.flatnonzero(np.diff(odd.view(np.int8))) + 1
     bounds = [0, *changes.tolist(), len(odd)]
     held = None  # the first line of a run read line by line, not yet yielded
@@ -358,7 +340,8 @@ def _runs(odd: np.ndarray) -> Iterator[tuple[int, int, bool]]:
         if held is not None:
             yield held, first, True
             held = None
-        yield first, last, False
+        for start in range(first, last, BLOCK_LINES):
+            yield start, min(start + BLOCK_LINES, last), False
     if held is not None:
         yield held, len(odd), True
 
