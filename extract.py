@@ -181,11 +181,10 @@ STORE_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 def endpoint_with_user() -> str | None:
     """The endpoint variable whose URL names a user (user:password@host), with its scheme or
-    without: botocore's HTTP client refuses such a URL, whatever the endpoint."""
+    without: botocore's HTTP client refuses such a URL, whatever the endpoint. Any `@` counts:
+    a password written as it is may hold a `/` before it, and no endpoint's path holds one."""
     for name in STORE_ENDPOINT_VARIABLES:
-        url = os.environ.get(name, "")
-        authority = (url.partition("://")[2] or url).partition("/")[0]
-        if "@" in authority:
+        if "@" in os.environ.get(name, ""):
             return name
     return None
 

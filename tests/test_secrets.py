@@ -541,13 +541,15 @@ def test_an_object_store_url_with_credentials_is_refused_in_one_line():
 
 
 @pytest.mark.parametrize("endpoint", ["minio:{}@127.0.0.1:1", "http://minio:{}@127.0.0.1:1"])
-def test_an_object_stores_secrets_in_the_environment_never_show(endpoint):
-    """An endpoint URL's password, with or without the URL's scheme, and the store's secret
-    keys. Such an endpoint is refused up front: botocore's HTTP client refuses it anyway, with a
-    message that hides why (and quotes an endpoint without its scheme whole)."""
-    password, secret = SEEDED[-1], SEEDED[-2]
+@pytest.mark.parametrize("password", [quote(SEEDED[-1], safe=""), SEEDED[1]], ids=["quoted", "raw"])
+def test_an_object_stores_secrets_in_the_environment_never_show(endpoint, password):
+    """An endpoint URL's password, with or without the URL's scheme, percent-encoded or written
+    as it is (a raw `/` or `@` in it is where a URL's host would seem to end), and the store's
+    secret keys. Such an endpoint is refused up front: botocore's HTTP client refuses it anyway,
+    with a message that hides why (and quotes an endpoint without its scheme whole)."""
+    secret = SEEDED[-2]
     env = {
-        "AWS_ENDPOINT_URL": endpoint.format(quote(password, safe="")),
+        "AWS_ENDPOINT_URL": endpoint.format(password),
         "AWS_ACCESS_KEY_ID": "AKIASPARKIFYPROBE01",
         "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_SESSION_TOKEN": secret + "token",
