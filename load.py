@@ -256,7 +256,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         if reloading or moved:
             for query in server.after_plays_gone:
                 cur.execute(query)
-        settled = settled or bool(moved)
+        settled = settled or any(move.plays for move in moved)
     cur.execute(sql.rejects_insert, params)
     return Loaded(inserted, settled)
 
@@ -273,7 +273,8 @@ Merged = dict[str, int]  # per path: plays inserted
 
 class Moved(NamedTuple):
     """A file of whose plays settling moved some into songplays (plays > 0) or out of it (< 0),
-    from or to songplay_copies."""
+    from or to songplay_copies; or none (0), where every copy it had in the contest stayed where
+    it was (a file sent again loses each play to the stored copies)."""
 
     path: str
     run_id: int

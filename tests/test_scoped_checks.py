@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from builders import BASE, USER, etl, event, lines, write
 from conftest import scalar
-from summary import CHECKS_PASSED, parse_summary
+from summary import CHECKS_PASSED, Counts, parse_summary
 
 import db
 from report import EXIT_FAILED
@@ -83,6 +83,28 @@ def test_a_play_of_this_runs_file_changed_behind_the_etls_back_fails_the_song_ch
     summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)
     assert summary.checks == CHECKS_PASSED | {RESOLVABLE: 3}
     assert summary.checked == checked("over this run's log files")
+
+
+def test_a_resent_day_that_loses_every_play_to_the_stored_copies_keeps_the_checks_scoped(data):
+    """A day sent again (at-least-once delivery) under a path after the first's: each of its
+    plays is a duplicate of one stored, nothing moves between files, and the checks stay on this
+    run's files. Sent again under a path before the first's, its copies take the plays over:
+    the first file's plays and counts move, and the checks read every row."""
+    etl(data)
+    add_day(data)
+    etl(data)
+    day = (data / "log_data/2018/12/new.json").read_bytes()
+
+    write(data, "log_data/2018/12/resent/new.json", day)
+    after = parse_summary(etl(data).stdout)
+    assert after.records["log"] == Counts(records=3, loaded=0, duplicates=3)
+    assert after.checked == checked("over this run's log files")
+
+    write(data, "log_data/2018/12/early/new.json", day)
+    before = parse_summary(etl(data).stdout)
+    assert before.records["log"] == Counts(records=3, loaded=3)
+    assert before.checked == checked("over every row")
+    assert scalar("SELECT count(*) FROM songplays") == BASE["songplays"] + 3
 
 
 def test_a_check_whose_constraint_is_dropped_runs_over_every_row(data):
