@@ -79,7 +79,8 @@ class FileTask:
     size, mtime and ETag when listed, and the SHA-256 the manifest has for it (None when new).
     problem: why it cannot be read, known from the listing already (a folder that cannot be
     listed). known_usable: the version the manifest has holds a record not rejected;
-    known_damaged: that version's data was damaged or cut short (what came before loaded)."""
+    known_damaged: that version's data was damaged or cut short (what came before loaded);
+    known_size: that version's size (0 when new)."""
 
     path: str
     location: str
@@ -90,6 +91,7 @@ class FileTask:
     etag: str | None = None
     known_usable: bool = False
     known_damaged: bool = False
+    known_size: int = 0
 
     def keeps(self, read: FileRead) -> bool:
         """Whether the file, read as read, keeps what it loaded where it now holds no record
@@ -98,10 +100,18 @@ class FileTask:
 
     def keeps_over(self, read: FileRead) -> bool:
         """Whether the file keeps what it loaded instead of reading this version at all: the
-        version is damaged (a resend cut short, say), and the one the manifest has was read
-        whole and holds a record not rejected. A damaged version of a file that loaded damaged
-        too replaces it, as any changed file's does."""
-        return read.damaged and self.keeps(read) and not self.known_damaged
+        version is damaged (a resend cut short, say) or cut short (cut_short), and the one the
+        manifest has was read whole and holds a record not rejected. A damaged version of a
+        file that loaded damaged too replaces it, as any changed file's does."""
+        return (
+            (read.damaged or self.cut_short(read)) and self.keeps(read) and not self.known_damaged
+        )
+
+    def cut_short(self, read: FileRead) -> bool:
+        """Whether this version is text a failed transfer cut: it ends mid-line, and it is smaller
+        than the version the manifest has (a file read while its writer is at work ends mid-line
+        too, but it grows)."""
+        return read.ends_mid_line and read.size < self.known_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +165,7 @@ class FileRead:
     encoding: str = "UTF-8"
     etag: str | None = None
     damaged: bool = False  # its content ends in DamagedFile: compressed data damaged, cut short
+    ends_mid_line: bool = False  # plain UTF-8 text whose last line is neither ended nor closed
 
     def emptied(self) -> FileRead:
         """This read, of a loaded file that now holds no record it can load, or is damaged where

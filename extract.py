@@ -320,6 +320,14 @@ def compression_of(name: str, head: bytes) -> Compression | None:
     return named
 
 
+def ends_mid_line(tail: bytes) -> bool:
+    """Whether text ending in tail stops in the middle of a line, as a transfer cut at any byte
+    leaves it: no newline after its last line, and that line not closed by "}" or "]" (blank
+    space aside)."""
+    last = tail.rstrip()
+    return bool(last) and not tail.endswith(b"\n") and last[-1:] not in (b"}", b"]")
+
+
 def starts_as_text(head: bytes) -> bool:
     """Whether data starts as JSON text does: "{" or "[" after blank space, or a byte-order
     mark (looked for in the first bytes only)."""
@@ -497,6 +505,7 @@ def plan(
                 etag=etag,
                 known_usable=bool(seen and seen.usable),
                 known_damaged=bool(seen and seen.damaged),
+                known_size=seen.version[0] if seen else 0,
             )
         )
     for location, problem in listed.unlisted:  # a folder's problem is recorded by its path too
@@ -625,14 +634,17 @@ def _read(
         handle.close()
         blocks, damaged = _trusted(iter(()), DamagedFile(reason)), True
     bom = byte_order_mark(head)
+    encoding = BYTE_ORDER_MARKS.get(bom, "UTF-8")
+    plain = seen.compression is None and encoding == "UTF-8"
     return (
         FileRead(
             "new" if task.known_sha256 is None else "changed",
             seen.size,
             seen.sha256,
-            encoding=BYTE_ORDER_MARKS.get(bom, "UTF-8"),
+            encoding=encoding,
             etag=task.etag,
             damaged=damaged,
+            ends_mid_line=plain and ends_mid_line(seen.tail),
         ),
         _text_parts(_as_utf8(blocks, bom), part_bytes, songs),
     )
@@ -779,6 +791,7 @@ class FirstPass:
     compression: Compression | None
     content_head: bytes = b""
     damage: DamagedFile | None = None
+    tail: bytes = b""  # its last bytes
 
 
 def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
@@ -793,17 +806,27 @@ def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
     for _ in blocks:  # what decompressing left unread is hashed too
         pass
     return FirstPass(
-        hashing.digest.hexdigest(), hashing.read, hashing.first, compression, content_head, damage
+        hashing.digest.hexdigest(),
+        hashing.read,
+        hashing.first,
+        compression,
+        content_head,
+        damage,
+        hashing.tail,
     )
+
+
+TAIL_BYTES = 64  # enough to see how text ends, blank space and all (ends_mid_line)
 
 
 class Hashing:
     """A file's first size bytes, block_size at a time, hashed as they are read: once read
-    through, digest, read (bytes) and first (block) say what was read."""
+    through, digest, read (bytes), first (block) and tail (its last TAIL_BYTES) say what was
+    read."""
 
     def __init__(self, handle, size: int, block_size: int):
         self.handle, self.size, self.block_size = handle, size, block_size
-        self.digest, self.read, self.first = hashlib.sha256(), 0, b""
+        self.digest, self.read, self.first, self.tail = hashlib.sha256(), 0, b"", b""
 
     def __iter__(self) -> Iterator[bytes]:
         while self.read < self.size:
@@ -812,6 +835,7 @@ class Hashing:
                 return
             self.digest.update(block)
             self.first = self.first or block
+            self.tail = (self.tail + block[-TAIL_BYTES:])[-TAIL_BYTES:]
             self.read += len(block)
             yield block
 

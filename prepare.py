@@ -43,6 +43,7 @@ class Chunk:
 
 
 KEPT = "what it loaded before stays (as a deleted file's does)"  # a loaded file now emptied
+CUT_MID_LINE = "cut short mid-line"  # text a failed transfer cut (FileTask.cut_short)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +94,13 @@ def prepare(
         if read.status == "unreadable":
             problems.append(Reject(task.path, None, read.error))
         if task.keeps_over(read):
-            first_line = 1
+            first_line, damage = 1, extract.DamagedFile(CUT_MID_LINE)  # text: no exception
             try:
                 for data in contents:
                     first_line += newline_count(data)
             except extract.DamagedFile as exc:
-                problems.append(Reject(task.path, None, f"{damaged_at(exc, first_line)}: {KEPT}"))
+                damage = exc
+            problems.append(Reject(task.path, None, f"{damaged_at(damage, first_line)}: {KEPT}"))
             chunks.append(Chunk(FilePart(task.path, task.mtime_ns, read.emptied()), 1, b"", []))
             continue
         garbled = read.status == "changed" and (unusable or {}).get(task.path) == read.sha256

@@ -336,6 +336,66 @@ def test_a_damaged_version_of_a_file_loaded_whole_keeps_what_it_loaded_until_a_w
     assert table_contents() == fresh_load_of(data)
 
 
+@pytest.mark.parametrize("batch_mb", ["32", "1"])
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"], ids=["no-newline", "LF", "CRLF"])
+def test_a_resend_of_plain_text_cut_mid_line_keeps_what_it_loaded_until_a_whole_one_comes(
+    data, batch_mb, ending
+):
+    """Plain JSON lines sent again and cut short by a failed transfer, in the middle of a line:
+    smaller than the version loaded, and ending in a line no record closes. Like compressed data
+    cut short, it is not read: the plays and manifest entry stay, and one reject of the whole
+    file says after which line it was cut, at each run, until a whole version comes (ending as
+    the writer ends its files: with a newline, a Windows one, or none)."""
+    day = lines(*(G(n, level="paid") for n in range(9_000)))
+    path = write(data, "log_data/2018/12/a.json", day.replace(b"\n", b"\r\n"))
+    etl(data, "--batch-mb", batch_mb)
+    loaded, entry = table_contents(), manifest()
+    resent = lines(*(G(n, level="free") for n in range(9_500))).replace(b"\n", b"\r\n")
+    cut = resent[: len(resent) // 3]
+    complete = cut.count(b"\n")
+    assert not cut.endswith((b"}", b"\n"))
+    path.write_bytes(cut)
+    for _ in range(2):
+        summary = parse_summary(etl(data, "--batch-mb", batch_mb).stdout)
+        assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
+        assert rejects(last_run()) == [
+            (
+                "log_data/2018/12/a.json",
+                None,
+                f"cut short mid-line after line {complete}: {KEPT}",
+                None,
+            )
+        ]
+        assert (table_contents(), manifest()) == (loaded, entry)
+    path.write_bytes(resent.removesuffix(b"\r\n") + ending)
+    assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 2, "changed": 1}
+    assert crafted_items() == list(range(9_500))
+    assert table_contents() == fresh_load_of(data)
+
+
+def test_plain_text_still_being_written_loads_its_whole_lines_at_each_run(data):
+    """A file read while its writer is at work ends mid-line too, but it grows: each version
+    loads its whole lines (the last, cut, is rejected as the line it is), from one that loaded
+    whole too; one cut where a line ends is a shorter file, as any."""
+    day = lines(*(G(n) for n in range(3_000)))
+    path = write(data, "log_data/2018/12/a.json", day[:1_000])
+    etl(data)
+    whole = len(lines(*(G(n) for n in range(1_000))))
+    for size in (whole, whole + 50_000, whole + 150_000):
+        assert day[size - 1 : size] not in (b"}", b"\n") or size == whole
+        path.write_bytes(day[:size])
+        summary = parse_summary(etl(data).stdout)
+        assert summary.files["log"] == {"unchanged": 2, "changed": 1}
+        assert crafted_items() == list(range(day[:size].count(b"\n")))
+        assert [line for _, line, _, _ in rejects(last_run())] == (
+            [] if day[:size].endswith(b"\n") else [day[:size].count(b"\n") + 1]
+        )
+    path.write_bytes(day[: len(lines(*(G(n) for n in range(500))))])
+    assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 2, "changed": 1}
+    assert crafted_items() == list(range(500))
+    assert table_contents() == fresh_load_of(data)
+
+
 def test_a_damaged_version_replaces_one_that_loaded_damaged_too(data):
     """A file loaded from damaged data was never whole: its next version, damaged too, replaces
     what it loaded, as any changed file's does, and loads what comes before its damage."""
