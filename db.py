@@ -502,11 +502,16 @@ def lost_connection(exc: psycopg2.Error) -> bool:
 
 
 def create_database_if_missing(conn, name: str) -> None:
-    """CREATE DATABASE name unless it exists (conn: in autocommit, on another database)."""
+    """CREATE DATABASE name unless it exists (conn: in autocommit, on another database), or
+    another session creates it meanwhile (two first runs at once)."""
     with conn.cursor() as cur:
         cur.execute(sql.database_exists, {"name": name})
-        if cur.fetchone() is None:
+        if cur.fetchone() is not None:
+            return
+        try:
             cur.execute(pgsql.SQL(sql.create_database).format(name=pgsql.Identifier(name)))
+        except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+            pass
 
 
 def require_tables(conn, tables: list[str]) -> None:

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -76,7 +77,9 @@ def initdb(program: str, pgdata: Path) -> list[str]:
 
 
 def _fits(folder: Path) -> bool:
-    return len(str(folder / f".s.PGSQL.{PORT}")) <= SOCKET_PATH_MAX
+    """Whether a socket in folder can be reached: its path short enough for a unix socket, and
+    no comma in it (libpq reads a host holding commas as several hosts)."""
+    return len(str(folder / f".s.PGSQL.{PORT}")) <= SOCKET_PATH_MAX and "," not in str(folder)
 
 
 def _usable(base: str | None, name: str) -> bool:
@@ -86,9 +89,9 @@ def _usable(base: str | None, name: str) -> bool:
 
 
 def socket_dir(pgdata: Path) -> Path:
-    """The socket lives in the data directory unless that path is too long for a unix socket;
-    then in a folder of this user's in the runtime folder, the temporary folder or /tmp, the
-    first usable."""
+    """The socket lives in the data directory unless that path is too long for a unix socket
+    (or holds a comma: _fits); then in a folder of this user's in the runtime folder, the
+    temporary folder or /tmp, the first usable."""
     if _fits(pgdata):
         return pgdata
     tag = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
@@ -117,21 +120,31 @@ def make_socket_dir(pgdata: Path) -> Path:
 
 
 def running(pgdata: Path) -> tuple[int, Path] | None:
-    """(pid, socket dir) of a server that is running and ready on this data directory."""
+    """(pid, socket dir) of a server that is running and ready on this data directory: as its
+    postmaster.pid says, if that process is a server of this user's (a killed server's file may
+    name a process that now is another program), listening where the file says or, the project
+    folder renamed since it started, in the data directory that moved with its socket."""
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        pid, socket_dir, status = int(lines[0]), Path(lines[4]), lines[7].strip()
+        pid, recorded, status = int(lines[0]), Path(lines[4]), lines[7].strip()
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if status != "ready" or not _is_server(pid):
         return None
-    except PermissionError:
-        pass
-    if status != "ready" or not (socket_dir / f".s.PGSQL.{PORT}").exists():
-        return None
-    return pid, socket_dir
+    return next(
+        ((pid, place) for place in (recorded, pgdata) if (place / f".s.PGSQL.{PORT}").exists()),
+        None,
+    )
+
+
+def _is_server(pid: int) -> bool:
+    """Whether pid is a live PostgreSQL server process of this user's (where /proc does not
+    say what a process runs, any live process of theirs)."""
+    if not _alive(pid):
+        return False
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    return True
 
 
 @contextlib.contextmanager
@@ -152,10 +165,26 @@ def _private_log(log: Path):
 
 
 def _run(cmd: list[str], log: Path) -> None:
+    """cmd run to its end, in a session of its own; cut off (Ctrl-C), it goes with every process
+    it started (initdb's server in bootstrap mode, say)."""
     full = _as_server_user(cmd)
+    process = _spawn(full, log)
+    try:
+        returncode = process.wait()
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    if returncode != 0:
+        raise _failed(cmd, full, log)
+
+
+def _spawn(full: list[str], log: Path) -> subprocess.Popen:
+    """full started in a session of its own (a Ctrl-C in the terminal does not reach it), with
+    no shell between, its output appended to log."""
     with _private_log(log) as out:
         try:
-            done = subprocess.run(
+            return subprocess.Popen(
                 full,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -164,21 +193,23 @@ def _run(cmd: list[str], log: Path) -> None:
             )
         except OSError as exc:
             raise ServerError(
-                f"cannot run `{Path(full[0]).name}`: {exc.strerror}; as root the "
-                "embedded server needs util-linux's unshare: run as a normal "
-                "user, or set DATABASE_URL"
+                f"cannot run `{Path(full[0]).name}`: {exc.strerror}; as root the embedded "
+                "server needs util-linux's unshare: run as a normal user, or set DATABASE_URL"
             ) from None
-    if done.returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
-        hint = (
-            ""
-            if full[0] != "unshare"
-            else (
-                "\n(as root the embedded server runs in a user namespace; where those are not "
-                "allowed, run as a normal user or set DATABASE_URL)"
-            )
+
+
+def _failed(cmd: list[str], full: list[str], log: Path) -> ServerError:
+    """cmd (run as full) failed: the last lines of the server's log say why."""
+    tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
+    hint = (
+        ""
+        if full[0] != "unshare"
+        else (
+            "\n(as root the embedded server runs in a user namespace; where those are not "
+            "allowed, run as a normal user or set DATABASE_URL)"
         )
-        raise ServerError(f"`{Path(cmd[0]).name}` failed (see {log}):\n{tail}{hint}")
+    )
+    return ServerError(f"`{Path(cmd[0]).name}` failed (see {log}):\n{tail}{hint}")
 
 
 def start(pgdata: Path) -> Path:
@@ -189,34 +220,65 @@ def start(pgdata: Path) -> Path:
             return server[1]
         log = pgdata.parent / f"{pgdata.name}.log"
         if not (pgdata / "PG_VERSION").exists():
-            pgdata.mkdir(mode=0o700, exist_ok=True)
-            _run(initdb(pg_bin("initdb"), pgdata), log)
+            _make_data_directory(pgdata, log)
+        _clear_stale_lock(pgdata)
         sockets = make_socket_dir(pgdata)
-        options = " ".join(
-            f"-c {k}='{v}'"
-            for k, v in {
-                **SETTINGS,
-                "unix_socket_directories": str(sockets),
-                "port": str(PORT),
-            }.items()
-        )
-        _run(
-            [
-                pg_bin("pg_ctl"),
-                "-D",
-                str(pgdata),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(log),
-                "-o",
-                options,
-                "start",
-            ],
-            log,
-        )
+        _launch(pgdata, sockets, log)
         return sockets
+
+
+def _make_data_directory(pgdata: Path, log: Path) -> None:
+    """initdb makes the data directory beside it, moved into place once whole: initdb cut off
+    (Ctrl-C in the first `make etl`) leaves no half-made server for the next start to trip on,
+    only that folder, which the next start makes anew."""
+    if pgdata.is_dir() and any(pgdata.iterdir()):
+        raise ServerError(
+            f"{pgdata} holds files but no PostgreSQL data (no PG_VERSION): a setup cut off by "
+            "an older version, or a folder of something else; remove it (or point "
+            "SPARKIFY_PGDATA elsewhere) and run again"
+        )
+    making = pgdata.parent / f"{pgdata.name}.making"
+    shutil.rmtree(making, ignore_errors=True)
+    making.mkdir(mode=0o700, parents=True)
+    _run(initdb(pg_bin("initdb"), making), log)
+    making.replace(pgdata)
+
+
+def _clear_stale_lock(pgdata: Path) -> None:
+    """A killed server's postmaster.pid naming a live process of this user's that is no server
+    (its id taken by another program since) would stop the server starting: it goes."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if _alive(pid) and not _is_server(pid):
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+
+
+# The servers this process started, by pid: a child of this process is reaped once it exits.
+_STARTED: dict[int, subprocess.Popen] = {}
+
+
+def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> None:
+    """The server started on pgdata (_spawn): every path and setting goes as an argument of its
+    own, whatever characters it holds. Returns once it is ready."""
+    settings = {
+        **SETTINGS,
+        "unix_socket_directories": '"' + str(sockets).replace('"', '""') + '"',  # a list
+        "port": str(PORT),
+    }
+    command = [pg_bin("postgres"), "-D", str(pgdata)]
+    command += [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
+    full = _as_server_user(command)
+    server = _spawn(full, log)
+    _STARTED[server.pid] = server
+    deadline = time.monotonic() + timeout
+    while not running(pgdata):
+        if server.poll() is not None or time.monotonic() > deadline:
+            if server.returncode is None:
+                server.kill()
+            raise _failed(command, full, log)
+        time.sleep(0.02)
 
 
 def stop(pgdata: Path, timeout: float = 60.0) -> bool:
@@ -240,8 +302,12 @@ def stop(pgdata: Path, timeout: float = 60.0) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether pid is a live process of this user's (a server this process started and that
+    exited since is reaped, not taken for one)."""
+    if pid in _STARTED:
+        return _STARTED[pid].poll() is None
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
     return True

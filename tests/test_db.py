@@ -5,11 +5,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import psycopg2
@@ -31,7 +34,16 @@ from builders import (
     song,
     write,
 )
-from conftest import SAMPLE, counts, environment, query, run_script, using_database
+from conftest import (
+    PROJECT,
+    SAMPLE,
+    counts,
+    environment,
+    only_pg_variables,
+    query,
+    run_script,
+    using_database,
+)
 
 import db
 import embedded
@@ -241,6 +253,157 @@ def test_a_long_data_paths_server_is_found_from_any_runtime_folder_and_stop_remo
     finally:
         assert embedded.stop(deep)
     assert list(started_in.iterdir()) == []
+
+
+def select_one(pgdata: Path) -> int:
+    """SELECT 1 on the embedded server of pgdata, through the socket it runs with."""
+    with (
+        contextlib.closing(
+            psycopg2.connect(
+                host=embedded.socket_of(pgdata), port=embedded.PORT, user=embedded.SUPERUSER
+            )
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()[0]
+
+
+def test_an_embedded_server_under_a_path_of_shell_characters_starts_and_runs_nothing_else(
+    short_folder, monkeypatch
+):
+    """A data folder's path is never read by a shell: quotes, `$` and backticks in it start the
+    server as any path does. A comma (libpq's separator of hosts) puts its socket in the
+    runtime folder, as a path too long for a socket does."""
+    runtime = short_folder / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.chdir(short_folder)
+    quoted = short_folder / 'Bob\'s "code" $HOME `touch made` $(touch made)' / "pg"
+    comma = short_folder / "a,b" / "pg"
+    for pgdata, sockets in [(quoted, quoted), (comma, embedded.socket_dir(comma))]:
+        assert embedded.start(pgdata) == sockets
+        try:
+            assert select_one(pgdata) == 1
+        finally:
+            assert embedded.stop(pgdata)
+    assert embedded.socket_dir(comma).parent == runtime
+    assert list(runtime.iterdir()) == []
+    assert {p.name for p in short_folder.iterdir()} == {quoted.parent.name, "a,b", "run"}
+
+
+def test_a_first_start_cut_off_while_the_data_folder_is_made_leaves_nothing_to_trip_on(
+    short_folder,
+):
+    """Ctrl-C while initdb makes the data folder (the first `make etl`): the next start makes it
+    whole and the server runs."""
+    pgdata = short_folder / "pg"
+    env = {**only_pg_variables(), "SPARKIFY_PGDATA": str(pgdata)}
+    starting = subprocess.Popen(
+        [sys.executable, "db.py", "start"],
+        cwd=PROJECT,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not list(short_folder.rglob("PG_VERSION")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    starting.send_signal(signal.SIGINT)
+    assert starting.wait(60) == 130
+    assert embedded.running(pgdata) is None
+    assert embedded.start(pgdata) == pgdata
+    try:
+        assert select_one(pgdata) == 1
+    finally:
+        assert embedded.stop(pgdata)
+    assert sorted(p.name for p in short_folder.iterdir()) == ["pg", "pg.lock", "pg.log"]
+
+
+def test_a_lock_file_naming_a_process_that_is_no_server_is_not_taken_for_one(short_folder):
+    """A server killed (a power cut) leaves its postmaster.pid, and after a reboot its process
+    id may be another program's: that is no server, nothing signals it, and the next start
+    runs one."""
+    pgdata = short_folder / "pg"
+    embedded.start(pgdata)
+    pid, _ = embedded.running(pgdata)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while embedded.running(pgdata) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with subprocess.Popen(["sleep", "120"]) as other:
+        try:
+            lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
+            (pgdata / "postmaster.pid").write_text("".join([f"{other.pid}\n", *lines[1:]]))
+            assert embedded.running(pgdata) is None
+            assert embedded.stop(pgdata) is False
+            assert embedded.start(pgdata) == pgdata
+            assert select_one(pgdata) == 1
+            assert embedded.stop(pgdata)
+            assert other.poll() is None
+        finally:
+            other.kill()
+
+
+def test_a_running_server_is_found_and_stopped_after_its_project_folder_is_renamed(
+    short_folder,
+):
+    """The server runs until stopped: a project folder renamed meanwhile still finds it, through
+    the socket that moved with its data folder."""
+    before, after = short_folder / "sparkify" / "pg", short_folder / "renamed" / "pg"
+    embedded.start(before)
+    pid, _ = embedded.running(before)
+    (short_folder / "sparkify").rename(short_folder / "renamed")
+    try:
+        assert embedded.running(after) == (pid, after)
+        assert select_one(after) == 1
+    finally:
+        assert embedded.stop(after)
+    assert embedded.running(after) is None
+
+
+def test_two_first_runs_at_once_both_find_their_database(fresh_tables):
+    """Two first runs at once (two terminals' `make etl`) each create the database unless it
+    exists: the one that finds the other made it meanwhile goes on."""
+    requires(CREATEDB, "a database of the test's own")
+    name = "sparkify_twice"
+    as_superuser(f"DROP DATABASE IF EXISTS {name}")
+    ready = threading.Barrier(2)
+    failed = []
+
+    def create() -> None:
+        conn = db.connect(db.Settings.from_env(), dbname="postgres")
+        try:
+            conn.autocommit = True
+            ready.wait(30)
+            db.create_database_if_missing(conn, name)
+        except Exception as exc:  # noqa: BLE001 -- what the other thread must not meet
+            failed.append(exc)
+        finally:
+            conn.close()
+
+    try:
+        for _ in range(3):
+            as_superuser(f"DROP DATABASE IF EXISTS {name}")
+            threads = [threading.Thread(target=create) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert failed == []
+            assert scalar_on_postgres(name) == 1
+    finally:
+        as_superuser(f"DROP DATABASE IF EXISTS {name}")
+
+
+def scalar_on_postgres(name: str) -> int:
+    conn = db.connect(db.Settings.from_env(), dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def test_the_embedded_server_shows_instants_in_utc_whatever_zone_made_it(tmp_path, monkeypatch):
