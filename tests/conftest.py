@@ -23,6 +23,7 @@ from hypothesis import settings as hypothesis_settings
 import db
 import embedded
 import sql_queries
+from cli import EXIT_INTERRUPTED
 
 PROJECT = Path(__file__).resolve().parents[1]
 # The Ctrl-C tests send SIGINT to the scripts they start, as a terminal does. Tests started with
@@ -141,6 +142,8 @@ def run_main(
             code = main(list(args))
         except SystemExit as exc:  # argparse: a usage error, or --help
             code = exc.code
+    if code == EXIT_INTERRUPTED:  # the user's Ctrl-C, which the script took: it stops the tests
+        raise KeyboardInterrupt
     lock_let_go(holders)
     done = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
     return checked(done, check)
