@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import re
 import sys
@@ -113,6 +114,9 @@ def run_command(
     one line, anything else (a bug) as its traceback. With as_json (a script whose report is
     JSON), stdout gets one JSON object for a run that ends so too: its status, exit code and
     error (the message's first line)."""
+    for stream in (sys.stdout, sys.stderr):  # a character the locale cannot show, escaped
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         with printed_exceptions_dropped():
             return action()

@@ -451,6 +451,27 @@ def test_a_name_that_is_not_utf8_loads_under_its_escaped_path_and_reruns_as_unch
     assert again.files == {"song": {"unchanged": 12}, "log": {"unchanged": 3}}
 
 
+# A process whose locale's encoding is ASCII (LC_ALL=C, as Python leaves it when told not to
+# make it UTF-8): its file names and output are not UTF-8.
+ASCII_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LANG": None}
+
+
+def test_a_utf8_name_is_stored_as_the_same_text_whatever_the_locale_and_the_summary_prints(
+    data,
+):
+    """A file named in UTF-8 is stored under the same path in a process whose locale is not
+    UTF-8 (a cron job's, say) as in one whose is: the next run under either finds it unchanged.
+    What the summary cannot print in the locale's encoding it prints escaped."""
+    write_named(data, "log_data/2018/12", "café-Ω.json".encode(), lines(event(0), b'{"ts":'))
+
+    done = run_script("etl.py", "--data", str(data), "--no-progress", env=ASCII_LOCALE)
+    assert f"{data}/log_data/2018/12/caf\\xe9-\\u03a9.json:2: malformed JSON" in done.stdout
+    assert manifest()["log_data/2018/12/café-Ω.json"] == Counts(2, 1, rejected=1)
+    assert parse_summary(run_etl(data).stdout).nothing_new
+    again = run_script("etl.py", "--data", str(data), "--no-progress", "--json", env=ASCII_LOCALE)
+    assert parse_summary(again.stdout).nothing_new
+
+
 # name: how the manifest writes it (under log_data/odd/)
 ODD_NAMES = {
     b"new\nline.json": "new\\x0aline.json",
