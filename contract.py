@@ -226,11 +226,13 @@ Unusable = dict[str, str]
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-    """What the database did with a part: plays inserted per file, and whether copies of a play
-    were settled (which moves plays and counts of other files)."""
+    """What the database did with a part: plays inserted per file, whether copies of a play
+    were settled (which moves plays and counts of other files), and how many plays of other
+    files its files' copies took over (those files count them as duplicates now)."""
 
     inserted: dict[str, int]
     settled: bool = False
+    taken_over: int = 0
 
     def outcome(self, kind: Kind, file: FilePart) -> tuple[int, int]:
         """A file's accepted records as (loaded, duplicates): a song is loaded (an upsert), a play

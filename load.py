@@ -208,7 +208,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             ],
         )
     params = {"run_id": start.run_id}
-    inserted, settled = {}, False
+    inserted, settled, taken_over = {}, False, 0
     if part.kind == "song":
         _write_manifest(cur, params)
         _merge_songs(cur)
@@ -253,12 +253,13 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         for move in moved:
             if move.path in paths:
                 inserted[move.path] = inserted.get(move.path, 0) + move.plays
+        taken_over = -sum(min(move.plays, 0) for move in moved if move.path not in paths)
         if reloading or moved:
             for query in server.after_plays_gone:
                 cur.execute(query)
         settled = settled or any(move.plays for move in moved)
     cur.execute(sql.rejects_insert, params)
-    return Loaded(inserted, settled)
+    return Loaded(inserted, settled, taken_over)
 
 
 def _write_manifest(cur, params: dict) -> None:

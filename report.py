@@ -47,6 +47,7 @@ class Tally:
     )
     file_problems: int = 0
     settled: bool = False  # copies of a play were settled: other files' plays may have moved
+    taken_over: int = 0  # plays of other files that this run's files' copies took over
 
     @classmethod
     def total(
@@ -64,6 +65,7 @@ class Tally:
                     tally.counts[kind][name] += n
             tally.file_problems += stage.file_problems
             tally.settled = tally.settled or stage.settled
+            tally.taken_over += stage.taken_over
         for kind, n in unchanged.items():
             tally.files[kind]["unchanged"] = tally.files[kind].get("unchanged", 0) + n
         tally.counts["log"]["loaded"] -= removed_duplicates
@@ -84,6 +86,7 @@ class Tally:
                 counts["duplicates"] += duplicates
         self.file_problems += part.file_problems
         self.settled = self.settled or loaded.settled
+        self.taken_over += loaded.taken_over
 
     def reconciles(self, kind: str) -> bool:
         """Records read = loaded + skipped by design + duplicates + rejected."""
@@ -170,6 +173,7 @@ class Report:
                 table: {"before": self.before[table], "after": self.after[table]}
                 for table in sql.STAR_TABLES
             },
+            "plays_taken_over": t.taken_over,
             "plays_resolved": {
                 "total": self.resolved_total,
                 "plays": self.after["songplays"],
@@ -232,6 +236,12 @@ class Report:
                 for table in sql.STAR_TABLES
             )
         )
+        if t.taken_over:
+            out.append(
+                f"  plays taken over: {t.taken_over} of those loaded were other files' plays, "
+                "whose copies in this run's files come first in path order; those files count "
+                "them as duplicates now"
+            )
         out.append(
             f"  plays resolved to a song: {self.resolved_total} of "
             f"{self.after['songplays']} ({self.resolved_this_run} this run)"

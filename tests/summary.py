@@ -43,6 +43,7 @@ class Summary:
     reconciled: dict[str, bool] = dataclasses.field(default_factory=dict)
     rows: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # (added, now)
     resolved: tuple[int, int, int] | None = None  # (resolved plays, plays, resolved this run)
+    taken_over: int = 0  # plays loaded whose copies in other files were stored before
     set_aside: bool = False  # this run set songplays' keys aside for a bulk load
     kept_because: str | None = None  # why a first load kept them in place
     found_missing: set[str] = dataclasses.field(default_factory=set)  # added back at the start
@@ -85,6 +86,7 @@ def summary_of(report: dict) -> Summary:
         reconciled={kind: c["reconciled"] for kind, c in report["records"].items()},
         rows={t: (n["after"] - n["before"], n["after"]) for t, n in report["tables"].items()},
         resolved=tuple(report["plays_resolved"][k] for k in ("total", "plays", "this_run")),
+        taken_over=report["plays_taken_over"],
         set_aside=keys["set_aside"],
         kept_because=keys["kept_because"],
         found_missing=set(keys["found_missing"]),

@@ -98,11 +98,13 @@ def test_a_resent_day_that_loses_every_play_to_the_stored_copies_keeps_the_check
     write(data, "log_data/2018/12/resent/new.json", day)
     after = parse_summary(etl(data).stdout)
     assert after.records["log"] == Counts(records=3, loaded=0, duplicates=3)
+    assert (after.taken_over, after.rows["songplays"]) == (0, (0, BASE["songplays"] + 3))
     assert after.checked == checked("over this run's log files")
 
     write(data, "log_data/2018/12/early/new.json", day)
     before = parse_summary(etl(data).stdout)
     assert before.records["log"] == Counts(records=3, loaded=3)
+    assert (before.taken_over, before.rows["songplays"]) == (3, (0, BASE["songplays"] + 3))
     assert before.checked == checked("over every row")
     assert scalar("SELECT count(*) FROM songplays") == BASE["songplays"] + 3
 
