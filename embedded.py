@@ -14,9 +14,11 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from cli import UserError
 
@@ -119,32 +121,99 @@ def make_socket_dir(pgdata: Path) -> Path:
     return path
 
 
-def running(pgdata: Path) -> tuple[int, Path] | None:
-    """(pid, socket dir) of a server that is running and ready on this data directory: as its
-    postmaster.pid says, if that process is a server of this user's (a killed server's file may
-    name a process that now is another program), listening where the file says or, the project
-    folder renamed since it started, in the data directory that moved with its socket."""
+class Lock(NamedTuple):
+    """What a data directory's postmaster.pid says of the server that wrote it: its process, the
+    data directory it was started on, where it listens, and whether it is ready."""
+
+    pid: int
+    data: Path
+    sockets: Path | None
+    ready: bool
+
+
+def _lock(pgdata: Path) -> Lock | None:
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        pid, recorded, status = int(lines[0]), Path(lines[4]), lines[7].strip()
+        pid, data = int(lines[0]), Path(lines[1])
     except (OSError, ValueError, IndexError):
         return None
-    if status != "ready" or not _is_server(pid):
+    sockets = Path(lines[4]) if len(lines) > 4 and lines[4] else None
+    return Lock(pid, data, sockets, len(lines) > 7 and lines[7].strip() == "ready")
+
+
+def _server_of(pgdata: Path) -> Lock | None:
+    """The live server that pgdata's postmaster.pid names: a process of this user's that runs
+    `postgres -D` on the data directory the file names (a killed server's file may name a
+    process that now is another program, or another folder's server)."""
+    lock = _lock(pgdata)
+    return lock if lock is not None and _runs_on(lock.pid, lock.data) else None
+
+
+def running(pgdata: Path) -> tuple[int, Path] | None:
+    """(pid, socket dir) of a server that is running and ready on this data directory, where it
+    was when the server started (_moved)."""
+    lock = _server_of(pgdata)
+    if lock is None or not lock.ready or _moved(lock, pgdata) or lock.sockets is None:
         return None
-    return next(
-        ((pid, place) for place in (recorded, pgdata) if (place / f".s.PGSQL.{PORT}").exists()),
-        None,
-    )
+    return (lock.pid, lock.sockets) if (lock.sockets / f".s.PGSQL.{PORT}").exists() else None
 
 
-def _is_server(pid: int) -> bool:
-    """Whether pid is a live PostgreSQL server process of this user's (where /proc does not
-    say what a process runs, any live process of theirs)."""
+def _moved(lock: Lock, pgdata: Path) -> bool:
+    """Whether the data directory moved since its server started (the project folder renamed):
+    the server writes some files by the path it started on, so it cannot go on there."""
+    try:
+        return not os.path.samefile(lock.data, pgdata)
+    except OSError:
+        return True
+
+
+def _runs_on(pid: int, data: Path) -> bool:
+    """Whether pid is a live process of this user's running `postgres -D data`: its command line
+    as /proc, else ps, shows it (where neither can, any live process of theirs)."""
     if not _alive(pid):
         return False
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    try:
+        args = [os.fsdecode(a) for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        try:
+            shown = subprocess.run(
+                ["ps", "-p", str(pid), "-o", "args="], capture_output=True, text=True, check=True
+            ).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return True
+        return Path(shown.split(" ", 1)[0]).name == "postgres" and f" -D {data} " in f"{shown} "
+    pairs = zip(args, args[1:])
+    return Path(args[0]).name == "postgres" and ("-D", str(data)) in pairs
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is a live process of this user's (not one that exited, waiting to be
+    reaped)."""
+    return _exists(pid) and not _zombie(pid)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
     return True
+
+
+def _zombie(pid: int) -> bool:
+    """Whether pid exited and waits to be reaped (as /proc says; False where it cannot)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    return False
+
+
+def _reaped(pid: int, timeout: float = 10.0) -> None:
+    """Wait while pid, a server that exited, is not reaped yet (init reaps it a moment later:
+    up to 2 s on a virtual machine): PostgreSQL takes the lock files of a process it can still
+    signal for a live server's, and would not start."""
+    deadline = time.monotonic() + timeout
+    while _exists(pid) and _zombie(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -164,38 +233,11 @@ def _private_log(log: Path):
     return os.fdopen(fd, "a")
 
 
-def _run(cmd: list[str], log: Path) -> None:
-    """cmd run to its end, in a session of its own; cut off (Ctrl-C), it goes with every process
-    it started (initdb's server in bootstrap mode, say)."""
-    full = _as_server_user(cmd)
-    process = _spawn(full, log)
-    try:
-        returncode = process.wait()
-    except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise
-    if returncode != 0:
-        raise _failed(cmd, full, log)
-
-
-def _spawn(full: list[str], log: Path) -> subprocess.Popen:
-    """full started in a session of its own (a Ctrl-C in the terminal does not reach it), with
-    no shell between, its output appended to log."""
-    with _private_log(log) as out:
-        try:
-            return subprocess.Popen(
-                full,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise ServerError(
-                f"cannot run `{Path(full[0]).name}`: {exc.strerror}; as root the embedded "
-                "server needs util-linux's unshare: run as a normal user, or set DATABASE_URL"
-            ) from None
+def _cannot_run(full: list[str], why: str) -> ServerError:
+    return ServerError(
+        f"cannot run `{Path(full[0]).name}`: {why}; as root the embedded server needs "
+        "util-linux's unshare: run as a normal user, or set DATABASE_URL"
+    )
 
 
 def _failed(cmd: list[str], full: list[str], log: Path) -> ServerError:
@@ -218,10 +260,16 @@ def start(pgdata: Path) -> Path:
         server = running(pgdata)
         if server:
             return server[1]
+        lock = _lock(pgdata)
+        if lock is not None and _runs_on(lock.pid, lock.data) and _moved(lock, pgdata):
+            _end_moved(lock, pgdata)
+        elif lock is not None and _alive(lock.pid) and not _runs_on(lock.pid, lock.data):
+            (pgdata / "postmaster.pid").unlink(missing_ok=True)  # it would stop the start
+        elif lock is not None:
+            _reaped(lock.pid)
         log = pgdata.parent / f"{pgdata.name}.log"
         if not (pgdata / "PG_VERSION").exists():
             _make_data_directory(pgdata, log)
-        _clear_stale_lock(pgdata)
         sockets = make_socket_dir(pgdata)
         _launch(pgdata, sockets, log)
         return sockets
@@ -230,38 +278,65 @@ def start(pgdata: Path) -> Path:
 def _make_data_directory(pgdata: Path, log: Path) -> None:
     """initdb makes the data directory beside it, moved into place once whole: initdb cut off
     (Ctrl-C in the first `make etl`) leaves no half-made server for the next start to trip on,
-    only that folder, which the next start makes anew."""
+    only that folder, which the next start makes anew. A mount point (a container's volume)
+    cannot be replaced so: initdb makes it in place, and cleans it up if interrupted."""
     if pgdata.is_dir() and any(pgdata.iterdir()):
         raise ServerError(
             f"{pgdata} holds files but no PostgreSQL data (no PG_VERSION): a setup cut off by "
             "an older version, or a folder of something else; remove it (or point "
             "SPARKIFY_PGDATA elsewhere) and run again"
         )
+    if pgdata.is_dir() and os.path.ismount(pgdata):
+        _initdb(pgdata, log)
+        return
     making = pgdata.parent / f"{pgdata.name}.making"
     shutil.rmtree(making, ignore_errors=True)
     making.mkdir(mode=0o700, parents=True)
-    _run(initdb(pg_bin("initdb"), making), log)
+    _initdb(making, log)
     making.replace(pgdata)
 
 
-def _clear_stale_lock(pgdata: Path) -> None:
-    """A killed server's postmaster.pid naming a live process of this user's that is no server
-    (its id taken by another program since) would stop the server starting: it goes."""
+def _initdb(folder: Path, log: Path) -> None:
+    """initdb run to its end in this process's group: a Ctrl-C or a closed terminal reaches it
+    too, and a signal to this process alone ends it (initdb then removes what it made)."""
+    command = initdb(pg_bin("initdb"), folder)
+    full = _as_server_user(command)
+    with _private_log(log) as out:
+        try:
+            process = subprocess.Popen(
+                full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            raise _cannot_run(full, exc.strerror) from None
     try:
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    if _alive(pid) and not _is_server(pid):
-        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+        returncode = process.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        process.wait()
+        raise
+    if returncode != 0:
+        raise _failed(command, full, log)
 
 
-# The servers this process started, by pid: a child of this process is reaped once it exits.
-_STARTED: dict[int, subprocess.Popen] = {}
+# Starts the server as a process of its own session, then exits: the server is no child of the
+# script (nor of a notebook's kernel), so whatever process stops it, nothing has to reap it.
+# argv: the log's file descriptor, then the command; prints the server's pid.
+LAUNCHER = """import subprocess, sys
+log = int(sys.argv[1])
+try:
+    server = subprocess.Popen(
+        sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+    )
+except OSError as exc:
+    sys.exit(exc.strerror)
+print(server.pid)"""
 
 
 def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> None:
-    """The server started on pgdata (_spawn): every path and setting goes as an argument of its
-    own, whatever characters it holds. Returns once it is ready."""
+    """The server started on pgdata (LAUNCHER), with no shell between: every path and setting
+    goes as an argument of its own, whatever characters it holds. Returns once it is ready;
+    a server still not ready after timeout seconds (recovering from a crash, say) goes on."""
     settings = {
         **SETTINGS,
         "unix_socket_directories": '"' + str(sockets).replace('"', '""') + '"',  # a list
@@ -270,14 +345,25 @@ def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> No
     command = [pg_bin("postgres"), "-D", str(pgdata)]
     command += [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
     full = _as_server_user(command)
-    server = _spawn(full, log)
-    _STARTED[server.pid] = server
-    deadline = time.monotonic() + timeout
+    with _private_log(log) as out:
+        launched = subprocess.run(
+            [sys.executable, "-I", "-c", LAUNCHER, str(out.fileno()), *full],
+            pass_fds=(out.fileno(),),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+    if launched.returncode != 0:
+        raise _cannot_run(full, launched.stderr.strip())
+    pid, deadline = int(launched.stdout), time.monotonic() + timeout
     while not running(pgdata):
-        if server.poll() is not None or time.monotonic() > deadline:
-            if server.returncode is None:
-                server.kill()
+        if not _alive(pid):
             raise _failed(command, full, log)
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"the embedded server is not ready after {timeout:.0f} s (see {log}): it may be "
+                "recovering from a crash, and goes on; run again in a while"
+            )
         time.sleep(0.02)
 
 
@@ -285,29 +371,40 @@ def stop(pgdata: Path, timeout: float = 60.0) -> bool:
     """Fast shutdown of the embedded server, and its socket folder removed where it is not the
     data directory; False when it was not running."""
     with _server_lock(pgdata):
-        server = running(pgdata)
-        if not server:
+        lock = _server_of(pgdata)
+        if lock is None:
             return False
-        pid, sockets = server
-        os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGQUIT)
-        elif sockets != pgdata:
+        if _moved(lock, pgdata):
+            _end_moved(lock, pgdata, timeout)
+            return True
+        _end(lock.pid, signal.SIGINT, timeout)
+        if lock.sockets not in (None, pgdata) and not _alive(lock.pid):
             with contextlib.suppress(OSError):  # not empty: something else of the user's is there
-                sockets.rmdir()
+                lock.sockets.rmdir()
         return True
 
 
-def _alive(pid: int) -> bool:
-    """Whether pid is a live process of this user's (a server this process started and that
-    exited since is reaped, not taken for one)."""
-    if pid in _STARTED:
-        return _STARTED[pid].poll() is None
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+def _end(pid: int, how: signal.Signals, timeout: float) -> None:
+    """The server signalled to shut down, and waited for; SIGQUIT if it has not after timeout."""
+    os.kill(pid, how)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGQUIT)
+
+
+def _end_moved(lock: Lock, pgdata: Path, timeout: float = 60.0) -> None:
+    """A server whose data directory moved since it started ended at once (SIGQUIT: no shutdown
+    checkpoint, which would write by the old path); the next start recovers its data from the
+    log, committed work and all. Where another folder now stands at the old path, a shutdown
+    would remove that folder's socket: the user is told what to do instead."""
+    if lock.data.exists():
+        raise ServerError(
+            f"the embedded server of {pgdata} (pid {lock.pid}) still runs as started in "
+            f"{lock.data}, where another folder now is: a server cannot run from a moved "
+            f"folder. Move it back and run `python db.py stop`, or end it (`kill -9 "
+            f"{lock.pid}`: the next start recovers its data); then run again"
+        )
+    _end(lock.pid, signal.SIGQUIT, timeout)
+    _reaped(lock.pid)

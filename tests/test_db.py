@@ -320,46 +320,123 @@ def test_a_first_start_cut_off_while_the_data_folder_is_made_leaves_nothing_to_t
     assert sorted(p.name for p in short_folder.iterdir()) == ["pg", "pg.lock", "pg.log"]
 
 
-def test_a_lock_file_naming_a_process_that_is_no_server_is_not_taken_for_one(short_folder):
-    """A server killed (a power cut) leaves its postmaster.pid, and after a reboot its process
-    id may be another program's: that is no server, nothing signals it, and the next start
-    runs one."""
-    pgdata = short_folder / "pg"
-    embedded.start(pgdata)
+def kill_server(pgdata: Path) -> int:
+    """The server killed (a power cut, the out-of-memory killer), its postmaster.pid left; its
+    pid, once gone. It is no child of this process, which started it: nothing here reaps it."""
     pid, _ = embedded.running(pgdata)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while embedded.running(pgdata) and time.monotonic() < deadline:
+    while embedded._exists(pid) and time.monotonic() < deadline:  # reaped, as after a reboot
         time.sleep(0.05)
-    with subprocess.Popen(["sleep", "120"]) as other:
+    assert embedded.running(pgdata) is None
+    return pid
+
+
+def naming(pgdata: Path, pid: int) -> None:
+    """pgdata's postmaster.pid, naming pid for its server."""
+    lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
+    (pgdata / "postmaster.pid").write_text("".join([f"{pid}\n", *lines[1:]]))
+
+
+def test_a_lock_file_naming_a_process_that_is_no_server_of_its_folder_is_not_taken_for_one(
+    short_folder,
+):
+    """A killed server leaves its postmaster.pid, and after a reboot its process id may be
+    another program's, or another folder's server's: that is not this folder's server, nothing
+    signals it, and the next start runs one."""
+    pgdata, other = short_folder / "pg", short_folder / "other"
+    embedded.start(other)
+    embedded.start(pgdata)
+    kill_server(pgdata)
+    with subprocess.Popen(["sleep", "120"]) as sleeping:
         try:
-            lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
-            (pgdata / "postmaster.pid").write_text("".join([f"{other.pid}\n", *lines[1:]]))
-            assert embedded.running(pgdata) is None
-            assert embedded.stop(pgdata) is False
+            for pid in (sleeping.pid, embedded.running(other)[0]):
+                naming(pgdata, pid)
+                assert embedded.running(pgdata) is None
+                assert embedded.stop(pgdata) is False
+            naming(pgdata, sleeping.pid)
             assert embedded.start(pgdata) == pgdata
             assert select_one(pgdata) == 1
             assert embedded.stop(pgdata)
-            assert other.poll() is None
+            assert (sleeping.poll(), select_one(other)) == (None, 1)
         finally:
-            other.kill()
+            sleeping.kill()
+            embedded.stop(other)
 
 
-def test_a_running_server_is_found_and_stopped_after_its_project_folder_is_renamed(
+def made_a_table(pgdata: Path) -> None:
+    with (
+        contextlib.closing(
+            psycopg2.connect(host=pgdata, port=embedded.PORT, user=embedded.SUPERUSER)
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("CREATE TABLE kept AS SELECT 1 AS one")
+        connection.commit()
+
+
+def test_a_server_whose_project_folder_was_renamed_is_started_again_from_the_new_place(
     short_folder,
 ):
-    """The server runs until stopped: a project folder renamed meanwhile still finds it, through
-    the socket that moved with its data folder."""
+    """The server runs until stopped, and writes some files by the path it started on: once
+    its project folder is renamed it is ended at once (no shutdown checkpoint by the old path)
+    and started from the new place, its committed work recovered. `make stop` ends it too."""
     before, after = short_folder / "sparkify" / "pg", short_folder / "renamed" / "pg"
     embedded.start(before)
-    pid, _ = embedded.running(before)
+    made_a_table(before)
+    moved, _ = embedded.running(before)
     (short_folder / "sparkify").rename(short_folder / "renamed")
-    try:
-        assert embedded.running(after) == (pid, after)
-        assert select_one(after) == 1
-    finally:
-        assert embedded.stop(after)
     assert embedded.running(after) is None
+    assert embedded.start(after) == after
+    try:
+        assert embedded.running(after)[0] != moved
+        assert not embedded._alive(moved)
+        assert select_one(after) == 1
+        assert scalar_on(after, "SELECT one FROM kept") == 1
+        (short_folder / "renamed").rename(short_folder / "again")
+        assert embedded.stop(short_folder / "again" / "pg")
+    finally:
+        embedded.stop(short_folder / "again" / "pg")
+    assert embedded.running(short_folder / "again" / "pg") is None
+
+
+def test_a_server_whose_old_place_another_folder_took_is_left_alone_with_what_to_do(
+    short_folder,
+):
+    """A project folder renamed while its server ran, and another cloned in its old place: the
+    moved server would remove that folder's socket as it ends, so it is left running, and the
+    error says how to end it."""
+    before, after = short_folder / "sparkify" / "pg", short_folder / "renamed" / "pg"
+    embedded.start(before)
+    moved, _ = embedded.running(before)
+    (short_folder / "sparkify").rename(short_folder / "renamed")
+    before.mkdir(parents=True)
+    try:
+        for action in (embedded.start, embedded.stop):
+            with pytest.raises(embedded.ServerError) as refused:
+                action(after)
+            assert str(refused.value) == (
+                f"the embedded server of {after} (pid {moved}) still runs as started in "
+                f"{before}, where another folder now is: a server cannot run from a moved "
+                f"folder. Move it back and run `python db.py stop`, or end it (`kill -9 "
+                f"{moved}`: the next start recovers its data); then run again"
+            )
+            assert embedded._alive(moved)
+    finally:
+        os.kill(moved, signal.SIGKILL)
+
+
+def scalar_on(pgdata: Path, statement: str):
+    with (
+        contextlib.closing(
+            psycopg2.connect(host=pgdata, port=embedded.PORT, user=embedded.SUPERUSER)
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(statement)
+        return cursor.fetchone()[0]
 
 
 def test_two_first_runs_at_once_both_find_their_database(fresh_tables):
