@@ -875,8 +875,16 @@ def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
     elif command == "stop":
         print("stopped" if embedded.stop(settings.pgdata) else "not running")
     elif command == "status":
-        running = embedded.running(settings.pgdata)
-        print(f"running (pid {running[0]}, socket in {running[1]})" if running else "not running")
+        running, moved = embedded.running(settings.pgdata), embedded.moved_server(settings.pgdata)
+        if running:
+            print(f"running (pid {running[0]}, socket in {running[1]})")
+        elif moved:
+            print(
+                f"not running here: the server started in {moved.data} (pid {moved.pid}) before "
+                "its folder moved still runs (`python db.py stop` ends it, or says how)"
+            )
+        else:
+            print("not running")
         return 0 if running else EXIT_ENVIRONMENT
     elif command == "url":
         print(redacted_url(destination(settings)))

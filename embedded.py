@@ -378,10 +378,15 @@ def stop(pgdata: Path, timeout: float = 60.0) -> bool:
             _end_moved(lock, pgdata, timeout)
             return True
         _end(lock.pid, signal.SIGINT, timeout)
-        if lock.sockets not in (None, pgdata) and not _alive(lock.pid):
-            with contextlib.suppress(OSError):  # not empty: something else of the user's is there
-                lock.sockets.rmdir()
+        _socket_folder_removed(lock, pgdata)
         return True
+
+
+def _socket_folder_removed(lock: Lock, pgdata: Path) -> None:
+    """An ended server's socket folder removed, where it is not the data directory."""
+    if lock.sockets not in (None, pgdata) and not _alive(lock.pid):
+        with contextlib.suppress(OSError):  # not empty: something else of the user's is there
+            lock.sockets.rmdir()
 
 
 def _end(pid: int, how: signal.Signals, timeout: float) -> None:
@@ -403,8 +408,16 @@ def _end_moved(lock: Lock, pgdata: Path, timeout: float = 60.0) -> None:
         raise ServerError(
             f"the embedded server of {pgdata} (pid {lock.pid}) still runs as started in "
             f"{lock.data}, where another folder now is: a server cannot run from a moved "
-            f"folder. Move it back and run `python db.py stop`, or end it (`kill -9 "
-            f"{lock.pid}`: the next start recovers its data); then run again"
+            f"folder. End it (`kill -9 {lock.pid}`: the next start recovers its data), then "
+            "run again"
         )
     _end(lock.pid, signal.SIGQUIT, timeout)
     _reaped(lock.pid)
+    _socket_folder_removed(lock, pgdata)
+
+
+def moved_server(pgdata: Path) -> Lock | None:
+    """The server still running as started before its data directory moved, if any (the next
+    start or stop ends it: _end_moved)."""
+    lock = _server_of(pgdata)
+    return lock if lock is not None and _moved(lock, pgdata) else None

@@ -414,14 +414,25 @@ def test_a_server_whose_old_place_another_folder_took_is_left_alone_with_what_to
     (short_folder / "sparkify").rename(short_folder / "renamed")
     before.mkdir(parents=True)
     try:
+        status = run_script(
+            "db.py",
+            "status",
+            env={**only_pg_variables(), "SPARKIFY_PGDATA": str(after)},
+            check=False,
+        )
+        assert (status.returncode, status.stdout) == (
+            EXIT_ENVIRONMENT,
+            f"not running here: the server started in {before} (pid {moved}) before its folder "
+            "moved still runs (`python db.py stop` ends it, or says how)\n",
+        )
         for action in (embedded.start, embedded.stop):
             with pytest.raises(embedded.ServerError) as refused:
                 action(after)
             assert str(refused.value) == (
                 f"the embedded server of {after} (pid {moved}) still runs as started in "
                 f"{before}, where another folder now is: a server cannot run from a moved "
-                f"folder. Move it back and run `python db.py stop`, or end it (`kill -9 "
-                f"{moved}`: the next start recovers its data); then run again"
+                f"folder. End it (`kill -9 {moved}`: the next start recovers its data), then run "
+                "again"
             )
             assert embedded._alive(moved)
     finally:
