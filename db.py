@@ -73,7 +73,7 @@ UNREADABLE = {
 }
 NOT_UTF8 = "a %-escape that makes a value no UTF-8 text (write '%' itself as %25)"
 PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+")
-MISSING = re.compile(r'\b(role|database) ".*" does not exist')
+MISSING = re.compile(r'\b(role|database) "(.*)" does not exist')
 # Seconds libpq waits for a server to answer a connection before it gives up (a host that
 # accepts and never answers would hang a run), unless the URL or PGCONNECT_TIMEOUT says.
 CONNECT_TIMEOUT = "10"
@@ -419,6 +419,11 @@ def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> Databas
         return DatabaseError(f"cannot connect to {settings.describe()}: {'; '.join(each) or first}")
     if missing[1] == "role":
         todo = "connect as a role that exists there, or create this one (e.g. `createuser`)"
+    elif settings.embedded and missing[2] == "postgres":  # initdb makes it: never made whole
+        todo = (
+            f"its data folder is not whole (a first setup cut off by an older version): run "
+            f"`python db.py stop`, remove {settings.pgdata} and run again"
+        )
     elif settings.embedded:
         todo = "run `python create_tables.py` first"
     else:

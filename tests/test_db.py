@@ -450,6 +450,32 @@ def scalar_on(pgdata: Path, statement: str):
         return cursor.fetchone()[0]
 
 
+def test_an_embedded_server_without_its_maintenance_database_says_to_make_it_anew(short_folder):
+    """A data folder an older version's first setup left half made (initdb cut off before it
+    made the postgres database): create_tables.py, which etl.py sends the user to, says to make
+    it anew, not to run itself."""
+    pgdata = short_folder / "pg"
+    embedded.start(pgdata)
+    try:
+        with contextlib.closing(
+            psycopg2.connect(
+                host=pgdata, port=embedded.PORT, user=embedded.SUPERUSER, dbname="template1"
+            )
+        ) as connection:
+            connection.autocommit = True
+            connection.cursor().execute("DROP DATABASE postgres")
+        env = {**only_pg_variables(), "SPARKIFY_PGDATA": str(pgdata)}
+        done = run_script("create_tables.py", env=env, check=False)
+        assert (done.returncode, one_error_line(done)) == (
+            EXIT_ENVIRONMENT,
+            f'error: database "postgres" does not exist on the embedded server in {pgdata}: '
+            f"its data folder is not whole (a first setup cut off by an older version): run "
+            f"`python db.py stop`, remove {pgdata} and run again",
+        )
+    finally:
+        embedded.stop(pgdata)
+
+
 def test_two_first_runs_at_once_both_find_their_database(fresh_tables):
     """Two first runs at once (two terminals' `make etl`) each create the database unless it
     exists: the one that finds the other made it meanwhile goes on."""
