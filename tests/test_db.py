@@ -255,18 +255,25 @@ def test_a_long_data_paths_server_is_found_from_any_runtime_folder_and_stop_remo
     assert list(started_in.iterdir()) == []
 
 
+def on_embedded(pgdata: Path, statement: str, dbname: str = "postgres"):
+    """statement run, committed, on the embedded server of pgdata, through the socket it runs
+    with; the first value it returns (None: it returns no rows)."""
+    with contextlib.closing(
+        psycopg2.connect(
+            host=embedded.socket_of(pgdata),
+            port=embedded.PORT,
+            user=embedded.SUPERUSER,
+            dbname=dbname,
+        )
+    ) as connection:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchone()[0] if cursor.description else None
+
+
 def select_one(pgdata: Path) -> int:
-    """SELECT 1 on the embedded server of pgdata, through the socket it runs with."""
-    with (
-        contextlib.closing(
-            psycopg2.connect(
-                host=embedded.socket_of(pgdata), port=embedded.PORT, user=embedded.SUPERUSER
-            )
-        ) as connection,
-        connection.cursor() as cursor,
-    ):
-        cursor.execute("SELECT 1")
-        return cursor.fetchone()[0]
+    return on_embedded(pgdata, "SELECT 1")
 
 
 def test_an_embedded_server_under_a_path_of_shell_characters_starts_and_runs_nothing_else(
@@ -366,17 +373,6 @@ def test_a_lock_file_naming_a_process_that_is_no_server_of_its_folder_is_not_tak
             embedded.stop(other)
 
 
-def made_a_table(pgdata: Path) -> None:
-    with (
-        contextlib.closing(
-            psycopg2.connect(host=pgdata, port=embedded.PORT, user=embedded.SUPERUSER)
-        ) as connection,
-        connection.cursor() as cursor,
-    ):
-        cursor.execute("CREATE TABLE kept AS SELECT 1 AS one")
-        connection.commit()
-
-
 def test_a_server_whose_project_folder_was_renamed_is_started_again_from_the_new_place(
     short_folder,
 ):
@@ -385,7 +381,7 @@ def test_a_server_whose_project_folder_was_renamed_is_started_again_from_the_new
     and started from the new place, its committed work recovered. `make stop` ends it too."""
     before, after = short_folder / "sparkify" / "pg", short_folder / "renamed" / "pg"
     embedded.start(before)
-    made_a_table(before)
+    on_embedded(before, "CREATE TABLE kept AS SELECT 1 AS one")
     moved, _ = embedded.running(before)
     (short_folder / "sparkify").rename(short_folder / "renamed")
     assert embedded.running(after) is None
@@ -394,7 +390,7 @@ def test_a_server_whose_project_folder_was_renamed_is_started_again_from_the_new
         assert embedded.running(after)[0] != moved
         assert not embedded._alive(moved)
         assert select_one(after) == 1
-        assert scalar_on(after, "SELECT one FROM kept") == 1
+        assert on_embedded(after, "SELECT one FROM kept") == 1
         (short_folder / "renamed").rename(short_folder / "again")
         assert embedded.stop(short_folder / "again" / "pg")
     finally:
@@ -439,17 +435,6 @@ def test_a_server_whose_old_place_another_folder_took_is_left_alone_with_what_to
         os.kill(moved, signal.SIGKILL)
 
 
-def scalar_on(pgdata: Path, statement: str):
-    with (
-        contextlib.closing(
-            psycopg2.connect(host=pgdata, port=embedded.PORT, user=embedded.SUPERUSER)
-        ) as connection,
-        connection.cursor() as cursor,
-    ):
-        cursor.execute(statement)
-        return cursor.fetchone()[0]
-
-
 def test_an_embedded_server_without_its_maintenance_database_says_to_make_it_anew(short_folder):
     """A data folder an older version's first setup left half made (initdb cut off before it
     made the postgres database): create_tables.py, which etl.py sends the user to, says to make
@@ -457,13 +442,7 @@ def test_an_embedded_server_without_its_maintenance_database_says_to_make_it_ane
     pgdata = short_folder / "pg"
     embedded.start(pgdata)
     try:
-        with contextlib.closing(
-            psycopg2.connect(
-                host=pgdata, port=embedded.PORT, user=embedded.SUPERUSER, dbname="template1"
-            )
-        ) as connection:
-            connection.autocommit = True
-            connection.cursor().execute("DROP DATABASE postgres")
+        on_embedded(pgdata, "DROP DATABASE postgres", dbname="template1")
         env = {**only_pg_variables(), "SPARKIFY_PGDATA": str(pgdata)}
         done = run_script("create_tables.py", env=env, check=False)
         assert (done.returncode, one_error_line(done)) == (
