@@ -212,7 +212,7 @@ def _reaped(pid: int, timeout: float = 10.0) -> None:
     up to 2 s on a virtual machine): PostgreSQL takes the lock files of a process it can still
     signal for a live server's, and would not start."""
     deadline = time.monotonic() + timeout
-    while _exists(pid) and _zombie(pid) and time.monotonic() < deadline:
+    while _zombie(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -260,19 +260,30 @@ def start(pgdata: Path) -> Path:
         server = running(pgdata)
         if server:
             return server[1]
-        lock = _lock(pgdata)
-        if lock is not None and _runs_on(lock.pid, lock.data) and _moved(lock, pgdata):
-            _end_moved(lock, pgdata)
-        elif lock is not None and _alive(lock.pid) and not _runs_on(lock.pid, lock.data):
-            (pgdata / "postmaster.pid").unlink(missing_ok=True)  # it would stop the start
-        elif lock is not None:
-            _reaped(lock.pid)
+        _clear_the_way(pgdata)
         log = pgdata.parent / f"{pgdata.name}.log"
         if not (pgdata / "PG_VERSION").exists():
             _make_data_directory(pgdata, log)
         sockets = make_socket_dir(pgdata)
         _launch(pgdata, sockets, log)
         return sockets
+
+
+def _clear_the_way(pgdata: Path) -> None:
+    """What pgdata's postmaster.pid names that would stop a new server starting on it: its own
+    server, moved since it started, is ended (_end_moved); another live process (the id taken by
+    another program since a reboot) is no server of it, and the file goes; a server that exited
+    is waited for until it is reaped."""
+    lock = _lock(pgdata)
+    if lock is None:
+        return
+    if _runs_on(lock.pid, lock.data):
+        if _moved(lock, pgdata):
+            _end_moved(lock, pgdata)
+    elif _alive(lock.pid):
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    else:
+        _reaped(lock.pid)
 
 
 def _make_data_directory(pgdata: Path, log: Path) -> None:
