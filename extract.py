@@ -423,6 +423,11 @@ VERSION_NOTE = (
 )
 
 
+def etag_of(info: dict) -> str:
+    """An object's ETag as the store's library gives it (S3's ETag, a blob store's etag)."""
+    return info.get("ETag") or info.get("etag") or ""
+
+
 def _object_listing(store: Store, top: str) -> Listing:
     """The objects under the prefix top (its listing paged by the store), with the size and
     ETag it gives for each. Empty keys ending in / are folder markers, not entries."""
@@ -443,8 +448,7 @@ def _object_listing(store: Store, top: str) -> Listing:
         elif any(map(is_hidden, [*folders, base])):
             ignored.append((url, hidden_note(base, False)))
         elif is_data_file(base):
-            etag = info.get("ETag") or info.get("etag") or ""
-            files.append(Listed(url, (info["size"], 0, etag)))
+            files.append(Listed(url, (info["size"], 0, etag_of(info))))
         else:
             ignored.append((url, ""))
     return Listing(
@@ -621,13 +625,14 @@ def read_file(
         handle, size = open_regular(task.location)
     except OSError as exc:
         return _unreadable(task, exc), iter(())
-    return _read(task, handle, size, part_bytes, songs)
+    return _read(task, handle, size, part_bytes, songs, task.etag)
 
 
 def _read(
-    task: FileTask, handle, size: int, part_bytes: int, songs: bool
+    task: FileTask, handle, size: int, part_bytes: int, songs: bool, etag: str | None
 ) -> tuple[FileRead, Iterator[bytes]]:
-    """read_file's passes over an open file (or object) of size bytes."""
+    """read_file's passes over an open file (or object) of size bytes; etag: the object's as
+    it was read, which the manifest keeps with the bytes' hash."""
     try:
         seen = _first_pass(handle, task.location, size, part_bytes)
     except OSError as exc:
@@ -637,7 +642,7 @@ def _read(
     if whole or seen.sha256 == task.known_sha256:
         handle.close()
     if seen.sha256 == task.known_sha256:
-        return FileRead("unchanged", seen.size, seen.sha256, etag=task.etag), iter(())
+        return FileRead("unchanged", seen.size, seen.sha256, etag=etag), iter(())
     blocks = iter([seen.first]) if whole else _blocks(handle, seen.size)
     head = seen.first if seen.compression is None else seen.content_head
     if seen.compression is not None:
@@ -655,7 +660,7 @@ def _read(
             seen.size,
             seen.sha256,
             encoding=encoding,
-            etag=task.etag,
+            etag=etag,
             damaged=damaged,
             ends_mid_line=plain and ends_mid_line(seen.tail),
         ),
@@ -671,32 +676,57 @@ def _unreadable(task: FileTask, exc: OSError) -> FileRead:
 # ---------------------------------------------------------------- objects
 
 
-def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | OSError]:
+def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | OSError | None]:
     """The objects' bytes, FETCHES_AT_ONCE requests at a time: each object whole, or, if it is
     now bigger than listed (replaced since: a store replaces an object whole, it never grows),
     one byte more than listed, for _read_object to stream it instead; an object that is its own
-    problem (store_failure: deleted since it was listed, archived) gives its OSError."""
+    problem (store_failure: deleted since it was listed, archived) gives its OSError. On S3 each
+    request asks for the version listed (If-Match its ETag): one replaced since, even by one of
+    the same size, gives None, to be streamed as it is now. The manifest keeps an object's ETag
+    beside the hash of its bytes, so both must come from the same version: an object listed,
+    replaced, read, then put back would otherwise look unchanged for good."""
     from fsspec.asyn import sync
 
     fs = store.filesystem()
 
-    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> bytes | OSError:
+    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> bytes | OSError | None:
         if task.size == 0:
             return b""
         async with gate:
             try:
+                if store.scheme == "s3" and task.etag:
+                    return await _get_listed_version(fs, task)
                 return await fs._cat_file(task.location, start=0, end=task.size + 1)
             except Exception as exc:
+                if _replaced_since_listed(exc):
+                    return None
                 failure = store_failure(exc, task.location)
                 if isinstance(failure, OSError):
                     return failure
                 raise failure from None
 
-    async def fetch_all() -> list[bytes | OSError]:
+    async def fetch_all() -> list[bytes | OSError | None]:
         gate = asyncio.Semaphore(FETCHES_AT_ONCE)
         return await asyncio.gather(*(fetch_one(task, gate) for task in tasks))
 
     return dict(zip((t.location for t in tasks), sync(fs.loop, fetch_all)))
+
+
+async def _get_listed_version(fs, task: FileTask) -> bytes:
+    """An S3 object's bytes, up to one more than listed, if it is still the version listed."""
+    bucket, key, _ = fs.split_path(task.location)
+    response = await fs._call_s3(
+        "get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{task.size}", IfMatch=task.etag
+    )
+    try:
+        return await response["Body"].read()
+    finally:
+        response["Body"].close()
+
+
+def _replaced_since_listed(exc: Exception) -> bool:
+    error = getattr(exc.__cause__, "response", None) or getattr(exc, "response", None) or {}
+    return error.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
 
 
 def _read_object(
@@ -706,17 +736,17 @@ def _read_object(
     fetched: bytes | OSError | None,
     songs: bool,
 ) -> tuple[FileRead, Iterator[bytes]]:
-    """read_file for an object: fetched already, or else (big, or replaced by a bigger one since
-    it was listed) opened and streamed."""
+    """read_file for an object: fetched already, or else (big, or replaced since it was listed)
+    opened and streamed, as it is when opened."""
     if isinstance(fetched, OSError):
         return _unreadable(task, fetched), iter(())
     if fetched is not None and len(fetched) <= task.size:
-        return _read(task, io.BytesIO(fetched), len(fetched), part_bytes, songs)
+        return _read(task, io.BytesIO(fetched), len(fetched), part_bytes, songs, task.etag)
     try:
         handle = ObjectStream(store, task.location)
     except OSError as exc:  # store_failure's: the object's own problem
         return _unreadable(task, exc), iter(())
-    return _read(task, handle, handle.size, part_bytes, songs)
+    return _read(task, handle, handle.size, part_bytes, songs, handle.etag)
 
 
 class ObjectStream:
@@ -730,6 +760,8 @@ class ObjectStream:
         except Exception as exc:
             raise store_failure(exc, url) from None
         self.size = self.handle.size
+        # the version opened, which every block is read from (s3fs asks for it by its ETag)
+        self.etag = etag_of(self.handle.details)
 
     def read(self, size: int) -> bytes:
         try:

@@ -84,13 +84,18 @@ class S3Server:
             region_name="us-east-1",
         )
 
+    def with_bucket(self, bucket: str):
+        """A client, the bucket made if need be."""
+        s3 = self.client()
+        if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+            s3.create_bucket(Bucket=bucket)
+        return s3
+
     def upload(self, folder: Path, bucket: str, prefix: str, acl: str = "private") -> str:
         """Every file under folder's song_data/ and log_data/ put under s3://bucket/prefix/ (the
         bucket made if need be), with the canned ACL given ("public-read": anyone may read it);
         the URL of the prefix."""
-        s3 = self.client()
-        if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-            s3.create_bucket(Bucket=bucket)
+        s3 = self.with_bucket(bucket)
         for top in ("song_data", "log_data"):
             for path in sorted((folder / top).rglob("*")):
                 if path.is_file():

@@ -298,13 +298,11 @@ def test_a_url_scheme_in_capitals_reads_the_same_objects(s3):
     ]
 
 
-def test_an_object_replaced_by_a_bigger_one_after_the_listing_is_read_whole(s3, monkeypatch):
-    """A store replaces an object whole (it never grows): one sent again, bigger, between the
-    run's listing and its reading is read as it is now, not cut at the size listed."""
+def replaced_after_listing(s3, monkeypatch, old: bytes, new: bytes):
+    """One log object listed and planned as old, sent again as new, then read: the task, what
+    the read says of it, its bytes, and the ETag the store gives new."""
     key = "replaced/log_data/day.json"
-    old = builders.log_file(*[builders.event(n) for n in range(3)])
-    new = builders.log_file(*[builders.event(n) for n in range(40)])
-    s3.client().put_object(Bucket=BUCKET, Key=key, Body=old)
+    s3.with_bucket(BUCKET).put_object(Bucket=BUCKET, Key=key, Body=old)
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()  # one made for another server's environment
@@ -313,14 +311,37 @@ def test_an_object_replaced_by_a_bigger_one_after_the_listing_is_read_whole(s3, 
 
     s3.client().put_object(Bucket=BUCKET, Key=key, Body=new)
     ((task, read, contents),) = extract.read_batch(batch, Limits().log_batch_bytes)
+    s3fs.S3FileSystem.clear_instance_cache()
+    return task, read, b"".join(contents), s3.client().head_object(Bucket=BUCKET, Key=key)["ETag"]
 
-    assert (task.size, read.status, read.size, b"".join(contents)) == (
+
+def test_an_object_replaced_by_a_bigger_one_after_the_listing_is_read_whole(s3, monkeypatch):
+    """A store replaces an object whole (it never grows): one sent again, bigger, between the
+    run's listing and its reading is read as it is now, not cut at the size listed."""
+    old = builders.log_file(*[builders.event(n) for n in range(3)])
+    new = builders.log_file(*[builders.event(n) for n in range(40)])
+    task, read, content, etag = replaced_after_listing(s3, monkeypatch, old, new)
+    assert (task.size, read.status, read.size, content, read.etag) == (
         len(old),
         "new",
         len(new),
         new,
+        etag,
     )
-    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_an_object_replaced_by_one_of_the_same_size_after_the_listing_keeps_the_etag_it_read(
+    s3, monkeypatch
+):
+    """Listed as one version and read as another of the same size (a correction of a level,
+    say): the manifest gets the ETag of the bytes it hashed, not the one listed. With the
+    listed one, the first version put back would look unchanged at every later run, its
+    correction's rows kept."""
+    old = builders.log_file(*[builders.event(n, level="free") for n in range(3)])
+    new = builders.log_file(*[builders.event(n, level="paid") for n in range(3)])
+    task, read, content, etag = replaced_after_listing(s3, monkeypatch, old, new)
+    assert (read.status, content, read.etag) == ("new", new, etag)
+    assert task.etag != etag
 
 
 def test_an_object_replaced_while_it_is_streamed_is_named_as_replaced_not_as_gone(
