@@ -521,16 +521,38 @@ def create_database_if_missing(conn, name: str) -> None:
 
 def require_tables(conn, tables: list[str]) -> None:
     """The session uses the schema that holds the project's tables, and no other
-    (sql.tables_schema_use); a one-line error naming the tables missing there, and what to
-    run."""
+    (sql.tables_schema_use); a one-line error when some are missing there: saying what to run
+    when none is anywhere, where they are when another schema holds them, and that another
+    version made them when only some are there."""
     with managed_cursor(conn) as cur:
         cur.execute(sql.tables_schema_use)
         cur.execute(sql.missing_tables, {"tables": tables})
         missing = [row[0] for row in cur.fetchall()]
-    if missing:
+        if len(missing) == len(tables):
+            cur.execute(sql.tables_elsewhere)
+            elsewhere = [row[0] for row in cur.fetchall()]
+            cur.execute(sql.search_path_show)
+            path = cur.fetchone()[0]
+    if not missing:
+        return
+    if len(missing) < len(tables):
+        raise another_version(f"{', '.join(missing)} missing beside the others")
+    if elsewhere:
         raise DatabaseError(
-            f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
+            f"the tables are not on this session's search_path ({path}): schema "
+            f"{', '.join(elsewhere)} holds them; put it on the search_path (docs/database.md) "
+            "rather than running create_tables.py, which would make another, empty set"
         )
+    raise DatabaseError(
+        f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
+    )
+
+
+def another_version(why: str) -> DatabaseError:
+    return DatabaseError(
+        f"the tables were made by another version of create_tables.py ({why}): nothing was "
+        "changed; docs/database.md says how to remake them, and what that costs"
+    )
 
 
 def schema_stamp() -> str:
@@ -553,11 +575,7 @@ def require_this_schema(conn) -> None:
         cur.execute(sql.schema_stamp_read)
         stamp = cur.fetchone()[0]
     if stamp != schema_stamp():
-        raise DatabaseError(
-            "the tables were made by another version of create_tables.py (or their stamp, the "
-            "comment on load_runs, was changed): nothing was loaded; docs/database.md says how "
-            "to remake them, and what that costs"
-        )
+        raise another_version("their stamp, the comment on load_runs, is another's")
 
 
 def as_a_batch_job(conn) -> None:

@@ -447,6 +447,13 @@ create_database = "CREATE DATABASE {name}"
 missing_tables = """
 SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
 
+# Where none is on the search_path: the schemas that hold the project's tables (load_runs).
+tables_elsewhere = """
+SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = 'load_runs' AND c.relkind = 'r' AND n.nspname !~ '^pg_'
+ORDER BY n.nspname"""
+search_path_show = "SELECT current_setting('search_path')"
+
 # create_tables.py stamps the tables with a digest of the statements that made them
 # (db.schema_stamp), on load_runs; a load reads it to find tables made by another version.
 schema_stamp_write = "COMMENT ON TABLE load_runs IS %(stamp)s"

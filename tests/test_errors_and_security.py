@@ -25,6 +25,7 @@ from builders import (
     embedded_url,
     etl,
     one_error_line,
+    server_url,
 )
 from conftest import PROJECT, counts, drop_tables, query, run_script
 
@@ -287,30 +288,56 @@ def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
         run_script("create_tables.py")
 
 
+STAMP_DIFFERS = "their stamp, the comment on load_runs, is another's"
+
+
 @pytest.mark.parametrize(
-    "older",
+    ("older", "why"),
     [
-        "COMMENT ON TABLE load_runs IS NULL",  # made before the tables were stamped
-        "ALTER TABLE songs DROP COLUMN artist_name;"
-        "COMMENT ON TABLE load_runs IS 'sparkify tables 0123456789abcdef'",
+        ("COMMENT ON TABLE load_runs IS NULL", STAMP_DIFFERS),  # made before the stamp
+        (
+            "ALTER TABLE songs DROP COLUMN artist_name;"
+            "COMMENT ON TABLE load_runs IS 'sparkify tables 0123456789abcdef'",
+            STAMP_DIFFERS,
+        ),
+        # the first versions made neither: their plays stay, and the message says what a remake
+        # costs instead of only saying to run create_tables.py
+        (
+            "DROP TABLE songplay_copies; DROP TABLE row_counts",
+            "songplay_copies, row_counts missing beside the others",
+        ),
     ],
 )
 def test_tables_made_by_another_version_of_create_tables_are_one_error_and_nothing_loads(
-    data, older
+    data, older, why
 ):
     run_script("create_tables.py")
+    etl(data)
     query(f"{older}; SELECT 1")
     try:
         done = etl(data, exit_code=EXIT_ENVIRONMENT, process=True)
         assert one_error_line(done) == (
-            "error: the tables were made by another version of create_tables.py (or their "
-            "stamp, the comment on load_runs, was changed): nothing was loaded; "
-            "docs/database.md says how to remake them, and what that costs"
+            f"error: the tables were made by another version of create_tables.py ({why}): "
+            "nothing was changed; docs/database.md says how to remake them, and what that costs"
         )
-        assert query("SELECT count(*) FROM load_manifest") == [(0,)]
+        assert query("SELECT count(*) FROM songplays") == [(BASE["songplays"],)]
     finally:
         run_script("create_tables.py")
     etl(data)
+
+
+def test_tables_in_a_schema_off_the_search_path_are_one_error_naming_that_schema(data):
+    """The role's search_path changed (ALTER ROLE ... SET search_path) away from the schema
+    that holds the tables: the error names where they are, not only that they are missing
+    (create_tables.py would make a second, empty set)."""
+    run_script("create_tables.py")
+    elsewhere = server_url(options="-c search_path=analytics")
+    done = etl(data, exit_code=EXIT_ENVIRONMENT, process=True, env={"DATABASE_URL": elsewhere})
+    assert one_error_line(done) == (
+        "error: the tables are not on this session's search_path (analytics): schema public "
+        "holds them; put it on the search_path (docs/database.md) rather than running "
+        "create_tables.py, which would make another, empty set"
+    )
 
 
 def test_missing_database_on_a_named_server_is_one_error_saying_to_create_it(tmp_path):
