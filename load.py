@@ -333,7 +333,7 @@ class Server:
 
 
 PLAIN = Server(
-    run_setup=(),
+    run_setup=tuple(sql.row_counts_restore),
     log_part_setup=(),
     keys_setup=(),
     stage_plays_copy=sql.copy_into.format(table="stage_plays"),
