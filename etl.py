@@ -654,22 +654,16 @@ def finish(
     changed = tally.anything_loaded or bool(built.built)
     # Over every row when this run may have changed plays of files it did not load, or built
     # keys (their duplicates settled); after a run that stopped unfinished (cut off after its
-    # last commit, its checks may not have run); on Citus, where a check cannot join the shards
-    # to the manifest per file.
+    # last commit, its checks may not have run) or whose report failed (until a run passes);
+    # on Citus, where a check cannot join the shards to the manifest per file.
+    owed = bool(found_missing.built or start.unreported) or start.checks_owed
     every_row = (
-        not start.server.checks_per_file
-        or tally.other_plays_touched
-        or bool(built.built or found_missing.built)
-        or bool(start.unreported)
+        not start.server.checks_per_file or tally.other_plays_touched or bool(built.built) or owed
     )
     with db.managed_cursor(conn) as cur:
         counted = start.server.star_counts(cur)
         after = counted.rows if changed else start.before
-        checked = (
-            load.post_load_checks(cur, start.run_id, every_row)
-            if changed or found_missing.built or start.unreported
-            else None
-        )
+        checked = load.post_load_checks(cur, start.run_id, every_row) if changed or owed else None
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
         examples = cur.fetchall()
         earlier = {"runs": start.unreported, "limit": REJECT_EXAMPLES}

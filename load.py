@@ -33,6 +33,7 @@ class RunStart:
     # the runs since the last that made its report: their checks may not have run, and what
     # they rejected is reported by this one
     unreported: list[int]
+    checks_owed: bool  # the last run that made its report failed: this one checks every row
 
 
 def server_of(conn) -> Server:
@@ -92,6 +93,8 @@ def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSt
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.runs_unreported)
         unreported = [row[0] for row in cur.fetchall()]
+        cur.execute(sql.last_report_failed)
+        checks_owed = cur.fetchone()[0]
         cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
         if full_refresh:
@@ -108,7 +111,7 @@ def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSt
                 path: Known((size, mtime_ns, etag), sha256, damaged, usable, run_id)
                 for path, size, mtime_ns, etag, sha256, damaged, usable, run_id in cur.fetchall()
             }
-    return RunStart(run_id, before.rows, before.resolved, known, server, unreported)
+    return RunStart(run_id, before.rows, before.resolved, known, server, unreported, checks_owed)
 
 
 def _create_staging(cur) -> None:
