@@ -11,6 +11,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Collection
+from typing import TextIO
 
 # Every exit code of the project's commands, in one place; each script's --help says which it uses.
 EXIT_OK = 0  # done: rejected records are reported, not fatal
@@ -46,6 +47,22 @@ class UserError(Exception):
     """A problem the user must fix outside this program; its message is safe to print."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+def write_out(text: str, done: str, stream: TextIO | None = None) -> None:
+    """A script's result on standard output (or stream), flushed; one it cannot take (its disk
+    full, say) is a UserError saying what is done all the same. A closed pipe (output piped
+    into `head`) is left to run_command."""
+    stream = stream or sys.stdout
+    try:
+        print(text, file=stream)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to standard output ({exc.strerror or exc}): {done}"
+        ) from None
 
 
 def one_line(text: str) -> str:
@@ -131,10 +148,12 @@ def run_command(
     except Exception:
         message, code = traceback.format_exc(), EXIT_FAILED
     shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
-    print(shown, file=sys.stderr)
-    if as_json:
-        error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]
-        print(json.dumps({"status": "failed", "exit_code": code, "error": error}, indent=2))
+    with contextlib.suppress(OSError):  # where the output cannot be written, the code says it
+        print(shown, file=sys.stderr)
+        if as_json:
+            error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]
+            print(json.dumps({"status": "failed", "exit_code": code, "error": error}, indent=2))
+            sys.stdout.flush()
     return code
 
 

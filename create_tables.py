@@ -45,12 +45,13 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
                 raise db.DatabaseError(still_locked(conn)) from None
     finally:
         conn.close()
-    print(f"created tables {', '.join(sql.TABLES)} in schema {schema} of {settings.describe()}")
+    made = f"created tables {', '.join(sql.TABLES)} in schema {schema} of {settings.describe()}"
     if citus:
-        print(
-            "  on Citus: songplays and users distributed on user_id (co-located); songs, "
+        made += (
+            "\n  on Citus: songplays and users distributed on user_id (co-located); songs, "
             "artists, time reference tables; load_* local on the coordinator"
         )
+    cli.write_out(made, "the tables are made")
     return 0
 
 

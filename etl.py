@@ -145,7 +145,7 @@ def run(
     finally:
         conn.close()
     if out is not None:
-        print("\n".join(report.lines()), file=sys.stdout if out == "stdout" else out)
+        cli.write_out("\n".join(report.lines()), report.done, None if out == "stdout" else out)
     return report
 
 
@@ -796,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         except MemoryError as exc:
             raise out_of_memory(exc, "loading the files") from None
         if args.json:
-            print(json.dumps(report.as_dict(args.strict), indent=2))
+            cli.write_out(json.dumps(report.as_dict(args.strict), indent=2), report.done)
         return report.exit_code(args.strict)
 
     return db.run_command(settings, load_and_report, args.json, extract.store_secrets())

@@ -148,6 +148,11 @@ class Report:
             or bool(self.not_restored)
         )
 
+    @property
+    def done(self) -> str:
+        """What stays done when the report cannot be shown."""
+        return f"run {self.run_id} is done, {'failed' if self.failed else 'succeeded'}"
+
     def exit_code(self, strict: bool) -> int:
         rejected = self.tally.rejected + self.earlier.records + self.earlier.files
         return EXIT_FAILED if self.failed or (strict and rejected) else EXIT_OK

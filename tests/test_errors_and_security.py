@@ -473,3 +473,31 @@ def test_embedded_server_log_is_readable_by_its_owner_only():
     log = pgdata.parent / f"{pgdata.name}.log"
     assert log.stat().st_size > 0
     assert log.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(
+    ("args", "done"),
+    [
+        (["create_tables.py"], "the tables are made"),
+        (["etl.py", "--no-progress"], "run 1 is done, succeeded"),
+        (["etl.py", "--no-progress", "--json"], "run 1 is done, succeeded"),
+    ],
+)
+def test_a_result_standard_output_cannot_take_is_one_error_saying_what_is_done(data, args, done):
+    """Standard output on a full disk (a cron job's log): one line on stderr and exit 3, not a
+    traceback and the exit code of a failed check; what the script did stays done."""
+    with open("/dev/full", "w") as full:
+        ran = subprocess.run(
+            [sys.executable, *args, *(["--data", str(data)] if args[0] == "etl.py" else [])],
+            cwd=PROJECT,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+    assert (ran.returncode, ran.stderr) == (
+        EXIT_ENVIRONMENT,
+        f"error: cannot write to standard output (No space left on device): {done}\n",
+    )
+    assert query("SELECT status FROM load_runs") == ([("succeeded",)] if done[0] == "r" else [])
