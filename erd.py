@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
 import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -676,9 +677,23 @@ def write(settings: db.Settings, out_dir: Path) -> tuple[Path, Path, Schema]:
         conn.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     mmd, image = out_dir / "schema.mmd", out_dir / "schema.svg"
-    mmd.write_text(mermaid(schema), encoding="utf-8", newline="\n")
-    image.write_text(svg(schema, sql.STAR_TABLES), encoding="utf-8", newline="\n")
+    replace_whole({mmd: mermaid(schema), image: svg(schema, sql.STAR_TABLES)})
     return mmd, image, schema
+
+
+def replace_whole(texts: dict[Path, str]) -> None:
+    """Each file replaced by its text only once every text is written in full beside it: out of
+    room midway, the files before stay as they were, and no piece of the new ones is left."""
+    written = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in texts}
+    try:
+        for path, text in texts.items():
+            written[path].write_text(text, encoding="utf-8", newline="\n")
+    except OSError:
+        for temporary in written.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    for path, temporary in written.items():
+        os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> int:

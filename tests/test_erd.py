@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import resource
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -84,3 +87,29 @@ def test_missing_tables_are_reported_and_nothing_is_written(tmp_path):
         assert not list(tmp_path.iterdir())
     finally:
         run_script("create_tables.py")
+
+
+def test_a_diagram_that_cannot_be_written_whole_leaves_the_one_before_as_it_was(tmp_path):
+    """Out of room while writing (here a file-size limit, as a full disk stops it): the files
+    there before stay whole, and no piece of the new ones is left."""
+    run_script("create_tables.py")
+    before = {"schema.mmd": "the diagram before\n", "schema.svg": "<svg/>\n"}
+    for name, text in before.items():
+        (tmp_path / name).write_text(text)
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [sys.executable, "erd.py", "--out", str(tmp_path)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        preexec_fn=limited,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (
+        EXIT_ENVIRONMENT,
+        f"error: cannot write to {tmp_path}: File too large\n",
+    )
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
