@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import stat
@@ -240,18 +241,36 @@ def _cannot_run(full: list[str], why: str) -> ServerError:
     )
 
 
-def _failed(cmd: list[str], full: list[str], log: Path) -> ServerError:
-    """cmd (run as full) failed: the last lines of the server's log say why."""
-    tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
+def _failed(cmd: list[str], full: list[str], log: Path, since: int) -> ServerError:
+    """cmd (run as full) failed: the line of what it logged after offset since that says why,
+    on the one line an error gets."""
+    with log.open("rb") as logged:
+        logged.seek(since)
+        lines = [line.strip() for line in logged.read().decode(errors="replace").splitlines()]
     hint = (
-        ""
-        if full[0] != "unshare"
-        else (
-            "\n(as root the embedded server runs in a user namespace; where those are not "
-            "allowed, run as a normal user or set DATABASE_URL)"
-        )
+        "; as root the embedded server runs in a user namespace: where those are not allowed, "
+        "run as a normal user or set DATABASE_URL"
+        if full[0] == "unshare" and any(line.startswith("unshare:") for line in lines)
+        else ""
     )
-    return ServerError(f"`{Path(cmd[0]).name}` failed (see {log}):\n{tail}{hint}")
+    return ServerError(f"`{Path(cmd[0]).name}` failed: {_cause(lines)} (see {log}){hint}")
+
+
+LOGGED_ERROR = re.compile(r"\b(?:FATAL|PANIC|error):\s+(.*)")
+
+
+def _cause(lines: list[str]) -> str:
+    """What a failed start logged that says why: the first line naming a full disk (what
+    follows it, a PANIC among them, is its consequence), else the first fatal error, else the
+    last line."""
+    for line in lines:
+        if "No space left on device" in line:
+            found = LOGGED_ERROR.search(line)
+            return found.group(1) if found else line
+    for line in lines:
+        if found := LOGGED_ERROR.search(line):
+            return found.group(1)
+    return next((line for line in reversed(lines) if line), "nothing logged")
 
 
 def start(pgdata: Path) -> Path:
@@ -313,6 +332,7 @@ def _initdb(folder: Path, log: Path) -> None:
     command = initdb(pg_bin("initdb"), folder)
     full = _as_server_user(command)
     with _private_log(log) as out:
+        since = os.fstat(out.fileno()).st_size
         try:
             process = subprocess.Popen(
                 full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -327,7 +347,7 @@ def _initdb(folder: Path, log: Path) -> None:
         process.wait()
         raise
     if returncode != 0:
-        raise _failed(command, full, log)
+        raise _failed(command, full, log, since)
 
 
 # Starts the server as a process of its own session, then exits: the server is no child of the
@@ -357,6 +377,7 @@ def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> No
     command += [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
     full = _as_server_user(command)
     with _private_log(log) as out:
+        since = os.fstat(out.fileno()).st_size
         launched = subprocess.run(
             [sys.executable, "-I", "-c", LAUNCHER, str(out.fileno()), *full],
             pass_fds=(out.fileno(),),
@@ -369,7 +390,7 @@ def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> No
     pid, deadline = int(launched.stdout), time.monotonic() + timeout
     while not running(pgdata):
         if not _alive(pid):
-            raise _failed(command, full, log)
+            raise _failed(command, full, log, since)
         if time.monotonic() > deadline:
             raise ServerError(
                 f"the embedded server is not ready after {timeout:.0f} s (see {log}): it may be "

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -297,6 +298,36 @@ def test_an_embedded_server_under_a_path_of_shell_characters_starts_and_runs_not
     assert embedded.socket_dir(comma).parent == runtime
     assert list(runtime.iterdir()) == []
     assert {p.name for p in short_folder.iterdir()} == {quoted.parent.name, "a,b", "run"}
+
+
+def test_an_embedded_server_out_of_room_is_one_error_naming_the_cause_in_its_log(short_folder):
+    """The data folder's disk full as initdb writes (here a file-size limit, which stops a write
+    as a full disk does): one line giving the log's line that says why, not the log's last
+    lines (a PANIC that follows it) nor a hint about user namespaces."""
+    pgdata = short_folder / "pg"
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.RLIM_INFINITY))
+
+    env = {**only_pg_variables(), "SPARKIFY_PGDATA": str(pgdata)}
+    done = subprocess.run(
+        [sys.executable, "db.py", "start"],
+        cwd=PROJECT,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        capture_output=True,
+        text=True,
+        preexec_fn=limited,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_ENVIRONMENT
+    log = re.escape(str(short_folder / "pg.log"))
+    assert re.fullmatch(
+        r'error: `initdb` failed: could not write to file "[^"]+": File too large '
+        rf"\(see {log}\)\n",
+        done.stderr,
+    ), done.stderr
+    assert embedded.start(pgdata) == pgdata  # with room, the next start makes it whole
+    assert embedded.stop(pgdata)
 
 
 def test_a_first_start_cut_off_while_the_data_folder_is_made_leaves_nothing_to_trip_on(
