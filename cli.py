@@ -111,11 +111,14 @@ class ArgumentParser(argparse.ArgumentParser):
 def printed_exceptions_dropped():
     """An exception a library prints instead of raising (through sys.excepthook) is not shown:
     psycopg2 prints one when a connection is lost in the middle of a COPY (a second error while
-    the first is pending, with the row it was at), and raises the error that ends the run."""
+    the first is pending, with the row it was at), and raises the error that ends the run. The
+    exceptions dropped are yielded, a list, for that error to say what happened first (the
+    server's words: a full disk, say)."""
     shown = sys.excepthook
-    sys.excepthook = lambda *exc_info: None
+    dropped: list[BaseException] = []
+    sys.excepthook = lambda kind, value, traceback: dropped.append(value)
     try:
-        yield
+        yield dropped
     finally:
         sys.excepthook = shown
 

@@ -442,21 +442,26 @@ def run_command(
     of more_secrets (those shorter than MASKED_FROM left out)."""
 
     def on_the_database() -> int:
-        try:
-            return action()
-        except psycopg2.Error as exc:
-            error = database_error(exc, settings)
-            for note in getattr(exc, "__notes__", ()):  # what the run did about it
-                error.add_note(note)
-            raise error from None
+        with cli.printed_exceptions_dropped() as dropped:
+            try:
+                return action()
+            except psycopg2.Error as exc:
+                error = database_error(exc, settings, dropped)
+                for note in getattr(exc, "__notes__", ()):  # what the run did about it
+                    error.add_note(note)
+                raise error from None
 
     shown_never = settings.secrets | {text for text in more_secrets if len(text) >= MASKED_FROM}
     return cli.run_command(on_the_database, shown_never, as_json, settings.public)
 
 
-def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
+def database_error(
+    exc: psycopg2.Error, settings: Settings, dropped: Collection[BaseException] = ()
+) -> DatabaseError:
     """A database error after connecting: a lost connection says so (a rolled-back transaction
-    loses nothing committed: the next run resumes), anything else is a refusal."""
+    loses nothing committed: the next run resumes), with the server's last words where psycopg2
+    printed them instead of raising them (dropped: the server stopped on a full disk, say);
+    anything else is a refusal."""
     if not lost_connection(exc):
         detail = exc.diag.message_detail
         why = f" ({cli.one_line(detail)})" if detail else ""
@@ -473,7 +478,8 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
         if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
             why += " (the role lacks a privilege: docs/database.md says what each script needs)"
         return DatabaseError(f"the database refused: {first_line(exc)}{why}")
-    reason = first_line(first_cause(exc))
+    said = [error for error in map(first_cause, dropped) if isinstance(error, psycopg2.Error)]
+    reason = first_line(said[0] if said else first_cause(exc))
     return DatabaseError(
         f"the connection to {settings.describe()} was lost ({reason}): what was committed stays "
         "(a load commits each batch whole), the rest was rolled back; run the command again to "
@@ -483,7 +489,7 @@ def database_error(exc: psycopg2.Error, settings: Settings) -> DatabaseError:
 
 def first_cause(exc: BaseException) -> BaseException:
     """The earliest database error in exc's chain: what happened, rather than the rollback that
-    then found the connection closed."""
+    then found the connection closed (or than psycopg2's SystemError around it)."""
     found = exc
     while (exc := exc.__cause__ or exc.__context__) is not None:
         if isinstance(exc, psycopg2.Error):
