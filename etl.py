@@ -407,10 +407,9 @@ def _send_parts(parts: Iterator[Part], put: Callable[[object], bool]) -> None:
                 return
     except cli.UserError as exc:  # an object store that stops answering, say
         failed = WorkerFailed(traceback.format_exc(), exc)
-    except MemoryError as exc:  # put once what the parts held is let go with exc
-        failed = WorkerFailed(traceback.format_exc(), out_of_memory(exc, "reading the files"))
-    except BaseException:
-        failed = WorkerFailed(traceback.format_exc())
+    except BaseException as exc:  # put once what the parts held is let go with exc
+        short = out_of_memory(exc, "reading the files") if short_of_memory(exc) else None
+        failed = WorkerFailed(traceback.format_exc(), short)
     else:
         return
     put(failed)
@@ -487,7 +486,25 @@ GO_ON = (
 )
 
 
-def out_of_memory(exc: MemoryError, doing: str) -> cli.UserError:
+# How the C libraries under the parse say that the system has no memory left to give, as
+# Python's MemoryError does: Arrow's thread pool starting a thread, the dynamic loader mapping a
+# library that is imported when first needed, C's and C++'s allocators.
+NO_MEMORY_WORDS = (
+    "Failed to launch worker thread",
+    "failed to map segment",
+    "Cannot allocate memory",
+    "std::bad_alloc",
+)
+
+
+def short_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        not isinstance(exc, (cli.UserError, psycopg2.Error))
+        and any(words in str(exc) for words in NO_MEMORY_WORDS)
+    )
+
+
+def out_of_memory(exc: BaseException, doing: str) -> cli.UserError:
     return cli.UserError(f"out of memory {doing} ({cli.first_line(exc)}): {GO_ON}")
 
 
@@ -793,7 +810,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress=False if args.no_progress else None,
                 out=None if args.json else sys.stdout,
             )
-        except MemoryError as exc:
+        except Exception as exc:
+            if not short_of_memory(exc):
+                raise
             raise out_of_memory(exc, "loading the files") from None
         if args.json:
             cli.write_out(json.dumps(report.as_dict(args.strict), indent=2), report.done)

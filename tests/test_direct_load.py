@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow
 import pytest
 from builders import CRAFTED_ARTIST, SESSION, etl, event, line, log_file, other_page, song, write
 from conftest import PROPERTY, query, run_script
@@ -267,10 +268,24 @@ def test_parse_workers_the_system_cannot_give_pipes_leave_the_logs_to_this_proce
     assert [(f.path, f.accepted) for p in parts for f in p.files] == [("log_data/day.json", 5)]
 
 
-def test_memory_running_out_as_parts_are_prepared_ends_the_run_in_one_line_not_a_traceback():
+@pytest.mark.parametrize(
+    "short",
+    [
+        MemoryError("realloc of size 90880 failed"),
+        # what Arrow raises when its thread pool cannot start a thread (an address space
+        # limit, prlimit --as), and what importing it says when its library cannot be mapped
+        pyarrow.ArrowException(
+            "Unknown error: Failed to launch worker thread: Resource temporarily unavailable"
+        ),
+        ImportError("libarrow.so.2000: failed to map segment from shared object"),
+    ],
+)
+def test_memory_running_out_as_parts_are_prepared_ends_the_run_in_one_line_not_a_traceback(
+    short,
+):
     def parts():
         yield "the part before"
-        raise MemoryError("realloc of size 90880 failed")
+        raise short
 
     sent = []
     _send_parts(parts(), lambda item: sent.append(item) or True)
@@ -279,10 +294,23 @@ def test_memory_running_out_as_parts_are_prepared_ends_the_run_in_one_line_not_a
     with pytest.raises(cli.UserError) as raised:
         _part_of(sent[1], "parse worker")
     assert str(raised.value) == (
-        "out of memory reading the files (realloc of size 90880 failed): what each batch "
-        "committed before stays; run again to go on, with a smaller --batch-mb if memory is "
-        "short (memory follows it)"
+        f"out of memory reading the files ({short}): what each batch committed before stays; "
+        "run again to go on, with a smaller --batch-mb if memory is short (memory follows it)"
     )
+
+
+def test_a_failure_other_than_memory_as_parts_are_prepared_stays_a_traceback():
+    def parts():
+        raise ValueError("Cannot parse: a bug")
+        yield
+
+    sent = []
+    _send_parts(parts(), lambda item: sent.append(item) or True)
+
+    with pytest.raises(RuntimeError) as raised:
+        _part_of(sent[0], "parse worker")
+    assert str(raised.value).startswith("the parse worker failed:\nTraceback")
+    assert str(raised.value).endswith("\nValueError: Cannot parse: a bug\n")
 
 
 def test_a_parse_worker_closed_before_it_reads_the_hand_over_is_not_waited_for(tmp_path):
