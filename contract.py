@@ -156,7 +156,7 @@ class Reject(NamedTuple):
 class FileRead:
     """What opening a file found: its status, size and SHA-256 as read (of the bytes stored,
     compressed or not), the encoding of its text, or why it could not be read; and an object's
-    ETag as listed (None for a file on disk), which the manifest keeps."""
+    ETag, of the version read (None for a file on disk), which the manifest keeps."""
 
     status: FileStatus
     size: int

@@ -676,72 +676,81 @@ def _unreadable(task: FileTask, exc: OSError) -> FileRead:
 # ---------------------------------------------------------------- objects
 
 
-def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, bytes | OSError | None]:
+class Fetched(NamedTuple):
+    """An object's bytes as fetched, and the ETag of the version they are (None where the store
+    does not say: the ETag listed stands)."""
+
+    content: bytes
+    etag: str | None = None
+
+
+def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, Fetched | OSError]:
     """The objects' bytes, FETCHES_AT_ONCE requests at a time: each object whole, or, if it is
     now bigger than listed (replaced since: a store replaces an object whole, it never grows),
     one byte more than listed, for _read_object to stream it instead; an object that is its own
-    problem (store_failure: deleted since it was listed, archived) gives its OSError. On S3 each
-    request asks for the version listed (If-Match its ETag): one replaced since, even by one of
-    the same size, gives None, to be streamed as it is now. The manifest keeps an object's ETag
-    beside the hash of its bytes, so both must come from the same version: an object listed,
-    replaced, read, then put back would otherwise look unchanged for good."""
+    problem (store_failure: deleted since it was listed, archived) gives its OSError. The
+    manifest keeps an object's ETag beside the hash of its bytes, so both must be of the same
+    version: on S3 the ETag comes with the bytes (an object listed, replaced by one of the same
+    size, read, then put back would otherwise look unchanged for good)."""
     from fsspec.asyn import sync
 
     fs = store.filesystem()
 
-    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> bytes | OSError | None:
+    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> Fetched | OSError:
         if task.size == 0:
-            return b""
+            return Fetched(b"")
         async with gate:
             try:
-                if store.scheme == "s3" and task.etag:
-                    return await _get_listed_version(fs, task)
-                return await fs._cat_file(task.location, start=0, end=task.size + 1)
+                if store.scheme == "s3":
+                    return await _get_with_etag(fs, task.location, task.size + 1)
+                return Fetched(await fs._cat_file(task.location, start=0, end=task.size + 1))
             except Exception as exc:
-                if _replaced_since_listed(exc):
-                    return None
                 failure = store_failure(exc, task.location)
                 if isinstance(failure, OSError):
                     return failure
                 raise failure from None
 
-    async def fetch_all() -> list[bytes | OSError | None]:
+    async def fetch_all() -> list[Fetched | OSError]:
         gate = asyncio.Semaphore(FETCHES_AT_ONCE)
         return await asyncio.gather(*(fetch_one(task, gate) for task in tasks))
 
     return dict(zip((t.location for t in tasks), sync(fs.loop, fetch_all)))
 
 
-async def _get_listed_version(fs, task: FileTask) -> bytes:
-    """An S3 object's bytes, up to one more than listed, if it is still the version listed."""
-    bucket, key, _ = fs.split_path(task.location)
-    response = await fs._call_s3(
-        "get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{task.size}", IfMatch=task.etag
-    )
-    try:
-        return await response["Body"].read()
-    finally:
-        response["Body"].close()
+async def _get_with_etag(fs, url: str, most: int) -> Fetched:
+    """An S3 object's first `most` bytes and the ETag of the version they are: s3fs's
+    _cat_file, which keeps no ETag, made as it makes it (the request and the reading of its
+    body tried again together, as often as s3fs tries a request)."""
+    from s3fs.core import _error_wrapper
 
+    bucket, key, _ = fs.split_path(url)
 
-def _replaced_since_listed(exc: Exception) -> bool:
-    error = getattr(exc.__cause__, "response", None) or getattr(exc, "response", None) or {}
-    return error.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+    async def get_and_read() -> Fetched:
+        response = await fs._call_s3(
+            "get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{most - 1}"
+        )
+        try:
+            return Fetched(await response["Body"].read(), etag_of(response) or None)
+        finally:
+            response["Body"].close()
+
+    return await _error_wrapper(get_and_read, retries=fs.retries)
 
 
 def _read_object(
     store: Store,
     task: FileTask,
     part_bytes: int,
-    fetched: bytes | OSError | None,
+    fetched: Fetched | OSError | None,
     songs: bool,
 ) -> tuple[FileRead, Iterator[bytes]]:
-    """read_file for an object: fetched already, or else (big, or replaced since it was listed)
-    opened and streamed, as it is when opened."""
+    """read_file for an object: fetched already, or else (big, or replaced by a bigger one since
+    it was listed) opened and streamed, as it is when opened."""
     if isinstance(fetched, OSError):
         return _unreadable(task, fetched), iter(())
-    if fetched is not None and len(fetched) <= task.size:
-        return _read(task, io.BytesIO(fetched), len(fetched), part_bytes, songs, task.etag)
+    if fetched is not None and len(fetched.content) <= task.size:
+        content, etag = fetched.content, fetched.etag or task.etag
+        return _read(task, io.BytesIO(content), len(content), part_bytes, songs, etag)
     try:
         handle = ObjectStream(store, task.location)
     except OSError as exc:  # store_failure's: the object's own problem
