@@ -149,23 +149,36 @@ def post_load_checks(cur, run_id: int, every_row: bool) -> dict[str, tuple[int, 
     """Offending rows per check, in the spirit of dbt's tests, and how each was checked: a check
     its constraints guarantee (in place and validated) is answered by them, and what they leave
     runs over this run's log files, or over every row when every_row (the run may have changed
-    other files' plays). A check whose constraint is missing runs over every row."""
+    other files' plays) or when the other files differ in total from what is kept of them. A
+    check whose constraint is missing runs over every row."""
     names = [name for check in sql.CHECKS.values() for name in check["constraints"]]
     cur.execute(sql.constraints_in_force, {"names": names, "tables": sql.STAR_TABLES})
     in_force = {row[0] for row in cur.fetchall()}
     results = {}
     for name, check in sql.CHECKS.items():
-        scoped = check.get("this_run")
-        if not set(check["constraints"]) <= in_force or (scoped and every_row):
+        scoped = "this_run" in check
+        differ = scoped and not every_row and _others_differ(cur, check, run_id)
+        if not set(check["constraints"]) <= in_force or (scoped and (every_row or differ)):
             query, scope = check["every_row"], "over every row"
         elif scoped:
-            query, scope = scoped, "over this run's log files"
+            query, scope = check["this_run"], "over this run's log files"
         else:
             results[name] = (0, "by its constraints")
             continue
         cur.execute(query, {"run_id": run_id})
         results[name] = (cur.fetchone()[0], scope)
+        if differ and not results[name][0]:  # every file matches: the kept count was wrong
+            cur.execute(sql.row_counts_recount_plays)
     return results
+
+
+def _others_differ(cur, check: dict, run_id: int) -> bool:
+    """Whether the files this run did not load differ in total from what is kept of them (the
+    check's others_differ): a check over this run's files cannot then answer for them."""
+    if "others_differ" not in check:
+        return False
+    cur.execute(check["others_differ"], {"run_id": run_id})
+    return cur.fetchone()[0]
 
 
 # ================================================================ one part
