@@ -49,10 +49,12 @@ class UserError(Exception):
     exit_code = EXIT_ENVIRONMENT
 
 
-def write_out(text: str, done: str, stream: TextIO | None = None) -> None:
+def write_out(
+    text: str, done: str, stream: TextIO | None = None, exit_code: int = EXIT_ENVIRONMENT
+) -> None:
     """A script's result on standard output (or stream), flushed; one it cannot take (its disk
-    full, say) is a UserError saying what is done all the same. A closed pipe (output piped
-    into `head`) is left to run_command."""
+    full, say) is a UserError saying what is done all the same, with exit_code (a failed run's
+    own, say). A closed pipe (output piped into `head`) is left to run_command."""
     stream = stream or sys.stdout
     try:
         print(text, file=stream)
@@ -60,9 +62,9 @@ def write_out(text: str, done: str, stream: TextIO | None = None) -> None:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise UserError(
-            f"cannot write to standard output ({exc.strerror or exc}): {done}"
-        ) from None
+        error = UserError(f"cannot write to standard output ({exc.strerror or exc}): {done}")
+        error.exit_code = exit_code
+        raise error from None
 
 
 def one_line(text: str) -> str:

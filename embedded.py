@@ -241,6 +241,12 @@ def _cannot_run(full: list[str], why: str) -> ServerError:
     )
 
 
+def _in_english() -> dict[str, str]:
+    """The environment for initdb and the server: in English whatever the user's language (the
+    cluster has no locale), so that _cause finds what it looks for in their log."""
+    return {**os.environ, "LC_ALL": "C"}
+
+
 def _failed(cmd: list[str], full: list[str], log: Path, since: int) -> ServerError:
     """cmd (run as full) failed: the line of what it logged after offset since that says why,
     on the one line an error gets."""
@@ -335,7 +341,11 @@ def _initdb(folder: Path, log: Path) -> None:
         since = os.fstat(out.fileno()).st_size
         try:
             process = subprocess.Popen(
-                full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_in_english(),
             )
         except OSError as exc:
             raise _cannot_run(full, exc.strerror) from None
@@ -380,6 +390,7 @@ def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> No
         since = os.fstat(out.fileno()).st_size
         launched = subprocess.run(
             [sys.executable, "-I", "-c", LAUNCHER, str(out.fileno()), *full],
+            env=_in_english(),
             pass_fds=(out.fileno(),),
             capture_output=True,
             text=True,

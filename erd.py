@@ -688,12 +688,11 @@ def replace_whole(texts: dict[Path, str]) -> None:
     try:
         for path, text in texts.items():
             written[path].write_text(text, encoding="utf-8", newline="\n")
-    except OSError:
+        for path, temporary in written.items():
+            os.replace(temporary, path)
+    finally:  # out of room, or interrupted: no piece left
         for temporary in written.values():
             temporary.unlink(missing_ok=True)
-        raise
-    for path, temporary in written.items():
-        os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -725,13 +724,16 @@ def report(settings: db.Settings, out_dir: Path) -> int:
         mmd, image, schema = write(settings, out_dir)
     except OSError as exc:
         raise cli.UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
-    print(
+    wrote = [
         f"wrote {mmd} and {image}: {len(schema.tables)} tables, "
-        f"{len(schema.foreign_keys)} foreign keys, from {settings.describe()}"
-    )
-    for table in schema.tables.values():
-        if table.placement:
-            print(f"  {table.name}: {table.placement}")
+        f"{len(schema.foreign_keys)} foreign keys, from {settings.describe()}",
+        *[
+            f"  {table.name}: {table.placement}"
+            for table in schema.tables.values()
+            if table.placement
+        ],
+    ]
+    cli.write_out("\n".join(wrote), "the diagram is written")
     return 0
 
 

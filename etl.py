@@ -145,7 +145,7 @@ def run(
     finally:
         conn.close()
     if out is not None:
-        cli.write_out("\n".join(report.lines()), report.done, None if out == "stdout" else out)
+        show(report, "\n".join(report.lines()), None if out == "stdout" else out)
     return report
 
 
@@ -644,6 +644,13 @@ def job_count(text: str) -> int:
     return cli.natural_at_most(text, MAX_JOBS, f"{JOBS_PER_CPU} per CPU of this machine")
 
 
+def show(report: Report, text: str, stream: TextIO | None = None) -> None:
+    """The report's text on standard output (or stream); where it cannot be written, a failed
+    run keeps its exit code."""
+    code = cli.EXIT_FAILED if report.failed else cli.EXIT_ENVIRONMENT
+    cli.write_out(text, report.done, stream, code)
+
+
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
     """A worker process costs about a second to start: it pays from a few parts on (song parts
     count too: it starts while they are prepared here)."""
@@ -815,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise out_of_memory(exc, "loading the files") from None
         if args.json:
-            cli.write_out(json.dumps(report.as_dict(args.strict), indent=2), report.done)
+            show(report, json.dumps(report.as_dict(args.strict), indent=2))
         return report.exit_code(args.strict)
 
     return db.run_command(settings, load_and_report, args.json, extract.store_secrets())
