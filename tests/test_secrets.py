@@ -646,6 +646,48 @@ def test_a_connection_lost_mid_run_says_so_and_the_next_run_resumes(data):
     assert resumed.rows["songs"] == (0, BASE["songs"])
 
 
+def test_a_session_ended_in_the_middle_of_a_copy_is_named_by_what_the_server_said(
+    fresh_tables, capsys
+):
+    """Ended while a COPY sends its rows (as a server out of disk ends it), psycopg2 prints the
+    server's error through sys.excepthook instead of raising it, and raises "invalid socket":
+    the message gives the server's words."""
+    settings = db.Settings.from_env()
+    copying, ender = db.connect(settings), db.connect(settings)
+    ender.autocommit = True
+
+    class Rows:
+        """COPY's rows, a block a call; the session is ended as the second is asked for."""
+
+        calls = 0
+
+        def read(self, size: int = -1) -> str:
+            self.calls += 1
+            if self.calls == 2:
+                with ender.cursor() as cur:
+                    cur.execute(
+                        "SELECT pg_terminate_backend(%s, 5000)", (copying.info.backend_pid,)
+                    )
+            return "1\n" * 1000 if self.calls < 50 else ""
+
+    def copy() -> int:
+        with copying.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE copied (n int)")
+            cur.copy_expert("COPY copied FROM STDIN", Rows(), size=4000)
+        return 0
+
+    try:
+        assert db.run_command(settings, copy) == EXIT_ENVIRONMENT
+    finally:
+        copying.close()
+        ender.close()
+    assert capsys.readouterr().err == (
+        f"error: the connection to {settings.describe()} was lost (terminating connection due "
+        "to administrator command): what was committed stays (a load commits each batch "
+        "whole), the rest was rolled back; run the command again to resume\n"
+    )
+
+
 # ================================================================ passwords that other names hold
 
 
