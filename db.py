@@ -544,10 +544,15 @@ def require_tables(conn, tables: list[str]) -> None:
     if len(missing) < len(tables):
         raise another_version(f"{', '.join(missing)} missing beside the others")
     if elsewhere:
+        where = (
+            f"schema {elsewhere[0]} holds"
+            if len(elsewhere) == 1
+            else f"schemas {', '.join(elsewhere)} hold"
+        )
         raise DatabaseError(
-            f"the tables are not on this session's search_path ({path}): schema "
-            f"{', '.join(elsewhere)} holds them; put it on the search_path (docs/database.md) "
-            "rather than running create_tables.py, which would make another, empty set"
+            f"the tables are not on this session's search_path ({path}): {where} them; put it "
+            "on the search_path (docs/database.md) rather than running create_tables.py, which "
+            "would make another, empty set"
         )
     raise DatabaseError(
         f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
