@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_rejects) and row_counts.",
         epilog="example (the embedded server, or the one --database-url names):\n"
         "  python create_tables.py\n\n"
-        "exit codes: 0 done; 2 bad arguments; 3 database problem; 4 a load was still running "
+        "exit codes: 0 done; 2 bad arguments; 3 database problem, or standard output that cannot "
+        "take the result (the tables made); 4 a load was still running "
         "after --wait; 130 interrupted (Ctrl-C), nothing dropped",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -738,8 +738,9 @@ def main(argv: list[str] | None = None) -> int:
         "reconciliation failed, a key a bulk load dropped could not be built "
         "back, or --strict and records were rejected; 2 bad arguments; "
         "3 database or data folder problem (an object store's included, or the keys of "
-        "songplays and time missing and impossible to build), or a parse worker killed or "
-        "memory run out; 4 another load was still "
+        "songplays and time missing and impossible to build), a parse worker killed or "
+        "memory run out, or standard output that cannot take the summary (the run itself done); "
+        "4 another load was still "
         "running after --wait, or another session kept a lock on the tables that long; 130 "
         "interrupted (Ctrl-C)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
