@@ -142,11 +142,7 @@ class Report:
 
     @property
     def failed(self) -> bool:
-        return (
-            not all(self.tally.reconciles(kind) for kind in KINDS)
-            or bool(self.checks and any(self.checks.values()))
-            or bool(self.not_restored)
-        )
+        return bool(self.failures)
 
     @property
     def done(self) -> str:
@@ -166,6 +162,7 @@ class Report:
             "target": self.target,
             "seconds": round(self.seconds, 3),
             "status": "failed" if self.failed else "succeeded",
+            "failures": self.failures,
             "exit_code": self.exit_code(strict),
             "nothing_new": not t.anything_loaded,
             "files": {
@@ -295,15 +292,30 @@ class Report:
                 + (f": {self.checked[name]}" if name in self.checked else "")
                 for name, bad in self.checks.items()
             ]
+        if self.failed:
+            out.append(f"  FAILED ({'; '.join(self.failures)}): exit 1")
         return out
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the run failed, as failed finds it."""
+        return [
+            why
+            for why, failed in [
+                ("records do not reconcile", not all(self.tally.reconciles(k) for k in KINDS)),
+                ("a check failed", bool(self.checks and any(self.checks.values()))),
+                ("keys not built back", bool(self.not_restored)),
+            ]
+            if failed
+        ]
 
     def _set_aside_lines(self) -> list[str]:
         out = []
         found = [self.found_missing] + ([] if self.set_aside else [self.restored])
         for names in filter(None, found):
             out.append(
-                f"  built {_named(names)}, found missing (as an interrupted bulk load "
-                "leaves them); checked over every row"
+                f"  built {_named(names)}, found missing (as a bulk load interrupted or stopped "
+                "by an error leaves them); checked over every row"
             )
         if self.kept_because:
             out.append(f"  no bulk load, the keys kept in place: {self.kept_because}")

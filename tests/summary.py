@@ -57,6 +57,7 @@ class Summary:
     gone_examples: list[str] = dataclasses.field(default_factory=list)  # their paths
     checks: dict[str, int] | None = None  # check: offending rows; None: not run
     checked: dict[str, str] = dataclasses.field(default_factory=dict)  # check: how it ran
+    failures: list[str] = dataclasses.field(default_factory=list)  # why the run failed
 
     @property
     def added_back(self) -> set[str]:
@@ -105,4 +106,5 @@ def summary_of(report: dict) -> Summary:
         gone_examples=report["gone"]["examples"],
         checks=report["checks"],
         checked=report["checked"],
+        failures=report["failures"],
     )

@@ -70,6 +70,11 @@ def test_the_report_as_data_holds_every_number_of_the_run():
         "/data/log_data/b.json:-: empty file",
     ]
     assert summary.checks == {name: n for n, name in enumerate(sql_queries.CHECKS)}
+    assert summary.failures == [
+        "records do not reconcile",
+        "a check failed",
+        "keys not built back",
+    ]
 
 
 def test_a_run_fails_on_a_mismatch_a_failed_check_or_a_key_that_did_not_come_back():

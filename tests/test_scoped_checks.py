@@ -158,6 +158,7 @@ def test_a_play_of_an_earlier_file_lost_behind_the_etls_back_fails_the_next_load
     assert summary.checks == CHECKS_PASSED | {PER_FILE: 1}
     assert summary.checked == checked("over this run's log files") | {PER_FILE: "over every row"}
     assert summary.rows["songplays"] == (3, BASE["songplays"] + 2)
+    assert summary.failures == ["a check failed"]
 
 
 def test_a_kept_play_count_gone_wrong_is_counted_again_and_fails_no_check(data):
