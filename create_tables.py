@@ -72,6 +72,15 @@ def recreate(conn) -> tuple[str, bool]:
                 "search_path puts the session's temporary schema (pg_temp) first: the tables "
                 "would vanish with the session; put a schema of yours first (nothing was dropped)"
             )
+        cur.execute(sql.tables_of_others, {"tables": sql.TABLES + sql.COUNTING})
+        others = [row[0] for row in cur.fetchall()]
+        if others:
+            raise db.DatabaseError(
+                f"table(s) {', '.join(others)} in schema {schema} are not Sparkify's (no "
+                "load_runs beside them), and create_tables.py drops only its own: rename or move "
+                "them, or make the tables in another schema (options=-csearch_path%3Dsparkify in "
+                "the URL, the schema created first) (nothing was dropped)"
+            )
         cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES, "modes": None})
         cur.execute(sql.tables_lock_timeout)
         try:

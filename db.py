@@ -527,21 +527,21 @@ def create_database_if_missing(conn, name: str) -> None:
 
 def require_tables(conn, tables: list[str]) -> None:
     """The session uses the schema that holds the project's tables, and no other
-    (sql.tables_schema_use); a one-line error when some are missing there: saying what to run
-    when none is anywhere, where they are when another schema holds them, and that another
-    version made them when only some are there."""
+    (sql.tables_schema_use); a one-line error when some are missing there: that another version
+    made them when load_runs, which marks the project's set, is there without all the others;
+    else where they are when another schema holds them, or what to run."""
     with managed_cursor(conn) as cur:
         cur.execute(sql.tables_schema_use)
         cur.execute(sql.missing_tables, {"tables": tables})
         missing = [row[0] for row in cur.fetchall()]
-        if len(missing) == len(tables):
+        if "load_runs" in missing:
             cur.execute(sql.tables_elsewhere)
             elsewhere = [row[0] for row in cur.fetchall()]
             cur.execute(sql.search_path_show)
             path = cur.fetchone()[0]
     if not missing:
         return
-    if len(missing) < len(tables):
+    if "load_runs" not in missing:
         raise another_version(f"{', '.join(missing)} missing beside the others")
     if elsewhere:
         where = (

@@ -408,6 +408,13 @@ create_schema_temporary = """
 SELECT count(*) > 0 FROM pg_namespace
 WHERE oid = pg_my_temp_schema() AND nspname = current_schema()"""
 
+# The project's table names that tables of someone else's hold in that schema: those there
+# when no load_runs is (the table that marks the project's set, made first by every version).
+# create_tables.py drops only its own.
+tables_of_others = """
+SELECT t FROM unnest(%(tables)s::text[]) AS t
+WHERE to_regclass('load_runs') IS NULL AND to_regclass(t) IS NOT NULL"""
+
 # Without CASCADE: a view of the user's over these tables stops the drop with a clear error
 # instead of vanishing with them.
 drop_tables = "DROP TABLE IF EXISTS " + ", ".join(TABLES + COUNTING + CITUS_STAGING)

@@ -288,6 +288,32 @@ def test_missing_tables_are_one_error_naming_them_and_create_tables(data):
         run_script("create_tables.py")
 
 
+def test_a_table_of_another_app_of_one_of_the_names_is_neither_another_version_nor_dropped(data):
+    """A database another app uses, its own `users` there: etl.py says to run create_tables.py
+    (not that another version made the tables), and create_tables.py refuses to drop that
+    table, naming it, until it is moved out of the way."""
+    drop_tables()
+    query("CREATE TABLE users (id int PRIMARY KEY, email text); INSERT INTO users VALUES (1, 'a')")
+    try:
+        done = etl(data, exit_code=EXIT_ENVIRONMENT, process=True)
+        assert one_error_line(done) == (
+            "error: table(s) songplays, songs, artists, time, songplay_copies, load_rejects, "
+            "load_manifest, load_runs, row_counts missing: run `python create_tables.py` first"
+        )
+        refused = run_script("create_tables.py", check=False)
+        assert (refused.returncode, one_error_line(refused)) == (
+            EXIT_ENVIRONMENT,
+            "error: table(s) users in schema public are not Sparkify's (no load_runs beside "
+            "them), and create_tables.py drops only its own: rename or move them, or make the "
+            "tables in another schema (options=-csearch_path%3Dsparkify in the URL, the schema "
+            "created first) (nothing was dropped)",
+        )
+        assert query("SELECT * FROM users") == [(1, "a")]
+    finally:
+        query("DROP TABLE users; SELECT 1")
+        run_script("create_tables.py")
+
+
 STAMP_DIFFERS = "their stamp, the comment on load_runs, is another's"
 
 
