@@ -362,7 +362,7 @@ PLAIN = Server(
     checks_per_file=True,
 )
 CITUS = Server(
-    run_setup=(sql.stage_plays_done_citus,),
+    run_setup=(sql.citus_recover_prepared, sql.stage_plays_done_citus),
     log_part_setup=(sql.citus_sequential,),  # reference tables are written after the shards
     keys_setup=(sql.citus_sequential,),  # songplays' shards, then the reference tables
     stage_plays_copy=sql.stage_plays_copy_citus,

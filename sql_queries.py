@@ -1172,6 +1172,15 @@ GROUP BY p.path"""
 # reading every table would hold TRUNCATE up (and a load with it) until it ends.
 stage_plays_done_citus = "DELETE FROM stage_plays_citus"
 
+# A worker that failed as a batch committed (two-phase) keeps its part prepared until the
+# coordinator recovers it, each citus.recover_2pc_interval (a minute): a run recovers first, so
+# that it reads what was committed (the manifest says a file loaded; its plays on that worker
+# would be missing, and a new version of the file would wait on their locks). Where the role
+# may: Citus grants it to superusers alone; the minute's recovery then does it.
+citus_recover_prepared = """
+SELECT CASE WHEN has_function_privilege('recover_prepared_transactions()', 'EXECUTE')
+            THEN recover_prepared_transactions() END"""
+
 manifest_add_loaded = """
 UPDATE load_manifest
 SET loaded = loaded + %(loaded)s, duplicates = duplicates + %(duplicates)s

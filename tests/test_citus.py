@@ -667,6 +667,57 @@ def test_a_worker_node_down_is_one_line_naming_it_and_the_run_after_its_restart_
         assert table_contents() == generated_plain
 
 
+def outside_a_transaction(url: str, *statements: str) -> list[tuple]:
+    """Statements run on url's database one by one, each committed: the last one's rows."""
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def test_a_batch_left_prepared_on_a_worker_is_recovered_before_a_run_reads(cluster, tmp_path):
+    """A worker that fails as a batch commits (two-phase) keeps its part prepared, committed or
+    aborted when the coordinator next recovers (each minute, citus.recover_2pc_interval): a run
+    recovers first, so that it reads what was committed. Here a transaction prepared on a
+    worker by hand, recorded as committed on the coordinator, the minute's recovery turned off."""
+    data = tmp_path / "data"
+    write(data, "log_data/l.json", lines(event(0)))
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    etl(cluster.url, data)
+    port = cluster.ports[1]
+    worker = cluster.url.replace(f":{cluster.ports[0]}/", f":{port}/")
+    gid = "citus_0_4242_7_1"  # citus_<coordinator's group>_<pid>_<transaction>_<connection>
+    outside_a_transaction(
+        worker,
+        "CREATE TABLE indoubt (n int)",
+        f"BEGIN; INSERT INTO indoubt VALUES (1); PREPARE TRANSACTION '{gid}'",
+    )
+    outside_a_transaction(
+        cluster.url,
+        "ALTER SYSTEM SET citus.recover_2pc_interval = -1",
+        "SELECT pg_reload_conf()",
+        f"INSERT INTO pg_dist_transaction (groupid, gid) SELECT groupid, '{gid}' "
+        f"FROM pg_dist_node WHERE nodeport = {port}",
+    )
+    try:
+        assert parse_summary(etl(cluster.url, data).stdout).nothing_new
+        assert outside_a_transaction(
+            worker, "SELECT (SELECT count(*) FROM pg_prepared_xacts), n FROM indoubt"
+        ) == [(0, 1)]
+    finally:
+        outside_a_transaction(
+            cluster.url, "ALTER SYSTEM RESET citus.recover_2pc_interval", "SELECT pg_reload_conf()"
+        )
+        if outside_a_transaction(worker, "SELECT count(*) FROM pg_prepared_xacts") != [(0,)]:
+            outside_a_transaction(worker, f"ROLLBACK PREPARED '{gid}'")
+        outside_a_transaction(worker, "DROP TABLE indoubt")
+
+
 def test_what_a_load_picks_and_numbers_is_the_same_whatever_the_collation(cluster, tmp_path):
     """'A' sorts before '_' by code point, after it in en-US: of songs of one artist, and of
     songs a play matches alike, the song_id smallest by code point decides, on a database of
