@@ -34,6 +34,7 @@ class RunStart:
     # they rejected is reported by this one
     unreported: list[int]
     checks_owed: bool  # the last run that made its report failed: this one checks every row
+    lock_timeout: str  # the session's (--wait), which each part's transaction sets on Citus
 
 
 def server_of(conn) -> Server:
@@ -95,6 +96,8 @@ def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSt
         unreported = [row[0] for row in cur.fetchall()]
         cur.execute(sql.last_report_failed)
         checks_owed = cur.fetchone()[0]
+        cur.execute(sql.lock_timeout_show)
+        lock_timeout = cur.fetchone()[0]
         cur.execute(sql.run_start, {"data_dir": data_dir})
         run_id = cur.fetchone()[0]
         if full_refresh:
@@ -111,7 +114,9 @@ def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSt
                 path: Known((size, mtime_ns, etag), sha256, damaged, usable, run_id)
                 for path, size, mtime_ns, etag, sha256, damaged, usable, run_id in cur.fetchall()
             }
-    return RunStart(run_id, before.rows, before.resolved, known, server, unreported, checks_owed)
+    return RunStart(
+        run_id, before.rows, before.resolved, known, server, unreported, checks_owed, lock_timeout
+    )
 
 
 def _create_staging(cur) -> None:
@@ -193,6 +198,8 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
     if part.index:
         cur.execute(sql.stage_truncate)  # the batch's earlier parts are merged already
     cur.execute(sql.staging_time_zone)
+    for query in server.part_setup:
+        cur.execute(query, {"lock_timeout": start.lock_timeout})
     if part.kind == "log":
         for query in server.log_part_setup:
             cur.execute(query)
@@ -336,6 +343,7 @@ class Server:
     load keeps the keys in place, and no trigger keeps the star's row counts (docs/citus.md)."""
 
     run_setup: tuple[str, ...]  # at the run's start
+    part_setup: tuple[str, ...]  # at each part's start (with the run's lock_timeout)
     log_part_setup: tuple[str, ...]  # at each log part's start
     keys_setup: tuple[str, ...]  # before the keys are built, and their tables analyzed
     stage_plays_copy: str
@@ -350,6 +358,7 @@ class Server:
 
 PLAIN = Server(
     run_setup=tuple(sql.row_counts_restore),
+    part_setup=(),
     log_part_setup=(),
     keys_setup=(),
     stage_plays_copy=sql.copy_into.format(table="stage_plays"),
@@ -362,7 +371,12 @@ PLAIN = Server(
     checks_per_file=True,
 )
 CITUS = Server(
-    run_setup=(sql.citus_recover_prepared, sql.stage_plays_done_citus),
+    run_setup=(
+        sql.citus_recover_prepared,
+        sql.stage_plays_done_citus,
+        sql.citus_send_set_local,
+    ),
+    part_setup=(sql.lock_timeout_local,),
     log_part_setup=(sql.citus_sequential,),  # reference tables are written after the shards
     keys_setup=(sql.citus_sequential,),  # songplays' shards, then the reference tables
     stage_plays_copy=sql.stage_plays_copy_citus,

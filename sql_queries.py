@@ -548,6 +548,13 @@ citus_distribute_queries = [
 # operation on a distributed table".
 citus_sequential = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
 
+# A load's lock timeout (--wait) reaches the workers, where a row an open transaction holds is
+# waited for: Citus sends a transaction's SET LOCAL to them once told to (not a session's SET),
+# so each part sets the session's timeout again, for its transaction.
+citus_send_set_local = "SET citus.propagate_set_commands = 'local'"
+lock_timeout_show = "SELECT current_setting('lock_timeout')"
+lock_timeout_local = "SET LOCAL lock_timeout = %(lock_timeout)s"
+
 
 # ---------------------------------------------------------------- one run at a time
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 import test_file_sequences as sequences
-from builders import as_superuser, event, lines, song, write
+from builders import USER, as_superuser, event, lines, song, write
 from conftest import (
     PROJECT,
     SAMPLE,
@@ -665,6 +665,48 @@ def test_a_worker_node_down_is_one_line_naming_it_and_the_run_after_its_restart_
     etl(cluster.url, generated)
     with using_database(cluster.url):
         assert table_contents() == generated_plain
+
+
+def test_a_row_an_open_transaction_holds_keeps_a_load_on_citus_no_longer_than_its_wait(
+    cluster, tmp_path
+):
+    """A notebook's open transaction holds a user's row (on the worker holding its shard): the
+    load that writes that user gives up after --wait seconds (exit 4), naming the session, as on
+    one server; the lock timeout is sent to the workers, where the row is waited for."""
+    data = tmp_path / "data"
+    write(data, "log_data/a.json", lines(event(1)))
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    etl(cluster.url, data)
+    write(data, "log_data/b.json", lines(event(2)))  # a later play of the user loaded
+    holder = psycopg2.connect(cluster.url, application_name="a notebook")
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f"SELECT user_id FROM users WHERE user_id = {USER} FOR UPDATE")
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        with using_database(cluster.url):
+            refused = run_script(
+                "etl.py",
+                "--data",
+                str(data),
+                "--no-progress",
+                "--json",
+                "--wait",
+                "1",
+                check=False,
+                timeout=60,
+            )
+    finally:
+        holder.close()
+    assert json.loads(refused.stdout) == {
+        "status": "failed",
+        "exit_code": 4,
+        "error": "the load waited for a row of its tables that an open transaction holds; "
+        f"sessions writing to them: {pid} (role postgres, a notebook) on users; gave up after "
+        "1 s (--wait); what finished batches committed stays: run again once that transaction "
+        "ends",
+    }
+    assert parse_summary(etl(cluster.url, data).stdout).records["log"].loaded == 1
 
 
 def outside_a_transaction(url: str, *statements: str) -> list[tuple]:
