@@ -144,6 +144,25 @@ def test_cluster_command_reports_every_node_running_and_the_url_without_a_passwo
         ]
 
 
+def test_a_cluster_start_that_fails_stops_only_the_nodes_it_started(cluster):
+    """A worker stopped and its port taken meanwhile: starting the cluster again fails naming
+    the port, and the nodes that were running before go on running."""
+    name, port, _ = cluster.nodes()[-1]
+    cluster.stop_nodes([name])
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(citus_cluster.ClusterError) as failed:
+            citus_cluster.start(cluster.dir)
+        assert str(failed.value) == f"port {port} on 127.0.0.1 is in use: choose others with --port"
+        assert cluster.running() == {"coordinator": True, "worker1": True, name: False}
+    finally:
+        taken.close()
+        citus_cluster.start(cluster.dir)
+    assert all(cluster.running().values())
+
+
 def test_cluster_command_without_postgresql_15_is_one_clear_error_line():
     done = run_script(
         "-m", "tools.citus_cluster", "start", env={"CITUS_PG_BIN": "/nonexistent/bin"}, check=False

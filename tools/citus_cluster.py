@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -255,12 +256,15 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
             "it can reach (under /tmp, say)"
         )
 
+    started = []  # by this call: what a failure stops again (nodes running before stay)
+
     def start_cluster_node(node: tuple[str, int, Path]) -> None:
         name, port, data = node
         if _running(data):
             return
         if not _port_free(port):
             raise ClusterError(f"port {port} on {HOST} is in use: choose others with --port")
+        started.append(name)
         start_node(data, {**SETTINGS, "port": str(port)}, HBA, cluster.dir / f"{name}.log")
 
     def set_up(port: int) -> None:  # each step is a no-op when done already
@@ -272,7 +276,11 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
         _each(set_up, cluster.ports)
         _add_nodes(cluster.ports)
     except BaseException:
-        cluster.stop()
+        with contextlib.suppress(Exception):  # the error that stopped the start is the one to see
+            if cluster.temporary:
+                cluster.stop()  # and its folder removed
+            else:
+                cluster.stop_nodes(started)
         raise
     return cluster
 
