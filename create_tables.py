@@ -72,6 +72,7 @@ def recreate(conn) -> tuple[str, bool]:
                 "search_path puts the session's temporary schema (pg_temp) first: the tables "
                 "would vanish with the session; put a schema of yours first (nothing was dropped)"
             )
+        db.require_no_citus_worker(cur)
         cur.execute(sql.tables_of_others, {"tables": sql.TABLES + sql.COUNTING})
         others = [row[0] for row in cur.fetchall()]
         if others:

@@ -535,6 +535,7 @@ def require_tables(conn, tables: list[str]) -> None:
         cur.execute(sql.missing_tables, {"tables": tables})
         missing = [row[0] for row in cur.fetchall()]
         if "load_runs" in missing:
+            require_no_citus_worker(cur)
             cur.execute(sql.tables_elsewhere)
             elsewhere = [row[0] for row in cur.fetchall()]
             cur.execute(sql.search_path_show)
@@ -557,6 +558,17 @@ def require_tables(conn, tables: list[str]) -> None:
     raise DatabaseError(
         f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
     )
+
+
+def require_no_citus_worker(cur) -> None:
+    """A one-line error on a Citus worker node, which holds the distributed tables but not the
+    load's books: the scripts work on the coordinator."""
+    cur.execute(sql.on_a_citus_worker)
+    if cur.fetchone()[0]:
+        raise DatabaseError(
+            "this is a Citus worker node (songplays is distributed here, the load's books are "
+            "not): connect to the coordinator (nothing was changed)"
+        )
 
 
 def another_version(why: str) -> DatabaseError:

@@ -481,6 +481,12 @@ WHERE c.relname = 'load_runs' AND c.relkind = 'r' AND n.nspname !~ '^pg_'
 ORDER BY n.nspname"""
 search_path_show = "SELECT current_setting('search_path')"
 
+# A Citus worker node: Citus's catalog there, the distributed songplays too (its metadata is on
+# every node), but not load_runs, which stays on the coordinator.
+on_a_citus_worker = """
+SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+   AND to_regclass('songplays') IS NOT NULL AND to_regclass('load_runs') IS NULL"""
+
 # create_tables.py stamps the tables with a digest of the statements that made them
 # (db.schema_stamp), on load_runs; a load reads it to find tables made by another version.
 schema_stamp_write = "COMMENT ON TABLE load_runs IS %(stamp)s"

@@ -728,6 +728,23 @@ def test_a_row_an_open_transaction_holds_keeps_a_load_on_citus_no_longer_than_it
     assert parse_summary(etl(cluster.url, data).stdout).records["log"].loaded == 1
 
 
+def test_scripts_pointed_at_a_worker_node_say_to_use_the_coordinator(cluster, tmp_path):
+    """A worker holds the distributed tables but not the load's books: etl.py and
+    create_tables.py say so in one line, and neither changes anything there."""
+    data = tmp_path / "data"
+    write(data, "log_data/a.json", lines(event(1)))
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    worker = cluster.url.replace(f":{cluster.ports[0]}/", f":{cluster.ports[1]}/")
+    said = (
+        "error: this is a Citus worker node (songplays is distributed here, the load's books "
+        "are not): connect to the coordinator (nothing was changed)\n"
+    )
+    for script in (["etl.py", "--data", str(data), "--no-progress"], ["create_tables.py"]):
+        done = run_script(*script, env={"DATABASE_URL": worker}, check=False)
+        assert (done.returncode, done.stderr) == (3, said)
+    assert outside_a_transaction(worker, "SELECT to_regclass('songplays') IS NOT NULL") == [(True,)]
+
+
 def outside_a_transaction(url: str, *statements: str) -> list[tuple]:
     """Statements run on url's database one by one, each committed: the last one's rows."""
     conn = psycopg2.connect(url)
