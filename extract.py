@@ -205,13 +205,14 @@ def store_failure(exc: Exception, url: str) -> Exception:
     request, bad credentials, an object replaced while it was streamed) stops the run."""
     if isinstance(exc, FileNotFoundError):
         return exc
-    error = getattr(exc.__cause__, "response", None) or {}
-    if error.get("Error", {}).get("Code") == "InvalidObjectState":
-        archived = error["Error"].get("StorageClass") or "archived"
+    if _store_code(exc) == "InvalidObjectState":
+        error = exc.__cause__.response["Error"]
+        archived = error.get("StorageClass") or "archived"
         return PermissionError(
             errno.EACCES, f"{store_reason(exc)} ({archived}: restore it to load it)"
         )
-    if isinstance(exc, OSError) and exc.errno == errno.EBUSY:  # s3fs: "... no longer exists"
+    # s3fs's "... no longer exists" (its errno, EBUSY, is also a store's "slow down")
+    if type(exc).__name__ == "FileExpired":
         return StoreError(
             f"cannot read {url}: it was replaced while it was read (its ETag changed); run "
             "again to read it as it is now"
@@ -684,11 +685,12 @@ class Fetched(NamedTuple):
     etag: str | None = None
 
 
-def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, Fetched | OSError]:
+def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, Fetched | OSError | None]:
     """The objects' bytes, FETCHES_AT_ONCE requests at a time: each object whole, or, if it is
     now bigger than listed (replaced since: a store replaces an object whole, it never grows),
-    one byte more than listed, for _read_object to stream it instead; an object that is its own
-    problem (store_failure: deleted since it was listed, archived) gives its OSError. The
+    one byte more than listed, for _read_object to stream it instead (None too: an S3 object
+    emptied since); an object that is its own problem (store_failure: deleted since it was
+    listed, archived) gives its OSError. The
     manifest keeps an object's ETag beside the hash of its bytes, so both must be of the same
     version: on S3 the ETag comes with the bytes (an object listed, replaced by one of the same
     size, read, then put back would otherwise look unchanged for good)."""
@@ -696,7 +698,7 @@ def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, Fetched | OSError]:
 
     fs = store.filesystem()
 
-    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> Fetched | OSError:
+    async def fetch_one(task: FileTask, gate: asyncio.Semaphore) -> Fetched | OSError | None:
         if task.size == 0:
             return Fetched(b"")
         async with gate:
@@ -710,31 +712,46 @@ def _fetch(store: Store, tasks: list[FileTask]) -> dict[str, Fetched | OSError]:
                     return failure
                 raise failure from None
 
-    async def fetch_all() -> list[Fetched | OSError]:
+    async def fetch_all() -> list[Fetched | OSError | None]:
         gate = asyncio.Semaphore(FETCHES_AT_ONCE)
         return await asyncio.gather(*(fetch_one(task, gate) for task in tasks))
 
     return dict(zip((t.location for t in tasks), sync(fs.loop, fetch_all)))
 
 
-async def _get_with_etag(fs, url: str, most: int) -> Fetched:
-    """An S3 object's first `most` bytes and the ETag of the version they are: s3fs's
-    _cat_file, which keeps no ETag, made as it makes it (the request and the reading of its
-    body tried again together, as often as s3fs tries a request)."""
+async def _get_with_etag(fs, url: str, most: int) -> Fetched | None:
+    """An S3 object's first `most` bytes and the ETag of the version they are, the request and
+    the reading of its body tried again together as s3fs tries a request (its _cat_file keeps
+    no ETag); None for an object emptied since it was listed (no range of it can be given),
+    which _read_object then opens as it is."""
     from s3fs.core import _error_wrapper
 
     bucket, key, _ = fs.split_path(url)
+    await fs.set_session()
+    client = await fs.get_s3(bucket)
+    asked = fs._get_s3_method_kwargs(
+        client.get_object, Bucket=bucket, Key=key, Range=f"bytes=0-{most - 1}"
+    )
 
     async def get_and_read() -> Fetched:
-        response = await fs._call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{most - 1}"
-        )
+        response = await client.get_object(**asked)
         try:
             return Fetched(await response["Body"].read(), etag_of(response) or None)
         finally:
             response["Body"].close()
 
-    return await _error_wrapper(get_and_read, retries=fs.retries)
+    try:
+        return await _error_wrapper(get_and_read, retries=fs.retries)
+    except OSError as exc:
+        if _store_code(exc) == "InvalidRange":
+            return None
+        raise
+
+
+def _store_code(exc: Exception) -> str | None:
+    """The store's error code (S3's), where the store library kept its response."""
+    response = getattr(exc.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code")
 
 
 def _read_object(

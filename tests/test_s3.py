@@ -6,6 +6,7 @@ completes the load."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -342,6 +343,30 @@ def test_an_object_replaced_by_one_of_the_same_size_after_the_listing_keeps_the_
     task, read, content, etag = replaced_after_listing(s3, monkeypatch, old, new)
     assert (read.status, content, read.etag) == ("new", new, etag)
     assert task.etag != etag
+
+
+def test_a_store_asking_to_slow_down_is_named_so_not_as_an_object_replaced():
+    """s3fs gives S3's SlowDown (and 503, 409) the errno of an object replaced while read,
+    EBUSY: the run's last line gives the store's words."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    slow_down = {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}
+    error = translate_boto_error(ClientError(slow_down, "GetObject"))
+    assert error.errno == errno.EBUSY
+    url = f"s3://{BUCKET}/log_data/day.json"
+    assert str(extract.store_failure(error, url)) == (
+        f"cannot read {url}: Please reduce your request rate."
+    )
+
+
+def test_an_object_emptied_after_the_listing_is_read_as_empty_not_a_failed_run(s3, monkeypatch):
+    """Replaced by an empty object between the listing and the reading: read as it is then,
+    empty (a range of bytes the store cannot give for an empty object stops nothing), with the
+    empty version's ETag."""
+    old = builders.log_file(*[builders.event(n) for n in range(3)])
+    task, read, content, etag = replaced_after_listing(s3, monkeypatch, old, b"")
+    assert (read.status, read.size, content, read.etag) == ("new", 0, b"", etag)
 
 
 def test_an_object_replaced_while_it_is_streamed_is_named_as_replaced_not_as_gone(
