@@ -719,7 +719,7 @@ def finish(
         )
         cur.execute(
             sql.run_finish,
-            {"run_id": start.run_id, "status": "failed" if report.failed else "succeeded"},
+            {"run_id": start.run_id, "status": report.status},
         )
     return report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import sql_queries as sql
 from cli import EXIT_FAILED, EXIT_OK
@@ -145,9 +146,14 @@ class Report:
         return bool(self.failures)
 
     @property
+    def status(self) -> Literal["failed", "succeeded"]:
+        """As load_runs records it."""
+        return "failed" if self.failed else "succeeded"
+
+    @property
     def done(self) -> str:
         """What stays done when the report cannot be shown."""
-        return f"run {self.run_id} is done, {'failed' if self.failed else 'succeeded'}"
+        return f"run {self.run_id} is done, {self.status}"
 
     def exit_code(self, strict: bool) -> int:
         rejected = self.tally.rejected + self.earlier.records + self.earlier.files
@@ -161,7 +167,7 @@ class Report:
             "data": path_text(str(self.data_dir)),
             "target": self.target,
             "seconds": round(self.seconds, 3),
-            "status": "failed" if self.failed else "succeeded",
+            "status": self.status,
             "failures": self.failures,
             "exit_code": self.exit_code(strict),
             "nothing_new": not t.anything_loaded,
