@@ -688,6 +688,9 @@ def finish(
         counted = start.server.star_counts(cur)
         after = counted.rows if changed else start.before
         checked = load.post_load_checks(cur, start.run_id, every_row) if changed or owed else None
+        # A kept count of plays the checks found wrong, and counted again, was wrong before the
+        # run too: both totals are moved by what it was off by, and the run's change stays.
+        off, resolved_off = checked.plays_miscounted if checked else (0, 0)
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
         examples = cur.fetchall()
         earlier = {"runs": start.unreported, "limit": REJECT_EXAMPLES}
@@ -701,12 +704,14 @@ def finish(
             run_id=start.run_id,
             seconds=time.monotonic() - started,
             tally=tally,
-            before=start.before,
-            after=after,
-            resolved_total=counted.resolved,
-            resolved_before=start.resolved_before,
-            checks=checked and {name: bad for name, (bad, _) in checked.items()},
-            checked={name: scope for name, (_, scope) in (checked or {}).items()},
+            before=start.before | {"songplays": start.before["songplays"] + off},
+            after=after | {"songplays": after["songplays"] + off},
+            resolved_total=counted.resolved + resolved_off,
+            resolved_before=start.resolved_before + resolved_off,
+            checks=checked and {name: bad for name, (bad, _) in checked.found.items()},
+            checked={
+                name: scope for name, (_, scope) in (checked.found if checked else {}).items()
+            },
             examples=examples,
             set_aside=bulk.handed is not None,
             kept_because=bulk.kept_because,

@@ -150,16 +150,22 @@ def _counts_counted(cur) -> Counted:
 CheckScope = Literal["by its constraints", "over this run's log files", "over every row"]
 
 
-def post_load_checks(cur, run_id: int, every_row: bool) -> dict[str, tuple[int, CheckScope]]:
+class Checked(NamedTuple):
+    found: dict[str, tuple[int, CheckScope]]  # offending rows per check, and how it ran
+    plays_miscounted: tuple[int, int] = (0, 0)  # plays, resolved: counted less what was kept
+
+
+def post_load_checks(cur, run_id: int, every_row: bool) -> Checked:
     """Offending rows per check, in the spirit of dbt's tests, and how each was checked: a check
     its constraints guarantee (in place and validated) is answered by them, and what they leave
     runs over this run's log files, or over every row when every_row (the run may have changed
     other files' plays) or when the other files differ in total from what is kept of them. A
-    check whose constraint is missing runs over every row."""
+    check whose constraint is missing runs over every row. Where every file matches but the
+    kept count of plays did not, that count is made right, and how far off it was returned."""
     names = [name for check in sql.CHECKS.values() for name in check["constraints"]]
     cur.execute(sql.constraints_in_force, {"names": names, "tables": sql.STAR_TABLES})
     in_force = {row[0] for row in cur.fetchall()}
-    results = {}
+    results, miscounted = {}, (0, 0)
     for name, check in sql.CHECKS.items():
         scoped = "this_run" in check
         differ = scoped and not every_row and _others_differ(cur, check, run_id)
@@ -174,7 +180,8 @@ def post_load_checks(cur, run_id: int, every_row: bool) -> dict[str, tuple[int, 
         results[name] = (cur.fetchone()[0], scope)
         if differ and not results[name][0]:  # every file matches: the kept count was wrong
             cur.execute(sql.row_counts_recount_plays)
-    return results
+            miscounted = cur.fetchone()
+    return Checked(results, miscounted)
 
 
 def _others_differ(cur, check: dict, run_id: int) -> bool:

@@ -335,10 +335,14 @@ SELECT t, 0, 0 FROM unnest(%(tables)s::text[]) AS t"""
 row_counts_read = "SELECT table_name, row_count, resolved FROM row_counts"
 
 # songplays' row counted again: its kept count was found wrong (the per-file check's total).
+# It returns how far off the kept counts of plays and of resolved plays were.
 row_counts_recount_plays = """
-UPDATE row_counts SET row_count = c.n, resolved = c.resolved
-FROM (SELECT count(*) AS n, count(song_id) AS resolved FROM songplays) c
-WHERE table_name = 'songplays'"""
+WITH kept AS (SELECT row_count, resolved FROM row_counts WHERE table_name = 'songplays'),
+     counted AS (SELECT count(*) AS n, count(song_id) AS resolved FROM songplays)
+UPDATE row_counts SET row_count = counted.n, resolved = counted.resolved
+FROM kept, counted
+WHERE table_name = 'songplays'
+RETURNING counted.n - kept.row_count, counted.resolved - kept.resolved"""
 
 # A star table missing from row_counts (a schema copied without its rows, pg_dump
 # --schema-only, the star's data restored beside it; a row deleted by hand) is counted once, at

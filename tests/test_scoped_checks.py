@@ -165,14 +165,20 @@ def test_a_kept_play_count_gone_wrong_is_counted_again_and_fails_no_check(data):
     """The kept count of plays wrong (its triggers off while someone wrote, a restore with
     --disable-triggers): the other files' total differs from it, the check runs over every file,
     finds them all whole and passes, and the count is made right for the next load, whose check
-    is scoped again."""
+    is scoped again. The run's summary gives the counts as they are, and this run's change."""
     etl(data)
-    execute("UPDATE row_counts SET row_count = row_count + 5 WHERE table_name = 'songplays'")
+    resolved = scalar("SELECT count(song_id) FROM songplays")
+    execute(
+        "UPDATE row_counts SET row_count = row_count + 5, resolved = resolved - 2"
+        " WHERE table_name = 'songplays'"
+    )
     add_day(data)
 
     summary = parse_summary(etl(data).stdout)
     assert summary.checks == CHECKS_PASSED
     assert summary.checked == checked("over this run's log files") | {PER_FILE: "over every row"}
+    assert summary.rows["songplays"] == (3, BASE["songplays"] + 3)
+    assert summary.resolved == (resolved + 3, BASE["songplays"] + 3, 3)
     assert scalar("SELECT row_count FROM row_counts WHERE table_name = 'songplays'") == (
         BASE["songplays"] + 3
     )
