@@ -580,6 +580,18 @@ def relative(data: Source, kind: Kind, location: str) -> str:
 # ================================================================ reading
 
 
+class ChangedWhileRead(cli.UserError):
+    """A file written over in place while it was read (cp over it, a truncate): the bytes read
+    are not the version hashed, whose hash the manifest would keep. The run stops there, as for
+    an object replaced while it was read, and what it committed stays."""
+
+    def __init__(self, location: str):
+        super().__init__(
+            f"cannot read {path_text(location)}: it changed while it was read (written over in "
+            "place); run again to read it as it is now"
+        )
+
+
 class DamagedFile(Exception):
     """The rest of a file cannot be read (damaged compressed data, a failing disk); what came before
     it was read. intact: how many bytes of content before the damage can be trusted."""
@@ -644,7 +656,7 @@ def _read(
         handle.close()
     if seen.sha256 == task.known_sha256:
         return FileRead("unchanged", seen.size, seen.sha256, etag=etag), iter(())
-    blocks = iter([seen.first]) if whole else _blocks(handle, seen.size)
+    blocks = iter([seen.first]) if whole else _blocks(handle, seen, task.location)
     head = seen.first if seen.compression is None else seen.content_head
     if seen.compression is not None:
         blocks = _trusted(_decompressed(blocks, seen.compression), seen.damage)
@@ -911,20 +923,26 @@ class Hashing:
             yield block
 
 
-def _blocks(handle, size: int) -> Iterator[bytes]:
-    """The file's first size bytes, a block at a time, from its start; the file is closed after."""
+def _blocks(handle, seen: FirstPass, location: str) -> Iterator[bytes]:
+    """The bytes the first pass hashed, a block at a time, read again from the file's start;
+    the file is closed after. Bytes other than those (fewer, or others) raise ChangedWhileRead
+    once read."""
+    digest, left = hashlib.sha256(), seen.size
     with handle:
         handle.seek(0)
-        while size > 0:
+        while left > 0:
             try:
-                block = handle.read(min(BLOCK, size))
+                block = handle.read(min(BLOCK, left))
             except OSError as exc:
                 reason = exc.strerror or cli.first_line(exc)
                 raise DamagedFile(f"cannot read the rest of the file: {reason}") from exc
             if not block:
-                return
-            size -= len(block)
+                break
+            left -= len(block)
+            digest.update(block)
             yield block
+    if left or digest.hexdigest() != seen.sha256:
+        raise ChangedWhileRead(location)
 
 
 # ---------------------------------------------------------------- compressed data
@@ -1314,6 +1332,8 @@ def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator
         try:
             return stream.decompress(data, BLOCK)
         except DECOMPRESSION_ERRORS as exc:
+            for _ in blocks:  # data changed since it was checked says so (_blocks) at its end
+                pass
             raise DamagedFile(compression.failure(exc), intact) from exc
 
     for pending in blocks:

@@ -1166,6 +1166,35 @@ def test_a_file_appended_to_after_it_was_hashed_is_read_as_it_was_then(tmp_path)
     }
 
 
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("change", ["cut in half", "rewritten, same size"])
+def test_a_file_changed_in_place_after_it_was_hashed_stops_the_run_naming_it(
+    tmp_path, suffix, change
+):
+    """cp over a file, or a truncate, while a run reads it in parts: the bytes read are not the
+    version hashed, whose hash the manifest would keep (a version put back would then look
+    loaded). The run stops there, as for an object replaced while it was read."""
+    noise = random.Random(7)  # text gzip cannot shrink below a few blocks (extract.BLOCK)
+    text = lines(*(event(i, location=noise.randbytes(300).hex()) for i in range(6000)))
+    before = gzip.compress(text, mtime=0) if suffix else text
+    assert len(before) > 2 * extract.BLOCK
+    path = write(tmp_path, f"log_data/big.json{suffix}", before)
+    task = FileTask(f"log_data/big.json{suffix}", str(path), len(before), 0, None)
+    parts = prepare.prepare(Batch("log", (task,)), Limits(log_batch_bytes=100_000))
+
+    next(parts)  # the file is hashed, its first part read
+    after = before[: len(before) // 2] if change == "cut in half" else before.replace(b"1", b"2")
+    with path.open("r+b") as file:  # in place, as cp does
+        file.truncate(0)
+        file.write(after)
+    with pytest.raises(extract.ChangedWhileRead) as raised:
+        list(parts)
+    assert str(raised.value) == (
+        f"cannot read {path}: it changed while it was read (written over in place); run again "
+        "to read it as it is now"
+    )
+
+
 def test_a_log_growing_while_etl_reads_it_in_parts_is_counted_once_and_reloaded_next_run(data):
     path = write(data, "log_data/2018/12/growing.json", lines(*(event(i) for i in range(6000))))
     stop = threading.Event()
