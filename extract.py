@@ -585,12 +585,6 @@ class ChangedWhileRead(cli.UserError):
     are not the version hashed, whose hash the manifest would keep. The run stops there, as for
     an object replaced while it was read, and what it committed stays."""
 
-    def __init__(self, location: str):
-        super().__init__(
-            f"cannot read {path_text(location)}: it changed while it was read (written over in "
-            "place); run again to read it as it is now"
-        )
-
 
 class DamagedFile(Exception):
     """The rest of a file cannot be read (damaged compressed data, a failing disk); what came before
@@ -942,7 +936,10 @@ def _blocks(handle, seen: FirstPass, location: str) -> Iterator[bytes]:
             digest.update(block)
             yield block
     if left or digest.hexdigest() != seen.sha256:
-        raise ChangedWhileRead(location)
+        raise ChangedWhileRead(
+            f"cannot read {path_text(location)}: it changed while it was read (written over in "
+            "place); run again to read it as it is now"
+        )
 
 
 # ---------------------------------------------------------------- compressed data

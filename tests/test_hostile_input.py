@@ -24,6 +24,7 @@ import io
 import json
 import lzma
 import os
+import pickle
 import random
 import re
 import shutil
@@ -1189,10 +1190,12 @@ def test_a_file_changed_in_place_after_it_was_hashed_stops_the_run_naming_it(
         file.write(after)
     with pytest.raises(extract.ChangedWhileRead) as raised:
         list(parts)
-    assert str(raised.value) == (
+    said = (
         f"cannot read {path}: it changed while it was read (written over in place); run again "
         "to read it as it is now"
     )
+    assert str(raised.value) == said
+    assert str(pickle.loads(pickle.dumps(raised.value))) == said  # as the parse worker sends it
 
 
 def test_a_log_growing_while_etl_reads_it_in_parts_is_counted_once_and_reloaded_next_run(data):
