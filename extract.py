@@ -360,10 +360,10 @@ class Listed:
 
 @dataclasses.dataclass(frozen=True)
 class Listing:
-    """What is under a kind's folder (symlinked folders not followed), each list sorted by path
-    components: data files (a link to a folder so named too: reported unreadable when read),
-    folders that cannot be listed with the reason, and the entries ignored (with a note for a
-    link to a folder, a hidden folder and a hidden data file)."""
+    """What is under a kind's folder (links to folders followed, each folder listed once), each
+    list sorted by path components: data files, folders that cannot be listed with the reason,
+    and the entries ignored (with a note for a folder listed already by another path, a hidden
+    folder and a hidden data file)."""
 
     files: list[Listed]
     unlisted: list[tuple[str, str]]
@@ -381,26 +381,31 @@ def listing(data: Source, kind: Kind) -> Listing:
         return _object_listing(data.store, data.top(kind))
     top = data.top(kind)
     files, unlisted, ignored = [], [], []
+    read = set()  # the folders listed, as (device, inode): each once, whatever links lead to it
     stack = [top] if os.path.lexists(top) else []
-    while stack:
+    while stack:  # in path order: of two ways to a folder, the first names its files
         folder = stack.pop()
         try:
             with os.scandir(folder) as entries:
-                listed = list(entries)
+                listed = sorted(entries, key=lambda entry: _path_order(entry.path), reverse=True)
+                found = os.stat(folder)
         except OSError as exc:
             unlisted.append((folder, f"cannot read folder: {exc.strerror}"))
             continue
+        if (found.st_dev, found.st_ino) in read:
+            ignored.append((folder, LISTED_NOTE))
+            continue
+        read.add((found.st_dev, found.st_ino))
         for entry in listed:
-            is_folder = entry.is_dir(follow_symlinks=False)
+            is_folder = _is_folder(entry)
             if is_hidden(entry.name):
                 ignored.append((entry.path, hidden_note(entry.name, is_folder)))
-                continue
-            if is_folder:  # whatever its name: Spark writes a folder x.json of part files
+            elif is_folder:  # whatever its name: Spark writes a folder x.json of part files
                 stack.append(entry.path)
             elif is_data_file(entry.name):
                 files.append(Listed(entry.path, _file_version(entry.path)))
             else:
-                ignored.append((entry.path, _ignored_note(entry)))
+                ignored.append((entry.path, ""))
     return Listing(
         sorted(files, key=lambda f: _path_order(f.location)),
         sorted(unlisted, key=lambda u: _path_order(u[0])),
@@ -459,12 +464,16 @@ def _object_listing(store: Store, top: str) -> Listing:
     )
 
 
-def _ignored_note(entry: os.DirEntry) -> str:
+LISTED_NOTE = " (a folder listed already by another path, through a link: not listed again)"
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether the entry is a folder, or a link to one (a link leading round in a loop of links
+    is not: it is named as a file, and rejected if named as a data file)."""
     try:
-        linked_folder = entry.is_symlink() and entry.is_dir()
-    except OSError:  # a link in a loop
-        linked_folder = False
-    return " (a link to a folder: not followed)" if linked_folder else ""
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _path_order(location: str) -> str:

@@ -190,15 +190,15 @@ def _no_permission(path: Path) -> None:
     path.chmod(0)
 
 
-def _link_to_its_folder(path: Path) -> None:
-    path.symlink_to(path.parent)
+def _link_in_a_loop(path: Path) -> None:
+    path.symlink_to(path.name)
 
 
 # A log path the walk finds (*.json) but that cannot be read. As root (CI), chmod 000 does not
-# stop reading; a dangling symlink and a link to a folder fail the same way for everyone.
+# stop reading; a dangling symlink and a link in a loop fail the same way for everyone.
 UNREADABLE = {
     "dangling symlink": (_dangling_symlink, "No such file or directory"),
-    "link to a folder named x.json": (_link_to_its_folder, "Is a directory"),
+    "link in a loop": (_link_in_a_loop, "Too many levels of symbolic links"),
     "chmod 000 (not as root)": (_no_permission, "Permission denied"),
 }
 

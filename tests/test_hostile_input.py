@@ -227,13 +227,12 @@ IGNORED = {
     b"backup.json~": lambda path: Path(os.fsdecode(path)).write_text("{}"),
     b"events.json.lz4": lambda path: Path(os.fsdecode(path)).write_bytes(b"\x04\x22\x4d\x18"),
     b"pipe": _fifo,
-    b"linked": _link_to(b"../../../outside"),
+    b"loop": _link_to(b"."),  # its own folder again: listed once
     b"._events.json": lambda path: Path(os.fsdecode(path)).write_bytes(APPLE_DOUBLE),
     b".Trashes": lambda path: _folder_holding(path, b"deleted.json", lines(event(30_000))),
 }
-LINKED_FOLDER_NOTE = " (a link to a folder: not followed)"
 NOTES = {
-    b"linked": LINKED_FOLDER_NOTE,
+    b"loop": extract.LISTED_NOTE,
     b"._events.json": " (hidden: not read)",
     b".Trashes": " (a hidden folder: not read)",
 }
@@ -318,7 +317,19 @@ def data_folders(draw) -> list[Entry]:
         entries.append(
             Entry(LOCKED, "unreadable", _locked, reason="cannot read folder: Permission denied")
         )
+    if draw(st.booleans()):  # a day's folder linked in from outside: its file loads
+        entries.append(Entry(b"log_data/2018/linked/linked.json", "loaded", _linked_in, LINKED))
     return entries
+
+
+LINKED = (event(10_000),)  # the play of the file outside the data folder that a link leads to
+
+
+def _linked_in(path: bytes) -> None:
+    """The file's folder made a link to the folder outside the data folder that holds it."""
+    folder = os.path.dirname(path)
+    os.rmdir(folder)
+    os.symlink(b"../../../outside", folder)
 
 
 LOCKED = b"log_data/locked"
@@ -337,8 +348,7 @@ def build(root: Path, entries: list[Entry]) -> Path:
         path = os.path.join(data, entry.path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         entry.make(path)
-    outside = root / "outside"  # where the link to a folder leads: a data file, not read
-    write(outside, "linked.json", lines(event(10_000)))
+    write(root / "outside", "linked.json", lines(*LINKED))  # what a linked folder leads to
     return root / "data"
 
 
@@ -602,6 +612,30 @@ def test_a_fifo_socket_or_device_named_as_data_is_rejected_unopened_and_others_a
     run_etl(data, "--strict", exit_code=EXIT_FAILED)
 
 
+def test_a_day_folder_linked_in_loads_under_the_links_path_and_each_folder_is_listed_once(
+    data, tmp_path
+):
+    """A link to a folder is followed, as the data folder itself or log_data/ is: a day's folder
+    kept elsewhere and linked in loads. A folder two ways lead to is listed by the first in path
+    order, and the others are named as ignored, so its plays are not loaded twice."""
+    write(tmp_path / "archive/12", "a.json", lines(event(0), event(1)))
+    (data / "log_data/2018/12").symlink_to(tmp_path / "archive/12")
+    (data / "log_data/2018/latest").symlink_to("12")
+
+    summary = parse_summary(run_etl(data, "--strict").stdout)
+    assert summary.files["log"] == {"new": 3}
+    assert (summary.ignored, summary.ignored_examples) == (
+        1,
+        [
+            "log_data/2018/latest (a folder listed already by another path, through a link: not "
+            "listed again)"
+        ],
+    )
+    assert counts() == plus(songplays=2, users=1, time=2)
+    assert manifest()["log_data/2018/12/a.json"] == Counts(2, 2)
+    assert parse_summary(run_etl(data).stdout).nothing_new
+
+
 def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(data):
     write(data, "song_data/A/.DS_Store", b"\0\0\0\1Bud1")
     write(data, "log_data/README.md", b"# logs\n")
@@ -609,7 +643,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     write(data, "log_data/events.json.lz4", b"\x04\x22\x4d\x18")
     write(data, "log_data/2018/x.json.bak", lines(event(0)))
     write(data, "log_data/2018/x.json~", lines(event(1)))
-    (data / "log_data/linked").symlink_to(data / "song_data")
+    (data / "log_data/linked").symlink_to(data / "log_data")  # a loop: listed once
 
     summary = parse_summary(run_etl(data, "--strict").stdout)
     assert summary.ignored == 7
@@ -633,7 +667,8 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     assert parse_summary(run_etl(data).stdout).ignored_examples == [
         "song_data/A/.DS_Store",
         "log_data/events.json.lz4",
-        "log_data/linked (a link to a folder: not followed)",
+        "log_data/linked (a folder listed already by another path, through a link: not listed "
+        "again)",
         "log_data/linked.txt",
         "log_data/notes.txt",
     ]
