@@ -84,14 +84,14 @@ def run(
     then; None: print nothing), and return the report."""
     started = time.monotonic()
     data = extract.source(data_dir, anonymous)
-    listed = check_data(data)
+    listed = check_data(data, full_refresh)
     conn = db.connect(settings)
     try:
         db.as_a_batch_job(conn)
         db.require_tables(conn, sql.TABLES + sql.COUNTING)
         with db.load_lock(conn, lock_wait) as waited:
             if waited:  # files delivered, moved or rotated while the run before loaded
-                listed = check_data(data)
+                listed = check_data(data, full_refresh)
             db.require_this_schema(conn)
             db.wait_for_locks(conn, lock_wait)
             # The keys an interrupted bulk load left out are built first (its duplicates settled):
@@ -149,8 +149,10 @@ def run(
     return report
 
 
-def check_data(data: Source) -> dict[str, Listing]:
-    """What is under the data folder (or prefix), per kind, once it is known to hold data files."""
+def check_data(data: Source, full_refresh: bool) -> dict[str, Listing]:
+    """What is under the data folder (or prefix), per kind, once it is known to hold data files
+    (and, for a full refresh, every folder under it to be listed: what was loaded from one that
+    cannot be would be lost)."""
     shown = extract.path_text(cli.masked(data.root))  # masked before its \ are doubled
     if data.store is None:
         check_data_dir(Path(data.root), shown)
@@ -158,6 +160,19 @@ def check_data(data: Source) -> dict[str, Listing]:
     if not any(folder.files or folder.unlisted for folder in listed.values()):
         raise UsageError(
             f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
+        )
+    unlisted = [
+        (extract.relative(data, kind, folder), reason)
+        for kind in KINDS
+        for folder, reason in listed[kind].unlisted
+    ]
+    if full_refresh and unlisted:
+        (folder, reason), others = unlisted[0], len(unlisted) - 1
+        also = f" (and {others} more folder{'s' * (others > 1)})" if others else ""
+        raise UsageError(
+            f"not refreshing from {shown}: what was loaded from {folder}{also} cannot be loaded "
+            f"again, as it cannot be listed ({reason}); nothing was emptied: mend it, or run "
+            "without --full-refresh"
         )
     return listed
 
@@ -766,7 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--full-refresh",
         action="store_true",
-        help="empty the star and the manifest first, then load every file",
+        help="empty the star and the manifest first, then load every file (refused while a "
+        "folder under the data folder cannot be listed)",
     )
     parser.add_argument(
         "--strict",

@@ -46,6 +46,7 @@ from summary import CHECKS_PASSED, Counts, parse_summary
 import etl as etl_module
 import extract
 import prepare
+from cli import EXIT_ENVIRONMENT
 from contract import Limits
 from tools import generate_data
 
@@ -567,6 +568,26 @@ def test_full_refresh_reloads_everything_to_identical_tables(data):
     assert summary.reconciled["log"]
     assert table_contents() == before
     assert len(manifest()) == 14
+
+
+def test_a_full_refresh_with_a_folder_it_cannot_list_empties_nothing_and_says_why(data):
+    """What was loaded from a folder that cannot be listed (no permission, a file in its place)
+    cannot be loaded again: a full refresh would lose it, where a run without one keeps it."""
+    etl(data)
+    before = table_contents()
+    shutil.rmtree(data / "log_data")
+    write(data, "log_data", b"not a folder\n")
+
+    refused = etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT)
+    assert refused.stderr == (
+        f"error: not refreshing from {data}: what was loaded from log_data cannot be loaded "
+        "again, as it cannot be listed (cannot read folder: Not a directory); nothing was "
+        "emptied: mend it, or run without --full-refresh\n"
+    )
+    assert table_contents() == before
+    assert len(manifest()) == 13
+    assert parse_summary(etl(data).stdout).files["log"] == {"unreadable": 1}
+    assert table_contents() == before
 
 
 def test_songs_arriving_after_their_plays_resolve_them(fresh_tables, tmp_path):
