@@ -260,7 +260,7 @@ class Report:
                 f"  rejected: {_records_and_files(t.rejected - t.file_problems, t.file_problems)}, "
                 f"kept in table load_rejects (run_id = {self.run_id}):"
             )
-            out += _example_lines(data_dir, self.examples)
+            out += _example_lines(data_dir, self.examples, t.rejected)
         if self.earlier.records or self.earlier.files:
             runs = ", ".join(map(str, self.earlier.runs))
             out.append(
@@ -268,7 +268,9 @@ class Report:
                 f"{_records_and_files(self.earlier.records, self.earlier.files)}, kept in table "
                 "load_rejects:"
             )
-            out += _example_lines(data_dir, self.earlier.examples)
+            out += _example_lines(
+                data_dir, self.earlier.examples, self.earlier.records + self.earlier.files
+            )
         if self.ignored:
             entries = _many(
                 len(self.ignored),
@@ -276,7 +278,7 @@ class Report:
                 "entries that are not data files",
             )
             out.append(f"  ignored: {entries} (only {DATA_FILES}, are read):")
-            out += [f"    {path}" for path in self.ignored[:IGNORED_EXAMPLES]]
+            out += _first(self.ignored, IGNORED_EXAMPLES)
         if self.gone:
             out.append(
                 "  gone: "
@@ -286,7 +288,7 @@ class Report:
                     "files loaded before are no longer there; what they loaded stays:",
                 )
             )
-            out += [f"    {path}" for path in self.gone[:GONE_EXAMPLES]]
+            out += _first(self.gone, GONE_EXAMPLES)
         if self.checks is None:
             out.append("  checks: not run, nothing changed since the last run")
         else:
@@ -337,11 +339,21 @@ class Report:
         return out
 
 
-def _example_lines(data_dir: str, examples: list[Example]) -> list[str]:
+def _example_lines(data_dir: str, examples: list[Example], total: int) -> list[str]:
+    """The rejects shown, of total, and how many more load_rejects holds."""
     return [
         f"    {_where(data_dir, path)}:{line if line is not None else '-'}: {reason}"
         for path, line, reason in examples
-    ]
+    ] + _more(total - len(examples))
+
+
+def _first(paths: list[str], shown: int) -> list[str]:
+    """The first paths, and how many are not shown."""
+    return [f"    {path}" for path in paths[:shown]] + _more(len(paths) - shown)
+
+
+def _more(n: int) -> list[str]:
+    return [f"    ... and {n} more"] if n > 0 else []
 
 
 def _where(data_dir: str, path: str) -> str:

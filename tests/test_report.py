@@ -2,6 +2,7 @@
 of the run, the summary states them, and the run fails when its counts do not reconcile, a check
 fails or a key could not come back."""
 
+import itertools
 from pathlib import Path
 
 from summary import Counts, summary_of
@@ -128,3 +129,31 @@ def test_the_summary_counts_one_of_a_thing_in_the_singular():
         "  gone: 1 file loaded before is no longer there; what it loaded stays:",
     ]
     assert f"    [FAIL] {check} (1 row)" in [line.split(":")[0] for line in lines]
+
+
+def test_the_summary_names_the_first_five_of_a_list_and_counts_the_rest():
+    listed = {
+        "ignored": [f"/data/log_data/{n}.txt" for n in range(7)],
+        "gone": [f"log_data/{n}.json" for n in range(5)],
+        "earlier": Earlier(runs=[7], records=3, files=0, examples=[("log_data/c.json", 1, "x")]),
+    }
+    lines = report(**listed).lines()
+
+    def under(heading: str) -> list[str]:
+        start = next(n for n, line in enumerate(lines) if line.startswith(heading)) + 1
+        return list(itertools.takewhile(lambda line: line.startswith("    "), lines[start:]))
+
+    assert under("  rejected:") == [
+        "    /data/log_data/a.json:3: ts missing",
+        "    /data/log_data/b.json:-: empty file",
+        "    ... and 9 more",  # TALLY rejects 10 records, and tally() 1 whole file: 2 shown
+    ]
+    assert under("  rejected by earlier") == [
+        "    /data/log_data/c.json:1: x",
+        "    ... and 2 more",
+    ]
+    assert under("  ignored:") == [
+        *(f"    /data/log_data/{n}.txt" for n in range(5)),
+        "    ... and 2 more",
+    ]
+    assert under("  gone:") == [f"    log_data/{n}.json" for n in range(5)]
