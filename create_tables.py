@@ -4,8 +4,8 @@ On a Citus coordinator (the database has the citus extension) the star is distri
 and users on user_id, in the same shards; songs, artists and time as reference tables.
 
 Only this project's tables are touched. Sessions that hold locks on them (an open notebook
-transaction, say) are ended first, those this role may end; the others are named, and nothing is
-dropped. A running etl.py is never interrupted: we refuse instead.
+transaction, a pg_dump) are ended first, those this role may end, and named; if others remain,
+they are named, and nothing is dropped. A running etl.py is never interrupted: we refuse instead.
 """
 
 from __future__ import annotations
@@ -40,12 +40,15 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
         db.as_a_batch_job(conn)
         with db.load_lock(conn, lock_wait):
             try:
-                schema, citus = recreate(conn)
+                schema, citus, ended = recreate(conn)
             except psycopg2.errors.LockNotAvailable:
                 raise db.DatabaseError(still_locked(conn)) from None
     finally:
         conn.close()
     made = f"created tables {', '.join(sql.TABLES)} in schema {schema} of {settings.describe()}"
+    if ended:
+        sessions = f"{len(ended)} session{'s' * (len(ended) > 1)}"
+        made += f"\n  ended {sessions} that held them: {'; '.join(ended)}"
     if citus:
         made += (
             "\n  on Citus: songplays and users distributed on user_id (co-located); songs, "
@@ -55,9 +58,9 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
     return 0
 
 
-def recreate(conn) -> tuple[str, bool]:
-    """Drop and create the tables in one transaction, in one schema; that schema, and whether
-    the server is Citus."""
+def recreate(conn) -> tuple[str, bool, list[str]]:
+    """Drop and create the tables in one transaction, in one schema; that schema, whether the
+    server is Citus, and the sessions ended because they held the tables."""
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.search_path_create_schema)
         schema, path, _ = cur.fetchone()
@@ -83,6 +86,7 @@ def recreate(conn) -> tuple[str, bool]:
                 "the URL, the schema created first) (nothing was dropped)"
             )
         cur.execute(sql.terminate_lock_holders, {"tables": sql.TABLES, "modes": None})
+        ended = [db.session_text(*row) for row in cur.fetchall()]
         cur.execute(sql.tables_lock_timeout)
         try:
             cur.execute(sql.drop_tables)
@@ -105,7 +109,7 @@ def recreate(conn) -> tuple[str, bool]:
         for query in sql.bulk_keys_create:
             cur.execute(query)
         cur.execute(sql.schema_stamp_write, {"stamp": db.schema_stamp()})
-    return schema, citus
+    return schema, citus, ended
 
 
 def still_locked(conn) -> str:

@@ -803,12 +803,14 @@ def sessions_holding(conn, tables: list[str], modes: list[str] | None = None) ->
         cur.execute(sql.role_name)
         return Holding(
             cur.fetchone()[0],
-            [
-                f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"
-                for pid, who, application, locked, _ in rows
-            ],
+            [session_text(*row[:4]) for row in rows],
             any(superuser for *_, superuser in rows),
         )
+
+
+def session_text(pid: int, who: str, application: str, locked: str) -> str:
+    """A session as messages name it: 'pid (role, application) on its tables'."""
+    return f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"
 
 
 # psql's options, as its getopt reads them: the short ones that take a value, and the long ones

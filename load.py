@@ -59,6 +59,12 @@ def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSta
             f"cannot empty the tables for --full-refresh: locked by {held_by}; commit or end "
             "those sessions and run again (nothing was emptied)"
         ) from None
+    except psycopg2.errors.FeatureNotSupported as exc:  # TRUNCATE, with a foreign key of yours
+        raise db.DatabaseError(
+            f"cannot empty the tables for --full-refresh: {exc.diag.message_primary} "
+            f"({exc.diag.message_detail}); drop that foreign key, or empty that table too "
+            "with TRUNCATE ... CASCADE, and run again (nothing was emptied)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -442,7 +448,7 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> BulkStart:
     files will have in the manifest, taken now, in order. Otherwise the plays are merged with
     the keys in place, as in every other load; a first load says why (a catalogue too big,
     another session holding the tables, a role that may write the tables but not alter them:
-    it does not own them)."""
+    it does not own them, a view or foreign key of the user's that depends on a key)."""
     new = [t.path for b in logs for t in b.tasks if t.known_sha256 is None]
     if not start.server.bulk_loads or not new or len(new) < sum(len(b.tasks) for b in logs):
         return BulkStart(None)
@@ -466,6 +472,9 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> BulkStart:
         return BulkStart(None, KEPT_FOR_ANOTHER_SESSION)
     except psycopg2.errors.InsufficientPrivilege:
         return BulkStart(None, KEPT_FOR_THE_ROLE)
+    except psycopg2.errors.DependentObjectsStillExist as exc:  # a view, a foreign key of yours
+        named = (exc.diag.message_detail or exc.diag.message_primary or "").partition("\n")[0]
+        return BulkStart(None, f"{KEPT_FOR_YOURS}: {named}")
 
 
 # Why a first load merges its plays with the keys in place, as the summary says it.
@@ -478,6 +487,7 @@ KEPT_FOR_ANOTHER_SESSION = (
     "their keys were to be dropped"
 )
 KEPT_FOR_THE_ROLE = "the role may write the tables but not alter them (it does not own them)"
+KEPT_FOR_YOURS = "an object that is not the project's depends on a key a bulk load drops"
 
 
 def keys_missing(conn) -> list[str]:

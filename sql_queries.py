@@ -441,14 +441,20 @@ GROUP BY a.pid, a.backend_type, r.oid, r.rolname, r.rolsuper, a.application_name
 
 # Those holders would make DROP wait: the clients' sessions this role may end are ended first (a
 # superuser may end any; another role those of a role whose privileges it has, or as a member of
-# pg_signal_backend any but a superuser's). Autovacuum lets go by itself once DROP waits.
+# pg_signal_backend any but a superuser's), and named as lock_holders_left names them.
+# Autovacuum lets go by itself once DROP waits.
 terminate_lock_holders = f"""
 WITH holder AS ({table_lock_holders})
-SELECT pg_terminate_backend(pid) FROM holder
-WHERE backend_type = 'client backend'
-  AND (current_setting('is_superuser')::boolean
-       OR (NOT rolsuper
-           AND (pg_has_role(role, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))))"""
+SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
+FROM holder
+WHERE CASE WHEN backend_type = 'client backend'
+                AND (current_setting('is_superuser')::boolean
+                     OR (NOT rolsuper
+                         AND (pg_has_role(role, 'USAGE')
+                              OR pg_has_role('pg_signal_backend', 'USAGE'))))
+           THEN pg_terminate_backend(pid)
+           ELSE false END
+ORDER BY pid"""
 
 # create_tables.py's DROP and --full-refresh's TRUNCATE wait this long for the holders left
 # (autovacuum lets go after deadlock_timeout, 1 s by default), then give up; the sessions still

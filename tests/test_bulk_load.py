@@ -243,6 +243,48 @@ def test_load_goes_on_with_keys_in_place_while_a_session_holds_songplays(data):
     assert counts() == BASE
 
 
+YOURS = {  # an object of an analyst's that depends on a key a bulk load drops, and what it says
+    "a view grouping by time's key": (
+        "CREATE VIEW plays_an_hour AS SELECT t.start_time, t.hour, count(p.songplay_id) AS plays"
+        " FROM time t LEFT JOIN songplays p USING (start_time) GROUP BY t.start_time",
+        "DROP VIEW plays_an_hour",
+        'view plays_an_hour depends on constraint time_pkey on table "time"',
+    ),
+    "a foreign key to time": (
+        "CREATE TABLE moments (start_time timestamptz REFERENCES time)",
+        "DROP TABLE moments",
+        "constraint moments_start_time_fkey on table moments depends on index time_pkey",
+    ),
+}
+
+
+@pytest.mark.parametrize("yours", list(YOURS))
+def test_a_first_load_keeps_the_keys_an_object_of_yours_depends_on_and_names_it(data, yours):
+    """Dropping the key would need the object dropped: the load merges with the keys in place,
+    a full refresh too (it empties the star first: failing then would leave it empty)."""
+    create, drop, named = YOURS[yours]
+    query(f"{create}; SELECT 1")
+    try:
+        summary = parse_summary(etl(data).stdout)
+        assert summary.keys_left_alone
+        assert summary.kept_because == f"{load.KEPT_FOR_YOURS}: {named}"
+        assert counts() == BASE
+        if yours == "a foreign key to time":  # which TRUNCATE refuses: nothing is emptied
+            refused = etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT)
+            assert refused.stderr == (
+                "error: cannot empty the tables for --full-refresh: cannot truncate a table "
+                'referenced in a foreign key constraint (Table "moments" references "time".); '
+                "drop that foreign key, or empty that table too with TRUNCATE ... CASCADE, and "
+                "run again (nothing was emptied)\n"
+            )
+        else:
+            summary = parse_summary(etl(data, "--full-refresh").stdout)
+            assert summary.kept_because == f"{load.KEPT_FOR_YOURS}: {named}"
+        assert counts() == BASE
+    finally:
+        query(f"{drop}; SELECT 1")
+
+
 def test_a_first_load_with_a_catalogue_too_big_to_send_merges_and_says_why(data, monkeypatch):
     monkeypatch.setattr(sql_queries, "SONG_KEYS_IN_MEMORY", 5)  # the data holds 11 songs
     summary = parse_summary(etl(data).stdout)

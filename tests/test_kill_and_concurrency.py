@@ -713,12 +713,17 @@ def test_create_tables_ends_a_session_holding_an_open_transaction_on_songplays(d
         with holder.cursor() as cur:
             cur.execute("SELECT count(*) FROM songplays")  # psycopg2 opened a transaction
             assert cur.fetchone()[0] == BASE["songplays"]
-            cur.execute("SELECT pg_backend_pid()")
-            pid = cur.fetchone()[0]
+            cur.execute(
+                "SELECT pg_backend_pid(), current_user, current_setting('application_name')"
+            )
+            pid, role, application = cur.fetchone()
         assert holder.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
 
         done = run_script("create_tables.py", timeout=60, check=False)
         assert done.returncode == EXIT_OK, done
+        assert done.stdout.splitlines()[1] == (
+            f"  ended 1 session that held them: {pid} (role {role}, {application}) on songplays"
+        )
         with (
             pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)),
             holder.cursor() as cur,
