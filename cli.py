@@ -76,6 +76,13 @@ def one_line(text: str) -> str:
     return joined
 
 
+def noted(error: Exception, cause: BaseException) -> Exception:
+    """error, with the notes added to the exception it stands for (what the run did about it)."""
+    for note in getattr(cause, "__notes__", ()):
+        error.add_note(note)
+    return error
+
+
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

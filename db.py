@@ -446,10 +446,7 @@ def run_command(
             try:
                 return action()
             except psycopg2.Error as exc:
-                error = database_error(exc, settings, dropped)
-                for note in getattr(exc, "__notes__", ()):  # what the run did about it
-                    error.add_note(note)
-                raise error from None
+                raise cli.noted(database_error(exc, settings, dropped), exc) from None
 
     shown_never = settings.secrets | {text for text in more_secrets if len(text) >= MASKED_FROM}
     return cli.run_command(on_the_database, shown_never, as_json, settings.public)

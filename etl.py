@@ -139,9 +139,9 @@ def run(
                     [path for kind in KINDS for path in plans[kind].ignored],
                     [path for kind in KINDS for path in plans[kind].gone],
                 )
-    except psycopg2.errors.LockNotAvailable:
+    except psycopg2.errors.LockNotAvailable as exc:
         held = sql.TABLES + sql.COUNTING + sql.CITUS_STAGING
-        raise db.LockedError(db.kept_waiting(conn, lock_wait, held)) from None
+        raise cli.noted(db.LockedError(db.kept_waiting(conn, lock_wait, held)), exc) from None
     finally:
         conn.close()
     if out is not None:

@@ -668,6 +668,36 @@ conn.cursor().execute("SELECT pg_sleep(120)")
 """
 
 
+def test_a_first_load_kept_waiting_once_its_keys_are_dropped_says_they_stay_missing(big, baseline):
+    """A DBA's session takes songplays (as REINDEX does) while a bulk load writes it: the load
+    stops after --wait (exit 4), naming the session, and its one line says that the keys it
+    dropped stay missing for the next run to build, which then loads to the same tables."""
+    run_script("create_tables.py")
+    dba, watch = db.connect(db.Settings.from_env()), Watcher()
+    try:
+        load = start_load(big, "--wait", "1")
+        watch.wait(
+            "SELECT NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'songplays_pkey')",
+            bool,
+            load,
+        )
+        with dba.cursor() as cur:
+            cur.execute("LOCK TABLE songplays IN SHARE MODE")
+        out, err = load.communicate(timeout=120)
+    finally:
+        dba.close()
+        watch.close()
+    assert load.returncode == EXIT_LOCKED, out + err
+    error = json.loads(out)["error"]
+    assert "the load waited for a lock on its tables held by" in error
+    assert error.endswith(
+        "the keys of songplays and time stay missing (songplays_pkey: another session kept a "
+        "conflicting lock on its tables): the next run builds them first"
+    ), error
+    etl(big)
+    assert table_contents() == baseline
+
+
 def test_a_killed_runs_lock_is_free_within_seconds_even_in_the_middle_of_a_statement(big):
     run_script("create_tables.py")
     holder = subprocess.Popen(
