@@ -100,7 +100,7 @@ def run(
             found_missing = load.build_keys(conn, server)
             if found_missing.failed:
                 key, why = next(iter(found_missing.failed.items()))
-                raise db.DatabaseError(
+                raise (db.LockedError if found_missing.locked else db.DatabaseError)(
                     "the keys of songplays and time are missing (as an interrupted bulk load "
                     f"leaves them) and cannot be built back: {key}: {why}; nothing was loaded"
                 )

@@ -507,6 +507,10 @@ class Built:
     built: list[str]
     failed: dict[str, str]  # key: why it could not be built (then none of them was)
     duplicates: int = 0
+    locked: bool = False  # whether why is a lock another session kept, which it names
+
+
+KEYS_LOCKED = "another session kept a conflicting lock on its tables"
 
 
 def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
@@ -520,7 +524,7 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
     missing = keys_missing(conn)
     if not missing:
         return Built([], {})
-    name, moved = missing[0], []
+    name, moved, locked = missing[0], [], False
     try:
         with db.managed_cursor(conn) as cur:
             cur.execute(sql.keys_lock_timeout)
@@ -530,7 +534,9 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
             for name in missing:
                 moved += _build_key(cur, name)
     except psycopg2.errors.LockNotAvailable:
-        failure = "another session kept a conflicting lock on its tables"
+        held_by = db.sessions_holding(conn, sql.TABLES).sessions
+        failure = KEYS_LOCKED + (f": {'; '.join(held_by)}" if held_by else "")
+        locked = True
     except psycopg2.errors.DeadlockDetected:
         failure = "it deadlocked with another session's writes"
     except (psycopg2.IntegrityError, *db.SHORT_OF_RESOURCES) as exc:
@@ -539,7 +545,7 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
         failure = None
     _analyze(conn, server)
     if failure:
-        return Built([], {name: failure})
+        return Built([], {name: failure}, locked=locked)
     ours = [move for move in moved if move.run_id == run_id]
     return Built(missing, {}, -sum(move.plays for move in ours))
 
