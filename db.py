@@ -313,9 +313,26 @@ def from_libpq_env() -> dict[str, str]:
 
 
 def sqlalchemy_url(settings: Settings) -> str:
-    """The same database as a SQLAlchemy URL, for jupysql's %sql in the notebooks, speaking
-    UTF-8 as the scripts do."""
+    """The same database as a SQLAlchemy URL, speaking UTF-8 as the scripts do."""
     return as_url({**options(settings), "client_encoding": "UTF8"}, "postgresql+psycopg2")
+
+
+def sqlalchemy_engine(settings: Settings):
+    """A SQLAlchemy engine on the database, for pandas and jupysql's %sql in the notebooks: its
+    sessions show instants in UTC, as the time table's parts are, whatever the client's PGTZ
+    or the database's timezone (east of UTC, a play at 9999-12-31 23:00 UTC would be read as
+    a year 10000, which Python's datetime cannot hold)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(sqlalchemy_url(settings))
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def in_utc(connection, _) -> None:
+        with connection.cursor() as cur:
+            cur.execute(sql.session_time_zone)
+        connection.commit()
+
+    return engine
 
 
 def start_embedded(settings: Settings) -> None:

@@ -692,6 +692,8 @@ full_refresh = "TRUNCATE songplays, songplay_copies, users, time, songs, artists
 
 # The staging CSV carries instants as UTC without a zone: a batch's transaction reads them so.
 staging_time_zone = "SET LOCAL TIME ZONE 'UTC'"
+# The notebooks' sessions show instants in UTC, as the time table's parts are.
+session_time_zone = "SET TIME ZONE 'UTC'"
 
 # Each staging table's columns and types, declared once: etl.py renders its COPY payloads in
 # this order. Rows live until the batch's transaction ends.

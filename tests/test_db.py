@@ -1,6 +1,7 @@
 """db.py: where the scripts connect, and the embedded server's corners."""
 
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -151,6 +152,30 @@ def test_a_session_carries_the_users_application_name_else_the_scripts(monkeypat
     assert application_name(url) == Path(sys.argv[0]).name
     monkeypatch.setenv("PGAPPNAME", "from the environment")
     assert application_name(url) == "from the environment"
+
+
+def test_the_notebooks_engine_reads_instants_in_utc_whatever_the_sessions_time_zone():
+    """East of UTC, the last instant a play may have (9999-12-31 23:59:59.999 UTC, which the
+    ETL accepts) is in year 10000, which Python's datetime cannot hold: the notebooks' engine
+    reads it in UTC, as the time table's parts are."""
+    import sqlalchemy
+
+    last = "SELECT timestamptz '9999-12-31 23:59:59.999+00', current_setting('TimeZone')"
+    for zone in ["Asia/Kolkata", "Pacific/Chatham", "America/Los_Angeles"]:
+        with environment({"PGTZ": zone}):
+            settings = db.Settings(
+                url=embedded_url(database="postgres"), libpq_env=False, pgdata=Path(".")
+            )
+            engine = db.sqlalchemy_engine(settings)
+            try:
+                with engine.connect() as conn:
+                    instant, shown_in = conn.execute(sqlalchemy.text(last)).one()
+            finally:
+                engine.dispose()
+        assert (instant, shown_in) == (
+            datetime.datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=datetime.UTC),
+            "UTC",
+        ), zone
 
 
 def test_urls_keep_the_database_and_the_password_out_of_messages():

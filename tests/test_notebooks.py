@@ -2,9 +2,9 @@
 
 They run in memory: the committed notebooks and their outputs are left as they are. The kernel
 inherits this process's environment, so it uses the tests' private server (SPARKIFY_PGDATA or
-DATABASE_URL, see conftest.py), with its sessions in UTC (PGTZ), as the embedded server's are
-where the committed outputs come from: a server in another time zone shows the same instants
-at other hours.
+DATABASE_URL, see conftest.py), its libpq asking for sessions in India's time (PGTZ): the
+notebooks' engine shows instants in UTC all the same, as the embedded server where the committed
+outputs come from does.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def execute(name: str):
             ),
         )
         started = time.monotonic()
-        with environment({"PGTZ": "UTC"}):  # the kernel's libpq reads it
+        # east of UTC, as a laptop in India is: the notebooks' engine shows instants in UTC
+        with environment({"PGTZ": "Asia/Kolkata"}):  # the kernel's libpq reads it
             client.execute()  # raises CellExecutionError, with the cell and its traceback
         print(f"{name} ran in {time.monotonic() - started:.1f} s")
         return notebook
