@@ -203,14 +203,18 @@ def parse_song_file(
 ) -> tuple[Records, list[Reject]]:
     """A song file holds one object; an array of objects, or one object per line, is read too
     (encoding: the file's, of which data is the UTF-8 rendering). Read whole, its raw text is
-    the file's without one final newline (a line's never holds its newline). One object a line
-    is read as a log's events are (_parse_lines): a big file comes in parts, and a part after
-    its first (from first_line on) holds lines only."""
+    the file's without one final newline (a line's never holds its newline); one that is not
+    JSON is one reject, at the line where it breaks, if it is written over several lines. One
+    object a line is read as a log's events are (_parse_lines): a big file comes in parts, and
+    a part after its first (from first_line on) holds lines only."""
     if first_line == 1:
         try:
             value = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
+        except orjson.JSONDecodeError as exc:
+            if _written_over_lines(data):  # one record, broken where the error says
+                whole = data.removesuffix(b"\n")
+                reason = _decode_error(exc, encoding)
+                return records_from([], SONG_FIELDS), [Reject(path, exc.lineno, reason, whole)]
         else:
             items = value if isinstance(value, list) else [value]
             whole = data.removesuffix(b"\n")
@@ -220,6 +224,15 @@ def parse_song_file(
             )
             return records_from(objects, SONG_FIELDS), rejects
     return _parse_lines("song", data, path, piece_bytes, first_line, encoding)
+
+
+# How a JSON document written over several lines (json.dump's indent, an editor's) begins: a
+# line holding only its opening brace or bracket. Nothing in one object a line starts so.
+OPENING_LINE = re.compile(rb"[ \t\r\n]*[\[{][ \t\r]*\n")
+
+
+def _written_over_lines(data: bytes) -> bool:
+    return OPENING_LINE.match(data) is not None
 
 
 def parse_log_file(

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pytest
 from builders import PLAY, line, lines, log_file
 from conftest import PROPERTY
 from hypothesis import given
@@ -287,6 +288,37 @@ def test_parse_song_file_reads_arrays_and_one_object_per_line():
         ["SOMZWCG12A8C13C480", 1],
         ["SOTWO", 2],
     ]
+
+
+@pytest.mark.parametrize("indent", ["  ", "\t"])
+def test_a_song_written_over_several_lines_that_is_not_json_is_one_reject_where_it_breaks(indent):
+    """A pretty-printed song with a comma missing at the end of its fifth line: one record
+    rejected, at the line where the JSON breaks (its sixth), not one reject per line."""
+    lines_of = json.dumps(SONG, indent=indent).splitlines()
+    lines_of[4] = lines_of[4].removesuffix(",")
+    text = "\n".join(lines_of).encode()
+    parsed, rejects = parse.parse_song_file(text + b"\n", "song_data/pretty.json")
+    where = (
+        f"line 6 column {len(indent) + 1} (char {text.index(lines_of[5].encode()) + len(indent)})"
+    )
+    assert parsed.values.num_rows == 0
+    assert rejects == [
+        contract.Reject(
+            "song_data/pretty.json",
+            6,
+            f"malformed JSON: unexpected character, expected ',' or '}}': {where}",
+            text,
+        )
+    ]
+
+
+def test_songs_one_a_line_whose_first_line_is_broken_keep_the_others():
+    text = (
+        json.dumps(SONG)[:40].encode() + b"\n" + json.dumps({**SONG, "song_id": "SOTWO"}).encode()
+    )
+    parsed, rejects = parse.parse_song_file(text, "s")
+    assert parsed.values["song_id"].to_pylist() == ["SOTWO"]
+    assert [(r.line, r.reason.split(":")[0]) for r in rejects] == [(1, "malformed JSON")]
 
 
 def test_a_file_giving_a_part_two_chunks_is_counted_once_there_with_its_first_chunks_status():
