@@ -44,6 +44,7 @@ from conftest import (
     only_pg_variables,
     query,
     run_script,
+    table_contents,
     using_database,
 )
 
@@ -1072,13 +1073,17 @@ def test_a_refusal_says_what_the_database_says_in_detail(tmp_path):
     data = base_sample(tmp_path / "data")
     run_script("create_tables.py")
     etl(data, process=True)
+    loaded = table_contents()
     query("CREATE TABLE my_favourites (user_id integer REFERENCES users); SELECT 1")
     try:
         refused = etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT, process=True)
         assert one_error_line(refused) == (
-            "error: the database refused: cannot truncate a table referenced in a foreign key "
-            'constraint (Table "my_favourites" references "users".)'
+            "error: cannot empty the tables for --full-refresh: cannot truncate a table "
+            'referenced in a foreign key constraint (Table "my_favourites" references "users".); '
+            "drop that foreign key, or empty that table too with TRUNCATE ... CASCADE, and run "
+            "again (nothing was emptied)"
         )
+        assert table_contents() == loaded
     finally:
         query("DROP TABLE my_favourites; SELECT 1")
 
