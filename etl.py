@@ -84,14 +84,14 @@ def run(
     then; None: print nothing), and return the report."""
     started = time.monotonic()
     data = extract.source(data_dir, anonymous)
-    listed = check_data(data, full_refresh)
+    listed = check_data(data)
     conn = db.connect(settings)
     try:
         db.as_a_batch_job(conn)
         db.require_tables(conn, sql.TABLES + sql.COUNTING)
         with db.load_lock(conn, lock_wait) as waited:
             if waited:  # files delivered, moved or rotated while the run before loaded
-                listed = check_data(data, full_refresh)
+                listed = check_data(data)
             db.require_this_schema(conn)
             db.wait_for_locks(conn, lock_wait)
             # The keys an interrupted bulk load left out are built first (its duplicates settled):
@@ -104,6 +104,8 @@ def run(
                     "the keys of songplays and time are missing (as an interrupted bulk load "
                     f"leaves them) and cannot be built back: {key}: {why}; nothing was loaded"
                 )
+            if full_refresh:
+                refuse_a_refresh_that_loses(conn, data, listed)
             start = load.start_run(conn, server, described(data), full_refresh)
             with load.failure_recorded(conn, start):
                 plans = {
@@ -149,10 +151,8 @@ def run(
     return report
 
 
-def check_data(data: Source, full_refresh: bool) -> dict[str, Listing]:
-    """What is under the data folder (or prefix), per kind, once it is known to hold data files
-    (and, for a full refresh, every folder under it to be listed: what was loaded from one that
-    cannot be would be lost)."""
+def check_data(data: Source) -> dict[str, Listing]:
+    """What is under the data folder (or prefix), per kind, once it is known to hold data files."""
     shown = extract.path_text(cli.masked(data.root))  # masked before its \ are doubled
     if data.store is None:
         check_data_dir(Path(data.root), shown)
@@ -161,20 +161,28 @@ def check_data(data: Source, full_refresh: bool) -> dict[str, Listing]:
         raise UsageError(
             f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
         )
-    unlisted = [
-        (extract.relative(data, kind, folder), reason)
+    return listed
+
+
+def refuse_a_refresh_that_loses(conn, data: Source, listed: dict[str, Listing]) -> None:
+    """A full refresh stops, emptying nothing, where a folder it cannot list (or a link it
+    cannot follow) holds files loaded before: they could not be loaded again."""
+    unlisted = {
+        extract.relative(data, kind, folder): reason
         for kind in KINDS
         for folder, reason in listed[kind].unlisted
-    ]
-    if full_refresh and unlisted:
-        (folder, reason), others = unlisted[0], len(unlisted) - 1
+    }
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.folders_loaded_from, {"folders": list(unlisted)})
+        lost = [row[0] for row in cur.fetchall()]
+    if lost:
+        others = len(lost) - 1
         also = f" (and {others} more folder{'s' * (others > 1)})" if others else ""
         raise UsageError(
-            f"not refreshing from {shown}: what was loaded from {folder}{also} cannot be loaded "
-            f"again, as it cannot be listed ({reason}); nothing was emptied: mend it, or run "
-            "without --full-refresh"
+            f"not refreshing from {extract.path_text(cli.masked(data.root))}: what was loaded "
+            f"from {lost[0]}{also} cannot be loaded again, as it cannot be listed "
+            f"({unlisted[lost[0]]}); nothing was emptied: mend it, or run without --full-refresh"
         )
-    return listed
 
 
 def described(data: Source) -> str:

@@ -360,10 +360,11 @@ class Listed:
 
 @dataclasses.dataclass(frozen=True)
 class Listing:
-    """What is under a kind's folder (links to folders followed, each folder listed once), each
-    list sorted by path components: data files, folders that cannot be listed with the reason,
-    and the entries ignored (with a note for a folder listed already by another path, a hidden
-    folder and a hidden data file)."""
+    """What is under a kind's folder (links to folders followed, each folder listed once, but
+    not a link to the kind's folder or one holding it), each list sorted by path components:
+    data files, folders that cannot be listed (or links that cannot be followed) with the
+    reason, and the entries ignored (with a note for a folder listed already by another path,
+    a link not followed, a hidden folder and a hidden data file)."""
 
     files: list[Listed]
     unlisted: list[tuple[str, str]]
@@ -382,6 +383,7 @@ def listing(data: Source, kind: Kind) -> Listing:
     top = data.top(kind)
     files, unlisted, ignored = [], [], []
     read = set()  # the folders listed, as (device, inode): each once, whatever links lead to it
+    around = os.path.realpath(top)  # a link to it, or to a folder holding it, is not followed
     stack = [top] if os.path.lexists(top) else []
     while stack:  # in path order: of two ways to a folder, the first names its files
         folder = stack.pop()
@@ -392,6 +394,9 @@ def listing(data: Source, kind: Kind) -> Listing:
         except OSError as exc:
             unlisted.append((folder, f"cannot read folder: {exc.strerror}"))
             continue
+        if listed and not os.access(folder, os.X_OK):  # its names read, its entries not
+            unlisted.append((folder, f"cannot read folder: {os.strerror(errno.EACCES)}"))
+            continue
         if (found.st_dev, found.st_ino) in read:
             ignored.append((folder, LISTED_NOTE))
             continue
@@ -400,10 +405,16 @@ def listing(data: Source, kind: Kind) -> Listing:
             is_folder = _is_folder(entry)
             if is_hidden(entry.name):
                 ignored.append((entry.path, hidden_note(entry.name, is_folder)))
+            elif is_folder and entry.is_symlink() and _holds(os.path.realpath(entry.path), around):
+                ignored.append((entry.path, HOLDING_NOTE))
+            elif is_folder and entry.is_symlink() and _unkeyable(relative(data, kind, entry.path)):
+                ignored.append((entry.path, UNKEYED_NOTE))  # another path may reach it
             elif is_folder:  # whatever its name: Spark writes a folder x.json of part files
                 stack.append(entry.path)
             elif is_data_file(entry.name):
                 files.append(Listed(entry.path, _file_version(entry.path)))
+            elif reason := _unfollowed(entry):  # a folder, perhaps, out of reach
+                unlisted.append((entry.path, reason))
             else:
                 ignored.append((entry.path, ""))
     return Listing(
@@ -464,7 +475,25 @@ def _object_listing(store: Store, top: str) -> Listing:
     )
 
 
-LISTED_NOTE = " (a folder listed already by another path, through a link: not listed again)"
+LISTED_NOTE = " (a folder listed already by another path: not listed again)"
+HOLDING_NOTE = " (a link to a folder holding this kind's folder: not followed)"
+
+
+def _holds(folder: str, path: str) -> bool:
+    """Whether path is folder or inside it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _unfollowed(entry: os.DirEntry) -> str | None:
+    """Why a link cannot be followed (it leads nowhere, round in a loop, or where this user may
+    not look), or None: a link to a folder unmounted or locked away says so, not ignored."""
+    if not entry.is_symlink():
+        return None
+    try:
+        os.stat(entry.path)
+    except OSError as exc:
+        return f"cannot follow the link: {exc.strerror}"
+    return None
 
 
 def _is_folder(entry: os.DirEntry) -> bool:

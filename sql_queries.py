@@ -688,6 +688,13 @@ WHERE path = %(path)s"""
 
 full_refresh = "TRUNCATE songplays, songplay_copies, users, time, songs, artists, load_manifest"
 
+# Of the folders a full refresh cannot list, those holding files the manifest has, in path order.
+folders_loaded_from = """
+SELECT f FROM unnest(%(folders)s::text[]) AS f
+WHERE EXISTS (SELECT FROM load_manifest WHERE starts_with(path, f || '/'))
+ORDER BY f COLLATE "C"
+"""
+
 # ---------------------------------------------------------------- staging (per connection)
 
 # The staging CSV carries instants as UTC without a zone: a batch's transaction reads them so.

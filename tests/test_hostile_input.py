@@ -626,14 +626,43 @@ def test_a_day_folder_linked_in_loads_under_the_links_path_and_each_folder_is_li
     assert summary.files["log"] == {"new": 3}
     assert (summary.ignored, summary.ignored_examples) == (
         1,
-        [
-            "log_data/2018/latest (a folder listed already by another path, through a link: not "
-            "listed again)"
-        ],
+        ["log_data/2018/latest (a folder listed already by another path: not listed again)"],
     )
     assert counts() == plus(songplays=2, users=1, time=2)
     assert manifest()["log_data/2018/12/a.json"] == Counts(2, 2)
     assert parse_summary(run_etl(data).stdout).nothing_new
+
+
+def test_a_linked_folder_gone_out_of_reach_is_rejected_and_a_full_refresh_keeps_its_plays(
+    data, tmp_path
+):
+    """The disk a day's folder is linked in from unmounted: the link is a folder that cannot be
+    read, not an entry to ignore (--strict fails), its files are not gone, and a full refresh,
+    which could not load them again, empties nothing. A link to a folder holding the data is
+    not followed: it would read the data folder again, and what is around it."""
+    write(tmp_path / "archive/12", "a.json", lines(event(0), event(1)))
+    (data / "log_data/2018/12").symlink_to(tmp_path / "archive/12")
+    (data / "log_data/up").symlink_to(data)
+    first = parse_summary(run_etl(data, "--strict").stdout)
+    assert first.ignored_examples == [
+        "log_data/up (a link to a folder holding this kind's folder: not followed)"
+    ]
+    loaded = counts()
+    assert loaded == plus(songplays=2, users=1, time=2)
+
+    (tmp_path / "archive/12").rename(tmp_path / "archive/unmounted")
+    again = parse_summary(run_etl(data, "--strict", exit_code=EXIT_FAILED).stdout)
+    assert again.examples == [
+        f"{data}/log_data/2018/12:-: cannot follow the link: No such file or directory"
+    ]
+    assert (again.files["log"], again.gone) == ({"unchanged": 2, "unreadable": 1}, 0)
+    refused = run_etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT)
+    assert refused.stderr == (
+        f"error: not refreshing from {data}: what was loaded from log_data/2018/12 cannot be "
+        "loaded again, as it cannot be listed (cannot follow the link: No such file or "
+        "directory); nothing was emptied: mend it, or run without --full-refresh\n"
+    )
+    assert counts() == loaded
 
 
 def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(data):
@@ -643,7 +672,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     write(data, "log_data/events.json.lz4", b"\x04\x22\x4d\x18")
     write(data, "log_data/2018/x.json.bak", lines(event(0)))
     write(data, "log_data/2018/x.json~", lines(event(1)))
-    (data / "log_data/linked").symlink_to(data / "log_data")  # a loop: listed once
+    (data / "log_data/linked").symlink_to(data / "log_data")  # a loop: not followed
 
     summary = parse_summary(run_etl(data, "--strict").stdout)
     assert summary.ignored == 7
@@ -667,8 +696,7 @@ def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(d
     assert parse_summary(run_etl(data).stdout).ignored_examples == [
         "song_data/A/.DS_Store",
         "log_data/events.json.lz4",
-        "log_data/linked (a folder listed already by another path, through a link: not listed "
-        "again)",
+        "log_data/linked (a link to a folder holding this kind's folder: not followed)",
         "log_data/linked.txt",
         "log_data/notes.txt",
     ]
