@@ -60,10 +60,13 @@ def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSta
             "those sessions and run again (nothing was emptied)"
         ) from None
     except psycopg2.errors.FeatureNotSupported as exc:  # TRUNCATE, with a foreign key of yours
+        if not full_refresh:
+            raise
+        detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
         raise db.DatabaseError(
-            f"cannot empty the tables for --full-refresh: {exc.diag.message_primary} "
-            f"({exc.diag.message_detail}); drop that foreign key, or empty that table too "
-            "with TRUNCATE ... CASCADE, and run again (nothing was emptied)"
+            f"cannot empty the tables for --full-refresh: {exc.diag.message_primary}{detail}; "
+            "drop that foreign key, or empty that table too with TRUNCATE ... CASCADE, and run "
+            "again (nothing was emptied)"
         ) from None
 
 
