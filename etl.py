@@ -52,9 +52,8 @@ import load
 import sql_queries as sql
 from contract import KINDS, Batch, HandOver, Kind, Limits, Loaded, Part, Unusable
 from extract import Listing, Source
-from report import Earlier, Report, Tally
+from report import REJECT_EXAMPLES, Earlier, Report, Tally
 
-REJECT_EXAMPLES = 5
 JOBS_PER_CPU = 4
 MAX_JOBS = JOBS_PER_CPU * (os.cpu_count() or 1)
 
@@ -714,9 +713,9 @@ def finish(
         # A kept count of plays the checks found wrong, and counted again, was wrong before the
         # run too: both totals are moved by what it was off by, and the run's change stays.
         off, resolved_off = checked.plays_miscounted if checked else (0, 0)
-        cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES})
+        cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES + 1})
         examples = cur.fetchall()
-        earlier = {"runs": start.unreported, "limit": REJECT_EXAMPLES}
+        earlier = {"runs": start.unreported, "limit": REJECT_EXAMPLES + 1}
         cur.execute(sql.earlier_rejects_count, earlier)
         records, files = cur.fetchone()
         cur.execute(sql.earlier_rejects, earlier)

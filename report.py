@@ -12,6 +12,7 @@ from extract import DATA_FILES, path_text
 
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
+REJECT_EXAMPLES = 5  # shown; one more is read, to say whether there are more
 GONE_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "emptied", "unreadable")
 # What a bulk load drops and builds back, named whole.
@@ -124,7 +125,7 @@ class Report:
     resolved_total: int
     resolved_before: int
     checks: dict[str, int] | None  # None: nothing changed, so nothing was checked
-    examples: list[Example]  # the first rejects
+    examples: list[Example]  # the first rejects, and one more if there are more
     set_aside: bool  # a bulk load: the keys of songplays and time were dropped while it loaded
     kept_because: str | None  # why a first load was no bulk load (None: it was one, or no first)
     found_missing: list[str]  # keys an interrupted bulk load left out, built first
@@ -215,7 +216,7 @@ class Report:
         data_dir = path_text(str(self.data_dir))
         return [
             {"path": path, "where": _where(data_dir, path), "line": line, "reason": reason}
-            for path, line, reason in examples
+            for path, line, reason in examples[:REJECT_EXAMPLES]
         ]
 
     def lines(self) -> list[str]:
@@ -260,7 +261,7 @@ class Report:
                 f"  rejected: {_records_and_files(t.rejected - t.file_problems, t.file_problems)}, "
                 f"kept in table load_rejects (run_id = {self.run_id}):"
             )
-            out += _example_lines(data_dir, self.examples, t.rejected)
+            out += _example_lines(data_dir, self.examples)
         if self.earlier.records or self.earlier.files:
             runs = ", ".join(map(str, self.earlier.runs))
             out.append(
@@ -268,9 +269,7 @@ class Report:
                 f"{_records_and_files(self.earlier.records, self.earlier.files)}, kept in table "
                 "load_rejects:"
             )
-            out += _example_lines(
-                data_dir, self.earlier.examples, self.earlier.records + self.earlier.files
-            )
+            out += _example_lines(data_dir, self.earlier.examples)
         if self.ignored:
             entries = _many(
                 len(self.ignored),
@@ -339,12 +338,14 @@ class Report:
         return out
 
 
-def _example_lines(data_dir: str, examples: list[Example], total: int) -> list[str]:
-    """The rejects shown, of total, and how many more load_rejects holds."""
+def _example_lines(data_dir: str, examples: list[Example]) -> list[str]:
+    """The first rejects, and whether load_rejects holds more (a file the database refused
+    whole is one row there, for all its records: their count says nothing of the rows)."""
+    more = ["    ... and more, in table load_rejects"] if len(examples) > REJECT_EXAMPLES else []
     return [
         f"    {_where(data_dir, path)}:{line if line is not None else '-'}: {reason}"
-        for path, line, reason in examples
-    ] + _more(total - len(examples))
+        for path, line, reason in examples[:REJECT_EXAMPLES]
+    ] + more
 
 
 def _first(paths: list[str], shown: int) -> list[str]:

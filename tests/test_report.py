@@ -131,11 +131,13 @@ def test_the_summary_counts_one_of_a_thing_in_the_singular():
     assert f"    [FAIL] {check} (1 row)" in [line.split(":")[0] for line in lines]
 
 
-def test_the_summary_names_the_first_five_of_a_list_and_counts_the_rest():
+def test_the_summary_names_the_first_five_of_a_list_and_says_there_are_more():
+    six = [(f"log_data/{n}.json", n, "ts missing") for n in range(6)]  # read: one more than shown
     listed = {
+        "examples": six,
         "ignored": [f"/data/log_data/{n}.txt" for n in range(7)],
         "gone": [f"log_data/{n}.json" for n in range(5)],
-        "earlier": Earlier(runs=[7], records=3, files=0, examples=[("log_data/c.json", 1, "x")]),
+        "earlier": Earlier(runs=[7], records=3, files=0, examples=six[:1]),
     }
     lines = report(**listed).lines()
 
@@ -144,16 +146,13 @@ def test_the_summary_names_the_first_five_of_a_list_and_counts_the_rest():
         return list(itertools.takewhile(lambda line: line.startswith("    "), lines[start:]))
 
     assert under("  rejected:") == [
-        "    /data/log_data/a.json:3: ts missing",
-        "    /data/log_data/b.json:-: empty file",
-        "    ... and 9 more",  # TALLY rejects 10 records, and tally() 1 whole file: 2 shown
+        *(f"    /data/log_data/{n}.json:{n}: ts missing" for n in range(5)),
+        "    ... and more, in table load_rejects",
     ]
-    assert under("  rejected by earlier") == [
-        "    /data/log_data/c.json:1: x",
-        "    ... and 2 more",
-    ]
+    assert under("  rejected by earlier") == ["    /data/log_data/0.json:0: ts missing"]
     assert under("  ignored:") == [
         *(f"    /data/log_data/{n}.txt" for n in range(5)),
         "    ... and 2 more",
     ]
     assert under("  gone:") == [f"    log_data/{n}.json" for n in range(5)]
+    assert len(report(**listed).as_dict(strict=False)["rejected"]["examples"]) == 5
