@@ -205,9 +205,9 @@ def parse_song_file(
     (encoding: the file's, of which data is the UTF-8 rendering). Read whole, its raw text is
     the file's without one final newline (a line's never holds its newline); one that is not
     JSON is one reject, at the line where it breaks, if it is written over several lines (its
-    first line a lone brace or bracket, as json.dump's indent writes it). One
-    object a line is read as a log's events are (_parse_lines): a big file comes in parts, and
-    a part after its first (from first_line on) holds lines only."""
+    first line a lone brace or bracket, as json.dump's indent writes it). One object a line is
+    read as a log's events are (_parse_lines): a big file comes in parts, and a part after its
+    first (from first_line on) holds lines only."""
     if first_line == 1:
         try:
             value = orjson.loads(data)
