@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Collection
@@ -20,10 +22,13 @@ EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_ENVIRONMENT = 3  # the database, the data folder or the store: one line on stderr
 EXIT_LOCKED = 4  # another load holds the load lock
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + its number, as shells report it
-INTERRUPTED = (
-    "interrupted: what each finished step committed stays, the step under way was rolled back; "
-    "run the command again to go on"
+EXIT_TERMINATED = 143  # SIGTERM (timeout, systemd, Kubernetes, Airflow): 128 + its number
+STOPPED = (
+    "what each finished step committed stays, the step under way was rolled back; run the "
+    "command again to go on"
 )
+INTERRUPTED = f"interrupted: {STOPPED}"
+TERMINATED = f"terminated (SIGTERM): {STOPPED}"
 MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
 # any scheme; up to the last '@' of the line's next 1,024 characters, for a password written raw
@@ -43,27 +48,38 @@ CREDENTIALS = re.compile(
 )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, and so ended alike."""
+
+
+def _terminated(signal_number: int, frame) -> None:
+    raise Terminated
+
+
 class UserError(Exception):
     """A problem the user must fix outside this program; its message is safe to print."""
 
     exit_code = EXIT_ENVIRONMENT
 
 
-def write_out(
-    text: str, done: str, stream: TextIO | None = None, exit_code: int = EXIT_ENVIRONMENT
-) -> None:
-    """A script's result on standard output (or stream), flushed; one it cannot take (its disk
-    full, say) is a UserError saying what is done all the same, with exit_code (a failed run's
-    own, say). A closed pipe (output piped into `head`) is left to run_command."""
+def write_out(text: str, done: str, stream: TextIO | None = None, exit_code: int = EXIT_OK) -> None:
+    """A script's result on standard output (or stream), flushed. exit_code is the script's own
+    (a failed run's, 1), which stays whatever becomes of the output: standard output that
+    cannot take it (its disk full, or closed when the script started) is a UserError saying
+    what is done all the same, exit 3 unless the script's own says more; a pipe whose reader
+    has gone (output piped into `head`) is left to run_command, carrying exit_code."""
     stream = stream or sys.stdout
     try:
+        if stream is None:  # started with standard output closed (>&-)
+            raise OSError(errno.EBADF, "it is closed")
         print(text, file=stream)
         stream.flush()
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        exc.exit_code = exit_code
         raise
     except OSError as exc:
         error = UserError(f"cannot write to standard output ({exc.strerror or exc}): {done}")
-        error.exit_code = exit_code
+        error.exit_code = exit_code or EXIT_ENVIRONMENT
         raise error from None
 
 
@@ -139,24 +155,27 @@ def run_command(
     public: Collection[str] = (),
 ) -> int:
     """Run a script's work and return its exit code. Every message it ends with goes out here,
-    with the secrets masked (but inside the public texts: see masked): a UserError or Ctrl-C as
-    one line, anything else (a bug) as its traceback. With as_json (a script whose report is
-    JSON), stdout gets one JSON object for a run that ends so too: its status, exit code and
-    error (the message's first line)."""
+    with the secrets masked (but inside the public texts: see masked): a UserError, Ctrl-C or
+    SIGTERM as one line, anything else (a bug) as its traceback. With as_json (a script whose
+    report is JSON), stdout gets one JSON object for a run that ends so too: its status, exit
+    code and error (the message's first line)."""
     for stream in (sys.stdout, sys.stderr):  # a character the locale cannot show, escaped
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         with printed_exceptions_dropped():
             return action()
     except UserError as exc:  # and what was done about it (its notes)
         message = "; ".join([f"error: {exc}", *getattr(exc, "__notes__", ())])
         code = exc.exit_code
+    except Terminated:
+        message, code = f"error: {TERMINATED}", EXIT_TERMINATED
     except KeyboardInterrupt:
         message, code = f"error: {INTERRUPTED}", EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
         sys.stderr.close()  # output piped into `head`, say: nothing left to say
-        return 0
+        return getattr(exc, "exit_code", EXIT_OK)  # what write_out knew of the outcome
     except Exception:
         message, code = traceback.format_exc(), EXIT_FAILED
     shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
@@ -165,7 +184,8 @@ def run_command(
         if as_json:
             error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]
             print(json.dumps({"status": "failed", "exit_code": code, "error": error}, indent=2))
-            sys.stdout.flush()
+            if sys.stdout is not None:  # None: started with it closed
+                sys.stdout.flush()
     return code
 
 

@@ -75,12 +75,14 @@ def run(
     progress: bool | None = None,
     limits: Limits = Limits(),
     lock_wait: int = db.LOCK_WAIT,
+    strict: bool = False,
     out: TextIO | Literal["stdout"] | None = "stdout",
 ) -> Report:
     """Load data_dir (a folder, or an object store's URL, read anonymously if asked) into the
     database, waiting up to lock_wait seconds for another load to finish (and for each lock
     another session holds on the tables), print the summary to out (standard output as it is
-    then; None: print nothing), and return the report."""
+    then; None: print nothing), and return the report. strict: whether rejects fail the run,
+    for the exit code of a summary that cannot be printed."""
     started = time.monotonic()
     data = extract.source(data_dir, anonymous)
     listed = check_data(data)
@@ -146,7 +148,7 @@ def run(
     finally:
         conn.close()
     if out is not None:
-        show(report, "\n".join(report.lines()), None if out == "stdout" else out)
+        show(report, "\n".join(report.lines()), strict, None if out == "stdout" else out)
     return report
 
 
@@ -304,12 +306,12 @@ class Preparer:
         context = multiprocessing.get_context("spawn")
         logs = [self.batches[n] for n in self.logs]
         theirs = []
-        # The workers start with Ctrl-C blocked, and keep it so: it is etl.py's to report, in
-        # one line, and they die with it. Here it waits until they are started. Every spawned
-        # process needs multiprocessing's resource tracker, whose start unblocks Ctrl-C again:
-        # it is started first.
+        # The workers start with Ctrl-C and SIGTERM blocked, and keep them so: they are
+        # etl.py's to report, in one line, and they die with it. Here they wait until the
+        # workers are started. Every spawned process needs multiprocessing's resource tracker,
+        # whose start unblocks them again: it is started first.
         resource_tracker.ensure_running()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             for k in range(jobs):
                 inbox, outbox = context.Pipe(duplex=False)
@@ -666,11 +668,10 @@ def job_count(text: str) -> int:
     return cli.natural_at_most(text, MAX_JOBS, f"{JOBS_PER_CPU} per CPU of this machine")
 
 
-def show(report: Report, text: str, stream: TextIO | None = None) -> None:
-    """The report's text on standard output (or stream); where it cannot be written, a failed
-    run keeps its exit code."""
-    code = cli.EXIT_FAILED if report.failed else cli.EXIT_ENVIRONMENT
-    cli.write_out(text, report.done, stream, code)
+def show(report: Report, text: str, strict: bool, stream: TextIO | None = None) -> None:
+    """The report's text on standard output (or stream); where it cannot be written, the run
+    keeps its exit code."""
+    cli.write_out(text, report.done, stream, report.exit_code(strict))
 
 
 def default_jobs(batches: list[Batch], limits: Limits) -> int:
@@ -769,7 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         "memory run out, or standard output that cannot take the summary (the run itself done); "
         "4 another load was still "
         "running after --wait, or another session kept a lock on the tables that long; 130 "
-        "interrupted (Ctrl-C)",
+        "interrupted (Ctrl-C); 143 terminated (SIGTERM); a failed run keeps 1 whatever becomes "
+        "of its summary",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -844,14 +846,15 @@ def main(argv: list[str] | None = None) -> int:
                 limits=limits,
                 lock_wait=args.wait,
                 progress=False if args.no_progress else None,
-                out=None if args.json else sys.stdout,
+                strict=args.strict,
+                out=None if args.json else "stdout",
             )
         except Exception as exc:
             if not short_of_memory(exc):
                 raise
             raise out_of_memory(exc, "loading the files") from None
         if args.json:
-            show(report, json.dumps(report.as_dict(args.strict), indent=2))
+            show(report, json.dumps(report.as_dict(args.strict), indent=2), args.strict)
         return report.exit_code(args.strict)
 
     return db.run_command(settings, load_and_report, args.json, extract.store_secrets())

@@ -26,6 +26,7 @@ from builders import (
     etl,
     one_error_line,
     server_url,
+    write,
 )
 from conftest import PROJECT, counts, drop_tables, query, run_script
 
@@ -499,6 +500,41 @@ def test_embedded_server_log_is_readable_by_its_owner_only():
     log = pgdata.parent / f"{pgdata.name}.log"
     assert log.stat().st_size > 0
     assert log.stat().st_mode & 0o777 == 0o600
+
+
+def run_etl_into(stdout: str, data: Path, *args: str) -> subprocess.CompletedProcess:
+    """etl.py with its standard output on a full disk, in a pipe whose reader has gone, or
+    closed (>&-, as a daemon may start a job)."""
+    command = [sys.executable, "etl.py", "--no-progress", "--data", str(data), *args]
+    if stdout == "a closed pipe":
+        proc = subprocess.Popen(
+            command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        proc.stdout.close()  # the reader goes before the report comes
+        err = proc.stderr.read().decode()
+        return subprocess.CompletedProcess(command, proc.wait(timeout=600), "", err)
+    if stdout == "closed":
+        command = ["sh", "-c", 'exec "$@" >&-', "sh", *command]
+    with open("/dev/full" if stdout == "a full disk" else os.devnull, "w") as out:
+        return subprocess.run(command, cwd=PROJECT, stdout=out, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("stdout", ["a full disk", "a closed pipe", "closed"])
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_run_whose_report_cannot_be_written_keeps_its_own_exit_code(data, stdout, strict):
+    """A monitor reads the exit code: a run that failed (here --strict, a record rejected)
+    exits 1 whatever became of its report; one that succeeded exits 0 into a pipe whose reader
+    has gone (head), and 3, naming what is done, where the report could not be written."""
+    write(data, "log_data/2018/12/bad.json", b"not json\n")
+    done = run_etl_into(stdout, data, *(["--strict"] if strict else []))
+    why = {"a full disk": "No space left on device", "closed": "it is closed"}.get(stdout)
+    said = f"error: cannot write to standard output ({why}): run 1 is done, succeeded\n"
+    assert (done.returncode, done.stderr) == (
+        EXIT_FAILED if strict else EXIT_OK if why is None else EXIT_ENVIRONMENT,
+        "" if why is None else said,
+    )
+    assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")

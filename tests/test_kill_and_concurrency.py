@@ -52,7 +52,15 @@ import db
 import embedded
 import load
 import sql_queries
-from cli import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, INTERRUPTED
+from cli import (
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    INTERRUPTED,
+    TERMINATED,
+)
 from extract import FOLDERS
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
@@ -229,14 +237,22 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def ctrl_c_blocked(pid: int) -> bool | None:
-    """Whether process pid blocks SIGINT (None: it is gone)."""
+def blocks(pid: int, signal_number: int) -> bool | None:
+    """Whether process pid blocks the signal (None: it is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     mask = int(re.search(r"^SigBlk:\s*([0-9a-f]+)", status, re.M)[1], 16)
-    return bool(mask & 1 << (signal.SIGINT - 1))
+    return bool(mask & 1 << (signal_number - 1))
+
+
+# How a job is stopped: Ctrl-C at a terminal, or SIGTERM (timeout, systemd, Kubernetes, Airflow),
+# each sent to every process of the job; what the run exits with, and its one line.
+STOPS = {
+    "Ctrl-C": (signal.SIGINT, EXIT_INTERRUPTED, INTERRUPTED),
+    "SIGTERM": (signal.SIGTERM, EXIT_TERMINATED, TERMINATED),
+}
 
 
 def sending_a_part(pid: int) -> bool:
@@ -290,10 +306,12 @@ def test_a_parse_worker_killed_halfway_through_a_part_ends_the_run_in_one_line_t
     assert table_contents() == baseline
 
 
+@pytest.mark.parametrize("stop", list(STOPS))
 @pytest.mark.parametrize("when", ["as the worker starts", "once files are loaded"])
 def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_finishes_it(
-    big, baseline, when
+    big, baseline, when, stop
 ):
+    sent, exit_code, said = STOPS[stop]
     run_script("create_tables.py")
     watch = Watcher()
     workers: set[int] = set()
@@ -314,8 +332,8 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
                 assert proc.poll() is None and time.monotonic() < deadline, "no worker started"
                 time.sleep(0.002)
         workers = descendants(proc.pid)
-        blocked = {w: ctrl_c_blocked(w) for w in parse_workers(proc.pid)}
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: to every process of the job
+        blocked = {w: blocks(w, sent) for w in parse_workers(proc.pid)}
+        os.killpg(proc.pid, sent)  # to every process of the job
         out, err = proc.communicate(timeout=120)
         deadline = time.monotonic() + 10
         while alive(workers) and time.monotonic() < deadline:
@@ -326,9 +344,9 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
         reap(workers)
     assert workers, "no worker process: the test proves nothing about them"
     assert blocked and all(blocked.values()), blocked  # from its start: not only when caught
-    assert proc.returncode == EXIT_INTERRUPTED, out + err
-    assert err == f"error: {INTERRUPTED}\n"
-    assert not left, f"still running 10 s after Ctrl-C: {left}"
+    assert proc.returncode == exit_code, out + err
+    assert err == f"error: {said}\n"
+    assert not left, f"still running 10 s after {stop}: {left}"
     etl(big)
     assert table_contents() == baseline
 
@@ -408,7 +426,9 @@ def test_a_run_that_waited_for_the_lock_loads_the_files_as_they_are_when_it_gets
     }
 
 
-def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big):
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big, stop):
+    sent, exit_code, said = STOPS[stop]
     run_script("create_tables.py")
     holder = db.connect(db.Settings.from_env())
     watch = Watcher()
@@ -424,13 +444,13 @@ def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big):
         )
         watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
         interrupted = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, sent)  # to etl.py alone, as timeout(1) sends it
         out, err = proc.communicate(timeout=150)
         took = time.monotonic() - interrupted
     finally:
         holder.close()
         watch.close()
-    assert (proc.returncode, err) == (EXIT_INTERRUPTED, f"error: {INTERRUPTED}\n"), out + err
+    assert (proc.returncode, err) == (exit_code, f"error: {said}\n"), out + err
     assert took < 5
     assert query(RUNS) == [(0,)]
 
