@@ -511,6 +511,18 @@ def first_cause(exc: BaseException) -> BaseException:
     return found
 
 
+# libpq's words for a connection it lost, which psycopg2 raises as a bare DatabaseError where a
+# COPY ends (the server gone as its last rows were sent: no SQLSTATE, the server said nothing).
+LIBPQ_LOST = (
+    "server closed the connection unexpectedly",
+    "could not receive data from server",
+    "could not send data to server",
+    "SSL SYSCALL error",
+    "SSL connection has been closed unexpectedly",
+    "no connection to the server",
+)
+
+
 def lost_connection(exc: psycopg2.Error) -> bool:
     """Whether the session is gone: psycopg2 found the connection closed, libpq lost it (an
     error without SQLSTATE), or the server ended it (a FATAL error; a server that does not say
@@ -519,7 +531,7 @@ def lost_connection(exc: psycopg2.Error) -> bool:
     if isinstance(exc, psycopg2.InterfaceError):
         return first_line(exc) == "connection already closed"
     if not isinstance(exc, psycopg2.OperationalError):
-        return False
+        return exc.pgcode is None and first_line(exc).startswith(LIBPQ_LOST)
     if exc.pgcode is None:
         return True
     severity = exc.diag.severity_nonlocalized

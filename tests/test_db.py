@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime
+import io
 import json
 import os
 import re
@@ -402,6 +403,49 @@ def naming(pgdata: Path, pid: int) -> None:
     """pgdata's postmaster.pid, naming pid for its server."""
     lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
     (pgdata / "postmaster.pid").write_text("".join([f"{pid}\n", *lines[1:]]))
+
+
+def test_a_server_that_crashes_as_a_copy_ends_is_a_lost_connection_not_a_refusal(short_folder):
+    """The server gone (killed, crashed) while a batch's COPY sends its last rows: psycopg2
+    raises a DatabaseError without SQLSTATE, libpq's words, which is the connection lost (what
+    was committed stays, run again), not something the database refused."""
+    pgdata = short_folder / "pg"
+    embedded.start(pgdata)
+    server, _ = embedded.running(pgdata)
+
+    class Rows(io.RawIOBase):  # two reads of rows, then the server goes, then the end
+        reads = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            self.reads += 1
+            if self.reads < 3:
+                return b"row\n" * 10
+            os.kill(server, signal.SIGQUIT)  # an immediate shutdown, as after a crash
+            deadline = time.monotonic() + 30
+            while embedded._exists(server) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return b""
+
+    settings = db.Settings(url=None, libpq_env=False, pgdata=pgdata)
+    conn = psycopg2.connect(
+        host=embedded.socket_of(pgdata), port=embedded.PORT, user=embedded.SUPERUSER
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE t (x text)")
+            with pytest.raises(psycopg2.DatabaseError) as raised:
+                cur.copy_expert("COPY t FROM STDIN", Rows())
+    finally:
+        conn.close()
+        embedded.stop(pgdata)
+    assert db.lost_connection(raised.value)
+    assert str(db.database_error(raised.value, settings)).startswith(
+        f"the connection to {settings.describe()} was lost (server closed the connection "
+        "unexpectedly"
+    )
 
 
 def test_a_lock_file_naming_a_process_that_is_no_server_of_its_folder_is_not_taken_for_one(
