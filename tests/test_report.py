@@ -156,3 +156,17 @@ def test_the_summary_names_the_first_five_of_a_list_and_says_there_are_more():
     ]
     assert under("  gone:") == [f"    log_data/{n}.json" for n in range(5)]
     assert len(report(**listed).as_dict(strict=False)["rejected"]["examples"]) == 5
+
+
+def test_a_strict_run_that_rejected_a_record_says_so_among_the_failures_of_its_data():
+    """A monitor reading failures learns why --strict made the run exit 1; the load itself
+    succeeded, as load_runs records it."""
+    good = {"tally": tally(songs_read=7), "checks": dict.fromkeys(sql_queries.CHECKS, 0)}
+    good["not_restored"] = {}
+    strict, lenient = report(**good).as_dict(strict=True), report(**good).as_dict(strict=False)
+    assert (strict["status"], strict["failures"], strict["exit_code"]) == (
+        "succeeded",
+        ["records rejected (--strict)"],
+        EXIT_FAILED,
+    )
+    assert (lenient["failures"], lenient["exit_code"]) == ([], EXIT_OK)
