@@ -479,6 +479,15 @@ def crafted_items() -> list[int]:
     ]
 
 
+def refresh_refused(data: Path, folder: str, reason: str) -> str:
+    """etl.py's error line refusing a full refresh that would lose what folder loaded."""
+    return (
+        f"error: not refreshing from {data}: what was loaded from {folder} cannot be loaded "
+        f"again, as it cannot be listed ({reason}); nothing was emptied: mend it, or run without "
+        "--full-refresh\n"
+    )
+
+
 def plus(**extra) -> dict[str, int]:
     """The base sample's row counts, plus some."""
     return {t: BASE[t] + extra.get(t, 0) for t in BASE}
