@@ -11,6 +11,7 @@ import json
 import re
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Collection
 from typing import TextIO
@@ -162,7 +163,8 @@ def run_command(
     for stream in (sys.stdout, sys.stderr):  # a character the locale cannot show, escaped
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
-    signal.signal(signal.SIGTERM, _terminated)
+    if threading.current_thread() is threading.main_thread():  # where Python runs handlers
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         with printed_exceptions_dropped():
             return action()
