@@ -604,8 +604,11 @@ session_let_go = "SELECT pg_advisory_unlock(%(key)s), set_config('sparkify.run',
 # on (on a socket the server ignores them). And no statement is compiled (jit): a load's
 # statements are planned anew for each batch, and with a server's JIT thresholds near 0 one more
 # day of 20,000 plays spent minutes compiling its merge, its server process growing by gigabytes.
-# Each setting the server has (idle_session_timeout since PostgreSQL 14, transaction_timeout
-# since 17).
+# And the server's notices are not sent (client_min_messages): psycopg2 hands a statement's
+# notices to Python as it ends and clears what was raised meanwhile, so Ctrl-C or SIGTERM during
+# a statement ending with one (DROP … IF EXISTS's "skipping", Citus's "drop cascades to …") was
+# lost, and create_tables.py went on to drop the tables. Each setting the server has
+# (idle_session_timeout since PostgreSQL 14, transaction_timeout since 17).
 batch_job_settings = """
 SELECT set_config(s.name, v.setting, false)
 FROM (VALUES ('statement_timeout', '0'),
@@ -618,7 +621,8 @@ FROM (VALUES ('statement_timeout', '0'),
              ('tcp_keepalives_idle', '30'),
              ('tcp_keepalives_interval', '10'),
              ('tcp_keepalives_count', '3'),
-             ('tcp_user_timeout', '60000')) v (name, setting)
+             ('tcp_user_timeout', '60000'),
+             ('client_min_messages', 'warning')) v (name, setting)
 JOIN pg_settings s USING (name)"""
 
 # Triggers keep the star's row counts and check its foreign keys: in a session whose
