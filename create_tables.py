@@ -118,8 +118,8 @@ def still_locked(conn) -> str:
     holding = db.sessions_holding(conn, sql.TABLES)
     if not holding.sessions:
         return (
-            "cannot drop the tables: another session held a lock on them and has let go since; "
-            "run create_tables.py again (nothing was dropped)"
+            f"cannot drop the tables: locked by {db.unseen_holder(conn)}; run create_tables.py "
+            "again once it lets go (nothing was dropped)"
         )
     # a member of pg_signal_backend may end any session but a superuser's
     who = "a superuser" if holding.superuser else "a superuser or a member of pg_signal_backend"

@@ -834,6 +834,17 @@ def sessions_holding(conn, tables: list[str], modes: list[str] | None = None) ->
         )
 
 
+def unseen_holder(conn) -> str:
+    """Who held a lock on the tables that no session holds now: on Citus, perhaps a session
+    connected to a worker node itself, which the coordinator does not see."""
+    with managed_cursor(conn) as cur:
+        cur.execute(sql.citus_present)
+        on_citus = cur.fetchone()[0]
+    if on_citus:
+        return "a session on a worker node (connected to it, not to the coordinator) or one gone"
+    return "a session that has let go since"
+
+
 def session_text(pid: int, who: str, application: str, locked: str) -> str:
     """A session as messages name it: 'pid (role, application) on its tables'."""
     return f"{pid} ({', '.join(filter(None, [who, application]))}) on {locked}"

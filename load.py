@@ -54,7 +54,7 @@ def start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSta
         if not full_refresh:
             raise
         holders = db.sessions_holding(conn, sql.TABLES).sessions
-        held_by = "; ".join(holders) or "a session that has let go since"
+        held_by = "; ".join(holders) or db.unseen_holder(conn)
         raise db.DatabaseError(
             f"cannot empty the tables for --full-refresh: locked by {held_by}; commit or end "
             "those sessions and run again (nothing was emptied)"
@@ -390,7 +390,6 @@ CITUS = Server(
     run_setup=(
         sql.citus_recover_prepared,
         sql.stage_plays_done_citus,
-        sql.citus_send_set_local,
     ),
     part_setup=(sql.lock_timeout_local,),
     log_part_setup=(sql.citus_sequential,),  # reference tables are written after the shards

@@ -565,9 +565,9 @@ citus_distribute_queries = [
 citus_sequential = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
 
 # A load's lock timeout (--wait) reaches the workers, where a row an open transaction holds is
-# waited for: Citus sends a transaction's SET LOCAL to them once told to (not a session's SET),
-# so each part sets the session's timeout again, for its transaction.
-citus_send_set_local = "SET citus.propagate_set_commands = 'local'"
+# waited for: Citus sends a transaction's SET LOCAL to them once told to (batch_job_settings'
+# citus.propagate_set_commands; not a session's SET), so each part sets the session's timeout
+# again, for its transaction.
 lock_timeout_show = "SELECT current_setting('lock_timeout')"
 lock_timeout_local = "SET LOCAL lock_timeout = %(lock_timeout)s"
 
@@ -607,8 +607,11 @@ session_let_go = "SELECT pg_advisory_unlock(%(key)s), set_config('sparkify.run',
 # And the server's notices are not sent (client_min_messages): psycopg2 hands a statement's
 # notices to Python as it ends and clears what was raised meanwhile, so Ctrl-C or SIGTERM during
 # a statement ending with one (DROP … IF EXISTS's "skipping", Citus's "drop cascades to …") was
-# lost, and create_tables.py went on to drop the tables. Each setting the server has
-# (idle_session_timeout since PostgreSQL 14, transaction_timeout since 17).
+# lost, and create_tables.py went on to drop the tables. On Citus, a transaction's SET LOCAL is
+# sent to the workers too (citus.propagate_set_commands): the lock timeouts of a load's parts,
+# of --full-refresh's TRUNCATE and of create_tables.py's DROP reach a session holding a shard
+# there. Each setting the server has (idle_session_timeout since PostgreSQL 14,
+# transaction_timeout since 17, citus.* on Citus).
 batch_job_settings = """
 SELECT set_config(s.name, v.setting, false)
 FROM (VALUES ('statement_timeout', '0'),
@@ -622,7 +625,8 @@ FROM (VALUES ('statement_timeout', '0'),
              ('tcp_keepalives_interval', '10'),
              ('tcp_keepalives_count', '3'),
              ('tcp_user_timeout', '60000'),
-             ('client_min_messages', 'warning')) v (name, setting)
+             ('client_min_messages', 'warning'),
+             ('citus.propagate_set_commands', 'local')) v (name, setting)
 JOIN pg_settings s USING (name)"""
 
 # Triggers keep the star's row counts and check its foreign keys: in a session whose

@@ -728,6 +728,49 @@ def test_a_row_an_open_transaction_holds_keeps_a_load_on_citus_no_longer_than_it
     assert parse_summary(etl(cluster.url, data).stdout).records["log"].loaded == 1
 
 
+@pytest.mark.parametrize("script", ["create_tables.py", "etl.py --full-refresh"])
+def test_a_session_on_a_worker_holding_a_shard_keeps_a_drop_or_a_refresh_waiting_seconds(
+    cluster, tmp_path, script
+):
+    """A session connected to a worker node itself, its open transaction holding a shard of
+    songplays: create_tables.py's DROP and --full-refresh's TRUNCATE give up after their few
+    seconds (their lock timeout reaches the workers), say who may hold it, and leave the
+    tables as they were."""
+    data = tmp_path / "data"
+    write(data, "log_data/a.json", lines(event(1)))
+    run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
+    etl(cluster.url, data)
+    with using_database(cluster.url):
+        before = table_contents()
+    worker = cluster.url.replace(f":{cluster.ports[0]}/", f":{cluster.ports[1]}/")
+    holder = psycopg2.connect(worker, application_name="a notebook on a worker")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SET citus.override_table_visibility = off")  # shards show here
+            cur.execute("SELECT relname FROM pg_class WHERE relname ~ '^songplays_[0-9]+$' LIMIT 1")
+            cur.execute(f"SELECT count(*) FROM {cur.fetchone()[0]}")  # the transaction stays
+        name, *args = script.split()
+        if name == "etl.py":
+            args += ["--data", str(data), "--no-progress"]
+        began = time.monotonic()
+        with using_database(cluster.url):
+            refused = run_script(name, *args, check=False, timeout=120)
+        took = time.monotonic() - began
+    finally:
+        holder.close()
+    what = (
+        "drop the tables" if name == "create_tables.py" else "empty the tables for --full-refresh"
+    )
+    assert (refused.returncode, refused.stderr.splitlines()[0].split(":")[:2]) == (
+        3,
+        ["error", f" cannot {what}"],
+    ), refused.stderr
+    assert "a session on a worker node (connected to it, not to the coordinator)" in refused.stderr
+    assert took < 60
+    with using_database(cluster.url):
+        assert table_contents() == before
+
+
 def test_scripts_pointed_at_a_worker_node_say_to_use_the_coordinator(cluster, tmp_path):
     """A worker holds the distributed tables but not the load's books: etl.py and
     create_tables.py say so in one line, and neither changes anything there."""
