@@ -313,8 +313,14 @@ def from_libpq_env() -> dict[str, str]:
 
 
 def sqlalchemy_url(settings: Settings) -> str:
-    """The same database as a SQLAlchemy URL, speaking UTF-8 as the scripts do."""
-    return as_url({**options(settings), "client_encoding": "UTF8"}, "postgresql+psycopg2")
+    """The same database as a SQLAlchemy URL, speaking UTF-8 as the scripts do; its sessions
+    are named as the notebooks' where the user names them not (create_tables.py, ending one,
+    says whose it was)."""
+    named = {"client_encoding": "UTF8", "fallback_application_name": NOTEBOOK}
+    return as_url({**options(settings), **named}, "postgresql+psycopg2")
+
+
+NOTEBOOK = "sparkify notebook"
 
 
 def sqlalchemy_engine(settings: Settings):

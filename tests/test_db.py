@@ -159,10 +159,13 @@ def test_a_session_carries_the_users_application_name_else_the_scripts(monkeypat
 def test_the_notebooks_engine_reads_instants_in_utc_whatever_the_sessions_time_zone():
     """East of UTC, the last instant a play may have (9999-12-31 23:59:59.999 UTC, which the
     ETL accepts) is in year 10000, which Python's datetime cannot hold: the notebooks' engine
-    reads it in UTC, as the time table's parts are."""
+    reads it in UTC, as the time table's parts are. Its sessions are named as the notebooks'."""
     import sqlalchemy
 
-    last = "SELECT timestamptz '9999-12-31 23:59:59.999+00', current_setting('TimeZone')"
+    last = (
+        "SELECT timestamptz '9999-12-31 23:59:59.999+00', current_setting('TimeZone'), "
+        "current_setting('application_name')"
+    )
     for zone in ["Asia/Kolkata", "Pacific/Chatham", "America/Los_Angeles"]:
         with environment({"PGTZ": zone}):
             settings = db.Settings(
@@ -171,12 +174,13 @@ def test_the_notebooks_engine_reads_instants_in_utc_whatever_the_sessions_time_z
             engine = db.sqlalchemy_engine(settings)
             try:
                 with engine.connect() as conn:
-                    instant, shown_in = conn.execute(sqlalchemy.text(last)).one()
+                    instant, shown_in, named = conn.execute(sqlalchemy.text(last)).one()
             finally:
                 engine.dispose()
-        assert (instant, shown_in) == (
+        assert (instant, shown_in, named) == (
             datetime.datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=datetime.UTC),
             "UTC",
+            "sparkify notebook",
         ), zone
 
 
