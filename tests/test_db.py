@@ -195,6 +195,7 @@ def test_urls_keep_the_database_and_the_password_out_of_messages():
     }
     assert db.sqlalchemy_url(settings) == (
         "postgresql+psycopg2://me:pw@h:1/mine?client_encoding=UTF8"
+        "&fallback_application_name=sparkify%20notebook"
     )
     assert settings.describe() == "postgresql://me:***@h:1/mine"
 

@@ -228,8 +228,11 @@ def test_a_well_formed_string_shows_its_target_the_same_whatever_the_password(pa
     _, connect_args = PGDialect_psycopg2().create_connect_args(
         make_url(db.sqlalchemy_url(settings))
     )
-    # the port comes as a number; the notebooks speak UTF-8 as the scripts do
-    assert {k: str(v) for k, v in connect_args.items()} == reading | {"client_encoding": "UTF8"}
+    # the port comes as a number; the notebooks speak UTF-8 as the scripts do, named as theirs
+    assert {k: str(v) for k, v in connect_args.items()} == reading | {
+        "client_encoding": "UTF8",
+        "fallback_application_name": "sparkify notebook",
+    }
     message = f"error: cannot connect to {form.shown}: {form.refused}\n"
     outputs = every_script(url)
     assert [code for code, _, _ in outputs] == [EXIT_ENVIRONMENT, EXIT_ENVIRONMENT, 0]
