@@ -426,6 +426,17 @@ def test_a_run_that_waited_for_the_lock_loads_the_files_as_they_are_when_it_gets
     }
 
 
+def python_running(code: str) -> subprocess.Popen:
+    """Python running code in the project's folder, its output read through pipes."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 # A statement the stop comes during, which then ends with a notice (as Citus's DROP and TRUNCATE
 # do: "drop cascades to …"), and what the command would print had it gone on.
 NOTICED = "DO $$ BEGIN PERFORM pg_sleep(3); RAISE NOTICE 'slept'; END $$"
@@ -450,13 +461,7 @@ def test_a_stop_during_a_statement_that_ends_with_a_notice_still_stops_the_comma
     sent, exit_code, said = STOPS[stop]
     watch = Watcher()
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", COMMAND],
-            cwd=PROJECT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = python_running(COMMAND)
         watch.wait(
             f"SELECT count(*) FROM pg_stat_activity WHERE query = $q${NOTICED}$q$",
             lambda n: n == 1,
@@ -767,13 +772,7 @@ def test_a_first_load_kept_waiting_once_its_keys_are_dropped_says_they_stay_miss
 
 def test_a_killed_runs_lock_is_free_within_seconds_even_in_the_middle_of_a_statement(big):
     run_script("create_tables.py")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_THEN_LONG_STATEMENT],
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    holder = python_running(LOCK_THEN_LONG_STATEMENT)
     try:
         assert holder.stdout.readline() == "locked\n", holder.stderr.read()
         time.sleep(0.5)  # into its statement
