@@ -150,6 +150,7 @@ def test_a_cluster_start_that_fails_stops_only_the_nodes_it_started(cluster):
     name, port, _ = cluster.nodes()[-1]
     cluster.stop_nodes([name])
     taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the worker's TIME_WAIT
     try:
         taken.bind(("127.0.0.1", port))
         taken.listen()
