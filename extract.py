@@ -959,21 +959,15 @@ def _blocks(handle, seen: FirstPass, location: str) -> Iterator[bytes]:
     """The bytes the first pass hashed, a block at a time, read again from the file's start;
     the file is closed after. Bytes other than those (fewer, or others) raise ChangedWhileRead
     once read."""
-    digest, left = hashlib.sha256(), seen.size
+    hashing = Hashing(handle, seen.size, BLOCK)
     with handle:
         handle.seek(0)
-        while left > 0:
-            try:
-                block = handle.read(min(BLOCK, left))
-            except OSError as exc:
-                reason = exc.strerror or cli.first_line(exc)
-                raise DamagedFile(f"cannot read the rest of the file: {reason}") from exc
-            if not block:
-                break
-            left -= len(block)
-            digest.update(block)
-            yield block
-    if left or digest.hexdigest() != seen.sha256:
+        try:
+            yield from hashing
+        except OSError as exc:
+            reason = exc.strerror or cli.first_line(exc)
+            raise DamagedFile(f"cannot read the rest of the file: {reason}") from exc
+    if hashing.read < seen.size or hashing.digest.hexdigest() != seen.sha256:
         raise ChangedWhileRead(
             f"cannot read {path_text(location)}: it changed while it was read (written over in "
             "place); run again to read it as it is now"
