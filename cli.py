@@ -100,6 +100,11 @@ def noted(error: Exception, cause: BaseException) -> Exception:
     return error
 
 
+def many(n: int, one: str, several: str) -> str:
+    """n and what it counts, in the singular for one."""
+    return f"{n} {one if n == 1 else several}"
+
+
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

@@ -47,7 +47,7 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
         conn.close()
     made = f"created tables {', '.join(sql.TABLES)} in schema {schema} of {settings.describe()}"
     if ended:
-        sessions = f"{len(ended)} session{'s' * (len(ended) > 1)}"
+        sessions = cli.many(len(ended), "session", "sessions")
         made += f"\n  ended {sessions} that held them: {'; '.join(ended)}"
     if citus:
         made += (

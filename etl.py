@@ -178,7 +178,7 @@ def refuse_a_refresh_that_loses(conn, data: Source, listed: dict[str, Listing]) 
         lost = [row[0] for row in cur.fetchall()]
     if lost:
         others = len(lost) - 1
-        also = f" (and {others} more folder{'s' * (others > 1)})" if others else ""
+        also = f" (and {cli.many(others, 'more folder', 'more folders')})" if others else ""
         raise UsageError(
             f"not refreshing from {extract.path_text(cli.masked(data.root))}: what was loaded "
             f"from {lost[0]}{also} cannot be loaded again, as it cannot be listed "

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Literal
 
 import sql_queries as sql
-from cli import EXIT_FAILED, EXIT_OK
+from cli import EXIT_FAILED, EXIT_OK, many
 from contract import KINDS, Loaded, Part
 from extract import DATA_FILES, path_text
 
@@ -276,7 +276,7 @@ class Report:
             )
             out += _example_lines(data_dir, self.earlier.examples)
         if self.ignored:
-            entries = _many(
+            entries = many(
                 len(self.ignored),
                 "entry that is not a data file",
                 "entries that are not data files",
@@ -286,7 +286,7 @@ class Report:
         if self.gone:
             out.append(
                 "  gone: "
-                + _many(
+                + many(
                     len(self.gone),
                     "file loaded before is no longer there; what it loaded stays:",
                     "files loaded before are no longer there; what they loaded stays:",
@@ -300,7 +300,7 @@ class Report:
             out.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} failed")
             out += [
                 f"    [{'FAIL' if bad else 'pass'}] {name}"
-                + (f" ({_many(bad, 'row', 'rows')})" if bad else "")
+                + (f" ({many(bad, 'row', 'rows')})" if bad else "")
                 + (f": {self.checked[name]}" if name in self.checked else "")
                 for name, bad in self.checks.items()
             ]
@@ -368,13 +368,8 @@ def _where(data_dir: str, path: str) -> str:
     return path if "://" in path else f"{data_dir}/{path}"
 
 
-def _many(n: int, one: str, several: str) -> str:
-    """n and what it counts, in the singular for one."""
-    return f"{n} {one if n == 1 else several}"
-
-
 def _records_and_files(records: int, files: int) -> str:
-    return f"{_many(records, 'record', 'records')} and {_many(files, 'whole file', 'whole files')}"
+    return f"{many(records, 'record', 'records')} and {many(files, 'whole file', 'whole files')}"
 
 
 def _named(names: list[str]) -> str:
