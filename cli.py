@@ -14,7 +14,9 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Collection
-from typing import TextIO
+from typing import TextIO, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 # Every exit code of the project's commands, in one place; each script's --help says which it uses.
 EXIT_OK = 0  # done: rejected records are reported, not fatal
@@ -94,10 +96,24 @@ def one_line(text: str) -> str:
 
 
 def noted(error: Exception, cause: BaseException) -> Exception:
-    """error, with the notes added to the exception it stands for (what the run did about it)."""
+    """error, with the notes added to the exception it stands for (what the run did about it),
+    and the run it stopped."""
     for note in getattr(cause, "__notes__", ()):
         error.add_note(note)
+    return stopping(error, run_of(cause))
+
+
+def stopping(error: E, run_id: int | None) -> E:
+    """error, as what stopped the run run_id (its row in load_runs; None: no run started), for
+    the JSON object of a run that stops."""
+    if run_id is not None:
+        error.run_id = run_id
     return error
+
+
+def run_of(error: BaseException) -> int | None:
+    """The run error stopped (see stopping)."""
+    return getattr(error, "run_id", None)
 
 
 def many(n: int, one: str, several: str) -> str:
@@ -175,22 +191,23 @@ def run_command(
             return action()
     except UserError as exc:  # and what was done about it (its notes)
         message = "; ".join([f"error: {exc}", *getattr(exc, "__notes__", ())])
-        code = exc.exit_code
-    except Terminated:
-        message, code = f"error: {TERMINATED}", EXIT_TERMINATED
-    except KeyboardInterrupt:
-        message, code = f"error: {INTERRUPTED}", EXIT_INTERRUPTED
+        code, stopped = exc.exit_code, exc
+    except Terminated as exc:
+        message, code, stopped = f"error: {TERMINATED}", EXIT_TERMINATED, exc
+    except KeyboardInterrupt as exc:
+        message, code, stopped = f"error: {INTERRUPTED}", EXIT_INTERRUPTED, exc
     except BrokenPipeError as exc:
         sys.stderr.close()  # output piped into `head`, say: nothing left to say
         return getattr(exc, "exit_code", EXIT_OK)  # what write_out knew of the outcome
-    except Exception:
-        message, code = traceback.format_exc(), EXIT_FAILED
+    except Exception as exc:
+        message, code, stopped = traceback.format_exc(), EXIT_FAILED, exc
     shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
     with contextlib.suppress(OSError):  # where the output cannot be written, the code says it
         print(shown, file=sys.stderr)
         if as_json:
             error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]
-            print(json.dumps({"status": "failed", "exit_code": code, "error": error}, indent=2))
+            ended = {"run_id": run_of(stopped), "status": "failed", "exit_code": code}
+            print(json.dumps({**ended, "error": error}, indent=2))
             if sys.stdout is not None:  # None: started with it closed
                 sys.stdout.flush()
     return code

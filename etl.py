@@ -828,8 +828,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the run's report as one JSON object instead of the summary: every count "
         "it states (files per state, records per kind, rows per table), the rejects, the "
-        "keys, the checks, the status and the exit code; a run that stops before its report: its "
-        "status, exit code and error (docs/reliability.md#the-report-as-data)",
+        "keys, the checks, the status and the exit code; a run that stops before its report: "
+        "its run id (null before its load started), status, exit code and error "
+        "(docs/reliability.md#the-report-as-data)",
     )
     args = parser.parse_args(argv)
     settings = db.Settings.from_env(args.database_url)
@@ -852,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             if not short_of_memory(exc):
                 raise
-            raise out_of_memory(exc, "loading the files") from None
+            raise cli.noted(out_of_memory(exc, "loading the files"), exc) from None
         if args.json:
             show(report, json.dumps(report.as_dict(args.strict), indent=2), args.strict)
         return report.exit_code(args.strict)

@@ -16,6 +16,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
+import cli
 import db
 import sql_queries as sql
 from contract import Batch, HandOver, Kind, Known, Loaded, Part
@@ -76,10 +77,11 @@ def failure_recorded(conn, start: RunStart):
     next run reports what it rejected), the keys a bulk load dropped built back first (an
     object store that stops answering, say: the next run may not get that far). Ctrl-C, like a
     kill, leaves both to the next run, which records it as interrupted; so does a connection
-    lost."""
+    lost. Whatever stops the block is marked with the run (cli.stopping)."""
     try:
         yield
     except Exception as exc:
+        cli.stopping(exc, start.run_id)
         try:  # each on its own: a full disk may refuse the keys and not the record
             conn.rollback()
             with db.managed_cursor(conn) as cur:
@@ -96,6 +98,9 @@ def failure_recorded(conn, start: RunStart):
                     f"the keys of songplays and time stay missing ({key}: {why}): the next run "
                     "builds them first"
                 )
+        raise
+    except BaseException as exc:  # Ctrl-C, SIGTERM
+        cli.stopping(exc, start.run_id)
         raise
 
 

@@ -656,6 +656,7 @@ def test_citus_two_concurrent_runs_one_loads_the_other_exits_4(cluster, generate
         "error: another load is running on this database: etl.py (server pid "
     ), err
     assert json.loads(out) == {
+        "run_id": None,
         "status": "failed",
         "exit_code": 4,
         "error": lines[0].removeprefix("error: "),
@@ -719,6 +720,7 @@ def test_a_row_an_open_transaction_holds_keeps_a_load_on_citus_no_longer_than_it
     finally:
         holder.close()
     assert json.loads(refused.stdout) == {
+        "run_id": 2,  # the run after the first, recorded failed
         "status": "failed",
         "exit_code": 4,
         "error": "the load waited for a row of its tables that an open transaction holds; "

@@ -123,6 +123,7 @@ def test_a_json_run_that_cannot_load_still_prints_one_json_object_naming_its_err
     done = run_script("etl.py", "--json", *args, env=env, timeout=60, check=False)
     assert done.returncode == code, done
     assert json.loads(done.stdout) == {
+        "run_id": None,
         "status": "failed",
         "exit_code": code,
         "error": one_error_line(done).removeprefix("error: "),

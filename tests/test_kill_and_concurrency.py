@@ -29,6 +29,7 @@ from builders import (
     embedded_url,
     etl,
     event,
+    last_run,
     last_run_status,
     lines,
     one_error_line,
@@ -296,6 +297,7 @@ def test_a_parse_worker_killed_halfway_through_a_part_ends_the_run_in_one_line_t
         "if memory is short (memory follows it)\n"
     )
     assert json.loads(out) == {
+        "run_id": last_run(),
         "status": "failed",
         "exit_code": EXIT_ENVIRONMENT,
         "error": err.removeprefix("error: ").rstrip("\n"),
@@ -317,7 +319,8 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
     workers: set[int] = set()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(big), "--no-progress"],
+            [sys.executable, "etl.py", *SMALL_BATCHES, "--data", str(big), "--no-progress"]
+            + ["--json"],
             cwd=PROJECT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -346,6 +349,12 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
     assert blocked and all(blocked.values()), blocked  # from its start: not only when caught
     assert proc.returncode == exit_code, out + err
     assert err == f"error: {said}\n"
+    assert json.loads(out) == {
+        "run_id": last_run(),
+        "status": "failed",
+        "exit_code": exit_code,
+        "error": said,
+    }
     assert not left, f"still running 10 s after {stop}: {left}"
     etl(big)
     assert table_contents() == baseline
@@ -363,6 +372,7 @@ def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, 
     loser = next(r for r in results if r.returncode == EXIT_LOCKED)
     assert "another load is running" in one_error_line(loser)
     assert json.loads(loser.stdout) == {
+        "run_id": None,
         "status": "failed",
         "exit_code": EXIT_LOCKED,
         "error": one_error_line(loser).removeprefix("error: "),
@@ -643,6 +653,7 @@ def test_a_load_kept_waiting_by_a_session_stops_after_its_wait_naming_it(data, h
         f"sessions writing to them: {named}",
     }
     assert json.loads(refused.stdout) == {
+        "run_id": last_run(),
         "status": "failed",
         "exit_code": EXIT_LOCKED,
         "error": f"{why[held]}; gave up after 1 s (--wait); what finished batches committed stays: "

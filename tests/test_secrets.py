@@ -743,6 +743,7 @@ def test_a_url_holding_bytes_that_are_not_utf8_is_refused_in_one_line_without_it
     )
     assert one_error_line(done) == f"error: {error}"
     assert json.loads(done.stdout) == {
+        "run_id": None,
         "status": "failed",
         "exit_code": EXIT_ENVIRONMENT,
         "error": error,
