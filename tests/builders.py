@@ -15,6 +15,7 @@ import json
 import lzma
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -295,13 +296,44 @@ def etl(
     env: dict | None = None,
     process: bool = False,
     timeout: float = 600,
+    prefix: list[str] = (),
 ) -> subprocess.CompletedProcess:
     """etl.py --json on the data folder; it must end with exit_code, within timeout seconds. Its
     main() in this process (conftest.run_main), or with process=True in a new one, as a user
-    types it: for the tests of what a user's terminal shows."""
-    run = run_script if process else run_main
+    types it: for the tests of what a user's terminal shows; with a prefix (unprivileged()), in
+    a new one under it."""
     args = ("etl.py", "--data", str(data), "--no-progress", "--json", *extra)
+    if prefix:
+        done = subprocess.run(
+            [*prefix, sys.executable, *args],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+        return expect(done, exit_code)
+    run = run_script if process else run_main
     return expect(run(*args, env=env, timeout=timeout, check=False), exit_code)
+
+
+# As root, file permissions do not stop reads: in a user namespace that maps an ordinary user to
+# root, they do (root's files are that user's, their owner bits apply; the embedded server runs
+# as root the same way, embedded.py).
+UNPRIVILEGED = ["unshare", "--user", "--map-user=65534", "--map-group=65534", "--"]
+
+
+def unprivileged() -> list[str]:
+    """The command prefix under which file permissions apply to etl.py: none for an ordinary
+    user; as root, a user namespace, or a skip where one cannot be made."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("unshare") is None or subprocess.run([*UNPRIVILEGED, "true"]).returncode:
+        pytest.skip(
+            "root reads a folder whatever its permissions, and unshare cannot make an ordinary "
+            "user here: the root-proof unreadable-folder tests cover the rejection"
+        )
+    return UNPRIVILEGED
 
 
 def start_load(data: Path, *extra: str) -> subprocess.Popen:

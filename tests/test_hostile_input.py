@@ -31,7 +31,6 @@ import shutil
 import socket
 import string
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -62,10 +61,11 @@ from builders import (
     refresh_refused,
     rejects,
     song,
+    unprivileged,
     write,
     zipped,
 )
-from conftest import PROJECT, PROPERTY, counts, query, run_script, table_contents
+from conftest import PROPERTY, counts, query, run_script, table_contents
 from hypothesis import given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -82,41 +82,13 @@ TIMEOUT = 120  # seconds: a run that takes longer hangs
 
 # ================================================================ running etl.py
 
-# As root, file permissions do not stop reads: in a user namespace that maps an ordinary user to
-# root, they do (the embedded server runs as root the same way, embedded.py).
-UNPRIVILEGED = ["unshare", "--user", "--map-user=65534", "--map-group=65534", "--"]
-
-
-def unprivileged() -> list[str]:
-    """The command prefix under which file permissions apply to etl.py: none for an ordinary
-    user; as root, a user namespace, or a skip where one cannot be made."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("unshare") is None or subprocess.run([*UNPRIVILEGED, "true"]).returncode:
-        pytest.skip(
-            "root reads a folder whatever its permissions, and unshare cannot make an ordinary "
-            "user here: the root-proof unreadable-folder tests cover the rejection"
-        )
-    return UNPRIVILEGED
-
 
 def run_etl(
     data: Path, *extra: str, exit_code: int = EXIT_OK, prefix: list[str] = ()
 ) -> subprocess.CompletedProcess:
     """etl.py on the data folder: under prefix (as another user) in a process of its own, else
     in this one; it must end with exit_code within TIMEOUT (a run that does not fails)."""
-    if not prefix:
-        return etl(data, *extra, exit_code=exit_code, timeout=TIMEOUT)
-    done = subprocess.run(
-        [*prefix, sys.executable, "etl.py", "--data", str(data), "--no-progress", "--json", *extra],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=TIMEOUT,
-    )
-    assert done.returncode == exit_code, (done.returncode, done.stdout, done.stderr)
-    return done
+    return etl(data, *extra, exit_code=exit_code, timeout=TIMEOUT, prefix=prefix)
 
 
 # ================================================================ paths as text
@@ -154,7 +126,8 @@ def test_a_path_is_written_as_one_line_of_utf8_text_that_maps_back_to_its_bytes(
         readable = name.decode("utf-8").isprintable() and b"\\" not in name
     except UnicodeDecodeError:
         readable = False
-    assert (text == name.decode("utf-8")) if readable else True
+    if readable:  # a name that is printable UTF-8 is written as it is
+        assert text == name.decode("utf-8")
 
 
 # ================================================================ the property
@@ -1537,13 +1510,12 @@ def test_data_naming_a_file_says_it_is_not_a_folder(tmp_path):
 
 
 def test_data_naming_a_folder_this_user_may_not_read_says_so(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads any folder: no permission to deny it")
+    prefix = unprivileged()
     folder = tmp_path / "data"
     write(folder, "log_data/2018/11/a.json", lines(event(0)))
     folder.chmod(0)
     try:
-        done = etl(folder, exit_code=EXIT_ENVIRONMENT, process=True, timeout=TIMEOUT)
+        done = etl(folder, exit_code=EXIT_ENVIRONMENT, process=True, timeout=TIMEOUT, prefix=prefix)
     finally:
         folder.chmod(0o700)
     assert done.stderr == f"error: cannot read data folder {folder}: Permission denied\n"
