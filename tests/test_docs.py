@@ -1,10 +1,9 @@
-"""The documentation names what exists: every `module.name` that the README, docs/, bench/README.md
-or a docstring of the project mentions is a real attribute of that project module, and every
-`file.py` it mentions is a real file."""
+"""The documentation names what exists: every `module.name` that the README, docs/ or
+bench/README.md mentions is a real attribute of that project module, and every `file.py` it
+mentions is a real file."""
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
 import re
@@ -26,26 +25,10 @@ FILE_MENTION = re.compile(r"`([A-Za-z_][A-Za-z0-9_/]*\.py)\b")
 DOCS = [PROJECT / "README.md", *sorted(PROJECT.glob("docs/*.md")), PROJECT / "bench/README.md"]
 
 
-def docstrings(path: Path) -> str:
-    """Every docstring and comment of a Python file: where its prose lives."""
-    source = path.read_text()
-    tree = ast.parse(source)
-    texts = [
-        ast.get_docstring(node) or ""
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-    ]
-    comments = [line.split("#", 1)[1] for line in source.splitlines() if "#" in line]
-    return "\n".join(texts + comments)
-
-
 @functools.cache
 def prose() -> dict[str, str]:
-    """Each document's text and each module's docstrings and comments, read once."""
-    texts = {str(doc.relative_to(PROJECT)): doc.read_text() for doc in DOCS if doc.exists()}
-    for path in MODULE_FILES.values():
-        texts[str(path.relative_to(PROJECT))] = docstrings(path)
-    return texts
+    """Each document's text, read once."""
+    return {str(doc.relative_to(PROJECT)): doc.read_text() for doc in DOCS if doc.exists()}
 
 
 def import_name(path: Path) -> str:
