@@ -63,11 +63,25 @@ def help_examples(script: str) -> list[str]:
     return [line for line in lines if line]
 
 
+def undescribed(help_text: str) -> list[str]:
+    """The options and subcommand lists that --help (unwrapped) shows without a description: an
+    entry with neither text beside it nor an indented line under it."""
+    listed = re.split(r"^examples?\b", help_text, flags=re.M)[0].splitlines()
+    bare = []
+    for line, after in zip(listed, [*listed[1:], ""]):
+        entry = re.match(r"^  ([-{]\S*(?: \S+)*?)( {2,}\S.*)?$", line)
+        if entry and not entry.group(2) and not re.match(r"^ {3,}\S", after):
+            bare.append(entry.group(1))
+    return bare
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_documents_every_option_and_an_example_of_itself(script):
     examples = help_examples(script)
     assert any(f"python {script}" in line for line in examples), examples
-    assert "--help" in run_script(*script.split(), "--help").stdout  # argparse lists every option
+    shown = run_script(*script.split(), "--help", env={"COLUMNS": "200"}).stdout
+    assert re.search(r"^  -h, --help {2,}show", shown, re.M), shown  # undescribed() reads it
+    assert undescribed(shown) == []
 
 
 def test_the_load_examples_run_as_written(tmp_path):
