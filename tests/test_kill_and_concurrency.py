@@ -6,6 +6,7 @@ hold the tables where its role may, and names those it may not."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -1027,19 +1028,30 @@ def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once
     assert waited < 5, f"Ctrl-C took {waited:.1f} s to end the run"
 
 
-def slow_forwarder(listener: socket.socket, server: Path, delay: float) -> None:
-    """Takes one connection and, after delay seconds, forwards it to the server's socket."""
+def slow_forwarder(
+    listener: socket.socket,
+    server: Path,
+    delay: float,
+    taken: threading.Event,
+    closed: threading.Event,
+) -> None:
+    """Takes one connection (then sets taken) and, after delay seconds, forwards it to the
+    server's socket until the client closes its end (then sets closed)."""
     client, _ = listener.accept()
+    taken.set()
     time.sleep(delay)
     upstream = socket.socket(socket.AF_UNIX)
     upstream.connect(str(server / f".s.PGSQL.{embedded.PORT}"))
 
     def pump(source: socket.socket, sink: socket.socket) -> None:
-        while data := source.recv(65536):
-            sink.sendall(data)
+        with contextlib.suppress(OSError):  # the other end gone
+            while data := source.recv(65536):
+                sink.sendall(data)
 
     threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
     pump(client, upstream)
+    upstream.close()  # the server's session ends with it
+    closed.set()
 
 
 def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later(fresh_tables):
@@ -1048,14 +1060,26 @@ def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later
     server = Path(embedded_url().partition("host=")[2].partition("&")[0])
     sessions = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
     [(before,)] = query(sessions)
+    taken, closed = threading.Event(), threading.Event()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        threading.Thread(target=slow_forwarder, args=(listener, server, 1.0), daemon=True).start()
+        forwarding = (listener, server, 1.0, taken, closed)
+        threading.Thread(target=slow_forwarder, args=forwarding, daemon=True).start()
         url = f"postgresql://{embedded.SUPERUSER}@127.0.0.1:{port}/{db.DATABASE}"
-        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt) as interrupted:
+        # Ctrl-C once the attempt is held by the forwarder: inside db.connect, which waits
+        interrupt = threading.Thread(
+            target=lambda: taken.wait(60) and os.kill(os.getpid(), signal.SIGINT), daemon=True
+        )
+        interrupt.start()
+        kept = []  # the exception, its frame and what that held, as a notebook keeps them
+        try:
             db.connect(db.Settings.from_env(url))
-        time.sleep(2)  # the server has answered the attempt by now
-        [(after,)] = query(sessions)
-    assert interrupted.value is not None  # the frame, and what it held, still referenced
+        except KeyboardInterrupt as exc:
+            kept.append(exc)
+        interrupt.join()
+        assert kept, "Ctrl-C did not stop the attempt"
+        assert closed.wait(60), "the attempt given up was never closed"
+        deadline = time.monotonic() + 30
+        while (after := query(sessions)[0][0]) != before and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert after == before
