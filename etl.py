@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import functools
 import gc
 import importlib.abc
@@ -167,11 +168,17 @@ def check_data(data: Source) -> dict[str, Listing]:
 
 def refuse_a_refresh_that_loses(conn, data: Source, listed: dict[str, Listing]) -> None:
     """A full refresh stops, emptying nothing, where a folder it cannot list (or a link it
-    cannot follow) holds files loaded before: they could not be loaded again."""
+    cannot follow, or a file that took a folder's place) holds files loaded before: they could
+    not be loaded again."""
+    in_place = f"cannot read folder: {os.strerror(errno.ENOTDIR)}"
     unlisted = {
-        extract.relative(data, kind, folder): reason
+        extract.relative(data, kind, path): reason
         for kind in KINDS
-        for folder, reason in listed[kind].unlisted
+        for path, reason in [
+            *listed[kind].unlisted,
+            # in a store, a key may name an object and a "folder" of others at once
+            *((p, in_place) for p, note in listed[kind].ignored if not note and not data.store),
+        ]
     }
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.folders_loaded_from, {"folders": list(unlisted)})

@@ -637,6 +637,24 @@ def test_a_linked_folder_gone_out_of_reach_is_rejected_and_a_full_refresh_keeps_
     assert counts() == loaded
 
 
+def test_a_full_refresh_is_refused_where_a_file_took_a_loaded_folders_place(data):
+    """A loaded day's folder replaced by a file of its name (a copy gone wrong): a run without
+    --full-refresh keeps its plays (its files are gone); a full refresh, which could not load
+    them again, empties nothing."""
+    run_etl(data)
+    loaded = counts()
+    shutil.rmtree(data / "log_data/2018/11")
+    write(data, "log_data/2018/11", b"not a folder\n")
+
+    kept = parse_summary(run_etl(data).stdout)
+    assert (kept.gone, kept.ignored_examples) == (2, ["log_data/2018/11"])
+    refused = run_etl(data, "--full-refresh", exit_code=EXIT_ENVIRONMENT)
+    assert refused.stderr == refresh_refused(
+        data, "log_data/2018/11", "cannot read folder: Not a directory"
+    )
+    assert counts() == loaded
+
+
 def test_entries_that_are_not_data_files_are_named_in_the_summary_not_rejected(data):
     write(data, "song_data/A/.DS_Store", b"\0\0\0\1Bud1")
     write(data, "log_data/README.md", b"# logs\n")
