@@ -149,7 +149,7 @@ def run(
     finally:
         conn.close()
     if out is not None:
-        show(report, "\n".join(report.lines()), strict, None if out == "stdout" else out)
+        show(report, "\n".join(report.lines(strict)), strict, None if out == "stdout" else out)
     return report
 
 

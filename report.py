@@ -224,7 +224,8 @@ class Report:
             for path, line, reason in examples[:REJECT_EXAMPLES]
         ]
 
-    def lines(self) -> list[str]:
+    def lines(self, strict: bool = False) -> list[str]:
+        """The summary, its last line the run's failures (under --strict, rejects among them)."""
         t = self.tally
         data_dir = path_text(str(self.data_dir))
         out = [f"Loaded {data_dir} into {self.target} in {self.seconds:.1f} s (run {self.run_id})"]
@@ -304,8 +305,8 @@ class Report:
                 + (f": {self.checked[name]}" if name in self.checked else "")
                 for name, bad in self.checks.items()
             ]
-        if self.failed:
-            out.append(f"  FAILED ({'; '.join(self.failures)}): exit 1")
+        if failures := self.failures_under(strict):
+            out.append(f"  FAILED ({'; '.join(failures)}): exit 1")
         return out
 
     @property

@@ -31,7 +31,7 @@ from builders import (
     unprivileged,
     write,
 )
-from conftest import counts, query, scalar, table_contents
+from conftest import counts, query, run_script, scalar, table_contents
 from summary import CHECKS_PASSED, Counts, parse_summary
 
 import etl as etl_module
@@ -274,6 +274,14 @@ def test_a_folder_named_like_a_data_file_is_a_folder_its_files_load_and_nothing_
     assert rejects(last_run()) == []
     assert summary.ignored == 2
     assert parse_summary(etl(data, "--strict").stdout).files["log"] == {"unchanged": 4}
+
+
+def test_a_strict_run_that_rejected_a_record_ends_its_summary_saying_why_it_exits_1(data):
+    write(data, "log_data/2018/12/bad.json", lines(G(0), G(1, ts="abc")))
+    done = run_script("etl.py", "--data", str(data), "--no-progress", "--strict", check=False)
+    assert (done.returncode, done.stderr) == (EXIT_FAILED, "")
+    assert done.stdout.splitlines()[-1] == "  FAILED (records rejected (--strict)): exit 1"
+    assert crafted_items() == [0]
 
 
 def test_summary_and_manifest_reconcile_every_record(data):

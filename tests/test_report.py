@@ -170,3 +170,5 @@ def test_a_strict_run_that_rejected_a_record_says_so_among_the_failures_of_its_d
         EXIT_FAILED,
     )
     assert (lenient["failures"], lenient["exit_code"]) == ([], EXIT_OK)
+    assert report(**good).lines(strict=True)[-1] == "  FAILED (records rejected (--strict)): exit 1"
+    assert not report(**good).lines(strict=False)[-1].startswith("  FAILED")
