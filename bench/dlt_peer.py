@@ -8,6 +8,7 @@ SPARKIFY_DLT_URL (other local users cannot read it). Prints one JSON line.
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +47,13 @@ def log_tables(folder: Path):
 
 def main(data: str, schema: str, pipelines_dir: str) -> None:
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")  # never phone home
-    import dlt  # in the virtualenv bench/run.py makes for it: not a project dependency
+    try:
+        import dlt  # in the virtualenv bench/run.py makes for it: not a project dependency
+    except ImportError:
+        sys.exit(
+            "error: dlt is not installed for this Python: run this with the virtualenv "
+            "bench/run.py makes for it (bench/out/dlt-venv/bin/python, after a make bench)"
+        )
 
     pipeline = dlt.pipeline(
         pipeline_name="sparkify_bench",
@@ -71,7 +78,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__,
         epilog="example (bench/run.py runs it, with dlt installed in a virtualenv of its own):\n"
-        "  SPARKIFY_DLT_URL=postgresql://... python bench/dlt_peer.py data dlt_raw /tmp/dlt",
+        "  SPARKIFY_DLT_URL=postgresql://... bench/out/dlt-venv/bin/python bench/dlt_peer.py "
+        "data dlt_raw /tmp/dlt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("data", help="the data folder (song_data/ and log_data/)")
