@@ -34,19 +34,23 @@ INTERRUPTED = f"interrupted: {STOPPED}"
 TERMINATED = f"terminated (SIGTERM): {STOPPED}"
 MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
-# any scheme; up to the last '@' of the line's next 1,024 characters, for a password written raw
-# may hold '@' and spaces: a later '@' masks more than need be, never less), also in a URL typed
+# any scheme; up to the last '@' of the next 8,192 characters, for a password written raw may
+# hold '@', spaces and newlines, and a cloud database's access token used as a password runs to
+# 4 KB: a later '@' masks more than need be, never less), also in a URL typed
 # without its '://' (s3:/, s3:, s3//: a folder's name then, which a message may quote) of a scheme
 # a user gives these scripts (PostgreSQL's, extract.STORES', which imports this module, and their
-# kin s3a, abfss and http(s)), and the value of libpq's password options and of PGPASSWORD=
-# (quoted or not). The bounds, and a scheme tried only from the start of a run of the characters
-# a scheme holds (or from one of those), keep the search linear in the message's length.
+# kin s3a, abfss and http(s)), the value of libpq's password options and of PGPASSWORD=
+# (quoted or not), and a signed URL's or SAS token's credentials. The bounds, and a scheme tried
+# only from the start of a run of the characters a scheme holds (or from one of those), keep the
+# search linear in the message's length.
 KNOWN_SCHEMES = r"(?:postgres(?:ql)?|s3a?|gs|gcs|az|abfss?|https?)"
 CREDENTIALS = re.compile(
     r"(?P<url>(?:(?<![A-Za-z0-9+.-])[A-Za-z0-9+.-]+://"
-    rf"|{KNOWN_SCHEMES}(?::/{{0,2}}|/{{1,2}}))[^\s/?#:]{{0,256}}):.{{0,1024}}@"
+    rf"|{KNOWN_SCHEMES}(?::/{{0,2}}|/{{1,2}}))[^\s/?#:]{{0,256}}):(?s:.{{0,8192}})@"
     r"|(?P<option>(?:pg)?(?:ssl)?password\s*=\s*)"
-    r"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+)",
+    r"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+)"
+    r"|(?P<query>(?:x-amz-(?:credential|signature|security-token)|(?<![\w-])sig|access_token)=)"
+    r"[^&\s]*",
     re.IGNORECASE,
 )
 
@@ -142,16 +146,27 @@ def masked(text: str, secrets: Collection[str] = (), public: Collection[str] = (
             text,
         )
     return CREDENTIALS.sub(
-        lambda m: f"{m['url']}:{MASK}@" if m["url"] else f"{m['option']}{MASK}", text
+        lambda m: f"{m['url']}:{MASK}@" if m["url"] else f"{m['option'] or m['query']}{MASK}",
+        text,
     )
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors (which quote the arguments) show no credential: a URL
-    typed after a misspelt option, say."""
+    or a key=value string typed after a misspelt option, say. An argument holding one is masked
+    whole, as typed and as argparse quotes it (a password's quotes, spaces or newlines would
+    end a credential's mask early)."""
+
+    given: tuple[str, ...] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
-        super().error(masked(message))
+        values = {arg.partition("=")[2] if arg.startswith("--") else arg for arg in self.given}
+        holding = [value for value in values if CREDENTIALS.search(value)]
+        super().error(masked(message, [*holding, *(repr(value)[1:-1] for value in holding)]))
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 # every message, and no message is built from a password anyway (describe, connect).
 MASKED_FROM = 4
 HIDDEN = "its text is not shown, as it may hold a password"
+NO_PASSWORD = "fe_sendauth: no password supplied"  # libpq's words
 # libpq's reasons for a connection string it cannot read quote the text around the problem,
 # which may be the password: we say what kind of problem it is in our own words.
 UNREADABLE = {
@@ -123,8 +124,8 @@ class Settings:
     @classmethod
     def from_env(cls, url: str | None = None) -> Settings:
         env = os.environ
-        return cls(  # a URL read from a file (a container's secret) may end in its newline
-            url=(url or env.get("DATABASE_URL") or "").rstrip("\r\n") or None,
+        return cls(  # read from a file (a container's secret), it may end in a newline
+            url=(url or env.get("DATABASE_URL") or "").strip() or None,
             libpq_env=any(env.get(k) for k in ("PGHOST", "PGHOSTADDR", "PGSERVICE")),
             pgdata=Path(env.get("SPARKIFY_PGDATA") or PROJECT_DIR / ".pgdata").resolve(),
             source="--database-url" if url else "DATABASE_URL",
@@ -189,7 +190,13 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
     """The options libpq reads in a postgresql:// URL or a key=value string. Refused, without
     showing the text: what libpq cannot read, and a URL with an '@' libpq would not take for
     the end of the password (it takes the first '@', or none after a '/'), which would put the
-    rest of the password in the host name, where messages show it."""
+    rest of the password in the host name, where messages show it; a port that is not a number
+    (a URL's user:password with its '@host' left out), which libpq's refusal would quote; and
+    another program's string (in quotes, SQLAlchemy's), named as such."""
+    if not_libpqs := _not_libpqs(text):
+        raise DatabaseError(
+            f"{source} is not a connection string libpq can read: {not_libpqs}; {HIDDEN}"
+        )
     if text.startswith(URL_SCHEMES):
         before, at, after = text.split("://", 1)[1].partition("@")
         if at and ("@" in after or "/" in before):
@@ -199,19 +206,40 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
                 f"%2F in the user name, the password and parameter values; {HIDDEN}"
             )
     try:
-        return parse_dsn(text)
+        read = parse_dsn(text)
     except UnicodeDecodeError:  # libpq read it, but a %-escape made a value that is not UTF-8
         reason = NOT_UTF8
     except UnicodeEncodeError:  # bytes that are not UTF-8 (os.environ keeps them as surrogates)
         reason = "bytes that are not UTF-8 text (write the text in UTF-8)"
     except psycopg2.ProgrammingError as exc:
         reason = next((ours for theirs, ours in UNREADABLE.items() if theirs in str(exc)), None)
+    else:
+        if any(port and not port.isdigit() for port in read.get("port", "").split(",")):
+            raise DatabaseError(  # libpq's refusal would quote it
+                f"{source} has a port that is not a number (a URL whose '@host' is left out reads "
+                f"its user:password as host:port); {HIDDEN}"
+            )
+        return read
     what = (
         f"it has {reason}"
         if reason
         else "write it as postgresql://user:password@host:port/database or as key=value pairs"
     )
     raise DatabaseError(f"{source} is not a connection string libpq can read: {what}; {HIDDEN}")
+
+
+def _not_libpqs(text: str) -> str | None:
+    """Why text is another program's connection string, or None."""
+    if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:
+        return "it is wrapped in quotes (as a .env file writes a value): drop them"
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*(?=://)", text)
+    if scheme is None or text.startswith(URL_SCHEMES):
+        return None
+    if scheme[0].partition("+")[0].lower() in ("postgresql", "postgres") and "+" in scheme[0]:
+        return "it is SQLAlchemy's form (postgresql+driver://): libpq reads postgresql://"
+    return (
+        "it starts with a scheme libpq does not read (postgresql:// or postgres://, in lower case)"
+    )
 
 
 def written_passwords(url: str) -> list[str]:
@@ -439,7 +467,13 @@ def connect_error(exc: psycopg2.OperationalError, settings: Settings) -> Databas
     missing = MISSING.search(first)
     if missing is None:
         each = [line for line in str(exc).splitlines() if line and not line[0].isspace()]
-        return DatabaseError(f"cannot connect to {settings.describe()}: {'; '.join(each) or first}")
+        said = "; ".join(each) or first
+        if NO_PASSWORD in said:  # the server asks for one
+            said += (
+                " (the server asks for a password and none was given: put it in the URL, in "
+                "PGPASSWORD or in ~/.pgpass)"
+            )
+        return DatabaseError(f"cannot connect to {settings.describe()}: {said}")
     if missing[1] == "role":
         todo = "connect as a role that exists there, or create this one (e.g. `createuser`)"
     elif settings.embedded and missing[2] == "postgres":  # initdb makes it: never made whole

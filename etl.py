@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 import time
@@ -209,11 +210,15 @@ def _looked_in(data_dir: Path) -> str:
 
 
 def check_data_dir(data_dir: Path, shown: str) -> None:
-    if not data_dir.exists():
+    try:
+        found = data_dir.stat()
+    except (FileNotFoundError, NotADirectoryError):
         raise UsageError(
             f"data folder {shown} not found{_looked_in(data_dir)} (choose one with --data)"
-        )
-    if not data_dir.is_dir():
+        ) from None
+    except OSError as exc:  # a name too long, a loop of links
+        raise UsageError(f"cannot read data folder {shown}: {exc.strerror}") from None
+    if not stat.S_ISDIR(found.st_mode):
         raise UsageError(
             f"data folder {shown} is not a folder: choose the folder that holds song_data/ "
             "and log_data/ with --data"

@@ -134,10 +134,24 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
     scheme, sep, rest = str(data).partition("://")
     if not sep:
         return Source(str(data))
+    before, query, _ = str(data).partition("?")
+    shown = f"{before}?…" if query else before  # a query may hold a signature or a token
     scheme = scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        raise StoreError(
+            "--data names a database (a postgresql:// URL): the data goes in --data, the "
+            "database in --database-url or DATABASE_URL; its text is not shown, as it may hold "
+            "a password"
+        )
     if scheme not in STORES:
         raise StoreError(
-            f"{data}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
+            f"{shown}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
+        )
+    if re.search(r"\?[^/]*=", rest):  # the store would send it, and name it in its errors
+        raise StoreError(
+            f"{shown}: the query string (?name=value) is not read: an object store is read "
+            "with its library's credentials (docs/object-storage.md), not a signed URL's or a "
+            "SAS token's; its text is not shown, as it may hold a secret"
         )
     bucket = rest.partition("/")[0]
     if not bucket:  # an unset variable in s3://$BUCKET/prefix, say

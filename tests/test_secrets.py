@@ -75,9 +75,21 @@ UNKNOWN_PARAMETER = (
     "a parameter libpq does not know (such as sslmode, options or connect_timeout), or a value "
     "holding '&' or '=' (write them as %26 and %3D)"
 )
+PORT_NOT_A_NUMBER = (
+    "error: --database-url has a port that is not a number (a URL whose '@host' is left out "
+    f"reads its user:password as host:port); {HIDDEN}"
+)
+NOT_LIBPQS = "error: --database-url is not a connection string libpq can read: {}; " + HIDDEN
+SQLALCHEMYS = "it is SQLAlchemy's form (postgresql+driver://): libpq reads postgresql://"
+IN_QUOTES = "it is wrapped in quotes (as a .env file writes a value): drop them"
+OTHER_SCHEME = (
+    "it starts with a scheme libpq does not read (postgresql:// or postgres://, in lower case)"
+)
 # Every refusal of a connection string, word for word: no part of the string is in any of them.
 REFUSALS = {
     MISREAD_AT,
+    PORT_NOT_A_NUMBER,
+    *(NOT_LIBPQS.format(reason) for reason in (SQLALCHEMYS, IN_QUOTES, OTHER_SCHEME)),
     *(
         UNREADABLE.format(reason)
         for reason in (
@@ -346,6 +358,21 @@ def test_a_later_at_sign_on_the_line_masks_more_never_less():
     )
 
 
+def test_a_signed_urls_signature_and_token_are_masked_wherever_they_show():
+    """A store library's error naming a presigned URL or a SAS token's query."""
+    assert cli.masked(
+        "GET https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIAX%2F2026&X-Amz-Signature=9f3a"
+        "&X-Amz-Security-Token=IQoJb3JpZ2lu&x-id=GetObject failed; "
+        "https://a.blob.core.windows.net/c?sv=2022-11-02&sig=S1g%2B&se=2026 refused; "
+        "gs://b/p?access_token=ya29.Tok"
+    ) == (
+        "GET https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***"
+        "&X-Amz-Security-Token=***&x-id=GetObject failed; "
+        "https://a.blob.core.windows.net/c?sv=2022-11-02&sig=***&se=2026 refused; "
+        "gs://b/p?access_token=***"
+    )
+
+
 def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreadable_string_whole():
     assert settings_of("postgresql://u:Tk9%23Qz?w@h/d").secrets == {
         "Tk9#Qz?w",
@@ -397,6 +424,16 @@ def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreada
             UNREADABLE.format(UNKNOWN_PARAMETER),
         ),
         ("postgresql://u:Qb@h/db?schema=sparkify", UNREADABLE.format(UNKNOWN_PARAMETER)),
+        ("postgresql://app:S3cretPw/sparkify", PORT_NOT_A_NUMBER),  # '@host' left out
+        ("postgresql://app:S3cretPw", PORT_NOT_A_NUMBER),
+        ("postgresql://app:my S3cret/db", PORT_NOT_A_NUMBER),
+        ("host=h port=Pw9secret", PORT_NOT_A_NUMBER),
+        ("postgresql+psycopg2://u:Pw9x@h/db", NOT_LIBPQS.format(SQLALCHEMYS)),
+        ("postgres+asyncpg://u:Pw9x@h/db", NOT_LIBPQS.format(SQLALCHEMYS)),
+        ('"postgresql://u:Pw9x@h/db"', NOT_LIBPQS.format(IN_QUOTES)),
+        ("'host=h password=Pw9x'", NOT_LIBPQS.format(IN_QUOTES)),
+        ("POSTGRESQL://u:Pw9x@h/db", NOT_LIBPQS.format(OTHER_SCHEME)),
+        ("postgressql://u:Pw9x@h/db", NOT_LIBPQS.format(OTHER_SCHEME)),
         ("postgresql://u:Pv6x@[::1/db", UNREADABLE.format("an unclosed or empty [IPv6] host")),
         (
             "postgresql://u:Pv6x@[::1]x/db",
@@ -500,7 +537,16 @@ def test_every_script_failing_on_a_string_keeps_its_password_hidden(password, te
         assert_hidden(done, password)
 
 
-@pytest.mark.parametrize("password", SEEDED)
+DATABASE_AS_DATA = (
+    "error: --data names a database (a postgresql:// URL): the data goes in --data, the "
+    "database in --database-url or DATABASE_URL; its text is not shown, as it may hold a "
+    "password\n"
+)
+# A cloud database's access token (an IAM or Entra ID token), used as a password: 1 to 4 KB.
+TOKEN = "".join(random.Random(7).choices(string.ascii_letters + string.digits + "-_.", k=2900))
+
+
+@pytest.mark.parametrize("password", [*SEEDED, "Nl9\nx7Kq-Zt", TOKEN], ids=range(len(SEEDED) + 2))
 def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
     """A misspelt option, a URL with no option or in another's place: argparse quotes the
     arguments it refuses, and --data names what it cannot read."""
@@ -510,6 +556,8 @@ def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
         (["etl.py", "--database_url", url], EXIT_USAGE),
         (["etl.py", raw], EXIT_USAGE),
         (["etl.py", "--jobs", url], EXIT_USAGE),
+        (["etl.py", "--wait", f"host=h password={quoted(password)}"], EXIT_USAGE),
+        (["etl.py", "--batch-mb", f"postgresql://u@h/d?password={password}"], EXIT_USAGE),
         (["create_tables.py", raw], EXIT_USAGE),
         (["db.py", url], EXIT_USAGE),
         (["erd.py", "--out", "/tmp/erd", raw], EXIT_USAGE),
@@ -528,8 +576,10 @@ def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
     for args, code in mistakes:
         done = run_script(*args, check=False, timeout=60)
         assert done.returncode == code, done
-        assert "***" in done.stderr
+        assert "***" in done.stderr or done.stderr == DATABASE_AS_DATA
         assert_hidden(done, password)
+    done = run_script("etl.py", "--data", raw, check=False, timeout=60)
+    assert (done.returncode, done.stderr) == (EXIT_ENVIRONMENT, DATABASE_AS_DATA)
 
 
 def test_an_object_store_url_with_credentials_is_refused_in_one_line():
@@ -540,6 +590,41 @@ def test_an_object_store_url_with_credentials_is_refused_in_one_line():
         "starts with the bucket (s3://bucket/prefix), and credentials and endpoints come from "
         "the store's library (environment variables, a credentials file: "
         "docs/object-storage.md)"
+    )
+
+
+SIGNED = (
+    "the query string (?name=value) is not read: an object store is read with its library's "
+    "credentials (docs/object-storage.md), not a signed URL's or a SAS token's; its text is not "
+    "shown, as it may hold a secret"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "s3://bucket/p?X-Amz-Security-Token=Tok3nS3cret&X-Amz-Signature=S1gnatur3",
+            "s3://bucket/p",
+        ),
+        ("az://container/p?sv=2022-11-02&sig=S1gnatur3%2B", "az://container/p"),
+        ("gs://bucket/p/?access_token=Tok3nS3cret", "gs://bucket/p/"),
+    ],
+)
+def test_a_signed_urls_query_in_data_is_refused_unsent_and_unshown(url, shown):
+    """A presigned URL or a SAS token pasted as --data: the store would take the query for part
+    of the prefix, send it in its requests and name it in its errors."""
+    done = run_script("etl.py", "--data", url, check=False, timeout=60)
+    assert (done.returncode, done.stderr) == (EXIT_ENVIRONMENT, f"error: {shown}?…: {SIGNED}\n")
+
+
+def test_a_url_this_does_not_read_is_named_without_its_query():
+    url = "https://acct.blob.core.windows.net/c/p?sv=2022-11-02&sig=S1gnatur3"
+    done = run_script("etl.py", "--data", url, check=False, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        EXIT_ENVIRONMENT,
+        "error: https://acct.blob.core.windows.net/c/p?…: not a folder, nor a URL this reads "
+        "(s3://, gs:// or az://, or a folder)\n",
     )
 
 
@@ -591,6 +676,20 @@ def test_db_url_under_pg_variables_shows_where_they_point_with_the_password_mask
 
 
 # ================================================================ errors that say what happened
+
+
+def test_a_server_asking_for_a_password_none_was_given_for_says_where_one_goes():
+    refused = psycopg2.OperationalError(
+        'connection to server at "db.example.com" (192.0.2.1), port 5432 failed: '
+        "fe_sendauth: no password supplied\n"
+    )
+    settings = settings_of("postgresql://app@db.example.com/d")
+    assert str(db.connect_error(refused, settings)) == (
+        "cannot connect to postgresql://app@db.example.com/d: connection to server at "
+        '"db.example.com" (192.0.2.1), port 5432 failed: fe_sendauth: no password supplied (the '
+        "server asks for a password and none was given: put it in the URL, in PGPASSWORD or in "
+        "~/.pgpass)"
+    )
 
 
 def test_a_missing_role_is_named_with_the_server_not_sent_to_createdb(tmp_path):
