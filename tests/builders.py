@@ -24,11 +24,12 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, query, run_main, run_script, scalar
+from conftest import PROJECT, query, run_main, run_script, scalar, using_database
 from summary import Counts
 
 import db
 import embedded
+import sql_queries
 from cli import EXIT_ENVIRONMENT, EXIT_OK
 from extract import zstd
 
@@ -315,6 +316,27 @@ def etl(
         return expect(done, exit_code)
     run = run_script if process else run_main
     return expect(run(*args, env=env, timeout=timeout, check=False), exit_code)
+
+
+def load_lock_free(url: str | None = None) -> None:
+    """A closed session's server process lets go of the load lock a moment after its client is
+    gone: back-to-back loads in this process wait for it (on the database at url; None: the
+    tests' own), as a user typing the next command never notices."""
+    deadline = time.monotonic() + 15
+    with using_database(url):
+        while query(sql_queries.lock_holder, {"key": sql_queries.LOCK_KEY}):
+            assert time.monotonic() < deadline, "the load lock stays held"
+            time.sleep(0.01)
+
+
+def dangling_link(path: Path) -> None:
+    """A link at path to nothing."""
+    path.symlink_to(path.parent / "missing.json")
+
+
+def link_in_a_loop(path: Path) -> None:
+    """A link at path to itself: following it never ends."""
+    path.symlink_to(path.name)
 
 
 # As root, file permissions do not stop reads: in a user namespace that maps an ordinary user to

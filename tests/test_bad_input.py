@@ -17,11 +17,13 @@ from builders import (
     CRAFTED_ARTIST,
     DROP,
     crafted_items,
+    dangling_link,
     etl,
     event,
     last_run,
     line,
     lines,
+    link_in_a_loop,
     log_file,
     manifest,
     other_page,
@@ -179,24 +181,16 @@ def test_bad_song_record_is_rejected_and_the_rest_of_its_file_loads(data, case):
     assert table_contents() == loaded
 
 
-def _dangling_symlink(path: Path) -> None:
-    path.symlink_to(path.parent / "missing.json")
-
-
 def _no_permission(path: Path) -> None:
     path.write_bytes(lines(G(0)))
     path.chmod(0)
 
 
-def _link_in_a_loop(path: Path) -> None:
-    path.symlink_to(path.name)
-
-
 # A log path the walk finds (*.json) but that cannot be read. chmod 000 stops an ordinary
 # user's reads only: as root (CI), etl.py runs in a user namespace of its own (unprivileged()).
 UNREADABLE = {
-    "dangling symlink": (_dangling_symlink, "No such file or directory"),
-    "link in a loop": (_link_in_a_loop, "Too many levels of symbolic links"),
+    "dangling symlink": (dangling_link, "No such file or directory"),
+    "link in a loop": (link_in_a_loop, "Too many levels of symbolic links"),
     "chmod 000": (_no_permission, "Permission denied"),
 }
 
@@ -229,7 +223,7 @@ def test_the_summary_names_a_runs_new_problems_before_those_named_at_every_run(d
     """Files named again at each run (links left dangling, say) do not hide a new day's rejects
     from the five examples; they follow them."""
     for n in range(6):
-        _dangling_symlink(data / f"log_data/2018/11/0{n}-link.json")
+        dangling_link(data / f"log_data/2018/11/0{n}-link.json")
     etl(data)
     write(data, "log_data/2018/12/new.json", lines(G(0), G(1, ts="abc")))
 

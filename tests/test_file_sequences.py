@@ -31,7 +31,6 @@ import io
 import json
 import os
 import random
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +40,7 @@ from builders import (
     T0,
     gzip_cut_holds,
     lines,
+    load_lock_free,
     log_file,
     other_page,
     play_among_few_keys,
@@ -53,7 +53,6 @@ from psycopg2 import sql as pgsql
 import create_tables
 import db
 import etl
-import sql_queries
 from cli import EXIT_OK
 from contract import Limits
 
@@ -454,20 +453,9 @@ def random_limits(rng: random.Random) -> Limits:
     )
 
 
-def lock_free(settings: db.Settings) -> None:
-    """A closed session's server process lets go of the load lock a moment after its client is
-    gone: back-to-back loads wait for it, as a user typing the next command never notices."""
-    with using_database(settings.url):
-        for _ in range(500):
-            if not query(sql_queries.lock_holder, {"key": sql_queries.LOCK_KEY}):
-                return
-            time.sleep(0.01)
-    raise AssertionError("the load lock stays held")
-
-
 def fresh_tables_in(settings: db.Settings) -> None:
     create_tables.ensure_database(settings)
-    lock_free(settings)
+    load_lock_free(settings.url)
     with contextlib.redirect_stdout(io.StringIO()):
         create_tables.create_tables(settings)
 
@@ -475,7 +463,7 @@ def fresh_tables_in(settings: db.Settings) -> None:
 def load(settings: db.Settings, data: Path, limits: Limits) -> str:
     """etl.run on the data, which loads, reconciles and passes its checks (exit 0); its summary,
     to show where a later assertion fails."""
-    lock_free(settings)
+    load_lock_free(settings.url)
     report = etl.run(settings, data, jobs=0, progress=False, out=None, limits=limits)
     summary = "\n".join(report.lines())
     assert report.exit_code(strict=False) == EXIT_OK, summary

@@ -48,12 +48,14 @@ from builders import (
     HIDDEN,
     USER,
     crafted_items,
+    dangling_link,
     etl,
     event,
     gzip_cut_holds,
     last_run,
     line,
     lines,
+    link_in_a_loop,
     log_file,
     manifest,
     other_page,
@@ -524,19 +526,11 @@ def _file(path: Path) -> None:
     path.write_text("{}")
 
 
-def _dangling(path: Path) -> None:
-    path.symlink_to("nowhere")
-
-
-def _loop_link(path: Path) -> None:
-    path.symlink_to(path.name)
-
-
 # log_data/ itself unreadable, whoever runs it (root too): (make it, reason)
 NOT_A_FOLDER = {
     "a file": (_file, "cannot read folder: Not a directory"),
-    "a dangling link": (_dangling, "cannot read folder: No such file or directory"),
-    "a link in a loop": (_loop_link, "cannot read folder: Too many levels of symbolic links"),
+    "a dangling link": (dangling_link, "cannot read folder: No such file or directory"),
+    "a link in a loop": (link_in_a_loop, "cannot read folder: Too many levels of symbolic links"),
 }
 
 

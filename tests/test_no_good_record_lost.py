@@ -34,15 +34,14 @@ import json
 import os
 import random
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import builders
 import orjson
 import pytest
-from builders import SESSION, USER
-from conftest import PROPERTY, query, run_script, scalar, table_contents
+from builders import SESSION, USER, load_lock_free
+from conftest import PROPERTY, query, run_script, table_contents
 from hypothesis import event, given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -694,21 +693,11 @@ class Outcome:
     manifest: dict
 
 
-def wait_for_the_load_lock() -> None:
-    """A closed session's server process lets go of the load lock a moment after its client is
-    gone: a user typing the next command never notices, back-to-back calls here would."""
-    for _ in range(500):
-        if not scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"):
-            return
-        time.sleep(0.01)
-    raise AssertionError("the load lock is still held by another session")
-
-
 def load(corpus: Corpus, damaged: bool) -> Outcome:
     """Fresh tables, the corpus written to a new data folder, one etl.run in this process."""
     settings = db.Settings.from_env()
     create_tables.ensure_database(settings)
-    wait_for_the_load_lock()
+    load_lock_free()
     with contextlib.redirect_stdout(io.StringIO()):
         create_tables.create_tables(settings)
     with tempfile.TemporaryDirectory(prefix="spk-props-") as folder:
@@ -718,7 +707,7 @@ def load(corpus: Corpus, damaged: bool) -> Outcome:
                 target = Path(folder, file.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-        wait_for_the_load_lock()
+        load_lock_free()
         report = etl.run(
             settings, Path(folder), jobs=0, progress=False, out=None, limits=corpus.limits
         )
