@@ -12,17 +12,12 @@ import time
 from pathlib import Path
 
 import boto3
+from conftest import free_ports
 
 # Credentials moto accepts, unlike a real store; the secret is distinctive, so that a test can
 # tell it never reaches the output.
 ACCESS_KEY = "AKIAS3TESTSPARKIFY01"
 SECRET_KEY = "s3cr3t-sparkify-test-never-printed"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class S3Server:
@@ -31,7 +26,7 @@ class S3Server:
     IAM knows, which none do: each is refused as a real store refuses bad credentials."""
 
     def __init__(self, enforce_auth: bool = False):
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self.enforce_auth = enforce_auth
         self.process: subprocess.Popen | None = None
 

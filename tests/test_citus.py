@@ -29,6 +29,7 @@ from builders import USER, as_superuser, event, lines, song, write
 from conftest import (
     PROJECT,
     SAMPLE,
+    free_ports,
     query,
     run_script,
     schema_objects,
@@ -50,17 +51,6 @@ CITUS_SEQUENCE_SEED, CITUS_STEPS = 117112, 15
 
 
 # ================================================================ the cluster
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def processes_using(folder: Path) -> list[str]:

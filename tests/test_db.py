@@ -9,7 +9,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from conftest import (
     SAMPLE,
     counts,
     environment,
+    free_ports,
     only_pg_variables,
     query,
     run_script,
@@ -841,9 +841,7 @@ def ssl_server():
     for path in (folder, folder / "server.key", folder / "server.crt"):
         citus_cluster.give_to_server_user(path)
     (folder / "server.key").chmod(0o600)
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    (port,) = free_ports(1)
     settings = {
         "listen_addresses": "127.0.0.1",
         "port": str(port),
