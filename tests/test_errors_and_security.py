@@ -175,7 +175,10 @@ class RowsUntilTheSessionEnds:
         self.reads += 1
         if self.reads == 3:
             query("SELECT pg_terminate_backend(%s)", (self.pid,))
-            time.sleep(0.3)  # the session is gone before the next rows are sent
+            deadline = time.monotonic() + 30  # the session gone before the next rows are sent
+            while query("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (self.pid,)):
+                assert time.monotonic() < deadline, "the session outlived its termination"
+                time.sleep(0.01)
         return b"" if self.reads > 50 else b"".join(self.ROW % i for i in range(1000))
 
 
