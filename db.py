@@ -193,9 +193,9 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
     rest of the password in the host name, where messages show it; a port that is not a number
     (a URL's user:password with its '@host' left out), which libpq's refusal would quote; and
     another program's string (in quotes, SQLAlchemy's), named as such."""
-    if not_libpqs := _not_libpqs(text):
+    if another_programs := _another_programs(text):
         raise DatabaseError(
-            f"{source} is not a connection string libpq can read: {not_libpqs}; {HIDDEN}"
+            f"{source} is not a connection string libpq can read: {another_programs}; {HIDDEN}"
         )
     if text.startswith(URL_SCHEMES):
         before, at, after = text.split("://", 1)[1].partition("@")
@@ -228,8 +228,8 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
     raise DatabaseError(f"{source} is not a connection string libpq can read: {what}; {HIDDEN}")
 
 
-def _not_libpqs(text: str) -> str | None:
-    """Why text is another program's connection string, or None."""
+def _another_programs(text: str) -> str | None:
+    """Why text is another program's connection string (not libpq's), or None."""
     if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:
         return "it is wrapped in quotes (as a .env file writes a value): drop them"
     scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*(?=://)", text)
