@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import io
 import json
+import os
 import re
 import signal
 import sys
@@ -185,22 +187,51 @@ def printed_exceptions_dropped():
         sys.excepthook = shown
 
 
+# What the stop relay runs when Ctrl-C or SIGTERM arrives: the running command's on_stop.
+_ON_STOP: list[Callable[[], None]] = []
+
+
+@functools.cache
+def _stop_relay() -> None:
+    """Python runs a signal's handler in the main thread, between two of its instructions: a
+    main thread waiting in a C library (libpq, for its statement's result) hears of Ctrl-C or
+    SIGTERM only once that returns. Each signal is also written to a pipe (set_wakeup_fd), which
+    a thread of its own reads, running _ON_STOP at once: it may end that wait (a statement
+    cancelled on the server), and the handler then stops the command. Set up once, from the
+    main thread."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def relay() -> None:
+        while received := os.read(read_end, 512):
+            if {signal.SIGINT, signal.SIGTERM} & set(received):
+                for on_stop in list(_ON_STOP):
+                    on_stop()
+
+    threading.Thread(target=relay, name="stop relay", daemon=True).start()
+
+
 def run_command(
     action: Callable[[], int],
     secrets: Collection[str] = (),
     as_json: bool = False,
     public: Collection[str] = (),
+    on_stop: Callable[[], None] | None = None,
 ) -> int:
     """Run a script's work and return its exit code. Every message it ends with goes out here,
     with the secrets masked (but inside the public texts: see masked): a UserError, Ctrl-C or
     SIGTERM as one line, anything else (a bug) as its traceback. With as_json (a script whose
     report is JSON), stdout gets one JSON object for a run that ends so too: its status, exit
-    code and error (the message's first line)."""
+    code and error (the message's first line). on_stop runs as soon as Ctrl-C or SIGTERM
+    arrives, in another thread (_stop_relay): what ends a wait outside Python."""
     for stream in (sys.stdout, sys.stderr):  # a character the locale cannot show, escaped
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     if threading.current_thread() is threading.main_thread():  # where Python runs handlers
         signal.signal(signal.SIGTERM, _terminated)
+        _stop_relay()
+    _ON_STOP[:] = [on_stop] if on_stop else []
     try:
         with printed_exceptions_dropped():
             return action()
@@ -216,6 +247,8 @@ def run_command(
         return getattr(exc, "exit_code", EXIT_OK)  # what write_out knew of the outcome
     except Exception as exc:
         message, code, stopped = traceback.format_exc(), EXIT_FAILED, exc
+    finally:
+        _ON_STOP.clear()
     shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
     with contextlib.suppress(OSError):  # where the output cannot be written, the code says it
         print(shown, file=sys.stderr)

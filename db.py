@@ -419,7 +419,23 @@ def connect(settings: Settings, dbname: str | None = None):
             f"the database on {settings.describe()} stores text as {encoding}, which cannot "
             "hold every title and name: use a database created with ENCODING 'UTF8'"
         )
+    _OPEN[:] = [*(held for held in _OPEN if not held.closed), conn]
     return conn
+
+
+# The connections connect made that are still open, whose statements a stop cancels.
+_OPEN: list = []
+
+
+def cancel_statements() -> None:
+    """Each open connection's statement under way cancelled on the server (a lock waited for up
+    to --wait, a COMMIT waiting for a synchronous standby that is down, for good): its thread
+    gets an error back at once, where a stop's handler can run (cli._stop_relay). Any thread may
+    call it (libpq's cancel request is made for that)."""
+    for conn in list(_OPEN):
+        with contextlib.suppress(psycopg2.Error):
+            if not conn.closed:
+                conn.cancel()
 
 
 def _interruptible_connect(options: dict[str, str]):
@@ -506,7 +522,9 @@ def run_command(
                 raise cli.noted(database_error(exc, settings, dropped), exc) from None
 
     shown_never = settings.secrets | {text for text in more_secrets if len(text) >= MASKED_FROM}
-    return cli.run_command(on_the_database, shown_never, as_json, settings.public)
+    return cli.run_command(
+        on_the_database, shown_never, as_json, settings.public, on_stop=cancel_statements
+    )
 
 
 def database_error(

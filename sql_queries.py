@@ -604,10 +604,11 @@ session_let_go = "SELECT pg_advisory_unlock(%(key)s), set_config('sparkify.run',
 # on (on a socket the server ignores them). And no statement is compiled (jit): a load's
 # statements are planned anew for each batch, and with a server's JIT thresholds near 0 one more
 # day of 20,000 plays spent minutes compiling its merge, its server process growing by gigabytes.
-# And the server's notices are not sent (client_min_messages): psycopg2 hands a statement's
-# notices to Python as it ends and clears what was raised meanwhile, so Ctrl-C or SIGTERM during
-# a statement ending with one (DROP … IF EXISTS's "skipping", Citus's "drop cascades to …") was
-# lost, and create_tables.py went on to drop the tables. On Citus, a transaction's SET LOCAL is
+# And the server's notices and warnings are not sent (client_min_messages): psycopg2 hands a
+# statement's notices to Python as it ends and clears what was raised meanwhile, so Ctrl-C or
+# SIGTERM during a statement ending with one (DROP … IF EXISTS's "skipping", Citus's "drop
+# cascades to …", the warning of a COMMIT whose wait for a synchronous standby a stop cancelled)
+# was lost: create_tables.py went on to drop the tables, a load to its next batch. On Citus, a transaction's SET LOCAL is
 # sent to the workers too (citus.propagate_set_commands): the lock timeouts of a load's parts,
 # of --full-refresh's TRUNCATE and of create_tables.py's DROP reach a session holding a shard
 # there. Each setting the server has (idle_session_timeout since PostgreSQL 14,
@@ -625,7 +626,7 @@ FROM (VALUES ('statement_timeout', '0'),
              ('tcp_keepalives_interval', '10'),
              ('tcp_keepalives_count', '3'),
              ('tcp_user_timeout', '60000'),
-             ('client_min_messages', 'warning'),
+             ('client_min_messages', 'error'),
              ('citus.propagate_set_commands', 'local')) v (name, setting)
 JOIN pg_settings s USING (name)"""
 

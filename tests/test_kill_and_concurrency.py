@@ -34,6 +34,7 @@ from builders import (
     last_run_status,
     lines,
     one_error_line,
+    plus,
     start_load,
     write,
 )
@@ -380,6 +381,93 @@ def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, 
     }
     assert table_contents() == baseline
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
+
+
+# The run's statement waiting on the server for a lock another session holds.
+WAITING_FOR_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
+    "AND wait_event_type = 'Lock'"
+)
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_ends_a_statement_the_server_keeps_waiting_at_once(data, stop):
+    """A statement that would wait minutes on the server (here for a lock an admin's session
+    holds, up to --wait; a COMMIT waiting for a synchronous standby that is down, for good)
+    holds etl.py in libpq, where Python's handlers cannot run: Ctrl-C and SIGTERM cancel it on
+    the server, and the run ends as a stop does, its batch rolled back."""
+    sent, exit_code, said = STOPS[stop]
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    etl(data)
+    write(data, "log_data/2018/12/b.json", lines(event(2)))  # a play of a user loaded
+    before = counts()
+    admin = db.connect(db.Settings.from_env())
+    watch = Watcher()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(IN_THE_WAY["a table"])
+        proc = start_load(data, "--wait", "600")
+        watch.wait(WAITING_FOR_A_LOCK, lambda n: n == 1, proc)
+        os.kill(proc.pid, sent)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        admin.close()
+        watch.close()
+    assert (proc.returncode, err) == (exit_code, f"error: {said}\n")
+    assert json.loads(out) == {
+        "run_id": last_run(),
+        "status": "failed",
+        "exit_code": exit_code,
+        "error": said,
+    }
+    assert counts() == before
+    etl(data)
+    assert counts() == plus(songplays=2, users=1, time=2)
+
+
+# An admin's trigger on users that sleeps and, cancelled, warns and lets its statement end: as
+# a COMMIT waiting for a synchronous standby that is down ends, cancelled, with a warning.
+WARNS_WHEN_CANCELLED = """
+CREATE FUNCTION sleeps_then_warns() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(600);
+    RETURN NULL;
+EXCEPTION WHEN query_canceled THEN
+    RAISE WARNING 'cancelled, and went on';
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sleeps_then_warns AFTER INSERT ON users
+FOR EACH STATEMENT EXECUTE FUNCTION sleeps_then_warns();
+SELECT 1"""
+SLEEPING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
+    "AND wait_event = 'PgSleep'"
+)
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_whose_cancelled_statement_ends_with_a_warning_still_stops_the_run(data, stop):
+    """psycopg2 hands a statement's warnings to Python as it returns, and drops what was raised
+    meanwhile: a stop that arrived then was lost, and the run went on to load its batch."""
+    sent, exit_code, said = STOPS[stop]
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    etl(data)
+    write(data, "log_data/2018/12/b.json", lines(event(2)))
+    before = counts()
+    query(WARNS_WHEN_CANCELLED)
+    watch = Watcher()
+    try:
+        proc = start_load(data)
+        watch.wait(SLEEPING, lambda n: n == 1, proc)
+        os.kill(proc.pid, sent)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        watch.close()
+        query("DROP FUNCTION sleeps_then_warns() CASCADE; SELECT 1")
+    assert (proc.returncode, err) == (exit_code, f"error: {said}\n")
+    assert counts() == before
+    etl(data)
+    assert counts() == plus(songplays=2, users=1, time=2)
 
 
 # A run waiting for the load lock: its session has tried it, and, the lock held, tries again.
