@@ -544,8 +544,9 @@ def database_error(
             why += f" ({cli.one_line(hint)})"
         if isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
             why += (
-                " (the server takes no writes here: a standby in recovery, or "
-                "default_transaction_read_only is on; load into the primary)"
+                " (the server takes no writes here: a standby in recovery, where the primary "
+                "is the one to load into; or default_transaction_read_only is on for this role "
+                "or database, which ALTER ROLE … RESET default_transaction_read_only undoes)"
             )
         if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
             why += " (the role lacks a privilege: docs/database.md says what each script needs)"
