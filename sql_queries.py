@@ -608,11 +608,11 @@ session_let_go = "SELECT pg_advisory_unlock(%(key)s), set_config('sparkify.run',
 # statement's notices to Python as it ends and clears what was raised meanwhile, so Ctrl-C or
 # SIGTERM during a statement ending with one (DROP … IF EXISTS's "skipping", Citus's "drop
 # cascades to …", the warning of a COMMIT whose wait for a synchronous standby a stop cancelled)
-# was lost: create_tables.py went on to drop the tables, a load to its next batch. On Citus, a transaction's SET LOCAL is
-# sent to the workers too (citus.propagate_set_commands): the lock timeouts of a load's parts,
-# of --full-refresh's TRUNCATE and of create_tables.py's DROP reach a session holding a shard
-# there. Each setting the server has (idle_session_timeout since PostgreSQL 14,
-# transaction_timeout since 17, citus.* on Citus).
+# was lost: create_tables.py went on to drop the tables, a load to its next batch. On Citus, a
+# transaction's SET LOCAL is sent to the workers too (citus.propagate_set_commands): the lock
+# timeouts of a load's parts, of --full-refresh's TRUNCATE and of create_tables.py's DROP reach a
+# session holding a shard there. Each setting the server has (idle_session_timeout since
+# PostgreSQL 14, transaction_timeout since 17, citus.* on Citus).
 batch_job_settings = """
 SELECT set_config(s.name, v.setting, false)
 FROM (VALUES ('statement_timeout', '0'),
