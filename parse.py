@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import json
+import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -163,10 +165,14 @@ def records_from(objects: list[dict], fields: dict) -> Records:
 
 
 def _decode_lines(
-    lines: Iterable[tuple[int, bytes]], path: str, encoding: str = "UTF-8"
+    lines: Iterable[tuple[int, bytes]],
+    path: str,
+    encoding: str = "UTF-8",
+    read: Collection[str] | None = None,
 ) -> tuple[list[dict], list[Reject]]:
     """JSON line by line: objects tagged with path, line and raw text; a reject for the rest.
-    encoding: the file's, of which the lines are the UTF-8 rendering."""
+    encoding: the file's, of which the lines are the UTF-8 rendering. read: the fields the ETL
+    reads, where the others may hold a number JSON lacks (logs': _beyond_json); None: none."""
     good, bad = [], []
     for number, raw in lines:
         if not raw.strip():
@@ -174,14 +180,36 @@ def _decode_lines(
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            bad.append(Reject(path, number, _decode_error(exc, encoding), raw))
-            continue
+            value = None if read is None else _beyond_json(raw, read)
+            if value is None:
+                bad.append(Reject(path, number, _decode_error(exc, encoding), raw))
+                continue
         if not isinstance(value, dict):
             bad.append(Reject(path, number, f"not a JSON object but {type(value).__name__}", raw))
             continue
         value.update(path=path, line=number, raw=raw)
         good.append(value)
     return good, bad
+
+
+def _beyond_json(raw: bytes, read: Collection[str]) -> dict | None:
+    """A log line orjson refuses only for a number JSON lacks (NaN, Infinity, one beyond a
+    double) in a field the ETL does not read, as orjson would read it were that number null: so
+    Arrow's reader takes it (it skips those fields, numbers and all), and the line's verdict
+    must not hang on which reader reads it. None for any other line (a surrogate escape, an
+    integer beyond 64 bits, such a number in a field read: orjson's verdict stands)."""
+    try:
+        value = json.loads(raw.decode())  # as bytes, json would skip a byte-order mark
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or any(
+        isinstance(value.get(field), float) and not math.isfinite(value[field]) for field in read
+    ):
+        return None
+    try:
+        return orjson.loads(orjson.dumps(value))  # those numbers null, the rest as orjson reads
+    except (orjson.JSONEncodeError, orjson.JSONDecodeError):
+        return None
 
 
 def _decode_error(exc: orjson.JSONDecodeError, encoding: str) -> str:
@@ -303,7 +331,9 @@ def _by_line(
     kind: str, text: bytes, path: str, first_line: int, encoding: str
 ) -> tuple[list[Records], list[Reject]]:
     """The lines read one by one with orjson, each judged on its own."""
-    objects, rejects = _decode_lines(enumerate(raw_lines(text), first_line), path, encoding)
+    read = FIELDS[kind] if kind == "log" else None  # Arrow reads each field of a song file
+    lines = enumerate(raw_lines(text), first_line)
+    objects, rejects = _decode_lines(lines, path, encoding, read)
     return [records_from(objects, FIELDS[kind])], rejects
 
 

@@ -38,6 +38,11 @@ ODD_LINES = {
     "NaN where a number goes": b'{"page": "NextSong", "ts": 1541106106796, "length": NaN}\n',
     "Infinity where a number goes": b'{"page": "Home", "ts": 1541106106796, "length": Infinity}\n',
     "two objects on one line, then a blank one": line(7)[:-1] + line(8) + b"\n",
+    # JSON has no NaN or Infinity; Python's json.dumps writes them, Arrow's reader takes them
+    "NaN in a field the ETL does not read": line(7, registration=float("nan")),
+    "-Infinity in a field the ETL does not read": line(7, registration=float("-inf")),
+    "a number beyond a double in a field the ETL does not read": line(7)[:-2]
+    + b', "registration": 1e400}\n',
     "a byte-order mark": b"\xef\xbb\xbf" + line(7),
     "a blank line": b"   \n",
     # Arrow reads a newline as blank space: the object runs on into the next line, and the line
@@ -65,6 +70,8 @@ def test_odd_lines_are_judged_as_json_defines_them():
     assert verdicts(ODD_LINES["NaN where a number goes"] + line(2))[1][0][1].startswith(
         "malformed JSON"
     )
+    unread = ODD_LINES["NaN in a field the ETL does not read"]
+    assert verdicts(unread + DAMAGED)[0] == [(1, 7, PLAY["length"])]  # as its values are JSON
     assert verdicts(ODD_LINES["a byte-order mark"])[1] == [
         (1, "a byte-order mark before the record (as files joined together leave one)")
     ]
@@ -142,7 +149,8 @@ def test_small_files_read_together_get_what_each_gets_read_alone(files, piece_by
 
 def line_by_line(data: bytes) -> tuple[parse.Records, list]:
     """The file as the line reader reads it, every line on its own."""
-    objects, rejects = parse._decode_lines(enumerate(extract.raw_lines(data), 1), "log_data/a.json")
+    lines = enumerate(extract.raw_lines(data), 1)
+    objects, rejects = parse._decode_lines(lines, "log_data/a.json", read=parse.EVENT_FIELDS)
     return parse.records_from(objects, parse.EVENT_FIELDS), rejects
 
 
