@@ -36,25 +36,30 @@ INTERRUPTED = f"interrupted: {STOPPED}"
 TERMINATED = f"terminated (SIGTERM): {STOPPED}"
 MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
-# any scheme; up to the last '@' of the next 8,192 characters, for a password written raw may
-# hold '@', spaces and newlines, and a cloud database's access token used as a password runs to
-# 4 KB: a later '@' masks more than need be, never less), also in a URL typed
-# without its '://' (s3:/, s3:, s3//: a folder's name then, which a message may quote) of a scheme
-# a user gives these scripts (PostgreSQL's, extract.STORES', which imports this module, and their
-# kin s3a, abfss and http(s)), the value of libpq's password options and of PGPASSWORD=
-# (quoted or not), and a signed URL's or SAS token's credentials. The bounds, and a scheme tried
-# only from the start of a run of the characters a scheme holds (or from one of those), keep the
-# search linear in the message's length.
+# any scheme; up to the last '@' of the line's next 8,192 characters, for a password written raw
+# may hold '@' and spaces, and a cloud database's access token used as a password runs to 4 KB: a
+# later '@' masks more than need be, never less), also in a URL typed without its '://' (s3:/,
+# s3:, s3//: a folder's name then, which a message may quote) of a scheme a user gives these
+# scripts (PostgreSQL's, extract.STORES', which imports this module, and their kin s3a, abfss
+# and http(s)), the value of libpq's password options and of PGPASSWORD= (quoted or not), and a
+# signed URL's or SAS token's credentials in its query. The bounds, and a scheme tried only from
+# the start of a run of the characters a scheme holds (or from one of those), keep the search
+# linear in the message's length. In a value the user gave (an argument, --data), a password may
+# hold newlines too: IN_A_VALUE reads past them.
 KNOWN_SCHEMES = r"(?:postgres(?:ql)?|s3a?|gs|gcs|az|abfss?|https?)"
-CREDENTIALS = re.compile(
+SIGNED_QUERY_NAMES = (
+    r"x-amz-(?:credential|signature|security-token)|x-goog-(?:credential|signature)"
+    r"|signature|awsaccesskeyid|sig|access_token"
+)
+_CREDENTIALS = (
     r"(?P<url>(?:(?<![A-Za-z0-9+.-])[A-Za-z0-9+.-]+://"
-    rf"|{KNOWN_SCHEMES}(?::/{{0,2}}|/{{1,2}}))[^\s/?#:]{{0,256}}):(?s:.{{0,8192}})@"
+    rf"|{KNOWN_SCHEMES}(?::/{{0,2}}|/{{1,2}}))[^\s/?#:]{{0,256}}):.{{0,8192}}@"
     r"|(?P<option>(?:pg)?(?:ssl)?password\s*=\s*)"
     r"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+)"
-    r"|(?P<query>(?:x-amz-(?:credential|signature|security-token)|(?<![\w-])sig|access_token)=)"
-    r"[^&\s]*",
-    re.IGNORECASE,
+    rf"|(?P<query>(?<=[?&])(?:{SIGNED_QUERY_NAMES})=)[^&\s#;'\"]*"
 )
+CREDENTIALS = re.compile(_CREDENTIALS, re.IGNORECASE)
+CREDENTIALS_IN_A_VALUE = re.compile(_CREDENTIALS, re.IGNORECASE | re.DOTALL)
 
 
 class Terminated(KeyboardInterrupt):
@@ -131,11 +136,17 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def masked(text: str, secrets: Collection[str] = (), public: Collection[str] = ()) -> str:
+def masked(
+    text: str,
+    secrets: Collection[str] = (),
+    public: Collection[str] = (),
+    a_value: bool = False,
+) -> str:
     """The text with every occurrence of each secret replaced by ***, the longest first (so a
     secret holding another is masked whole), but one lying inside an occurrence of a public text
     (a host, role or database name that messages show anyway, where *** would only tell what the
-    password is), and every credential (CREDENTIALS) too."""
+    password is), and every credential (CREDENTIALS) too; a_value: the text is one value the
+    user gave, its credentials read across lines (CREDENTIALS_IN_A_VALUE)."""
     if secrets := [secret for secret in secrets if secret]:
         inside = [
             (found.start(), found.start() + len(name))
@@ -147,7 +158,7 @@ def masked(text: str, secrets: Collection[str] = (), public: Collection[str] = (
             lambda m: m[0] if any(a <= m.start() and m.end() <= b for a, b in inside) else MASK,
             text,
         )
-    return CREDENTIALS.sub(
+    return (CREDENTIALS_IN_A_VALUE if a_value else CREDENTIALS).sub(
         lambda m: f"{m['url']}:{MASK}@" if m["url"] else f"{m['option'] or m['query']}{MASK}",
         text,
     )
@@ -167,7 +178,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         values = {arg.partition("=")[2] if arg.startswith("--") else arg for arg in self.given}
-        holding = [value for value in values if CREDENTIALS.search(value)]
+        holding = [value for value in values if CREDENTIALS_IN_A_VALUE.search(value)]
         super().error(masked(message, [*holding, *(repr(value)[1:-1] for value in holding)]))
 
 
@@ -209,7 +220,14 @@ def _stop_relay() -> None:
                 for on_stop in list(_ON_STOP):
                     on_stop()
 
-    threading.Thread(target=relay, name="stop relay", daemon=True).start()
+    # The thread starts with both signals blocked, and keeps them so: the kernel hands them to
+    # a thread that does not block them, and one blocking them as it starts the parse workers
+    # (etl.Preparer) must get them after.
+    started = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        threading.Thread(target=relay, name="stop relay", daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, started)
 
 
 def run_command(

@@ -78,6 +78,7 @@ MISSING = re.compile(r'\b(role|database) "(.*)" does not exist')
 # Seconds libpq waits for a server to answer a connection before it gives up (a host that
 # accepts and never answers would hang a run), unless the URL or PGCONNECT_TIMEOUT says.
 CONNECT_TIMEOUT = "10"
+CANCEL_CONNECT_TIMEOUT = "5"  # a stop's own connection (cancel_statements): it waits for no one
 # A network that drops silently (a host gone, a cable cut) leaves a connection waiting on a
 # statement until TCP gives up: two hours with the system's keepalive defaults. Probed after 30 s
 # of silence, every 10 s, three times, it is found lost in about a minute; a busy server's system
@@ -214,10 +215,10 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
     except psycopg2.ProgrammingError as exc:
         reason = next((ours for theirs, ours in UNREADABLE.items() if theirs in str(exc)), None)
     else:
-        if any(port and not port.isdigit() for port in read.get("port", "").split(",")):
+        if not all(map(_a_port, read.get("port", "").split(","))):
             raise DatabaseError(  # libpq's refusal would quote it
-                f"{source} has a port that is not a number (a URL whose '@host' is left out reads "
-                f"its user:password as host:port); {HIDDEN}"
+                f"{source} has a port that is none (a whole number from 1 to 65535: a URL whose "
+                f"'@host' is left out reads its user:password as host:port); {HIDDEN}"
             )
         return read
     what = (
@@ -226,6 +227,13 @@ def read_connection_string(text: str, source: str) -> dict[str, str]:
         else "write it as postgresql://user:password@host:port/database or as key=value pairs"
     )
     raise DatabaseError(f"{source} is not a connection string libpq can read: {what}; {HIDDEN}")
+
+
+def _a_port(text: str) -> bool:
+    """Whether libpq takes text for a port (or for none: empty), as it reads one: a whole
+    number from 1 to 65535, blank space and a sign around it allowed. Any other, it would quote."""
+    number = re.fullmatch(r"\s*[+-]?([0-9]+)\s*", text, re.ASCII)
+    return not text or (number is not None and 1 <= int(text) <= 65535)
 
 
 def _another_programs(text: str) -> str | None:
@@ -419,23 +427,33 @@ def connect(settings: Settings, dbname: str | None = None):
             f"the database on {settings.describe()} stores text as {encoding}, which cannot "
             "hold every title and name: use a database created with ENCODING 'UTF8'"
         )
-    _OPEN[:] = [*(held for held in _OPEN if not held.closed), conn]
+    _OPEN[:] = [*(held for held in _OPEN if not held[0].closed), (conn, conn.info.backend_pid)]
     return conn
 
 
-# The connections connect made that are still open, whose statements a stop cancels.
-_OPEN: list = []
+# The connections connect made that are still open, with their server processes, whose
+# statements a stop cancels.
+_OPEN: list[tuple[connection, int]] = []
 
 
-def cancel_statements() -> None:
+def cancel_statements(settings: Settings) -> None:
     """Each open connection's statement under way cancelled on the server (a lock waited for up
     to --wait, a COMMIT waiting for a synchronous standby that is down, for good): its thread
-    gets an error back at once, where a stop's handler can run (cli._stop_relay). Any thread may
-    call it (libpq's cancel request is made for that)."""
-    for conn in list(_OPEN):
-        with contextlib.suppress(psycopg2.Error):
-            if not conn.closed:
-                conn.cancel()
+    gets an error back at once, where a stop's handler can run (cli._stop_relay, whose thread
+    calls this). Through a connection of its own (pg_cancel_backend): psycopg2's cancel request
+    holds every thread of the process until the server answers it, for good where nothing does
+    (a proxy); a connection's attempt and statement let the others run."""
+    pids = [pid for conn, pid in list(_OPEN) if not conn.closed]
+    if not pids:
+        return
+    with contextlib.suppress(psycopg2.Error, DatabaseError):
+        target = {**KEEPALIVES, **options(settings), "connect_timeout": CANCEL_CONNECT_TIMEOUT}
+        canceller = psycopg2.connect(**target, fallback_application_name="sparkify stop")
+        try:
+            with canceller.cursor() as cur:
+                cur.execute(sql.cancel_backends, {"pids": pids})
+        finally:
+            canceller.close()
 
 
 def _interruptible_connect(options: dict[str, str]):
@@ -523,7 +541,11 @@ def run_command(
 
     shown_never = settings.secrets | {text for text in more_secrets if len(text) >= MASKED_FROM}
     return cli.run_command(
-        on_the_database, shown_never, as_json, settings.public, on_stop=cancel_statements
+        on_the_database,
+        shown_never,
+        as_json,
+        settings.public,
+        on_stop=functools.partial(cancel_statements, settings),
     )
 
 

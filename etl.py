@@ -156,7 +156,7 @@ def run(
 
 def check_data(data: Source) -> dict[str, Listing]:
     """What is under the data folder (or prefix), per kind, once it is known to hold data files."""
-    shown = extract.path_text(cli.masked(data.root))  # masked before its \ are doubled
+    shown = shown_root(data)
     if data.store is None:
         check_data_dir(Path(data.root), shown)
     listed = {kind: extract.listing(data, kind) for kind in KINDS}
@@ -181,6 +181,8 @@ def refuse_a_refresh_that_loses(conn, data: Source, listed: dict[str, Listing]) 
             *((p, in_place) for p, note in listed[kind].ignored if not note and not data.store),
         ]
     }
+    if not unlisted:
+        return
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.folders_loaded_from, {"folders": list(unlisted)})
         lost = [row[0] for row in cur.fetchall()]
@@ -188,10 +190,16 @@ def refuse_a_refresh_that_loses(conn, data: Source, listed: dict[str, Listing]) 
         others = len(lost) - 1
         also = f" (and {cli.many(others, 'more folder', 'more folders')})" if others else ""
         raise UsageError(
-            f"not refreshing from {extract.path_text(cli.masked(data.root))}: what was loaded "
+            f"not refreshing from {shown_root(data)}: what was loaded "
             f"from {lost[0]}{also} cannot be loaded again, as it cannot be listed "
             f"({unlisted[lost[0]]}); nothing was emptied: mend it, or run without --full-refresh"
         )
+
+
+def shown_root(data: Source) -> str:
+    """The data folder or URL as messages show it: its credentials masked (before its \\ are
+    doubled), one line."""
+    return extract.path_text(cli.masked(data.root, a_value=True))
 
 
 def described(data: Source) -> str:

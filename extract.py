@@ -134,8 +134,10 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
     scheme, sep, rest = str(data).partition("://")
     if not sep:
         return Source(str(data))
-    before, query, _ = str(data).partition("?")
-    shown = f"{before}?…" if query else before  # a query may hold a signature or a token
+    # As messages show it: a password masked first (it may hold a '?'), then any query left
+    # out (a signature or a token there).
+    before, query, _ = cli.masked(str(data), a_value=True).partition("?")
+    shown = before + ("?…" if query else "")
     scheme = scheme.lower()
     if scheme in ("postgresql", "postgres"):
         raise StoreError(
@@ -147,7 +149,7 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
         raise StoreError(
             f"{shown}: not a folder, nor a URL this reads (s3://, gs:// or az://, or a folder)"
         )
-    if re.search(r"\?[^/]*=", rest):  # the store would send it, and name it in its errors
+    if re.search(rf"[?&](?:{cli.SIGNED_QUERY_NAMES})=", rest, re.IGNORECASE):  # sent, and shown
         raise StoreError(
             f"{shown}: the query string (?name=value) is not read: an object store is read "
             "with its library's credentials (docs/object-storage.md), not a signed URL's or a "
@@ -155,10 +157,10 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
         )
     bucket = rest.partition("/")[0]
     if not bucket:  # an unset variable in s3://$BUCKET/prefix, say
-        raise StoreError(f"{data}: the URL names no bucket ({scheme}://bucket/prefix)")
+        raise StoreError(f"{shown}: the URL names no bucket ({scheme}://bucket/prefix)")
     if scheme in BUCKET_FIRST and any(mark in bucket for mark in "@:"):
         raise StoreError(
-            f"{data}: a user, password or port in the URL is not read: it starts with the "
+            f"{shown}: a user, password or port in the URL is not read: it starts with the "
             "bucket (s3://bucket/prefix), and credentials and endpoints come from the store's "
             "library (environment variables, a credentials file: docs/object-storage.md)"
         )
@@ -172,7 +174,7 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
     package = STORES[scheme][0]
     if importlib.util.find_spec(package) is None:
         raise StoreError(
-            f"{data}: reading {scheme}:// needs the {package} package: pip install {package} "
+            f"{shown}: reading {scheme}:// needs the {package} package: pip install {package} "
             "(into the Python that runs etl.py)"
         )
     return Source(f"{scheme}://{rest}".rstrip("/"), Store(scheme, anonymous))

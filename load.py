@@ -79,27 +79,27 @@ def failure_recorded(conn, start: RunStart):
     kill, leaves both to the next run, which records it as interrupted; so does a connection
     lost. Whatever stops the block is marked with the run (cli.stopping)."""
     try:
-        yield
-    except Exception as exc:
-        cli.stopping(exc, start.run_id)
-        try:  # each on its own: a full disk may refuse the keys and not the record
-            conn.rollback()
-            with db.managed_cursor(conn) as cur:
-                cur.execute(sql.run_stopped, {"run_id": start.run_id})
-        except psycopg2.Error:
-            pass  # the connection is gone: the error that ended the run says so
         try:
-            built = build_keys(conn, start.server)
-        except psycopg2.Error:
-            pass
-        else:
-            for key, why in built.failed.items():
-                exc.add_note(
-                    f"the keys of songplays and time stay missing ({key}: {why}): the next run "
-                    "builds them first"
-                )
-        raise
-    except BaseException as exc:  # Ctrl-C, SIGTERM
+            yield
+        except Exception as exc:
+            try:  # each on its own: a full disk may refuse the keys and not the record
+                conn.rollback()
+                with db.managed_cursor(conn) as cur:
+                    cur.execute(sql.run_stopped, {"run_id": start.run_id})
+            except psycopg2.Error:
+                pass  # the connection is gone: the error that ended the run says so
+            try:
+                built = build_keys(conn, start.server)
+            except psycopg2.Error:
+                pass
+            else:
+                for key, why in built.failed.items():
+                    exc.add_note(
+                        f"the keys of songplays and time stay missing ({key}: {why}): the next "
+                        "run builds them first"
+                    )
+            raise
+    except BaseException as exc:  # that error, or Ctrl-C or SIGTERM, even as it is recorded
         cli.stopping(exc, start.run_id)
         raise
 

@@ -225,7 +225,8 @@ class Report:
         ]
 
     def lines(self, strict: bool = False) -> list[str]:
-        """The summary, its last line the run's failures (under --strict, rejects among them)."""
+        """The summary; for a run that failed (or, under --strict, rejected something), a last
+        line saying why."""
         t = self.tally
         data_dir = path_text(str(self.data_dir))
         out = [f"Loaded {data_dir} into {self.target} in {self.seconds:.1f} s (run {self.run_id})"]

@@ -645,6 +645,9 @@ CLIENT_CHECK_SINCE = 140000  # the server_version_num that has it
 
 # Exactly our key: a bigint key is (classid, objid) with objsubid 1; Citus, among others, takes
 # advisory locks of its own (objsubid 2 for a pair of integers, its own numbers above that).
+# A stop (Ctrl-C, SIGTERM) cancels the statements of the run's sessions, from a session of its own.
+cancel_backends = "SELECT pg_cancel_backend(pid) FROM unnest(%(pids)s::int[]) AS pid"
+
 lock_holder = """
 SELECT a.pid, a.application_name, a.backend_start
 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
@@ -697,10 +700,16 @@ WHERE path = %(path)s"""
 
 full_refresh = "TRUNCATE songplays, songplay_copies, users, time, songs, artists, load_manifest"
 
-# Of the folders a full refresh cannot list, those holding files the manifest has, in path order.
+# Of the folders a full refresh cannot list, those holding files the manifest has, in path order:
+# the manifest's folders found once, in one pass (a scan of it for each folder took minutes where
+# thousands of entries are ignored beside a long manifest).
 folders_loaded_from = """
 SELECT f FROM unnest(%(folders)s::text[]) AS f
-WHERE EXISTS (SELECT FROM load_manifest WHERE starts_with(path, f || '/'))
+WHERE f IN (
+    SELECT array_to_string(parts[1:n], '/')
+    FROM (SELECT string_to_array(path, '/') AS parts FROM load_manifest) AS loaded,
+         generate_series(1, cardinality(parts) - 1) AS n
+)
 ORDER BY f COLLATE "C"
 """
 

@@ -38,6 +38,7 @@ from conftest import PROJECT, PROPERTY, counts, only_pg_variables, query, run_sc
 from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from psycopg2.extensions import parse_dsn
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 from sqlalchemy.engine import make_url
 from summary import parse_summary
@@ -76,8 +77,8 @@ UNKNOWN_PARAMETER = (
     "holding '&' or '=' (write them as %26 and %3D)"
 )
 PORT_NOT_A_NUMBER = (
-    "error: --database-url has a port that is not a number (a URL whose '@host' is left out "
-    f"reads its user:password as host:port); {HIDDEN}"
+    "error: --database-url has a port that is none (a whole number from 1 to 65535: a URL whose "
+    f"'@host' is left out reads its user:password as host:port); {HIDDEN}"
 )
 NOT_LIBPQS = "error: --database-url is not a connection string libpq can read: {}; " + HIDDEN
 SQLALCHEMYS = "it is SQLAlchemy's form (postgresql+driver://): libpq reads postgresql://"
@@ -364,13 +365,28 @@ def test_a_signed_urls_signature_and_token_are_masked_wherever_they_show():
         "GET https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIAX%2F2026&X-Amz-Signature=9f3a"
         "&X-Amz-Security-Token=IQoJb3JpZ2lu&x-id=GetObject failed; "
         "https://a.blob.core.windows.net/c?sv=2022-11-02&sig=S1g%2B&se=2026 refused; "
-        "gs://b/p?access_token=ya29.Tok"
+        "gs://b/p?access_token=ya29.Tok; https://storage.googleapis.com/b/o?X-Goog-Signature=ab12"
+        "&X-Goog-Credential=sa%40p; https://b.s3.amazonaws.com/k?AWSAccessKeyId=AKIAX"
+        "&Signature=Zm9v%2B&Expires=1"
     ) == (
         "GET https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***"
         "&X-Amz-Security-Token=***&x-id=GetObject failed; "
         "https://a.blob.core.windows.net/c?sv=2022-11-02&sig=***&se=2026 refused; "
-        "gs://b/p?access_token=***"
+        "gs://b/p?access_token=***; https://storage.googleapis.com/b/o?X-Goog-Signature=***"
+        "&X-Goog-Credential=***; https://b.s3.amazonaws.com/k?AWSAccessKeyId=***"
+        "&Signature=***&Expires=1"
     )
+
+
+def test_what_only_looks_like_a_credential_is_shown_as_it_is():
+    """A key's folder named like a query's name, a quoted value, a URL and an '@' on different
+    lines of one message."""
+    for text in [
+        "cannot read s3://bucket/logs/sig=abc/2018/x.json: gone",
+        "a setting 'sig=1' is not read",
+        "error: cannot reach http://localhost:9000/b\nnote: user app@example.com",
+    ]:
+        assert cli.masked(text) == text
 
 
 def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreadable_string_whole():
@@ -426,6 +442,8 @@ def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreada
         ("postgresql://u:Qb@h/db?schema=sparkify", UNREADABLE.format(UNKNOWN_PARAMETER)),
         ("postgresql://app:S3cretPw/sparkify", PORT_NOT_A_NUMBER),  # '@host' left out
         ("postgresql://app:S3cretPw", PORT_NOT_A_NUMBER),
+        ("postgresql://app:1234567/db", PORT_NOT_A_NUMBER),  # digits, but no port
+        ("host=h port=0", PORT_NOT_A_NUMBER),
         ("postgresql://app:my S3cret/db", PORT_NOT_A_NUMBER),
         ("host=h port=Pw9secret", PORT_NOT_A_NUMBER),
         ("postgresql+psycopg2://u:Pw9x@h/db", NOT_LIBPQS.format(SQLALCHEMYS)),
@@ -444,6 +462,22 @@ def test_secrets_hold_the_password_as_written_as_read_and_encoded_and_an_unreada
 def test_a_string_libpq_would_misread_or_cannot_read_is_refused_without_quoting_it(url, message):
     for code, out, err in every_script(url):
         assert (code, out, err) == (EXIT_ENVIRONMENT, "", f"{message}\n")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://h:5432,5433/d",
+        "postgresql://h1,h2:,5433/d",
+        "postgresql://[::1]:5432/d",
+        "postgresql://h:/d",
+        "host=h port=' 5432'",
+        "host=h port=+5432",
+        "host=h,h2 port=65535,1",
+    ],
+)
+def test_every_port_libpq_takes_is_taken(text):
+    assert db.read_connection_string(text, "--database-url") == parse_dsn(text)
 
 
 def test_a_refusal_names_database_url_when_the_string_came_from_there(monkeypatch):
