@@ -467,9 +467,10 @@ def _sending(outbox) -> Generator[Callable[[object], bool], None, None]:
     free, items = threading.Semaphore(1), queue.SimpleQueue()
 
     def write_each() -> None:
-        while True:
-            outbox.send(items.get())
-            free.release()
+        with contextlib.suppress(OSError):  # etl.py gone (killed): the worker dies with it
+            while True:
+                outbox.send(items.get())
+                free.release()
 
     def send(item) -> bool:
         free.acquire()
