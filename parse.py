@@ -212,9 +212,14 @@ def _beyond_json(raw: bytes, read: Collection[str]) -> dict | None:
         return None
 
 
+# Where orjson says it broke: a line of what it was given (1 for a line of a file; a reject names
+# the file's line) and a column in it, and the character's offset.
+WHERE_IT_BROKE = re.compile(r": line \d+ column (\d+) \(char \d+\)$")
+
+
 def _decode_error(exc: orjson.JSONDecodeError, encoding: str) -> str:
-    """Why a line is not JSON, as its reject says."""
-    message = str(exc)
+    """Why a line is not JSON, as its reject says: where in its line, as a column."""
+    message = WHERE_IT_BROKE.sub(r" at column \1", str(exc))
     if "byte order mark" in message:  # a line's, not the file's: that one is skipped
         return "a byte-order mark before the record (as files joined together leave one)"
     if "UTF-8" in message:

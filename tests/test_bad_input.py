@@ -396,8 +396,8 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
                 "path": "log_data/a.json",
                 "where": f"{tmp_path}/log_data/a.json",
                 "line": 2,
-                "reason": "malformed JSON: unexpected character, expected a JSON value: "
-                "line 1 column 19 (char 18)",
+                "reason": "malformed JSON: unexpected character, expected a JSON value at "
+                "column 19",
             },
         ],
     }

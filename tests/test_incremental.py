@@ -461,7 +461,7 @@ def test_a_file_garbled_again_each_time_its_batch_is_loaded_again_ends_loaded_as
     assert next(pages) == retries + 1
     assert report.tally.files["log"] == {"unchanged": 2, "changed": 1}
     assert crafted_items() == []
-    reason = "malformed JSON: unexpected character, expected a JSON value: line 1 column 1 (char 0)"
+    reason = "malformed JSON: unexpected character, expected a JSON value at column 1"
     assert rejects(last_run()) == [
         ("log_data/2018/12/a.json", 1, reason, f"<html>{retries}</html>")
     ]

@@ -152,7 +152,7 @@ def test_fast_reader_takes_clean_pieces_with_the_line_by_line_readers_result():
     slow, rejects = parse.parse_log_file(clean + b"\n{oops", "p")
     assert rejects[0][1:3] == (
         3,
-        "malformed JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
+        "malformed JSON: unexpected character, expected a string key at column 2",
     )
     assert fast.values.drop_columns("raw").equals(slow.values.drop_columns("raw"))
     plays, invalid, _ = transform.valid_events(fast)
@@ -298,15 +298,13 @@ def test_a_song_written_over_several_lines_that_is_not_json_is_one_reject_where_
     lines_of[4] = lines_of[4].removesuffix(",")
     text = "\n".join(lines_of).encode()
     parsed, rejects = parse.parse_song_file(text + b"\n", "song_data/pretty.json")
-    where = (
-        f"line 6 column {len(indent) + 1} (char {text.index(lines_of[5].encode()) + len(indent)})"
-    )
     assert parsed.values.num_rows == 0
     assert rejects == [
         contract.Reject(
             "song_data/pretty.json",
             6,
-            f"malformed JSON: unexpected character, expected ',' or '}}': {where}",
+            "malformed JSON: unexpected character, expected ',' or '}' at column "
+            f"{len(indent) + 1}",
             text,
         )
     ]
