@@ -218,7 +218,8 @@ def _stop_relay() -> None:
         while received := os.read(read_end, 512):
             if {signal.SIGINT, signal.SIGTERM} & set(received):
                 for on_stop in list(_ON_STOP):
-                    on_stop()
+                    with contextlib.suppress(Exception):  # a help, not a step: the stop goes on
+                        on_stop()
 
     # The thread starts with both signals blocked, and keeps them so: the kernel hands them to
     # a thread that does not block them, and one blocking them as it starts the parse workers
