@@ -66,8 +66,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be, and so ended alike."""
 
 
-def _terminated(signal_number: int, frame) -> None:
-    raise Terminated
+# The stops (signal numbers) the running command received, latest last, and what each raises.
+_STOPS: list[int] = []
+STOP_EXCEPTIONS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+
+
+def _stopped(signal_number: int, frame) -> None:
+    """Ctrl-C's and SIGTERM's handler: the stop recorded (stop_received), then raised."""
+    _STOPS.append(signal_number)
+    raise STOP_EXCEPTIONS[signal_number]
 
 
 class UserError(Exception):
@@ -106,7 +113,7 @@ def one_line(text: str) -> str:
     return joined
 
 
-def noted(error: Exception, cause: BaseException) -> Exception:
+def noted(error: E, cause: BaseException) -> E:
     """error, with the notes added to the exception it stands for (what the run did about it),
     and the run it stopped."""
     for note in getattr(cause, "__notes__", ()):
@@ -216,7 +223,8 @@ def _stop_relay() -> None:
 
     def relay() -> None:
         while received := os.read(read_end, 512):
-            if {signal.SIGINT, signal.SIGTERM} & set(received):
+            if stops := [number for number in received if number in STOP_EXCEPTIONS]:
+                _STOPS.extend(stops)
                 for on_stop in list(_ON_STOP):
                     with contextlib.suppress(Exception):  # a help, not a step: the stop goes on
                         on_stop()
@@ -229,6 +237,15 @@ def _stop_relay() -> None:
         threading.Thread(target=relay, name="stop relay", daemon=True).start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, started)
+
+
+def stop_received() -> BaseException | None:
+    """The last stop (Ctrl-C, SIGTERM) the running command received (its handler records it,
+    and so does the relay, which may read it first), as the handler raises it
+    (KeyboardInterrupt, Terminated); None if none. The error of a statement its on_stop cancelled
+    stands for it, and so does a COPY's ended by the stop: the handler's exception, raised in
+    the COPY's read of its data, psycopg2 replaces with the server's error."""
+    return STOP_EXCEPTIONS[_STOPS[-1]]() if _STOPS else None
 
 
 def run_command(
@@ -248,9 +265,12 @@ def run_command(
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     if threading.current_thread() is threading.main_thread():  # where Python runs handlers
-        signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGTERM, _stopped)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored
+            signal.signal(signal.SIGINT, _stopped)
         _stop_relay()
     _ON_STOP[:] = [on_stop] if on_stop else []
+    _STOPS.clear()
     try:
         with printed_exceptions_dropped():
             return action()

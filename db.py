@@ -537,7 +537,9 @@ def run_command(
             try:
                 return action()
             except psycopg2.Error as exc:
-                raise cli.noted(database_error(exc, settings, dropped), exc) from None
+                stopped = as_a_stop(exc)
+                error = database_error(exc, settings, dropped) if stopped is exc else stopped
+                raise cli.noted(error, exc) from None
 
     shown_never = settings.secrets | {text for text in more_secrets if len(text) >= MASKED_FROM}
     return cli.run_command(
@@ -547,6 +549,12 @@ def run_command(
         settings.public,
         on_stop=functools.partial(cancel_statements, settings),
     )
+
+
+def as_a_stop(exc: psycopg2.Error) -> BaseException:
+    """exc, or, where it is the cancel a stop asked for (cancel_statements), that stop."""
+    stop = cli.stop_received()
+    return stop if stop is not None and isinstance(exc, psycopg2.errors.QueryCanceled) else exc
 
 
 def database_error(

@@ -470,6 +470,39 @@ def test_a_stop_whose_cancelled_statement_ends_with_a_warning_still_stops_the_ru
     assert counts() == plus(songplays=2, users=1, time=2)
 
 
+class StopsAsItIsRead:
+    """A COPY's data whose first read gets SIGTERM, as a batch's data does when a stop arrives as
+    psycopg2 reads it: the handler's exception, raised inside the read, psycopg2 replaces with
+    the server's error (COPY from stdin failed: error in .read() call)."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return b"1\n" if self.reads < 10_000 else b""
+
+
+def test_a_stop_raised_inside_a_copys_read_still_ends_the_command_as_a_stop(fresh_tables, capsys):
+    settings = db.Settings.from_env()
+
+    def copy() -> int:
+        conn = db.connect(settings)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE TEMP TABLE copied (n int)")
+                cur.copy_expert("COPY copied FROM STDIN", StopsAsItIsRead())
+        finally:
+            conn.close()
+        return EXIT_OK
+
+    runs = 12  # psycopg2 replaced the stop with its error about one time in three
+    assert [db.run_command(settings, copy) for _ in range(runs)] == [EXIT_TERMINATED] * runs
+    assert capsys.readouterr().err == f"error: {TERMINATED}\n" * runs
+
+
 # A run waiting for the load lock: its session has tried it, and, the lock held, tries again.
 LOCK_TRIED = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
