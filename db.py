@@ -442,18 +442,26 @@ def cancel_statements(settings: Settings) -> None:
     gets an error back at once, where a stop's handler can run (cli._stop_relay, whose thread
     calls this). Through a connection of its own (pg_cancel_backend): psycopg2's cancel request
     holds every thread of the process until the server answers it, for good where nothing does
-    (a proxy); a connection's attempt and statement let the others run."""
-    pids = [pid for conn, pid in list(_OPEN) if not conn.closed]
-    if not pids:
+    (a proxy); a connection's attempt and statement let the others run. Where the server turns
+    that connection away (FATAL: no connection slot left, say), it is there, and answers a cancel
+    request, which needs no slot: psycopg2's is sent then."""
+    held = [(conn, pid) for conn, pid in list(_OPEN) if not conn.closed]
+    if not held:
         return
-    with contextlib.suppress(psycopg2.Error, DatabaseError):
-        target = {**KEEPALIVES, **options(settings), "connect_timeout": CANCEL_CONNECT_TIMEOUT}
+    target = {**KEEPALIVES, **options(settings), "connect_timeout": CANCEL_CONNECT_TIMEOUT}
+    try:
         canceller = psycopg2.connect(**target, fallback_application_name="sparkify stop")
-        try:
-            with canceller.cursor() as cur:
-                cur.execute(sql.cancel_backends, {"pids": pids})
-        finally:
-            canceller.close()
+    except psycopg2.OperationalError as exc:
+        if "FATAL" in str(exc):  # the server's own refusal: it is there
+            for conn, _ in held:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.cancel()
+        return
+    try:
+        with canceller.cursor() as cur:
+            cur.execute(sql.cancel_backends, {"pids": [pid for _, pid in held]})
+    finally:
+        canceller.close()
 
 
 def _interruptible_connect(options: dict[str, str]):
