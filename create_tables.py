@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "  python create_tables.py\n\n"
         "exit codes: 0 done; 2 bad arguments; 3 database problem, or standard output that cannot "
         "take the result (the tables made); 4 a load was still running "
-        "after --wait; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): nothing dropped",
+        "after --wait; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): nothing dropped, "
+        "unless the stop came as the change committed (the tables then new and empty)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     db.add_database_url_option(parser)
