@@ -65,15 +65,18 @@ def execute(name: str):
 
 
 def printed(notebook, where: str) -> list[tuple[int, str]]:
-    """The text each code cell shows (its prints, its results as text), by cell, without what
-    varies from run to run: the seconds a load took, and where (the database's description)."""
+    """The text each code cell shows, by cell: what it printed, as one text however the kernel
+    cut it into pieces (a busy machine cuts it otherwise), then its results as text; without
+    what varies from run to run: the seconds a load took, and where (the database's
+    description)."""
     shown = []
     for number, cell in enumerate(notebook.cells):
-        for output in cell.get("outputs", []):
-            text = output.get("text") or output.get("data", {}).get("text/plain")
-            if text:
-                text = re.sub(r" in [\d.]+ s \(run ", " (run ", text.replace(where, "DATABASE"))
-                shown.append((number, text))
+        outputs = cell.get("outputs", [])
+        streamed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+        results = [o.get("data", {}).get("text/plain") for o in outputs if "data" in o]
+        for text in filter(None, [streamed, *results]):
+            text = re.sub(r" in [\d.]+ s \(run ", " (run ", text.replace(where, "DATABASE"))
+            shown.append((number, text))
     return shown
 
 
