@@ -383,6 +383,14 @@ def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, 
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
 
+def a_later_play_of_a_loaded_user(data: Path) -> None:
+    """A play of a user loaded, and a later one of theirs delivered: the next run merges it into
+    tables that hold the user already (no bulk load), writing the user's row."""
+    write(data, "log_data/2018/12/a.json", lines(event(1)))
+    etl(data)
+    write(data, "log_data/2018/12/b.json", lines(event(2)))
+
+
 # The run's statement waiting on the server for a lock another session holds.
 WAITING_FOR_A_LOCK = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
@@ -397,9 +405,7 @@ def test_a_stop_ends_a_statement_the_server_keeps_waiting_at_once(data, stop):
     holds etl.py in libpq, where Python's handlers cannot run: Ctrl-C and SIGTERM cancel it on
     the server, and the run ends as a stop does, its batch rolled back."""
     sent, exit_code, said = STOPS[stop]
-    write(data, "log_data/2018/12/a.json", lines(event(1)))
-    etl(data)
-    write(data, "log_data/2018/12/b.json", lines(event(2)))  # a play of a user loaded
+    a_later_play_of_a_loaded_user(data)
     before = counts()
     admin = db.connect(db.Settings.from_env())
     watch = Watcher()
@@ -450,9 +456,7 @@ def test_a_stop_whose_cancelled_statement_ends_with_a_warning_still_stops_the_ru
     """psycopg2 hands a statement's warnings to Python as it returns, and drops what was raised
     meanwhile: a stop that arrived then was lost, and the run went on to load its batch."""
     sent, exit_code, said = STOPS[stop]
-    write(data, "log_data/2018/12/a.json", lines(event(1)))
-    etl(data)
-    write(data, "log_data/2018/12/b.json", lines(event(2)))
+    a_later_play_of_a_loaded_user(data)
     before = counts()
     query(WARNS_WHEN_CANCELLED)
     watch = Watcher()
@@ -748,9 +752,7 @@ def test_a_load_kept_waiting_by_a_session_stops_after_its_wait_naming_it(data, h
     load writes, keeps an incremental load waiting: after --wait seconds the load stops (exit
     4), naming that session (with a row, every session writing to the tables, one of which
     holds it), and is recorded failed; once the session lets go, the next run loads the file."""
-    write(data, "log_data/2018/12/a.json", lines(event(1)))
-    etl(data)
-    write(data, "log_data/2018/12/b.json", lines(event(2)))  # a play of a user loaded
+    a_later_play_of_a_loaded_user(data)
     before = counts()
     sessions = {"an admin's psql": IN_THE_WAY[held], **BYSTANDERS}
     if held == "a row":
@@ -790,9 +792,7 @@ def test_a_load_kept_waiting_by_a_session_stops_after_its_wait_naming_it(data, h
 def test_a_session_waiting_in_the_lock_queue_is_not_named_but_the_one_it_waits_for(data):
     """A DBA's LOCK TABLE waits behind a notebook that holds a user's row, and the load queues
     behind the LOCK: the notebook is what keeps both waiting, and the one named."""
-    write(data, "log_data/2018/12/a.json", lines(event(1)))
-    etl(data)
-    write(data, "log_data/2018/12/b.json", lines(event(2)))
+    a_later_play_of_a_loaded_user(data)
     notebook, dba = (db.connect(db.Settings.from_env()) for _ in range(2))
     watch = Watcher()
     queued = None
