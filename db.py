@@ -559,7 +559,7 @@ def run_command(
     )
 
 
-def as_a_stop(exc: psycopg2.Error) -> BaseException:
+def as_a_stop(exc: BaseException) -> BaseException:
     """exc, or, where it is the cancel a stop asked for (cancel_statements), that stop."""
     stop = cli.stop_received()
     return stop if stop is not None and isinstance(exc, psycopg2.errors.QueryCanceled) else exc

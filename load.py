@@ -82,7 +82,7 @@ def failure_recorded(conn, start: RunStart):
         try:
             yield
         except Exception as exc:
-            if isinstance(exc, psycopg2.Error) and (stop := db.as_a_stop(exc)) is not exc:
+            if (stop := db.as_a_stop(exc)) is not exc:
                 raise stop from None  # a stop: left to the next run, as Ctrl-C is
             try:  # each on its own: a full disk may refuse the keys and not the record
                 conn.rollback()
