@@ -318,6 +318,9 @@ class Preparer:
                 "parsed in this process, as with --jobs 0",
                 file=sys.stderr,
             )
+        except BaseException:  # a stop, raised as they are unblocked: nobody else can close them
+            self.close()
+            raise
 
     def _start_workers(self, jobs: int) -> None:
         """Each worker gets two pipes: the hand-over comes down one, its parts up the other.
@@ -347,9 +350,9 @@ class Preparer:
                 self.workers.append(worker)
                 worker.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             for end in theirs:
                 end.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def hand_over(self, handed: HandOver) -> None:
         """In a bulk load, the song keys as the database has them once the run's song files are

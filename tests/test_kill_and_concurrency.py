@@ -362,6 +362,53 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
     assert table_contents() == baseline
 
 
+# etl.py with a stop sent to itself as its first parse worker is started: the stop waits, blocked,
+# until the workers are started, and is raised as they are unblocked.
+STOPPED_AS_WORKERS_START = """
+import multiprocessing.context, os, runpy, sys
+start = multiprocessing.context.SpawnProcess.start
+def stopped_as_it_starts(process):
+    if not multiprocessing.active_children():
+        os.kill(os.getpid(), int(os.environ["STOP"]))
+    start(process)
+multiprocessing.context.SpawnProcess.start = stopped_as_it_starts
+sys.argv[0] = "etl.py"
+runpy.run_path("etl.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, baseline, stop):
+    """The run used to print its error and then wait for good, at exit, for workers nobody had
+    killed (multiprocessing asks daemon workers to end with SIGTERM, which they block)."""
+    sent, exit_code, said = STOPS[stop]
+    run_script("create_tables.py")
+    args = ["--jobs", "2", *SMALL_BATCHES, "--data", str(big), "--no-progress", "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_AS_WORKERS_START, *args],
+        cwd=PROJECT,
+        env={**os.environ, "STOP": str(int(sent))},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        left = descendants(proc.pid)
+        reap({proc.pid, *left})
+    assert (proc.returncode, err) == (exit_code, f"error: {said}\n")
+    assert json.loads(out) == {
+        "run_id": last_run(),
+        "status": "failed",
+        "exit_code": exit_code,
+        "error": said,
+    }
+    etl(big)
+    assert table_contents() == baseline
+
+
 def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, baseline):
     run_script("create_tables.py")
     loads = [start_load(big, "--wait", "0"), start_load(big, "--wait", "0")]
