@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator
 from typing import TextIO, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -71,10 +71,32 @@ _STOPS: list[int] = []
 STOP_EXCEPTIONS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
 
 
+# The stops each section under way (stops_held, innermost last) has received and holds back.
+_HELD: list[list[int]] = []
+
+
 def _stopped(signal_number: int, frame) -> None:
-    """Ctrl-C's and SIGTERM's handler: the stop recorded (stop_received), then raised."""
+    """Ctrl-C's and SIGTERM's handler: the stop recorded (stop_received), then raised, or held
+    back until the section under way ends."""
     _STOPS.append(signal_number)
+    if _HELD:
+        _HELD[-1].append(signal_number)
+        return
     raise STOP_EXCEPTIONS[signal_number]
+
+
+@contextlib.contextmanager
+def stops_held() -> Generator[None, None, None]:
+    """A section a stop (Ctrl-C, SIGTERM) does not cut in two, such as the killing of processes
+    that must not outlive the command: a stop that comes during it is raised as it ends."""
+    held: list[int] = []
+    _HELD.append(held)
+    try:
+        yield
+    finally:
+        _HELD.remove(held)
+    if held:
+        raise STOP_EXCEPTIONS[held[-1]]
 
 
 class UserError(Exception):

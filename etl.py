@@ -318,7 +318,7 @@ class Preparer:
                 "parsed in this process, as with --jobs 0",
                 file=sys.stderr,
             )
-        except BaseException:  # a stop, raised as they are unblocked: nobody else can close them
+        except BaseException:  # a stop, raised once they are started: nobody else can close them
             self.close()
             raise
 
@@ -333,26 +333,28 @@ class Preparer:
         # etl.py's to report, in one line, and they die with it. Here they wait until the
         # workers are started. Every spawned process needs multiprocessing's resource tracker,
         # whose start unblocks them again: it is started first.
+        # A stop that comes meanwhile is raised once they are started, for __init__ to kill them.
         resource_tracker.ensure_running()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            for k in range(jobs):
-                inbox, outbox = context.Pipe(duplex=False)
-                self.inboxes.append(inbox)
-                theirs.append(outbox)
-                reader, writer = context.Pipe(duplex=False)
-                self.handovers.append(writer)
-                theirs.append(reader)
-                args = (logs, k, jobs, self.limits, outbox, reader, os.getpid())
-                worker = context.Process(
-                    target=_worker, name="parse worker", daemon=True, args=args
-                )
-                self.workers.append(worker)
-                worker.start()
-        finally:
-            for end in theirs:
-                end.close()
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        with cli.stops_held():
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                for k in range(jobs):
+                    inbox, outbox = context.Pipe(duplex=False)
+                    self.inboxes.append(inbox)
+                    theirs.append(outbox)
+                    reader, writer = context.Pipe(duplex=False)
+                    self.handovers.append(writer)
+                    theirs.append(reader)
+                    args = (logs, k, jobs, self.limits, outbox, reader, os.getpid())
+                    worker = context.Process(
+                        target=_worker, name="parse worker", daemon=True, args=args
+                    )
+                    self.workers.append(worker)
+                    worker.start()
+            finally:
+                for end in theirs:
+                    end.close()
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def hand_over(self, handed: HandOver) -> None:
         """In a bulk load, the song keys as the database has them once the run's song files are
@@ -406,15 +408,19 @@ class Preparer:
         return prepare_module().prepare(batch, self.limits, self.written, unusable)
 
     def close(self) -> None:
+        """The workers killed, whatever stop comes meanwhile (a second Ctrl-C): a worker left
+        would hold etl.py at its exit for good, multiprocessing asking it to end with SIGTERM,
+        which it blocks."""
         self.closed = True
-        for worker in self.workers:
-            if worker.pid is not None:  # started
-                worker.kill()
-                worker.join()
-        for sending in self.sending:  # sent, or failed on the pipe of a worker now gone
-            sending.exception()
-        for end in [*self.handovers, *self.inboxes]:
-            end.close()
+        with cli.stops_held():
+            for worker in self.workers:
+                if worker.pid is not None:  # started
+                    worker.kill()
+                    worker.join()
+            for sending in self.sending:  # sent, or failed on the pipe of a worker now gone
+                sending.exception()
+            for end in [*self.handovers, *self.inboxes]:
+                end.close()
 
 
 def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:

@@ -362,23 +362,32 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
     assert table_contents() == baseline
 
 
-# etl.py with a stop sent to itself as its first parse worker is started: the stop waits, blocked,
-# until the workers are started, and is raised as they are unblocked.
+# etl.py with a stop sent to itself as its first parse worker is started (the stop waits, blocked,
+# until the workers are started, and is raised as they are unblocked), and with AGAIN a second
+# as the first worker is killed, as an impatient Ctrl-C comes.
 STOPPED_AS_WORKERS_START = """
 import multiprocessing.context, os, runpy, sys
+stop = int(os.environ["STOP"])
 start = multiprocessing.context.SpawnProcess.start
+kill = multiprocessing.context.SpawnProcess.kill
 def stopped_as_it_starts(process):
     if not multiprocessing.active_children():
-        os.kill(os.getpid(), int(os.environ["STOP"]))
+        os.kill(os.getpid(), stop)
     start(process)
+def stopped_again_as_it_is_killed(process):
+    os.kill(os.getpid(), stop)
+    kill(process)
 multiprocessing.context.SpawnProcess.start = stopped_as_it_starts
+if os.environ["AGAIN"]:
+    multiprocessing.context.SpawnProcess.kill = stopped_again_as_it_is_killed
 sys.argv[0] = "etl.py"
 runpy.run_path("etl.py", run_name="__main__")
 """
 
 
+@pytest.mark.parametrize("again", [False, True], ids=["once", "again as they are killed"])
 @pytest.mark.parametrize("stop", list(STOPS))
-def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, baseline, stop):
+def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, baseline, stop, again):
     """The run used to print its error and then wait for good, at exit, for workers nobody had
     killed (multiprocessing asks daemon workers to end with SIGTERM, which they block)."""
     sent, exit_code, said = STOPS[stop]
@@ -387,7 +396,7 @@ def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, bas
     proc = subprocess.Popen(
         [sys.executable, "-c", STOPPED_AS_WORKERS_START, *args],
         cwd=PROJECT,
-        env={**os.environ, "STOP": str(int(sent))},
+        env={**os.environ, "STOP": str(int(sent)), "AGAIN": "yes" if again else ""},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
