@@ -71,32 +71,45 @@ _STOPS: list[int] = []
 STOP_EXCEPTIONS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
 
 
-# The stops each section under way (stops_held, innermost last) has received and holds back.
-_HELD: list[list[int]] = []
+# The sections under way that a stop does not end at once, innermost last: each stops_held's
+# list of the stops it holds back, or None where the command's outcome is known (_outcome_known).
+_HELD: list[list[int] | None] = []
 
 
 def _stopped(signal_number: int, frame) -> None:
-    """Ctrl-C's and SIGTERM's handler: the stop recorded (stop_received), then raised, or held
-    back until the section under way ends."""
+    """Ctrl-C's and SIGTERM's handler: the stop recorded (stop_received), then raised, unless
+    a section under way holds it back."""
     _STOPS.append(signal_number)
-    if _HELD:
+    if not _HELD:
+        raise STOP_EXCEPTIONS[signal_number]
+    if _HELD[-1] is not None:
         _HELD[-1].append(signal_number)
-        return
-    raise STOP_EXCEPTIONS[signal_number]
 
 
 @contextlib.contextmanager
 def stops_held() -> Generator[None, None, None]:
-    """A section a stop (Ctrl-C, SIGTERM) does not cut in two, such as the killing of processes
-    that must not outlive the command: a stop that comes during it is raised as it ends."""
+    """A section a stop (Ctrl-C, SIGTERM) does not cut in two, such as the start or the killing
+    of processes that must not outlive the command: a stop that comes during it is raised as it
+    ends, in place of any error it ends with."""
     held: list[int] = []
     _HELD.append(held)
     try:
         yield
     finally:
-        _HELD.remove(held)
-    if held:
-        raise STOP_EXCEPTIONS[held[-1]]
+        _HELD.pop()
+        if held:
+            raise STOP_EXCEPTIONS[held[-1]]
+
+
+@contextlib.contextmanager
+def _outcome_known() -> Generator[None, None, None]:
+    """A section that writes the command's outcome, known: a stop that comes during it changes
+    nothing (it is recorded only), where it would cut the report in two."""
+    _HELD.append(None)
+    try:
+        yield
+    finally:
+        _HELD.pop()
 
 
 class UserError(Exception):
@@ -115,8 +128,9 @@ def write_out(text: str, done: str, stream: TextIO | None = None, exit_code: int
     try:
         if stream is None:  # started with standard output closed (>&-)
             raise OSError(errno.EBADF, "it is closed")
-        print(text, file=stream)
-        stream.flush()
+        with _outcome_known():
+            print(text, file=stream)
+            stream.flush()
     except BrokenPipeError as exc:
         exc.exit_code = exit_code
         raise
@@ -310,8 +324,8 @@ def run_command(
         message, code, stopped = traceback.format_exc(), EXIT_FAILED, exc
     finally:
         _ON_STOP.clear()
-    shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
-    with contextlib.suppress(OSError):  # where the output cannot be written, the code says it
+    with _outcome_known(), contextlib.suppress(OSError):  # unwritable output: the code says it
+        shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
         print(shown, file=sys.stderr)
         if as_json:
             error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]

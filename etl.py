@@ -20,6 +20,7 @@ The pipeline, top to bottom (each stage is a module named for it):
 from __future__ import annotations
 
 import argparse
+import atexit
 import concurrent.futures
 import contextlib
 import ctypes
@@ -334,7 +335,11 @@ class Preparer:
         # workers are started. Every spawned process needs multiprocessing's resource tracker,
         # whose start unblocks them again: it is started first.
         # A stop that comes meanwhile is raised once they are started, for __init__ to kill them.
+        # Whatever way etl.py ends, its exit kills the workers left first (the last resort, for a
+        # stop Python raises between two steps of the code that closes them): multiprocessing's
+        # own exit asks them to end with SIGTERM, which they block, and waits for them for good.
         resource_tracker.ensure_running()
+        atexit.register(self._kill_workers)
         with cli.stops_held():
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
@@ -345,7 +350,7 @@ class Preparer:
                     reader, writer = context.Pipe(duplex=False)
                     self.handovers.append(writer)
                     theirs.append(reader)
-                    args = (logs, k, jobs, self.limits, outbox, reader, os.getpid())
+                    args = (logs[k::jobs], self.limits, outbox, reader, os.getpid())
                     worker = context.Process(
                         target=_worker, name="parse worker", daemon=True, args=args
                     )
@@ -407,16 +412,20 @@ class Preparer:
         in a load that is not a bulk load); the files unusable names are emptied."""
         return prepare_module().prepare(batch, self.limits, self.written, unusable)
 
+    def _kill_workers(self) -> None:
+        for worker in self.workers:
+            if worker.pid is not None:  # started
+                worker.kill()
+                worker.join()
+
     def close(self) -> None:
         """The workers killed, whatever stop comes meanwhile (a second Ctrl-C): a worker left
         would hold etl.py at its exit for good, multiprocessing asking it to end with SIGTERM,
         which it blocks."""
         self.closed = True
         with cli.stops_held():
-            for worker in self.workers:
-                if worker.pid is not None:  # started
-                    worker.kill()
-                    worker.join()
+            self._kill_workers()
+            atexit.unregister(self._kill_workers)
             for sending in self.sending:  # sent, or failed on the pipe of a worker now gone
                 sending.exception()
             for end in [*self.handovers, *self.inboxes]:
@@ -438,13 +447,14 @@ def in_a_thread(work: Callable, *args) -> concurrent.futures.Future:
     return future
 
 
-def _worker(batches, k: int, jobs: int, limits: Limits, outbox, handover, parent: int) -> None:
+def _worker(batches, limits: Limits, outbox, handover, parent: int) -> None:
+    """A parse worker: its batches (the n-th log batch is worker n % jobs's) prepared in order."""
     _die_with(parent)
     without_pandas()
 
     def parts() -> Generator[Part, None, None]:
         written = prepare_module().direct_once(handover.recv)
-        for batch in batches[k::jobs]:  # the n-th batch handed out is worker n % jobs's
+        for batch in batches:
             yield from prepare_module().prepare(batch, limits, written)
 
     with _sending(outbox) as send:

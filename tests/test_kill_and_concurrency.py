@@ -363,13 +363,15 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
 
 
 # etl.py with a stop sent to itself as its first parse worker is started (the stop waits, blocked,
-# until the workers are started, and is raised as they are unblocked), and with AGAIN a second
-# as the first worker is killed, as an impatient Ctrl-C comes.
+# until the workers are started, and is raised as they are unblocked), and AGAIN, as an impatient
+# Ctrl-C comes: as the first worker is killed, or as the closing of the workers begins.
 STOPPED_AS_WORKERS_START = """
 import multiprocessing.context, os, runpy, sys
-stop = int(os.environ["STOP"])
+import cli
+stop, again = int(os.environ["STOP"]), os.environ["AGAIN"]
 start = multiprocessing.context.SpawnProcess.start
 kill = multiprocessing.context.SpawnProcess.kill
+stops_held = cli.stops_held
 def stopped_as_it_starts(process):
     if not multiprocessing.active_children():
         os.kill(os.getpid(), stop)
@@ -377,15 +379,22 @@ def stopped_as_it_starts(process):
 def stopped_again_as_it_is_killed(process):
     os.kill(os.getpid(), stop)
     kill(process)
+def stopped_again_as_the_closing_begins(calls=[]):
+    calls.append(None)
+    if len(calls) == 2:  # the first holds stops as the workers start
+        os.kill(os.getpid(), stop)
+    return stops_held()
 multiprocessing.context.SpawnProcess.start = stopped_as_it_starts
-if os.environ["AGAIN"]:
+if again == "as they are killed":
     multiprocessing.context.SpawnProcess.kill = stopped_again_as_it_is_killed
+if again == "as their closing begins":
+    cli.stops_held = stopped_again_as_the_closing_begins
 sys.argv[0] = "etl.py"
 runpy.run_path("etl.py", run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("again", [False, True], ids=["once", "again as they are killed"])
+@pytest.mark.parametrize("again", ["", "as they are killed", "as their closing begins"])
 @pytest.mark.parametrize("stop", list(STOPS))
 def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, baseline, stop, again):
     """The run used to print its error and then wait for good, at exit, for workers nobody had
@@ -396,7 +405,7 @@ def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, bas
     proc = subprocess.Popen(
         [sys.executable, "-c", STOPPED_AS_WORKERS_START, *args],
         cwd=PROJECT,
-        env={**os.environ, "STOP": str(int(sent)), "AGAIN": "yes" if again else ""},
+        env={**os.environ, "STOP": str(int(sent)), "AGAIN": again},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -664,6 +673,74 @@ def test_a_stop_during_a_statement_that_ends_with_a_notice_still_stops_the_comma
     finally:
         watch.close()
     assert (proc.returncode, out, err) == (exit_code, "", f"error: {said}\n")
+
+
+# A command whose sections hold a stop back, the stop sent to itself where SECTION says.
+HOLDS_A_STOP = """
+import errno, os, sys, cli
+stop, section = {stop}, {section!r}
+def command():
+    if section == "ending with an error":
+        with cli.stops_held():
+            os.kill(os.getpid(), stop)
+            raise OSError(errno.EAGAIN, "no process to be had")
+    with cli.stops_held():
+        if section == "around another":
+            with cli.stops_held():
+                pass
+        os.kill(os.getpid(), stop)
+        print("held")
+    print("went on")
+    return 0
+sys.exit(cli.run_command(command))
+"""
+
+
+@pytest.mark.parametrize("section", ["alone", "ending with an error", "around another"])
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_held_back_by_a_section_is_raised_as_the_section_ends(section, stop):
+    sent, exit_code, said = STOPS[stop]
+    proc = python_running(HOLDS_A_STOP.format(stop=int(sent), section=section))
+    out, err = proc.communicate(timeout=60)
+    held = "" if section == "ending with an error" else "held\n"
+    assert (proc.returncode, out, err) == (exit_code, held, f"error: {said}\n")
+
+
+# A command whose every write of its outcome brings a stop (a pipe's slow reader, an impatient
+# Ctrl-C), its outcome a success or the stop it ended with.
+STOPPED_AS_IT_WRITES = """
+import os, sys, cli
+stop, outcome = {stop}, {outcome!r}
+class Stopping:
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        os.kill(os.getpid(), stop)
+        return self.stream.write(text)
+    def flush(self):
+        self.stream.flush()
+def command():
+    if outcome == "stopped":
+        raise cli.STOP_EXCEPTIONS[stop]()
+    cli.write_out('{{"status": "succeeded"}}', "the outcome is written")
+    return 0
+sys.stdout, sys.stderr = Stopping(sys.stdout), Stopping(sys.stderr)
+sys.exit(cli.run_command(command, as_json=True))
+"""
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "stopped"])
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_that_comes_as_a_command_writes_its_outcome_changes_nothing(outcome, stop):
+    """It cut a JSON report in two, or ended the command with a traceback and exit 1."""
+    sent, exit_code, said = STOPS[stop]
+    proc = python_running(STOPPED_AS_IT_WRITES.format(stop=int(sent), outcome=outcome))
+    out, err = proc.communicate(timeout=60)
+    if outcome == "succeeded":
+        assert (proc.returncode, json.loads(out), err) == (EXIT_OK, {"status": "succeeded"}, "")
+    else:
+        ended = {"run_id": None, "status": "failed", "exit_code": exit_code, "error": said}
+        assert (proc.returncode, json.loads(out), err) == (exit_code, ended, f"error: {said}\n")
 
 
 @pytest.mark.parametrize("stop", list(STOPS))
