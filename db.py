@@ -697,7 +697,9 @@ def require_no_citus_worker(cur) -> None:
 def another_version(why: str) -> DatabaseError:
     return DatabaseError(
         f"the tables were made by another version of create_tables.py ({why}): nothing was "
-        "changed; docs/database.md says how to remake them, and what that costs"
+        "changed; run `python create_tables.py`, then `python etl.py`: the tables are emptied "
+        "and the data folder's files loaded again, so what came from files no longer there is "
+        "lost (docs/database.md)"
     )
 
 

@@ -99,6 +99,7 @@ class Schema:
 
 def read_schema(conn, tables: list[str]) -> Schema:
     db.require_tables(conn, tables)
+    db.require_this_schema(conn)  # another version's tables are not the diagram of these
     with db.managed_cursor(conn) as cur:
         cur.execute(sql.catalog_columns, {"tables": tables})
         columns = cur.fetchall()
@@ -683,16 +684,18 @@ def write(settings: db.Settings, out_dir: Path) -> tuple[Path, Path, Schema]:
 
 def replace_whole(texts: dict[Path, str]) -> None:
     """Each file replaced by its text only once every text is written in full beside it: out of
-    room midway, the files before stay as they were, and no piece of the new ones is left."""
+    room midway, the files before stay as they were, and no piece of the new ones is left. A
+    stop (Ctrl-C) is raised once every file is replaced or none, and its pieces removed."""
     written = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in texts}
-    try:
-        for path, text in texts.items():
-            written[path].write_text(text, encoding="utf-8", newline="\n")
-        for path, temporary in written.items():
-            os.replace(temporary, path)
-    finally:  # out of room, or interrupted: no piece left
-        for temporary in written.values():
-            temporary.unlink(missing_ok=True)
+    with cli.stops_held():
+        try:
+            for path, text in texts.items():
+                written[path].write_text(text, encoding="utf-8", newline="\n")
+            for path, temporary in written.items():
+                os.replace(temporary, path)
+        finally:  # out of room: no piece left
+            for temporary in written.values():
+                temporary.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -702,8 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         "DIR/schema.svg (drawn here, no external tools).",
         epilog="example (the diagram of the tables create_tables.py made, into /tmp/erd):\n"
         "  python erd.py --out /tmp/erd\n\n"
-        "exit codes: 0 written; 2 bad arguments; 3 database problem (tables missing: "
-        "run `python create_tables.py` first), or DIR cannot be written; 130 interrupted "
+        "exit codes: 0 written; 2 bad arguments; 3 database problem (tables missing, or made "
+        "by another version: run `python create_tables.py` first), or DIR cannot be written; 130 interrupted "
         "(Ctrl-C), 143 terminated (SIGTERM)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from builders import one_error_line
-from conftest import PROJECT, drop_tables, run_script
+from conftest import PROJECT, drop_tables, query, run_script
 
 import sql_queries
 from cli import EXIT_ENVIRONMENT
@@ -84,6 +84,21 @@ def test_missing_tables_are_reported_and_nothing_is_written(tmp_path):
         done = run_script("erd.py", "--out", str(tmp_path), check=False)
         assert done.returncode == EXIT_ENVIRONMENT
         assert "run `python create_tables.py` first" in one_error_line(done)
+        assert not list(tmp_path.iterdir())
+    finally:
+        run_script("create_tables.py")
+
+
+def test_tables_another_version_made_are_refused_and_nothing_is_written(tmp_path):
+    """Their diagram is not this version's: drawn, it would replace the committed one."""
+    run_script("create_tables.py")
+    query("ALTER TABLE songs DROP COLUMN artist_location; COMMENT ON TABLE load_runs IS NULL")
+    try:
+        done = run_script("erd.py", "--out", str(tmp_path), check=False)
+        assert done.returncode == EXIT_ENVIRONMENT
+        assert one_error_line(done).startswith(
+            "error: the tables were made by another version of create_tables.py (their stamp, "
+        )
         assert not list(tmp_path.iterdir())
     finally:
         run_script("create_tables.py")

@@ -363,7 +363,9 @@ def test_tables_made_by_another_version_of_create_tables_are_one_error_and_nothi
         done = etl(data, exit_code=EXIT_ENVIRONMENT, process=True)
         assert one_error_line(done) == (
             f"error: the tables were made by another version of create_tables.py ({why}): "
-            "nothing was changed; docs/database.md says how to remake them, and what that costs"
+            "nothing was changed; run `python create_tables.py`, then `python etl.py`: the "
+            "tables are emptied and the data folder's files loaded again, so what came from "
+            "files no longer there is lost (docs/database.md)"
         )
         assert query("SELECT count(*) FROM songplays") == [(BASE["songplays"],)]
     finally:
