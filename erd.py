@@ -706,8 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example (the diagram of the tables create_tables.py made, into /tmp/erd):\n"
         "  python erd.py --out /tmp/erd\n\n"
         "exit codes: 0 written; 2 bad arguments; 3 database problem (tables missing, or made "
-        "by another version: run `python create_tables.py` first), or DIR cannot be written; 130 interrupted "
-        "(Ctrl-C), 143 terminated (SIGTERM)",
+        "by another version: run `python create_tables.py` first), or DIR cannot be written; "
+        "130 interrupted (Ctrl-C), 143 terminated (SIGTERM)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     db.add_database_url_option(parser)
