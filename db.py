@@ -487,8 +487,8 @@ def _interruptible_connect(options: dict[str, str]):
                 result.close()
 
     thread = threading.Thread(target=attempt, name="connect", daemon=True)
-    thread.start()
-    try:
+    try:  # the attempt may be under way before start returns, the stop raised there
+        thread.start()
         thread.join()
     except BaseException:
         with lock:

@@ -1285,15 +1285,15 @@ def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once
 def slow_forwarder(
     listener: socket.socket,
     server: Path,
-    delay: float,
+    answer: threading.Event,
     taken: threading.Event,
     closed: threading.Event,
 ) -> None:
-    """Takes one connection (then sets taken) and, after delay seconds, forwards it to the
+    """Takes one connection (then sets taken) and, once answer is set, forwards it to the
     server's socket until the client closes its end (then sets closed)."""
     client, _ = listener.accept()
     taken.set()
-    time.sleep(delay)
+    answer.wait(60)
     upstream = socket.socket(socket.AF_UNIX)
     upstream.connect(str(server / f".s.PGSQL.{embedded.PORT}"))
 
@@ -1314,13 +1314,14 @@ def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later
     server = Path(embedded_url().partition("host=")[2].partition("&")[0])
     sessions = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
     [(before,)] = query(sessions)
-    taken, closed = threading.Event(), threading.Event()
+    answer, taken, closed = threading.Event(), threading.Event(), threading.Event()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        forwarding = (listener, server, 1.0, taken, closed)
+        forwarding = (listener, server, answer, taken, closed)
         threading.Thread(target=slow_forwarder, args=forwarding, daemon=True).start()
         url = f"postgresql://{embedded.SUPERUSER}@127.0.0.1:{port}/{db.DATABASE}"
-        # Ctrl-C once the attempt is held by the forwarder: inside db.connect, which waits
+        # Ctrl-C once the attempt is held by the forwarder: inside db.connect, which waits; the
+        # server answers once it is caught
         interrupt = threading.Thread(
             target=lambda: taken.wait(60) and os.kill(os.getpid(), signal.SIGINT), daemon=True
         )
@@ -1328,9 +1329,10 @@ def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later
         kept = []  # the exception, its frame and what that held, as a notebook keeps them
         try:
             db.connect(db.Settings.from_env(url))
+            interrupt.join()  # a Ctrl-C that came after the attempt ended is raised here
         except KeyboardInterrupt as exc:
             kept.append(exc)
-        interrupt.join()
+        answer.set()
         assert kept, "Ctrl-C did not stop the attempt"
         assert closed.wait(60), "the attempt given up was never closed"
         deadline = time.monotonic() + 30
