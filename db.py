@@ -729,9 +729,14 @@ def require_this_schema(conn) -> None:
 def as_a_batch_job(conn) -> None:
     """This session runs as a load needs: no time limits, no session ended by an expected error,
     doubles read back exactly, no statement compiled (sql.batch_job_settings), and its triggers
-    firing (sql.replication_role_origin)."""
-    with managed_cursor(conn) as cur:
-        cur.execute(sql.batch_job_settings)
+    firing (sql.replication_role_origin). The settings are made outside a transaction, where a
+    limit on its idle time or its length cannot end the session before they apply."""
+    autocommit, conn.autocommit = conn.autocommit, True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.batch_job_settings)
+    finally:
+        conn.autocommit = autocommit
     try:
         with managed_cursor(conn) as cur:
             cur.execute(sql.replication_role_origin)

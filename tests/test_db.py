@@ -972,7 +972,6 @@ def test_a_first_load_matches_durations_exactly_whatever_extra_float_digits_says
 # (replica: the report's counts came from row_counts, which triggers keep).
 SESSION_SETTINGS = {
     "statement_timeout": ("15", None),
-    "idle_in_transaction_session_timeout": ("15", None),
     "idle_session_timeout": ("50", 140000),
     "transaction_timeout": ("50", 170000),
     "exit_on_error": ("on", None),
@@ -984,6 +983,7 @@ SESSION_SETTINGS = {
 def test_a_load_runs_as_a_batch_job_whatever_its_sessions_are_set_to(tmp_path, truth, setting):
     """As pg_dump's session does. The data holds a log file twice (a resent copy)."""
     value, since = SESSION_SETTINGS[setting]
+    run_script("create_tables.py")
     if since and query("SELECT current_setting('server_version_num')::int")[0][0] < since:
         pytest.skip(f"{setting} is new in the server_version_num {since}")
     if query("SELECT context FROM pg_settings WHERE name = %s", (setting,)) == [("superuser",)]:
@@ -992,7 +992,6 @@ def test_a_load_runs_as_a_batch_job_whatever_its_sessions_are_set_to(tmp_path, t
     shutil.copytree(SAMPLE, data)
     first_log = min((data / "log_data").rglob("*.json"))
     shutil.copy(first_log, data / "log_data" / "resent.json")
-    run_script("create_tables.py")
     report = json.loads(etl(data, env={"PGOPTIONS": f"-c {setting}={value}"}, process=True).stdout)
     assert counts() == {table: truth[table] for table in counts()}
     assert {t: rows["after"] for t, rows in report["tables"].items()} == counts()
@@ -1000,6 +999,29 @@ def test_a_load_runs_as_a_batch_job_whatever_its_sessions_are_set_to(tmp_path, t
         json.loads(record)["page"] == "NextSong" for record in first_log.read_text().splitlines()
     )
     assert report["records"]["log"]["duplicates"] == resent_plays
+
+
+TIME_LIMITS = [
+    "statement_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "transaction_timeout",
+]
+
+
+def test_a_load_session_has_no_time_limit_whatever_its_role_says(fresh_tables):
+    [(known,)] = query(
+        "SELECT array_agg(name) FROM pg_settings WHERE name = ANY(%s)", (TIME_LIMITS,)
+    )
+    with environment({"PGOPTIONS": " ".join(f"-c {name}=5000" for name in known)}):
+        conn = db.connect(db.Settings.from_env())
+    try:
+        db.as_a_batch_job(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting(name) FROM unnest(%s::text[]) name", (known,))
+            assert cur.fetchall() == [("0",)] * len(known)
+    finally:
+        conn.close()
 
 
 def test_a_load_session_compiles_no_statement_whatever_its_role_says(fresh_tables):
