@@ -279,8 +279,8 @@ HIDDEN = {
 # ================================================================ running etl.py
 
 # 1 MB log batches instead of 32 MB: a test-sized data set then spans many transactions, and a
-# worker process parses while the database loads.
-SMALL_BATCHES = ("--batch-mb", "1")
+# worker process parses while the database loads (one asked for: with one CPU none is by default).
+SMALL_BATCHES = ("--batch-mb", "1", "--jobs", "1")
 
 
 def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.CompletedProcess:
@@ -465,6 +465,7 @@ class Watcher:
     def __init__(self):
         self.conn = db.connect(db.Settings.from_env())
         self.conn.autocommit = True
+        self.watched: list[subprocess.Popen] = []
 
     def value(self, sql: str):
         with self.conn.cursor() as cur:
@@ -472,6 +473,7 @@ class Watcher:
             return cur.fetchone()[0]
 
     def wait(self, sql: str, test, proc: subprocess.Popen, timeout: float = 60):
+        self.watched.append(proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = self.value(sql)
@@ -493,7 +495,13 @@ class Watcher:
             time.sleep(0.05)
 
     def close(self):
+        """The processes it watched that still run (the test failed before they ended) killed:
+        they must not hold the load lock, or a statement, for the tests after."""
         self.conn.close()
+        for proc in self.watched:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
 
 
 # ================================================================ reading back

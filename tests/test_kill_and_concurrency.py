@@ -73,6 +73,7 @@ SONGPLAYS_FOREIGN_KEYS = (
     "SELECT count(*) FROM pg_constraint WHERE conrelid = 'songplays'::regclass AND contype = 'f'"
 )
 RUNS = "SELECT count(*) FROM load_runs"
+LOCK_HELD = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +402,7 @@ def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, bas
     killed (multiprocessing asks daemon workers to end with SIGTERM, which they block)."""
     sent, exit_code, said = STOPS[stop]
     run_script("create_tables.py")
-    args = ["--jobs", "2", *SMALL_BATCHES, "--data", str(big), "--no-progress", "--json"]
+    args = [*SMALL_BATCHES, "--jobs", "2", "--data", str(big), "--no-progress", "--json"]
     proc = subprocess.Popen(
         [sys.executable, "-c", STOPPED_AS_WORKERS_START, *args],
         cwd=PROJECT,
@@ -429,13 +430,19 @@ def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, bas
 
 def test_of_two_loads_at_once_one_loads_and_the_other_is_refused_as_locked(big, baseline):
     run_script("create_tables.py")
-    loads = [start_load(big, "--wait", "0"), start_load(big, "--wait", "0")]
-    results = [
-        subprocess.CompletedProcess(p.args, p.returncode, out, err)
-        for p in loads
-        for out, err in [p.communicate(timeout=300)]
-    ]
-    assert sorted(r.returncode for r in results) == [EXIT_OK, EXIT_LOCKED], results
+    watch = Watcher()
+    try:
+        loads = [start_load(big, "--wait", "0")]
+        watch.wait(LOCK_HELD, bool, loads[0])  # the other comes while it loads
+        loads.append(start_load(big, "--wait", "0"))
+        results = [
+            subprocess.CompletedProcess(p.args, p.returncode, out, err)
+            for p in loads
+            for out, err in [p.communicate(timeout=300)]
+        ]
+    finally:
+        watch.close()
+    assert [r.returncode for r in results] == [EXIT_OK, EXIT_LOCKED], results
     loser = next(r for r in results if r.returncode == EXIT_LOCKED)
     assert "another load is running" in one_error_line(loser)
     assert json.loads(loser.stdout) == {
@@ -510,10 +517,10 @@ END $$;
 CREATE TRIGGER sleeps_then_warns AFTER INSERT ON users
 FOR EACH STATEMENT EXECUTE FUNCTION sleeps_then_warns();
 SELECT 1"""
-SLEEPING = (
-    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
-    "AND wait_event = 'PgSleep'"
+PIDS_OF_SLEEPING = (
+    "SELECT pid FROM pg_stat_activity WHERE application_name = 'etl.py' AND wait_event = 'PgSleep'"
 )
+SLEEPING = f"SELECT count(*) FROM ({PIDS_OF_SLEEPING}) sleeping"
 
 
 @pytest.mark.parametrize("stop", list(STOPS))
@@ -532,6 +539,7 @@ def test_a_stop_whose_cancelled_statement_ends_with_a_warning_still_stops_the_ru
         out, err = proc.communicate(timeout=60)
     finally:
         watch.close()
+        query(f"SELECT pg_terminate_backend(pid) FROM ({PIDS_OF_SLEEPING}) sleeping")
         query("DROP FUNCTION sleeps_then_warns() CASCADE; SELECT 1")
     assert (proc.returncode, err) == (exit_code, f"error: {said}\n")
     assert counts() == before
