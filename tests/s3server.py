@@ -4,6 +4,7 @@ throwaway credentials). Uploads go through boto3, the way a user's tools put obj
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -47,6 +48,8 @@ class S3Server:
         }
 
     def start(self) -> S3Server:
+        """moto started, and answering: killed again if it does not start (or the test is
+        interrupted meanwhile), so that no server outlives its test."""
         env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.enforce_auth else {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -54,15 +57,25 @@ class S3Server:
             stderr=subprocess.DEVNULL,
             env=env,
         )
+        try:
+            self.wait_until_it_answers()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_until_it_answers(self) -> None:
+        """Its port takes connections while its process runs (a process of another that took the
+        port meanwhile would leave moto to exit)."""
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's server did not start on port {self.port}") from None
-                time.sleep(0.05)
+                if self.process.poll() is None:
+                    return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto's server did not start on port {self.port}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -809,6 +809,15 @@ def test_a_batch_left_prepared_on_a_worker_is_recovered_before_a_run_reads(clust
     port = cluster.ports[1]
     worker = cluster.url.replace(f":{cluster.ports[0]}/", f":{port}/")
     gid = "citus_0_4242_7_1"  # citus_<coordinator's group>_<pid>_<transaction>_<connection>
+    # the minute's recovery off first, and seen off: between the prepare and the record of its
+    # commit it would abort the transaction
+    outside_a_transaction(
+        cluster.url, "ALTER SYSTEM SET citus.recover_2pc_interval = -1", "SELECT pg_reload_conf()"
+    )
+    deadline = time.monotonic() + 30
+    while outside_a_transaction(cluster.url, "SHOW citus.recover_2pc_interval") != [("-1",)]:
+        assert time.monotonic() < deadline, "the server never read the setting"
+        time.sleep(0.05)
     outside_a_transaction(
         worker,
         "CREATE TABLE indoubt (n int)",
@@ -816,8 +825,6 @@ def test_a_batch_left_prepared_on_a_worker_is_recovered_before_a_run_reads(clust
     )
     outside_a_transaction(
         cluster.url,
-        "ALTER SYSTEM SET citus.recover_2pc_interval = -1",
-        "SELECT pg_reload_conf()",
         f"INSERT INTO pg_dist_transaction (groupid, gid) SELECT groupid, '{gid}' "
         f"FROM pg_dist_node WHERE nodeport = {port}",
     )
