@@ -281,17 +281,40 @@ def _cause(lines: list[str]) -> str:
 
 def start(pgdata: Path) -> Path:
     """Start (or attach to) the embedded server; returns its socket directory."""
+    log = pgdata.parent / f"{pgdata.name}.log"
     with _server_lock(pgdata):
-        server = running(pgdata)
+        server = running(pgdata) or _ready_or_gone(pgdata, log)
         if server:
             return server[1]
         _clear_the_way(pgdata)
-        log = pgdata.parent / f"{pgdata.name}.log"
         if not (pgdata / "PG_VERSION").exists():
             _make_data_directory(pgdata, log)
         sockets = make_socket_dir(pgdata)
         _launch(pgdata, sockets, log)
         return sockets
+
+
+def _ready_or_gone(pgdata: Path, log: Path, timeout: float = 60.0) -> tuple[int, Path] | None:
+    """pgdata's own server, where it is starting (recovering from a crash, say) or shutting down
+    (a stop cut off the command that started or stopped it), waited for: until it is ready
+    (running's answer), or gone (None)."""
+    deadline = time.monotonic() + timeout
+    while (lock := _server_of(pgdata)) is not None and not lock.ready:
+        if _moved(lock, pgdata):
+            return None
+        if time.monotonic() > deadline:
+            raise _not_ready(timeout, log)
+        time.sleep(0.02)
+    if lock is None:
+        return None
+    return running(pgdata)
+
+
+def _not_ready(timeout: float, log: Path) -> ServerError:
+    return ServerError(
+        f"the embedded server is not ready after {timeout:.0f} s (see {log}): it may be "
+        "recovering from a crash, and goes on; run again in a while"
+    )
 
 
 def _clear_the_way(pgdata: Path) -> None:
@@ -403,10 +426,7 @@ def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> No
         if not _alive(pid):
             raise _failed(command, full, log, since)
         if time.monotonic() > deadline:
-            raise ServerError(
-                f"the embedded server is not ready after {timeout:.0f} s (see {log}): it may be "
-                "recovering from a crash, and goes on; run again in a while"
-            )
+            raise _not_ready(timeout, log)
         time.sleep(0.02)
 
 

@@ -410,6 +410,38 @@ def naming(pgdata: Path, pid: int) -> None:
     (pgdata / "postmaster.pid").write_text("".join([f"{pid}\n", *lines[1:]]))
 
 
+def saying(pgdata: Path, status: str) -> None:
+    """pgdata's postmaster.pid, its server's status (its eighth line) said to be status."""
+    lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
+    (pgdata / "postmaster.pid").write_text("".join([*lines[:7], f"{status}\n", *lines[8:]]))
+
+
+@pytest.mark.parametrize("status", ["starting", "stopping"])
+def test_a_start_that_finds_its_server_starting_or_stopping_waits_for_it(short_folder, status):
+    """A stop cut off the command that started it (its crash recovery goes on) or stopped it
+    (its shutdown goes on): the next start waits until it is ready, or gone and started anew,
+    where it started a second server, which died on the first's lock file."""
+    pgdata = short_folder / "pg"
+    embedded.start(pgdata)
+    pid, _ = embedded.running(pgdata)
+    try:
+        saying(pgdata, status)
+        assert embedded.running(pgdata) is None
+        if status == "starting":
+            then = threading.Timer(1.0, saying, (pgdata, "ready"))
+        else:
+            then = threading.Timer(1.0, os.kill, (pid, signal.SIGINT))
+        then.start()
+        try:
+            assert embedded.start(pgdata) == pgdata
+        finally:
+            then.join()
+        assert embedded._alive(pid) == (status == "starting")
+        assert select_one(pgdata) == 1
+    finally:
+        embedded.stop(pgdata)
+
+
 def test_a_server_that_crashes_as_a_copy_ends_is_a_lost_connection_not_a_refusal(short_folder):
     """The server gone (killed, crashed) while a batch's COPY sends its last rows: psycopg2
     raises a DatabaseError without SQLSTATE, libpq's words, which is the connection lost (what
