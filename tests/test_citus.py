@@ -157,6 +157,42 @@ def test_a_cluster_start_that_fails_stops_only_the_nodes_it_started(cluster):
     assert all(cluster.running().values())
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_cluster_start_stopped_as_its_nodes_are_made_leaves_none_and_starts_next_time(
+    cluster, stop
+):
+    """Stopped as initdb ran, it left initdb running on (runuser forks it) to make a node
+    without its settings, which every later start brought up on PostgreSQL's default port."""
+    folder = Path(tempfile.mkdtemp(prefix="spk-citus-stopped-"))
+    (port,) = free_ports(1)
+    start = ["-m", "tools.citus_cluster", "start", "--dir", str(folder), "--workers", "0"]
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, *start, "--port", str(port)],
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not any("initdb" in line for line in processes_using(folder)):
+            assert proc.poll() is None and time.monotonic() < deadline, "initdb never ran"
+            time.sleep(0.01)
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=120)
+        said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}[stop]
+        assert (proc.returncode, out) == (128 + stop, "")
+        assert err.startswith(f"error: {said}")
+        assert processes_using(folder) == []
+        again = run_script(*start, "--port", str(port))
+        assert again.stdout == f"postgresql://postgres@127.0.0.1:{port}/sparkifydb\n"
+        status = run_script("-m", "tools.citus_cluster", "status", "--dir", str(folder))
+        assert status.stdout == f"coordinator: running on 127.0.0.1:{port}\n"
+    finally:
+        run_script("-m", "tools.citus_cluster", "stop", "--dir", str(folder), "--remove")
+    assert processes_using(folder) == []
+
+
 def test_cluster_command_without_postgresql_15_is_one_clear_error_line():
     done = run_script(
         "-m", "tools.citus_cluster", "start", env={"CITUS_PG_BIN": "/nonexistent/bin"}, check=False

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,9 +52,10 @@ SETTINGS = {  # beside initdb's defaults; the embedded server's sizes, per node
     "log_min_messages": "warning",
 }
 HBA = f"# trust on loopback only: this is a local test cluster\nhost all all {HOST}/32 trust\n"
+NODE_CONF = "sparkify.conf"  # SETTINGS and the node's port, in each node's data directory
 
 
-class ClusterError(Exception):
+class ClusterError(cli.UserError):
     """A problem the user must fix; its message is one line and safe to print."""
 
 
@@ -89,10 +91,13 @@ def give_to_server_user(path: Path) -> None:
 
 
 def _run(cmd: list[str], cwd: Path, log: Path) -> None:
+    """cmd run as the server's user, in a session of its own (a Ctrl-C at the terminal does not
+    reach the servers it starts): stopped midway, the whole session is ended (runuser forks
+    the command, and would leave it running)."""
     log.touch()
     give_to_server_user(log)  # pg_ctl, running as the server's user, appends to it too
     with open(log, "a") as out:
-        done = subprocess.run(
+        process = subprocess.Popen(
             _as_server_user(cmd),
             cwd=cwd,
             stdout=out,
@@ -100,7 +105,14 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    if done.returncode != 0:
+    try:
+        returncode = process.wait()
+    except BaseException:
+        with cli.stops_held(), contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+        raise
+    if returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise ClusterError(f"`{Path(cmd[0]).name} {cmd[1]}` failed (see {log}): {tail[0]}")
 
@@ -159,14 +171,20 @@ class Cluster:
 
 
 def start_node(data: Path, settings: dict[str, str], hba: str, log: Path) -> None:
-    """A PostgreSQL 15 server in data, started (its output in log): made the first time, with
-    settings added to its postgresql.conf and hba as its pg_hba.conf. A throwaway server:
-    initdb's files are not synced to disk."""
+    """A PostgreSQL 15 server in data, started (its output in log): made the first time (in a
+    folder beside it, moved into place once whole: initdb cut off leaves no node that is not
+    one). Each start writes settings (in sparkify.conf, which postgresql.conf includes) and hba
+    as its pg_hba.conf anew. A throwaway server: initdb's files are not synced to disk."""
     if not (data / "PG_VERSION").exists():
-        _run([*embedded.initdb(str(PG_BIN / "initdb"), data), "--no-sync"], data.parent, log)
-        with open(data / "postgresql.conf", "a") as conf:
-            conf.writelines(f"{k} = '{v}'\n" for k, v in settings.items())
-        (data / "pg_hba.conf").write_text(hba)
+        making = data.with_name(f"{data.name}.making")
+        for unfinished in (making, data):
+            shutil.rmtree(unfinished, ignore_errors=True)
+        _run([*embedded.initdb(str(PG_BIN / "initdb"), making), "--no-sync"], data.parent, log)
+        with open(making / "postgresql.conf", "a") as conf:
+            conf.write(f"include = '{NODE_CONF}'\n")
+        making.rename(data)
+    (data / NODE_CONF).write_text("".join(f"{k} = '{v}'\n" for k, v in settings.items()))
+    (data / "pg_hba.conf").write_text(hba)
     _run(
         [str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(log)],
         data.parent,
@@ -185,9 +203,17 @@ def stop_node(data: Path, log: Path) -> None:
 
 
 def _each(action, items: list) -> None:
-    """action on every item at once (the nodes start, set up and stop side by side)."""
+    """action on every item at once (the nodes start, set up and stop side by side). Stopped
+    midway, it waits until each is done (a node that starts after the clean-up would run on)."""
     with concurrent.futures.ThreadPoolExecutor(max(1, len(items))) as pool:
-        list(pool.map(action, items))
+        done = [pool.submit(action, item) for item in items]
+        try:
+            for each in done:
+                each.result()
+        except BaseException:
+            with cli.stops_held():
+                concurrent.futures.wait(done)
+            raise
 
 
 def connect(port: int, dbname: str):
@@ -276,7 +302,8 @@ def start(folder: Path | str | None = None, ports: list[int] | None = None) -> C
         _each(set_up, cluster.ports)
         _add_nodes(cluster.ports)
     except BaseException:
-        with contextlib.suppress(Exception):  # the error that stopped the start is the one to see
+        # the error that stopped the start is the one to see, once what it started is stopped
+        with cli.stops_held(), contextlib.suppress(Exception):
             if cluster.temporary:
                 cluster.stop()  # and its folder removed
             else:
@@ -315,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         "  DATABASE_URL=$(python -m tools.citus_cluster url) python create_tables.py\n"
         "  DATABASE_URL=$(python -m tools.citus_cluster url) python etl.py\n"
         "  python -m tools.citus_cluster stop\n\n"
-        "exit codes: 0 done (status: all nodes running); 3 a problem, said in one line",
+        "exit codes: 0 done (status: all nodes running); 3 a problem, said in one line; 130 "
+        "interrupted (Ctrl-C), 143 terminated (SIGTERM): what a stopped start started is "
+        "stopped",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -353,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be 0 or more")
+    return cli.run_command(lambda: command(args))
+
+
+def command(args: argparse.Namespace) -> int:
+    """The command the arguments name, done; its exit code."""
     try:
         if args.command == "start":
             cluster = start(args.dir, list(range(args.port, args.port + args.workers + 1)))
@@ -376,9 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {'running' if states[name] else 'stopped'} on {HOST}:{port}")
             return 0 if all(states.values()) else 3
         return 0
-    except (ClusterError, psycopg2.Error) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 3
+    except psycopg2.Error as exc:
+        raise ClusterError(str(exc).strip().splitlines()[0]) from None
 
 
 if __name__ == "__main__":
