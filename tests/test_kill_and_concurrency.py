@@ -776,7 +776,7 @@ def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big, stop):
         holder.close()
         watch.close()
     assert (proc.returncode, err) == (exit_code, f"error: {said}\n"), out + err
-    assert took < 5
+    assert took < 30  # not the lock's 120 s wait
     assert query(RUNS) == [(0,)]
 
 
@@ -1268,6 +1268,7 @@ def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once
     """A server that takes the connection and never answers (a stalled host, a full backlog)
     holds libpq until connect_timeout; Ctrl-C ends the wait there and then."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(60)  # the script never connecting fails the test, not hangs it
         port = silent.getsockname()[1]
         url = f"postgresql://u:s3cret@127.0.0.1:{port}/x?connect_timeout=60"
         proc = subprocess.Popen(
@@ -1287,7 +1288,7 @@ def test_ctrl_c_while_a_server_keeps_the_connection_waiting_ends_the_run_at_once
             out, err = proc.communicate(timeout=90)
             waited = time.monotonic() - started
     assert (proc.returncode, err) == (EXIT_INTERRUPTED, f"error: {INTERRUPTED}\n")
-    assert waited < 5, f"Ctrl-C took {waited:.1f} s to end the run"
+    assert waited < 30, f"Ctrl-C took {waited:.1f} s to end the run (not connect_timeout's 60)"
 
 
 def slow_forwarder(
