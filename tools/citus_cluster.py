@@ -173,16 +173,18 @@ class Cluster:
 def start_node(data: Path, settings: dict[str, str], hba: str, log: Path) -> None:
     """A PostgreSQL 15 server in data, started (its output in log): made the first time (in a
     folder beside it, moved into place once whole: initdb cut off leaves no node that is not
-    one). Each start writes settings (in sparkify.conf, which postgresql.conf includes) and hba
-    as its pg_hba.conf anew. A throwaway server: initdb's files are not synced to disk."""
+    one). Each start writes settings (in sparkify.conf, which postgresql.conf includes last) and
+    hba as its pg_hba.conf anew. A throwaway server: initdb's files are not synced to disk."""
     if not (data / "PG_VERSION").exists():
         making = data.with_name(f"{data.name}.making")
         for unfinished in (making, data):
             shutil.rmtree(unfinished, ignore_errors=True)
         _run([*embedded.initdb(str(PG_BIN / "initdb"), making), "--no-sync"], data.parent, log)
-        with open(making / "postgresql.conf", "a") as conf:
-            conf.write(f"include = '{NODE_CONF}'\n")
         making.rename(data)
+    include = f"include = '{NODE_CONF}'\n"  # last: it wins over what the file says before it
+    if include not in (data / "postgresql.conf").read_text():
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(include)
     (data / NODE_CONF).write_text("".join(f"{k} = '{v}'\n" for k, v in settings.items()))
     (data / "pg_hba.conf").write_text(hba)
     _run(
