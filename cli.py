@@ -90,7 +90,11 @@ def _stopped(signal_number: int, frame) -> None:
 def stops_held() -> Generator[None, None, None]:
     """A section a stop (Ctrl-C, SIGTERM) does not cut in two, such as the start or the killing
     of processes that must not outlive the command: a stop that comes during it is raised as it
-    ends, in place of any error it ends with."""
+    ends, in place of any error it ends with. In the main thread, where stops are raised (a
+    section elsewhere has nothing to hold)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     held: list[int] = []
     _HELD.append(held)
     try:
@@ -104,11 +108,14 @@ def stops_held() -> Generator[None, None, None]:
 @contextlib.contextmanager
 def _outcome_known() -> Generator[None, None, None]:
     """A section that writes the command's outcome, known: a stop that comes during it changes
-    nothing (it is recorded only), where it would cut the report in two."""
+    nothing (it is recorded only), where it would cut the report in two. The signals are
+    blocked in this thread meanwhile, so that none cuts a write short either."""
     _HELD.append(None)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         _HELD.pop()
 
 
@@ -307,6 +314,7 @@ def run_command(
         _stop_relay()
     _ON_STOP[:] = [on_stop] if on_stop else []
     _STOPS.clear()
+    _HELD.clear()
     try:
         with printed_exceptions_dropped():
             return action()

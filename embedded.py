@@ -124,12 +124,17 @@ def make_socket_dir(pgdata: Path) -> Path:
 
 class Lock(NamedTuple):
     """What a data directory's postmaster.pid says of the server that wrote it: its process, the
-    data directory it was started on, where it listens, and whether it is ready."""
+    data directory it was started on, where it listens, and its status (starting, stopping,
+    ready, standby; empty while it writes the file)."""
 
     pid: int
     data: Path
     sockets: Path | None
-    ready: bool
+    status: str
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
 
 
 def _lock(pgdata: Path) -> Lock | None:
@@ -139,7 +144,7 @@ def _lock(pgdata: Path) -> Lock | None:
     except (OSError, ValueError, IndexError):
         return None
     sockets = Path(lines[4]) if len(lines) > 4 and lines[4] else None
-    return Lock(pid, data, sockets, len(lines) > 7 and lines[7].strip() == "ready")
+    return Lock(pid, data, sockets, lines[7].strip() if len(lines) > 7 else "")
 
 
 def _server_of(pgdata: Path) -> Lock | None:
@@ -299,21 +304,29 @@ def _ready_or_gone(pgdata: Path, log: Path, timeout: float = 60.0) -> tuple[int,
     (a stop cut off the command that started or stopped it), waited for: until it is ready
     (running's answer), or gone (None)."""
     deadline = time.monotonic() + timeout
-    while (lock := _server_of(pgdata)) is not None and not lock.ready:
+    while (lock := _server_of(pgdata)) is not None and lock.status in ("", *PASSING):
         if _moved(lock, pgdata):
             return None
         if time.monotonic() > deadline:
-            raise _not_ready(timeout, log)
+            raise _not_ready(timeout, log, lock.status or "starting")
         time.sleep(0.02)
     if lock is None:
         return None
     return running(pgdata)
 
 
-def _not_ready(timeout: float, log: Path) -> ServerError:
+# The statuses of a server on its way up or down, and what it may be doing meanwhile.
+PASSING = {
+    "starting": "recovering from a crash, say, and goes on; run again in a while",
+    "stopping": "a session keeps it from stopping (a smart shutdown waits for every session); "
+    "end it, or stop the server with `python db.py stop`, then run again",
+}
+
+
+def _not_ready(timeout: float, log: Path, status: str) -> ServerError:
     return ServerError(
-        f"the embedded server is not ready after {timeout:.0f} s (see {log}): it may be "
-        "recovering from a crash, and goes on; run again in a while"
+        f"the embedded server is still {status} after {timeout:.0f} s (see {log}): "
+        f"{PASSING[status]}"
     )
 
 
@@ -426,7 +439,7 @@ def _launch(pgdata: Path, sockets: Path, log: Path, timeout: float = 60.0) -> No
         if not _alive(pid):
             raise _failed(command, full, log, since)
         if time.monotonic() > deadline:
-            raise _not_ready(timeout, log)
+            raise _not_ready(timeout, log, "starting")
         time.sleep(0.02)
 
 

@@ -357,9 +357,9 @@ class Preparer:
                     self.workers.append(worker)
                     worker.start()
             finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 for end in theirs:
                     end.close()
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def hand_over(self, handed: HandOver) -> None:
         """In a bulk load, the song keys as the database has them once the run's song files are
@@ -413,6 +413,7 @@ class Preparer:
         return prepare_module().prepare(batch, self.limits, self.written, unusable)
 
     def _kill_workers(self) -> None:
+        """Every worker started killed, and waited for."""
         for worker in self.workers:
             if worker.pid is not None:  # started
                 worker.kill()

@@ -751,6 +751,31 @@ def test_a_stop_that_comes_as_a_command_writes_its_outcome_changes_nothing(outco
         assert (proc.returncode, json.loads(out), err) == (exit_code, ended, f"error: {said}\n")
 
 
+# A command whose outcome is more than a pipe holds: its write waits for the reader.
+WRITES_A_LONG_OUTCOME = """
+import sys, cli
+sys.exit(cli.run_command(lambda: cli.write_out("x" * 200_000, "written") or 0))
+"""
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_while_the_outcome_waits_for_its_reader_leaves_it_whole(stop):
+    """The stop cut the write short, and the command went on to exit 0 with its output cut."""
+    sent, _, _ = STOPS[stop]
+    proc = python_running(WRITES_A_LONG_OUTCOME)
+    try:
+        deadline = time.monotonic() + 60
+        while not sending_a_part(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, "it never waited"
+            time.sleep(0.01)
+        os.kill(proc.pid, sent)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, len(out), err) == (EXIT_OK, 200_001, "")
+    assert out == "x" * 200_000 + "\n"
+
+
 @pytest.mark.parametrize("stop", list(STOPS))
 def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big, stop):
     sent, exit_code, said = STOPS[stop]

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -91,13 +90,10 @@ def give_to_server_user(path: Path) -> None:
 
 
 def _run(cmd: list[str], cwd: Path, log: Path) -> None:
-    """cmd run as the server's user, in a session of its own (a Ctrl-C at the terminal does not
-    reach the servers it starts): stopped midway, the whole session is ended (runuser forks
-    the command, and would leave it running)."""
     log.touch()
     give_to_server_user(log)  # pg_ctl, running as the server's user, appends to it too
     with open(log, "a") as out:
-        process = subprocess.Popen(
+        done = subprocess.run(
             _as_server_user(cmd),
             cwd=cwd,
             stdout=out,
@@ -105,14 +101,7 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    try:
-        returncode = process.wait()
-    except BaseException:
-        with cli.stops_held(), contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
-        raise
-    if returncode != 0:
+    if done.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise ClusterError(f"`{Path(cmd[0]).name} {cmd[1]}` failed (see {log}): {tail[0]}")
 
@@ -186,6 +175,7 @@ def start_node(data: Path, settings: dict[str, str], hba: str, log: Path) -> Non
         with open(data / "postgresql.conf", "a") as conf:
             conf.write(include)
     (data / NODE_CONF).write_text("".join(f"{k} = '{v}'\n" for k, v in settings.items()))
+    give_to_server_user(data / NODE_CONF)  # whatever root's umask made of it
     (data / "pg_hba.conf").write_text(hba)
     _run(
         [str(PG_BIN / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(log)],
@@ -206,15 +196,16 @@ def stop_node(data: Path, log: Path) -> None:
 
 def _each(action, items: list) -> None:
     """action on every item at once (the nodes start, set up and stop side by side). Stopped
-    midway, it waits until each is done (a node that starts after the clean-up would run on)."""
+    midway, it waits until each is done (an initdb, a node starting: a node that started after
+    the clean-up would run on), then the stop goes on."""
     with concurrent.futures.ThreadPoolExecutor(max(1, len(items))) as pool:
-        done = [pool.submit(action, item) for item in items]
+        under_way = [pool.submit(action, item) for item in items]
         try:
-            for each in done:
+            for each in under_way:
                 each.result()
         except BaseException:
             with cli.stops_held():
-                concurrent.futures.wait(done)
+                concurrent.futures.wait(under_way)
             raise
 
 
