@@ -259,6 +259,18 @@ STOPS = {
 }
 
 
+def ended_by_the_stop(proc: subprocess.Popen, out: str, err: str, stop: str) -> None:
+    """The run ended as the stop says, in one line, and its JSON names the run it stopped."""
+    _, exit_code, said = STOPS[stop]
+    assert (proc.returncode, err) == (exit_code, f"error: {said}\n"), out + err
+    assert json.loads(out) == {
+        "run_id": last_run(),
+        "status": "failed",
+        "exit_code": exit_code,
+        "error": said,
+    }
+
+
 def sending_a_part(pid: int) -> bool:
     """Whether a thread of process pid waits to write the rest of a part into a full pipe."""
     waits = []
@@ -316,7 +328,7 @@ def test_a_parse_worker_killed_halfway_through_a_part_ends_the_run_in_one_line_t
 def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_finishes_it(
     big, baseline, when, stop
 ):
-    sent, exit_code, said = STOPS[stop]
+    sent, _, _ = STOPS[stop]
     run_script("create_tables.py")
     watch = Watcher()
     workers: set[int] = set()
@@ -350,14 +362,7 @@ def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_fin
         reap(workers)
     assert workers, "no worker process: the test proves nothing about them"
     assert blocked and all(blocked.values()), blocked  # from its start: not only when caught
-    assert proc.returncode == exit_code, out + err
-    assert err == f"error: {said}\n"
-    assert json.loads(out) == {
-        "run_id": last_run(),
-        "status": "failed",
-        "exit_code": exit_code,
-        "error": said,
-    }
+    ended_by_the_stop(proc, out, err, stop)
     assert not left, f"still running 10 s after {stop}: {left}"
     etl(big)
     assert table_contents() == baseline
@@ -400,7 +405,7 @@ runpy.run_path("etl.py", run_name="__main__")
 def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, baseline, stop, again):
     """The run used to print its error and then wait for good, at exit, for workers nobody had
     killed (multiprocessing asks daemon workers to end with SIGTERM, which they block)."""
-    sent, exit_code, said = STOPS[stop]
+    sent, _, _ = STOPS[stop]
     run_script("create_tables.py")
     args = [*SMALL_BATCHES, "--jobs", "2", "--data", str(big), "--no-progress", "--json"]
     proc = subprocess.Popen(
@@ -417,13 +422,7 @@ def test_a_stop_raised_as_the_parse_workers_start_ends_them_and_the_run(big, bas
     finally:
         left = descendants(proc.pid)
         reap({proc.pid, *left})
-    assert (proc.returncode, err) == (exit_code, f"error: {said}\n")
-    assert json.loads(out) == {
-        "run_id": last_run(),
-        "status": "failed",
-        "exit_code": exit_code,
-        "error": said,
-    }
+    ended_by_the_stop(proc, out, err, stop)
     etl(big)
     assert table_contents() == baseline
 
@@ -476,7 +475,7 @@ def test_a_stop_ends_a_statement_the_server_keeps_waiting_at_once(data, stop):
     holds, up to --wait; a COMMIT waiting for a synchronous standby that is down, for good)
     holds etl.py in libpq, where Python's handlers cannot run: Ctrl-C and SIGTERM cancel it on
     the server, and the run ends as a stop does, its batch rolled back."""
-    sent, exit_code, said = STOPS[stop]
+    sent, _, _ = STOPS[stop]
     a_later_play_of_a_loaded_user(data)
     before = counts()
     admin = db.connect(db.Settings.from_env())
@@ -491,13 +490,7 @@ def test_a_stop_ends_a_statement_the_server_keeps_waiting_at_once(data, stop):
     finally:
         admin.close()
         watch.close()
-    assert (proc.returncode, err) == (exit_code, f"error: {said}\n")
-    assert json.loads(out) == {
-        "run_id": last_run(),
-        "status": "failed",
-        "exit_code": exit_code,
-        "error": said,
-    }
+    ended_by_the_stop(proc, out, err, stop)
     assert counts() == before
     etl(data)
     assert counts() == plus(songplays=2, users=1, time=2)
