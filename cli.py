@@ -16,7 +16,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Collection, Generator
-from typing import TextIO, TypeVar
+from typing import NoReturn, TextIO, TypeVar
 
 E = TypeVar("E", bound=BaseException)
 
@@ -117,6 +117,18 @@ def _outcome_known() -> Generator[None, None, None]:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         _HELD.pop()
+
+
+def finish(main: Callable[[], int]) -> NoReturn:
+    """A script's main() run, and the script ended with its exit code. Ctrl-C and SIGTERM are
+    ignored from then on: the outcome is written, and a stop during Python's shutdown would print
+    a traceback there, or end the process by the signal, against the exit code said."""
+    try:
+        code = main()
+    finally:
+        for stop in STOP_EXCEPTIONS:
+            signal.signal(stop, signal.SIG_IGN)
+    sys.exit(code)
 
 
 class UserError(Exception):

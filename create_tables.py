@@ -11,7 +11,6 @@ they are named, and nothing is dropped. A running etl.py is never interrupted: w
 from __future__ import annotations
 
 import argparse
-import sys
 
 import psycopg2.errors
 
@@ -151,4 +150,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.finish(main)

@@ -1090,4 +1090,4 @@ def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.finish(main)

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import itertools
 import os
-import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -742,4 +741,4 @@ def report(settings: db.Settings, out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.finish(main)

@@ -904,4 +904,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     without_pandas()
-    sys.exit(main())
+    cli.finish(main)

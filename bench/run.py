@@ -662,4 +662,4 @@ def benchmark(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.finish(main)

@@ -769,6 +769,43 @@ def test_a_stop_while_the_outcome_waits_for_its_reader_leaves_it_whole(stop):
     assert out == "x" * 200_000 + "\n"
 
 
+# A script run as a user runs it, with a stop sent to itself as Python shuts down, once the
+# script's outcome is written (an exit hook runs then).
+STOPPED_AS_PYTHON_ENDS = """
+import atexit, os, runpy, sys
+atexit.register(os.kill, os.getpid(), {stop})
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["create_tables.py", "--help"], ["etl.py", "--data", "/nowhere/sparkify", "--json"]],
+    ids=["help", "a failure"],
+)
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_once_a_scripts_outcome_is_written_changes_nothing(stop, command):
+    """A second Ctrl-C as the script ended: a traceback from Python's shutdown, or the process
+    ended by the signal, against the exit code its JSON said."""
+    sent, _, _ = STOPS[stop]
+    script, *args = command
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_AS_PYTHON_ENDS.format(stop=int(sent), script=script)] + args,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=60)
+    if script == "create_tables.py":
+        assert (proc.returncode, err) == (EXIT_OK, "")
+        assert out.startswith("usage: create_tables.py")
+    else:
+        assert (proc.returncode, len(err.splitlines())) == (EXIT_ENVIRONMENT, 1), err
+        assert json.loads(out)["exit_code"] == EXIT_ENVIRONMENT
+
+
 @pytest.mark.parametrize("stop", list(STOPS))
 def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big, stop):
     sent, exit_code, said = STOPS[stop]

@@ -408,4 +408,4 @@ def command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.finish(main)

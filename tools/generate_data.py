@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import string
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -814,4 +813,4 @@ def write_data_set(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.finish(main)
