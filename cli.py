@@ -111,12 +111,23 @@ def _outcome_known() -> Generator[None, None, None]:
     nothing (it is recorded only), where it would cut the report in two. The signals are
     blocked in this thread meanwhile, so that none cuts a write short either."""
     _HELD.append(None)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        with stops_blocked():
+            yield
+    finally:
+        _HELD.pop()
+
+
+@contextlib.contextmanager
+def stops_blocked() -> Generator[None, None, None]:
+    """Ctrl-C and SIGTERM blocked in this thread meanwhile, and in the threads and processes it
+    starts, which keep the mask: the kernel hands them to a thread that does not block them, or
+    keeps them until the mask is restored."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_EXCEPTIONS))
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        _HELD.pop()
 
 
 def finish(main: Callable[[], int]) -> NoReturn:
@@ -287,11 +298,8 @@ def _stop_relay() -> None:
     # The thread starts with both signals blocked, and keeps them so: the kernel hands them to
     # a thread that does not block them, and one blocking them as it starts the parse workers
     # (etl.Preparer) must get them after.
-    started = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
+    with stops_blocked():
         threading.Thread(target=relay, name="stop relay", daemon=True).start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, started)
 
 
 def stop_received() -> BaseException | None:

@@ -341,23 +341,22 @@ class Preparer:
         resource_tracker.ensure_running()
         atexit.register(self._kill_workers)
         with cli.stops_held():
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
-                for k in range(jobs):
-                    inbox, outbox = context.Pipe(duplex=False)
-                    self.inboxes.append(inbox)
-                    theirs.append(outbox)
-                    reader, writer = context.Pipe(duplex=False)
-                    self.handovers.append(writer)
-                    theirs.append(reader)
-                    args = (logs[k::jobs], self.limits, outbox, reader, os.getpid())
-                    worker = context.Process(
-                        target=_worker, name="parse worker", daemon=True, args=args
-                    )
-                    self.workers.append(worker)
-                    worker.start()
+                with cli.stops_blocked():
+                    for k in range(jobs):
+                        inbox, outbox = context.Pipe(duplex=False)
+                        self.inboxes.append(inbox)
+                        theirs.append(outbox)
+                        reader, writer = context.Pipe(duplex=False)
+                        self.handovers.append(writer)
+                        theirs.append(reader)
+                        args = (logs[k::jobs], self.limits, outbox, reader, os.getpid())
+                        worker = context.Process(
+                            target=_worker, name="parse worker", daemon=True, args=args
+                        )
+                        self.workers.append(worker)
+                        worker.start()
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 for end in theirs:
                     end.close()
 
