@@ -310,8 +310,6 @@ def _ready_or_gone(pgdata: Path, log: Path, timeout: float = 60.0) -> tuple[int,
         if time.monotonic() > deadline:
             raise _not_ready(timeout, log, lock.status or "starting")
         time.sleep(0.02)
-    if lock is None:
-        return None
     return running(pgdata)
 
 

@@ -404,7 +404,7 @@ def command(args: argparse.Namespace) -> int:
             return 0 if all(states.values()) else 3
         return 0
     except psycopg2.Error as exc:
-        raise ClusterError(str(exc).strip().splitlines()[0]) from None
+        raise ClusterError(cli.first_line(exc)) from None
 
 
 if __name__ == "__main__":
