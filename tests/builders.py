@@ -16,6 +16,7 @@ import lzma
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +31,14 @@ from summary import Counts
 import db
 import embedded
 import sql_queries
-from cli import EXIT_ENVIRONMENT, EXIT_OK
+from cli import (
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    INTERRUPTED,
+    TERMINATED,
+)
 from extract import zstd
 
 # ================================================================ the base sample
@@ -277,6 +285,13 @@ HIDDEN = {
 
 
 # ================================================================ running etl.py
+
+# How a job is stopped: Ctrl-C at a terminal, or SIGTERM (timeout, systemd, Kubernetes, Airflow),
+# each sent to every process of the job; what the run exits with, and its one line.
+STOPS = {
+    "Ctrl-C": (signal.SIGINT, EXIT_INTERRUPTED, INTERRUPTED),
+    "SIGTERM": (signal.SIGTERM, EXIT_TERMINATED, TERMINATED),
+}
 
 # 1 MB log batches instead of 32 MB: a test-sized data set then spans many transactions, and a
 # worker process parses while the database loads (one asked for: with one CPU none is by default).

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 import test_file_sequences as sequences
-from builders import USER, as_superuser, event, lines, song, write
+from builders import STOPS, USER, as_superuser, event, lines, song, write
 from conftest import (
     PROJECT,
     SAMPLE,
@@ -157,12 +157,13 @@ def test_a_cluster_start_that_fails_stops_only_the_nodes_it_started(cluster):
     assert all(cluster.running().values())
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+@pytest.mark.parametrize("stop", list(STOPS))
 def test_a_cluster_start_stopped_as_its_nodes_are_made_leaves_none_and_starts_next_time(
     cluster, stop
 ):
     """Stopped as initdb ran, it left initdb running on (runuser forks it) to make a node
     without its settings, which every later start brought up on PostgreSQL's default port."""
+    sent, exit_code, said = STOPS[stop]
     folder = Path(tempfile.mkdtemp(prefix="spk-citus-stopped-"))
     (port,) = free_ports(1)
     start = ["-m", "tools.citus_cluster", "start", "--dir", str(folder), "--workers", "0"]
@@ -178,10 +179,9 @@ def test_a_cluster_start_stopped_as_its_nodes_are_made_leaves_none_and_starts_ne
         while not any("initdb" in line for line in processes_using(folder)):
             assert proc.poll() is None and time.monotonic() < deadline, "initdb never ran"
             time.sleep(0.01)
-        proc.send_signal(stop)
+        proc.send_signal(sent)
         out, err = proc.communicate(timeout=120)
-        said = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}[stop]
-        assert (proc.returncode, out) == (128 + stop, "")
+        assert (proc.returncode, out) == (exit_code, "")
         assert err.startswith(f"error: {said}")
         assert processes_using(folder) == []
         again = run_script(*start, "--port", str(port))

@@ -404,16 +404,22 @@ def kill_server(pgdata: Path) -> int:
     return pid
 
 
+def lock_file_line(pgdata: Path, number: int, text: str) -> None:
+    """pgdata's postmaster.pid with its line number (from 0) replaced by text."""
+    lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
+    (pgdata / "postmaster.pid").write_text(
+        "".join([*lines[:number], f"{text}\n", *lines[number + 1 :]])
+    )
+
+
 def naming(pgdata: Path, pid: int) -> None:
     """pgdata's postmaster.pid, naming pid for its server."""
-    lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
-    (pgdata / "postmaster.pid").write_text("".join([f"{pid}\n", *lines[1:]]))
+    lock_file_line(pgdata, 0, str(pid))
 
 
 def saying(pgdata: Path, status: str) -> None:
     """pgdata's postmaster.pid, its server's status (its eighth line) said to be status."""
-    lines = (pgdata / "postmaster.pid").read_text().splitlines(keepends=True)
-    (pgdata / "postmaster.pid").write_text("".join([*lines[:7], f"{status}\n", *lines[8:]]))
+    lock_file_line(pgdata, 7, status)
 
 
 @pytest.mark.parametrize("status", ["starting", "stopping"])

@@ -23,6 +23,7 @@ import pytest
 from builders import (
     BASE,
     SMALL_BATCHES,
+    STOPS,
     USER,
     Watcher,
     as_superuser,
@@ -249,14 +250,6 @@ def blocks(pid: int, signal_number: int) -> bool | None:
         return None
     mask = int(re.search(r"^SigBlk:\s*([0-9a-f]+)", status, re.M)[1], 16)
     return bool(mask & 1 << (signal_number - 1))
-
-
-# How a job is stopped: Ctrl-C at a terminal, or SIGTERM (timeout, systemd, Kubernetes, Airflow),
-# each sent to every process of the job; what the run exits with, and its one line.
-STOPS = {
-    "Ctrl-C": (signal.SIGINT, EXIT_INTERRUPTED, INTERRUPTED),
-    "SIGTERM": (signal.SIGTERM, EXIT_TERMINATED, TERMINATED),
-}
 
 
 def ended_by_the_stop(proc: subprocess.Popen, out: str, err: str, stop: str) -> None:
@@ -628,10 +621,11 @@ def test_a_run_that_waited_for_the_lock_loads_the_files_as_they_are_when_it_gets
     }
 
 
-def python_running(code: str) -> subprocess.Popen:
-    """Python running code in the project's folder, its output read through pipes."""
+def python_running(code: str, *args: str) -> subprocess.Popen:
+    """Python running code (its arguments args) in the project's folder, its output read
+    through pipes."""
     return subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -790,13 +784,7 @@ def test_a_stop_once_a_scripts_outcome_is_written_changes_nothing(stop, command)
     ended by the signal, against the exit code its JSON said."""
     sent, _, _ = STOPS[stop]
     script, *args = command
-    proc = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_AS_PYTHON_ENDS.format(stop=int(sent), script=script)] + args,
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = python_running(STOPPED_AS_PYTHON_ENDS.format(stop=int(sent), script=script), *args)
     out, err = proc.communicate(timeout=60)
     if script == "create_tables.py":
         assert (proc.returncode, err) == (EXIT_OK, "")
