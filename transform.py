@@ -154,6 +154,7 @@ def valid_events(records: Records) -> tuple[pa.Table, pa.Table, dict[str, int]]:
         ("userId out of range", _beyond_int32(table["userId"])),
         ("sessionId out of range", _outside(table["sessionId"], *INT32)),
         ("itemInSession out of range", _outside(table["itemInSession"], *INT32)),
+        ("length is negative", _yes(pc.less(table["length"], 0))),
         (
             "level is not 'free' or 'paid'",
             pc.and_(

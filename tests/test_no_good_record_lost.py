@@ -231,6 +231,12 @@ def _event_damages() -> list[Damage]:
         for field in ("sessionId", "itemInSession")
         for v in INT32_OUT_OF_RANGE
     ]
+    out += [
+        Damage(
+            "out of range", f"length = {v}", "play", (("length", v),), reason="length is negative"
+        )
+        for v in [-1, -0.001, -5e-324, -1e300]
+    ]
     for field, (kind, every, _) in parse.EVENT_FIELDS.items():
         out += _type_damages(field, kind, "any" if every else "play")
     out += [
@@ -408,6 +414,11 @@ floats = st.one_of(
     st.sampled_from([1e-7, 1e16, 0.1, 5e-324, 1.7976931348623157e308, -0.0, 209.60608]),
     st.integers(-(10**6), 10**6),
 )
+lengths = st.one_of(  # a play's: none negative (-0.0 is not)
+    st.floats(0, allow_infinity=False),
+    st.sampled_from([1e-7, 1e16, 5e-324, 1.7976931348623157e308, -0.0, 209.60608]),
+    st.integers(0, 10**6),
+)
 # Unknown fields, nested too: the loader ignores them.
 extras = st.sampled_from(
     [
@@ -500,7 +511,7 @@ class Builder:
             "gender": user["gender"],
             "itemInSession": self.next_item(),
             "lastName": user["lastName"],
-            "length": draw(optional(floats)),
+            "length": draw(optional(lengths)),
             "level": draw(st.sampled_from(["free", "paid"])),
             "location": user["location"],
             "method": "PUT",
