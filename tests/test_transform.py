@@ -124,6 +124,20 @@ def test_play_rows_keep_a_play_without_artist_and_unquote_only_wrapping_quotes()
     ]
 
 
+def test_play_rows_make_every_empty_text_a_play_keeps_null():
+    empty = {"artist": "", "location": "", "userAgent": '""', "firstName": "", "lastName": ""}
+    plays, _, _, _ = events({**PLAY, **empty, "gender": ""})
+    row = transform.play_rows(plays).to_pylist()[0]
+    kept = ["artist_name", "location", "user_agent", "first_name", "last_name", "gender"]
+    assert [row[column] for column in kept] == [None] * 6
+    assert row["song_title"] == PLAY["song"]
+
+
+def test_repair_mojibake_reads_c1_controls_as_windows_1252_as_the_docs_say():
+    cases = {"\u0080": "€", "\u0085nel": "…nel", "x\u0099y": "x™y", "Â£5": "£5", "Ã": "Ã"}
+    assert {text: transform.repair_mojibake(text) for text in cases} == cases
+
+
 def test_valid_events_skips_other_pages_and_rejects_bad_plays_with_their_line():
     home = {**PLAY, "page": "Home", "userId": "", "song": None, "artist": None}
     bad_user = {**PLAY, "userId": "", "itemInSession": 2}
@@ -204,6 +218,17 @@ def test_time_table_uses_utc_iso_week_and_monday_as_weekday_1():
     assert rows(table, "hour", "day", "week", "month", "year", "weekday") == [
         [21, 1, 44, 11, 2018, 4],  # Thursday 1 Nov 2018
         [23, 30, 48, 11, 2018, 5],  # Friday 30 Nov 2018, 23:59:59 UTC
+    ]
+
+
+def test_time_table_year_is_the_calendar_years_and_week_the_iso_weeks():
+    instants = pa.array([1546214400000, 1514764800000], pa.int64())  # 2018-12-31, 2018-01-01
+    table = transform.time_table(
+        pa.table({"start_time": instants.cast(pa.timestamp("ms", tz="UTC"))})
+    )
+    assert rows(table, "day", "week", "month", "year", "weekday") == [
+        [1, 1, 1, 2018, 1],  # Monday 1 Jan 2018: ISO week 1 of 2018
+        [31, 1, 12, 2018, 1],  # Monday 31 Dec 2018: ISO week 1 of 2019, calendar year 2018
     ]
 
 
