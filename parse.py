@@ -193,21 +193,24 @@ def _decode_lines(
 
 
 def _beyond_json(raw: bytes, read: Collection[str]) -> dict | None:
-    """A log line orjson refuses only for a number JSON lacks (NaN, Infinity, one beyond a
-    double) in a field the ETL does not read, as orjson would read it were that number null: so
-    Arrow's reader takes it (it skips those fields, numbers and all), and the line's verdict
-    must not hang on which reader reads it. None for any other line (a surrogate escape, an
-    integer beyond 64 bits, such a number in a field read: orjson's verdict stands)."""
+    """A log line orjson refuses only for what is in fields the ETL does not read, as orjson
+    reads the fields it does: a number JSON lacks (NaN, Infinity, one beyond a double), which
+    Arrow's reader takes (it skips those fields, numbers and all: the line's verdict must not
+    hang on which reader reads it), or a lone surrogate escape (half an emoji's pair, as a
+    client cutting text leaves it), which is no text but costs a play nothing it keeps. None
+    for any other line (such a number or escape in a field read, an integer beyond 64 bits:
+    orjson's verdict stands)."""
     try:
         value = json.loads(raw.decode())  # as bytes, json would skip a byte-order mark
     except (ValueError, RecursionError):
         return None
-    if not isinstance(value, dict) or any(
-        isinstance(value.get(field), float) and not math.isfinite(value[field]) for field in read
-    ):
+    if not isinstance(value, dict):
+        return None
+    kept = {field: value[field] for field in read if field in value}
+    if any(isinstance(v, float) and not math.isfinite(v) for v in kept.values()):
         return None
     try:
-        return orjson.loads(orjson.dumps(value))  # those numbers null, the rest as orjson reads
+        return orjson.loads(orjson.dumps(kept))  # as orjson reads them
     except (orjson.JSONEncodeError, orjson.JSONDecodeError):
         return None
 

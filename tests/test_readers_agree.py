@@ -43,6 +43,9 @@ ODD_LINES = {
     "-Infinity in a field the ETL does not read": line(7, registration=float("-inf")),
     "a number beyond a double in a field the ETL does not read": line(7)[:-2]
     + b', "registration": 1e400}\n',
+    # half a surrogate pair (an emoji cut in two) is no text: orjson refuses it, json reads it
+    "a lone surrogate escape in a field the ETL does not read": line(7, method="x\ud83d"),
+    "a lone surrogate escape in a field the ETL reads": line(7, userAgent="x\ud83d"),
     "a byte-order mark": b"\xef\xbb\xbf" + line(7),
     "a blank line": b"   \n",
     # Arrow reads a newline as blank space: the object runs on into the next line, and the line
@@ -72,6 +75,12 @@ def test_odd_lines_are_judged_as_json_defines_them():
     )
     unread = ODD_LINES["NaN in a field the ETL does not read"]
     assert verdicts(unread + DAMAGED)[0] == [(1, 7, PLAY["length"])]  # as its values are JSON
+    unread = ODD_LINES["a lone surrogate escape in a field the ETL does not read"]
+    assert verdicts(unread + DAMAGED)[0] == [(1, 7, PLAY["length"])]
+    assert verdicts(ODD_LINES["a lone surrogate escape in a field the ETL reads"]) == (
+        [],
+        [(1, "malformed JSON: no low surrogate in string at column 369")],
+    )
     assert verdicts(ODD_LINES["a byte-order mark"])[1] == [
         (1, "a byte-order mark before the record (as files joined together leave one)")
     ]
