@@ -116,13 +116,17 @@ def valid_songs(records: Records) -> tuple[pa.Table, pa.Table]:
 def song_rows(songs: pa.Table) -> pa.Table:
     """Rows of stage_songs: of a song_id a file holds twice, its last record (an array's songs
     all sit on its first line: the database, which takes a file's last line, could not tell them
-    apart); year 0 means unknown, an empty location is no location."""
+    apart); year 0 means unknown, an empty location is no location. Text is repaired as the
+    log's is, so a play and its song match whatever the repair makes of either: the same text
+    in both stays the same."""
     songs = songs.take(
         _last_of_each(pc.binary_join_element_wise(songs["path"], songs["song_id"], "\0"))
     )
     columns = {name: songs[name] for name in sql.STAGE_COLUMNS["stage_songs"]}
+    columns["title"] = repair_text(songs["title"])
+    columns["artist_name"] = repair_text(songs["artist_name"])
     columns["year"] = _null_where(songs["year"], 0)
-    columns["artist_location"] = _blank_to_null(songs["artist_location"])
+    columns["artist_location"] = _blank_to_null(repair_text(songs["artist_location"]))
     return pa.table(columns)
 
 
