@@ -442,12 +442,15 @@ GROUP BY a.pid, a.backend_type, r.oid, r.rolname, r.rolsuper, a.application_name
 # Those holders would make DROP wait: the clients' sessions this role may end are ended first (a
 # superuser may end any; another role those of a role whose privileges it has, or as a member of
 # pg_signal_backend any but a superuser's), and named as lock_holders_left names them.
-# Autovacuum lets go by itself once DROP waits.
+# Autovacuum, which has no role, lets go by itself once DROP waits. pg_stat_activity shows no
+# backend_type of another role's session (without pg_read_all_stats): a session of a role is
+# taken for a client's unless it says otherwise.
 terminate_lock_holders = f"""
 WITH holder AS ({table_lock_holders})
 SELECT pid, coalesce('role ' || rolname, backend_type), application_name, tables
 FROM holder
-WHERE CASE WHEN backend_type = 'client backend'
+WHERE CASE WHEN role IS NOT NULL
+                AND coalesce(backend_type, 'client backend') = 'client backend'
                 AND (current_setting('is_superuser')::boolean
                      OR (NOT rolsuper
                          AND (pg_has_role(role, 'USAGE')

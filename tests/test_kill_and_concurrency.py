@@ -1239,6 +1239,38 @@ def test_create_tables_names_pg_signal_backend_where_only_ordinary_roles_hold_th
         as_superuser(f"DROP ROLE {reader}")
 
 
+def test_create_tables_as_a_member_of_pg_signal_backend_ends_another_roles_session(
+    tmp_path, analyst_url
+):
+    """pg_stat_activity hides most of another role's session (its backend_type too) from a role
+    without pg_read_all_stats: the session is ended all the same."""
+    as_analyst = {"DATABASE_URL": analyst_url}
+    run_script("create_tables.py", env=as_analyst)
+    reader = f"{ANALYST}_reader"
+    as_superuser(
+        f"DROP ROLE IF EXISTS {reader}",
+        f"CREATE ROLE {reader} LOGIN",
+        f"GRANT pg_signal_backend TO {ANALYST}",
+    )
+    with using_database(analyst_url):
+        query(f"GRANT SELECT ON songplays TO {reader}")
+    other, other_pid = holding("songplays", embedded_url(role=reader, database=ANALYST), "psql")
+    try:
+        done = run_script("create_tables.py", env=as_analyst, timeout=60, check=False)
+        assert done.returncode == EXIT_OK, done
+        assert done.stdout.splitlines()[1] == (
+            f"  ended 1 session that held them: {other_pid} (role {reader}, psql) on songplays"
+        )
+        with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+            other.cursor().execute("SELECT 1")
+    finally:
+        other.close()
+        as_superuser(f"REVOKE pg_signal_backend FROM {ANALYST}")
+        with using_database(analyst_url):
+            query(f"REVOKE SELECT ON songplays FROM {reader}")
+        as_superuser(f"DROP ROLE {reader}")
+
+
 def test_a_full_refresh_waits_a_few_seconds_for_a_session_holding_the_tables_then_names_it(
     tmp_path,
 ):
