@@ -29,8 +29,9 @@ REJECT_SCHEMA = pa.schema(
     [("path", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
 )
 
-# The log's text is UTF-8 decoded as Latin-1 and encoded again; repair only that, leaving quotes,
-# ligatures and Unicode normalisation exactly as recorded.
+# The log's text is UTF-8 decoded as Latin-1 (or Windows-1252) and encoded again: repair that
+# (song files' text too, so that both sides match alike), leaving quotes, ligatures, widths, line
+# breaks, control characters and Unicode normalisation as recorded.
 MOJIBAKE_ONLY = ftfy.TextFixerConfig(
     unescape_html=False,
     remove_terminal_escapes=False,
