@@ -165,7 +165,7 @@ class FileRead:
     encoding: str = "UTF-8"
     etag: str | None = None
     damaged: bool = False  # its content ends in DamagedFile: compressed data damaged, cut short
-    ends_mid_line: bool = False  # plain UTF-8 text whose last line is neither ended nor closed
+    ends_mid_line: bool = False  # its text (decompressed) ends in a line neither ended nor closed
 
     def emptied(self) -> FileRead:
         """This read, of a loaded file that now holds no record it can load, or is damaged where

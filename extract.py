@@ -350,6 +350,17 @@ def compression_of(name: str, head: bytes) -> Compression | None:
     return named
 
 
+def utf8_end(tail: bytes, size: int, bom: bytes) -> bytes:
+    """The last bytes of text of size bytes starting with the byte-order mark bom (b"": none),
+    as UTF-8, without the mark: in UTF-16 or UTF-32, from the first code unit they hold whole
+    (a last one cut short is a character that is none)."""
+    codec, unit = CODE_UNITS.get(bom, ("utf-8", 1))
+    start = size - len(tail)
+    whole = max(len(bom) - start, -(start - len(bom)) % unit)  # bytes before the first whole one
+    text = tail[whole:]
+    return text if codec == "utf-8" else text.decode(codec, "replace").encode("utf-8")
+
+
 def ends_mid_line(tail: bytes) -> bool:
     """Whether text ending in tail stops in the middle of a line, as a transfer cut at any byte
     leaves it: no newline after its last line, and that line not closed by "}" or "]" (blank
@@ -714,7 +725,6 @@ def _read(
         blocks, damaged = _trusted(iter(()), DamagedFile(reason)), True
     bom = byte_order_mark(head)
     encoding = BYTE_ORDER_MARKS.get(bom, "UTF-8")
-    plain = seen.compression is None and encoding == "UTF-8"
     return (
         FileRead(
             "new" if task.known_sha256 is None else "changed",
@@ -723,7 +733,7 @@ def _read(
             encoding=encoding,
             etag=etag,
             damaged=damaged,
-            ends_mid_line=plain and ends_mid_line(seen.tail),
+            ends_mid_line=ends_mid_line(utf8_end(*seen.text_end(), bom)),
         ),
         _text_parts(_as_utf8(blocks, bom), part_bytes, songs),
     )
@@ -913,8 +923,8 @@ class FirstPass:
     opened (not what it grew to after), its first block (all of it when it is no bigger than
     part_bytes, read at once), the compression it is read through (compression_of), and for
     compressed data the first bytes it decompresses to, from its first stream that holds any
-    (an empty one may come first: pzstd's skippable frame, `gzip </dev/null`), and the damage
-    decompressing it meets (None when it is intact)."""
+    (an empty one may come first: pzstd's skippable frame, `gzip </dev/null`), the last ones
+    and their size, and the damage decompressing it meets (None when it is intact)."""
 
     sha256: str
     size: int
@@ -923,6 +933,14 @@ class FirstPass:
     content_head: bytes = b""
     damage: DamagedFile | None = None
     tail: bytes = b""  # its last bytes
+    content_tail: bytes = b""
+    content_size: int = 0
+
+    def text_end(self) -> tuple[bytes, int]:
+        """The last bytes of the text it holds (decompressed), and the text's size."""
+        if self.compression is None:
+            return self.tail, self.size
+        return self.content_tail, self.content_size
 
 
 def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
@@ -931,9 +949,9 @@ def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
     head = next(blocks, b"")
     compression = compression_of(location, head)
     blocks = itertools.chain([head], blocks)
-    content_head, damage = b"", None
+    content = Checked(b"", b"", 0, None)
     if compression is not None:
-        content_head, damage = _checked(blocks, compression)
+        content = _checked(blocks, compression)
     for _ in blocks:  # what decompressing left unread is hashed too
         pass
     return FirstPass(
@@ -941,9 +959,11 @@ def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
         hashing.read,
         hashing.first,
         compression,
-        content_head,
-        damage,
+        content.head,
+        content.damage,
         hashing.tail,
+        content.tail,
+        content.size,
     )
 
 
@@ -1403,17 +1423,28 @@ def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator
         )
 
 
-def _checked(blocks: Iterator[bytes], compression: Compression) -> tuple[bytes, DamagedFile | None]:
-    """Compressed data decompressed through: the first HEAD_BYTES it decompresses to, and the
-    damage it meets (None when it is intact)."""
-    head = b""
+class Checked(NamedTuple):
+    """What compressed data decompresses to: its first HEAD_BYTES, its last TAIL_BYTES, its size,
+    and the damage met (None when it is intact: else what came before it)."""
+
+    head: bytes
+    tail: bytes
+    size: int
+    damage: DamagedFile | None
+
+
+def _checked(blocks: Iterator[bytes], compression: Compression) -> Checked:
+    """Compressed data decompressed through."""
+    head, tail, size = b"", b"", 0
     try:
         for block in _decompressed(blocks, compression):
             if len(head) < HEAD_BYTES:
                 head += block[: HEAD_BYTES - len(head)]
+            tail = (tail + block[-TAIL_BYTES:])[-TAIL_BYTES:]
+            size += len(block)
     except DamagedFile as damage:
-        return head, damage
-    return head, None
+        return Checked(head, tail, size, damage)
+    return Checked(head, tail, size, None)
 
 
 def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[bytes]:
@@ -1450,6 +1481,13 @@ BYTE_ORDER_MARKS = {
 # is rejected ("not valid UTF-16").
 NO_CHARACTER = "sparkify-no-character"
 codecs.register_error(NO_CHARACTER, lambda exc: ("\ud800", exc.end))
+CODE_UNITS = {  # each byte-order mark's codec, and the bytes of its code unit
+    codecs.BOM_UTF32_LE: ("utf-32-le", 4),
+    codecs.BOM_UTF32_BE: ("utf-32-be", 4),
+    codecs.BOM_UTF8: ("utf-8", 1),
+    codecs.BOM_UTF16_LE: ("utf-16-le", 2),
+    codecs.BOM_UTF16_BE: ("utf-16-be", 2),
+}
 
 
 def byte_order_mark(head: bytes) -> bytes:

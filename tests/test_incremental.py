@@ -4,10 +4,12 @@ an older event never overwrites a newer user level, and instants do not depend o
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import itertools
 import json
+import lzma
 import os
 import random
 import shutil
@@ -373,6 +375,46 @@ def test_a_resend_of_plain_text_cut_mid_line_keeps_what_it_loaded_until_a_whole_
     assert parse_summary(etl(data).stdout).files["log"] == {"unchanged": 2, "changed": 1}
     assert crafted_items() == list(range(9_500))
     assert table_contents() == fresh_load_of(data)
+
+
+# A file's text as it is delivered: (its name's suffix, its bytes from its text).
+DELIVERED_AS = {
+    "gzip": (".gz", lambda text: gzip.compress(text, mtime=0)),
+    "xz": (".xz", lzma.compress),
+    "UTF-16": ("", lambda text: codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le")),
+    "UTF-32 in gzip": (
+        ".gz",
+        lambda text: gzip.compress(codecs.BOM_UTF32_BE + text.decode().encode("utf-32-be")),
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(DELIVERED_AS))
+def test_a_resend_whose_text_is_cut_mid_line_keeps_what_it_loaded_whatever_its_form(data, form):
+    """Text cut short by the writer, then compressed or encoded whole: the file is intact, its
+    text is not, and it is judged as plain text is."""
+    suffix, delivered = DELIVERED_AS[form]
+    day = lines(*(G(n, level="paid") for n in range(2_000)))
+    path = write(data, f"log_data/2018/12/a.json{suffix}", delivered(day))
+    etl(data)
+    loaded, entry = table_contents(), manifest()
+    cut = day[: len(day) // 3]
+    complete = cut.count(b"\n")
+    assert not cut.endswith((b"}", b"\n"))
+    path.write_bytes(delivered(cut))
+
+    summary = parse_summary(etl(data).stdout)
+
+    assert summary.files["log"] == {"unchanged": 2, "emptied": 1}
+    assert rejects(last_run()) == [
+        (
+            f"log_data/2018/12/a.json{suffix}",
+            None,
+            f"cut short mid-line after line {complete}: {KEPT}",
+            None,
+        )
+    ]
+    assert (table_contents(), manifest()) == (loaded, entry)
 
 
 def test_plain_text_still_being_written_loads_its_whole_lines_at_each_run(data):
