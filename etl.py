@@ -137,7 +137,7 @@ def run(
                     start,
                     tally,
                     settings,
-                    data.root,
+                    data,
                     started,
                     bulk,
                     found_missing,
@@ -729,7 +729,7 @@ def finish(
     start: load.RunStart,
     tally: Tally,
     settings: db.Settings,
-    data_dir: str,
+    data: extract.Source,
     started: float,
     bulk: load.BulkStart,
     found_missing: load.Built,
@@ -754,16 +754,18 @@ def finish(
         # A kept count of plays the checks found wrong, and counted again, was wrong before the
         # run too: both totals are moved by what it was off by, and the run's change stays.
         off, resolved_off = checked.plays_miscounted if checked else (0, 0)
-        cur.execute(sql.run_rejects, {"run_id": start.run_id, "limit": REJECT_EXAMPLES + 1})
+        songs = extract.relative(data, "song", data.top("song")) + "/"  # song files' paths start so
+        limit = REJECT_EXAMPLES + 1
+        cur.execute(sql.run_rejects, {"run_id": start.run_id, "songs": songs, "limit": limit})
         examples = cur.fetchall()
-        earlier = {"runs": start.unreported, "limit": REJECT_EXAMPLES + 1}
+        earlier = {"runs": start.unreported, "songs": songs, "limit": limit}
         cur.execute(sql.earlier_rejects_count, earlier)
         records, files = cur.fetchone()
         cur.execute(sql.earlier_rejects, earlier)
         earlier_examples = cur.fetchall()
         report = Report(
             target=settings.describe(),
-            data_dir=data_dir,
+            data_dir=data.root,
             run_id=start.run_id,
             seconds=time.monotonic() - started,
             tally=tally,

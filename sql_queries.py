@@ -1426,16 +1426,17 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 row_count = "SELECT count(*) FROM {table}"
 resolved_plays_citus = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
-# The run's first rejects: song files' first (as they load), then by path and line; those an
-# earlier run gave too after the others: a whole file named at every run (an emptied file, a
-# link left dangling) does not hide the day's new problems.
+# The run's first rejects: song files' first (as they load: their paths start with songs, the
+# song folder's path, a URL in an object store), then by path and line; those an earlier run gave
+# too after the others: a whole file named at every run (an emptied file, a link left dangling)
+# does not hide the day's new problems.
 run_rejects = """
 SELECT path, line, reason FROM load_rejects r WHERE run_id = %(run_id)s
 ORDER BY line IS NULL AND EXISTS (
              SELECT 1 FROM load_rejects e
              WHERE e.path = r.path AND e.run_id < r.run_id AND e.line IS NULL
                AND e.reason = r.reason),
-         NOT starts_with(path, 'song_data/'), path COLLATE "C", line NULLS FIRST, reject_id
+         NOT starts_with(path, %(songs)s), path COLLATE "C", line NULLS FIRST, reject_id
 LIMIT %(limit)s"""
 
 # What runs that stopped before their report rejected in the files they loaded, where the
@@ -1450,7 +1451,7 @@ SELECT (SELECT coalesce(sum(rejected), 0) FROM load_manifest WHERE run_id = ANY(
        (SELECT count(*) {_earlier_rejects} AND r.line IS NULL)"""
 earlier_rejects = f"""
 SELECT r.path, r.line, r.reason {_earlier_rejects}
-ORDER BY NOT starts_with(r.path, 'song_data/'), r.path COLLATE "C", r.line NULLS FIRST,
+ORDER BY NOT starts_with(r.path, %(songs)s), r.path COLLATE "C", r.line NULLS FIRST,
          r.reject_id
 LIMIT %(limit)s"""
 

@@ -162,6 +162,24 @@ def test_keys_the_store_library_would_read_as_another_object_are_named_as_ignore
     assert counts() == builders.BASE
 
 
+def test_song_files_rejects_come_first_in_the_summary_as_from_disk(s3, tmp_path):
+    """The summary shows song files' rejects first, as they load, then the logs': in a store,
+    the paths are URLs, where the logs' sort first."""
+    data = builders.base_sample(tmp_path / "data")
+    builders.write(data, "song_data/Z/bad.json", builders.line(builders.song(1, duration="x")))
+    no_ts = [{**builders.event(n), "ts": None} for n in range(6)]
+    builders.write(data, "log_data/2018/11/bad.json", builders.log_file(*no_ts))
+    url = s3.upload(data, BUCKET, "song-first")
+    from_disk = parse_summary(fresh_load(data).stdout)
+    from_bucket = parse_summary(fresh_load(url, env=s3.env).stdout)
+    on_disk = [example.removeprefix(f"{data}/") for example in from_disk.examples]
+    assert from_bucket.examples == [f"{url}/{example}" for example in on_disk]
+    assert from_bucket.examples[:2] == [
+        f"{url}/song_data/Z/bad.json:1: duration is not a number",
+        f"{url}/log_data/2018/11/bad.json:1: ts missing",
+    ]
+
+
 def test_an_archived_object_is_that_objects_reject_and_loads_once_restored(s3, tmp_path):
     """An object a lifecycle rule moved to Glacier cannot be read until restored: the rest
     loads (a full refresh too), and a run after the restore loads it."""
