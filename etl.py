@@ -459,6 +459,10 @@ def _worker(batches, limits: Limits, outbox, handover, parent: int) -> None:
 
     with _sending(outbox) as send:
         _send_parts(parts(), send)
+    # Its work all sent, it ends here rather than through Python's exit, where tearing down
+    # Arrow's thread pools now and then aborts with "terminate called without an active
+    # exception" on the run's standard error (seen once in 1,400 runs of two workers).
+    os._exit(0)
 
 
 def _send_parts(parts: Iterator[Part], put: Callable[[object], bool]) -> None:
