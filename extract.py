@@ -465,6 +465,8 @@ VERSION_MARK = "?versionId="
 VERSION_NOTE = (
     f" (a key holding {VERSION_MARK}, which the store library reads as a version: not read)"
 )
+# A key's folder named . or .. is no folder a path can name: a path would name another one.
+DOTS_NOTE = " (a key holding a folder named . or .., which a path reads as another: not read)"
 
 
 def etag_of(info: dict) -> str:
@@ -489,6 +491,8 @@ def _object_listing(store: Store, top: str) -> Listing:
             ignored.append((url, " (a key ending in /, which stores read as a folder: not read)"))
         elif VERSION_MARK in url.removeprefix(top):
             ignored.append((url, VERSION_NOTE))
+        elif {".", ".."}.intersection(folders):
+            ignored.append((url, DOTS_NOTE))
         elif any(map(is_hidden, [*folders, base])):
             ignored.append((url, hidden_note(base, False)))
         elif is_data_file(base):

@@ -143,15 +143,17 @@ def test_keys_the_store_library_would_read_as_another_object_are_named_as_ignore
     data = builders.base_sample(tmp_path / "data")
     url = s3.upload(data, BUCKET, "odd-keys")
     other_day = (data / "log_data/2018/11" / builders.BASE_LOGS[1]).read_bytes()
-    odd = ["2018-11-01-events.json?versionId=resent.json", "kept-as-a-folder/"]
+    odd = ["2018-11-01-events.json?versionId=resent.json", "kept-as-a-folder/", "./a.json"]
     for key in odd:
         s3.client().put_object(
             Bucket=BUCKET, Key=f"odd-keys/log_data/2018/11/{key}", Body=other_day
         )
     summary = parse_summary(fresh_load(url, env=s3.env).stdout)
     assert (summary.ignored, summary.ignored_examples) == (
-        2,
+        3,
         [
+            f"{url}/log_data/2018/11/{odd[2]} (a key holding a folder named . or .., which a "
+            "path reads as another: not read)",
             f"{url}/log_data/2018/11/{odd[0]} (a key holding ?versionId=, which the store library "
             "reads as a version: not read)",
             f"{url}/log_data/2018/11/{odd[1]} (a key ending in /, which stores read as a folder: "
