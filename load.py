@@ -465,9 +465,9 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> BulkStart:
         cur.execute(sql.songplays_empty)
         if not cur.fetchone()[0]:
             return BulkStart(None)
-        song_keys = io.BytesIO()
+        song_keys = FirstBytes(sql.SONG_KEY_BYTES_IN_MEMORY)
         cur.copy_expert(sql.song_keys_copy, song_keys)
-        if cur.rowcount > sql.SONG_KEYS_IN_MEMORY:
+        if cur.rowcount > sql.SONG_KEYS_IN_MEMORY or song_keys.size > song_keys.most:
             return BulkStart(None, KEPT_FOR_A_BIG_CATALOGUE)
     try:
         with db.managed_cursor(conn) as cur:
@@ -486,10 +486,27 @@ def begin_bulk_load(conn, start: RunStart, logs: list[Batch]) -> BulkStart:
         return BulkStart(None, f"{KEPT_FOR_YOURS}: {named}")
 
 
+class FirstBytes:
+    """What a COPY writes, its first `most` bytes kept, the rest only counted: a catalogue too
+    big to send is found without being held."""
+
+    def __init__(self, most: int):
+        self.most, self.size, self.kept = most, 0, []
+
+    def write(self, data: bytes) -> int:
+        if self.size + len(data) <= self.most:
+            self.kept.append(data)
+        self.size += len(data)
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.kept)
+
+
 # Why a first load merges its plays with the keys in place, as the summary says it.
 KEPT_FOR_A_BIG_CATALOGUE = (
-    f"the song catalogue holds more than {sql.SONG_KEYS_IN_MEMORY:,} keys, more than the parse "
-    "workers are sent"
+    f"the song catalogue's keys (title, artist name, duration) are more than the parse workers "
+    f"are sent ({sql.SONG_KEYS_IN_MEMORY:,} keys, {sql.SONG_KEY_BYTES_IN_MEMORY >> 20} MB of text)"
 )
 KEPT_FOR_ANOTHER_SESSION = (
     "another session held songplays or time (a pg_dump, a query, an open transaction) when "

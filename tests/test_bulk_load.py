@@ -279,8 +279,13 @@ def test_a_first_load_keeps_the_keys_an_object_of_yours_depends_on_and_names_it(
         query(f"{drop}; SELECT 1")
 
 
-def test_a_first_load_with_a_catalogue_too_big_to_send_merges_and_says_why(data, monkeypatch):
-    monkeypatch.setattr(sql_queries, "SONG_KEYS_IN_MEMORY", 5)  # the data holds 11 songs
+@pytest.mark.parametrize(
+    "limit", [("SONG_KEYS_IN_MEMORY", 5), ("SONG_KEY_BYTES_IN_MEMORY", 500)], ids=["keys", "bytes"]
+)
+def test_a_first_load_with_a_catalogue_too_big_to_send_merges_and_says_why(
+    data, monkeypatch, limit
+):
+    monkeypatch.setattr(sql_queries, *limit)  # the data holds 11 songs, over 500 bytes of keys
     summary = parse_summary(etl(data).stdout)
     assert summary.keys_left_alone
     assert summary.kept_because == load.KEPT_FOR_A_BIG_CATALOGUE
