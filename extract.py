@@ -720,10 +720,10 @@ def _read(
     if seen.sha256 == task.known_sha256:
         return FileRead("unchanged", seen.size, seen.sha256, etag=etag), iter(())
     blocks = iter([seen.first]) if whole else _blocks(handle, seen, task.location)
-    head = seen.first if seen.compression is None else seen.content_head
+    head = seen.content.head
     if seen.compression is not None:
-        blocks = _trusted(_decompressed(blocks, seen.compression), seen.damage)
-    damaged = seen.damage is not None
+        blocks = _trusted(_decompressed(blocks, seen.compression), seen.content.damage)
+    damaged = seen.content.damage is not None
     if reason := not_read(head, seen.compression):
         handle.close()
         blocks, damaged = _trusted(iter(()), DamagedFile(reason)), True
@@ -737,7 +737,7 @@ def _read(
             encoding=encoding,
             etag=etag,
             damaged=damaged,
-            ends_mid_line=ends_mid_line(utf8_end(*seen.text_end(), bom)),
+            ends_mid_line=ends_mid_line(utf8_end(seen.content.tail, seen.content.size, bom)),
         ),
         _text_parts(_as_utf8(blocks, bom), part_bytes, songs),
     )
@@ -921,30 +921,29 @@ def _not_regular(mode: int) -> str | None:
 # ---------------------------------------------------------------- the passes over a file or object
 
 
+class Content(NamedTuple):
+    """A file's text as read through once (decompressed, where compressed): its first bytes, its
+    last TAIL_BYTES, its size, and the damage met reading it (None when it is intact: else what
+    came before it)."""
+
+    head: bytes
+    tail: bytes
+    size: int
+    damage: DamagedFile | None
+
+
 @dataclasses.dataclass(frozen=True)
 class FirstPass:
     """What reading a file through once found: the SHA-256 and size of what it held as it was
     opened (not what it grew to after), its first block (all of it when it is no bigger than
-    part_bytes, read at once), the compression it is read through (compression_of), and for
-    compressed data the first bytes it decompresses to, from its first stream that holds any
-    (an empty one may come first: pzstd's skippable frame, `gzip </dev/null`), the last ones
-    and their size, and the damage decompressing it meets (None when it is intact)."""
+    part_bytes, read at once), the compression it is read through (compression_of), and its
+    content: the file's own bytes, or what its compressed data decompresses to."""
 
     sha256: str
     size: int
     first: bytes
     compression: Compression | None
-    content_head: bytes = b""
-    damage: DamagedFile | None = None
-    tail: bytes = b""  # its last bytes
-    content_tail: bytes = b""
-    content_size: int = 0
-
-    def text_end(self) -> tuple[bytes, int]:
-        """The last bytes of the text it holds (decompressed), and the text's size."""
-        if self.compression is None:
-            return self.tail, self.size
-        return self.content_tail, self.content_size
+    content: Content
 
 
 def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
@@ -953,22 +952,12 @@ def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
     head = next(blocks, b"")
     compression = compression_of(location, head)
     blocks = itertools.chain([head], blocks)
-    content = Checked(b"", b"", 0, None)
-    if compression is not None:
-        content = _checked(blocks, compression)
+    content = None if compression is None else _checked(blocks, compression)
     for _ in blocks:  # what decompressing left unread is hashed too
         pass
-    return FirstPass(
-        hashing.digest.hexdigest(),
-        hashing.read,
-        hashing.first,
-        compression,
-        content.head,
-        content.damage,
-        hashing.tail,
-        content.tail,
-        content.size,
-    )
+    if content is None:
+        content = Content(hashing.first, hashing.tail, hashing.read, None)
+    return FirstPass(hashing.digest.hexdigest(), hashing.read, hashing.first, compression, content)
 
 
 TAIL_BYTES = 64  # enough to see how text ends, blank space and all (ends_mid_line)
@@ -1427,18 +1416,10 @@ def _decompressed(blocks: Iterator[bytes], compression: Compression) -> Iterator
         )
 
 
-class Checked(NamedTuple):
-    """What compressed data decompresses to: its first HEAD_BYTES, its last TAIL_BYTES, its size,
-    and the damage met (None when it is intact: else what came before it)."""
-
-    head: bytes
-    tail: bytes
-    size: int
-    damage: DamagedFile | None
-
-
-def _checked(blocks: Iterator[bytes], compression: Compression) -> Checked:
-    """Compressed data decompressed through."""
+def _checked(blocks: Iterator[bytes], compression: Compression) -> Content:
+    """Compressed data decompressed through: its content's first HEAD_BYTES (from its first
+    stream that holds any: an empty one may come first, pzstd's skippable frame, `gzip
+    </dev/null`), and the damage it meets."""
     head, tail, size = b"", b"", 0
     try:
         for block in _decompressed(blocks, compression):
@@ -1447,8 +1428,8 @@ def _checked(blocks: Iterator[bytes], compression: Compression) -> Checked:
             tail = (tail + block[-TAIL_BYTES:])[-TAIL_BYTES:]
             size += len(block)
     except DamagedFile as damage:
-        return Checked(head, tail, size, damage)
-    return Checked(head, tail, size, None)
+        return Content(head, tail, size, damage)
+    return Content(head, tail, size, None)
 
 
 def _trusted(content: Iterator[bytes], damage: DamagedFile | None) -> Iterator[bytes]:
