@@ -967,6 +967,17 @@ SELECT DISTINCT ON (title, artist_name, duration)
 FROM songs
 ORDER BY title, artist_name, duration, {SONG_ORDER}"""
 
+# The same, of the songs the staged plays name: the catalogue is scanned and only those are sorted,
+# so a day's merge follows the day, not the catalogue (a day onto 200,000 songs: the join 0.05 s
+# against 0.26 s).
+_staged_song_keys = f"""
+SELECT DISTINCT ON (title, artist_name, duration)
+       title, artist_name, duration, song_id, artist_id
+FROM songs
+WHERE (title, artist_name, duration) IN (
+    SELECT song_title, artist_name, song_length FROM stage_plays)
+ORDER BY title, artist_name, duration, {SONG_ORDER}"""
+
 # A song batch may add songs, and change songs: the plays resolved to one of them, and those
 # naming one of them now, are resolved again from scratch (to a song, another one, or none), as a
 # load of the files as they now are resolves them. With no play loaded yet (a first load's songs)
@@ -1169,7 +1180,7 @@ after_plays_gone_citus = [
 # as a bulk load and Citus number them: the join's own order follows the staging table's pages,
 # where a row may fill the space of one deleted before.
 songplays_insert = f"""
-WITH song_keys AS ({_song_keys}
+WITH song_keys AS ({_staged_song_keys}
 ), inserted AS (
     INSERT INTO songplays (start_time, user_id, level, first_name, last_name, gender, song_id,
                            artist_id, session_id, item_in_session, location, user_agent,
