@@ -1213,62 +1213,58 @@ def test_create_tables_as_an_ordinary_role_ends_its_own_sessions_and_names_those
         other.close()
 
 
+READER = f"{ANALYST}_reader"  # a role that is neither the analyst nor a superuser
+
+
+@pytest.fixture
+def readers_session(analyst_url):
+    """The analyst's tables made, and a session of another ordinary role inside a transaction
+    that has read songplays: (its connection, its server pid)."""
+    run_script("create_tables.py", env={"DATABASE_URL": analyst_url})
+    as_superuser(f"DROP ROLE IF EXISTS {READER}", f"CREATE ROLE {READER} LOGIN")
+    with using_database(analyst_url):
+        query(f"GRANT SELECT ON songplays TO {READER}")
+    other, pid = holding("songplays", embedded_url(role=READER, database=ANALYST), "psql")
+    try:
+        yield other, pid
+    finally:
+        other.close()
+        with using_database(analyst_url):
+            query(f"REVOKE SELECT ON songplays FROM {READER}")
+        as_superuser(f"DROP ROLE {READER}")
+
+
 def test_create_tables_names_pg_signal_backend_where_only_ordinary_roles_hold_the_tables(
-    tmp_path, analyst_url
+    analyst_url, readers_session
 ):
     """A member of pg_signal_backend may end any session but a superuser's: the advice names it
     only where no superuser's session is in the way."""
-    as_analyst = {"DATABASE_URL": analyst_url}
-    run_script("create_tables.py", env=as_analyst)
-    reader = f"{ANALYST}_reader"
-    as_superuser(f"DROP ROLE IF EXISTS {reader}", f"CREATE ROLE {reader} LOGIN")
-    with using_database(analyst_url):
-        query(f"GRANT SELECT ON songplays TO {reader}")
-    other, other_pid = holding("songplays", embedded_url(role=reader, database=ANALYST), "psql")
-    try:
-        assert create_tables_refused(as_analyst) == (
-            f"error: cannot drop the tables: locked by sessions role {ANALYST} may not end: "
-            f"{other_pid} (role {reader}, psql) on songplays; end them (pg_terminate_backend), "
-            "or run create_tables.py as a superuser or a member of pg_signal_backend (nothing "
-            "was dropped)"
-        )
-    finally:
-        other.close()
-        with using_database(analyst_url):
-            query(f"REVOKE SELECT ON songplays FROM {reader}")
-        as_superuser(f"DROP ROLE {reader}")
+    _, other_pid = readers_session
+    assert create_tables_refused({"DATABASE_URL": analyst_url}) == (
+        f"error: cannot drop the tables: locked by sessions role {ANALYST} may not end: "
+        f"{other_pid} (role {READER}, psql) on songplays; end them (pg_terminate_backend), "
+        "or run create_tables.py as a superuser or a member of pg_signal_backend (nothing "
+        "was dropped)"
+    )
 
 
 def test_create_tables_as_a_member_of_pg_signal_backend_ends_another_roles_session(
-    tmp_path, analyst_url
+    analyst_url, readers_session
 ):
     """pg_stat_activity hides most of another role's session (its backend_type too) from a role
-    without pg_read_all_stats: the session is ended all the same."""
-    as_analyst = {"DATABASE_URL": analyst_url}
-    run_script("create_tables.py", env=as_analyst)
-    reader = f"{ANALYST}_reader"
-    as_superuser(
-        f"DROP ROLE IF EXISTS {reader}",
-        f"CREATE ROLE {reader} LOGIN",
-        f"GRANT pg_signal_backend TO {ANALYST}",
+    without pg_read_all_stats: the session is ended all the same. (The analyst's role, and its
+    membership with it, is dropped at the end.)"""
+    other, other_pid = readers_session
+    as_superuser(f"GRANT pg_signal_backend TO {ANALYST}")
+    done = run_script(
+        "create_tables.py", env={"DATABASE_URL": analyst_url}, timeout=60, check=False
     )
-    with using_database(analyst_url):
-        query(f"GRANT SELECT ON songplays TO {reader}")
-    other, other_pid = holding("songplays", embedded_url(role=reader, database=ANALYST), "psql")
-    try:
-        done = run_script("create_tables.py", env=as_analyst, timeout=60, check=False)
-        assert done.returncode == EXIT_OK, done
-        assert done.stdout.splitlines()[1] == (
-            f"  ended 1 session that held them: {other_pid} (role {reader}, psql) on songplays"
-        )
-        with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
-            other.cursor().execute("SELECT 1")
-    finally:
-        other.close()
-        as_superuser(f"REVOKE pg_signal_backend FROM {ANALYST}")
-        with using_database(analyst_url):
-            query(f"REVOKE SELECT ON songplays FROM {reader}")
-        as_superuser(f"DROP ROLE {reader}")
+    assert done.returncode == EXIT_OK, done
+    assert done.stdout.splitlines()[1] == (
+        f"  ended 1 session that held them: {other_pid} (role {READER}, psql) on songplays"
+    )
+    with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+        other.cursor().execute("SELECT 1")
 
 
 def test_a_full_refresh_waits_a_few_seconds_for_a_session_holding_the_tables_then_names_it(
