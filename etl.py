@@ -758,7 +758,7 @@ def finish(
         # A kept count of plays the checks found wrong, and counted again, was wrong before the
         # run too: both totals are moved by what it was off by, and the run's change stays.
         off, resolved_off = checked.plays_miscounted if checked else (0, 0)
-        songs = extract.relative(data, "song", data.top("song")) + "/"  # song files' paths start so
+        songs = extract.paths_under(data, "song")
         limit = REJECT_EXAMPLES + 1
         cur.execute(sql.run_rejects, {"run_id": start.run_id, "songs": songs, "limit": limit})
         examples = cur.fetchall()

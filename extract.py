@@ -622,18 +622,23 @@ def _gone(data: Source, listed: Listing, kind: Kind, known, here: set[str]) -> l
     the paths it has), the most recently loaded first (a file deleted by mistake before those
     rotated away long ago), then in path order; those under a folder that cannot be listed are
     not known to be gone."""
-    top = relative(data, kind, data.top(kind))
+    top = paths_under(data, kind)
     unlisted = [relative(data, kind, location) + "/" for location, _ in listed.unlisted]
     return sorted(
         (
             path
             for path in known
-            if path.startswith(top + "/")
+            if path.startswith(top)
             and path not in here
             and not any(path.startswith(folder) for folder in unlisted)
         ),
         key=lambda path: (-known[path].run_id, _path_order(path)),
     )
+
+
+def paths_under(data: Source, kind: Kind) -> str:
+    """How the manifest's paths of the kind's files start: its folder's path (URL), then /."""
+    return relative(data, kind, data.top(kind)) + "/"
 
 
 def relative(data: Source, kind: Kind, location: str) -> str:
@@ -963,6 +968,11 @@ def _first_pass(handle, location: str, size: int, part_bytes: int) -> FirstPass:
 TAIL_BYTES = 64  # enough to see how text ends, blank space and all (ends_mid_line)
 
 
+def ending(tail: bytes, block: bytes) -> bytes:
+    """The last TAIL_BYTES of what ended in tail, once block follows it."""
+    return (tail + block[-TAIL_BYTES:])[-TAIL_BYTES:]
+
+
 class Hashing:
     """A file's first size bytes, block_size at a time, hashed as they are read: once read
     through, digest, read (bytes), first (block) and tail (its last TAIL_BYTES) say what was
@@ -979,7 +989,7 @@ class Hashing:
                 return
             self.digest.update(block)
             self.first = self.first or block
-            self.tail = (self.tail + block[-TAIL_BYTES:])[-TAIL_BYTES:]
+            self.tail = ending(self.tail, block)
             self.read += len(block)
             yield block
 
@@ -1425,7 +1435,7 @@ def _checked(blocks: Iterator[bytes], compression: Compression) -> Content:
         for block in _decompressed(blocks, compression):
             if len(head) < HEAD_BYTES:
                 head += block[: HEAD_BYTES - len(head)]
-            tail = (tail + block[-TAIL_BYTES:])[-TAIL_BYTES:]
+            tail = ending(tail, block)
             size += len(block)
     except DamagedFile as damage:
         return Content(head, tail, size, damage)
