@@ -146,10 +146,12 @@ def changed_song(rng: random.Random, record: dict) -> dict:
 
 
 class Cut(NamedTuple):
-    """A version cut short by a failed transfer: its text, or its gzip data, after at bytes."""
+    """A version cut short by a failed transfer: its text, or its gzip data, after at bytes;
+    zipped: its text cut, then compressed whole (intact gzip data of text that ends mid-line)."""
 
     text: bool
     at: int
+    zipped: bool = False
 
 
 Version = tuple[list[dict], Cut | None]  # a file's records, and where its bytes are cut
@@ -179,6 +181,8 @@ class Folder:
         text = self.text(path, content)
         if cut is None:
             return text
+        if cut.zipped:
+            return gzip.compress(text[: cut.at], mtime=0)
         return (text if cut.text else gzip.compress(text, mtime=0))[: cut.at]
 
     def text(self, path: str, content: list[dict]) -> bytes:
@@ -196,7 +200,7 @@ class Folder:
             return content
         text = self.text(path, content)
         delivered = self.version_bytes(path, content, cut)
-        have = delivered if cut.text else gzip_cut_holds(delivered)
+        have = text[: cut.at] if cut.text else gzip_cut_holds(delivered)
         *whole, last = have.split(b"\n")
         return content[: len(whole) + (last != b"" and last == text.split(b"\n")[len(whole)])]
 
@@ -223,14 +227,15 @@ class Folder:
     def cut_over(self, path: str, now: Version, then: Version) -> bool:
         """Whether the version now is cut short over the version loaded then, which was not
         damaged (no gzip cut): gzip data cut, or text that ends mid-line (no newline after its
-        last line, which no brace closes) and is smaller than the version loaded."""
+        last line, which no brace closes; compressed or not) and is a smaller file than the
+        version loaded."""
         cut, before_cut = now[1], then[1]
         if cut is None or (before_cut is not None and not before_cut.text):
             return False
         if not cut.text:
             return True
         delivered, loaded = self.version_bytes(path, *now), self.version_bytes(path, *then)
-        mid_line = not delivered.endswith((b"\n", b"}"))
+        mid_line = not self.text(path, now[0])[: cut.at].endswith((b"\n", b"}"))
         return mid_line and len(delivered) < len(loaded)
 
     def version_kept(self, path: str) -> list[dict]:
@@ -383,9 +388,11 @@ def cut_short(rng: random.Random, folder: Folder, logs: list[str], free: list[st
     folder.cut.pop(path, None)
     plain = folder.file_bytes(path, model=False)
     text = rng.random() < 0.5 and len(plain) > 1  # an empty file's text cannot be cut
+    zipped = text and rng.random() < 0.5
     whole = plain if text else gzip.compress(plain, mtime=0)
-    folder.cut[path] = Cut(text, rng.randrange(1, len(whole)))
-    return f"cut {path} after {folder.cut[path].at} bytes of its {'text' if text else 'gzip data'}"
+    folder.cut[path] = Cut(text, rng.randrange(1, len(whole)), zipped)
+    what = "text, then gzipped whole" if zipped else "text" if text else "gzip data"
+    return f"cut {path} after {folder.cut[path].at} bytes of its {what}"
 
 
 def operate_on_song(rng: random.Random, folder: Folder, which: str, path: str) -> str:
@@ -503,7 +510,7 @@ def differences(incremental: dict, fresh: dict) -> str:
 # it loaded; 75, the first to garble and to empty a file whose loaded version holds no such
 # record; 94, the first to move an artist's smallest song of several; 1998, the first to cut a
 # loaded file's text so that it is kept, with two song moves the others lack.
-SEEDS, STEPS = [*range(16), 73, 75, 94, 1998], 10
+SEEDS, STEPS = [*range(16), 73, 75, 94, 539, 1998], 10
 
 
 def sequence(seed: int) -> tuple[random.Random, Folder, list]:
@@ -544,7 +551,8 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
     and empty a log file whose loaded version holds a record not rejected, and one whose loaded
     version holds none; they cut the gzip data of a log file whose loaded version holds such a
     record and was whole, and of one whose loaded version holds one and was cut; they cut such
-    a file's text both so that it is kept and so that it is read; they move a song to another
+    a file's text, sent plain or gzipped whole, both so that it is kept and so that it is read;
+    they move a song to another
     artist that was its artist's last song, its smallest of several, and neither (a change of
     SEEDS or STEPS must keep it so)."""
     done, unusable_of, cut_over, moves = set(), set(), set(), set()
@@ -561,8 +569,9 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
             if which == "cut" and before and folder.usable(path, before, before_cut):
                 now = folder.delivered(path)
                 kept = folder.cut_over(path, now, (before, before_cut))
+                form = "text, gzipped" if now[1].zipped else "text"
                 cut_over.add(
-                    ("text", "kept" if kept else "read")
+                    (form, "kept" if kept else "read")
                     if now[1].text
                     else ("gzip", "over whole" if before_cut is None else "over cut")
                 )
@@ -575,5 +584,7 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
         ("gzip", "over cut"),
         ("text", "kept"),
         ("text", "read"),
+        ("text, gzipped", "kept"),
+        ("text, gzipped", "read"),
     }
     assert moves == {"its last song", "its smallest", "not its smallest"}
