@@ -13,7 +13,8 @@ is the play, whatever order the files came in; users and instants follow the pla
 Seeded generators build sequences of operations on overlapping files: log files added new, as
 whole copies of others in other folders, or repeating part of another (with other values for
 some of its plays); log files shrunk, grown, edited, emptied, garbled, sent again cut short
-and deleted (and delivered again); song files added, changed, emptied, garbled and deleted.
+and deleted (and delivered again), one folder's in UTF-16; song files added, changed, emptied,
+garbled and deleted.
 After each operation etl.py loads the folder into one database; a second database gets a fresh
 load (create_tables, then etl) of the model folder: the current files, and the deleted, emptied,
 garbled and cut files' versions that count. Their stars, manifests and kept copies must be the
@@ -24,6 +25,7 @@ than the loads it is compared with.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import gzip
@@ -71,6 +73,8 @@ LOG_PATHS = [
     "log_data/0-resent/b.json",
     "log_data/Z/b.json",
 ]
+# The folder one producer writes UTF-16 text into (with a byte-order mark), whole or cut short.
+UTF16_FOLDER = "log_data/Z/"
 TITLES = [("Tune 0", "Band A", 100.5), ("Tune 1", "Band B", 200.25), ("Tune 2", "Band A", 300.0)]
 ARTISTS = {"ARSEQ00000000001": "Band A", "ARSEQ00000000002": "Band B"}
 
@@ -180,10 +184,11 @@ class Folder:
     def version_bytes(self, path: str, content: list[dict], cut: Cut | None) -> bytes:
         text = self.text(path, content)
         if cut is None:
-            return text
-        if cut.zipped:
-            return gzip.compress(text[: cut.at], mtime=0)
-        return (text if cut.text else gzip.compress(text, mtime=0))[: cut.at]
+            return written(path, text)
+        if cut.text:
+            delivered = written(path, text[: cut.at])
+            return gzip.compress(delivered, mtime=0) if cut.zipped else delivered
+        return gzip.compress(written(path, text), mtime=0)[: cut.at]
 
     def text(self, path: str, content: list[dict]) -> bytes:
         if path in self.newline_at_end:
@@ -200,7 +205,7 @@ class Folder:
             return content
         text = self.text(path, content)
         delivered = self.version_bytes(path, content, cut)
-        have = text[: cut.at] if cut.text else gzip_cut_holds(delivered)
+        have = text[: cut.at] if cut.text else text_of(path, gzip_cut_holds(delivered))
         *whole, last = have.split(b"\n")
         return content[: len(whole) + (last != b"" and last == text.split(b"\n")[len(whole)])]
 
@@ -249,6 +254,22 @@ class Folder:
             for path, cut in {**self.loaded_cut, **{p: c for p, (_, c) in kept.items()}}.items()
             if cut is not None
         }
+
+
+def written(path: str, text: bytes) -> bytes:
+    """A file's text as its producer writes it: UTF-8, or UTF-16 in UTF16_FOLDER."""
+    if not path.startswith(UTF16_FOLDER):
+        return text
+    return codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le")
+
+
+def text_of(path: str, data: bytes) -> bytes:
+    """The UTF-8 text of the first bytes of a file as its producer writes it (written), a last
+    code unit cut short left out."""
+    if not path.startswith(UTF16_FOLDER):
+        return data
+    units = data[len(codecs.BOM_UTF16_LE) :]
+    return units[: len(units) // 2 * 2].decode("utf-16-le").encode()
 
 
 def artist_of_songs(folder: Folder) -> dict[str, str]:
@@ -386,10 +407,10 @@ def cut_short(rng: random.Random, folder: Folder, logs: list[str], free: list[st
         path = rng.choice(logs)
         folder.logs[path] = [edited(rng, r) if rng.random() < 0.4 else r for r in folder.logs[path]]
     folder.cut.pop(path, None)
-    plain = folder.file_bytes(path, model=False)
+    plain = folder.text(path, folder.logs[path])
     text = rng.random() < 0.5 and len(plain) > 1  # an empty file's text cannot be cut
     zipped = text and rng.random() < 0.5
-    whole = plain if text else gzip.compress(plain, mtime=0)
+    whole = plain if text else gzip.compress(written(path, plain), mtime=0)
     folder.cut[path] = Cut(text, rng.randrange(1, len(whole)), zipped)
     what = "text, then gzipped whole" if zipped else "text" if text else "gzip data"
     return f"cut {path} after {folder.cut[path].at} bytes of its {what}"
@@ -508,9 +529,11 @@ def differences(incremental: dict, fresh: dict) -> str:
 # The first 16 seeds, and after them (test_the_generated_sequences_hold_every_kind_of_operation):
 # 73, the first to cut the gzip data of a file that loaded cut, a record not rejected among what
 # it loaded; 75, the first to garble and to empty a file whose loaded version holds no such
-# record; 94, the first to move an artist's smallest song of several; 1998, the first to cut a
-# loaded file's text so that it is kept, with two song moves the others lack.
-SEEDS, STEPS = [*range(16), 73, 75, 94, 539, 1998], 10
+# record; 94, the first to move an artist's smallest song of several; 117 and 295, the first to
+# cut UTF-16 text so that it is kept and so that it is read; 539, the first to read text cut
+# then gzipped whole; 1998, the first to cut a loaded file's text so that it is kept, with two
+# song moves the others lack.
+SEEDS, STEPS = [*range(16), 73, 75, 94, 117, 295, 539, 1998], 10
 
 
 def sequence(seed: int) -> tuple[random.Random, Folder, list]:
@@ -551,8 +574,8 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
     and empty a log file whose loaded version holds a record not rejected, and one whose loaded
     version holds none; they cut the gzip data of a log file whose loaded version holds such a
     record and was whole, and of one whose loaded version holds one and was cut; they cut such
-    a file's text, sent plain or gzipped whole, both so that it is kept and so that it is read;
-    they move a song to another
+    a file's text, sent plain or gzipped whole, both so that it is kept and so that it is read,
+    and UTF-16 text so too (and gzip data of UTF-16 text); they move a song to another
     artist that was its artist's last song, its smallest of several, and neither (a change of
     SEEDS or STEPS must keep it so)."""
     done, unusable_of, cut_over, moves = set(), set(), set(), set()
@@ -569,11 +592,12 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
             if which == "cut" and before and folder.usable(path, before, before_cut):
                 now = folder.delivered(path)
                 kept = folder.cut_over(path, now, (before, before_cut))
-                form = "text, gzipped" if now[1].zipped else "text"
+                utf16 = ", UTF-16" if path.startswith(UTF16_FOLDER) else ""
+                form = ("text, gzipped" if now[1].zipped else "text") + utf16
                 cut_over.add(
                     (form, "kept" if kept else "read")
                     if now[1].text
-                    else ("gzip", "over whole" if before_cut is None else "over cut")
+                    else ("gzip" + utf16, "over whole" if before_cut is None else "over cut")
                 )
             folder.was_loaded()
             moves |= artist_moves(artists_before, artist_of_songs(folder))
@@ -586,5 +610,9 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
         ("text", "read"),
         ("text, gzipped", "kept"),
         ("text, gzipped", "read"),
+        ("text, UTF-16", "kept"),
+        ("text, UTF-16", "read"),
+        ("text, gzipped, UTF-16", "kept"),
+        ("gzip, UTF-16", "over whole"),
     }
     assert moves == {"its last song", "its smallest", "not its smallest"}
