@@ -1272,11 +1272,15 @@ WHERE path = %(path)s"""
 _contest_columns = """start_time, user_id, level, first_name, last_name, gender, session_id,
     item_in_session, location, user_agent, song_title, artist_name, song_length"""
 
-# Each candidate comes with its song, as the merge resolves it (on Citus a TEMP table cannot be
-# updated from the songs, reference tables: it is resolved where it is read; on one server a
-# skipped staged play's comes after it, contest_staged_songs).
-_contest_song = f"""LEFT JOIN ({_song_keys}) k
+
+def _contest_song(plays: str) -> str:
+    """Each candidate with its song, as the merge resolves it, among the songs the candidates of
+    plays (read as p) name. On Citus a TEMP table cannot be updated from the songs, reference
+    tables: it is resolved where it is read; on one server a skipped staged play's comes after
+    it (contest_staged_songs)."""
+    return f"""LEFT JOIN ({_song_keys_played_in(plays)}) k
        ON k.title = p.song_title AND k.artist_name = p.artist_name AND k.duration = p.song_length"""
+
 
 # Staged plays the merge skipped: another file's copy is stored, or the file's own first copy
 # (from an earlier part of a big file) with other values. The play a merge inserted matches its
@@ -1325,7 +1329,7 @@ SELECT 'staged', f.file_id, k.song_id, k.artist_id, {_contest_values}
 FROM stage_plays_citus p
 JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
 {_contest_staged_stored}
-{_contest_song}
+{_contest_song("stage_plays_citus")}
 {_contest_staged_skipped}"""
 
 staged_keys = """
@@ -1347,12 +1351,15 @@ WHERE (user_id, session_id, item_in_session) IN (
     SELECT user_id, session_id, item_in_session FROM stage_keys)"""
 
 _settle_copied = f"""
+WITH copies AS (
+    SELECT * FROM songplay_copies
+    WHERE (user_id, session_id, item_in_session) IN (
+        SELECT user_id, session_id, item_in_session FROM stage_keys)
+)
 INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
 SELECT 'copies', p.file_id, k.song_id, k.artist_id, {_contest_values}
-FROM songplay_copies p
-{_contest_song}
-WHERE (p.user_id, p.session_id, p.item_in_session) IN (
-    SELECT user_id, session_id, item_in_session FROM stage_keys)"""
+FROM copies p
+{_contest_song("copies")}"""
 
 # The winner of each key: the first file in path order; of a file's copies, the one stored before
 # (its first; a bulk load's appended copies: the first appended). Every other file's first copy
