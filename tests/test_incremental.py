@@ -933,6 +933,32 @@ def test_older_events_never_overwrite_a_newer_user_level(data):
     assert table_contents() == fresh_load_of(data)
 
 
+def test_a_users_row_is_one_plays_record_a_latest_play_without_names_leaves_them_null(data):
+    """The row is the latest play's record of the user, never pieced together from several: a
+    name or gender that play lacks (null, or "") is NULL, in a first load and in a merge."""
+
+    def user() -> tuple:
+        return query(
+            "SELECT first_name, last_name, gender, level FROM users WHERE user_id = %s", (USER,)
+        )[0]
+
+    nameless = {"firstName": None, "lastName": "", "gender": None}
+    write(
+        data, "log_data/2018/12/a.json", lines(G(0, level="free"), G(10, level="paid", **nameless))
+    )
+    etl(data)
+    assert user() == (None, None, None, "paid")
+
+    write(data, "log_data/2018/12/b.json", lines(G(20, level="free", lastName="Byron")))
+    etl(data)
+    assert user() == ("Ada", "Byron", "F", "free")
+
+    write(data, "log_data/2018/12/c.json", lines(G(30, level="paid", **nameless)))
+    etl(data)
+    assert user() == (None, None, None, "paid")
+    assert table_contents() == fresh_load_of(data)
+
+
 # ================================================================ plays several files hold
 # A play (user, session, item) that several log files hold is the copy of the file first in path
 # order, whatever order the files come in; the other copies are kept, for when that file changes.
