@@ -417,6 +417,7 @@ def _merge_songs(cur) -> None:
     moved away from takes its values from its songs left, or goes with its last song."""
     cur.execute(sql.artists_losing_songs)
     losing = [row[0] for row in cur.fetchall()]
+    cur.execute(sql.song_keys_changing)
     cur.execute(sql.artists_upsert)
     cur.execute(sql.songs_upsert)
     cur.execute(sql.songplays_resolve_songs)

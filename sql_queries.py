@@ -798,6 +798,8 @@ STAGING = {
         "session_id": "integer",
         "item_in_session": "integer",
     },
+    # A song batch's keys, before and after it (songplays_resolve_songs): as plays name them.
+    "stage_song_keys": {"song_title": "text", "artist_name": "text", "song_length": "numeric"},
     # settle_queries: the plays to settle, and every copy of them (source: 'songplays', 'copies' or
     # 'staged'), with what becomes of each (outcome: 'win', 'lose' or 'drop').
     "stage_keys": {"user_id": "integer", "session_id": "integer", "item_in_session": "integer"},
@@ -969,10 +971,10 @@ ORDER BY title, artist_name, duration, {SONG_ORDER}"""
 
 
 def _song_keys_played_in(plays: str) -> str:
-    """_song_keys of the (title, artist name, duration) keys the rows of plays (a table holding
-    song_title, artist_name and song_length) name: the catalogue is scanned and only those are
-    sorted, so a day's merge follows the day, not the catalogue (a day onto 200,000 songs: the
-    join 0.05 s against 0.26 s)."""
+    """_song_keys of the (title, artist name, duration) keys the rows of plays (a table or a
+    WITH query holding song_title, artist_name and song_length) name: the catalogue is scanned
+    and only those are sorted, so a statement over a day's plays follows the day, not the
+    catalogue (a day's merge onto 200,000 songs: the join 0.05 s against 0.26 s)."""
     return f"""
 SELECT DISTINCT ON (title, artist_name, duration)
        title, artist_name, duration, song_id, artist_id
@@ -981,26 +983,43 @@ WHERE (title, artist_name, duration) IN (SELECT song_title, artist_name, song_le
 ORDER BY title, artist_name, duration, {SONG_ORDER}"""
 
 
-# A song batch may add songs, and change songs: the plays resolved to one of them, and those
-# naming one of them now, are resolved again from scratch (to a song, another one, or none), as a
-# load of the files as they now are resolves them.
+def _played_song(plays: str) -> str:
+    """Each play (the row p of the statement) with its song k, as the merge resolves it, among
+    the songs the rows of plays name. On Citus a TEMP table cannot be updated from the songs,
+    reference tables: a play is resolved where it is read (on one server a skipped staged play's
+    comes after it, contest_staged_songs)."""
+    return f"""LEFT JOIN ({_song_keys_played_in(plays)}) k
+       ON k.title = p.song_title AND k.artist_name = p.artist_name AND k.duration = p.song_length"""
+
+
+# A song batch may add songs, and change songs: the plays naming a key one of them had before
+# (song_keys_changing, before the batch's songs are written) or has now are resolved again from
+# scratch (to a song, another one, or none), as a load of the files as they now are resolves
+# them. A play resolved to a song names its key (every play is resolved by its key), so these are
+# every play the batch can move. On Citus the update runs on each shard, the keys sent along.
+# With no play loaded yet (a first load's songs) the update stops at once (its last line). (LIMIT
+# 1: on Citus, every row of every shard would come back to the coordinator first. The test runs
+# there after the songs are written: a reference table cannot be written in a transaction once a
+# distributed one was read in parallel.)
+song_keys_changing = """
+INSERT INTO stage_song_keys (song_title, artist_name, song_length)
+SELECT title, artist_name, duration FROM songs WHERE song_id IN (SELECT song_id FROM stage_songs)
+UNION ALL
+SELECT title, artist_name, duration FROM stage_songs"""
+
 songplays_resolve_songs = f"""
-WITH affected AS MATERIALIZED (
-    SELECT user_id, songplay_id, song_title, artist_name, song_length
-    FROM songplays
-    WHERE song_id IN (SELECT song_id FROM stage_songs)
-       OR (song_title, artist_name, song_length) IN (
-           SELECT title, artist_name, duration FROM songs
-           WHERE song_id IN (SELECT song_id FROM stage_songs))
-), song_keys AS ({_song_keys_played_in("affected")}
-)
 UPDATE songplays p
 SET song_id = k.song_id, artist_id = k.artist_id
-FROM affected a
-LEFT JOIN song_keys k
-       ON k.title = a.song_title AND k.artist_name = a.artist_name AND k.duration = a.song_length
-WHERE p.user_id = a.user_id AND p.songplay_id = a.songplay_id
-  AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)"""
+FROM (SELECT q.user_id, q.songplay_id, b.song_id, b.artist_id
+      FROM songplays q
+      LEFT JOIN ({_song_keys_played_in("stage_song_keys")}) b
+             ON b.title = q.song_title AND b.artist_name = q.artist_name
+            AND b.duration = q.song_length
+      WHERE (q.song_title, q.artist_name, q.song_length) IN (
+          SELECT song_title, artist_name, song_length FROM stage_song_keys)) k
+WHERE p.user_id = k.user_id AND p.songplay_id = k.songplay_id
+  AND (p.song_id, p.artist_id) IS DISTINCT FROM (k.song_id, k.artist_id)
+  AND EXISTS (SELECT 1 FROM songplays LIMIT 1)"""
 
 # ---------------------------------------------------------------- a bulk load's plays, written once
 # With the keys dropped, a part's plays and instants are COPYed straight into songplays and time,
@@ -1205,7 +1224,9 @@ GROUP BY m.path"""
 # The same merge on Citus, from stage_plays_citus: on each shard, on its worker. Such a pushed-down
 # INSERT ... SELECT may not call a volatile function (songplay_id was taken as rows were staged),
 # hold a CTE in a subquery, or join a table of the coordinator (the batch's file ids come as
-# parameters: paths and file_ids, in the same order).
+# parameters: paths and file_ids, in the same order). Its song keys are the whole catalogue's:
+# narrowed to those the staged plays name, the statement reads a distributed table in a subquery,
+# and Citus no longer pushes it down (INSERT/SELECT method: repartition).
 stage_plays_copy_citus = """
 COPY stage_plays_citus (path, start_time, user_id, level, song_title, artist_name, song_length,
                         session_id, item_in_session, location, user_agent, first_name,
@@ -1273,15 +1294,6 @@ _contest_columns = """start_time, user_id, level, first_name, last_name, gender,
     item_in_session, location, user_agent, song_title, artist_name, song_length"""
 
 
-def _contest_song(plays: str) -> str:
-    """Each candidate with its song, as the merge resolves it, among the songs the candidates of
-    plays (read as p) name. On Citus a TEMP table cannot be updated from the songs, reference
-    tables: it is resolved where it is read; on one server a skipped staged play's comes after
-    it (contest_staged_songs)."""
-    return f"""LEFT JOIN ({_song_keys_played_in(plays)}) k
-       ON k.title = p.song_title AND k.artist_name = p.artist_name AND k.duration = p.song_length"""
-
-
 # Staged plays the merge skipped: another file's copy is stored, or the file's own first copy
 # (from an earlier part of a big file) with other values. The play a merge inserted matches its
 # stored row, and is left out.
@@ -1329,7 +1341,7 @@ SELECT 'staged', f.file_id, k.song_id, k.artist_id, {_contest_values}
 FROM stage_plays_citus p
 JOIN unnest(%(paths)s::text[], %(file_ids)s::bigint[]) AS f (path, file_id) ON f.path = p.path
 {_contest_staged_stored}
-{_contest_song("stage_plays_citus")}
+{_played_song("stage_plays_citus")}
 {_contest_staged_skipped}"""
 
 staged_keys = """
@@ -1359,7 +1371,7 @@ WITH copies AS (
 INSERT INTO stage_contest (source, file_id, song_id, artist_id, {_contest_columns})
 SELECT 'copies', p.file_id, k.song_id, k.artist_id, {_contest_values}
 FROM copies p
-{_contest_song("copies")}"""
+{_played_song("copies")}"""
 
 # The winner of each key: the first file in path order; of a file's copies, the one stored before
 # (its first; a bulk load's appended copies: the first appended). Every other file's first copy

@@ -574,8 +574,9 @@ def test_the_generated_sequences_hold_every_kind_of_operation():
     and empty a log file whose loaded version holds a record not rejected, and one whose loaded
     version holds none; they cut the gzip data of a log file whose loaded version holds such a
     record and was whole, and of one whose loaded version holds one and was cut; they cut such
-    a file's text, sent plain or gzipped whole, both so that it is kept and so that it is read,
-    and UTF-16 text so too (and gzip data of UTF-16 text); they move a song to another
+    a file's text, sent plain or gzipped whole, both so that it is kept and so that it is read;
+    in the UTF-16 folder they cut text sent plain so that it is kept and so that it is read,
+    text gzipped whole so that it is kept, and gzip data; they move a song to another
     artist that was its artist's last song, its smallest of several, and neither (a change of
     SEEDS or STEPS must keep it so)."""
     done, unusable_of, cut_over, moves = set(), set(), set(), set()
