@@ -969,7 +969,6 @@ SELECT DISTINCT ON (title, artist_name, duration)
 FROM songs
 ORDER BY title, artist_name, duration, {SONG_ORDER}"""
 
-
 # The same, of the keys the plays of a statement name, which it gives as a WITH query played_keys
 # (song_title, artist_name, song_length): the catalogue is scanned and only those are sorted, so a
 # statement over a day's plays follows the day, not the catalogue (a day's merge onto 200,000
@@ -995,9 +994,9 @@ _played_song = f"""LEFT JOIN ({_song_keys_played}) k
 # them. A play resolved to a song names its key (every play is resolved by its key), so these are
 # every play the batch can move. On Citus the update runs on each shard, the keys sent along.
 # With no play loaded yet (a first load's songs) the update stops at once (its last line). (LIMIT
-# 1: on Citus, every row of every shard would come back to the coordinator first. The test runs
-# there after the songs are written: a reference table cannot be written in a transaction once a
-# distributed one was read in parallel.)
+# 1: on Citus, every row of every shard would come back to the coordinator first. That test comes
+# after the songs are written, not with the keys noted before: on Citus a reference table cannot
+# be written in a transaction once a distributed table was read in parallel.)
 song_keys_changing = """
 INSERT INTO stage_song_keys (song_title, artist_name, song_length)
 SELECT title, artist_name, duration FROM songs WHERE song_id IN (SELECT song_id FROM stage_songs)
@@ -1291,7 +1290,6 @@ WHERE path = %(path)s"""
 
 _contest_columns = """start_time, user_id, level, first_name, last_name, gender, session_id,
     item_in_session, location, user_agent, song_title, artist_name, song_length"""
-
 
 # Staged plays the merge skipped: another file's copy is stored, or the file's own first copy
 # (from an earlier part of a big file) with other values. The play a merge inserted matches its
