@@ -354,11 +354,14 @@ def utf8_end(tail: bytes, size: int, bom: bytes) -> bytes:
     """The last bytes of text of size bytes starting with the byte-order mark bom (b"": none),
     as UTF-8, without the mark: in UTF-16 or UTF-32, from the first code unit they hold whole
     (a last one cut short is a character that is none)."""
-    codec, unit = CODE_UNITS.get(bom, ("utf-8", 1))
+    encoding = BYTE_ORDER_MARKS.get(bom, "UTF-8")
     start = size - len(tail)
+    unit = CODE_UNIT_BYTES[encoding]
     whole = max(len(bom) - start, -(start - len(bom)) % unit)  # bytes before the first whole one
     text = tail[whole:]
-    return text if codec == "utf-8" else text.decode(codec, "replace").encode("utf-8")
+    if encoding == "UTF-8":
+        return text
+    return (bom + text).decode(encoding, "replace").encode("utf-8")  # the mark tells the order
 
 
 def ends_mid_line(tail: bytes) -> bool:
@@ -1476,13 +1479,7 @@ BYTE_ORDER_MARKS = {
 # is rejected ("not valid UTF-16").
 NO_CHARACTER = "sparkify-no-character"
 codecs.register_error(NO_CHARACTER, lambda exc: ("\ud800", exc.end))
-CODE_UNITS = {  # each byte-order mark's codec, and the bytes of its code unit
-    codecs.BOM_UTF32_LE: ("utf-32-le", 4),
-    codecs.BOM_UTF32_BE: ("utf-32-be", 4),
-    codecs.BOM_UTF8: ("utf-8", 1),
-    codecs.BOM_UTF16_LE: ("utf-16-le", 2),
-    codecs.BOM_UTF16_BE: ("utf-16-be", 2),
-}
+CODE_UNIT_BYTES = {"UTF-8": 1, "UTF-16": 2, "UTF-32": 4}
 
 
 def byte_order_mark(head: bytes) -> bytes:
