@@ -9,6 +9,7 @@ depends on the Udacity data, which the project cannot ship.
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import io
 import json
@@ -196,6 +197,11 @@ COMPRESS = {
 def lines(*records) -> bytes:
     """JSON lines, each ended by a newline; bytes are taken as they are."""
     return b"".join((r if isinstance(r, bytes) else line(r)) + b"\n" for r in records)
+
+
+def in_utf16(text: bytes) -> bytes:
+    """UTF-8 text as a UTF-16 writer writes it: little-endian, after its byte-order mark."""
+    return codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le")
 
 
 def log_file(*records) -> bytes:

@@ -41,6 +41,7 @@ from builders import (
     CREATEDB,
     T0,
     gzip_cut_holds,
+    in_utf16,
     lines,
     load_lock_free,
     log_file,
@@ -258,9 +259,7 @@ class Folder:
 
 def written(path: str, text: bytes) -> bytes:
     """A file's text as its producer writes it: UTF-8, or UTF-16 in UTF16_FOLDER."""
-    if not path.startswith(UTF16_FOLDER):
-        return text
-    return codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le")
+    return in_utf16(text) if path.startswith(UTF16_FOLDER) else text
 
 
 def text_of(path: str, data: bytes) -> bytes:

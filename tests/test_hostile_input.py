@@ -52,6 +52,7 @@ from builders import (
     etl,
     event,
     gzip_cut_holds,
+    in_utf16,
     last_run,
     line,
     lines,
@@ -162,7 +163,7 @@ DATA_EXTENSIONS = [b".json", b".JSON", b".Json", b".ndjson", b".jsonl"]
 ENCODINGS = {
     "UTF-8": lambda text: text,
     "UTF-8 with a byte-order mark": lambda text: codecs.BOM_UTF8 + text,
-    "UTF-16 little-endian": lambda text: codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le"),
+    "UTF-16 little-endian": in_utf16,
     "UTF-16 big-endian": lambda text: codecs.BOM_UTF16_BE + text.decode().encode("utf-16-be"),
     "UTF-32": lambda text: text.decode().encode("utf-32"),
 }

@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import itertools
 import json
-import lzma
 import os
 import random
 import shutil
@@ -29,6 +28,7 @@ from builders import (
     event,
     face_song,
     gzip_cut_holds,
+    in_utf16,
     last_run,
     line,
     lines,
@@ -379,12 +379,12 @@ def test_a_resend_of_plain_text_cut_mid_line_keeps_what_it_loaded_until_a_whole_
 
 # A file's text as it is delivered: (its name's suffix, its bytes from its text).
 DELIVERED_AS = {
-    "gzip": (".gz", lambda text: gzip.compress(text, mtime=0)),
-    "xz": (".xz", lzma.compress),
-    "UTF-16": ("", lambda text: codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le")),
+    "gzip": (".gz", COMPRESS[".gz"]),
+    "xz": (".xz", COMPRESS[".xz"]),
+    "UTF-16": ("", in_utf16),
     "UTF-32 in gzip": (
         ".gz",
-        lambda text: gzip.compress(codecs.BOM_UTF32_BE + text.decode().encode("utf-32-be")),
+        lambda text: COMPRESS[".gz"](codecs.BOM_UTF32_BE + text.decode().encode("utf-32-be")),
     ),
 }
 
