@@ -159,6 +159,9 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
     if not bucket:  # an unset variable in s3://$BUCKET/prefix, say
         raise StoreError(f"{shown}: the URL names no bucket ({scheme}://bucket/prefix)")
     if scheme in BUCKET_FIRST and any(mark in bucket for mark in "@:"):
+        user = bucket.rpartition("@")[0]
+        if user and ":" not in user:  # a secret typed alone, with no key before it
+            shown = shown.replace(f"{user}@", f"{cli.MASK}@", 1)
         raise StoreError(
             f"{shown}: a user, password or port in the URL is not read: it starts with the "
             "bucket (s3://bucket/prefix), and credentials and endpoints come from the store's "
@@ -214,13 +217,17 @@ def store_secrets() -> list[str]:
     return [text for text in found if text]
 
 
+NO_SUCH_KEY = "The specified key does not exist."  # S3's reason for an object deleted
+
+
 def store_failure(exc: Exception, url: str) -> Exception:
     """What a store's error becomes: an object not found (deleted since it was listed) or
     archived (S3's Glacier classes, read once restored) stays that object's problem, an OSError,
     as a file that vanished or cannot be read is; anything else (no connection, a refused
     request, bad credentials, an object replaced while it was streamed) stops the run."""
     if isinstance(exc, FileNotFoundError):
-        return exc
+        # s3fs opening a big object names only its path: the reason is S3's, as a small one's
+        return exc if exc.strerror else FileNotFoundError(errno.ENOENT, NO_SUCH_KEY)
     if _store_code(exc) == "InvalidObjectState":
         error = exc.__cause__.response["Error"]
         archived = error.get("StorageClass") or "archived"

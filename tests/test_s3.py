@@ -389,6 +389,32 @@ def test_an_object_emptied_after_the_listing_is_read_as_empty_not_a_failed_run(s
     assert (read.status, read.size, content, read.etag) == ("new", 0, b"", etag)
 
 
+@pytest.mark.parametrize("part_bytes", [Limits().log_batch_bytes, 64], ids=["fetched", "streamed"])
+def test_an_object_deleted_after_the_listing_is_its_reject_with_the_stores_reason(
+    s3, monkeypatch, part_bytes
+):
+    """Fetched whole or, bigger than a part, streamed: an object deleted between the listing
+    and its reading is that object's reject, with S3's reason, never its own key for one."""
+    key = "deleted/log_data/day.json"
+    s3.with_bucket(BUCKET).put_object(
+        Bucket=BUCKET, Key=key, Body=builders.log_file(*[builders.event(n) for n in range(3)])
+    )
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    source = extract.source(f"s3://{BUCKET}/deleted")
+    (batch,) = extract.plan(source, extract.listing(source, "log"), "log", {}, Limits()).batches
+
+    s3.client().delete_object(Bucket=BUCKET, Key=key)
+    ((_, read, _),) = extract.read_batch(batch, part_bytes)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    assert (read.status, read.error) == (
+        "unreadable",
+        "cannot read file: The specified key does not exist.",
+    )
+
+
 def test_an_object_replaced_while_it_is_streamed_is_named_as_replaced_not_as_gone(
     s3, monkeypatch, tmp_path
 ):

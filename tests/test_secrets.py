@@ -616,11 +616,20 @@ def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
     assert (done.returncode, done.stderr) == (EXIT_ENVIRONMENT, DATABASE_AS_DATA)
 
 
-def test_an_object_store_url_with_credentials_is_refused_in_one_line():
-    done = run_script("etl.py", "--data", "s3://AKIAX:s3cr3t@bucket/p", check=False, timeout=60)
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("s3://AKIAX:s3cr3t@bucket/p", "s3://AKIAX:***@bucket/p"),
+        # a secret typed alone, without its key: the user part is all there is to hide
+        ("s3://wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY@bucket/p", "s3://***@bucket/p"),
+        ("S3://s3cr3t@bucket", "S3://***@bucket"),
+    ],
+)
+def test_an_object_store_url_with_credentials_is_refused_in_one_line(url, shown):
+    done = run_script("etl.py", "--data", url, check=False, timeout=60)
     assert done.returncode == EXIT_ENVIRONMENT
     assert one_error_line(done) == (
-        "error: s3://AKIAX:***@bucket/p: a user, password or port in the URL is not read: it "
+        f"error: {shown}: a user, password or port in the URL is not read: it "
         "starts with the bucket (s3://bucket/prefix), and credentials and endpoints come from "
         "the store's library (environment variables, a credentials file: "
         "docs/object-storage.md)"
