@@ -162,12 +162,24 @@ def write_out(text: str, done: str, stream: TextIO | None = None, exit_code: int
             print(text, file=stream)
             stream.flush()
     except BrokenPipeError as exc:
+        discarded(stream)
         exc.exit_code = exit_code
         raise
     except OSError as exc:
+        discarded(stream)
         error = UserError(f"cannot write to standard output ({exc.strerror or exc}): {done}")
         error.exit_code = exit_code or EXIT_ENVIRONMENT
         raise error from None
+
+
+def discarded(stream: TextIO | None) -> None:
+    """What the stream still holds, and anything written to it later, goes to os.devnull: it
+    could not be written where it was going. Python flushes standard output and error as it
+    exits, and a flush that fails there makes the exit code 120, whatever the script's own."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # no file descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def one_line(text: str) -> str:
@@ -352,15 +364,21 @@ def run_command(
         message, code, stopped = traceback.format_exc(), EXIT_FAILED, exc
     finally:
         _ON_STOP.clear()
-    with _outcome_known(), contextlib.suppress(OSError):  # unwritable output: the code says it
-        shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
-        print(shown, file=sys.stderr)
-        if as_json:
-            error = shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]
-            ended = {"run_id": run_of(stopped), "status": "failed", "exit_code": code}
-            print(json.dumps({**ended, "error": error}, indent=2))
-            if sys.stdout is not None:  # None: started with it closed
-                sys.stdout.flush()
+    try:
+        with _outcome_known():
+            shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
+            print(shown, file=sys.stderr)
+            if as_json:
+                error = (
+                    shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]
+                )
+                ended = {"run_id": run_of(stopped), "status": "failed", "exit_code": code}
+                print(json.dumps({**ended, "error": error}, indent=2))
+                if sys.stdout is not None:  # None: started with it closed
+                    sys.stdout.flush()
+    except OSError:  # unwritable output: the exit code says it
+        discarded(sys.stderr)
+        discarded(sys.stdout)
     return code
 
 

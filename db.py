@@ -1057,36 +1057,40 @@ def psql_program(settings: Settings, encrypted: bool) -> str:
 
 def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
     if command in ("start", "stop", "status") and not settings.embedded:
-        print(f"not using the embedded server: connecting to {settings.describe()}")
-        return 0
+        return _said(f"not using the embedded server: connecting to {settings.describe()}")
     if command == "start":
-        print(f"embedded PostgreSQL running, socket in {embedded.start(settings.pgdata)}")
-    elif command == "stop":
-        print("stopped" if embedded.stop(settings.pgdata) else "not running")
-    elif command == "status":
+        socket = embedded.start(settings.pgdata)
+        return _said(f"embedded PostgreSQL running, socket in {socket}", "the server is running")
+    if command == "stop":
+        stopped = embedded.stop(settings.pgdata)
+        return _said("stopped" if stopped else "not running", "the server is not running")
+    if command == "status":
         running, moved = embedded.running(settings.pgdata), embedded.moved_server(settings.pgdata)
         if running:
-            print(f"running (pid {running[0]}, socket in {running[1]})")
-        elif moved:
-            print(
+            return _said(f"running (pid {running[0]}, socket in {running[1]})")
+        if moved:
+            return _said(
                 f"not running here: the server started in {moved.data} (pid {moved.pid}) before "
-                "its folder moved still runs (`python db.py stop` ends it, or says how)"
+                "its folder moved still runs (`python db.py stop` ends it, or says how)",
+                exit_code=EXIT_ENVIRONMENT,
             )
-        else:
-            print("not running")
-        return 0 if running else EXIT_ENVIRONMENT
-    elif command == "url":
-        print(redacted_url(destination(settings)))
-    else:
-        with contextlib.closing(connect(settings)) as conn:  # a clear one-line error, not psql's
-            psql = psql_program(settings, encrypted=conn.info.ssl_in_use)
-        target, env = options(settings), dict(os.environ)
-        if "password" in target:  # argv is readable by every local user: the environment is not
-            env["PGPASSWORD"] = target["password"]
-        shown = {k: v for k, v in target.items() if k not in SECRET_OPTIONS}
-        where = [make_dsn(**shown)] if shown else []
-        os.execve(psql, [psql, *where, *psql_options], env)
-    return 0
+        return _said("not running", exit_code=EXIT_ENVIRONMENT)
+    if command == "url":
+        return _said(redacted_url(destination(settings)))
+    with contextlib.closing(connect(settings)) as conn:  # a clear one-line error, not psql's
+        psql = psql_program(settings, encrypted=conn.info.ssl_in_use)
+    target, env = options(settings), dict(os.environ)
+    if "password" in target:  # argv is readable by every local user: the environment is not
+        env["PGPASSWORD"] = target["password"]
+    shown = {k: v for k, v in target.items() if k not in SECRET_OPTIONS}
+    where = [make_dsn(**shown)] if shown else []
+    os.execve(psql, [psql, *where, *psql_options], env)
+
+
+def _said(text: str, done: str = "nothing was changed", exit_code: int = 0) -> int:
+    """A command's answer on standard output, and its exit code."""
+    cli.write_out(text, done, exit_code=exit_code)
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -522,13 +522,27 @@ def test_embedded_server_log_is_readable_by_its_owner_only():
     assert log.stat().st_mode & 0o777 == 0o600
 
 
-def run_etl_into(stdout: str, data: Path, *args: str) -> subprocess.CompletedProcess:
+# Python's standard output buffered, as in a terminal's shell, or not (PYTHONUNBUFFERED=1, as
+# some machines set it): a report Python still holds when it exits is flushed then, and a
+# failed flush makes the exit code 120.
+BUFFERING = {"buffered": {"PYTHONUNBUFFERED": None}, "unbuffered": {"PYTHONUNBUFFERED": "1"}}
+
+
+def environment(buffering: str) -> dict[str, str]:
+    changed = {**os.environ, **BUFFERING[buffering]}
+    return {name: value for name, value in changed.items() if value is not None}
+
+
+def run_etl_into(
+    stdout: str, data: Path, *args: str, buffering: str = "buffered"
+) -> subprocess.CompletedProcess:
     """etl.py with its standard output on a full disk, in a pipe whose reader has gone, or
     closed (>&-, as a daemon may start a job)."""
     command = [sys.executable, "etl.py", "--no-progress", "--data", str(data), *args]
+    env = environment(buffering)
     if stdout == "a closed pipe":
         proc = subprocess.Popen(
-            command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
         proc.stdout.close()  # the reader goes before the report comes
         err = proc.stderr.read().decode()
@@ -536,18 +550,23 @@ def run_etl_into(stdout: str, data: Path, *args: str) -> subprocess.CompletedPro
     if stdout == "closed":
         command = ["sh", "-c", 'exec "$@" >&-', "sh", *command]
     with open("/dev/full" if stdout == "a full disk" else os.devnull, "w") as out:
-        return subprocess.run(command, cwd=PROJECT, stdout=out, stderr=subprocess.PIPE, text=True)
+        return subprocess.run(
+            command, cwd=PROJECT, stdout=out, stderr=subprocess.PIPE, text=True, env=env
+        )
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("buffering", list(BUFFERING))
 @pytest.mark.parametrize("stdout", ["a full disk", "a closed pipe", "closed"])
 @pytest.mark.parametrize("strict", [False, True])
-def test_a_run_whose_report_cannot_be_written_keeps_its_own_exit_code(data, stdout, strict):
+def test_a_run_whose_report_cannot_be_written_keeps_its_own_exit_code(
+    data, stdout, strict, buffering
+):
     """A monitor reads the exit code: a run that failed (here --strict, a record rejected)
     exits 1 whatever became of its report; one that succeeded exits 0 into a pipe whose reader
     has gone (head), and 3, naming what is done, where the report could not be written."""
     write(data, "log_data/2018/12/bad.json", b"not json\n")
-    done = run_etl_into(stdout, data, *(["--strict"] if strict else []))
+    done = run_etl_into(stdout, data, *(["--strict"] if strict else []), buffering=buffering)
     why = {"a full disk": "No space left on device", "closed": "it is closed"}.get(stdout)
     said = f"error: cannot write to standard output ({why}): run 1 is done, succeeded\n"
     assert (done.returncode, done.stderr) == (
@@ -558,16 +577,19 @@ def test_a_run_whose_report_cannot_be_written_keeps_its_own_exit_code(data, stdo
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("buffering", list(BUFFERING))
 @pytest.mark.parametrize(
     ("args", "done", "runs"),
     [
         (["create_tables.py"], "the tables are made", []),
         (["etl.py", "--no-progress"], "run 1 is done, succeeded", [("succeeded",)]),
         (["etl.py", "--no-progress", "--json"], "run 1 is done, succeeded", [("succeeded",)]),
+        (["db.py", "url"], "nothing was changed", []),
+        (["db.py", "status"], "nothing was changed", []),
     ],
 )
 def test_a_result_standard_output_cannot_take_is_one_error_saying_what_is_done(
-    data, args, done, runs
+    data, args, done, runs, buffering
 ):
     """Standard output on a full disk (a cron job's log): one line on stderr and exit 3, not a
     traceback and the exit code of a failed check; what the script did stays done."""
@@ -579,6 +601,7 @@ def test_a_result_standard_output_cannot_take_is_one_error_saying_what_is_done(
             stderr=subprocess.PIPE,
             text=True,
             timeout=600,
+            env=environment(buffering),
         )
     assert (ran.returncode, ran.stderr) == (
         EXIT_ENVIRONMENT,

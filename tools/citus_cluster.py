@@ -384,24 +384,31 @@ def command(args: argparse.Namespace) -> int:
         if args.command == "start":
             cluster = start(args.dir, list(range(args.port, args.port + args.workers + 1)))
             LAST.write_text(str(cluster.dir) + "\n")  # for stop, status and url without --dir
-            print(cluster.url)
             print(
                 f"nodes in {cluster.dir}; stop with: python -m tools.citus_cluster stop"
                 + (f" --dir {cluster.dir}" if args.dir else ""),
                 file=sys.stderr,
             )
+            cli.write_out(cluster.url, f"the cluster runs in {cluster.dir}")
             return 0
         cluster = find(args.dir)
         if args.command == "stop":
             cluster.stop(remove=True if args.remove else None)
-            print(f"stopped the cluster in {cluster.dir}")
+            cli.write_out(f"stopped the cluster in {cluster.dir}", "the cluster is stopped")
         elif args.command == "url":
-            print(cluster.url)
+            cli.write_out(cluster.url, "nothing was changed")
         else:
             states = cluster.running()
-            for name, port, _ in cluster.nodes():
-                print(f"{name}: {'running' if states[name] else 'stopped'} on {HOST}:{port}")
-            return 0 if all(states.values()) else 3
+            code = 0 if all(states.values()) else cli.EXIT_ENVIRONMENT
+            cli.write_out(
+                "\n".join(
+                    f"{name}: {'running' if states[name] else 'stopped'} on {HOST}:{port}"
+                    for name, port, _ in cluster.nodes()
+                ),
+                "nothing was changed",
+                exit_code=code,
+            )
+            return code
         return 0
     except psycopg2.Error as exc:
         raise ClusterError(cli.first_line(exc)) from None

@@ -804,10 +804,11 @@ def write_data_set(args: argparse.Namespace) -> int:
     except OSError as exc:  # a folder it may not write, a full disk
         where = f" {exc.filename}" if exc.filename else ""
         raise cli.UserError(f"cannot write{where}: {exc.strerror}") from None
-    print(
+    cli.write_out(
         f"{args.out}: {truth['song_files']} song files, {truth['log_records']} events in "
         f"{truth['log_files']} log files, {truth['songplays_resolved']}/{truth['songplays']} "
-        f"plays resolve"
+        f"plays resolve",
+        f"the data set is written in {args.out}",
     )
     return 0
 
