@@ -9,8 +9,14 @@ READY := $(VENV)/.requirements-installed
 
 venv: $(READY)
 
+# $(PYTHON) must be 3.11 or newer. A venv another Python made is made anew: venv run over it
+# would keep its interpreter.
 $(READY): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "make: the project needs Python 3.11 or newer, and $(PYTHON) is " + sys.version.split()[0] + ": name a newer one, e.g. make PYTHON=python3.12")'
+	@if [ -e $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print(sys.version)' 2>&1)" != "$$($(PYTHON) -c 'import sys; print(sys.version)')" ]; then \
+		echo "$(VENV) was made by another Python: making it anew with $(PYTHON)"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
+	@echo "installing requirements.txt into $(VENV) (about 1 GB; a minute or more the first time)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
