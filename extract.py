@@ -1250,7 +1250,7 @@ class _Unzipper:
             if after[:4] != ZIP_DESCRIPTOR or any(after[4:]):
                 raise ZipDataError(f"{name} is stored with its size after its data")
         elif method == ZIP_STORED:
-            self._left = _zip64_packed(extra.get(1, b""), size, packed)
+            self._left = _zip64_packed(name, extra.get(1, b""), size, packed)
         elif method != ZIP_DEFLATED:
             raise ZipDataError(f"{name} is compressed with {ZIP_METHODS.get(method, method)}")
         self._input = self._input[end:]
@@ -1358,12 +1358,16 @@ def _zip_extra_fields(extra: bytes) -> Iterator[tuple[int, bytes]]:
         extra = extra[4 + size :]
 
 
-def _zip64_packed(zip64: bytes, size: int, packed: int) -> int:
+def _zip64_packed(name: str, zip64: bytes, size: int, packed: int) -> int:
     """A stored file's size where zip64's extra field holds it (the header's says 0xFFFFFFFF)."""
+    if packed != 0xFFFFFFFF:
+        return packed
     values = [int.from_bytes(zip64[n : n + 8], "little") for n in range(0, len(zip64) - 7, 8)]
-    if size == 0xFFFFFFFF:
-        values.pop(0)
-    return values[0] if packed == 0xFFFFFFFF else packed
+    if size == 0xFFFFFFFF:  # the field gives the size first, then the packed size
+        values = values[1:]
+    if not values:
+        raise ZipDataError(f"{name}: its sizes are zip64's, with no zip64 field")
+    return values[0]
 
 
 # xz's decoder takes what the data's dictionary asks for, up to 4 GiB: a file asking for more than

@@ -1081,6 +1081,10 @@ def test_zip_data_damaged_cut_short_or_needing_more_is_named_and_what_came_befor
     third = zipfile.ZipFile(io.BytesIO(hiding)).infolist()[2].header_offset
     hiding[26:28] = (third - 30).to_bytes(2, "little")  # g.json's name runs up to i.json
     write(data, "log_data/z/hiding.json.zip", hiding)
+    unsized = bytearray(zipped(*files[1:], how=zipfile.ZIP_STORED))
+    second = zipfile.ZipFile(io.BytesIO(unsized)).infolist()[1].header_offset
+    unsized[second + 18 : second + 26] = b"\xff" * 8  # zip64's sizes, with no zip64 field
+    write(data, "log_data/z/unsized.json.zip", unsized)
 
     summary = parse_summary(run_etl(data).stdout)
     whole_file = sorted((r[0], r[2]) for r in rejects(last_run()) if r[1] is None)
@@ -1115,9 +1119,13 @@ def test_zip_data_damaged_cut_short_or_needing_more_is_named_and_what_came_befor
             "data compressed twice) after line 1",
         ),
         ("log_data/z/unfinished.json.zip", "zip data cut short after line 3"),
+        (
+            "log_data/z/unsized.json.zip",
+            "damaged zip data (i.json: its sizes are zip64's, with no zip64 field) after line 1",
+        ),
     ]
-    assert crafted_items() == [0, 1, 100, 101, 102, 501, 600]
-    assert summary.rejected.files == 8
+    assert crafted_items() == [0, 1, 100, 101, 102, 500, 501, 600]
+    assert summary.rejected.files == 9
 
 
 SKIPPABLE_FRAME = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"pzst"  # as pzstd writes
