@@ -43,6 +43,15 @@ ODD_LINES = {
     "-Infinity in a field the ETL does not read": line(7, registration=float("-inf")),
     "a number beyond a double in a field the ETL does not read": line(7)[:-2]
     + b', "registration": 1e400}\n',
+    # longer than the integers Python's int() reads from text (sys.get_int_max_str_digits)
+    "an integer of 5,000 digits in a field the ETL does not read": line(7)[:-2]
+    + b', "registration": '
+    + b"9" * 5000
+    + b"}\n",
+    "an integer of 5,000 digits in a field the ETL reads": line(7)[:-2]
+    + b', "sessionId": '
+    + b"9" * 5000
+    + b"}\n",
     # half a surrogate pair (an emoji cut in two) is no text: orjson refuses it, json reads it
     "a lone surrogate escape in a field the ETL does not read": line(7, method="x\ud83d"),
     "a lone surrogate escape in a field the ETL reads": line(7, userAgent="x\ud83d"),
