@@ -1366,7 +1366,7 @@ def _zip64_packed(name: str, zip64: bytes, size: int, packed: int) -> int:
     if size == 0xFFFFFFFF:  # the field gives the size first, then the packed size
         values = values[1:]
     if not values:
-        raise ZipDataError(f"{name}: its sizes are zip64's, with no zip64 field")
+        raise ZipDataError(f"{name}: its size is marked as zip64's but no zip64 field holds it")
     return values[0]
 
 

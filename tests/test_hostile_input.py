@@ -1121,7 +1121,8 @@ def test_zip_data_damaged_cut_short_or_needing_more_is_named_and_what_came_befor
         ("log_data/z/unfinished.json.zip", "zip data cut short after line 3"),
         (
             "log_data/z/unsized.json.zip",
-            "damaged zip data (i.json: its sizes are zip64's, with no zip64 field) after line 1",
+            "damaged zip data (i.json: its size is marked as zip64's but no zip64 field holds "
+            "it) after line 1",
         ),
     ]
     assert crafted_items() == [0, 1, 100, 101, 102, 500, 501, 600]
