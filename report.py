@@ -15,6 +15,8 @@ IGNORED_EXAMPLES = 5
 REJECT_EXAMPLES = 5  # shown; one more is read, to say whether there are more
 GONE_EXAMPLES = 5
 FILE_STATES = ("unchanged", "new", "changed", "emptied", "unreadable")
+# A state as the summary says it: "emptied" also names a file now garbled or cut short.
+STATE_SAID = {"emptied": "keeping what it loaded"}
 # What a bulk load drops and builds back, named whole.
 KEYS_NAMED = {
     tuple(
@@ -234,7 +236,10 @@ class Report:
             out.append("  nothing new: every file is unchanged since it was loaded")
         for kind in KINDS:
             f, c = t.files[kind], t.counts[kind]
-            states = ", ".join(f"{f[s]} {s}" for s in FILE_STATES if f.get(s)) or "none"
+            states = (
+                ", ".join(f"{f[s]} {STATE_SAID.get(s, s)}" for s in FILE_STATES if f.get(s))
+                or "none"
+            )
             skipped = (
                 f" + {c['skipped']} skipped (not NextSong) + {c['duplicates']} duplicates"
                 if kind == "log"

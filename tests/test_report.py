@@ -21,7 +21,10 @@ def tally(songs_read: int = TALLY["song"].records) -> Tally:
     counts = {kind: c._asdict() for kind, c in TALLY.items()}
     counts["song"]["records"] = songs_read
     return Tally(
-        files={"song": {"new": 4}, "log": {"unchanged": 1, "changed": 2, "unreadable": 1}},
+        files={
+            "song": {"new": 4},
+            "log": {"unchanged": 1, "changed": 2, "emptied": 1, "unreadable": 1},
+        },
         counts=counts,
         file_problems=1,
     )
@@ -56,7 +59,7 @@ def test_the_report_as_data_holds_every_number_of_the_run():
     assert summary.run_id == 12
     assert summary.files == {
         "song": {"new": 4},
-        "log": {"unchanged": 1, "changed": 2, "unreadable": 1},
+        "log": {"unchanged": 1, "changed": 2, "emptied": 1, "unreadable": 1},
     }
     assert summary.records == TALLY
     assert summary.reconciled == {"song": False, "log": True}
@@ -99,8 +102,10 @@ def test_the_summary_states_the_reports_numbers_and_a_negative_delta_as_such():
     assert lines[0] == "Loaded /data into the test server in 1.5 s (run 12)"
     assert lines[1:3] == [
         "  song files: 4 (4 new); records: 8 = 5 loaded + 2 rejected [MISMATCH]",
-        "  log files: 4 (1 unchanged, 2 changed, 1 unreadable); records: 40 = 20 loaded + 9 "
-        "skipped (not NextSong) + 3 duplicates + 8 rejected [reconciled]",
+        # emptied: now empty, garbled or cut short, the file keeps what it loaded
+        "  log files: 5 (1 unchanged, 2 changed, 1 keeping what it loaded, 1 unreadable); "
+        "records: 40 = 20 loaded + 9 skipped (not NextSong) + 3 duplicates + 8 rejected "
+        "[reconciled]",
     ]
     assert lines[3] == (
         "  rows written: songplays -3 (= 7), users +0 (= 10), songs +0 (= 10), "
