@@ -49,6 +49,12 @@ class Limits:
 LINE_BYTES_LEAST = 128
 
 
+# A btree index entry holds 2,704 bytes, less its header: a text longer than KEY_BYTES (a file's
+# path, which the manifest and the rejects are keyed by; a song's or an artist's id) could not
+# be keyed.
+KEY_BYTES = 2_500
+
+
 # A rejected record's raw text (load_rejects.raw) is kept up to RAW_TEXT_LIMIT characters, which
 # take at most RAW_TEXT_BYTES bytes of UTF-8.
 RAW_TEXT_LIMIT = 1000

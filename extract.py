@@ -45,6 +45,7 @@ else:
 
 import cli
 from contract import (
+    KEY_BYTES,
     RAW_TEXT_BYTES,
     Batch,
     FileRead,
@@ -557,16 +558,12 @@ def _path_order(location: str) -> str:
 
 
 # The manifest keys a file by its path (and a file's or a folder's rejects are indexed by it): a
-# btree entry holds 2,704 bytes, less its header. A longer path could be neither recorded nor
-# rejected.
-MANIFEST_PATH_BYTES = 2_500
-UNKEYED_NOTE = (
-    f" (a path longer than {MANIFEST_PATH_BYTES:,} bytes, which the manifest cannot key: not read)"
-)
+# longer path could be neither recorded nor rejected.
+UNKEYED_NOTE = f" (a path longer than {KEY_BYTES:,} bytes, which the manifest cannot key: not read)"
 
 
 def _unkeyable(path: str) -> bool:
-    return len(path.encode()) > MANIFEST_PATH_BYTES
+    return len(path.encode()) > KEY_BYTES
 
 
 def plan(

@@ -198,8 +198,7 @@ def _beyond_json(raw: bytes, read: Collection[str]) -> dict | None:
     Arrow's reader takes (it skips those fields, numbers and all: the line's verdict must not
     hang on which reader reads it), or a lone surrogate escape (half an emoji's pair, as a
     client cutting text leaves it), which is no text but costs a play nothing it keeps. None
-    for any other line (such a number or escape in a field read, an integer beyond 64 bits:
-    orjson's verdict stands)."""
+    for any other line (such a number or escape in a field read: orjson's verdict stands)."""
     try:  # as bytes, json would skip a byte-order mark
         value = json.loads(raw.decode(), parse_int=_integer)
     except (ValueError, RecursionError):
@@ -209,9 +208,9 @@ def _beyond_json(raw: bytes, read: Collection[str]) -> dict | None:
     kept = {field: value[field] for field in read if field in value}
     if any(isinstance(v, float) and not math.isfinite(v) for v in kept.values()):
         return None
-    try:
-        return orjson.loads(orjson.dumps(kept))  # as orjson reads them
-    except (orjson.JSONEncodeError, orjson.JSONDecodeError):
+    try:  # as orjson reads them from text (an integer beyond 64 bits as a double, say)
+        return orjson.loads(json.dumps(kept))
+    except orjson.JSONDecodeError:
         return None
 
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv
 
 import sql_queries as sql
-from contract import RAW_TEXT_BYTES, RAW_TEXT_LIMIT, Reject
+from contract import KEY_BYTES, RAW_TEXT_BYTES, RAW_TEXT_LIMIT, Reject
 from parse import EVENT_FIELDS, SONG_FIELDS, Records
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -110,6 +110,13 @@ def valid_songs(records: Records) -> tuple[pa.Table, pa.Table]:
         ("duration is negative", _yes(pc.less(table["duration"], 0))),
         ("year is negative", _yes(pc.less(table["year"], 0))),
         ("year out of range", _outside(table["year"], *INT32)),
+        *(
+            (
+                f"{key} longer than {KEY_BYTES:,} bytes, which an index cannot key",
+                _yes(pc.greater(pc.binary_length(table[key]), KEY_BYTES)),
+            )
+            for key in SONG_IDS
+        ),
     ]
     return _split(table, _first_failure(rules))
 

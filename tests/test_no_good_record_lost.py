@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -297,6 +298,12 @@ def _type_damages(field: str, kind: str, on: str) -> list[Damage]:
     return out
 
 
+# An id a btree index cannot hold (its text not compressible, as PostgreSQL would squeeze a
+# repeated letter into a few bytes).
+UNCOMPRESSIBLE = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(47))[:3000]
+LONGER_THAN_A_KEY = "longer than 2,500 bytes, which an index cannot key"
+
+
 def _song_damages() -> list[Damage]:
     """From parse.SONG_FIELDS = {field: (kind, required)}: every field's type is checked."""
     out = []
@@ -318,6 +325,10 @@ def _song_damages() -> list[Damage]:
         ("duration", [-1, -0.001, -1e300], "duration is negative"),
         ("year", [-1, -2001, INT32_MIN - 1], "year is negative"),
         ("year", [INT32_MAX + 1, 2**40, 2**62], "year out of range"),
+        *(
+            (field, [UNCOMPRESSIBLE[:2501], UNCOMPRESSIBLE], f"{field} {LONGER_THAN_A_KEY}")
+            for field in ["song_id", "artist_id"]
+        ),
     ):
         out += [
             Damage("out of range", f"{field} = {v}", "song", ((field, v),), reason=reason)
