@@ -5,6 +5,7 @@ package is installed."""
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -16,8 +17,10 @@ import pytest
 from conftest import PROJECT
 
 
+@functools.cache
 def interpreters() -> dict[tuple[int, int], str]:
-    """Pythons this machine has beside the tests' own, by version: on PATH, or pyenv's."""
+    """Pythons this machine has beside the tests' own, by version: on PATH, or pyenv's (asked
+    for by the tests that need one, not as every test run collects this file)."""
     found = {}
     names = [f"python3.{minor}" for minor in range(8, 16)]
     paths = [shutil.which(name) for name in names]
@@ -35,9 +38,17 @@ def interpreters() -> dict[tuple[int, int], str]:
     return found
 
 
-PYTHONS = interpreters()
-OLDER = [path for version, path in PYTHONS.items() if version < (3, 11)]
-OTHER = [path for version, path in PYTHONS.items() if version >= (3, 11)]
+def a_python(older: bool) -> str:
+    """A Python of this machine's older than 3.11, or else one 3.11 or newer; the test is
+    skipped where there is none."""
+    found = [path for version, path in interpreters().items() if (version < (3, 11)) == older]
+    if not found:
+        pytest.skip(
+            "no Python older than 3.11 on this machine"
+            if older
+            else "no Python 3.11+ on this machine beside the tests' own"
+        )
+    return found[0]
 
 
 def make_venv(folder: Path, python: str) -> subprocess.CompletedProcess:
@@ -60,9 +71,8 @@ def version_of(python: str) -> str:
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="needs make")
-@pytest.mark.skipif(not OLDER, reason="no Python older than 3.11 on this machine")
 def test_a_python_older_than_3_11_is_named_in_one_line_and_no_venv_made(tmp_path):
-    python = OLDER[0]
+    python = a_python(older=True)
     done = make_venv(tmp_path, python)
     version = version_of(python).removeprefix("Python ")
     assert done.returncode == 2
@@ -74,9 +84,8 @@ def test_a_python_older_than_3_11_is_named_in_one_line_and_no_venv_made(tmp_path
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="needs make")
-@pytest.mark.skipif(not OTHER, reason="no Python 3.11+ on this machine beside the tests' own")
 def test_a_venv_another_python_made_is_made_anew_with_the_python_named(tmp_path):
-    subprocess.run([OTHER[0], "-m", "venv", tmp_path / ".venv"], check=True)
+    subprocess.run([a_python(older=False), "-m", "venv", tmp_path / ".venv"], check=True)
     done = make_venv(tmp_path, sys.executable)
     assert done.returncode == 0, done.stderr
     assert version_of(str(tmp_path / ".venv/bin/python")) == version_of(sys.executable)
