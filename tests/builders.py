@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -197,6 +198,11 @@ COMPRESS = {
 def lines(*records) -> bytes:
     """JSON lines, each ended by a newline; bytes are taken as they are."""
     return b"".join((r if isinstance(r, bytes) else line(r)) + b"\n" for r in records)
+
+
+# Text PostgreSQL cannot compress (as it would squeeze a repeated letter into a few bytes): an id
+# of it longer than a btree entry holds is refused by the database.
+UNCOMPRESSIBLE = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(47))[:3000]
 
 
 def in_utf16(text: bytes) -> bytes:

@@ -72,13 +72,12 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     """python SCRIPT ARGS from the project folder, as a user types it, in this environment with
     env's changes (None: unset)."""
-    changed = {**os.environ, **(env or {})}
     done = subprocess.run(
         [sys.executable, *args],
         cwd=PROJECT,
         capture_output=True,
         text=True,
-        env={name: value for name, value in changed.items() if value is not None},
+        env=changed_environment(env or {}),
         stdin=subprocess.DEVNULL,  # nothing waits for input (psql would)
         timeout=timeout,
     )
@@ -177,6 +176,12 @@ def query(sql: str, params=None) -> list[tuple]:
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
+
+
+def changed_environment(changes: dict[str, str | None]) -> dict[str, str]:
+    """This environment with these variables set (None: unset), for a process to start."""
+    changed = {**os.environ, **changes}
+    return {name: value for name, value in changed.items() if value is not None}
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@ read is accounted for (loaded + skipped + duplicates + rejected), in the summary
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from builders import (
     BASE_SONG_DIR,
     CRAFTED_ARTIST,
     DROP,
+    UNCOMPRESSIBLE,
     crafted_items,
     dangling_link,
     etl,
@@ -418,8 +418,12 @@ def test_an_id_too_long_for_a_key_rejects_its_song_and_every_other_song_of_the_f
     compressed what it can) would have the database refuse the song's whole file, a catalogue
     of one song a line with it: the song is rejected on its line, naming the limit, and the
     rest loads, songs and plays."""
-    too_long = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(50))[:3000]
-    catalogue = [song(0), song(1, song_id=too_long), song(2), song(3, artist_id=too_long)]
+    catalogue = [
+        song(0),
+        song(1, song_id=UNCOMPRESSIBLE),
+        song(2),
+        song(3, artist_id=UNCOMPRESSIBLE),
+    ]
     write(tmp_path, "song_data/catalogue.json", lines(*catalogue))
     write(tmp_path, "song_data/4.json", line(song(4)))
     write(tmp_path, "log_data/day.json", log_file(*[event(n) for n in range(3)]))

@@ -39,6 +39,7 @@ from builders import (
 from conftest import (
     PROJECT,
     SAMPLE,
+    changed_environment,
     counts,
     environment,
     free_ports,
@@ -345,7 +346,7 @@ def test_an_embedded_server_out_of_room_is_one_error_naming_the_cause_in_its_log
     done = subprocess.run(
         [sys.executable, "db.py", "start"],
         cwd=PROJECT,
-        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        env=changed_environment(env),
         capture_output=True,
         text=True,
         preexec_fn=limited,
@@ -372,7 +373,7 @@ def test_a_first_start_cut_off_while_the_data_folder_is_made_leaves_nothing_to_t
     starting = subprocess.Popen(
         [sys.executable, "db.py", "start"],
         cwd=PROJECT,
-        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        env=changed_environment(env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

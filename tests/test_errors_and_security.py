@@ -28,7 +28,7 @@ from builders import (
     server_url,
     write,
 )
-from conftest import PROJECT, counts, drop_tables, query, run_script
+from conftest import PROJECT, changed_environment, counts, drop_tables, query, run_script
 
 import db
 import embedded
@@ -528,18 +528,13 @@ def test_embedded_server_log_is_readable_by_its_owner_only():
 BUFFERING = {"buffered": {"PYTHONUNBUFFERED": None}, "unbuffered": {"PYTHONUNBUFFERED": "1"}}
 
 
-def environment(buffering: str) -> dict[str, str]:
-    changed = {**os.environ, **BUFFERING[buffering]}
-    return {name: value for name, value in changed.items() if value is not None}
-
-
 def run_etl_into(
     stdout: str, data: Path, *args: str, buffering: str = "buffered"
 ) -> subprocess.CompletedProcess:
     """etl.py with its standard output on a full disk, in a pipe whose reader has gone, or
     closed (>&-, as a daemon may start a job)."""
     command = [sys.executable, "etl.py", "--no-progress", "--data", str(data), *args]
-    env = environment(buffering)
+    env = changed_environment(BUFFERING[buffering])
     if stdout == "a closed pipe":
         proc = subprocess.Popen(
             command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
@@ -601,7 +596,7 @@ def test_a_result_standard_output_cannot_take_is_one_error_saying_what_is_done(
             stderr=subprocess.PIPE,
             text=True,
             timeout=600,
-            env=environment(buffering),
+            env=changed_environment(BUFFERING[buffering]),
         )
     assert (ran.returncode, ran.stderr) == (
         EXIT_ENVIRONMENT,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -42,7 +41,7 @@ from pathlib import Path
 import builders
 import orjson
 import pytest
-from builders import SESSION, USER, load_lock_free
+from builders import SESSION, UNCOMPRESSIBLE, USER, load_lock_free
 from conftest import PROPERTY, query, run_script, table_contents
 from hypothesis import event, given, note
 from hypothesis import settings as hypothesis_settings
@@ -298,9 +297,6 @@ def _type_damages(field: str, kind: str, on: str) -> list[Damage]:
     return out
 
 
-# An id a btree index cannot hold (its text not compressible, as PostgreSQL would squeeze a
-# repeated letter into a few bytes).
-UNCOMPRESSIBLE = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(47))[:3000]
 LONGER_THAN_A_KEY = "longer than 2,500 bytes, which an index cannot key"
 
 
