@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.requirements-installed
+# The tests in parallel processes, whole files each (tests/conftest.py says how many).
+PARALLEL := -n auto --dist loadfile
 
 .PHONY: etl test check psql stop bench venv
 
@@ -27,14 +29,14 @@ etl: $(READY)
 test: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
-# The fast loop while developing: lint, and every test not marked slow (85 to 105 s on the 2-core
-# development machine with a load average of 1 to 2.5; make test runs everything).
+# The fast loop while developing: lint, and every test not marked slow (make test runs
+# everything; docs/development.md says how long each takes).
 check: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" -q
 
 psql: $(READY)
 	$(BIN)/python db.py psql

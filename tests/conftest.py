@@ -44,6 +44,18 @@ PROPERTY = hypothesis_settings(
 SAMPLE = PROJECT / "data"
 
 
+# How many processes share the tests under `-n auto` (make test): each starts a private embedded
+# server of its own, and runs whole files (--dist loadfile: a file's module fixtures, such as
+# the Citus cluster, are made once). Tests given DATABASE_URL share its one database, and run in
+# one process. Up to 4: two roughly halve the suite's wall time on the 2-core machine (much of it
+# is spent waiting on servers and timeouts).
+MOST_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return 0 if os.environ.get("DATABASE_URL") else min(os.cpu_count() or 1, MOST_WORKERS)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def server():
     """Tests never touch the user's own .pgdata: without DATABASE_URL they get a private
