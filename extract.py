@@ -414,6 +414,16 @@ def find(data: str | Path, kind: Kind) -> list[str]:
     return [file.location for file in listing(source(data), kind).files]
 
 
+def texts(data: str | Path, kind: Kind) -> Iterator[tuple[str, FileRead, Iterator[bytes]]]:
+    """Every data file under the kind's folder of a folder or URL, read as etl.py reads it: its
+    path as the manifest names it, what opening it found (its SHA-256 among it), and its text as
+    UTF-8 in line-aligned parts, which raise DamagedFile where the rest cannot be read."""
+    found = source(data)
+    for batch in plan(found, listing(found, kind), kind, {}).batches:
+        for task, read, parts in read_batch(batch, Limits().log_batch_bytes):
+            yield task.path, read, parts
+
+
 def listing(data: Source, kind: Kind) -> Listing:
     """Everything under the kind's folder (nothing when it does not exist)."""
     if data.store is not None:
