@@ -50,22 +50,39 @@ SAMPLE = PROJECT / "data"
 # one process. Up to 4: two roughly halve the suite's wall time on the 2-core machine (much of it
 # is spent waiting on servers and timeouts).
 MOST_WORKERS = 4
+SHARED_DATABASE = (
+    "DATABASE_URL is set: the tests drop and recreate the tables of its one database, and "
+    "processes running at once would undo each other's; run them in one process (-n 0)"
+)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    return 0 if os.environ.get("DATABASE_URL") else min(os.cpu_count() or 1, MOST_WORKERS)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 0 if os.environ.get("DATABASE_URL") else min(usable or 1, MOST_WORKERS)
+
+
+def pytest_configure(config) -> None:
+    if os.environ.get("DATABASE_URL") and (getattr(config.option, "numprocesses", 0) or 0) > 1:
+        raise pytest.UsageError(SHARED_DATABASE)
+
+
+# Hypothesis draws some of its examples from the constants of the project's modules imported so
+# far: all of them imported here, its examples are the same whichever tests a process ran first.
+for module in [*PROJECT.glob("*.py"), *PROJECT.glob("tools/*.py"), *PROJECT.glob("bench/*.py")]:
+    importlib.import_module(".".join(module.relative_to(PROJECT).with_suffix("").parts))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def server():
-    """Tests never touch the user's own .pgdata: without DATABASE_URL they get a private
-    embedded server, stopped and deleted at the end (the tests drop and recreate tables)."""
+    """Tests never touch the user's own .pgdata, nor a server the PG* variables name: without
+    DATABASE_URL they get a private embedded server, stopped and deleted at the end (the tests
+    drop and recreate tables)."""
     if os.environ.get("DATABASE_URL"):
         yield
         return
     home = Path(tempfile.mkdtemp(prefix="spk-"))
     pgdata = home / "pg"
-    with environment({"SPARKIFY_PGDATA": str(pgdata)}):
+    with environment({"SPARKIFY_PGDATA": str(pgdata), **dict.fromkeys(db.LIBPQ_ENV)}):
         try:
             embedded.start(pgdata)
             yield

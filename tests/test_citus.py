@@ -29,6 +29,7 @@ from builders import STOPS, USER, as_superuser, event, lines, song, write
 from conftest import (
     PROJECT,
     SAMPLE,
+    changed_environment,
     free_ports,
     query,
     run_script,
@@ -53,15 +54,21 @@ CITUS_SEQUENCE_SEED, CITUS_STEPS = 117112, 15
 # ================================================================ the cluster
 
 
+# The programs a cluster's start runs (as root, each node through runuser).
+CLUSTER_PROGRAMS = {"postgres", "initdb", "pg_ctl", "runuser"}
+
+
 def processes_using(folder: Path) -> list[str]:
-    """Command lines of live processes that name folder (a server left running would)."""
+    """Command lines of live processes of a cluster's programs that name folder (a server left
+    running would; another program looking at the folder is none of the cluster's)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
+            program = (entry / "comm").read_text().strip()
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, UnicodeDecodeError):
             continue
-        if entry.name.isdigit() and str(folder) in cmdline:
+        if entry.name.isdigit() and program in CLUSTER_PROGRAMS and str(folder) in cmdline:
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -159,7 +166,7 @@ def test_a_cluster_start_that_fails_stops_only_the_nodes_it_started(cluster):
 
 @pytest.mark.parametrize("stop", list(STOPS))
 def test_a_cluster_start_stopped_as_its_nodes_are_made_leaves_none_and_starts_next_time(
-    cluster, stop
+    cluster, stop, tmp_path
 ):
     """Stopped as initdb ran, it left initdb running on (runuser forks it) to make a node
     without its settings, which every later start brought up on PostgreSQL's default port."""
@@ -167,6 +174,9 @@ def test_a_cluster_start_stopped_as_its_nodes_are_made_leaves_none_and_starts_ne
     folder = Path(tempfile.mkdtemp(prefix="spk-citus-stopped-"))
     (port,) = free_ports(1)
     start = ["-m", "tools.citus_cluster", "start", "--dir", str(folder), "--workers", "0"]
+    # its own temporary folder: start records the cluster it started last in one, which the
+    # user's own cluster's record must outlive
+    private = {"TMPDIR": str(tmp_path)}
     try:
         proc = subprocess.Popen(
             [sys.executable, *start, "--port", str(port)],
@@ -174,6 +184,7 @@ def test_a_cluster_start_stopped_as_its_nodes_are_made_leaves_none_and_starts_ne
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=changed_environment(private),
         )
         deadline = time.monotonic() + 60
         while not any("initdb" in line for line in processes_using(folder)):
@@ -184,12 +195,14 @@ def test_a_cluster_start_stopped_as_its_nodes_are_made_leaves_none_and_starts_ne
         assert (proc.returncode, out) == (exit_code, "")
         assert err.startswith(f"error: {said}")
         assert processes_using(folder) == []
-        again = run_script(*start, "--port", str(port))
+        again = run_script(*start, "--port", str(port), env=private)
         assert again.stdout == f"postgresql://postgres@127.0.0.1:{port}/sparkifydb\n"
         status = run_script("-m", "tools.citus_cluster", "status", "--dir", str(folder))
         assert status.stdout == f"coordinator: running on 127.0.0.1:{port}\n"
     finally:
-        run_script("-m", "tools.citus_cluster", "stop", "--dir", str(folder), "--remove")
+        run_script(
+            "-m", "tools.citus_cluster", "stop", "--dir", str(folder), "--remove", env=private
+        )
     assert processes_using(folder) == []
 
 
