@@ -21,7 +21,7 @@ import jupyter_client.manager as manager
 import nbclient
 import nbformat
 import pytest
-from conftest import PROJECT, environment, query, run_script
+from conftest import PROJECT, drop_tables, environment, query, run_script
 from traitlets.config import Config
 
 import db
@@ -176,7 +176,7 @@ def test_test_notebook_run_on_after_a_refused_url_never_shows_its_password():
     """A DATABASE_URL the first cell refuses (its '@host' left out), and every cell run all the
     same: none shows a piece of the password (%sql, given no engine, would connect to
     DATABASE_URL itself and quote it)."""
-    password = "Tk9LongSecretXYZ"
+    password = "Kq7vZt4mPw8xRn2j"  # no 4 characters of it in any English word
     with environment({"DATABASE_URL": f"postgresql://sparkify:{password}/sparkifydb"}):
         notebook = execute("test.ipynb", allow_errors=True)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
@@ -196,3 +196,18 @@ def test_test_notebook_run_on_after_a_refused_url_never_shows_its_password():
     )
     pieces = {password[i : i + db.MASKED_FROM] for i in range(len(password) - db.MASKED_FROM + 1)}
     assert not {piece for piece in pieces if piece in shown}
+
+
+def test_test_notebook_on_a_database_not_loaded_says_what_to_run_first():
+    """No tables: create_tables.py's line; tables but no load: etl.py's. (Runs last: it drops
+    the tables.)"""
+    run_script("create_tables.py")  # the database, whichever test ran before
+    drop_tables()
+    for run_first in ("create_tables.py", "etl.py"):
+        notebook = execute("test.ipynb", allow_errors=True)
+        [error] = [o for o in notebook.cells[1].outputs if o.output_type == "error"]
+        assert (error.ename, error.evalue.endswith(f"run `python {run_first}` first")) == (
+            "DatabaseError",
+            True,
+        ), error.evalue
+        run_script("create_tables.py")
