@@ -66,10 +66,19 @@ def pytest_configure(config) -> None:
         raise pytest.UsageError(SHARED_DATABASE)
 
 
+# The project's modules: its Python files outside the tests.
+MODULE_FILES = [*PROJECT.glob("*.py"), *PROJECT.glob("tools/*.py"), *PROJECT.glob("bench/*.py")]
+
+
+def import_name(path: Path) -> str:
+    """How the module at path is imported from the project folder: tools/x.py as tools.x."""
+    return ".".join(path.relative_to(PROJECT).with_suffix("").parts)
+
+
 # Hypothesis draws some of its examples from the constants of the project's modules imported so
 # far: all of them imported here, its examples are the same whichever tests a process ran first.
-for module in [*PROJECT.glob("*.py"), *PROJECT.glob("tools/*.py"), *PROJECT.glob("bench/*.py")]:
-    importlib.import_module(".".join(module.relative_to(PROJECT).with_suffix("").parts))
+for module in MODULE_FILES:
+    importlib.import_module(import_name(module))
 
 
 @pytest.fixture(scope="session", autouse=True)

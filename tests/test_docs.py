@@ -7,18 +7,14 @@ from __future__ import annotations
 import functools
 import importlib
 import re
-from pathlib import Path
 
 import pytest
-from conftest import PROJECT
+from conftest import MODULE_FILES, PROJECT, import_name
 
 # A project module is a Python file of the project outside the tests, named by its file's stem (a
 # tool's too: `generate_data.generate` and `tools.generate_data.generate` name the same thing).
-MODULE_FILES = {
-    path.stem: path
-    for path in [*PROJECT.glob("*.py"), *PROJECT.glob("tools/*.py"), *PROJECT.glob("bench/*.py")]
-}
-MENTION = re.compile(r"\b(" + "|".join(sorted(MODULE_FILES)) + r")((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+MODULES = {path.stem: path for path in MODULE_FILES}
+MENTION = re.compile(r"\b(" + "|".join(sorted(MODULES)) + r")((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 FILE_SUFFIXES = {"py", "ipynb", "md", "json", "svg", "mmd", "png", "txt", "toml", "ini", "csv"}
 ADDRESS = re.compile(r"\S*(?:://|@)\S*")  # URLs and user@host: host names are not modules
 FILE_MENTION = re.compile(r"`([A-Za-z_][A-Za-z0-9_/]*\.py)\b")
@@ -31,17 +27,12 @@ def prose() -> dict[str, str]:
     return {str(doc.relative_to(PROJECT)): doc.read_text() for doc in DOCS if doc.exists()}
 
 
-def import_name(path: Path) -> str:
-    """How the module at path is imported from the project folder: tools/x.py as tools.x."""
-    return ".".join(path.relative_to(PROJECT).with_suffix("").parts)
-
-
 def resolves(module: str, chain: str) -> bool:
     """Whether module.a.b... exists; a file name (etl.py, etl.ipynb) is checked elsewhere."""
     names = chain.strip(".").split(".")
     if names[0] in FILE_SUFFIXES:
         return True
-    value = importlib.import_module(import_name(MODULE_FILES[module]))
+    value = importlib.import_module(import_name(MODULES[module]))
     for name in names:
         if not hasattr(value, name):
             return False
