@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Iterable
 
 import ftfy
@@ -206,10 +207,25 @@ def per_path(table: pa.Table) -> dict[str, int]:
 REPAIRS_KEPT, REPAIRS_KEPT_UP_TO = 16_384, 256  # texts, characters each
 
 
+# Mojibake shows each byte of UTF-8 text as one character: Latin-1's, or for 0x80-0x9F often
+# Windows-1252's (€ ‚ ƒ … ™ ž Ÿ; a browser reads "latin1" so). SHOWN_BYTE maps both back.
+WINDOWS_1252_SIGNS = {
+    sign: byte for byte in range(0x80, 0xA0) if (sign := bytes([byte]).decode("cp1252", "ignore"))
+}
+SHOWN_BYTE = {chr(byte): byte for byte in range(256)} | WINDOWS_1252_SIGNS
+_CONTINUATION = "[\x80-\xbf" + "".join(WINDOWS_1252_SIGNS) + "]"
+SHOWN_UTF8 = re.compile(
+    f"[\xc2-\xdf]{_CONTINUATION}|[\xe0-\xef]{_CONTINUATION}{{2}}|[\xf0-\xf4]{_CONTINUATION}{{3}}"
+)
+# A character shown without a byte in 0x80-0x9F reads as text too ('CAFÉ\u00a0!', '3×½'): it is
+# undone alone only where it makes a Latin letter or sign (Latin-1 Supplement, Extended-A).
+LATIN = ("\u00a0", "\u017f")
+
+
 def repair_mojibake(text: str) -> str:
-    """Peel off every layer of UTF-8-read-as-Latin-1 (exact, so it goes first; ftfy calls a
-    lone 'Ã¥' plausible and stops a layer short), then let ftfy mend what else is broken
-    (Windows-1252 mix-ups and the like)."""
+    """Undo every layer of UTF-8 shown as single bytes (peel_layer), then let ftfy mend what
+    else looks broken. The exact step goes first: ftfy calls a lone 'Ã¥' or 'Åž' plausible and
+    stops a layer short, or leaves it."""
     return _repaired(text) if len(text) <= REPAIRS_KEPT_UP_TO else _repair(text)
 
 
@@ -219,15 +235,32 @@ def _repaired(text: str) -> str:
 
 
 def _repair(text: str) -> str:
-    while True:
-        try:
-            peeled = text.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            break
-        if peeled == text:
-            break
+    while (peeled := peel_layer(text)) != text:
         text = peeled
     return ftfy.fix_text(text, MOJIBAKE_ONLY)
+
+
+def peel_layer(text: str) -> str:
+    """One layer of UTF-8 shown as Latin-1 or Windows-1252 characters undone, wherever in the
+    text it shows: all of it where a shown character stands for a byte in 0x80-0x9F (a C1
+    control, or a sign such as ™ right after a letter such as â: text has no call for those),
+    else only the characters it makes that are Latin."""
+    shown = [(match, char) for match in SHOWN_UTF8.finditer(text) if (char := _utf8(match[0]))]
+    certain = any(SHOWN_BYTE[c] < 0xA0 for match, _ in shown for c in match[0][1:])
+    pieces, done = [], 0
+    for match, char in shown:
+        if certain or LATIN[0] <= char <= LATIN[1]:
+            pieces += [text[done : match.start()], char]
+            done = match.end()
+    return "".join(pieces) + text[done:]
+
+
+def _utf8(shown: str) -> str | None:
+    """The character whose UTF-8 bytes these characters show, if they are UTF-8."""
+    try:
+        return bytes(SHOWN_BYTE[c] for c in shown).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def repair_text(values: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -173,6 +173,9 @@ REPAIRED = [
     ("Caf\u00c3\u00a9", "Caf\u00c3\u0083\u00c2\u00a9", "Café"),  # encoded once, and twice
     ("Café", "Caf\u00c3\u0083\u00c2\u00a9", "Café"),  # the real dataset's case
     ("Sigur Rós", "Sigur Rós", "Sigur Rós"),
+    ("Åžebnem Ferah", "\u00c3\u2026\u00c5\u00beebnem Ferah", "Şebnem Ferah"),  # Windows-1252
+    ("HÃ¥kan “Live”", "H\u00c3\u00a5kan \u00e2\u0080\u009cLive\u00e2\u0080\u009d", "Håkan “Live”"),
+    ("CAFÉ\u00a0!", "CAF\u00c3\u0089\u00c2\u00a0!", "CAFÉ\u00a0!"),  # not 'CAFɠ!'
 ]
 
 

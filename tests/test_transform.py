@@ -7,6 +7,7 @@ import io
 import json
 from datetime import UTC, datetime
 
+import hypothesis
 import pyarrow as pa
 import pytest
 from builders import PLAY, line, lines, log_file
@@ -52,6 +53,72 @@ def test_repair_mojibake_peels_every_layer_of_double_encoded_utf8():
     assert transform.repair_mojibake("BjÃ¶rk") == "Björk"
     assert transform.repair_mojibake("Sigur Rós") == "Sigur Rós"
     assert transform.repair_mojibake("It’s “quoted”") == "It’s “quoted”"
+
+
+def test_repair_mojibake_undoes_windows_1252_layers_and_layers_of_both_encodings():
+    cases = {
+        "Åžebnem Ferah": "Şebnem Ferah",
+        "AÄŸlama": "Ağlama",
+        "ÄŒajkovskij": "Čajkovskij",
+        "Songâ„¢": "Song™",
+        "SÃƒÂ¥ng": "Sång",  # Windows-1252 twice
+        "Ã\u0085Å¾ebnem": "Şebnem",  # Windows-1252, then Latin-1
+    }
+    assert {text: transform.repair_mojibake(text) for text in cases} == cases
+
+
+def test_repair_mojibake_mends_mojibake_beside_text_no_single_byte_encoding_holds():
+    cases = {"HÃ¥kan “Live”": "Håkan “Live”", "SÃ\u0083Â¥ng ™ 🎵": "Sång ™ 🎵"}
+    assert {text: transform.repair_mojibake(text) for text in cases} == cases
+
+
+def test_repair_mojibake_keeps_text_that_only_decodes_as_utf8_to_unlikely_characters():
+    kept = ["CAFÉ\u00a0!", "Ô\u00a0MON PAYS", "OÙ\u00a0?", "3×½"]
+    assert [transform.repair_mojibake(text) for text in kept] == kept
+
+
+# Text whose every non-ASCII character is Latin (Latin-1 Supplement, Latin Extended-A), or whose
+# UTF-8 holds a byte in 0x80-0x9F (shown as a C1 control or a Windows-1252 sign): a layer of
+# mojibake over it is certain, and undone exactly.
+LATIN = st.characters(min_codepoint=0xA0, max_codepoint=0x17F)
+ANY_SCRIPT = st.sampled_from("’“”€™…–ПётрΩλ中文ếươ🎵")
+
+
+def as_single_bytes(text: str, encoding: str) -> str:
+    """text's UTF-8 read one byte a character, as Latin-1 or Windows-1252 (as a browser shows
+    the five bytes Windows-1252 leaves undefined: as the C1 controls of the same number)."""
+    return "".join(
+        bytes([byte]).decode(encoding, errors="ignore") or chr(byte)
+        for byte in text.encode("utf-8")
+    )
+
+
+@hypothesis_settings(PROPERTY, max_examples=300)
+@given(
+    words=st.lists(
+        st.one_of(
+            st.text(st.characters(max_codepoint=0x7E), max_size=3),
+            st.text(LATIN, min_size=1, max_size=3),
+            ANY_SCRIPT,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    layers=st.lists(st.sampled_from(["latin-1", "cp1252"]), min_size=1, max_size=3),
+)
+def test_repair_mojibake_makes_of_any_layers_of_certain_mojibake_what_it_makes_of_the_text(
+    words, layers
+):
+    text = "".join(words)
+    certain = all(0xA0 <= ord(c) <= 0x17F for c in text if ord(c) > 0x7F) or any(
+        0x80 <= byte <= 0x9F for byte in text.encode("utf-8")
+    )
+    hypothesis.assume(certain)
+    shown = text
+    for encoding in layers:
+        shown = as_single_bytes(shown, encoding)
+
+    assert transform.repair_mojibake(shown) == transform.repair_mojibake(text)
 
 
 def test_play_rows_make_utc_instants_integer_ids_and_unquoted_user_agents():
