@@ -25,7 +25,7 @@ EXIT_OK = 0  # done: rejected records are reported, not fatal
 EXIT_FAILED = 1  # a check or the reconciliation failed, --strict and rejects; or a bug
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_ENVIRONMENT = 3  # the database, the data folder or the store: one line on stderr
-EXIT_LOCKED = 4  # another load holds the load lock
+EXIT_LOCKED = 4  # another load holds the load lock, or a session a table's lock, past --wait
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + its number, as shells report it
 EXIT_TERMINATED = 143  # SIGTERM (timeout, systemd, Kubernetes, Airflow): 128 + its number
 STOPPED = (
@@ -45,7 +45,7 @@ MASK = "***"
 # signed URL's or SAS token's credentials in its query. The bounds, and a scheme tried only from
 # the start of a run of the characters a scheme holds (or from one of those), keep the search
 # linear in the message's length. In a value the user gave (an argument, --data), a password may
-# hold newlines too: IN_A_VALUE reads past them.
+# hold newlines too: CREDENTIALS_IN_A_VALUE reads past them.
 KNOWN_SCHEMES = r"(?:postgres(?:ql)?|s3a?|gs|gcs|az|abfss?|https?)"
 SIGNED_QUERY_NAMES = (
     r"x-amz-(?:credential|signature|security-token)|x-goog-(?:credential|signature)"

@@ -204,8 +204,8 @@ class Part:
     """What one transaction receives at a time: COPY payloads per table, and the files they come
     from. A batch is one part, or several when one big file is read in parts; the batch's
     transaction commits after its last part. The payloads go to staging tables (stage_*), and
-    in a bulk load the plays straight into songplays: then appended holds, per file, the plays
-    written and how many of them were resolved to a song."""
+    in a bulk load the plays straight into songplays: then appended holds how many plays were
+    written from each file."""
 
     kind: Kind
     index: int  # the part's place in its batch, from 0

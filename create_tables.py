@@ -1,7 +1,8 @@
 """Drop and recreate the Sparkify tables: the star schema and the load bookkeeping.
 
 On a Citus coordinator (the database has the citus extension) the star is distributed: songplays
-and users on user_id, in the same shards; songs, artists and time as reference tables.
+and users on user_id, in the same shards, with songplay_copies and the plays' staging table;
+songs, artists and time as reference tables.
 
 Only this project's tables are touched. Sessions that hold locks on them (an open notebook
 transaction, a pg_dump) are ended first, those this role may end, and named; if others remain,
@@ -50,8 +51,8 @@ def create_tables(settings: db.Settings, lock_wait: int = db.LOCK_WAIT) -> int:
         made += f"\n  ended {sessions} that held them: {'; '.join(ended)}"
     if citus:
         made += (
-            "\n  on Citus: songplays and users distributed on user_id (co-located); songs, "
-            "artists, time reference tables; load_* local on the coordinator"
+            "\n  on Citus: songplays, users and songplay_copies distributed on user_id"
+            " (co-located); songs, artists, time reference tables; load_* local on the coordinator"
         )
     cli.write_out(made, "the tables are made")
     return 0

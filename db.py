@@ -45,7 +45,8 @@ class DatabaseError(UserError):
 
 
 class LockedError(UserError):
-    """Another load holds the load lock on this database."""
+    """Another load holds the load lock on this database, or another session a lock on the
+    tables, longer than the run would wait."""
 
     exit_code = EXIT_LOCKED
 

@@ -11,7 +11,8 @@ read through the same passes; only listing and opening differ.
 Every entry under song_data/ and log_data/ ends one of three ways: a data file is read (and
 loaded, or rejected with its reason), a folder that cannot be listed is rejected, and anything
 else is ignored and named in the summary. A data file is read as UTF-8 text, decompressed first
-when it is gzip, bzip2, xz or zstd data; a byte-order mark says when it is UTF-16 or UTF-32 instead.
+when it is gzip, bzip2, xz or zstd data, or a zip archive (its files' text one after another);
+a byte-order mark says when it is UTF-16 or UTF-32 instead.
 """
 
 from __future__ import annotations

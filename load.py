@@ -557,7 +557,7 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
             cur.execute(sql.keys_lock_timeout)
             for query in server.keys_setup:
                 cur.execute(query)
-            _create_staging(cur)  # at a run's start, before start_run
+            _create_staging(cur)
             for name in missing:
                 moved += _build_key(cur, name)
     except psycopg2.errors.LockNotAvailable:

@@ -251,7 +251,8 @@ CREATE TABLE load_rejects (
 # changes no count leaves the row alone, so that an open transaction that edited a play does not
 # hold up every load behind its lock on that row. Reading them costs nothing, where count(*)
 # reads every row: a month of plays, for a day's load. Citus does not run such triggers on
-# distributed and reference tables: there the load counts (count_rows_citus).
+# distributed and reference tables: there the load counts the tables themselves (row_count,
+# resolved_plays_citus).
 row_counts_table_create = """
 CREATE TABLE row_counts (
     table_name  text PRIMARY KEY,

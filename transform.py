@@ -2,7 +2,8 @@
 
 Pure functions on Arrow tables, each a few vectorised pyarrow.compute kernels over whole columns:
 no files, no database. ``prepare.shape`` calls them in this order: valid_songs → song_rows, or
-valid_events → play_rows → dedupe_plays → time_table, users_table; then render_csv makes each
+valid_events → play_rows → dedupe_plays, then (``prepare.play_copies``) users_table, time_table
+and, in a bulk load, songplay_rows against the song keys (song_key_table); render_csv makes each
 table's COPY payload. (A table is a DataFrame away: ``table.to_pandas()``.)
 """
 

@@ -239,7 +239,10 @@ def test_create_tables_distributes_the_star_and_keeps_every_key_and_check(cluste
     plain = keys_and_indexes()
     plain_columns = query(COLUMNS, {"t": sql_queries.TABLES})
     done = run_script("create_tables.py", env={"DATABASE_URL": cluster.url})
-    assert "on Citus: songplays and users distributed on user_id (co-located)" in done.stdout
+    assert (
+        "on Citus: songplays, users and songplay_copies distributed on user_id (co-located)"
+        in done.stdout
+    )
     with using_database(cluster.url):
         placed = query(
             "SELECT logicalrelid::text, partmethod, repmodel, "
