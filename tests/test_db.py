@@ -834,6 +834,20 @@ def test_db_psql_passes_psqls_own_options_on_and_other_commands_refuse_them(data
 
 
 @pytest.mark.parametrize(
+    "asked", [{"PGSSLMODE": "require"}, {"PGSSLMODE": "verify-full"}, {"PGREQUIRESSL": "1"}]
+)
+def test_db_psql_opens_the_embedded_server_whatever_encryption_pg_variables_ask_of_others(
+    fresh_tables, asked
+):
+    """A data engineer keeps PGSSLMODE=require for cloud databases; the embedded server is a
+    socket of this user's, and its psql has no SSL to refuse it with."""
+    if not db.Settings.from_env().embedded:
+        pytest.skip("DATABASE_URL is set: no embedded server in this run")
+    done = run_script("db.py", "psql", "-At", "-c", "SELECT count(*) FROM songs", env=asked)
+    assert done.stdout == "0\n"
+
+
+@pytest.mark.parametrize(
     ("options", "named"),
     [
         (["-h", "localhost"], "-h"),  # also db.py's --help: neither is guessed
