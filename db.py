@@ -166,7 +166,7 @@ class Settings:
         be: masking it there would tell what it is)."""
         try:
             shown = [v for k, v in destination(self).items() if k not in SECRET_OPTIONS]
-        except DatabaseError:
+        except (DatabaseError, embedded.ServerError):  # the action says it, in its one line
             shown = []
         return frozenset([self.describe(), *shown])
 

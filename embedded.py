@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import importlib.util
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -141,6 +142,8 @@ def _lock(pgdata: Path) -> Lock | None:
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
         pid, data = int(lines[0]), Path(lines[1])
+    except PermissionError as exc:  # another user's folder: not "not running"
+        raise unusable(pgdata, exc) from None
     except (OSError, ValueError, IndexError):
         return None
     sockets = Path(lines[4]) if len(lines) > 4 and lines[4] else None
@@ -225,10 +228,45 @@ def _reaped(pid: int, timeout: float = 10.0) -> None:
 @contextlib.contextmanager
 def _server_lock(pgdata: Path):
     """Serialises start/stop between processes, with a lock file next to the data directory."""
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with open(pgdata.parent / f"{pgdata.name}.lock", "w") as handle:
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(pgdata.parent / f"{pgdata.name}.lock", "w")
+    except OSError as exc:
+        raise unusable(pgdata, exc) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def unusable(pgdata: Path, exc: OSError) -> ServerError:
+    """The one line for a server folder this user cannot use, naming its owner where that is
+    another user (a `sudo make etl` made it root's, say)."""
+    path = Path(exc.filename) if exc.filename else pgdata
+    said = f"cannot use {pgdata} for the embedded server: {exc.strerror}: {path}"
+    owner = _other_owner(path)
+    if owner:
+        said += (
+            f" (it belongs to {owner}: made with sudo, or by another user? run as {owner}, or "
+            "set SPARKIFY_PGDATA to a folder of your own)"
+        )
+    return ServerError(said)
+
+
+def _other_owner(path: Path) -> str | None:
+    """The name of the user owning path, or the nearest folder above it that exists, where
+    that is not this process's user."""
+    for place in (path, *path.parents):
+        try:
+            uid = place.stat().st_uid
+        except OSError:
+            continue
+        if uid == os.geteuid():
+            return None
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return f"user {uid}"
+    return None
 
 
 def _private_log(log: Path):

@@ -675,9 +675,12 @@ def write(settings: db.Settings, out_dir: Path) -> tuple[Path, Path, Schema]:
         schema = read_schema(conn, sql.TABLES)
     finally:
         conn.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
     mmd, image = out_dir / "schema.mmd", out_dir / "schema.svg"
-    replace_whole({mmd: mermaid(schema), image: svg(schema, sql.STAR_TABLES)})
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        replace_whole({mmd: mermaid(schema), image: svg(schema, sql.STAR_TABLES)})
+    except OSError as exc:
+        raise cli.UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
     return mmd, image, schema
 
 
@@ -723,10 +726,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(settings: db.Settings, out_dir: Path) -> int:
-    try:
-        mmd, image, schema = write(settings, out_dir)
-    except OSError as exc:
-        raise cli.UserError(f"cannot write to {out_dir}: {exc.strerror}") from None
+    mmd, image, schema = write(settings, out_dir)
     wrote = [
         f"wrote {mmd} and {image}: {len(schema.tables)} tables, "
         f"{len(schema.foreign_keys)} foreign keys, from {settings.describe()}",

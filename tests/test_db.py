@@ -5,6 +5,7 @@ import datetime
 import io
 import json
 import os
+import pwd
 import re
 import resource
 import shutil
@@ -199,6 +200,45 @@ def test_urls_keep_the_database_and_the_password_out_of_messages():
         "&fallback_application_name=sparkify%20notebook"
     )
     assert settings.describe() == "postgresql://me:***@h:1/mine"
+
+
+@pytest.mark.parametrize(
+    "command", [["etl.py"], ["create_tables.py"], ["erd.py", "--out", "ERD"], ["db.py", "stop"]]
+)
+def test_a_server_folder_that_cannot_be_made_is_named_in_one_line_exit_3(tmp_path, command):
+    (tmp_path / "a file").write_text("")
+    pgdata = tmp_path / "a file" / "sub" / "pgdata"
+    env = {"SPARKIFY_PGDATA": str(pgdata), "DATABASE_URL": None}
+
+    done = run_script(*command, env=env, check=False)
+
+    assert (done.returncode, done.stdout, done.stderr) == (
+        EXIT_ENVIRONMENT,
+        "",
+        f"error: cannot use {pgdata} for the embedded server: Not a directory: {pgdata.parent}\n",
+    )
+
+
+def test_a_server_folder_of_another_user_names_its_owner(tmp_path):
+    """As after a `sudo make etl`: the folder is root's, and the user is told so."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    denied = PermissionError(13, "Permission denied", str(theirs / "pgdata.lock"))
+
+    said = str(embedded.unusable(theirs / "pgdata", denied))
+
+    owner = pwd.getpwuid(NOBODY).pw_name
+    assert said == (
+        f"cannot use {theirs / 'pgdata'} for the embedded server: Permission denied: "
+        f"{theirs / 'pgdata.lock'} (it belongs to {owner}: made with sudo, or by another user? "
+        f"run as {owner}, or set SPARKIFY_PGDATA to a folder of your own)"
+    )
+
+
+NOBODY = 65534
 
 
 def test_embedded_server_is_reached_through_the_socket_directory_it_runs_with():
