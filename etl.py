@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         default="data",
         help="folder holding song_data/ and log_data/, or an object store's URL of the prefix "
         "holding them: s3://bucket/prefix (also gs://, az://; docs/object-storage.md) "
-        "(default: data)",
+        "(default: data, in the current directory)",
     )
     parser.add_argument(
         "--anonymous",

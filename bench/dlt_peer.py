@@ -77,9 +77,11 @@ def main(data: str, schema: str, pipelines_dir: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__,
-        epilog="example: bench/run.py runs it, in a virtualenv of dlt's own that it makes in "
-        "WORKDIR, with SPARKIFY_DLT_URL set to its server (dlt wants user:password@host in it):\n"
-        "  python bench/run.py --events 3000 --songs 100 --classic-events 0",
+        epilog="example, after make etl and a make bench that made bench/out/dlt-venv (the "
+        "embedded server trusts its user, but dlt wants a password in the URL; it lands the "
+        "data in schema dlt_raw):\n"
+        '  SPARKIFY_DLT_URL="postgresql://postgres:any@localhost/sparkifydb?host=$PWD/.pgdata" '
+        "bench/out/dlt-venv/bin/python bench/dlt_peer.py data dlt_raw /tmp/dlt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("data", help="the data folder (song_data/ and log_data/)")

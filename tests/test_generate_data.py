@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import subprocess
 
 import ftfy
 import pandas as pd
@@ -459,6 +460,26 @@ def test_an_output_folder_it_cannot_write_is_one_line_and_exit_3(tmp_path):
     done = run_script(*TOOL, "--out", str(out), "--events", "10", check=False)
     assert (done.returncode, done.stdout) == (3, "")
     assert done.stderr == f"error: cannot write {out}: Not a directory\n"
+
+
+def test_an_earlier_set_it_cannot_remove_is_named_by_its_folder_and_kept(tmp_path):
+    """As another user's set in a shared /tmp/sparkify is: rmtree's own error names an entry
+    without its folder. chattr +i makes a file even root cannot remove."""
+    out = tmp_path / "data"
+    run_script(*TOOL, "--out", str(out), "--events", "10", "--songs", "3")
+    kept = next((out / "song_data").rglob("*.json"))
+    if subprocess.run(["chattr", "+i", str(kept)], capture_output=True).returncode != 0:
+        pytest.skip("needs chattr +i (root, on a file system that has it)")
+    try:
+        done = run_script(*TOOL, "--out", str(out), "--events", "10", check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(kept)], check=True)
+    assert (done.returncode, done.stdout) == (3, "")
+    assert done.stderr == (
+        f"error: cannot replace the data set in {out}: {out / 'song_data'} holds an earlier "
+        "set's files this user cannot remove (Operation not permitted)\n"
+    )
+    assert kept.exists()
 
 
 @pytest.mark.parametrize(

@@ -487,8 +487,15 @@ def _write_ascii(path, text):
 def _clear_outputs(out):
     """Remove what an earlier run wrote to out (song_data, log_data, truth.json), nothing else."""
     for name in ("song_data", "log_data"):
-        if os.path.isdir(os.path.join(out, name)):
-            shutil.rmtree(os.path.join(out, name))
+        tree = os.path.join(out, name)
+        if os.path.isdir(tree):
+            try:
+                shutil.rmtree(tree)
+            except OSError as exc:  # its message names an entry, not where it is
+                raise cli.UserError(
+                    f"cannot replace the data set in {out}: {tree} holds an earlier set's files "
+                    f"this user cannot remove ({exc.strerror})"
+                ) from None
     if os.path.exists(os.path.join(out, "truth.json")):
         os.remove(os.path.join(out, "truth.json"))
     os.makedirs(out, exist_ok=True)
