@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PROJECT, query, run_main, run_script, scalar, using_database
+from psycopg2 import sql as pgsql
 from summary import Counts
 
 import db
@@ -442,29 +443,37 @@ def server_url(database: str | None = None, options: str | None = None) -> str:
 
 
 # What some tests need of the tests' role beyond what the scripts need (docs/database.md), as
-# CREATE ROLE and GRANT name it, and the query that says whether the role holds it. The embedded
-# server's role is a superuser; a DATABASE_URL's may hold less: those tests skip there (requires).
+# CREATE ROLE and GRANT name it, and the query that says whether the role holds it (with the
+# role and the database). The embedded server's role is a superuser; a DATABASE_URL's may hold
+# less: those tests skip there (requires).
 SUPERUSER, CREATEDB = "SUPERUSER", "CREATEDB"
 CREATE_ON_DATABASE = "CREATE on database {database}"
 HOLDS = {
-    SUPERUSER: "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-    CREATEDB: "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user",
-    CREATE_ON_DATABASE: "SELECT has_database_privilege(current_database(), 'CREATE')",
+    SUPERUSER: (
+        "SELECT rolsuper, current_user, current_database() FROM pg_roles "
+        "WHERE rolname = current_user"
+    ),
+    CREATEDB: (
+        "SELECT rolsuper OR rolcreatedb, current_user, current_database() FROM pg_roles "
+        "WHERE rolname = current_user"
+    ),
+    CREATE_ON_DATABASE: (
+        "SELECT has_database_privilege(current_database(), 'CREATE'), current_user, "
+        "current_database()"
+    ),
 }
 
 
 def requires(privilege: str, what: str) -> None:
     """Skip the test unless the tests' role holds privilege (of HOLDS) on their server; what:
     what the test does that needs it ("an event trigger", say), for the reason shown."""
-    [(held, role, database)] = query(
-        f"SELECT ({HOLDS[privilege]}), current_user, current_database()"
-    )
+    [(held, role, database)] = query(HOLDS[privilege])
     if not held:
         needed = privilege.format(database=database)
         pytest.skip(f"{what} needs {needed}, which role {role} lacks on this server")
 
 
-def as_superuser(*statements: str) -> None:
+def as_superuser(*statements: str | pgsql.Composable) -> None:
     """Statements run on the tests' server as their role (the embedded server's superuser; a
     test checks first that a DATABASE_URL's may: requires), outside a transaction (as CREATE and
     DROP DATABASE must)."""
@@ -494,16 +503,16 @@ class Watcher:
         self.conn.autocommit = True
         self.watched: list[subprocess.Popen] = []
 
-    def value(self, sql: str):
+    def value(self, sql: str, params=None):
         with self.conn.cursor() as cur:
-            cur.execute(sql)
+            cur.execute(sql, params)
             return cur.fetchone()[0]
 
-    def wait(self, sql: str, test, proc: subprocess.Popen, timeout: float = 60):
+    def wait(self, sql: str, test, proc: subprocess.Popen, timeout: float = 60, params=None):
         self.watched.append(proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.value(sql)
+            value = self.value(sql, params)
             if test(value):
                 return value
             if proc.poll() is not None:
@@ -535,10 +544,12 @@ class Watcher:
 
 
 def rejects(run_id: int | None = None) -> list[tuple]:
-    where, params = ("WHERE run_id = %s", (run_id,)) if run_id else ("", None)
-    return query(
-        f"SELECT path, line, reason, raw FROM load_rejects {where} ORDER BY reject_id", params
-    )
+    if run_id:
+        return query(
+            "SELECT path, line, reason, raw FROM load_rejects WHERE run_id = %s ORDER BY reject_id",
+            (run_id,),
+        )
+    return query("SELECT path, line, reason, raw FROM load_rejects ORDER BY reject_id")
 
 
 def manifest() -> dict[str, Counts]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from psycopg2 import sql as pgsql
 
 import db
 import embedded
@@ -205,7 +206,7 @@ def lock_let_go(holders: set[int], timeout: float = 15) -> None:
         time.sleep(0.005)
 
 
-def query(sql: str, params=None) -> list[tuple]:
+def query(sql: str | pgsql.Composable, params=None) -> list[tuple]:
     """The rows of a statement on the tests' server (none for one that returns none)."""
     conn = db.connect(db.Settings.from_env())
     try:
@@ -269,7 +270,7 @@ def drop_tables() -> None:
         conn.close()
 
 
-def scalar(sql: str, params=None):
+def scalar(sql: str | pgsql.Composable, params=None):
     return query(sql, params)[0][0]
 
 
@@ -302,7 +303,10 @@ def schema_objects() -> list[tuple]:
 
 
 def counts() -> dict[str, int]:
-    return {t: scalar(f"SELECT count(*) FROM {t}") for t in sql_queries.STAR_TABLES}
+    return {
+        t: scalar(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(t)))
+        for t in sql_queries.STAR_TABLES
+    }
 
 
 @pytest.fixture

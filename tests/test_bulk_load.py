@@ -35,6 +35,7 @@ from builders import (
     write,
 )
 from conftest import counts, query, run_script, schema_objects, table_contents
+from psycopg2 import sql as pgsql
 from summary import ALL_SET_ASIDE, CHECKS_PASSED, Counts, parse_summary
 
 import db
@@ -265,7 +266,7 @@ def test_a_first_load_keeps_the_keys_an_object_of_yours_depends_on_and_names_it(
     """Dropping the key would need the object dropped: the load merges with the keys in place,
     a full refresh too (it empties the star first: failing then would leave it empty)."""
     create, drop, named = YOURS[yours]
-    query(f"{create}; SELECT 1")
+    query(create)
     try:
         summary = parse_summary(etl(data).stdout)
         assert summary.keys_left_alone
@@ -276,7 +277,7 @@ def test_a_first_load_keeps_the_keys_an_object_of_yours_depends_on_and_names_it(
             assert summary.kept_because == f"{load.KEPT_FOR_YOURS}: {named}"
             assert counts() == BASE
     finally:
-        query(f"{drop}; SELECT 1")
+        query(drop)
 
 
 @pytest.mark.parametrize(
@@ -425,7 +426,7 @@ def test_a_disk_full_while_the_keys_are_built_leaves_them_for_the_next_run_namin
     assert schema_objects() == created
 
 
-DISK_FULL = (
+DISK_FULL = pgsql.SQL(
     "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100'"
 )
 
@@ -438,21 +439,25 @@ def test_a_disk_full_mid_load_fails_the_run_as_failed_naming_the_keys_it_left_mi
     requires(SUPERUSER, "an event trigger")
     created = schema_objects()
     query(
-        "CREATE OR REPLACE FUNCTION test_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"{DISK_FULL}; END $$; CREATE TRIGGER test_full BEFORE INSERT ON songplays "
-        "FOR EACH STATEMENT EXECUTE FUNCTION test_full(); "
-        "CREATE OR REPLACE FUNCTION test_full_analyze(integer) RETURNS integer LANGUAGE plpgsql "
-        "IMMUTABLE AS $$ BEGIN IF current_query() ~ '^[[:space:]]*ANALYZE' THEN "
-        f"{DISK_FULL}; END IF; RETURN $1; END $$; "
-        "CREATE INDEX test_full_analyze ON users (test_full_analyze(user_id)); "
-        "INSERT INTO users (user_id, level) VALUES (424242, 'free') RETURNING 1"  # one to sample
+        pgsql.SQL(
+            "CREATE OR REPLACE FUNCTION test_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "{disk_full}; END $$; CREATE TRIGGER test_full BEFORE INSERT ON songplays "
+            "FOR EACH STATEMENT EXECUTE FUNCTION test_full(); "
+            "CREATE OR REPLACE FUNCTION test_full_analyze(integer) RETURNS integer "
+            "LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN IF current_query() ~ '^[[:space:]]*ANALYZE' "
+            "THEN {disk_full}; END IF; RETURN $1; END $$; "
+            "CREATE INDEX test_full_analyze ON users (test_full_analyze(user_id)); "
+            "INSERT INTO users (user_id, level) VALUES (424242, 'free') RETURNING 1"  # to sample
+        ).format(disk_full=DISK_FULL)
     )
     query(  # last: its test reads the whole text of each statement after it
-        "CREATE OR REPLACE FUNCTION test_full_keys() RETURNS event_trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN "
-        f"IF current_query() LIKE '%ADD CONSTRAINT songplays_pkey%' THEN {DISK_FULL}; END IF; "
-        "END $$; CREATE EVENT TRIGGER test_full_keys ON ddl_command_end "
-        "EXECUTE FUNCTION test_full_keys(); SELECT 1"
+        pgsql.SQL(
+            "CREATE OR REPLACE FUNCTION test_full_keys() RETURNS event_trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN IF current_query() LIKE '%ADD CONSTRAINT songplays_pkey%' "
+            "THEN {disk_full}; END IF; END $$; "
+            "CREATE EVENT TRIGGER test_full_keys ON ddl_command_end "
+            "EXECUTE FUNCTION test_full_keys(); SELECT 1"
+        ).format(disk_full=DISK_FULL)
     )
     try:
         done = etl(data, exit_code=EXIT_ENVIRONMENT)

@@ -37,6 +37,7 @@ from conftest import (
     table_contents,
     using_database,
 )
+from psycopg2 import sql as pgsql
 from summary import CHECKS_PASSED, parse_summary
 
 import db
@@ -217,15 +218,17 @@ def test_cluster_command_without_postgresql_15_is_one_clear_error_line():
     )
 
 
-OURS = "ANY (SELECT to_regclass(t) FROM unnest(%(t)s::text[]) AS t)"
+# The check constraints, and the columns, of the tables the parameter t names.
 CHECK_CONSTRAINTS = (
-    "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) "
-    f"FROM pg_constraint WHERE contype = 'c' AND conrelid = {OURS} ORDER BY 1, 2"
+    "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE contype = 'c' "
+    "AND conrelid = ANY (SELECT to_regclass(t) FROM unnest(%(t)s::text[]) AS t) ORDER BY 1, 2"
 )
 COLUMNS = (
     "SELECT attrelid::regclass::text, attname, format_type(atttypid, atttypmod), "
     "attnotnull, attidentity FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped "
-    f"AND attrelid = {OURS} ORDER BY 1, attnum"
+    "AND attrelid = ANY (SELECT to_regclass(t) FROM unnest(%(t)s::text[]) AS t) "
+    "ORDER BY 1, attnum"
 )
 
 
@@ -432,10 +435,11 @@ def test_a_citus_load_goes_on_while_a_backup_reads_every_table(cluster, tmp_path
     backup = psycopg2.connect(cluster.url, application_name="pg_dump")
     try:
         with backup.cursor() as cur:
+            tables = sql_queries.TABLES + sql_queries.CITUS_STAGING
             cur.execute(
-                "LOCK TABLE "
-                + ", ".join(sql_queries.TABLES + sql_queries.CITUS_STAGING)
-                + " IN ACCESS SHARE MODE"
+                pgsql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                    pgsql.SQL(", ").join(map(pgsql.Identifier, tables))
+                )
             )
         done = etl(cluster.url, data, "--wait", "1")
     finally:
@@ -747,7 +751,7 @@ def test_a_row_an_open_transaction_holds_keeps_a_load_on_citus_no_longer_than_it
     holder = psycopg2.connect(cluster.url, application_name="a notebook")
     try:
         with holder.cursor() as cur:
-            cur.execute(f"SELECT user_id FROM users WHERE user_id = {USER} FOR UPDATE")
+            cur.execute("SELECT user_id FROM users WHERE user_id = %s FOR UPDATE", (USER,))
             cur.execute("SELECT pg_backend_pid()")
             pid = cur.fetchone()[0]
         with using_database(cluster.url):
@@ -796,7 +800,8 @@ def test_a_session_on_a_worker_holding_a_shard_keeps_a_drop_or_a_refresh_waiting
         with holder.cursor() as cur:
             cur.execute("SET citus.override_table_visibility = off")  # shards show here
             cur.execute("SELECT relname FROM pg_class WHERE relname ~ '^songplays_[0-9]+$' LIMIT 1")
-            cur.execute(f"SELECT count(*) FROM {cur.fetchone()[0]}")  # the transaction stays
+            shard = pgsql.Identifier(cur.fetchone()[0])
+            cur.execute(pgsql.SQL("SELECT count(*) FROM {}").format(shard))  # the transaction stays
         name, *args = script.split()
         if name == "etl.py":
             args += ["--data", str(data), "--no-progress"]
@@ -836,14 +841,18 @@ def test_scripts_pointed_at_a_worker_node_say_to_use_the_coordinator(cluster, tm
     assert outside_a_transaction(worker, "SELECT to_regclass('songplays') IS NOT NULL") == [(True,)]
 
 
-def outside_a_transaction(url: str, *statements: str) -> list[tuple]:
-    """Statements run on url's database one by one, each committed: the last one's rows."""
+def outside_a_transaction(
+    url: str, *statements: str | pgsql.Composable | tuple[str, tuple]
+) -> list[tuple]:
+    """Statements (each alone, or with its parameters) run on url's database one by one, each
+    committed: the last one's rows."""
     conn = psycopg2.connect(url)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             for statement in statements:
-                cur.execute(statement)
+                text, params = statement if isinstance(statement, tuple) else (statement, None)
+                cur.execute(text, params)
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
@@ -873,12 +882,17 @@ def test_a_batch_left_prepared_on_a_worker_is_recovered_before_a_run_reads(clust
     outside_a_transaction(
         worker,
         "CREATE TABLE indoubt (n int)",
-        f"BEGIN; INSERT INTO indoubt VALUES (1); PREPARE TRANSACTION '{gid}'",
+        pgsql.SQL("BEGIN; INSERT INTO indoubt VALUES (1); PREPARE TRANSACTION {}").format(
+            pgsql.Literal(gid)  # PREPARE TRANSACTION takes no parameter
+        ),
     )
     outside_a_transaction(
         cluster.url,
-        f"INSERT INTO pg_dist_transaction (groupid, gid) SELECT groupid, '{gid}' "
-        f"FROM pg_dist_node WHERE nodeport = {port}",
+        (
+            "INSERT INTO pg_dist_transaction (groupid, gid) SELECT groupid, %s "
+            "FROM pg_dist_node WHERE nodeport = %s",
+            (gid, port),
+        ),
     )
     try:
         assert parse_summary(etl(cluster.url, data).stdout).nothing_new
@@ -890,7 +904,9 @@ def test_a_batch_left_prepared_on_a_worker_is_recovered_before_a_run_reads(clust
             cluster.url, "ALTER SYSTEM RESET citus.recover_2pc_interval", "SELECT pg_reload_conf()"
         )
         if outside_a_transaction(worker, "SELECT count(*) FROM pg_prepared_xacts") != [(0,)]:
-            outside_a_transaction(worker, f"ROLLBACK PREPARED '{gid}'")
+            outside_a_transaction(
+                worker, pgsql.SQL("ROLLBACK PREPARED {}").format(pgsql.Literal(gid))
+            )
         outside_a_transaction(worker, "DROP TABLE indoubt")
 
 

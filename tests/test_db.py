@@ -50,6 +50,7 @@ from conftest import (
     table_contents,
     using_database,
 )
+from psycopg2 import sql as pgsql
 
 import db
 import embedded
@@ -645,7 +646,8 @@ def test_two_first_runs_at_once_both_find_their_database(fresh_tables):
     exists: the one that finds the other made it meanwhile goes on."""
     requires(CREATEDB, "a database of the test's own")
     name = "sparkify_twice"
-    as_superuser(f"DROP DATABASE IF EXISTS {name}")
+    drop = pgsql.SQL("DROP DATABASE IF EXISTS {}").format(pgsql.Identifier(name))
+    as_superuser(drop)
     ready = threading.Barrier(2)
     failed = []
 
@@ -662,7 +664,7 @@ def test_two_first_runs_at_once_both_find_their_database(fresh_tables):
 
     try:
         for _ in range(3):
-            as_superuser(f"DROP DATABASE IF EXISTS {name}")
+            as_superuser(drop)
             threads = [threading.Thread(target=create) for _ in range(2)]
             for thread in threads:
                 thread.start()
@@ -671,7 +673,7 @@ def test_two_first_runs_at_once_both_find_their_database(fresh_tables):
             assert failed == []
             assert scalar_on_postgres(name) == 1
     finally:
-        as_superuser(f"DROP DATABASE IF EXISTS {name}")
+        as_superuser(drop)
 
 
 def scalar_on_postgres(name: str) -> int:
@@ -1162,10 +1164,11 @@ def a_database_encoded(encoding: str):
     encoding, dropped afterwards."""
     requires(CREATEDB, "a database of the test's own")
     name = f"sparkify_{encoding.lower()}"
-    drop = f"DROP DATABASE IF EXISTS {name}"
-    as_superuser(
-        drop, f"CREATE DATABASE {name} ENCODING '{encoding}' LOCALE 'C' TEMPLATE template0"
+    drop = pgsql.SQL("DROP DATABASE IF EXISTS {}").format(pgsql.Identifier(name))
+    create = pgsql.SQL("CREATE DATABASE {} ENCODING {} LOCALE 'C' TEMPLATE template0").format(
+        pgsql.Identifier(name), pgsql.Literal(encoding)
     )
+    as_superuser(drop, create)
     try:
         with using_database(server_url(database=name)):
             yield

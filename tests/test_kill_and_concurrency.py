@@ -50,6 +50,7 @@ from conftest import (
     table_contents,
     using_database,
 )
+from psycopg2 import sql as pgsql
 from summary import CHECKS_PASSED, parse_summary
 
 import db
@@ -475,7 +476,7 @@ def test_a_stop_ends_a_statement_the_server_keeps_waiting_at_once(data, stop):
     watch = Watcher()
     try:
         with admin.cursor() as cur:
-            cur.execute(IN_THE_WAY["a table"])
+            cur.execute(*IN_THE_WAY["a table"])
         proc = start_load(data, "--wait", "600")
         watch.wait(WAITING_FOR_A_LOCK, lambda n: n == 1, proc)
         os.kill(proc.pid, sent)
@@ -503,10 +504,10 @@ END $$;
 CREATE TRIGGER sleeps_then_warns AFTER INSERT ON users
 FOR EACH STATEMENT EXECUTE FUNCTION sleeps_then_warns();
 SELECT 1"""
-PIDS_OF_SLEEPING = (
-    "SELECT pid FROM pg_stat_activity WHERE application_name = 'etl.py' AND wait_event = 'PgSleep'"
+SLEEPING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
+    "AND wait_event = 'PgSleep'"
 )
-SLEEPING = f"SELECT count(*) FROM ({PIDS_OF_SLEEPING}) sleeping"
 
 
 @pytest.mark.parametrize("stop", list(STOPS))
@@ -525,7 +526,10 @@ def test_a_stop_whose_cancelled_statement_ends_with_a_warning_still_stops_the_ru
         out, err = proc.communicate(timeout=60)
     finally:
         watch.close()
-        query(f"SELECT pg_terminate_backend(pid) FROM ({PIDS_OF_SLEEPING}) sleeping")
+        query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'etl.py' AND wait_event = 'PgSleep'"
+        )
         query("DROP FUNCTION sleeps_then_warns() CASCADE; SELECT 1")
     assert (proc.returncode, err) == (exit_code, f"error: {said}\n")
     assert counts() == before
@@ -566,12 +570,13 @@ def test_a_stop_raised_inside_a_copys_read_still_ends_the_command_as_a_stop(fres
     assert capsys.readouterr().err == f"error: {TERMINATED}\n" * runs
 
 
-# A run waiting for the load lock: its session has tried it, and, the lock held, tries again.
+# A run waiting for the load lock: its session has tried it (the statement's text as psycopg2
+# sends it, the key in place), and, the lock held, tries again.
 LOCK_TRIED = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'etl.py' "
-    "AND state = 'idle in transaction' "
-    f"AND query = '{sql_queries.try_lock % {'key': sql_queries.LOCK_KEY}}'"
+    "AND state = 'idle in transaction' AND query = %s"
 )
+TRIED = (sql_queries.try_lock % {"key": sql_queries.LOCK_KEY},)
 
 
 def load_behind_the_lock(data: Path, meanwhile=lambda: None) -> tuple[int, str]:
@@ -582,7 +587,7 @@ def load_behind_the_lock(data: Path, meanwhile=lambda: None) -> tuple[int, str]:
     try:
         db.acquire_lock(holder)
         proc = start_load(data)
-        watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
+        watch.wait(LOCK_TRIED, lambda n: n == 1, proc, params=TRIED)
         meanwhile()
         holder.close()
         out, err = proc.communicate(timeout=300)
@@ -659,9 +664,10 @@ def test_a_stop_during_a_statement_that_ends_with_a_notice_still_stops_the_comma
     try:
         proc = python_running(COMMAND)
         watch.wait(
-            f"SELECT count(*) FROM pg_stat_activity WHERE query = $q${NOTICED}$q$",
+            "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
             lambda n: n == 1,
             proc,
+            params=(NOTICED,),
         )
         os.kill(proc.pid, sent)
         out, err = proc.communicate(timeout=60)
@@ -810,7 +816,7 @@ def test_ctrl_c_ends_a_runs_wait_for_the_lock_at_once(big, stop):
             text=True,
             start_new_session=True,
         )
-        watch.wait(LOCK_TRIED, lambda n: n == 1, proc)
+        watch.wait(LOCK_TRIED, lambda n: n == 1, proc, params=TRIED)
         interrupted = time.monotonic()
         os.kill(proc.pid, sent)  # to etl.py alone, as timeout(1) sends it
         out, err = proc.communicate(timeout=150)
@@ -851,7 +857,11 @@ def test_a_run_leaves_its_server_session_as_it_found_it_for_the_next_client(fres
                     cur.execute(mine)
                     assert cur.fetchone() == (1,)
             with conn.cursor() as cur:
-                cur.execute(f"{mine} UNION ALL SELECT length(current_setting('sparkify.run'))")
+                cur.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND pid = pg_backend_pid() "
+                    "UNION ALL SELECT length(current_setting('sparkify.run'))"
+                )
                 assert cur.fetchall() == [(0,), (0,)]
             conn.rollback()
     finally:
@@ -918,15 +928,16 @@ def test_a_run_gives_up_after_its_wait_and_names_the_session_holding_the_lock(da
     assert query(RUNS) == [(0,)]
 
 
-# What keeps an incremental load waiting, taken by an admin's session: its statement; and other
-# sessions that are not in the way (one reading, one writing to another table), by application.
+# What keeps an incremental load waiting, taken by an admin's session: its statement and its
+# parameters; and other sessions that are not in the way (one reading, one writing to another
+# table), by application.
 IN_THE_WAY = {
-    "a table": "LOCK TABLE users IN SHARE MODE",  # as an index built without CONCURRENTLY
-    "a row": f"SELECT user_id FROM users WHERE user_id = {USER} FOR UPDATE",
+    "a table": ("LOCK TABLE users IN SHARE MODE", None),  # as an index built without CONCURRENTLY
+    "a row": ("SELECT user_id FROM users WHERE user_id = %s FOR UPDATE", (USER,)),
 }
 BYSTANDERS = {
-    "a notebook": "SELECT count(*) FROM songplays",
-    "a writer": "LOCK TABLE songplays IN ROW EXCLUSIVE MODE",
+    "a notebook": ("SELECT count(*) FROM songplays", None),
+    "a writer": ("LOCK TABLE songplays IN ROW EXCLUSIVE MODE", None),
 }
 
 
@@ -943,10 +954,10 @@ def test_a_load_kept_waiting_by_a_session_stops_after_its_wait_naming_it(data, h
         del sessions["a writer"]  # a writer would be named: any may hold the row
     conns = {application: db.connect(db.Settings.from_env()) for application in sessions}
     try:
-        for application, statement in sessions.items():
+        for application, (statement, params) in sessions.items():
             with conns[application].cursor() as cur:
                 cur.execute("SELECT set_config('application_name', %s, false)", (application,))
-                cur.execute(statement)
+                cur.execute(statement, params)
         with conns["an admin's psql"].cursor() as cur:
             cur.execute("SELECT pg_backend_pid(), current_user")
             pid, role = cur.fetchone()
@@ -983,7 +994,7 @@ def test_a_session_waiting_in_the_lock_queue_is_not_named_but_the_one_it_waits_f
     try:
         with notebook.cursor() as cur:
             cur.execute("SELECT set_config('application_name', 'a notebook', false)")
-            cur.execute(IN_THE_WAY["a row"])
+            cur.execute(*IN_THE_WAY["a row"])
             cur.execute("SELECT pg_backend_pid(), current_user")
             pid, role = cur.fetchone()
         queued = threading.Thread(
@@ -1159,9 +1170,15 @@ def analyst_url() -> str:
     """A database of its own on the tests' server, owned by a role that is no superuser (as on
     a shared server): the URL to it as that role."""
     url = embedded_url(role=ANALYST, database=ANALYST)
-    drop = [f"DROP DATABASE IF EXISTS {ANALYST} WITH (FORCE)", f"DROP ROLE IF EXISTS {ANALYST}"]
+    analyst = pgsql.Identifier(ANALYST)
+    drop = [
+        pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(analyst),
+        pgsql.SQL("DROP ROLE IF EXISTS {}").format(analyst),
+    ]
     as_superuser(
-        *drop, f"CREATE ROLE {ANALYST} LOGIN", f"CREATE DATABASE {ANALYST} OWNER {ANALYST}"
+        *drop,
+        pgsql.SQL("CREATE ROLE {} LOGIN").format(analyst),
+        pgsql.SQL("CREATE DATABASE {name} OWNER {name}").format(name=analyst),
     )
     try:
         yield url
@@ -1173,7 +1190,7 @@ def holding(table: str, url: str, application: str):
     """A session of url's role inside a transaction that has read table, and its server pid."""
     conn = psycopg2.connect(url, application_name=application)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
+        cur.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(table)))
         cur.execute("SELECT pg_backend_pid()")
         return conn, cur.fetchone()[0]
 
@@ -1221,17 +1238,21 @@ def readers_session(analyst_url):
     """The analyst's tables made, and a session of another ordinary role inside a transaction
     that has read songplays: (its connection, its server pid)."""
     run_script("create_tables.py", env={"DATABASE_URL": analyst_url})
-    as_superuser(f"DROP ROLE IF EXISTS {READER}", f"CREATE ROLE {READER} LOGIN")
+    reader = pgsql.Identifier(READER)
+    as_superuser(
+        pgsql.SQL("DROP ROLE IF EXISTS {}").format(reader),
+        pgsql.SQL("CREATE ROLE {} LOGIN").format(reader),
+    )
     with using_database(analyst_url):
-        query(f"GRANT SELECT ON songplays TO {READER}")
+        query(pgsql.SQL("GRANT SELECT ON songplays TO {}").format(reader))
     other, pid = holding("songplays", embedded_url(role=READER, database=ANALYST), "psql")
     try:
         yield other, pid
     finally:
         other.close()
         with using_database(analyst_url):
-            query(f"REVOKE SELECT ON songplays FROM {READER}")
-        as_superuser(f"DROP ROLE {READER}")
+            query(pgsql.SQL("REVOKE SELECT ON songplays FROM {}").format(reader))
+        as_superuser(pgsql.SQL("DROP ROLE {}").format(reader))
 
 
 def test_create_tables_names_pg_signal_backend_where_only_ordinary_roles_hold_the_tables(
@@ -1255,7 +1276,7 @@ def test_create_tables_as_a_member_of_pg_signal_backend_ends_another_roles_sessi
     without pg_read_all_stats: the session is ended all the same. (The analyst's role, and its
     membership with it, is dropped at the end.)"""
     other, other_pid = readers_session
-    as_superuser(f"GRANT pg_signal_backend TO {ANALYST}")
+    as_superuser(pgsql.SQL("GRANT pg_signal_backend TO {}").format(pgsql.Identifier(ANALYST)))
     done = run_script(
         "create_tables.py", env={"DATABASE_URL": analyst_url}, timeout=60, check=False
     )
@@ -1296,8 +1317,10 @@ def test_a_role_short_of_a_privilege_is_refused_in_one_line_that_says_where_to_l
     run_script("create_tables.py", env=as_owner)
     with using_database(as_owner["DATABASE_URL"]):
         query(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ANALYST}; "
-            "SELECT 1"
+            pgsql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}; "
+                "SELECT 1"
+            ).format(pgsql.Identifier(ANALYST))
         )
     data = base_sample(tmp_path / "data")
     env = {"DATABASE_URL": analyst_url}
@@ -1318,8 +1341,10 @@ def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bul
     run_script("create_tables.py", env=as_owner)
     with using_database(as_owner["DATABASE_URL"]):
         query(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public "
-            f"TO {ANALYST}; SELECT 1"
+            pgsql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public "
+                "TO {}; SELECT 1"
+            ).format(pgsql.Identifier(ANALYST))
         )
     data = base_sample(tmp_path / "data")
     for extra in ((), ("--full-refresh",)):
@@ -1393,7 +1418,7 @@ def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later
     not leave a session open on the server."""
     server = Path(embedded_url().partition("host=")[2].partition("&")[0])
     name = "an attempt given up"  # its session's, whatever other sessions come and go
-    sessions = f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'"
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
     answer, taken, closed = threading.Event(), threading.Event(), threading.Event()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
@@ -1417,6 +1442,6 @@ def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later
         assert kept, "Ctrl-C did not stop the attempt"
         assert closed.wait(60), "the attempt given up was never closed"
         deadline = time.monotonic() + 30
-        while (left := query(sessions)[0][0]) and time.monotonic() < deadline:
+        while (left := query(sessions, (name,))[0][0]) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert left == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from builders import BASE, USER, etl, event, lines, write
 from conftest import scalar
+from psycopg2 import sql as pgsql
 from summary import CHECKS_PASSED, Counts, parse_summary
 
 import db
@@ -23,7 +24,7 @@ SCOPED = [  # what the constraints leave to check
 ]
 
 
-def execute(statement: str) -> None:
+def execute(statement: str | pgsql.Composable) -> None:
     """A change made behind the ETL's back, in a session of its own."""
     conn = db.connect(db.Settings.from_env())
     try:
@@ -48,10 +49,12 @@ def test_a_play_of_this_runs_file_lost_behind_the_etls_back_fails_the_per_file_c
     assert first.checks == CHECKS_PASSED
     assert first.checked == checked("over every row")  # song files loaded: any play may change
     add_day(data)
-    execute(
-        "CREATE OR REPLACE FUNCTION test_lose_a_play() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        f"BEGIN DELETE FROM songplays WHERE user_id = {USER} AND item_in_session = 1; "
-        "RETURN NULL; END $$"
+    execute(  # a function's body takes no parameters: the user as a literal in it
+        pgsql.SQL(
+            "CREATE OR REPLACE FUNCTION test_lose_a_play() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN DELETE FROM songplays WHERE user_id = {} AND item_in_session = 1; "
+            "RETURN NULL; END $$"
+        ).format(pgsql.Literal(USER))
     )
     execute(
         "CREATE TRIGGER test_lose_a_play AFTER INSERT ON songplays "
@@ -75,9 +78,11 @@ def test_a_play_of_this_runs_file_changed_behind_the_etls_back_fails_the_song_ch
         "CREATE OR REPLACE FUNCTION test_forget_artist() RETURNS trigger LANGUAGE plpgsql AS $$ "
         "BEGIN NEW.artist_id := NULL; RETURN NEW; END $$"
     )
-    execute(
-        "CREATE TRIGGER test_forget_artist BEFORE INSERT ON songplays "
-        f"FOR EACH ROW WHEN (NEW.user_id = {USER}) EXECUTE FUNCTION test_forget_artist()"
+    execute(  # nor does a trigger's condition
+        pgsql.SQL(
+            "CREATE TRIGGER test_forget_artist BEFORE INSERT ON songplays "
+            "FOR EACH ROW WHEN (NEW.user_id = {}) EXECUTE FUNCTION test_forget_artist()"
+        ).format(pgsql.Literal(USER))
     )
 
     summary = parse_summary(etl(data, exit_code=EXIT_FAILED).stdout)

@@ -38,6 +38,7 @@ from conftest import PROJECT, PROPERTY, counts, only_pg_variables, query, run_sc
 from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from psycopg2 import sql as pgsql
 from psycopg2.extensions import parse_dsn
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 from sqlalchemy.engine import make_url
@@ -528,7 +529,10 @@ def local_shown(database: str = db.DATABASE) -> str:
 
 
 def every_table_as_text() -> str:
-    return "\n".join(str(query(f"SELECT t::text FROM {table} t")) for table in sql_queries.TABLES)
+    return "\n".join(
+        str(query(pgsql.SQL("SELECT t::text FROM {} t").format(pgsql.Identifier(table))))
+        for table in sql_queries.TABLES
+    )
 
 
 @pytest.mark.parametrize("password", SEEDED)
