@@ -61,11 +61,12 @@ JOBS_PER_CPU = 4
 MAX_JOBS = JOBS_PER_CPU * (os.cpu_count() or 1)
 
 
-class UsageError(cli.UserError):
-    """A problem with what the user asked for, such as a data folder that is not there."""
+class DataFolderError(cli.UserError):
+    """The data folder cannot be loaded as asked: not there, unreadable, empty of data files,
+    or, for --full-refresh, missing what was loaded from it."""
 
 
-# ================================================================ the run, stage by stage
+# ================================ the run, stage by stage; 1. plan: the files to load, in batches
 
 
 def run(
@@ -162,7 +163,7 @@ def check_data(data: Source) -> dict[str, Listing]:
         check_data_dir(Path(data.root), shown)
     listed = {kind: extract.listing(data, kind) for kind in KINDS}
     if not any(folder.files or folder.unlisted for folder in listed.values()):
-        raise UsageError(
+        raise DataFolderError(
             f"no data files under {shown}: song_data/ and log_data/ hold no {extract.DATA_FILES}"
         )
     return listed
@@ -190,7 +191,7 @@ def refuse_a_refresh_that_loses(conn, data: Source, listed: dict[str, Listing]) 
     if lost:
         others = len(lost) - 1
         also = f" (and {cli.many(others, 'more folder', 'more folders')})" if others else ""
-        raise UsageError(
+        raise DataFolderError(
             f"not refreshing from {shown_root(data)}: what was loaded "
             f"from {lost[0]}{also} cannot be loaded again, as it cannot be listed "
             f"({unlisted[lost[0]]}); nothing was emptied: mend it, or run without --full-refresh"
@@ -222,28 +223,28 @@ def check_data_dir(data_dir: Path, shown: str) -> None:
     try:
         found = data_dir.stat()
     except (FileNotFoundError, NotADirectoryError):
-        raise UsageError(
+        raise DataFolderError(
             f"data folder {shown} not found{_looked_in(data_dir)} (choose one with --data)"
         ) from None
     except OSError as exc:  # a name too long, a loop of links
-        raise UsageError(f"cannot read data folder {shown}: {exc.strerror}") from None
+        raise DataFolderError(f"cannot read data folder {shown}: {exc.strerror}") from None
     if not stat.S_ISDIR(found.st_mode):
-        raise UsageError(
+        raise DataFolderError(
             f"data folder {shown} is not a folder: choose the folder that holds song_data/ "
             "and log_data/ with --data"
         )
     try:
         os.scandir(data_dir).close()
     except OSError as exc:  # a folder of another user's, say
-        raise UsageError(f"cannot read data folder {shown}: {exc.strerror}") from None
+        raise DataFolderError(f"cannot read data folder {shown}: {exc.strerror}") from None
     try:
         str(data_dir.resolve()).encode()
     except UnicodeEncodeError:
-        raise UsageError(
+        raise DataFolderError(
             f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
         ) from None
     if not any((data_dir / extract.FOLDERS[kind]).is_dir() for kind in KINDS):
-        raise UsageError(
+        raise DataFolderError(
             f"data folder {shown} holds neither song_data/ nor log_data/: choose the folder "
             "that holds them with --data"
         )
