@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import unicodedata
 from collections.abc import Iterable
 
 import ftfy
@@ -218,9 +219,6 @@ _CONTINUATION = "[\x80-\xbf" + "".join(WINDOWS_1252_SIGNS) + "]"
 SHOWN_UTF8 = re.compile(
     f"[\xc2-\xdf]{_CONTINUATION}|[\xe0-\xef]{_CONTINUATION}{{2}}|[\xf0-\xf4]{_CONTINUATION}{{3}}"
 )
-# A character shown without a byte in 0x80-0x9F reads as text too ('CAFÉ\u00a0!', '3×½'): it is
-# undone alone only where it makes a Latin letter or sign (Latin-1 Supplement, Extended-A).
-LATIN = ("\u00a0", "\u017f")
 
 
 def repair_mojibake(text: str) -> str:
@@ -242,18 +240,64 @@ def _repair(text: str) -> str:
 
 
 def peel_layer(text: str) -> str:
-    """One layer of UTF-8 shown as Latin-1 or Windows-1252 characters undone, wherever in the
-    text it shows: all of it where a shown character stands for a byte in 0x80-0x9F (a C1
-    control, or a sign such as ™ right after a letter such as â: text has no call for those),
-    else only the characters it makes that are Latin."""
-    shown = [(match, char) for match in SHOWN_UTF8.finditer(text) if (char := _utf8(match[0]))]
-    certain = any(SHOWN_BYTE[c] < 0xA0 for match, _ in shown for c in match[0][1:])
-    pieces, done = [], 0
-    for match, char in shown:
-        if certain or LATIN[0] <= char <= LATIN[1]:
-            pieces += [text[done : match.start()], char]
-            done = match.end()
-    return "".join(pieces) + text[done:]
+    """One layer of UTF-8 shown as Latin-1 or Windows-1252 characters undone, where the text
+    reads as one: each of its characters U+0080-U+00FF is part of a shown UTF-8 sequence (others,
+    an emoji or “quotes” beside them, may stand alone), and some sequence is certain
+    (_certain) or every character it makes is plausible (_plausible). Else the text as it is."""
+    pieces, made, done = [], [], 0
+    certain = False
+    for match in SHOWN_UTF8.finditer(text):
+        char = _utf8(match[0])
+        if char is None:
+            continue
+        pieces.append(text[done : match.start()])
+        made.append(sum(map(len, pieces)))
+        pieces.append(char)
+        done = match.end()
+        certain = certain or _certain(match[0], char)
+    pieces.append(text[done:])
+    if not made or any("\x80" <= c <= "\xff" for c in "".join(pieces[0::2])):
+        return text
+    peeled = "".join(pieces)
+    return peeled if certain or _plausible(peeled, made) else text
+
+
+def _certain(shown: str, char: str) -> bool:
+    """Whether a shown sequence is mojibake whatever the text: it shows a C1 control, which no
+    text holds, or a Windows-1252 sign that makes a Latin letter, IPA's too ('Åž': Ş, 'É™': ə;
+    but Czech 'ÍŠ' would make a combining mark)."""
+    rest = shown[1:]
+    return any("\x80" <= c <= "\x9f" for c in rest) or (
+        any(c in WINDOWS_1252_SIGNS for c in rest)
+        and (_latin(char) or "\u0250" <= char <= "\u02af")
+        and char.isalpha()
+    )
+
+
+def _plausible(peeled: str, made: list[int]) -> bool:
+    """Whether the characters a layer makes, at these places, read as text: each one is
+    assigned, and a letter, mark or digit of another script than Latin touches no Latin letter
+    or digit it did not make too ('CAFÉ\u00a0!' would make 'CAFɠ!', 'MATÚŠ' 'MATڊ')."""
+    places = set(made)
+    for at in made:
+        char = peeled[at]
+        if char in SHOWN_BYTE:  # what an outer layer makes: always plausible
+            continue
+        if unicodedata.category(char) in ("Cn", "Co", "Cs"):
+            return False
+        if _latin(char) or unicodedata.category(char)[0] not in "LMN":
+            continue
+        for beside in (at - 1, at + 1):
+            if beside in places or not 0 <= beside < len(peeled):
+                continue
+            if peeled[beside].isalnum() and _latin(peeled[beside]):
+                return False
+    return True
+
+
+def _latin(char: str) -> bool:
+    """Latin script's blocks: U+0000-U+024F, U+1E00-U+1EFF (Vietnamese's ủ, ự)."""
+    return char <= "\u024f" or "\u1e00" <= char <= "\u1eff"
 
 
 def _utf8(shown: str) -> str | None:

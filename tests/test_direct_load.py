@@ -176,6 +176,8 @@ REPAIRED = [
     ("Åžebnem Ferah", "\u00c3\u2026\u00c5\u00beebnem Ferah", "Şebnem Ferah"),  # Windows-1252
     ("HÃ¥kan “Live”", "H\u00c3\u00a5kan \u00e2\u0080\u009cLive\u00e2\u0080\u009d", "Håkan “Live”"),
     ("CAFÉ\u00a0!", "CAF\u00c3\u0089\u00c2\u00a0!", "CAFÉ\u00a0!"),  # not 'CAFɠ!'
+    ("Աղասի", "\u00d4\u00b1\u00d5\u00b2\u00d5\u00a1\u00d5\u00bd\u00d5\u00ab", "Աղասի"),
+    ("Úštěk", "Úštěk", "Úštěk"),  # not 'ښtěk'
 ]
 
 
