@@ -178,7 +178,7 @@ def _decode_lines(
         if not raw.strip():
             continue
         try:
-            value = orjson.loads(raw)
+            value = loads(raw)
         except orjson.JSONDecodeError as exc:
             value = None if read is None else _beyond_json(raw, read)
             if value is None:
@@ -209,7 +209,7 @@ def _beyond_json(raw: bytes, read: Collection[str]) -> dict | None:
     if any(isinstance(v, float) and not math.isfinite(v) for v in kept.values()):
         return None
     try:  # as orjson reads them from text (an integer beyond 64 bits as a double, say)
-        return orjson.loads(json.dumps(kept))
+        return loads(json.dumps(kept))
     except orjson.JSONDecodeError:
         return None
 
@@ -222,6 +222,21 @@ def _integer(text: str) -> int | float:
         return int(text)
     except ValueError:
         return math.inf
+
+
+# orjson says memory ran short as it says a text is not JSON. That is the machine's state, not
+# the record's: the run must stop (etl.py says so in one line, exit 3), never reject the record.
+ORJSON_OUT_OF_MEMORY = "Not enough memory to allocate buffer for parsing"
+
+
+def loads(text: bytes | str):
+    """orjson.loads, raising MemoryError where orjson ran out of memory."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith(ORJSON_OUT_OF_MEMORY):
+            raise MemoryError(str(exc)) from None
+        raise
 
 
 # Where orjson says it broke: a line of what it was given (1 for a line of a file; a reject names
@@ -255,7 +270,7 @@ def parse_song_file(
     first (from first_line on) holds lines only."""
     if first_line == 1:
         try:
-            value = orjson.loads(data)
+            value = loads(data)
         except orjson.JSONDecodeError as exc:
             if _written_over_lines(data):  # one record, broken where the error says
                 whole = data.removesuffix(b"\n")

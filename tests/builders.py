@@ -311,8 +311,9 @@ STOPS = {
 SMALL_BATCHES = ("--batch-mb", "1", "--jobs", "1")
 
 
-def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.CompletedProcess:
-    assert done.returncode == code, (
+def expect(done: subprocess.CompletedProcess, code: int | None) -> subprocess.CompletedProcess:
+    """The run, if it exited code (None: whatever it exited)."""
+    assert code is None or done.returncode == code, (
         f"exit {done.returncode}, expected {code}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     )
     return done
@@ -321,7 +322,7 @@ def expect(done: subprocess.CompletedProcess, code: int) -> subprocess.Completed
 def etl(
     data: Path,
     *extra: str,
-    exit_code: int = EXIT_OK,
+    exit_code: int | None = EXIT_OK,
     env: dict | None = None,
     process: bool = False,
     timeout: float = 600,

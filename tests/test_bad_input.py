@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -480,3 +481,25 @@ def test_a_song_file_the_database_refuses_is_rejected_whole_and_every_other_batc
     assert manifest() == {
         f"song_data/{n}.json": (1, 0, 0, 0, 1) if n == 3 else (1, 1, 0, 0, 0) for n in range(7)
     }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="needs util-linux's prlimit")
+def test_memory_running_short_never_rejects_a_good_record(data):
+    """orjson says memory ran short as it says a line is not JSON: under a memory cap, a long
+    line (30 MB, within a part) must stop the run (exit 3) or load, never be its reject, and a
+    run with memory to spare loads it. The caps span where this machine's run loads, stops, or
+    dies in orjson (a segmentation fault, as a kill: the next run resumes)."""
+    huge = event(900, userAgent="Mozilla " + "x" * (30 << 20))
+    write(data, "log_data/huge.json", log_file(huge))
+    for megabytes in (700, 800, 900, 1000, 1100, 1300):
+        capped = etl(data, prefix=["prlimit", f"--as={megabytes << 20}"], exit_code=None)
+        assert capped.returncode in (EXIT_OK, EXIT_ENVIRONMENT, -11), capped.stderr
+        assert rejects() == []
+
+    etl(data)
+
+    assert counts() == plus(songplays=1, users=1, time=1)
+    assert scalar("SELECT length(user_agent) FROM songplays WHERE item_in_session = 900") == len(
+        huge["userAgent"]
+    )
