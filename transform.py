@@ -118,7 +118,7 @@ def valid_songs(records: Records) -> tuple[pa.Table, pa.Table]:
                 f"{key} longer than {KEY_BYTES:,} bytes, which an index cannot key",
                 _yes(pc.greater(pc.binary_length(table[key]), KEY_BYTES)),
             )
-            for key in SONG_IDS
+            for key in SONG_KEYS
         ),
     ]
     return _split(table, _first_failure(rules))
@@ -414,6 +414,9 @@ def dedupe_plays(rows: pa.Table) -> pa.Table:
 
 
 SONG_IDS = ["song_id", "artist_id"]
+# What a song is keyed by: its ids, and the text a play finds it by. A title of megabytes would
+# have every sort of the song keys read it whole again at each comparison, for hours.
+SONG_KEYS = [*SONG_IDS, "title", "artist_name"]
 SONG_KEY_SCHEMA = pa.schema(
     [("title", pa.string()), ("artist_name", pa.string()), ("duration", pa.float64())]
     + [(name, pa.string()) for name in SONG_IDS]
@@ -455,7 +458,7 @@ def song_key_table(song_keys: bytes) -> pa.Table:
         return SONG_KEY_SCHEMA.empty_table()
     return pyarrow.csv.read_csv(
         pa.py_buffer(song_keys),
-        # one block, the whole text: a block must hold a whole row, and a title may be long
+        # one block, the whole text: a block must hold a whole row
         read_options=pyarrow.csv.ReadOptions(
             column_names=SONG_KEY_SCHEMA.names, block_size=len(song_keys)
         ),

@@ -412,18 +412,21 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
     assert (fresh["rejected"]["records"], fresh["rejected"]["files"]) == (4, 1)
 
 
-def test_an_id_too_long_for_a_key_rejects_its_song_and_every_other_song_of_the_file_loads(
+def test_a_key_too_long_for_an_index_rejects_its_song_and_every_other_song_of_the_file_loads(
     fresh_tables, tmp_path, settings
 ):
     """A song_id or artist_id past what a btree entry holds (2,704 bytes, once PostgreSQL has
     compressed what it can) would have the database refuse the song's whole file, a catalogue
-    of one song a line with it: the song is rejected on its line, naming the limit, and the
-    rest loads, songs and plays."""
+    of one song a line with it; a title or artist name of megabytes, every sort of the song
+    keys stall on it: the song is rejected on its line, naming the limit, and the rest loads,
+    songs and plays."""
     catalogue = [
         song(0),
         song(1, song_id=UNCOMPRESSIBLE),
         song(2),
         song(3, artist_id=UNCOMPRESSIBLE),
+        song(5, title="T" * (8 << 20)),
+        song(6, artist_name=UNCOMPRESSIBLE[:2501]),
     ]
     write(tmp_path, "song_data/catalogue.json", lines(*catalogue))
     write(tmp_path, "song_data/4.json", line(song(4)))
@@ -446,6 +449,12 @@ def test_an_id_too_long_for_a_key_rejects_its_song_and_every_other_song_of_the_f
             "song_data/catalogue.json",
             4,
             "artist_id longer than 2,500 bytes, which an index cannot key",
+        ),
+        ("song_data/catalogue.json", 5, "title longer than 2,500 bytes, which an index cannot key"),
+        (
+            "song_data/catalogue.json",
+            6,
+            "artist_name longer than 2,500 bytes, which an index cannot key",
         ),
     ]
 

@@ -323,7 +323,7 @@ def _song_damages() -> list[Damage]:
         ("year", [INT32_MAX + 1, 2**40, 2**62], "year out of range"),
         *(
             (field, [UNCOMPRESSIBLE[:2501], UNCOMPRESSIBLE], f"{field} {LONGER_THAN_A_KEY}")
-            for field in ["song_id", "artist_id"]
+            for field in ["song_id", "artist_id", "title", "artist_name"]
         ),
     ):
         out += [
@@ -1124,7 +1124,7 @@ def test_a_big_song_file_that_cannot_be_cut_at_lines_comes_whole(tmp_path, layou
     path, part_bytes = "song_data/catalogue.json", 4096
     songs = [builders.song(n) for n in range(100, 300)]
     if layout == "a song over several lines":
-        songs = [builders.song(1, title="Long " * 2000)]
+        songs = [builders.song(1, artist_location="Long " * 2000)]
     one_line = layout == "array on one line"
     content = json.dumps(songs, indent=None if one_line else 2).encode()
     assert len(content) > part_bytes
@@ -1139,7 +1139,7 @@ def test_a_song_line_longer_than_a_part_is_read_where_a_log_line_would_not_be(
     tmp_path, final_newline
 ):
     path, part_bytes = "song_data/catalogue.jsonl", 4096
-    long = builders.line(builders.song(1, title="Long " * 250_000))
+    long = builders.line(builders.song(1, artist_location="Long " * 250_000))
     content = b"\n".join([builders.line(builders.song(2)), long, builders.line(builders.song(3))])
     small = contract.Limits(log_batch_bytes=part_bytes)
     parts = list(
