@@ -329,11 +329,16 @@ def start(pgdata: Path) -> Path:
         server = running(pgdata) or _ready_or_gone(pgdata, log)
         if server:
             return server[1]
-        _clear_the_way(pgdata)
-        if not (pgdata / "PG_VERSION").exists():
-            _make_data_directory(pgdata, log)
-        sockets = make_socket_dir(pgdata)
-        _launch(pgdata, sockets, log)
+        try:
+            _clear_the_way(pgdata)
+            if not (pgdata / "PG_VERSION").exists():
+                _make_data_directory(pgdata, log)
+            sockets = make_socket_dir(pgdata)
+            _launch(pgdata, sockets, log)
+        except OSError as exc:  # no process, pipe or file to be had (ulimit -n, -u)
+            raise ServerError(
+                f"cannot start the embedded server in {pgdata}: {exc.strerror or exc}"
+            ) from None
         return sockets
 
 

@@ -220,6 +220,30 @@ def test_a_server_folder_that_cannot_be_made_is_named_in_one_line_exit_3(tmp_pat
     )
 
 
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="needs util-linux's prlimit")
+def test_a_server_that_cannot_start_for_want_of_file_descriptors_says_so_in_one_line(tmp_path):
+    pgdata = tmp_path / "pg"
+    env = {"SPARKIFY_PGDATA": str(pgdata), "DATABASE_URL": None}
+    run_script("db.py", "start", env=env)
+    run_script("db.py", "stop", env=env)
+    try:
+        done = subprocess.run(
+            ["prlimit", "--nofile=12", sys.executable, "db.py", "start"],
+            cwd=PROJECT,
+            env=changed_environment(env),
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        run_script("db.py", "stop", env=env)
+
+    assert (done.returncode, done.stdout, done.stderr) == (
+        EXIT_ENVIRONMENT,
+        "",
+        f"error: cannot start the embedded server in {pgdata}: Too many open files\n",
+    )
+
+
 def test_a_server_folder_of_another_user_names_its_owner(tmp_path):
     """As after a `sudo make etl`: the folder is root's, and the user is told so."""
     if os.geteuid() != 0:
