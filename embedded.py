@@ -100,8 +100,17 @@ def socket_dir(pgdata: Path) -> Path:
         return pgdata
     tag = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
     name = f"sparkify-pg-{os.geteuid()}-{tag}"
-    bases = [os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()]
+    bases = [os.environ.get("XDG_RUNTIME_DIR"), _temporary_folder()]
     return Path(next((b for b in bases if _usable(b, name)), "/tmp")) / name
+
+
+def _temporary_folder() -> str | None:
+    """Python's temporary folder; None where it finds none usable (then /tmp is tried, and
+    start() says in one line if it cannot make the socket's folder there)."""
+    try:
+        return tempfile.gettempdir()
+    except FileNotFoundError:
+        return None
 
 
 def socket_of(pgdata: Path) -> Path:
