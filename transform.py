@@ -244,15 +244,16 @@ def peel_layer(text: str) -> str:
     reads as one: each of its characters U+0080-U+00FF is part of a shown UTF-8 sequence (others,
     an emoji or “quotes” beside them, may stand alone), and some sequence is certain
     (_certain) or every character it makes is plausible (_plausible). Else the text as it is."""
-    pieces, made, done = [], [], 0
+    pieces, made, done, length = [], [], 0, 0
     certain = False
     for match in SHOWN_UTF8.finditer(text):
         char = _utf8(match[0])
         if char is None:
             continue
-        pieces.append(text[done : match.start()])
-        made.append(sum(map(len, pieces)))
-        pieces.append(char)
+        length += match.start() - done
+        pieces += [text[done : match.start()], char]
+        made.append(length)
+        length += 1
         done = match.end()
         certain = certain or _certain(match[0], char)
     pieces.append(text[done:])
@@ -262,30 +263,35 @@ def peel_layer(text: str) -> str:
     return peeled if certain or _plausible(peeled, made) else text
 
 
+# The letters among Windows-1252's signs (Š ž Œ Ÿ ƒ and their kin): after a capital, its
+# punctuation is often text ('CAFÉ…', '“CAFÉ”'), these letters seldom (Czech 'ÍŠ', which makes
+# no letter).
+WINDOWS_1252_LETTERS = frozenset(sign for sign in WINDOWS_1252_SIGNS if sign.isalpha())
+
+
 def _certain(shown: str, char: str) -> bool:
     """Whether a shown sequence is mojibake whatever the text: it shows a C1 control, which no
-    text holds, or a Windows-1252 sign that makes a Latin letter, IPA's too ('Åž': Ş, 'É™': ə;
-    but Czech 'ÍŠ' would make a combining mark)."""
+    text holds, or a Windows-1252 letter, and makes a Latin letter ('Åž': Ş, 'ÄŸ': ğ)."""
     rest = shown[1:]
     return any("\x80" <= c <= "\x9f" for c in rest) or (
-        any(c in WINDOWS_1252_SIGNS for c in rest)
-        and (_latin(char) or "\u0250" <= char <= "\u02af")
-        and char.isalpha()
+        any(c in WINDOWS_1252_LETTERS for c in rest) and _latin(char) and char.isalpha()
     )
 
 
 def _plausible(peeled: str, made: list[int]) -> bool:
-    """Whether the characters a layer makes, at these places, read as text: each one is
-    assigned, and a letter, mark or digit of another script than Latin touches no Latin letter
-    or digit it did not make too ('CAFÉ\u00a0!' would make 'CAFɠ!', 'MATÚŠ' 'MATڊ')."""
+    """Whether the characters a layer makes, at these places, read as text: none is a control,
+    format or unassigned character or a modifier symbol, and a letter, mark or digit of another
+    script than Latin touches no Latin letter or digit it did not make too ('CAFÉ\u00a0!' would
+    make 'CAFɠ!', 'MATÚŠ' 'MATڊ')."""
     places = set(made)
     for at in made:
         char = peeled[at]
         if char in SHOWN_BYTE:  # what an outer layer makes: always plausible
             continue
-        if unicodedata.category(char) in ("Cn", "Co", "Cs"):
+        kind = unicodedata.category(char)
+        if kind[0] == "C" or kind == "Sk":
             return False
-        if _latin(char) or unicodedata.category(char)[0] not in "LMN":
+        if _latin(char) or kind[0] not in "LMN":
             continue
         for beside in (at - 1, at + 1):
             if beside in places or not 0 <= beside < len(peeled):
@@ -295,9 +301,15 @@ def _plausible(peeled: str, made: list[int]) -> bool:
     return True
 
 
+# Of Latin Extended-B, the letters of languages' alphabets (Vietnamese, Romanian, Pinyin): its
+# others ('Ʌ', 'Ɋ') and IPA's ('ɔ') are what 'CAFÉ…' and '“CAFÉ”' would make.
+LATIN_EXTENDED_B_USED = frozenset("ƠơƯưȘșȚțǍǎǏǐǑǒǓǔǕǖǗǘǙǚǛǜ")
+
+
 def _latin(char: str) -> bool:
-    """Latin script's blocks: U+0000-U+024F, U+1E00-U+1EFF (Vietnamese's ủ, ự)."""
-    return char <= "\u024f" or "\u1e00" <= char <= "\u1eff"
+    """Latin letters and signs of languages' alphabets: U+0000-U+017F, those of Latin Extended-B,
+    and U+1E00-U+1EFF (Vietnamese's ủ, ự)."""
+    return char <= "\u017f" or char in LATIN_EXTENDED_B_USED or "\u1e00" <= char <= "\u1eff"
 
 
 def _utf8(shown: str) -> str | None:

@@ -61,7 +61,8 @@ def test_repair_mojibake_undoes_windows_1252_layers_and_layers_of_both_encodings
         "AÄŸlama": "Ağlama",
         "ÄŒajkovskij": "Čajkovskij",
         "Songâ„¢": "Song™",
-        "AbbaszadÉ™": "Abbaszadə",
+        "MÃ–TLEY CRÃœE": "MÖTLEY CRÜE",
+        "NemeÈ™": "Nemeș",
         "SÃƒÂ¥ng": "Sång",  # Windows-1252 twice
         "Ã\u0085Å¾ebnem": "Şebnem",  # Windows-1252, then Latin-1
     }
@@ -88,12 +89,18 @@ def test_repair_mojibake_keeps_text_that_only_decodes_as_utf8_to_unlikely_charac
         "POSPÍŠIL",
         "MATÚŠ VOJTKO",
         "JULIA MALÕŠEV",
+        "CAFÉ…",  # not 'CAFɅ'
+        "“CAFÉ”",
+        "CAFÉ’S",
+        "BEYONCÉ™",
+        "DAGØ…",
     ]
     assert [transform.repair_mojibake(text) for text in kept] == kept
 
 
-# Words, each of one script, as titles and names hold them: whatever the repair makes of such
-# text, it makes of any layers of mojibake over it, so that a play matches its song.
+# Words, each of one script, between quotes or before punctuation, as titles and names hold
+# them: whatever the repair makes of such text, it makes of any layers of mojibake over it, so
+# that a play matches its song.
 SCRIPTS = [
     string.ascii_letters + string.digits,
     string.ascii_letters + "àáâãäåæçèéêëíîïñòóôõöøùúûüýÿßÀÉÖÜÅÇŠŽšžœŒşğıİłŁőűČčřěůŘəɔɛ",
@@ -119,7 +126,11 @@ def as_single_bytes(text: str, encoding: str) -> str:
 @hypothesis_settings(PROPERTY, max_examples=300)
 @given(
     words=st.lists(
-        st.sampled_from(SCRIPTS).flatmap(lambda script: st.text(script, min_size=1, max_size=5)),
+        st.tuples(
+            st.sampled_from(["", "“", "'"]),
+            st.sampled_from(SCRIPTS).flatmap(lambda chars: st.text(chars, min_size=1, max_size=5)),
+            st.sampled_from(["", "…", "”", "’s", "!", "\u00a0!", "™"]),
+        ).map("".join),
         min_size=1,
         max_size=5,
     ),
