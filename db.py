@@ -1084,8 +1084,8 @@ def _command(command: str, settings: Settings, psql_options: list[str]) -> int:
     if "password" in target:  # argv is readable by every local user: the environment is not
         env["PGPASSWORD"] = target["password"]
     shown = {k: v for k, v in target.items() if k not in SECRET_OPTIONS}
-    if settings.embedded:  # its socket has no SSL, nor its psql: a PGSSLMODE=require is for others
-        shown["sslmode"] = "disable"
+    if settings.embedded:  # its socket has no SSL, nor its psql: PGSSLMODE=require is for others
+        shown |= {"sslmode": "disable", "sslnegotiation": "postgres"}
     where = [make_dsn(**shown)] if shown else []
     os.execve(psql, [psql, *where, *psql_options], env)
 

@@ -345,8 +345,9 @@ def start(pgdata: Path) -> Path:
             sockets = make_socket_dir(pgdata)
             _launch(pgdata, sockets, log)
         except OSError as exc:  # no process, pipe or file to be had (ulimit -n, -u)
+            where = f": {exc.filename}" if exc.filename else ""
             raise ServerError(
-                f"cannot start the embedded server in {pgdata}: {exc.strerror or exc}"
+                f"cannot start the embedded server in {pgdata}: {exc.strerror or exc}{where}"
             ) from None
         return sockets
 

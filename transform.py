@@ -118,7 +118,14 @@ def valid_songs(records: Records) -> tuple[pa.Table, pa.Table]:
                 f"{key} longer than {KEY_BYTES:,} bytes, which an index cannot key",
                 _yes(pc.greater(pc.binary_length(table[key]), KEY_BYTES)),
             )
-            for key in SONG_KEYS
+            for key in SONG_IDS
+        ),
+        *(
+            (
+                f"{key} longer than {KEY_BYTES:,} bytes, too long to match plays by",
+                _yes(pc.greater(pc.binary_length(table[key]), KEY_BYTES)),
+            )
+            for key in SONG_MATCHED_BY
         ),
     ]
     return _split(table, _first_failure(rules))
@@ -426,9 +433,10 @@ def dedupe_plays(rows: pa.Table) -> pa.Table:
 
 
 SONG_IDS = ["song_id", "artist_id"]
-# What a song is keyed by: its ids, and the text a play finds it by. A title of megabytes would
-# have every sort of the song keys read it whole again at each comparison, for hours.
-SONG_KEYS = [*SONG_IDS, "title", "artist_name"]
+# The text a play finds its song by (with the duration), as long as an id may be: a title of
+# megabytes would have every sort of the song keys read it whole again at each comparison, for
+# hours.
+SONG_MATCHED_BY = ["title", "artist_name"]
 SONG_KEY_SCHEMA = pa.schema(
     [("title", pa.string()), ("artist_name", pa.string()), ("duration", pa.float64())]
     + [(name, pa.string()) for name in SONG_IDS]

@@ -900,7 +900,13 @@ def test_db_psql_passes_psqls_own_options_on_and_other_commands_refuse_them(data
 
 
 @pytest.mark.parametrize(
-    "asked", [{"PGSSLMODE": "require"}, {"PGSSLMODE": "verify-full"}, {"PGREQUIRESSL": "1"}]
+    "asked",
+    [
+        {"PGSSLMODE": "require"},
+        {"PGSSLMODE": "verify-full"},
+        {"PGREQUIRESSL": "1"},
+        {"PGSSLMODE": "require", "PGSSLNEGOTIATION": "direct"},
+    ],
 )
 def test_db_psql_opens_the_embedded_server_whatever_encryption_pg_variables_ask_of_others(
     fresh_tables, asked

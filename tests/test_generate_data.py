@@ -477,7 +477,8 @@ def test_an_earlier_set_it_cannot_remove_is_named_by_its_folder_and_kept(tmp_pat
     assert (done.returncode, done.stdout) == (3, "")
     assert done.stderr == (
         f"error: cannot replace the data set in {out}: {out / 'song_data'} holds an earlier "
-        "set's files this user cannot remove (Operation not permitted)\n"
+        "set's files this user cannot remove (Operation not permitted); those it could are "
+        "removed\n"
     )
     assert kept.exists()
 

@@ -298,6 +298,7 @@ def _type_damages(field: str, kind: str, on: str) -> list[Damage]:
 
 
 LONGER_THAN_A_KEY = "longer than 2,500 bytes, which an index cannot key"
+TOO_LONG_TO_MATCH = "longer than 2,500 bytes, too long to match plays by"
 
 
 def _song_damages() -> list[Damage]:
@@ -323,7 +324,11 @@ def _song_damages() -> list[Damage]:
         ("year", [INT32_MAX + 1, 2**40, 2**62], "year out of range"),
         *(
             (field, [UNCOMPRESSIBLE[:2501], UNCOMPRESSIBLE], f"{field} {LONGER_THAN_A_KEY}")
-            for field in ["song_id", "artist_id", "title", "artist_name"]
+            for field in ["song_id", "artist_id"]
+        ),
+        *(
+            (field, [UNCOMPRESSIBLE[:2501], UNCOMPRESSIBLE], f"{field} {TOO_LONG_TO_MATCH}")
+            for field in ["title", "artist_name"]
         ),
     ):
         out += [

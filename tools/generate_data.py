@@ -494,7 +494,7 @@ def _clear_outputs(out):
             except OSError as exc:  # its message names an entry, not where it is
                 raise cli.UserError(
                     f"cannot replace the data set in {out}: {tree} holds an earlier set's files "
-                    f"this user cannot remove ({exc.strerror})"
+                    f"this user cannot remove ({exc.strerror}); those it could are removed"
                 ) from None
     if os.path.exists(os.path.join(out, "truth.json")):
         os.remove(os.path.join(out, "truth.json"))
