@@ -115,17 +115,14 @@ def valid_songs(records: Records) -> tuple[pa.Table, pa.Table]:
         ("year out of range", _outside(table["year"], *INT32)),
         *(
             (
-                f"{key} longer than {KEY_BYTES:,} bytes, which an index cannot key",
+                f"{key} longer than {KEY_BYTES:,} bytes, {why}",
                 _yes(pc.greater(pc.binary_length(table[key]), KEY_BYTES)),
             )
-            for key in SONG_IDS
-        ),
-        *(
-            (
-                f"{key} longer than {KEY_BYTES:,} bytes, too long to match plays by",
-                _yes(pc.greater(pc.binary_length(table[key]), KEY_BYTES)),
-            )
-            for key in SONG_MATCHED_BY
+            for keys, why in [
+                (SONG_IDS, "which an index cannot key"),
+                (SONG_MATCHED_BY, "too long to match plays by"),
+            ]
+            for key in keys
         ),
     ]
     return _split(table, _first_failure(rules))
