@@ -185,11 +185,19 @@ def _decode_lines(
                 bad.append(Reject(path, number, _decode_error(exc, encoding), raw))
                 continue
         if not isinstance(value, dict):
-            bad.append(Reject(path, number, f"not a JSON object but {type(value).__name__}", raw))
+            bad.append(Reject(path, number, f"not a JSON object but {json_kind(value)}", raw))
             continue
         value.update(path=path, line=number, raw=raw)
         good.append(value)
     return good, bad
+
+
+def json_kind(value) -> str:
+    """What a JSON value that is no object is, in JSON's words: "an array", "a string", "a
+    number", "true", "false" or "null"."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {list: "an array", str: "a string"}.get(type(value), "a number")
 
 
 def _beyond_json(raw: bytes, read: Collection[str]) -> dict | None:

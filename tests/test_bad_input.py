@@ -64,8 +64,8 @@ LOG_CASES = {
     "non-UTF-8 byte inside a string": play_line_2(
         line(G(1)).replace(b"London", b"Lon\xffdon"), r"^not valid UTF-8$"
     ),
-    "a line that is a JSON array": play_line_2(b"[1,2]", r"^not a JSON object but list$"),
-    "a line that is a JSON string": play_line_2(b'"x"', r"^not a JSON object but str$"),
+    "a line that is a JSON array": play_line_2(b"[1,2]", r"^not a JSON object but an array$"),
+    "a line that is a JSON string": play_line_2(b'"x"', r"^not a JSON object but a string$"),
     "ts absent": play_line_2(G(1, ts=DROP), r"^ts missing$"),
     'userId "" on a NextSong': play_line_2(G(1, userId=""), r"^userId missing on a play$"),
     'ts as text "abc"': play_line_2(G(1, ts="abc"), r"^ts is not an integer$"),

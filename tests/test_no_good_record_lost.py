@@ -136,17 +136,17 @@ WRONG_TYPES = {
     "number": ["1.5", "", True, False, {"a": 1}, [1.5], {}, []],
 }
 NOT_OBJECTS = [
-    (b"[1,2]", "list"),
-    (b"[]", "list"),
-    (b'[{"ts":1}]', "list"),
-    (b'"x"', "str"),
-    (b'""', "str"),
-    (b"42", "int"),
-    (b"-1", "int"),
-    (b"1.5", "float"),
-    (b"1e3", "float"),
-    (b"true", "bool"),
-    (b"false", "bool"),
+    (b"[1,2]", "an array"),
+    (b"[]", "an array"),
+    (b'[{"ts":1}]', "an array"),
+    (b'"x"', "a string"),
+    (b'""', "a string"),
+    (b"42", "a number"),
+    (b"-1", "a number"),
+    (b"1.5", "a number"),
+    (b"1e3", "a number"),
+    (b"true", "true"),
+    (b"false", "false"),
 ]
 BROKEN_JSON = [
     ("cut in half", lambda t: t[: len(t) // 2]),
@@ -172,7 +172,7 @@ def _line_damages(on: str, not_objects: list) -> list[Damage]:
     out = [
         Damage(
             "not an object",
-            f"a JSON {name} line {text!r}",
+            f"{name} as a line: {text!r}",
             on,
             line=text,
             reason=f"not a JSON object but {name}",
@@ -336,7 +336,7 @@ def _song_damages() -> list[Damage]:
             for v in values
         ]
     # Song files are read by orjson only: a null line is rejected like any other non-object.
-    return out + _line_damages("song", NOT_OBJECTS + [(b"null", "NoneType")])
+    return out + _line_damages("song", NOT_OBJECTS + [(b"null", "null")])
 
 
 EVENT_DAMAGES = _event_damages()
@@ -1049,7 +1049,7 @@ def prepared(kind: str, content: bytes, path: str) -> Part:
 def test_a_null_line_is_not_an_object_whichever_reader_reads_its_file():
     clean = orjson.dumps(PLAY) + b"\nnull\n" + orjson.dumps({**PLAY, "itemInSession": 2})
     assert staged_rejects(prepared("log", clean, "log_data/x.json"), "log_data/x.json") == [
-        (2, "not a JSON object but NoneType")
+        (2, "not a JSON object but null")
     ]
 
 
@@ -1060,7 +1060,7 @@ def test_a_log_file_starting_with_a_null_line_is_rejected_at_that_line(tmp_path)
     done = run_script("etl.py", "--data", str(tmp_path), "--no-progress", check=False)
     assert done.returncode == EXIT_OK, (done.returncode, done.stderr[-500:])
     assert query("SELECT path, line, reason FROM load_rejects") == [
-        ("log_data/x.json", 1, "not a JSON object but NoneType")
+        ("log_data/x.json", 1, "not a JSON object but null")
     ]
 
 
