@@ -254,7 +254,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             ],
         )
     params = {"run_id": start.run_id}
-    inserted, settled, taken_over = {}, False, 0
+    inserted, settled, others_moved = {}, False, {}
     if part.kind == "song":
         _write_manifest(cur, params)
         _merge_songs(cur)
@@ -262,12 +262,13 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         # Only a changed file can have plays loaded already; new files have none to take back.
         # Where another file holds a copy of a play taken back, the best copy takes its place.
         reloading = any(f.read.status == "changed" and f.first for f in part.files)
+        promoted = []
         if reloading:
             cur.execute(sql.songplays_delete_reloaded)
             cur.execute(sql.copies_delete_reloaded)
             cur.execute(sql.reloaded_keys)
             if cur.rowcount:
-                _settle(cur)  # the copies promoted are other files': in the manifest only
+                promoted = _settle(cur)  # other files' copies: in the manifest only
                 settled = True
         _write_manifest(cur, params)
         cur.execute(server.users_update)
@@ -299,13 +300,15 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         for move in moved:
             if move.path in paths:
                 inserted[move.path] = inserted.get(move.path, 0) + move.plays
-        taken_over = -sum(min(move.plays, 0) for move in moved if move.path not in paths)
+        for move in promoted + moved:
+            if move.path not in paths:
+                others_moved[move.path] = others_moved.get(move.path, 0) + move.plays
         if reloading or moved:
             for query in server.after_plays_gone:
                 cur.execute(query)
         settled = settled or any(move.plays for move in moved)
     cur.execute(sql.rejects_insert, params)
-    return Loaded(inserted, settled, taken_over)
+    return Loaded(inserted, settled, others_moved)
 
 
 def _write_manifest(cur, params: dict) -> None:

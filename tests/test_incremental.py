@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from builders import (
+    BASE,
     BASE_SONG_DIR,
     COMPRESS,
     FACE,
@@ -1039,6 +1040,25 @@ def test_the_copy_of_the_file_first_in_path_order_wins_whatever_order_files_come
     resend.unlink()
     assert parse_summary(etl(data).stdout).nothing_new
     assert crafted_items() == [1, 2, 3]
+
+
+def test_a_file_sent_again_over_itself_takes_over_no_play_its_later_copy_holds(data):
+    """A day loaded, its resend under a later path counted as duplicates, then the day sent
+    again under its own name (compressed, its lines in another order): its plays leave and
+    come back within the run, so no play is taken over and the resend's counts stay."""
+    day = [G(i) for i in range(5)]
+    original = write(data, "log_data/2018/12/new.json", lines(*day))
+    write(data, "log_data/2018/12/resent/new.json", lines(*day))
+    etl(data)
+    assert manifest()["log_data/2018/12/resent/new.json"] == Counts(5, 0, duplicates=5)
+    original.write_bytes(gzip.compress(lines(*reversed(day)), mtime=0))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.records["log"] == Counts(5, 5)
+    assert (summary.taken_over, summary.rows["songplays"]) == (0, (0, BASE["songplays"] + 5))
+    assert manifest()["log_data/2018/12/resent/new.json"] == Counts(5, 0, duplicates=5)
+    assert manifest()["log_data/2018/12/new.json"] == Counts(5, 5)
+    assert table_contents() == fresh_load_of(data)
 
 
 def test_a_daily_loads_plays_are_numbered_by_user_session_and_item_as_a_first_loads_are(
