@@ -92,7 +92,8 @@ def prepare(
     chunks, problems, size, lines, index = [], [], 0, 0, 0
     for task, read, contents in extract.read_batch(batch, part_bytes):
         if read.status == "unreadable":
-            problems.append(Reject(task.path, None, read.error))
+            why = f"{read.error}: {KEPT}" if task.known_usable else read.error
+            problems.append(Reject(task.path, None, why))
         if task.keeps_over(read):
             first_line, damage = 1, extract.DamagedFile(CUT_MID_LINE)  # text: no exception
             try:

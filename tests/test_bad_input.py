@@ -38,6 +38,7 @@ from conftest import counts, query, run_script, scalar, table_contents
 from summary import CHECKS_PASSED, Counts, parse_summary
 
 import etl as etl_module
+import prepare
 from cli import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_OK
 from contract import Limits
 
@@ -215,6 +216,27 @@ def test_unreadable_file_is_rejected_whole_and_the_others_load(data, case):
         assert summary.rejected == (0, 1, run_id)
         assert f"{path}:-: cannot read file: {error}" in summary.examples
         etl(data, "--strict", exit_code=EXIT_FAILED, prefix=prefix)
+    finally:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_a_loaded_file_become_unreadable_keeps_its_plays_and_says_so(data, case):
+    make, error = UNREADABLE[case]
+    prefix = unprivileged() if make is _no_permission else []
+    path = write(data, "log_data/bad/x.json", lines(G(0), G(1)))
+    etl(data)
+    path.unlink()
+    make(path)
+    try:
+        summary = parse_summary(etl(data, prefix=prefix).stdout)
+        assert [r[:3] for r in rejects(last_run())] == [
+            ("log_data/bad/x.json", None, f"cannot read file: {error}: {prepare.KEPT}")
+        ]
+        assert summary.files["log"] == {"unchanged": 2, "unreadable": 1}
+        assert counts() == plus(songplays=2, users=1, time=2)
+        assert manifest()["log_data/bad/x.json"] == Counts(2, 2)
     finally:
         if path.is_file() and not path.is_symlink():
             path.chmod(0o600)
