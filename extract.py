@@ -373,12 +373,22 @@ def utf8_end(tail: bytes, size: int, bom: bytes) -> bytes:
     return (bom + text).decode(encoding, "replace").encode("utf-8")  # the mark tells the order
 
 
-def ends_mid_line(tail: bytes) -> bool:
-    """Whether text ending in tail stops in the middle of a line, as a transfer cut at any byte
-    leaves it: no newline after its last line, and that line not closed by "}" or "]" (blank
-    space aside)."""
+def ends_mid_line(tail: bytes, whole: bool) -> bool:
+    """Whether text ending in tail (whole: the whole text) stops in the middle of a line, as a
+    transfer cut at any byte leaves it: no newline after its last line, and that line not closed
+    by "}" or "]" (blank space aside), nor, where tail holds all of it, a JSON value (a file
+    now holding `null` or `3` is not cut: it is read, and says what it holds)."""
     last = tail.rstrip()
-    return bool(last) and not tail.endswith(b"\n") and last[-1:] not in (b"}", b"]")
+    if not last or tail.endswith(b"\n") or last[-1:] in (b"}", b"]"):
+        return False
+    start = last.rfind(b"\n") + 1
+    if not (start or whole):
+        return True  # the last line starts before tail
+    try:
+        orjson.loads(last[start:])
+    except orjson.JSONDecodeError:
+        return True
+    return False
 
 
 def starts_as_text(head: bytes) -> bool:
@@ -760,7 +770,10 @@ def _read(
             encoding=encoding,
             etag=etag,
             damaged=damaged,
-            ends_mid_line=ends_mid_line(utf8_end(seen.content.tail, seen.content.size, bom)),
+            ends_mid_line=ends_mid_line(
+                utf8_end(seen.content.tail, seen.content.size, bom),
+                whole=seen.content.size <= len(seen.content.tail),
+            ),
         ),
         _text_parts(_as_utf8(blocks, bom), part_bytes, songs),
     )

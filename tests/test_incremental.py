@@ -242,6 +242,7 @@ def test_a_changed_file_whose_every_record_is_rejected_keeps_what_it_loaded_unti
         (ERROR_PAGE, 1, ()),
         (plays.decode().encode("utf-16-le"), 3, ()),  # its last line: a lone NUL byte
         (NO_TS * 3, 3, ()),
+        *((value, 1, ()) for value in (b"null", b"3", b'"moved"')),  # no newline: not cut
         (NO_TS + b"\n" * 1_500_000 + NO_TS * 2, 3, ("--batch-mb", "1")),
     ]:
         path.write_bytes(garbled)
