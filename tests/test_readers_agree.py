@@ -103,6 +103,14 @@ def test_odd_lines_are_judged_as_json_defines_them():
     assert [n for n, _, _ in plays] == [1] and rejects[0][0] == 2
 
 
+def test_a_field_named_twice_counts_with_its_last_value_whichever_reader_reads_it():
+    twice = line(7)[:-2] + b', "itemInSession": 9, "length": 1.5}\n'
+    clean_run = b"".join(line(n) for n in range(10, 10 + parse.RUN_LINES_LEAST))
+    alone, in_a_run = verdicts(twice + DAMAGED), verdicts(twice + clean_run)
+    assert alone[0] == in_a_run[0][:1] == [(1, 9, 1.5)]
+    assert in_a_run[1] == []
+
+
 def test_a_song_file_holding_an_array_of_one_song_is_read():
     song = {
         "song_id": "SOA",
