@@ -768,6 +768,8 @@ def finish(
         records, files = cur.fetchone()
         cur.execute(sql.earlier_rejects, earlier)
         earlier_examples = cur.fetchall()
+        cur.execute(sql.earlier_loads, earlier)
+        earlier_loaded = {kind: (files, loaded) for kind, files, loaded in cur.fetchall()}
         report = Report(
             target=settings.describe(),
             data_dir=data.root,
@@ -790,7 +792,7 @@ def finish(
             not_restored=built.failed,
             ignored=ignored,
             gone=gone,
-            earlier=Earlier(start.unreported, records, files, earlier_examples),
+            earlier=Earlier(start.unreported, records, files, earlier_examples, earlier_loaded),
         )
         cur.execute(
             sql.run_finish,

@@ -31,12 +31,15 @@ Example = tuple[str, int | None, str]  # a reject: path, line (None: the whole f
 @dataclasses.dataclass(frozen=True)
 class Earlier:
     """What the runs since the last report (killed, cut off, stopped by an error: none made its
-    own) rejected in the files whose loaded version is still theirs."""
+    own) loaded and rejected in the files whose loaded version is still theirs: per kind, the
+    files and the records they loaded; the records and whole files rejected, and the first
+    rejects."""
 
     runs: list[int] = dataclasses.field(default_factory=list)
     records: int = 0
     files: int = 0
     examples: list[Example] = dataclasses.field(default_factory=list)
+    loaded: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # kind: both
 
 
 @dataclasses.dataclass
@@ -201,6 +204,11 @@ class Report:
                 table: {"before": self.before[table], "after": self.after[table]}
                 for table in sql.STAR_TABLES
             },
+            "loaded_by_earlier_runs": {
+                "runs": self.earlier.runs,
+                "files": {kind: self.earlier.loaded.get(kind, (0, 0))[0] for kind in KINDS},
+                "records": {kind: self.earlier.loaded.get(kind, (0, 0))[1] for kind in KINDS},
+            },
             "plays_taken_over": t.taken_over,
             "plays_resolved": {
                 "total": self.resolved_total,
@@ -269,6 +277,19 @@ class Report:
                 for table in sql.STAR_TABLES
             )
         )
+        if self.earlier.loaded:
+            runs = ", ".join(map(str, self.earlier.runs))
+            loaded = ", ".join(
+                f"{many(files, f'{kind} file', f'{kind} files')} "
+                f"({many(records, 'record', 'records')} loaded)"
+                for kind, (files, records) in sorted(
+                    self.earlier.loaded.items(), key=lambda item: KINDS.index(item[0])
+                )
+            )
+            out.append(
+                f"  loaded by earlier runs that stopped before their report (run_id {runs}): "
+                f"{loaded}, in the rows before this run"
+            )
         if t.taken_over:
             out.append(
                 f"  plays taken over: {t.taken_over} of those loaded were other files' plays, "

@@ -1483,6 +1483,10 @@ WHERE r.run_id = ANY(%(runs)s)"""
 earlier_rejects_count = f"""
 SELECT (SELECT coalesce(sum(rejected), 0) FROM load_manifest WHERE run_id = ANY(%(runs)s)),
        (SELECT count(*) {_earlier_rejects} AND r.line IS NULL)"""
+# What those runs loaded: the files whose loaded version is theirs, and their records loaded.
+earlier_loads = """
+SELECT kind, count(*), coalesce(sum(loaded), 0) FROM load_manifest WHERE run_id = ANY(%(runs)s)
+GROUP BY kind"""
 earlier_rejects = f"""
 SELECT r.path, r.line, r.reason {_earlier_rejects}
 ORDER BY NOT starts_with(r.path, %(songs)s), r.path COLLATE "C", r.line NULLS FIRST,

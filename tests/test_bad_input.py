@@ -402,6 +402,11 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
     report = json.loads(etl(tmp_path, "--batch-mb", "1", "--strict", exit_code=EXIT_FAILED).stdout)
 
     assert report["files"]["log"] == {"unchanged": 1, "new": 1}
+    assert report["loaded_by_earlier_runs"] == {  # the refused song file and a.json
+        "runs": [1],
+        "files": {"song": 1, "log": 1},
+        "records": {"song": 0, "log": 2},
+    }
     assert report["rejected"]["records"] == 0
     assert report["rejected"]["by_earlier_runs"] == {
         "runs": [1],
@@ -430,6 +435,7 @@ def test_rejects_a_stopped_run_committed_are_reported_by_the_run_that_completes_
     ]
     again = json.loads(etl(tmp_path, "--strict").stdout)  # reported once
     assert again["rejected"]["by_earlier_runs"]["runs"] == []
+    assert again["loaded_by_earlier_runs"]["files"] == {"song": 0, "log": 0}
     fresh = json.loads(etl(tmp_path, "--full-refresh", "--strict", exit_code=EXIT_FAILED).stdout)
     assert (fresh["rejected"]["records"], fresh["rejected"]["files"]) == (4, 1)
 

@@ -121,10 +121,14 @@ def test_the_summary_counts_one_of_a_thing_in_the_singular():
         "examples": [],
         "ignored": ["/data/log_data/notes.txt"],
         "gone": ["log_data/old.json"],
-        "earlier": Earlier(runs=[7], records=1, files=0, examples=[]),
+        "earlier": Earlier(runs=[7], records=1, files=0, examples=[], loaded={"log": (1, 1)}),
     }
     lines = report(**one).lines()
     check = list(sql_queries.CHECKS)[1]
+    assert [line for line in lines if line.startswith("  loaded by")] == [
+        "  loaded by earlier runs that stopped before their report (run_id 7): 1 log file "
+        "(1 record loaded), in the rows before this run"
+    ]
     assert [line for line in lines if line.startswith(("  rejected", "  ignored", "  gone"))] == [
         "  rejected: 1 record and 1 whole file, kept in table load_rejects (run_id = 12):",
         "  rejected by earlier runs that stopped before their report (run_id 7): 1 record and "
