@@ -45,21 +45,30 @@ MASK = "***"
 # signed URL's or SAS token's credentials in its query. The bounds, and a scheme tried only from
 # the start of a run of the characters a scheme holds (or from one of those), keep the search
 # linear in the message's length. In a value the user gave (an argument, --data), a password may
-# hold newlines too: CREDENTIALS_IN_A_VALUE reads past them.
+# hold newlines too: CREDENTIALS_IN_A_VALUE reads past them, and an unquoted password option's
+# value runs on over spaces to the next word like key= (a passphrase typed unquoted).
 KNOWN_SCHEMES = r"(?:postgres(?:ql)?|s3a?|gs|gcs|az|abfss?|https?)"
 SIGNED_QUERY_NAMES = (
     r"x-amz-(?:credential|signature|security-token)|x-goog-(?:credential|signature)"
     r"|signature|awsaccesskeyid|sig|access_token"
 )
-_CREDENTIALS = (
-    r"(?P<url>(?:(?<![A-Za-z0-9+.-])[A-Za-z0-9+.-]+://"
-    rf"|{KNOWN_SCHEMES}(?::/{{0,2}}|/{{1,2}}))[^\s/?#:]{{0,256}}):.{{0,8192}}@"
-    r"|(?P<option>(?:pg)?(?:ssl)?password\s*=\s*)"
-    r"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+)"
-    rf"|(?P<query>(?<=[?&])(?:{SIGNED_QUERY_NAMES})=)[^&\s#;'\"]*"
+
+
+def _credentials(unquoted: str) -> str:
+    """CREDENTIALS' pattern, an unquoted password option's value matched by unquoted."""
+    return (
+        r"(?P<url>(?:(?<![A-Za-z0-9+.-])[A-Za-z0-9+.-]+://"
+        rf"|{KNOWN_SCHEMES}(?::/{{0,2}}|/{{1,2}}))[^\s/?#:]{{0,256}}):.{{0,8192}}@"
+        r"|(?P<option>(?:pg)?(?:ssl)?password\s*=\s*)"
+        rf"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|{unquoted})"
+        rf"|(?P<query>(?<=[?&])(?:{SIGNED_QUERY_NAMES})=)[^&\s#;'\"]*"
+    )
+
+
+CREDENTIALS = re.compile(_credentials(r"\S+"), re.IGNORECASE)
+CREDENTIALS_IN_A_VALUE = re.compile(
+    _credentials(r"\S+(?:\s+(?!\w+\s*=)\S+)*"), re.IGNORECASE | re.DOTALL
 )
-CREDENTIALS = re.compile(_CREDENTIALS, re.IGNORECASE)
-CREDENTIALS_IN_A_VALUE = re.compile(_CREDENTIALS, re.IGNORECASE | re.DOTALL)
 
 
 class Terminated(KeyboardInterrupt):

@@ -622,6 +622,17 @@ def test_a_url_given_in_the_wrong_place_keeps_its_password_hidden(password):
     assert (done.returncode, done.stderr) == (EXIT_ENVIRONMENT, DATABASE_AS_DATA)
 
 
+@pytest.mark.parametrize("where", ["last", "before another option"])
+def test_a_passphrase_typed_unquoted_in_a_string_given_as_data_is_hidden_whole(where):
+    """libpq ends an unquoted value at a space; a user types a passphrase so all the same."""
+    words = ["W1001z", "W2002z", "W3003z", "W4004z"]
+    text = f"host=h port=1 password={' '.join(words)}" + (" dbname=d" if where != "last" else "")
+    done = run_script("etl.py", "--no-progress", "--data", text, check=False, timeout=60)
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert "password=***" in done.stderr
+    assert [word for word in words if word in done.stdout + done.stderr] == []
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
