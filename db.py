@@ -661,19 +661,21 @@ def require_tables(conn, tables: list[str]) -> None:
         if "load_runs" in missing:
             require_no_citus_worker(cur)
             cur.execute(sql.tables_elsewhere)
-            elsewhere = [row[0] for row in cur.fetchall()]
+            usable = dict(cur.fetchall())  # schema: whether the role may use it
             cur.execute(sql.search_path_show)
             path = cur.fetchone()[0]
     if not missing:
         return
     if "load_runs" not in missing:
         raise another_version(f"{', '.join(missing)} missing beside the others")
-    if elsewhere:
-        where = (
-            f"schema {elsewhere[0]} holds"
-            if len(elsewhere) == 1
-            else f"schemas {', '.join(elsewhere)} hold"
+    if usable and not any(usable.values()):
+        raise DatabaseError(
+            f"the role may not use {_schemas(list(usable))} the tables are in (it lacks USAGE "
+            "there): an owner of the schema grants it (GRANT USAGE ON SCHEMA …), with what "
+            "docs/database.md says each script needs"
         )
+    if elsewhere := [schema for schema, may in usable.items() if may]:
+        where = f"{_schemas(elsewhere)} {'holds' if len(elsewhere) == 1 else 'hold'}"
         raise DatabaseError(
             f"the tables are not on this session's search_path ({path}): {where} them; put it "
             "on the search_path (docs/database.md) rather than running create_tables.py, which "
@@ -682,6 +684,10 @@ def require_tables(conn, tables: list[str]) -> None:
     raise DatabaseError(
         f"table(s) {', '.join(missing)} missing: run `python create_tables.py` first"
     )
+
+
+def _schemas(names: list[str]) -> str:
+    return f"schema {names[0]}" if len(names) == 1 else f"schemas {', '.join(names)}"
 
 
 def require_no_citus_worker(cur) -> None:

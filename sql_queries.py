@@ -488,9 +488,11 @@ create_database = "CREATE DATABASE {name}"
 missing_tables = """
 SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"""
 
-# Where none is on the search_path: the schemas that hold the project's tables (load_runs).
+# Where none is on the search_path: the schemas that hold the project's tables (load_runs), and
+# whether the role may use each (without USAGE, a schema on the path hides its tables).
 tables_elsewhere = """
-SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = 'load_runs' AND c.relkind = 'r' AND n.nspname !~ '^pg_'
 ORDER BY n.nspname"""
 search_path_show = "SELECT current_setting('search_path')"

@@ -1342,6 +1342,27 @@ def test_a_role_short_of_a_privilege_is_refused_in_one_line_that_says_where_to_l
     )
 
 
+def test_a_role_that_may_not_use_the_tables_schema_is_told_so_not_sent_to_its_search_path(
+    tmp_path, analyst_url
+):
+    """The tables in a schema of another role's, on the session's search_path: without USAGE
+    on it they are hidden, and the error names the privilege, not the search_path."""
+    owner = f"{embedded_url(database=ANALYST)}&options=-csearch_path%3Dsp"
+    with using_database(owner):
+        query("CREATE SCHEMA sp; SELECT 1")
+    run_script("create_tables.py", env={"DATABASE_URL": owner})
+    data = base_sample(tmp_path / "data")
+    env = {"DATABASE_URL": f"{analyst_url}&options=-csearch_path%3Dsp"}
+    for script in (["etl.py", "--data", str(data)], ["erd.py", "--out", str(tmp_path / "erd")]):
+        done = run_script(*script, env=env, check=False)
+        assert (done.returncode, one_error_line(done)) == (
+            EXIT_ENVIRONMENT,
+            "error: the role may not use schema sp the tables are in (it lacks USAGE there): an "
+            "owner of the schema grants it (GRANT USAGE ON SCHEMA …), with what "
+            "docs/database.md says each script needs",
+        )
+
+
 def test_a_role_that_may_write_the_tables_but_not_alter_them_loads_without_a_bulk_load(
     tmp_path, analyst_url
 ):
