@@ -585,7 +585,8 @@ def database_error(
             why += (
                 " (the server takes no writes here: a standby in recovery, where the primary "
                 "is the one to load into; or default_transaction_read_only is on for this role "
-                "or database, which ALTER ROLE … RESET default_transaction_read_only undoes)"
+                "or database (ALTER ROLE, or ALTER DATABASE, … RESET "
+                "default_transaction_read_only undoes it) or in PGOPTIONS)"
             )
         if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
             why += " (the role lacks a privilege: docs/database.md says what each script needs)"

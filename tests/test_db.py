@@ -1237,8 +1237,9 @@ def test_a_read_only_server_is_named_as_such(tmp_path):
     assert re.fullmatch(
         r"error: the database refused: cannot execute [A-Z ]+ in a read-only transaction \(the "
         r"server takes no writes here: a standby in recovery, where the primary is the one to "
-        r"load into; or default_transaction_read_only is on for this role or database, which "
-        r"ALTER ROLE … RESET default_transaction_read_only undoes\)",
+        r"load into; or default_transaction_read_only is on for this role or database \(ALTER "
+        r"ROLE, or ALTER DATABASE, … RESET default_transaction_read_only undoes it\) or in "
+        r"PGOPTIONS\)",
         one_error_line(refused),
     )
 
