@@ -54,7 +54,8 @@ class Tally:
     )
     file_problems: int = 0
     settled: bool = False  # copies of a play were settled: other files' plays may have moved
-    # per file this run did not load: its plays settling moved into songplays (> 0) or out (< 0)
+    # per file, of the parts that did not load it: its plays settling moved into songplays (> 0)
+    # or out of it (< 0)
     others_moved: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -98,8 +99,8 @@ class Tally:
 
     @property
     def taken_over(self) -> int:
-        """Plays of files this run did not load that its files' copies took over, net over the
-        run (a play a reloaded file gave up and took back is none): those files count them as
+        """Plays of other files that this run's files' copies took over, net over the run (a
+        play a reloaded file gave up to a copy and took back is none): those files count them as
         duplicates now."""
         return -sum(min(n, 0) for n in self.others_moved.values())
 
