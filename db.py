@@ -536,10 +536,12 @@ def run_command(
     action: Callable[[], int],
     as_json: bool = False,
     more_secrets: Collection[str] = (),
+    more_public: Collection[str] = (),
 ) -> int:
     """cli.run_command for a script that works on the database of settings: a database error
     says what happened on which server, and no message shows a secret of the settings, nor one
-    of more_secrets (those shorter than MASKED_FROM left out)."""
+    of more_secrets (those shorter than MASKED_FROM left out), but inside the settings' public
+    texts and more_public (texts the user gave, which messages show anyway: see cli.masked)."""
 
     def on_the_database() -> int:
         with cli.printed_exceptions_dropped() as dropped:
@@ -555,7 +557,7 @@ def run_command(
         on_the_database,
         shown_never,
         as_json,
-        settings.public,
+        settings.public | set(more_public),
         on_stop=functools.partial(cancel_statements, settings),
     )
 

@@ -907,7 +907,10 @@ def main(argv: list[str] | None = None) -> int:
             show(report, json.dumps(report.as_dict(args.strict), indent=2), args.strict)
         return report.exit_code(args.strict)
 
-    return db.run_command(settings, load_and_report, args.json, extract.store_secrets())
+    # The data folder, or the object store's URL, as given: a store's secret may be a word a
+    # bucket's name holds (moto's "testing", MinIO's "minioadmin"), which *** would only tell.
+    given = [args.data, args.data.rstrip("/")]
+    return db.run_command(settings, load_and_report, args.json, extract.store_secrets(), given)
 
 
 if __name__ == "__main__":

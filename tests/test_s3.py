@@ -271,6 +271,17 @@ def test_a_missing_bucket_or_prefix_is_one_line_naming_the_url_and_no_secret(s3)
     assert query("SELECT count(*) FROM load_runs") == [(0,)]
 
 
+def test_a_secret_that_the_buckets_name_holds_leaves_the_url_whole(s3):
+    """A plain word as the secret, as local stores' defaults are (moto's "testing", MinIO's
+    "minioadmin"): in the URL the user gave, *** would hide nothing but tell the secret."""
+    run_script("create_tables.py")
+    env = {**s3.env, "AWS_SECRET_ACCESS_KEY": "minioadmin"}
+    done = etl("s3://minioadmin-gone/feed", exit_code=EXIT_ENVIRONMENT, env=env)
+    assert one_error_line(done).startswith(
+        "error: cannot list s3://minioadmin-gone/feed/song_data: "
+    )
+
+
 @pytest.mark.parametrize("url", ["s3://", "s3:///udacity", "S3://"])
 def test_a_url_naming_no_bucket_says_so_in_one_line(url):
     done = etl(url, exit_code=EXIT_ENVIRONMENT)
