@@ -508,9 +508,15 @@ def etag_of(info: dict) -> str:
 
 def _object_listing(store: Store, top: str) -> Listing:
     """The objects under the prefix top (its listing paged by the store), with the size and
-    ETag it gives for each. Empty keys ending in / are folder markers, not entries."""
+    ETag it gives for each, also where the prefix starts with "/" (s3://bucket//feed, as
+    `aws s3 cp f s3://bucket//feed/f` writes keys). Empty keys ending in / are folder markers,
+    not entries."""
+    bucket, _, key = top.partition("://")[2].partition("/")
     try:
-        found = store.filesystem().find(top, detail=True)
+        if key.startswith("/"):  # fsspec drops a path's leading "/": the bucket's keys by prefix
+            found = store.filesystem().find(bucket, detail=True, prefix=f"{key}/")
+        else:
+            found = store.filesystem().find(top, detail=True)
     except Exception as exc:
         raise StoreError(f"cannot list {top}: {store_reason(exc)}") from None
     files, ignored = [], []

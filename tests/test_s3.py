@@ -258,6 +258,21 @@ def test_overwritten_and_deleted_objects_load_as_changed_and_deleted_files_do(
     assert sorted(from_disk.gone_examples) == sorted(gone)
 
 
+def test_keys_starting_with_a_slash_load_under_their_prefix_as_any_keys_do(s3):
+    """`aws s3 cp f s3://bucket//feed/f` writes the key /feed/f: read from s3://bucket//feed (a
+    listing of bucket//feed through fsspec would drop the "/"), not from s3://bucket/feed."""
+    fresh_load(SAMPLE)
+    on_disk = table_contents()
+    url = s3.upload(SAMPLE, "slashed", "/feed")
+    assert url == "s3://slashed//feed"
+
+    assert parse_summary(fresh_load(url, env=s3.env).stdout).checks == CHECKS_PASSED
+    assert table_contents() == on_disk
+    assert parse_summary(etl(url, env=s3.env).stdout).nothing_new
+    done = etl("s3://slashed/feed", exit_code=EXIT_ENVIRONMENT, env=s3.env)
+    assert one_error_line(done).startswith("error: no data files under s3://slashed/feed: ")
+
+
 def test_a_missing_bucket_or_prefix_is_one_line_naming_the_url_and_no_secret(s3):
     s3.upload(SAMPLE, BUCKET, "udacity")
     run_script("create_tables.py")
