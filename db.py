@@ -578,8 +578,13 @@ def database_error(
     if not lost_connection(exc):
         detail = exc.diag.message_detail
         why = f" ({cli.one_line(detail)})" if detail else ""
-        if exc.pgcode and exc.pgcode.startswith(SESSION_ENDED):  # not this session's
-            why += " (said of a connection the server made to another node: a Citus worker's)"
+        if (node := another_nodes_loss(exc)) is not None:  # not this session's
+            on = f", {node}" if node and node not in first_line(exc) else ""
+            why += (
+                f" (said of a connection the server made to another node{on}: a Citus "
+                f"worker's; {COMMITTED_STAYS}: once the node is back, run the command again to "
+                "resume)"
+            )
         hint = exc.diag.message_hint  # a full disk's: "Check free disk space."
         if isinstance(exc, SHORT_OF_RESOURCES) and hint:
             why += f" ({cli.one_line(hint)})"
@@ -596,10 +601,29 @@ def database_error(
     said = [error for error in map(first_cause, dropped) if isinstance(error, psycopg2.Error)]
     reason = first_line(said[0] if said else first_cause(exc))
     return DatabaseError(
-        f"the connection to {settings.describe()} was lost ({reason}): what was committed stays "
-        "(a load commits each batch whole), the rest was rolled back; run the command again to "
-        "resume"
+        f"the connection to {settings.describe()} was lost ({reason}): {COMMITTED_STAYS}; run "
+        "the command again to resume"
     )
+
+
+COMMITTED_STAYS = (
+    "what was committed stays (a load commits each batch whole), the rest was rolled back"
+)
+# Where a Citus coordinator says which node a connection of its own failed on.
+ON_A_NODE = re.compile(r"while executing command on (\S+)")
+
+
+def another_nodes_loss(exc: psycopg2.Error) -> str | None:
+    """Where the server lost a connection of its own to another node (a Citus worker), reported
+    at ERROR: the node, as its context names it ("" where it names none); None for any other
+    error. Said with a connection error's SQLSTATE, or with libpq's words for a lost connection
+    (LIBPQ_LOST) as an internal error, where it lost the node at COMMIT."""
+    found = ON_A_NODE.search(exc.diag.context or "")
+    if (exc.pgcode or "").startswith(SESSION_ENDED) or (
+        found and first_line(exc).startswith(LIBPQ_LOST)
+    ):
+        return found[1] if found else ""
+    return None
 
 
 def first_cause(exc: BaseException) -> BaseException:

@@ -731,6 +731,11 @@ def test_a_worker_node_down_is_one_line_naming_it_and_the_run_after_its_restart_
         f"error: the database refused: connection to the remote node postgres@127.0.0.1:{port} "
         "failed"
     ), line
+    assert line.endswith(  # the worker's name once, in the coordinator's words
+        " (said of a connection the server made to another node: a Citus worker's; what was "
+        "committed stays (a load commits each batch whole), the rest was rolled back: once the "
+        "node is back, run the command again to resume)"
+    ), line
     assert "***" not in line  # no URL garbled as if it held a password
     etl(cluster.url, generated)
     with using_database(cluster.url):
