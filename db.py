@@ -179,7 +179,10 @@ class Settings:
             except DatabaseError:
                 return f"the server {self.source} names"
         if self.libpq_env:
-            return "the server named by the PG* environment variables"
+            try:
+                return f"{redacted_url(destination(self))} (from the PG* environment variables)"
+            except DatabaseError:  # a variable that is no UTF-8 text: the action says so
+                return "the server named by the PG* environment variables"
         where = (
             self.pgdata.relative_to(PROJECT_DIR)
             if self.pgdata.is_relative_to(PROJECT_DIR)

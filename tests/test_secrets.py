@@ -721,8 +721,9 @@ def test_pgpassword_never_shows():
     for script in (["etl.py", "--no-progress"], ["create_tables.py"], ["db.py", "psql"]):
         done = run_script(*script, env=env, check=False, timeout=60)
         assert one_error_line(done) == (
-            "error: cannot connect to the server named by the PG* environment variables: "
-            'connection to server at "127.0.0.1", port 1 failed: Connection refused'
+            f"error: cannot connect to postgresql://:***@127.0.0.1:1/{db.DATABASE} (from the PG* "
+            'environment variables): connection to server at "127.0.0.1", port 1 failed: '
+            "Connection refused"
         )
         assert_hidden(done, password)
 
