@@ -233,13 +233,12 @@ Unusable = dict[str, str]
 @dataclasses.dataclass(frozen=True)
 class Loaded:
     """What the database did with a part: plays inserted per file, whether copies of a play
-    were settled (which moves plays and counts of other files), and per other file, how many of
-    its plays settling moved into songplays (> 0) or out of it (< 0): a play a reloaded file
-    gave up and took back again moved out and back in."""
+    were settled (which moves plays and counts of other files), and how many plays of other
+    files its files' copies took over (those files count them as duplicates now)."""
 
     inserted: dict[str, int]
     settled: bool = False
-    others_moved: dict[str, int] = dataclasses.field(default_factory=dict)
+    taken_over: int = 0
 
     def outcome(self, kind: Kind, file: FilePart) -> tuple[int, int]:
         """A file's accepted records as (loaded, duplicates): a song is loaded (an upsert), a play

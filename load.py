@@ -254,7 +254,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
             ],
         )
     params = {"run_id": start.run_id}
-    inserted, settled, others_moved = {}, False, {}
+    inserted, settled, taken_over = {}, False, 0
     if part.kind == "song":
         _write_manifest(cur, params)
         _merge_songs(cur)
@@ -262,13 +262,12 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         # Only a changed file can have plays loaded already; new files have none to take back.
         # Where another file holds a copy of a play taken back, the best copy takes its place.
         reloading = any(f.read.status == "changed" and f.first for f in part.files)
-        promoted = []
         if reloading:
             cur.execute(sql.songplays_delete_reloaded)
             cur.execute(sql.copies_delete_reloaded)
             cur.execute(sql.reloaded_keys)
             if cur.rowcount:
-                promoted = _settle(cur)  # other files' copies: in the manifest only
+                _settle(cur)  # the copies promoted are other files': in the manifest only
                 settled = True
         _write_manifest(cur, params)
         cur.execute(server.users_update)
@@ -300,15 +299,13 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         for move in moved:
             if move.path in paths:
                 inserted[move.path] = inserted.get(move.path, 0) + move.plays
-        for move in promoted + moved:
-            if move.path not in paths:
-                others_moved[move.path] = others_moved.get(move.path, 0) + move.plays
+        taken_over = sum(move.taken for move in moved if move.path not in paths)
         if reloading or moved:
             for query in server.after_plays_gone:
                 cur.execute(query)
         settled = settled or any(move.plays for move in moved)
     cur.execute(sql.rejects_insert, params)
-    return Loaded(inserted, settled, others_moved)
+    return Loaded(inserted, settled, taken_over)
 
 
 def _write_manifest(cur, params: dict) -> None:
@@ -324,11 +321,14 @@ Merged = dict[str, int]  # per path: plays inserted
 class Moved(NamedTuple):
     """A file of whose plays settling moved some into songplays (plays > 0) or out of it (< 0),
     from or to songplay_copies; or none (0), where every copy it had in the contest stayed where
-    it was (a file sent again loses each play to the stored copies)."""
+    it was (a file sent again loses each play to the stored copies). taken: of its plays moved
+    out, those not promoted from a copy earlier in the batch (as when a changed file gives up a
+    play that this file holds too, and takes it back)."""
 
     path: str
     run_id: int
     plays: int
+    taken: int
 
 
 def _merge_plays(cur, part: Part, staged: int) -> tuple[Merged, list[Moved]]:
@@ -437,6 +437,7 @@ def _settle(cur) -> list[Moved]:
         cur.execute(query)
     cur.execute(sql.settle_manifest)
     moved = [Moved(*row) for row in cur.fetchall()]
+    cur.execute(sql.settle_promoted)
     cur.execute(sql.settle_done)
     return moved
 

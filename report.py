@@ -54,9 +54,7 @@ class Tally:
     )
     file_problems: int = 0
     settled: bool = False  # copies of a play were settled: other files' plays may have moved
-    # per file, of the parts that did not load it: its plays settling moved into songplays (> 0)
-    # or out of it (< 0)
-    others_moved: dict[str, int] = dataclasses.field(default_factory=dict)
+    taken_over: int = 0  # plays of other files that this run's files' copies took over
 
     @classmethod
     def total(
@@ -74,7 +72,7 @@ class Tally:
                     tally.counts[kind][name] += n
             tally.file_problems += stage.file_problems
             tally.settled = tally.settled or stage.settled
-            tally.others_moved = _added(tally.others_moved, stage.others_moved)
+            tally.taken_over += stage.taken_over
         for kind, n in unchanged.items():
             tally.files[kind]["unchanged"] = tally.files[kind].get("unchanged", 0) + n
         tally.counts["log"]["loaded"] -= removed_duplicates
@@ -95,14 +93,7 @@ class Tally:
                 counts["duplicates"] += duplicates
         self.file_problems += part.file_problems
         self.settled = self.settled or loaded.settled
-        self.others_moved = _added(self.others_moved, loaded.others_moved)
-
-    @property
-    def taken_over(self) -> int:
-        """Plays of other files that this run's files' copies took over, net over the run (a
-        play a reloaded file gave up to a copy and took back is none): those files count them as
-        duplicates now."""
-        return -sum(min(n, 0) for n in self.others_moved.values())
+        self.taken_over += loaded.taken_over
 
     def reconciles(self, kind: str) -> bool:
         """Records read = loaded + skipped by design + duplicates + rejected."""
@@ -123,10 +114,6 @@ class Tally:
     @property
     def anything_loaded(self) -> bool:
         return any(n for f in self.files.values() for s, n in f.items() if s != "unchanged")
-
-
-def _added(counts: dict[str, int], more: dict[str, int]) -> dict[str, int]:
-    return {key: counts.get(key, 0) + more.get(key, 0) for key in counts.keys() | more.keys()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -806,6 +806,13 @@ STAGING = {
     # settle_queries: the plays to settle, and every copy of them (source: 'songplays', 'copies' or
     # 'staged'), with what becomes of each (outcome: 'win', 'lose' or 'drop').
     "stage_keys": {"user_id": "integer", "session_id": "integer", "item_in_session": "integer"},
+    # The plays whose copy in songplay_copies took the stored one's place in this batch (kept for
+    # the whole batch: stage_truncate leaves it).
+    "stage_promoted": {
+        "user_id": "integer",
+        "session_id": "integer",
+        "item_in_session": "integer",
+    },
     "stage_contest": {
         "candidate": "bigint GENERATED ALWAYS AS IDENTITY",
         "source": "text",
@@ -838,7 +845,7 @@ stage_table_queries = [
     for table, columns in STAGING.items()
 ]
 
-stage_truncate = "TRUNCATE " + ", ".join(STAGING)
+stage_truncate = "TRUNCATE " + ", ".join(table for table in STAGING if table != "stage_promoted")
 
 copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
 
@@ -1430,6 +1437,12 @@ _settle_gone = """
 INSERT INTO stage_gone (start_time, user_id, session_id, item_in_session)
 SELECT start_time, user_id, session_id, item_in_session FROM stage_contest"""
 
+# Once the manifest has its counts (settle_manifest): the plays a copy took the place of.
+settle_promoted = """
+INSERT INTO stage_promoted (user_id, session_id, item_in_session)
+SELECT user_id, session_id, item_in_session FROM stage_contest
+WHERE outcome = 'win' AND source = 'copies'"""
+
 settle_queries = [
     _settle_played,
     _settle_copied,
@@ -1444,15 +1457,20 @@ settle_queries = [
 
 # Each file's plays that went into songplays (+) or out of it (-), moved between its loaded and
 # duplicates; returned for every file that had a copy in the contest (so, a row at least), with
-# the file's path and run.
+# the file's path and run, and how many of the plays moved out were not promoted from a copy
+# earlier in the batch (a play a changed file gave up to a copy and took back is not taken over).
 settle_manifest = """
 UPDATE load_manifest m SET loaded = m.loaded + d.moved, duplicates = m.duplicates - d.moved
 FROM (SELECT file_id,
              count(*) FILTER (WHERE source <> 'songplays' AND outcome = 'win')
-             - count(*) FILTER (WHERE source = 'songplays' AND outcome <> 'win') AS moved
-      FROM stage_contest GROUP BY file_id) d
+             - count(*) FILTER (WHERE source = 'songplays' AND outcome <> 'win') AS moved,
+             count(*) FILTER (WHERE source = 'songplays' AND outcome <> 'win' AND NOT EXISTS (
+                 SELECT 1 FROM stage_promoted p
+                 WHERE (p.user_id, p.session_id, p.item_in_session)
+                     = (c.user_id, c.session_id, c.item_in_session))) AS taken
+      FROM stage_contest c GROUP BY file_id) d
 WHERE m.file_id = d.file_id
-RETURNING m.path, m.run_id, d.moved"""
+RETURNING m.path, m.run_id, d.moved, d.taken"""
 
 settle_done = "TRUNCATE stage_keys, stage_contest"
 

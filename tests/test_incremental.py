@@ -1062,6 +1062,24 @@ def test_a_file_sent_again_over_itself_takes_over_no_play_its_later_copy_holds(d
     assert table_contents() == fresh_load_of(data)
 
 
+def test_a_changed_file_takes_over_the_plays_it_now_holds_of_another_file_not_those_it_gave_up(
+    data,
+):
+    """A holds plays 0-4, a later copy R plays 0-7 (it loads 5-7). A changed to plays 3-7 gives
+    up 0-4 to R's copies, takes 3 and 4 back and takes over 5-7: three plays taken over."""
+    original = write(data, "log_data/2018/12/a.json", lines(*(G(i) for i in range(5))))
+    write(data, "log_data/2018/12/resent/a.json", lines(*(G(i) for i in range(8))))
+    etl(data)
+    assert manifest()["log_data/2018/12/resent/a.json"] == Counts(8, 3, duplicates=5)
+    original.write_bytes(lines(*(G(i) for i in range(3, 8))))
+
+    summary = parse_summary(etl(data).stdout)
+    assert summary.records["log"] == Counts(5, 5)
+    assert (summary.taken_over, summary.rows["songplays"]) == (3, (0, BASE["songplays"] + 8))
+    assert manifest()["log_data/2018/12/resent/a.json"] == Counts(8, 3, duplicates=5)
+    assert table_contents() == fresh_load_of(data)
+
+
 def test_a_daily_loads_plays_are_numbered_by_user_session_and_item_as_a_first_loads_are(
     fresh_tables, tmp_path
 ):
