@@ -594,9 +594,10 @@ def database_error(
         if isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
             why += (
                 " (the server takes no writes here: a standby in recovery, where the primary "
-                "is the one to load into; or default_transaction_read_only is on for this role "
-                "or database (ALTER ROLE, or ALTER DATABASE, … RESET "
-                "default_transaction_read_only undoes it) or in PGOPTIONS)"
+                "is the one to load into; or default_transaction_read_only is on: for the role "
+                "or the database, which ALTER ROLE or ALTER DATABASE … RESET "
+                "default_transaction_read_only undoes, in the server's configuration, or in the "
+                "connection's options, the URL's or PGOPTIONS)"
             )
         if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
             why += " (the role lacks a privilege: docs/database.md says what each script needs)"
@@ -683,7 +684,8 @@ def require_tables(conn, tables: list[str]) -> None:
     """The session uses the schema that holds the project's tables, and no other
     (sql.tables_schema_use); a one-line error when some are missing there: that another version
     made them when load_runs, which marks the project's set, is there without all the others;
-    else where they are when another schema holds them, or what to run."""
+    else that the role may not use the schema holding them, where they are when another schema
+    holds them, or what to run."""
     with managed_cursor(conn) as cur:
         cur.execute(sql.tables_schema_use)
         cur.execute(sql.missing_tables, {"tables": tables})

@@ -769,7 +769,7 @@ def finish(
         cur.execute(sql.earlier_rejects, earlier)
         earlier_examples = cur.fetchall()
         cur.execute(sql.earlier_loads, earlier)
-        earlier_loaded = {kind: (files, loaded) for kind, files, loaded in cur.fetchall()}
+        earlier_loaded = {kind: (n, loaded) for kind, n, loaded in cur.fetchall()}
         report = Report(
             target=settings.describe(),
             data_dir=data.root,
@@ -909,7 +909,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # The data folder, or the object store's URL, as given: a store's secret may be a word a
     # bucket's name holds (moto's "testing", MinIO's "minioadmin"), which *** would only tell.
-    given = [args.data, args.data.rstrip("/")]
+    scheme, sep, rest = args.data.partition("://")
+    given = [args.data, args.data.rstrip("/"), f"{scheme.lower()}{sep}{rest}".rstrip("/")]
     return db.run_command(settings, load_and_report, args.json, extract.store_secrets(), given)
 
 

@@ -513,7 +513,7 @@ def _object_listing(store: Store, top: str) -> Listing:
     not entries."""
     bucket, _, key = top.partition("://")[2].partition("/")
     try:
-        if key.startswith("/"):  # fsspec drops a path's leading "/": the bucket's keys by prefix
+        if key.startswith("/") and store.scheme == "s3":  # s3fs drops a path's leading "/"
             found = store.filesystem().find(bucket, detail=True, prefix=f"{key}/")
         else:
             found = store.filesystem().find(top, detail=True)

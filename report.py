@@ -39,7 +39,8 @@ class Earlier:
     records: int = 0
     files: int = 0
     examples: list[Example] = dataclasses.field(default_factory=list)
-    loaded: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # kind: both
+    # per kind: (files, records loaded)
+    loaded: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

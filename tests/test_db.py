@@ -1237,9 +1237,9 @@ def test_a_read_only_server_is_named_as_such(tmp_path):
     assert re.fullmatch(
         r"error: the database refused: cannot execute [A-Z ]+ in a read-only transaction \(the "
         r"server takes no writes here: a standby in recovery, where the primary is the one to "
-        r"load into; or default_transaction_read_only is on for this role or database \(ALTER "
-        r"ROLE, or ALTER DATABASE, … RESET default_transaction_read_only undoes it\) or in "
-        r"PGOPTIONS\)",
+        r"load into; or default_transaction_read_only is on: for the role or the database, which "
+        r"ALTER ROLE or ALTER DATABASE … RESET default_transaction_read_only undoes, in the "
+        r"server's configuration, or in the connection's options, the URL's or PGOPTIONS\)",
         one_error_line(refused),
     )
 

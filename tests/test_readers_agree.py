@@ -103,7 +103,8 @@ def test_odd_lines_are_judged_as_json_defines_them():
     assert [n for n, _, _ in plays] == [1] and rejects[0][0] == 2
 
 
-def test_a_field_named_twice_counts_with_its_last_value_whichever_reader_reads_it():
+def test_a_field_named_twice_counts_with_its_last_value_beside_clean_lines_or_alone():
+    """Arrow's reader refuses a block holding it: the line reader reads the block."""
     twice = line(7)[:-2] + b', "itemInSession": 9, "length": 1.5}\n'
     clean_run = b"".join(line(n) for n in range(10, 10 + parse.RUN_LINES_LEAST))
     alone, in_a_run = verdicts(twice + DAMAGED), verdicts(twice + clean_run)

@@ -291,10 +291,11 @@ def test_a_secret_that_the_buckets_name_holds_leaves_the_url_whole(s3):
     "minioadmin"): in the URL the user gave, *** would hide nothing but tell the secret."""
     run_script("create_tables.py")
     env = {**s3.env, "AWS_SECRET_ACCESS_KEY": "minioadmin"}
-    done = etl("s3://minioadmin-gone/feed", exit_code=EXIT_ENVIRONMENT, env=env)
-    assert one_error_line(done).startswith(
-        "error: cannot list s3://minioadmin-gone/feed/song_data: "
-    )
+    for given in ("s3://minioadmin-gone/feed/", "S3://minioadmin-gone/feed"):
+        done = etl(given, exit_code=EXIT_ENVIRONMENT, env=env)
+        assert one_error_line(done).startswith(
+            "error: cannot list s3://minioadmin-gone/feed/song_data: "
+        )
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3:///udacity", "S3://"])
