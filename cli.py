@@ -376,7 +376,8 @@ def run_command(
     try:
         with _outcome_known():
             shown = masked(message, secrets, public).rstrip("\n")  # masked whole, then trimmed
-            print(shown, file=sys.stderr)
+            if sys.stderr is not None:  # None: started with it closed (print would use stdout)
+                print(shown, file=sys.stderr)
             if as_json:
                 error = (
                     shown.removeprefix("error: ") if code != EXIT_FAILED else shown.splitlines()[-1]

@@ -606,13 +606,15 @@ def load_batches(
     batches = preparer.batches
     numbers = [n for n, batch in enumerate(batches) if batch.kind == kind]
     tally = Tally()
+    # progress None: a bar on a terminal only; none where stderr was closed at start (2>&-: None)
+    quiet = not numbers or sys.stderr is None
     with tqdm(
         total=sum(len(batches[n].tasks) for n in numbers),
         desc=f"{kind} files",
         unit="file",
         leave=False,
         file=sys.stderr,
-        disable=True if not numbers else None if progress is None else not progress,
+        disable=True if quiet else None if progress is None else not progress,
     ) as bar:
         for number in numbers:
             parts = preparer.parts(number)

@@ -571,6 +571,34 @@ def test_a_run_whose_report_cannot_be_written_keeps_its_own_exit_code(
     assert query("SELECT status FROM load_runs") == [("succeeded",)]
 
 
+def with_stderr_closed(*args: str) -> subprocess.CompletedProcess:
+    """etl.py started with its standard error closed (2>&-, as a daemon may start a job)."""
+    return subprocess.run(
+        ["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "etl.py", *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=changed_environment({}),
+    )
+
+
+def test_a_run_started_with_standard_error_closed_loads_and_says_what_it_did(data, tmp_path):
+    """No progress bar to write (its stream closed, not a terminal), and with --json standard
+    output holds the one object, a failed run's error in it."""
+    done = with_stderr_closed("--data", str(data), "--json")
+    assert done.returncode == EXIT_OK, done.stdout
+    assert json.loads(done.stdout)["tables"]["songplays"]["after"] == BASE["songplays"]
+    missing = with_stderr_closed("--data", str(tmp_path / "nowhere"), "--json")
+    assert missing.returncode == EXIT_ENVIRONMENT
+    assert json.loads(missing.stdout) == {
+        "run_id": None,
+        "status": "failed",
+        "exit_code": EXIT_ENVIRONMENT,
+        "error": f"data folder {tmp_path / 'nowhere'} not found (choose one with --data)",
+    }
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("buffering", list(BUFFERING))
 @pytest.mark.parametrize(
