@@ -205,8 +205,9 @@ def shown_root(data: Source) -> str:
 
 
 def described(data: Source) -> str:
-    """The data as load_runs records it: a folder's absolute path, or the URL."""
-    return data.root if data.store else str(Path(data.root).resolve())
+    """The data as load_runs records it: a folder's absolute path, written as the manifest
+    writes paths (whatever the locale's encoding), or the URL."""
+    return data.root if data.store else extract.path_text(str(Path(data.root).resolve()))
 
 
 def _looked_in(data_dir: Path) -> str:
@@ -237,12 +238,6 @@ def check_data_dir(data_dir: Path, shown: str) -> None:
         os.scandir(data_dir).close()
     except OSError as exc:  # a folder of another user's, say
         raise DataFolderError(f"cannot read data folder {shown}: {exc.strerror}") from None
-    try:
-        str(data_dir.resolve()).encode()
-    except UnicodeEncodeError:
-        raise DataFolderError(
-            f"data folder {shown}: its path is not UTF-8 (load_runs records it): rename it"
-        ) from None
     if not any((data_dir / extract.FOLDERS[kind]).is_dir() for kind in KINDS):
         raise DataFolderError(
             f"data folder {shown} holds neither song_data/ nor log_data/: choose the folder "

@@ -460,6 +460,25 @@ def test_a_utf8_name_is_stored_as_the_same_text_whatever_the_locale_and_the_summ
     assert parse_summary(again.stdout).nothing_new
 
 
+@pytest.mark.parametrize(
+    ("name", "locale"),
+    [(b"caf\xe9", {}), ("café".encode(), ASCII_LOCALE)],
+    ids=["a Latin-1 name", "a UTF-8 name in an ASCII locale"],
+)
+def test_a_data_folder_of_any_name_loads_and_is_recorded_as_paths_are_written(
+    data, tmp_path, name, locale
+):
+    """The run records the folder in load_runs as the manifest writes paths: UTF-8 text, a
+    byte that is not UTF-8 as \\xHH (it once refused such a folder: rename it)."""
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/" + name))
+    shutil.copytree(data, folder)
+    done = run_script("etl.py", "--data", str(folder), "--no-progress", "--json", env=locale)
+    assert done.returncode == EXIT_OK, done.stderr
+    recorded = f"{tmp_path}/{name.decode('utf-8', 'backslashreplace')}"
+    assert query("SELECT data_dir FROM load_runs") == [(recorded,)]
+    assert counts() == BASE
+
+
 # name: how the manifest writes it (under log_data/odd/)
 ODD_NAMES = {
     b"new\nline.json": "new\\x0aline.json",
