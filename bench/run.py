@@ -111,11 +111,17 @@ def measure(args: list[str], env: dict) -> Run:
         )
         rss_max = rss_sum = 0
         exited = os.pidfd_open(proc.pid)  # readable the moment the process ends: an exact time
-        while not select.select([exited], [], [], 0.02)[0]:
-            largest, total = tree_rss(proc.pid)
-            rss_max, rss_sum = max(rss_max, largest), max(rss_sum, total)
+        try:
+            while not select.select([exited], [], [], 0.02)[0]:
+                largest, total = tree_rss(proc.pid)
+                rss_max, rss_sum = max(rss_max, largest), max(rss_sum, total)
+        except BaseException:  # the bench stopped (SIGTERM to it alone): so does what it times
+            proc.terminate()
+            proc.wait()
+            raise
+        finally:
+            os.close(exited)
         seconds = time.perf_counter() - started
-        os.close(exited)
         proc.wait()
         for f in (out, err):
             f.seek(0)

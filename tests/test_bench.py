@@ -4,9 +4,14 @@ nothing). The dlt peer is skipped (--no-peers): it installs dlt from PyPI, which
 depend on."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
-from conftest import run_script
+from conftest import PROJECT, run_script
 
 import sql_queries
 
@@ -110,3 +115,35 @@ def test_growth_at_two_tiny_sizes(tmp_path):
     assert "## How the full load grows" in done.stdout
     assert (tmp_path / "growth.md").read_text() in done.stdout
     assert not list(tmp_path.glob("data-*"))
+
+
+def command_line(process: psutil.Process) -> str:
+    """The process's command line ("" once it has ended)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def test_a_bench_stopped_alone_stops_the_script_it_times_and_its_server(tmp_path):
+    """SIGTERM to the bench's process only (a supervisor's, a parent script's): the script it
+    was timing ends with it, and no process of its own (nor its server) outlives it."""
+    args = ["--events", "20000", "--songs", "200", "--classic-events", "0", "--no-peers"]
+    bench = subprocess.Popen(
+        [sys.executable, "bench/run.py", *args, "--workdir", str(tmp_path)],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    timed, deadline = [], time.monotonic() + 120
+    while not timed and time.monotonic() < deadline:  # until it times etl.py
+        with_children = psutil.Process(bench.pid).children(recursive=True)
+        timed = [p for p in with_children if "etl.py" in command_line(p)]
+        time.sleep(0.05)
+    assert timed, "the bench never ran etl.py"
+    descendants = psutil.Process(bench.pid).children(recursive=True)
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(timeout=60) == 143
+    gone, alive = psutil.wait_procs(descendants, timeout=1)  # ended with it, not after
+    assert [p.pid for p in alive] == []
+    assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
