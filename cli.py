@@ -26,6 +26,7 @@ EXIT_FAILED = 1  # a check or the reconciliation failed, --strict and rejects; o
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_ENVIRONMENT = 3  # the database, the data folder or the store: one line on stderr
 EXIT_LOCKED = 4  # another load holds the load lock, or a session a table's lock, past --wait
+EXIT_HUNG_UP = 129  # SIGHUP (the terminal or ssh session closed): 128 + its number
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + its number, as shells report it
 EXIT_TERMINATED = 143  # SIGTERM (timeout, systemd, Kubernetes, Airflow): 128 + its number
 STOPPED = (
@@ -34,6 +35,7 @@ STOPPED = (
 )
 INTERRUPTED = f"interrupted: {STOPPED}"
 TERMINATED = f"terminated (SIGTERM): {STOPPED}"
+HUNG_UP = f"hung up (SIGHUP: its terminal closed): {STOPPED}"
 MASK = "***"
 # What no message shows, whatever secrets a script knows of: a URL's password (user:password@,
 # any scheme; up to the last '@' of the line's next 8,192 characters, for a password written raw
@@ -75,9 +77,17 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be, and so ended alike."""
 
 
+class HungUp(Terminated):
+    """SIGHUP (a terminal or ssh session closed under a run), ended as SIGTERM is."""
+
+
 # The stops (signal numbers) the running command received, latest last, and what each raises.
 _STOPS: list[int] = []
-STOP_EXCEPTIONS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+STOP_EXCEPTIONS = {
+    signal.SIGINT: KeyboardInterrupt,
+    signal.SIGTERM: Terminated,
+    signal.SIGHUP: HungUp,
+}
 
 
 # The sections under way that a stop does not end at once, innermost last: each stops_held's
@@ -352,6 +362,8 @@ def run_command(
         signal.signal(signal.SIGTERM, _stopped)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored
             signal.signal(signal.SIGINT, _stopped)
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # not ignored (nohup)
+            signal.signal(signal.SIGHUP, _stopped)
         _stop_relay()
     _ON_STOP[:] = [on_stop] if on_stop else []
     _STOPS.clear()
@@ -362,6 +374,8 @@ def run_command(
     except UserError as exc:  # and what was done about it (its notes)
         message = "; ".join([f"error: {exc}", *getattr(exc, "__notes__", ())])
         code, stopped = exc.exit_code, exc
+    except HungUp as exc:
+        message, code, stopped = f"error: {HUNG_UP}", EXIT_HUNG_UP, exc
     except Terminated as exc:
         message, code, stopped = f"error: {TERMINATED}", EXIT_TERMINATED, exc
     except KeyboardInterrupt as exc:

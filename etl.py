@@ -816,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
         "memory run out, or standard output that cannot take the summary (the run itself done); "
         "4 another load was still "
         "running after --wait, or another session kept a lock on the tables that long; 130 "
-        "interrupted (Ctrl-C); 143 terminated (SIGTERM); a failed run keeps 1 whatever becomes "
+        "interrupted (Ctrl-C); 143 terminated (SIGTERM); 129 hung up (SIGHUP: its terminal "
+        "closed); a failed run keeps 1 whatever becomes "
         "of its summary",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -36,9 +36,11 @@ import embedded
 import sql_queries
 from cli import (
     EXIT_ENVIRONMENT,
+    EXIT_HUNG_UP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
+    HUNG_UP,
     INTERRUPTED,
     TERMINATED,
 )
@@ -305,6 +307,9 @@ STOPS = {
     "Ctrl-C": (signal.SIGINT, EXIT_INTERRUPTED, INTERRUPTED),
     "SIGTERM": (signal.SIGTERM, EXIT_TERMINATED, TERMINATED),
 }
+# The terminal or ssh session closed under a run: a stop too, checked where a run is stopped for
+# the first time in a test, not at every moment the others are.
+HANGUP = {"SIGHUP": (signal.SIGHUP, EXIT_HUNG_UP, HUNG_UP)}
 
 # 1 MB log batches instead of 32 MB: a test-sized data set then spans many transactions, and a
 # worker process parses while the database loads (one asked for: with one CPU none is by default).

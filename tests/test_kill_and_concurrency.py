@@ -22,6 +22,7 @@ import psycopg2
 import pytest
 from builders import (
     BASE,
+    HANGUP,
     SMALL_BATCHES,
     STOPS,
     USER,
@@ -266,7 +267,7 @@ def blocks(pid: int, signal_number: int) -> bool | None:
 
 def ended_by_the_stop(proc: subprocess.Popen, out: str, err: str, stop: str) -> None:
     """The run ended as the stop says, in one line, and its JSON names the run it stopped."""
-    _, exit_code, said = STOPS[stop]
+    _, exit_code, said = (STOPS | HANGUP)[stop]
     assert (proc.returncode, err) == (exit_code, f"error: {said}\n"), out + err
     assert json.loads(out) == {
         "run_id": last_run(),
@@ -328,12 +329,12 @@ def test_a_parse_worker_killed_halfway_through_a_part_ends_the_run_in_one_line_t
     assert table_contents() == baseline
 
 
-@pytest.mark.parametrize("stop", list(STOPS))
+@pytest.mark.parametrize("stop", [*STOPS, *HANGUP])
 @pytest.mark.parametrize("when", ["as the worker starts", "once files are loaded"])
 def test_ctrl_c_ends_a_load_in_one_line_with_no_worker_left_and_the_next_run_finishes_it(
     big, baseline, when, stop
 ):
-    sent, _, _ = STOPS[stop]
+    sent, _, _ = (STOPS | HANGUP)[stop]
     run_script("create_tables.py")
     watch = Watcher()
     workers: set[int] = set()
