@@ -272,9 +272,12 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors (which quote the arguments) show no credential: a URL
     or a key=value string typed after a misspelt option, say. An argument holding one is masked
     whole, as typed and as argparse quotes it (a password's quotes, spaces or newlines would
-    end a credential's mask early)."""
+    end a credential's mask early). An option is named whole: `--f` is no --full-refresh."""
 
     given: tuple[str, ...] = ()
+
+    def __init__(self, *args, **options):
+        super().__init__(*args, allow_abbrev=False, **options)
 
     def parse_known_args(self, args=None, namespace=None):
         self.given = tuple(sys.argv[1:] if args is None else args)
@@ -408,7 +411,7 @@ def run_command(
 
 def positive(text: str) -> int:
     """argparse type: a whole number from 1 up."""
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
 
@@ -423,6 +426,6 @@ def natural_at_most(text: str, most: int, why: str) -> int:
 
 def natural(text: str) -> int:
     """argparse type: a whole number from 0 up."""
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 up")
     return int(text)

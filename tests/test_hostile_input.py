@@ -1567,6 +1567,27 @@ def test_a_wait_beyond_a_year_is_refused_as_a_bad_argument(tmp_path):
     assert done.stderr.splitlines()[-1].endswith("is more than 31536000 (a year)")
 
 
+@pytest.mark.parametrize("option", ["--jobs", "--wait", "--batch-mb"])
+@pytest.mark.parametrize("number", ["²", "٣", "+1", " 2"])
+def test_a_number_option_takes_ascii_digits_only(tmp_path, option, number):
+    """A superscript or another script's digit is no whole number here (int() reads "٣" as 3)."""
+    done = etl(tmp_path, option, number, exit_code=EXIT_USAGE, process=True)
+    kind = "positive whole number" if option == "--batch-mb" else "whole number from 0 up"
+    assert done.stderr.splitlines()[-1] == (
+        f"etl.py: error: argument {option}: {number!r} is not a {kind}"
+    )
+
+
+@pytest.mark.parametrize(("script", "prefix"), [("etl.py", "--f"), ("create_tables.py", "--w")])
+def test_an_option_is_named_whole_never_by_its_first_letters(script, prefix):
+    """--f is not --full-refresh, which empties the tables: an unknown argument, nothing done."""
+    done = run_script(script, prefix, "1", check=False)
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        EXIT_USAGE,
+        f"{script}: error: unrecognized arguments: {prefix} 1",
+    )
+
+
 def test_jobs_beyond_four_per_cpu_are_refused_and_help_says_so(tmp_path):
     bound = etl_module.MAX_JOBS
     done = etl(tmp_path, "--jobs", str(bound + 1), exit_code=EXIT_USAGE, process=True)
