@@ -4,6 +4,7 @@ never a traceback or a password."""
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import errno
 import functools
@@ -71,6 +72,20 @@ CREDENTIALS = re.compile(_credentials(r"\S+"), re.IGNORECASE)
 CREDENTIALS_IN_A_VALUE = re.compile(
     _credentials(r"\S+(?:\s+(?!\w+\s*=)\S+)*"), re.IGNORECASE | re.DOTALL
 )
+
+
+def _code_points(exc: UnicodeEncodeError) -> tuple[str, int]:
+    """Characters an output's encoding cannot take, each as its code point: \\u00e9 for é, never
+    \\xe9, which a path writes for a byte that is not UTF-8 (extract.path_text)."""
+    shown = [
+        f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
+        for char in exc.object[exc.start : exc.end]
+    ]
+    return "".join(shown), exc.end
+
+
+CODE_POINT_ESCAPE = "sparkify-code-points"
+codecs.register_error(CODE_POINT_ESCAPE, _code_points)
 
 
 class Terminated(KeyboardInterrupt):
@@ -360,7 +375,7 @@ def run_command(
     arrives, in another thread (_stop_relay): what ends a wait outside Python."""
     for stream in (sys.stdout, sys.stderr):  # a character the locale cannot show, escaped
         if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors=CODE_POINT_ESCAPE)
     if threading.current_thread() is threading.main_thread():  # where Python runs handlers
         signal.signal(signal.SIGTERM, _stopped)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored
