@@ -149,7 +149,8 @@ class Lock(NamedTuple):
 
 def _lock(pgdata: Path) -> Lock | None:
     try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        # its paths' bytes as os functions give them, whatever the locale's encoding
+        lines = os.fsdecode((pgdata / "postmaster.pid").read_bytes()).splitlines()
         pid, data = int(lines[0]), Path(lines[1])
     except PermissionError as exc:  # another user's folder: not "not running"
         raise unusable(pgdata, exc) from None

@@ -398,6 +398,33 @@ def test_an_embedded_server_under_a_path_of_shell_characters_starts_and_runs_not
     assert {p.name for p in short_folder.iterdir()} == {quoted.parent.name, "a,b", "run"}
 
 
+def test_an_embedded_server_under_a_utf8_path_runs_in_a_process_whose_locale_is_ascii(
+    short_folder, data
+):
+    """A cron job's locale, its encoding ASCII (Python told not to make it UTF-8): the server
+    under /home/andré is found, loaded into, and stopped, as in any locale."""
+    pgdata = short_folder / "andré" / "pg"
+    env = {
+        "SPARKIFY_PGDATA": str(pgdata),
+        "DATABASE_URL": None,
+        "LC_ALL": "C",
+        "LANG": None,
+        "PYTHONUTF8": "0",
+        "PYTHONCOERCECLOCALE": "0",
+    }
+    try:
+        run_script("create_tables.py", env=env)
+        loaded = run_script("etl.py", "--data", str(data), "--no-progress", "--json", env=env)
+        assert json.loads(loaded.stdout)["tables"]["songplays"]["after"] == BASE["songplays"]
+        assert run_script("db.py", "url", env=env).stdout == (
+            f"postgresql://postgres@/sparkifydb?host={short_folder}/andr%C3%A9/pg&port=5432\n"
+        )
+        assert run_script("db.py", "stop", env=env).stdout == "stopped\n"
+    finally:
+        embedded.stop(pgdata)
+    assert not (pgdata / "postmaster.pid").exists()
+
+
 def test_an_embedded_server_out_of_room_is_one_error_naming_the_cause_in_its_log(short_folder):
     """The data folder's disk full as initdb writes (here a file-size limit, which stops a write
     as a full disk does): one line giving the log's line that says why, not the log's last
