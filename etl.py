@@ -704,6 +704,14 @@ def unusable_files(batch: Batch, parts: list[Part]) -> Unusable:
     return {path: sha256 for path, sha256 in changed.items() if not usable[path]}
 
 
+def data_place(text: str) -> str:
+    """argparse type of --data: a folder or a URL, never empty (an unset variable in
+    --data "$FEED", say, which would read the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty: name the folder, or the object store's URL")
+    return text
+
+
 def job_count(text: str) -> int:
     """argparse type of --jobs: a whole number from 0 to MAX_JOBS. Each worker holds a part in
     memory; more workers than that would only take memory."""
@@ -824,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data",
         default="data",
+        type=data_place,
         help="folder holding song_data/ and log_data/, or an object store's URL of the prefix "
         "holding them: s3://bucket/prefix (also gs://, az://; docs/object-storage.md) "
         "(default: data, in the current directory)",

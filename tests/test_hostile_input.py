@@ -1578,6 +1578,15 @@ def test_a_number_option_takes_ascii_digits_only(tmp_path, option, number):
     )
 
 
+def test_an_empty_data_option_is_refused_not_read_as_the_current_folder():
+    """--data "$FEED" with FEED unset."""
+    done = run_script("etl.py", "--data", "", check=False)
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        EXIT_USAGE,
+        "etl.py: error: argument --data: empty: name the folder, or the object store's URL",
+    )
+
+
 @pytest.mark.parametrize(("script", "prefix"), [("etl.py", "--f"), ("create_tables.py", "--w")])
 def test_an_option_is_named_whole_never_by_its_first_letters(script, prefix):
     """--f is not --full-refresh, which empties the tables: an unknown argument, nothing done."""
