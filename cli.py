@@ -251,6 +251,18 @@ def many(n: int, one: str, several: str) -> str:
     return f"{n} {one if n == 1 else several}"
 
 
+def utf8_name(path: str) -> str:
+    """A path as os functions give it (its bytes decoded in the locale's encoding), as its bytes
+    read as UTF-8 (bytes that are not UTF-8 as surrogates): what libpq and the manifest take,
+    whatever the locale's encoding."""
+    if sys.getfilesystemencoding() == "utf-8":
+        return path
+    try:
+        return os.fsencode(path).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # text that was never a name on disk
+        return path
+
+
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

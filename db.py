@@ -298,8 +298,8 @@ def options(settings: Settings, dbname: str | None = None) -> dict[str, str]:
         if dbname or not (os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE")):
             return {"dbname": dbname or DATABASE}
         return {}
-    return {  # the socket's path as libpq takes it, UTF-8 text, whatever the locale's encoding
-        "host": os.fsencode(embedded.socket_of(settings.pgdata)).decode("utf-8", "surrogateescape"),
+    return {
+        "host": cli.utf8_name(str(embedded.socket_of(settings.pgdata))),
         "port": str(embedded.PORT),
         "user": embedded.SUPERUSER,
         "dbname": dbname or DATABASE,

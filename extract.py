@@ -263,7 +263,7 @@ def path_text(path: str) -> str:
     character that does not print (a newline, a tab, a zero-width space) or of a name that is
     not UTF-8 (os functions give such bytes as surrogates) is written \\xHH. A file's name is
     read as UTF-8 whatever the locale's encoding (a cron job's may be ASCII)."""
-    path = path if "://" in path else _as_utf8_name(path)
+    path = path if "://" in path else cli.utf8_name(path)
     if path.isprintable() and "\\" not in path:
         return path
     return "".join(
@@ -274,17 +274,6 @@ def path_text(path: str) -> str:
         else "".join(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
         for char in path
     )
-
-
-def _as_utf8_name(path: str) -> str:
-    """A path as os functions give it (its bytes decoded in the locale's encoding), as its bytes
-    read as UTF-8 (bytes that are not UTF-8 as surrogates)."""
-    if sys.getfilesystemencoding() == "utf-8":
-        return path
-    try:
-        return os.fsencode(path).decode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # text that was never a name on disk
-        return path
 
 
 def is_data_file(name: str) -> bool:
