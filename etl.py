@@ -916,8 +916,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The data folder, or the object store's URL, as given: a store's secret may be a word a
     # bucket's name holds (moto's "testing", MinIO's "minioadmin"), which *** would only tell.
-    scheme, sep, rest = args.data.partition("://")
-    given = [args.data, args.data.rstrip("/"), f"{scheme.lower()}{sep}{rest}".rstrip("/")]
+    given = [args.data, extract.root_of(args.data)]
     return db.run_command(settings, load_and_report, args.json, extract.store_secrets(), given)
 
 

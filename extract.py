@@ -182,7 +182,14 @@ def source(data: str | Path, anonymous: bool = False) -> Source:
             f"{shown}: reading {scheme}:// needs the {package} package: pip install {package} "
             "(into the Python that runs etl.py)"
         )
-    return Source(f"{scheme}://{rest}".rstrip("/"), Store(scheme, anonymous))
+    return Source(root_of(str(data)), Store(scheme, anonymous))
+
+
+def root_of(data: str) -> str:
+    """--data as a Source's root holds it: a URL with its scheme in lower case and no trailing
+    slash; a folder's path as given."""
+    scheme, sep, rest = data.partition("://")
+    return f"{scheme.lower()}://{rest}".rstrip("/") if sep else data
 
 
 # What a store's library reads from the environment that no message may show: these variables'
