@@ -38,10 +38,12 @@ check: $(READY)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" -q
 
-psql: $(READY)
+# psql and stop need a venv, not an up-to-date one: they do not reinstall a changed
+# requirements.txt first (etl and test do).
+psql: | $(READY)
 	$(BIN)/python db.py psql
 
-stop: $(READY)
+stop: | $(READY)
 	$(BIN)/python db.py stop
 
 # The benchmark (1M events, 20k song files; 5 to 10 minutes): see bench/README.md.

@@ -403,8 +403,8 @@ class Preparer:
         return _receive(self.song_outbox, self.song_thread)
 
     def here(self, batch: Batch, unusable: Unusable | None = None) -> Generator[Part, None, None]:
-        """The parts of a batch prepared in this process (written: None until handed over, and
-        in a load that is not a bulk load); the files unusable names are emptied."""
+        """The parts of a batch prepared in this process (written gives None until handed
+        over, and in a load that is not a bulk load); the files unusable names are emptied."""
         return prepare_module().prepare(batch, self.limits, self.written, unusable)
 
     def _kill_workers(self) -> None:

@@ -159,7 +159,7 @@ def _counts_counted(cur) -> Counted:
     for table in sql.STAR_TABLES:
         cur.execute(sql.row_count.format(table=table))
         rows[table] = cur.fetchone()[0]
-    cur.execute(sql.resolved_plays_citus)
+    cur.execute(sql.resolved_plays_counted)
     return Counted(rows, cur.fetchone()[0])
 
 

@@ -252,7 +252,7 @@ CREATE TABLE load_rejects (
 # hold up every load behind its lock on that row. Reading them costs nothing, where count(*)
 # reads every row: a month of plays, for a day's load. Citus does not run such triggers on
 # distributed and reference tables: there the load counts the tables themselves (row_count,
-# resolved_plays_citus).
+# resolved_plays_counted).
 row_counts_table_create = """
 CREATE TABLE row_counts (
     table_name  text PRIMARY KEY,
@@ -1478,7 +1478,7 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 
 # On Citus, where no trigger keeps row_counts: each table counted, on the shards in parallel.
 row_count = "SELECT count(*) FROM {table}"
-resolved_plays_citus = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
+resolved_plays_counted = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
 # The run's first rejects: song files' first (as they load: their paths start with songs, the
 # song folder's path, a URL in an object store), then by path and line; those an earlier run gave

@@ -214,8 +214,7 @@ def query(settings: db.Settings, statement, params=None) -> list[tuple]:
 def star_counts(settings: db.Settings) -> dict[str, int]:
     count = pgsql.SQL("SELECT count(*) FROM {}")
     counts = {t: query(settings, count.format(pgsql.Identifier(t)))[0][0] for t in sql.STAR_TABLES}
-    resolved = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
-    return counts | {"resolved": query(settings, resolved)[0][0]}
+    return counts | {"resolved": query(settings, sql.resolved_plays_counted)[0][0]}
 
 
 def bare_copy(settings: db.Settings) -> tuple[float, dict[str, int]]:

@@ -333,7 +333,7 @@ def real_data() -> Path:
     location = os.environ.get("SPARKIFY_REAL_DATA")
     if not location:
         pytest.skip(
-            "SPARKIFY_REAL_DATA is not set: the Udacity dataset is not on this machine "
+            "SPARKIFY_REAL_DATA is not set, so there is no Udacity dataset to test against "
             "(.ci/run sets it when ../shared/data/udacity exists)"
         )
     return Path(location)

@@ -73,11 +73,6 @@ def test_svg_is_well_formed_and_draws_every_table(generated):
             assert table in texts, f"{path.name}: {table} not named"
 
 
-def test_help_names_the_options():
-    done = run_script("erd.py", "--help")
-    assert "--database-url" in done.stdout and "--out DIR" in done.stdout
-
-
 def test_missing_tables_are_reported_and_nothing_is_written(tmp_path):
     drop_tables()
     try:

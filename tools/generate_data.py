@@ -536,8 +536,9 @@ def _day_parts(sessions, days):
     return by_day
 
 
-# A log event: (ts, session id, item in session, user index, kind, level, track), by position.
-TS, SID, ITEM, WHO, KIND, LEVEL, TRACK = range(7)
+# A log event: (ts, session id, item in session, user index, kind, level, track), by position;
+# the counts read these fields of it.
+TS, WHO, KIND, LEVEL, TRACK = 0, 3, 4, 5, 6
 
 
 def _log_days(day_parts, base_ms):
