@@ -358,7 +358,7 @@ def _stop_relay() -> None:
 
     # The thread starts with both signals blocked, and keeps them so: the kernel hands them to
     # a thread that does not block them, and one blocking them as it starts the parse workers
-    # (etl.Preparer) must get them after.
+    # (workers.Preparer) must get them after.
     with stops_blocked():
         threading.Thread(target=relay, name="stop relay", daemon=True).start()
 

@@ -1,7 +1,7 @@
 """Prepare: a batch's files in, COPY payloads out, in parts of bounded size: for the staging
 tables, or, in a bulk load, straight for songplays and time.
 
-This is what etl.Preparer runs (in the main process for song batches, in the parse worker for
+This is what workers.Preparer runs (in the main process for song batches, in the parse worker for
 log batches): extract reads the files, parse parses them, transform judges and shapes the
 records; each part carries its files' counts for the manifest and the report.
 """

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import cli
 import extract
 from contract import KEY_BYTES, Limits
-from etl import Preparer, _part_of, _send_parts
+from workers import Preparer, _part_of, _send_parts
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 

@@ -51,7 +51,7 @@ def test_sample_data_is_the_generators_output(tmp_path):
 def test_etl_as_a_command_and_its_parse_worker_load_the_sample_without_importing_pandas(
     fresh_tables, truth
 ):
-    """pyarrow would import pandas, unused, in each process (etl.WithoutPandas): every module
+    """pyarrow would import pandas, unused, in each process (workers.WithoutPandas): every module
     either imports is listed by -X importtime, which the worker inherits."""
     done = run_script("-X", "importtime", "etl.py", "--no-progress", "--jobs", "1")
     imported = [line.rpartition("|")[2].strip() for line in done.stderr.splitlines()]
