@@ -1619,6 +1619,26 @@ SELECT conname FROM pg_constraint
 WHERE conname = ANY (%(names)s) AND convalidated
   AND conrelid = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)"""
 
+# ---------------------------------------------------------------- the audit (audit.py, test.ipynb)
+# The folder (or URL) the last successful load read.
+audit_last_data = """
+SELECT data_dir FROM load_runs WHERE status = 'succeeded' ORDER BY run_id DESC LIMIT 1"""
+
+audit_plays = "SELECT count(*) FROM songplays"
+
+# The plays the manifest says the log files' loads took.
+audit_plays_in_manifest = "SELECT coalesce(sum(loaded), 0) FROM load_manifest WHERE kind = 'log'"
+
+# Each log file's latest load: its content's SHA-256, and the plays and duplicates it took.
+audit_log_loads = """
+SELECT path, sha256, loaded + duplicates FROM load_manifest WHERE kind = 'log'"""
+
+# The lines each log file's latest load rejected.
+audit_rejected_lines = """
+SELECT r.path, r.line
+FROM load_rejects r JOIN load_manifest m ON m.path = r.path AND m.run_id = r.run_id
+WHERE m.kind = 'log' AND r.line IS NOT NULL"""
+
 # ---------------------------------------------------------------- the diagram (erd.py)
 # The tables' columns, in order.
 catalog_columns = """

@@ -1,10 +1,14 @@
 """The shipped sample (data/): it is what tools/generate_data.py writes, and `python etl.py` loads
 it to exactly the numbers of its truth.json, then changes nothing on a second run."""
 
+import contextlib
+
 import pytest
 from conftest import SAMPLE, counts, query, run_main, run_script, scalar, table_contents
 from summary import CHECKS_PASSED, parse_summary
 
+import audit
+import db
 from sql_queries import STAR_TABLES
 
 
@@ -38,6 +42,27 @@ def test_second_load_of_the_sample_changes_nothing_and_says_so(sample_load):
     before = table_contents()
     assert parse_summary(run_main("etl.py", "--no-progress", "--json").stdout).nothing_new
     assert table_contents() == before
+
+
+def test_the_audit_recounts_every_log_file_and_names_the_one_its_books_miscount(
+    sample_load, settings
+):
+    """audit.recount_plays (test.ipynb's recount) agrees with a good load, file by file, and
+    finds a manifest entry that says two plays more than its file holds."""
+    first = "log_data/2018/11/2018-11-01-events.json"
+    with contextlib.closing(db.connect(settings)) as conn:
+        conn.autocommit = True
+        data = audit.last_loaded_data(conn)
+        assert data == str(SAMPLE.resolve())
+        assert audit.recount_plays(conn, data) == audit.Recount(30, {}, {})
+        miscount = "UPDATE load_manifest SET duplicates = duplicates + %s WHERE path = %s"
+        with conn.cursor() as cur:
+            cur.execute(miscount, (2, first))
+        try:
+            assert audit.recount_plays(conn, data) == audit.Recount(30, {first: -2}, {})
+        finally:
+            with conn.cursor() as cur:
+                cur.execute(miscount, (-2, first))
 
 
 def test_sample_data_is_the_generators_output(tmp_path):
