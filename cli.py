@@ -177,9 +177,24 @@ def finish(main: Callable[[], int]) -> NoReturn:
 
 
 class UserError(Exception):
-    """A problem the user must fix outside this program; its message is safe to print."""
+    """A problem the user must fix outside this program; its message is safe to print. Its exit
+    code is its class's, unless given."""
 
     exit_code = EXIT_ENVIRONMENT
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class OutputGone(Exception):
+    """Standard output's reader has gone (output piped into `head`, say): nothing more is said,
+    and the script exits with what it knew of its outcome."""
+
+    def __init__(self, exit_code: int):
+        super().__init__("standard output's reader has gone")
+        self.exit_code = exit_code
 
 
 def write_out(text: str, done: str, stream: TextIO | None = None, exit_code: int = EXIT_OK) -> None:
@@ -195,15 +210,13 @@ def write_out(text: str, done: str, stream: TextIO | None = None, exit_code: int
         with _outcome_known():
             print(text, file=stream)
             stream.flush()
-    except BrokenPipeError as exc:
+    except BrokenPipeError:
         discarded(stream)
-        exc.exit_code = exit_code
-        raise
+        raise OutputGone(exit_code) from None
     except OSError as exc:
         discarded(stream)
-        error = UserError(f"cannot write to standard output ({exc.strerror or exc}): {done}")
-        error.exit_code = exit_code or EXIT_ENVIRONMENT
-        raise error from None
+        said = f"cannot write to standard output ({exc.strerror or exc}): {done}"
+        raise UserError(said, exit_code or EXIT_ENVIRONMENT) from None
 
 
 def discarded(stream: TextIO | None) -> None:
@@ -410,9 +423,12 @@ def run_command(
         message, code, stopped = f"error: {TERMINATED}", EXIT_TERMINATED, exc
     except KeyboardInterrupt as exc:
         message, code, stopped = f"error: {INTERRUPTED}", EXIT_INTERRUPTED, exc
-    except BrokenPipeError as exc:
-        sys.stderr.close()  # output piped into `head`, say: nothing left to say
-        return getattr(exc, "exit_code", EXIT_OK)  # what write_out knew of the outcome
+    except OutputGone as exc:
+        sys.stderr.close()  # nothing left to say
+        return exc.exit_code  # what write_out knew of the outcome
+    except BrokenPipeError:  # standard output's reader gone as something else wrote to it
+        sys.stderr.close()
+        return EXIT_OK
     except Exception as exc:
         message, code, stopped = traceback.format_exc(), EXIT_FAILED, exc
     finally:

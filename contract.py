@@ -145,8 +145,8 @@ class Plan:
 # "emptied": a file loaded before that now holds no record at all (a failed transfer left it
 # empty, blank or cut short before its first line), or none that is not rejected (an error page
 # saved in its place, text in another encoding): like a deleted file it keeps what it loaded,
-# and its entry stays.
-FileStatus = Literal["new", "changed", "unchanged", "unreadable", "emptied"]
+# and its entry stays. In the order the report lists them.
+FileStatus = Literal["unchanged", "new", "changed", "emptied", "unreadable"]
 
 
 class Reject(NamedTuple):

@@ -257,7 +257,7 @@ def load_batches(
         for number in numbers:
             parts = preparer.parts(number)
             for part, loaded in load_or_split(conn, start, preparer, batches[number], parts):
-                tally.add(part, loaded)
+                tally = Tally.total([tally, Tally.of(part, loaded)])
             bar.update(len(batches[number].tasks))
     return tally
 

@@ -19,7 +19,7 @@ import psycopg2.extras
 import cli
 import db
 import sql_queries as sql
-from contract import Batch, HandOver, Kind, Known, Loaded, Part
+from contract import KINDS, Batch, HandOver, Kind, Known, Loaded, Part
 
 # ================================================================ a run's bookkeeping
 
@@ -124,7 +124,7 @@ def _start_run(conn, server: Server, data_dir: str, full_refresh: bool) -> RunSt
         _create_staging(cur)
         before = server.star_counts(cur)
         known = {}
-        for kind in ("song", "log"):
+        for kind in KINDS:
             cur.execute(sql.manifest_known, {"kind": kind})
             known[kind] = {
                 path: Known((size, mtime_ns, etag), sha256, damaged, usable, run_id)
@@ -558,9 +558,7 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
     name, moved, locked = missing[0], [], False
     try:
         with db.managed_cursor(conn) as cur:
-            cur.execute(sql.keys_lock_timeout)
-            for query in server.keys_setup:
-                cur.execute(query)
+            _keys_setup(cur, server)
             _create_staging(cur)
             for name in missing:
                 moved += _build_key(cur, name)
@@ -571,7 +569,7 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
     except psycopg2.errors.DeadlockDetected:
         failure = "it deadlocked with another session's writes"
     except (psycopg2.IntegrityError, *db.SHORT_OF_RESOURCES) as exc:
-        failure = db.first_line(exc)
+        failure = cli.first_line(exc)
     else:
         failure = None
     _analyze(conn, server)
@@ -589,12 +587,18 @@ def _analyze(conn, server: Server) -> None:
     built all the same."""
     try:
         with db.managed_cursor(conn) as cur:
-            cur.execute(sql.keys_lock_timeout)
-            for query in server.keys_setup:
-                cur.execute(query)
+            _keys_setup(cur, server)
             cur.execute(sql.analyze_after_bulk_load)
     except (psycopg2.errors.LockNotAvailable, *db.SHORT_OF_RESOURCES):
         return
+
+
+def _keys_setup(cur, server: Server) -> None:
+    """A transaction that builds keys or analyzes their tables: how long it waits for a lock,
+    and what the server needs first."""
+    cur.execute(sql.keys_lock_timeout)
+    for query in server.keys_setup:
+        cur.execute(query)
 
 
 def _build_key(cur, name: str) -> list[Moved]:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import sql_queries as sql
 from cli import EXIT_FAILED, EXIT_OK, many
-from contract import KINDS, Loaded, Part
+from contract import KINDS, FileStatus, Loaded, Part
 from extract import DATA_FILES, path_text
 
 COUNTS = ("records", "loaded", "skipped", "duplicates", "rejected")
 IGNORED_EXAMPLES = 5
 REJECT_EXAMPLES = 5  # shown; one more is read, to say whether there are more
 GONE_EXAMPLES = 5
-FILE_STATES = ("unchanged", "new", "changed", "emptied", "unreadable")
+FILE_STATES = typing.get_args(FileStatus)
 # A state as the summary says it: "emptied" also names a file now garbled or cut short.
 STATE_SAID = {"emptied": "keeping what it loaded"}
 # What a bulk load drops and builds back, named whole.
@@ -59,7 +60,7 @@ class Tally:
 
     @classmethod
     def total(
-        cls, stages: list[Tally], unchanged: dict[str, int], removed_duplicates: int = 0
+        cls, stages: list[Tally], unchanged: dict[str, int] | None = None, removed_duplicates=0
     ) -> Tally:
         """The run's tally: its stages' tallies added up, with the files found unchanged per kind,
         and the plays a bulk load wrote that lost to another copy as its keys were built back:
@@ -74,14 +75,19 @@ class Tally:
             tally.file_problems += stage.file_problems
             tally.settled = tally.settled or stage.settled
             tally.taken_over += stage.taken_over
-        for kind, n in unchanged.items():
+        for kind, n in (unchanged or {}).items():
             tally.files[kind]["unchanged"] = tally.files[kind].get("unchanged", 0) + n
         tally.counts["log"]["loaded"] -= removed_duplicates
         tally.counts["log"]["duplicates"] += removed_duplicates
         return tally
 
-    def add(self, part: Part, loaded: Loaded) -> None:
-        files, counts = self.files[part.kind], self.counts[part.kind]
+    @classmethod
+    def of(cls, part: Part, loaded: Loaded) -> Tally:
+        """One loaded part's files and records."""
+        tally = cls(
+            file_problems=part.file_problems, settled=loaded.settled, taken_over=loaded.taken_over
+        )
+        files, counts = tally.files[part.kind], tally.counts[part.kind]
         for f in part.files:
             if f.first:
                 files[f.read.status] = files.get(f.read.status, 0) + 1
@@ -92,9 +98,7 @@ class Tally:
                 loaded_here, duplicates = loaded.outcome(part.kind, f)
                 counts["loaded"] += loaded_here
                 counts["duplicates"] += duplicates
-        self.file_problems += part.file_problems
-        self.settled = self.settled or loaded.settled
-        self.taken_over += loaded.taken_over
+        return tally
 
     def reconciles(self, kind: str) -> bool:
         """Records read = loaded + skipped by design + duplicates + rejected."""
