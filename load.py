@@ -157,7 +157,7 @@ def _counts_counted(cur) -> Counted:
     """The star's rows and resolved plays, counted: on Citus, which keeps no row_counts."""
     rows = {}
     for table in sql.STAR_TABLES:
-        cur.execute(sql.row_count.format(table=table))
+        cur.execute(sql.row_count[table])
         rows[table] = cur.fetchone()[0]
     cur.execute(sql.resolved_plays_counted)
     return Counted(rows, cur.fetchone()[0])
@@ -231,9 +231,7 @@ def load_part(cur, start: RunStart, part: Part) -> Loaded:
         if not payload or table in sql.BULK_COPIES:
             continue
         cur.copy_expert(
-            server.stage_plays_copy
-            if table == "stage_plays"
-            else sql.copy_into.format(table=table),
+            server.stage_plays_copy if table == "stage_plays" else sql.copy_into[table],
             io.BytesIO(payload),
         )
         if table == "stage_plays":
@@ -387,7 +385,7 @@ PLAIN = Server(
     part_setup=(),
     log_part_setup=(),
     keys_setup=(),
-    stage_plays_copy=sql.copy_into.format(table="stage_plays"),
+    stage_plays_copy=sql.copy_into["stage_plays"],
     time_insert=sql.time_insert,
     users_update=sql.users_update,
     after_plays_gone=sql.after_plays_gone,

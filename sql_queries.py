@@ -847,7 +847,8 @@ stage_table_queries = [
 
 stage_truncate = "TRUNCATE " + ", ".join(table for table in STAGING if table != "stage_promoted")
 
-copy_into = "COPY {table} FROM STDIN WITH (FORMAT csv)"
+# Each staging table's COPY of a part's payload.
+copy_into = {table: f"COPY {table} FROM STDIN WITH (FORMAT csv)" for table in STAGING}
 
 # ---------------------------------------------------------------- merging a batch
 
@@ -1477,7 +1478,7 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 # ---------------------------------------------------------------- the summary
 
 # On Citus, where no trigger keeps row_counts: each table counted, on the shards in parallel.
-row_count = "SELECT count(*) FROM {table}"
+row_count = {table: f"SELECT count(*) FROM {table}" for table in STAR_TABLES}
 resolved_plays_counted = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
 # The run's first rejects: song files' first (as they load: their paths start with songs, the

@@ -519,8 +519,9 @@ def render_csv(table: pa.Table, columns: list[str]) -> bytes:
         return b""
     table = table.select(columns)
     for n, field in enumerate(table.schema):
-        # Instants go as naive UTC, read back as UTC (sql.staging_time_zone): Arrow writes those ten
-        # times faster than zoned ones.
+        # Instants go as naive UTC, read back as UTC (sql.staging_time_zone): Arrow writes those
+        # ten times faster than zoned ones (850,000 instants: 0.13-0.32 s against 3.6-5.7 s,
+        # three rounds), seconds of a 1M-event load's parse worker.
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             table = table.set_column(n, field.name, table[n].cast(pa.timestamp(field.type.unit)))
     out = io.BytesIO()

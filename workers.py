@@ -39,7 +39,8 @@ def prepare_module():
     a large share of a run that finds nothing new (bench/README.md has the measurement). What
     the imports made, and the run's plan, live as long as the process: frozen (gc.freeze), the
     garbage collector no longer walks them each time the many objects of a batch of small files
-    set it off."""
+    set it off (etl.py's CPU for 20,000 song files: 1.34-1.42 s, against 1.45-1.58 s unfrozen,
+    four rounds in turn; about 7% of the song stage)."""
     import prepare
 
     gc.freeze()

@@ -487,8 +487,8 @@ def test_lint_accepts_a_statement_with_its_values_as_parameters():
 
 def test_sql_queries_holds_only_fixed_text():
     """No value can reach a statement when it loads: sql_queries imports nothing and defines no
-    function, and its only placeholders are the {table} templates and create_database's name
-    (filled with psycopg2.sql.Identifier)."""
+    function, and its only placeholder is create_database's name (filled with
+    psycopg2.sql.Identifier)."""
     names = {k: v for k, v in vars(sql_queries).items() if not k.startswith("__")}
     assert [k for k, v in names.items() if callable(v) or isinstance(v, types.ModuleType)] == []
     templates = {
@@ -496,11 +496,7 @@ def test_sql_queries_holds_only_fixed_text():
         for name, value in names.items()
         if isinstance(value, str) and re.search(r"\{\w+\}", value)
     }
-    assert templates == {
-        "copy_into": ["table"],
-        "row_count": ["table"],
-        "create_database": ["name"],
-    }
+    assert templates == {"create_database": ["name"]}
 
 
 def test_embedded_server_data_and_socket_directories_are_private():
