@@ -225,8 +225,7 @@ def bare_copy(settings: db.Settings) -> tuple[float, dict[str, int]]:
     with contextlib.closing(db.connect(settings)) as conn, conn.cursor() as cur:
         conn.autocommit = True
         cur.execute(sql.tables_schema_use)  # the star's schema: the bare tables are made there
-        cur.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
-        citus = cur.fetchone()[0]
+        citus = db.distributed(cur)  # as load.server_of chooses
         payloads = {t: io.BytesIO() for t in sql.STAR_TABLES}
         for table, payload in payloads.items():
             export = pgsql.SQL("COPY (SELECT * FROM {}) TO STDOUT")
