@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable
+from typing import Literal, NamedTuple
 
 import db
 import extract
@@ -25,14 +26,25 @@ class Recount:
     not_recounted: dict[str, str]  # path (or the data's URL, out of reach): why
 
 
-def last_loaded_data(conn) -> str:
-    """The folder (or URL) the last successful load read."""
+# How a load ended (load_runs.status): one killed stays 'running' until the next run starts. What
+# a run that did not succeed committed stays.
+RunStatus = Literal["running", "succeeded", "failed", "interrupted"]
+
+
+class LastRun(NamedTuple):
+    data: str  # the folder (or URL) it read
+    run_id: int
+    status: RunStatus
+
+
+def last_run(conn) -> LastRun:
+    """The latest load: what the tables hold came from its data, whether it finished or not."""
     with conn.cursor() as cur:
-        cur.execute(sql.audit_last_data)
+        cur.execute(sql.audit_last_run)
         found = cur.fetchone()
     if found is None:
         raise db.DatabaseError("nothing is loaded in this database yet: run `python etl.py` first")
-    return found[0]
+    return LastRun(*found)
 
 
 def recount_plays(conn, data: str) -> Recount:

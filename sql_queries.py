@@ -1621,9 +1621,9 @@ WHERE conname = ANY (%(names)s) AND convalidated
   AND conrelid = ANY (SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t)"""
 
 # ---------------------------------------------------------------- the audit (audit.py, test.ipynb)
-# The folder (or URL) the last successful load read.
-audit_last_data = """
-SELECT data_dir FROM load_runs WHERE status = 'succeeded' ORDER BY run_id DESC LIMIT 1"""
+# The latest run: the folder (or URL) it read, its number and how it ended.
+audit_last_run = """
+SELECT data_dir, run_id, status FROM load_runs ORDER BY run_id DESC LIMIT 1"""
 
 audit_plays = "SELECT count(*) FROM songplays"
 

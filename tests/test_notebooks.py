@@ -213,3 +213,47 @@ def test_test_notebook_on_a_database_not_loaded_says_what_to_run_first():
         [error] = [o for o in notebook.cells[1].outputs if o.output_type == "error"]
         assert (error.ename, error.evalue) == ("DatabaseError", said)
         run_script("create_tables.py")
+
+
+def cell_text(notebook, number: int) -> str:
+    return "".join(o.get("text", "") for o in notebook.cells[number].outputs)
+
+
+def test_test_notebook_runs_on_a_load_that_holds_no_plays(tmp_path):
+    """A feed whose logs hold no NextSong event yet loads no play: every check and chart cell
+    runs all the same (empty axes), the levels' pie saying there is nothing to draw. (Runs
+    last: it loads its own data.)"""
+    data = tmp_path / "data"
+    song = next((PROJECT / "data" / "song_data").rglob("*.json"))
+    (data / "song_data").mkdir(parents=True)
+    shutil.copy(song, data / "song_data" / song.name)
+    day = PROJECT / "data" / "log_data" / "2018" / "11" / "2018-11-01-events.json"
+    other_pages = [line for line in day.read_text().splitlines(True) if '"NextSong"' not in line]
+    (data / "log_data").mkdir()
+    (data / "log_data" / day.name).write_text("".join(other_pages))
+    run_script("create_tables.py")
+    run_script("etl.py", "--data", str(data), "--no-progress")
+    notebook = execute("test.ipynb")
+    [levels] = [
+        n for n, cell in enumerate(notebook.cells) if "ax.pie(" in "".join(cell.get("source", ""))
+    ]
+    assert cell_text(notebook, levels) == "no plays loaded: no levels to chart\n"
+    committed = nbformat.read(PROJECT / "test.ipynb", as_version=4)
+    assert charts(notebook) == [n for n in charts(committed) if n != levels]  # empty axes
+
+
+def test_test_notebook_checks_what_a_load_that_did_not_finish_committed():
+    """A load killed, interrupted or failed keeps what it committed: the notebook checks it,
+    noting the run is unfinished, rather than saying nothing is loaded. (Runs last: it loads its
+    own data.)"""
+    run_script("create_tables.py")
+    run_script("etl.py", "--data", "data", "--no-progress")
+    [(run_id,)] = query("UPDATE load_runs SET status = 'interrupted' RETURNING run_id")
+    try:
+        notebook = execute("test.ipynb")  # its last check cell raises when a check fails
+    finally:
+        query("UPDATE load_runs SET status = 'succeeded'")
+    assert cell_text(notebook, 1) == (
+        f"note: the latest load (run {run_id}) has not finished (interrupted): what it committed "
+        "is here; run `python etl.py` to finish it\n"
+    )

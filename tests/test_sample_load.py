@@ -52,8 +52,8 @@ def test_the_audit_recounts_every_log_file_and_names_the_one_its_books_miscount(
     first = "log_data/2018/11/2018-11-01-events.json"
     with contextlib.closing(db.connect(settings)) as conn:
         conn.autocommit = True
-        data = audit.last_loaded_data(conn)
-        assert data == str(SAMPLE.resolve())
+        data, _, status = audit.last_run(conn)
+        assert (data, status) == (str(SAMPLE.resolve()), "succeeded")
         assert audit.recount_plays(conn, data) == audit.Recount(30, {}, {})
         miscount = "UPDATE load_manifest SET duplicates = duplicates + %s WHERE path = %s"
         with conn.cursor() as cur:
