@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
 import json
 import os
 import stat
@@ -118,7 +119,7 @@ def run(
                     logs = load_batches(conn, start, preparer, "log", progress)
                 finally:
                     preparer.close()
-                built = load.build_keys(conn, server, start.run_id)
+                built = keys_built_back(conn, server, start.run_id, progress)
                 unchanged = {kind: plans[kind].unchanged for kind in KINDS}
                 tally = Tally.total([songs, logs], unchanged, built.duplicates)
                 report = finish(
@@ -244,22 +245,39 @@ def load_batches(
     batches = preparer.batches
     numbers = [n for n, batch in enumerate(batches) if batch.kind == kind]
     tally = Tally()
-    # progress None: a bar on a terminal only; none where stderr was closed at start (2>&-: None)
-    quiet = not numbers or sys.stderr is None
-    with tqdm(
-        total=sum(len(batches[n].tasks) for n in numbers),
-        desc=f"{kind} files",
-        unit="file",
-        leave=False,
-        file=sys.stderr,
-        disable=True if quiet else None if progress is None else not progress,
-    ) as bar:
+    files = sum(len(batches[n].tasks) for n in numbers)
+    with progress_bar(f"{kind} files", "file", progress if numbers else False, files) as bar:
         for number in numbers:
             parts = preparer.parts(number)
             for part, loaded in load_or_split(conn, start, preparer, batches[number], parts):
                 tally = Tally.total([tally, Tally.of(part, loaded)])
             bar.update(len(batches[number].tasks))
     return tally
+
+
+def progress_bar(what: str, unit: str, progress: bool | None, total: int | None = None) -> tqdm:
+    """A bar on standard error, gone once done; progress None: on a terminal only. None where
+    standard error was closed at start (2>&-)."""
+    return tqdm(
+        total=total,
+        desc=what,
+        unit=unit,
+        leave=False,
+        file=sys.stderr,
+        disable=True if sys.stderr is None else None if progress is None else not progress,
+    )
+
+
+def keys_built_back(conn, server: load.Server, run_id: int, progress: bool | None) -> load.Built:
+    """load.build_keys, with a bar where a bulk load left keys to build (minutes at 10M plays)."""
+    keys = len(load.keys_missing(conn))
+    with progress_bar("keys built back", "key", progress if keys else False, keys) as bar:
+        return load.build_keys(conn, server, run_id, functools.partial(counted_on, bar))
+
+
+def counted_on(bar: tqdm, done: int, of: int) -> None:
+    bar.total, bar.n = of, done
+    bar.refresh()
 
 
 class FoundUnusable(Exception):

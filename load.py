@@ -542,14 +542,21 @@ class Built:
 KEYS_LOCKED = "another session kept a conflicting lock on its tables"
 
 
-def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
+def build_keys(
+    conn,
+    server: Server,
+    run_id: int | None = None,
+    counted: Callable[[int, int], None] | None = None,
+) -> Built:
     """Build back the missing keys (sql.BULK_KEYS), in one transaction, each in one pass over its
     table (a foreign key checked over every row). Where a bulk load wrote an instant or a play
     twice, time's key or songplays' unique key cannot be built: one row of each instant is kept,
     or the plays are settled (songplays keeps the copy of the file first in path order, as the
     key in place does; run_id's plays that lost are counted), and the key is built then. If one
     key cannot be built, none is, and they stay missing for the next run to build. Either way
-    the tables are analyzed: the checks that follow are planned on their statistics."""
+    the tables are analyzed: the checks that follow are planned on their statistics. counted(done,
+    of) is told as each is built (a progress bar's)."""
+    counted = counted or (lambda done, of: None)
     missing = keys_missing(conn)
     if not missing:
         return Built([], {})
@@ -558,8 +565,10 @@ def build_keys(conn, server: Server, run_id: int | None = None) -> Built:
         with db.managed_cursor(conn) as cur:
             _keys_setup(cur, server)
             _create_staging(cur)
-            for name in missing:
+            counted(0, len(missing))
+            for done, name in enumerate(missing, 1):
                 moved += _build_key(cur, name)
+                counted(done, len(missing))
     except psycopg2.errors.LockNotAvailable:
         held_by = db.sessions_holding(conn, sql.TABLES).sessions
         failure = KEYS_LOCKED + (f": {'; '.join(held_by)}" if held_by else "")

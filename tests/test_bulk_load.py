@@ -6,9 +6,17 @@ them before it loads anything, or stops, naming it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import pty
 import random
 import re
+import shutil
+import struct
 import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import psycopg2
@@ -34,7 +42,7 @@ from builders import (
     start_load,
     write,
 )
-from conftest import counts, query, run_script, schema_objects, table_contents
+from conftest import PROJECT, counts, query, run_script, schema_objects, table_contents
 from psycopg2 import sql as pgsql
 from summary import ALL_SET_ASIDE, CHECKS_PASSED, Counts, parse_summary
 
@@ -557,3 +565,37 @@ def test_keys_that_cannot_be_built_still_leave_statistics_for_the_checks_after_t
         built.failed["time_pkey"],
     ), built.failed
     assert query("SELECT reltuples FROM pg_class WHERE relname = 'time'") == [(200001.0,)]
+
+
+def bars_on_a_terminal(*args: str) -> set[str]:
+    """The progress bars etl.py shows on a terminal (standard error a 120-column pty), by their
+    names: the text before ':' of each line it draws."""
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    with subprocess.Popen(
+        [sys.executable, "etl.py", *args],
+        cwd=PROJECT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=child,
+    ) as process:
+        os.close(child)
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO: the terminal's other end closed
+            while piece := os.read(parent, 65536):
+                drawn += piece
+        os.close(parent)
+    assert process.returncode == EXIT_OK
+    lines = drawn.decode().replace("\r", "\n").splitlines()
+    return {line.partition(":")[0].strip() for line in lines if ":" in line}
+
+
+def test_a_bulk_load_shows_its_keys_built_back_on_a_terminal_and_a_daily_load_does_not(tmp_path):
+    """Building the keys back is minutes of a big first load: a bar says so where the file
+    bars end."""
+    run_script("create_tables.py")
+    assert bars_on_a_terminal("--data", "data") == {"song files", "log files", "keys built back"}
+    day = PROJECT / "data" / "log_data" / "2018" / "11" / "2018-11-30-events.json"
+    (tmp_path / "log_data").mkdir()
+    shutil.copy(day, tmp_path / "log_data" / "day.json")
+    assert bars_on_a_terminal("--data", str(tmp_path)) == {"log files"}
