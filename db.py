@@ -431,9 +431,20 @@ def connect(settings: Settings, dbname: str | None = None):
             f"the database on {settings.describe()} stores text as {encoding}, which cannot "
             "hold every title and name: use a database created with ENCODING 'UTF8'"
         )
+    if conn.server_version < OLDEST_SERVER:
+        version = conn.info.parameter_status("server_version")
+        conn.close()
+        raise DatabaseError(
+            f"{settings.describe()} runs PostgreSQL {version}: the project needs PostgreSQL 11 or "
+            "newer (its tables use what 11 brought)"
+        )
     _OPEN[:] = [*(held for held in _OPEN if not held[0].closed), (conn, conn.info.backend_pid)]
     return conn
 
+
+# The oldest server_version_num the tables can be made on (CREATE TRIGGER ... EXECUTE FUNCTION,
+# among others, came with PostgreSQL 11); the project's loads are the same on 11 to 18.
+OLDEST_SERVER = 110000
 
 # The connections connect made that are still open, with their server processes, whose
 # statements a stop cancels.

@@ -254,10 +254,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+# The tests' own server: DATABASE_URL as the tests were given it, else the private embedded one.
+TESTS_DATABASE_URL = os.environ.get("DATABASE_URL")
+
+
 def using_database(url: str | None):
     """The readers here (query, table_contents, ...) and the scripts run on the database at url
     for a while; None: the tests' own server."""
-    return environment({"DATABASE_URL": url or None})
+    return environment({"DATABASE_URL": url or TESTS_DATABASE_URL})
 
 
 def drop_tables() -> None:

@@ -1222,9 +1222,9 @@ def a_database_encoded(encoding: str):
     requires(CREATEDB, "a database of the test's own")
     name = f"sparkify_{encoding.lower()}"
     drop = pgsql.SQL("DROP DATABASE IF EXISTS {}").format(pgsql.Identifier(name))
-    create = pgsql.SQL("CREATE DATABASE {} ENCODING {} LOCALE 'C' TEMPLATE template0").format(
-        pgsql.Identifier(name), pgsql.Literal(encoding)
-    )
+    create = pgsql.SQL(
+        "CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    ).format(pgsql.Identifier(name), pgsql.Literal(encoding))
     as_superuser(drop, create)
     try:
         with using_database(server_url(database=name)):
@@ -1323,3 +1323,21 @@ def test_the_schema_stamp_follows_what_the_statements_make_not_their_comments_or
     changed = first.replace("(", "(\n    spare text,", 1)
     monkeypatch.setattr(sql_queries, "create_table_queries", [changed, *rest])
     assert db.schema_stamp() != stamp
+
+
+def test_a_server_older_than_the_oldest_the_tables_can_be_made_on_is_refused_in_one_line(
+    monkeypatch,
+):
+    """The tables need PostgreSQL 11 (a PostgreSQL 10 said only "syntax error at or near
+    FUNCTION"): a server below the floor is named with its version. Here the floor is put above
+    the tests' own server."""
+    settings = db.Settings.from_env()
+    with contextlib.closing(db.connect(settings)) as conn:
+        version = conn.info.parameter_status("server_version")
+        monkeypatch.setattr(db, "OLDEST_SERVER", conn.server_version + 1)
+    with pytest.raises(db.DatabaseError) as refused:
+        db.connect(settings)
+    assert str(refused.value) == (
+        f"{settings.describe()} runs PostgreSQL {version}: the project needs PostgreSQL 11 or "
+        "newer (its tables use what 11 brought)"
+    )

@@ -19,6 +19,7 @@ import re
 import string
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -828,9 +829,14 @@ def test_a_session_ended_in_the_middle_of_a_copy_is_named_by_what_the_server_sai
             self.calls += 1
             if self.calls == 2:
                 with ender.cursor() as cur:
-                    cur.execute(
-                        "SELECT pg_terminate_backend(%s, 5000)", (copying.info.backend_pid,)
-                    )
+                    pid = copying.info.backend_pid
+                    cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    deadline = time.monotonic() + 5
+                    while time.monotonic() < deadline:  # until it has ended
+                        cur.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+                        if not cur.fetchall():
+                            break
+                        time.sleep(0.01)
             return "1\n" * 1000 if self.calls < 50 else ""
 
     def copy() -> int:
