@@ -824,7 +824,8 @@ def add_wait_option(parser: argparse.ArgumentParser, holder: str) -> None:
         default=LOCK_WAIT,
         metavar="SECONDS",
         help=f"how many seconds (0 to a year) to wait for {holder} before exiting 4; "
-        "a killed run's session ends within a second or two (default: %(default)s)",
+        "a killed run's session ends within a second or two on PostgreSQL 14 and later "
+        "(default: %(default)s)",
     )
 
 
