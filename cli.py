@@ -426,9 +426,9 @@ def run_command(
     except OutputGone as exc:
         sys.stderr.close()  # nothing left to say
         return exc.exit_code  # what write_out knew of the outcome
-    except BrokenPipeError:  # standard output's reader gone as something else wrote to it
+    except BrokenPipeError:  # a reader gone before the command ended: it did not finish
         sys.stderr.close()
-        return EXIT_OK
+        return EXIT_FAILED
     except Exception as exc:
         message, code, stopped = traceback.format_exc(), EXIT_FAILED, exc
     finally:

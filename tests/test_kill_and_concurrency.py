@@ -60,6 +60,7 @@ import load
 import sql_queries
 from cli import (
     EXIT_ENVIRONMENT,
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_OK,
@@ -1483,3 +1484,30 @@ def test_a_connection_given_up_by_ctrl_c_is_closed_when_the_server_answers_later
         while (left := query(sessions, (name,))[0][0]) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert left == 0
+
+
+# A command that writes on before its outcome, into a pipe whose reader has gone.
+WRITES_ON_INTO_A_CLOSED_PIPE = """
+import sys, cli
+def command():
+    for _ in range(100):
+        print("x" * 100_000, flush=True)
+    cli.write_out("done", "done")
+    return 0
+sys.exit(cli.run_command(command))
+"""
+
+
+def test_a_command_whose_reader_goes_before_its_outcome_does_not_exit_as_done():
+    """A pipe broken in the middle of the work is no outcome written: the command stopped
+    there (it exited 0, as if done)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITES_ON_INTO_A_CLOSED_PIPE],
+        cwd=PROJECT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader gone at once
+    err = proc.stderr.read()
+    assert (proc.wait(timeout=60), err) == (EXIT_FAILED, b"")
