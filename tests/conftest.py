@@ -22,6 +22,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from psycopg2 import sql as pgsql
 
+import create_tables
 import db
 import embedded
 import sql_queries
@@ -95,6 +96,8 @@ def server():
     with environment({"SPARKIFY_PGDATA": str(pgdata), **dict.fromkeys(db.LIBPQ_ENV)}):
         try:
             embedded.start(pgdata)
+            # its database made, as create_tables.py would: a test run on its own needs it
+            create_tables.ensure_database(db.Settings.from_env())
             yield
         finally:
             embedded.stop(pgdata)
