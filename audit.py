@@ -71,8 +71,9 @@ def recount_plays(conn, data: str) -> Recount:
             taken = len(lines) - len({(path, n) for n in lines} & rejected)
             if taken != loads[path][1]:
                 differences[path] = taken - loads[path][1]
-    except extract.StoreError as exc:  # an object store out of reach
+    except extract.StoreError as exc:  # an object store out of reach: what it holds is unknown
         not_recounted[data] = str(exc)
+        return Recount(len(found - not_recounted.keys()), differences, not_recounted)
     gone = dict.fromkeys(sorted(loads.keys() - found), "no longer there")
     return Recount(len(found - not_recounted.keys()), differences, not_recounted | gone)
 

@@ -91,7 +91,7 @@ def run(
             # The keys an interrupted bulk load left out are built first (its duplicates settled):
             # a load merges with them in place, unless it is a bulk load itself.
             server = load.server_of(conn)
-            found_missing = load.build_keys(conn, server)
+            found_missing = keys_built_back(conn, server, None, progress)
             if found_missing.failed:
                 key, why = next(iter(found_missing.failed.items()))
                 raise (db.LockedError if found_missing.locked else db.DatabaseError)(
@@ -268,7 +268,9 @@ def progress_bar(what: str, unit: str, progress: bool | None, total: int | None 
     )
 
 
-def keys_built_back(conn, server: load.Server, run_id: int, progress: bool | None) -> load.Built:
+def keys_built_back(
+    conn, server: load.Server, run_id: int | None, progress: bool | None
+) -> load.Built:
     """load.build_keys, with a bar where a bulk load left keys to build (minutes at 10M plays)."""
     keys = len(load.keys_missing(conn))
     with progress_bar("keys built back", "key", progress if keys else False, keys) as bar:

@@ -255,5 +255,5 @@ def test_test_notebook_checks_what_a_load_that_did_not_finish_committed():
         query("UPDATE load_runs SET status = 'succeeded'")
     assert cell_text(notebook, 1) == (
         f"note: the latest load (run {run_id}) has not finished (interrupted): what it committed "
-        "is here; run `python etl.py` to finish it\n"
+        "is here; once it has ended, `python etl.py` finishes it\n"
     )
