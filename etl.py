@@ -44,7 +44,7 @@ import sql_queries as sql
 import workers
 from contract import KINDS, Batch, Kind, Limits, Loaded, Part, Unusable
 from extract import Listing, Source
-from report import REJECT_EXAMPLES, Earlier, Report, Tally
+from report import REJECT_EXAMPLES, Report, Tally
 
 JOBS_PER_CPU = 4
 MAX_JOBS = JOBS_PER_CPU * (os.cpu_count() or 1)
@@ -406,16 +406,7 @@ def finish(
         # run too: both totals are moved by what it was off by, and the run's change stays.
         off, resolved_off = checked.plays_miscounted if checked else (0, 0)
         songs = extract.paths_under(data, "song")
-        limit = REJECT_EXAMPLES + 1
-        cur.execute(sql.run_rejects, {"run_id": start.run_id, "songs": songs, "limit": limit})
-        examples = cur.fetchall()
-        earlier = {"runs": start.unreported, "songs": songs, "limit": limit}
-        cur.execute(sql.earlier_rejects_count, earlier)
-        records, files = cur.fetchone()
-        cur.execute(sql.earlier_rejects, earlier)
-        earlier_examples = cur.fetchall()
-        cur.execute(sql.earlier_loads, earlier)
-        earlier_loaded = {kind: (n, loaded) for kind, n, loaded in cur.fetchall()}
+        examples, earlier = load.rejects_and_earlier(cur, start, songs, REJECT_EXAMPLES + 1)
         report = Report(
             target=settings.describe(),
             data_dir=data.root,
@@ -438,12 +429,9 @@ def finish(
             not_restored=built.failed,
             ignored=ignored,
             gone=gone,
-            earlier=Earlier(start.unreported, records, files, earlier_examples, earlier_loaded),
+            earlier=earlier,
         )
-        cur.execute(
-            sql.run_finish,
-            {"run_id": start.run_id, "status": report.status},
-        )
+        load.record_outcome(cur, start.run_id, report.status)
     return report
 
 

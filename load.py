@@ -20,6 +20,7 @@ import cli
 import db
 import sql_queries as sql
 from contract import KINDS, Batch, HandOver, Kind, Known, Loaded, Part
+from report import Earlier, Example
 
 # ================================================================ a run's bookkeeping
 
@@ -161,6 +162,29 @@ def _counts_counted(cur) -> Counted:
         rows[table] = cur.fetchone()[0]
     cur.execute(sql.resolved_plays_counted)
     return Counted(rows, cur.fetchone()[0])
+
+
+def rejects_and_earlier(
+    cur, start: RunStart, songs: list[str], limit: int
+) -> tuple[list[Example], Earlier]:
+    """The run's first rejects (song files' first: their paths start with songs), up to limit;
+    and what the runs it completes (killed, cut off, stopped by an error before their report)
+    loaded and rejected, with their first rejects."""
+    cur.execute(sql.run_rejects, {"run_id": start.run_id, "songs": songs, "limit": limit})
+    examples = cur.fetchall()
+    earlier = {"runs": start.unreported, "songs": songs, "limit": limit}
+    cur.execute(sql.earlier_rejects_count, earlier)
+    records, files = cur.fetchone()
+    cur.execute(sql.earlier_rejects, earlier)
+    earlier_examples = cur.fetchall()
+    cur.execute(sql.earlier_loads, earlier)
+    loaded = {kind: (n, loaded) for kind, n, loaded in cur.fetchall()}
+    return examples, Earlier(start.unreported, records, files, earlier_examples, loaded)
+
+
+def record_outcome(cur, run_id: int, status: str) -> None:
+    """The run's row in load_runs: how it ended, and when."""
+    cur.execute(sql.run_finish, {"run_id": run_id, "status": status})
 
 
 CheckScope = Literal["by its constraints", "over this run's log files", "over every row"]
