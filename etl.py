@@ -174,9 +174,7 @@ def refuse_a_refresh_that_loses(conn, data: Source, listed: dict[str, Listing]) 
     }
     if not unlisted:
         return
-    with db.managed_cursor(conn) as cur:
-        cur.execute(sql.folders_loaded_from, {"folders": list(unlisted)})
-        lost = [row[0] for row in cur.fetchall()]
+    lost = load.folders_loaded_from(conn, list(unlisted))
     if lost:
         others = len(lost) - 1
         also = f" (and {cli.many(others, 'more folder', 'more folders')})" if others else ""

@@ -164,6 +164,13 @@ def _counts_counted(cur) -> Counted:
     return Counted(rows, cur.fetchone()[0])
 
 
+def folders_loaded_from(conn, folders: list[str]) -> list[str]:
+    """Those of the folders (paths under the data folder) that files loaded before lie in."""
+    with db.managed_cursor(conn) as cur:
+        cur.execute(sql.folders_loaded_from, {"folders": folders})
+        return [row[0] for row in cur.fetchall()]
+
+
 def rejects_and_earlier(
     cur, start: RunStart, songs: list[str], limit: int
 ) -> tuple[list[Example], Earlier]:
