@@ -270,9 +270,11 @@ def keys_built_back(
     conn, server: load.Server, run_id: int | None, progress: bool | None
 ) -> load.Built:
     """load.build_keys, with a bar where a bulk load left keys to build (minutes at 10M plays)."""
-    keys = len(load.keys_missing(conn))
-    with progress_bar("keys built back", "key", progress if keys else False, keys) as bar:
-        return load.build_keys(conn, server, run_id, functools.partial(counted_on, bar))
+    missing = load.keys_missing(conn)
+    shown = progress if missing else False
+    with progress_bar("keys built back", "key", shown, len(missing)) as bar:
+        counted = functools.partial(counted_on, bar)
+        return load.build_keys(conn, server, missing, run_id, counted)
 
 
 def counted_on(bar: tqdm, done: int, of: int) -> None:

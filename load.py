@@ -92,7 +92,7 @@ def failure_recorded(conn, start: RunStart):
             except psycopg2.Error:
                 pass  # the connection is gone: the error that ended the run says so
             try:
-                built = build_keys(conn, start.server)
+                built = build_keys(conn, start.server, keys_missing(conn))
             except psycopg2.Error:
                 pass
             else:
@@ -576,19 +576,20 @@ KEYS_LOCKED = "another session kept a conflicting lock on its tables"
 def build_keys(
     conn,
     server: Server,
+    missing: list[str],
     run_id: int | None = None,
     counted: Callable[[int, int], None] | None = None,
 ) -> Built:
-    """Build back the missing keys (sql.BULK_KEYS), in one transaction, each in one pass over its
-    table (a foreign key checked over every row). Where a bulk load wrote an instant or a play
-    twice, time's key or songplays' unique key cannot be built: one row of each instant is kept,
-    or the plays are settled (songplays keeps the copy of the file first in path order, as the
-    key in place does; run_id's plays that lost are counted), and the key is built then. If one
-    key cannot be built, none is, and they stay missing for the next run to build. Either way
-    the tables are analyzed: the checks that follow are planned on their statistics. counted(done,
-    of) is told as each is built (a progress bar's)."""
+    """Build back the missing keys (of sql.BULK_KEYS, as keys_missing found them), in one
+    transaction, each in one pass over its table (a foreign key checked over every row). Where a
+    bulk load wrote an instant or a play twice, time's key or songplays' unique key cannot be
+    built: one row of each instant is kept, or the plays are settled (songplays keeps the copy
+    of the file first in path order, as the key in place does; run_id's plays that lost are
+    counted), and the key is built then. If one key cannot be built, none is, and they stay
+    missing for the next run to build. Either way the tables are analyzed: the checks that
+    follow are planned on their statistics. counted(done, of) is told as each is built (a
+    progress bar's)."""
     counted = counted or (lambda done, of: None)
-    missing = keys_missing(conn)
     if not missing:
         return Built([], {})
     name, moved, locked = missing[0], [], False

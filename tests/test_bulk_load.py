@@ -532,7 +532,7 @@ def build_keys_within(seconds: int) -> load.Built:
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = %s", (f"{seconds}s",))
         conn.commit()
-        return load.build_keys(conn, load.server_of(conn))
+        return load.build_keys(conn, load.server_of(conn), load.keys_missing(conn))
     finally:
         conn.close()
 
