@@ -1477,7 +1477,8 @@ settle_done = "TRUNCATE stage_keys, stage_contest"
 
 # ---------------------------------------------------------------- the summary
 
-# On Citus, where no trigger keeps row_counts: each table counted, on the shards in parallel.
+# Each star table counted: on Citus, where no trigger keeps row_counts (on the shards in
+# parallel), and by test.ipynb.
 row_count = {table: f"SELECT count(*) FROM {table}" for table in STAR_TABLES}
 resolved_plays_counted = "SELECT count(*) FROM songplays WHERE song_id IS NOT NULL"
 
@@ -1624,8 +1625,6 @@ WHERE conname = ANY (%(names)s) AND convalidated
 # The latest run: the folder (or URL) it read, its number and how it ended.
 audit_last_run = """
 SELECT data_dir, run_id, status FROM load_runs ORDER BY run_id DESC LIMIT 1"""
-
-audit_plays = "SELECT count(*) FROM songplays"
 
 # The plays the manifest says the log files' loads took.
 audit_plays_in_manifest = "SELECT coalesce(sum(loaded), 0) FROM load_manifest WHERE kind = 'log'"
