@@ -1501,13 +1501,7 @@ sys.exit(cli.run_command(command))
 def test_a_command_whose_reader_goes_before_its_outcome_does_not_exit_as_done():
     """A pipe broken in the middle of the work is no outcome written: the command stopped
     there (it exited 0, as if done)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITES_ON_INTO_A_CLOSED_PIPE],
-        cwd=PROJECT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = python_running(WRITES_ON_INTO_A_CLOSED_PIPE)
     proc.stdout.close()  # the reader gone at once
     err = proc.stderr.read()
-    assert (proc.wait(timeout=60), err) == (EXIT_FAILED, b"")
+    assert (proc.wait(timeout=60), err) == (EXIT_FAILED, "")
